@@ -1,0 +1,165 @@
+"""Connection settings for a peer, resolved from a connection id, with secrets typed as secrets.
+
+The same connection definitions serve Airflow and plain Python: Airflow reads
+``AIRFLOW_CONN_<ID>`` environment variables (JSON or URI form), and so does
+:func:`connection_from_env` when the CLI or a test runs a flow without a scheduler. Inside a task
+the Airflow hooks (``connectors.hooks``) turn Airflow's own ``Connection`` into a
+:class:`ConnectionSpec`, so clients never see where a setting came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from connectors.errors import ConfigurationError
+
+__all__ = ["ConnectionSpec", "Secret", "connection_from_env", "env_var_name"]
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str``, logs or exceptions.
+
+    Call :meth:`reveal` at the one place the value must go on the wire.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | None):
+        self._value = value or ""
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ConnectionSpec:
+    """What a client needs to reach one peer.
+
+    Attributes:
+        conn_id: the connection id it was resolved from (``national_portal_default``...).
+        conn_type: ``http``, ``sqlite``, ``postgres``...
+        host, port, schema: for http connections ``schema`` is the URL scheme, as in Airflow.
+        login: user name, or ``""``.
+        password: a :class:`Secret`.
+        extra: the connection's JSON extras (never holds secrets; see ``secret_extra``).
+    """
+
+    conn_id: str
+    conn_type: str
+    host: str = ""
+    port: int | None = None
+    schema: str = ""
+    login: str = ""
+    password: Secret = field(default_factory=lambda: Secret(""))
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        """``scheme://host:port`` for http connections (the host may already carry a scheme)."""
+        host = self.host.rstrip("/")
+        if "://" in host:
+            return host if self.port is None else f"{host}:{self.port}"
+        scheme = self.schema or "http"
+        port = f":{self.port}" if self.port else ""
+        return f"{scheme}://{host}{port}"
+
+    def require(self, *names: str) -> None:
+        """Fail before any I/O when a needed setting is missing, naming it."""
+        missing = []
+        for name in names:
+            value = getattr(self, name, None) if not name.startswith("extra.") else self.extra.get(name[6:])
+            if not value:
+                missing.append(name)
+        if missing:
+            raise ConfigurationError(
+                f"connection '{self.conn_id}' lacks {', '.join(missing)} "
+                f"(set it in the Airflow connection or {env_var_name(self.conn_id)})"
+            )
+
+
+def env_var_name(conn_id: str) -> str:
+    """The environment variable Airflow reads for ``conn_id``."""
+    return f"AIRFLOW_CONN_{conn_id.upper()}"
+
+
+def _from_json(conn_id: str, raw: str) -> ConnectionSpec:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{env_var_name(conn_id)} is not valid JSON: {exc.msg} at {exc.pos}") from None
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{env_var_name(conn_id)} must be a JSON object")
+    extra = data.get("extra") or {}
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except json.JSONDecodeError:
+            raise ConfigurationError(f"{env_var_name(conn_id)}: 'extra' is not valid JSON") from None
+    port = data.get("port")
+    return ConnectionSpec(
+        conn_id=conn_id,
+        conn_type=str(data.get("conn_type") or ""),
+        host=str(data.get("host") or ""),
+        port=int(port) if port not in (None, "") else None,
+        schema=str(data.get("schema") or ""),
+        login=str(data.get("login") or ""),
+        password=Secret(data.get("password")),
+        extra=dict(extra),
+    )
+
+
+def _from_uri(conn_id: str, raw: str) -> ConnectionSpec:
+    parts = urlsplit(raw)
+    conn_type = parts.scheme.replace("-", "_")
+    extra = dict(parse_qsl(parts.query))
+    if "__extra__" in extra:
+        extra = json.loads(extra["__extra__"])
+    host = unquote(parts.hostname or "")
+    path = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
+    if conn_type == "sqlite":
+        # sqlite:////abs/path.db (SQLAlchemy's form) → host holds the file path /abs/path.db.
+        host = unquote(parts.path[1:] if parts.path.startswith("//") else parts.path)
+        path = ""
+    return ConnectionSpec(
+        conn_id=conn_id,
+        conn_type=conn_type,
+        host=host,
+        port=parts.port,
+        schema=path,
+        login=unquote(parts.username or ""),
+        password=Secret(unquote(parts.password or "")),
+        extra=extra,
+    )
+
+
+def connection_from_env(conn_id: str, environ: dict[str, str] | None = None) -> ConnectionSpec:
+    """Resolve ``conn_id`` from ``AIRFLOW_CONN_<ID>`` (JSON or URI), as Airflow does.
+
+    Raises:
+        ConfigurationError: the variable is missing or malformed.
+    """
+    env = os.environ if environ is None else environ
+    name = env_var_name(conn_id)
+    raw = env.get(name)
+    if not raw:
+        raise ConfigurationError(f"connection '{conn_id}' is not defined: set {name} (JSON or URI form)")
+    raw = raw.strip()
+    return _from_json(conn_id, raw) if raw.startswith("{") else _from_uri(conn_id, raw)

@@ -1,0 +1,129 @@
+"""Error classes, grouped by what the caller should do with them.
+
+The tree is the contract between connectors, the engine and the DAGs:
+
+* ``RetriableConnectorError`` — the peer could not be reached or answered with a transient
+  failure (timeouts, dropped connections, HTTP 5xx/429, an expired session). Retry the same
+  request later; nothing about the record is wrong.
+* ``FatalConnectorError`` — retrying will not help until a person changes something
+  (bad credentials, a reply we cannot parse, a 4xx from a misconfigured call). Give up the run.
+* ``RecordRejected`` — this one record cannot pass (a mapping rule, a validation answer from the
+  peer). Dead-letter it with its reason and carry on with the others.
+* ``ConfigurationError`` — the bus itself is misconfigured (missing connection, bad mapping file).
+
+Callers branch on the class, never on message text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConfigurationError",
+    "ConnectorError",
+    "FatalConnectorError",
+    "FieldError",
+    "IntegrationError",
+    "PeerRejected",
+    "PeerUnavailable",
+    "ProtocolError",
+    "RecordRejected",
+    "RetriableConnectorError",
+    "SessionExpired",
+]
+
+
+class IntegrationError(Exception):
+    """Root of every error raised by lienthong code."""
+
+
+class ConfigurationError(IntegrationError):
+    """The bus is misconfigured: a connection, a setting or a mapping file is missing or invalid."""
+
+
+class ConnectorError(IntegrationError):
+    """A call to a peer system failed.
+
+    Attributes:
+        peer: the peer system's name (``national_portal``, ``onestop``...).
+        operation: the operation that failed (``DongBoHoSoMC``, ``changes``...).
+        status: HTTP status code when there was an answer, else ``None``.
+    """
+
+    def __init__(self, message: str, *, peer: str = "", operation: str = "", status: int | None = None):
+        super().__init__(message)
+        self.peer = peer
+        self.operation = operation
+        self.status = status
+
+
+class RetriableConnectorError(ConnectorError):
+    """Transient: the same request may succeed later (timeouts, resets, 5xx, 429)."""
+
+
+class PeerUnavailable(RetriableConnectorError):
+    """The peer did not answer in time, dropped the connection, or answered 5xx/429."""
+
+
+class SessionExpired(RetriableConnectorError):
+    """The peer refused our session token; logging in again and repeating the call is safe."""
+
+
+class FatalConnectorError(ConnectorError):
+    """Retrying will not help until someone changes configuration or the peer is fixed."""
+
+
+class AuthenticationFailed(FatalConnectorError):
+    """The peer refused our credentials."""
+
+
+class ProtocolError(FatalConnectorError):
+    """The peer's answer does not follow its contract (not JSON, missing keys, wrong types)."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One broken rule on one field of one record.
+
+    Attributes:
+        field: the field's path as the record format spells it (``NgayTiepNhan``, ``fees[1].amount``).
+        rule: a short machine-readable rule name (``required``, ``code_table``, ``max_length``...).
+        message: a sentence for a person, naming the value that broke the rule where that is safe.
+    """
+
+    field: str
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message} [{self.rule}]"
+
+
+class RecordRejected(IntegrationError):
+    """One record cannot be delivered; dead-letter it and continue with the others.
+
+    Attributes:
+        record_key: the record's business key (a dossier code, a receipt number...).
+        errors: every rule the record broke, one ``FieldError`` each.
+    """
+
+    def __init__(self, record_key: str, errors: list[FieldError] | tuple[FieldError, ...]):
+        self.record_key = record_key
+        self.errors = tuple(errors)
+        detail = "; ".join(str(e) for e in self.errors) or "rejected"
+        super().__init__(f"record {record_key}: {detail}")
+
+
+class PeerRejected(RecordRejected):
+    """The peer answered and refused this record for a reason tied to the record itself.
+
+    Attributes:
+        peer_code: the peer's own result code, as it sent it.
+        peer_message: the peer's own message, as it sent it (Vietnamese for the national portal).
+    """
+
+    def __init__(self, record_key: str, errors, *, peer_code: str = "", peer_message: str = ""):
+        super().__init__(record_key, errors)
+        self.peer_code = peer_code
+        self.peer_message = peer_message

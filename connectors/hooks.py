@@ -1,0 +1,80 @@
+"""Thin Airflow hooks: a connection id in, a plain-Python client out.
+
+This is the only module of ``connectors`` that imports Airflow. Each hook resolves its
+connection through Airflow (environment variables, secrets backends, or the metadata DB via the
+task's Execution API) and hands a :class:`~connectors.connection.ConnectionSpec` to the
+client's ``from_connection``; everything else lives in the clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from connectors.connection import ConnectionSpec, Secret
+from connectors.national_portal.client import NationalPortalClient
+from connectors.one_stop.client import OneStopClient
+from connectors.transport import ExchangeRecorder
+
+__all__ = ["LienthongDbHook", "NationalPortalHook", "OneStopHook", "airflow_connection_spec"]
+
+
+def airflow_connection_spec(conn_id: str) -> ConnectionSpec:
+    """Resolve ``conn_id`` through Airflow and convert it; secrets stay wrapped."""
+    conn = BaseHook.get_connection(conn_id)
+    extra: dict[str, Any] = conn.extra_dejson or {}
+    return ConnectionSpec(
+        conn_id=conn_id,
+        conn_type=conn.conn_type or "",
+        host=conn.host or "",
+        port=conn.port,
+        schema=conn.schema or "",
+        login=conn.login or "",
+        password=Secret(conn.password),
+        extra=dict(extra),
+    )
+
+
+class _SpecHook(BaseHook):
+    conn_name_attr = "conn_id"
+
+    def __init__(self, conn_id: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.conn_id = conn_id or self.default_conn_name
+
+    def connection_spec(self) -> ConnectionSpec:
+        return airflow_connection_spec(self.conn_id)
+
+
+class OneStopHook(_SpecHook):
+    """The provincial one-stop system (REST/JSON, ``X-Api-Key`` = the connection's password)."""
+
+    default_conn_name = "onestop_default"
+    conn_type = "http"
+    hook_name = "Provincial one-stop system"
+
+    def get_conn(self, recorder: ExchangeRecorder | None = None) -> OneStopClient:
+        return OneStopClient.from_connection(self.connection_spec(), recorder=recorder)
+
+
+class NationalPortalHook(_SpecHook):
+    """The national portal's adapter (log-in, session; ``extra.madonvi`` = our unit code)."""
+
+    default_conn_name = "national_portal_default"
+    conn_type = "http"
+    hook_name = "National Public Service Portal (DVCQG) adapter"
+
+    def get_conn(self, recorder: ExchangeRecorder | None = None) -> NationalPortalClient:
+        return NationalPortalClient.from_connection(self.connection_spec(), recorder=recorder)
+
+
+class LienthongDbHook(_SpecHook):
+    """The bus database (sqlite file path in host, postgres, or ``extra.sqlalchemy_url``)."""
+
+    default_conn_name = "lienthong_db"
+    conn_type = "sqlite"
+    hook_name = "lienthong bus database"
+
+    def get_conn(self) -> ConnectionSpec:
+        return self.connection_spec()

@@ -1,0 +1,324 @@
+"""Client for the National Public Service Portal's adapter (Cổng Dịch vụ công Quốc gia).
+
+The adapter is RPC over JSON (contract §1–§3): log in for a session, then POST an envelope
+``{session, madonvi, service, ...}`` to the integration or share endpoint; every answer carries
+``error_code`` (0 = success) and a Vietnamese ``message``. This client hides the session (log-in,
+proactive renewal, one re-login when the portal says the session is gone) and turns result codes
+into error classes, so callers never read Vietnamese text to decide what to do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from connectors.connection import ConnectionSpec, Secret
+from connectors.errors import (
+    AuthenticationFailed,
+    FatalConnectorError,
+    FieldError,
+    PeerRejected,
+    ProtocolError,
+    SessionExpired,
+)
+from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy
+
+__all__ = [
+    "DossierAlreadyExists",
+    "DossierBatchResult",
+    "DossierFinalised",
+    "DossierUnknown",
+    "NationalPortalClient",
+    "PortalReply",
+]
+
+PEER = "national_portal"
+
+# The portal's result codes, as its adapter answers them (contract §5.9, §9; mock README).
+OK = 0
+CODE_INVALID = -1
+CODE_BAD_CREDENTIALS = 1
+CODE_SESSION = 2
+CODE_DUPLICATE = 3
+CODE_UNKNOWN_DOSSIER = 4
+CODE_WRONG_UNIT = 5
+CODE_FINALISED = 6
+
+
+class DossierAlreadyExists(PeerRejected):
+    """Insert refused: the portal already holds this dossier ("đã tồn tại"). Send it as an update."""
+
+
+class DossierUnknown(PeerRejected):
+    """Update refused: the portal does not hold this dossier ("không tồn tại"). Send it as an insert."""
+
+
+class DossierFinalised(PeerRejected):
+    """The portal holds a final status for this dossier and refuses to change it."""
+
+
+_REJECTION_BY_CODE: dict[int, type[PeerRejected]] = {
+    CODE_DUPLICATE: DossierAlreadyExists,
+    CODE_UNKNOWN_DOSSIER: DossierUnknown,
+    CODE_FINALISED: DossierFinalised,
+}
+
+
+@dataclass(frozen=True)
+class PortalReply:
+    """The adapter's answer envelope."""
+
+    error_code: int
+    message: str
+    result: Any
+    raw: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code == OK
+
+
+@dataclass
+class DossierBatchResult:
+    """What became of each dossier of a ``DongBoHoSoMC`` batch."""
+
+    accepted: list[str] = field(default_factory=list)
+    rejected: dict[str, PeerRejected] = field(default_factory=dict)
+    calls: int = 0
+
+
+def _parse_code(value: Any) -> int:
+    # Clients parse error_code as an integer: 0, "0" and "00" all mean success (contract §3.3).
+    return int(str(value).strip())
+
+
+def _reply_from(response: requests.Response, operation: str) -> PortalReply:
+    try:
+        data = response.json()
+    except ValueError:
+        raise ProtocolError(
+            f"{PEER} {operation}: answer is not JSON (HTTP {response.status_code})",
+            peer=PEER, operation=operation, status=response.status_code,
+        ) from None
+    if not isinstance(data, dict) or "error_code" not in data:
+        raise ProtocolError(f"{PEER} {operation}: answer has no error_code", peer=PEER, operation=operation,
+                            status=response.status_code)
+    try:
+        code = _parse_code(data["error_code"])
+    except ValueError:
+        raise ProtocolError(f"{PEER} {operation}: error_code {data['error_code']!r} is not a number",
+                            peer=PEER, operation=operation) from None
+    return PortalReply(code, str(data.get("message") or ""), data.get("result"), data)
+
+
+def _classify(response: requests.Response) -> tuple[str, str | None]:
+    """Exchange-log outcome of an adapter answer: ok, or peer_error with the portal's code."""
+    try:
+        code = str(response.json().get("error_code"))
+    except (ValueError, AttributeError):
+        return "protocol_error", None
+    return ("ok" if code.strip() in {"0", "00"} else "peer_error"), code
+
+
+class NationalPortalClient:
+    """Talks to the national portal's adapter on behalf of one unit.
+
+    Args:
+        base_url: the adapter's address.
+        username, password: the adapter account; the password is a :class:`Secret`.
+        unit_code: our ``madonvi`` (e.g. ``000.00.01.H49``).
+        dstcode: the ``dstcode`` header value (contract §1.3).
+        auth_path, integration_path, share_path: the adapter's three endpoints (contract §1.1).
+        session_max_age: seconds after which the client logs in again before calling (the
+            portal's sessions last about 10 minutes; renewing early avoids a refused call).
+        recorder: the exchange log; log-in bodies reach it with password and session redacted.
+        connect_timeout, read_timeout, retry: transport settings.
+        clock: monotonic clock, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: Secret,
+        unit_code: str,
+        *,
+        dstcode: str = "DVCQG",
+        auth_path: str = "/auth",
+        integration_path: str = "/integration",
+        share_path: str = "/share",
+        session_max_age: float = 540.0,
+        recorder: ExchangeRecorder | None = None,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.username = username
+        self._password = password
+        self.unit_code = unit_code
+        self.paths = {"auth": auth_path, "integration": integration_path, "share": share_path}
+        self.session_max_age = session_max_age
+        self._session: Secret | None = None
+        self._session_at = 0.0
+        self._clock = clock
+        self.logins = 0
+        self.transport = HttpTransport(
+            peer=PEER,
+            base_url=base_url,
+            recorder=recorder,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retry=retry,
+            redact_keys=("password", "session"),
+            default_headers={"dstcode": dstcode} if dstcode else {},
+        )
+
+    @classmethod
+    def from_connection(cls, spec: ConnectionSpec, *, recorder: ExchangeRecorder | None = None
+                        ) -> NationalPortalClient:
+        """Build from a connection: login/password, ``extra.madonvi`` and optional endpoint extras."""
+        spec.require("host", "login", "password", "extra.madonvi")
+        extra = spec.extra
+        return cls(
+            spec.base_url,
+            spec.login,
+            spec.password,
+            str(extra["madonvi"]),
+            dstcode=str(extra.get("dstcode", "DVCQG")),
+            auth_path=str(extra.get("auth_endpoint", "/auth")),
+            integration_path=str(extra.get("integration_endpoint", "/integration")),
+            share_path=str(extra.get("share_endpoint", "/share")),
+            session_max_age=float(extra.get("session_max_age", 540)),
+            recorder=recorder,
+            connect_timeout=float(extra.get("connect_timeout", 3.05)),
+            read_timeout=float(extra.get("read_timeout", 10.0)),
+            retry=RetryPolicy(max_attempts=int(extra.get("max_attempts", 3))),
+        )
+
+    def close(self) -> None:
+        self.transport.close()
+
+    # -- session -------------------------------------------------------------------------------
+    def login(self) -> None:
+        """Open a new session.
+
+        Raises:
+            AuthenticationFailed: the portal refused the credentials.
+        """
+        response = self.transport.send(
+            "POST", self.paths["auth"], operation="login",
+            json_body={"username": self.username, "password": self._password.reveal()},
+            classify=_classify,
+        )
+        reply = _reply_from(response, "login")
+        session = reply.raw.get("session")
+        if not reply.ok or not session:
+            # The message names nothing secret; the portal's own text helps the operator.
+            raise AuthenticationFailed(
+                f"{PEER} refused log-in for user '{self.username}' (error_code {reply.error_code}: {reply.message})",
+                peer=PEER, operation="login",
+            )
+        self._session = Secret(str(session))
+        self._session_at = self._clock()
+        self.logins += 1
+
+    def _ensure_session(self) -> Secret:
+        if self._session is None or self._clock() - self._session_at > self.session_max_age:
+            self.login()
+        assert self._session is not None
+        return self._session
+
+    # -- calls ---------------------------------------------------------------------------------
+    def call(
+        self, service: str, *, endpoint: str = "integration", record_keys: Sequence[str] = (), **fields: Any
+    ) -> PortalReply:
+        """Call one adapter service and return its reply, whatever its ``error_code``.
+
+        A refused session is renewed once and the call repeated (safe: the portal refuses before
+        doing anything). Call-level refusals that no record causes raise:
+
+        Raises:
+            SessionExpired: the portal refused a freshly opened session too.
+            FatalConnectorError: wrong unit or destination code — a configuration problem.
+            PeerUnavailable: transport failure after retries.
+        """
+        for renewal in (False, True):
+            session = self._ensure_session()
+            envelope = {"session": session.reveal(), "madonvi": self.unit_code, "service": service, **fields}
+            response = self.transport.send(
+                "POST", self.paths[endpoint], operation=service, json_body=envelope,
+                record_keys=record_keys, classify=_classify,
+            )
+            reply = _reply_from(response, service)
+            if reply.error_code != CODE_SESSION:
+                return reply
+            self._session = None
+            if renewal:
+                raise SessionExpired(
+                    f"{PEER} refused a fresh session on {service}: {reply.message}", peer=PEER, operation=service
+                )
+        raise AssertionError("unreachable")
+
+    def sync_dossiers(self, records: Sequence[dict[str, Any]], *, is_updating: bool) -> DossierBatchResult:
+        """Create (``is_updating=False``) or update dossiers with ``DongBoHoSoMC``.
+
+        The portal applies a call all-or-nothing and lists each record it refused; the records it
+        did not refuse are re-sent without the refused ones until every record is accepted or
+        refused. A refusal is returned per dossier as a :class:`PeerRejected` subclass
+        (:class:`DossierAlreadyExists`, :class:`DossierUnknown`, :class:`DossierFinalised`, or
+        plain ``PeerRejected`` for validation), never raised.
+        """
+        result = DossierBatchResult()
+        pending = list(records)
+        while pending:
+            keys = [str(r.get("MaHoSo", "")) for r in pending]
+            reply = self.call(
+                "DongBoHoSoMC", record_keys=keys, isUpdating="True" if is_updating else "False", data=pending
+            )
+            result.calls += 1
+            if reply.ok:
+                result.accepted.extend(keys)
+                return result
+            refused = self._refusals(reply, set(keys))
+            if not refused:
+                raise self._call_level_error(reply, "DongBoHoSoMC")
+            result.rejected.update(refused)
+            pending = [r for r in pending if str(r.get("MaHoSo", "")) not in refused]
+        return result
+
+    def _refusals(self, reply: PortalReply, keys: set[str]) -> dict[str, PeerRejected]:
+        refused: dict[str, PeerRejected] = {}
+        rows = reply.result if isinstance(reply.result, list) else []
+        for row in rows:
+            if not isinstance(row, dict) or str(row.get("MaHoSo", "")) not in keys:
+                continue
+            key = str(row["MaHoSo"])
+            try:
+                code = _parse_code(row.get("error_code", reply.error_code))
+            except ValueError:
+                code = reply.error_code
+            message = str(row.get("message") or reply.message)
+            cls = _REJECTION_BY_CODE.get(code, PeerRejected)
+            error = FieldError(str(row.get("field") or "MaHoSo"), f"portal_code_{code}", message)
+            refused[key] = cls(key, [error], peer_code=str(code), peer_message=message)
+        return refused
+
+    def _call_level_error(self, reply: PortalReply, service: str) -> FatalConnectorError:
+        text = f"{PEER} {service} refused the whole call (error_code {reply.error_code}): {reply.message}"
+        if reply.error_code in (CODE_WRONG_UNIT, CODE_INVALID):
+            return FatalConnectorError(text, peer=PEER, operation=service)
+        return ProtocolError(text, peer=PEER, operation=service)
+
+    def lookup_dossier(self, ma_ho_so: str) -> dict[str, Any] | None:
+        """``TraCuuHoSo``: the portal's row for a dossier, or ``None`` when it does not hold it."""
+        reply = self.call("TraCuuHoSo", record_keys=(ma_ho_so,), mahoso=ma_ho_so)
+        if not reply.ok:
+            raise self._call_level_error(reply, "TraCuuHoSo")
+        rows = reply.result if isinstance(reply.result, list) else []
+        return dict(rows[0]) if rows else None
+

@@ -1,0 +1,148 @@
+"""Client for the provincial one-stop system's REST API (dossier change feed, dossiers)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from connectors.connection import ConnectionSpec, Secret
+from connectors.errors import AuthenticationFailed, ProtocolError
+from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy
+
+__all__ = ["ChangeEvent", "ChangePage", "OneStopClient"]
+
+PEER = "onestop"
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One change of one dossier, carrying the dossier as it was after that change."""
+
+    seq: int
+    changed_at: str
+    dossier: dict[str, Any]
+
+    @property
+    def dossier_no(self) -> str:
+        return str(self.dossier.get("dossierNo") or "")
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    events: list[ChangeEvent]
+    next_cursor: str
+    has_more: bool
+
+
+class OneStopClient:
+    """Reads dossiers from the one-stop system.
+
+    Args:
+        base_url: ``http://host:port`` of the one-stop API.
+        api_key: sent as ``X-Api-Key``; never logged.
+        recorder: the exchange log.
+        page_size: change-feed page size (1..500).
+        connect_timeout, read_timeout, retry: see :class:`~connectors.transport.HttpTransport`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: Secret,
+        *,
+        recorder: ExchangeRecorder | None = None,
+        page_size: int = 200,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+    ):
+        if not 1 <= page_size <= 500:
+            raise ValueError(f"page_size must be within 1..500, got {page_size}")
+        self.page_size = page_size
+        self.transport = HttpTransport(
+            peer=PEER,
+            base_url=base_url,
+            recorder=recorder,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retry=retry,
+            default_headers={"X-Api-Key": api_key.reveal()},
+            redact_headers=("X-Api-Key",),
+        )
+
+    @classmethod
+    def from_connection(cls, spec: ConnectionSpec, *, recorder: ExchangeRecorder | None = None) -> OneStopClient:
+        """Build from a connection: host/port/schema, password = API key, extras for tuning."""
+        spec.require("host", "password")
+        extra = spec.extra
+        return cls(
+            spec.base_url,
+            spec.password,
+            recorder=recorder,
+            page_size=int(extra.get("page_size", 200)),
+            connect_timeout=float(extra.get("connect_timeout", 3.05)),
+            read_timeout=float(extra.get("read_timeout", 10.0)),
+            retry=RetryPolicy(max_attempts=int(extra.get("max_attempts", 3))),
+        )
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def _json(self, response: requests.Response, operation: str) -> Any:
+        if response.status_code == 401:
+            raise AuthenticationFailed(
+                f"{PEER} refused the API key on {operation}", peer=PEER, operation=operation, status=401
+            )
+        if response.status_code >= 400:
+            raise ProtocolError(
+                f"{PEER} {operation}: HTTP {response.status_code}", peer=PEER, operation=operation,
+                status=response.status_code,
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise ProtocolError(f"{PEER} {operation}: answer is not JSON", peer=PEER, operation=operation) from None
+
+    def changes(self, after: str | None = None) -> ChangePage:
+        """One page of the change feed after ``after`` (``None`` = from the beginning)."""
+        params: dict[str, Any] = {"limit": self.page_size}
+        if after:
+            params["after"] = after
+        data = self._json(
+            self.transport.send("GET", "/api/v1/dossiers/changes", operation="changes", params=params), "changes"
+        )
+        try:
+            events = [ChangeEvent(int(i["seq"]), str(i["changedAt"]), dict(i["dossier"])) for i in data["items"]]
+            page = ChangePage(events, str(data["nextCursor"]), bool(data["hasMore"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"{PEER} changes: unexpected answer shape ({exc!r})", peer=PEER,
+                                operation="changes") from None
+        return page
+
+    def iter_changes(self, after: str | None = None) -> Iterator[ChangePage]:
+        """Every page from ``after`` to the end of the feed, refusing a feed that loops."""
+        cursor = after
+        while True:
+            page = self.changes(cursor)
+            yield page
+            if not page.has_more:
+                return
+            if page.next_cursor == (cursor or "") or not page.events:
+                raise ProtocolError(
+                    f"{PEER} changes: feed says more pages follow but did not advance past cursor {cursor!r}",
+                    peer=PEER, operation="changes",
+                )
+            cursor = page.next_cursor
+
+    def get_dossier(self, dossier_no: str) -> dict[str, Any] | None:
+        """The current snapshot of one dossier, or ``None`` when the system does not hold it."""
+        response = self.transport.send(
+            "GET", f"/api/v1/dossiers/{requests.utils.quote(dossier_no, safe='')}",
+            operation="dossier", record_keys=(dossier_no,),
+        )
+        if response.status_code == 404:
+            return None
+        return self._json(response, "dossier")

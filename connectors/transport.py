@@ -1,0 +1,282 @@
+"""The HTTP transport every REST connector sends through.
+
+It owns four things no connector may forget: explicit timeouts, retries for retriable failures
+only (with capped exponential back-off and jitter), redaction of secrets, and one exchange-log
+record per HTTP attempt (a Wire Tap, in Camel's words). Connectors call :meth:`HttpTransport.send`
+and never talk to ``requests`` themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from connectors.errors import PeerUnavailable, RetriableConnectorError
+
+__all__ = [
+    "Exchange",
+    "ExchangeRecorder",
+    "HttpTransport",
+    "MemoryRecorder",
+    "NullRecorder",
+    "RetryPolicy",
+    "redact_json",
+]
+
+log = logging.getLogger(__name__)
+
+REDACTED = "***"
+
+
+@dataclass
+class Exchange:
+    """One HTTP attempt as the exchange log keeps it. Bodies are already redacted."""
+
+    peer: str
+    operation: str
+    method: str
+    url: str
+    started_at: datetime
+    duration_ms: float
+    attempt: int
+    outcome: str  # ok | peer_error | http_error | transport_error
+    direction: str = "outbound"
+    record_keys: tuple[str, ...] = ()
+    request_headers: dict[str, str] = field(default_factory=dict)
+    request_body: bytes = b""
+    response_status: int | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_body: bytes = b""
+    peer_code: str | None = None
+    error: str | None = None
+
+    @staticmethod
+    def digest(body: bytes) -> str:
+        return hashlib.sha256(body).hexdigest()
+
+
+class ExchangeRecorder(Protocol):
+    """Where the transport writes each exchange (the bus implements it over its database)."""
+
+    def record(self, exchange: Exchange) -> None: ...
+
+
+class NullRecorder:
+    """Records nothing; for throw-away clients (connection tests, the CLI's probes)."""
+
+    def record(self, exchange: Exchange) -> None:
+        return None
+
+
+class MemoryRecorder:
+    """Keeps exchanges in a list; for unit tests."""
+
+    def __init__(self) -> None:
+        self.exchanges: list[Exchange] = []
+
+    def record(self, exchange: Exchange) -> None:
+        self.exchanges.append(exchange)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential back-off with full jitter, applied to retriable failures only."""
+
+    max_attempts: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.max_delay, self.base_delay * (2 ** (attempt - 1))))
+
+
+def redact_json(value: Any, keys: frozenset[str]) -> Any:
+    """Replace the values of ``keys`` (at any depth) with ``***``."""
+    if isinstance(value, dict):
+        return {k: (REDACTED if k in keys else redact_json(v, keys)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_json(v, keys) for v in value]
+    return value
+
+
+def _redact_body(body: bytes, keys: frozenset[str]) -> bytes:
+    if not body or not keys:
+        return body
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body
+    return json.dumps(redact_json(data, keys), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _sanitize_url(url: str) -> str:
+    """Drop user-info from a URL before it is logged."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+Classifier = Callable[[requests.Response], tuple[str, str | None]]
+
+
+class HttpTransport:
+    """Sends requests to one peer with timeouts, retries, redaction and recording.
+
+    Args:
+        peer: the peer's name as the exchange log shows it.
+        base_url: ``scheme://host:port`` of the peer.
+        recorder: where each attempt is written (the bus's exchange log in production).
+        connect_timeout, read_timeout: seconds; both always set.
+        retry: which attempts to make for retriable failures.
+        redact_keys: JSON keys whose values never reach the log (passwords, session tokens).
+        redact_headers: header names whose values never reach the log.
+        default_headers: sent on every call (secrets among them must also be in ``redact_headers``).
+        seed: seeds the jitter so tests are reproducible.
+    """
+
+    def __init__(
+        self,
+        *,
+        peer: str,
+        base_url: str,
+        recorder: ExchangeRecorder | None = None,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        redact_keys: Iterable[str] = (),
+        redact_headers: Iterable[str] = (),
+        default_headers: dict[str, str] | None = None,
+        seed: int | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.peer = peer
+        self.base_url = base_url.rstrip("/")
+        self.recorder = recorder or NullRecorder()
+        self.timeout = (connect_timeout, read_timeout)
+        self.retry = retry or RetryPolicy()
+        self.redact_keys = frozenset(redact_keys)
+        self.redact_headers = frozenset(h.lower() for h in redact_headers) | {"authorization", "cookie"}
+        self.session = requests.Session()
+        self.session.headers.update(default_headers or {})
+        self._rng = random.Random(seed)
+        self._sleep = sleep
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _headers_for_log(self, headers: Any) -> dict[str, str]:
+        return {k: (REDACTED if k.lower() in self.redact_headers else str(v)) for k, v in headers.items()}
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        record_keys: Iterable[str] = (),
+        classify: Classifier | None = None,
+        retry: bool = True,
+    ) -> requests.Response:
+        """Send one logical request, retrying retriable failures, recording every attempt.
+
+        Returns the response for any HTTP status below 500 except 429 (the connector decides
+        what a 4xx means for its peer).
+
+        Raises:
+            PeerUnavailable: every attempt timed out, dropped, or got 5xx/429.
+        """
+        url = f"{self.base_url}{path}"
+        keys = tuple(record_keys)
+        body = (
+            json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode()
+            if json_body is not None
+            else b""
+        )
+        send_headers = {"Accept": "application/json"}
+        if json_body is not None:
+            send_headers["Content-Type"] = "application/json; charset=utf-8"
+        send_headers.update(headers or {})
+        attempts = self.retry.max_attempts if retry else 1
+        last_error: RetriableConnectorError | None = None
+        for attempt in range(1, attempts + 1):
+            started = datetime.now(UTC)
+            t0 = time.perf_counter()
+            response: requests.Response | None = None
+            error: RetriableConnectorError | None = None
+            try:
+                response = self.session.request(
+                    method, url, data=body or None, params=params, headers=send_headers, timeout=self.timeout
+                )
+            except requests.Timeout as exc:
+                error = PeerUnavailable(
+                    f"{self.peer} {operation}: no answer within {self.timeout[1]}s ({type(exc).__name__})",
+                    peer=self.peer,
+                    operation=operation,
+                )
+            except requests.ConnectionError as exc:
+                error = PeerUnavailable(
+                    f"{self.peer} {operation}: connection failed ({type(exc).__name__})",
+                    peer=self.peer,
+                    operation=operation,
+                )
+            duration_ms = (time.perf_counter() - t0) * 1000
+            if response is not None and (response.status_code >= 500 or response.status_code == 429):
+                error = PeerUnavailable(
+                    f"{self.peer} {operation}: HTTP {response.status_code}",
+                    peer=self.peer,
+                    operation=operation,
+                    status=response.status_code,
+                )
+            outcome, peer_code = "ok", None
+            if response is None:
+                outcome = "transport_error"
+            elif error is not None or response.status_code >= 400:
+                outcome = "http_error"
+            elif classify is not None:
+                outcome, peer_code = classify(response)
+            self.recorder.record(
+                Exchange(
+                    peer=self.peer,
+                    operation=operation,
+                    method=method,
+                    url=_sanitize_url(response.url if response is not None else url),
+                    started_at=started,
+                    duration_ms=round(duration_ms, 3),
+                    attempt=attempt,
+                    outcome=outcome,
+                    record_keys=keys,
+                    request_headers=self._headers_for_log({**self.session.headers, **send_headers}),
+                    request_body=_redact_body(body, self.redact_keys),
+                    response_status=response.status_code if response is not None else None,
+                    response_headers=self._headers_for_log(response.headers) if response is not None else {},
+                    response_body=_redact_body(response.content, self.redact_keys) if response is not None else b"",
+                    peer_code=peer_code,
+                    error=f"{type(error).__name__}: {error}" if error else None,
+                )
+            )
+            if error is None:
+                return response  # type: ignore[return-value]
+            last_error = error
+            if attempt < attempts:
+                delay = self.retry.delay(attempt, self._rng)
+                log.warning("%s; retrying in %.2fs (attempt %d of %d)", error, delay, attempt + 1, attempts)
+                self._sleep(delay)
+        assert last_error is not None
+        raise last_error

@@ -1,0 +1,214 @@
+"""``lienthong`` — the command line of the data-exchange bus.
+
+Every command that touches a peer or the bus database resolves connections exactly as the DAGs
+do, from ``AIRFLOW_CONN_<ID>`` variables; when none are set, the local topology (``var/``, the
+stand-ins on 127.0.0.1) provides them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from connectors.connection import connection_from_env
+from connectors.errors import IntegrationError
+from lienthong import localenv
+
+__all__ = ["build_parser", "main"]
+
+
+def _local_defaults() -> localenv.LocalTopology:
+    """Apply the local topology's environment for anything not already set."""
+    topo = localenv.topology()
+    for key, value in topo.environment().items():
+        if key != "PATH":
+            os.environ.setdefault(key, value)
+    return topo
+
+
+def _store():
+    from lienthong.tasks import open_store
+
+    return open_store(connection_from_env)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lienthong.demo import run_demo
+
+    return run_demo(localenv.topology(), new=args.new, changes=args.changes)
+
+
+def cmd_mocks_up(args: argparse.Namespace) -> int:
+    topo = localenv.topology()
+    env = {**os.environ, **topo.environment()}
+    command = topo.mocks_command()
+    if args.seed_dossiers is not None:
+        command += ["--seed-dossiers", str(args.seed_dossiers)]
+    topo.mocks_dir.mkdir(parents=True, exist_ok=True)
+    os.execve(command[0], command, env)
+    return 0  # not reached
+
+
+def cmd_airflow(args: argparse.Namespace) -> int:
+    """Run an ``airflow`` command with the local environment (venv on PATH, our DAGs and connections)."""
+    from lienthong.demo import prepare_airflow
+
+    topo = localenv.topology()
+    env = {**os.environ, **topo.environment()}
+    topo.log_dir.mkdir(parents=True, exist_ok=True)
+    if args.airflow_args[:1] == ["standalone"]:
+        prepare_airflow(topo, env, topo.log_dir / "airflow-cli.log")
+    airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+    os.execve(airflow, [airflow, *args.airflow_args], env)
+    return 0  # not reached
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    topo = localenv.topology()
+    for key, value in topo.environment().items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def cmd_db_init(args: argparse.Namespace) -> int:
+    _local_defaults()
+    store = _store()
+    print(f"bus database ready: {store.engine.url.render_as_string(hide_password=True)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a flow once without a scheduler (same task functions as the DAG)."""
+    _local_defaults()
+    from lienthong import tasks
+
+    run_id = args.run_id or f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    staged = tasks.stage_dossier_changes(connection_from_env, run_id=run_id, task_id="cli")
+    delivered = tasks.deliver_dossier_statuses(connection_from_env, run_id=run_id, task_id="cli",
+                                               batch_size=args.batch_size)
+    summary = tasks.dossier_run_summary(connection_from_env, run_id=run_id)
+    print(json.dumps({"run_id": run_id, "staged": staged, "delivered": delivered,
+                      "exchanges": summary.get("exchanges")}, ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_exchanges(args: argparse.Namespace) -> int:
+    _local_defaults()
+    from sqlalchemy import select
+
+    from lienthong.exchange_log import read_body
+    from lienthong.store import exchange_key, exchange_log
+
+    store = _store()
+    query = select(exchange_log).order_by(exchange_log.c.id.desc()).limit(args.limit)
+    if args.run_id:
+        query = query.where(exchange_log.c.run_id == args.run_id)
+    if args.peer:
+        query = query.where(exchange_log.c.peer == args.peer)
+    if args.dossier:
+        query = query.join(exchange_key, exchange_key.c.exchange_id == exchange_log.c.id).where(
+            exchange_key.c.record_key == args.dossier)
+    with store.engine.connect() as conn:
+        rows = list(reversed(conn.execute(query).mappings().all()))
+    for r in rows:
+        code = f" code={r['peer_code']}" if r["peer_code"] is not None else ""
+        print(f"#{r['id']} {r['started_at']:%Y-%m-%d %H:%M:%S} {r['peer']:<15} {r['operation']:<14} "
+              f"try {r['attempt']} {r['outcome']:<15} HTTP {r['http_status']}{code} "
+              f"{r['duration_ms']:.0f}ms records={r['record_count']} run={r['run_id']} task={r['task_id']}")
+        if args.bodies:
+            print("  → " + read_body(r["request_body"]).decode(errors="replace")[:2000])
+            print("  ← " + read_body(r["response_body"]).decode(errors="replace")[:2000])
+    if not rows:
+        print("no exchanges match")
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    _local_defaults()
+    store = _store()
+    letters = store.dead_letters(args.flow, unresolved_only=not args.all)
+    for d in letters:
+        print(f"#{d['id']} {d['created_at']:%Y-%m-%d %H:%M:%S} {d['flow']} {d['record_key']} "
+              f"[{d['stage']}: {d['error_class']}] run={d['run_id']}")
+        for e in d["errors"]:
+            print(f"    {e['field']}: {e['message']} [{e['rule']}]")
+    if not letters:
+        print("no dead letters")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lienthong",
+        description="lienthong — data-exchange bus between the provincial one-stop system, the national "
+                    "public service portal and ministry databases.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the dossier flow once through Airflow against the stand-ins")
+    p.add_argument("--new", type=int, default=3, help="new dossiers the one-stop world gains first (default 3)")
+    p.add_argument("--changes", type=int, default=5, help="status changes applied first (default 5)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("mocks", help="the stand-in peers")
+    mocks_sub = p.add_subparsers(dest="mocks_command", required=True, metavar="ACTION")
+    up = mocks_sub.add_parser("up", help="run the stand-ins in the foreground on 127.0.0.1 (Ctrl-C stops)")
+    up.add_argument("--seed-dossiers", type=int, default=None, help="dossiers seeded into a fresh one-stop world")
+    up.set_defaults(func=cmd_mocks_up)
+
+    p = sub.add_parser("airflow", help="run an airflow command with the local environment, e.g. "
+                                       "`lienthong airflow standalone`")
+    p.add_argument("airflow_args", nargs=argparse.REMAINDER, help="arguments for airflow")
+    p.set_defaults(func=cmd_airflow)
+
+    p = sub.add_parser("env", help="print the local environment as shell exports")
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("db", help="the bus database")
+    db_sub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("init", help="create the bus database's tables").set_defaults(func=cmd_db_init)
+
+    p = sub.add_parser("run", help="run a flow once without a scheduler")
+    p.add_argument("flow", choices=["dossier-status"], help="which flow")
+    p.add_argument("--run-id", help="run id to record (default: cli__<time>_<random>)")
+    p.add_argument("--batch-size", type=int, default=50, help="dossiers per portal call (default 50)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("exchanges", help="list exchange-log records, newest last")
+    p.add_argument("--run-id", help="only this run")
+    p.add_argument("--dossier", help="only exchanges that carried this dossier code")
+    p.add_argument("--peer", help="only this peer (onestop, national_portal)")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--bodies", action="store_true", help="also print request and response bodies "
+                                                         "(secrets are already redacted)")
+    p.set_defaults(func=cmd_exchanges)
+
+    p = sub.add_parser("dead-letters", help="list records that could not be delivered, with reasons")
+    p.add_argument("--flow", help="only this flow (e.g. dossier_status)")
+    p.add_argument("--all", action="store_true", help="include resolved ones")
+    p.set_defaults(func=cmd_dead_letters)
+
+    from lienthong.mapping_cli import add_mapping_commands
+
+    add_mapping_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except IntegrationError as exc:
+        print(f"lienthong: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""``make demo``: the dossier flow once, through Airflow, against the stand-ins, with a summary.
+
+Steps: prepare Airflow's metadata DB (SQLite), start the stand-ins (state kept in
+``var/mocks`` between runs), advance the one-stop world by a few events, run the
+``sync_dossier_status`` DAG with ``airflow dags test`` (a real DagRun in Airflow's DB, visible
+later in ``make airflow``), print what the run did from the bus database, stop the stand-ins.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import requests
+
+from lienthong.flows import dossier_status
+from lienthong.localenv import LocalTopology
+from lienthong.store import Store
+
+__all__ = ["StandIns", "prepare_airflow", "run_demo"]
+
+Printer = Callable[[str], None]
+
+
+class StandIns:
+    """The stand-in peers as a child process (``python -m mocks up``), stopped by process id."""
+
+    def __init__(self, topo: LocalTopology, env: dict[str, str], log_file: Path):
+        self.topo = topo
+        self.env = env
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def onestop_url(self) -> str:
+        return f"http://{self.topo.host}:{self.topo.onestop_port}"
+
+    @property
+    def portal_url(self) -> str:
+        return f"http://{self.topo.host}:{self.topo.portal_port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_file.open("ab")
+        self.process = subprocess.Popen(self.topo.mocks_command(), env=self.env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, cwd=self.topo.home)
+        deadline = time.monotonic() + timeout
+        pending = [self.onestop_url, self.portal_url]
+        while pending:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"stand-ins exited with code {self.process.returncode}; see {self.log_file}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"stand-ins did not answer /health within {timeout:.0f}s; see {self.log_file}")
+            try:
+                if requests.get(pending[0] + "/health", timeout=1).ok:
+                    pending.pop(0)
+                    continue
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+
+    def advance(self, new: int, changes: int) -> dict[str, Any]:
+        response = requests.post(self.onestop_url + "/_admin/advance", json={"new": new, "changes": changes},
+                                 timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _airflow(args: list[str], env: dict[str, str], log_file: Path, timeout: float = 600) -> int:
+    airflow = str(Path(sys.executable).parent / "airflow")
+    with log_file.open("ab") as log:
+        log.write(f"\n$ airflow {' '.join(args)}\n".encode())
+        log.flush()
+        return subprocess.run([airflow, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              timeout=timeout, check=False).returncode
+
+
+def prepare_airflow(topo: LocalTopology, env: dict[str, str], log_file: Path) -> None:
+    """Migrate Airflow's SQLite metadata DB (idempotent) and provision the pools."""
+    topo.airflow_home.mkdir(parents=True, exist_ok=True)
+    topo.write_passwords_file()
+    if _airflow(["db", "migrate"], env, log_file) != 0:
+        raise RuntimeError(f"airflow db migrate failed; see {log_file}")
+    if _airflow(["pools", "import", str(topo.write_pools_file())], env, log_file) != 0:
+        raise RuntimeError(f"airflow pools import failed; see {log_file}")
+
+
+def _print_summary(out: Printer, summary: dict[str, Any], seconds: float) -> None:
+    counts = summary.get("counts", {})
+    out("")
+    out(f"Run {summary['run_id']} of sync_dossier_status")
+    rows = [
+        ("change events read from the one-stop feed", counts.get("events_read", 0)),
+        ("dossiers considered for delivery", counts.get("considered", 0)),
+        ("delivered to the national portal as new", counts.get("delivered_new", 0)),
+        ("delivered as updates", counts.get("delivered_update", 0)),
+        ("unchanged since the portal's last acknowledgement (not re-sent)", counts.get("unchanged", 0)),
+        ("rejected (dead-lettered with reasons)", counts.get("rejected", 0)),
+        ("national portal calls", counts.get("portal_calls", 0)),
+        ("exchange-log records written", summary.get("exchanges", 0)),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        out(f"  {label:<{width}}  {value:>6}")
+    for rejection in counts.get("rejections", []):
+        reasons = "; ".join(f"{e['field']}: {e['message']} [{e['rule']}]" for e in rejection["errors"])
+        out(f"    ✗ {rejection['record_key']} ({rejection['stage']}): {reasons}")
+    out(f"  {'took':<{width}}  {seconds:>5.1f}s")
+
+
+def run_demo(topo: LocalTopology, *, new: int = 3, changes: int = 5, out: Printer = print) -> int:
+    """Run the demo; returns the process exit code."""
+    started = time.monotonic()
+    env = {**os.environ, **topo.environment()}
+    os.environ.update(topo.environment())
+    topo.log_dir.mkdir(parents=True, exist_ok=True)
+    airflow_log = topo.log_dir / "airflow-cli.log"
+
+    out(f"lienthong demo — local state in {topo.home}")
+    out("· preparing Airflow's metadata DB on SQLite and the pools …")
+    prepare_airflow(topo, env, airflow_log)
+
+    store = Store(f"sqlite:///{topo.bus_db}")
+    store.create_schema()
+    before = store.latest_run(dossier_status.FLOW)
+
+    standins = StandIns(topo, env, topo.log_dir / "mocks.log")
+    out(f"· starting the stand-ins: one-stop {standins.onestop_url}, national portal {standins.portal_url}")
+    standins.start()
+    try:
+        world = standins.advance(new, changes)
+        out(f"· the one-stop world moved on: {len(world.get('created', []))} new dossiers, "
+            f"{len(world.get('changed', []))} status changes")
+        for change in world.get("changed", []):
+            out(f"    {change['dossierNo']}: {change['from']} → {change['to']}")
+        out("· running DAG sync_dossier_status through Airflow (airflow dags test) …")
+        t0 = time.monotonic()
+        code = _airflow(["dags", "test", "sync_dossier_status"], env, airflow_log)
+        dag_seconds = time.monotonic() - t0
+    finally:
+        standins.stop()
+        out("· stand-ins stopped (their state stays in " + str(topo.mocks_dir) + ")")
+
+    after = store.latest_run(dossier_status.FLOW)
+    if code != 0 or after is None or (before and after["run_id"] == before["run_id"]):
+        out(f"✗ the DAG run did not complete (exit code {code}); Airflow's output is in {airflow_log}")
+        return 1
+    failed_steps = [k for k in ("events_read", "considered") if k not in after["counts"]]
+    _print_summary(out, after, dag_seconds)
+    out(f"  whole demo took {time.monotonic() - started:.1f}s")
+    out("")
+    out(f"Exchange log of this run:  .venv/bin/lienthong exchanges --run-id '{after['run_id']}'")
+    out("Dead letters:              .venv/bin/lienthong dead-letters")
+    out("Airflow UI with this run:  make airflow   (http://127.0.0.1:8080, user admin / admin)")
+    if failed_steps:
+        out(f"✗ the run skipped steps: {', '.join(failed_steps)}")
+        return 1
+    return 0

@@ -1,0 +1,147 @@
+"""The local topology: where state lives, which ports the stand-ins use, and the environment
+that Airflow, the DAGs and the CLI see on one machine.
+
+One source of truth for ``make demo``, ``make airflow``, ``lienthong mocks up`` and the tests
+that keep ``docker-compose.yml`` honest (it must name the same connection ids, environment
+variables and services).
+
+The credentials below are the stand-ins' demo credentials, not real ones: real deployments set
+their own ``AIRFLOW_CONN_*`` values (or Airflow connections), and the same code reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "CONNECTION_IDS",
+    "LocalTopology",
+    "POOLS",
+    "REPO_ROOT",
+    "topology",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Pools per peer (design §5): a slot is one task talking to that peer at a time.
+POOLS: dict[str, dict[str, object]] = {
+    "onestop": {"slots": 2, "description": "Provincial one-stop system REST API", "include_deferred": False},
+    "national_portal": {"slots": 2, "description": "National public service portal adapter", "include_deferred": False},
+}
+
+CONNECTION_IDS = ("onestop_default", "national_portal_default", "lienthong_db")
+
+DEMO_ONESTOP_API_KEY = "demo-onestop-key"
+DEMO_PORTAL_USERNAME = "lienthong.h49"
+DEMO_PORTAL_PASSWORD = "demo-portal-secret"
+DEMO_UNIT_CODE = "000.00.01.H49"
+
+
+@dataclass(frozen=True)
+class LocalTopology:
+    """Everything one local installation needs to know about itself.
+
+    Attributes:
+        home: local state (bus DB, stand-ins' state, Airflow home, logs); ``var/`` by default,
+            ``LIENTHONG_HOME`` to move it.
+        onestop_port, portal_port: the stand-ins' ports on 127.0.0.1.
+    """
+
+    home: Path
+    onestop_port: int = 18081
+    portal_port: int = 18082
+    host: str = "127.0.0.1"
+
+    @property
+    def bus_db(self) -> Path:
+        return self.home / "lienthong.db"
+
+    @property
+    def mocks_dir(self) -> Path:
+        return self.home / "mocks"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "log"
+
+    @property
+    def pools_file(self) -> Path:
+        return self.home / "pools.json"
+
+    def connections(self) -> dict[str, dict[str, object]]:
+        """Connection id → Airflow JSON connection for the stand-ins and the bus database."""
+        return {
+            "onestop_default": {
+                "conn_type": "http", "host": self.host, "port": self.onestop_port, "schema": "http",
+                "password": DEMO_ONESTOP_API_KEY,
+                "extra": {"page_size": 200, "read_timeout": 10},
+            },
+            "national_portal_default": {
+                "conn_type": "http", "host": self.host, "port": self.portal_port, "schema": "http",
+                "login": DEMO_PORTAL_USERNAME, "password": DEMO_PORTAL_PASSWORD,
+                "extra": {"madonvi": DEMO_UNIT_CODE, "dstcode": "DVCQG", "auth_endpoint": "/auth",
+                          "integration_endpoint": "/integration", "share_endpoint": "/share",
+                          "read_timeout": 10},
+            },
+            "lienthong_db": {"conn_type": "sqlite", "host": str(self.bus_db)},
+        }
+
+    def environment(self) -> dict[str, str]:
+        """Environment variables for Airflow, the DAGs and the CLI on this machine."""
+        venv_bin = str(Path(sys.executable).parent)
+        env = {
+            "LIENTHONG_HOME": str(self.home),
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.airflow_home / 'airflow.db'}",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,auditor:viewer",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.airflow_home / "passwords.json"),
+            "AIRFLOW__API__PORT": "8080",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            # standalone starts its components as `airflow ...` found on PATH (airflow3-notes §4.1).
+            "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+            "LIENTHONG_MOCK_ONESTOP_API_KEY": DEMO_ONESTOP_API_KEY,
+            "LIENTHONG_MOCK_PORTAL_USERNAME": DEMO_PORTAL_USERNAME,
+            "LIENTHONG_MOCK_PORTAL_PASSWORD": DEMO_PORTAL_PASSWORD,
+            "LIENTHONG_MOCK_PORTAL_UNIT": DEMO_UNIT_CODE,
+        }
+        for conn_id, conn in self.connections().items():
+            env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+        return env
+
+    def write_passwords_file(self) -> Path:
+        """Local UI users for SimpleAuthManager: admin/admin and a read-only auditor/auditor."""
+        path = self.airflow_home / "passwords.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_text(json.dumps({"admin": "admin", "auditor": "auditor"}))
+        return path
+
+    def write_pools_file(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.pools_file.write_text(json.dumps(POOLS, indent=2))
+        return self.pools_file
+
+    def mocks_command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "mocks", "up", "--state-dir", str(self.mocks_dir), "--host", self.host,
+            "--onestop-port", str(self.onestop_port), "--portal-port", str(self.portal_port),
+        ]
+
+
+def topology(home: str | Path | None = None) -> LocalTopology:
+    """The local topology, with ``LIENTHONG_HOME`` (or ``var/`` in the repository) as its home."""
+    chosen = home or os.environ.get("LIENTHONG_HOME") or (REPO_ROOT / "var")
+    return LocalTopology(home=Path(chosen).resolve())

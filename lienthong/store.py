@@ -1,0 +1,349 @@
+"""The bus database: cursors, the outbox, acknowledgements, dead letters, runs and the exchange log.
+
+Plain SQLAlchemy Core on any SQLAlchemy URL: an SQLite file by default, PostgreSQL in the
+scale-out shape. Everything a flow needs to survive a crash lives here, so a rerun continues
+where the last one stopped (design §4).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.types import TypeDecorator
+
+from connectors.connection import ConnectionSpec
+from connectors.errors import ConfigurationError
+
+__all__ = ["Store", "canonical_json", "metadata", "sqlalchemy_url", "utcnow"]
+
+metadata = MetaData()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class AwareDateTime(TypeDecorator):
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused: the bus stores aware UTC times")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+sync_cursor = Table(
+    "sync_cursor",
+    metadata,
+    Column("flow", String(64), primary_key=True),
+    Column("cursor", Text, nullable=False),
+    Column("updated_at", AwareDateTime, nullable=False),
+    Column("run_id", String(250)),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("flow", String(64), nullable=False),
+    Column("record_key", String(200), nullable=False),
+    Column("source_seq", Integer, nullable=False),
+    Column("source_version", Integer),
+    Column("source_payload", JSON, nullable=False),
+    # pending → delivered | unchanged | rejected | superseded
+    Column("state", String(16), nullable=False, default="pending"),
+    Column("operation", String(16)),  # insert | update, once delivered
+    Column("payload_hash", String(64)),  # sha256 of what the peer received
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("staged_run_id", String(250)),
+    Column("staged_at", AwareDateTime, nullable=False),
+    Column("done_run_id", String(250)),
+    Column("done_at", AwareDateTime),
+    UniqueConstraint("flow", "record_key", "source_seq", name="uq_outbox_event"),
+    Index("ix_outbox_pending", "flow", "state", "id"),
+    Index("ix_outbox_key", "flow", "record_key"),
+)
+
+delivery_state = Table(
+    "delivery_state",
+    metadata,
+    Column("peer", String(64), primary_key=True),
+    Column("record_key", String(200), primary_key=True),
+    Column("payload_hash", String(64), nullable=False),
+    Column("created_on_peer", Boolean, nullable=False),
+    Column("outbox_id", Integer),
+    Column("acked_at", AwareDateTime, nullable=False),
+    Column("acked_run_id", String(250)),
+)
+
+dead_letter = Table(
+    "dead_letter",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("flow", String(64), nullable=False),
+    Column("record_key", String(200), nullable=False),
+    Column("outbox_id", Integer),
+    Column("run_id", String(250)),
+    Column("stage", String(32), nullable=False),  # mapping | peer
+    Column("error_class", String(100), nullable=False),
+    Column("errors", JSON, nullable=False),  # [{field, rule, message}]
+    Column("peer_code", String(32)),
+    Column("source_payload", JSON, nullable=False),  # the original record, unmodified
+    Column("created_at", AwareDateTime, nullable=False),
+    Column("resolved_at", AwareDateTime),
+    Column("resolution", Text),
+    Index("ix_dead_letter_key", "flow", "record_key"),
+)
+
+sync_run = Table(
+    "sync_run",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("flow", String(64), primary_key=True),
+    Column("started_at", AwareDateTime, nullable=False),
+    Column("finished_at", AwareDateTime),
+    Column("counts", JSON, nullable=False, default=dict),
+)
+
+exchange_log = Table(
+    "exchange_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", AwareDateTime, nullable=False),
+    Column("flow", String(64)),
+    Column("run_id", String(250)),
+    Column("task_id", String(250)),
+    Column("peer", String(64), nullable=False),
+    Column("operation", String(100), nullable=False),
+    Column("direction", String(16), nullable=False),
+    Column("method", String(10), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("peer_code", String(32)),
+    Column("http_status", Integer),
+    Column("duration_ms", Float, nullable=False),
+    Column("record_count", Integer, nullable=False),
+    Column("request_headers", JSON, nullable=False),
+    Column("request_body", LargeBinary, nullable=False),  # zlib-compressed, secrets redacted
+    Column("request_sha256", String(64), nullable=False),
+    Column("request_size", Integer, nullable=False),
+    Column("response_headers", JSON, nullable=False),
+    Column("response_body", LargeBinary, nullable=False),
+    Column("response_sha256", String(64), nullable=False),
+    Column("response_size", Integer, nullable=False),
+    Column("error", Text),
+    Index("ix_exchange_run", "run_id"),
+    Index("ix_exchange_peer_op", "peer", "operation", "started_at"),
+)
+
+exchange_key = Table(
+    "exchange_key",
+    metadata,
+    Column("exchange_id", Integer, ForeignKey("exchange_log.id"), primary_key=True),
+    Column("record_key", String(200), primary_key=True),
+    Index("ix_exchange_key_key", "record_key"),
+)
+
+
+def sqlalchemy_url(spec: ConnectionSpec) -> str:
+    """The SQLAlchemy URL for a bus-database connection.
+
+    ``extra.sqlalchemy_url`` wins; otherwise ``sqlite`` (host = file path) and ``postgres``
+    connections are translated as Airflow's own hooks do.
+    """
+    if spec.extra.get("sqlalchemy_url"):
+        return str(spec.extra["sqlalchemy_url"])
+    if spec.conn_type == "sqlite":
+        if not spec.host:
+            raise ConfigurationError(f"connection '{spec.conn_id}': sqlite needs host = the database file path")
+        return f"sqlite:///{spec.host}"
+    if spec.conn_type in {"postgres", "postgresql"}:
+        auth = spec.login
+        if spec.password:
+            from urllib.parse import quote
+
+            auth += ":" + quote(spec.password.reveal(), safe="")
+        auth = f"{auth}@" if auth else ""
+        port = f":{spec.port}" if spec.port else ""
+        return f"postgresql+psycopg2://{auth}{spec.host}{port}/{spec.schema}"
+    raise ConfigurationError(
+        f"connection '{spec.conn_id}': conn_type '{spec.conn_type}' is not supported for the bus database "
+        "(use sqlite, postgres, or extra.sqlalchemy_url)"
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Store:
+    """Handle on the bus database.
+
+    Args:
+        url: an SQLAlchemy URL. SQLite files get WAL mode and a busy timeout so that several
+            task processes can write at once.
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    @classmethod
+    def from_connection(cls, spec: ConnectionSpec) -> Store:
+        return cls(sqlalchemy_url(spec))
+
+    def create_schema(self) -> None:
+        """Create missing tables (idempotent)."""
+        metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- cursors -------------------------------------------------------------------------------
+    def get_cursor(self, flow: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(sync_cursor.c.cursor).where(sync_cursor.c.flow == flow)).scalar()
+
+    @staticmethod
+    def set_cursor(conn: Connection, flow: str, cursor: str, run_id: str | None) -> None:
+        values = {"cursor": cursor, "updated_at": utcnow(), "run_id": run_id}
+        updated = conn.execute(sync_cursor.update().where(sync_cursor.c.flow == flow).values(**values)).rowcount
+        if not updated:
+            conn.execute(sync_cursor.insert().values(flow=flow, **values))
+
+    # -- runs ----------------------------------------------------------------------------------
+    def add_run_counts(self, flow: str, run_id: str, counts: dict[str, Any], *, finished: bool = False) -> None:
+        """Merge ``counts`` into the run's summary (numbers add up, lists extend)."""
+        with self.begin() as conn:
+            row = conn.execute(
+                select(sync_run.c.counts).where(sync_run.c.flow == flow, sync_run.c.run_id == run_id)
+            ).first()
+            merged: dict[str, Any] = dict(row.counts) if row else {}
+            for key, value in counts.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    merged[key] = merged.get(key, 0) + value
+                elif isinstance(value, list):
+                    merged[key] = list(merged.get(key, [])) + value
+                else:
+                    merged[key] = value
+            values: dict[str, Any] = {"counts": merged}
+            if finished:
+                values["finished_at"] = utcnow()
+            if row:
+                conn.execute(
+                    sync_run.update().where(sync_run.c.flow == flow, sync_run.c.run_id == run_id).values(**values)
+                )
+            else:
+                conn.execute(sync_run.insert().values(flow=flow, run_id=run_id, started_at=utcnow(), **values))
+
+    def run_summary(self, flow: str, run_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(sync_run).where(sync_run.c.flow == flow, sync_run.c.run_id == run_id)
+            ).mappings().first()
+            if row is None:
+                return None
+            exchanges = conn.execute(
+                select(func.count()).select_from(exchange_log).where(exchange_log.c.run_id == run_id)
+            ).scalar_one()
+        return {**dict(row), "exchanges": exchanges}
+
+    def latest_run(self, flow: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            run_id = conn.execute(
+                select(sync_run.c.run_id).where(sync_run.c.flow == flow).order_by(sync_run.c.started_at.desc())
+            ).scalar()
+        return self.run_summary(flow, run_id) if run_id else None
+
+    # -- dead letters --------------------------------------------------------------------------
+    @staticmethod
+    def add_dead_letter(
+        conn: Connection,
+        *,
+        flow: str,
+        record_key: str,
+        outbox_id: int | None,
+        run_id: str | None,
+        stage: str,
+        error: Exception,
+        errors: list[dict[str, str]],
+        source_payload: Any,
+        peer_code: str | None = None,
+    ) -> None:
+        conn.execute(
+            dead_letter.insert().values(
+                flow=flow,
+                record_key=record_key,
+                outbox_id=outbox_id,
+                run_id=run_id,
+                stage=stage,
+                error_class=type(error).__name__,
+                errors=errors,
+                peer_code=peer_code,
+                source_payload=source_payload,
+                created_at=utcnow(),
+            )
+        )
+
+    def dead_letters(self, flow: str | None = None, *, unresolved_only: bool = True) -> list[dict[str, Any]]:
+        query = select(dead_letter).order_by(dead_letter.c.id)
+        if flow:
+            query = query.where(dead_letter.c.flow == flow)
+        if unresolved_only:
+            query = query.where(dead_letter.c.resolved_at.is_(None))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def canonical_json(value: Any) -> bytes:
+    """The bytes a payload hash is computed over: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()

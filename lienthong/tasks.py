@@ -1,0 +1,80 @@
+"""The work of each Airflow task, callable without Airflow.
+
+A DAG task calls one function here with a connection resolver (Airflow's, through
+``connectors.hooks.airflow_connection_spec``); the CLI and tests pass
+``connectors.connection.connection_from_env``. Each function opens what it needs, does one step
+of a flow, adds its counts to the run summary, and returns those counts (small, for XCom).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from connectors.connection import ConnectionSpec
+from connectors.national_portal.client import NationalPortalClient
+from connectors.one_stop.client import OneStopClient
+from lienthong.exchange_log import BusRecorder
+from lienthong.flows import dossier_status
+from lienthong.store import Store
+
+__all__ = [
+    "BUS_DB_CONN_ID",
+    "NATIONAL_PORTAL_CONN_ID",
+    "ONESTOP_CONN_ID",
+    "deliver_dossier_statuses",
+    "dossier_run_summary",
+    "open_store",
+    "stage_dossier_changes",
+]
+
+Resolver = Callable[[str], ConnectionSpec]
+
+ONESTOP_CONN_ID = "onestop_default"
+NATIONAL_PORTAL_CONN_ID = "national_portal_default"
+BUS_DB_CONN_ID = "lienthong_db"
+
+
+def open_store(resolve: Resolver, conn_id: str = BUS_DB_CONN_ID) -> Store:
+    store = Store.from_connection(resolve(conn_id))
+    store.create_schema()
+    return store
+
+
+def stage_dossier_changes(resolve: Resolver, *, run_id: str, task_id: str | None = None) -> dict[str, Any]:
+    """Read the one-stop change feed into the outbox."""
+    store = open_store(resolve)
+    recorder = BusRecorder(store, dossier_status.FLOW, run_id, task_id)
+    onestop = OneStopClient.from_connection(resolve(ONESTOP_CONN_ID), recorder=recorder)
+    try:
+        report = dossier_status.stage_changes(store, onestop, run_id=run_id)
+    finally:
+        onestop.close()
+    counts = report.counts()
+    store.add_run_counts(dossier_status.FLOW, run_id, counts)
+    return counts
+
+
+def deliver_dossier_statuses(
+    resolve: Resolver, *, run_id: str, task_id: str | None = None, batch_size: int = 50
+) -> dict[str, Any]:
+    """Map and deliver pending dossiers to the national portal."""
+    store = open_store(resolve)
+    recorder = BusRecorder(store, dossier_status.FLOW, run_id, task_id)
+    portal = NationalPortalClient.from_connection(resolve(NATIONAL_PORTAL_CONN_ID), recorder=recorder)
+    try:
+        report = dossier_status.deliver_pending(store, portal, run_id=run_id, batch_size=batch_size)
+    finally:
+        portal.close()
+    counts = report.counts()
+    store.add_run_counts(dossier_status.FLOW, run_id, counts)
+    counts.pop("rejections")
+    return counts
+
+
+def dossier_run_summary(resolve: Resolver, *, run_id: str) -> dict[str, Any]:
+    """Close the run's summary and return it (what the demo prints)."""
+    store = open_store(resolve)
+    store.add_run_counts(dossier_status.FLOW, run_id, {}, finished=True)
+    summary = store.run_summary(dossier_status.FLOW, run_id) or {}
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in summary.items()}

@@ -1,0 +1,125 @@
+"""Shared test set-up: offline by construction, Airflow isolated in a temporary home, and the
+stand-in peers as real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Airflow reads its configuration when first imported: isolate it before any test imports it.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="lienthong-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ.pop("LIENTHONG_HOME", None)
+for _key in [k for k in os.environ if k.startswith("AIRFLOW_CONN_")]:
+    del os.environ[_key]
+
+
+# --- offline by construction -------------------------------------------------------------------
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _is_loopback(address: object) -> bool:
+    if not isinstance(address, tuple) or not address:
+        return True  # AF_UNIX paths and the like stay on this machine
+    host = str(address[0])
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost would need DNS: refuse
+
+
+class OfflineViolation(RuntimeError):
+    pass
+
+
+def _guarded_connect(self: socket.socket, address: object) -> None:
+    if not _is_loopback(address):
+        raise OfflineViolation(f"tests are offline: connection to {address!r} refused (only 127.0.0.1)")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: object) -> int:
+    if not _is_loopback(address):
+        raise OfflineViolation(f"tests are offline: connection to {address!r} refused (only 127.0.0.1)")
+    return _real_connect_ex(self, address)
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+
+
+# --- stand-ins ---------------------------------------------------------------------------------
+ONESTOP_KEY = "test-onestop-key"
+PORTAL_USER = "lienthong.h49"
+PORTAL_PASSWORD = "test-portal-secret-Zq9"
+UNIT = "000.00.01.H49"
+
+
+@dataclass
+class StandIns:
+    onestop: object
+    portal: object
+    state_dir: Path
+
+    def connections(self, bus_db: Path) -> dict[str, dict]:
+        host, port = self.onestop.url.removeprefix("http://").split(":")
+        p_host, p_port = self.portal.url.removeprefix("http://").split(":")
+        return {
+            "onestop_default": {"conn_type": "http", "host": host, "port": int(port), "schema": "http",
+                                "password": ONESTOP_KEY, "extra": {"page_size": 25, "read_timeout": 5}},
+            "national_portal_default": {
+                "conn_type": "http", "host": p_host, "port": int(p_port), "schema": "http",
+                "login": PORTAL_USER, "password": PORTAL_PASSWORD,
+                "extra": {"madonvi": UNIT, "dstcode": "DVCQG", "read_timeout": 5, "max_attempts": 2},
+            },
+            "lienthong_db": {"conn_type": "sqlite", "host": str(bus_db)},
+        }
+
+
+def start_standins(state_dir: Path, *, seed_dossiers: int = 40) -> StandIns:
+    from mocks.national_portal import NationalPortalMock
+    from mocks.one_stop import OneStopMock
+
+    onestop = OneStopMock(state_dir=state_dir, port=0, api_key=ONESTOP_KEY, seed_dossiers=seed_dossiers)
+    portal = NationalPortalMock(
+        state_dir=state_dir, port=0,
+        accounts={PORTAL_USER: {"password": PORTAL_PASSWORD, "unit": UNIT}},
+    )
+    onestop.start()
+    portal.start()
+    return StandIns(onestop, portal, state_dir)
+
+
+@pytest.fixture
+def standins(tmp_path: Path) -> Iterator[StandIns]:
+    peers = start_standins(tmp_path / "mocks")
+    try:
+        yield peers
+    finally:
+        peers.onestop.stop()
+        peers.portal.stop()
+
+
+@pytest.fixture
+def bus_env(standins: StandIns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StandIns:
+    """Connections (as AIRFLOW_CONN_* variables) to the stand-ins and a fresh bus database."""
+    for conn_id, conn in standins.connections(tmp_path / "bus.db").items():
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+    return standins

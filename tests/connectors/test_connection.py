@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from connectors.connection import ConnectionSpec, Secret, connection_from_env
+from connectors.errors import ConfigurationError
+
+
+def test_json_form_is_read_like_airflow():
+    env = {"AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT": json.dumps({
+        "conn_type": "http", "host": "127.0.0.1", "port": 18082, "schema": "http",
+        "login": "u", "password": "p@ss", "extra": {"madonvi": "000.00.01.H49"}})}
+    spec = connection_from_env("national_portal_default", env)
+    assert spec.base_url == "http://127.0.0.1:18082"
+    assert spec.login == "u"
+    assert spec.password.reveal() == "p@ss"
+    assert spec.extra == {"madonvi": "000.00.01.H49"}
+
+
+def test_uri_form_percent_decodes_credentials():
+    env = {"AIRFLOW_CONN_LIENTHONG_DB": "postgres://bus:p%40ss@127.0.0.1:5432/lienthong"}
+    spec = connection_from_env("lienthong_db", env)
+    assert (spec.conn_type, spec.host, spec.port, spec.schema, spec.login) == (
+        "postgres", "127.0.0.1", 5432, "lienthong", "bus")
+    assert spec.password.reveal() == "p@ss"
+
+
+def test_sqlite_uri_keeps_the_file_path():
+    spec = connection_from_env("lienthong_db", {"AIRFLOW_CONN_LIENTHONG_DB": "sqlite:////tmp/x/bus.db"})
+    assert spec.host == "/tmp/x/bus.db"
+
+
+def test_missing_connection_names_the_variable():
+    with pytest.raises(ConfigurationError, match="AIRFLOW_CONN_ONESTOP_DEFAULT"):
+        connection_from_env("onestop_default", {})
+
+
+def test_malformed_json_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="not valid JSON"):
+        connection_from_env("onestop_default", {"AIRFLOW_CONN_ONESTOP_DEFAULT": "{nope"})
+
+
+def test_require_names_every_missing_setting():
+    spec = ConnectionSpec(conn_id="national_portal_default", conn_type="http", host="h")
+    with pytest.raises(ConfigurationError) as info:
+        spec.require("host", "login", "password", "extra.madonvi")
+    assert "login, password, extra.madonvi" in str(info.value)
+
+
+def test_secret_never_shows_itself():
+    secret = Secret("hunter2")
+    spec = ConnectionSpec(conn_id="x", conn_type="http", password=secret)
+    for text in (repr(secret), str(secret), repr(spec), f"{spec}"):
+        assert "hunter2" not in text
+    assert secret.reveal() == "hunter2"

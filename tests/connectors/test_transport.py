@@ -1,0 +1,133 @@
+"""The transport against a real local HTTP server: timeouts, retries, redaction, recording."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from connectors.errors import PeerUnavailable
+from connectors.transport import HttpTransport, MemoryRecorder, RetryPolicy
+
+
+class ScriptedServer:
+    """Answers each request with the next scripted (status, body, delay) step."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.requests = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                outer.requests.append((self.command, self.path, self.rfile.read(length), dict(self.headers)))
+                status, body, delay = outer.script.pop(0) if outer.script else (200, {"ok": True}, 0)
+                if delay:
+                    time.sleep(delay)
+                data = json.dumps(body).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            do_GET = do_POST = _answer
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server_factory():
+    servers = []
+
+    def make(script):
+        s = ScriptedServer(script)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def transport(url, recorder, **kw):
+    return HttpTransport(peer="peer", base_url=url, recorder=recorder, seed=1, sleep=lambda s: None, **kw)
+
+
+def test_retries_5xx_then_succeeds_recording_every_attempt(server_factory):
+    server = server_factory([(503, {"e": 1}, 0), (502, {"e": 2}, 0), (200, {"ok": 1}, 0)])
+    rec = MemoryRecorder()
+    response = transport(server.url, rec, retry=RetryPolicy(max_attempts=3)).send(
+        "POST", "/x", operation="op", json_body={"a": 1}, record_keys=["K1", "K2"])
+    assert response.json() == {"ok": 1}
+    assert [(e.attempt, e.response_status, e.outcome) for e in rec.exchanges] == [
+        (1, 503, "http_error"), (2, 502, "http_error"), (3, 200, "ok")]
+    assert all(e.record_keys == ("K1", "K2") for e in rec.exchanges)
+    assert len(server.requests) == 3
+
+
+def test_4xx_is_returned_not_retried(server_factory):
+    server = server_factory([(400, {"bad": True}, 0)])
+    rec = MemoryRecorder()
+    response = transport(server.url, rec).send("GET", "/x", operation="op")
+    assert response.status_code == 400
+    assert len(server.requests) == 1
+    assert rec.exchanges[0].outcome == "http_error"
+
+
+def test_gives_up_after_max_attempts_with_a_retriable_error(server_factory):
+    server = server_factory([(500, {}, 0)] * 5)
+    rec = MemoryRecorder()
+    with pytest.raises(PeerUnavailable) as info:
+        transport(server.url, rec, retry=RetryPolicy(max_attempts=2)).send("GET", "/x", operation="op")
+    assert info.value.status == 500
+    assert len(server.requests) == 2 and len(rec.exchanges) == 2
+
+
+def test_read_timeout_is_explicit_and_retriable(server_factory):
+    server = server_factory([(200, {}, 1.0)])
+    rec = MemoryRecorder()
+    with pytest.raises(PeerUnavailable, match="no answer within 0.2s"):
+        transport(server.url, rec, read_timeout=0.2, retry=RetryPolicy(max_attempts=1)).send(
+            "GET", "/x", operation="op")
+    assert rec.exchanges[0].outcome == "transport_error"
+    assert rec.exchanges[0].response_status is None
+
+
+def test_connection_refused_is_retriable():
+    rec = MemoryRecorder()
+    with pytest.raises(PeerUnavailable, match="connection failed"):
+        transport("http://127.0.0.1:9", rec, retry=RetryPolicy(max_attempts=2)).send("GET", "/x", operation="op")
+    assert [e.attempt for e in rec.exchanges] == [1, 2]
+
+
+def test_secrets_are_redacted_in_bodies_and_headers(server_factory):
+    server = server_factory([(200, {"session": "tok-SECRET", "error_code": 0}, 0)])
+    rec = MemoryRecorder()
+    t = transport(server.url, rec, redact_keys=("password", "session"), redact_headers=("X-Api-Key",),
+                  default_headers={"X-Api-Key": "key-SECRET"})
+    t.send("POST", "/auth", operation="login", json_body={"username": "u", "password": "pw-SECRET"})
+    # the peer received the real values
+    method, path, body, headers = server.requests[0]
+    assert json.loads(body)["password"] == "pw-SECRET" and headers["X-Api-Key"] == "key-SECRET"
+    # the log did not
+    e = rec.exchanges[0]
+    logged = e.request_body + e.response_body + json.dumps(e.request_headers).encode()
+    assert b"SECRET" not in logged
+    assert json.loads(e.request_body) == {"username": "u", "password": "***"}
+    assert json.loads(e.response_body) == {"session": "***", "error_code": 0}
+    assert e.request_headers["X-Api-Key"] == "***"
