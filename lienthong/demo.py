@@ -20,7 +20,7 @@ from typing import IO, Any
 import requests
 
 from lienthong.flows import dossier_status
-from lienthong.localenv import LocalTopology
+from lienthong.localenv import POOLS_FILE, LocalTopology
 from lienthong.store import Store
 
 __all__ = ["StandIns", "prepare_airflow", "run_demo"]
@@ -101,7 +101,7 @@ def prepare_airflow(topo: LocalTopology, env: dict[str, str], log_file: Path) ->
     topo.write_passwords_file()
     if _airflow(["db", "migrate"], env, log_file) != 0:
         raise RuntimeError(f"airflow db migrate failed; see {log_file}")
-    if _airflow(["pools", "import", str(topo.write_pools_file())], env, log_file) != 0:
+    if _airflow(["pools", "import", str(POOLS_FILE)], env, log_file) != 0:
         raise RuntimeError(f"airflow pools import failed; see {log_file}")
 
 

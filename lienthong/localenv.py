@@ -21,17 +21,17 @@ __all__ = [
     "CONNECTION_IDS",
     "LocalTopology",
     "POOLS",
+    "POOLS_FILE",
     "REPO_ROOT",
     "topology",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Pools per peer (design §5): a slot is one task talking to that peer at a time.
-POOLS: dict[str, dict[str, object]] = {
-    "onestop": {"slots": 2, "description": "Provincial one-stop system REST API", "include_deferred": False},
-    "national_portal": {"slots": 2, "description": "National public service portal adapter", "include_deferred": False},
-}
+# Pools per peer (design §5): a slot is one task talking to that peer at a time. The file is
+# shared with docker-compose.yml's airflow-init.
+POOLS_FILE = REPO_ROOT / "config" / "pools.json"
+POOLS: dict[str, dict[str, object]] = json.loads(POOLS_FILE.read_text())
 
 CONNECTION_IDS = ("onestop_default", "national_portal_default", "lienthong_db")
 
@@ -71,10 +71,6 @@ class LocalTopology:
     @property
     def log_dir(self) -> Path:
         return self.home / "log"
-
-    @property
-    def pools_file(self) -> Path:
-        return self.home / "pools.json"
 
     def connections(self) -> dict[str, dict[str, object]]:
         """Connection id → Airflow JSON connection for the stand-ins and the bus database."""
@@ -128,11 +124,6 @@ class LocalTopology:
         if not path.exists():
             path.write_text(json.dumps({"admin": "admin", "auditor": "auditor"}))
         return path
-
-    def write_pools_file(self) -> Path:
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.pools_file.write_text(json.dumps(POOLS, indent=2))
-        return self.pools_file
 
     def mocks_command(self) -> list[str]:
         return [

@@ -1,0 +1,39 @@
+"""Every DAG parses, and each task is set up as the design asks (retries, timeouts, pools)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.models import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert "sync_dossier_status" in dagbag.dags
+
+
+def test_tasks_have_retries_timeouts_and_known_pools(dagbag):
+    pools = set(json.loads((REPO / "config" / "pools.json").read_text())) | {"default_pool"}
+    for dag in dagbag.dags.values():
+        for t in dag.tasks:
+            assert t.retries >= 1, t.task_id
+            assert t.execution_timeout is not None, t.task_id
+            assert t.pool in pools, (t.task_id, t.pool)
+
+
+def test_dossier_dag_shape(dagbag):
+    dag = dagbag.dags["sync_dossier_status"]
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "stage_dossier_changes", "deliver_dossier_statuses", "summarize_run"]
+    assert dag.max_active_runs == 1
+    assert dag.catchup is False
+    assert dag.get_task("stage_dossier_changes").pool == "onestop"
+    assert dag.get_task("deliver_dossier_statuses").pool == "national_portal"

@@ -1,0 +1,86 @@
+"""sync_dossier_status through Airflow (dag.test on a migrated SQLite metadata DB) against the
+stand-ins as real servers."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from connectors.connection import connection_from_env
+from lienthong import tasks
+from lienthong.flows import dossier_status
+from lienthong.mapping import load_mapping
+from lienthong.store import exchange_log
+
+pytestmark = pytest.mark.airflow
+T = 10
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    from airflow.utils import db
+
+    db.resetdb()
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from pathlib import Path
+
+    from airflow.models import DagBag
+
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags"))
+    return bag.dags["sync_dossier_status"]
+
+
+def _state(standins, path):
+    return requests.get(standins.portal.url + path, timeout=T).json()
+
+
+def test_two_runs_through_airflow_deliver_everything_once(airflow_db, dag, bus_env):
+    first = dag.test()
+    assert first.state == "success"
+    assert {ti.task_id: ti.state for ti in first.get_task_instances()} == {
+        "stage_dossier_changes": "success", "deliver_dossier_statuses": "success", "summarize_run": "success"}
+
+    onestop = {d["dossierNo"]: d for d in requests.get(bus_env.onestop.url + "/_state/dossiers",
+                                                       timeout=T).json()["dossiers"]}
+    defective = {d["dossierNo"] for d in requests.get(bus_env.onestop.url + "/_state", timeout=T).json()["defective"]}
+    mapping = load_mapping(dossier_status.MAPPING)
+    expected = {c: mapping.apply(d) for c, d in onestop.items() if c not in defective}
+    held = {d["MaHoSo"]: d for d in _state(bus_env, "/_state/dossiers")["dossiers"]}
+    assert held == expected
+
+    store = tasks.open_store(connection_from_env)
+    summary = store.run_summary(dossier_status.FLOW, first.run_id)
+    assert summary["counts"]["delivered_new"] == len(expected)
+    assert summary["counts"]["rejected"] == len(defective)
+    assert summary["finished_at"] is not None
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(exchange_log.c.task_id, exchange_log.c.operation)
+                            .where(exchange_log.c.run_id == first.run_id)).all()
+    assert summary["exchanges"] == len(rows) > 0
+    assert {r.task_id for r in rows} == {"stage_dossier_changes", "deliver_dossier_statuses"}
+
+    calls_before = _state(bus_env, "/_state/calls")
+    second = dag.test()
+    assert second.state == "success" and second.run_id != first.run_id
+    assert _state(bus_env, "/_state/calls").get("DongBoHoSoMC") == calls_before.get("DongBoHoSoMC")
+    counts = store.run_summary(dossier_status.FLOW, second.run_id)["counts"]
+    assert counts["events_read"] == 0 and counts["portal_calls"] == 0
+
+    moved = requests.post(bus_env.onestop.url + "/_admin/advance", json={"new": 0, "changes": 4}, timeout=T).json()
+    changed = {c["dossierNo"] for c in moved["changed"]} - defective
+    third = dag.test()
+    assert third.state == "success"
+    counts = store.run_summary(dossier_status.FLOW, third.run_id)["counts"]
+    assert counts["delivered_update"] == len(changed) and counts["delivered_new"] == 0
+    held = {d["MaHoSo"]: d for d in _state(bus_env, "/_state/dossiers")["dossiers"]}
+    for code in changed:
+        assert held[code] == mapping.apply(onestop_current(bus_env, code)), code
+
+
+def onestop_current(standins, code):
+    items = requests.get(standins.onestop.url + "/_state/dossiers", timeout=T).json()["dossiers"]
+    return next(d for d in items if d["dossierNo"] == code)

@@ -1,0 +1,219 @@
+"""The dossier flow end to end against the stand-ins as real servers, without a scheduler.
+
+Every test states invariants against the stand-ins' own state: the portal holds exactly what the
+mapping makes of the one-stop dossiers, nothing is sent twice, nothing is lost, every refusal is
+dead-lettered with its field and rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from connectors.connection import connection_from_env
+from connectors.errors import PeerUnavailable
+from lienthong import tasks
+from lienthong.exchange_log import read_body
+from lienthong.flows import dossier_status
+from lienthong.mapping import load_mapping
+from lienthong.store import exchange_log, outbox
+
+T = 10  # seconds, for every test-door call
+
+
+def onestop_world(standins) -> dict:
+    return requests.get(standins.onestop.url + "/_state", timeout=T).json()
+
+
+def onestop_dossiers(standins) -> dict[str, dict]:
+    items = requests.get(standins.onestop.url + "/_state/dossiers", timeout=T).json()["dossiers"]
+    return {d["dossierNo"]: d for d in items}
+
+
+def portal_dossiers(standins) -> dict[str, dict]:
+    items = requests.get(standins.portal.url + "/_state/dossiers", timeout=T).json()["dossiers"]
+    return {d["MaHoSo"]: d for d in items}
+
+
+def portal_history(standins, code: str) -> list[dict]:
+    return requests.get(standins.portal.url + f"/_state/dossiers/{code}", timeout=T).json()["history"]
+
+
+def defective_codes(standins) -> set[str]:
+    return {d["dossierNo"] for d in onestop_world(standins)["defective"]}
+
+
+def run(run_id: str, batch_size: int = 50) -> tuple[dict, dict]:
+    staged = tasks.stage_dossier_changes(connection_from_env, run_id=run_id, task_id="stage")
+    delivered = tasks.deliver_dossier_statuses(connection_from_env, run_id=run_id, task_id="deliver",
+                                               batch_size=batch_size)
+    return staged, delivered
+
+
+def expected_portal_state(standins) -> dict[str, dict]:
+    mapping = load_mapping(dossier_status.MAPPING)
+    bad = defective_codes(standins)
+    return {code: mapping.apply(d) for code, d in onestop_dossiers(standins).items() if code not in bad}
+
+
+def store():
+    return tasks.open_store(connection_from_env)
+
+
+def test_first_run_delivers_exactly_the_mappable_dossiers_field_by_field(bus_env):
+    staged, delivered = run("run-1", batch_size=7)
+    expected = expected_portal_state(bus_env)
+    held = portal_dossiers(bus_env)
+    assert set(held) == set(expected)
+    for code, record in expected.items():
+        assert held[code] == record, code
+    bad = defective_codes(bus_env)
+    assert len(bad) == 2  # every 20th of the 40 seeded dossiers
+    assert delivered["delivered_new"] == len(expected)
+    assert delivered["delivered_update"] == 0
+    assert delivered["rejected"] == len(bad)
+    assert staged["events_read"] == onestop_world(bus_env)["lastSeq"]
+    # each dossier was applied once, as an insert
+    for code in expected:
+        assert [h["isUpdating"] for h in portal_history(bus_env, code)] == ["False"], code
+
+
+def test_unmappable_dossiers_are_dead_lettered_with_field_and_rule_and_do_not_stop_others(bus_env):
+    run("run-1")
+    letters = {d["record_key"]: d for d in store().dead_letters(dossier_status.FLOW)}
+    world = {d["dossierNo"]: d["defect"] for d in onestop_world(bus_env)["defective"]}
+    assert set(letters) == set(world)
+    expected_field = {"missing_receive_date": ("NgayTiepNhan", "required"),
+                      "unmapped_status": ("TrangThaiHoSo", "code_table"),
+                      "empty_service_code": ("MaTTHC", "required")}
+    for code, defect in world.items():
+        letter = letters[code]
+        assert letter["stage"] == "mapping"
+        fields = {(e["field"], e["rule"]) for e in letter["errors"]}
+        assert expected_field[defect] in fields, (code, defect, fields)
+        # the original one-stop record is kept unmodified for replay
+        assert letter["source_payload"]["dossierNo"] == code
+
+
+def test_second_run_sends_nothing(bus_env):
+    run("run-1")
+    held_before = portal_dossiers(bus_env)
+    staged, delivered = run("run-2")
+    assert staged["events_read"] == 0
+    assert delivered["considered"] == 0
+    assert delivered["portal_calls"] == 0
+    assert portal_dossiers(bus_env) == held_before
+    with store().engine.connect() as conn:
+        ops = conn.execute(select(exchange_log.c.peer, exchange_log.c.operation)
+                           .where(exchange_log.c.run_id == "run-2")).all()
+    assert ops == [("onestop", "changes")]
+
+
+def test_changes_are_delivered_as_updates_and_new_dossiers_as_inserts(bus_env):
+    run("run-1")
+    moved = requests.post(bus_env.onestop.url + "/_admin/advance", json={"new": 3, "changes": 6}, timeout=T).json()
+    bad = defective_codes(bus_env)
+    created = [c for c in moved["created"] if c not in bad]
+    changed = {c["dossierNo"] for c in moved["changed"]} - bad - set(moved["created"])
+    staged, delivered = run("run-2")
+    assert delivered["delivered_new"] == len(created)
+    assert delivered["delivered_update"] == len(changed)
+    assert delivered["unchanged"] == 0
+    expected = expected_portal_state(bus_env)
+    held = portal_dossiers(bus_env)
+    assert held == expected
+    for code in changed:
+        assert [h["isUpdating"] for h in portal_history(bus_env, code)] == ["False", "True"], code
+
+
+def test_exchange_log_has_one_row_per_http_exchange_and_no_secrets(bus_env):
+    staged, delivered = run("run-1", batch_size=10)
+    with store().engine.connect() as conn:
+        rows = conn.execute(select(exchange_log).where(exchange_log.c.run_id == "run-1")).mappings().all()
+    by_op: dict[tuple[str, str], int] = {}
+    for r in rows:
+        by_op[(r["peer"], r["operation"])] = by_op.get((r["peer"], r["operation"]), 0) + 1
+    assert by_op == {("onestop", "changes"): staged["pages"], ("national_portal", "login"): 1,
+                     ("national_portal", "DongBoHoSoMC"): delivered["portal_calls"]}
+    calls = requests.get(bus_env.portal.url + "/_state/calls", timeout=T).json()
+    assert sum(calls["DongBoHoSoMC"].values()) == delivered["portal_calls"]
+    secrets = [json.loads(os.environ[f"AIRFLOW_CONN_{c}"]).get("password") for c in
+               ("ONESTOP_DEFAULT", "NATIONAL_PORTAL_DEFAULT")]
+    for r in rows:
+        blob = read_body(r["request_body"]) + read_body(r["response_body"]) + json.dumps(
+            [r["request_headers"], r["response_headers"], r["url"]]).encode()
+        for secret in secrets:
+            assert secret.encode() not in blob
+        assert b'"session":"***"' in blob or b'"session"' not in blob
+        assert r["request_sha256"] and r["response_sha256"]
+        assert r["flow"] == "dossier_status" and r["task_id"] in {"stage", "deliver"}
+
+
+def test_dossier_the_portal_already_holds_is_sent_as_an_update(bus_env):
+    # Someone (an earlier system, a lost acknowledgement) already created one dossier on the portal.
+    from connectors.national_portal.client import NationalPortalClient
+
+    code, dossier = next((c, d) for c, d in onestop_dossiers(bus_env).items() if c not in defective_codes(bus_env))
+    record = load_mapping(dossier_status.MAPPING).apply(dossier)
+    portal = NationalPortalClient.from_connection(connection_from_env("national_portal_default"))
+    assert portal.sync_dossiers([record], is_updating=False).accepted == [code]
+    _, delivered = run("run-1")
+    assert delivered["rejected"] == len(defective_codes(bus_env))
+    assert [h["isUpdating"] for h in portal_history(bus_env, code)] == ["False", "True"]
+    assert portal_dossiers(bus_env) == expected_portal_state(bus_env)
+
+
+def test_portal_outage_loses_nothing_and_the_rerun_sends_each_dossier_once(bus_env):
+    requests.post(bus_env.portal.url + "/_admin/faults",
+                  json={"error_rate": 1.0, "http_status": 503, "operations": ["DongBoHoSoMC"]}, timeout=T)
+    tasks.stage_dossier_changes(connection_from_env, run_id="run-1", task_id="stage")
+    with pytest.raises(PeerUnavailable):
+        tasks.deliver_dossier_statuses(connection_from_env, run_id="run-1", task_id="deliver")
+    assert portal_dossiers(bus_env) == {}
+    with store().engine.connect() as conn:
+        pending = conn.execute(select(func.count()).select_from(outbox).where(outbox.c.state == "pending")).scalar()
+    assert pending == len(onestop_dossiers(bus_env))
+    requests.post(bus_env.portal.url + "/_admin/faults", json={}, timeout=T)
+    # Airflow's retry of the same task:
+    tasks.deliver_dossier_statuses(connection_from_env, run_id="run-1", task_id="deliver")
+    assert portal_dossiers(bus_env) == expected_portal_state(bus_env)
+    for code in expected_portal_state(bus_env):
+        assert len(portal_history(bus_env, code)) == 1, code
+
+
+def test_answer_lost_after_the_portal_applied_a_batch_has_one_effect(bus_env):
+    # The portal applies the insert, then answers 500: retries meet "đã tồn tại" and turn into
+    # updates carrying the same content, so the portal ends with exactly one, correct record.
+    requests.post(bus_env.portal.url + "/_admin/faults",
+                  json={"ambiguous_rate": 1.0, "operations": ["DongBoHoSoMC"], "seed": 3}, timeout=T)
+    tasks.stage_dossier_changes(connection_from_env, run_id="run-1", task_id="stage")
+    with pytest.raises(PeerUnavailable):
+        tasks.deliver_dossier_statuses(connection_from_env, run_id="run-1", task_id="deliver", batch_size=100)
+    requests.post(bus_env.portal.url + "/_admin/faults", json={}, timeout=T)
+    _, delivered = run("run-2", batch_size=100)
+    expected = expected_portal_state(bus_env)
+    assert portal_dossiers(bus_env) == expected
+    assert delivered["delivered_new"] == 0
+    assert delivered["delivered_update"] == len(expected)  # each insert came back as "đã tồn tại"
+    for code, record in expected.items():
+        history = portal_history(bus_env, code)
+        assert history[0]["isUpdating"] == "False", code
+        assert all(h["isUpdating"] == "True" for h in history[1:]), code
+        assert all(h["record"] == record for h in history), code  # every application had the same content
+
+
+def test_expired_session_is_renewed_without_losing_the_batch(bus_env):
+    tasks.stage_dossier_changes(connection_from_env, run_id="run-1", task_id="stage")
+    from connectors.national_portal.client import NationalPortalClient
+
+    portal = NationalPortalClient.from_connection(connection_from_env("national_portal_default"))
+    portal.login()
+    requests.post(bus_env.portal.url + "/_admin/expire-sessions", timeout=T)
+    report = dossier_status.deliver_pending(store(), portal, run_id="run-1")
+    assert portal.logins == 2
+    assert report.delivered_new == len(expected_portal_state(bus_env))
+    assert portal_dossiers(bus_env) == expected_portal_state(bus_env)

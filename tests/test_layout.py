@@ -1,0 +1,52 @@
+"""The architecture's import rules (design §3), checked on the source."""
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _py(folder: str) -> list[Path]:
+    return sorted((REPO / folder).rglob("*.py"))
+
+
+def test_engine_and_connectors_do_not_import_airflow_except_the_hooks():
+    offenders = [
+        str(p.relative_to(REPO)) for p in _py("lienthong") + _py("connectors")
+        if "airflow" in _imports(p) and p != REPO / "connectors" / "hooks.py"
+    ]
+    assert offenders == []
+
+
+def test_connectors_do_not_import_the_engine():
+    offenders = [str(p.relative_to(REPO)) for p in _py("connectors") if {"lienthong", "dags"} & _imports(p)]
+    assert offenders == []
+
+
+def test_mocks_import_nothing_of_ours():
+    offenders = [str(p.relative_to(REPO)) for p in _py("mocks")
+                 if {"lienthong", "connectors", "dags"} & _imports(p)]
+    assert offenders == []
+
+
+def test_layout_of_the_design_card_exists():
+    for name in ["dags", "lienthong", "connectors", "mappings", "mocks", "fixtures", "tests",
+                 "pyproject.toml", "docker-compose.yml", "Makefile", ".ci/run", "constraints.txt"]:
+        assert (REPO / name).exists(), name
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    assert "make test" in readme
+    assert (REPO / ".ci" / "run").read_text().strip().endswith("make test")
