@@ -23,19 +23,16 @@ from lienthong import localenv
 __all__ = ["build_parser", "main"]
 
 
-def _local_defaults() -> localenv.LocalTopology:
-    """Apply the local topology's environment for anything not already set."""
-    topo = localenv.topology()
-    for key, value in topo.environment().items():
-        if key != "PATH":
-            os.environ.setdefault(key, value)
-    return topo
+def _resolver():
+    """Resolve connections from the environment, falling back to the local topology's."""
+    env = {**localenv.topology().environment(), **os.environ}
+    return lambda conn_id: connection_from_env(conn_id, env)
 
 
 def _store():
     from lienthong.tasks import open_store
 
-    return open_store(connection_from_env)
+    return open_store(_resolver())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -77,7 +74,6 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_db_init(args: argparse.Namespace) -> int:
-    _local_defaults()
     store = _store()
     print(f"bus database ready: {store.engine.url.render_as_string(hide_password=True)}")
     return 0
@@ -85,21 +81,19 @@ def cmd_db_init(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a flow once without a scheduler (same task functions as the DAG)."""
-    _local_defaults()
     from lienthong import tasks
 
+    resolve = _resolver()
     run_id = args.run_id or f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:6]}"
-    staged = tasks.stage_dossier_changes(connection_from_env, run_id=run_id, task_id="cli")
-    delivered = tasks.deliver_dossier_statuses(connection_from_env, run_id=run_id, task_id="cli",
-                                               batch_size=args.batch_size)
-    summary = tasks.dossier_run_summary(connection_from_env, run_id=run_id)
+    staged = tasks.stage_dossier_changes(resolve, run_id=run_id, task_id="cli")
+    delivered = tasks.deliver_dossier_statuses(resolve, run_id=run_id, task_id="cli", batch_size=args.batch_size)
+    summary = tasks.dossier_run_summary(resolve, run_id=run_id)
     print(json.dumps({"run_id": run_id, "staged": staged, "delivered": delivered,
                       "exchanges": summary.get("exchanges")}, ensure_ascii=False, indent=2))
     return 0
 
 
 def cmd_exchanges(args: argparse.Namespace) -> int:
-    _local_defaults()
     from sqlalchemy import select
 
     from lienthong.exchange_log import read_body
@@ -130,7 +124,6 @@ def cmd_exchanges(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    _local_defaults()
     store = _store()
     letters = store.dead_letters(args.flow, unresolved_only=not args.all)
     for d in letters:

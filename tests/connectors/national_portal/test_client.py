@@ -1,0 +1,134 @@
+"""The portal client against the stand-in portal as a real server."""
+
+import pytest
+import requests
+
+from connectors.connection import Secret
+from connectors.errors import AuthenticationFailed, PeerRejected
+from connectors.national_portal.client import (
+    DossierAlreadyExists,
+    DossierFinalised,
+    DossierUnknown,
+    NationalPortalClient,
+)
+from connectors.transport import MemoryRecorder
+from tests.conftest import PORTAL_PASSWORD, PORTAL_USER, UNIT
+
+T = 5
+
+
+def client(standins, recorder=None, **kw):
+    return NationalPortalClient(standins.portal.url, PORTAL_USER, Secret(PORTAL_PASSWORD), UNIT,
+                                recorder=recorder, **kw)
+
+
+def dossier(code="000.00.01.H49-261102-0001", **overrides):
+    record = {
+        "MaHoSo": code, "MaTTHC": None, "TenTTHC": "Đăng ký khai sinh", "MaLinhVuc": "G09-TP03",
+        "TenLinhVuc": "Hộ tịch", "KenhThucHien": "1", "LoaiDoiTuong": "1", "ChuHoSo": "Nguyễn Văn An",
+        "TrichYeuHoSo": "Đăng ký khai sinh cho con", "NgayTiepNhan": "20261102081500", "NgayHenTra": "",
+        "TrangThaiHoSo": "2", "HinhThuc": "0", "DonViXuLy": "Sở Tư pháp tỉnh Quảng Nam",
+    }
+    record.update(overrides)
+    return record
+
+
+@pytest.fixture
+def procedure_code(standins):
+    """A procedure code the portal's catalogue holds (from the shared seed)."""
+    import yaml
+
+    from tests.conftest import REPO_ROOT
+
+    seed = yaml.safe_load((REPO_ROOT / "fixtures" / "seed" / "quang_nam.yaml").read_text())
+    return seed["procedures"][0]["code"]
+
+
+def held(standins):
+    return {d["MaHoSo"]: d for d in requests.get(standins.portal.url + "/_state/dossiers", timeout=T).json()["dossiers"]}
+
+
+def test_insert_then_update(standins, procedure_code):
+    c = client(standins)
+    rec = dossier(MaTTHC=procedure_code)
+    assert c.sync_dossiers([rec], is_updating=False).accepted == [rec["MaHoSo"]]
+    changed = {**rec, "TrangThaiHoSo": "4"}
+    assert c.sync_dossiers([changed], is_updating=True).accepted == [rec["MaHoSo"]]
+    assert held(standins)[rec["MaHoSo"]] == changed
+    assert c.lookup_dossier(rec["MaHoSo"])["TrangThaiHoSo"] == "4"
+    assert c.lookup_dossier("000.00.01.H49-261102-0999") is None
+
+
+def test_duplicate_insert_and_unknown_update_are_typed_refusals(standins, procedure_code):
+    c = client(standins)
+    rec = dossier(MaTTHC=procedure_code)
+    c.sync_dossiers([rec], is_updating=False)
+    dup = c.sync_dossiers([rec], is_updating=False)
+    assert isinstance(dup.rejected[rec["MaHoSo"]], DossierAlreadyExists)
+    assert "đã tồn tại" in dup.rejected[rec["MaHoSo"]].peer_message
+    other = dossier("000.00.01.H49-261102-0002", MaTTHC=procedure_code)
+    unknown = c.sync_dossiers([other], is_updating=True)
+    assert isinstance(unknown.rejected[other["MaHoSo"]], DossierUnknown)
+
+
+def test_batch_with_a_bad_record_delivers_the_others(standins, procedure_code):
+    c = client(standins)
+    good = [dossier(f"000.00.01.H49-261102-000{i}", MaTTHC=procedure_code) for i in range(1, 4)]
+    bad = dossier("000.00.01.H49-261102-0009", MaTTHC=procedure_code, NgayTiepNhan="2026-11-02")
+    result = c.sync_dossiers([good[0], bad, good[1], good[2]], is_updating=False)
+    assert sorted(result.accepted) == sorted(g["MaHoSo"] for g in good)
+    refusal = result.rejected[bad["MaHoSo"]]
+    assert type(refusal) is PeerRejected
+    assert refusal.errors[0].field == "NgayTiepNhan"
+    assert result.calls == 2
+    assert set(held(standins)) == {g["MaHoSo"] for g in good}
+
+
+def test_final_status_is_not_overwritten(standins, procedure_code):
+    c = client(standins)
+    rec = dossier(MaTTHC=procedure_code, TrangThaiHoSo="10")
+    c.sync_dossiers([rec], is_updating=False)
+    result = c.sync_dossiers([{**rec, "TrangThaiHoSo": "4"}], is_updating=True)
+    assert isinstance(result.rejected[rec["MaHoSo"]], DossierFinalised)
+
+
+def test_expired_session_is_renewed_once_and_the_call_repeated(standins, procedure_code):
+    rec_log = MemoryRecorder()
+    c = client(standins, recorder=rec_log)
+    c.login()
+    requests.post(standins.portal.url + "/_admin/expire-sessions", timeout=T)
+    rec = dossier(MaTTHC=procedure_code)
+    assert c.sync_dossiers([rec], is_updating=False).accepted == [rec["MaHoSo"]]
+    assert c.logins == 2
+    assert [e.operation for e in rec_log.exchanges] == ["login", "DongBoHoSoMC", "login", "DongBoHoSoMC"]
+    assert rec_log.exchanges[1].peer_code == "2"
+
+
+def test_session_renewed_before_it_ages_out(standins, procedure_code):
+    now = [0.0]
+    c = client(standins, session_max_age=540, clock=lambda: now[0])
+    c.lookup_dossier("000.00.01.H49-261102-0001")
+    now[0] = 600
+    c.lookup_dossier("000.00.01.H49-261102-0001")
+    assert c.logins == 2
+
+
+def test_bad_credentials_are_fatal_and_never_logged(standins):
+    rec_log = MemoryRecorder()
+    c = NationalPortalClient(standins.portal.url, PORTAL_USER, Secret("wrong-PASSWORD-123"), UNIT,
+                             recorder=rec_log)
+    with pytest.raises(AuthenticationFailed) as info:
+        c.login()
+    assert "wrong-PASSWORD-123" not in str(info.value)
+    assert b"wrong-PASSWORD-123" not in rec_log.exchanges[0].request_body
+
+
+def test_session_token_never_reaches_the_log(standins):
+    rec_log = MemoryRecorder()
+    c = client(standins, recorder=rec_log)
+    c.lookup_dossier("000.00.01.H49-261102-0001")
+    token = c._session.reveal()
+    assert token
+    for e in rec_log.exchanges:
+        assert token.encode() not in e.request_body + e.response_body
+        assert PORTAL_PASSWORD.encode() not in e.request_body
