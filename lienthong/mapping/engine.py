@@ -1,0 +1,724 @@
+"""The Message Translator: compiles a validated mapping document into closures and runs them.
+
+Compilation happens once per mapping file (see :mod:`lienthong.mapping.loader`). Each target
+field becomes one *step*, a closure ``step(item, root, errors, at) -> value``:
+
+* ``item`` is the object the field's paths are relative to (the record, or one list element);
+* ``root`` is the whole source record (paths starting with ``$.``);
+* ``errors`` collects every :class:`~connectors.errors.FieldError` of the record;
+* ``at`` locates ``item`` for error messages: ``None`` for the record itself, else a tuple
+  ``(parent_at, target_list, target_index, source_list, source_index)``. Field names such as
+  ``TaiLieuNop[2].TenTepDinhKem`` are only built when an error is reported.
+
+``Mapping.apply`` is then one dict comprehension over the steps: no YAML is looked at per record.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import unicodedata
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from connectors.errors import FieldError, RecordRejected
+from lienthong.mapping.transforms import TRANSFORMS, TransformError, _kind
+
+__all__ = ["Mapping", "RecordInvalid", "compile_fields", "compile_path", "PathSyntaxError"]
+
+Step = Callable[[dict, dict, list, Any], Any]
+Getter = Callable[[Any, Any], Any]
+
+_NFC = unicodedata.normalize
+_SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\*|-?\d+)\])?")
+_VALUE_SHOWN = 60  # longest value quoted in a message, in characters
+
+
+class RecordInvalid(RecordRejected):
+    """A source record breaks the rules of a mapping; ``errors`` lists every broken rule.
+
+    Attributes:
+        record_key: the record's source key (``dossierNo``), or ``<no dossierNo>`` when it has none.
+        errors: one :class:`~connectors.errors.FieldError` per broken rule, field = target field.
+        mapping: the mapping's name (``onestop__national_portal/dossier``).
+    """
+
+    def __init__(self, record_key: str, errors: Iterable[FieldError], *, mapping: str = ""):
+        super().__init__(record_key, list(errors))
+        self.mapping = mapping
+
+
+class PathSyntaxError(ValueError):
+    """A source path in a mapping file is not ``name(.name)*`` with optional ``[n]`` / ``[*]``."""
+
+
+class _Mismatch(Exception):
+    """A path met a value of the wrong kind on its way (a string where an object was expected)."""
+
+    def __init__(self, label: str, value: Any, expected: str):
+        super().__init__(label)
+        self.label = label
+        self.value = value
+        self.expected = expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Locations and messages (only used when something is wrong)
+
+
+def _target_prefix(at: Any) -> str:
+    if at is None:
+        return ""
+    parent, tname, tindex, _sname, _sindex = at
+    return f"{_target_prefix(parent)}{tname}[{tindex}]."
+
+
+def _source_prefix(at: Any) -> str:
+    if at is None:
+        return ""
+    parent, _tname, _tindex, sname, sindex = at
+    if sname is None:  # a list built from the record itself (``each: {from: $}``)
+        return _source_prefix(parent)
+    return f"{_source_prefix(parent)}{sname}[{sindex}]."
+
+
+def _show(value: Any) -> str:
+    """A value quoted for a message, shortened when long."""
+    if isinstance(value, str):
+        if len(value) > _VALUE_SHOWN:
+            value = value[: _VALUE_SHOWN - 1] + "…"
+        return repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, dict)):
+        return _kind(value)
+    return repr(value)
+
+
+def _show_list(values: Iterable[Any]) -> str:
+    return ", ".join(v if isinstance(v, str) else _show(v) for v in values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths
+
+
+def parse_path(text: str) -> tuple[bool, list[tuple[str, int | str | None]]]:
+    """Split ``$.a.b[2].c[*]`` into ``(from_root, [(name, index), ...])``; index ``"*"`` = every item.
+
+    Raises:
+        PathSyntaxError: the text is not a path.
+    """
+    from_root = False
+    rest = text
+    if text == "$":
+        return True, []
+    if text.startswith("$."):
+        from_root, rest = True, text[2:]
+    segments: list[tuple[str, int | str | None]] = []
+    for part in rest.split("."):
+        match = _SEGMENT.fullmatch(part)
+        if match is None:
+            raise PathSyntaxError(
+                f"{text!r} is not a source path: expected dotted names with optional [n] or [*], "
+                "e.g. applicantName, files[*].digitized, progress[-1].status or $.dossierStatus"
+            )
+        name, index = match.groups()
+        segments.append((name, None if index is None else index if index == "*" else int(index)))
+    return from_root, segments
+
+
+def _render(segments: list[tuple[str, int | str | None]]) -> str:
+    return ".".join(name if index is None else f"{name}[{index}]" for name, index in segments)
+
+
+def _plain_getter(from_root: bool, segments: list[tuple[str, int | str | None]]) -> Getter:
+    """A getter for a path without ``[*]``: returns the value, ``None`` when absent."""
+    if not segments:
+        return (lambda item, root: root) if from_root else (lambda item, root: item)
+    if len(segments) == 1 and segments[0][1] is None:
+        key = segments[0][0]
+        if from_root:
+            return lambda item, root: root.get(key)
+        return lambda item, root: item.get(key)
+
+    steps = []
+    for n, (name, index) in enumerate(segments):
+        object_label = _render(segments[:n]) or "the record"
+        list_label = _render(segments[:n] + [(name, None)])
+        steps.append((name, index, object_label, list_label))
+
+    def get(item: Any, root: Any) -> Any:
+        current = root if from_root else item
+        for name, index, object_label, list_label in steps:
+            if current.__class__ is not dict:
+                raise _Mismatch(object_label, current, "an object")
+            current = current.get(name)
+            if current is None:
+                return None
+            if index is not None:
+                if current.__class__ is not list:
+                    raise _Mismatch(list_label, current, "a list")
+                try:
+                    current = current[index]
+                except IndexError:
+                    return None
+        return current
+
+    return get
+
+
+def compile_path(text: str, where: Callable[[Any, Any], bool] | None = None) -> tuple[Getter, bool, bool]:
+    """Compile a source path into ``(getter, absolute, many)``.
+
+    ``absolute`` is true for ``$`` paths (messages then show them without a list prefix);
+    ``many`` is true for a path with ``[*]``, whose getter returns a list (``[]`` when the list is
+    absent), filtered by ``where(item, root)`` when given.
+    """
+    from_root, segments = parse_path(text)
+    stars = [n for n, (_name, index) in enumerate(segments) if index == "*"]
+    if len(stars) > 1:
+        raise PathSyntaxError(f"{text!r} has more than one [*]; a path may fan out over one list only")
+    if not stars:
+        return _plain_getter(from_root, segments), from_root, False
+
+    star = stars[0]
+    head_segments = segments[:star] + [(segments[star][0], None)]
+    head = _plain_getter(from_root, head_segments)
+    head_label = _render(head_segments)
+    tail_segments = segments[star + 1 :]
+    tail = _plain_getter(False, tail_segments) if tail_segments else None
+
+    def get_many(item: Any, root: Any) -> list:
+        sequence = head(item, root)
+        if sequence is None:
+            return []
+        if sequence.__class__ is not list:
+            raise _Mismatch(head_label, sequence, "a list")
+        values = []
+        for n, element in enumerate(sequence):
+            if tail is not None or where is not None:
+                if element.__class__ is not dict:
+                    raise _Mismatch(f"{head_label}[{n}]", element, "an object")
+                if where is not None and not where(element, root):
+                    continue
+            if tail is None:
+                values.append(element)
+                continue
+            try:
+                values.append(tail(element, root))
+            except _Mismatch as mismatch:
+                inner = "" if mismatch.label == "the record" else f".{mismatch.label}"
+                raise _Mismatch(f"{head_label}[{n}]{inner}", mismatch.value, mismatch.expected) from None
+        return values
+
+    return get_many, from_root, True
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions
+
+
+class Condition:
+    """A compiled ``{path: ..., in: [...] | not_in: [...] | present: bool}`` test on a record."""
+
+    __slots__ = ("test", "path", "getter", "text")
+
+    def __init__(self, spec: dict):
+        self.path = spec["path"]
+        getter, _absolute, many = compile_path(self.path)
+        if many:
+            raise PathSyntaxError(f"{self.path!r}: a condition reads one value, not a [*] list")
+        self.getter = getter
+
+        def value_of(item: Any, root: Any) -> Any:
+            try:
+                return getter(item, root)
+            except _Mismatch:
+                return None
+
+        if "in" in spec or "not_in" in spec:
+            negate = "not_in" in spec
+            listed = spec["not_in" if negate else "in"]
+            keys = frozenset((v.__class__, v) for v in listed)
+            self.text = f"{self.path} is {'not ' if negate else ''}one of [{_show_list(listed)}]"
+            key = self.path if _SEGMENT.fullmatch(self.path) and "[" not in self.path else None
+
+            if key is not None:
+
+                def test(item: Any, root: Any) -> bool:
+                    value = item.get(key)
+                    try:
+                        return ((value.__class__, value) in keys) is not negate
+                    except TypeError:  # a list or an object: never among the listed scalars
+                        return negate
+
+            else:
+
+                def test(item: Any, root: Any) -> bool:
+                    value = value_of(item, root)
+                    try:
+                        return ((value.__class__, value) in keys) is not negate
+                    except TypeError:
+                        return negate
+
+        else:
+            wanted = bool(spec["present"])
+            self.text = f"{self.path} is {'present' if wanted else 'missing'}"
+
+            def test(item: Any, root: Any) -> bool:
+                value = value_of(item, root)
+                present = not (value is None or (value.__class__ is str and (not value or value.isspace())))
+                return present is wanted
+
+        self.test = test
+
+    def actual(self, item: Any, root: Any) -> str:
+        """The tested value, for messages (``dossierStatus is 'processing'``)."""
+        try:
+            value = self.getter(item, root)
+        except _Mismatch:
+            value = None
+        return f"{self.path} is {_show(value)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Field compilation
+
+
+class CodeTable:
+    """A compiled code table: source key → target code, plus keys that are deliberately unmapped."""
+
+    __slots__ = ("name", "values", "not_mapped", "known")
+
+    def __init__(self, name: str, spec: dict):
+        self.name = name
+        self.values: dict[str, str] = dict(spec.get("values", {}))
+        self.not_mapped: dict[str, str] = dict(spec.get("not_mapped", {}))
+        self.known = ", ".join(self.values)
+
+    def miss_message(self, label: str, value: str) -> str:
+        message = f"{label} {_show(value)} is not in code table {self.name} (known: {self.known})"
+        reason = self.not_mapped.get(value)
+        if reason:
+            message += f"; deliberately not mapped: {reason}"
+        return message
+
+
+class _Spec:
+    """What the compiler knows about one field while building its step (compile time only)."""
+
+    def __init__(self, target: str, spec: dict, tables: dict[str, CodeTable]):
+        self.target = target
+        self.spec = spec
+        self.when = Condition(spec["when"]) if "when" in spec else None
+        required = spec.get("required", False)
+        self.required = required is True
+        self.required_if = Condition(required["when"]) if isinstance(required, dict) else None
+        self.personal = bool(spec.get("personal", False))
+        names = spec.get("transform", [])
+        self.transform_names = [names] if isinstance(names, str) else list(names)
+        self.transforms = tuple(TRANSFORMS[n].function for n in self.transform_names)
+        self.table = tables[spec["code_table"]] if "code_table" in spec else None
+        self.max_length = spec.get("max_length")
+        self.pattern = re.compile(spec["pattern"]) if "pattern" in spec else None
+        self.pattern_text = spec.get("pattern")
+
+
+def compile_fields(fields: dict[str, dict], tables: dict[str, CodeTable]) -> list[tuple[str, Step]]:
+    """Compile a ``fields`` block into ``[(target_name, step), ...]`` in file order.
+
+    Raises:
+        PathSyntaxError, ValueError: a path or a default that cannot work (the loader reports these).
+    """
+    steps = []
+    for target, spec in fields.items():
+        field = _Spec(target, spec, tables)
+        if "each" in spec:
+            steps.append((target, _list_step(field, tables)))
+        elif "const" in spec:
+            steps.append((target, _const_step(field)))
+        else:
+            steps.append((target, _value_step(field)))
+    return steps
+
+
+def _const_step(field: _Spec) -> Step:
+    value = _NFC("NFC", field.spec["const"])
+    when = field.when.test if field.when is not None else None
+    if when is None:
+        return lambda item, root, errors, at: value
+    return lambda item, root, errors, at: value if when(item, root) else ""
+
+
+def _value_step(field: _Spec) -> Step:
+    """The step of a scalar target field: from → default → transforms → code table → checks."""
+    target = field.target
+    source = field.spec["from"]
+    when = field.when.test if field.when is not None else None
+    where = Condition(field.spec["where"]).test if "where" in field.spec else None
+    get, absolute, _many = compile_path(source, where)
+    label = source[2:] if absolute and source != "$" else source
+    primary = (label, absolute)
+    fallback = field.spec.get("fallback")
+    fallback_get = fallback_when = fallback_source = fallback_condition = None
+    if fallback is not None:
+        fallback_get, fallback_absolute, _many = compile_path(fallback["from"])
+        fallback_label = fallback["from"][2:] if fallback_absolute else fallback["from"]
+        fallback_source = (fallback_label, fallback_absolute)
+        fallback_condition = Condition(fallback["when"]) if "when" in fallback else None
+        fallback_when = fallback_condition.test if fallback_condition is not None else None
+    required = field.required
+    required_if = field.required_if
+    transforms = field.transforms
+    transform_names = field.transform_names
+    table = field.table
+    table_values = table.values if table is not None else None
+    max_length = field.max_length
+    pattern = field.pattern
+    personal = field.personal
+
+    def source_prefix(at: Any) -> str:
+        return "" if absolute else _source_prefix(at)
+
+    def fail(errors: list, at: Any, rule: str, message: Callable[[str], str], src: tuple = primary) -> str:
+        """Record an error; ``message`` receives the full source label (``files[3].displayName``)."""
+        src_label, src_absolute = src
+        full = src_label if src_absolute else _source_prefix(at) + src_label
+        errors.append(FieldError(_target_prefix(at) + target, rule, message(full)))
+        return ""
+
+    def shown(value: Any) -> str:
+        return "" if personal else f" {_show(value)}"
+
+    def finish(value: Any, item: Any, root: Any, errors: list, at: Any, src: tuple = primary) -> str:
+        """Transforms, code table and checks on a present value read from ``src``."""
+        for name, transform in zip(transform_names, transforms):
+            try:
+                value = transform(value)
+            except TransformError as problem:
+                v = value
+                return fail(errors, at, problem.rule,
+                            lambda s: f"{s}{shown(v)} {problem.detail} (transform {name})", src)
+            if value is None:
+                return absent(None, item, root, errors, at)
+        if table_values is not None:
+            if value.__class__ is not str:
+                v = value
+                return fail(errors, at, "type",
+                            lambda s: f"{s} is {_kind(v)}{shown(v)}, expected text for code table {table.name}", src)
+            code = table_values.get(value)
+            if code is None:
+                code = table_values.get(_NFC("NFC", value))
+                if code is None:
+                    v = value
+                    return fail(errors, at, "code_table", lambda s: table.miss_message(s, v) if not personal
+                                else f"{s} is not in code table {table.name}", src)
+            value = code
+        elif value.__class__ is str:
+            value = _NFC("NFC", value)
+        else:
+            v = value
+            hint = "; add transform: string" if v.__class__ is int else ""
+            return fail(errors, at, "type", lambda s: f"{s} is {_kind(v)}{shown(v)}, expected text{hint}", src)
+        if max_length is not None and len(value) > max_length:
+            n = len(value)
+            fail(errors, at, "max_length",
+                 lambda s: f"{s} is {n} characters long; {target} allows at most {max_length} "
+                           "(values are never truncated)", src)
+        if pattern is not None and pattern.fullmatch(value) is None:
+            v = value
+            fail(errors, at, "format",
+                 lambda s: f"{s}{shown(v)} does not have the required form {pattern.pattern}", src)
+        return value
+
+    default_output = ""
+
+    def absent(raw: Any, item: Any, root: Any, errors: list, at: Any, tried_fallback: bool = False) -> str:
+        """A missing or blank value: a 'required' error, the default, or "" (the portal's "no value")."""
+        if required or (required_if is not None and required_if.test(item, root)):
+            state = "missing" if raw is None else "empty"
+            if fallback_source is not None:
+                other = fallback_source[0] if fallback_source[1] else _source_prefix(at) + fallback_source[0]
+                if tried_fallback:
+                    state += f" and so is its fallback {other}"
+                elif fallback_condition is not None:
+                    state += (f" (its fallback {other} only stands in when {fallback_condition.text}; "
+                              f"{fallback_condition.actual(item, root)})")
+            if required:
+                return fail(errors, at, "required", lambda s: f"{s} is {state}; {target} is required")
+            because = f"{required_if.text} ({required_if.actual(item, root)})"
+            return fail(errors, at, "required", lambda s: f"{s} is {state}; {target} is required when {because}")
+        return default_output
+
+    # A default is a source value: it goes through the same transforms and code table. It is
+    # constant, so it is converted once, here (a default that cannot convert is a file error).
+    if "default" in field.spec:
+        default_errors: list[FieldError] = []
+        default_output = finish(field.spec["default"], {}, {}, default_errors, None)
+        if default_errors:
+            raise ValueError(f"default {_show(field.spec['default'])} does not convert: {default_errors[0].message}")
+
+    def general(value: Any, item: Any, root: Any, errors: list, at: Any) -> str:
+        """Any fetched value, every rule: the fast paths below fall back to this."""
+        if value is None or (value.__class__ is str and (not value or value.isspace())):
+            if fallback_get is not None and (fallback_when is None or fallback_when(item, root)):
+                try:
+                    other = fallback_get(item, root)
+                except _Mismatch as m:
+                    prefix = "" if fallback_source[1] else _source_prefix(at)
+                    errors.append(FieldError(_target_prefix(at) + target, "type",
+                                             f"{prefix}{m.label} is {_kind(m.value)}, expected {m.expected}"))
+                    return ""
+                if other is None or (other.__class__ is str and (not other or other.isspace())):
+                    return absent(value, item, root, errors, at, tried_fallback=True)
+                return finish(other, item, root, errors, at, fallback_source)
+            return absent(value, item, root, errors, at)
+        return finish(value, item, root, errors, at)
+
+    # The common shapes get a fast path for the common, valid value; anything unusual (missing,
+    # blank, wrong type, a value that breaks a rule) goes through ``general``, which reports it.
+    key = source if _SEGMENT.fullmatch(source) and "[" not in source else None
+    no_checks = max_length is None and pattern is None
+
+    if key is not None and when is None and not transforms and table_values is None:
+
+        def step(item: Any, root: Any, errors: list, at: Any) -> str:
+            value = item.get(key)
+            if value.__class__ is str and value and not value.isspace():
+                if not value.isascii():
+                    value = _NFC("NFC", value)
+                if no_checks or ((max_length is None or len(value) <= max_length)
+                                 and (pattern is None or pattern.fullmatch(value) is not None)):
+                    return value
+            return general(value, item, root, errors, at)
+
+        return step
+
+    if key is not None and when is None and not transforms and no_checks:
+
+        def step(item: Any, root: Any, errors: list, at: Any) -> str:
+            value = item.get(key)
+            if value.__class__ is str:
+                code = table_values.get(value)
+                if code is not None:
+                    return code
+            return general(value, item, root, errors, at)
+
+        return step
+
+    if key is not None and when is None and len(transforms) == 1 and table_values is None and no_checks:
+        transform = transforms[0]
+
+        def step(item: Any, root: Any, errors: list, at: Any) -> str:
+            value = item.get(key)
+            if value is not None and not (value.__class__ is str and (not value or value.isspace())):
+                try:
+                    output = transform(value)
+                except TransformError:
+                    return general(value, item, root, errors, at)
+                if output.__class__ is str:
+                    return output if output.isascii() else _NFC("NFC", output)
+            return general(value, item, root, errors, at)
+
+        return step
+
+    def step(item: Any, root: Any, errors: list, at: Any) -> str:
+        if when is not None and not when(item, root):
+            return ""
+        try:
+            value = get(item, root)
+        except _Mismatch as m:
+            errors.append(FieldError(_target_prefix(at) + target, "type",
+                                     f"{source_prefix(at)}{m.label} is {_kind(m.value)}, expected {m.expected}"))
+            return ""
+        return general(value, item, root, errors, at)
+
+    return step
+
+
+def _list_step(field: _Spec, tables: dict[str, CodeTable]) -> Step:
+    """The step of a list target field (``each``): one object per (kept) source item."""
+    target = field.target
+    each = field.spec["each"]
+    source = each["from"]
+    when = field.when.test if field.when is not None else None
+    where = Condition(each["where"]).test if "where" in each else None
+    substeps = compile_fields(each["fields"], tables)
+    required = field.required
+    required_if = field.required_if
+    from_record = source == "$"
+    get, absolute, _many = compile_path(source)
+    label = source[2:] if absolute and not from_record else source
+
+    def source_label(at: Any) -> str:
+        return label if absolute else _source_prefix(at) + label
+
+    def fail(errors: list, at: Any, rule: str, message: str) -> list:
+        errors.append(FieldError(_target_prefix(at) + target, rule, message))
+        return []
+
+    def build(element: dict, root: Any, errors: list, at: Any) -> dict:
+        return {name: step(element, root, errors, at) for name, step in substeps}
+
+    if from_record:
+
+        def step(item: Any, root: Any, errors: list, at: Any) -> list:
+            if when is not None and not when(item, root):
+                return []
+            if where is not None and not where(root, root):
+                return []
+            return [build(root, root, errors, (at, target, 0, None, 0))]
+
+        return step
+
+    def step(item: Any, root: Any, errors: list, at: Any) -> list:
+        if when is not None and not when(item, root):
+            return []
+        try:
+            sequence = get(item, root)
+        except _Mismatch as m:
+            prefix = "" if absolute else _source_prefix(at)
+            return fail(errors, at, "type", f"{prefix}{m.label} is {_kind(m.value)}, expected {m.expected}")
+        if sequence is None:
+            if required or (required_if is not None and required_if.test(item, root)):
+                return fail(errors, at, "required", f"{source_label(at)} is missing; {target} is required")
+            return []
+        if sequence.__class__ is not list:
+            return fail(errors, at, "type", f"{source_label(at)} is {_kind(sequence)}, expected a list")
+        out = []
+        for n, element in enumerate(sequence):
+            if element.__class__ is not dict:
+                errors.append(FieldError(f"{_target_prefix(at)}{target}[{len(out)}]", "type",
+                                         f"{source_label(at)}[{n}] is {_kind(element)}, expected an object"))
+                continue
+            if where is not None and not where(element, root):
+                continue
+            out.append(build(element, root, errors, (at, target, len(out), source, n)))
+        return out
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled mapping
+
+
+def _mask(value: Any) -> Any:
+    """Hide personal data: keep the last 3 characters of longer values, nothing of short ones."""
+    if not isinstance(value, str) or not value:
+        return value
+    if len(value) <= 4:
+        return "*" * len(value)
+    return "*" * (len(value) - 3) + value[-3:]
+
+
+class Mapping:
+    """One compiled mapping file: translates source records into target records.
+
+    Attributes:
+        name: ``<from>__<to>/<record>``, e.g. ``onestop__national_portal/dossier``.
+        version: the file's ``version`` (an integer, raised by whoever changes the mapping).
+        fingerprint: sha256 hex of the file's canonical content (provenance of every output).
+        target_fields: the target record's top-level field names, in file order.
+        personal_fields: target fields that carry personal data (``DinhDanhCHS[].SoDinhDanh``).
+        source, target: the file's ``source`` / ``target`` blocks (``system``, ``record``...).
+        record_key_path: source path of the record key (``dossierNo``).
+        path: the mapping file.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: int,
+        description: str,
+        source: dict,
+        target: dict,
+        record_key_path: str,
+        path: Any,
+        fingerprint: str,
+        steps: list[tuple[str, Step]],
+        personal_fields: tuple[str, ...],
+        code_tables: dict[str, CodeTable],
+    ):
+        self.name = name
+        self.version = version
+        self.description = description
+        self.source = source
+        self.target = target
+        self.record_key_path = record_key_path
+        self.path = path
+        self.fingerprint = fingerprint
+        self.target_fields = tuple(n for n, _ in steps)
+        self.personal_fields = personal_fields
+        self.code_tables = code_tables
+        self._steps = tuple(steps)
+        self._key_getter, _absolute, _many = compile_path(record_key_path)
+        self._no_key = f"<no {record_key_path}>"
+
+    def __repr__(self) -> str:
+        return f"<Mapping {self.name} v{self.version} {self.fingerprint[:12]}>"
+
+    def record_key(self, record: Any) -> str:
+        """The record's business key (``dossierNo``) as text, or ``<no dossierNo>`` when it has none."""
+        if record.__class__ is not dict:
+            return self._no_key
+        try:
+            key = self._key_getter(record, record)
+        except _Mismatch:
+            return self._no_key
+        if key is None or key.__class__ is bool or not isinstance(key, (str, int)):
+            return self._no_key
+        key = str(key)
+        return _NFC("NFC", key) if key.strip() else self._no_key
+
+    def translate(self, record: Any) -> tuple[dict, list[FieldError]]:
+        """Map a record as far as it goes: ``(output, errors)``; the output is only valid without errors."""
+        errors: list[FieldError] = []
+        if record.__class__ is not dict:
+            if not isinstance(record, dict):
+                errors.append(FieldError("<record>", "type", f"the record is {_kind(record)}, expected an object"))
+                return {}, errors
+            record = dict(record)
+        output = {name: step(record, record, errors, None) for name, step in self._steps}
+        return output, errors
+
+    def apply(self, record: Any) -> dict:
+        """Map one source record to a target record.
+
+        Raises:
+            RecordInvalid: the record broke one or more rules; ``errors`` lists all of them.
+        """
+        errors: list[FieldError] = []
+        if record.__class__ is dict:
+            output = {name: step(record, record, errors, None) for name, step in self._steps}
+        else:
+            output, errors = self.translate(record)
+        if errors:
+            raise RecordInvalid(self.record_key(record), errors, mapping=self.name)
+        return output
+
+    def mask_personal(self, output: dict) -> dict:
+        """A copy of a mapped record with the personal-data fields masked (for views and previews)."""
+        masked = copy.deepcopy(output)
+        for dotted in self.personal_fields:
+            parts = dotted.split(".")
+            _mask_in(masked, parts)
+        return masked
+
+
+def _mask_in(node: Any, parts: list[str]) -> None:
+    if not isinstance(node, dict):
+        return
+    head, rest = parts[0], parts[1:]
+    if head.endswith("[]"):
+        for element in node.get(head[:-2]) or []:
+            _mask_in(element, rest)
+    elif not rest:
+        if head in node:
+            node[head] = _mask(node[head])
+    else:
+        _mask_in(node.get(head), rest)

@@ -1,0 +1,449 @@
+"""Loading mapping files: find, parse, validate (schema, then meaning), compile, cache.
+
+Every problem with a file is reported as a :class:`MappingFileError` (a ``ConfigurationError``)
+naming the file, the path inside it (``fields.TaiLieuNop.each.fields.IsDeleted.transform``) and
+the rule, and listing *every* problem found, not just the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from connectors.errors import ConfigurationError
+from lienthong.mapping.engine import CodeTable, Condition, Mapping, PathSyntaxError, compile_fields, parse_path
+from lienthong.mapping.transforms import TRANSFORMS
+
+__all__ = [
+    "MappingFileError",
+    "MappingProblem",
+    "REPO_ROOT",
+    "SCHEMA_PATH",
+    "list_mappings",
+    "load_mapping",
+    "mappings_dir",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The mapping-file format. It belongs to the engine, so it is read from the repository even when
+#: ``LIENTHONG_MAPPINGS_DIR`` points the engine at other mapping files.
+SCHEMA_PATH = REPO_ROOT / "mappings" / "schema" / "mapping.schema.json"
+MAPPINGS_DIR_ENV = "LIENTHONG_MAPPINGS_DIR"
+
+_NAME = re.compile(r"[a-z][a-z0-9_]*__[a-z][a-z0-9_]*/[a-z][a-z0-9_]*")
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True)
+class MappingProblem:
+    """One broken rule in a mapping file.
+
+    Attributes:
+        path: where in the file, dotted (``fields.MaHoSo.transform[1]``); ``""`` for the whole file.
+        rule: the rule's short name (``unknown_transform``, ``additionalProperties``, ``yaml``...).
+        message: a sentence for the person editing the file.
+    """
+
+    path: str
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"at {self.path}: " if self.path else ""
+        return f"{where}{self.message} [{self.rule}]"
+
+
+class MappingFileError(ConfigurationError):
+    """A mapping file cannot be used. ``problems`` lists every broken rule found.
+
+    Attributes:
+        file: the mapping file.
+        problems: one :class:`MappingProblem` each; ``path`` and ``rule`` repeat the first one's.
+    """
+
+    def __init__(self, file: Path | str, problems: list[MappingProblem]):
+        self.file = Path(file)
+        self.problems = tuple(problems)
+        self.path = self.problems[0].path if self.problems else ""
+        self.rule = self.problems[0].rule if self.problems else ""
+        if len(self.problems) == 1:
+            text = f"mapping file {self.file}: {self.problems[0]}"
+        else:
+            lines = "".join(f"\n  {p}" for p in self.problems)
+            text = f"mapping file {self.file}: {len(self.problems)} problems:{lines}"
+        super().__init__(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where mapping files live
+
+
+def mappings_dir() -> Path:
+    """The mappings directory: ``$LIENTHONG_MAPPINGS_DIR``, else ``<repo>/mappings``."""
+    configured = os.environ.get(MAPPINGS_DIR_ENV)
+    return Path(configured) if configured else REPO_ROOT / "mappings"
+
+
+def list_mappings() -> list[str]:
+    """Names of every mapping file in the mappings directory (``onestop__national_portal/dossier``), sorted."""
+    root = mappings_dir()
+    names = [f"{p.parent.name}/{p.stem}" for p in root.glob("*__*/*.yaml")]
+    return sorted(n for n in names if _NAME.fullmatch(n))
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    if isinstance(name_or_path, Path) or str(name_or_path).endswith((".yaml", ".yml")):
+        return Path(name_or_path)
+    name = str(name_or_path).strip().strip("/")
+    if not _NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"{name!r} is neither a mapping name (<from>__<to>/<record>, e.g. onestop__national_portal/dossier) "
+            "nor a path to a .yaml file"
+        )
+    path = mappings_dir() / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(list_mappings()) or "none"
+        raise ConfigurationError(f"no mapping named {name!r} in {mappings_dir()} (known: {known})")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading with a cache keyed by file and modification time
+
+_cache: dict[Path, tuple[tuple[int, int], Mapping]] = {}
+_cache_lock = threading.Lock()
+
+
+def load_mapping(name_or_path: str | Path) -> Mapping:
+    """Load, validate and compile a mapping file; reuse the compiled mapping while the file is unchanged.
+
+    Args:
+        name_or_path: a mapping name (``onestop__national_portal/dossier``, looked up in
+            :func:`mappings_dir`) or the path of a ``.yaml`` file.
+
+    Raises:
+        MappingFileError: the file is missing, is not YAML, breaks the schema or makes no sense.
+        ConfigurationError: the name is malformed or names no mapping.
+    """
+    path = _resolve(name_or_path).resolve()
+    try:
+        stat = path.stat()
+    except OSError as problem:
+        raise MappingFileError(path, [MappingProblem("", "not_found", f"cannot read the file: {problem.strerror}")]) from None
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    cached = _cache.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    mapping = _load_file(path)
+    with _cache_lock:
+        _cache[path] = (stamp, mapping)
+    return mapping
+
+
+def _load_file(path: Path) -> Mapping:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as problem:
+        raise MappingFileError(path, [MappingProblem("", "not_found", f"cannot read the file: {problem.strerror}")]) from None
+    except UnicodeDecodeError as problem:
+        raise MappingFileError(path, [MappingProblem("", "encoding", f"the file is not UTF-8 text ({problem.reason} at byte {problem.start})")]) from None
+
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        document = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        reason = getattr(problem, "problem", None) or str(problem)
+        raise MappingFileError(path, [MappingProblem("", "yaml", f"not valid YAML{where}: {reason}")]) from None
+
+    problems = _duplicate_keys(node)
+    problems += _non_text_keys(document, "")
+    if problems:
+        raise MappingFileError(path, problems)
+    if not isinstance(document, dict):
+        raise MappingFileError(path, [MappingProblem("", "type", "the file must hold a YAML mapping (name:, version:, fields: ...)")])
+    document = _nfc(document)
+
+    problems = _schema_problems(document)
+    if problems:
+        raise MappingFileError(path, problems)
+    problems = _meaning_problems(document, path)
+    if problems:
+        raise MappingFileError(path, problems)
+    return _compile(document, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML-level checks
+
+
+def _duplicate_keys(node: Any, path: str = "") -> list[MappingProblem]:
+    """Keys given twice in one YAML mapping (YAML would silently keep only the last one)."""
+    problems: list[MappingProblem] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            child = f"{path}.{key}" if path else str(key)
+            if key is not None and key in seen:
+                rule = "duplicate_field" if path.endswith("fields") else "duplicate_key"
+                what = "target field" if rule == "duplicate_field" else "key"
+                problems.append(MappingProblem(
+                    child, rule,
+                    f"{what} {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                    "YAML would silently keep only the second",
+                ))
+            elif key is not None:
+                seen[key] = key_node.start_mark.line
+            problems += _duplicate_keys(value_node, child)
+    elif isinstance(node, yaml.SequenceNode):
+        for n, item in enumerate(node.value):
+            problems += _duplicate_keys(item, f"{path}[{n}]")
+    return problems
+
+
+def _non_text_keys(value: Any, path: str) -> list[MappingProblem]:
+    """Keys YAML read as something other than text (``yes``, ``on``, ``1``...)."""
+    problems: list[MappingProblem] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str):
+                problems.append(MappingProblem(
+                    child, "key_type",
+                    f"key {key!r} was read as {type(key).__name__}, not text: YAML turns bare yes/no/on/off/"
+                    "true/false and numbers into other types; quote the key",
+                ))
+            problems += _non_text_keys(item, child)
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            problems += _non_text_keys(item, f"{path}[{n}]")
+    return problems
+
+
+def _nfc(value: Any) -> Any:
+    if isinstance(value, str):
+        return unicodedata.normalize("NFC", value)
+    if isinstance(value, dict):
+        return {_nfc(k): _nfc(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nfc(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    try:
+        schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as problem:
+        raise ConfigurationError(f"the mapping-file schema {SCHEMA_PATH} cannot be read: {problem}") from None
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _dotted(parts: Any) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _schema_problems(document: dict) -> list[MappingProblem]:
+    problems = []
+    for error in sorted(_validator().iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.validator)):
+        path = _dotted(error.absolute_path)
+        rule = str(error.validator)
+        custom = error.schema.get(f"x-message-{rule}") if isinstance(error.schema, dict) else None
+        if rule == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = list(error.schema.get("properties", {}))
+            pattern_props = error.schema.get("patternProperties", {})
+            for extra in error.instance:
+                if extra in allowed or any(re.search(p, extra) for p in pattern_props):
+                    continue
+                hint = f" (allowed here: {', '.join(allowed)})" if allowed else ""
+                problems.append(MappingProblem(f"{path}.{extra}" if path else extra, rule, f"unknown key {extra!r}{hint}"))
+            continue
+        message = custom or error.message
+        problems.append(MappingProblem(path, rule, message))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Meaning (what the schema cannot say)
+
+
+def _meaning_problems(document: dict, file: Path) -> list[MappingProblem]:
+    problems: list[MappingProblem] = []
+    add = lambda path, rule, message: problems.append(MappingProblem(path, rule, message))  # noqa: E731
+
+    name = document["name"]
+    expected = f"{file.parent.name}/{file.stem}"
+    if name != expected:
+        add("name", "name", f"name {name!r} does not match the file's place {expected!r} (<directory>/<file name>)")
+    source_system, _, target_system = name.split("/")[0].partition("__")
+    if document["source"]["system"] != source_system:
+        add("source.system", "name", f"source system {document['source']['system']!r} does not match {source_system!r} in the name {name!r}")
+    if document["target"]["system"] != target_system:
+        add("target.system", "name", f"target system {document['target']['system']!r} does not match {target_system!r} in the name {name!r}")
+
+    try:
+        if "*" in document["record_key"] or not parse_path(document["record_key"])[1]:
+            add("record_key", "path", "the record key is one value: a path without [*], not $")
+    except PathSyntaxError as problem:
+        add("record_key", "path", str(problem))
+
+    tables = document.get("code_tables", {})
+    for table_name, table in tables.items():
+        for key in set(table.get("values", {})) & set(table.get("not_mapped", {})):
+            add(f"code_tables.{table_name}.not_mapped.{key}", "conflict",
+                f"{key!r} is both mapped (values) and listed as not mapped")
+
+    _field_problems(document["fields"], "fields", tables, add)
+    return problems
+
+
+_VALUE_ONLY = ("transform", "code_table", "default", "fallback", "max_length", "pattern", "where", "personal")
+
+
+def _field_problems(fields: dict, at: str, tables: dict, add: Any) -> None:
+    for target, spec in fields.items():
+        here = f"{at}.{target}"
+        if "each" in spec:
+            for key in _VALUE_ONLY:
+                if key in spec:
+                    add(f"{here}.{key}", "conflict", f"{key} applies to one value; on a list field, put it on the fields under each")
+            each = spec["each"]
+            _path_problem(each["from"], f"{here}.each.from", add, allow_root=True)
+            if "where" in each:
+                _condition_problem(each["where"], f"{here}.each.where", add)
+            _field_problems(each["fields"], f"{here}.each.fields", tables, add)
+        elif "const" in spec:
+            for key in ("from", "transform", "code_table", "default", "fallback", "where", "required"):
+                if key in spec:
+                    add(f"{here}.{key}", "conflict", f"a const field sends its value as written; {key} does not apply")
+        else:
+            many = _path_problem(spec["from"], f"{here}.from", add, allow_root=False)
+            names = [spec["transform"]] if isinstance(spec.get("transform"), str) else spec.get("transform", [])
+            for n, transform in enumerate(names):
+                if transform not in TRANSFORMS:
+                    where = f"{here}.transform" + (f"[{n}]" if isinstance(spec["transform"], list) else "")
+                    add(where, "unknown_transform",
+                        f"no transform named {transform!r} (known: {', '.join(sorted(TRANSFORMS))})")
+            if "code_table" in spec and spec["code_table"] not in tables:
+                add(f"{here}.code_table", "unknown_code_table",
+                    f"no code table named {spec['code_table']!r} under code_tables (defined: {', '.join(tables) or 'none'})")
+            if many and not names:
+                add(f"{here}.transform", "wildcard",
+                    f"{spec['from']!r} reads a list ([*]); name a transform that makes one value of it (any_true, first, last)")
+            if "where" in spec and not many:
+                add(f"{here}.where", "wildcard", "where filters the items of a [*] path; this field's from has no [*]")
+            if "where" in spec:
+                _condition_problem(spec["where"], f"{here}.where", add)
+            if "fallback" in spec:
+                if _path_problem(spec["fallback"]["from"], f"{here}.fallback.from", add, allow_root=False) or many:
+                    add(f"{here}.fallback", "wildcard", "a fallback stands in for one missing value: neither path may use [*]")
+                if "when" in spec["fallback"]:
+                    _condition_problem(spec["fallback"]["when"], f"{here}.fallback.when", add)
+            if "default" in spec and spec.get("required") not in (None, False):
+                add(f"{here}.default", "conflict", "a required field has no default: a missing value is an error")
+            elif "default" in spec and all(n in TRANSFORMS for n in names) and spec.get("code_table", "") in {"", *tables}:
+                _default_problem(target, spec, f"{here}.default", tables, add)
+            if "pattern" in spec:
+                try:
+                    re.compile(spec["pattern"])
+                except re.error as problem:
+                    add(f"{here}.pattern", "pattern", f"not a regular expression: {problem}")
+        if "when" in spec:
+            _condition_problem(spec["when"], f"{here}.when", add)
+        if isinstance(spec.get("required"), dict):
+            _condition_problem(spec["required"]["when"], f"{here}.required.when", add)
+
+
+def _default_problem(target: str, spec: dict, at: str, tables: dict, add: Any) -> None:
+    """A default is converted once, when the file is compiled: it must survive its own transforms."""
+    used = {spec["code_table"]: CodeTable(spec["code_table"], tables[spec["code_table"]])} if "code_table" in spec else {}
+    try:
+        compile_fields({target: spec}, used)
+    except (PathSyntaxError, re.error):
+        pass  # reported by the path and pattern checks
+    except ValueError as problem:
+        add(at, "default", str(problem))
+
+
+def _path_problem(text: str, at: str, add: Any, *, allow_root: bool) -> bool:
+    """Report a bad source path; return whether it fans out with ``[*]``."""
+    if text == "$" and not allow_root:
+        add(at, "path", "$ is the whole record, not a value; name a field")
+        return False
+    try:
+        _from_root, segments = parse_path(text)
+    except PathSyntaxError as problem:
+        add(at, "path", str(problem))
+        return False
+    stars = sum(1 for _name, index in segments if index == "*")
+    if stars and allow_root:
+        add(at, "path", f"{text!r}: each reads a list by its path; [*] is not needed here")
+    elif stars > 1:
+        add(at, "path", f"{text!r} has more than one [*]; a path may fan out over one list only")
+    return stars == 1
+
+
+def _condition_problem(spec: dict, at: str, add: Any) -> None:
+    try:
+        Condition(spec)
+    except PathSyntaxError as problem:
+        add(f"{at}.path", "path", str(problem))
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation
+
+
+def _fingerprint(document: dict) -> str:
+    canonical = json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _personal(fields: dict, prefix: str = "") -> list[str]:
+    found = []
+    for target, spec in fields.items():
+        if "each" in spec:
+            found += _personal(spec["each"]["fields"], f"{prefix}{target}[].")
+        elif spec.get("personal"):
+            found.append(prefix + target)
+    return found
+
+
+def _compile(document: dict, path: Path) -> Mapping:
+    tables = {name: CodeTable(name, spec) for name, spec in document.get("code_tables", {}).items()}
+    steps = compile_fields(document["fields"], tables)  # the checks above leave nothing that fails here
+    return Mapping(
+        name=document["name"],
+        version=document["version"],
+        description=document["description"],
+        source=document["source"],
+        target=document["target"],
+        record_key_path=document["record_key"],
+        path=path,
+        fingerprint=_fingerprint(document),
+        steps=steps,
+        personal_fields=tuple(_personal(document["fields"])),
+        code_tables=tables,
+    )

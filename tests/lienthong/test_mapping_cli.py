@@ -1,0 +1,161 @@
+"""``mapping check`` / ``mapping preview`` through a real argparse parser: exit codes and output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lienthong.mapping_cli import add_mapping_commands
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "fixtures" / "samples" / "onestop"
+DOSSIER = "onestop__national_portal/dossier"
+
+
+@pytest.fixture(autouse=True)
+def _repo_defaults(monkeypatch):
+    monkeypatch.delenv("LIENTHONG_MAPPINGS_DIR", raising=False)
+    monkeypatch.delenv("LIENTHONG_SAMPLES_DIR", raising=False)
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="lienthong")
+    add_mapping_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+def samples_with(tmp_path: Path, *names: str, extra: dict[str, dict] | None = None) -> Path:
+    """A samples directory holding the named repository samples plus extra records."""
+    folder = tmp_path / "samples" / "onestop"
+    folder.mkdir(parents=True)
+    for name in names:
+        shutil.copy(SAMPLES / f"dossier.{name}.json", folder)
+    for file_name, record in (extra or {}).items():
+        (folder / file_name).write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    return tmp_path / "samples"
+
+
+def load(name: str) -> dict:
+    return json.loads((SAMPLES / f"dossier.{name}.json").read_text(encoding="utf-8"))
+
+
+def test_check_passes_on_the_repository(capsys):
+    assert run("mapping", "check") == 0
+    out = capsys.readouterr().out
+    assert f"valid    {DOSSIER} v1" in out
+    assert "OK       dossier.defective-interoperating.json  rejected as meant" in out
+    assert "TrangThaiHoSo: dossierStatus 'interoperating' is not in code table" in out
+    assert "samples: 11, all as meant" in out
+
+
+def test_check_fails_when_a_valid_sample_is_rejected(tmp_path, capsys):
+    broken = load("new-at-counter")
+    broken["dossierStatus"] = "interoperating"
+    root = samples_with(tmp_path, "done-with-result", extra={"dossier.looks-fine.json": broken})
+    assert run("mapping", "check", DOSSIER, "--samples-dir", str(root)) == 1
+    out = capsys.readouterr().out
+    assert "FAILED   dossier.looks-fine.json  a valid sample was rejected" in out
+    assert "OK       dossier.done-with-result.json" in out
+
+
+def test_check_fails_when_a_defective_sample_passes(tmp_path, monkeypatch, capsys):
+    root = samples_with(tmp_path, extra={"dossier.defective-not-really.json": load("new-at-counter")})
+    monkeypatch.setenv("LIENTHONG_SAMPLES_DIR", str(root))
+    assert run("mapping", "check", DOSSIER) == 1
+    assert "FAILED   dossier.defective-not-really.json  a defective sample was accepted" in capsys.readouterr().out
+
+
+def test_check_reads_arrays_of_records(tmp_path, capsys):
+    root = samples_with(tmp_path, extra={"dossier.batch.json": [load("new-at-counter"), load("done-with-result")]})
+    assert run("mapping", "check", DOSSIER, "--samples-dir", str(root)) == 0
+    assert "OK       dossier.batch.json[1]" in capsys.readouterr().out
+
+
+def test_check_reports_an_invalid_mapping_file(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "onestop__national_portal"
+    folder.mkdir()
+    text = (REPO / "mappings" / f"{DOSSIER}.yaml").read_text(encoding="utf-8")
+    (folder / "dossier.yaml").write_text(text.replace("transform: bool_text", "transform: bool_txt"), encoding="utf-8")
+    monkeypatch.setenv("LIENTHONG_MAPPINGS_DIR", str(tmp_path))
+    assert run("mapping", "check") == 1
+    out = capsys.readouterr().out
+    assert f"INVALID  {DOSSIER}" in out
+    assert "at fields.TaiLieuNop.each.fields.IsDeleted.transform: no transform named 'bool_txt'" in out
+    assert "[unknown_transform]" in out
+
+
+def test_check_of_an_unknown_name_is_a_usage_error(capsys):
+    assert run("mapping", "check", "onestop__national_portal/nothing") == 2
+    assert "UNKNOWN" in capsys.readouterr().out
+
+
+def test_preview_of_a_clean_file_with_selected_fields(tmp_path, capsys):
+    source = tmp_path / "one.json"
+    source.write_text(json.dumps(load("processing-paid-online"), ensure_ascii=False), encoding="utf-8")
+    assert run("mapping", "preview", DOSSIER, "--input", str(source),
+               "--field", "TrangThaiHoSo,DanhSachLePhi", "--field", "SoGiayToChuHoSo") == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["mapping"] == DOSSIER and len(document["fingerprint"]) == 64
+    (entry,) = document["records"]
+    assert entry["ok"] is True and entry["errors"] == []
+    assert entry["record_key"] == "000.00.01.H49-261029-0012"
+    assert entry["output"] == {
+        "TrangThaiHoSo": "4",
+        "DanhSachLePhi": [{"TenPhiLePhi": "Phí cung cấp thông tin lý lịch tư pháp", "MaPhiLePhi": "PLLTP01",
+                           "Gia": "200000", "LoaiPhiLePhi": "1"}],
+        "SoGiayToChuHoSo": "*********321",  # personal data is masked by default
+    }
+
+
+def test_preview_shows_personal_data_only_when_asked(tmp_path, capsys):
+    source = tmp_path / "one.json"
+    source.write_text(json.dumps(load("processing-paid-online"), ensure_ascii=False), encoding="utf-8")
+    assert run("mapping", "preview", DOSSIER, "--input", str(source), "--field", "Email", "--show-personal") == 0
+    assert json.loads(capsys.readouterr().out)["records"][0]["output"] == {"Email": "tranvanduc@example.vn"}
+
+
+def test_preview_of_the_samples_shows_errors_next_to_output(capsys):
+    assert run("mapping", "preview", DOSSIER) == 1  # the defective samples do not map
+    records = {r["input"]: r for r in json.loads(capsys.readouterr().out)["records"]}
+    assert len(records) == 11
+    bad = records["dossier.defective-naive-datetime.json"]
+    assert bad["ok"] is False
+    assert [(e["field"], e["rule"]) for e in bad["errors"]] == [("NgayHenTra", "timezone")]
+    assert bad["output"]["NgayHenTra"] == "" and bad["output"]["TrangThaiHoSo"] == "2"
+    assert records["dossier.done-with-result.json"]["ok"] is True
+
+
+def test_preview_field_filter_keeps_ok_for_the_whole_record(capsys):
+    assert run("mapping", "preview", DOSSIER, "--field", "TrangThaiHoSo") == 1
+    records = {r["input"]: r for r in json.loads(capsys.readouterr().out)["records"]}
+    entry = records["dossier.defective-empty-service-code.json"]
+    assert entry["ok"] is False and entry["errors"] == [] and entry["errors_in_other_fields"] == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ("mapping", "preview", DOSSIER, "--field", "NoSuchField"),
+    ("mapping", "preview", "onestop__national_portal/nothing"),
+    ("mapping", "preview", DOSSIER, "--input", "/nonexistent/records.json"),
+])
+def test_preview_usage_errors(argv, capsys):
+    assert run(*argv) == 2
+    assert capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("argv", [("mapping", "--help"), ("mapping", "check", "--help"), ("mapping", "preview", "--help")])
+def test_help_texts(argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        run(*argv)
+    assert done.value.code == 0
+    assert "usage: lienthong mapping" in capsys.readouterr().out
+
+
+def test_mapping_without_a_command_is_refused():
+    with pytest.raises(SystemExit) as done:
+        run("mapping")
+    assert done.value.code == 2
