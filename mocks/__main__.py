@@ -1,0 +1,7 @@
+"""``python -m mocks up ...``: see :mod:`mocks.cli`."""
+
+import sys
+
+from mocks.cli import main
+
+sys.exit(main())

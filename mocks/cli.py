@@ -1,0 +1,119 @@
+"""Command line of the stand-in peers: ``python -m mocks up`` runs both in the foreground.
+
+Credentials come from the options, else from the environment, else from the demo defaults:
+
+* ``LIENTHONG_MOCK_ONESTOP_API_KEY`` — the one-stop ``X-Api-Key``;
+* ``LIENTHONG_MOCK_PORTAL_USERNAME``, ``LIENTHONG_MOCK_PORTAL_PASSWORD``,
+  ``LIENTHONG_MOCK_PORTAL_UNIT`` — the portal's adapter account.
+
+Secrets are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from mocks.national_portal import DEFAULT_ACCOUNT, NationalPortalMock, PortalAccount
+from mocks.one_stop import DEFAULT_API_KEY, OneStopMock
+from mocks.server import NonLoopbackHost
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_STATE_DIR = os.path.join("var", "mocks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mocks", description="lienthong stand-in peers")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the one-stop and national portal stand-ins in the foreground")
+    up.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                    help=f"directory of onestop.db and national_portal.db (default {DEFAULT_STATE_DIR})")
+    up.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
+    up.add_argument("--onestop-port", type=int, default=18081, help="one-stop port (default 18081, 0 = any)")
+    up.add_argument("--portal-port", type=int, default=18082, help="national portal port (default 18082, 0 = any)")
+    up.add_argument("--seed", type=int, default=49, help="world seed for a fresh state (default 49)")
+    up.add_argument("--seed-dossiers", type=int, default=40, help="dossiers in a fresh one-stop world (default 40)")
+    up.add_argument("--session-ttl", type=float, default=600.0, help="portal session lifetime, seconds (default 600)")
+    up.add_argument("--dstcode", default="DVCQG", help="dstcode header the portal expects (default DVCQG)")
+    up.add_argument("--verbose", "-v", action="store_true", help="log every request (paths and statuses only)")
+    return parser
+
+
+def _portal_account() -> tuple[PortalAccount, bool]:
+    username = os.environ.get("LIENTHONG_MOCK_PORTAL_USERNAME") or DEFAULT_ACCOUNT.username
+    password = os.environ.get("LIENTHONG_MOCK_PORTAL_PASSWORD") or DEFAULT_ACCOUNT.password
+    unit = os.environ.get("LIENTHONG_MOCK_PORTAL_UNIT") or DEFAULT_ACCOUNT.unit
+    return PortalAccount(username, password, unit), password == DEFAULT_ACCOUNT.password
+
+
+def _up(args: argparse.Namespace, out: Any) -> int:
+    api_key = os.environ.get("LIENTHONG_MOCK_ONESTOP_API_KEY") or DEFAULT_API_KEY
+    account, default_password = _portal_account()
+    try:
+        onestop = OneStopMock(args.state_dir, host=args.host, port=args.onestop_port, seed=args.seed,
+                              seed_dossiers=args.seed_dossiers, api_key=api_key)
+        portal = NationalPortalMock(args.state_dir, host=args.host, port=args.portal_port, seed=args.seed,
+                                    accounts=[account], session_ttl=args.session_ttl, dstcode=args.dstcode)
+    except (NonLoopbackHost, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    started: list[Any] = []
+    try:
+        for mock in (onestop, portal):
+            try:
+                started.append(mock.start())
+            except OSError as exc:
+                print(f"error: cannot start the {mock.name} mock on {args.host}: {exc}", file=sys.stderr)
+                return 1
+        state = onestop.state_summary()
+        print(f"lienthong mocks up — state in {os.path.abspath(args.state_dir)}", file=out)
+        print(f"  one-stop         {onestop.url}   (X-Api-Key: "
+              f"{'demo default' if api_key == DEFAULT_API_KEY else 'from LIENTHONG_MOCK_ONESTOP_API_KEY'}; "
+              f"{state['counts']['dossiers']} dossiers, lastSeq {state['lastSeq']})", file=out)
+        print(f"    API:        GET {onestop.url}/api/v1/dossiers/changes?after=<cursor>&limit=100", file=out)
+        print(f"    test doors: GET /_state  GET /_state/dossiers  GET /_state/events  POST /_admin/advance  "
+              f"POST /_admin/faults  POST /_admin/reset", file=out)
+        print(f"  national portal  {portal.url}   (account {account.username}, unit {account.unit}, password "
+              f"{'demo default' if default_password else 'from LIENTHONG_MOCK_PORTAL_PASSWORD'}; "
+              f"dstcode {args.dstcode})", file=out)
+        print(f"    API:        POST {portal.url}/auth  /integration  /share", file=out)
+        print(f"    test doors: GET /_state  GET /_state/dossiers[/<MaHoSo>]  GET /_state/calls  POST /_admin/reset  "
+              f"POST /_admin/expire-sessions  POST /_admin/faults", file=out)
+        print("Ctrl-C or SIGTERM stops both.", file=out, flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("stopping mocks", file=out, flush=True)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for mock in reversed(started):
+            mock.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m mocks``; returns the exit status."""
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "up":
+        return _up(args, sys.stdout)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
