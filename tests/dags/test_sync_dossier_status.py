@@ -58,9 +58,12 @@ def test_two_runs_through_airflow_deliver_everything_once(airflow_db, dag, bus_e
     assert summary["counts"]["rejected"] == len(defective)
     assert summary["finished_at"] is not None
     with store.engine.connect() as conn:
-        rows = conn.execute(select(exchange_log.c.task_id, exchange_log.c.operation)
+        rows = conn.execute(select(exchange_log.c.task_id, exchange_log.c.operation, exchange_log.c.peer)
                             .where(exchange_log.c.run_id == first.run_id)).all()
     assert summary["exchanges"] == len(rows) > 0
+    # one exchange-log row per HTTP exchange: the portal counted exactly the calls we logged
+    portal_calls = sum(n for outcomes in _state(bus_env, "/_state/calls").values() for n in outcomes.values())
+    assert portal_calls == sum(1 for r in rows if r.operation in {"login", "DongBoHoSoMC"})
     assert {r.task_id for r in rows} == {"stage_dossier_changes", "deliver_dossier_statuses"}
 
     calls_before = _state(bus_env, "/_state/calls")
