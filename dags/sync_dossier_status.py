@@ -1,10 +1,14 @@
-"""sync_dossier_status — dossier statuses from the one-stop system to the national portal.
+"""sync_dossier_status — dossier statuses and progress from the one-stop system to the national portal.
 
 Thin by design: schedule, retries, pools and wiring only. Each task calls one function of
 ``lienthong.tasks``; connections are resolved by id through Airflow (``onestop_default``,
 ``national_portal_default``, ``lienthong_db``). Transport failures retry with back-off; errors a
 retry cannot fix (bad credentials, misconfiguration) fail at once. Records the portal refuses
-never fail the task: they go to dead letters.
+never fail the task: they go to dead letters (``lienthong deadletter list|show|replay``).
+
+Backfill: trigger with ``feed_from="beginning"`` (or a cursor) to re-read the one-stop change
+feed — events already staged are ignored and payloads the portal acknowledged are not re-sent —
+and ``resend_acknowledged=true`` to send everything again after the portal lost data.
 """
 
 from __future__ import annotations
@@ -39,13 +43,19 @@ def _ids() -> tuple[str, str]:
 @dag(
     dag_id="sync_dossier_status",
     description="One-stop dossiers → national portal DongBoHoSoMC (outbox, exactly-once effect, exchange log)",
-    schedule=timedelta(minutes=10),
+    schedule=timedelta(minutes=5),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
-    params={"batch_size": Param(50, type="integer", minimum=1, maximum=500,
-                                description="dossiers per DongBoHoSoMC call")},
+    params={
+        "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=500,
+                            description="dossiers per DongBoHoSoMC call (default: the connection's extra.batch_size, else 50)"),
+        "feed_from": Param(None, type=["null", "string"],
+                           description='backfill: "beginning" or a cursor to re-read the change feed from'),
+        "resend_acknowledged": Param(False, type="boolean",
+                                     description="backfill: re-send payloads the portal already acknowledged"),
+    },
     tags=["lienthong", "dossier", "national_portal"],
     doc_md=__doc__,
 )
@@ -56,7 +66,9 @@ def sync_dossier_status():
         from lienthong import tasks
 
         run_id, task_id = _ids()
-        return tasks.stage_dossier_changes(airflow_connection_spec, run_id=run_id, task_id=task_id)
+        params = get_current_context()["params"]
+        return tasks.stage_dossier_changes(airflow_connection_spec, run_id=run_id, task_id=task_id,
+                                           feed_from=params["feed_from"])
 
     @task(pool="national_portal")
     def deliver_dossier_statuses(staged: dict) -> dict:
@@ -64,19 +76,28 @@ def sync_dossier_status():
         from lienthong import tasks
 
         run_id, task_id = _ids()
-        batch_size = int(get_current_context()["params"]["batch_size"])
+        params = get_current_context()["params"]
         return tasks.deliver_dossier_statuses(airflow_connection_spec, run_id=run_id, task_id=task_id,
-                                              batch_size=batch_size)
+                                              batch_size=params["batch_size"],
+                                              resend_acknowledged=params["resend_acknowledged"])
+
+    @task(pool="national_portal")
+    def deliver_progress_entries(delivered: dict) -> dict:
+        from connectors.hooks import airflow_connection_spec
+        from lienthong import tasks
+
+        run_id, task_id = _ids()
+        return tasks.deliver_dossier_progress(airflow_connection_spec, run_id=run_id, task_id=task_id)
 
     @task(retries=1)
-    def summarize_run(delivered: dict) -> dict:
+    def summarize_run(progress: dict) -> dict:
         from connectors.hooks import airflow_connection_spec
         from lienthong import tasks
 
         run_id, _ = _ids()
         return tasks.dossier_run_summary(airflow_connection_spec, run_id=run_id)
 
-    summarize_run(deliver_dossier_statuses(stage_dossier_changes()))
+    summarize_run(deliver_progress_entries(deliver_dossier_statuses(stage_dossier_changes())))
 
 
 sync_dossier_status()

@@ -85,10 +85,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     resolve = _resolver()
     run_id = args.run_id or f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:6]}"
-    staged = tasks.stage_dossier_changes(resolve, run_id=run_id, task_id="cli")
-    delivered = tasks.deliver_dossier_statuses(resolve, run_id=run_id, task_id="cli", batch_size=args.batch_size)
+    staged = tasks.stage_dossier_changes(resolve, run_id=run_id, task_id="cli", feed_from=args.feed_from)
+    delivered = tasks.deliver_dossier_statuses(resolve, run_id=run_id, task_id="cli", batch_size=args.batch_size,
+                                               resend_acknowledged=args.resend_acknowledged)
+    progress = tasks.deliver_dossier_progress(resolve, run_id=run_id, task_id="cli")
     summary = tasks.dossier_run_summary(resolve, run_id=run_id)
-    print(json.dumps({"run_id": run_id, "staged": staged, "delivered": delivered,
+    print(json.dumps({"run_id": run_id, "staged": staged, "delivered": delivered, "progress": progress,
                       "exchanges": summary.get("exchanges")}, ensure_ascii=False, indent=2))
     return 0
 
@@ -123,16 +125,51 @@ def cmd_exchanges(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dead_letters(args: argparse.Namespace) -> int:
+def cmd_deadletter_list(args: argparse.Namespace) -> int:
     store = _store()
     letters = store.dead_letters(args.flow, unresolved_only=not args.all)
     for d in letters:
+        state = f" resolved: {d['resolution']}" if d["resolved_at"] else ""
         print(f"#{d['id']} {d['created_at']:%Y-%m-%d %H:%M:%S} {d['flow']} {d['record_key']} "
-              f"[{d['stage']}: {d['error_class']}] run={d['run_id']}")
+              f"[{d['stage']}: {d['error_class']}] run={d['run_id']}{state}")
         for e in d["errors"]:
             print(f"    {e['field']}: {e['message']} [{e['rule']}]")
     if not letters:
         print("no dead letters")
+    return 0
+
+
+def cmd_deadletter_show(args: argparse.Namespace) -> int:
+    store = _store()
+    letter = next((d for d in store.dead_letters(unresolved_only=False) if d["id"] == args.id), None)
+    if letter is None:
+        print(f"lienthong: no dead letter #{args.id}", file=sys.stderr)
+        return 1
+    shown = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in letter.items()}
+    print(json.dumps(shown, ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_deadletter_replay(args: argparse.Namespace) -> int:
+    """Resolve dead letters and deliver their records again, once."""
+    from lienthong import tasks
+    from lienthong.flows import dossier_status
+
+    if not (args.ids or args.record or args.all):
+        print("lienthong: say which dead letters to replay: ids, --record KEY, or --all", file=sys.stderr)
+        return 2
+    store = _store()
+    result = dossier_status.replay(store, dead_letter_ids=args.ids or None, record_key=args.record,
+                                   by=os.environ.get("USER", "operator"))
+    print(f"resolved {len(result.dead_letters)} dead letters; requeued: {', '.join(result.requeued) or 'nothing'}")
+    if args.no_deliver or not result.requeued:
+        return 0
+    resolve = _resolver()
+    run_id = f"replay__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    delivered = tasks.deliver_dossier_statuses(resolve, run_id=run_id, task_id="replay")
+    progress = tasks.deliver_dossier_progress(resolve, run_id=run_id, task_id="replay")
+    tasks.dossier_run_summary(resolve, run_id=run_id)
+    print(json.dumps({"run_id": run_id, "delivered": delivered, "progress": progress}, ensure_ascii=False, indent=2))
     return 0
 
 
@@ -170,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a flow once without a scheduler")
     p.add_argument("flow", choices=["dossier-status"], help="which flow")
     p.add_argument("--run-id", help="run id to record (default: cli__<time>_<random>)")
-    p.add_argument("--batch-size", type=int, default=50, help="dossiers per portal call (default 50)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="dossiers per portal call (default: the connection's extra.batch_size, else 50)")
+    p.add_argument("--feed-from", help='backfill: "beginning" or a cursor to re-read the change feed from')
+    p.add_argument("--resend-acknowledged", action="store_true",
+                   help="backfill: re-send payloads the portal already acknowledged")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("exchanges", help="list exchange-log records, newest last")
@@ -182,10 +223,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(secrets are already redacted)")
     p.set_defaults(func=cmd_exchanges)
 
-    p = sub.add_parser("dead-letters", help="list records that could not be delivered, with reasons")
-    p.add_argument("--flow", help="only this flow (e.g. dossier_status)")
-    p.add_argument("--all", action="store_true", help="include resolved ones")
-    p.set_defaults(func=cmd_dead_letters)
+    p = sub.add_parser("deadletter", help="records that could not be delivered: list, show, replay")
+    dl = p.add_subparsers(dest="deadletter_command", required=True, metavar="ACTION")
+    q = dl.add_parser("list", help="dead letters with their field errors (unresolved ones by default)")
+    q.add_argument("--flow", help="only this flow (dossier_status, dossier_progress)")
+    q.add_argument("--all", action="store_true", help="include resolved ones")
+    q.set_defaults(func=cmd_deadletter_list)
+    q = dl.add_parser("show", help="one dead letter in full: errors, peer code, original payload")
+    q.add_argument("id", type=int, help="dead letter number (from list)")
+    q.set_defaults(func=cmd_deadletter_show)
+    q = dl.add_parser("replay", help="resolve dead letters and deliver their records again, once "
+                                     "(after a mapping or portal fix)")
+    q.add_argument("ids", nargs="*", type=int, help="dead letter numbers")
+    q.add_argument("--record", help="every unresolved dead letter of this record key (dossier code)")
+    q.add_argument("--all", action="store_true", help="every unresolved dead letter")
+    q.add_argument("--no-deliver", action="store_true", help="only requeue; the next run delivers")
+    q.set_defaults(func=cmd_deadletter_replay)
 
     from lienthong.mapping_cli import add_mapping_commands
 

@@ -110,19 +110,22 @@ def _print_summary(out: Printer, summary: dict[str, Any], seconds: float) -> Non
     out("")
     out(f"Run {summary['run_id']} of sync_dossier_status")
     rows = [
-        ("change events read from the one-stop feed", counts.get("events_read", 0)),
-        ("dossiers considered for delivery", counts.get("considered", 0)),
+        ("new change events staged from the one-stop feed", counts.get("staged", 0)),
+        ("dossiers read for delivery", counts.get("considered", 0)),
         ("delivered to the national portal as new", counts.get("delivered_new", 0)),
         ("delivered as updates", counts.get("delivered_update", 0)),
         ("unchanged since the portal's last acknowledgement (not re-sent)", counts.get("unchanged", 0)),
+        ("held back behind an earlier change in dead letters", counts.get("held", 0)),
         ("rejected (dead-lettered with reasons)", counts.get("rejected", 0)),
-        ("national portal calls", counts.get("portal_calls", 0)),
+        ("progress entries sent (CapNhatTienDoHoSoMC)", counts.get("progress_sent", 0)),
+        ("progress entries rejected", counts.get("progress_rejected", 0)),
+        ("national portal calls", counts.get("portal_calls", 0) + counts.get("progress_calls", 0)),
         ("exchange-log records written", summary.get("exchanges", 0)),
     ]
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         out(f"  {label:<{width}}  {value:>6}")
-    for rejection in counts.get("rejections", []):
+    for rejection in counts.get("rejections", []) + counts.get("progress_rejections", []):
         reasons = "; ".join(f"{e['field']}: {e['message']} [{e['rule']}]" for e in rejection["errors"])
         out(f"    ✗ {rejection['record_key']} ({rejection['stage']}): {reasons}")
     out(f"  {'took':<{width}}  {seconds:>5.1f}s")
@@ -165,12 +168,12 @@ def run_demo(topo: LocalTopology, *, new: int = 3, changes: int = 5, out: Printe
     if code != 0 or after is None or (before and after["run_id"] == before["run_id"]):
         out(f"✗ the DAG run did not complete (exit code {code}); Airflow's output is in {airflow_log}")
         return 1
-    failed_steps = [k for k in ("events_read", "considered") if k not in after["counts"]]
+    failed_steps = [k for k in ("events_read", "considered", "progress_sent") if k not in after["counts"]]
     _print_summary(out, after, dag_seconds)
     out(f"  whole demo took {time.monotonic() - started:.1f}s")
     out("")
     out(f"Exchange log of this run:  .venv/bin/lienthong exchanges --run-id '{after['run_id']}'")
-    out("Dead letters:              .venv/bin/lienthong dead-letters")
+    out("Dead letters:              .venv/bin/lienthong deadletter list   (show ID, replay ID)")
     out("Airflow UI with this run:  make airflow   (http://127.0.0.1:8080, user admin / admin)")
     if failed_steps:
         out(f"✗ the run skipped steps: {', '.join(failed_steps)}")

@@ -40,7 +40,7 @@ from sqlalchemy.types import TypeDecorator
 from connectors.connection import ConnectionSpec
 from connectors.errors import ConfigurationError
 
-__all__ = ["Store", "canonical_json", "metadata", "sqlalchemy_url", "utcnow"]
+__all__ = ["Store", "canonical_json", "insert_ignore", "metadata", "sqlalchemy_url", "utcnow"]
 
 metadata = MetaData()
 
@@ -84,11 +84,14 @@ outbox = Table(
     Column("source_seq", Integer, nullable=False),
     Column("source_version", Integer),
     Column("source_payload", JSON, nullable=False),
-    # pending → delivered | unchanged | rejected | superseded
+    # pending → delivered | unchanged | rejected | superseded | stale; held while an earlier change
+    # of the same record waits in dead letters (the per-record ordering guard)
     Column("state", String(16), nullable=False, default="pending"),
     Column("operation", String(16)),  # insert | update, once delivered
     Column("payload_hash", String(64)),  # sha256 of what the peer received
+    # sends that may have reached the peer without an answer; > 0 without an ack means "ask first"
     Column("attempts", Integer, nullable=False, default=0),
+    Column("sent_at", AwareDateTime),
     Column("last_error", Text),
     Column("staged_run_id", String(250)),
     Column("staged_at", AwareDateTime, nullable=False),
@@ -106,6 +109,8 @@ delivery_state = Table(
     Column("record_key", String(200), primary_key=True),
     Column("payload_hash", String(64), nullable=False),
     Column("created_on_peer", Boolean, nullable=False),
+    Column("source_version", Integer),  # the source's version of the acknowledged snapshot
+    Column("peer_status", String(16)),  # the status the peer holds (final statuses never regress)
     Column("outbox_id", Integer),
     Column("acked_at", AwareDateTime, nullable=False),
     Column("acked_run_id", String(250)),
@@ -128,6 +133,29 @@ dead_letter = Table(
     Column("resolved_at", AwareDateTime),
     Column("resolution", Text),
     Index("ix_dead_letter_key", "flow", "record_key"),
+)
+
+progress_outbox = Table(
+    "progress_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("flow", String(64), nullable=False),
+    Column("record_key", String(200), nullable=False),  # the dossier
+    Column("entry_key", String(250), nullable=False),  # the progress entry (dossier#step)
+    Column("step_id", Integer, nullable=False),
+    Column("occurred_at", String(14), nullable=False),  # ThoiDiemXuLy: the order of sending
+    Column("source_payload", JSON, nullable=False),
+    Column("payload", JSON(none_as_null=True)),  # the mapped record, once mapped (payload_hash set)
+    Column("payload_hash", String(64)),
+    # pending → in_flight → acked; rejected (dead-lettered); held behind a rejected earlier entry
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("staged_run_id", String(250)),
+    Column("staged_at", AwareDateTime, nullable=False),
+    Column("done_run_id", String(250)),
+    Column("done_at", AwareDateTime),
+    UniqueConstraint("flow", "entry_key", name="uq_progress_entry"),
+    Index("ix_progress_state", "flow", "state", "record_key"),
 )
 
 sync_run = Table(
@@ -342,6 +370,21 @@ class Store:
             query = query.where(dead_letter.c.resolved_at.is_(None))
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], constraint: str) -> int:
+    """Insert rows, skipping those that would break the unique ``constraint``; return how many were new."""
+    if not rows:
+        return 0
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(table).on_conflict_do_nothing(constraint=constraint)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(table).on_conflict_do_nothing()
+    return conn.execute(stmt, rows).rowcount
 
 
 def canonical_json(value: Any) -> bytes:

@@ -22,6 +22,7 @@ __all__ = [
     "BUS_DB_CONN_ID",
     "NATIONAL_PORTAL_CONN_ID",
     "ONESTOP_CONN_ID",
+    "deliver_dossier_progress",
     "deliver_dossier_statuses",
     "dossier_run_summary",
     "open_store",
@@ -41,13 +42,15 @@ def open_store(resolve: Resolver, conn_id: str = BUS_DB_CONN_ID) -> Store:
     return store
 
 
-def stage_dossier_changes(resolve: Resolver, *, run_id: str, task_id: str | None = None) -> dict[str, Any]:
-    """Read the one-stop change feed into the outbox."""
+def stage_dossier_changes(
+    resolve: Resolver, *, run_id: str, task_id: str | None = None, feed_from: str | None = None
+) -> dict[str, Any]:
+    """Read the one-stop change feed into the outbox (``feed_from``: see ``stage_changes``)."""
     store = open_store(resolve)
     recorder = BusRecorder(store, dossier_status.FLOW, run_id, task_id)
     onestop = OneStopClient.from_connection(resolve(ONESTOP_CONN_ID), recorder=recorder)
     try:
-        report = dossier_status.stage_changes(store, onestop, run_id=run_id)
+        report = dossier_status.stage_changes(store, onestop, run_id=run_id, feed_from=feed_from)
     finally:
         onestop.close()
     counts = report.counts()
@@ -55,20 +58,53 @@ def stage_dossier_changes(resolve: Resolver, *, run_id: str, task_id: str | None
     return counts
 
 
+def _portal(resolve: Resolver, recorder: BusRecorder) -> tuple[NationalPortalClient, dict[str, Any]]:
+    spec = resolve(NATIONAL_PORTAL_CONN_ID)
+    return NationalPortalClient.from_connection(spec, recorder=recorder), spec.extra
+
+
 def deliver_dossier_statuses(
-    resolve: Resolver, *, run_id: str, task_id: str | None = None, batch_size: int = 50
+    resolve: Resolver,
+    *,
+    run_id: str,
+    task_id: str | None = None,
+    batch_size: int | None = None,
+    resend_acknowledged: bool = False,
 ) -> dict[str, Any]:
-    """Map and deliver pending dossiers to the national portal."""
+    """Map and deliver pending dossiers to the national portal.
+
+    ``batch_size`` defaults to the portal connection's ``extra.batch_size`` (else 50).
+    """
     store = open_store(resolve)
     recorder = BusRecorder(store, dossier_status.FLOW, run_id, task_id)
-    portal = NationalPortalClient.from_connection(resolve(NATIONAL_PORTAL_CONN_ID), recorder=recorder)
+    portal, extra = _portal(resolve, recorder)
+    size = int(batch_size or extra.get("batch_size", 50))
     try:
-        report = dossier_status.deliver_pending(store, portal, run_id=run_id, batch_size=batch_size)
+        report = dossier_status.deliver_pending(store, portal, run_id=run_id, batch_size=size,
+                                                resend_acknowledged=resend_acknowledged)
     finally:
         portal.close()
     counts = report.counts()
     store.add_run_counts(dossier_status.FLOW, run_id, counts)
     counts.pop("rejections")
+    return counts
+
+
+def deliver_dossier_progress(
+    resolve: Resolver, *, run_id: str, task_id: str | None = None, chunk_size: int | None = None
+) -> dict[str, Any]:
+    """Send acknowledged dossiers' progress entries (``extra.progress_chunk_size``, else 10)."""
+    store = open_store(resolve)
+    recorder = BusRecorder(store, dossier_status.FLOW, run_id, task_id)
+    portal, extra = _portal(resolve, recorder)
+    size = int(chunk_size or extra.get("progress_chunk_size", 10))
+    try:
+        report = dossier_status.deliver_progress(store, portal, run_id=run_id, chunk_size=size)
+    finally:
+        portal.close()
+    counts = report.counts()
+    store.add_run_counts(dossier_status.FLOW, run_id, counts)
+    counts.pop("progress_rejections")
     return counts
 
 

@@ -28,6 +28,8 @@ from connectors.errors import (
 from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy
 
 __all__ = [
+    "FINAL_STATUSES",
+    "BatchResult",
     "DossierAlreadyExists",
     "DossierBatchResult",
     "DossierFinalised",
@@ -47,6 +49,9 @@ CODE_DUPLICATE = 3
 CODE_UNKNOWN_DOSSIER = 4
 CODE_WRONG_UNIT = 5
 CODE_FINALISED = 6
+
+#: Statuses after which the portal accepts no change (contract §9 row 7): refused, withdrawn, returned.
+FINAL_STATUSES = frozenset({"3", "7", "10"})
 
 
 class DossierAlreadyExists(PeerRejected):
@@ -80,6 +85,15 @@ class PortalReply:
     @property
     def ok(self) -> bool:
         return self.error_code == OK
+
+
+@dataclass
+class BatchResult:
+    """What became of each record of a batch, by position in the records sent."""
+
+    accepted: list[int] = field(default_factory=list)
+    rejected: dict[int, PeerRejected] = field(default_factory=dict)
+    calls: int = 0
 
 
 @dataclass
@@ -235,12 +249,20 @@ class NationalPortalClient:
 
     # -- calls ---------------------------------------------------------------------------------
     def call(
-        self, service: str, *, endpoint: str = "integration", record_keys: Sequence[str] = (), **fields: Any
+        self,
+        service: str,
+        *,
+        endpoint: str = "integration",
+        record_keys: Sequence[str] = (),
+        idempotent: bool = True,
+        **fields: Any,
     ) -> PortalReply:
         """Call one adapter service and return its reply, whatever its ``error_code``.
 
         A refused session is renewed once and the call repeated (safe: the portal refuses before
-        doing anything). Call-level refusals that no record causes raise:
+        doing anything). A call that is not ``idempotent`` (appending progress) is never repeated
+        by the transport after a failure without an answer: the caller reconciles instead.
+        Call-level refusals that no record causes raise:
 
         Raises:
             SessionExpired: the portal refused a freshly opened session too.
@@ -252,7 +274,7 @@ class NationalPortalClient:
             envelope = {"session": session.reveal(), "madonvi": self.unit_code, "service": service, **fields}
             response = self.transport.send(
                 "POST", self.paths[endpoint], operation=service, json_body=envelope,
-                record_keys=record_keys, classify=_classify,
+                record_keys=record_keys, classify=_classify, retry=idempotent,
             )
             reply = _reply_from(response, service)
             if reply.error_code != CODE_SESSION:
@@ -273,39 +295,75 @@ class NationalPortalClient:
         (:class:`DossierAlreadyExists`, :class:`DossierUnknown`, :class:`DossierFinalised`, or
         plain ``PeerRejected`` for validation), never raised.
         """
-        result = DossierBatchResult()
-        pending = list(records)
+        batch = self._all_or_nothing("DongBoHoSoMC", records, isUpdating="True" if is_updating else "False")
+        keys = [str(r.get("MaHoSo", "")) for r in records]
+        return DossierBatchResult(
+            accepted=[keys[i] for i in batch.accepted],
+            rejected={keys[i]: exc for i, exc in batch.rejected.items()},
+            calls=batch.calls,
+        )
+
+    def update_progress(self, records: Sequence[dict[str, Any]]) -> BatchResult:
+        """Append processing-progress entries with ``CapNhatTienDoHoSoMC`` (contract §4.2).
+
+        Results are by position in ``records`` (one dossier may have several entries in a call).
+        When the portal refuses some entries, nothing of the call was applied and the others are
+        **not** re-sent here: they are neither accepted nor refused, so the caller can hold back
+        the later entries of a dossier whose earlier entry was refused.
+        """
+        return self._all_or_nothing("CapNhatTienDoHoSoMC", records, resend_rest=False, idempotent=False)
+
+    def _all_or_nothing(
+        self,
+        service: str,
+        records: Sequence[dict[str, Any]],
+        *,
+        resend_rest: bool = True,
+        idempotent: bool = True,
+        **fields: Any,
+    ) -> BatchResult:
+        result = BatchResult()
+        pending = list(range(len(records)))
         while pending:
-            keys = [str(r.get("MaHoSo", "")) for r in pending]
-            reply = self.call(
-                "DongBoHoSoMC", record_keys=keys, isUpdating="True" if is_updating else "False", data=pending
-            )
+            data = [records[i] for i in pending]
+            keys = sorted({str(r.get("MaHoSo", "")) for r in data})
+            reply = self.call(service, record_keys=keys, data=data, idempotent=idempotent, **fields)
             result.calls += 1
             if reply.ok:
-                result.accepted.extend(keys)
+                result.accepted.extend(pending)
                 return result
-            refused = self._refusals(reply, set(keys))
+            refused = self._refusals(reply, data)
             if not refused:
-                raise self._call_level_error(reply, "DongBoHoSoMC")
-            result.rejected.update(refused)
-            pending = [r for r in pending if str(r.get("MaHoSo", "")) not in refused]
+                raise self._call_level_error(reply, service)
+            result.rejected.update({pending[i]: exc for i, exc in refused.items()})
+            pending = [p for i, p in enumerate(pending) if i not in refused] if resend_rest else []
         return result
 
-    def _refusals(self, reply: PortalReply, keys: set[str]) -> dict[str, PeerRejected]:
-        refused: dict[str, PeerRejected] = {}
+    def _refusals(self, reply: PortalReply, data: list[dict[str, Any]]) -> dict[int, PeerRejected]:
+        """Refused positions of ``data``, from the reply's per-record ``result`` rows."""
+        positions: dict[str, list[int]] = {}
+        for i, record in enumerate(data):
+            positions.setdefault(str(record.get("MaHoSo", "")), []).append(i)
+        refused: dict[int, PeerRejected] = {}
         rows = reply.result if isinstance(reply.result, list) else []
         for row in rows:
-            if not isinstance(row, dict) or str(row.get("MaHoSo", "")) not in keys:
+            if not isinstance(row, dict):
                 continue
-            key = str(row["MaHoSo"])
+            key = str(row.get("MaHoSo", ""))
+            index = row.get("index")
+            if isinstance(index, int) and 0 <= index < len(data) and str(data[index].get("MaHoSo", "")) == key:
+                hit = [index]
+            else:
+                hit = positions.get(key, [])
             try:
                 code = _parse_code(row.get("error_code", reply.error_code))
             except ValueError:
                 code = reply.error_code
             message = str(row.get("message") or reply.message)
             cls = _REJECTION_BY_CODE.get(code, PeerRejected)
-            error = FieldError(str(row.get("field") or "MaHoSo"), f"portal_code_{code}", message)
-            refused[key] = cls(key, [error], peer_code=str(code), peer_message=message)
+            for i in hit:
+                error = FieldError(str(row.get("field") or "MaHoSo"), f"portal_code_{code}", message)
+                refused[i] = cls(key, [error], peer_code=str(code), peer_message=message)
         return refused
 
     def _call_level_error(self, reply: PortalReply, service: str) -> FatalConnectorError:
@@ -315,7 +373,11 @@ class NationalPortalClient:
         return ProtocolError(text, peer=PEER, operation=service)
 
     def lookup_dossier(self, ma_ho_so: str) -> dict[str, Any] | None:
-        """``TraCuuHoSo``: the portal's row for a dossier, or ``None`` when it does not hold it."""
+        """``TraCuuHoSo``: the portal's row for a dossier, or ``None`` when it does not hold it.
+
+        The row carries ``TrangThaiHoSo`` and, on the stand-in (inferred from what a client needs),
+        ``SoTienDo``: how many progress entries the portal holds for the dossier.
+        """
         reply = self.call("TraCuuHoSo", record_keys=(ma_ho_so,), mahoso=ma_ho_so)
         if not reply.ok:
             raise self._call_level_error(reply, "TraCuuHoSo")

@@ -1,43 +1,83 @@
-"""Dossier status sync: one-stop system → national portal (``DongBoHoSoMC``).
+"""Dossier status sync: one-stop system → national portal (``DongBoHoSoMC``, ``CapNhatTienDoHoSoMC``).
 
-Two steps, each safe to rerun after a crash at any point:
+Each step is safe to rerun after a crash at any point (design §4):
 
-1. :func:`stage_changes` reads the one-stop change feed from the stored cursor and stages every
-   event in the outbox. The cursor advances in the same transaction as the rows it covers
-   (nothing is lost), and an event already staged is ignored (nothing is staged twice). A newer
-   event for a dossier supersedes its older pending one: the portal takes full snapshots.
-2. :func:`deliver_pending` maps each pending dossier with the mapping file, skips it when the
-   portal already acknowledged exactly this payload (nothing is sent twice), and sends the rest in
-   batches — as inserts when the portal has never acknowledged the dossier, as updates otherwise.
-   A duplicate-insert answer turns into an update, an unknown-dossier answer into an insert.
-   Records that cannot be mapped or that the portal refuses are dead-lettered with their
-   original payload and reasons; the others go on.
+1. :func:`stage_changes` reads the one-stop change feed into the outbox. The cursor advances in
+   the same transaction as the rows it covers (nothing is lost). The bookmark is *inclusive*: the
+   next run re-reads the last page it staged, and an event already staged is ignored (nothing is
+   staged twice), so an event the feed commits late on that page is still caught. A newer
+   snapshot of a dossier supersedes its older unsent one: the portal takes full snapshots.
+2. :func:`deliver_pending` maps each pending dossier and sends it, in batches, as an insert when
+   the portal never acknowledged it and as an update otherwise; "đã tồn tại" turns an insert into
+   an update, "không tồn tại" an update into an insert. A dossier sent before without an answer
+   (a timeout, a crash) is first looked up with ``TraCuuHoSo``. Guards: a payload the portal
+   already acknowledged is not re-sent; an older snapshot never overwrites a newer one; a final
+   status never regresses; a dossier with a change in dead letters holds back its own later
+   changes (never anyone else's) until the dead letter is replayed.
+3. When the portal acknowledges a dossier, its progress entries are staged; :func:`deliver_progress`
+   sends them after the dossier, in time order, in chunks, each once: a chunk is marked in flight
+   before it is sent, and a chunk whose answer was lost is reconciled with the number of entries
+   the portal holds (``TraCuuHoSo``) before anything is re-sent.
+
+Records that cannot be mapped or that the portal refuses are dead-lettered with their original
+payload and every broken rule; the others go on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.engine import Connection
 
 from connectors.errors import FieldError, RecordRejected
-from connectors.national_portal.client import DossierAlreadyExists, DossierUnknown, NationalPortalClient
+from connectors.national_portal.client import (
+    FINAL_STATUSES,
+    DossierAlreadyExists,
+    DossierUnknown,
+    NationalPortalClient,
+)
 from connectors.one_stop.client import OneStopClient
 from lienthong.mapping import Mapping, RecordInvalid, load_mapping
-from lienthong.store import Store, canonical_json, delivery_state, outbox, utcnow
+from lienthong.store import (
+    Store,
+    canonical_json,
+    dead_letter,
+    delivery_state,
+    insert_ignore,
+    outbox,
+    progress_outbox,
+    utcnow,
+)
 
-__all__ = ["DeliveryReport", "FLOW", "MAPPING", "PEER", "StageReport", "deliver_pending", "stage_changes"]
+__all__ = [
+    "FLOW",
+    "MAPPING",
+    "PEER",
+    "PROGRESS_FLOW",
+    "PROGRESS_MAPPING",
+    "DeliveryReport",
+    "ProgressReport",
+    "ReplayResult",
+    "StageReport",
+    "deliver_pending",
+    "deliver_progress",
+    "replay",
+    "stage_changes",
+]
 
 log = logging.getLogger(__name__)
 
 FLOW = "dossier_status"
+PROGRESS_FLOW = "dossier_progress"
 PEER = "national_portal"
 MAPPING = "onestop__national_portal/dossier"
+PROGRESS_MAPPING = "onestop__national_portal/progress"
+FEED_BEGINNING = "beginning"
 
 
 @dataclass
@@ -61,75 +101,102 @@ class DeliveryReport:
     delivered_new: int = 0
     delivered_update: int = 0
     unchanged: int = 0
+    stale: int = 0
+    held: int = 0
+    looked_up: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
     calls: int = 0
 
     def counts(self) -> dict[str, Any]:
         return {"considered": self.considered, "delivered_new": self.delivered_new,
-                "delivered_update": self.delivered_update, "unchanged": self.unchanged,
-                "rejected": len(self.rejected), "rejections": self.rejected, "portal_calls": self.calls}
+                "delivered_update": self.delivered_update, "unchanged": self.unchanged, "stale": self.stale,
+                "held": self.held, "looked_up": self.looked_up, "rejected": len(self.rejected),
+                "rejections": self.rejected, "portal_calls": self.calls}
 
 
-def _insert_ignore(conn: Connection, rows: list[dict[str, Any]]) -> int:
-    """Insert outbox rows, ignoring events already staged; return how many were new."""
-    if not rows:
-        return 0
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
+@dataclass
+class ProgressReport:
+    staged: int = 0
+    sent: int = 0
+    reconciled: int = 0
+    held: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    calls: int = 0
 
-        stmt = pg_insert(outbox).on_conflict_do_nothing(constraint="uq_outbox_event")
-    else:
-        stmt = sqlite_insert(outbox).on_conflict_do_nothing()
-    return conn.execute(stmt, rows).rowcount
+    def counts(self) -> dict[str, Any]:
+        return {"progress_sent": self.sent, "progress_reconciled": self.reconciled, "progress_held": self.held,
+                "progress_rejected": len(self.rejected), "progress_rejections": self.rejected,
+                "progress_calls": self.calls}
 
 
-def stage_changes(store: Store, onestop: OneStopClient, *, run_id: str) -> StageReport:
-    """Stage every one-stop change after the stored cursor; see the module docstring."""
-    report = StageReport(cursor_from=store.get_cursor(FLOW))
-    report.cursor_to = report.cursor_from
-    for page in onestop.iter_changes(report.cursor_from):
+# --- 1. stage ------------------------------------------------------------------------------------
+def stage_changes(store: Store, onestop: OneStopClient, *, run_id: str, feed_from: str | None = None) -> StageReport:
+    """Stage every one-stop change from the bookmark; see the module docstring.
+
+    Args:
+        feed_from: ``None`` to continue from the stored bookmark, ``"beginning"`` to re-read the
+            whole feed, or a cursor. Re-reading is a safe backfill: staged events are ignored, and
+            payloads the portal acknowledged are not re-sent.
+    """
+    stored = store.get_cursor(FLOW)
+    start = stored if feed_from is None else (None if feed_from == FEED_BEGINNING else feed_from)
+    report = StageReport(cursor_from=start, cursor_to=stored)
+    page_start = start
+    for page in onestop.iter_changes(start):
         report.pages += 1
         report.events_read += len(page.events)
-        now = utcnow()
-        rows = [
-            {
-                "flow": FLOW,
-                "record_key": e.dossier_no or f"<no dossierNo, seq {e.seq}>",
-                "source_seq": e.seq,
-                "source_version": e.dossier.get("version"),
-                "source_payload": e.dossier,
-                "state": "pending",
-                "attempts": 0,
-                "staged_run_id": run_id,
-                "staged_at": now,
-            }
-            for e in page.events
-        ]
-        with store.begin() as conn:
-            new = _insert_ignore(conn, rows)
-            report.staged += new
-            report.already_staged += len(rows) - new
-            # Full snapshots: only the newest pending event of a dossier needs delivering.
-            for key in {r["record_key"] for r in rows}:
-                newest = conn.execute(
-                    select(outbox.c.source_seq).where(outbox.c.flow == FLOW, outbox.c.record_key == key,
-                                                      outbox.c.state == "pending")
-                    .order_by(outbox.c.source_seq.desc()).limit(1)
-                ).scalar()
-                report.superseded += conn.execute(
-                    update(outbox)
-                    .where(outbox.c.flow == FLOW, outbox.c.record_key == key, outbox.c.state == "pending",
-                           outbox.c.source_seq < newest)
-                    .values(state="superseded", done_run_id=run_id, done_at=now)
-                ).rowcount
-            Store.set_cursor(conn, FLOW, page.next_cursor, run_id)
-        report.cursor_to = page.next_cursor
-    log.info("staged %d new events (%d already staged, %d superseded) from %d pages; cursor %s → %s",
-             report.staged, report.already_staged, report.superseded, report.pages,
-             report.cursor_from, report.cursor_to)
+        if page.events:
+            _stage_page(store, page, page_start, run_id, report)
+        page_start = page.next_cursor
+    log.info("staged %d new events (%d read, %d already staged, %d superseded) from %d pages; bookmark %s",
+             report.staged, report.events_read, report.already_staged, report.superseded, report.pages,
+             report.cursor_to)
     return report
 
 
+def _stage_page(store: Store, page: Any, page_start: str | None, run_id: str, report: StageReport) -> None:
+    now = utcnow()
+    rows = [
+        {
+            "flow": FLOW,
+            "record_key": e.dossier_no or f"<no dossierNo, seq {e.seq}>",
+            "source_seq": e.seq,
+            "source_version": e.dossier.get("version") if isinstance(e.dossier.get("version"), int) else None,
+            "source_payload": e.dossier,
+            "state": "pending",
+            "attempts": 0,
+            "staged_run_id": run_id,
+            "staged_at": now,
+        }
+        for e in page.events
+    ]
+    with store.begin() as conn:
+        new = insert_ignore(conn, outbox, rows, "uq_outbox_event")
+        report.staged += new
+        report.already_staged += len(rows) - new
+        # Full snapshots: only the newest unsent event of a dossier needs delivering. It inherits
+        # the "sent without an answer" mark of the ones it replaces, so the portal is asked first.
+        for key in {r["record_key"] for r in rows}:
+            waiting = outbox.c.state.in_(("pending", "held"))
+            newest, attempts = conn.execute(
+                select(func.max(outbox.c.source_seq), func.max(outbox.c.attempts)).where(
+                    outbox.c.flow == FLOW, outbox.c.record_key == key, waiting)
+            ).one()
+            if newest is None:
+                continue  # everything of this dossier on the page was delivered already
+            report.superseded += conn.execute(
+                update(outbox)
+                .where(outbox.c.flow == FLOW, outbox.c.record_key == key, waiting, outbox.c.source_seq < newest)
+                .values(state="superseded", done_run_id=run_id, done_at=utcnow())
+            ).rowcount
+            conn.execute(update(outbox).where(outbox.c.flow == FLOW, outbox.c.record_key == key, waiting)
+                         .values(attempts=attempts))
+        # Inclusive bookmark: the next run starts with this page again.
+        Store.set_cursor(conn, FLOW, page_start or "", run_id)
+    report.cursor_to = page_start
+
+
+# --- 2. deliver dossiers -------------------------------------------------------------------------
 def payload_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(record)).hexdigest()
 
@@ -142,9 +209,21 @@ def _errors_of(exc: RecordRejected) -> list[dict[str, str]]:
 class _Item:
     outbox_id: int
     key: str
+    version: int | None
     source: dict[str, Any]
     record: dict[str, Any]
     digest: str
+    attempts: int
+
+
+def blocked_keys(conn: Connection, flow: str, keys: list[str]) -> set[str]:
+    """Keys of ``keys`` with an unresolved dead letter in ``flow`` (the ordering guard)."""
+    if not keys:
+        return set()
+    return set(conn.execute(
+        select(dead_letter.c.record_key).where(
+            dead_letter.c.flow == flow, dead_letter.c.record_key.in_(keys), dead_letter.c.resolved_at.is_(None))
+    ).scalars())
 
 
 def deliver_pending(
@@ -153,70 +232,114 @@ def deliver_pending(
     *,
     run_id: str,
     mapping: Mapping | None = None,
+    progress_mapping: Mapping | None = None,
     batch_size: int = 50,
+    resend_acknowledged: bool = False,
 ) -> DeliveryReport:
     """Map and deliver every pending dossier; see the module docstring.
 
+    Args:
+        resend_acknowledged: send even payloads the portal already acknowledged (a resync after
+            the portal lost data); the portal's answers still keep the effect single.
+
     Raises:
         RetriableConnectorError: the portal became unreachable; rows not yet acknowledged stay
-            pending and the next attempt continues from them.
+            pending (marked as sent, so the next attempt asks the portal before choosing).
     """
     mapping = mapping or load_mapping(MAPPING)
+    progress_mapping = progress_mapping or load_mapping(PROGRESS_MAPPING)
     report = DeliveryReport()
     last_id = 0
     while True:
         with store.engine.connect() as conn:
             rows = conn.execute(
-                select(outbox.c.id, outbox.c.record_key, outbox.c.source_payload)
+                select(outbox.c.id, outbox.c.record_key, outbox.c.source_version, outbox.c.source_payload,
+                       outbox.c.attempts)
                 .where(outbox.c.flow == FLOW, outbox.c.state == "pending", outbox.c.id > last_id)
                 .order_by(outbox.c.id).limit(batch_size)
             ).all()
             if not rows:
                 break
             last_id = rows[-1].id
-            acks = {
-                r.record_key: r
-                for r in conn.execute(
-                    select(delivery_state).where(
-                        delivery_state.c.peer == PEER,
-                        delivery_state.c.record_key.in_([r.record_key for r in rows]),
-                    )
-                )
-            }
+            keys = [r.record_key for r in rows]
+            acks = {r.record_key: r for r in conn.execute(
+                select(delivery_state).where(delivery_state.c.peer == PEER, delivery_state.c.record_key.in_(keys)))}
+            blocked = blocked_keys(conn, FLOW, keys)
         report.considered += len(rows)
         inserts: list[_Item] = []
         updates: list[_Item] = []
+        unsure: list[_Item] = []
         with store.begin() as conn:
             for row in rows:
+                if row.record_key in blocked:
+                    conn.execute(update(outbox).where(outbox.c.id == row.id).values(state="held"))
+                    report.held += 1
+                    continue
                 try:
                     record = mapping.apply(row.source_payload)
                 except RecordInvalid as exc:
-                    _reject(conn, report, row.id, row.record_key, row.source_payload, exc, run_id, "mapping")
+                    _reject(conn, report.rejected, FLOW, row.id, row.record_key, row.source_payload, exc, run_id,
+                            "mapping")
                     continue
-                item = _Item(row.id, row.record_key, row.source_payload, record, payload_hash(record))
+                item = _Item(row.id, row.record_key, row.source_version, row.source_payload, record,
+                             payload_hash(record), row.attempts)
                 ack = acks.get(row.record_key)
-                if ack is not None and ack.payload_hash == item.digest:
+                if ack is not None and _older(item.version, ack.source_version):
+                    _finish(conn, item, "stale", None, run_id)
+                    report.stale += 1
+                elif ack is not None and ack.peer_status in FINAL_STATUSES and \
+                        record.get("TrangThaiHoSo") != ack.peer_status:
+                    regress = RecordRejected(item.key, [FieldError(
+                        "TrangThaiHoSo", "final_status",
+                        f"the portal holds final status {ack.peer_status}; status {record.get('TrangThaiHoSo')} "
+                        "would regress it")])
+                    _reject(conn, report.rejected, FLOW, item.outbox_id, item.key, item.source, regress, run_id,
+                            "guard")
+                elif ack is not None and ack.payload_hash == item.digest and not resend_acknowledged:
                     _finish(conn, item, "unchanged", None, run_id)
                     report.unchanged += 1
                 elif ack is not None and ack.created_on_peer:
                     updates.append(item)
+                elif item.attempts > 0:
+                    unsure.append(item)  # sent before without an answer: ask the portal first
                 else:
                     inserts.append(item)
-        retry_as_update = _send(store, portal, report, inserts, is_updating=False, run_id=run_id,
+        for item in unsure:
+            report.looked_up += 1
+            (updates if portal.lookup_dossier(item.key) is not None else inserts).append(item)
+        _mark_sent(store, inserts + updates)
+        retry_as_update = _send(store, portal, report, progress_mapping, inserts, is_updating=False, run_id=run_id,
                                 reroute=DossierAlreadyExists)
-        retry_as_insert = _send(store, portal, report, updates + retry_as_update, is_updating=True,
-                                run_id=run_id, reroute=DossierUnknown)
-        leftover = _send(store, portal, report, retry_as_insert, is_updating=False, run_id=run_id, reroute=None)
-        assert not leftover
-    log.info("delivered %d new, %d updates, %d unchanged, %d rejected in %d portal calls",
-             report.delivered_new, report.delivered_update, report.unchanged, len(report.rejected), report.calls)
+        retry_as_insert = _send(store, portal, report, progress_mapping, updates + retry_as_update,
+                                is_updating=True, run_id=run_id, reroute=DossierUnknown)
+        _send(store, portal, report, progress_mapping, retry_as_insert, is_updating=False, run_id=run_id,
+              reroute=None)
+    log.info("dossiers: %d new, %d updates, %d unchanged, %d stale, %d held, %d rejected in %d portal calls",
+             report.delivered_new, report.delivered_update, report.unchanged, report.stale, report.held,
+             len(report.rejected), report.calls)
     return report
+
+
+def _older(version: int | None, acked: int | None) -> bool:
+    return version is not None and acked is not None and version < acked
+
+
+def _mark_sent(store: Store, items: list[_Item]) -> None:
+    """Record, before sending, that these rows may reach the portal (a crash then means "ask first")."""
+    if not items:
+        return
+    with store.begin() as conn:
+        conn.execute(
+            update(outbox).where(outbox.c.id.in_([i.outbox_id for i in items]))
+            .values(attempts=outbox.c.attempts + 1, sent_at=utcnow())
+        )
 
 
 def _send(
     store: Store,
     portal: NationalPortalClient,
     report: DeliveryReport,
+    progress_mapping: Mapping,
     items: list[_Item],
     *,
     is_updating: bool,
@@ -235,6 +358,7 @@ def _send(
             if item.key in accepted:
                 _acknowledge(conn, item, run_id)
                 _finish(conn, item, "delivered", "update" if is_updating else "insert", run_id)
+                _stage_progress(conn, progress_mapping, item, run_id)
                 if is_updating:
                     report.delivered_update += 1
                 else:
@@ -242,18 +366,18 @@ def _send(
                 continue
             refusal = result.rejected.get(item.key)
             if refusal is None:
-                # The portal neither accepted nor refused it: keep it pending for the next run.
-                continue
+                continue  # neither accepted nor refused: stays pending for the next run
             if reroute is not None and isinstance(refusal, reroute):
                 rerouted.append(item)
                 continue
-            _reject(conn, report, item.outbox_id, item.key, item.source, refusal, run_id, "peer",
+            _reject(conn, report.rejected, FLOW, item.outbox_id, item.key, item.source, refusal, run_id, "peer",
                     peer_code=getattr(refusal, "peer_code", None))
     return rerouted
 
 
 def _acknowledge(conn: Connection, item: _Item, run_id: str) -> None:
     values = {"payload_hash": item.digest, "created_on_peer": True, "outbox_id": item.outbox_id,
+              "source_version": item.version, "peer_status": item.record.get("TrangThaiHoSo"),
               "acked_at": utcnow(), "acked_run_id": run_id}
     updated = conn.execute(
         update(delivery_state)
@@ -267,16 +391,15 @@ def _acknowledge(conn: Connection, item: _Item, run_id: str) -> None:
 def _finish(conn: Connection, item: _Item, state: str, operation: str | None, run_id: str) -> None:
     conn.execute(
         update(outbox).where(outbox.c.id == item.outbox_id).values(
-            state=state, operation=operation, payload_hash=item.digest, done_run_id=run_id, done_at=utcnow(),
-            attempts=outbox.c.attempts + 1,
-        )
+            state=state, operation=operation, payload_hash=item.digest, done_run_id=run_id, done_at=utcnow())
     )
 
 
 def _reject(
     conn: Connection,
-    report: DeliveryReport,
-    outbox_id: int,
+    rejections: list[dict[str, Any]],
+    flow: str,
+    row_id: int,
     key: str,
     source: dict[str, Any],
     exc: RecordRejected,
@@ -286,13 +409,234 @@ def _reject(
     peer_code: str | None = None,
 ) -> None:
     errors = _errors_of(exc)
-    Store.add_dead_letter(conn, flow=FLOW, record_key=key, outbox_id=outbox_id, run_id=run_id, stage=stage,
+    Store.add_dead_letter(conn, flow=flow, record_key=key, outbox_id=row_id, run_id=run_id, stage=stage,
                           error=exc, errors=errors, source_payload=source, peer_code=peer_code)
-    conn.execute(
-        update(outbox).where(outbox.c.id == outbox_id).values(
-            state="rejected", last_error=str(exc), done_run_id=run_id, done_at=utcnow(),
-            attempts=outbox.c.attempts + 1,
-        )
-    )
-    report.rejected.append({"record_key": key, "stage": stage, "errors": errors})
-    log.warning("rejected dossier %s at %s: %s", key, stage, "; ".join(str(FieldError(**e)) for e in errors))
+    table = outbox if flow == FLOW else progress_outbox
+    conn.execute(update(table).where(table.c.id == row_id).values(
+        state="rejected", done_run_id=run_id, done_at=utcnow()))
+    rejections.append({"record_key": key, "stage": stage, "errors": errors})
+    log.warning("rejected %s %s at %s: %s", flow, key, stage, "; ".join(str(FieldError(**e)) for e in errors))
+
+
+# --- 3. progress ---------------------------------------------------------------------------------
+def _stage_progress(conn: Connection, progress_mapping: Mapping, item: _Item, run_id: str) -> None:
+    """Stage the acknowledged snapshot's progress entries that are not staged yet."""
+    entries = item.source.get("progress") or []
+    if not isinstance(entries, list):
+        return
+    now = utcnow()
+    rows = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        source = {**entry, "dossierNo": item.key}
+        rows.append({
+            "flow": PROGRESS_FLOW,
+            "record_key": item.key,
+            "entry_key": progress_mapping.record_key(source),
+            "step_id": entry.get("stepId") if isinstance(entry.get("stepId"), int) else -1,
+            "occurred_at": "",
+            "source_payload": source,
+            "state": "pending",
+            "attempts": 0,
+            "staged_run_id": run_id,
+            "staged_at": now,
+        })
+    insert_ignore(conn, progress_outbox, rows, "uq_progress_entry")
+
+
+def deliver_progress(
+    store: Store,
+    portal: NationalPortalClient,
+    *,
+    run_id: str,
+    mapping: Mapping | None = None,
+    chunk_size: int = 10,
+) -> ProgressReport:
+    """Send staged progress entries; see the module docstring.
+
+    Raises:
+        RetriableConnectorError: the portal became unreachable; the chunk in flight is
+            reconciled before anything is re-sent on the next attempt.
+    """
+    mapping = mapping or load_mapping(PROGRESS_MAPPING)
+    report = ProgressReport()
+    _map_progress(store, mapping, report, run_id)
+    _reconcile_in_flight(store, portal, report)
+    while True:
+        chunk = _next_chunk(store, chunk_size, report)
+        if not chunk:
+            break
+        with store.begin() as conn:
+            conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_([c.id for c in chunk]))
+                         .values(state="in_flight", attempts=progress_outbox.c.attempts + 1))
+        result = portal.update_progress([c.payload for c in chunk])
+        report.calls += result.calls
+        with store.begin() as conn:
+            accepted = [chunk[i].id for i in result.accepted]
+            if accepted:
+                conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(accepted))
+                             .values(state="acked", done_run_id=run_id, done_at=utcnow()))
+            report.sent += len(accepted)
+            for i, refusal in result.rejected.items():
+                c = chunk[i]
+                _reject(conn, report.rejected, PROGRESS_FLOW, c.id, c.entry_key, c.source_payload, refusal, run_id,
+                        "peer", peer_code=getattr(refusal, "peer_code", None))
+            leftover = [c.id for i, c in enumerate(chunk) if i not in result.rejected and i not in result.accepted]
+            if leftover:
+                conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(leftover))
+                             .values(state="pending"))
+    log.info("progress: %d sent, %d reconciled, %d held, %d rejected in %d calls",
+             report.sent, report.reconciled, report.held, len(report.rejected), report.calls)
+    return report
+
+
+def _map_progress(store: Store, mapping: Mapping, report: ProgressReport, run_id: str) -> None:
+    """Map staged entries once; an entry that cannot be mapped is dead-lettered."""
+    with store.begin() as conn:
+        rows = conn.execute(
+            select(progress_outbox.c.id, progress_outbox.c.entry_key, progress_outbox.c.source_payload)
+            .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "pending",
+                   progress_outbox.c.payload_hash.is_(None))
+        ).all()
+        report.staged += len(rows)
+        for row in rows:
+            try:
+                record = mapping.apply(row.source_payload)
+            except RecordInvalid as exc:
+                _reject(conn, report.rejected, PROGRESS_FLOW, row.id, row.entry_key, row.source_payload, exc, run_id,
+                        "mapping")
+                continue
+            conn.execute(update(progress_outbox).where(progress_outbox.c.id == row.id).values(
+                payload=record, payload_hash=payload_hash(record), occurred_at=str(record.get("ThoiDiemXuLy", ""))))
+
+
+def _reconcile_in_flight(store: Store, portal: NationalPortalClient, report: ProgressReport) -> None:
+    """Entries sent without an answer: count what the portal holds before re-sending anything."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(progress_outbox.c.id, progress_outbox.c.record_key)
+            .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "in_flight")
+            .order_by(progress_outbox.c.record_key, progress_outbox.c.occurred_at, progress_outbox.c.step_id)
+        ).all()
+        in_flight: dict[str, list[int]] = defaultdict(list)
+        for r in rows:
+            in_flight[r.record_key].append(r.id)
+        acked = dict(conn.execute(
+            select(progress_outbox.c.record_key, func.count())
+            .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "acked",
+                   progress_outbox.c.record_key.in_(list(in_flight)))
+            .group_by(progress_outbox.c.record_key)
+        ).all()) if in_flight else {}
+    for key, ids in in_flight.items():
+        row = portal.lookup_dossier(key)
+        held = row.get("SoTienDo") if row else "0"
+        try:
+            landed = max(0, min(len(ids), int(held) - acked.get(key, 0)))
+        except (TypeError, ValueError):
+            log.warning("TraCuuHoSo gave no progress count for %s: re-sending its %d unanswered entries",
+                        key, len(ids))
+            landed = 0
+        with store.begin() as conn:
+            if landed:
+                conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(ids[:landed]))
+                             .values(state="acked", done_at=utcnow()))
+            if ids[landed:]:
+                conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(ids[landed:]))
+                             .values(state="pending"))
+        report.reconciled += landed
+
+
+@dataclass
+class _Entry:
+    id: int
+    record_key: str
+    entry_key: str
+    payload: dict[str, Any]
+    source_payload: dict[str, Any]
+
+
+def _next_chunk(store: Store, chunk_size: int, report: ProgressReport) -> list[_Entry]:
+    """The next entries to send: in time order per dossier, none behind a dead-lettered entry."""
+    with store.begin() as conn:
+        rows = conn.execute(
+            select(progress_outbox.c.id, progress_outbox.c.record_key, progress_outbox.c.entry_key,
+                   progress_outbox.c.payload, progress_outbox.c.source_payload)
+            .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "pending",
+                   progress_outbox.c.payload_hash.is_not(None))
+            .order_by(progress_outbox.c.occurred_at, progress_outbox.c.step_id, progress_outbox.c.id)
+            .limit(chunk_size * 5)
+        ).all()
+        if not rows:
+            return []
+        dossiers = sorted({r.record_key for r in rows})
+        blocked = set(conn.execute(
+            select(progress_outbox.c.record_key).where(
+                progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.record_key.in_(dossiers),
+                progress_outbox.c.state.in_(("rejected", "held")))
+        ).scalars())
+        chunk: list[_Entry] = []
+        for r in rows:
+            if r.record_key in blocked:
+                conn.execute(update(progress_outbox).where(progress_outbox.c.id == r.id).values(state="held"))
+                report.held += 1
+                continue
+            if len(chunk) < chunk_size:
+                chunk.append(_Entry(r.id, r.record_key, r.entry_key, r.payload, r.source_payload))
+        return chunk
+
+
+# --- replay --------------------------------------------------------------------------------------
+@dataclass
+class ReplayResult:
+    dead_letters: list[int] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+
+
+def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key: str | None = None,
+           flow: str | None = None, by: str = "operator") -> ReplayResult:
+    """Resolve dead letters and put their records back in line, to be delivered once.
+
+    For a dossier, its newest held or refused snapshot goes back to pending (re-mapped with the
+    current mapping file); for a progress entry, the entry and the entries held behind it do.
+    Select by dead-letter ids, by record key, or every unresolved dead letter of a flow.
+    """
+    result = ReplayResult()
+    query = select(dead_letter).where(dead_letter.c.resolved_at.is_(None),
+                                      dead_letter.c.flow.in_((FLOW, PROGRESS_FLOW)))
+    if dead_letter_ids:
+        query = query.where(dead_letter.c.id.in_(dead_letter_ids))
+    if record_key:
+        query = query.where(dead_letter.c.record_key == record_key)
+    if flow:
+        query = query.where(dead_letter.c.flow == flow)
+    with store.begin() as conn:
+        letters = conn.execute(query.order_by(dead_letter.c.id)).mappings().all()
+        for letter in letters:
+            conn.execute(update(dead_letter).where(dead_letter.c.id == letter["id"]).values(
+                resolved_at=utcnow(), resolution=f"replayed by {by}"))
+            result.dead_letters.append(letter["id"])
+        for key in sorted({lt["record_key"] for lt in letters if lt["flow"] == FLOW}):
+            newest = conn.execute(
+                select(outbox.c.id).where(outbox.c.flow == FLOW, outbox.c.record_key == key,
+                                          outbox.c.state.in_(("held", "rejected")))
+                .order_by(outbox.c.source_seq.desc()).limit(1)
+            ).scalar()
+            if newest is not None:
+                conn.execute(update(outbox).where(outbox.c.id == newest).values(state="pending"))
+                conn.execute(update(outbox).where(outbox.c.flow == FLOW, outbox.c.record_key == key,
+                                                  outbox.c.state == "held", outbox.c.id != newest)
+                             .values(state="superseded"))
+                result.requeued.append(key)
+        for entry_key in sorted({lt["record_key"] for lt in letters if lt["flow"] == PROGRESS_FLOW}):
+            dossier = conn.execute(select(progress_outbox.c.record_key).where(
+                progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.entry_key == entry_key)).scalar()
+            conn.execute(update(progress_outbox).where(
+                progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.entry_key == entry_key)
+                .values(state="pending", payload=None, payload_hash=None))
+            if dossier is not None:
+                conn.execute(update(progress_outbox).where(
+                    progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.record_key == dossier,
+                    progress_outbox.c.state == "held").values(state="pending"))
+            result.requeued.append(entry_key)
+    return result

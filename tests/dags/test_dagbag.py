@@ -32,8 +32,13 @@ def test_tasks_have_retries_timeouts_and_known_pools(dagbag):
 def test_dossier_dag_shape(dagbag):
     dag = dagbag.dags["sync_dossier_status"]
     assert [t.task_id for t in dag.topological_sort()] == [
-        "stage_dossier_changes", "deliver_dossier_statuses", "summarize_run"]
+        "stage_dossier_changes", "deliver_dossier_statuses", "deliver_progress_entries", "summarize_run"]
     assert dag.max_active_runs == 1
     assert dag.catchup is False
     assert dag.get_task("stage_dossier_changes").pool == "onestop"
     assert dag.get_task("deliver_dossier_statuses").pool == "national_portal"
+    assert dag.get_task("deliver_progress_entries").pool == "national_portal"
+    from datetime import timedelta
+
+    assert dag.schedule == timedelta(minutes=5)
+    assert set(dag.params.keys()) == {"batch_size", "feed_from", "resend_acknowledged"}

@@ -42,7 +42,8 @@ def test_two_runs_through_airflow_deliver_everything_once(airflow_db, dag, bus_e
     first = dag.test()
     assert first.state == "success"
     assert {ti.task_id: ti.state for ti in first.get_task_instances()} == {
-        "stage_dossier_changes": "success", "deliver_dossier_statuses": "success", "summarize_run": "success"}
+        "stage_dossier_changes": "success", "deliver_dossier_statuses": "success",
+        "deliver_progress_entries": "success", "summarize_run": "success"}
 
     onestop = {d["dossierNo"]: d for d in requests.get(bus_env.onestop.url + "/_state/dossiers",
                                                        timeout=T).json()["dossiers"]}
@@ -63,15 +64,16 @@ def test_two_runs_through_airflow_deliver_everything_once(airflow_db, dag, bus_e
     assert summary["exchanges"] == len(rows) > 0
     # one exchange-log row per HTTP exchange: the portal counted exactly the calls we logged
     portal_calls = sum(n for outcomes in _state(bus_env, "/_state/calls").values() for n in outcomes.values())
-    assert portal_calls == sum(1 for r in rows if r.operation in {"login", "DongBoHoSoMC"})
-    assert {r.task_id for r in rows} == {"stage_dossier_changes", "deliver_dossier_statuses"}
+    assert portal_calls == sum(1 for r in rows if r.peer == "national_portal")
+    assert {r.task_id for r in rows} == {"stage_dossier_changes", "deliver_dossier_statuses",
+                                         "deliver_progress_entries"}
 
     calls_before = _state(bus_env, "/_state/calls")
     second = dag.test()
     assert second.state == "success" and second.run_id != first.run_id
     assert _state(bus_env, "/_state/calls").get("DongBoHoSoMC") == calls_before.get("DongBoHoSoMC")
     counts = store.run_summary(dossier_status.FLOW, second.run_id)["counts"]
-    assert counts["events_read"] == 0 and counts["portal_calls"] == 0
+    assert counts["staged"] == 0 and counts["portal_calls"] == 0 and counts["progress_calls"] == 0
 
     moved = requests.post(bus_env.onestop.url + "/_admin/advance", json={"new": 0, "changes": 4}, timeout=T).json()
     changed = {c["dossierNo"] for c in moved["changed"]} - defective

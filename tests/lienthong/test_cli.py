@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_help_lists_every_command_the_readme_names(capsys):
     parser = build_parser()
     commands = set(parser._subparsers._group_actions[0].choices)
-    assert commands >= {"demo", "mocks", "airflow", "env", "db", "run", "exchanges", "dead-letters", "mapping"}
+    assert commands >= {"demo", "mocks", "airflow", "env", "db", "run", "exchanges", "deadletter", "mapping"}
     readme = (REPO / "README.md").read_text()
     for command in re.findall(r"`lienthong ([a-z-]+)", readme):
         assert command in commands, command
@@ -36,7 +36,7 @@ def test_run_then_read_the_exchange_log_and_dead_letters(bus_env, capsys):
     assert "DongBoHoSoMC" in text and "login" in text and "changes" in text
     assert "test-portal-secret" not in text and "test-onestop-key" not in text
 
-    assert main(["dead-letters"]) == 0
+    assert main(["deadletter", "list"]) == 0
     text = capsys.readouterr().out
     assert text.count("dossier_status") == 2
     assert "[required]" in text or "[code_table]" in text

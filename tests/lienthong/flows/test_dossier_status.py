@@ -51,6 +51,7 @@ def run(run_id: str, batch_size: int = 50) -> tuple[dict, dict]:
     staged = tasks.stage_dossier_changes(connection_from_env, run_id=run_id, task_id="stage")
     delivered = tasks.deliver_dossier_statuses(connection_from_env, run_id=run_id, task_id="deliver",
                                                batch_size=batch_size)
+    delivered.update(tasks.deliver_dossier_progress(connection_from_env, run_id=run_id, task_id="deliver"))
     return staged, delivered
 
 
@@ -76,7 +77,7 @@ def test_first_run_delivers_exactly_the_mappable_dossiers_field_by_field(bus_env
     assert delivered["delivered_new"] == len(expected)
     assert delivered["delivered_update"] == 0
     assert delivered["rejected"] == len(bad)
-    assert staged["events_read"] == onestop_world(bus_env)["lastSeq"]
+    assert staged["staged"] == staged["events_read"] == onestop_world(bus_env)["lastSeq"]
     # each dossier was applied once, as an insert
     for code in expected:
         assert [h["isUpdating"] for h in portal_history(bus_env, code)] == ["False"], code
@@ -103,9 +104,10 @@ def test_second_run_sends_nothing(bus_env):
     run("run-1")
     held_before = portal_dossiers(bus_env)
     staged, delivered = run("run-2")
-    assert staged["events_read"] == 0
+    assert staged["staged"] == 0  # the inclusive bookmark re-reads the last page: nothing new
+    assert staged["already_staged"] == staged["events_read"] > 0
     assert delivered["considered"] == 0
-    assert delivered["portal_calls"] == 0
+    assert delivered["portal_calls"] == 0 and delivered["progress_calls"] == 0
     assert portal_dossiers(bus_env) == held_before
     with store().engine.connect() as conn:
         ops = conn.execute(select(exchange_log.c.peer, exchange_log.c.operation)
@@ -137,8 +139,9 @@ def test_exchange_log_has_one_row_per_http_exchange_and_no_secrets(bus_env):
     by_op: dict[tuple[str, str], int] = {}
     for r in rows:
         by_op[(r["peer"], r["operation"])] = by_op.get((r["peer"], r["operation"]), 0) + 1
-    assert by_op == {("onestop", "changes"): staged["pages"], ("national_portal", "login"): 1,
-                     ("national_portal", "DongBoHoSoMC"): delivered["portal_calls"]}
+    assert by_op == {("onestop", "changes"): staged["pages"], ("national_portal", "login"): 2,
+                     ("national_portal", "DongBoHoSoMC"): delivered["portal_calls"],
+                     ("national_portal", "CapNhatTienDoHoSoMC"): delivered["progress_calls"]}
     calls = requests.get(bus_env.portal.url + "/_state/calls", timeout=T).json()
     assert sum(calls["DongBoHoSoMC"].values()) == delivered["portal_calls"]
     secrets = [json.loads(os.environ[f"AIRFLOW_CONN_{c}"]).get("password") for c in
