@@ -3,7 +3,8 @@
 The top-level CLI wires these in with :func:`add_mapping_commands`. Sample records live in
 ``fixtures/samples/<source system>/<source record>.<case>.json`` (for the dossier mapping:
 ``fixtures/samples/onestop/dossier.*.json``); a sample named ``*.defective-*.json`` is meant to be
-rejected by the mapping, every other sample is meant to map cleanly.
+rejected by the mapping, every other sample is meant to map cleanly. ``check`` also validates
+the code-table files (``mappings/<dir>/code_tables.yaml``) and lists the mappings that use each.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from connectors.errors import ConfigurationError, FieldError
-from lienthong.mapping import Mapping, MappingFileError, list_mappings, load_mapping, mappings_dir
+from lienthong.mapping import (
+    Mapping,
+    MappingFileError,
+    is_code_table_file,
+    list_code_table_files,
+    list_mappings,
+    load_code_tables,
+    load_mapping,
+    mappings_dir,
+)
 from lienthong.mapping.loader import REPO_ROOT
 
 __all__ = ["add_mapping_commands", "cmd_check", "cmd_preview", "sample_files", "samples_dir"]
@@ -71,22 +81,37 @@ def _error_lines(errors: list[FieldError], indent: str) -> list[str]:
 # mapping check
 
 
+def _table_file_path(name: str) -> Path | None:
+    """The code-table file a NAME argument means (``onestop__national_portal/code_tables`` or a path), else None."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else mappings_dir() / f"{name.strip('/')}.yaml"
+    return path if is_code_table_file(path) else None
+
+
+def _print_invalid(label: str, problem: MappingFileError) -> None:
+    _out(f"INVALID  {label}")
+    _out(f"  {_relative(problem.file)}:")
+    for p in problem.problems:
+        _out(f"    {p}")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate mapping files, then run each over its sample records."""
-    names = args.names or list_mappings()
-    if not names:
+    """Validate mapping files and code-table files, then run each mapping over its sample records."""
+    if args.names:
+        tables = [path for path in map(_table_file_path, args.names) if path is not None]
+        names = [name for name in args.names if _table_file_path(name) is None]
+    else:
+        names, tables = list_mappings(), list_code_table_files()
+    if not names and not tables:
         _out(f"no mapping files in {mappings_dir()}")
         return EXIT_OK
     root = args.samples_dir
     status = EXIT_OK
+    users: dict[Path, list[str]] = {}
     for name in names:
         try:
             mapping = load_mapping(name)
         except MappingFileError as problem:
-            _out(f"INVALID  {name}")
-            _out(f"  {_relative(problem.file)}:")
-            for p in problem.problems:
-                _out(f"    {p}")
+            _print_invalid(name, problem)
             status = max(status, EXIT_PROBLEM)
             continue
         except ConfigurationError as problem:
@@ -95,8 +120,25 @@ def cmd_check(args: argparse.Namespace) -> int:
             continue
         _out(f"valid    {mapping.name} v{mapping.version}  fingerprint {mapping.fingerprint[:16]}  "
              f"({_relative(Path(mapping.path))})")
+        for file in mapping.code_table_files:
+            users.setdefault(Path(file).resolve(), []).append(mapping.name)
         if not _check_samples(mapping, root):
             status = max(status, EXIT_PROBLEM)
+    for path in tables:
+        if not path.is_file():
+            _out(f"UNKNOWN  {_relative(path)}: no such code-table file")
+            status = max(status, EXIT_USAGE)
+            continue
+        try:
+            loaded = load_code_tables(path)
+        except MappingFileError as problem:
+            _print_invalid(_relative(path), problem)
+            status = max(status, EXIT_PROBLEM)
+            continue
+        _out(f"valid    code tables {_relative(loaded.path)}: {', '.join(loaded.tables)}")
+        if not args.names:
+            used_by = users.get(loaded.path, [])
+            _out(f"  used by: {', '.join(used_by)}" if used_by else "  used by no valid mapping")
     return status
 
 
@@ -230,14 +272,17 @@ def add_mapping_commands(subparsers: Any) -> None:
         description="Load and validate every mapping file (or the NAMEs given) against the schema and "
                     "the engine's rules, then map each sample record of the mapping's source and print "
                     "OK or the field errors for each. Samples named *.defective-*.json must be "
-                    "rejected; every other sample must map cleanly.",
+                    "rejected; every other sample must map cleanly. Code-table files "
+                    "(<dir>/code_tables.yaml) are validated too, each listed with the mappings that "
+                    "use it.",
         epilog="Exit status: 0 when every file is valid and every sample behaves as meant; 1 when a "
-               "file is invalid, a valid sample is rejected or a defective one is accepted; 2 when a "
-               "NAME names no mapping.",
+               "file (a mapping or a code-table file) is invalid, a valid sample is rejected or a "
+               "defective one is accepted; 2 when a NAME names no mapping.",
     )
     check.add_argument("names", nargs="*", metavar="NAME",
-                       help="a mapping name such as onestop__national_portal/dossier, or a path to a "
-                            ".yaml file (default: every mapping in the mappings directory)")
+                       help="a mapping name such as onestop__national_portal/dossier, a code-table file "
+                            "such as onestop__national_portal/code_tables, or a path to a .yaml file "
+                            "(default: every mapping and code-table file in the mappings directory)")
     check.add_argument("--samples-dir", type=Path, metavar="DIR", help=samples_help)
     check.set_defaults(func=cmd_check)
 

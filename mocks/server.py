@@ -297,6 +297,9 @@ class FaultPlan:
     ambiguous_rate: float = 0.0
     seed: int = 0
     operations: tuple[str, ...] | None = None
+    #: Portal only: every session expires after this many successful calls (``None`` = never).
+    #: Not a per-request draw, so it neither makes the plan ``active`` nor uses the fault stream.
+    session_expire_every: int | None = None
 
     @property
     def active(self) -> bool:
@@ -311,6 +314,7 @@ class FaultPlan:
             "ambiguous_rate": self.ambiguous_rate,
             "seed": self.seed,
             "operations": list(self.operations) if self.operations is not None else None,
+            "session_expire_every": self.session_expire_every,
         }
 
 
@@ -331,14 +335,18 @@ class Faults:
     latency applies first in every case.
     """
 
-    FIELDS = {"error_rate", "http_status", "latency_ms", "drop_rate", "ambiguous_rate", "seed", "operations"}
+    FIELDS = {"error_rate", "http_status", "latency_ms", "drop_rate", "ambiguous_rate", "seed", "operations",
+              "session_expire_every"}
 
-    def __init__(self, *, ambiguous_supported: bool):
+    def __init__(self, *, ambiguous_supported: bool, sessions_supported: bool = False):
         self.ambiguous_supported = ambiguous_supported
+        self.sessions_supported = sessions_supported
         self._lock = threading.Lock()
         self.plan = FaultPlan()
         self._rng = random.Random(0)
         self.injected: dict[str, int] = {}
+        #: Increases at every ``configure``: lets a mock restart per-plan counters.
+        self.generation = 0
 
     def configure(self, spec: Mapping[str, Any]) -> FaultPlan:
         """Validate and install a plan; ``{}`` clears. Raises ``ValueError`` with a clear text."""
@@ -369,14 +377,23 @@ class Faults:
         ambiguous = rate("ambiguous_rate")
         if ambiguous and not self.ambiguous_supported:
             raise ValueError("ambiguous_rate is not supported by this mock (national portal only)")
+        expire_every = spec.get("session_expire_every")
+        if expire_every is not None:
+            if not self.sessions_supported:
+                raise ValueError("session_expire_every is not supported by this mock (national portal only)")
+            if (isinstance(expire_every, bool) or not isinstance(expire_every, int)
+                    or not 1 <= expire_every <= 1_000_000):
+                raise ValueError("session_expire_every must be an integer number of calls between 1 and 1000000")
         plan = FaultPlan(
             error_rate=rate("error_rate"), http_status=status, latency_ms=float(latency),
             drop_rate=rate("drop_rate"), ambiguous_rate=ambiguous, seed=seed, operations=operations,
+            session_expire_every=expire_every,
         )
         with self._lock:
             self.plan = plan
             self._rng = random.Random(seed)
             self.injected = {}
+            self.generation += 1
         return plan
 
     def clear(self) -> None:
@@ -406,7 +423,10 @@ class Faults:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {**self.plan.as_dict(), "injected": dict(self.injected)}
+            plan = self.plan.as_dict()
+            if not self.sessions_supported:
+                del plan["session_expire_every"]
+            return {**plan, "injected": dict(self.injected)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,6 +586,7 @@ class MockServer:
     name = "mock"
     state_file = "mock.db"
     ambiguous_supported = False
+    sessions_supported = False
 
     def __init__(self, state_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  seed: int = 49):
@@ -579,7 +600,8 @@ class MockServer:
             self._tmp = tempfile.TemporaryDirectory(prefix=f"lienthong-{self.name}-")
             state_dir = self._tmp.name
         self.state_dir = Path(state_dir)
-        self.faults = Faults(ambiguous_supported=self.ambiguous_supported)
+        self.faults = Faults(ambiguous_supported=self.ambiguous_supported,
+                             sessions_supported=self.sessions_supported)
         self.router = Router()
         self.build_routes(self.router)
         self.db: StateDB | None = None
@@ -618,7 +640,7 @@ class MockServer:
         self.open_state()
         self._httpd = self._bind()
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.005},
             name=f"mock-{self.name}", daemon=True,
         )
         self._thread.start()

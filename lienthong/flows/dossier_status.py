@@ -420,14 +420,18 @@ def _reject(
 
 # --- 3. progress ---------------------------------------------------------------------------------
 def _stage_progress(conn: Connection, progress_mapping: Mapping, item: _Item, run_id: str) -> None:
-    """Stage the acknowledged snapshot's progress entries that are not staged yet."""
+    """Stage the acknowledged snapshot's finished progress steps that are not staged yet.
+
+    A step still under way is left for a later snapshot: the portal only appends, so a step sent
+    before it finishes could never be corrected.
+    """
     entries = item.source.get("progress") or []
     if not isinstance(entries, list):
         return
     now = utcnow()
     rows = []
     for entry in entries:
-        if not isinstance(entry, dict):
+        if not isinstance(entry, dict) or not entry.get("finishedAt"):
             continue
         source = {**entry, "dossierNo": item.key}
         rows.append({

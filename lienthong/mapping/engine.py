@@ -24,7 +24,16 @@ from typing import Any
 from connectors.errors import FieldError, RecordRejected
 from lienthong.mapping.transforms import TRANSFORMS, TransformError, _kind
 
-__all__ = ["Mapping", "RecordInvalid", "compile_fields", "compile_path", "PathSyntaxError"]
+__all__ = [
+    "KEY_SEPARATOR",
+    "Mapping",
+    "PathSyntaxError",
+    "RecordInvalid",
+    "compile_fields",
+    "compile_path",
+    "compile_paths",
+    "transform_steps",
+]
 
 Step = Callable[[dict, dict, list, Any], Any]
 Getter = Callable[[Any, Any], Any]
@@ -32,6 +41,8 @@ Getter = Callable[[Any, Any], Any]
 _NFC = unicodedata.normalize
 _SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\*|-?\d+)\])?")
 _VALUE_SHOWN = 60  # longest value quoted in a message, in characters
+#: Joins the parts of a composite record key (``record_key: [dossierNo, stepId]``).
+KEY_SEPARATOR = "#"
 
 
 class RecordInvalid(RecordRejected):
@@ -217,6 +228,33 @@ def compile_path(text: str, where: Callable[[Any, Any], bool] | None = None) -> 
     return get_many, from_root, True
 
 
+def compile_paths(texts: list[str]) -> Getter:
+    """Compile a list of plain paths (``from: [action, note]``) into one getter of a list of values.
+
+    Raises:
+        PathSyntaxError: a path is malformed, fans out with ``[*]`` or starts at ``$``.
+    """
+    getters = []
+    for text in texts:
+        from_root, segments = parse_path(text)
+        if from_root or any(index == "*" for _name, index in segments):
+            raise PathSyntaxError(f"{text!r}: a list of paths reads plain values of the item: no [*], no $")
+        getters.append(_plain_getter(False, segments))
+    getters = tuple(getters)
+    return lambda item, root: [get(item, root) for get in getters]
+
+
+def _full_label(src: tuple, at: Any) -> str:
+    """A source label with its list prefix (``files[3].displayName``); a list of paths as ``[a, b]``."""
+    label, absolute = src
+    if absolute:
+        return label
+    prefix = _source_prefix(at)
+    if label.__class__ is tuple:
+        return "[" + ", ".join(prefix + part for part in label) + "]"
+    return prefix + label
+
+
 # ---------------------------------------------------------------------------------------------
 # Conditions
 
@@ -307,6 +345,20 @@ class CodeTable:
         return message
 
 
+def transform_steps(spec: Any) -> list[tuple[str, Any]]:
+    """A field's ``transform`` as ``[(name, argument or None), ...]``: a name, ``{name: argument}`` or a list."""
+    if spec is None:
+        return []
+    out = []
+    for step in spec if isinstance(spec, list) else [spec]:
+        if isinstance(step, dict):
+            ((name, argument),) = step.items()
+            out.append((name, argument))
+        else:
+            out.append((step, None))
+    return out
+
+
 class _Spec:
     """What the compiler knows about one field while building its step (compile time only)."""
 
@@ -318,9 +370,9 @@ class _Spec:
         self.required = required is True
         self.required_if = Condition(required["when"]) if isinstance(required, dict) else None
         self.personal = bool(spec.get("personal", False))
-        names = spec.get("transform", [])
-        self.transform_names = [names] if isinstance(names, str) else list(names)
-        self.transforms = tuple(TRANSFORMS[n].function for n in self.transform_names)
+        steps = transform_steps(spec.get("transform"))
+        self.transform_names = [name for name, _argument in steps]
+        self.transforms = tuple(TRANSFORMS[name].bind(argument) for name, argument in steps)
         self.table = tables[spec["code_table"]] if "code_table" in spec else None
         self.max_length = spec.get("max_length")
         self.pattern = re.compile(spec["pattern"]) if "pattern" in spec else None
@@ -359,8 +411,12 @@ def _value_step(field: _Spec) -> Step:
     source = field.spec["from"]
     when = field.when.test if field.when is not None else None
     where = Condition(field.spec["where"]).test if "where" in field.spec else None
-    get, absolute, _many = compile_path(source, where)
-    label = source[2:] if absolute and source != "$" else source
+    several = isinstance(source, list)  # from: [action, note] -> a list of their values
+    if several:
+        get, absolute, label = compile_paths(source), False, tuple(source)
+    else:
+        get, absolute, _many = compile_path(source, where)
+        label = source[2:] if absolute and source != "$" else source
     primary = (label, absolute)
     fallback = field.spec.get("fallback")
     fallback_get = fallback_when = fallback_source = fallback_condition = None
@@ -385,13 +441,13 @@ def _value_step(field: _Spec) -> Step:
 
     def fail(errors: list, at: Any, rule: str, message: Callable[[str], str], src: tuple = primary) -> str:
         """Record an error; ``message`` receives the full source label (``files[3].displayName``)."""
-        src_label, src_absolute = src
-        full = src_label if src_absolute else _source_prefix(at) + src_label
-        errors.append(FieldError(_target_prefix(at) + target, rule, message(full)))
+        errors.append(FieldError(_target_prefix(at) + target, rule, message(_full_label(src, at))))
         return ""
 
     def shown(value: Any) -> str:
-        return "" if personal else f" {_show(value)}"
+        """The value for a message: nothing for personal data, nor for a list or an object (the
+        message names their kind already)."""
+        return "" if personal or value.__class__ in (list, dict) else f" {_show(value)}"
 
     def finish(value: Any, item: Any, root: Any, errors: list, at: Any, src: tuple = primary) -> str:
         """Transforms, code table and checks on a present value read from ``src``."""
@@ -447,10 +503,12 @@ def _value_step(field: _Spec) -> Step:
                 elif fallback_condition is not None:
                     state += (f" (its fallback {other} only stands in when {fallback_condition.text}; "
                               f"{fallback_condition.actual(item, root)})")
+            # "receiveDate is missing", or for a list of paths "every one of [action, note] is missing or blank"
+            subject = (lambda s: f"every one of {s} is missing or blank") if several else (lambda s: f"{s} is {state}")
             if required:
-                return fail(errors, at, "required", lambda s: f"{s} is {state}; {target} is required")
+                return fail(errors, at, "required", lambda s: f"{subject(s)}; {target} is required")
             because = f"{required_if.text} ({required_if.actual(item, root)})"
-            return fail(errors, at, "required", lambda s: f"{s} is {state}; {target} is required when {because}")
+            return fail(errors, at, "required", lambda s: f"{subject(s)}; {target} is required when {because}")
         return default_output
 
     # A default is a source value: it goes through the same transforms and code table. It is
@@ -480,7 +538,7 @@ def _value_step(field: _Spec) -> Step:
 
     # The common shapes get a fast path for the common, valid value; anything unusual (missing,
     # blank, wrong type, a value that breaks a rule) goes through ``general``, which reports it.
-    key = source if _SEGMENT.fullmatch(source) and "[" not in source else None
+    key = source if not several and _SEGMENT.fullmatch(source) and "[" not in source else None
     no_checks = max_length is None and pattern is None
 
     if key is not None and when is None and not transforms and table_values is None:
@@ -625,7 +683,11 @@ class Mapping:
         target_fields: the target record's top-level field names, in file order.
         personal_fields: target fields that carry personal data (``DinhDanhCHS[].SoDinhDanh``).
         source, target: the file's ``source`` / ``target`` blocks (``system``, ``record``...).
-        record_key_path: source path of the record key (``dossierNo``).
+        record_key_paths: source path(s) of the record key: ``("dossierNo",)``, or several for a
+            composite key (``("dossierNo", "stepId")``), whose values are joined with ``#``.
+        record_key_path: the same as one text (``dossierNo``; ``dossierNo#stepId`` for a composite key).
+        code_tables: every code table the mapping can use, its own and those of its code-table files.
+        code_table_files: the code-table files it reads (``code_tables_from``), resolved.
         path: the mapping file.
     """
 
@@ -637,43 +699,54 @@ class Mapping:
         description: str,
         source: dict,
         target: dict,
-        record_key_path: str,
+        record_key_path: str | list[str] | tuple[str, ...],
         path: Any,
         fingerprint: str,
         steps: list[tuple[str, Step]],
         personal_fields: tuple[str, ...],
         code_tables: dict[str, CodeTable],
+        code_table_files: tuple[Any, ...] = (),
     ):
         self.name = name
         self.version = version
         self.description = description
         self.source = source
         self.target = target
-        self.record_key_path = record_key_path
+        paths = (record_key_path,) if isinstance(record_key_path, str) else tuple(record_key_path)
+        self.record_key_paths = paths
+        self.record_key_path = KEY_SEPARATOR.join(paths)
+        self.code_table_files = tuple(code_table_files)
         self.path = path
         self.fingerprint = fingerprint
         self.target_fields = tuple(n for n, _ in steps)
         self.personal_fields = personal_fields
         self.code_tables = code_tables
         self._steps = tuple(steps)
-        self._key_getter, _absolute, _many = compile_path(record_key_path)
-        self._no_key = f"<no {record_key_path}>"
+        self._key_getters = tuple(compile_path(p)[0] for p in paths)
+        self._no_keys = tuple(f"<no {p}>" for p in paths)
 
     def __repr__(self) -> str:
         return f"<Mapping {self.name} v{self.version} {self.fingerprint[:12]}>"
 
     def record_key(self, record: Any) -> str:
-        """The record's business key (``dossierNo``) as text, or ``<no dossierNo>`` when it has none."""
+        """The record's business key as text: ``000.00.01.H49-261102-0001``, or ``<no dossierNo>``
+        when it has none. A composite key joins its parts with ``#`` (``000.00.01.H49-261029-0012#2``),
+        each missing part shown as ``<no stepId>``."""
+        parts = [self._key_part(record, get, no_key) for get, no_key in zip(self._key_getters, self._no_keys)]
+        return parts[0] if len(parts) == 1 else KEY_SEPARATOR.join(parts)
+
+    @staticmethod
+    def _key_part(record: Any, get: Getter, no_key: str) -> str:
         if record.__class__ is not dict:
-            return self._no_key
+            return no_key
         try:
-            key = self._key_getter(record, record)
+            key = get(record, record)
         except _Mismatch:
-            return self._no_key
+            return no_key
         if key is None or key.__class__ is bool or not isinstance(key, (str, int)):
-            return self._no_key
+            return no_key
         key = str(key)
-        return _NFC("NFC", key) if key.strip() else self._no_key
+        return _NFC("NFC", key) if key.strip() else no_key
 
     def translate(self, record: Any) -> tuple[dict, list[FieldError]]:
         """Map a record as far as it goes: ``(output, errors)``; the output is only valid without errors."""

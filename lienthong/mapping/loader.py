@@ -3,6 +3,11 @@
 Every problem with a file is reported as a :class:`MappingFileError` (a ``ConfigurationError``)
 naming the file, the path inside it (``fields.TaiLieuNop.each.fields.IsDeleted.transform``) and
 the rule, and listing *every* problem found, not just the first.
+
+Code tables that several mappings need live in a *code-table file*
+(``mappings/<from>__<to>/code_tables.yaml``: code tables only, validated against the schema's
+``$defs/code_tables_file``), named by each mapping in ``code_tables_from``. Such a file is never a
+mapping: :func:`list_mappings` leaves out every file whose name ends in ``code_tables.yaml``.
 """
 
 from __future__ import annotations
@@ -22,15 +27,28 @@ import jsonschema
 import yaml
 
 from connectors.errors import ConfigurationError
-from lienthong.mapping.engine import CodeTable, Condition, Mapping, PathSyntaxError, compile_fields, parse_path
+from lienthong.mapping.engine import (
+    CodeTable,
+    Condition,
+    Mapping,
+    PathSyntaxError,
+    compile_fields,
+    compile_paths,
+    parse_path,
+    transform_steps,
+)
 from lienthong.mapping.transforms import TRANSFORMS
 
 __all__ = [
+    "CodeTableFile",
     "MappingFileError",
     "MappingProblem",
     "REPO_ROOT",
     "SCHEMA_PATH",
+    "is_code_table_file",
+    "list_code_table_files",
     "list_mappings",
+    "load_code_tables",
     "load_mapping",
     "mappings_dir",
 ]
@@ -42,6 +60,8 @@ SCHEMA_PATH = REPO_ROOT / "mappings" / "schema" / "mapping.schema.json"
 MAPPINGS_DIR_ENV = "LIENTHONG_MAPPINGS_DIR"
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*__[a-z][a-z0-9_]*/[a-z][a-z0-9_]*")
+#: A file whose name ends in this (``code_tables.yaml``, ``dates_code_tables.yaml``) holds code tables only.
+CODE_TABLES_SUFFIX = "code_tables.yaml"
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -65,23 +85,32 @@ class MappingProblem:
 
 
 class MappingFileError(ConfigurationError):
-    """A mapping file cannot be used. ``problems`` lists every broken rule found.
+    """A mapping file, or a code-table file it reads, cannot be used. ``problems`` lists every broken rule found.
 
     Attributes:
-        file: the mapping file.
+        file: the file with the problems: the mapping file, or the code-table file it names in
+            ``code_tables_from``.
         problems: one :class:`MappingProblem` each; ``path`` and ``rule`` repeat the first one's.
+        included_by: for a code-table file, the mapping file that was being loaded (else ``None``).
     """
 
-    def __init__(self, file: Path | str, problems: list[MappingProblem]):
+    def __init__(self, file: Path | str, problems: list[MappingProblem], *, included_by: Path | str | None = None):
         self.file = Path(file)
         self.problems = tuple(problems)
         self.path = self.problems[0].path if self.problems else ""
         self.rule = self.problems[0].rule if self.problems else ""
+        self.included_by = Path(included_by) if included_by is not None else None
+        if is_code_table_file(self.file):
+            what = f"code-table file {self.file}"
+            if self.included_by is not None:
+                what += f" (in code_tables_from of {self.included_by})"
+        else:
+            what = f"mapping file {self.file}"
         if len(self.problems) == 1:
-            text = f"mapping file {self.file}: {self.problems[0]}"
+            text = f"{what}: {self.problems[0]}"
         else:
             lines = "".join(f"\n  {p}" for p in self.problems)
-            text = f"mapping file {self.file}: {len(self.problems)} problems:{lines}"
+            text = f"{what}: {len(self.problems)} problems:{lines}"
         super().__init__(text)
 
 
@@ -95,17 +124,43 @@ def mappings_dir() -> Path:
     return Path(configured) if configured else REPO_ROOT / "mappings"
 
 
+def is_code_table_file(path: Path | str) -> bool:
+    """Whether a file is a code-table file by its name (``code_tables.yaml``, ``<topic>_code_tables.yaml``)."""
+    name = Path(path).name
+    return name == CODE_TABLES_SUFFIX or name.endswith("_" + CODE_TABLES_SUFFIX)
+
+
 def list_mappings() -> list[str]:
-    """Names of every mapping file in the mappings directory (``onestop__national_portal/dossier``), sorted."""
+    """Names of every mapping file in the mappings directory (``onestop__national_portal/dossier``), sorted.
+
+    Code-table files (``code_tables.yaml``) are not mappings and are left out.
+    """
     root = mappings_dir()
-    names = [f"{p.parent.name}/{p.stem}" for p in root.glob("*__*/*.yaml")]
+    names = [f"{p.parent.name}/{p.stem}" for p in root.glob("*__*/*.yaml") if not is_code_table_file(p)]
     return sorted(n for n in names if _NAME.fullmatch(n))
+
+
+def list_code_table_files() -> list[Path]:
+    """Every code-table file one level under the mappings directory (``<dir>/code_tables.yaml``), sorted."""
+    root = mappings_dir()
+    return sorted(p for p in root.glob(f"*/*{CODE_TABLES_SUFFIX}") if is_code_table_file(p))
+
+
+def _not_a_mapping(what: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{what} is a code-table file, not a mapping: mapping files use its tables by naming it in "
+        "code_tables_from (check it with: lienthong mapping check)"
+    )
 
 
 def _resolve(name_or_path: str | Path) -> Path:
     if isinstance(name_or_path, Path) or str(name_or_path).endswith((".yaml", ".yml")):
+        if is_code_table_file(name_or_path):
+            raise _not_a_mapping(str(name_or_path))
         return Path(name_or_path)
     name = str(name_or_path).strip().strip("/")
+    if _NAME.fullmatch(name) and is_code_table_file(f"{name}.yaml"):
+        raise _not_a_mapping(repr(name))
     if not _NAME.fullmatch(name):
         raise ConfigurationError(
             f"{name!r} is neither a mapping name (<from>__<to>/<record>, e.g. onestop__national_portal/dossier) "
@@ -121,8 +176,19 @@ def _resolve(name_or_path: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Loading with a cache keyed by file and modification time
 
-_cache: dict[Path, tuple[tuple[int, int], Mapping]] = {}
+Stamp = tuple[int, int]
+#: mapping file -> (its stamp, the stamps of the code-table files it read, the compiled mapping)
+_cache: dict[Path, tuple[Stamp, tuple[tuple[Path, Stamp], ...], Mapping]] = {}
+_tables_cache: dict[Path, "CodeTableFile"] = {}
 _cache_lock = threading.Lock()
+
+
+def _stamp(path: Path) -> Stamp | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
 
 
 def load_mapping(name_or_path: str | Path) -> Mapping:
@@ -143,21 +209,73 @@ def load_mapping(name_or_path: str | Path) -> Mapping:
         raise MappingFileError(path, [MappingProblem("", "not_found", f"cannot read the file: {problem.strerror}")]) from None
     stamp = (stat.st_mtime_ns, stat.st_size)
     cached = _cache.get(path)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    mapping = _load_file(path)
+    if cached is not None and cached[0] == stamp and all(_stamp(p) == s for p, s in cached[1]):
+        return cached[2]
+    mapping, tables_read = _load_file(path)
     with _cache_lock:
-        _cache[path] = (stamp, mapping)
+        _cache[path] = (stamp, tuple((f.path, f.stamp) for f in tables_read), mapping)
     return mapping
 
 
-def _load_file(path: Path) -> Mapping:
+@dataclass(frozen=True)
+class CodeTableFile:
+    """A loaded code-table file.
+
+    Attributes:
+        path: the file (resolved).
+        description: its ``description``, or ``""``.
+        tables: its code tables by name, compiled.
+        document: its canonical content (part of the fingerprint of every mapping that reads it).
+        stamp: the file's (modification time, size) when it was read.
+    """
+
+    path: Path
+    description: str
+    tables: dict[str, CodeTable]
+    document: dict
+    stamp: Stamp
+
+
+def load_code_tables(path: Path | str, *, included_by: Path | None = None) -> CodeTableFile:
+    """Load and validate a code-table file; reuse it while the file is unchanged.
+
+    Args:
+        path: the file.
+        included_by: the mapping file naming it (only for messages).
+
+    Raises:
+        MappingFileError: the file is missing, is not YAML, breaks the schema's
+            ``$defs/code_tables_file`` or lists a key as both mapped and not mapped.
+    """
+    path = Path(path).resolve()
+    stamp = _stamp(path)
+    cached = _tables_cache.get(path)
+    if cached is not None and cached.stamp == stamp:
+        return cached
+    document = _read_yaml(path, included_by)
+    problems = _schema_problems(document, _tables_validator())
+    if not problems:
+        problems = _table_conflicts(document["code_tables"])
+    if problems:
+        raise MappingFileError(path, problems, included_by=included_by)
+    tables = {name: CodeTable(name, spec) for name, spec in document["code_tables"].items()}
+    loaded = CodeTableFile(path, document.get("description", ""), tables, document, stamp or (0, 0))
+    with _cache_lock:
+        _tables_cache[path] = loaded
+    return loaded
+
+
+def _read_yaml(path: Path, included_by: Path | None = None) -> dict:
+    """The file's YAML document as a dict (text NFC), or a MappingFileError with every YAML-level problem."""
+    def error(problems: list[MappingProblem]) -> MappingFileError:
+        return MappingFileError(path, problems, included_by=included_by)
+
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as problem:
-        raise MappingFileError(path, [MappingProblem("", "not_found", f"cannot read the file: {problem.strerror}")]) from None
+        raise error([MappingProblem("", "not_found", f"cannot read the file: {problem.strerror}")]) from None
     except UnicodeDecodeError as problem:
-        raise MappingFileError(path, [MappingProblem("", "encoding", f"the file is not UTF-8 text ({problem.reason} at byte {problem.start})")]) from None
+        raise error([MappingProblem("", "encoding", f"the file is not UTF-8 text ({problem.reason} at byte {problem.start})")]) from None
 
     try:
         node = yaml.compose(text, Loader=_Loader)
@@ -166,23 +284,68 @@ def _load_file(path: Path) -> Mapping:
         mark = getattr(problem, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         reason = getattr(problem, "problem", None) or str(problem)
-        raise MappingFileError(path, [MappingProblem("", "yaml", f"not valid YAML{where}: {reason}")]) from None
+        raise error([MappingProblem("", "yaml", f"not valid YAML{where}: {reason}")]) from None
 
     problems = _duplicate_keys(node)
     problems += _non_text_keys(document, "")
     if problems:
-        raise MappingFileError(path, problems)
+        raise error(problems)
     if not isinstance(document, dict):
-        raise MappingFileError(path, [MappingProblem("", "type", "the file must hold a YAML mapping (name:, version:, fields: ...)")])
-    document = _nfc(document)
+        shape = "code_tables: ..." if is_code_table_file(path) else "name:, version:, fields: ..."
+        raise error([MappingProblem("", "type", f"the file must hold a YAML mapping ({shape})")])
+    return _nfc(document)
 
-    problems = _schema_problems(document)
+
+def _load_file(path: Path) -> tuple[Mapping, list[CodeTableFile]]:
+    document = _read_yaml(path)
+    problems = _schema_problems(document, _validator())
     if problems:
         raise MappingFileError(path, problems)
-    problems = _meaning_problems(document, path)
+    shared, tables, problems = _shared_tables(document, path)
+    problems += _meaning_problems(document, path, tables)
     if problems:
         raise MappingFileError(path, problems)
-    return _compile(document, path)
+    return _compile(document, path, shared), [file for _ref, file in shared]
+
+
+def _shared_tables(document: dict, file: Path) -> tuple[list[tuple[str, CodeTableFile]], dict, list[MappingProblem]]:
+    """Read the code-table files of ``code_tables_from``; merge their tables with the file's own.
+
+    Returns ``([(file name as written, loaded file)], {table name: table spec}, problems)``.
+
+    Raises:
+        MappingFileError: a code-table file itself is broken (it is named, not the mapping file).
+    """
+    problems: list[MappingProblem] = []
+    refs = document.get("code_tables_from", [])
+    listed = isinstance(refs, list)
+    shared: list[tuple[str, CodeTableFile]] = []
+    origin: dict[str, str] = {}
+    tables: dict[str, dict] = {}
+    for n, ref in enumerate(refs if listed else [refs]):
+        at = f"code_tables_from[{n}]" if listed else "code_tables_from"
+        target = (file.parent / ref).resolve()
+        if not target.is_file():
+            problems.append(MappingProblem(at, "code_tables_from", f"no code-table file {ref!r} (looked for {target})"))
+            continue
+        loaded = load_code_tables(target, included_by=file)
+        shared.append((ref, loaded))
+        for name in loaded.tables:
+            if name in origin:
+                problems.append(MappingProblem(
+                    at, "duplicate_code_table",
+                    f"code table {name!r} is defined in both {origin[name]} and {ref}; define it in one place"))
+                continue
+            origin[name] = ref
+            tables[name] = loaded.document["code_tables"][name]
+    for name, spec in document.get("code_tables", {}).items():
+        if name in origin:
+            problems.append(MappingProblem(
+                f"code_tables.{name}", "duplicate_code_table",
+                f"code table {name!r} is also defined in {origin[name]} (code_tables_from); define it in one place"))
+            continue
+        tables[name] = spec
+    return shared, tables, problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,14 +411,27 @@ def _nfc(value: Any) -> Any:
 
 
 @lru_cache(maxsize=1)
-def _validator() -> jsonschema.protocols.Validator:
+def _schema() -> dict:
     try:
         schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     except (OSError, ValueError) as problem:
         raise ConfigurationError(f"the mapping-file schema {SCHEMA_PATH} cannot be read: {problem}") from None
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+    return schema
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    schema = _schema()
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+@lru_cache(maxsize=1)
+def _tables_validator() -> jsonschema.protocols.Validator:
+    """Validates a code-table file against ``$defs/code_tables_file`` of the same schema."""
+    schema = _schema()
+    root = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/code_tables_file"}
+    return jsonschema.validators.validator_for(schema)(root)
 
 
 def _dotted(parts: Any) -> str:
@@ -265,9 +441,9 @@ def _dotted(parts: Any) -> str:
     return out
 
 
-def _schema_problems(document: dict) -> list[MappingProblem]:
+def _schema_problems(document: dict, validator: jsonschema.protocols.Validator) -> list[MappingProblem]:
     problems = []
-    for error in sorted(_validator().iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.validator)):
+    for error in sorted(validator.iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.validator)):
         path = _dotted(error.absolute_path)
         rule = str(error.validator)
         custom = error.schema.get(f"x-message-{rule}") if isinstance(error.schema, dict) else None
@@ -289,7 +465,18 @@ def _schema_problems(document: dict) -> list[MappingProblem]:
 # Meaning (what the schema cannot say)
 
 
-def _meaning_problems(document: dict, file: Path) -> list[MappingProblem]:
+def _table_conflicts(tables: dict, at: str = "code_tables") -> list[MappingProblem]:
+    """Keys listed both as mapped (values) and as deliberately not mapped."""
+    return [
+        MappingProblem(f"{at}.{table_name}.not_mapped.{key}", "conflict",
+                       f"{key!r} is both mapped (values) and listed as not mapped")
+        for table_name, table in tables.items()
+        for key in sorted(set(table.get("values", {})) & set(table.get("not_mapped", {})))
+    ]
+
+
+def _meaning_problems(document: dict, file: Path, tables: dict) -> list[MappingProblem]:
+    """What the schema cannot say. ``tables``: every code table the mapping can use, by name."""
     problems: list[MappingProblem] = []
     add = lambda path, rule, message: problems.append(MappingProblem(path, rule, message))  # noqa: E731
 
@@ -303,18 +490,16 @@ def _meaning_problems(document: dict, file: Path) -> list[MappingProblem]:
     if document["target"]["system"] != target_system:
         add("target.system", "name", f"target system {document['target']['system']!r} does not match {target_system!r} in the name {name!r}")
 
-    try:
-        if "*" in document["record_key"] or not parse_path(document["record_key"])[1]:
-            add("record_key", "path", "the record key is one value: a path without [*], not $")
-    except PathSyntaxError as problem:
-        add("record_key", "path", str(problem))
+    keys = document["record_key"]
+    for n, key in enumerate(keys if isinstance(keys, list) else [keys]):
+        at = f"record_key[{n}]" if isinstance(keys, list) else "record_key"
+        try:
+            if "*" in key or not parse_path(key)[1]:
+                add(at, "path", "a record key part is one value: a path without [*], not $")
+        except PathSyntaxError as problem:
+            add(at, "path", str(problem))
 
-    tables = document.get("code_tables", {})
-    for table_name, table in tables.items():
-        for key in set(table.get("values", {})) & set(table.get("not_mapped", {})):
-            add(f"code_tables.{table_name}.not_mapped.{key}", "conflict",
-                f"{key!r} is both mapped (values) and listed as not mapped")
-
+    problems += _table_conflicts(document.get("code_tables", {}))
     _field_problems(document["fields"], "fields", tables, add)
     return problems
 
@@ -339,31 +524,50 @@ def _field_problems(fields: dict, at: str, tables: dict, add: Any) -> None:
                 if key in spec:
                     add(f"{here}.{key}", "conflict", f"a const field sends its value as written; {key} does not apply")
         else:
-            many = _path_problem(spec["from"], f"{here}.from", add, allow_root=False)
-            names = [spec["transform"]] if isinstance(spec.get("transform"), str) else spec.get("transform", [])
-            for n, transform in enumerate(names):
+            several = isinstance(spec["from"], list)  # from: [action, note]
+            if several:
+                _paths_problem(spec["from"], f"{here}.from", add)
+                many = True
+            else:
+                many = _path_problem(spec["from"], f"{here}.from", add, allow_root=False)
+            steps = transform_steps(spec.get("transform"))
+            names = [name for name, _argument in steps]
+            transforms_ok = True
+            for n, (transform, argument) in enumerate(steps):
+                where = f"{here}.transform" + (f"[{n}]" if isinstance(spec["transform"], list) else "")
                 if transform not in TRANSFORMS:
-                    where = f"{here}.transform" + (f"[{n}]" if isinstance(spec["transform"], list) else "")
+                    transforms_ok = False
                     add(where, "unknown_transform",
                         f"no transform named {transform!r} (known: {', '.join(sorted(TRANSFORMS))})")
+                    continue
+                try:
+                    TRANSFORMS[transform].bind(argument)
+                except ValueError as problem:
+                    transforms_ok = False
+                    add(where, "transform_argument", str(problem))
             if "code_table" in spec and spec["code_table"] not in tables:
                 add(f"{here}.code_table", "unknown_code_table",
-                    f"no code table named {spec['code_table']!r} under code_tables (defined: {', '.join(tables) or 'none'})")
-            if many and not names:
+                    f"no code table named {spec['code_table']!r} under code_tables or in the code_tables_from "
+                    f"files (defined: {', '.join(tables) or 'none'})")
+            if several and not names:
+                add(f"{here}.transform", "wildcard",
+                    f"{spec['from']!r} reads several values; name a transform that makes one value of them (join)")
+            elif many and not names:
                 add(f"{here}.transform", "wildcard",
                     f"{spec['from']!r} reads a list ([*]); name a transform that makes one value of it (any_true, first, last)")
-            if "where" in spec and not many:
+            if "where" in spec and (several or not many):
                 add(f"{here}.where", "wildcard", "where filters the items of a [*] path; this field's from has no [*]")
             if "where" in spec:
                 _condition_problem(spec["where"], f"{here}.where", add)
             if "fallback" in spec:
                 if _path_problem(spec["fallback"]["from"], f"{here}.fallback.from", add, allow_root=False) or many:
-                    add(f"{here}.fallback", "wildcard", "a fallback stands in for one missing value: neither path may use [*]")
+                    add(f"{here}.fallback", "wildcard",
+                        "a fallback stands in for one missing value: neither path may use [*] or be a list of paths")
                 if "when" in spec["fallback"]:
                     _condition_problem(spec["fallback"]["when"], f"{here}.fallback.when", add)
             if "default" in spec and spec.get("required") not in (None, False):
                 add(f"{here}.default", "conflict", "a required field has no default: a missing value is an error")
-            elif "default" in spec and all(n in TRANSFORMS for n in names) and spec.get("code_table", "") in {"", *tables}:
+            elif "default" in spec and transforms_ok and spec.get("code_table", "") in {"", *tables}:
                 _default_problem(target, spec, f"{here}.default", tables, add)
             if "pattern" in spec:
                 try:
@@ -405,6 +609,15 @@ def _path_problem(text: str, at: str, add: Any, *, allow_root: bool) -> bool:
     return stars == 1
 
 
+def _paths_problem(texts: list[str], at: str, add: Any) -> None:
+    """Report the bad parts of a list of paths (``from: [action, note]``)."""
+    for n, text in enumerate(texts):
+        try:
+            compile_paths([text])
+        except PathSyntaxError as problem:
+            add(f"{at}[{n}]", "path", str(problem))
+
+
 def _condition_problem(spec: dict, at: str, add: Any) -> None:
     try:
         Condition(spec)
@@ -431,9 +644,15 @@ def _personal(fields: dict, prefix: str = "") -> list[str]:
     return found
 
 
-def _compile(document: dict, path: Path) -> Mapping:
-    tables = {name: CodeTable(name, spec) for name, spec in document.get("code_tables", {}).items()}
+def _compile(document: dict, path: Path, shared: list[tuple[str, CodeTableFile]]) -> Mapping:
+    tables = {name: table for _ref, file in shared for name, table in file.tables.items()}
+    tables.update({name: CodeTable(name, spec) for name, spec in document.get("code_tables", {}).items()})
     steps = compile_fields(document["fields"], tables)  # the checks above leave nothing that fails here
+    # The fingerprint covers the code-table files too: changing a shared table changes every mapping using it.
+    content = document if not shared else {
+        "mapping": document,
+        "code_tables_from": {ref: file.document for ref, file in shared},
+    }
     return Mapping(
         name=document["name"],
         version=document["version"],
@@ -442,8 +661,9 @@ def _compile(document: dict, path: Path) -> Mapping:
         target=document["target"],
         record_key_path=document["record_key"],
         path=path,
-        fingerprint=_fingerprint(document),
+        fingerprint=_fingerprint(content),
         steps=steps,
         personal_fields=tuple(_personal(document["fields"])),
         code_tables=tables,
+        code_table_files=tuple(file.path for _ref, file in shared),
     )

@@ -5,6 +5,10 @@ transform takes one source value that is present (never ``None``) and returns th
 or ``None`` to mean "no value". A value it cannot convert raises :class:`TransformError` with the
 rule it broke; the engine turns that into a ``FieldError`` naming the source path and the value.
 
+A transform may take one argument, written ``{name: argument}`` in the file (``{join: "-"}``):
+it is registered with ``argument="<what it is>"`` and called as ``function(value, argument)``; the
+argument is fixed when the file is loaded, so the mapping file, not Python, holds it.
+
 Register a new one with :func:`register_transform` and document it in ``mappings/README.md``
 (a test checks that the README lists every registered name).
 """
@@ -52,32 +56,65 @@ class TransformError(ValueError):
 
 @dataclass(frozen=True)
 class Transform:
-    """A registered transform: its name, its function and a one-line description for people."""
+    """A registered transform: its name, its function and a one-line description for people.
+
+    Attributes:
+        argument: ``None`` for a transform of the value alone; otherwise what its one argument is
+            (``"separator text"``), and ``function`` is called as ``function(value, argument)``.
+        argument_type: the Python type the argument must have (``str``).
+    """
 
     name: str
-    function: Callable[[Any], Any]
+    function: Callable[..., Any]
     description: str
+    argument: str | None = None
+    argument_type: type = str
+
+    def bind(self, argument: Any = None) -> Callable[[Any], Any]:
+        """The one-value function the engine calls: ``function`` itself, or with its argument fixed.
+
+        Raises:
+            ValueError: an argument is missing, not wanted, or of the wrong type (message for people).
+        """
+        if self.argument is None:
+            if argument is not None:
+                raise ValueError(f"transform {self.name} takes no argument; write just {self.name}")
+            return self.function
+        if argument is None:
+            raise ValueError(f"transform {self.name} takes an argument ({self.argument}); "
+                             f"write {{{self.name}: <{self.argument}>}}")
+        if argument.__class__ is not self.argument_type:
+            raise ValueError(f"the argument of transform {self.name} is {self.argument}, "
+                             f"not {_kind(argument)}")
+        function = self.function
+        return lambda value: function(value, argument)
 
 
 #: Every transform a mapping file may name, by name.
 TRANSFORMS: dict[str, Transform] = {}
 
 
-def register_transform(name: str, description: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+def register_transform(
+    name: str, description: str, *, argument: str | None = None, argument_type: type = str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``function`` under ``name`` (decorator). Names are unique.
 
     Args:
         name: the name mapping files use (lower case, ``snake_case``).
         description: one line for people (shown in the README and error messages).
+        argument: for a transform that takes one argument (``{join: "-"}`` in a file), what the
+            argument is, for messages (``"separator text"``); the function is then called as
+            ``function(value, argument)``. ``None`` (default): ``function(value)``.
+        argument_type: the type the argument must have in the file (default ``str``).
 
     Raises:
         ValueError: the name is already taken.
     """
 
-    def decorate(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         if name in TRANSFORMS:
             raise ValueError(f"transform {name!r} is already registered")
-        TRANSFORMS[name] = Transform(name, function, description)
+        TRANSFORMS[name] = Transform(name, function, description, argument, argument_type)
         return function
 
     return decorate
@@ -229,3 +266,23 @@ def first(value: Any) -> Any:
     if value.__class__ is not list:
         raise TransformError("type", f"is {_kind(value)}, expected a list (use a [*] path)")
     return value[0] if value else None
+
+
+@register_transform(
+    "join",
+    "a list of values (from a list of paths, or a [*] path) → its non-blank texts joined by the "
+    "separator; no value when every one is missing or blank",
+    argument="separator text",
+)
+def join(value: Any, separator: str) -> str | None:
+    if value.__class__ is not list:
+        raise TransformError("type", f"is {_kind(value)}, expected a list (use a list of paths or a [*] path)")
+    parts = []
+    for item in value:
+        if item is None:
+            continue
+        if item.__class__ is not str:
+            raise TransformError("type", f"holds {_kind(item)}, expected only text")
+        if item and not item.isspace():
+            parts.append(item)
+    return separator.join(parts) if parts else None

@@ -1,4 +1,4 @@
-"""Stand-in for the National Public Service Portal's adapter (contract §1–§3, §4.1, §4.4, §5, §7–§9).
+"""Stand-in for the National Public Service Portal's adapter (contract §1–§3, §4.1, §4.2, §4.4, §5, §7–§9).
 
     from mocks.national_portal import NationalPortalMock
     portal = NationalPortalMock(state_dir=None, port=0, session_ttl=600).start()

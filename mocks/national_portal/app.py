@@ -1,6 +1,6 @@
 """The National Public Service Portal stand-in (Cổng Dịch vụ công Quốc gia), adapter style.
 
-Follows shared/reference/national-portal-contract.md §1–§3, §4.1, §4.4, §5, §7–§9: log-in for a
+Follows shared/reference/national-portal-contract.md §1–§3, §4.1, §4.2, §4.4, §5, §7–§9: log-in for a
 session, then RPC over JSON on the integration and share endpoints, ``service`` in the body,
 answers with ``error_code`` and a Vietnamese ``message``. See mocks/README.md for which facts are
 confirmed (C) and which this mock infers (I).
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mocks.national_portal.rules import RecordRules, record_label
+from mocks.national_portal.rules import RecordRules, progress_label, record_label
 from mocks.server import (
     BadJson,
     MockServer,
@@ -91,6 +91,14 @@ CREATE TABLE IF NOT EXISTS history (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_by_dossier ON history(ma_ho_so, seq);
+CREATE TABLE IF NOT EXISTS progress (
+    seq INTEGER PRIMARY KEY,
+    ma_ho_so TEXT NOT NULL,
+    thoi_diem TEXT NOT NULL,
+    trang_thai TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS progress_by_dossier ON progress(ma_ho_so, seq);
 CREATE TABLE IF NOT EXISTS calls (
     endpoint TEXT NOT NULL,
     service TEXT NOT NULL,
@@ -125,6 +133,8 @@ class _Session:
     province: str
     opened: float
     expired: bool = False
+    ok_calls: int = 0  # successful calls under the current fault plan (session_expire_every)
+    plan_generation: int = 0
 
 
 Envelope = dict[str, Any]
@@ -178,16 +188,19 @@ class NationalPortalMock(MockServer):
         seed_file: seed YAML whose ``procedures`` are the national catalogue.
         rules_file: DongBoHoSoMC rules (default
             ``fixtures/schemas/national_portal/DongBoHoSoMC.rules.json``).
+        progress_rules_file: CapNhatTienDoHoSoMC rules (default
+            ``fixtures/schemas/national_portal/CapNhatTienDoHoSoMC.rules.json``).
     """
 
     name = "national_portal"
     state_file = "national_portal.db"
     ambiguous_supported = True
+    sessions_supported = True
 
     def __init__(self, state_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  seed: int = 49, accounts: Iterable[PortalAccount] | Mapping[str, Any] | None = None,
                  session_ttl: float = 600.0, dstcode: str = "DVCQG", seed_file: str | Path | None = None,
-                 rules_file: str | Path | None = None):
+                 rules_file: str | Path | None = None, progress_rules_file: str | Path | None = None):
         if not session_ttl > 0:
             raise ValueError("session_ttl must be a positive number of seconds")
         self.accounts = _accounts(accounts)
@@ -196,10 +209,12 @@ class NationalPortalMock(MockServer):
         self.seed_data = load_seed(seed_file)
         self.catalogue = {p["code"]: p for p in self.seed_data["procedures"]}
         self.rules = RecordRules("DongBoHoSoMC", {"procedures": set(self.catalogue)}, rules_file)
+        self.progress_rules = RecordRules("CapNhatTienDoHoSoMC", {}, progress_rules_file)
         self._sessions: dict[str, _Session] = {}
         self._sessions_lock = threading.Lock()
         self.services: dict[str, dict[str, ServiceHandler]] = {
-            "integration": {"DongBoHoSoMC": self._dong_bo_ho_so, "TraCuuHoSo": self._tra_cuu_ho_so},
+            "integration": {"DongBoHoSoMC": self._dong_bo_ho_so, "CapNhatTienDoHoSoMC": self._cap_nhat_tien_do,
+                            "TraCuuHoSo": self._tra_cuu_ho_so},
             "share": {},
         }
         super().__init__(state_dir, host=host, port=port, seed=seed)
@@ -219,6 +234,7 @@ class NationalPortalMock(MockServer):
         router.add("GET", "/_state", self._state)
         router.add("GET", "/_state/dossiers", self._state_dossiers)
         router.add("GET", "/_state/dossiers/{maHoSo}", self._state_dossier)
+        router.add("GET", "/_state/progress", self._state_progress)
         router.add("GET", "/_state/calls", self._state_calls)
         router.add("POST", "/_admin/reset", self._reset)
         router.add("POST", "/_admin/expire-sessions", self._expire_sessions)
@@ -287,6 +303,19 @@ class NationalPortalMock(MockServer):
                 return None
             return session
 
+    def _count_success(self, session: _Session) -> None:
+        """``session_expire_every``: a session ends after that many successful calls."""
+        every = self.faults.plan.session_expire_every
+        if every is None:
+            return
+        with self._sessions_lock:
+            generation = self.faults.generation
+            if session.plan_generation != generation:
+                session.plan_generation, session.ok_calls = generation, 0
+            session.ok_calls += 1
+            if session.ok_calls >= every:
+                session.expired = True
+
     def expire_sessions(self) -> int:
         """Expire every open session now (in-process form of ``POST /_admin/expire-sessions``)."""
         with self._sessions_lock:
@@ -344,6 +373,8 @@ class NationalPortalMock(MockServer):
             shown = service if isinstance(service, str) and service else "(trống)"
             return _answer(INVALID, f"Dịch vụ {shown} không được hỗ trợ")
         answer = handler(body, session)
+        if answer.get("error_code") == OK:
+            self._count_success(session)
         return json_response(200, answer, outcome=str(answer.get("error_code")))
 
     # -- services ----------------------------------------------------------------------------
@@ -427,6 +458,83 @@ class NationalPortalMock(MockServer):
                 (ma, record["TrangThaiHoSo"], stamp, seq, seq, dumps(record)),
             )
 
+    def _cap_nhat_tien_do(self, env: Envelope, session: _Session) -> dict[str, Any]:
+        """CapNhatTienDoHoSoMC: append progress entries (§4.2), all-or-nothing, in time order per dossier."""
+        data = env.get("data")
+        if not isinstance(data, list) or not data:
+            return {"error_code": INVALID, "message": "Trường data phải là mảng bản ghi tiến độ không rỗng"}
+        db = self.require_db()
+        with db.tx() as conn:
+            failures: list[dict[str, Any]] = []
+            latest: dict[str, str] = {}  # MaHoSo -> latest ThoiDiemXuLy, stored or earlier in this call
+            closed: dict[str, bool] = {}  # MaHoSo of a final dossier -> its final step is held
+            for index, entry in enumerate(data):
+                failure = self._check_progress(conn, entry, index, latest, closed, session)
+                if failure:
+                    failures.append(failure)
+            if failures:
+                first = failures[0]
+                summary = (f"Cập nhật tiến độ thất bại: {len(failures)}/{len(data)} bản ghi bị từ chối, "
+                           f"không bản ghi nào được cập nhật. {first['message']}")
+                return {"error_code": first["error_code"], "message": summary, "result": failures}
+            for entry in data:  # append-only: a repeated entry is stored again (§7.4)
+                conn.execute("INSERT INTO progress(ma_ho_so, thoi_diem, trang_thai, record) VALUES(?, ?, ?, ?)",
+                             (entry["MaHoSo"], entry["ThoiDiemXuLy"], entry["TrangThai"], dumps(entry)))
+        return {"error_code": OK, "message": f"Cập nhật tiến độ thành công {len(data)} bản ghi"}
+
+    def _check_progress(self, conn: Any, entry: Any, index: int, latest: dict[str, str], closed: dict[str, bool],
+                        session: _Session) -> dict[str, Any] | None:
+        code = entry.get("MaHoSo") if isinstance(entry, dict) else None
+        ma = code if isinstance(code, str) else ""
+        label = progress_label(entry, index)
+
+        def fail(error_code: int, field_name: str, message: str) -> dict[str, Any]:
+            return {"MaHoSo": ma, "index": index, "error_code": error_code, "field": field_name, "message": message}
+
+        error = self.progress_rules.check(entry, index + 1, label)
+        if error:
+            return fail(INVALID, error.field, error.message)
+        unit_part = ma.split("-", 1)[0]
+        if unit_part.rsplit(".", 1)[-1] != session.province:
+            return fail(WRONG_UNIT, "MaHoSo", f"{label}: mã đơn vị {unit_part} trong MaHoSo không thuộc "
+                                              f"tỉnh/thành phố {session.province} của tài khoản đăng nhập")
+        stored = conn.execute("SELECT trang_thai FROM dossiers WHERE ma_ho_so = ?", (ma,)).fetchone()
+        if stored is None:
+            return fail(UNKNOWN_DOSSIER, "MaHoSo", f"Hồ sơ {ma} chưa được gửi, không thể cập nhật tiến độ")
+        final = stored["trang_thai"] if stored["trang_thai"] in FINAL_STATUSES else None
+        if final is not None:
+            # A finished dossier still takes the rest of its history, up to and including the step
+            # that finished it (TrangThai = its final status); after that step, nothing more.
+            if ma not in closed:
+                closed[ma] = conn.execute("SELECT 1 FROM progress WHERE ma_ho_so = ? AND trang_thai = ? LIMIT 1",
+                                          (ma, final)).fetchone() is not None
+            if closed[ma]:
+                return fail(FINALISED, "MaHoSo", f"Hồ sơ {ma} {_FINAL_TEXT[final]}")
+        if ma not in latest:
+            row = conn.execute("SELECT thoi_diem FROM progress WHERE ma_ho_so = ? ORDER BY seq DESC LIMIT 1",
+                               (ma,)).fetchone()
+            latest[ma] = row["thoi_diem"] if row else ""
+        when = entry["ThoiDiemXuLy"]
+        if when < latest[ma]:
+            return fail(INVALID, "ThoiDiemXuLy",
+                        f"{label}: logic xử lý không hợp lệ, ThoiDiemXuLy {when} sớm hơn tiến độ đã có của hồ sơ "
+                        f"({latest[ma]}); tiến độ phải được gửi theo thứ tự thời gian")
+        latest[ma] = when
+        if final is not None and entry["TrangThai"] == final:
+            closed[ma] = True
+        return None
+
+    def _progress_of(self, ma: str) -> list[dict[str, Any]]:
+        db = self.require_db()
+        with db.lock:
+            rows = db.conn.execute("SELECT seq, ma_ho_so, record FROM progress WHERE ma_ho_so = ? ORDER BY seq",
+                                   (ma,)).fetchall()
+        return [self._progress_item(r) for r in rows]
+
+    @staticmethod
+    def _progress_item(row: Any) -> dict[str, Any]:
+        return {"MaHoSo": row["ma_ho_so"], "record": json.loads(row["record"]), "seq": row["seq"]}
+
     def _tra_cuu_ho_so(self, env: Envelope, session: _Session) -> dict[str, Any]:
         """TraCuuHoSo: does the portal hold ``mahoso``? A non-empty ``result`` means yes (§4.4)."""
         ma = env.get("mahoso")
@@ -436,8 +544,12 @@ class NationalPortalMock(MockServer):
         with db.lock:
             row = db.conn.execute("SELECT ma_ho_so, trang_thai, ngay_cap_nhat FROM dossiers WHERE ma_ho_so = ?",
                                   (ma,)).fetchone()
+            progress = db.conn.execute(
+                "SELECT COUNT(*) AS n, (SELECT thoi_diem FROM progress WHERE ma_ho_so = ? ORDER BY seq DESC LIMIT 1) "
+                "AS last FROM progress WHERE ma_ho_so = ?", (ma, ma)).fetchone()
         rows = [] if row is None else [
-            {"MaHoSo": row["ma_ho_so"], "TrangThaiHoSo": row["trang_thai"], "NgayCapNhat": row["ngay_cap_nhat"]}]
+            {"MaHoSo": row["ma_ho_so"], "TrangThaiHoSo": row["trang_thai"], "NgayCapNhat": row["ngay_cap_nhat"],
+             "SoTienDo": str(progress["n"]), "ThoiDiemXuLyCuoi": progress["last"] or ""}]
         return {"error_code": OK, "message": "Thành công", "result": rows}
 
     # -- test doors --------------------------------------------------------------------------
@@ -447,6 +559,7 @@ class NationalPortalMock(MockServer):
             by_status = {r[0]: r[1] for r in db.conn.execute(
                 "SELECT trang_thai, COUNT(*) FROM dossiers GROUP BY trang_thai ORDER BY CAST(trang_thai AS INTEGER)")}
             history = int(db.conn.execute("SELECT COUNT(*) FROM history").fetchone()[0])
+            progress = int(db.conn.execute("SELECT COUNT(*) FROM progress").fetchone()[0])
             calls = int(db.conn.execute("SELECT COALESCE(SUM(count), 0) FROM calls").fetchone()[0])
             clock = self._clock(db).now().isoformat()
         return {
@@ -455,6 +568,7 @@ class NationalPortalMock(MockServer):
             "counts": {
                 "dossiers": sum(by_status.values()),
                 "history": history,
+                "progress": progress,
                 "calls": calls,
                 "byStatus": by_status,
             },
@@ -492,7 +606,14 @@ class NationalPortalMock(MockServer):
             "history": [{"seq": h["seq"], "isUpdating": h["is_updating"], "call": h["call_no"],
                          "appliedAt": h["applied_at"], "NgayCapNhat": h["ngay_cap_nhat"],
                          "record": json.loads(h["record"])} for h in history],
+            "progress": self._progress_of(ma),
         })
+
+    def _state_progress(self, request: Request) -> Response:
+        db = self.require_db()
+        with db.lock:
+            rows = db.conn.execute("SELECT seq, ma_ho_so, record FROM progress ORDER BY seq").fetchall()
+        return json_response(200, {"progress": [self._progress_item(r) for r in rows]})
 
     def calls(self) -> dict[str, dict[str, int]]:
         """Call counters ``{service: {outcome: count}}`` (what ``GET /_state/calls`` answers).
@@ -515,12 +636,12 @@ class NationalPortalMock(MockServer):
         return json_response(200, self.calls())
 
     def reset(self) -> None:
-        """Forget every dossier, history row and call counter, rewind the clock, clear faults.
+        """Forget every dossier, history row, progress entry and call counter, rewind the clock, clear faults.
         Open sessions stay valid."""
         self.faults.clear()
         db = self.require_db()
         with db.tx() as conn:
-            for table in ("dossiers", "history", "calls"):
+            for table in ("dossiers", "history", "progress", "calls"):
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
             db.set_meta("applied_calls", 0)
             self._clock(db).reset()

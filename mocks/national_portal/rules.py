@@ -20,7 +20,7 @@ from typing import Any
 
 from mocks.server import FIXTURES_DIR
 
-__all__ = ["RecordRules", "RuleError", "json_type_name", "record_label"]
+__all__ = ["RecordRules", "RuleError", "json_type_name", "progress_label", "record_label"]
 
 RULES_DIR = FIXTURES_DIR / "schemas" / "national_portal"
 
@@ -57,6 +57,14 @@ def record_label(record: Any, position: int) -> str:
     if isinstance(code, str) and code.strip():
         return f"Hồ sơ {code}"
     return f"Hồ sơ thứ {position} trong data"
+
+
+def progress_label(record: Any, index: int) -> str:
+    """How CapNhatTienDoHoSoMC messages name an entry: its place in ``data`` (0-based) and its dossier."""
+    code = record.get("MaHoSo") if isinstance(record, dict) else None
+    if isinstance(code, str) and code.strip():
+        return f"Bản ghi tiến độ data[{index}] của hồ sơ {code}"
+    return f"Bản ghi tiến độ data[{index}]"
 
 
 @dataclass(frozen=True)
@@ -114,9 +122,12 @@ class RecordRules:
         return [f["name"] for f in self.fields]
 
     # -- checking ----------------------------------------------------------------------------
-    def check(self, record: Any, position: int) -> RuleError | None:
-        """The first broken rule of ``record`` (the ``position``-th element of ``data``, 1-based)."""
-        label = record_label(record, position)
+    def check(self, record: Any, position: int, label: str | None = None) -> RuleError | None:
+        """The first broken rule of ``record`` (the ``position``-th element of ``data``, 1-based).
+
+        ``label`` is how the messages name the record (default: :func:`record_label`).
+        """
+        label = label if label is not None else record_label(record, position)
         if not isinstance(record, dict):
             return RuleError(f"data[{position - 1}]", "type",
                              f"{label}: phần tử data[{position - 1}] phải là đối tượng (object), "

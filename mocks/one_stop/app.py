@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,25 @@ def decode_cursor(cursor: str) -> int:
 
 def _bad_request(message: str) -> Response:
     return json_response(400, {"error": "bad_request", "message": message})
+
+
+_ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def _instant_arg(request: Request, name: str) -> datetime | None:
+    """An ISO 8601 date-time *with offset* from the query, or ``None`` when absent.
+    Raises ``ValueError`` with the message to answer."""
+    value = request.arg(name)
+    if value is None:
+        return None
+    hint = (f"{name} must be an ISO 8601 date-time with offset, e.g. 2026-11-02T08:00:00+07:00 "
+            f"(write + as %2B in a query string)")
+    if not _ISO_DATETIME.match(value):
+        raise ValueError(hint)
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(hint) from None
 
 
 def _int_arg(request: Request, name: str, default: int, low: int, high: int | None) -> int:
@@ -317,14 +337,37 @@ class OneStopMock(MockServer):
         except ValueError as exc:
             return _bad_request("page must be an integer >= 1" if str(exc) == "page"
                                 else "size must be an integer between 1 and 500")
+        try:
+            modified_from = _instant_arg(request, "modifiedFrom")
+            modified_to = _instant_arg(request, "modifiedTo")
+        except ValueError as exc:
+            return _bad_request(str(exc))
+        if modified_from and modified_to and modified_from > modified_to:
+            return _bad_request("modifiedFrom must not be later than modifiedTo")
         db = self.require_db()
         with db.lock:
-            total = int(db.conn.execute("SELECT COUNT(*) FROM dossiers").fetchone()[0])
-            rows = db.conn.execute(
-                "SELECT snapshot FROM dossiers ORDER BY idx LIMIT ? OFFSET ?", (size, (page - 1) * size)
-            ).fetchall()
-        return json_response(200, {"items": [json.loads(r["snapshot"]) for r in rows], "page": page, "size": size,
-                                   "total": total})
+            if modified_from is None and modified_to is None:
+                total = int(db.conn.execute("SELECT COUNT(*) FROM dossiers").fetchone()[0])
+                rows = db.conn.execute(
+                    "SELECT snapshot FROM dossiers ORDER BY idx LIMIT ? OFFSET ?", (size, (page - 1) * size)
+                ).fetchall()
+                items = [json.loads(r["snapshot"]) for r in rows]
+            else:
+                # modifiedAt is compared as an instant: from inclusive, to exclusive
+                stamps = db.conn.execute(
+                    "SELECT idx, json_extract(snapshot, '$.modifiedAt') AS modified FROM dossiers ORDER BY idx"
+                ).fetchall()
+                chosen = [r["idx"] for r in stamps
+                          if (modified_from is None or datetime.fromisoformat(r["modified"]) >= modified_from)
+                          and (modified_to is None or datetime.fromisoformat(r["modified"]) < modified_to)]
+                total = len(chosen)
+                wanted = chosen[(page - 1) * size:page * size]
+                rows = db.conn.execute(
+                    f"SELECT snapshot FROM dossiers WHERE idx IN ({','.join('?' * len(wanted))}) ORDER BY idx",
+                    wanted,
+                ).fetchall() if wanted else []
+                items = [json.loads(r["snapshot"]) for r in rows]
+        return json_response(200, {"items": items, "page": page, "size": size, "total": total})
 
     # -- test doors --------------------------------------------------------------------------
     def state_summary(self) -> dict[str, Any]:

@@ -132,6 +132,16 @@ class Generator:
             self._staff[unit_code] = {role: self.person_name(rng)[0] for role in ("desk", "processing", "leadership")}
         return self._staff[unit_code]
 
+    def submitter(self, applicant: Applicant, dossier_no: str) -> str:
+        """The person who submitted online: the citizen, or the person who filed for a business,
+        agency or organisation (a progress actor is a person's name, at most 50 characters). Drawn
+        from its own RNG so the dossier's other data does not depend on it."""
+        if applicant.type == "citizen":
+            name = applicant.name
+        else:
+            name = self.person_name(seeded_rng(self.seed, "submitter", dossier_no))[0]
+        return name if 0 < len(name) <= 50 else "Cán bộ một cửa"
+
     def address(self, rng: random.Random) -> str:
         addr = self.data["addresses"]
         district = rng.choice(addr["districts"])
@@ -270,7 +280,7 @@ class Generator:
         elif channel == "online":
             entry = self._entry(snapshot, role="desk", action="Nộp hồ sơ trực tuyến",
                                 note="Người nộp đã nộp hồ sơ qua Cổng Dịch vụ công", status=status, started=None,
-                                finished=now, actor=applicant.name, title="Người nộp hồ sơ",
+                                finished=now, actor=self.submitter(applicant, dossier_no), title="Người nộp hồ sơ",
                                 department=self.province["portal_name"])
         elif channel == "postal":
             entry = self._entry(snapshot, role="desk", action="Tiếp nhận hồ sơ qua dịch vụ bưu chính công ích",

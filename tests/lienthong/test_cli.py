@@ -48,3 +48,28 @@ def test_missing_connection_is_a_clear_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "b.db")}))
     assert main(["run", "dossier-status"]) == 2
     assert "AIRFLOW_CONN_ONESTOP_DEFAULT is not valid JSON" in capsys.readouterr().err
+
+
+def test_deadletter_show_and_replay(bus_env, capsys):
+    assert main(["run", "dossier-status", "--run-id", "cli-run-1"]) == 0
+    capsys.readouterr()
+    from connectors.connection import connection_from_env
+    from lienthong.tasks import open_store
+
+    letters = open_store(connection_from_env).dead_letters("dossier_status")
+    first = letters[0]
+    assert main(["deadletter", "show", str(first["id"])]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["record_key"] == first["record_key"]
+    assert shown["source_payload"]["dossierNo"] == first["record_key"]  # the original record is kept
+    assert main(["deadletter", "show", "999999"]) == 1
+    assert main(["deadletter", "replay"]) == 2  # says what to replay
+    capsys.readouterr()
+    # replaying without a fix sends it through the same rule again: dead-lettered anew, once
+    assert main(["deadletter", "replay", str(first["id"])]) == 0
+    out = capsys.readouterr().out
+    assert f"resolved 1 dead letters; requeued: {first['record_key']}" in out
+    report = json.loads(out[out.index("{"):])
+    assert report["delivered"]["rejected"] == 1 and report["delivered"]["considered"] == 1
+    assert main(["deadletter", "list", "--all"]) == 0
+    assert "resolved: replayed by" in capsys.readouterr().out

@@ -14,6 +14,8 @@ from lienthong.mapping_cli import add_mapping_commands
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "fixtures" / "samples" / "onestop"
 DOSSIER = "onestop__national_portal/dossier"
+PROGRESS = "onestop__national_portal/progress"
+TABLES = "onestop__national_portal/code_tables"
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +53,65 @@ def test_check_passes_on_the_repository(capsys):
     assert "OK       dossier.defective-interoperating.json  rejected as meant" in out
     assert "TrangThaiHoSo: dossierStatus 'interoperating' is not in code table" in out
     assert "samples: 11, all as meant" in out
+    assert f"valid    {PROGRESS} v1" in out
+    assert "OK       progress.defective-long-actor.json  rejected as meant (000.00.01.H49-261020-0007#2):" in out
+    assert "NguoiXuLy: actor is 60 characters long; NguoiXuLy allows at most 50 (values are never truncated) [max_length]" in out
+    assert "samples: 7, all as meant" in out
+    assert out.endswith(
+        "valid    code tables mappings/onestop__national_portal/code_tables.yaml: trang_thai_ho_so\n"
+        f"  used by: {DOSSIER}, {PROGRESS}\n")
+
+
+def copy_mappings(tmp_path: Path, *names: str) -> Path:
+    """A mappings directory holding copies of the named repository files (code_tables included)."""
+    folder = tmp_path / "mappings" / "onestop__national_portal"
+    folder.mkdir(parents=True)
+    for name in names:
+        shutil.copy(REPO / "mappings" / "onestop__national_portal" / f"{name}.yaml", folder)
+    return tmp_path / "mappings"
+
+
+def test_check_of_just_the_code_table_file(capsys):
+    assert run("mapping", "check", TABLES) == 0
+    assert capsys.readouterr().out == (
+        "valid    code tables mappings/onestop__national_portal/code_tables.yaml: trang_thai_ho_so\n")
+
+
+def test_check_reports_a_broken_code_table_file_for_it_and_for_every_mapping_using_it(tmp_path, monkeypatch, capsys):
+    root = copy_mappings(tmp_path, "dossier", "progress", "code_tables")
+    tables = root / "onestop__national_portal" / "code_tables.yaml"
+    tables.write_text(tables.read_text(encoding="utf-8").replace('done: "10"', "done: 10"), encoding="utf-8")
+    monkeypatch.setenv("LIENTHONG_MAPPINGS_DIR", str(root))
+    assert run("mapping", "check") == 1
+    out = capsys.readouterr().out
+    problem = "    at code_tables.trang_thai_ho_so.values.done: a target code is text: quote it, e.g. \"1\" [type]"
+    assert out.count(problem) == 3  # dossier, progress, and the file itself
+    assert f"INVALID  {DOSSIER}\n  {tables}:\n{problem}\n" in out
+    assert f"INVALID  {PROGRESS}\n  {tables}:\n{problem}\n" in out
+    assert f"INVALID  {tables}\n  {tables}:\n{problem}\n" in out
+
+
+def test_check_reports_an_unused_code_table_file(tmp_path, monkeypatch, capsys):
+    root = copy_mappings(tmp_path, "code_tables")
+    monkeypatch.setenv("LIENTHONG_MAPPINGS_DIR", str(root))
+    assert run("mapping", "check") == 0
+    assert "  used by no valid mapping" in capsys.readouterr().out
+
+
+def test_a_code_table_file_cannot_be_previewed(capsys):
+    assert run("mapping", "preview", TABLES) == 2
+    assert "is a code-table file, not a mapping" in capsys.readouterr().err
+
+
+def test_preview_of_the_progress_samples_shows_composite_keys(capsys):
+    assert run("mapping", "preview", PROGRESS, "--field", "NoiDungXuLy") == 1  # the defective samples do not map
+    records = {r["input"]: r for r in json.loads(capsys.readouterr().out)["records"]}
+    assert len(records) == 7
+    assert records["progress.signed-without-note.json"] == {
+        "input": "progress.signed-without-note.json", "record_key": "000.00.01.H49-261020-0007#3", "ok": True,
+        "errors": [], "output": {"NoiDungXuLy": "Ký duyệt"}}
+    bad = records["progress.defective-no-time.json"]
+    assert bad["record_key"] == "000.00.01.H49-261029-0012#2" and bad["errors_in_other_fields"] == 1
 
 
 def test_check_fails_when_a_valid_sample_is_rejected(tmp_path, capsys):
@@ -77,16 +138,16 @@ def test_check_reads_arrays_of_records(tmp_path, capsys):
 
 
 def test_check_reports_an_invalid_mapping_file(tmp_path, monkeypatch, capsys):
-    folder = tmp_path / "onestop__national_portal"
-    folder.mkdir()
+    root = copy_mappings(tmp_path, "code_tables")
     text = (REPO / "mappings" / f"{DOSSIER}.yaml").read_text(encoding="utf-8")
-    (folder / "dossier.yaml").write_text(text.replace("transform: bool_text", "transform: bool_txt"), encoding="utf-8")
-    monkeypatch.setenv("LIENTHONG_MAPPINGS_DIR", str(tmp_path))
+    (root / f"{DOSSIER}.yaml").write_text(text.replace("transform: bool_text", "transform: bool_txt"), encoding="utf-8")
+    monkeypatch.setenv("LIENTHONG_MAPPINGS_DIR", str(root))
     assert run("mapping", "check") == 1
     out = capsys.readouterr().out
     assert f"INVALID  {DOSSIER}" in out
     assert "at fields.TaiLieuNop.each.fields.IsDeleted.transform: no transform named 'bool_txt'" in out
     assert "[unknown_transform]" in out
+    assert "[code_tables_from]" not in out and "used by no valid mapping" in out
 
 
 def test_check_of_an_unknown_name_is_a_usage_error(capsys):

@@ -92,6 +92,9 @@ class PortalCalls:
     def sync(self, records: list[dict[str, Any]], *, updating: bool = False) -> dict[str, Any]:
         return self.call("DongBoHoSoMC", isUpdating="True" if updating else "False", data=records)
 
+    def progress(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.call("CapNhatTienDoHoSoMC", data=entries)
+
     def lookup(self, ma_ho_so: str) -> dict[str, Any]:
         return self.call("TraCuuHoSo", mahoso=ma_ho_so)
 
@@ -142,6 +145,27 @@ BASE_RECORD: dict[str, Any] = {
                        "HinhThucThu": "1", "Gia": "200000", "LoaiPhiLePhi": "1"}],
     "DanhSachGiayToKetQua": [],
 }
+
+
+BASE_ENTRY: dict[str, str] = {
+    "MaHoSo": "000.00.01.H49-261102-0001",
+    "NguoiXuLy": "Trần Thị Mỹ Duyên",
+    "ChucDanh": "Cán bộ một cửa",
+    "ThoiDiemXuLy": "20261102081500",
+    "PhongBanXuLy": "Bộ phận Tiếp nhận và Trả kết quả",
+    "NoiDungXuLy": "Tiếp nhận hồ sơ trực tiếp-Hồ sơ đầy đủ, hợp lệ; tiếp nhận và hẹn ngày trả kết quả",
+    "TrangThai": "2",
+    "NgayBatDau": "20261102081500",
+    "NgayKetThucTheoQuyDinh": "20261116081500",
+}
+
+
+def make_entry(ma_ho_so: str = BASE_ENTRY["MaHoSo"], **overrides: Any) -> dict[str, Any]:
+    """A valid CapNhatTienDoHoSoMC progress record (keyword arguments override fields)."""
+    entry: dict[str, Any] = dict(BASE_ENTRY)
+    entry["MaHoSo"] = ma_ho_so
+    entry.update(overrides)
+    return entry
 
 
 def make_record(ma_ho_so: str = BASE_RECORD["MaHoSo"], **overrides: Any) -> dict[str, Any]:
@@ -214,6 +238,12 @@ def portal_factory(tmp_path: Path) -> Iterator[Callable[..., NationalPortalMock]
 def record() -> Callable[..., dict[str, Any]]:
     """Factory of a valid DongBoHoSoMC record (keyword arguments override fields)."""
     return make_record
+
+
+@pytest.fixture
+def entry() -> Callable[..., dict[str, Any]]:
+    """Factory of a valid CapNhatTienDoHoSoMC progress record (keyword arguments override fields)."""
+    return make_entry
 
 
 @pytest.fixture

@@ -384,8 +384,9 @@ def test_lookup_known_and_unknown(pc, record):
     assert answer["error_code"] == 0 and answer["message"] == "Thành công"
     assert len(answer["result"]) == 1
     row = answer["result"][0]
-    assert set(row) == {"MaHoSo", "TrangThaiHoSo", "NgayCapNhat"}
+    assert list(row) == ["MaHoSo", "TrangThaiHoSo", "NgayCapNhat", "SoTienDo", "ThoiDiemXuLyCuoi"]
     assert row["MaHoSo"] == MA and row["TrangThaiHoSo"] == "4" and re.fullmatch(r"\d{14}", row["NgayCapNhat"])
+    assert row["SoTienDo"] == "0" and row["ThoiDiemXuLyCuoi"] == ""
     assert pc.lookup("000.00.01.H49-261102-0404") == {"error_code": 0, "message": "Thành công", "result": []}
     assert pc.call("TraCuuHoSo") == {"error_code": -1, "message": "Thiếu tham số mahoso"}
 

@@ -132,3 +132,42 @@ def test_session_token_never_reaches_the_log(standins):
     for e in rec_log.exchanges:
         assert token.encode() not in e.request_body + e.response_body
         assert PORTAL_PASSWORD.encode() not in e.request_body
+
+
+def progress(code, when, status="4", **overrides):
+    entry = {"MaHoSo": code, "NguoiXuLy": "Trần Thị Bình", "ChucDanh": "Chuyên viên", "ThoiDiemXuLy": when,
+             "PhongBanXuLy": "Phòng Hộ tịch", "NoiDungXuLy": "Thẩm định hồ sơ", "TrangThai": status,
+             "NgayBatDau": "", "NgayKetThucTheoQuyDinh": ""}
+    entry.update(overrides)
+    return entry
+
+
+def test_progress_is_appended_and_a_refusal_holds_the_rest_unsent(standins, procedure_code):
+    c = client(standins)
+    rec = dossier(MaTTHC=procedure_code)
+    c.sync_dossiers([rec], is_updating=False)
+    code = rec["MaHoSo"]
+    ok = c.update_progress([progress(code, "20261102090000"), progress(code, "20261102100000")])
+    assert ok.accepted == [0, 1] and ok.calls == 1
+    assert c.lookup_dossier(code)["SoTienDo"] == "2"
+    mixed = c.update_progress([progress(code, "20261102110000", NguoiXuLy="x" * 51),
+                               progress(code, "20261102120000")])
+    assert list(mixed.rejected) == [0] and mixed.accepted == [] and mixed.calls == 1
+    assert mixed.rejected[0].errors[0].field == "NguoiXuLy"
+    assert c.lookup_dossier(code)["SoTienDo"] == "2"  # nothing of the refused call was applied
+
+
+def test_progress_is_never_repeated_by_the_transport(standins, procedure_code):
+    from connectors.errors import PeerUnavailable
+
+    rec_log = MemoryRecorder()
+    c = client(standins, recorder=rec_log)
+    rec = dossier(MaTTHC=procedure_code)
+    c.sync_dossiers([rec], is_updating=False)
+    requests.post(standins.portal.url + "/_admin/faults",
+                  json={"ambiguous_rate": 1.0, "operations": ["CapNhatTienDoHoSoMC"]}, timeout=T)
+    with pytest.raises(PeerUnavailable):
+        c.update_progress([progress(rec["MaHoSo"], "20261102090000")])
+    sent = [e for e in rec_log.exchanges if e.operation == "CapNhatTienDoHoSoMC"]
+    assert len(sent) == 1  # one attempt: the answer was lost, the caller reconciles
+    assert c.lookup_dossier(rec["MaHoSo"])["SoTienDo"] == "1"

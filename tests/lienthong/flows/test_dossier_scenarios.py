@@ -71,13 +71,13 @@ def expected_dossiers(standins):
 
 
 def expected_progress(standins):
-    """Every one-stop progress entry of every deliverable dossier, mapped, in time order."""
+    """Every finished one-stop progress step of every deliverable dossier, mapped, in time order."""
     mapping = load_mapping(dossier_status.PROGRESS_MAPPING)
     out = {}
     for d in get(standins, "onestop", "/_state/dossiers")["dossiers"]:
         if d["dossierNo"] in defective(standins):
             continue
-        entries = [mapping.apply({**e, "dossierNo": d["dossierNo"]}) for e in d["progress"]]
+        entries = [mapping.apply({**e, "dossierNo": d["dossierNo"]}) for e in d["progress"] if e["finishedAt"]]
         out[d["dossierNo"]] = sorted(entries, key=lambda r: r["ThoiDiemXuLy"])
     return out
 
