@@ -8,7 +8,8 @@ never fail the task: they go to dead letters (``lienthong deadletter list|show|r
 
 Backfill: trigger with ``feed_from="beginning"`` (or a cursor) to re-read the one-stop change
 feed — events already staged are ignored and payloads the portal acknowledged are not re-sent —
-and ``resend_acknowledged=true`` to send everything again after the portal lost data.
+and ``resend_acknowledged=true`` to send everything again after the portal lost data;
+``window_from``/``window_to`` stage the current snapshot of every dossier modified in that window.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def _ids() -> tuple[str, str]:
                            description='backfill: "beginning" or a cursor to re-read the change feed from'),
         "resend_acknowledged": Param(False, type="boolean",
                                      description="backfill: re-send payloads the portal already acknowledged"),
+        "window_from": Param(None, type=["null", "string"],
+                             description="backfill window: dossiers modified from (ISO 8601 with offset, inclusive)"),
+        "window_to": Param(None, type=["null", "string"],
+                           description="backfill window: dossiers modified before (ISO 8601 with offset, exclusive)"),
     },
     tags=["lienthong", "dossier", "national_portal"],
     doc_md=__doc__,
@@ -68,7 +73,8 @@ def sync_dossier_status():
         run_id, task_id = _ids()
         params = get_current_context()["params"]
         return tasks.stage_dossier_changes(airflow_connection_spec, run_id=run_id, task_id=task_id,
-                                           feed_from=params["feed_from"])
+                                           feed_from=params["feed_from"], window_from=params["window_from"],
+                                           window_to=params["window_to"])
 
     @task(pool="national_portal")
     def deliver_dossier_statuses(staged: dict) -> dict:

@@ -85,7 +85,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     resolve = _resolver()
     run_id = args.run_id or f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:6]}"
-    staged = tasks.stage_dossier_changes(resolve, run_id=run_id, task_id="cli", feed_from=args.feed_from)
+    staged = tasks.stage_dossier_changes(resolve, run_id=run_id, task_id="cli", feed_from=args.feed_from,
+                                         window_from=args.window_from, window_to=args.window_to)
     delivered = tasks.deliver_dossier_statuses(resolve, run_id=run_id, task_id="cli", batch_size=args.batch_size,
                                                resend_acknowledged=args.resend_acknowledged)
     progress = tasks.deliver_dossier_progress(resolve, run_id=run_id, task_id="cli")
@@ -212,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feed-from", help='backfill: "beginning" or a cursor to re-read the change feed from')
     p.add_argument("--resend-acknowledged", action="store_true",
                    help="backfill: re-send payloads the portal already acknowledged")
+    p.add_argument("--window-from", help="backfill: also stage dossiers modified from this ISO time (with offset)")
+    p.add_argument("--window-to", help="backfill: ... and before this ISO time (with offset)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("exchanges", help="list exchange-log records, newest last")

@@ -128,6 +128,7 @@ dead_letter = Table(
     Column("error_class", String(100), nullable=False),
     Column("errors", JSON, nullable=False),  # [{field, rule, message}]
     Column("peer_code", String(32)),
+    Column("attempts", Integer, nullable=False, default=0),  # sends to the peer before it was given up
     Column("source_payload", JSON, nullable=False),  # the original record, unmodified
     Column("created_at", AwareDateTime, nullable=False),
     Column("resolved_at", AwareDateTime),
@@ -346,9 +347,11 @@ class Store:
         errors: list[dict[str, str]],
         source_payload: Any,
         peer_code: str | None = None,
+        attempts: int = 0,
     ) -> None:
         conn.execute(
             dead_letter.insert().values(
+                attempts=attempts,
                 flow=flow,
                 record_key=record_key,
                 outbox_id=outbox_id,

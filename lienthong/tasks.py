@@ -43,17 +43,29 @@ def open_store(resolve: Resolver, conn_id: str = BUS_DB_CONN_ID) -> Store:
 
 
 def stage_dossier_changes(
-    resolve: Resolver, *, run_id: str, task_id: str | None = None, feed_from: str | None = None
+    resolve: Resolver,
+    *,
+    run_id: str,
+    task_id: str | None = None,
+    feed_from: str | None = None,
+    window_from: str | None = None,
+    window_to: str | None = None,
 ) -> dict[str, Any]:
-    """Read the one-stop change feed into the outbox (``feed_from``: see ``stage_changes``)."""
+    """Read the one-stop change feed into the outbox (``feed_from``: see ``stage_changes``), and
+    when a backfill window is given, the snapshots of dossiers modified in [from, to) too."""
     store = open_store(resolve)
     recorder = BusRecorder(store, dossier_status.FLOW, run_id, task_id)
     onestop = OneStopClient.from_connection(resolve(ONESTOP_CONN_ID), recorder=recorder)
     try:
         report = dossier_status.stage_changes(store, onestop, run_id=run_id, feed_from=feed_from)
+        counts = report.counts()
+        if window_from or window_to:
+            window = dossier_status.stage_window(store, onestop, run_id=run_id, modified_from=window_from,
+                                                 modified_to=window_to)
+            counts.update({f"window_{k}": v for k, v in window.counts().items()})
+            counts["staged"] += window.staged
     finally:
         onestop.close()
-    counts = report.counts()
     store.add_run_counts(dossier_status.FLOW, run_id, counts)
     return counts
 

@@ -137,6 +137,35 @@ class OneStopClient:
                 )
             cursor = page.next_cursor
 
+    def iter_dossiers(
+        self, *, modified_from: str | None = None, modified_to: str | None = None, size: int | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Current snapshots page by page, optionally only those modified in [from, to).
+
+        Args:
+            modified_from, modified_to: ISO 8601 with offset (the one-stop refuses naive times).
+        """
+        params: dict[str, Any] = {"size": size or self.page_size}
+        if modified_from:
+            params["modifiedFrom"] = modified_from
+        if modified_to:
+            params["modifiedTo"] = modified_to
+        page, seen = 1, 0
+        while True:
+            data = self._json(self.transport.send("GET", "/api/v1/dossiers", operation="dossiers",
+                                                  params={**params, "page": page}), "dossiers")
+            try:
+                items, total = list(data["items"]), int(data["total"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ProtocolError(f"{PEER} dossiers: unexpected answer shape ({exc!r})", peer=PEER,
+                                    operation="dossiers") from None
+            if items:
+                yield items
+            seen += len(items)
+            if not items or seen >= total:
+                return
+            page += 1
+
     def get_dossier(self, dossier_no: str) -> dict[str, Any] | None:
         """The current snapshot of one dossier, or ``None`` when the system does not hold it."""
         response = self.transport.send(

@@ -68,6 +68,7 @@ __all__ = [
     "deliver_progress",
     "replay",
     "stage_changes",
+    "stage_window",
 ]
 
 log = logging.getLogger(__name__)
@@ -154,46 +155,88 @@ def stage_changes(store: Store, onestop: OneStopClient, *, run_id: str, feed_fro
     return report
 
 
+def stage_window(
+    store: Store, onestop: OneStopClient, *, run_id: str, modified_from: str | None, modified_to: str | None
+) -> StageReport:
+    """Backfill: stage the current snapshot of every dossier modified in [from, to).
+
+    The bookmark is left alone. A snapshot the portal already acknowledged is not re-sent (its
+    payload hash matches), so a window can be replayed safely; pass ``resend_acknowledged`` to the
+    delivery to force it.
+    """
+    report = StageReport()
+    for items in onestop.iter_dossiers(modified_from=modified_from, modified_to=modified_to):
+        report.pages += 1
+        report.events_read += len(items)
+        rows = []
+        for d in items:
+            version = d.get("version") if isinstance(d.get("version"), int) else None
+            # No feed sequence for a listed snapshot: -version keeps (dossier, version) unique.
+            rows.append(_row(d, seq=-(version or 0), run_id=run_id))
+        _stage_rows(store, rows, run_id, report, restage=True)
+    log.info("backfill window [%s, %s): staged %d of %d snapshots", modified_from, modified_to, report.staged,
+             report.events_read)
+    return report
+
+
+def _row(dossier: dict[str, Any], *, seq: int, run_id: str) -> dict[str, Any]:
+    return {
+        "flow": FLOW,
+        "record_key": dossier.get("dossierNo") or f"<no dossierNo, seq {seq}>",
+        "source_seq": seq,
+        "source_version": dossier.get("version") if isinstance(dossier.get("version"), int) else None,
+        "source_payload": dossier,
+        "state": "pending",
+        "attempts": 0,
+        "staged_run_id": run_id,
+        "staged_at": utcnow(),
+    }
+
+
 def _stage_page(store: Store, page: Any, page_start: str | None, run_id: str, report: StageReport) -> None:
-    now = utcnow()
-    rows = [
-        {
-            "flow": FLOW,
-            "record_key": e.dossier_no or f"<no dossierNo, seq {e.seq}>",
-            "source_seq": e.seq,
-            "source_version": e.dossier.get("version") if isinstance(e.dossier.get("version"), int) else None,
-            "source_payload": e.dossier,
-            "state": "pending",
-            "attempts": 0,
-            "staged_run_id": run_id,
-            "staged_at": now,
-        }
-        for e in page.events
-    ]
+    rows = [_row(e.dossier, seq=e.seq, run_id=run_id) for e in page.events]
+    _stage_rows(store, rows, run_id, report, bookmark=page_start or "")
+    report.cursor_to = page_start
+
+
+def _stage_rows(store: Store, rows: list[dict[str, Any]], run_id: str, report: StageReport,
+                bookmark: str | None = None, restage: bool = False) -> None:
     with store.begin() as conn:
         new = insert_ignore(conn, outbox, rows, "uq_outbox_event")
+        if restage and new < len(rows):
+            # A backfill asks again on purpose: snapshots staged by an earlier backfill and since
+            # finished go back in line (refused ones stay with their dead letter until replayed).
+            for r in rows:
+                new += conn.execute(
+                    update(outbox).where(outbox.c.flow == FLOW, outbox.c.record_key == r["record_key"],
+                                         outbox.c.source_seq == r["source_seq"],
+                                         outbox.c.state.in_(("delivered", "unchanged", "superseded", "stale")))
+                    .values(state="pending", source_payload=r["source_payload"], staged_run_id=run_id)
+                ).rowcount
         report.staged += new
         report.already_staged += len(rows) - new
-        # Full snapshots: only the newest unsent event of a dossier needs delivering. It inherits
-        # the "sent without an answer" mark of the ones it replaces, so the portal is asked first.
+        # Full snapshots: only the newest unsent snapshot of a dossier (by the source's version,
+        # then feed order) needs delivering. It inherits the "sent without an answer" mark of the
+        # ones it replaces, so the portal is asked first.
         for key in {r["record_key"] for r in rows}:
-            waiting = outbox.c.state.in_(("pending", "held"))
-            newest, attempts = conn.execute(
-                select(func.max(outbox.c.source_seq), func.max(outbox.c.attempts)).where(
-                    outbox.c.flow == FLOW, outbox.c.record_key == key, waiting)
-            ).one()
-            if newest is None:
-                continue  # everything of this dossier on the page was delivered already
+            waiting = conn.execute(
+                select(outbox.c.id, outbox.c.source_version, outbox.c.source_seq, outbox.c.attempts)
+                .where(outbox.c.flow == FLOW, outbox.c.record_key == key, outbox.c.state.in_(("pending", "held")))
+            ).all()
+            if len(waiting) < 2:
+                continue
+            newest = max(waiting, key=lambda w: (w.source_version if w.source_version is not None else -1,
+                                                 w.source_seq, w.id))
+            older = [w.id for w in waiting if w.id != newest.id]
             report.superseded += conn.execute(
-                update(outbox)
-                .where(outbox.c.flow == FLOW, outbox.c.record_key == key, waiting, outbox.c.source_seq < newest)
+                update(outbox).where(outbox.c.id.in_(older))
                 .values(state="superseded", done_run_id=run_id, done_at=utcnow())
             ).rowcount
-            conn.execute(update(outbox).where(outbox.c.flow == FLOW, outbox.c.record_key == key, waiting)
-                         .values(attempts=attempts))
-        # Inclusive bookmark: the next run starts with this page again.
-        Store.set_cursor(conn, FLOW, page_start or "", run_id)
-    report.cursor_to = page_start
+            conn.execute(update(outbox).where(outbox.c.id == newest.id)
+                         .values(attempts=max(w.attempts for w in waiting)))
+        if bookmark is not None:
+            # Inclusive bookmark: the next run starts with this page again.
+            Store.set_cursor(conn, FLOW, bookmark, run_id)
 
 
 # --- 2. deliver dossiers -------------------------------------------------------------------------
@@ -312,8 +355,10 @@ def deliver_pending(
                                 reroute=DossierAlreadyExists)
         retry_as_insert = _send(store, portal, report, progress_mapping, updates + retry_as_update,
                                 is_updating=True, run_id=run_id, reroute=DossierUnknown)
+        # The portal forgot these dossiers (an update met "không tồn tại"): they go in again, and
+        # so does their whole progress history.
         _send(store, portal, report, progress_mapping, retry_as_insert, is_updating=False, run_id=run_id,
-              reroute=None)
+              reroute=None, forgotten=True)
     log.info("dossiers: %d new, %d updates, %d unchanged, %d stale, %d held, %d rejected in %d portal calls",
              report.delivered_new, report.delivered_update, report.unchanged, report.stale, report.held,
              len(report.rejected), report.calls)
@@ -345,6 +390,7 @@ def _send(
     is_updating: bool,
     run_id: str,
     reroute: type[RecordRejected] | None,
+    forgotten: bool = False,
 ) -> list[_Item]:
     """Send one batch; acknowledge accepted items, dead-letter refused ones, return the rerouted."""
     if not items:
@@ -358,6 +404,10 @@ def _send(
             if item.key in accepted:
                 _acknowledge(conn, item, run_id)
                 _finish(conn, item, "delivered", "update" if is_updating else "insert", run_id)
+                if forgotten:
+                    conn.execute(update(progress_outbox).where(
+                        progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.record_key == item.key,
+                        progress_outbox.c.state.in_(("acked", "in_flight"))).values(state="pending"))
                 _stage_progress(conn, progress_mapping, item, run_id)
                 if is_updating:
                     report.delivered_update += 1
@@ -409,9 +459,10 @@ def _reject(
     peer_code: str | None = None,
 ) -> None:
     errors = _errors_of(exc)
-    Store.add_dead_letter(conn, flow=flow, record_key=key, outbox_id=row_id, run_id=run_id, stage=stage,
-                          error=exc, errors=errors, source_payload=source, peer_code=peer_code)
     table = outbox if flow == FLOW else progress_outbox
+    attempts = conn.execute(select(table.c.attempts).where(table.c.id == row_id)).scalar() or 0
+    Store.add_dead_letter(conn, flow=flow, record_key=key, outbox_id=row_id, run_id=run_id, stage=stage,
+                          error=exc, errors=errors, source_payload=source, peer_code=peer_code, attempts=attempts)
     conn.execute(update(table).where(table.c.id == row_id).values(
         state="rejected", done_run_id=run_id, done_at=utcnow()))
     rejections.append({"record_key": key, "stage": stage, "errors": errors})
@@ -624,7 +675,7 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
             newest = conn.execute(
                 select(outbox.c.id).where(outbox.c.flow == FLOW, outbox.c.record_key == key,
                                           outbox.c.state.in_(("held", "rejected")))
-                .order_by(outbox.c.source_seq.desc()).limit(1)
+                .order_by(outbox.c.source_version.desc(), outbox.c.source_seq.desc(), outbox.c.id.desc()).limit(1)
             ).scalar()
             if newest is not None:
                 conn.execute(update(outbox).where(outbox.c.id == newest).values(state="pending"))

@@ -41,4 +41,5 @@ def test_dossier_dag_shape(dagbag):
     from datetime import timedelta
 
     assert dag.schedule == timedelta(minutes=5)
-    assert set(dag.params.keys()) == {"batch_size", "feed_from", "resend_acknowledged"}
+    assert set(dag.params.keys()) == {"batch_size", "feed_from", "resend_acknowledged", "window_from",
+                                      "window_to"}

@@ -44,7 +44,8 @@ def store():
 
 def run(run_id, **kw):
     staged = tasks.stage_dossier_changes(connection_from_env, run_id=run_id, task_id="stage",
-                                         feed_from=kw.pop("feed_from", None))
+                                         feed_from=kw.pop("feed_from", None), window_from=kw.pop("window_from", None),
+                                         window_to=kw.pop("window_to", None))
     delivered = tasks.deliver_dossier_statuses(connection_from_env, run_id=run_id, task_id="deliver", **kw)
     delivered.update(tasks.deliver_dossier_progress(connection_from_env, run_id=run_id, task_id="progress"))
     return staged, delivered
@@ -307,3 +308,27 @@ def test_crash_between_staging_and_delivery_then_rerun_delivers_exactly_once(bus
         assert history[0]["isUpdating"] == "False"
         assert all(h["record"] == record for h in history), code  # no second effect with other content
         assert len(history) <= 2, code
+
+
+def test_backfill_window_and_full_resend(bus_env):
+    run("r1")
+    held_before = {c: len(histories(bus_env, c)) for c in expected_dossiers(bus_env)}
+    # a window over the whole world: everything staged again, nothing re-sent (already acknowledged)
+    staged, delivered = run("r2", window_from="2026-01-01T00:00:00+07:00", window_to="2027-01-01T00:00:00+07:00")
+    assert staged["window_events_read"] == len(get(bus_env, "onestop", "/_state/dossiers")["dossiers"])
+    assert delivered["portal_calls"] == 0 and delivered["unchanged"] == len(expected_dossiers(bus_env))
+    # after the portal lost data: a window with resend_acknowledged delivers it again, as updates
+    post(bus_env, "portal", "/_admin/reset")
+    staged, delivered = run("r3", window_from="2026-01-01T00:00:00+07:00", window_to="2027-01-01T00:00:00+07:00",
+                            resend_acknowledged=True)
+    assert delivered["delivered_new"] == len(expected_dossiers(bus_env))  # "không tồn tại" → insert
+    assert_portal_agrees(bus_env)  # dossiers and their whole progress history are back
+    for code in expected_dossiers(bus_env):
+        assert len(histories(bus_env, code)) == 1, code
+    assert held_before  # the first run delivered something to compare with
+
+
+def test_dead_letters_keep_attempts(bus_env):
+    run("r1")
+    letters = store().dead_letters(dossier_status.FLOW)
+    assert letters and all(d["attempts"] == 0 for d in letters)  # mapping failures never reached the portal
