@@ -14,7 +14,6 @@ import shlex
 import sys
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 from connectors.connection import connection_from_env
 from connectors.errors import IntegrationError

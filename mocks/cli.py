@@ -83,14 +83,14 @@ def _up(args: argparse.Namespace, out: Any) -> int:
               f"{'demo default' if api_key == DEFAULT_API_KEY else 'from LIENTHONG_MOCK_ONESTOP_API_KEY'}; "
               f"{state['counts']['dossiers']} dossiers, lastSeq {state['lastSeq']})", file=out)
         print(f"    API:        GET {onestop.url}/api/v1/dossiers/changes?after=<cursor>&limit=100", file=out)
-        print(f"    test doors: GET /_state  GET /_state/dossiers  GET /_state/events  POST /_admin/advance  "
-              f"POST /_admin/faults  POST /_admin/reset", file=out)
+        print("    test doors: GET /_state  GET /_state/dossiers  GET /_state/events  POST /_admin/advance  "
+              "POST /_admin/faults  POST /_admin/reset", file=out)
         print(f"  national portal  {portal.url}   (account {account.username}, unit {account.unit}, password "
               f"{'demo default' if default_password else 'from LIENTHONG_MOCK_PORTAL_PASSWORD'}; "
               f"dstcode {args.dstcode})", file=out)
         print(f"    API:        POST {portal.url}/auth  /integration  /share", file=out)
-        print(f"    test doors: GET /_state  GET /_state/dossiers[/<MaHoSo>]  GET /_state/calls  POST /_admin/reset  "
-              f"POST /_admin/expire-sessions  POST /_admin/faults", file=out)
+        print("    test doors: GET /_state  GET /_state/dossiers[/<MaHoSo>]  GET /_state/calls  POST /_admin/reset  "
+              "POST /_admin/expire-sessions  POST /_admin/faults", file=out)
         print("Ctrl-C or SIGTERM stops both.", file=out, flush=True)
         while not stop.wait(0.5):
             pass

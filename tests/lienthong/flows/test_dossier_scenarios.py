@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import select, update
 
 from connectors.connection import connection_from_env
 from connectors.errors import RetriableConnectorError
 from lienthong import tasks
 from lienthong.flows import dossier_status
 from lienthong.mapping import load_mapping
-from lienthong.store import dead_letter, outbox, progress_outbox, utcnow
+from lienthong.store import outbox, utcnow
 
 T = 10
 REPO = Path(__file__).resolve().parents[3]
