@@ -31,6 +31,7 @@ __all__ = [
     "NullRecorder",
     "RetryPolicy",
     "redact_json",
+    "transport_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,16 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0, min(self.max_delay, self.base_delay * (2 ** (attempt - 1))))
+
+
+def transport_options(extra: dict[str, Any]) -> dict[str, Any]:
+    """Timeouts and retries from a connection's extras (``connect_timeout``, ``read_timeout``,
+    ``max_attempts``), with the defaults every client uses."""
+    return {
+        "connect_timeout": float(extra.get("connect_timeout", 3.05)),
+        "read_timeout": float(extra.get("read_timeout", 10.0)),
+        "retry": RetryPolicy(max_attempts=int(extra.get("max_attempts", 3))),
+    }
 
 
 def redact_json(value: Any, keys: frozenset[str]) -> Any:

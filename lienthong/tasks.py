@@ -70,9 +70,19 @@ def stage_dossier_changes(
     return counts
 
 
-def _portal(resolve: Resolver, recorder: BusRecorder) -> tuple[NationalPortalClient, dict[str, Any]]:
+def _with_portal(resolve: Resolver, run_id: str, task_id: str | None, work) -> dict[str, Any]:
+    """Open the store and a recorded portal client, run ``work(store, portal, extra)``, record
+    its counts in the run summary, and return them without the long rejection lists."""
+    store = open_store(resolve)
     spec = resolve(NATIONAL_PORTAL_CONN_ID)
-    return NationalPortalClient.from_connection(spec, recorder=recorder), spec.extra
+    portal = NationalPortalClient.from_connection(
+        spec, recorder=BusRecorder(store, dossier_status.FLOW, run_id, task_id))
+    try:
+        counts = work(store, portal, spec.extra).counts()
+    finally:
+        portal.close()
+    store.add_run_counts(dossier_status.FLOW, run_id, counts)
+    return {k: v for k, v in counts.items() if not isinstance(v, list)}
 
 
 def deliver_dossier_statuses(
@@ -87,37 +97,17 @@ def deliver_dossier_statuses(
 
     ``batch_size`` defaults to the portal connection's ``extra.batch_size`` (else 50).
     """
-    store = open_store(resolve)
-    recorder = BusRecorder(store, dossier_status.FLOW, run_id, task_id)
-    portal, extra = _portal(resolve, recorder)
-    size = int(batch_size or extra.get("batch_size", 50))
-    try:
-        report = dossier_status.deliver_pending(store, portal, run_id=run_id, batch_size=size,
-                                                resend_acknowledged=resend_acknowledged)
-    finally:
-        portal.close()
-    counts = report.counts()
-    store.add_run_counts(dossier_status.FLOW, run_id, counts)
-    counts.pop("rejections")
-    return counts
+    return _with_portal(resolve, run_id, task_id, lambda store, portal, extra: dossier_status.deliver_pending(
+        store, portal, run_id=run_id, batch_size=int(batch_size or extra.get("batch_size", 50)),
+        resend_acknowledged=resend_acknowledged))
 
 
 def deliver_dossier_progress(
     resolve: Resolver, *, run_id: str, task_id: str | None = None, chunk_size: int | None = None
 ) -> dict[str, Any]:
     """Send acknowledged dossiers' progress entries (``extra.progress_chunk_size``, else 10)."""
-    store = open_store(resolve)
-    recorder = BusRecorder(store, dossier_status.FLOW, run_id, task_id)
-    portal, extra = _portal(resolve, recorder)
-    size = int(chunk_size or extra.get("progress_chunk_size", 10))
-    try:
-        report = dossier_status.deliver_progress(store, portal, run_id=run_id, chunk_size=size)
-    finally:
-        portal.close()
-    counts = report.counts()
-    store.add_run_counts(dossier_status.FLOW, run_id, counts)
-    counts.pop("progress_rejections")
-    return counts
+    return _with_portal(resolve, run_id, task_id, lambda store, portal, extra: dossier_status.deliver_progress(
+        store, portal, run_id=run_id, chunk_size=int(chunk_size or extra.get("progress_chunk_size", 10))))
 
 
 def dossier_run_summary(resolve: Resolver, *, run_id: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from connectors.errors import (
     ProtocolError,
     SessionExpired,
 )
-from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy
+from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy, transport_options
 
 __all__ = [
     "FINAL_STATUSES",
@@ -209,9 +209,7 @@ class NationalPortalClient:
             share_path=str(extra.get("share_endpoint", "/share")),
             session_max_age=float(extra.get("session_max_age", 540)),
             recorder=recorder,
-            connect_timeout=float(extra.get("connect_timeout", 3.05)),
-            read_timeout=float(extra.get("read_timeout", 10.0)),
-            retry=RetryPolicy(max_attempts=int(extra.get("max_attempts", 3))),
+            **transport_options(extra),
         )
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ import requests
 
 from connectors.connection import ConnectionSpec, Secret
 from connectors.errors import AuthenticationFailed, ProtocolError
-from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy
+from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy, transport_options
 
 __all__ = ["ChangeEvent", "ChangePage", "OneStopClient"]
 
@@ -83,9 +83,7 @@ class OneStopClient:
             spec.password,
             recorder=recorder,
             page_size=int(extra.get("page_size", 200)),
-            connect_timeout=float(extra.get("connect_timeout", 3.05)),
-            read_timeout=float(extra.get("read_timeout", 10.0)),
-            retry=RetryPolicy(max_attempts=int(extra.get("max_attempts", 3))),
+            **transport_options(extra),
         )
 
     def close(self) -> None:
