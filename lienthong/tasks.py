@@ -8,6 +8,7 @@ of a flow, adds its counts to the run summary, and returns those counts (small, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,8 @@ __all__ = [
     "open_store",
     "stage_dossier_changes",
 ]
+
+log = logging.getLogger(__name__)
 
 Resolver = Callable[[str], ConnectionSpec]
 
@@ -115,4 +118,14 @@ def dossier_run_summary(resolve: Resolver, *, run_id: str) -> dict[str, Any]:
     store = open_store(resolve)
     store.add_run_counts(dossier_status.FLOW, run_id, {}, finished=True)
     summary = store.run_summary(dossier_status.FLOW, run_id) or {}
+    counts = summary.get("counts", {})
+    # What an engineer reads in the task log of the Airflow UI.
+    log.info("run %s: %s new events staged; dossiers %s new, %s updated, %s unchanged, %s held, %s rejected; "
+             "progress %s sent, %s rejected; %s exchange-log records",
+             run_id, counts.get("staged", 0), counts.get("delivered_new", 0), counts.get("delivered_update", 0),
+             counts.get("unchanged", 0), counts.get("held", 0), counts.get("rejected", 0),
+             counts.get("progress_sent", 0), counts.get("progress_rejected", 0), summary.get("exchanges", 0))
+    for rejection in counts.get("rejections", []) + counts.get("progress_rejections", []):
+        log.info("  rejected %s at %s: %s", rejection["record_key"], rejection["stage"],
+                 "; ".join(f"{e['field']} [{e['rule']}]: {e['message']}" for e in rejection["errors"]))
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in summary.items()}
