@@ -18,6 +18,7 @@ from typing import Any
 
 from connectors.errors import ConfigurationError, FieldError
 from lienthong.mapping import (
+    Chain,
     Mapping,
     MappingFileError,
     is_code_table_file,
@@ -120,6 +121,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             continue
         _out(f"valid    {mapping.name} v{mapping.version}  fingerprint {mapping.fingerprint[:16]}  "
              f"({_relative(Path(mapping.path))})")
+        if isinstance(mapping, Chain):
+            _out(f"  chain: {' → '.join(f'{s.name} v{s.version}' for s in mapping.stages)}")
         for file in mapping.code_table_files:
             users.setdefault(Path(file).resolve(), []).append(mapping.name)
         if not _check_samples(mapping, root):
@@ -242,6 +245,12 @@ def cmd_preview(args: argparse.Namespace) -> int:
             }
             if len(errors) < len(all_errors):
                 entry["errors_in_other_fields"] = len(all_errors) - len(errors)
+            if isinstance(mapping, Chain):
+                # the intermediate (canonical) records, as far as each stage went
+                entry["intermediate"] = {
+                    stage.name: stage.mask_personal(out) if not args.show_personal else out
+                    for stage, out, _errors in mapping.translate_stages(record)[:-1]
+                }
             entry["output"] = output
             entries.append(entry)
     _out(json.dumps({"mapping": mapping.name, "version": mapping.version, "fingerprint": mapping.fingerprint,

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+from lienthong.mapping.chain import Chain
 from lienthong.mapping.engine import KEY_SEPARATOR, Mapping, RecordInvalid
 from lienthong.mapping.loader import (
     CodeTableFile,
@@ -40,6 +41,7 @@ from lienthong.mapping.transforms import TRANSFORMS, TransformError, register_tr
 __all__ = [
     "KEY_SEPARATOR",
     "TRANSFORMS",
+    "Chain",
     "CodeTableFile",
     "Mapping",
     "MappingFileError",

@@ -81,6 +81,8 @@ def _target_prefix(at: Any) -> str:
     if at is None:
         return ""
     parent, tname, tindex, _sname, _sindex = at
+    if tindex is None:  # a nested object (``fields:``), not a list element
+        return f"{_target_prefix(parent)}{tname}."
     return f"{_target_prefix(parent)}{tname}[{tindex}]."
 
 
@@ -390,11 +392,28 @@ def compile_fields(fields: dict[str, dict], tables: dict[str, CodeTable]) -> lis
         field = _Spec(target, spec, tables)
         if "each" in spec:
             steps.append((target, _list_step(field, tables)))
+        elif "fields" in spec:
+            steps.append((target, _object_step(field, tables)))
         elif "const" in spec:
             steps.append((target, _const_step(field)))
         else:
             steps.append((target, _value_step(field)))
     return steps
+
+
+def _object_step(field: _Spec, tables: dict[str, CodeTable]) -> Step:
+    """The step of an object target field (``fields:``): its fields read the same source item."""
+    target = field.target
+    substeps = tuple(compile_fields(field.spec["fields"], tables))
+    when = field.when.test if field.when is not None else None
+
+    def step(item: Any, root: Any, errors: list, at: Any) -> dict:
+        if when is not None and not when(item, root):
+            return {}
+        inner = (at, target, None, None, None)
+        return {name: sub(item, root, errors, inner) for name, sub in substeps}
+
+    return step
 
 
 def _const_step(field: _Spec) -> Step:

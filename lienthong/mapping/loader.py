@@ -27,6 +27,7 @@ import jsonschema
 import yaml
 
 from connectors.errors import ConfigurationError
+from lienthong.mapping.chain import Chain, field_lineage
 from lienthong.mapping.engine import (
     CodeTable,
     Condition,
@@ -59,7 +60,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "mappings" / "schema" / "mapping.schema.json"
 MAPPINGS_DIR_ENV = "LIENTHONG_MAPPINGS_DIR"
 
-_NAME = re.compile(r"[a-z][a-z0-9_]*__[a-z][a-z0-9_]*/[a-z][a-z0-9_]*")
+#: <from>__<to>/<record>, optionally .<variant> (onestop__national_portal/dossier.direct)
+_NAME = re.compile(r"[a-z][a-z0-9_]*__[a-z][a-z0-9_]*/[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)?")
 #: A file whose name ends in this (``code_tables.yaml``, ``dates_code_tables.yaml``) holds code tables only.
 CODE_TABLES_SUFFIX = "code_tables.yaml"
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -296,8 +298,10 @@ def _read_yaml(path: Path, included_by: Path | None = None) -> dict:
     return _nfc(document)
 
 
-def _load_file(path: Path) -> tuple[Mapping, list[CodeTableFile]]:
+def _load_file(path: Path) -> tuple[Mapping, list[Any]]:
     document = _read_yaml(path)
+    if "chain" in document:
+        return _load_chain(document, path)
     problems = _schema_problems(document, _validator())
     if problems:
         raise MappingFileError(path, problems)
@@ -519,6 +523,11 @@ def _field_problems(fields: dict, at: str, tables: dict, add: Any) -> None:
             if "where" in each:
                 _condition_problem(each["where"], f"{here}.each.where", add)
             _field_problems(each["fields"], f"{here}.each.fields", tables, add)
+        elif "fields" in spec:
+            for key in _VALUE_ONLY + ("required",):
+                if key in spec:
+                    add(f"{here}.{key}", "conflict", f"{key} applies to one value; on an object field, put it on the fields under fields")
+            _field_problems(spec["fields"], f"{here}.fields", tables, add)
         elif "const" in spec:
             for key in ("from", "transform", "code_table", "default", "fallback", "where", "required"):
                 if key in spec:
@@ -639,6 +648,8 @@ def _personal(fields: dict, prefix: str = "") -> list[str]:
     for target, spec in fields.items():
         if "each" in spec:
             found += _personal(spec["each"]["fields"], f"{prefix}{target}[].")
+        elif "fields" in spec:
+            found += _personal(spec["fields"], f"{prefix}{target}.")
         elif spec.get("personal"):
             found.append(prefix + target)
     return found
@@ -653,7 +664,7 @@ def _compile(document: dict, path: Path, shared: list[tuple[str, CodeTableFile]]
         "mapping": document,
         "code_tables_from": {ref: file.document for ref, file in shared},
     }
-    return Mapping(
+    mapping = Mapping(
         name=document["name"],
         version=document["version"],
         description=document["description"],
@@ -667,3 +678,94 @@ def _compile(document: dict, path: Path, shared: list[tuple[str, CodeTableFile]]
         code_tables=tables,
         code_table_files=tuple(file.path for _ref, file in shared),
     )
+    mapping.field_lineage = tuple(field_lineage(document["fields"]))
+    return mapping
+
+
+# ---------------------------------------------------------------------------------------------
+# Chain files (lienthong.mapping.chain)
+
+_CHAIN_KEYS = {"name", "version", "description", "chain", "validate_canonical"}
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A file a chain depends on, with its stamp when it was read (for the cache)."""
+
+    path: Path
+    stamp: Stamp
+
+
+def _canonical_validator(system: str, record: str) -> Any:
+    """The JSON Schema validator of an intermediate record, or None when there is no schema."""
+    schema_path = REPO_ROOT / "fixtures" / "schemas" / system / f"{record}.schema.json"
+    if not schema_path.is_file():
+        return None
+    schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def _load_chain(document: dict, path: Path) -> tuple[Chain, list[_Read]]:
+    problems: list[MappingProblem] = []
+    add = lambda at, rule, message: problems.append(MappingProblem(at, rule, message))  # noqa: E731
+    for key in sorted(set(document) - _CHAIN_KEYS):
+        add(key, "unknown_key", f"a chain file takes {', '.join(sorted(_CHAIN_KEYS))}; not {key!r}")
+    name = document.get("name")
+    expected = f"{path.parent.name}/{path.stem}"
+    if name != expected:
+        add("name", "name", f"name {name!r} does not match the file's place {expected!r} (<directory>/<file name>)")
+    version = document.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        add("version", "type", "version is a whole number, 1 or more")
+    if not isinstance(document.get("description"), str):
+        add("description", "type", "description is text")
+    if not isinstance(document.get("validate_canonical", False), bool):
+        add("validate_canonical", "type", "validate_canonical is true or false")
+    steps = document.get("chain")
+    stages: list[Mapping] = []
+    if not isinstance(steps, list) or len(steps) < 2 or not all(isinstance(s, str) for s in steps):
+        add("chain", "type", "chain lists at least two mapping names, e.g. [onestop__canonical/dossier, "
+                             "canonical__national_portal/dossier]")
+    else:
+        for n, step in enumerate(steps):
+            if step == expected:
+                add(f"chain[{n}]", "chain", "a chain cannot contain itself")
+                continue
+            try:
+                stage = load_mapping(step)
+            except MappingFileError as problem:
+                add(f"chain[{n}]", "chain", f"{step} is not a valid mapping: {problem.problems[0]}")
+                continue
+            except ConfigurationError as problem:
+                add(f"chain[{n}]", "chain", str(problem))
+                continue
+            if isinstance(stage, Chain):
+                add(f"chain[{n}]", "chain", f"{step} is a chain itself; list its mappings instead")
+                continue
+            if stages and (stages[-1].target["system"], stages[-1].target["record"]) != (
+                stage.source["system"], stage.source["record"]
+            ):
+                add(f"chain[{n}]", "chain",
+                    f"{step} reads {stage.source['system']}/{stage.source['record']}, but {stages[-1].name} "
+                    f"makes {stages[-1].target['system']}/{stages[-1].target['record']}")
+            stages.append(stage)
+    if not problems and isinstance(name, str):
+        source_system, _, target_system = name.split("/")[0].partition("__")
+        if stages[0].source["system"] != source_system:
+            add("chain[0]", "name", f"the chain starts at {stages[0].source['system']!r}, not {source_system!r} as its name says")
+        if stages[-1].target["system"] != target_system:
+            add(f"chain[{len(stages) - 1}]", "name",
+                f"the chain ends at {stages[-1].target['system']!r}, not {target_system!r} as its name says")
+    if problems:
+        raise MappingFileError(path, problems)
+    validators = None
+    if document.get("validate_canonical", False):
+        validators = [_canonical_validator(s.target["system"], s.target["record"]) for s in stages[:-1]]
+    chain = Chain(name=name, version=version, description=document["description"], path=path,
+                  stages=stages, document=document, validators=validators)
+    reads = []
+    for stage in stages:
+        for file in (Path(stage.path), *map(Path, stage.code_table_files)):
+            reads.append(_Read(file.resolve(), _stamp(file.resolve()) or (0, 0)))
+    return chain, reads
+

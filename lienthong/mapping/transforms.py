@@ -286,3 +286,59 @@ def join(value: Any, separator: str) -> str | None:
         if item and not item.isspace():
             parts.append(item)
     return separator.join(parts) if parts else None
+
+
+# --- canonical records (mappings/README.md, "The canonical model") ------------------------------
+
+
+@register_transform(
+    "iso_datetime",
+    "ISO 8601 date-time with offset → the same text, checked (canonical records); "
+    "no offset is a 'timezone' error, as for portal_datetime",
+)
+def iso_datetime(value: Any) -> str:
+    _parse_aware(value)
+    return value
+
+
+@register_transform("bool_word", "true/false → \"true\"/\"false\" (the canonical records' yes/no text)")
+def bool_word(value: Any) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    raise TransformError("type", f"is {_kind(value)}, expected true or false")
+
+
+_WORDS = {"true": True, "false": False, "": None}
+
+
+@register_transform(
+    "word_bool",
+    "\"true\"/\"false\" → true/false (reads a canonical yes/no); a list of them (from a [*] path) → "
+    "a list of true/false/null, for any_true",
+)
+def word_bool(value: Any) -> Any:
+    if value.__class__ is list:
+        try:
+            return [None if item is None else _WORDS[item] for item in value]
+        except (KeyError, TypeError):
+            raise TransformError("type", "holds a value other than \"true\", \"false\" or \"\"") from None
+    try:
+        return _WORDS[value]
+    except (KeyError, TypeError):
+        raise TransformError("type", f"is {_kind(value)}, expected \"true\" or \"false\"") from None
+
+
+@register_transform(
+    "lenient_text",
+    "text stays text, a whole number becomes its decimal text, anything else is no value — for "
+    "informational fields no target needs, which must never refuse a record",
+)
+def lenient_text(value: Any) -> str | None:
+    cls = value.__class__
+    if cls is str:
+        return value
+    if cls is int:
+        return str(value)
+    return None

@@ -27,7 +27,8 @@ from lienthong.mapping.loader import SCHEMA_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "fixtures" / "samples" / "onestop"
-DOSSIER = "onestop__national_portal/dossier"
+DOSSIER = "onestop__national_portal/dossier.direct"  # the direct mapping; the chain of that name: test_mapping_chain.py
+DIRECT_DOSSIER = REPO / "mappings" / "onestop__national_portal" / "dossier.direct.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +38,7 @@ def _repo_mappings(monkeypatch):
 
 @pytest.fixture(scope="module")
 def dossier() -> Mapping:
-    return load_mapping(DOSSIER)
+    return load_mapping(DIRECT_DOSSIER)
 
 
 def sample(name: str) -> dict:
@@ -251,7 +252,7 @@ def test_unknown_mapping_name_lists_the_known_ones():
 def test_schema_is_a_valid_json_schema_and_the_shipped_files_pass_it():
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     jsonschema.validators.validator_for(schema).check_schema(schema)
-    assert DOSSIER in list_mappings()
+    assert "onestop__national_portal/dossier" in list_mappings()
     for name in list_mappings():
         load_mapping(name)
 

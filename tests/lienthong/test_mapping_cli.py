@@ -16,6 +16,8 @@ SAMPLES = REPO / "fixtures" / "samples" / "onestop"
 DOSSIER = "onestop__national_portal/dossier"
 PROGRESS = "onestop__national_portal/progress"
 TABLES = "onestop__national_portal/code_tables"
+DIRECT_DOSSIER = "onestop__national_portal/dossier.direct"
+DIRECT_PROGRESS = "onestop__national_portal/progress.direct"
 
 
 @pytest.fixture(autouse=True)
@@ -49,17 +51,25 @@ def load(name: str) -> dict:
 def test_check_passes_on_the_repository(capsys):
     assert run("mapping", "check") == 0
     out = capsys.readouterr().out
-    assert f"valid    {DOSSIER} v1" in out
+    assert f"valid    {DOSSIER} v2" in out
+    assert "  chain: onestop__canonical/dossier v1 → canonical__national_portal/dossier v1\n" in out
     assert "OK       dossier.defective-interoperating.json  rejected as meant" in out
-    assert "TrangThaiHoSo: dossierStatus 'interoperating' is not in code table" in out
+    assert ("TrangThaiHoSo: [onestop__canonical/dossier: status] dossierStatus 'interoperating' is not in code "
+            "table canonical_status") in out
     assert "samples: 11, all as meant" in out
-    assert f"valid    {PROGRESS} v1" in out
+    assert f"valid    {PROGRESS} v2" in out
+    assert f"valid    {DIRECT_DOSSIER} v1" in out and f"valid    {DIRECT_PROGRESS} v1" in out
     assert "OK       progress.defective-long-actor.json  rejected as meant (000.00.01.H49-261020-0007#2):" in out
+    assert ("NguoiXuLy: [onestop__canonical/progress: actor] actor is 60 characters long; actor allows at most 50 "
+            "(values are never truncated) [max_length]") in out
     assert "NguoiXuLy: actor is 60 characters long; NguoiXuLy allows at most 50 (values are never truncated) [max_length]" in out
     assert "samples: 7, all as meant" in out
+    assert "valid    canonical__national_portal/dossier v1" in out
     assert out.endswith(
         "valid    code tables mappings/onestop__national_portal/code_tables.yaml: trang_thai_ho_so\n"
-        f"  used by: {DOSSIER}, {PROGRESS}\n")
+        f"  used by: {DIRECT_DOSSIER}, {DIRECT_PROGRESS}\n")
+    assert ("valid    code tables mappings/onestop__canonical/code_tables.yaml: canonical_status\n"
+            f"  used by: onestop__canonical/dossier, onestop__canonical/progress, {DOSSIER}, {PROGRESS}\n") in out
 
 
 def copy_mappings(tmp_path: Path, *names: str) -> Path:
@@ -78,7 +88,7 @@ def test_check_of_just_the_code_table_file(capsys):
 
 
 def test_check_reports_a_broken_code_table_file_for_it_and_for_every_mapping_using_it(tmp_path, monkeypatch, capsys):
-    root = copy_mappings(tmp_path, "dossier", "progress", "code_tables")
+    root = copy_mappings(tmp_path, "dossier.direct", "progress.direct", "code_tables")
     tables = root / "onestop__national_portal" / "code_tables.yaml"
     tables.write_text(tables.read_text(encoding="utf-8").replace('done: "10"', "done: 10"), encoding="utf-8")
     monkeypatch.setenv("LIENTHONG_MAPPINGS_DIR", str(root))
@@ -86,8 +96,8 @@ def test_check_reports_a_broken_code_table_file_for_it_and_for_every_mapping_usi
     out = capsys.readouterr().out
     problem = "    at code_tables.trang_thai_ho_so.values.done: a target code is text: quote it, e.g. \"1\" [type]"
     assert out.count(problem) == 3  # dossier, progress, and the file itself
-    assert f"INVALID  {DOSSIER}\n  {tables}:\n{problem}\n" in out
-    assert f"INVALID  {PROGRESS}\n  {tables}:\n{problem}\n" in out
+    assert f"INVALID  {DIRECT_DOSSIER}\n  {tables}:\n{problem}\n" in out
+    assert f"INVALID  {DIRECT_PROGRESS}\n  {tables}:\n{problem}\n" in out
     assert f"INVALID  {tables}\n  {tables}:\n{problem}\n" in out
 
 
@@ -107,9 +117,12 @@ def test_preview_of_the_progress_samples_shows_composite_keys(capsys):
     assert run("mapping", "preview", PROGRESS, "--field", "NoiDungXuLy") == 1  # the defective samples do not map
     records = {r["input"]: r for r in json.loads(capsys.readouterr().out)["records"]}
     assert len(records) == 7
-    assert records["progress.signed-without-note.json"] == {
-        "input": "progress.signed-without-note.json", "record_key": "000.00.01.H49-261020-0007#3", "ok": True,
-        "errors": [], "output": {"NoiDungXuLy": "Ký duyệt"}}
+    signed = records["progress.signed-without-note.json"]
+    assert signed["output"] == {"NoiDungXuLy": "Ký duyệt"}
+    assert (signed["record_key"], signed["ok"], signed["errors"]) == ("000.00.01.H49-261020-0007#3", True, [])
+    # a chain shows the canonical record between its stages
+    canonical = signed["intermediate"]["onestop__canonical/progress"]
+    assert (canonical["action"], canonical["note"], canonical["step_id"]) == ("Ký duyệt", "", "3")
     bad = records["progress.defective-no-time.json"]
     assert bad["record_key"] == "000.00.01.H49-261029-0012#2" and bad["errors_in_other_fields"] == 1
 
@@ -139,12 +152,12 @@ def test_check_reads_arrays_of_records(tmp_path, capsys):
 
 def test_check_reports_an_invalid_mapping_file(tmp_path, monkeypatch, capsys):
     root = copy_mappings(tmp_path, "code_tables")
-    text = (REPO / "mappings" / f"{DOSSIER}.yaml").read_text(encoding="utf-8")
-    (root / f"{DOSSIER}.yaml").write_text(text.replace("transform: bool_text", "transform: bool_txt"), encoding="utf-8")
+    text = (REPO / "mappings" / f"{DIRECT_DOSSIER}.yaml").read_text(encoding="utf-8")
+    (root / f"{DIRECT_DOSSIER}.yaml").write_text(text.replace("transform: bool_text", "transform: bool_txt"), encoding="utf-8")
     monkeypatch.setenv("LIENTHONG_MAPPINGS_DIR", str(root))
     assert run("mapping", "check") == 1
     out = capsys.readouterr().out
-    assert f"INVALID  {DOSSIER}" in out
+    assert f"INVALID  {DIRECT_DOSSIER}" in out
     assert "at fields.TaiLieuNop.each.fields.IsDeleted.transform: no transform named 'bool_txt'" in out
     assert "[unknown_transform]" in out
     assert "[code_tables_from]" not in out and "used by no valid mapping" in out

@@ -254,14 +254,16 @@ def test_the_repository_status_table_is_shared_by_dossier_and_progress():
     shared = REPO / "mappings" / DIRECTORY / "code_tables.yaml"
     loaded = load_code_tables(shared)
     assert list(loaded.tables) == ["trang_thai_ho_so"]
-    dossier = load_mapping(f"{DIRECTORY}/dossier")
-    progress = load_mapping(f"{DIRECTORY}/progress")
+    # the direct mappings (the names onestop__national_portal/dossier and /progress are chains now)
+    dossier = load_mapping(REPO / "mappings" / DIRECTORY / "dossier.direct.yaml")
+    progress = load_mapping(REPO / "mappings" / DIRECTORY / "progress.direct.yaml")
     assert dossier.code_table_files == progress.code_table_files == (shared.resolve(),)
     assert dossier.code_tables["trang_thai_ho_so"] is progress.code_tables["trang_thai_ho_so"]
     # defined once: no mapping file of the directory copies the table
     for name in list_mappings():
         text = (REPO / "mappings" / f"{name}.yaml").read_text(encoding="utf-8")
         assert "\n  trang_thai_ho_so:" not in text, name
+        assert "\n  canonical_status:" not in text, name
     assert loaded.tables["trang_thai_ho_so"].values == {
         "receiving": "1", "new": "2", "denied": "3", "processing": "4", "waiting": "5", "paying": "6",
         "cancelled": "7", "unresolved": "8", "releasing": "9", "done": "10"}

@@ -13,8 +13,8 @@ from lienthong.mapping import Mapping, RecordInvalid, load_mapping
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "fixtures" / "samples" / "onestop"
-PROGRESS = "onestop__national_portal/progress"
-DOSSIER = "onestop__national_portal/dossier"
+PROGRESS = "onestop__national_portal/progress.direct"  # the direct mapping; the chain: test_mapping_chain.py
+DIRECT = Path(__file__).resolve().parents[2] / "mappings" / "onestop__national_portal"
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +24,7 @@ def _repo_mappings(monkeypatch):
 
 @pytest.fixture(scope="module")
 def progress() -> Mapping:
-    return load_mapping(PROGRESS)
+    return load_mapping(DIRECT / "progress.direct.yaml")
 
 
 def sample(name: str) -> dict:
@@ -231,7 +231,7 @@ def test_a_bad_dossier_number_is_refused(progress):
 
 
 def test_every_status_maps_as_the_dossier_status_does(progress):
-    dossier = load_mapping(DOSSIER)
+    dossier = load_mapping(DIRECT / "dossier.direct.yaml")
     record = sample("received-at-counter")
     table = progress.code_tables["trang_thai_ho_so"]
     assert table is dossier.code_tables["trang_thai_ho_so"]
