@@ -382,3 +382,38 @@ class NationalPortalClient:
         rows = reply.result if isinstance(reply.result, list) else []
         return dict(rows[0]) if rows else None
 
+    # -- catalogue (contract §4.5, §4.6) ---------------------------------------------------------
+    def _rows(self, service: str, endpoint: str, **fields: Any) -> list[dict[str, Any]]:
+        reply = self.call(service, endpoint=endpoint, **fields)
+        if not reply.ok:
+            raise self._call_level_error(reply, service)
+        if not isinstance(reply.result, list) or not all(isinstance(r, dict) for r in reply.result):
+            raise ProtocolError(f"{PEER} {service}: result is not a list of objects", peer=PEER, operation=service)
+        return [dict(r) for r in reply.result]
+
+    def list_procedures(self) -> list[dict[str, Any]]:
+        """``LayDanhSachTTHC``: every published procedure, ``{MATTHC, TENTTHC}`` each."""
+        return self._rows("LayDanhSachTTHC", "share")
+
+    def get_procedure(self, code: str) -> dict[str, Any] | None:
+        """``LayThuTuc``: the full procedure record, or ``None`` when the catalogue has no such code."""
+        rows = self._rows("LayThuTuc", "integration", record_keys=(code,), maTTHC=code)
+        return rows[0] if rows else None
+
+    def list_services(self) -> list[dict[str, Any]]:
+        """``LayDVC``: public-service configurations with their online levels (``APDUNGDVC``)."""
+        reply = self.call("LayDVC", endpoint="integration")
+        if not reply.ok:
+            raise self._call_level_error(reply, "LayDVC")
+        data = reply.result.get("data") if isinstance(reply.result, dict) else None
+        if not isinstance(data, list):
+            raise ProtocolError(f"{PEER} LayDVC: result has no data list", peer=PEER, operation="LayDVC")
+        return [dict(r) for r in data if isinstance(r, dict)]
+
+    def list_agencies(self) -> list[dict[str, Any]]:
+        """``LayDanhMucCoQuan``: ``{MADONVI, TENDONVI, CAPDONVI}``."""
+        return self._rows("LayDanhMucCoQuan", "share")
+
+    def list_domains(self) -> list[dict[str, Any]]:
+        """``LayDanhMucLinhVuc``: ``{MALINHVUC, TENLINHVUC, MANGANH}``."""
+        return self._rows("LayDanhMucLinhVuc", "share")

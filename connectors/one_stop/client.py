@@ -9,7 +9,7 @@ from typing import Any
 import requests
 
 from connectors.connection import ConnectionSpec, Secret
-from connectors.errors import AuthenticationFailed, ProtocolError
+from connectors.errors import AuthenticationFailed, FieldError, PeerRejected, ProtocolError, RecordRejected
 from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy, transport_options
 
 __all__ = ["ChangeEvent", "ChangePage", "OneStopClient"]
@@ -173,3 +173,55 @@ class OneStopClient:
         if response.status_code == 404:
             return None
         return self._json(response, "dossier")
+
+    # -- procedure catalogue -------------------------------------------------------------------
+    def upsert_procedure(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``PUT /api/v1/procedures/{code}`` with the one-stop's own procedure record.
+
+        Raises:
+            RecordRejected: the one-stop refused the record (422), naming the field.
+        """
+        code = str(record.get("serviceCode") or "")
+        response = self.transport.send(
+            "PUT", f"/api/v1/procedures/{requests.utils.quote(code, safe='')}", operation="upsert_procedure",
+            json_body=record, record_keys=(code,),
+        )
+        if response.status_code == 422:
+            raise _refusal(code, response)
+        return self._json(response, "upsert_procedure")
+
+    def withdraw_procedure(self, code: str) -> dict[str, Any] | None:
+        """``POST /api/v1/procedures/{code}/withdraw``; ``None`` when the one-stop never had it."""
+        response = self.transport.send(
+            "POST", f"/api/v1/procedures/{requests.utils.quote(code, safe='')}/withdraw",
+            operation="withdraw_procedure", record_keys=(code,),
+        )
+        if response.status_code == 404:
+            return None
+        return self._json(response, "withdraw_procedure")
+
+    def iter_procedures(self, size: int | None = None) -> Iterator[list[dict[str, Any]]]:
+        """The one-stop's procedure catalogue, page by page."""
+        page, seen = 1, 0
+        while True:
+            data = self._json(self.transport.send("GET", "/api/v1/procedures", operation="procedures",
+                                                  params={"page": page, "size": size or self.page_size}),
+                              "procedures")
+            items, total = list(data.get("items") or []), int(data.get("total") or 0)
+            if items:
+                yield items
+            seen += len(items)
+            if not items or seen >= total:
+                return
+            page += 1
+
+
+def _refusal(code: str, response: requests.Response) -> RecordRejected:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    field_name = str(body.get("field") or "<record>") if isinstance(body, dict) else "<record>"
+    message = str(body.get("message") or "refused") if isinstance(body, dict) else "refused"
+    return PeerRejected(code, [FieldError(field_name, "onestop_validation", message)], peer_code="422",
+                        peer_message=message)
