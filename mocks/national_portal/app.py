@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mocks.national_portal.catalogue import DEFAULT_SIZE as DEFAULT_CATALOGUE_SIZE
+from mocks.national_portal.catalogue_service import CATALOGUE_SCHEMA, CatalogueMixin
 from mocks.national_portal.rules import RecordRules, progress_label, record_label
 from mocks.server import (
     BadJson,
@@ -168,7 +170,7 @@ def _accounts(accounts: Iterable[PortalAccount] | Mapping[str, Any] | None) -> d
     return result
 
 
-class NationalPortalMock(MockServer):
+class NationalPortalMock(CatalogueMixin, MockServer):
     """Stand-in for the national portal's adapter, a real HTTP server on loopback.
 
     Endpoints (POST, JSON): ``/auth`` (auth_endpoint), ``/integration`` (integration_endpoint),
@@ -185,7 +187,8 @@ class NationalPortalMock(MockServer):
         session_ttl: seconds a session lives after log-in (default 600), on the real monotonic clock.
         dstcode: the ``dstcode`` header value the integration and share endpoints require
             (default ``DVCQG``). On ``/auth`` it is checked only when sent (contract §1.3).
-        seed_file: seed YAML whose ``procedures`` are the national catalogue.
+        seed_file: seed YAML; its ``procedures`` open the national catalogue, unchanged.
+        catalogue_size: procedures in the generated national catalogue (default 3000, the seed's included).
         rules_file: DongBoHoSoMC rules (default
             ``fixtures/schemas/national_portal/DongBoHoSoMC.rules.json``).
         progress_rules_file: CapNhatTienDoHoSoMC rules (default
@@ -200,13 +203,19 @@ class NationalPortalMock(MockServer):
     def __init__(self, state_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  seed: int = 49, accounts: Iterable[PortalAccount] | Mapping[str, Any] | None = None,
                  session_ttl: float = 600.0, dstcode: str = "DVCQG", seed_file: str | Path | None = None,
-                 rules_file: str | Path | None = None, progress_rules_file: str | Path | None = None):
+                 rules_file: str | Path | None = None, progress_rules_file: str | Path | None = None,
+                 catalogue_size: int = DEFAULT_CATALOGUE_SIZE):
         if not session_ttl > 0:
             raise ValueError("session_ttl must be a positive number of seconds")
         self.accounts = _accounts(accounts)
         self.session_ttl = float(session_ttl)
         self.dstcode = dstcode
         self.seed_data = load_seed(seed_file)
+        self.seed_file = seed_file
+        if isinstance(catalogue_size, bool) or not isinstance(catalogue_size, int) or \
+                not len(self.seed_data["procedures"]) <= catalogue_size <= 12000:
+            raise ValueError("catalogue_size must be an integer between the seed's procedure count and 12000")
+        self.catalogue_size = catalogue_size
         self.catalogue = {p["code"]: p for p in self.seed_data["procedures"]}
         self.rules = RecordRules("DongBoHoSoMC", {"procedures": set(self.catalogue)}, rules_file)
         self.progress_rules = RecordRules("CapNhatTienDoHoSoMC", {}, progress_rules_file)
@@ -217,6 +226,8 @@ class NationalPortalMock(MockServer):
                             "TraCuuHoSo": self._tra_cuu_ho_so},
             "share": {},
         }
+        for endpoint, handlers in self.catalogue_services().items():
+            self.services[endpoint].update(handlers)
         super().__init__(state_dir, host=host, port=port, seed=seed)
 
     def register_service(self, endpoint: str, service: str, handler: ServiceHandler) -> None:
@@ -236,6 +247,9 @@ class NationalPortalMock(MockServer):
         router.add("GET", "/_state/dossiers/{maHoSo}", self._state_dossier)
         router.add("GET", "/_state/progress", self._state_progress)
         router.add("GET", "/_state/calls", self._state_calls)
+        router.add("GET", "/_state/catalogue", self._state_catalogue)
+        router.add("GET", "/_state/catalogue/{code}", self._state_procedure)
+        router.add("POST", "/_admin/catalogue/publish", self._publish)
         router.add("POST", "/_admin/reset", self._reset)
         router.add("POST", "/_admin/expire-sessions", self._expire_sessions)
         router.add("POST", "/_admin/faults", self.admin_faults)
@@ -261,12 +275,14 @@ class NationalPortalMock(MockServer):
     def init_state(self, db: StateDB) -> None:
         with db.lock:
             db.conn.executescript(_SCHEMA)
+            db.conn.executescript(CATALOGUE_SCHEMA)
             stored = db.get_meta("world_seed")
             if stored is None:
                 db.set_meta("world_seed", self.seed)
                 self._clock(db).reset()
             else:
                 self.seed = int(stored)
+        self._refresh_known_codes()
 
     def _clock(self, db: StateDB) -> WorldClock:
         return WorldClock(db, self.seed)
@@ -645,6 +661,8 @@ class NationalPortalMock(MockServer):
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
             db.set_meta("applied_calls", 0)
             self._clock(db).reset()
+            self.reset_catalogue(db)
+        self._refresh_known_codes()
 
     def _reset(self, request: Request) -> Response:
         self.reset()

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mocks.one_stop.procedures import PROCEDURE_SCHEMA, ProceduresMixin
 from mocks.one_stop.world import DEFECT_KINDS, FINAL_STATUSES, LEGAL_TRANSITIONS, Generator
 from mocks.server import (
     BadJson,
@@ -115,7 +116,7 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int | No
     return number
 
 
-class OneStopMock(MockServer):
+class OneStopMock(ProceduresMixin, MockServer):
     """Stand-in for the provincial one-stop system, a real HTTP server on loopback.
 
     Args:
@@ -158,6 +159,7 @@ class OneStopMock(MockServer):
         router.add("GET", "/api/v1/dossiers/changes", self._changes, operation="changes")
         router.add("GET", "/api/v1/dossiers/{dossierNo}", self._dossier, operation="dossier")
         router.add("GET", "/api/v1/dossiers", self._dossiers, operation="dossiers")
+        self._procedure_routes(router)
         router.add("GET", "/_state", self._state)
         router.add("GET", "/_state/dossiers", self._state_dossiers)
         router.add("GET", "/_state/dossiers/{dossierNo}", self._state_dossier)
@@ -171,6 +173,7 @@ class OneStopMock(MockServer):
     def init_state(self, db: StateDB) -> None:
         with db.lock:
             db.conn.executescript(_SCHEMA)
+            db.conn.executescript(PROCEDURE_SCHEMA)
             stored = db.get_meta("world_seed")
             if stored is None:
                 self._seed_world(db)
@@ -188,7 +191,7 @@ class OneStopMock(MockServer):
         """Create the initial world: ``seed_dossiers`` dossiers with interleaved histories."""
         self.gen = Generator(self.seed_data, self.seed)
         with db.tx() as conn:
-            for table in ("dossiers", "events", "counters"):
+            for table in ("dossiers", "events", "counters", "procedures", "procedure_ops"):
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
             db.set_meta("world_seed", self.seed)
             db.set_meta("seed_dossiers", self.seed_dossiers)

@@ -106,7 +106,7 @@ def test_accounts_are_configurable(portal_factory, portal_calls, record):
 
 
 @pytest.mark.parametrize("service,endpoint", [
-    ("KhongCo", "integration"), ("DongBoHoSoMC", "share"), ("LayDanhSachTTHC", "share"), ("", "integration")])
+    ("KhongCo", "integration"), ("DongBoHoSoMC", "share"), ("LayDanhSachTTHCDonVi", "share"), ("LayThuTuc", "share"), ("", "integration")])
 def test_unknown_service_is_code_minus_1(pc, service, endpoint):
     answer = pc.call(service, endpoint=endpoint)
     assert answer["error_code"] == -1
