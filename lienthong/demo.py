@@ -73,6 +73,12 @@ class StandIns:
         response.raise_for_status()
         return response.json()
 
+    def publish_catalogue(self, *, add: int, amend: int, withdraw: int) -> dict[str, Any]:
+        response = requests.post(self.portal_url + "/_admin/catalogue/publish",
+                                 json={"add": add, "amend": amend, "withdraw": withdraw}, timeout=60)
+        response.raise_for_status()
+        return response.json()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -131,8 +137,50 @@ def _print_summary(out: Printer, summary: dict[str, Any], seconds: float) -> Non
     out(f"  {'took':<{width}}  {seconds:>5.1f}s")
 
 
+def _print_catalogue_summary(out: Printer, summary: dict[str, Any], seconds: float) -> None:
+    counts = summary.get("counts", {})
+    out("")
+    out(f"Run {summary['run_id']} of sync_procedure_catalogue")
+    rows = [
+        ("procedures listed by the national catalogue", counts.get("listed", 0)),
+        ("added since the last sync", counts.get("added", 0)),
+        ("amended", counts.get("amended", 0)),
+        ("withdrawn", counts.get("withdrawn", 0)),
+        ("unchanged (nothing pushed)", counts.get("unchanged", 0)),
+        ("malformed (dead-lettered with reasons)", counts.get("rejected", 0)),
+        ("pushed to the one-stop catalogue (upserts / withdrawals)",
+         f"{counts.get('onestop_upserted', 0)} / {counts.get('onestop_withdrawn', 0)}"),
+        ("written to the ministry replica (upserts / withdrawals)",
+         f"{counts.get('ministry_upserted', 0)} / {counts.get('ministry_withdrawn', 0)}"),
+        ("exchange-log records written", summary.get("exchanges", 0)),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        out(f"  {label:<{width}}  {value:>9}")
+    for rejection in counts.get("rejections", [])[:10]:
+        reasons = "; ".join(f"{e['field']}: {e['message']} [{e['rule']}]" for e in rejection["errors"])
+        out(f"    ✗ {rejection['record_key']}: {reasons}")
+    out(f"  {'took':<{width}}  {seconds:>8.1f}s")
+
+
+def _run_dag(dag_id: str, flow: str, store: Store, env: dict[str, str], log_file: Path, out: Printer
+             ) -> tuple[dict[str, Any] | None, float]:
+    before = store.latest_run(flow)
+    out(f"· running DAG {dag_id} through Airflow (airflow dags test) …")
+    t0 = time.monotonic()
+    code = _airflow(["dags", "test", dag_id], env, log_file)
+    seconds = time.monotonic() - t0
+    after = store.latest_run(flow)
+    if code != 0 or after is None or (before and after["run_id"] == before["run_id"]):
+        out(f"✗ {dag_id} did not complete (exit code {code}); Airflow's output is in {log_file}")
+        return None, seconds
+    return after, seconds
+
+
 def run_demo(topo: LocalTopology, *, new: int = 3, changes: int = 5, out: Printer = print) -> int:
     """Run the demo; returns the process exit code."""
+    from lienthong.flows import catalogue
+
     started = time.monotonic()
     env = {**os.environ, **topo.environment()}
     os.environ.update(topo.environment())
@@ -145,7 +193,7 @@ def run_demo(topo: LocalTopology, *, new: int = 3, changes: int = 5, out: Printe
 
     store = Store(f"sqlite:///{topo.bus_db}")
     store.create_schema()
-    before = store.latest_run(dossier_status.FLOW)
+    first_catalogue = store.latest_run(catalogue.FLOW) is None
 
     standins = StandIns(topo, env, topo.log_dir / "mocks.log")
     out(f"· starting the stand-ins: one-stop {standins.onestop_url}, national portal {standins.portal_url}")
@@ -156,26 +204,37 @@ def run_demo(topo: LocalTopology, *, new: int = 3, changes: int = 5, out: Printe
             f"{len(world.get('changed', []))} status changes")
         for change in world.get("changed", []):
             out(f"    {change['dossierNo']}: {change['from']} → {change['to']}")
-        out("· running DAG sync_dossier_status through Airflow (airflow dags test) …")
-        t0 = time.monotonic()
-        code = _airflow(["dags", "test", "sync_dossier_status"], env, airflow_log)
-        dag_seconds = time.monotonic() - t0
+        if not first_catalogue:
+            published = standins.publish_catalogue(add=2, amend=3, withdraw=1)
+            out(f"· the national catalogue moved on: {len(published['added'])} added, "
+                f"{len(published['amended'])} amended, {len(published['withdrawn'])} withdrawn")
+        dossiers, dossier_seconds = _run_dag("sync_dossier_status", dossier_status.FLOW, store, env,
+                                             airflow_log, out)
+        procedures, catalogue_seconds = _run_dag("sync_procedure_catalogue", catalogue.FLOW, store, env,
+                                                 airflow_log, out)
     finally:
         standins.stop()
         out("· stand-ins stopped (their state stays in " + str(topo.mocks_dir) + ")")
 
-    after = store.latest_run(dossier_status.FLOW)
-    if code != 0 or after is None or (before and after["run_id"] == before["run_id"]):
-        out(f"✗ the DAG run did not complete (exit code {code}); Airflow's output is in {airflow_log}")
-        return 1
-    failed_steps = [k for k in ("events_read", "considered", "progress_sent") if k not in after["counts"]]
-    _print_summary(out, after, dag_seconds)
+    if dossiers is not None:
+        _print_summary(out, dossiers, dossier_seconds)
+    if procedures is not None:
+        _print_catalogue_summary(out, procedures, catalogue_seconds)
+        report = topo.home / "reports"
+        reports = sorted(report.glob("catalogue-*.md"), key=lambda p: p.stat().st_mtime)
+        if reports:
+            out(f"  change report: {reports[-1]}")
     out(f"  whole demo took {time.monotonic() - started:.1f}s")
     out("")
-    out(f"Exchange log of this run:  .venv/bin/lienthong exchanges --run-id '{after['run_id']}'")
-    out("Dead letters:              .venv/bin/lienthong deadletter list   (show ID, replay ID)")
-    out("Airflow UI with this run:  make airflow   (http://127.0.0.1:8080, user admin / admin)")
-    if failed_steps:
-        out(f"✗ the run skipped steps: {', '.join(failed_steps)}")
+    if dossiers is not None:
+        out(f"Exchange log of the dossier run:  .venv/bin/lienthong exchanges --run-id '{dossiers['run_id']}'")
+    out("Dead letters:                     .venv/bin/lienthong deadletter list   (show ID, replay ID)")
+    out("Airflow UI with these runs:       make airflow   (http://127.0.0.1:8080, user admin / admin)")
+    if dossiers is None or procedures is None:
+        return 1
+    missing = [k for k in ("events_read", "considered", "progress_sent") if k not in dossiers["counts"]]
+    missing += [k for k in ("listed", "onestop_upserted", "ministry_upserted") if k not in procedures["counts"]]
+    if missing:
+        out(f"✗ the runs skipped steps: {', '.join(missing)}")
         return 1
     return 0

@@ -33,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 POOLS_FILE = REPO_ROOT / "config" / "pools.json"
 POOLS: dict[str, dict[str, object]] = json.loads(POOLS_FILE.read_text())
 
-CONNECTION_IDS = ("onestop_default", "national_portal_default", "lienthong_db")
+CONNECTION_IDS = ("onestop_default", "national_portal_default", "lienthong_db", "ministry_db_default")
 
 DEMO_ONESTOP_API_KEY = "demo-onestop-key"
 DEMO_PORTAL_USERNAME = "lienthong.h49"
@@ -88,6 +88,8 @@ class LocalTopology:
                           "read_timeout": 10},
             },
             "lienthong_db": {"conn_type": "sqlite", "host": str(self.bus_db)},
+            "ministry_db_default": {"conn_type": "sqlite", "host": str(self.home / "ministry.db"),
+                                    "extra": {"batch_size": 200}},
         }
 
     def environment(self) -> dict[str, str]:

@@ -159,6 +159,31 @@ progress_outbox = Table(
     Index("ix_progress_state", "flow", "state", "record_key"),
 )
 
+catalogue_current = Table(
+    "catalogue_current",
+    metadata,
+    Column("procedure_code", String(64), primary_key=True),
+    Column("record", JSON, nullable=False),  # the canonical procedure record last pulled
+    Column("record_hash", String(64), nullable=False),
+    Column("published", Boolean, nullable=False),  # False once withdrawn from the national catalogue
+    Column("updated_run_id", String(250)),
+    Column("updated_at", AwareDateTime, nullable=False),
+)
+
+catalogue_change = Table(
+    "catalogue_change",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(250), nullable=False),
+    Column("procedure_code", String(64), nullable=False),
+    Column("procedure_name", Text),
+    Column("kind", String(16), nullable=False),  # added | amended | withdrawn
+    Column("fields", JSON, nullable=False),  # canonical fields that changed, for amendments
+    Column("agency_code", String(64)),
+    Column("at", AwareDateTime, nullable=False),
+    Index("ix_catalogue_change_run", "run_id"),
+)
+
 sync_run = Table(
     "sync_run",
     metadata,

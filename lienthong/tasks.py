@@ -37,6 +37,7 @@ Resolver = Callable[[str], ConnectionSpec]
 ONESTOP_CONN_ID = "onestop_default"
 NATIONAL_PORTAL_CONN_ID = "national_portal_default"
 BUS_DB_CONN_ID = "lienthong_db"
+MINISTRY_DB_CONN_ID = "ministry_db_default"
 
 
 def open_store(resolve: Resolver, conn_id: str = BUS_DB_CONN_ID) -> Store:
@@ -128,4 +129,76 @@ def dossier_run_summary(resolve: Resolver, *, run_id: str) -> dict[str, Any]:
     for rejection in counts.get("rejections", []) + counts.get("progress_rejections", []):
         log.info("  rejected %s at %s: %s", rejection["record_key"], rejection["stage"],
                  "; ".join(f"{e['field']} [{e['rule']}]: {e['message']}" for e in rejection["errors"]))
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in summary.items()}
+
+
+# --- procedure catalogue -------------------------------------------------------------------------
+def pull_procedure_catalogue(resolve: Resolver, *, run_id: str, task_id: str | None = None) -> dict[str, Any]:
+    """Pull the national catalogue, normalise, diff against the kept snapshot."""
+    from lienthong.flows import catalogue
+
+    store = open_store(resolve)
+    portal = NationalPortalClient.from_connection(
+        resolve(NATIONAL_PORTAL_CONN_ID), recorder=BusRecorder(store, catalogue.FLOW, run_id, task_id))
+    try:
+        counts = catalogue.pull_catalogue(store, portal, run_id=run_id).counts()
+    finally:
+        portal.close()
+    store.add_run_counts(catalogue.FLOW, run_id, counts)
+    return {k: v for k, v in counts.items() if not isinstance(v, list)}
+
+
+def push_procedure_catalogue(
+    resolve: Resolver, *, run_id: str, task_id: str | None = None, destination: str
+) -> dict[str, Any]:
+    """Push the snapshot's changes to one destination: ``onestop`` or ``ministry``."""
+    from connectors.ministry_db.replica import MinistryReplica
+    from lienthong.flows import catalogue
+
+    store = open_store(resolve)
+    if destination == "onestop":
+        onestop = OneStopClient.from_connection(
+            resolve(ONESTOP_CONN_ID), recorder=BusRecorder(store, catalogue.FLOW, run_id, task_id))
+        try:
+            (report,) = catalogue.push_catalogue(store, run_id=run_id, onestop=onestop)
+        finally:
+            onestop.close()
+    elif destination == "ministry":
+        spec = resolve(MINISTRY_DB_CONN_ID)
+        replica = MinistryReplica.from_connection(spec)
+        try:
+            (report,) = catalogue.push_catalogue(store, run_id=run_id, replica=replica,
+                                                 batch_size=int(spec.extra.get("batch_size", 200)))
+        finally:
+            replica.dispose()
+    else:
+        raise ValueError(f"unknown catalogue destination {destination!r} (onestop, ministry)")
+    counts = report.counts()
+    store.add_run_counts(catalogue.FLOW, run_id, counts)
+    return {k: v for k, v in counts.items() if not isinstance(v, list)}
+
+
+def catalogue_run_summary(resolve: Resolver, *, run_id: str, report_dir: str | None = None) -> dict[str, Any]:
+    """Close the run, write its change report (Markdown) and return the summary."""
+    from pathlib import Path
+
+    from lienthong.flows import catalogue
+
+    store = open_store(resolve)
+    store.add_run_counts(catalogue.FLOW, run_id, {}, finished=True)
+    text = catalogue.change_report(store, run_id)
+    summary = store.run_summary(catalogue.FLOW, run_id) or {}
+    if report_dir:
+        path = Path(report_dir) / f"catalogue-{''.join(c if c.isalnum() else '_' for c in run_id)}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        summary["report_path"] = str(path)
+    counts = summary.get("counts", {})
+    log.info("catalogue run %s: %s listed, %s added, %s amended, %s withdrawn, %s rejected; one-stop %s upserted, "
+             "%s withdrawn; ministry %s upserted, %s withdrawn", run_id, counts.get("listed", 0),
+             counts.get("added", 0), counts.get("amended", 0), counts.get("withdrawn", 0), counts.get("rejected", 0),
+             counts.get("onestop_upserted", 0), counts.get("onestop_withdrawn", 0),
+             counts.get("ministry_upserted", 0), counts.get("ministry_withdrawn", 0))
+    for line in text.splitlines():
+        log.info("%s", line)
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in summary.items()}

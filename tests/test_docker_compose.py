@@ -48,6 +48,8 @@ def test_connections_match_the_local_topology(compose, topo):
     for conn_id in ("onestop_default", "national_portal_default"):
         assert json.loads(env[f"AIRFLOW_CONN_{conn_id.upper()}"]) == local[conn_id], conn_id
     assert env["AIRFLOW_CONN_LIENTHONG_DB"].startswith("postgres://")
+    ministry = json.loads(env["AIRFLOW_CONN_MINISTRY_DB_DEFAULT"])
+    assert ministry["conn_type"] == "postgres" and ministry["extra"] == local["ministry_db_default"]["extra"]
 
 
 def test_every_airflow_service_gets_the_shared_environment(compose):
@@ -92,7 +94,7 @@ def test_init_provisions_pools_and_bus_schema_from_repo_files(compose):
     assert "lienthong db init" in script
     assert (REPO / "config" / "pools.json").exists()
     sql = (REPO / "config" / "postgres-init.sql").read_text()
-    assert "CREATE DATABASE lienthong" in sql
+    assert "CREATE DATABASE lienthong" in sql and "CREATE DATABASE ministry" in sql
     mounts = compose["services"]["postgres"]["volumes"]
     assert any(m.startswith("./config/postgres-init.sql:") for m in mounts)
 

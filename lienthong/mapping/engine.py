@@ -395,10 +395,60 @@ def compile_fields(fields: dict[str, dict], tables: dict[str, CodeTable]) -> lis
         elif "fields" in spec:
             steps.append((target, _object_step(field, tables)))
         elif "const" in spec:
-            steps.append((target, _const_step(field)))
+            steps.append((target, _typed(field, _const_step(field))))
         else:
-            steps.append((target, _value_step(field)))
+            steps.append((target, _typed(field, _value_step(field))))
     return steps
+
+
+_INTEGER = re.compile(r"-?\d+")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_BOOLEANS = {"true": True, "false": False}
+#: ``type`` of a field → what the engine sends: text (the default), or a JSON integer, number or boolean.
+OUTPUT_TYPES = ("text", "integer", "number", "boolean")
+
+
+def _typed(field: _Spec, step: Step) -> Step:
+    """Wrap a scalar step for a field's output ``type`` and ``nullable`` (default: text, never null).
+
+    The field's value is made as always (text, every rule checked), then converted: ``integer``
+    (``"12"`` → ``12``), ``number`` (``"1.5"`` → ``1.5``, ``"2"`` → ``2``), ``boolean`` (``"true"``
+    → ``true``). No value (``""``) becomes ``null`` when ``nullable: true``; without it, a typed
+    field with no value is an error (rule ``type``) unless another rule already refused it.
+    """
+    kind = field.spec.get("type", "text")
+    nullable = field.spec.get("nullable", False) is True
+    if kind == "text" and not nullable:
+        return step
+    target = field.target
+    source = field.spec.get("from")
+    label = source if isinstance(source, str) else "the value"
+
+    def typed(item: Any, root: Any, errors: list, at: Any) -> Any:
+        before = len(errors)
+        value = step(item, root, errors, at)
+        if value == "":
+            if nullable or len(errors) > before:
+                return None
+            if kind == "text":
+                return value
+            errors.append(FieldError(_target_prefix(at) + target, "type",
+                                     f"{_source_prefix(at)}{label} has no value; {target} needs "
+                                     f"{'an' if kind == 'integer' else 'a'} {kind}"))
+            return None
+        if kind == "text" or len(errors) > before:
+            return value
+        if kind == "boolean":
+            if value in _BOOLEANS:
+                return _BOOLEANS[value]
+        elif (_INTEGER if kind == "integer" else _NUMBER).fullmatch(value):
+            return int(value) if "." not in value else float(value)
+        errors.append(FieldError(_target_prefix(at) + target, "type",
+                                 f"{_source_prefix(at)}{label} {_show(value)} is not {'an' if kind == 'integer' else 'a'} "
+                                 f"{kind}, which {target} must be"))
+        return None
+
+    return typed
 
 
 def _object_step(field: _Spec, tables: dict[str, CodeTable]) -> Step:
@@ -626,6 +676,8 @@ def _list_step(field: _Spec, tables: dict[str, CodeTable]) -> Step:
     substeps = compile_fields(each["fields"], tables)
     required = field.required
     required_if = field.required_if
+    if "[*]." in source:  # outer[*].inner: the inner lists of every outer item, one after the other
+        return _flat_list_step(field, source, substeps, when, where)
     from_record = source == "$"
     get, absolute, _many = compile_path(source)
     label = source[2:] if absolute and not from_record else source
@@ -674,6 +726,60 @@ def _list_step(field: _Spec, tables: dict[str, CodeTable]) -> Step:
             if where is not None and not where(element, root):
                 continue
             out.append(build(element, root, errors, (at, target, len(out), source, n)))
+        return out
+
+    return step
+
+
+def _flat_list_step(field: _Spec, source: str, substeps: list, when: Any, where: Any) -> Step:
+    """``each: {from: outer[*].inner}``: one object per item of every outer item's inner list, in order.
+
+    Inside, paths read the inner item; ``_outer.x`` reads ``x`` of the outer item it belongs to
+    (``THANHPHANHOSO[*].GIAYTO`` with ``case: {from: _outer.TRUONGHOP}``). Several levels work the
+    same way (``channels[*].times[*].fees``, ``_outer._outer.channel``).
+    """
+    target = field.target
+    parts = source.split("[*].")
+    getters = [compile_path(part)[0] for part in parts]
+
+    def fail(errors: list, at: Any, message: str) -> None:
+        errors.append(FieldError(_target_prefix(at) + target, "type", message))
+
+    def step(item: Any, root: Any, errors: list, at: Any) -> list:
+        if when is not None and not when(item, root):
+            return []
+        out: list = []
+        prefix = _source_prefix(at)
+
+        def walk(level: int, holder: Any, label: str, outer: Any) -> None:
+            try:
+                sequence = getters[level](holder, root)
+            except _Mismatch as m:
+                head = f"{label}." if label else ""
+                fail(errors, at, f"{prefix}{head}{m.label} is {_kind(m.value)}, expected {m.expected}")
+                return
+            here = f"{label}.{parts[level]}" if label else parts[level]
+            if sequence is None:
+                return
+            if sequence.__class__ is not list:
+                fail(errors, at, f"{prefix}{here} is {_kind(sequence)}, expected a list")
+                return
+            last = level == len(parts) - 1
+            for n, element in enumerate(sequence):
+                if element.__class__ is not dict:
+                    fail(errors, at, f"{prefix}{here}[{n}] is {_kind(element)}, expected an object")
+                    continue
+                if outer is not None:
+                    element = {**element, "_outer": outer}
+                if not last:
+                    walk(level + 1, element, f"{here}[{n}]", element)
+                    continue
+                if where is not None and not where(element, root):
+                    continue
+                position = (at, target, len(out), here, n)
+                out.append({name: sub(element, root, errors, position) for name, sub in substeps})
+
+        walk(0, item, "", None)
         return out
 
     return step

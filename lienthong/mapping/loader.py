@@ -508,7 +508,8 @@ def _meaning_problems(document: dict, file: Path, tables: dict) -> list[MappingP
     return problems
 
 
-_VALUE_ONLY = ("transform", "code_table", "default", "fallback", "max_length", "pattern", "where", "personal")
+_VALUE_ONLY = ("transform", "code_table", "default", "fallback", "max_length", "pattern", "where", "personal", "type",
+               "nullable")
 
 
 def _field_problems(fields: dict, at: str, tables: dict, add: Any) -> None:
@@ -611,8 +612,11 @@ def _path_problem(text: str, at: str, add: Any, *, allow_root: bool) -> bool:
         add(at, "path", str(problem))
         return False
     stars = sum(1 for _name, index in segments if index == "*")
-    if stars and allow_root:
-        add(at, "path", f"{text!r}: each reads a list by its path; [*] is not needed here")
+    if stars and allow_root and not text.endswith("]") and text.count("[*].") == stars and not text.startswith("$"):
+        pass  # each over outer[*].inner: the inner lists of every outer item, one after the other
+    elif stars and allow_root:
+        add(at, "path", f"{text!r}: each reads a list by its path; [*] is not needed here "
+                        "(to go through a list of lists, write outer[*].inner)")
     elif stars > 1:
         add(at, "path", f"{text!r} has more than one [*]; a path may fan out over one list only")
     return stars == 1

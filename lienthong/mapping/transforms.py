@@ -15,6 +15,8 @@ Register a new one with :func:`register_transform` and document it in ``mappings
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -342,3 +344,58 @@ def lenient_text(value: Any) -> str | None:
     if cls is int:
         return str(value)
     return None
+
+
+_VND_NONE = frozenset({"", "0", "không", "miễn phí", "không thu", "không có"})
+_VND_TEXT = re.compile(r"(\d{1,3}(?:\.\d{3})+|\d+)\s*(?:đồng|vnđ|vnd|đ)?(?:\s*/\s*\S.*)?", re.IGNORECASE)
+
+
+@register_transform("vnd_from_text", "a published amount as free text → whole đồng as decimal text "
+                    "(\"50.000\", \"50.000 đồng\", \"20.000 đồng/bản\", \"50000\" → \"50000\"; "
+                    "\"Không\", \"0\", \"Miễn phí\", \"\" → \"0\"; anything else → rule format)")
+def vnd_from_text(value: Any) -> str:
+    if value.__class__ is int:
+        return vnd_amount(value)
+    if value.__class__ is not str:
+        raise TransformError("type", f"is {_kind(value)}, expected an amount of đồng as text")
+    text = unicodedata.normalize("NFC", value).strip()
+    if text.lower() in _VND_NONE:
+        return "0"
+    match = _VND_TEXT.fullmatch(text)
+    if match is None:
+        raise TransformError("format", "is not an amount of đồng (\"50.000\", \"50.000 đồng\", \"Không\"…)")
+    return str(int(match.group(1).replace(".", "")))
+
+
+_LEVEL_WORDS = {"một phần": 3, "toàn trình": 4}
+
+
+def _level_rank(value: Any) -> int:
+    if value.__class__ is int:
+        return value
+    if value.__class__ is str:
+        text = unicodedata.normalize("NFC", value).strip()
+        if text.isdigit():
+            return int(text)
+        rank = _LEVEL_WORDS.get(text.lower())
+        if rank is not None:
+            return rank
+    raise TransformError("format", "is not a service level (2, 3, 4, \"Một phần\" or \"Toàn trình\")")
+
+
+@register_transform("max_level", "a list of online service levels (from a [*] path), old ints 2/3/4 or the words "
+                    "\"Một phần\"/\"Toàn trình\" → the highest as text (\"4\", \"Toàn trình\"; \"Một phần\" ranks as 3, "
+                    "\"Toàn trình\" as 4; a tie keeps the first), no value when empty — for a code table")
+def max_level(value: Any) -> Any:
+    if value.__class__ is not list:
+        raise TransformError("type", f"is {_kind(value)}, expected a list of service levels")
+    best, best_rank = None, -1
+    for item in value:
+        if item is None or (item.__class__ is str and not item.strip()):
+            continue
+        rank = _level_rank(item)
+        if rank > best_rank:
+            best, best_rank = item, rank
+    if best is None:
+        return None
+    return str(best) if best.__class__ is int else unicodedata.normalize("NFC", best).strip()

@@ -1,0 +1,87 @@
+"""sync_procedure_catalogue — the national catalogue of administrative procedures to the one-stop
+system and the ministry replica, as diffs.
+
+Thin by design: each task calls one function of ``lienthong.tasks``. The pull normalises every
+procedure and diffs it against the snapshot kept in the bus database; each destination then gets
+only what it does not hold yet (one-stop over REST, ministry replica over SQL, one transaction
+per batch). Malformed procedures are dead-lettered, never fail the run. The change report of each
+run is in the summary task's log and under ``$LIENTHONG_HOME/reports``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule, dag, get_current_context, task
+
+DEFAULT_ARGS = {
+    "owner": "lienthong",
+    "retries": 3,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+    "execution_timeout": timedelta(hours=2),
+    "retry_policy": ExceptionRetryPolicy(rules=[
+        RetryRule(exception="connectors.errors.FatalConnectorError", action=RetryAction.FAIL),
+        RetryRule(exception="connectors.errors.ConfigurationError", action=RetryAction.FAIL),
+    ]),
+}
+
+
+def _ids() -> tuple[str, str]:
+    ctx = get_current_context()
+    return ctx["run_id"], ctx["ti"].task_id
+
+
+@dag(
+    dag_id="sync_procedure_catalogue",
+    description="National TTHC catalogue → one-stop catalogue and ministry replica (diffs, change report)",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["lienthong", "catalogue", "national_portal", "ministry"],
+    doc_md=__doc__,
+)
+def sync_procedure_catalogue():
+    @task(pool="national_portal")
+    def pull_catalogue() -> dict:
+        from connectors.hooks import airflow_connection_spec
+        from lienthong import tasks
+
+        run_id, task_id = _ids()
+        return tasks.pull_procedure_catalogue(airflow_connection_spec, run_id=run_id, task_id=task_id)
+
+    @task(pool="onestop")
+    def push_to_onestop(pulled: dict) -> dict:
+        from connectors.hooks import airflow_connection_spec
+        from lienthong import tasks
+
+        run_id, task_id = _ids()
+        return tasks.push_procedure_catalogue(airflow_connection_spec, run_id=run_id, task_id=task_id,
+                                              destination="onestop")
+
+    @task(pool="ministry_db")
+    def push_to_ministry(pulled: dict) -> dict:
+        from connectors.hooks import airflow_connection_spec
+        from lienthong import tasks
+
+        run_id, task_id = _ids()
+        return tasks.push_procedure_catalogue(airflow_connection_spec, run_id=run_id, task_id=task_id,
+                                              destination="ministry")
+
+    @task(retries=1)
+    def summarize_catalogue_run(onestop: dict, ministry: dict) -> dict:
+        from connectors.hooks import airflow_connection_spec
+        from lienthong import localenv, tasks
+
+        run_id, _ = _ids()
+        return tasks.catalogue_run_summary(airflow_connection_spec, run_id=run_id,
+                                           report_dir=str(localenv.topology().home / "reports"))
+
+    pulled = pull_catalogue()
+    summarize_catalogue_run(push_to_onestop(pulled), push_to_ministry(pulled))
+
+
+sync_procedure_catalogue()

@@ -1,0 +1,315 @@
+"""Procedure catalogue sync: national portal → one-stop catalogue and the ministry replica, as diffs.
+
+1. :func:`pull_catalogue` reads the national catalogue in full — the list (``LayDanhSachTTHC``),
+   each procedure's detail (``LayThuTuc``), the online service levels (``LayDVC``) and the agency
+   dictionary (``LayDanhMucCoQuan``) — and normalises every procedure to the canonical procedure
+   record with the mapping ``national_portal__canonical/procedure`` (fees parsed to whole đồng
+   with the published text kept; "mức độ 3/4" and "một phần/toàn trình" through one code table).
+   A procedure that cannot be normalised (no code, a fee that is not an amount, an agency the
+   dictionary does not know) is dead-lettered; the others go on.
+2. The new snapshot is compared with the one kept in the bus database: added, amended (which
+   fields), withdrawn. The changes are recorded for the run's change report, and the snapshot
+   replaces the old one.
+3. :func:`push_catalogue` brings each destination level with the snapshot, using its own
+   acknowledgement state: the one-stop catalogue over REST (one upsert or withdrawal per changed
+   procedure), the ministry replica over SQL (upserts in one transaction per batch). Only what a
+   destination does not hold yet is pushed, so a second run with no change pushes nothing and a
+   push interrupted halfway is finished by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+
+from connectors.errors import FieldError, RecordRejected
+from connectors.ministry_db.replica import MinistryReplica, ProcedureRow
+from connectors.national_portal.client import NationalPortalClient
+from connectors.one_stop.client import OneStopClient
+from lienthong.mapping import Mapping, RecordInvalid, load_mapping
+from lienthong.store import Store, canonical_json, catalogue_change, catalogue_current, delivery_state, utcnow
+
+__all__ = ["FLOW", "PullReport", "PushReport", "change_report", "pull_catalogue", "push_catalogue"]
+
+log = logging.getLogger(__name__)
+
+FLOW = "procedure_catalogue"
+NORMALISE = "national_portal__canonical/procedure"
+TO_ONESTOP = "canonical__onestop/procedure"
+TO_MINISTRY = "canonical__ministry_db/procedure"
+ONESTOP = "onestop_catalogue"
+MINISTRY = "ministry_db"
+
+
+@dataclass
+class PullReport:
+    listed: int = 0
+    normalised: int = 0
+    added: int = 0
+    amended: int = 0
+    withdrawn: int = 0
+    unchanged: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, Any]:
+        return {"listed": self.listed, "normalised": self.normalised, "added": self.added, "amended": self.amended,
+                "withdrawn": self.withdrawn, "unchanged": self.unchanged, "rejected": len(self.rejected),
+                "rejections": self.rejected}
+
+
+@dataclass
+class PushReport:
+    destination: str
+    upserted: int = 0
+    withdrawn: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, Any]:
+        d = self.destination
+        return {f"{d}_upserted": self.upserted, f"{d}_withdrawn": self.withdrawn, f"{d}_rejected": len(self.rejected),
+                f"{d}_rejections": self.rejected}
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(record)).hexdigest()
+
+
+def _levels(services: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Procedure code → every MUCDO the portal publishes for its public services."""
+    out: dict[str, list[Any]] = defaultdict(list)
+    for service in services:
+        code = str(service.get("MATTHC") or "")
+        for applied in service.get("APDUNGDVC") or []:
+            if isinstance(applied, dict) and applied.get("MUCDO") not in (None, ""):
+                out[code].append(applied["MUCDO"])
+    return out
+
+
+def pull_catalogue(store: Store, portal: NationalPortalClient, *, run_id: str,
+                   mapping: Mapping | None = None) -> PullReport:
+    """Pull, normalise, diff and keep the national catalogue; see the module docstring."""
+    mapping = mapping or load_mapping(NORMALISE)
+    report = PullReport()
+    agencies = {str(a.get("MADONVI")) for a in portal.list_agencies()}
+    levels = _levels(portal.list_services())
+    listed = portal.list_procedures()
+    report.listed = len(listed)
+    snapshot: dict[str, dict[str, Any]] = {}
+    rejected_codes: set[str] = set()
+    for row in listed:
+        code = str(row.get("MATTHC") or "")
+        detail = portal.get_procedure(code) if code else None
+        source = {"procedure": detail or {}, "listed": row, "levels": levels.get(code, [])}
+        try:
+            if detail is None:
+                raise RecordRejected(code or "<no MATTHC>", [FieldError(
+                    "MATTHC", "not_found", f"LayDanhSachTTHC lists {code!r} but LayThuTuc has no such procedure")])
+            record = mapping.apply(source)
+            unknown = [a for a in _agency_codes(record) if a not in agencies]
+            if unknown:
+                raise RecordRejected(code, [FieldError(
+                    "agencies", "unknown_agency",
+                    f"agency code(s) {', '.join(sorted(unknown))} are not in LayDanhMucCoQuan")])
+        except RecordRejected as exc:
+            key = exc.record_key if exc.record_key and not exc.record_key.startswith("<") else (code or "<no MATTHC>")
+            rejected_codes.add(key)
+            _dead_letter(store, run_id, key, source, exc)
+            report.rejected.append({"record_key": key, "stage": "normalise",
+                                    "errors": [{"field": e.field, "rule": e.rule, "message": e.message}
+                                               for e in exc.errors]})
+            continue
+        snapshot[record["procedure_code"]] = record
+    report.normalised = len(snapshot)
+    _apply_snapshot(store, run_id, snapshot, rejected_codes, report)
+    log.info("catalogue: %d listed, %d normalised, %d added, %d amended, %d withdrawn, %d rejected",
+             report.listed, report.normalised, report.added, report.amended, report.withdrawn, len(report.rejected))
+    return report
+
+
+def _agency_codes(record: dict[str, Any]) -> set[str]:
+    codes = {record.get("publishing_agency_code")} if record.get("publishing_agency_code") else set()
+    for group in (record.get("agencies") or {}).values():
+        for agency in group or []:
+            if isinstance(agency, dict) and agency.get("code"):
+                codes.add(agency["code"])
+    return {str(c) for c in codes}
+
+
+def _dead_letter(store: Store, run_id: str, key: str, source: dict[str, Any], exc: RecordRejected) -> None:
+    with store.begin() as conn:
+        Store.add_dead_letter(conn, flow=FLOW, record_key=key, outbox_id=None, run_id=run_id, stage="normalise",
+                              error=exc, errors=[{"field": e.field, "rule": e.rule, "message": e.message}
+                                                 for e in exc.errors], source_payload=source)
+
+
+def _changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _apply_snapshot(store: Store, run_id: str, snapshot: dict[str, dict[str, Any]], rejected: set[str],
+                    report: PullReport) -> None:
+    """Diff against the kept snapshot, record the changes, keep the new snapshot."""
+    now = utcnow()
+    with store.begin() as conn:
+        current = {r.procedure_code: r for r in conn.execute(select(catalogue_current))}
+        changes: list[dict[str, Any]] = []
+        for code, record in snapshot.items():
+            digest = record_hash(record)
+            old = current.get(code)
+            agency = record.get("publishing_agency_code")
+            if old is None or not old.published:
+                kind, fields = "added", []
+            elif old.record_hash != digest:
+                kind, fields = "amended", _changed_fields(old.record, record)
+            else:
+                report.unchanged += 1
+                continue
+            changes.append({"run_id": run_id, "procedure_code": code, "kind": kind, "fields": fields,
+                            "agency_code": agency, "procedure_name": record.get("procedure_name"), "at": now})
+            values = {"record": record, "record_hash": digest, "published": True, "updated_run_id": run_id,
+                      "updated_at": now}
+            if old is None:
+                conn.execute(catalogue_current.insert().values(procedure_code=code, **values))
+            else:
+                conn.execute(update(catalogue_current).where(catalogue_current.c.procedure_code == code)
+                             .values(**values))
+        # Withdrawn: published before, not listed now. A procedure refused this run is not
+        # "withdrawn": it is still published, just unreadable; it keeps its last good snapshot.
+        for code, old in current.items():
+            if old.published and code not in snapshot and code not in rejected:
+                changes.append({"run_id": run_id, "procedure_code": code, "kind": "withdrawn", "fields": [],
+                                "agency_code": (old.record or {}).get("publishing_agency_code"),
+                                "procedure_name": (old.record or {}).get("procedure_name"), "at": now})
+                conn.execute(update(catalogue_current).where(catalogue_current.c.procedure_code == code)
+                             .values(published=False, updated_run_id=run_id, updated_at=now))
+        if changes:
+            conn.execute(catalogue_change.insert(), changes)
+    for change in changes:
+        setattr(report, change["kind"], getattr(report, change["kind"]) + 1)
+
+
+# --- push ----------------------------------------------------------------------------------------
+def _pending_for(store: Store, destination: str) -> tuple[list[Any], list[Any]]:
+    """(to upsert, to withdraw) for a destination: what its acknowledgements do not cover yet."""
+    with store.engine.connect() as conn:
+        acks = {r.record_key: r for r in conn.execute(
+            select(delivery_state).where(delivery_state.c.peer == destination))}
+        rows = conn.execute(select(catalogue_current).order_by(catalogue_current.c.procedure_code)).all()
+    upserts, withdrawals = [], []
+    for row in rows:
+        ack = acks.get(row.procedure_code)
+        if row.published and (ack is None or ack.payload_hash != row.record_hash or ack.peer_status != "published"):
+            upserts.append(row)
+        elif not row.published and ack is not None and ack.peer_status != "withdrawn":
+            withdrawals.append(row)
+    return upserts, withdrawals
+
+
+def _ack(store: Store, destination: str, codes_hashes: list[tuple[str, str]], status: str, run_id: str) -> None:
+    if not codes_hashes:
+        return
+    now = utcnow()
+    with store.begin() as conn:
+        for code, digest in codes_hashes:
+            values = {"payload_hash": digest, "created_on_peer": True, "peer_status": status, "acked_at": now,
+                      "acked_run_id": run_id}
+            if not conn.execute(update(delivery_state).where(delivery_state.c.peer == destination,
+                                                             delivery_state.c.record_key == code)
+                                .values(**values)).rowcount:
+                conn.execute(delivery_state.insert().values(peer=destination, record_key=code, **values))
+
+
+def push_catalogue(
+    store: Store,
+    *,
+    run_id: str,
+    onestop: OneStopClient | None = None,
+    replica: MinistryReplica | None = None,
+    batch_size: int = 200,
+) -> list[PushReport]:
+    """Bring the one-stop catalogue and the ministry replica level with the snapshot."""
+    reports = []
+    if onestop is not None:
+        reports.append(_push_onestop(store, onestop, run_id))
+    if replica is not None:
+        reports.append(_push_ministry(store, replica, run_id, batch_size))
+    return reports
+
+
+def _push_onestop(store: Store, onestop: OneStopClient, run_id: str) -> PushReport:
+    mapping = load_mapping(TO_ONESTOP)
+    report = PushReport("onestop")
+    upserts, withdrawals = _pending_for(store, ONESTOP)
+    for row in upserts:
+        try:
+            onestop.upsert_procedure(mapping.apply(row.record))
+        except RecordRejected as exc:
+            _dead_letter(store, run_id, row.procedure_code, row.record, exc)
+            report.rejected.append({"record_key": row.procedure_code, "stage": "onestop",
+                                    "errors": [{"field": e.field, "rule": e.rule, "message": e.message}
+                                               for e in exc.errors]})
+            continue
+        _ack(store, ONESTOP, [(row.procedure_code, row.record_hash)], "published", run_id)
+        report.upserted += 1
+    for row in withdrawals:
+        onestop.withdraw_procedure(row.procedure_code)
+        _ack(store, ONESTOP, [(row.procedure_code, row.record_hash)], "withdrawn", run_id)
+        report.withdrawn += 1
+    return report
+
+
+def _push_ministry(store: Store, replica: MinistryReplica, run_id: str, batch_size: int) -> PushReport:
+    mapping = load_mapping(TO_MINISTRY)
+    report = PushReport("ministry")
+    replica.migrate()
+    upserts, withdrawals = _pending_for(store, MINISTRY)
+    for start in range(0, len(upserts), batch_size):
+        batch = upserts[start:start + batch_size]
+        rows = []
+        for row in batch:
+            try:
+                mapped = mapping.apply(row.record)
+            except RecordInvalid as exc:
+                _dead_letter(store, run_id, row.procedure_code, row.record, exc)
+                report.rejected.append({"record_key": row.procedure_code, "stage": "ministry",
+                                        "errors": [{"field": e.field, "rule": e.rule, "message": e.message}
+                                                   for e in exc.errors]})
+                continue
+            rows.append((row, ProcedureRow(**mapped, noi_dung=row.record, ma_bam_noi_dung=row.record_hash)))
+        replica.upsert(r for _, r in rows)  # one transaction for the batch
+        _ack(store, MINISTRY, [(row.procedure_code, row.record_hash) for row, _ in rows], "published", run_id)
+        report.upserted += len(rows)
+    if withdrawals:
+        replica.withdraw(r.procedure_code for r in withdrawals)
+        _ack(store, MINISTRY, [(r.procedure_code, r.record_hash) for r in withdrawals], "withdrawn", run_id)
+        report.withdrawn += len(withdrawals)
+    return report
+
+
+# --- report --------------------------------------------------------------------------------------
+def change_report(store: Store, run_id: str) -> str:
+    """The run's changes for integration engineers, by agency then procedure, as Markdown."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(catalogue_change).where(catalogue_change.c.run_id == run_id)
+                            .order_by(catalogue_change.c.agency_code, catalogue_change.c.procedure_code)).all()
+    if not rows:
+        return f"# Catalogue changes, run {run_id}\n\nNo change in the national catalogue.\n"
+    by_kind: dict[str, int] = defaultdict(int)
+    for r in rows:
+        by_kind[r.kind] += 1
+    lines = [f"# Catalogue changes, run {run_id}", "",
+             f"{by_kind['added']} added, {by_kind['amended']} amended, {by_kind['withdrawn']} withdrawn.", ""]
+    agency = object()
+    for r in rows:
+        if r.agency_code != agency:
+            agency = r.agency_code
+            lines += ["", f"## Agency {agency or '(none)'}", ""]
+        detail = f" — fields: {', '.join(r.fields)}" if r.fields else ""
+        lines.append(f"- **{r.kind}** {r.procedure_code} {r.procedure_name or ''}{detail}")
+    return "\n".join(lines) + "\n"
