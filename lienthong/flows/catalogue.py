@@ -33,7 +33,15 @@ from connectors.ministry_db.replica import MinistryReplica, ProcedureRow
 from connectors.national_portal.client import NationalPortalClient
 from connectors.one_stop.client import OneStopClient
 from lienthong.mapping import Mapping, RecordInvalid, load_mapping
-from lienthong.store import Store, canonical_json, catalogue_change, catalogue_current, delivery_state, utcnow
+from lienthong.store import (
+    Store,
+    canonical_json,
+    catalogue_change,
+    catalogue_current,
+    dead_letter,
+    delivery_state,
+    utcnow,
+)
 
 __all__ = ["FLOW", "PullReport", "PushReport", "change_report", "pull_catalogue", "push_catalogue"]
 
@@ -141,11 +149,19 @@ def _agency_codes(record: dict[str, Any]) -> set[str]:
     return {str(c) for c in codes}
 
 
-def _dead_letter(store: Store, run_id: str, key: str, source: dict[str, Any], exc: RecordRejected) -> None:
+def _dead_letter(store: Store, run_id: str, key: str, source: dict[str, Any], exc: RecordRejected,
+                 stage: str = "normalise") -> None:
+    """Dead-letter a procedure, once: the same refusal of the same record already waiting is not repeated
+    by every daily run."""
+    errors = [{"field": e.field, "rule": e.rule, "message": e.message} for e in exc.errors]
     with store.begin() as conn:
-        Store.add_dead_letter(conn, flow=FLOW, record_key=key, outbox_id=None, run_id=run_id, stage="normalise",
-                              error=exc, errors=[{"field": e.field, "rule": e.rule, "message": e.message}
-                                                 for e in exc.errors], source_payload=source)
+        waiting = conn.execute(select(dead_letter.c.errors, dead_letter.c.source_payload).where(
+            dead_letter.c.flow == FLOW, dead_letter.c.record_key == key, dead_letter.c.stage == stage,
+            dead_letter.c.resolved_at.is_(None))).all()
+        if any(w.errors == errors and w.source_payload == source for w in waiting):
+            return
+        Store.add_dead_letter(conn, flow=FLOW, record_key=key, outbox_id=None, run_id=run_id, stage=stage,
+                              error=exc, errors=errors, source_payload=source)
 
 
 def _changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -250,7 +266,7 @@ def _push_onestop(store: Store, onestop: OneStopClient, run_id: str) -> PushRepo
         try:
             onestop.upsert_procedure(mapping.apply(row.record))
         except RecordRejected as exc:
-            _dead_letter(store, run_id, row.procedure_code, row.record, exc)
+            _dead_letter(store, run_id, row.procedure_code, row.record, exc, "onestop")
             report.rejected.append({"record_key": row.procedure_code, "stage": "onestop",
                                     "errors": [{"field": e.field, "rule": e.rule, "message": e.message}
                                                for e in exc.errors]})
@@ -276,7 +292,7 @@ def _push_ministry(store: Store, replica: MinistryReplica, run_id: str, batch_si
             try:
                 mapped = mapping.apply(row.record)
             except RecordInvalid as exc:
-                _dead_letter(store, run_id, row.procedure_code, row.record, exc)
+                _dead_letter(store, run_id, row.procedure_code, row.record, exc, "ministry")
                 report.rejected.append({"record_key": row.procedure_code, "stage": "ministry",
                                         "errors": [{"field": e.field, "rule": e.rule, "message": e.message}
                                                    for e in exc.errors]})

@@ -46,6 +46,7 @@ from lienthong.mapping import Mapping, RecordInvalid, load_mapping
 from lienthong.store import (
     Store,
     canonical_json,
+    catalogue_current,
     dead_letter,
     delivery_state,
     insert_ignore,
@@ -66,6 +67,7 @@ __all__ = [
     "StageReport",
     "deliver_pending",
     "deliver_progress",
+    "enrich_from_catalogue",
     "replay",
     "stage_changes",
     "stage_window",
@@ -308,6 +310,7 @@ def deliver_pending(
             acks = {r.record_key: r for r in conn.execute(
                 select(delivery_state).where(delivery_state.c.peer == PEER, delivery_state.c.record_key.in_(keys)))}
             blocked = blocked_keys(conn, FLOW, keys)
+            procedures = _catalogue_entries(conn, [r.source_payload for r in rows])
         report.considered += len(rows)
         inserts: list[_Item] = []
         updates: list[_Item] = []
@@ -319,7 +322,7 @@ def deliver_pending(
                     report.held += 1
                     continue
                 try:
-                    record = mapping.apply(row.source_payload)
+                    record = mapping.apply(enrich_from_catalogue(row.source_payload, procedures))
                 except RecordInvalid as exc:
                     _reject(conn, report.rejected, FLOW, row.id, row.record_key, row.source_payload, exc, run_id,
                             "mapping")
@@ -363,6 +366,35 @@ def deliver_pending(
              report.delivered_new, report.delivered_update, report.unchanged, report.stale, report.held,
              len(report.rejected), report.calls)
     return report
+
+
+#: One-stop dossier field → canonical procedure field that may stand in for it when it is empty.
+CATALOGUE_FILL = {"serviceName": "procedure_name", "domainCode": "domain_code", "domainName": "domain_name"}
+
+
+def _catalogue_entries(conn: Connection, dossiers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Published catalogue records (from the catalogue flow's snapshot) of these dossiers' procedures."""
+    codes = sorted({str(d.get("serviceCode")) for d in dossiers
+                    if isinstance(d, dict) and d.get("serviceCode") and any(not d.get(f) for f in CATALOGUE_FILL)})
+    if not codes:
+        return {}
+    rows = conn.execute(select(catalogue_current.c.procedure_code, catalogue_current.c.record).where(
+        catalogue_current.c.procedure_code.in_(codes), catalogue_current.c.published.is_(True)))
+    return {r.procedure_code: r.record for r in rows}
+
+
+def enrich_from_catalogue(dossier: Any, procedures: dict[str, dict[str, Any]]) -> Any:
+    """Content Enricher: fill the procedure name and field a dossier lacks from the national
+    catalogue. Only empty values are filled; what the one-stop says is never overridden, and the
+    stored (dead-lettered) payload stays the one-stop's own."""
+    if not isinstance(dossier, dict):
+        return dossier
+    procedure = procedures.get(str(dossier.get("serviceCode") or ""))
+    if not procedure:
+        return dossier
+    missing = {ours: procedure.get(theirs) for ours, theirs in CATALOGUE_FILL.items()
+               if not dossier.get(ours) and procedure.get(theirs)}
+    return {**dossier, **missing} if missing else dossier
 
 
 def _older(version: int | None, acked: int | None) -> bool:

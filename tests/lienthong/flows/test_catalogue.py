@@ -95,6 +95,14 @@ def test_first_sync_equals_the_national_catalogue_then_nothing_is_pushed(catalog
     second = sync("c2")
     assert (second["added"], second["amended"], second["withdrawn"]) == (0, 0, 0)
     assert second["onestop_upserted"] == second["ministry_upserted"] == 0
+    # malformed procedures are reported every run but dead-lettered once, with their field and rule
+    letters = tasks.open_store(connection_from_env).dead_letters(catalogue.FLOW)
+    assert sorted(d["record_key"] for d in letters) == sorted(malformed)
+    rules = {d["record_key"]: {e["rule"] for e in d["errors"]} for d in letters}
+    defects = {m["code"]: m["defect"] for m in state["malformed"]}
+    expected_rule = {"empty_code": "required", "unparsable_fee": "format", "unknown_agency": "unknown_agency"}
+    for code, defect in defects.items():
+        assert expected_rule[defect] in rules[code], (code, defect)
 
 
 def test_amended_new_and_withdrawn_procedures_are_exactly_the_changes(catalogue_env):

@@ -331,3 +331,27 @@ def test_dead_letters_keep_attempts(bus_env):
     run("r1")
     letters = store().dead_letters(dossier_status.FLOW)
     assert letters and all(d["attempts"] == 0 for d in letters)  # mapping failures never reached the portal
+
+
+def test_dossier_without_procedure_name_is_filled_from_the_catalogue(bus_env):
+    """Content Enricher: the catalogue flow's snapshot supplies what the one-stop left empty."""
+    from lienthong.store import catalogue_current
+
+    dossier = next(d for d in get(bus_env, "onestop", "/_state/dossiers")["dossiers"]
+                   if d["dossierNo"] not in defective(bus_env))
+    s = store()
+    with s.begin() as conn:
+        conn.execute(catalogue_current.insert().values(
+            procedure_code=dossier["serviceCode"], record={"procedure_code": dossier["serviceCode"],
+                                                           "procedure_name": "Tên thủ tục theo danh mục quốc gia",
+                                                           "domain_code": "G09-TP03", "domain_name": "Hộ tịch"},
+            record_hash="h", published=True, updated_at=utcnow()))
+        conn.execute(outbox.insert().values(**_late_snapshot(dossier["dossierNo"], dossier, version=1, seq=1,
+                                                             serviceName="", domainName="")))
+    tasks.deliver_dossier_statuses(connection_from_env, run_id="r1", task_id="deliver")
+    held = portal_dossiers(bus_env)[dossier["dossierNo"]]
+    assert held["TenTTHC"] == "Tên thủ tục theo danh mục quốc gia"  # filled: the one-stop sent none
+    assert held["TenLinhVuc"] == "Hộ tịch"
+    assert held["MaLinhVuc"] == dossier["domainCode"]  # the one-stop's own value is never overridden
+    letter_payloads = [d["source_payload"] for d in s.dead_letters(dossier_status.FLOW)]
+    assert all(p.get("serviceName") != "Tên thủ tục theo danh mục quốc gia" for p in letter_payloads)
