@@ -92,14 +92,15 @@ class StandIns:
         }
 
 
-def start_standins(state_dir: Path, *, seed_dossiers: int = 40) -> StandIns:
+def start_standins(state_dir: Path, *, seed_dossiers: int = 40, catalogue_size: int | None = None) -> StandIns:
     from mocks.national_portal import NationalPortalMock
     from mocks.one_stop import OneStopMock
 
     onestop = OneStopMock(state_dir=state_dir, port=0, api_key=ONESTOP_KEY, seed_dossiers=seed_dossiers)
+    extra = {"catalogue_size": catalogue_size} if catalogue_size else {}
     portal = NationalPortalMock(
         state_dir=state_dir, port=0,
-        accounts={PORTAL_USER: {"password": PORTAL_PASSWORD, "unit": UNIT}},
+        accounts={PORTAL_USER: {"password": PORTAL_PASSWORD, "unit": UNIT}}, **extra,
     )
     onestop.start()
     portal.start()
@@ -107,8 +108,10 @@ def start_standins(state_dir: Path, *, seed_dossiers: int = 40) -> StandIns:
 
 
 @pytest.fixture
-def standins(tmp_path: Path) -> Iterator[StandIns]:
-    peers = start_standins(tmp_path / "mocks")
+def standins(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StandIns]:
+    """The stand-ins; ``@pytest.mark.catalogue_size(N)`` gives the portal a smaller catalogue."""
+    marker = request.node.get_closest_marker("catalogue_size")
+    peers = start_standins(tmp_path / "mocks", catalogue_size=marker.args[0] if marker else None)
     try:
         yield peers
     finally:
@@ -121,4 +124,6 @@ def bus_env(standins: StandIns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     """Connections (as AIRFLOW_CONN_* variables) to the stand-ins and a fresh bus database."""
     for conn_id, conn in standins.connections(tmp_path / "bus.db").items():
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+    monkeypatch.setenv("AIRFLOW_CONN_MINISTRY_DB_DEFAULT",
+                       json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "ministry.db")}))
     return standins

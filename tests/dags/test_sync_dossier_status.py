@@ -89,3 +89,30 @@ def test_two_runs_through_airflow_deliver_everything_once(airflow_db, dag, bus_e
 def onestop_current(standins, code):
     items = requests.get(standins.onestop.url + "/_state/dossiers", timeout=T).json()["dossiers"]
     return next(d for d in items if d["dossierNo"] == code)
+
+
+@pytest.mark.catalogue_size(200)
+def test_catalogue_dag_through_airflow(airflow_db, bus_env, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from airflow.models import DagBag
+
+    from connectors.ministry_db.replica import MinistryReplica
+    from lienthong.flows import catalogue
+
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags")).dags["sync_procedure_catalogue"]
+    run = dag.test()
+    assert run.state == "success"
+    assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {
+        "pull_catalogue": "success", "push_to_onestop": "success", "push_to_ministry": "success",
+        "summarize_catalogue_run": "success"}
+    state = requests.get(bus_env.portal.url + "/_state/catalogue", timeout=T).json()
+    published = state["counts"]["published"] - sum(1 for m in state["malformed"] if m["published"])
+    counts = tasks.open_store(connection_from_env).run_summary(catalogue.FLOW, run.run_id)["counts"]
+    assert counts["added"] == counts["onestop_upserted"] == counts["ministry_upserted"] == published
+    replica = MinistryReplica.from_connection(connection_from_env("ministry_db_default"))
+    assert len(replica.procedures(published_only=True)) == published
+    replica.dispose()
+    reports = list((tmp_path / "home" / "reports").glob("catalogue-*.md"))
+    assert len(reports) == 1 and f"{published} added" in reports[0].read_text()

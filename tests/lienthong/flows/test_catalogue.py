@@ -84,6 +84,7 @@ def assert_destinations_agree(standins):
         assert replica[code]["noi_dung"] == record, code
 
 
+@pytest.mark.catalogue_size(1000)  # a third of the demo's catalogue keeps the suite quick; two malformed
 def test_first_sync_equals_the_national_catalogue_then_nothing_is_pushed(catalogue_env):
     first = sync("c1")
     state = get(catalogue_env, "portal", "/_state/catalogue")
@@ -105,6 +106,7 @@ def test_first_sync_equals_the_national_catalogue_then_nothing_is_pushed(catalog
         assert expected_rule[defect] in rules[code], (code, defect)
 
 
+@pytest.mark.catalogue_size(1000)
 def test_amended_new_and_withdrawn_procedures_are_exactly_the_changes(catalogue_env):
     sync("c1")
     published = post(catalogue_env, "portal", "/_admin/catalogue/publish", {"add": 1, "amend": 1, "withdraw": 1,
