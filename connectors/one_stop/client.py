@@ -135,6 +135,24 @@ class OneStopClient:
                 )
             cursor = page.next_cursor
 
+    def _pages(self, path: str, operation: str, params: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+        """Every page of a paged list answer ``{items, page, size, total}``."""
+        page, seen = 1, 0
+        while True:
+            data = self._json(self.transport.send("GET", path, operation=operation, params={**params, "page": page}),
+                              operation)
+            try:
+                items, total = list(data["items"]), int(data["total"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ProtocolError(f"{PEER} {operation}: unexpected answer shape ({exc!r})", peer=PEER,
+                                    operation=operation) from None
+            if items:
+                yield items
+            seen += len(items)
+            if not items or seen >= total:
+                return
+            page += 1
+
     def iter_dossiers(
         self, *, modified_from: str | None = None, modified_to: str | None = None, size: int | None = None
     ) -> Iterator[list[dict[str, Any]]]:
@@ -148,21 +166,7 @@ class OneStopClient:
             params["modifiedFrom"] = modified_from
         if modified_to:
             params["modifiedTo"] = modified_to
-        page, seen = 1, 0
-        while True:
-            data = self._json(self.transport.send("GET", "/api/v1/dossiers", operation="dossiers",
-                                                  params={**params, "page": page}), "dossiers")
-            try:
-                items, total = list(data["items"]), int(data["total"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ProtocolError(f"{PEER} dossiers: unexpected answer shape ({exc!r})", peer=PEER,
-                                    operation="dossiers") from None
-            if items:
-                yield items
-            seen += len(items)
-            if not items or seen >= total:
-                return
-            page += 1
+        return self._pages("/api/v1/dossiers", "dossiers", params)
 
     def get_dossier(self, dossier_no: str) -> dict[str, Any] | None:
         """The current snapshot of one dossier, or ``None`` when the system does not hold it."""
@@ -202,18 +206,7 @@ class OneStopClient:
 
     def iter_procedures(self, size: int | None = None) -> Iterator[list[dict[str, Any]]]:
         """The one-stop's procedure catalogue, page by page."""
-        page, seen = 1, 0
-        while True:
-            data = self._json(self.transport.send("GET", "/api/v1/procedures", operation="procedures",
-                                                  params={"page": page, "size": size or self.page_size}),
-                              "procedures")
-            items, total = list(data.get("items") or []), int(data.get("total") or 0)
-            if items:
-                yield items
-            seen += len(items)
-            if not items or seen >= total:
-                return
-            page += 1
+        return self._pages("/api/v1/procedures", "procedures", {"size": size or self.page_size})
 
 
 def _refusal(code: str, response: requests.Response) -> RecordRejected:
