@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lienthong.mapping_cli import add_mapping_commands
 
     add_mapping_commands(sub)
+    from lienthong.audit.cli import add_audit_commands
+
+    add_audit_commands(sub)
     return parser
 
 

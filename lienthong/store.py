@@ -234,6 +234,22 @@ exchange_key = Table(
     Index("ix_exchange_key_key", "record_key"),
 )
 
+# the exchange log's seals (lienthong.audit): one signed Merkle root per batch of records, chained
+exchange_seal = Table(
+    "exchange_seal", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False), Column("first_id", Integer, nullable=False, unique=True),
+    Column("last_id", Integer, nullable=False, unique=True), Column("count", Integer, nullable=False),
+    Column("root", String(64), nullable=False), Column("prev_hash", String(64), nullable=False, unique=True),
+    Column("seal_hash", String(64), nullable=False, unique=True), Column("signature", String(128), nullable=False),
+    Column("key_fingerprint", String(64), nullable=False), Column("sealed_at", AwareDateTime, nullable=False),
+)
+exchange_seal_leaf = Table(  # one row per sealed record: its leaf hash, so the verifier can name it
+    "exchange_seal_leaf", metadata,
+    Column("exchange_id", Integer, primary_key=True, autoincrement=False),  # a record is sealed once
+    Column("seal_seq", Integer, nullable=False), Column("leaf_hash", String(64), nullable=False),
+    Index("ix_exchange_seal_leaf_seq", "seal_seq", "exchange_id"),
+)
+
 
 def sqlalchemy_url(spec: ConnectionSpec) -> str:
     """The SQLAlchemy URL for a bus-database connection.

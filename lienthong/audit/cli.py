@@ -1,0 +1,110 @@
+"""``lienthong audit keygen|seal|verify``: seal the exchange log and check it.
+
+The top-level CLI wires these in with :func:`add_audit_commands`. Exit codes: 0 done / verified,
+1 the log does not verify (the first mismatch is named), 2 a usage or configuration problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from connectors.errors import ConfigurationError
+
+__all__ = ["add_audit_commands", "cmd_keygen", "cmd_seal", "cmd_verify"]
+
+EXIT_OK = 0
+EXIT_MISMATCH = 1
+EXIT_USAGE = 2
+
+
+def _store():
+    from lienthong.cli import _store
+
+    return _store()
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from lienthong.audit.keys import generate_keypair
+
+    try:
+        private_path, public_path, fingerprint = generate_keypair(args.path)
+    except ConfigurationError as exc:
+        print(f"lienthong: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"private key: {private_path} (mode 0600; keep it outside the bus database and its backups)")
+    print(f"public key:  {public_path}")
+    print(f"fingerprint: {fingerprint}")
+    return EXIT_OK
+
+
+def cmd_seal(args: argparse.Namespace) -> int:
+    from lienthong.audit.keys import load_private_key
+    from lienthong.audit.seal import seal_exchanges
+
+    try:
+        key = load_private_key(args.key)
+    except ConfigurationError as exc:
+        print(f"lienthong: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    result = seal_exchanges(_store(), key, batch_size=args.batch_size)
+    if not result.seals:
+        print("nothing to seal")
+        return EXIT_OK
+    head = result.head
+    print(f"sealed {result.records} records in {len(result.seals)} seals "
+          f"({result.seals[0]['seq']}..{head['seq']}, records #{result.seals[0]['first_id']}..#{head['last_id']})")
+    print(f"head: {head['seq']}:{head['seal_hash']}")
+    return EXIT_OK
+
+
+def _head(text: str) -> tuple[int, str]:
+    seq, sep, seal_hash = text.partition(":")
+    if not sep or not seq.isdigit() or len(seal_hash) != 64:
+        raise argparse.ArgumentTypeError("expected SEQ:SEAL_HASH (as printed by `lienthong audit seal`)")
+    return int(seq), seal_hash.lower()
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from lienthong.audit.keys import load_public_key
+    from lienthong.audit.verify import verify_exchanges
+
+    try:
+        keys = [load_public_key(p) for p in args.public_key] if args.public_key else [load_public_key()]
+    except ConfigurationError as exc:
+        print(f"lienthong: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    result = verify_exchanges(_store(), keys, expect_head=args.expect_head)
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+    elif result.ok:
+        head = f"; head {result.head_seq}:{result.head_hash}" if result.head_seq else ""
+        print(f"verified: {result.records_checked} records in {result.seals_checked} seals; "
+              f"{result.unsealed_records} records not sealed yet{head}")
+    else:
+        print(f"NOT VERIFIED after {result.records_checked} records in {result.seals_checked} seals: "
+              f"{result.failure}")
+    return EXIT_OK if result.ok else EXIT_MISMATCH
+
+
+def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("audit", help="seal the exchange log (signed Merkle roots) and verify it")
+    audit = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+
+    q = audit.add_parser("keygen", help="write a new Ed25519 seal key pair: PATH (private, mode 0600) and PATH.pub")
+    q.add_argument("path", help="where to write the private key (outside the bus database)")
+    q.set_defaults(func=cmd_keygen)
+
+    q = audit.add_parser("seal", help="seal every exchange-log record not sealed yet")
+    q.add_argument("--key", help="the private key file (default: $LIENTHONG_SEAL_KEY)")
+    q.add_argument("--batch-size", type=int, default=10_000, help="at most this many records per seal (default 10000)")
+    q.set_defaults(func=cmd_seal)
+
+    q = audit.add_parser("verify", help="recompute every seal and sealed record; exit 1 naming the first mismatch")
+    q.add_argument("--public-key", action="append", help="a public key file; repeat for rotated keys (default: "
+                                                         "$LIENTHONG_SEAL_PUBLIC_KEY, else $LIENTHONG_SEAL_KEY.pub)")
+    q.add_argument("--expect-head", type=_head, metavar="SEQ:HASH",
+                   help="a head printed earlier by `audit seal`, which must still be there")
+    q.add_argument("--json", action="store_true", help="print the result as JSON")
+    q.set_defaults(func=cmd_verify)

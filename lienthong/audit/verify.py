@@ -1,0 +1,197 @@
+"""Verify the sealed exchange log and name the first record or seal that does not match.
+
+With only the public key(s), :func:`verify_exchanges` walks the seals in ``seq`` order and, for
+each, checks the seal itself (its hash, its Ed25519 signature, its link to the previous seal,
+no missing ``seq``), then recomputes the leaf hash of every record in its id range and the Merkle
+root over them. When the root differs, the stored per-record leaf hashes (whose own root must be
+the signed one) say which record: deleted, inserted or altered. Records after the last seal are
+counted as unsealed (not an error); leaf rows that point past the last seal mean a deleted seal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+
+from lienthong.audit.keys import key_fingerprint, load_public_key
+from lienthong.audit.records import GENESIS, load_records, merkle_root, seal_body
+from lienthong.store import Store, exchange_log, exchange_seal, exchange_seal_leaf
+
+__all__ = ["Failure", "VerifyResult", "verify_exchanges"]
+
+# failure kinds
+RECORD_ALTERED = "record_altered"  # a field, body byte or record key of this record changed
+RECORD_DELETED = "record_deleted"
+RECORD_INSERTED = "record_inserted"  # a record inside a sealed range that the seal does not hold
+SEAL_ALTERED = "seal_altered"  # seal_hash does not match the seal's fields
+SEAL_SIGNATURE = "seal_signature"  # the signature does not verify with the public key
+SEAL_UNKNOWN_KEY = "seal_unknown_key"  # signed by a key the verifier was not given
+SEAL_CHAIN = "seal_chain"  # prev_hash is not the previous seal's hash
+SEAL_MISSING = "seal_missing"  # a seq is missing (a deleted seal)
+SEAL_LEAVES = "seal_leaves"  # the stored leaf index of a seal was altered (records unknown)
+HEAD_MISMATCH = "head_mismatch"  # the expected head seal is not there (truncated seals)
+
+
+@dataclass
+class Failure:
+    kind: str
+    explanation: str
+    seal_seq: int | None = None
+    record_id: int | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.record_id is not None:
+            where.append(f"record #{self.record_id}")
+        if self.seal_seq is not None:
+            where.append(f"seal {self.seal_seq}")
+        return f"{self.kind} ({', '.join(where) or 'log'}): {self.explanation}"
+
+
+@dataclass
+class VerifyResult:
+    ok: bool = True
+    records_checked: int = 0
+    seals_checked: int = 0
+    unsealed_records: int = 0
+    head_seq: int | None = None
+    head_hash: str | None = None
+    failure: Failure | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _keys(public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey] | str | os.PathLike[str] | None
+          ) -> dict[str, Ed25519PublicKey]:
+    if public_keys is None or isinstance(public_keys, (str, os.PathLike)):
+        public_keys = [load_public_key(public_keys)]
+    elif isinstance(public_keys, Ed25519PublicKey):
+        public_keys = [public_keys]
+    return {key_fingerprint(k): k for k in public_keys}
+
+
+def _locate(conn: Connection, seal: dict[str, Any], after_id: int,
+            records: list[tuple[int, str]]) -> Failure:
+    """The seal's root does not match its records: say which record, using the leaf index."""
+    seq = seal["seq"]
+    stored = [(r.exchange_id, r.leaf_hash) for r in conn.execute(
+        select(exchange_seal_leaf.c.exchange_id, exchange_seal_leaf.c.leaf_hash)
+        .where(exchange_seal_leaf.c.seal_seq == seq).order_by(exchange_seal_leaf.c.exchange_id))]
+    index_ok = bool(stored) and len(stored) == seal["count"] and merkle_root([h for _, h in stored]) == seal["root"]
+    note = "" if index_ok else " (and the seal's leaf index was altered too)"
+    actual = dict(records)
+    expected = dict(stored)
+    for record_id in sorted(set(actual) | set(expected)):
+        if record_id not in actual:
+            return Failure(RECORD_DELETED, f"record #{record_id} sealed by seal {seq} is missing{note}", seq, record_id)
+        if record_id not in expected:
+            return Failure(RECORD_INSERTED, f"record #{record_id} lies in the range of seal {seq} "
+                                            f"(ids {after_id + 1}..{seal['last_id']}) but was not sealed{note}",
+                           seq, record_id)
+        if actual[record_id] != expected[record_id]:
+            return Failure(RECORD_ALTERED, f"record #{record_id} does not match its leaf hash in seal {seq}: a "
+                                           f"field, body byte or record key changed{note}", seq, record_id)
+    present = {record_id for record_id, _ in records}
+    absent = [i for i in range(seal["first_id"], seal["last_id"] + 1) if i not in present]
+    if absent and len(absent) == seal["count"] - len(records):  # the sealed count and id range pin them down
+        return Failure(RECORD_DELETED, f"seal {seq} holds {seal['count']} records in ids {seal['first_id']}.."
+                                       f"{seal['last_id']}, {len(records)} are left: record #{absent[0]} is missing"
+                                       f"{' (and ' + str(len(absent) - 1) + ' more)' if len(absent) > 1 else ''}{note}",
+                       seq, absent[0])
+    return Failure(SEAL_LEAVES, f"the records of seal {seq} do not give its signed root and its leaf index "
+                                f"was altered: cannot tell which record", seq)
+
+
+def _check_seal(seal: dict[str, Any], previous: dict[str, Any] | None, keys: dict[str, Ed25519PublicKey]
+                ) -> Failure | None:
+    seq = seal["seq"]
+    expected_seq = previous["seq"] + 1 if previous else 1
+    if seq != expected_seq:
+        missing = f"seal {expected_seq}" if seq == expected_seq + 1 else f"seals {expected_seq}..{seq - 1}"
+        return Failure(SEAL_MISSING, f"{missing} missing before seal {seq}", expected_seq)
+    body = seal_body(seal)
+    if hashlib.sha256(body).hexdigest() != seal["seal_hash"]:
+        return Failure(SEAL_ALTERED, f"seal {seq}: its fields do not give its seal_hash", seq)
+    key = keys.get(seal["key_fingerprint"])
+    if key is None:
+        return Failure(SEAL_UNKNOWN_KEY, f"seal {seq} was signed by key {seal['key_fingerprint'][:16]}…, "
+                                         f"not by the public key(s) given ({', '.join(f[:16] for f in keys)}…)", seq)
+    try:
+        key.verify(bytes.fromhex(seal["signature"]), body)
+    except (InvalidSignature, ValueError):
+        return Failure(SEAL_SIGNATURE, f"seal {seq}: the signature does not verify", seq)
+    prev_hash = previous["seal_hash"] if previous else GENESIS
+    if seal["prev_hash"] != prev_hash:
+        return Failure(SEAL_CHAIN, f"seal {seq} does not chain to seal {seq - 1}'s hash", seq)
+    if previous and seal["first_id"] <= previous["last_id"]:
+        return Failure(SEAL_CHAIN, f"seal {seq} overlaps seal {seq - 1}", seq)
+    return None
+
+
+def verify_exchanges(store: Store, public_keys: Any = None, *,
+                     expect_head: tuple[int, str] | None = None) -> VerifyResult:
+    """Recompute every seal and every sealed record; stop at the first mismatch.
+
+    Args:
+        store: the bus database.
+        public_keys: an Ed25519 public key, several (key rotation), or a PEM file path; default
+            ``$LIENTHONG_SEAL_PUBLIC_KEY``, else ``$LIENTHONG_SEAL_KEY.pub``.
+        expect_head: ``(seq, seal_hash)`` of a head published earlier (e.g. printed by ``audit
+            seal``); it must still be there, which detects seals deleted from the end.
+    """
+    keys = _keys(public_keys)
+    result = VerifyResult()
+
+    def fail(failure: Failure) -> VerifyResult:
+        result.ok, result.failure = False, failure
+        return result
+
+    with store.engine.connect() as conn:
+        seals = [dict(r) for r in conn.execute(select(exchange_seal).order_by(exchange_seal.c.seq)).mappings()]
+        previous: dict[str, Any] | None = None
+        for seal in seals:
+            failure = _check_seal(seal, previous, keys)
+            if failure:
+                return fail(failure)
+            after_id = previous["last_id"] if previous else 0
+            records = load_records(conn, after_id, seal["last_id"])
+            if (len(records) != seal["count"] or records[0][0] != seal["first_id"]
+                    or merkle_root([h for _, h in records]) != seal["root"]):
+                return fail(_locate(conn, seal, after_id, records))
+            stored = [(r.exchange_id, r.leaf_hash) for r in conn.execute(
+                select(exchange_seal_leaf.c.exchange_id, exchange_seal_leaf.c.leaf_hash)
+                .where(exchange_seal_leaf.c.seal_seq == seal["seq"]).order_by(exchange_seal_leaf.c.exchange_id))]
+            if stored != records:  # the records hold; the per-record index beside them was edited
+                bad = next((i for (i, h) in stored if (i, h) not in set(records)),
+                           next((i for i, _ in records if i not in dict(stored)), None))
+                return fail(Failure(SEAL_LEAVES, f"seal {seal['seq']}: its records match the signed root but "
+                                                 f"its leaf index was altered", seal["seq"], bad))
+            result.records_checked += len(records)
+            result.seals_checked += 1
+            result.head_seq, result.head_hash = seal["seq"], seal["seal_hash"]
+            previous = seal
+        last_id = previous["last_id"] if previous else 0
+        orphan = conn.execute(select(func.min(exchange_seal_leaf.c.seal_seq), func.min(exchange_seal_leaf.c.exchange_id))
+                              .where(exchange_seal_leaf.c.seal_seq > (previous["seq"] if previous else 0))).first()
+        if orphan[0] is not None:
+            return fail(Failure(SEAL_MISSING, f"seal {orphan[0]} is missing: its leaf index is still there "
+                                              f"(from record #{orphan[1]})", orphan[0], orphan[1]))
+        result.unsealed_records = int(conn.execute(
+            select(func.count()).select_from(exchange_log).where(exchange_log.c.id > last_id)).scalar_one())
+    if expect_head is not None:
+        seq, seal_hash = expect_head
+        held = next((s for s in seals if s["seq"] == seq), None)
+        if held is None or held["seal_hash"] != seal_hash:
+            return fail(Failure(HEAD_MISMATCH, f"seal {seq} with hash {seal_hash[:16]}… is not in the log "
+                                               f"(seals deleted or replaced)", seq))
+    return result
