@@ -1,10 +1,14 @@
-"""Command line of the stand-in peers: ``python -m mocks up`` runs both in the foreground.
+"""Command line of the stand-in peers: ``python -m mocks up`` runs all four in the foreground.
 
 Credentials come from the options, else from the environment, else from the demo defaults:
 
 * ``LIENTHONG_MOCK_ONESTOP_API_KEY`` — the one-stop ``X-Api-Key``;
 * ``LIENTHONG_MOCK_PORTAL_USERNAME``, ``LIENTHONG_MOCK_PORTAL_PASSWORD``,
-  ``LIENTHONG_MOCK_PORTAL_UNIT`` — the portal's adapter account.
+  ``LIENTHONG_MOCK_PORTAL_UNIT`` — the portal's adapter account;
+* ``LIENTHONG_MOCK_PAYMENT_PARTNER``, ``LIENTHONG_MOCK_PAYMENT_SECRET`` — the payment platform's
+  MaDoiTac and checksum secret;
+* ``LIENTHONG_MOCK_LEDGER_USERNAME``, ``LIENTHONG_MOCK_LEDGER_PASSWORD`` — the ministry ledger's
+  WS-Security UsernameToken.
 
 Secrets are never printed.
 """
@@ -20,8 +24,12 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from mocks.ministry_ledger import DEFAULT_PASSWORD as DEFAULT_LEDGER_PASSWORD
+from mocks.ministry_ledger import DEFAULT_USERNAME as DEFAULT_LEDGER_USERNAME
+from mocks.ministry_ledger import MinistryLedgerMock
 from mocks.national_portal import DEFAULT_ACCOUNT, NationalPortalMock, PortalAccount
 from mocks.one_stop import DEFAULT_API_KEY, OneStopMock
+from mocks.payment_platform import DEFAULT_PARTNER, DEFAULT_SECRET, PaymentPlatformMock
 from mocks.server import NonLoopbackHost
 
 __all__ = ["build_parser", "main"]
@@ -32,12 +40,22 @@ DEFAULT_STATE_DIR = os.path.join("var", "mocks")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mocks", description="lienthong stand-in peers")
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="run the one-stop and national portal stand-ins in the foreground")
+    up = sub.add_parser("up", help="run the one-stop, national portal, payment platform and ministry ledger "
+                                   "stand-ins in the foreground")
     up.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
-                    help=f"directory of onestop.db and national_portal.db (default {DEFAULT_STATE_DIR})")
+                    help="directory of onestop.db, national_portal.db, payment_platform.db and ministry_ledger.db "
+                         f"(default {DEFAULT_STATE_DIR})")
     up.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
     up.add_argument("--onestop-port", type=int, default=18081, help="one-stop port (default 18081, 0 = any)")
     up.add_argument("--portal-port", type=int, default=18082, help="national portal port (default 18082, 0 = any)")
+    up.add_argument("--payment-port", type=int, default=18083,
+                    help="payment platform port (default 18083, 0 = any)")
+    up.add_argument("--ledger-port", type=int, default=18084, help="ministry ledger port (default 18084, 0 = any)")
+    up.add_argument("--payment-callback-url", default=None,
+                    help="one-stop URL the payment platform POSTs confirm callbacks to (http://127.0.0.1 only; "
+                         "default: none)")
+    up.add_argument("--payment-lost-share", type=float, default=0.3,
+                    help="share of confirm callbacks never sent (default 0.3)")
     up.add_argument("--seed", type=int, default=49, help="world seed for a fresh state (default 49)")
     up.add_argument("--seed-dossiers", type=int, default=40, help="dossiers in a fresh one-stop world (default 40)")
     up.add_argument("--session-ttl", type=float, default=600.0, help="portal session lifetime, seconds (default 600)")
@@ -61,6 +79,16 @@ def _up(args: argparse.Namespace, out: Any) -> int:
                               seed_dossiers=args.seed_dossiers, api_key=api_key)
         portal = NationalPortalMock(args.state_dir, host=args.host, port=args.portal_port, seed=args.seed,
                                     accounts=[account], session_ttl=args.session_ttl, dstcode=args.dstcode)
+        payment = PaymentPlatformMock(
+            args.state_dir, host=args.host, port=args.payment_port, seed=args.seed,
+            partner_code=os.environ.get("LIENTHONG_MOCK_PAYMENT_PARTNER") or DEFAULT_PARTNER,
+            secret=os.environ.get("LIENTHONG_MOCK_PAYMENT_SECRET") or DEFAULT_SECRET,
+            callback_url=args.payment_callback_url, lost_share=args.payment_lost_share,
+            seed_dossiers=args.seed_dossiers)
+        ledger = MinistryLedgerMock(
+            args.state_dir, host=args.host, port=args.ledger_port, seed=args.seed,
+            username=os.environ.get("LIENTHONG_MOCK_LEDGER_USERNAME") or DEFAULT_LEDGER_USERNAME,
+            password=os.environ.get("LIENTHONG_MOCK_LEDGER_PASSWORD") or DEFAULT_LEDGER_PASSWORD)
     except (NonLoopbackHost, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -71,7 +99,7 @@ def _up(args: argparse.Namespace, out: Any) -> int:
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     started: list[Any] = []
     try:
-        for mock in (onestop, portal):
+        for mock in (onestop, portal, payment, ledger):
             try:
                 started.append(mock.start())
             except OSError as exc:
@@ -91,7 +119,21 @@ def _up(args: argparse.Namespace, out: Any) -> int:
         print(f"    API:        POST {portal.url}/auth  /integration  /share", file=out)
         print("    test doors: GET /_state  GET /_state/dossiers[/<MaHoSo>]  GET /_state/calls  POST /_admin/reset  "
               "POST /_admin/expire-sessions  POST /_admin/faults", file=out)
-        print("Ctrl-C or SIGTERM stops both.", file=out, flush=True)
+        secret_from = "from LIENTHONG_MOCK_PAYMENT_SECRET" if os.environ.get("LIENTHONG_MOCK_PAYMENT_SECRET") \
+            else "demo default"
+        print(f"  payment platform {payment.url}   (MaDoiTac {payment.partner_code}, secret {secret_from}; "
+              f"callbacks to {payment.callback_url or 'nowhere'}, lost share {payment.lost_share})", file=out)
+        print(f"    API:        POST {payment.url}/api/payment  (LoaiBanTin INIT / QUERY / GET_BILL)", file=out)
+        print("    test doors: GET /_state  GET /_state/payments  GET /_state/callbacks  "
+              "POST /_admin/payments/settle  POST /_admin/callbacks  POST /_admin/faults  POST /_admin/reset",
+              file=out)
+        password_from = "from LIENTHONG_MOCK_LEDGER_PASSWORD" if os.environ.get("LIENTHONG_MOCK_LEDGER_PASSWORD") \
+            else "demo default"
+        print(f"  ministry ledger  {ledger.url}   (SOAP 1.1, UsernameToken {ledger.username}, password "
+              f"{password_from})", file=out)
+        print(f"    API:        WSDL {ledger.url}/?wsdl  SOAP POST {ledger.url}/", file=out)
+        print("    test doors: GET /_state  GET /_state/receipts  POST /_admin/faults  POST /_admin/reset", file=out)
+        print("Ctrl-C or SIGTERM stops all four.", file=out, flush=True)
         while not stop.wait(0.5):
             pass
         print("stopping mocks", file=out, flush=True)

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _run_up(state_dir: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str, str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "mocks", "up", "--state-dir", str(state_dir), "--onestop-port", "0",
-         "--portal-port", "0"],
+         "--portal-port", "0", "--payment-port", "0", "--ledger-port", "0"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, **(env or {})},
     )

@@ -1,0 +1,182 @@
+"""The ministry receipt ledger stand-in, driven by zeep from its own WSDL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import zeep
+from lxml import etree
+from zeep.transports import Transport
+from zeep.wsse.username import UsernameToken
+
+from mocks.ministry_ledger import (
+    DEFAULT_PASSWORD,
+    DEFAULT_USERNAME,
+    LEDGER_NS,
+    MinistryLedgerMock,
+)
+
+TIMEOUT = 5
+NS = {"l": LEDGER_NS}
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[MinistryLedgerMock]:
+    mock = MinistryLedgerMock(tmp_path / "ledger", port=0).start()
+    yield mock
+    mock.stop()
+
+
+def client(mock: MinistryLedgerMock, password: str = DEFAULT_PASSWORD) -> zeep.Client:
+    transport = Transport(timeout=TIMEOUT, operation_timeout=TIMEOUT)
+    return zeep.Client(mock.url + "/?wsdl", wsse=UsernameToken(DEFAULT_USERNAME, password), transport=transport)
+
+
+def receipt(number: str = "BL2026-000001", **overrides: Any) -> dict[str, Any]:
+    value = {"ReceiptNumber": number, "DossierCode": "000.00.01.H49-261102-0001",
+             "PaymentReference": "dvc0000001H49261102000120261102081500", "AmountVND": 200000,
+             "PaidAt": datetime.fromisoformat("2026-11-02T08:30:00+07:00"), "PayerName": "Nguyễn Thị Thu Hương",
+             "AgencyCode": "000.00.01.H49", "PdfSha256": "ab" * 32}
+    value.update(overrides)
+    return value
+
+
+def held(mock: MinistryLedgerMock) -> list[dict[str, Any]]:
+    return requests.get(mock.url + "/_state/receipts", timeout=TIMEOUT).json()["receipts"]
+
+
+def detail(fault: zeep.exceptions.Fault) -> tuple[str, dict[str, str]]:
+    element = fault.detail[0]
+    return etree.QName(element).localname, {etree.QName(c).localname: c.text for c in element}
+
+
+def test_wsdl_is_served_with_the_mocks_own_address(ledger):
+    text = requests.get(ledger.url + "/?wsdl", timeout=TIMEOUT).text
+    assert f'<soap:address location="{ledger.url}/"/>' in text
+    assert 'name="ReceiptLedgerService"' in text and "urn:vn:gov:mof:receiptledger:v1" in text
+    c = client(ledger)
+    assert sorted(c.service._binding._operations) == ["GetReceipt", "ListReceipts", "SubmitReceipts"]
+    assert c.service._binding_options["address"] == ledger.url + "/"
+
+
+def test_submit_then_idempotent_resubmit_then_get_and_list(ledger):
+    c = client(ledger)
+    answer = c.service.SubmitReceipts(Receipt=[receipt(), receipt("BL2026-000002", AmountVND=50000)])
+    assert (answer.Accepted, answer.Unchanged) == (2, 0)
+    assert [(r.ReceiptNumber, r.Status) for r in answer.Result] == [("BL2026-000001", "accepted"),
+                                                                    ("BL2026-000002", "accepted")]
+    # the same content again (even written in another offset) is accepted idempotently
+    same = receipt(PaidAt=datetime.fromisoformat("2026-11-02T01:30:00+00:00"))
+    again = c.service.SubmitReceipts(Receipt=[same, receipt("BL2026-000003")])
+    assert (again.Accepted, again.Unchanged) == (1, 1)
+    assert [r.Status for r in again.Result] == ["unchanged", "accepted"]
+    assert [r["ReceiptNumber"] for r in held(ledger)] == ["BL2026-000001", "BL2026-000002", "BL2026-000003"]
+    got = c.service.GetReceipt(ReceiptNumber="BL2026-000002")
+    assert (got.AmountVND, got.PayerName, got.PdfSha256) == (50000, "Nguyễn Thị Thu Hương", "ab" * 32)
+    assert got.PaidAt == datetime.fromisoformat("2026-11-02T08:30:00+07:00")
+    assert c.service.GetReceipt(ReceiptNumber="BL2026-999999") is None
+    listed = c.service.ListReceipts(From=datetime.fromisoformat("2026-11-02T00:00:00+07:00"),
+                                    To=datetime.fromisoformat("2026-11-03T00:00:00+07:00"))
+    assert [r.ReceiptNumber for r in listed] == ["BL2026-000001", "BL2026-000002", "BL2026-000003"]
+    assert c.service.ListReceipts(From=datetime.fromisoformat("2026-11-02T08:30:01+07:00"),
+                                  To=datetime.fromisoformat("2026-11-03T00:00:00+07:00")) == []
+
+
+def test_same_number_with_different_content_is_a_duplicate_fault_and_nothing_is_stored(ledger):
+    c = client(ledger)
+    c.service.SubmitReceipts(Receipt=[receipt()])
+    with pytest.raises(zeep.exceptions.Fault) as info:
+        c.service.SubmitReceipts(Receipt=[receipt("BL2026-000009"), receipt(AmountVND=210000, PayerName="Lê Văn Tám")])
+    name, fields = detail(info.value)
+    assert name == "DuplicateReceiptFault" and info.value.code == "soap:Client"
+    assert fields["Code"] == "DUPLICATE_RECEIPT" and fields["ReceiptNumber"] == "BL2026-000001"
+    assert fields["Fields"] == "AmountVND,PayerName"
+    assert [r["ReceiptNumber"] for r in held(ledger)] == ["BL2026-000001"]  # all or nothing
+
+
+@pytest.mark.parametrize(("override", "field", "rule"), [
+    ({"AmountVND": 0}, "AmountVND", "range:1..1000000000000"),
+    ({"PdfSha256": "XYZ"}, "PdfSha256", r"pattern:[0-9a-f]{64}"),
+    ({"AgencyCode": "H49"}, "AgencyCode", r"pattern:\d{3}\.\d{2}\.\d{2}\.H\d{2}"),
+    ({"PayerName": "   "}, "PayerName", "required"),
+])
+def test_validation_fault_names_receipt_field_and_rule(ledger, override, field, rule):
+    with pytest.raises(zeep.exceptions.Fault) as info:
+        client(ledger).service.SubmitReceipts(Receipt=[receipt(), receipt("BL2026-000002", **override)])
+    name, fields = detail(info.value)
+    assert name == "ValidationFault"
+    assert (fields["Code"], fields["ReceiptNumber"], fields["Index"], fields["Field"], fields["Rule"]) == \
+        ("VALIDATION_FAILED", "BL2026-000002", "1", field, rule)
+    assert held(ledger) == []
+
+
+def test_wrong_password_is_an_authentication_fault(ledger):
+    with pytest.raises(zeep.exceptions.Fault) as info:
+        client(ledger, password="wrong").service.GetReceipt(ReceiptNumber="BL2026-000001")
+    name, fields = detail(info.value)
+    assert name == "AuthenticationFault" and fields == {"Code": "AUTHENTICATION_FAILED",
+                                                        "Message": "unknown user or wrong password"}
+    plain = zeep.Client(ledger.url + "/?wsdl", transport=Transport(timeout=TIMEOUT, operation_timeout=TIMEOUT))
+    with pytest.raises(zeep.exceptions.Fault) as info:
+        plain.service.GetReceipt(ReceiptNumber="BL2026-000001")
+    assert detail(info.value)[1]["Message"] == "a WS-Security UsernameToken header is required"
+
+
+ENTITY_BOMB = """<?xml version="1.0"?>
+<!DOCTYPE soap:Envelope [<!ENTITY boom "EXPANDED-ENTITY">]>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:l="urn:vn:gov:mof:receiptledger:v1"
+  xmlns:wsse="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd">
+ <soap:Header><wsse:Security><wsse:UsernameToken><wsse:Username>lienthong.h49</wsse:Username>
+  <wsse:Password>demo-ledger-secret</wsse:Password></wsse:UsernameToken></wsse:Security></soap:Header>
+ <soap:Body><l:GetReceiptRequest><l:ReceiptNumber>&boom;</l:ReceiptNumber></l:GetReceiptRequest></soap:Body>
+</soap:Envelope>"""
+
+
+def test_a_doctype_or_entity_is_refused_with_a_fault_and_never_expanded(ledger):
+    for body in (ENTITY_BOMB, ENTITY_BOMB.replace("<!DOCTYPE", "<!doctype")):
+        response = requests.post(ledger.url + "/", data=body.encode(), timeout=TIMEOUT,
+                                 headers={"Content-Type": "text/xml; charset=utf-8",
+                                          "SOAPAction": '"urn:vn:gov:mof:receiptledger:v1/GetReceipt"'})
+        assert response.status_code == 500 and b"EXPANDED-ENTITY" not in response.content
+        root = etree.fromstring(response.content)
+        assert root.findtext(".//faultcode") == "soap:Client"
+        assert root.findtext(".//l:RequestFault/l:Code", namespaces=NS) == "DTD_FORBIDDEN"
+    too_big = b"<x>" + b"a" * (1024 * 1024 + 1) + b"</x>"
+    response = requests.post(ledger.url + "/", data=too_big, timeout=TIMEOUT)
+    assert etree.fromstring(response.content).findtext(".//l:RequestFault/l:Code", namespaces=NS) == \
+        "REQUEST_TOO_LARGE"
+
+
+def test_faults_switch_and_state_survive_a_restart(tmp_path):
+    mock = MinistryLedgerMock(tmp_path / "l", port=0).start()
+    try:
+        client(mock).service.SubmitReceipts(Receipt=[receipt()])
+        requests.post(mock.url + "/_admin/faults", json={"error_rate": 1.0, "operations": ["SubmitReceipts"]},
+                      timeout=TIMEOUT)
+        with pytest.raises(zeep.exceptions.Fault) as info:  # zeep reads the 503 HTML page as an unknown fault
+            client(mock).service.SubmitReceipts(Receipt=[receipt("BL2026-000002")])
+        assert info.value.message == "Unknown fault occured" and b"503 Service Unavailable" in info.value.detail
+        state = requests.get(mock.url + "/_state", timeout=TIMEOUT).json()
+        assert state["faults"]["injected"] == {"http_503": 1} and state["counts"]["receipts"] == 1
+        assert client(mock).service.GetReceipt(ReceiptNumber="BL2026-000001").AmountVND == 200000
+    finally:
+        mock.stop()
+    mock = MinistryLedgerMock(tmp_path / "l", port=0).start()
+    try:
+        assert [r["ReceiptNumber"] for r in held(mock)] == ["BL2026-000001"]
+    finally:
+        mock.stop()
+
+
+def test_the_hardened_parser_itself_never_expands_entities():
+    from mocks.ministry_ledger import hardened_parser
+
+    root = etree.fromstring(ENTITY_BOMB.encode(), hardened_parser())
+    number = root.find(".//l:ReceiptNumber", namespaces=NS)
+    assert "EXPANDED-ENTITY" not in etree.tostring(number, encoding="unicode").replace("&boom;", "")
+    assert number.text is None  # the reference stays an unexpanded entity node
