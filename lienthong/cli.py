@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "audit":
+        # The local seal key (var/keys/seal.key, made by `make demo`) unless one is configured.
+        os.environ.setdefault("LIENTHONG_SEAL_KEY", str(localenv.topology().seal_key))
     try:
         return int(args.func(args) or 0)
     except IntegrationError as exc:

@@ -177,6 +177,26 @@ def _run_dag(dag_id: str, flow: str, store: Store, env: dict[str, str], log_file
     return after, seconds
 
 
+def _seal_and_verify(topo: LocalTopology, store: Store, out: Printer) -> bool:
+    """Seal what the runs logged (signed with the local key) and verify the whole log."""
+    from lienthong.audit import generate_keypair, seal_exchanges, verify_exchanges
+
+    if not topo.seal_key.exists():
+        generate_keypair(topo.seal_key)
+    sealed = seal_exchanges(store, topo.seal_key)
+    result = verify_exchanges(store, topo.seal_key.with_name(topo.seal_key.name + ".pub"))
+    out("")
+    if result.ok:
+        out(f"Exchange log sealed ({sealed.records} new records in {len(sealed.seals)} seals) and verified: "
+            f"{result.records_checked} records, {result.seals_checked} seals, chain head {result.head_seq}:"
+            f"{(result.head_hash or '')[:16]}…")
+        return True
+    failure = result.failure
+    out(f"✗ exchange log does NOT verify: {failure.kind if failure else '?'} — "
+        f"{failure.explanation if failure else ''}")
+    return False
+
+
 def run_demo(topo: LocalTopology, *, new: int = 3, changes: int = 5, out: Printer = print) -> int:
     """Run the demo; returns the process exit code."""
     from lienthong.flows import catalogue
@@ -224,13 +244,15 @@ def run_demo(topo: LocalTopology, *, new: int = 3, changes: int = 5, out: Printe
         reports = sorted(report.glob("catalogue-*.md"), key=lambda p: p.stat().st_mtime)
         if reports:
             out(f"  change report: {reports[-1]}")
+    verified = _seal_and_verify(topo, store, out)
     out(f"  whole demo took {time.monotonic() - started:.1f}s")
     out("")
     if dossiers is not None:
         out(f"Exchange log of the dossier run:  .venv/bin/lienthong exchanges --run-id '{dossiers['run_id']}'")
     out("Dead letters:                     .venv/bin/lienthong deadletter list   (show ID, replay ID)")
     out("Airflow UI with these runs:       make airflow   (http://127.0.0.1:8080, user admin / admin)")
-    if dossiers is None or procedures is None:
+    out("Verify the exchange log:          .venv/bin/lienthong audit verify")
+    if dossiers is None or procedures is None or not verified:
         return 1
     missing = [k for k in ("events_read", "considered", "progress_sent") if k not in dossiers["counts"]]
     missing += [k for k in ("listed", "onestop_upserted", "ministry_upserted") if k not in procedures["counts"]]

@@ -69,6 +69,11 @@ class LocalTopology:
         return self.home / "airflow"
 
     @property
+    def seal_key(self) -> Path:
+        """The Ed25519 key that signs exchange-log seals: a file outside the database."""
+        return self.home / "keys" / "seal.key"
+
+    @property
     def log_dir(self) -> Path:
         return self.home / "log"
 
@@ -97,6 +102,7 @@ class LocalTopology:
         venv_bin = str(Path(sys.executable).parent)
         env = {
             "LIENTHONG_HOME": str(self.home),
+            "LIENTHONG_SEAL_KEY": str(self.seal_key),
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
