@@ -1,4 +1,4 @@
-"""``lienthong audit keygen|seal|verify``: seal the exchange log and check it.
+"""``lienthong audit keygen|seal|verify|search|show|export|verify-bundle``: seal the log, read it, prove it.
 
 The top-level CLI wires these in with :func:`add_audit_commands`. Exit codes: 0 done / verified,
 1 the log does not verify (the first mismatch is named), 2 a usage or configuration problem.
@@ -12,7 +12,16 @@ import sys
 
 from connectors.errors import ConfigurationError
 
-__all__ = ["add_audit_commands", "cmd_keygen", "cmd_seal", "cmd_verify"]
+__all__ = [
+    "add_audit_commands",
+    "cmd_export",
+    "cmd_keygen",
+    "cmd_seal",
+    "cmd_search",
+    "cmd_show",
+    "cmd_verify",
+    "cmd_verify_bundle",
+]
 
 EXIT_OK = 0
 EXIT_MISMATCH = 1
@@ -88,6 +97,76 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_MISMATCH
 
 
+def _time(text: str):
+    from lienthong.audit.search import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected an ISO 8601 date or time (UTC unless it says otherwise)") from None
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from lienthong.audit.search import format_line, search_exchanges
+
+    rows = search_exchanges(_store(), key=args.key, peer=args.peer, operation=args.operation,
+                            outcome=args.outcome, since=args.since, until=args.until, limit=args.limit)
+    for row in rows:
+        print(format_line(row))
+    if not rows:
+        print("no exchange matches", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from lienthong.audit.search import format_exchange, get_exchange
+
+    record = get_exchange(_store(), args.id)
+    if record is None:
+        print(f"lienthong: no exchange #{args.id}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.reveal:
+        print(f"lienthong: exchange #{args.id} shown with personal data REVEALED (--reveal)", file=sys.stderr)
+    print(format_exchange(record, reveal=args.reveal))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lienthong.audit.bundle import ExportError, export_bundle
+    from lienthong.audit.bundle_verify import verify_bundle
+    from lienthong.audit.keys import load_public_key
+
+    if not (args.key or args.since or args.until):
+        print("lienthong: choose what to export: --key and/or --from/--to", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        keys = [load_public_key(p) for p in args.public_key] if args.public_key else [load_public_key()]
+    except ConfigurationError as exc:
+        print(f"lienthong: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = export_bundle(_store(), args.out, keys, key=args.key, since=args.since, until=args.until)
+    except ExportError as exc:
+        print(f"lienthong: {exc}", file=sys.stderr)
+        return EXIT_MISMATCH
+    print(f"exported {result.records} records and {result.seals} seals to {result.path}")
+    if result.unsealed_left_out:
+        print(f"lienthong: {result.unsealed_left_out} matching records are not sealed yet and were left out "
+              f"(run `lienthong audit seal` first)", file=sys.stderr)
+    check = verify_bundle(str(result.path))
+    if not check.ok:
+        print(f"lienthong: the bundle does not verify: {check.failure}", file=sys.stderr)
+        return EXIT_MISMATCH
+    return EXIT_OK
+
+
+def cmd_verify_bundle(args: argparse.Namespace) -> int:
+    from lienthong.audit import bundle_verify
+
+    argv = [args.bundle] + (["--public-key", args.public_key] if args.public_key else [])
+    return bundle_verify.main(argv + (["--json"] if args.json else []))
+
+
 def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("audit", help="seal the exchange log (signed Merkle roots) and verify it")
     audit = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
@@ -108,3 +187,34 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="a head printed earlier by `audit seal`, which must still be there")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.set_defaults(func=cmd_verify)
+
+    q = audit.add_parser("search", help="exchanges by record key (dossier, receipt, procedure code), peer, "
+                                        "operation, outcome and time; one line each")
+    q.add_argument("--key", help="a record key: dossier code, receipt number or procedure code")
+    q.add_argument("--peer", help="the peer (national_portal, onestop...)")
+    q.add_argument("--operation", help="the operation (DongBoHoSoMC...)")
+    q.add_argument("--outcome", help="ok | peer_error | http_error | transport_error")
+    q.add_argument("--from", dest="since", type=_time, metavar="ISO", help="started at or after (UTC by default)")
+    q.add_argument("--to", dest="until", type=_time, metavar="ISO", help="started before (UTC by default)")
+    q.add_argument("--limit", type=int, help="at most this many (oldest first)")
+    q.set_defaults(func=cmd_search)
+
+    q = audit.add_parser("show", help="one exchange: headers and bodies, personal data masked unless --reveal")
+    q.add_argument("id", type=int, help="the exchange number (from search)")
+    q.add_argument("--reveal", action="store_true", help="print ID numbers, phone numbers and e-mails as stored")
+    q.set_defaults(func=cmd_show)
+
+    q = audit.add_parser("export", help="write an evidence bundle (records, seals, proofs, public key, verifier)")
+    q.add_argument("out", help="the bundle to write (.zip)")
+    q.add_argument("--key", help="only the exchanges carrying this record key (dossier code...)")
+    q.add_argument("--from", dest="since", type=_time, metavar="ISO", help="started at or after (UTC by default)")
+    q.add_argument("--to", dest="until", type=_time, metavar="ISO", help="started before (UTC by default)")
+    q.add_argument("--public-key", action="append", help="the public key(s) to put in the bundle (default: "
+                                                         "$LIENTHONG_SEAL_PUBLIC_KEY, else $LIENTHONG_SEAL_KEY.pub)")
+    q.set_defaults(func=cmd_export)
+
+    q = audit.add_parser("verify-bundle", help="check an evidence bundle offline (the same as its verify.py)")
+    q.add_argument("bundle", help="the bundle (.zip)")
+    q.add_argument("--public-key", help="the seal public key PEM you trust (default: the bundle's own)")
+    q.add_argument("--json", action="store_true", help="print the result as JSON")
+    q.set_defaults(func=cmd_verify_bundle)

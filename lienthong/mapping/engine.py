@@ -524,9 +524,9 @@ def _value_step(field: _Spec) -> Step:
             try:
                 value = transform(value)
             except TransformError as problem:
-                v = value
+                v, detail, used = value, problem.detail, name
                 return fail(errors, at, problem.rule,
-                            lambda s: f"{s}{shown(v)} {problem.detail} (transform {name})", src)
+                            lambda s: f"{s}{shown(v)} {detail} (transform {used})", src)
             if value is None:
                 return absent(None, item, root, errors, at)
         if table_values is not None:

@@ -1,0 +1,201 @@
+"""``lienthong audit export``: a self-contained evidence bundle of sealed exchanges.
+
+The bundle (a zip, format ``lienthong-audit-bundle/1``, described in
+:mod:`lienthong.audit.bundle_verify`) holds the selected records as stored, their leaf hashes,
+every seal from seal 1 up to the one covering the last selected record, each record's RFC 6962
+inclusion proof in its seal, the public key(s) and the standalone verifier as ``verify.py``.
+Only sealed records can be proven, so records of the selection that are not sealed yet are left
+out and counted (``counts.unsealed_left_out``): seal first.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select
+
+from lienthong.audit.records import (
+    BLOB_FIELDS,
+    LEAF_FIELDS,
+    _root,
+    _value,
+    load_records,
+)
+from lienthong.audit.search import selection_query
+from lienthong.store import (
+    Store,
+    exchange_key,
+    exchange_log,
+    exchange_seal,
+    exchange_seal_leaf,
+    utcnow,
+)
+
+__all__ = ["BUNDLE_FORMAT", "ExportResult", "bundle_record", "export_bundle", "inclusion_proof"]
+
+BUNDLE_FORMAT = "lienthong-audit-bundle/1"
+VERIFIER_SOURCE = Path(__file__).with_name("bundle_verify.py")
+
+
+class ExportError(Exception):
+    """The bundle cannot be made (e.g. the sealed log does not give its seal's root: run `audit verify`)."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    records: int = 0
+    seals: int = 0
+    unsealed_left_out: int = 0
+    record_ids: list[int] = field(default_factory=list)
+
+
+def bundle_record(row: dict[str, Any], record_keys: Sequence[str]) -> dict[str, Any]:
+    """An exchange-log row as the bundle holds it: every column (times in the leaf's ISO form,
+    bodies as base64 of the stored zlib bytes) and its sorted record keys."""
+    record: dict[str, Any] = {}
+    for name in LEAF_FIELDS:
+        value = row[name]
+        if name in BLOB_FIELDS:
+            record[name] = None if value is None else base64.b64encode(bytes(value)).decode("ascii")
+        else:
+            record[name] = _value(name, value)
+    record["record_keys"] = sorted(record_keys)
+    return record
+
+
+class _Tree:
+    """An RFC 6962 tree over leaf hashes, with subtree hashes cached for many proofs."""
+
+    def __init__(self, leaves: Sequence[str]):
+        self.leaves = [bytes.fromhex(h) for h in leaves]
+        self._cache: dict[tuple[int, int], bytes] = {}
+
+    def mth(self, lo: int, hi: int) -> bytes:
+        cached = self._cache.get((lo, hi))
+        if cached is None:
+            cached = self._cache[(lo, hi)] = _root(self.leaves[lo:hi])
+        return cached
+
+    def path(self, m: int, lo: int, hi: int) -> list[bytes]:
+        n = hi - lo
+        if n == 1:
+            return []
+        k = 1 << ((n - 1).bit_length() - 1)
+        if m < k:
+            return self.path(m, lo, lo + k) + [self.mth(lo + k, hi)]
+        return self.path(m - k, lo + k, hi) + [self.mth(lo, lo + k)]
+
+
+def inclusion_proof(leaves: Sequence[str], index: int) -> list[str]:
+    """The RFC 6962 audit path (hex) of leaf ``index`` among ``leaves``."""
+    tree = _Tree(leaves)
+    return [h.hex() for h in tree.path(index, 0, len(leaves))]
+
+
+def _pem(keys: Sequence[Ed25519PublicKey]) -> bytes:
+    return b"".join(k.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+                    for k in keys)
+
+
+def _seal_out(seal: dict[str, Any]) -> dict[str, Any]:
+    out = {name: seal[name] for name in ("seq", "first_id", "last_id", "count", "root", "prev_hash", "seal_hash",
+                                         "signature", "key_fingerprint")}
+    out["sealed_at"] = _value("sealed_at", seal["sealed_at"])
+    return out
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat(timespec="microseconds") if value else None
+
+
+def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519PublicKey], *,
+                  key: str | None = None, since: datetime | None = None,
+                  until: datetime | None = None) -> ExportResult:
+    """Write the evidence bundle of the sealed records carrying ``key`` and/or started in
+    ``[since, until)`` to ``out``."""
+    out = Path(out)
+    result = ExportResult(out)
+    with store.engine.connect() as conn:
+        ids = list(conn.execute(selection_query(key=key, since=since, until=until)).scalars())
+        sealed: dict[int, int] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            sealed.update(conn.execute(select(exchange_seal_leaf.c.exchange_id, exchange_seal_leaf.c.seal_seq)
+                                       .where(exchange_seal_leaf.c.exchange_id.in_(chunk))).all())
+        chosen = [i for i in ids if i in sealed]
+        result.unsealed_left_out = len(ids) - len(chosen)
+        last_seq = max((sealed[i] for i in chosen), default=0)
+        seals = [dict(r) for r in conn.execute(select(exchange_seal).where(exchange_seal.c.seq <= last_seq)
+                                               .order_by(exchange_seal.c.seq)).mappings()]
+        by_seq = {s["seq"]: s for s in seals}
+        files: dict[str, bytes] = {}
+        leaves_out: dict[str, str] = {}
+        wanted: dict[int, list[int]] = {}
+        for i in chosen:
+            wanted.setdefault(sealed[i], []).append(i)
+        for seq, record_ids in sorted(wanted.items()):
+            seal = by_seq.get(seq)
+            previous = by_seq.get(seq - 1)
+            if seal is None or (seq > 1 and previous is None):
+                raise ExportError(f"seal {seq} or the one before it is missing: run `lienthong audit verify`")
+            after_id = previous["last_id"] if previous else 0
+            records = load_records(conn, after_id, seal["last_id"])
+            leaves = [h for _, h in records]
+            tree = _Tree(leaves)
+            if len(leaves) != seal["count"] or tree.mth(0, len(leaves)).hex() != seal["root"]:
+                raise ExportError(f"the records of seal {seq} do not give its signed root: the log was altered; "
+                                  f"run `lienthong audit verify`")
+            position = {record_id: n for n, (record_id, _) in enumerate(records)}
+            rows = {r["id"]: dict(r) for r in conn.execute(
+                select(exchange_log).where(exchange_log.c.id.in_(record_ids))).mappings()}
+            keys: dict[int, list[str]] = {i: [] for i in record_ids}
+            for exchange_id, record_key in conn.execute(select(exchange_key.c.exchange_id, exchange_key.c.record_key)
+                                                        .where(exchange_key.c.exchange_id.in_(record_ids))):
+                keys[exchange_id].append(record_key)
+            for record_id in record_ids:
+                index = position[record_id]
+                leaf = leaves[index]
+                record = bundle_record(rows[record_id], keys[record_id])
+                files[f"records/{record_id}.json"] = _dump(record)
+                files[f"proofs/{record_id}.json"] = _dump({
+                    "record_id": record_id, "seal_seq": seq, "leaf_index": index, "tree_size": len(leaves),
+                    "audit_path": [h.hex() for h in tree.path(index, 0, len(leaves))]})
+                leaves_out[str(record_id)] = leaf
+    result.records, result.seals, result.record_ids = len(chosen), len(seals), chosen
+    files["leaves.json"] = _dump(leaves_out)
+    files["seals.json"] = _dump([_seal_out(s) for s in seals])
+    files["public_key.pem"] = _pem(public_keys)
+    files["verify.py"] = VERIFIER_SOURCE.read_bytes()
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "seal_format": "lienthong-seal/1",
+        "created_at": _iso(utcnow()),
+        "selection": {"key": key, "from": _iso(since), "to": _iso(until)},
+        "counts": {"records": len(chosen), "seals": len(seals), "unsealed_left_out": result.unsealed_left_out},
+        "head": {"seq": seals[-1]["seq"], "seal_hash": seals[-1]["seal_hash"]} if seals else None,
+        "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
+        "verify": "python verify.py THIS.zip --public-key <the seal public key you trust>",
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", _dump(manifest))
+        for name, data in sorted(files.items()):
+            zf.writestr(name, data)
+    tmp.replace(out)
+    return result
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, indent=1, sort_keys=True).encode() + b"\n"

@@ -1,0 +1,223 @@
+"""Find exchanges in the log and show one, with personal data masked unless asked for.
+
+:func:`search_exchanges` filters by record key (dossier code, receipt number, procedure code: all
+are rows of ``exchange_key``), peer, operation, outcome and a ``started_at`` range (``since``
+inclusive, ``until`` exclusive). :func:`format_exchange` prints one exchange with its headers and
+decoded bodies; :func:`mask_text` / :func:`mask_json` hide Vietnamese ID numbers (CMND 9 digits,
+CCCD 12 digits), phone numbers (``0`` + 9–10 digits, ``+84``…) and e-mail addresses, keeping a
+short hint (``0**********9``). Digit runs are matched whole (no letter or digit either side), so
+14-digit times (``20261102081500``), dossier codes (``000.00.01.H49-261102-0001``) and procedure
+codes are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from lienthong.store import Store, exchange_key, exchange_log, exchange_seal_leaf
+
+__all__ = [
+    "PERSONAL_FIELDS",
+    "format_exchange",
+    "format_line",
+    "get_exchange",
+    "mask_json",
+    "mask_text",
+    "parse_time",
+    "search_exchanges",
+]
+
+# field names whose value is personal whatever it looks like (compared case-insensitively)
+PERSONAL_FIELDS = frozenset(name.lower() for name in (
+    "SoGiayToChuHoSo", "SoDinhDanh", "SoDienThoai", "Email", "applicantIdNo", "contactTelNo", "contactEmail",
+    "SoCMND", "CMND", "SoCCCD", "CCCD", "SoGiayTo", "SoDienThoaiChuHoSo", "DienThoai", "EmailChuHoSo",
+    "DiaChiEmail", "SoDienThoaiNguoiNop", "EmailNguoiNop", "SoGiayToNguoiNop", "applicantTelNo",
+    "applicantEmail", "idNumber", "phone", "phoneNumber", "mobile", "email_address",
+))
+
+_EDGE_BEFORE = r"(?<![0-9A-Za-z_])"
+_EDGE_AFTER = r"(?![0-9A-Za-z_])"
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_PHONE = re.compile(_EDGE_BEFORE + r"(?:\+84\d{9,10}|0\d{9,10})" + _EDGE_AFTER)
+_ID = re.compile(_EDGE_BEFORE + r"(?:\d{12}|\d{9})" + _EDGE_AFTER)
+
+
+def _hint(value: str) -> str:
+    """First and last character kept (``+84`` kept whole), the rest starred."""
+    if value.startswith("+84") and len(value) > 4:
+        return "+84" + "*" * (len(value) - 4) + value[-1]
+    if len(value) <= 2:
+        return "*" * len(value)
+    return value[0] + "*" * (len(value) - 2) + value[-1]
+
+
+def _hint_email(value: str) -> str:
+    local, _, domain = value.partition("@")
+    return f"{local[:1]}{'*' * max(len(local) - 1, 1)}@{domain}"
+
+
+def mask_text(text: str) -> str:
+    """``text`` with e-mail addresses, phone numbers and ID numbers replaced by short hints."""
+    text = _EMAIL.sub(lambda m: _hint_email(m.group()), text)
+    text = _PHONE.sub(lambda m: _hint(m.group()), text)
+    return _ID.sub(lambda m: _hint(m.group()), text)
+
+
+def mask_json(value: Any, field: str | None = None) -> Any:
+    """A JSON value with personal fields (by name) and personal-looking values (by pattern) masked."""
+    if isinstance(value, dict):
+        return {k: mask_json(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_json(v, field) for v in value]
+    personal = field is not None and field.lower() in PERSONAL_FIELDS
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        if personal:
+            return _hint(str(value))
+        if isinstance(value, float):  # a fraction's digits are no ID number
+            return value
+        masked = mask_text(str(value))
+        return value if masked == str(value) else masked
+    if isinstance(value, str):
+        if personal and value:
+            return _hint_email(value) if "@" in value else _hint(value)
+        return mask_text(value)
+    return value
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 date or time; naive ones are UTC."""
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))  # noqa: FURB162 (Python < 3.11)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def selection_query(*, key: str | None = None, peer: str | None = None, operation: str | None = None,
+                    outcome: str | None = None, since: datetime | None = None, until: datetime | None = None):
+    """The ``exchange_log`` ids matching the filters, in id order (a select of one column)."""
+    query = select(exchange_log.c.id).order_by(exchange_log.c.id)
+    if key:
+        query = query.where(exchange_log.c.id.in_(
+            select(exchange_key.c.exchange_id).where(exchange_key.c.record_key == key)))
+    if peer:
+        query = query.where(exchange_log.c.peer == peer)
+    if operation:
+        query = query.where(exchange_log.c.operation == operation)
+    if outcome:
+        query = query.where(exchange_log.c.outcome == outcome)
+    if since is not None:
+        query = query.where(exchange_log.c.started_at >= since)
+    if until is not None:
+        query = query.where(exchange_log.c.started_at < until)
+    return query
+
+
+def _keys_of(conn, ids: list[int]) -> dict[int, list[str]]:
+    keys: dict[int, list[str]] = {i: [] for i in ids}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        for exchange_id, record_key in conn.execute(
+                select(exchange_key.c.exchange_id, exchange_key.c.record_key)
+                .where(exchange_key.c.exchange_id.in_(chunk))):
+            keys[exchange_id].append(record_key)
+    return {i: sorted(k) for i, k in keys.items()}
+
+
+_SUMMARY = [exchange_log.c[name] for name in (
+    "id", "started_at", "flow", "run_id", "peer", "operation", "direction", "method", "attempt", "outcome",
+    "http_status", "peer_code", "duration_ms", "error")]
+
+
+def search_exchanges(store: Store, *, key: str | None = None, peer: str | None = None,
+                     operation: str | None = None, outcome: str | None = None, since: datetime | None = None,
+                     until: datetime | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Exchanges matching every filter given, oldest first, without bodies; each with its
+    ``record_keys``."""
+    ids_query = selection_query(key=key, peer=peer, operation=operation, outcome=outcome, since=since,
+                                until=until)
+    if limit is not None:
+        ids_query = ids_query.limit(limit)
+    with store.engine.connect() as conn:
+        ids = list(conn.execute(ids_query).scalars())
+        if not ids:
+            return []
+        rows = {r["id"]: dict(r) for r in conn.execute(
+            select(*_SUMMARY).where(exchange_log.c.id.in_(ids))).mappings()}
+        keys = _keys_of(conn, ids)
+    return [{**rows[i], "record_keys": keys[i]} for i in ids]
+
+
+def get_exchange(store: Store, exchange_id: int) -> dict[str, Any] | None:
+    """One exchange as stored (bodies compressed), with ``record_keys`` and ``seal_seq``."""
+    with store.engine.connect() as conn:
+        row = conn.execute(select(exchange_log).where(exchange_log.c.id == exchange_id)).mappings().first()
+        if row is None:
+            return None
+        record = dict(row)
+        record["record_keys"] = _keys_of(conn, [exchange_id])[exchange_id]
+        record["seal_seq"] = conn.execute(select(exchange_seal_leaf.c.seal_seq).where(
+            exchange_seal_leaf.c.exchange_id == exchange_id)).scalar()
+    return record
+
+
+def _time(value: datetime | None) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds") if value else "-"
+
+
+def format_line(row: dict[str, Any]) -> str:
+    """One search result on one line."""
+    status = f"http {row['http_status']}" if row.get("http_status") is not None else "no answer"
+    code = f" code {row['peer_code']}" if row.get("peer_code") not in (None, "") else ""
+    keys = ",".join(row.get("record_keys") or []) or "-"
+    return (f"#{row['id']:<6} {_time(row['started_at'])}  {row['peer']}/{row['operation']}  "
+            f"{row['outcome']}  {status}{code}  attempt {row['attempt']}  keys {keys}")
+
+
+def _body(blob: bytes, reveal: bool) -> str:
+    try:
+        raw = zlib.decompress(bytes(blob))
+    except zlib.error:
+        return "(the stored body does not decompress)"
+    if not raw:
+        return "(empty)"
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text if reveal else mask_text(text)
+    return json.dumps(parsed if reveal else mask_json(parsed), ensure_ascii=False, indent=2)
+
+
+def format_exchange(record: dict[str, Any], *, reveal: bool = False) -> str:
+    """One exchange in full: fields, record keys, headers and decoded bodies; personal data masked
+    unless ``reveal``."""
+    text = (lambda s: s) if reveal else mask_text
+
+    def headers(value: Any) -> str:
+        return json.dumps(value if reveal else mask_json(value), ensure_ascii=False, indent=2)
+
+    seal = f"seal {record['seal_seq']}" if record.get("seal_seq") is not None else "not sealed yet"
+    lines = [
+        f"exchange #{record['id']}  ({seal})",
+        f"started_at:   {_time(record['started_at'])}  ({record['duration_ms']} ms)",
+        f"flow/run:     {record['flow'] or '-'} / {record['run_id'] or '-'} / {record['task_id'] or '-'}",
+        f"peer:         {record['peer']}  operation {record['operation']}  ({record['direction']})",
+        f"request:      {record['method']} {text(record['url'])}  attempt {record['attempt']}",
+        (f"outcome:      {record['outcome']}  http {record['http_status'] if record['http_status'] is not None else '-'}"
+         f"  peer code {record['peer_code'] if record['peer_code'] is not None else '-'}"),
+        f"record keys:  {text(', '.join(record.get('record_keys') or [])) or '-'}",
+    ]
+    if record.get("error"):
+        lines.append(f"error:        {text(record['error'])}")
+    for side in ("request", "response"):
+        lines.append(f"--- {side} headers ---")
+        lines.append(headers(record[f"{side}_headers"]))
+        lines.append(f"--- {side} body ({record[f'{side}_size']} bytes, sha256 {record[f'{side}_sha256']}) ---")
+        lines.append(_body(record[f"{side}_body"], reveal))
+    return "\n".join(lines)

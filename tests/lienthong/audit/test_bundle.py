@@ -1,0 +1,220 @@
+"""`audit export` → an evidence bundle that `verify.py` checks offline, naming the first tampering."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import subprocess
+import sys
+import zipfile
+import zlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from lienthong.audit import bundle_verify, seal_exchanges
+from lienthong.audit.bundle import bundle_record, export_bundle, inclusion_proof
+from lienthong.audit.records import leaf_hash, merkle_root
+from lienthong.audit.search import search_exchanges
+from lienthong.cli import main
+
+from .conftest import T0, fill
+
+
+def _sealed(store, keypair, count=13, batch_size=4):
+    fill(store, count)
+    seal_exchanges(store, keypair[0], batch_size=batch_size)
+
+
+def _rewrite(src: Path, dst: Path, name: str, edit) -> None:
+    """Copy the zip with one member's bytes changed by ``edit``."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            zout.writestr(info.filename, edit(data) if info.filename == name else data)
+
+
+def _flip_hex(data: bytes, marker: bytes) -> bytes:
+    """Flip one hex digit just after ``marker`` (the JSON stays valid)."""
+    at = data.index(marker) + len(marker)
+    while chr(data[at]) not in "0123456789abcdef":
+        at += 1
+    out = bytearray(data)
+    out[at] = ord("1") if data[at] != ord("1") else ord("2")
+    return bytes(out)
+
+
+def test_leaf_hash_of_the_standalone_verifier_agrees_with_the_sealer():
+    rng = random.Random(7)
+    for n in range(300):
+        body = zlib.compress(bytes(rng.randrange(256) for _ in range(rng.randrange(0, 60))))
+        row = {
+            "id": n + 1, "started_at": datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.random() * 1e7),
+            "flow": rng.choice([None, "dossier_status", "tiến độ"]), "run_id": rng.choice([None, f"run-{n}"]),
+            "task_id": None, "peer": rng.choice(["national_portal", "onestop"]), "operation": "DongBoHoSoMC",
+            "direction": "outbound", "method": "POST", "url": f"http://x/{n}?q=ü&z={rng.random()}",
+            "attempt": rng.randrange(1, 4), "outcome": rng.choice(["ok", "peer_error"]),
+            "peer_code": rng.choice([None, "0", "-1"]), "http_status": rng.choice([None, 200, 500]),
+            "duration_ms": rng.choice([0.0, 12.5, rng.random() * 1000, 1e-7, 123456789.123]),
+            "record_count": rng.randrange(0, 3),
+            "request_headers": {"Content-Type": "application/json", "X-Ý": "ả\"\\\n", "n": [1, 2.5, None, True]},
+            "request_body": body, "request_sha256": "ab" * 32, "request_size": rng.randrange(0, 99),
+            "response_headers": {}, "response_body": zlib.compress(b""), "response_sha256": "cd" * 32,
+            "response_size": 0, "error": rng.choice([None, "timeout: đọc quá hạn"]),
+        }
+        keys = [f"000.00.01.H49-2611{rng.randrange(10, 99)}-{k:04d}" for k in range(rng.randrange(0, 4))]
+        bundled = json.loads(json.dumps(bundle_record(row, keys), ensure_ascii=False, indent=1))
+        assert bundle_verify.leaf_hash(bundled) == leaf_hash(row, keys)
+
+
+def test_inclusion_proofs_verify_for_every_leaf_and_tree_size():
+    for size in range(1, 34):
+        leaves = [f"{i:064x}" for i in range(size)]
+        root = merkle_root(leaves)
+        for index in range(size):
+            path = inclusion_proof(leaves, index)
+            assert bundle_verify.inclusion_ok(leaves[index], index, size, path, root)
+            assert not bundle_verify.inclusion_ok(leaves[(index + 1) % size], index, size, path, root) or size == 1
+            if path:
+                assert not bundle_verify.inclusion_ok(leaves[index], index, size, path[:-1], root)
+
+
+def test_the_verifier_imports_only_the_standard_library_and_cryptography():
+    source = Path(bundle_verify.__file__).read_text()
+    modules = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            modules |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            modules.add(node.module.split(".")[0])
+    assert modules - {"__future__", "cryptography"} <= set(sys.stdlib_module_names)
+
+
+def test_export_then_verify_offline_in_a_clean_subprocess(store, keypair, tmp_path):
+    _sealed(store, keypair)
+    fill(store, 2, start=50)  # not sealed: left out
+    out = tmp_path / "bundle.zip"
+    result = export_bundle(store, out, [keypair[1]], since=T0)
+    assert (result.records, result.seals, result.unsealed_left_out) == (13, 4, 2)
+    with zipfile.ZipFile(out) as zf:
+        names = set(zf.namelist())
+        manifest = json.loads(zf.read("manifest.json"))
+        verifier = zf.read("verify.py")
+    assert {"manifest.json", "leaves.json", "seals.json", "public_key.pem", "verify.py"} <= names
+    assert {f"records/{i}.json" for i in range(1, 14)} <= names and {f"proofs/{i}.json" for i in range(1, 14)} <= names
+    assert set(manifest["files"]) == names - {"manifest.json"}
+    assert manifest["counts"] == {"records": 13, "seals": 4, "unsealed_left_out": 2}
+
+    clean = tmp_path / "auditor"
+    clean.mkdir()
+    (clean / "bundle.zip").write_bytes(out.read_bytes())
+    (clean / "verify.py").write_bytes(verifier)
+    proc = subprocess.run([sys.executable, "-I", "verify.py", "bundle.zip", "--json"], cwd=clean,
+                          env={"PATH": os.environ.get("PATH", "")}, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["records_checked"] == 13 and report["seals_checked"] == 4
+    assert sorted(os.listdir(clean)) == ["bundle.zip", "verify.py"]
+
+    (clean / "other.zip").write_bytes(b"PK\x03\x04 not a zip")
+    proc = subprocess.run([sys.executable, "-I", "verify.py", "other.zip"], cwd=clean,
+                          env={"PATH": os.environ.get("PATH", "")}, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1 and "NOT VERIFIED" in proc.stdout
+
+
+@pytest.mark.parametrize("name, edit, kind, where", [
+    ("records/6.json", lambda d: d.replace(b"18082", b"18083", 1), "record_altered", "record #6"),
+    ("records/6.json", lambda d: d.replace(b'"HS-0006"', b'"HS-0066"', 1), "record_altered", "record #6"),
+    ("proofs/6.json", lambda d: _flip_hex(d, b'"audit_path": [\n  "'), "proof_altered", "proofs/6.json"),
+    ("seals.json", lambda d: _flip_hex(d, b'"root": "'), "seal_altered", "seal 1"),
+    ("seals.json", lambda d: _flip_hex(d, b'"signature": "'), "seal_signature", "seal 1"),
+    ("records/6.json", lambda d: d.replace(b'{\n', b'{\n "note": "added",\n', 1), "record_altered", "record #6"),
+    ("leaves.json", lambda d: _flip_hex(d, b'"6": "'), "leaf_altered", "leaves.json"),
+    ("manifest.json", lambda d: _flip_hex(d, b'"seal_hash": "'), "manifest", "head"),
+    ("manifest.json", lambda d: _flip_hex(d, b'"records/6.json": "'), "manifest", "records/6.json"),
+    ("verify.py", lambda d: d + b"\n# edited\n", "manifest", "verify.py"),
+])
+def test_a_flipped_byte_is_named(store, keypair, tmp_path, name, edit, kind, where):
+    _sealed(store, keypair)
+    out = tmp_path / "bundle.zip"
+    export_bundle(store, out, [keypair[1]], since=T0)
+    bad = tmp_path / "bad.zip"
+    _rewrite(out, bad, name, edit)
+    result = bundle_verify.verify_bundle(str(bad))
+    assert not result.ok and result.failure_kind == kind, result.failure
+    assert where in result.failure, result.failure
+
+
+def test_a_corrupted_zip_byte_and_a_foreign_key_are_named(store, keypair, tmp_path):
+    _sealed(store, keypair)
+    out = tmp_path / "bundle.zip"
+    export_bundle(store, out, [keypair[1]], since=T0)
+    data = bytearray(out.read_bytes())
+    with zipfile.ZipFile(out) as zf:
+        info = zf.getinfo("records/6.json")
+    data[info.header_offset + 30 + len(info.filename) + 5] ^= 0x40  # inside the compressed member
+    (tmp_path / "crc.zip").write_bytes(bytes(data))
+    result = bundle_verify.verify_bundle(str(tmp_path / "crc.zip"))
+    assert not result.ok and "records/6.json" in result.failure
+
+    from lienthong.audit.keys import generate_keypair
+    _, other_pub, _ = generate_keypair(tmp_path / "other.key")
+    result = bundle_verify.verify_bundle(str(out), other_pub.read_bytes())
+    assert not result.ok and result.failure_kind == "seal_unknown_key" and "seal 1" in result.failure
+
+
+def test_a_bundle_for_one_dossier_holds_only_its_records_and_verifies(store, keypair, tmp_path):
+    _sealed(store, keypair)
+    expected = [r["id"] for r in search_exchanges(store, key="HS-0007")]
+    assert expected == [6, 7]
+    out = tmp_path / "hs7.zip"
+    result = export_bundle(store, out, [keypair[1]], key="HS-0007")
+    assert result.record_ids == [6, 7] and result.seals == 2  # the chain up to seal 2 (records 5..8)
+    with zipfile.ZipFile(out) as zf:
+        records = sorted(n for n in zf.namelist() if n.startswith("records/"))
+        assert records == ["records/6.json", "records/7.json"]
+        assert all("HS-0007" in json.loads(zf.read(n))["record_keys"] for n in records)
+        assert json.loads(zf.read("manifest.json"))["selection"]["key"] == "HS-0007"
+    result = bundle_verify.verify_bundle(str(out), keypair[3].read_bytes())
+    assert result.ok and result.records_checked == 2 and result.seals_checked == 2, result.failure
+
+    # a record of another dossier slipped in (with its genuine proof) is outside the selection
+    full = tmp_path / "full.zip"
+    export_bundle(store, full, [keypair[1]], since=T0)
+    with zipfile.ZipFile(full) as zf:
+        foreign = {n: zf.read(n) for n in ("records/5.json", "proofs/5.json")}
+        leaf5 = json.loads(zf.read("leaves.json"))["5"]
+    mixed = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(out) as zin, zipfile.ZipFile(mixed, "w") as zout:
+        for n in zin.namelist():
+            data = zin.read(n)
+            if n == "leaves.json":
+                data = json.dumps({**json.loads(data), "5": leaf5}).encode()
+            zout.writestr(n, data)
+        for n, data in foreign.items():
+            zout.writestr(n, data)
+    result = bundle_verify.verify_bundle(str(mixed))
+    assert not result.ok and result.failure_kind == "selection" and "record #5" in result.failure
+
+
+def test_cli_export_and_verify_bundle(store, keypair, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
+                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    monkeypatch.setenv("LIENTHONG_SEAL_KEY", str(keypair[2]))
+    _sealed(store, keypair, count=6, batch_size=10)
+    fill(store, 1, start=40)
+    out = tmp_path / "e.zip"
+    assert main(["audit", "export", str(out)]) == 2  # a selection is required
+    assert main(["audit", "export", str(out), "--from", "2026-03-01", "--to", "2026-03-02"]) == 0
+    captured = capsys.readouterr()
+    assert "exported 6 records and 1 seals" in captured.out and "1 matching records are not sealed" in captured.err
+    assert main(["audit", "verify-bundle", str(out), "--public-key", str(keypair[3])]) == 0
+    assert "bundle verified: 6 records, 1 seals" in capsys.readouterr().out
+    bad = tmp_path / "bad.zip"
+    _rewrite(out, bad, "records/2.json", lambda d: d.replace(b"18082", b"18083", 1))
+    assert main(["audit", "verify-bundle", str(bad)]) == 1
+    assert "record #2" in capsys.readouterr().out

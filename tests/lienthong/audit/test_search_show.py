@@ -1,0 +1,160 @@
+"""`audit search` finds exactly the exchanges asked for; `audit show` masks personal data unless revealed."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from connectors.transport import Exchange
+from lienthong.audit.search import (
+    format_exchange,
+    get_exchange,
+    mask_json,
+    mask_text,
+    parse_time,
+    search_exchanges,
+)
+from lienthong.cli import main
+from lienthong.exchange_log import BusRecorder
+
+from .conftest import T0
+
+DOSSIER_A = "000.00.01.H49-261102-0001"
+DOSSIER_B = "000.00.01.H49-261102-0002"
+PROCEDURE = "1.001234.000.00.00.H49"
+RECEIPT = "BN-2026-000123"
+
+PERSONAL = {
+    "MaHoSo": DOSSIER_A,
+    "MaTTHC": PROCEDURE,
+    "ThoiDiemXuLy": "20261102081500",
+    "ChuHoSo": {"HoTen": "Nguyễn Văn A", "SoGiayToChuHoSo": "001095012345", "SoDienThoai": "0912345678",
+                "Email": "nguyenvana@example.vn"},
+    "applicantIdNo": 123456789,
+    "GhiChu": "liên hệ 0987654321 hoặc +84912345678, thư lan.tran@gov.vn, CMND 012345678",
+    "NgayTiepNhan": "20261102081500",
+    "MaBienNhan": RECEIPT,
+}
+
+
+def _exchange(n, *, peer="national_portal", operation="DongBoHoSoMC", outcome="ok", keys=(), body=None,
+              headers=None):
+    return Exchange(
+        peer=peer, operation=operation, method="POST", url=f"http://127.0.0.1:18082/api/{operation}",
+        started_at=T0 + timedelta(minutes=n), duration_ms=10.0 + n, attempt=1, outcome=outcome,
+        record_keys=tuple(keys), request_headers=headers or {"Content-Type": "application/json"},
+        request_body=json.dumps(body or {"n": n}, ensure_ascii=False).encode(), response_status=200,
+        response_headers={"Content-Type": "application/json"},
+        response_body=b'{"error_code":0,"SoDienThoai":"0901234567"}', peer_code="0",
+        error="peer said: call 0912345678" if outcome != "ok" else None)
+
+
+def _fill(store):
+    recorder = BusRecorder(store, "dossier_status", "run-1", "deliver")
+    plan = [
+        {"keys": (DOSSIER_A, PROCEDURE, RECEIPT), "body": PERSONAL},                      # 1
+        {"keys": (DOSSIER_B,), "peer": "onestop", "operation": "changes"},                  # 2
+        {"keys": (DOSSIER_A,), "outcome": "peer_error"},                                 # 3
+        {"keys": (DOSSIER_B, PROCEDURE), "outcome": "http_error"},                       # 4
+        {"keys": (), "peer": "onestop", "operation": "changes"},                            # 5
+        {"keys": (DOSSIER_A,), "peer": "onestop", "operation": "progress"},                 # 6
+    ]
+    for n, kwargs in enumerate(plan, start=1):
+        recorder.record(_exchange(n, **kwargs))
+
+
+def _ids(store, **filters):
+    return [r["id"] for r in search_exchanges(store, **filters)]
+
+
+def test_search_by_key_peer_operation_outcome_and_time(store):
+    _fill(store)
+    assert _ids(store) == [1, 2, 3, 4, 5, 6]
+    assert _ids(store, key=DOSSIER_A) == [1, 3, 6]
+    assert _ids(store, key=PROCEDURE) == [1, 4]
+    assert _ids(store, key=RECEIPT) == [1]
+    assert _ids(store, key="000.00.01.H49-261102-9999") == []
+    assert _ids(store, peer="onestop") == [2, 5, 6]
+    assert _ids(store, operation="changes") == [2, 5]
+    assert _ids(store, outcome="peer_error") == [3]
+    assert _ids(store, key=DOSSIER_A, peer="onestop") == [6]
+    assert _ids(store, since=T0 + timedelta(minutes=3)) == [3, 4, 5, 6]
+    assert _ids(store, until=T0 + timedelta(minutes=3)) == [1, 2]  # --to is exclusive
+    assert _ids(store, since=T0 + timedelta(minutes=2), until=T0 + timedelta(minutes=5), key=DOSSIER_B) == [2, 4]
+    assert _ids(store, limit=2, peer="onestop") == [2, 5]
+    row = search_exchanges(store, key=RECEIPT)[0]
+    assert row["record_keys"] == sorted([DOSSIER_A, PROCEDURE, RECEIPT]) and "request_body" not in row
+
+
+def test_parse_time_reads_dates_zulu_and_offsets_as_utc():
+    assert parse_time("2026-03-01") == T0.replace(hour=0, minute=0)
+    assert parse_time("2026-03-01T02:30:00Z") == T0
+    assert parse_time("2026-03-01T09:30:00+07:00") == T0
+
+
+def test_masking_patterns_spare_codes_and_times():
+    kept = [DOSSIER_A, PROCEDURE, "20261102081500", "2.002120.000.00.00.H12", "1761234567", "HS0912345678",
+            "2026-11-02T08:15:00+07:00", "BN-2026-000123", "12345678901234"]
+    for text in kept:
+        assert mask_text(text) == text, text
+    assert mask_text("0912345678") == "0********8"
+    assert mask_text("CCCD 001095012345.") == "CCCD 0**********5."
+    assert mask_text("CMND: 012345678") == "CMND: 0*******8"
+    assert mask_text("+84912345678") == "+84********8"
+    assert mask_text("gọi 09123456789!") == "gọi 0*********9!"
+    assert mask_text("a nguyenvana@example.vn b") == "a n*********@example.vn b"
+    masked = mask_json(PERSONAL)
+    assert masked["ChuHoSo"]["SoGiayToChuHoSo"] == "0**********5"
+    assert masked["ChuHoSo"]["SoDienThoai"] == "0********8"
+    assert masked["ChuHoSo"]["Email"] == "n*********@example.vn"
+    assert masked["applicantIdNo"] == "1*******9"
+    assert masked["ChuHoSo"]["HoTen"] == "Nguyễn Văn A"
+    assert {k: masked[k] for k in ("MaHoSo", "MaTTHC", "ThoiDiemXuLy", "NgayTiepNhan", "MaBienNhan")} == {
+        k: PERSONAL[k] for k in ("MaHoSo", "MaTTHC", "ThoiDiemXuLy", "NgayTiepNhan", "MaBienNhan")}
+    assert masked["GhiChu"] == "liên hệ 0********1 hoặc +84********8, thư l*******@gov.vn, CMND 0*******8"
+    assert mask_json({"duration": 12.123456789, "count": 123456789, "n": 20261102081500}) == {
+        "duration": 12.123456789, "count": "1*******9", "n": 20261102081500}
+    # field names mask whatever the value looks like
+    assert mask_json({"contactTelNo": "12-34", "contactEmail": "x@y.vn", "SoDinhDanh": "AB12"}) == {
+        "contactTelNo": "1***4", "contactEmail": "x*@y.vn", "SoDinhDanh": "A**2"}
+
+
+SECRETS = ["001095012345", "0912345678", "nguyenvana@example.vn", "123456789", "0987654321", "+84912345678",
+           "lan.tran@gov.vn", "012345678", "0901234567"]
+
+
+def test_show_masks_by_default_and_reveals_on_request(store):
+    _fill(store)
+    record = get_exchange(store, 1)
+    assert record["record_keys"] == sorted([DOSSIER_A, PROCEDURE, RECEIPT]) and record["seal_seq"] is None
+    masked = format_exchange(record)
+    for secret in SECRETS:
+        assert secret not in masked, secret
+    for kept in (DOSSIER_A, PROCEDURE, RECEIPT, "20261102081500", "Nguyễn Văn A", "0**********5", "0********8",
+                 "n*********@example.vn"):
+        assert kept in masked, kept
+    assert "exchange #1" in masked and "--- response body" in masked and "not sealed yet" in masked
+    revealed = format_exchange(record, reveal=True)
+    for secret in SECRETS:
+        assert secret in revealed, secret
+    assert "0**********5" not in revealed
+
+
+def test_cli_search_and_show(store, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
+                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    _fill(store)
+    assert main(["audit", "search", "--key", DOSSIER_A, "--outcome", "ok"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["#1", "#6"]
+    assert main(["audit", "search", "--peer", "onestop", "--from", "2026-03-01T02:34:00Z"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["#5", "#6"]
+
+    assert main(["audit", "show", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "0912345678" not in captured.out and "0********8" in captured.out and captured.err == ""
+    assert main(["audit", "show", "1", "--reveal"]) == 0
+    captured = capsys.readouterr()
+    assert "001095012345" in captured.out and "REVEALED" in captured.err
+    assert main(["audit", "show", "99"]) == 2
