@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from connectors.errors import ConfigurationError
 
@@ -80,6 +80,33 @@ class ConnectionSpec:
         scheme = self.schema or "http"
         port = f":{self.port}" if self.port else ""
         return f"{scheme}://{host}{port}"
+
+    def sqlalchemy_url(self) -> str:
+        """The SQLAlchemy URL of a database connection.
+
+        ``extra.sqlalchemy_url`` wins; otherwise ``sqlite`` (host = file path) and ``postgres``
+        connections are translated as Airflow's own hooks do.
+
+        Raises:
+            ConfigurationError: another connection type, or an sqlite one without a file path.
+        """
+        if self.extra.get("sqlalchemy_url"):
+            return str(self.extra["sqlalchemy_url"])
+        if self.conn_type == "sqlite":
+            if not self.host:
+                raise ConfigurationError(f"connection '{self.conn_id}': sqlite needs host = the database file path")
+            return f"sqlite:///{self.host}"
+        if self.conn_type in {"postgres", "postgresql"}:
+            auth = self.login
+            if self.password:
+                auth += ":" + quote(self.password.reveal(), safe="")
+            auth = f"{auth}@" if auth else ""
+            port = f":{self.port}" if self.port else ""
+            return f"postgresql+psycopg2://{auth}{self.host}{port}/{self.schema}"
+        raise ConfigurationError(
+            f"connection '{self.conn_id}': conn_type '{self.conn_type}' is not a supported database "
+            "(use sqlite, postgres, or extra.sqlalchemy_url)"
+        )
 
     def require(self, *names: str) -> None:
         """Fail before any I/O when a needed setting is missing, naming it."""

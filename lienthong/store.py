@@ -38,7 +38,6 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.types import TypeDecorator
 
 from connectors.connection import ConnectionSpec
-from connectors.errors import ConfigurationError
 
 __all__ = ["Store", "canonical_json", "insert_ignore", "metadata", "sqlalchemy_url", "utcnow"]
 
@@ -252,30 +251,8 @@ exchange_seal_leaf = Table(  # one row per sealed record: its leaf hash, so the 
 
 
 def sqlalchemy_url(spec: ConnectionSpec) -> str:
-    """The SQLAlchemy URL for a bus-database connection.
-
-    ``extra.sqlalchemy_url`` wins; otherwise ``sqlite`` (host = file path) and ``postgres``
-    connections are translated as Airflow's own hooks do.
-    """
-    if spec.extra.get("sqlalchemy_url"):
-        return str(spec.extra["sqlalchemy_url"])
-    if spec.conn_type == "sqlite":
-        if not spec.host:
-            raise ConfigurationError(f"connection '{spec.conn_id}': sqlite needs host = the database file path")
-        return f"sqlite:///{spec.host}"
-    if spec.conn_type in {"postgres", "postgresql"}:
-        auth = spec.login
-        if spec.password:
-            from urllib.parse import quote
-
-            auth += ":" + quote(spec.password.reveal(), safe="")
-        auth = f"{auth}@" if auth else ""
-        port = f":{spec.port}" if spec.port else ""
-        return f"postgresql+psycopg2://{auth}{spec.host}{port}/{spec.schema}"
-    raise ConfigurationError(
-        f"connection '{spec.conn_id}': conn_type '{spec.conn_type}' is not supported for the bus database "
-        "(use sqlite, postgres, or extra.sqlalchemy_url)"
-    )
+    """The SQLAlchemy URL for a bus-database connection (see ``ConnectionSpec.sqlalchemy_url``)."""
+    return spec.sqlalchemy_url()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

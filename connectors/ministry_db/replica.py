@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from connectors.connection import ConnectionSpec
-from connectors.errors import ConfigurationError, PeerUnavailable
+from connectors.errors import PeerUnavailable
 
 __all__ = ["MIGRATIONS", "MinistryReplica", "ProcedureRow", "metadata"]
 
@@ -126,17 +126,7 @@ class MinistryReplica:
     @classmethod
     def from_connection(cls, spec: ConnectionSpec) -> MinistryReplica:
         """``extra.sqlalchemy_url``, an ``sqlite`` connection (host = file) or a ``postgres`` one."""
-        if spec.extra.get("sqlalchemy_url"):
-            return cls(str(spec.extra["sqlalchemy_url"]))
-        if spec.conn_type == "sqlite" and spec.host:
-            return cls(f"sqlite:///{spec.host}")
-        if spec.conn_type in {"postgres", "postgresql"}:
-            from urllib.parse import quote
-
-            auth = spec.login + (":" + quote(spec.password.reveal(), safe="") if spec.password else "")
-            port = f":{spec.port}" if spec.port else ""
-            return cls(f"postgresql+psycopg2://{auth}{'@' if auth else ''}{spec.host}{port}/{spec.schema}")
-        raise ConfigurationError(f"connection '{spec.conn_id}': use sqlite, postgres or extra.sqlalchemy_url")
+        return cls(spec.sqlalchemy_url())
 
     def dispose(self) -> None:
         self.engine.dispose()

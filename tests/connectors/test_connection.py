@@ -53,3 +53,14 @@ def test_secret_never_shows_itself():
     for text in (repr(secret), str(secret), repr(spec), f"{spec}"):
         assert "hunter2" not in text
     assert secret.reveal() == "hunter2"
+
+
+def test_database_urls_from_connections():
+    pg = ConnectionSpec(conn_id="ministry_db_default", conn_type="postgres", host="db", port=5432, schema="ministry",
+                        login="u", password=Secret("p@ss"))
+    assert pg.sqlalchemy_url() == "postgresql+psycopg2://u:p%40ss@db:5432/ministry"
+    assert ConnectionSpec(conn_id="x", conn_type="sqlite", host="/tmp/b.db").sqlalchemy_url() == "sqlite:////tmp/b.db"
+    assert ConnectionSpec(conn_id="x", conn_type="http", extra={"sqlalchemy_url": "sqlite://"}).sqlalchemy_url() \
+        == "sqlite://"
+    with pytest.raises(ConfigurationError, match="not a supported database"):
+        ConnectionSpec(conn_id="x", conn_type="http").sqlalchemy_url()
