@@ -8,7 +8,10 @@ The tree is the contract between connectors, the engine and the DAGs:
 * ``FatalConnectorError`` — retrying will not help until a person changes something
   (bad credentials, a reply we cannot parse, a 4xx from a misconfigured call). Give up the run.
 * ``RecordRejected`` — this one record cannot pass (a mapping rule, a validation answer from the
-  peer). Dead-letter it with its reason and carry on with the others.
+  peer). Dead-letter it with its reason and carry on with the others. Two refusals of a payment
+  result are told apart because a person reads them differently: ``PaymentConflict`` (the fee is
+  already paid by another transaction; it is never paid twice) and ``AmountMismatch`` (the amount
+  paid differs from the fee the payment was opened for).
 * ``ConfigurationError`` — the bus itself is misconfigured (missing connection, bad mapping file).
 
 Callers branch on the class, never on message text.
@@ -19,18 +22,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AmountMismatch",
     "AuthenticationFailed",
+    "BillNotAvailable",
+    "ChecksumMismatch",
     "ConfigurationError",
     "ConnectorError",
+    "DuplicateReceipt",
     "FatalConnectorError",
     "FieldError",
     "IntegrationError",
+    "PaymentConflict",
     "PeerRejected",
     "PeerUnavailable",
     "ProtocolError",
     "RecordRejected",
     "RetriableConnectorError",
     "SessionExpired",
+    "TransactionUnknown",
+    "UnsafeXml",
 ]
 
 
@@ -82,6 +92,15 @@ class ProtocolError(FatalConnectorError):
     """The peer's answer does not follow its contract (not JSON, missing keys, wrong types)."""
 
 
+class ChecksumMismatch(ProtocolError):
+    """A signed answer's checksum (the payment platform's ``MaXacThuc``) does not match: never trust
+    the answer; dead-letter what depended on it."""
+
+
+class UnsafeXml(ProtocolError):
+    """An XML answer carries a DTD, an entity declaration or an external reference; refused unread."""
+
+
 @dataclass(frozen=True)
 class FieldError:
     """One broken rule on one field of one record.
@@ -127,3 +146,35 @@ class PeerRejected(RecordRejected):
         super().__init__(record_key, errors)
         self.peer_code = peer_code
         self.peer_message = peer_message
+
+
+class TransactionUnknown(PeerRejected):
+    """The payment platform holds no transaction with this reference ("Không tìm thấy giao dịch")."""
+
+
+class BillNotAvailable(PeerRejected):
+    """The payment platform has no receipt (biên lai) for this transaction: it is not paid."""
+
+
+class DuplicateReceipt(PeerRejected):
+    """The ledger already holds this receipt number with different content.
+
+    Attributes:
+        fields: the names of the fields whose values differ, as the ledger listed them.
+    """
+
+    def __init__(self, record_key: str, errors, *, fields: tuple[str, ...] = (), peer_code: str = "",
+                 peer_message: str = ""):
+        super().__init__(record_key, errors, peer_code=peer_code, peer_message=peer_message)
+        self.fields = tuple(fields)
+
+
+class PaymentConflict(PeerRejected):
+    """The peer already holds this payment as paid by another transaction (or a ``failed`` result
+    would undo a payment): the fee is paid once and the result we carry is not applied.
+    Its ``FieldError`` names ``transactionId`` (or ``result``) with rule ``paid_once``."""
+
+
+class AmountMismatch(PeerRejected):
+    """The amount of a payment result differs from the fee the payment request was opened for;
+    nothing was applied. Its ``FieldError`` names ``amount`` with rule ``amount_equals_fee``."""

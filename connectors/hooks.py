@@ -13,11 +13,20 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from connectors.connection import ConnectionSpec, Secret
+from connectors.ministry_ledger.client import ReceiptLedgerClient
 from connectors.national_portal.client import NationalPortalClient
 from connectors.one_stop.client import OneStopClient
+from connectors.payment_platform.client import PaymentPlatformClient
 from connectors.transport import ExchangeRecorder
 
-__all__ = ["LienthongDbHook", "NationalPortalHook", "OneStopHook", "airflow_connection_spec"]
+__all__ = [
+    "LienthongDbHook",
+    "NationalPortalHook",
+    "OneStopHook",
+    "PaymentPlatformHook",
+    "ReceiptLedgerHook",
+    "airflow_connection_spec",
+]
 
 
 def airflow_connection_spec(conn_id: str) -> ConnectionSpec:
@@ -67,6 +76,28 @@ class NationalPortalHook(_SpecHook):
 
     def get_conn(self, recorder: ExchangeRecorder | None = None) -> NationalPortalClient:
         return NationalPortalClient.from_connection(self.connection_spec(), recorder=recorder)
+
+
+class PaymentPlatformHook(_SpecHook):
+    """The national payment platform (login = MaDoiTac, password = the checksum secret)."""
+
+    default_conn_name = "payment_platform_default"
+    conn_type = "http"
+    hook_name = "National payment platform (DVCQG, protocol 1.0.6)"
+
+    def get_conn(self, recorder: ExchangeRecorder | None = None) -> PaymentPlatformClient:
+        return PaymentPlatformClient.from_connection(self.connection_spec(), recorder=recorder)
+
+
+class ReceiptLedgerHook(_SpecHook):
+    """A ministry's receipt ledger over SOAP (WS-Security UsernameToken = login/password)."""
+
+    default_conn_name = "ministry_ledger_default"
+    conn_type = "http"
+    hook_name = "Ministry receipt ledger (SOAP)"
+
+    def get_conn(self, recorder: ExchangeRecorder | None = None) -> ReceiptLedgerClient:
+        return ReceiptLedgerClient.from_connection(self.connection_spec(), recorder=recorder)
 
 
 class LienthongDbHook(_SpecHook):

@@ -84,6 +84,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     resolve = _resolver()
     run_id = args.run_id or f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    if args.flow == "payment-receipts":
+        collected = tasks.collect_payments(resolve, run_id=run_id, task_id="cli")
+        fees = tasks.update_onestop_fees(resolve, run_id=run_id, task_id="cli")
+        receipts = tasks.submit_payment_receipts(resolve, run_id=run_id, task_id="cli")
+        summary = tasks.reconcile_payments(resolve, run_id=run_id, task_id="cli",
+                                           report_dir=str(localenv.topology().home / "reports"))
+        print(json.dumps({"run_id": run_id, "collected": collected, "fees": fees, "receipts": receipts,
+                          "reconciliation": {k: v for k, v in summary.get("counts", {}).items()
+                                             if k.startswith(("reconciled", "mismatches"))},
+                          "open_mismatches": summary.get("open_mismatches"), "report": summary.get("report_path"),
+                          "exchanges": summary.get("exchanges")}, ensure_ascii=False, indent=2))
+        return 0
     staged = tasks.stage_dossier_changes(resolve, run_id=run_id, task_id="cli", feed_from=args.feed_from,
                                          window_from=args.window_from, window_to=args.window_to)
     delivered = tasks.deliver_dossier_statuses(resolve, run_id=run_id, task_id="cli", batch_size=args.batch_size,
@@ -98,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_exchanges(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from lienthong.exchange_log import read_body
+    from lienthong.exchange_log import exchange_body
     from lienthong.store import exchange_key, exchange_log
 
     store = _store()
@@ -118,8 +130,11 @@ def cmd_exchanges(args: argparse.Namespace) -> int:
               f"try {r['attempt']} {r['outcome']:<15} HTTP {r['http_status']}{code} "
               f"{r['duration_ms']:.0f}ms records={r['record_count']} run={r['run_id']} task={r['task_id']}")
         if args.bodies:
-            print("  → " + read_body(r["request_body"]).decode(errors="replace")[:2000])
-            print("  ← " + read_body(r["response_body"]).decode(errors="replace")[:2000])
+            for side, arrow in (("request", "→"), ("response", "←")):
+                if r[f"{side}_blob_sha256"]:
+                    print(f"  {arrow} [stored by hash: sha256 {r[f'{side}_blob_sha256']}, {r[f'{side}_size']} bytes]")
+                else:
+                    print(f"  {arrow} " + exchange_body(store, r, side).decode(errors="replace")[:2000])
     if not rows:
         print("no exchanges match")
     return 0
@@ -158,10 +173,17 @@ def cmd_deadletter_replay(args: argparse.Namespace) -> int:
     if not (args.ids or args.record or args.all):
         print("lienthong: say which dead letters to replay: ids, --record KEY, or --all", file=sys.stderr)
         return 2
+    from lienthong.flows import payment_receipts
+
     store = _store()
-    result = dossier_status.replay(store, dead_letter_ids=args.ids or None, record_key=args.record,
-                                   by=os.environ.get("USER", "operator"))
+    by = os.environ.get("USER", "operator")
+    result = dossier_status.replay(store, dead_letter_ids=args.ids or None, record_key=args.record, by=by)
     print(f"resolved {len(result.dead_letters)} dead letters; requeued: {', '.join(result.requeued) or 'nothing'}")
+    payment_ids, references = payment_receipts.replay(store, dead_letter_ids=args.ids or None,
+                                                      record_key=args.record, by=by)
+    if payment_ids:
+        print(f"resolved {len(payment_ids)} payment dead letters; the next sync_payment_receipts run (or "
+              f"`lienthong run payment-receipts`) takes up again: {', '.join(references)}")
     if args.no_deliver or not result.requeued:
         return 0
     resolve = _resolver()
@@ -173,6 +195,33 @@ def cmd_deadletter_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_payments_mismatches(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from lienthong.flows import payment_receipts
+    from lienthong.store import reconciliation_item
+
+    store = _store()
+    query = select(reconciliation_item).where(reconciliation_item.c.flow == payment_receipts.FLOW)
+    if not args.all:
+        query = query.where(reconciliation_item.c.resolved_at.is_(None))
+    with store.engine.connect() as conn:
+        items = [dict(r) for r in conn.execute(query.order_by(reconciliation_item.c.id)).mappings()]
+    counts = payment_receipts.payment_counts(store)
+    if args.json:
+        print(json.dumps({"payments": counts, "mismatches": items}, ensure_ascii=False, indent=2, default=str))
+        return 0
+    print("payments followed: " + (", ".join(f"{k}={v}" for k, v in counts.items()) or "none"))
+    for item in items:
+        state = f" resolved {item['resolved_at']:%Y-%m-%d %H:%M}" if item["resolved_at"] else ""
+        details = ", ".join(f"{k}={v}" for k, v in sorted(item["details"].items()))
+        print(f"#{item['id']} {item['kind']:<22} {item['record_key']} dossier={item['dossier_code'] or '-'} "
+              f"receipt={item['receipt_no'] or '-'} since {item['first_seen_at']:%Y-%m-%d %H:%M} {details}{state}")
+    if not items:
+        print("no mismatches: the payment platform, the one-stop system and the ministry ledger agree")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lienthong",
@@ -181,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run the dossier flow once through Airflow against the stand-ins")
+    p = sub.add_parser("demo", help="run the three flows once through Airflow against the stand-ins")
     p.add_argument("--new", type=int, default=3, help="new dossiers the one-stop world gains first (default 3)")
     p.add_argument("--changes", type=int, default=5, help="status changes applied first (default 5)")
     p.set_defaults(func=cmd_demo)
@@ -205,10 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("init", help="create the bus database's tables").set_defaults(func=cmd_db_init)
 
     p = sub.add_parser("run", help="run a flow once without a scheduler")
-    p.add_argument("flow", choices=["dossier-status"], help="which flow")
+    p.add_argument("flow", choices=["dossier-status", "payment-receipts"], help="which flow")
     p.add_argument("--run-id", help="run id to record (default: cli__<time>_<random>)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="dossiers per portal call (default: the connection's extra.batch_size, else 50)")
+                   help="dossier-status: dossiers per portal call (default: the connection's extra.batch_size, "
+                        "else 50)")
     p.add_argument("--feed-from", help='backfill: "beginning" or a cursor to re-read the change feed from')
     p.add_argument("--resend-acknowledged", action="store_true",
                    help="backfill: re-send payloads the portal already acknowledged")
@@ -228,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("deadletter", help="records that could not be delivered: list, show, replay")
     dl = p.add_subparsers(dest="deadletter_command", required=True, metavar="ACTION")
     q = dl.add_parser("list", help="dead letters with their field errors (unresolved ones by default)")
-    q.add_argument("--flow", help="only this flow (dossier_status, dossier_progress)")
+    q.add_argument("--flow", help="only this flow (dossier_status, dossier_progress, procedure_catalogue, "
+                                  "payment_receipts)")
     q.add_argument("--all", action="store_true", help="include resolved ones")
     q.set_defaults(func=cmd_deadletter_list)
     q = dl.add_parser("show", help="one dead letter in full: errors, peer code, original payload")
@@ -242,12 +293,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-deliver", action="store_true", help="only requeue; the next run delivers")
     q.set_defaults(func=cmd_deadletter_replay)
 
+    p = sub.add_parser("payments", help="payment receipts: where every payment stands, open mismatches")
+    pay = p.add_subparsers(dest="payments_command", required=True, metavar="ACTION")
+    q = pay.add_parser("mismatches", help="disagreements between the payment platform, the one-stop system and "
+                                          "the ministry ledger kept for follow-up (open ones by default)")
+    q.add_argument("--all", action="store_true", help="include resolved ones")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=cmd_payments_mismatches)
+
+    from lienthong import distributed
+
+    p = sub.add_parser("e2e-distributed", help="the three flows on Airflow's CeleryExecutor (api-server, scheduler, "
+                                               "dag-processor, triggerer, 2 Celery workers; PostgreSQL, Redis), "
+                                               "invariants checked, PASS/FAIL")
+    distributed.build_parser(p).set_defaults(func=distributed.run_from_args)
+
     from lienthong.mapping_cli import add_mapping_commands
 
     add_mapping_commands(sub)
     from lienthong.audit.cli import add_audit_commands
 
     add_audit_commands(sub)
+    from lienthong.reports.cli import add_report_commands
+
+    add_report_commands(sub)
     return parser
 
 

@@ -1,9 +1,11 @@
-"""``make demo``: the dossier flow once, through Airflow, against the stand-ins, with a summary.
+"""``make demo``: the three flows once, through Airflow, against the stand-ins, with a summary.
 
 Steps: prepare Airflow's metadata DB (SQLite), start the stand-ins (state kept in
-``var/mocks`` between runs), advance the one-stop world by a few events, run the
-``sync_dossier_status`` DAG with ``airflow dags test`` (a real DagRun in Airflow's DB, visible
-later in ``make airflow``), print what the run did from the bus database, stop the stand-ins.
+``var/mocks`` between runs), advance the one-stop world by a few events, let citizens pay a few
+fees (some callbacks are lost on the way), run the ``sync_dossier_status``,
+``sync_procedure_catalogue`` and ``sync_payment_receipts`` DAGs with ``airflow dags test`` (real
+DagRuns in Airflow's DB, visible later in ``make airflow``), print what each run did from the bus
+database, stop the stand-ins, seal and verify the exchange log.
 """
 
 from __future__ import annotations
@@ -46,13 +48,21 @@ class StandIns:
     def portal_url(self) -> str:
         return f"http://{self.topo.host}:{self.topo.portal_port}"
 
+    @property
+    def payment_url(self) -> str:
+        return f"http://{self.topo.host}:{self.topo.payment_port}"
+
+    @property
+    def ledger_url(self) -> str:
+        return f"http://{self.topo.host}:{self.topo.ledger_port}"
+
     def start(self, timeout: float = 30.0) -> None:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_file.open("ab")
         self.process = subprocess.Popen(self.topo.mocks_command(), env=self.env, stdout=self._log,
                                         stderr=subprocess.STDOUT, cwd=self.topo.home)
         deadline = time.monotonic() + timeout
-        pending = [self.onestop_url, self.portal_url]
+        pending = [self.onestop_url, self.portal_url, self.payment_url, self.ledger_url]
         while pending:
             if self.process.poll() is not None:
                 raise RuntimeError(f"stand-ins exited with code {self.process.returncode}; see {self.log_file}")
@@ -78,6 +88,18 @@ class StandIns:
                                  json={"add": add, "amend": amend, "withdraw": withdraw}, timeout=60)
         response.raise_for_status()
         return response.json()
+
+    def pay_fees(self, opened: int, settled: int) -> dict[str, Any]:
+        """Citizens start paying ``opened`` dossiers' fees (the one-stop sends INIT to the payment
+        platform), then the platform completes the ``settled`` oldest pending payments and sends its
+        callbacks (a seeded share of them is lost)."""
+        response = requests.post(self.onestop_url + "/_admin/payments/open", json={"n": opened}, timeout=30)
+        response.raise_for_status()
+        result = {"opened": response.json().get("opened", [])}
+        response = requests.post(self.payment_url + "/_admin/payments/settle", json={"n": settled}, timeout=30)
+        response.raise_for_status()
+        result["settled"] = response.json().get("settled", [])
+        return result
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -163,6 +185,53 @@ def _print_catalogue_summary(out: Printer, summary: dict[str, Any], seconds: flo
     out(f"  {'took':<{width}}  {seconds:>8.1f}s")
 
 
+def _print_payment_summary(out: Printer, summary: dict[str, Any], seconds: float, mismatches: list[dict[str, Any]],
+                           report: Path | None) -> None:
+    counts = summary.get("counts", {})
+    out("")
+    out(f"Run {summary['run_id']} of sync_payment_receipts")
+    rows = [
+        ("payment requests listed at the one-stop", counts.get("requests_listed", 0)),
+        ("asked at the payment platform (QUERY): paid / failed / still pending",
+         f"{counts.get('found_paid', 0)} / {counts.get('found_failed', 0)} / {counts.get('still_pending', 0)}"),
+        ("receipts fetched (GET_BILL, PDF kept by hash)", counts.get("bills_fetched", 0)),
+        ("one-stop fees recorded where the callback was lost", counts.get("fees_updated", 0)),
+        ("one-stop fees the callback had already recorded", counts.get("fees_already_recorded", 0)),
+        ("receipts delivered to the ministry ledger (SOAP)", counts.get("receipts_accepted", 0)),
+        ("receipts the ledger already held (not booked again)", counts.get("receipts_unchanged", 0)),
+        ("held for follow-up / dead-lettered",
+         f"{counts.get('fees_held', 0) + counts.get('receipts_held', 0)} / "
+         f"{counts.get('platform_rejected', 0) + counts.get('fees_rejected', 0) + counts.get('receipts_rejected', 0)}"),
+        ("reconciliation: paid transactions checked / all three agree",
+         f"{counts.get('reconciled_paid', 0)} / {counts.get('reconciled_agreed', 0)}"),
+        ("reconciliation: open mismatches", counts.get("mismatches", 0)),
+        ("exchange-log records written", summary.get("exchanges", 0)),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        out(f"  {label:<{width}}  {value:>9}")
+    for item in mismatches[:10]:
+        out(f"    ! {item['kind']}: payment {item['record_key']} dossier {item['dossier_code'] or '-'}")
+    if report is not None:
+        out(f"  reconciliation report: {report}")
+    out(f"  {'took':<{width}}  {seconds:>8.1f}s")
+
+
+def _write_report(topo: LocalTopology, out: Printer) -> Path | None:
+    """The KPI and agreement report (HTML with charts, CSV, ministry tables), while the stand-ins run."""
+    from lienthong.reports.tasks import write_demo_report
+
+    lines: list[str] = []
+    try:
+        return write_demo_report(topo, out=lines.append)
+    except Exception as exc:  # noqa: BLE001 - the report must not hide the flows' results
+        out(f"✗ the report could not be written: {type(exc).__name__}: {exc}")
+        return None
+    finally:
+        for line in lines:
+            out(line)
+
+
 def _run_dag(dag_id: str, flow: str, store: Store, env: dict[str, str], log_file: Path, out: Printer
              ) -> tuple[dict[str, Any] | None, float]:
     before = store.latest_run(flow)
@@ -199,7 +268,7 @@ def _seal_and_verify(topo: LocalTopology, store: Store, out: Printer) -> bool:
 
 def run_demo(topo: LocalTopology, *, new: int = 3, changes: int = 5, out: Printer = print) -> int:
     """Run the demo; returns the process exit code."""
-    from lienthong.flows import catalogue
+    from lienthong.flows import catalogue, payment_receipts
 
     started = time.monotonic()
     env = {**os.environ, **topo.environment()}
@@ -216,8 +285,10 @@ def run_demo(topo: LocalTopology, *, new: int = 3, changes: int = 5, out: Printe
     first_catalogue = store.latest_run(catalogue.FLOW) is None
 
     standins = StandIns(topo, env, topo.log_dir / "mocks.log")
-    out(f"· starting the stand-ins: one-stop {standins.onestop_url}, national portal {standins.portal_url}")
+    out(f"· starting the stand-ins: one-stop {standins.onestop_url}, national portal {standins.portal_url}, "
+        f"payment platform {standins.payment_url}, ministry ledger {standins.ledger_url}")
     standins.start()
+    report_html: Path | None = None
     try:
         world = standins.advance(new, changes)
         out(f"· the one-stop world moved on: {len(world.get('created', []))} new dossiers, "
@@ -228,10 +299,18 @@ def run_demo(topo: LocalTopology, *, new: int = 3, changes: int = 5, out: Printe
             published = standins.publish_catalogue(add=2, amend=3, withdraw=1)
             out(f"· the national catalogue moved on: {len(published['added'])} added, "
                 f"{len(published['amended'])} amended, {len(published['withdrawn'])} withdrawn")
+        paying = standins.pay_fees(opened=3, settled=4)
+        lost = sum(1 for s in paying["settled"] if s.get("callback") == "lost")
+        out(f"· citizens paid fees: {len(paying['opened'])} payments started, {len(paying['settled'])} completed "
+            f"at the payment platform ({lost} of their callbacks to the one-stop lost on the way)")
         dossiers, dossier_seconds = _run_dag("sync_dossier_status", dossier_status.FLOW, store, env,
                                              airflow_log, out)
         procedures, catalogue_seconds = _run_dag("sync_procedure_catalogue", catalogue.FLOW, store, env,
                                                  airflow_log, out)
+        payments, payment_seconds = _run_dag("sync_payment_receipts", payment_receipts.FLOW, store, env,
+                                             airflow_log, out)
+        out("· writing the report for ministries and auditors (KPIs and cross-system agreement) …")
+        report_html = _write_report(topo, out)
     finally:
         standins.stop()
         out("· stand-ins stopped (their state stays in " + str(topo.mocks_dir) + ")")
@@ -244,6 +323,14 @@ def run_demo(topo: LocalTopology, *, new: int = 3, changes: int = 5, out: Printe
         reports = sorted(report.glob("catalogue-*.md"), key=lambda p: p.stat().st_mtime)
         if reports:
             out(f"  change report: {reports[-1]}")
+    if payments is not None:
+        safe_run = "".join(ch if ch.isalnum() else "_" for ch in payments["run_id"])
+        report_path = topo.home / "reports" / f"payments-{safe_run}.md"
+        _print_payment_summary(out, payments, payment_seconds, payment_receipts.open_items(store),
+                               report_path if report_path.exists() else None)
+    if report_html is not None:
+        out("")
+        out(f"Report for ministries and auditors (open in a browser, no server needed): {report_html}")
     verified = _seal_and_verify(topo, store, out)
     out(f"  whole demo took {time.monotonic() - started:.1f}s")
     out("")
@@ -252,10 +339,12 @@ def run_demo(topo: LocalTopology, *, new: int = 3, changes: int = 5, out: Printe
     out("Dead letters:                     .venv/bin/lienthong deadletter list   (show ID, replay ID)")
     out("Airflow UI with these runs:       make airflow   (http://127.0.0.1:8080, user admin / admin)")
     out("Verify the exchange log:          .venv/bin/lienthong audit verify")
-    if dossiers is None or procedures is None or not verified:
+    out("Payment mismatches kept:          .venv/bin/lienthong payments mismatches")
+    if dossiers is None or procedures is None or payments is None or report_html is None or not verified:
         return 1
     missing = [k for k in ("events_read", "considered", "progress_sent") if k not in dossiers["counts"]]
     missing += [k for k in ("listed", "onestop_upserted", "ministry_upserted") if k not in procedures["counts"]]
+    missing += [k for k in ("requests_listed", "receipts_accepted", "reconciled_paid") if k not in payments["counts"]]
     if missing:
         out(f"✗ the runs skipped steps: {', '.join(missing)}")
         return 1

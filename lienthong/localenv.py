@@ -33,12 +33,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 POOLS_FILE = REPO_ROOT / "config" / "pools.json"
 POOLS: dict[str, dict[str, object]] = json.loads(POOLS_FILE.read_text())
 
-CONNECTION_IDS = ("onestop_default", "national_portal_default", "lienthong_db", "ministry_db_default")
+CONNECTION_IDS = ("onestop_default", "national_portal_default", "lienthong_db", "ministry_db_default",
+                  "payment_platform_default", "ministry_ledger_default")
 
 DEMO_ONESTOP_API_KEY = "demo-onestop-key"
 DEMO_PORTAL_USERNAME = "lienthong.h49"
 DEMO_PORTAL_PASSWORD = "demo-portal-secret"
 DEMO_UNIT_CODE = "000.00.01.H49"
+DEMO_PAYMENT_PARTNER = "DVC_H49"
+DEMO_PAYMENT_SECRET = "demo-payment-secret"
+DEMO_LEDGER_USERNAME = "lienthong.h49"
+DEMO_LEDGER_PASSWORD = "demo-ledger-secret"
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,14 @@ class LocalTopology:
     Attributes:
         home: local state (bus DB, stand-ins' state, Airflow home, logs); ``var/`` by default,
             ``LIENTHONG_HOME`` to move it.
-        onestop_port, portal_port: the stand-ins' ports on 127.0.0.1.
+        onestop_port, portal_port, payment_port, ledger_port: the stand-ins' ports on 127.0.0.1.
     """
 
     home: Path
     onestop_port: int = 18081
     portal_port: int = 18082
+    payment_port: int = 18083
+    ledger_port: int = 18084
     host: str = "127.0.0.1"
 
     @property
@@ -95,6 +102,16 @@ class LocalTopology:
             "lienthong_db": {"conn_type": "sqlite", "host": str(self.bus_db)},
             "ministry_db_default": {"conn_type": "sqlite", "host": str(self.home / "ministry.db"),
                                     "extra": {"batch_size": 200}},
+            "payment_platform_default": {
+                "conn_type": "http", "host": self.host, "port": self.payment_port, "schema": "http",
+                "login": DEMO_PAYMENT_PARTNER, "password": DEMO_PAYMENT_SECRET,
+                "extra": {"path": "/api/payment", "read_timeout": 10},
+            },
+            "ministry_ledger_default": {
+                "conn_type": "http", "host": self.host, "port": self.ledger_port, "schema": "http",
+                "login": DEMO_LEDGER_USERNAME, "password": DEMO_LEDGER_PASSWORD,
+                "extra": {"operation_timeout": 10, "connect_timeout": 3.05, "max_attempts": 3},
+            },
         }
 
     def environment(self) -> dict[str, str]:
@@ -120,6 +137,10 @@ class LocalTopology:
             "LIENTHONG_MOCK_PORTAL_USERNAME": DEMO_PORTAL_USERNAME,
             "LIENTHONG_MOCK_PORTAL_PASSWORD": DEMO_PORTAL_PASSWORD,
             "LIENTHONG_MOCK_PORTAL_UNIT": DEMO_UNIT_CODE,
+            "LIENTHONG_MOCK_PAYMENT_PARTNER": DEMO_PAYMENT_PARTNER,
+            "LIENTHONG_MOCK_PAYMENT_SECRET": DEMO_PAYMENT_SECRET,
+            "LIENTHONG_MOCK_LEDGER_USERNAME": DEMO_LEDGER_USERNAME,
+            "LIENTHONG_MOCK_LEDGER_PASSWORD": DEMO_LEDGER_PASSWORD,
         }
         for conn_id, conn in self.connections().items():
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
@@ -137,6 +158,7 @@ class LocalTopology:
         return [
             sys.executable, "-m", "mocks", "up", "--state-dir", str(self.mocks_dir), "--host", self.host,
             "--onestop-port", str(self.onestop_port), "--portal-port", str(self.portal_port),
+            "--payment-port", str(self.payment_port), "--ledger-port", str(self.ledger_port),
         ]
 
 

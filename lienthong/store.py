@@ -156,6 +156,8 @@ progress_outbox = Table(
     Column("done_at", AwareDateTime),
     UniqueConstraint("flow", "entry_key", name="uq_progress_entry"),
     Index("ix_progress_state", "flow", "state", "record_key"),
+    # the order deliver_progress sends in: the next chunk is read from the index, never sorted
+    Index("ix_progress_next", "flow", "state", "occurred_at", "step_id", "id"),
 )
 
 catalogue_current = Table(
@@ -181,6 +183,63 @@ catalogue_change = Table(
     Column("agency_code", String(64)),
     Column("at", AwareDateTime, nullable=False),
     Index("ix_catalogue_change_run", "run_id"),
+)
+
+delivery_lease = Table(  # which worker handles which record right now (lienthong/leases.py)
+    "delivery_lease",
+    metadata,
+    Column("flow", String(64), primary_key=True),
+    Column("record_key", String(200), primary_key=True),
+    Column("worker", String(120), nullable=False),
+    Column("expires_at", AwareDateTime, nullable=False),
+)
+
+# -- payment receipts (lienthong/flows/payment_receipts.py) ------------------------------------
+payment_txn = Table(  # one row per payment request (MaThamChieu) the bus follows
+    "payment_txn",
+    metadata,
+    Column("reference", String(64), primary_key=True),  # MaThamChieu
+    Column("dossier_code", String(64)),  # as the one-stop's payment request names it
+    Column("request_amount", Integer),  # what the one-stop asked for (whole đồng)
+    Column("onestop_status", String(16)),  # pending | paid | failed | unmatched, as last listed
+    # what the platform says: pending | paid | failed | unknown (QUERY could not find it)
+    Column("platform_status", String(16), nullable=False, default="pending"),
+    Column("platform_amount", Integer),
+    Column("transaction_id", String(64)),  # MaGiaoDich
+    Column("bank", String(32)),
+    Column("paid_at", String(40)),  # ISO 8601 with +07:00
+    Column("answer", JSON(none_as_null=True)),  # the verified QUERY answer (checksum checked)
+    Column("receipt_no", String(40)),  # SoBienLai, read from the GET_BILL PDF
+    Column("receipt_sha256", String(64)),  # the PDF, in exchange_blob (pinned)
+    # one-stop fee status: todo → updated | already (callback got there) | held (mismatch/unknown/conflict)
+    Column("onestop_state", String(16), nullable=False, default="todo"),
+    # ledger: todo → accepted | unchanged (it already held it) | held | rejected (dead-lettered)
+    Column("ledger_state", String(16), nullable=False, default="todo"),
+    Column("ledger_hash", String(64)),  # sha256 of the ledger record acknowledged
+    Column("hold_reason", String(40)),  # amount_differs | unknown_dossier | paid_twice | ...
+    Column("first_seen_run", String(250)),
+    Column("updated_run", String(250)),
+    Column("updated_at", AwareDateTime, nullable=False),
+    Index("ix_payment_txn_platform", "platform_status"),
+)
+
+reconciliation_item = Table(  # a disagreement kept for follow-up until a later run no longer finds it
+    "reconciliation_item",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("flow", String(64), nullable=False),
+    Column("record_key", String(200), nullable=False),  # the payment reference
+    Column("kind", String(40), nullable=False),  # amount_differs | unknown_dossier | missing_receipt | ...
+    Column("dossier_code", String(64)),
+    Column("receipt_no", String(40)),
+    Column("details", JSON, nullable=False),
+    Column("first_seen_at", AwareDateTime, nullable=False),
+    Column("first_seen_run", String(250)),
+    Column("last_seen_at", AwareDateTime, nullable=False),
+    Column("last_seen_run", String(250)),
+    Column("resolved_at", AwareDateTime),
+    Column("resolved_run", String(250)),
+    Index("ix_reconciliation_open", "flow", "record_key", "kind", "resolved_at"),
 )
 
 sync_run = Table(
@@ -221,6 +280,11 @@ exchange_log = Table(
     Column("response_sha256", String(64), nullable=False),
     Column("response_size", Integer, nullable=False),
     Column("error", Text),
+    # leaf format 2 (lienthong.audit.records): NULL on rows written before it (leaf format 1)
+    Column("leaf_version", Integer),
+    # a body stored once in exchange_blob by content hash (binary or large), else NULL and inline
+    Column("request_blob_sha256", String(64)),
+    Column("response_blob_sha256", String(64)),
     Index("ix_exchange_run", "run_id"),
     Index("ix_exchange_peer_op", "peer", "operation", "started_at"),
 )
@@ -247,6 +311,39 @@ exchange_seal_leaf = Table(  # one row per sealed record: its leaf hash, so the 
     Column("exchange_id", Integer, primary_key=True, autoincrement=False),  # a record is sealed once
     Column("seal_seq", Integer, nullable=False), Column("leaf_hash", String(64), nullable=False),
     Index("ix_exchange_seal_leaf_seq", "seal_seq", "exchange_id"),
+)
+exchange_blob = Table(  # large or binary bodies (receipt PDFs...), once per content: sha256 of the bytes
+    "exchange_blob", metadata,
+    Column("sha256", String(64), primary_key=True), Column("content_type", String(200)),
+    Column("size", Integer, nullable=False), Column("data", LargeBinary, nullable=False),  # zlib-compressed
+    Column("pinned", Boolean, nullable=False, default=False),  # kept by a flow (read_blob): never pruned
+    Column("created_at", AwareDateTime, nullable=False),
+)
+exchange_personal_field = Table(  # salted commitments to personal values; salt and value erased on redaction
+    "exchange_personal_field", metadata,
+    Column("exchange_id", Integer, ForeignKey("exchange_log.id"), primary_key=True, autoincrement=False),
+    Column("side", String(8), primary_key=True),  # request | response
+    Column("path", Text, primary_key=True),  # JSON pointer, or xml:<Element>[n]
+    Column("kind", String(8), nullable=False),  # json | xml: how the token sits in the stored body
+    Column("commitment", String(64), nullable=False),
+    Column("salt", LargeBinary), Column("value", LargeBinary),  # NULL once redacted
+    Column("redaction_id", Integer),
+)
+exchange_redaction = Table(  # who erased which personal values, when and why
+    "exchange_redaction", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True), Column("at", AwareDateTime, nullable=False),
+    Column("actor", String(200), nullable=False), Column("reason", Text, nullable=False),
+    Column("record_key", String(200)), Column("exchange_ids", JSON, nullable=False),
+    Column("fields", Integer, nullable=False),
+)
+exchange_archive = Table(  # sealed batches moved to evidence bundles and pruned from exchange_log
+    "exchange_archive", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("first_seq", Integer, nullable=False), Column("last_seq", Integer, nullable=False),
+    Column("first_id", Integer, nullable=False), Column("last_id", Integer, nullable=False),
+    Column("records", Integer, nullable=False), Column("bundle_path", Text, nullable=False),
+    Column("bundle_sha256", String(64), nullable=False), Column("manifest_sha256", String(64), nullable=False),
+    Column("archived_at", AwareDateTime, nullable=False),
 )
 
 
@@ -284,8 +381,11 @@ class Store:
         return cls(sqlalchemy_url(spec))
 
     def create_schema(self) -> None:
-        """Create missing tables (idempotent)."""
-        metadata.create_all(self.engine)
+        """Create the schema, or upgrade it to the newest revision (``lienthong/migrations``);
+        idempotent and cheap when the database is already there."""
+        from lienthong.migrations import upgrade
+
+        upgrade(self.engine)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -411,3 +511,65 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], co
 def canonical_json(value: Any) -> bytes:
     """The bytes a payload hash is computed over: sorted keys, no spaces, UTF-8."""
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+# -- reports (lienthong/reports) -----------------------------------------------------------------
+# The facts the KPI reports count, one row per dossier: its newest staged one-stop snapshot,
+# reduced to what statistics need. Filled from the outbox by lienthong.reports.facts (nothing in
+# the sync flows depends on it).
+dossier_fact = Table(
+    "dossier_fact",
+    metadata,
+    Column("dossier_no", String(200), primary_key=True),
+    Column("agency_code", String(64)),  # govAgencyCode: the receiving unit
+    Column("agency_name", Text),
+    Column("procedure_code", String(64)),  # serviceCode (catalogue_current.procedure_code)
+    Column("channel", String(16)),  # submissionChannel: counter | online | postal
+    Column("status", String(32)),  # the one-stop's status key
+    Column("submitted_at", AwareDateTime),
+    Column("received_at", AwareDateTime),
+    Column("due_at", AwareDateTime),
+    Column("finished_at", AwareDateTime),
+    Column("released_at", AwareDateTime),
+    Column("modified_at", AwareDateTime),
+    Column("progress_count", Integer, nullable=False, default=0),
+    Column("source_version", Integer),
+    Column("outbox_id", Integer),  # the outbox row the fact was taken from
+    Column("updated_at", AwareDateTime, nullable=False),
+    Index("ix_dossier_fact_agency", "agency_code"),
+    Index("ix_dossier_fact_submitted", "submitted_at"),
+)
+
+agreement_run = Table(  # one cross-system check of one report run
+    "agreement_run",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("check_name", String(64), primary_key=True),  # dossier_status | fee_payment | ...
+    Column("systems", String(200), nullable=False),  # e.g. "onestop↔national_portal"
+    Column("as_of", AwareDateTime, nullable=False),
+    Column("started_at", AwareDateTime, nullable=False),
+    Column("finished_at", AwareDateTime),
+    Column("checked", Integer, nullable=False, default=0),
+    Column("agreeing", Integer, nullable=False, default=0),
+    Column("differing", Integer, nullable=False, default=0),
+    Column("note", Text),  # why a check did not run (a peer not configured...)
+)
+
+agreement_difference = Table(  # one disagreement found by a check
+    "agreement_difference",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("check_name", String(64), primary_key=True),
+    Column("record_key", String(200), primary_key=True),  # the dossier, the payment reference...
+    Column("aspect", String(32), primary_key=True),  # missing | status | progress | amount | receipt ...
+    Column("agency_code", String(64)),
+    Column("dossier_no", String(200)),
+    Column("value_a", Text),  # what the first system holds
+    Column("value_b", Text),  # what the second system holds
+    Column("since", AwareDateTime),  # when the difference began at the latest
+    Column("age_seconds", Integer),  # as_of − since
+    Column("last_exchange_id", Integer),  # the last exchange-log record that carried the key
+    Column("last_exchange", Text),  # that record, in one line
+    Column("detail", Text),
+    Index("ix_agreement_difference_key", "record_key"),
+)

@@ -8,6 +8,7 @@ of a flow, adds its counts to the run summary, and returns those counts (small, 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -23,11 +24,15 @@ __all__ = [
     "BUS_DB_CONN_ID",
     "NATIONAL_PORTAL_CONN_ID",
     "ONESTOP_CONN_ID",
+    "collect_payments",
     "deliver_dossier_progress",
     "deliver_dossier_statuses",
     "dossier_run_summary",
     "open_store",
+    "reconcile_payments",
     "stage_dossier_changes",
+    "submit_payment_receipts",
+    "update_onestop_fees",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,7 +170,7 @@ def push_procedure_catalogue(
             onestop.close()
     elif destination == "ministry":
         spec = resolve(MINISTRY_DB_CONN_ID)
-        replica = MinistryReplica.from_connection(spec)
+        replica = MinistryReplica.from_connection(spec, recorder=BusRecorder(store, catalogue.FLOW, run_id, task_id))
         try:
             (report,) = catalogue.push_catalogue(store, run_id=run_id, replica=replica,
                                                  batch_size=int(spec.extra.get("batch_size", 200)))
@@ -199,6 +204,121 @@ def catalogue_run_summary(resolve: Resolver, *, run_id: str, report_dir: str | N
              counts.get("added", 0), counts.get("amended", 0), counts.get("withdrawn", 0), counts.get("rejected", 0),
              counts.get("onestop_upserted", 0), counts.get("onestop_withdrawn", 0),
              counts.get("ministry_upserted", 0), counts.get("ministry_withdrawn", 0))
+    for line in text.splitlines():
+        log.info("%s", line)
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in summary.items()}
+
+
+# --- payment receipts ----------------------------------------------------------------------------
+PAYMENT_PLATFORM_CONN_ID = "payment_platform_default"
+LEDGER_CONN_ID = "ministry_ledger_default"
+
+
+def _payment_clients(resolve: Resolver, store: Store, run_id: str, task_id: str | None, *names: str) -> dict[str, Any]:
+    """Recorded clients of the payment flow's peers, by name (onestop, platform, ledger)."""
+    from connectors.ministry_ledger.client import ReceiptLedgerClient
+    from connectors.payment_platform.client import PaymentPlatformClient
+    from lienthong.flows import payment_receipts
+
+    recorder = BusRecorder(store, payment_receipts.FLOW, run_id, task_id)
+    clients: dict[str, Any] = {}
+    try:
+        for name in names:
+            if name == "onestop":
+                clients[name] = OneStopClient.from_connection(resolve(ONESTOP_CONN_ID), recorder=recorder)
+            elif name == "platform":
+                clients[name] = PaymentPlatformClient.from_connection(resolve(PAYMENT_PLATFORM_CONN_ID),
+                                                                      recorder=recorder)
+            elif name == "ledger":
+                clients[name] = ReceiptLedgerClient.from_connection(resolve(LEDGER_CONN_ID), recorder=recorder)
+    except BaseException:
+        _close_all(clients)
+        raise
+    return clients
+
+
+def _close_all(clients: dict[str, Any]) -> None:
+    for client in clients.values():
+        client.close()
+
+
+def _payment_step(resolve: Resolver, run_id: str, task_id: str | None, names: tuple[str, ...], work) -> dict[str, Any]:
+    from lienthong.flows import payment_receipts
+
+    store = open_store(resolve)
+    clients = _payment_clients(resolve, store, run_id, task_id, *names)
+    try:
+        counts = work(store, clients).counts()
+    finally:
+        _close_all(clients)
+    store.add_run_counts(payment_receipts.FLOW, run_id, counts)
+    return {k: v for k, v in counts.items() if not isinstance(v, list)}
+
+
+def collect_payments(resolve: Resolver, *, run_id: str, task_id: str | None = None) -> dict[str, Any]:
+    """List the one-stop's payment requests; QUERY the unfinished ones and GET_BILL the paid ones."""
+    from lienthong.flows import payment_receipts
+
+    return _payment_step(resolve, run_id, task_id, ("onestop", "platform"), lambda store, c:
+                         payment_receipts.collect_payments(store, c["onestop"], c["platform"], run_id=run_id))
+
+
+def update_onestop_fees(resolve: Resolver, *, run_id: str, task_id: str | None = None) -> dict[str, Any]:
+    """Record paid and failed transactions at the one-stop where the callback was lost."""
+    from lienthong.flows import payment_receipts
+
+    return _payment_step(resolve, run_id, task_id, ("onestop",), lambda store, c:
+                         payment_receipts.update_onestop_fees(store, c["onestop"], run_id=run_id))
+
+
+def submit_payment_receipts(
+    resolve: Resolver, *, run_id: str, task_id: str | None = None, batch_size: int | None = None
+) -> dict[str, Any]:
+    """Map and submit the receipts to the ministry ledger (``extra.batch_size`` of the ledger
+    connection, else 100, per SOAP call)."""
+    from lienthong.flows import payment_receipts
+
+    size = int(batch_size or resolve(LEDGER_CONN_ID).extra.get("batch_size", 100))
+    return _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), lambda store, c:
+                         payment_receipts.submit_receipts(store, c["onestop"], c["ledger"], run_id=run_id,
+                                                          batch_size=size))
+
+
+def reconcile_payments(
+    resolve: Resolver, *, run_id: str, task_id: str | None = None, report_dir: str | None = None
+) -> dict[str, Any]:
+    """Reconcile the three systems, close the run, write the report (Markdown and JSON) and return
+    the summary."""
+    from pathlib import Path
+
+    from lienthong.flows import payment_receipts
+
+    counts = _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), lambda store, c:
+                           payment_receipts.reconcile(store, c["onestop"], c["ledger"], run_id=run_id))
+    store = open_store(resolve)
+    store.add_run_counts(payment_receipts.FLOW, run_id, {}, finished=True)
+    summary = store.run_summary(payment_receipts.FLOW, run_id) or {}
+    run_counts = summary.get("counts", {})
+    text = payment_receipts.reconciliation_markdown(store, run_id, run_counts)
+    items = payment_receipts.open_items(store)
+    if report_dir:
+        stem = Path(report_dir) / f"payments-{''.join(ch if ch.isalnum() else '_' for ch in run_id)}"
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".md").write_text(text, encoding="utf-8")
+        stem.with_suffix(".json").write_text(json.dumps(
+            {"run_id": run_id, "counts": run_counts, "open_mismatches": items}, ensure_ascii=False, indent=2,
+            default=str), encoding="utf-8")
+        summary["report_path"] = str(stem.with_suffix(".md"))
+    summary["open_mismatches"] = [{k: item[k] for k in ("kind", "record_key", "dossier_code", "receipt_no")}
+                                  for item in items]
+    log.info("payment run %s: %s requests listed, %s paid and %s failed found; one-stop fees updated %s "
+             "(already %s, held %s); receipts accepted %s, unchanged %s, held %s, rejected %s; reconciliation: "
+             "%s paid checked, %s agree, %s mismatches", run_id, run_counts.get("requests_listed", 0),
+             run_counts.get("found_paid", 0), run_counts.get("found_failed", 0), run_counts.get("fees_updated", 0),
+             run_counts.get("fees_already_recorded", 0), run_counts.get("fees_held", 0),
+             run_counts.get("receipts_accepted", 0), run_counts.get("receipts_unchanged", 0),
+             run_counts.get("receipts_held", 0), run_counts.get("receipts_rejected", 0), counts.get("reconciled_paid"),
+             counts.get("reconciled_agreed"), counts.get("mismatches"))
     for line in text.splitlines():
         log.info("%s", line)
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in summary.items()}

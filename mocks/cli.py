@@ -10,6 +10,10 @@ Credentials come from the options, else from the environment, else from the demo
 * ``LIENTHONG_MOCK_LEDGER_USERNAME``, ``LIENTHONG_MOCK_LEDGER_PASSWORD`` — the ministry ledger's
   WS-Security UsernameToken.
 
+The stand-ins are wired to each other: the one-stop sends INIT to the payment platform (same
+partner and secret) and the platform POSTs its confirm callbacks to the one-stop's
+``/api/v1/payments/confirm`` unless ``--payment-callback-url`` names another receiver.
+
 Secrets are never printed.
 """
 
@@ -52,14 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="payment platform port (default 18083, 0 = any)")
     up.add_argument("--ledger-port", type=int, default=18084, help="ministry ledger port (default 18084, 0 = any)")
     up.add_argument("--payment-callback-url", default=None,
-                    help="one-stop URL the payment platform POSTs confirm callbacks to (http://127.0.0.1 only; "
-                         "default: none)")
+                    help="URL the payment platform POSTs confirm callbacks to (http://127.0.0.1 only; "
+                         "default: the one-stop's /api/v1/payments/confirm)")
     up.add_argument("--payment-lost-share", type=float, default=0.3,
                     help="share of confirm callbacks never sent (default 0.3)")
     up.add_argument("--seed", type=int, default=49, help="world seed for a fresh state (default 49)")
     up.add_argument("--seed-dossiers", type=int, default=40, help="dossiers in a fresh one-stop world (default 40)")
     up.add_argument("--session-ttl", type=float, default=600.0, help="portal session lifetime, seconds (default 600)")
     up.add_argument("--dstcode", default="DVCQG", help="dstcode header the portal expects (default DVCQG)")
+    up.add_argument("--catalogue-size", type=int, default=None,
+                    help="procedures in a fresh generated national catalogue (default 3000; the seed's 15 at least)")
     up.add_argument("--verbose", "-v", action="store_true", help="log every request (paths and statuses only)")
     return parser
 
@@ -74,15 +80,18 @@ def _portal_account() -> tuple[PortalAccount, bool]:
 def _up(args: argparse.Namespace, out: Any) -> int:
     api_key = os.environ.get("LIENTHONG_MOCK_ONESTOP_API_KEY") or DEFAULT_API_KEY
     account, default_password = _portal_account()
+    partner = os.environ.get("LIENTHONG_MOCK_PAYMENT_PARTNER") or DEFAULT_PARTNER
+    secret = os.environ.get("LIENTHONG_MOCK_PAYMENT_SECRET") or DEFAULT_SECRET
     try:
         onestop = OneStopMock(args.state_dir, host=args.host, port=args.onestop_port, seed=args.seed,
-                              seed_dossiers=args.seed_dossiers, api_key=api_key)
+                              seed_dossiers=args.seed_dossiers, api_key=api_key, payment_secret=secret,
+                              payment_partner=partner)
         portal = NationalPortalMock(args.state_dir, host=args.host, port=args.portal_port, seed=args.seed,
-                                    accounts=[account], session_ttl=args.session_ttl, dstcode=args.dstcode)
+                                    accounts=[account], session_ttl=args.session_ttl, dstcode=args.dstcode,
+                                    **({"catalogue_size": args.catalogue_size} if args.catalogue_size else {}))
         payment = PaymentPlatformMock(
             args.state_dir, host=args.host, port=args.payment_port, seed=args.seed,
-            partner_code=os.environ.get("LIENTHONG_MOCK_PAYMENT_PARTNER") or DEFAULT_PARTNER,
-            secret=os.environ.get("LIENTHONG_MOCK_PAYMENT_SECRET") or DEFAULT_SECRET,
+            partner_code=partner, secret=secret,
             callback_url=args.payment_callback_url, lost_share=args.payment_lost_share,
             seed_dossiers=args.seed_dossiers)
         ledger = MinistryLedgerMock(
@@ -105,14 +114,18 @@ def _up(args: argparse.Namespace, out: Any) -> int:
             except OSError as exc:
                 print(f"error: cannot start the {mock.name} mock on {args.host}: {exc}", file=sys.stderr)
                 return 1
+        _wire_payments(onestop, payment, explicit_callback=args.payment_callback_url)
         state = onestop.state_summary()
         print(f"lienthong mocks up — state in {os.path.abspath(args.state_dir)}", file=out)
         print(f"  one-stop         {onestop.url}   (X-Api-Key: "
               f"{'demo default' if api_key == DEFAULT_API_KEY else 'from LIENTHONG_MOCK_ONESTOP_API_KEY'}; "
               f"{state['counts']['dossiers']} dossiers, lastSeq {state['lastSeq']})", file=out)
         print(f"    API:        GET {onestop.url}/api/v1/dossiers/changes?after=<cursor>&limit=100", file=out)
-        print("    test doors: GET /_state  GET /_state/dossiers  GET /_state/events  POST /_admin/advance  "
-              "POST /_admin/faults  POST /_admin/reset", file=out)
+        print("    payments:   GET /api/v1/payments  GET /api/v1/dossiers/<dossierNo>/fees  "
+              "POST /api/v1/payments/<ref>/result  POST /api/v1/payments/confirm (callbacks; "
+              f"INIT to {'the payment platform' if onestop.payment_platform_url else 'nowhere'})", file=out)
+        print("    test doors: GET /_state  GET /_state/dossiers  GET /_state/events  GET /_state/payments  "
+              "POST /_admin/advance  POST /_admin/payments/open  POST /_admin/faults  POST /_admin/reset", file=out)
         print(f"  national portal  {portal.url}   (account {account.username}, unit {account.unit}, password "
               f"{'demo default' if default_password else 'from LIENTHONG_MOCK_PORTAL_PASSWORD'}; "
               f"dstcode {args.dstcode})", file=out)
@@ -145,6 +158,15 @@ def _up(args: argparse.Namespace, out: Any) -> int:
             mock.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _wire_payments(onestop: OneStopMock, payment: PaymentPlatformMock, *, explicit_callback: str | None) -> None:
+    """Run together, the one-stop opens payments at the platform and the platform calls the
+    one-stop back (unless ``--payment-callback-url`` names another receiver)."""
+    if payment.host == "127.0.0.1":
+        onestop.payment_platform_url = payment.url
+    if explicit_callback is None and onestop.host == "127.0.0.1":
+        payment.callback_url = onestop.url + "/api/v1/payments/confirm"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,15 +1,25 @@
-"""Client for the provincial one-stop system's REST API (dossier change feed, dossiers)."""
+"""Client for the provincial one-stop system's REST API (dossier change feed, dossiers, procedure
+catalogue, fee status and payment requests)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import requests
 
 from connectors.connection import ConnectionSpec, Secret
-from connectors.errors import AuthenticationFailed, FieldError, PeerRejected, ProtocolError, RecordRejected
+from connectors.errors import (
+    AmountMismatch,
+    AuthenticationFailed,
+    FieldError,
+    PaymentConflict,
+    PeerRejected,
+    ProtocolError,
+    RecordRejected,
+)
 from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy, transport_options
 
 __all__ = ["ChangeEvent", "ChangePage", "OneStopClient"]
@@ -208,6 +218,106 @@ class OneStopClient:
         """The one-stop's procedure catalogue, page by page."""
         return self._pages("/api/v1/procedures", "procedures", {"size": size or self.page_size})
 
+    # -- fee status and payment requests -------------------------------------------------------
+    def iter_payments(self, status: str | None = "pending", size: int | None = None) -> Iterator[list[dict[str, Any]]]:
+        """The one-stop's payment requests, page by page, in creation order.
+
+        Args:
+            status: ``pending`` (default: the requests whose result the one-stop does not know),
+                ``paid``, ``failed``, ``unmatched`` (callbacks for references it never opened), or
+                ``None``/``"all"`` for every request.
+            size: page size (1..500; default the client's ``page_size``).
+
+        Pages are read by offset, so a filtered list that shrinks while it is read (results recorded
+        between pages) can skip requests: collect every page first, then record results.
+        """
+        params: dict[str, Any] = {"size": size or self.page_size}
+        if status:
+            params["status"] = status
+        return self._pages("/api/v1/payments", "payments", params)
+
+    def get_payment(self, reference: str) -> dict[str, Any] | None:
+        """One payment request by its reference (MaThamChieu), or ``None`` when the one-stop has none."""
+        response = self.transport.send(
+            "GET", f"/api/v1/payments/{requests.utils.quote(reference, safe='')}", operation="payment",
+            record_keys=(reference,),
+        )
+        if response.status_code == 404:
+            return None
+        return self._json(response, "payment")
+
+    def get_fees(self, dossier_no: str) -> dict[str, Any] | None:
+        """A dossier's fee status (``items``, ``amount``, ``paymentStatus``, ``paidAmount``,
+        ``payments``), or ``None`` when the one-stop does not hold the dossier."""
+        response = self.transport.send(
+            "GET", f"/api/v1/dossiers/{requests.utils.quote(dossier_no, safe='')}/fees", operation="fees",
+            record_keys=(dossier_no,),
+        )
+        if response.status_code == 404:
+            return None
+        return self._json(response, "fees")
+
+    def record_payment_result(
+        self,
+        reference: str,
+        *,
+        result: str,
+        transaction_id: str,
+        amount: int,
+        paid_at: str | datetime,
+        bank: str,
+        receipt_no: str | None = None,
+        dossier_no: str | None = None,
+    ) -> dict[str, Any]:
+        """Tell the one-stop the result of a payment whose confirm callback was lost
+        (``POST /api/v1/payments/{reference}/result``).
+
+        Safe to repeat: the one-stop applies a result once per transaction, so the call is retried
+        on transient failures and a repeat answers ``applied: false``.
+
+        Args:
+            reference: the payment's MaThamChieu.
+            result: ``"paid"`` or ``"failed"`` (the platform's TrangThaiGD 1 / 4).
+            transaction_id: the platform's MaGiaoDich.
+            amount: integer VND, as the platform reports it.
+            paid_at: when the platform completed it: an aware ``datetime`` or ISO 8601 with offset.
+            bank: the platform's MaNganHang.
+            receipt_no: the electronic receipt's number, when known.
+            dossier_no: the dossier code, when known (only for the exchange log's record keys).
+
+        Returns:
+            ``{"applied": bool, "payment": {...}}`` — ``applied`` is false when the one-stop
+            already held this result.
+
+        Raises:
+            PaymentConflict: already paid by another transaction, or ``failed`` for a paid request (409).
+            AmountMismatch: ``amount`` differs from the request's amount (422).
+            PeerRejected: unknown reference (rule ``known_payment``), a field the one-stop refused
+                (rule ``validation``), or a reference it holds as unmatched (rule ``matched_request``).
+            AuthenticationFailed: the API key was refused.
+        """
+        if isinstance(paid_at, datetime):
+            if paid_at.tzinfo is None or paid_at.utcoffset() is None:
+                raise ValueError("paid_at must be an aware datetime")
+            paid_at = paid_at.isoformat()
+        body: dict[str, Any] = {"result": result, "transactionId": transaction_id, "amount": amount,
+                                "paidAt": paid_at, "bank": bank}
+        if receipt_no is not None:
+            body["receiptNo"] = receipt_no
+        keys = (reference, dossier_no) if dossier_no else (reference,)
+        response = self.transport.send(
+            "POST", f"/api/v1/payments/{requests.utils.quote(reference, safe='')}/result",
+            operation="payment_result", json_body=body, record_keys=keys, retry=True,
+        )
+        if response.status_code in (404, 409, 422):
+            raise _payment_refusal(reference, response)
+        data = self._json(response, "payment_result")
+        if not isinstance(data, dict) or not isinstance(data.get("applied"), bool) \
+                or not isinstance(data.get("payment"), dict):
+            raise ProtocolError(f"{PEER} payment_result: unexpected answer shape", peer=PEER,
+                                operation="payment_result")
+        return data
+
 
 def _refusal(code: str, response: requests.Response) -> RecordRejected:
     try:
@@ -217,4 +327,32 @@ def _refusal(code: str, response: requests.Response) -> RecordRejected:
     field_name = str(body.get("field") or "<record>") if isinstance(body, dict) else "<record>"
     message = str(body.get("message") or "refused") if isinstance(body, dict) else "refused"
     return PeerRejected(code, [FieldError(field_name, "onestop_validation", message)], peer_code="422",
+                        peer_message=message)
+
+
+def _payment_refusal(reference: str, response: requests.Response) -> PeerRejected:
+    """The error class for a refused payment result (404, 409, 422), keyed by the reference."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    code = str(body.get("error") or response.status_code)
+    message = str(body.get("message") or "refused")
+    field_name = str(body.get("field") or "")
+    status = response.status_code
+    if status == 404:
+        return PeerRejected(reference, [FieldError("reference", "known_payment", message)], peer_code=code,
+                            peer_message=message)
+    if status == 409 and code == "already_paid":
+        return PaymentConflict(reference, [FieldError(field_name or "transactionId", "paid_once", message)],
+                               peer_code=code, peer_message=message)
+    if status == 409:
+        return PeerRejected(reference, [FieldError(field_name or "reference", "matched_request", message)],
+                            peer_code=code, peer_message=message)
+    if code == "amount_mismatch":
+        return AmountMismatch(reference, [FieldError(field_name or "amount", "amount_equals_fee", message)],
+                              peer_code=code, peer_message=message)
+    return PeerRejected(reference, [FieldError(field_name or "<record>", "validation", message)], peer_code=code,
                         peer_message=message)

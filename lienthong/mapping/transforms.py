@@ -399,3 +399,39 @@ def max_level(value: Any) -> Any:
     if best is None:
         return None
     return str(best) if best.__class__ is int else unicodedata.normalize("NFC", best).strip()
+
+
+# --- payment receipts ----------------------------------------------------------------------------
+
+_DOSSIER_UNIT = re.compile(r"(\d{3}\.\d{2}\.\d{2}\.H\d{2})-\d{6}-\d{4,5}")
+
+
+@register_transform(
+    "datetime_from_portal",
+    "yyyyMMddHHmmss in Asia/Ho_Chi_Minh (the portal's and payment platform's form, §6.1) → ISO 8601 with "
+    "+07:00 (\"20261102081500\" → \"2026-11-02T08:15:00+07:00\"); not 14 digits of a real time → rule format",
+)
+def datetime_from_portal(value: Any) -> str:
+    if value.__class__ is not str:
+        raise TransformError("type", f"is {_kind(value)}, expected yyyyMMddHHmmss text")
+    if len(value) != 14 or not value.isdigit():
+        raise TransformError("format", "is not yyyyMMddHHmmss (14 digits)")
+    try:
+        moment = datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=PORTAL_TIME_ZONE)
+    except ValueError:
+        raise TransformError("format", "is not a real date and time (yyyyMMddHHmmss)") from None
+    return moment.isoformat()
+
+
+@register_transform(
+    "unit_of_dossier_code",
+    "a dossier code {unit}-{yyMMdd}-{NNNN} (contract §6.2) → its unit code (\"000.00.01.H49-261102-0001\" → "
+    "\"000.00.01.H49\"); another form → rule format",
+)
+def unit_of_dossier_code(value: Any) -> str:
+    if value.__class__ is not str:
+        raise TransformError("type", f"is {_kind(value)}, expected a dossier code")
+    match = _DOSSIER_UNIT.fullmatch(value)
+    if match is None:
+        raise TransformError("format", "is not a dossier code {unit}-{yyMMdd}-{NNNN} (e.g. 000.00.01.H49-261102-0001)")
+    return match.group(1)

@@ -12,8 +12,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mocks.one_stop.payments import PAYMENT_SCHEMA, PaymentsMixin, loopback_url
 from mocks.one_stop.procedures import PROCEDURE_SCHEMA, ProceduresMixin
 from mocks.one_stop.world import DEFECT_KINDS, FINAL_STATUSES, LEGAL_TRANSITIONS, Generator
+from mocks.payment_platform.app import DEFAULT_PARTNER, DEFAULT_SECRET
 from mocks.server import (
     BadJson,
     MockServer,
@@ -116,7 +118,7 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int | No
     return number
 
 
-class OneStopMock(ProceduresMixin, MockServer):
+class OneStopMock(PaymentsMixin, ProceduresMixin, MockServer):
     """Stand-in for the provincial one-stop system, a real HTTP server on loopback.
 
     Args:
@@ -128,6 +130,12 @@ class OneStopMock(ProceduresMixin, MockServer):
         seed_dossiers: dossiers created when the state is empty (default 40).
         api_key: the ``X-Api-Key`` every ``/api/v1`` call must carry (default ``demo-onestop-key``).
         seed_file: the seed YAML (default ``fixtures/seed/quang_nam.yaml``).
+        payment_secret: the checksum secret shared with the national payment platform (signs INIT,
+            verifies confirm callbacks; default the platform stand-in's ``demo-payment-secret``).
+        payment_partner: this one-stop's MaDoiTac at the platform (default ``DVC_H49``).
+        payment_platform_url: ``http://127.0.0.1:<port>`` of the platform, used by the
+            ``/_admin/payments/open`` door to send INIT (``None`` = not configured; settable later).
+        payment_timeout: seconds an INIT call to the platform may take.
 
     Usage::
 
@@ -142,7 +150,15 @@ class OneStopMock(ProceduresMixin, MockServer):
 
     def __init__(self, state_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  seed: int = 49, seed_dossiers: int = 40, api_key: str = DEFAULT_API_KEY,
-                 seed_file: str | Path | None = None):
+                 seed_file: str | Path | None = None, payment_secret: str = DEFAULT_SECRET,
+                 payment_partner: str = DEFAULT_PARTNER, payment_platform_url: str | None = None,
+                 payment_timeout: float = 5.0):
+        if not payment_secret:
+            raise ValueError("payment_secret must not be empty")
+        self.payment_secret = payment_secret
+        self.payment_partner = payment_partner
+        self.payment_platform_url = loopback_url("payment_platform_url", payment_platform_url)
+        self.payment_timeout = payment_timeout
         if not isinstance(seed_dossiers, int) or not 0 <= seed_dossiers <= MAX_ADVANCE:
             raise ValueError(f"seed_dossiers must be an integer 0..{MAX_ADVANCE}")
         if not api_key:
@@ -160,6 +176,7 @@ class OneStopMock(ProceduresMixin, MockServer):
         router.add("GET", "/api/v1/dossiers/{dossierNo}", self._dossier, operation="dossier")
         router.add("GET", "/api/v1/dossiers", self._dossiers, operation="dossiers")
         self._procedure_routes(router)
+        self._payment_routes(router)
         router.add("GET", "/_state", self._state)
         router.add("GET", "/_state/dossiers", self._state_dossiers)
         router.add("GET", "/_state/dossiers/{dossierNo}", self._state_dossier)
@@ -174,6 +191,7 @@ class OneStopMock(ProceduresMixin, MockServer):
         with db.lock:
             db.conn.executescript(_SCHEMA)
             db.conn.executescript(PROCEDURE_SCHEMA)
+            db.conn.executescript(PAYMENT_SCHEMA)
             stored = db.get_meta("world_seed")
             if stored is None:
                 self._seed_world(db)
@@ -183,6 +201,22 @@ class OneStopMock(ProceduresMixin, MockServer):
                                 self.state_path, stored, self.seed)
                 self.seed = int(stored)
                 self.gen = Generator(self.seed_data, self.seed)
+                if db.get_meta("payments_seeded") is None:
+                    self._seed_missing_payments(db)
+
+    def _seed_missing_payments(self, db: StateDB) -> None:
+        """A state made before payment requests existed: register the seeded world's payments, taken
+        from a private copy of that world (its dossiers may have moved on since)."""
+        copy = OneStopMock(None, seed=self.seed, seed_dossiers=int(db.get_meta("seed_dossiers") or 0),
+                           payment_secret=self.payment_secret)
+        try:
+            copy.open_state()
+            rows = copy.require_db().conn.execute("SELECT snapshot FROM dossiers ORDER BY idx").fetchall()
+            dossiers = [json.loads(r[0]) for r in rows]
+        finally:
+            copy.close()
+        with db.tx():
+            self._seed_payments(db, dossiers)
 
     def _clock(self, db: StateDB) -> WorldClock:
         return WorldClock(db, self.seed, office_hours=True)
@@ -191,7 +225,8 @@ class OneStopMock(ProceduresMixin, MockServer):
         """Create the initial world: ``seed_dossiers`` dossiers with interleaved histories."""
         self.gen = Generator(self.seed_data, self.seed)
         with db.tx() as conn:
-            for table in ("dossiers", "events", "counters", "procedures", "procedure_ops"):
+            for table in ("dossiers", "events", "counters", "procedures", "procedure_ops", "payment_requests",
+                          "payment_callbacks"):
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
             db.set_meta("world_seed", self.seed)
             db.set_meta("seed_dossiers", self.seed_dossiers)
@@ -201,6 +236,8 @@ class OneStopMock(ProceduresMixin, MockServer):
                 plan = seeded_rng(self.seed, "seedplan", number)
                 for _ in range(plan.choice((0, 1, 1, 2, 2, 3))):
                     self._change(db)
+            rows = conn.execute("SELECT snapshot FROM dossiers ORDER BY idx").fetchall()
+            self._seed_payments(db, [json.loads(r["snapshot"]) for r in rows])
 
     def _counter(self, db: StateDB, name: str, increment: int = 1) -> int:
         conn = db.conn

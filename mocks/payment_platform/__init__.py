@@ -9,8 +9,10 @@ from mocks.payment_platform.app import (
     PaymentPlatformMock,
     checksum,
     reference_for,
+    seeded_payments,
 )
 from mocks.payment_platform.pdf import receipt_pdf
 
 __all__ = ["ANSWER_ORDERS", "BAD_CHECKSUM", "DEFAULT_PARTNER", "DEFAULT_SECRET", "REQUEST_ORDERS",
-           "PaymentPlatformMock", "checksum", "receipt_pdf", "reference_for"]
+           "PaymentPlatformMock", "checksum", "receipt_pdf", "reference_for",
+           "seeded_payments"]

@@ -43,6 +43,7 @@ __all__ = [
     "PaymentPlatformMock",
     "checksum",
     "reference_for",
+    "seeded_payments",
 ]
 
 PROTOCOL = "1.0.6"
@@ -113,6 +114,31 @@ def reference_for(dossier_no: str, when: datetime) -> str:
 
 def _ts(dt: datetime) -> str:
     return dt.astimezone(VN_TZ).strftime("%Y%m%d%H%M%S")
+
+
+def seeded_payments(dossiers: list[dict[str, Any]], seed: int | str) -> list[dict[str, Any]]:
+    """The payments of the seeded world: one per dossier whose fees add up to more than 0 VND.
+
+    Both stand-ins call this on the same seeded one-stop dossiers, so the platform's seeded
+    transactions and the one-stop's seeded payment requests carry the same references, dossiers
+    and amounts. Each item: ``reference`` (MaThamChieu, §6.5), ``dossierNo``, ``amount`` (int VND),
+    ``createdAt`` (aware datetime, Asia/Ho_Chi_Minh), ``status`` (the platform's seeded outcome:
+    paid / failed / pending), ``payer`` and ``info`` (ThongTinGiaoDich). Dossier order is kept.
+    """
+    payments: list[dict[str, Any]] = []
+    for dossier in dossiers:
+        amount = sum(int(f.get("amount") or 0) for f in dossier.get("fees") or [])
+        if amount <= 0:
+            continue
+        number = dossier["dossierNo"]
+        rng = seeded_rng(seed, "payment", number)
+        base = datetime.fromisoformat(dossier.get("modifiedAt") or "2026-11-02T08:00:00+07:00")
+        when = base.astimezone(VN_TZ) + timedelta(minutes=rng.randint(1, 90), seconds=rng.randint(0, 59))
+        status = rng.choices(STATUSES, weights=(50, 20, 30))[0]
+        payments.append({"reference": reference_for(number, when), "dossierNo": number, "amount": amount,
+                         "createdAt": when, "status": status, "payer": str(dossier.get("applicantName") or ""),
+                         "info": f"THANH TOAN HO SO {number}"})
+    return payments
 
 
 def check_callback_url(url: str | None) -> str | None:
@@ -220,24 +246,16 @@ class PaymentPlatformMock(MockServer):
             conn.execute("DELETE FROM callbacks")
             db.set_meta("world_seed", self.seed)
             db.set_meta("bills", 0)
-            for dossier in dossiers:
-                amount = sum(int(f.get("amount") or 0) for f in dossier.get("fees") or [])
-                if amount <= 0:
-                    continue
-                number = dossier["dossierNo"]
-                rng = seeded_rng(self.seed, "payment", number)
-                base = datetime.fromisoformat(dossier.get("modifiedAt") or "2026-11-02T08:00:00+07:00")
-                when = base.astimezone(VN_TZ) + timedelta(minutes=rng.randint(1, 90), seconds=rng.randint(0, 59))
-                status = rng.choices(STATUSES, weights=(50, 20, 30))[0]
-                ref = reference_for(number, when)
+            for payment in seeded_payments(dossiers, self.seed):
+                when = payment["createdAt"]
                 conn.execute(
                     "INSERT INTO payments(ref, dossier_no, amount, status, origin, created_at, txn_time, info, payer)"
                     " VALUES(?, ?, ?, 'pending', 'seed', ?, ?, ?, ?)",
-                    (ref, number, amount, _ts(when), _ts(when), f"THANH TOAN HO SO {number}",
-                     str(dossier.get("applicantName") or "")),
+                    (payment["reference"], payment["dossierNo"], payment["amount"], _ts(when), _ts(when),
+                     payment["info"], payment["payer"]),
                 )
-                if status != "pending":
-                    self._complete(db, ref, status, notify=False)
+                if payment["status"] != "pending":
+                    self._complete(db, payment["reference"], payment["status"], notify=False)
 
     # -- protocol ----------------------------------------------------------------------------
     def _answer(self, kind: str, fields: dict[str, Any], order_name: str) -> Response:

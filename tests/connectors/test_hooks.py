@@ -29,3 +29,36 @@ def test_hooks_build_clients_from_connection_ids(monkeypatch, tmp_path):
     spec = LienthongDbHook().get_conn()
     assert spec.conn_type == "sqlite" and spec.host.endswith("b.db")
     assert "SECRET" not in repr(spec) + repr(NationalPortalHook().connection_spec())
+
+
+def test_payment_and_ledger_hooks_build_clients_from_the_local_topology(monkeypatch, tmp_path):
+    import yaml
+
+    from connectors.hooks import PaymentPlatformHook, ReceiptLedgerHook
+    from connectors.ministry_ledger.client import ReceiptLedgerClient
+    from connectors.payment_platform.client import PaymentPlatformClient
+    from lienthong import localenv
+
+    topo = localenv.topology(tmp_path)
+    env = topo.environment()
+    for conn_id in ("payment_platform_default", "ministry_ledger_default"):
+        name = f"AIRFLOW_CONN_{conn_id.upper()}"
+        monkeypatch.setenv(name, env[name])
+    assert env["LIENTHONG_MOCK_PAYMENT_SECRET"] == "demo-payment-secret"
+    assert env["LIENTHONG_MOCK_LEDGER_PASSWORD"] == "demo-ledger-secret"
+
+    payment = PaymentPlatformHook().get_conn()
+    assert isinstance(payment, PaymentPlatformClient) and payment.partner_code == "DVC_H49"
+    assert payment.transport.base_url == "http://127.0.0.1:18083" and payment.transport.timeout == (3.05, 10.0)
+
+    ledger = ReceiptLedgerHook().get_conn()  # the WSDL is local: no network needed here
+    assert isinstance(ledger, ReceiptLedgerClient) and ledger.username == "lienthong.h49"
+    assert ledger.service._binding_options["address"] == "http://127.0.0.1:18084/"
+    assert ledger.transport.operation_timeout == 10.0 and ledger.retry.max_attempts == 3
+    specs = repr(PaymentPlatformHook().connection_spec()) + repr(ReceiptLedgerHook().connection_spec())
+    assert "demo-payment-secret" not in specs and "demo-ledger-secret" not in specs
+
+    compose = yaml.safe_load((localenv.REPO_ROOT / "docker-compose.yml").read_text())
+    local = topo.connections()
+    for conn_id in ("payment_platform_default", "ministry_ledger_default"):
+        assert json.loads(compose["x-lienthong-env"][f"AIRFLOW_CONN_{conn_id.upper()}"]) == local[conn_id]

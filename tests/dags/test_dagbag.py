@@ -43,3 +43,26 @@ def test_dossier_dag_shape(dagbag):
     assert dag.schedule == timedelta(minutes=5)
     assert set(dag.params.keys()) == {"batch_size", "feed_from", "resend_acknowledged", "window_from",
                                       "window_to"}
+
+
+def test_payment_dag_shape(dagbag):
+    dag = dagbag.dags["sync_payment_receipts"]
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order[0] == "collect_payments" and order[-1] == "reconcile_payments"
+    assert set(order[1:3]) == {"update_onestop_fees", "submit_receipts"}
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    assert dag.get_task("collect_payments").pool == "payment_platform"
+    assert dag.get_task("update_onestop_fees").pool == "onestop"
+    assert dag.get_task("submit_receipts").pool == "ministry_ledger"
+    assert dag.get_task("reconcile_payments").upstream_task_ids == {"update_onestop_fees", "submit_receipts"}
+    assert dag.schedule == "@hourly"
+
+
+def test_report_dags_are_in_the_bag(dagbag):
+    assert {"report_kpi", "report_agreement"} <= set(dagbag.dags)
+    kpi, agreement = dagbag.dags["report_kpi"], dagbag.dags["report_agreement"]
+    assert [t.task_id for t in kpi.topological_sort()] == ["refresh_dossier_facts", "write_kpi_report"]
+    assert agreement.get_task("write_agreement_report").upstream_task_ids == {"check_dossier_status",
+                                                                              "check_fee_payment"}
+    assert agreement.get_task("check_dossier_status").pool == "national_portal"
+    assert kpi.catchup is False and agreement.catchup is False

@@ -1,0 +1,457 @@
+"""Client for a ministry's receipt ledger: SOAP 1.1 document/literal, driven by zeep.
+
+The WSDL and XSD are read from ``fixtures/ledger/`` (never fetched from the peer) and the service is
+bound to the configured address. The client owns what zeep leaves to its caller:
+
+* hardened parsing: no DTD, no entity, no external fetch, no huge tree; an answer carrying one is
+  refused unread (:class:`~connectors.errors.UnsafeXml`);
+* an explicit ``operation_timeout`` (zeep's default is none) and a connect timeout;
+* one exchange-log record per SOAP attempt, written by the transport, with the WS-Security
+  ``Password`` and ``Nonce`` replaced by ``***``;
+* SOAP faults turned into the error classes callers branch on, and retries of transient failures
+  (a resubmitted receipt with the same content is answered ``unchanged``, so a retry is safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import zeep
+import zeep.exceptions
+from lxml import etree
+from zeep.helpers import serialize_object
+from zeep.wsse import utils as wsse_utils
+
+from connectors.connection import ConnectionSpec, Secret
+from connectors.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    DuplicateReceipt,
+    FieldError,
+    PeerRejected,
+    PeerUnavailable,
+    ProtocolError,
+    RecordRejected,
+    UnsafeXml,
+)
+from connectors.transport import (
+    REDACTED,
+    Exchange,
+    ExchangeRecorder,
+    NullRecorder,
+    RetryPolicy,
+    _sanitize_url,
+)
+
+__all__ = [
+    "DEFAULT_WSDL",
+    "LEDGER_NS",
+    "PEER",
+    "RECEIPT_FIELDS",
+    "LedgerTransport",
+    "ReceiptInvalid",
+    "ReceiptLedgerClient",
+    "SubmitResult",
+    "hardened_settings",
+]
+
+log = logging.getLogger(__name__)
+
+PEER = "ministry_ledger"
+LEDGER_NS = "urn:vn:gov:mof:receiptledger:v1"
+BINDING = f"{{{LEDGER_NS}}}ReceiptLedgerSoapBinding"
+DEFAULT_WSDL = Path(__file__).resolve().parents[2] / "fixtures" / "ledger" / "ReceiptLedger.wsdl"
+RECEIPT_FIELDS = ("ReceiptNumber", "DossierCode", "PaymentReference", "AmountVND", "PaidAt", "PayerName",
+                  "AgencyCode", "PdfSha256")
+_PASSWORD_TEXT = ("http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
+                  "#PasswordText")
+
+# A SOAP message must not carry a document type declaration (SOAP 1.1 §3): refused before parsing.
+_UNSAFE = re.compile(rb"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
+_SECRET_ELEMENTS = re.compile(rb"(<(?:[\w.-]+:)?(Password|Nonce)\b[^>]*>)(.*?)(</(?:[\w.-]+:)?\2\s*>)", re.DOTALL)
+_FAULT_CODE = re.compile(rb"<(?:[\w.-]+:)?Code>([A-Za-z0-9_:.-]{1,64})</(?:[\w.-]+:)?Code>")
+_XML_TYPES = ("text/xml", "application/soap+xml", "application/xml")
+
+
+def hardened_settings() -> zeep.Settings:
+    """zeep settings for answers from a peer: strict, no huge trees, no DTD, entity or external fetch."""
+    return zeep.Settings(strict=True, xml_huge_tree=False, forbid_dtd=True, forbid_entities=True,
+                         forbid_external=True)
+
+
+def looks_unsafe(content: bytes) -> bool:
+    """True when ``content`` declares a DTD or an entity (also in UTF-16/32, NUL bytes dropped)."""
+    return bool(_UNSAFE.search(content) or (b"\x00" in content and _UNSAFE.search(content.replace(b"\x00", b""))))
+
+
+def redact_soap(body: bytes) -> bytes:
+    """Replace the text of every ``Password`` and ``Nonce`` element with ``***``."""
+    return _SECRET_ELEMENTS.sub(lambda m: m.group(1) + REDACTED.encode() + m.group(4), body)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """The ledger's answer to ``SubmitReceipts``.
+
+    Attributes:
+        accepted: receipts stored now.
+        unchanged: receipts already held with the same content (idempotent resubmission).
+        statuses: ReceiptNumber → ``accepted`` or ``unchanged``.
+    """
+
+    accepted: int
+    unchanged: int
+    statuses: dict[str, str]
+
+
+class ReceiptInvalid(PeerRejected):
+    """The ledger refused a receipt with a ``ValidationFault`` naming its field and rule.
+
+    Attributes:
+        index: the receipt's 0-based position in the batch, as the ledger reported it.
+    """
+
+    def __init__(self, record_key: str, errors, *, index: int | None = None, peer_code: str = "",
+                 peer_message: str = ""):
+        super().__init__(record_key, errors, peer_code=peer_code, peer_message=peer_message)
+        self.index = index
+
+
+class _PasswordTextToken:
+    """WS-Security UsernameToken with a PasswordText password, kept as a :class:`Secret` until sent."""
+
+    def __init__(self, username: str, password: Secret):
+        self.username = username
+        self._password = password
+
+    def apply(self, envelope: etree._Element, headers: dict[str, str]) -> tuple[etree._Element, dict[str, str]]:
+        security = wsse_utils.get_security_header(envelope)
+        token = wsse_utils.WSSE.UsernameToken()
+        token.extend([wsse_utils.WSSE.Username(self.username),
+                      wsse_utils.WSSE.Password(self._password.reveal(), Type=_PASSWORD_TEXT)])
+        security.append(token)
+        return envelope, headers
+
+    def verify(self, envelope: etree._Element) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"_PasswordTextToken({self.username!r}, Secret('***'))"
+
+
+class LedgerTransport(zeep.Transport):
+    """A zeep transport that times out, refuses unsafe XML, and records every attempt.
+
+    The client names the operation, correlation keys and attempt number before each call
+    (:meth:`begin`); :meth:`post` writes one :class:`~connectors.transport.Exchange` per attempt,
+    whatever happens, before zeep parses the answer.
+    """
+
+    #: The check made on every answer before zeep parses it (zeep's hardened settings come second).
+    refuse_unread = staticmethod(looks_unsafe)
+
+    def __init__(self, *, recorder: ExchangeRecorder | None, connect_timeout: float, operation_timeout: float):
+        super().__init__(timeout=operation_timeout, operation_timeout=operation_timeout)
+        self.recorder = recorder or NullRecorder()
+        self.connect_timeout = connect_timeout
+        self._operation = "soap"
+        self._keys: tuple[str, ...] = ()
+        self._attempt = 1
+
+    def begin(self, operation: str, keys: Iterable[str], attempt: int) -> None:
+        self._operation, self._keys, self._attempt = operation, tuple(keys), attempt
+
+    def load(self, url: str) -> bytes:
+        """Only local files: the service description is never fetched from the network."""
+        if urlsplit(str(url)).scheme in ("http", "https"):
+            raise ConfigurationError(f"{PEER}: the WSDL and XSD are read from local files, not {url}")
+        return super().load(url)
+
+    def post(self, address: str, message: bytes | str, headers: dict[str, str]) -> requests.Response:
+        body = message.encode("utf-8") if isinstance(message, str) else bytes(message)
+        operation = self._operation
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        response: requests.Response | None = None
+        error: Exception | None = None
+        try:
+            response = self.session.post(address, data=body, headers=headers,
+                                         timeout=(self.connect_timeout, self.operation_timeout))
+        except requests.Timeout as exc:
+            error = PeerUnavailable(f"{PEER} {operation}: no answer within {self.operation_timeout}s "
+                                    f"({type(exc).__name__})", peer=PEER, operation=operation)
+        except requests.ConnectionError as exc:
+            error = PeerUnavailable(f"{PEER} {operation}: connection failed ({type(exc).__name__})",
+                                    peer=PEER, operation=operation)
+        duration_ms = (time.perf_counter() - t0) * 1000
+        outcome, peer_code = "transport_error", None
+        content = b""
+        if response is not None:
+            content = response.content
+            status = response.status_code
+            media = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            fault_code = _FAULT_CODE.search(content) if status == 500 else None
+            if self.refuse_unread(content):
+                outcome = "protocol_error"
+                error = UnsafeXml(f"{PEER} {operation}: the answer carries a DTD or entity declaration; "
+                                  "refused unread", peer=PEER, operation=operation, status=status)
+            elif status == 200:
+                outcome = "ok"
+            elif status == 500 and media in _XML_TYPES and b"Fault" in content:
+                outcome = "peer_error"
+                peer_code = fault_code.group(1).decode("ascii") if fault_code else None
+            else:
+                outcome = "http_error"
+                if status >= 500 or status == 429:
+                    error = PeerUnavailable(f"{PEER} {operation}: HTTP {status}", peer=PEER, operation=operation,
+                                            status=status)
+        self.recorder.record(Exchange(
+            peer=PEER,
+            operation=operation,
+            method="POST",
+            url=_sanitize_url(address),
+            started_at=started,
+            duration_ms=round(duration_ms, 3),
+            attempt=self._attempt,
+            outcome=outcome,
+            record_keys=self._keys,
+            request_headers={k: str(v) for k, v in {**self.session.headers, **headers}.items()
+                             if k.lower() not in {"authorization", "cookie"}},
+            request_body=redact_soap(body),
+            response_status=response.status_code if response is not None else None,
+            response_headers=dict(response.headers) if response is not None else {},
+            response_body=redact_soap(content),
+            peer_code=peer_code,
+            error=f"{type(error).__name__}: {error}" if error else None,
+        ))
+        if error is not None:
+            raise error
+        assert response is not None
+        return response
+
+
+def _local(tag: Any) -> str:
+    return etree.QName(tag).localname if isinstance(tag, str) else ""
+
+
+def _fault_detail(fault: zeep.exceptions.Fault) -> tuple[str, dict[str, str]]:
+    """The fault's detail element name and its children's texts (``("", {})`` when there is none)."""
+    detail = fault.detail
+    if not isinstance(detail, etree._Element):
+        return "", {}
+    element = next((c for c in detail if isinstance(c.tag, str)), None)
+    if element is None:
+        return "", {}
+    return _local(element.tag), {_local(c.tag): (c.text or "") for c in element if isinstance(c.tag, str)}
+
+
+def _check_receipt(index: int, receipt: dict[str, Any]) -> None:
+    """Local shape checks zeep needs to serialise a receipt (the ledger checks the content)."""
+    number = str(receipt.get("ReceiptNumber") or f"#{index}")
+    errors = [FieldError(name, "required", "is required") for name in RECEIPT_FIELDS if receipt.get(name) is None]
+    amount = receipt.get("AmountVND")
+    if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int)):
+        errors.append(FieldError("AmountVND", "integer", "must be a whole number of VND"))
+    paid = receipt.get("PaidAt")
+    if paid is not None and (not isinstance(paid, datetime) or paid.tzinfo is None):
+        errors.append(FieldError("PaidAt", "aware_datetime", "must be a timezone-aware datetime"))
+    if errors:
+        raise RecordRejected(number, errors)
+
+
+class ReceiptLedgerClient:
+    """Talks to a ministry receipt ledger over SOAP.
+
+    Args:
+        base_url: the ledger's address; the service is bound to ``<base_url>/``.
+        username, password: the WS-Security UsernameToken (PasswordText); the password is a :class:`Secret`.
+        recorder: the exchange log (one record per SOAP attempt, password and nonce redacted).
+        wsdl: the local WSDL file (its XSD import is read next to it).
+        connect_timeout, operation_timeout: seconds; both always set.
+        retry: attempts for transient failures (timeouts, dropped connections, HTTP 5xx pages).
+        sleep: waits between attempts; injectable for tests.
+        seed: seeds the back-off jitter.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: Secret,
+        *,
+        recorder: ExchangeRecorder | None = None,
+        wsdl: str | Path = DEFAULT_WSDL,
+        connect_timeout: float = 3.05,
+        operation_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        seed: int | None = None,
+    ):
+        if not username or not isinstance(password, Secret) or not password:
+            raise ConfigurationError(f"{PEER}: a username and a password (Secret) are required")
+        if operation_timeout is None or operation_timeout <= 0:
+            raise ConfigurationError(f"{PEER}: operation_timeout must be a positive number of seconds")
+        if urlsplit(str(wsdl)).scheme in ("http", "https"):
+            raise ConfigurationError(f"{PEER}: the WSDL must be a local file, not {wsdl}")
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._rng = random.Random(seed)
+        self.transport = LedgerTransport(recorder=recorder, connect_timeout=connect_timeout,
+                                         operation_timeout=operation_timeout)
+        self.settings = hardened_settings()
+        self.zeep = zeep.Client(wsdl=str(wsdl), transport=self.transport, settings=self.settings,
+                                wsse=_PasswordTextToken(username, password))
+        self.service = self.zeep.create_service(BINDING, self.base_url + "/")
+
+    @classmethod
+    def from_connection(cls, spec: ConnectionSpec, *, recorder: ExchangeRecorder | None = None
+                        ) -> ReceiptLedgerClient:
+        """Build from a connection: host/port → address, login/password → UsernameToken; extras
+        ``operation_timeout``, ``connect_timeout``, ``max_attempts``, ``wsdl``."""
+        spec.require("host", "login", "password")
+        extra = spec.extra
+        return cls(
+            spec.base_url,
+            spec.login,
+            spec.password,
+            recorder=recorder,
+            wsdl=extra.get("wsdl") or DEFAULT_WSDL,
+            connect_timeout=float(extra.get("connect_timeout", 3.05)),
+            operation_timeout=float(extra.get("operation_timeout", 10.0)),
+            retry=RetryPolicy(max_attempts=int(extra.get("max_attempts", 3))),
+        )
+
+    def close(self) -> None:
+        self.transport.session.close()
+
+    # -- calls ---------------------------------------------------------------------------------
+    def _call(self, operation: str, keys: Iterable[str], receipts: Sequence[dict[str, Any]] = (), **kwargs: Any
+              ) -> Any:
+        """Call ``operation``, retrying PeerUnavailable with back-off; faults become error classes."""
+        keys = tuple(dict.fromkeys(keys))
+        attempts = max(1, self.retry.max_attempts)
+        last: PeerUnavailable | None = None
+        for attempt in range(1, attempts + 1):
+            self.transport.begin(operation, keys, attempt)
+            try:
+                return getattr(self.service, operation)(**kwargs)
+            except PeerUnavailable as exc:
+                last = exc
+            except (UnsafeXml, ConfigurationError):
+                raise
+            except zeep.exceptions.Fault as fault:
+                mapped = self._from_fault(fault, operation, receipts)
+                if not isinstance(mapped, PeerUnavailable):
+                    raise mapped from None
+                last = mapped  # a soap:Server fault without a known detail: transient
+            except (zeep.exceptions.DTDForbidden, zeep.exceptions.EntitiesForbidden,
+                    zeep.exceptions.ExternalReferenceForbidden) as exc:
+                raise UnsafeXml(f"{PEER} {operation}: the answer was refused by the hardened parser "
+                                f"({type(exc).__name__})", peer=PEER, operation=operation) from None
+            except zeep.exceptions.TransportError as exc:
+                if looks_unsafe(exc.content or b""):  # libxml2 refused it (entity amplification...)
+                    raise UnsafeXml(f"{PEER} {operation}: the answer was refused by the hardened parser",
+                                    peer=PEER, operation=operation, status=exc.status_code) from None
+                if exc.status_code >= 500:
+                    last = PeerUnavailable(f"{PEER} {operation}: HTTP {exc.status_code}", peer=PEER,
+                                           operation=operation, status=exc.status_code)
+                else:
+                    raise ProtocolError(f"{PEER} {operation}: unreadable answer (HTTP {exc.status_code})",
+                                        peer=PEER, operation=operation, status=exc.status_code) from None
+            except (zeep.exceptions.Error, etree.LxmlError, ValueError) as exc:
+                raise ProtocolError(f"{PEER} {operation}: the answer does not follow the WSDL "
+                                    f"({type(exc).__name__})", peer=PEER, operation=operation) from None
+            if attempt < attempts:
+                delay = self.retry.delay(attempt, self._rng)
+                log.warning("%s; retrying in %.2fs (attempt %d of %d)", last, delay, attempt + 1, attempts)
+                self._sleep(delay)
+        assert last is not None
+        raise last
+
+    def _from_fault(self, fault: zeep.exceptions.Fault, operation: str, receipts: Sequence[dict[str, Any]]
+                    ) -> Exception:
+        name, detail = _fault_detail(fault)
+        code = detail.get("Code", "")
+        message = detail.get("Message") or str(fault.message or "")
+        if name == "ValidationFault":
+            number = detail.get("ReceiptNumber", "")
+            try:
+                index: int | None = int(detail.get("Index", ""))
+            except ValueError:
+                index = None
+            if not number and index is not None and 0 <= index < len(receipts):
+                number = str(receipts[index].get("ReceiptNumber") or "")
+            error = FieldError(detail.get("Field", ""), detail.get("Rule", ""), message)
+            return ReceiptInvalid(number, [error], index=index, peer_code=code, peer_message=message)
+        if name == "DuplicateReceiptFault":
+            fields = tuple(f.strip() for f in detail.get("Fields", "").split(",") if f.strip())
+            errors = [FieldError(f, "same_content", message) for f in fields] or [
+                FieldError("ReceiptNumber", "same_content", message)]
+            return DuplicateReceipt(detail.get("ReceiptNumber", ""), errors, fields=fields, peer_code=code,
+                                    peer_message=message)
+        if name == "AuthenticationFault":
+            return AuthenticationFailed(f"{PEER} {operation} refused user '{self.username}': {message}",
+                                        peer=PEER, operation=operation, status=500)
+        if name == "RequestFault":
+            return ProtocolError(f"{PEER} {operation} refused the request ({code}): {message}",
+                                 peer=PEER, operation=operation, status=500)
+        if (fault.code or "").endswith("Server"):
+            return PeerUnavailable(f"{PEER} {operation}: server fault: {fault.message}", peer=PEER,
+                                   operation=operation, status=500)
+        return ProtocolError(f"{PEER} {operation}: unexpected fault {fault.code}: {fault.message}",
+                             peer=PEER, operation=operation, status=500)
+
+    def submit_receipts(self, receipts: list[dict[str, Any]], *, record_keys: Iterable[str] = ()) -> SubmitResult:
+        """``SubmitReceipts``: store a batch, all or nothing; same content again is ``unchanged``.
+
+        Args:
+            receipts: dicts with ReceiptNumber, DossierCode, PaymentReference, AmountVND (int),
+                PaidAt (aware datetime), PayerName, AgencyCode, PdfSha256.
+            record_keys: more correlation keys for the exchange log (the receipt numbers are added).
+
+        Raises:
+            RecordRejected: a receipt lacks a field or has the wrong type (nothing was sent).
+            ReceiptInvalid: (a ``PeerRejected``) the ledger's ValidationFault: field, rule, index.
+            DuplicateReceipt: the number is held with other content; ``fields`` names the differences.
+            AuthenticationFailed: wrong user or password.
+            ProtocolError: a RequestFault, or an answer that does not follow the WSDL.
+            UnsafeXml: the answer carries a DTD or entity declaration.
+            PeerUnavailable: timeouts, dropped connections or 5xx pages after every attempt.
+        """
+        if not receipts:
+            raise ValueError("submit_receipts needs at least one receipt")
+        for index, receipt in enumerate(receipts):
+            _check_receipt(index, receipt)
+        batch = [{name: receipt[name] for name in RECEIPT_FIELDS} for receipt in receipts]
+        keys = [str(r["ReceiptNumber"]) for r in batch] + list(record_keys)
+        answer = self._call("SubmitReceipts", keys, batch, Receipt=batch)
+        try:
+            statuses = {str(r.ReceiptNumber): str(r.Status) for r in (answer.Result or [])}
+            return SubmitResult(accepted=int(answer.Accepted), unchanged=int(answer.Unchanged), statuses=statuses)
+        except (AttributeError, TypeError, ValueError):
+            raise ProtocolError(f"{PEER} SubmitReceipts: the answer lacks Accepted/Unchanged/Result",
+                                peer=PEER, operation="SubmitReceipts") from None
+
+    def get_receipt(self, receipt_number: str) -> dict[str, Any] | None:
+        """``GetReceipt``: the held receipt (PaidAt an aware datetime), or ``None``."""
+        answer = self._call("GetReceipt", [receipt_number], ReceiptNumber=receipt_number)
+        return None if answer is None else dict(serialize_object(answer, dict))
+
+    def list_receipts(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """``ListReceipts``: receipts with ``start <= PaidAt < end``, in arrival order."""
+        if start.tzinfo is None or end.tzinfo is None:
+            raise ValueError("list_receipts needs timezone-aware datetimes")
+        answer = self._call("ListReceipts", [], From=start, To=end)
+        return [dict(serialize_object(r, dict)) for r in (answer or [])]

@@ -1,0 +1,96 @@
+"""sync_payment_receipts — paid dossier fees: national payment platform → one-stop fee status and
+the ministry receipt ledger, reconciled every run.
+
+Thin by design: each task calls one function of ``lienthong.tasks``.
+
+1. ``collect_payments`` lists the one-stop's payment requests and asks the payment platform
+   (``QUERY``) about the unfinished ones; paid ones get their receipt (``GET_BILL``, the PDF kept
+   by hash). Every checksum is verified both ways; an answer that fails is dead-lettered.
+2. ``update_onestop_fees`` records paid and failed transactions at the one-stop where the callback
+   was lost (idempotent by transaction id: a fee is never marked paid twice). Amount mismatches
+   and unknown dossiers are held for follow-up.
+3. ``submit_receipts`` maps the receipts (platform → canonical → ledger) and submits them to the
+   ministry ledger over SOAP; the ledger books each receipt number once.
+4. ``reconcile_payments`` checks that the three systems agree on every transaction, keeps the
+   mismatches for follow-up and writes the reconciliation report (task log and
+   ``$LIENTHONG_HOME/reports/payments-<run>.md``).
+
+Transport errors are retried by Airflow; data errors are dead-lettered (``lienthong deadletter
+list --flow payment_receipts``) and never fail the run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule, dag, get_current_context, task
+
+DEFAULT_ARGS = {
+    "owner": "lienthong",
+    "retries": 3,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=20),
+    "execution_timeout": timedelta(minutes=50),
+    "retry_policy": ExceptionRetryPolicy(rules=[
+        RetryRule(exception="connectors.errors.FatalConnectorError", action=RetryAction.FAIL),
+        RetryRule(exception="connectors.errors.ConfigurationError", action=RetryAction.FAIL),
+    ]),
+}
+
+
+def _ids() -> tuple[str, str]:
+    ctx = get_current_context()
+    return ctx["run_id"], ctx["ti"].task_id
+
+
+@dag(
+    dag_id="sync_payment_receipts",
+    description="Payment platform → one-stop fee status and ministry receipt ledger (SOAP), reconciled",
+    schedule="@hourly",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["lienthong", "payments", "payment_platform", "onestop", "ministry"],
+    doc_md=__doc__,
+)
+def sync_payment_receipts():
+    @task(pool="payment_platform")
+    def collect_payments() -> dict:
+        from connectors.hooks import airflow_connection_spec
+        from lienthong import tasks
+
+        run_id, task_id = _ids()
+        return tasks.collect_payments(airflow_connection_spec, run_id=run_id, task_id=task_id)
+
+    @task(pool="onestop")
+    def update_onestop_fees(collected: dict) -> dict:
+        from connectors.hooks import airflow_connection_spec
+        from lienthong import tasks
+
+        run_id, task_id = _ids()
+        return tasks.update_onestop_fees(airflow_connection_spec, run_id=run_id, task_id=task_id)
+
+    @task(pool="ministry_ledger")
+    def submit_receipts(collected: dict) -> dict:
+        from connectors.hooks import airflow_connection_spec
+        from lienthong import tasks
+
+        run_id, task_id = _ids()
+        return tasks.submit_payment_receipts(airflow_connection_spec, run_id=run_id, task_id=task_id)
+
+    @task(pool="ministry_ledger", retries=1)
+    def reconcile_payments(fees: dict, receipts: dict) -> dict:
+        from connectors.hooks import airflow_connection_spec
+        from lienthong import localenv, tasks
+
+        run_id, task_id = _ids()
+        return tasks.reconcile_payments(airflow_connection_spec, run_id=run_id, task_id=task_id,
+                                        report_dir=str(localenv.topology().home / "reports"))
+
+    collected = collect_payments()
+    reconcile_payments(update_onestop_fees(collected), submit_receipts(collected))
+
+
+sync_payment_receipts()

@@ -1,0 +1,639 @@
+"""Payment receipts: the national payment platform → the one-stop fee status and the ministry ledger, reconciled.
+
+Citizens pay dossier fees through the national payment platform (protocol 1.0.6). The platform
+tells the one-stop system by a confirm callback, and callbacks get lost. The bus makes the three
+systems agree, in four steps that each survive a crash and a rerun:
+
+1. :func:`collect_payments` lists the one-stop's payment requests, asks the platform (``QUERY``)
+   about every one the bus has not yet seen finish, and fetches the receipt of each paid one
+   (``GET_BILL``): the PDF is kept once by its SHA-256 in the content-addressed store the exchange
+   log uses (``exchange_blob``, pinned so archiving never drops it) and referred to by hash. Every answer's checksum is verified by the
+   connector; an answer that fails it is dead-lettered, never trusted.
+2. :func:`update_onestop_fees` matches each finished transaction to its dossier (payment
+   reference → dossier code, as the one-stop's payment request names it) and records the result
+   at the one-stop where the callback was lost. The one-stop answers idempotently by transaction
+   id, so a fee is never marked paid twice; an amount that differs, a dossier the one-stop does
+   not know, or a second transaction for a paid fee is **held** for follow-up, never "fixed".
+3. :func:`submit_receipts` maps each paid transaction with its receipt through
+   ``payment_platform__ministry_ledger/receipt`` (platform → canonical receipt → ledger record) and
+   submits them in batches with SOAP (zeep). The ledger holds each receipt number once and answers
+   ``unchanged`` to the same content, so a retry after a timeout, or a rerun after a crash, books
+   nothing twice; different content under a held number (``DuplicateReceiptFault``) is held for
+   follow-up. A record the mapping or the ledger refuses is dead-lettered naming field and rule.
+4. :func:`reconcile` checks, for every paid transaction, that the ledger holds exactly one receipt
+   with the same amount and the one-stop a paid fee with the same amount and transaction, and
+   lists every mismatch in a report (``amount_differs``, ``unknown_dossier``, ``missing_receipt``,
+   ``duplicate_receipt``…). Mismatches are kept in ``reconciliation_item`` until a later run no
+   longer finds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.engine import Connection
+
+from connectors.errors import (
+    AmountMismatch,
+    BillNotAvailable,
+    DuplicateReceipt,
+    PaymentConflict,
+    PeerRejected,
+    ProtocolError,
+    RecordRejected,
+    TransactionUnknown,
+)
+from lienthong.exchange_log import put_blob, read_blob
+from lienthong.mapping import RecordInvalid, load_mapping
+from lienthong.store import (
+    Store,
+    canonical_json,
+    dead_letter,
+    insert_ignore,
+    payment_txn,
+    reconciliation_item,
+    utcnow,
+)
+
+__all__ = [
+    "FLOW",
+    "TO_LEDGER",
+    "CollectReport",
+    "FeeReport",
+    "LedgerReport",
+    "ReconciliationReport",
+    "collect_payments",
+    "reconcile",
+    "reconciliation_markdown",
+    "submit_receipts",
+    "update_onestop_fees",
+]
+
+log = logging.getLogger(__name__)
+
+FLOW = "payment_receipts"
+TO_LEDGER = "payment_platform__ministry_ledger/receipt"
+
+#: Disagreements the reconciliation names (README "Payment receipts").
+KINDS = {
+    "amount_differs": "the platform collected another amount than the one-stop asked for",
+    "unknown_dossier": "the payment's dossier is not known to the one-stop system",
+    "unmatched_payment": "the platform confirmed a payment the one-stop never requested (its callback named an "
+                         "unknown reference)",
+    "unknown_transaction": "the one-stop has a payment request the platform does not know",
+    "fee_not_paid": "the platform says paid, the one-stop's fee is not paid",
+    "paid_twice": "the one-stop's fee is paid by another transaction",
+    "failed_not_recorded": "the platform says failed, the one-stop still shows another status",
+    "missing_receipt": "a paid transaction has no receipt in the ministry ledger",
+    "duplicate_receipt": "the ministry ledger holds more than one receipt for one payment, or other content "
+                         "under the receipt number",
+    "ledger_amount_differs": "the ledger's receipt has another amount than the platform collected",
+    "unexpected_receipt": "the ledger holds a receipt for a payment the bus does not know",
+}
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def _errors_of(exc: RecordRejected) -> list[dict[str, str]]:
+    return [{"field": e.field, "rule": e.rule, "message": e.message} for e in exc.errors]
+
+
+def _blocked(conn: Connection, keys: Iterable[str]) -> set[str]:
+    keys = list(keys)
+    if not keys:
+        return set()
+    return set(conn.execute(select(dead_letter.c.record_key).where(
+        dead_letter.c.flow == FLOW, dead_letter.c.record_key.in_(keys), dead_letter.c.resolved_at.is_(None))).scalars())
+
+
+def _dead_letter(store: Store, run_id: str, key: str, stage: str, exc: Exception, errors: list[dict[str, str]],
+                 source: Any, rejections: list[dict[str, Any]], peer_code: str | None = None) -> None:
+    with store.begin() as conn:
+        Store.add_dead_letter(conn, flow=FLOW, record_key=key, outbox_id=None, run_id=run_id, stage=stage,
+                              error=exc, errors=errors, source_payload=source, peer_code=peer_code)
+    rejections.append({"record_key": key, "stage": stage, "errors": errors})
+    log.warning("payment %s dead-lettered at %s: %s", key, stage,
+                "; ".join(f"{e['field']} [{e['rule']}]: {e['message']}" for e in errors))
+
+
+def _set(store: Store, reference: str, run_id: str, **values: Any) -> None:
+    with store.begin() as conn:
+        conn.execute(update(payment_txn).where(payment_txn.c.reference == reference)
+                     .values(updated_run=run_id, updated_at=utcnow(), **values))
+
+
+# --- 1. collect --------------------------------------------------------------------------------
+@dataclass
+class CollectReport:
+    listed: int = 0
+    new_requests: int = 0
+    queried: int = 0
+    paid: int = 0
+    failed: int = 0
+    pending: int = 0
+    unknown: int = 0
+    bills: int = 0
+    unconfirmed: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, Any]:
+        return {"requests_listed": self.listed, "requests_new": self.new_requests, "queried": self.queried,
+                "found_paid": self.paid, "found_failed": self.failed, "still_pending": self.pending,
+                "paid_without_receipt": self.unconfirmed,
+                "unknown_to_platform": self.unknown, "bills_fetched": self.bills,
+                "platform_rejected": len(self.rejected), "platform_rejections": self.rejected}
+
+
+def _register_requests(store: Store, onestop: Any, run_id: str, report: CollectReport) -> None:
+    """Bring every one-stop payment request into ``payment_txn`` (new ones inserted, the one-stop's
+    view of known ones refreshed)."""
+    for page in onestop.iter_payments(status="all"):
+        report.listed += len(page)
+        now = utcnow()
+        rows = [{"reference": p["reference"], "dossier_code": p.get("dossierNo") or None,
+                 "request_amount": p.get("amount"), "onestop_status": p.get("status"),
+                 "platform_status": "pending", "onestop_state": "todo", "ledger_state": "todo",
+                 "first_seen_run": run_id, "updated_run": run_id, "updated_at": now} for p in page]
+        with store.begin() as conn:
+            report.new_requests += insert_ignore(conn, payment_txn, rows, "payment_txn_pkey")
+            for p in page:
+                conn.execute(update(payment_txn).where(
+                    payment_txn.c.reference == p["reference"],
+                    or_(payment_txn.c.onestop_status.is_distinct_from(p.get("status")),
+                        payment_txn.c.request_amount.is_distinct_from(p.get("amount")),
+                        payment_txn.c.dossier_code.is_distinct_from(p.get("dossierNo") or None)),
+                ).values(onestop_status=p.get("status"), request_amount=p.get("amount"),
+                         dossier_code=p.get("dossierNo") or None, updated_at=now))
+
+
+def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str) -> CollectReport:
+    """Step 1: list payment requests, QUERY the unfinished ones, GET_BILL the paid ones.
+
+    Each transaction is saved as soon as it is known, so a transport failure (raised for the task
+    to retry) loses nothing of what was already asked.
+    """
+    report = CollectReport()
+    _register_requests(store, onestop, run_id, report)
+    with store.engine.connect() as conn:
+        todo = conn.execute(select(payment_txn.c.reference, payment_txn.c.dossier_code,
+                                   payment_txn.c.platform_status, payment_txn.c.receipt_sha256)
+                            .where(or_(payment_txn.c.platform_status.in_(("pending", "unknown")),
+                                       and_(payment_txn.c.platform_status == "paid",
+                                            payment_txn.c.receipt_sha256.is_(None))))
+                            .order_by(payment_txn.c.reference)).all()
+        blocked = _blocked(conn, [r.reference for r in todo])
+    for row in todo:
+        if row.reference in blocked:
+            continue
+        keys = [row.reference] + ([row.dossier_code] if row.dossier_code else [])
+        status = row.platform_status
+        if status in ("pending", "unknown"):
+            report.queried += 1
+            try:
+                txn = platform.query(row.reference, record_keys=keys)
+            except TransactionUnknown:
+                report.unknown += 1
+                _set(store, row.reference, run_id, platform_status="unknown")
+                continue
+            except ProtocolError as exc:  # a checksum that does not verify: never trust the answer
+                _dead_letter(store, run_id, row.reference, "platform", exc,
+                             [{"field": "MaXacThuc", "rule": "checksum", "message": str(exc)}],
+                             {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
+                continue
+            status = txn.status
+            if status == "pending":
+                report.pending += 1
+                continue
+            if status == "failed":
+                report.failed += 1
+                _set(store, row.reference, run_id, platform_status="failed", platform_amount=txn.amount,
+                     transaction_id=txn.transaction_id or None, bank=txn.bank or None, answer=txn.raw)
+                continue
+            # TrangThaiGD is outside the answer's checksum (contract §6.6): "paid" is believed only
+            # with its receipt, which the platform issues for paid transactions alone.
+            values = {"platform_amount": txn.amount, "transaction_id": txn.transaction_id or None,
+                      "bank": txn.bank or None, "paid_at": txn.paid_at.isoformat() if txn.paid_at else None,
+                      "answer": txn.raw}
+        else:
+            values = {}
+        try:
+            bill = platform.get_bill(row.reference, record_keys=keys)
+        except BillNotAvailable as exc:  # QUERY says paid, the platform has no receipt: ask both again next run
+            report.unconfirmed += 1
+            log.warning("payment %s: QUERY says paid but GET_BILL has no receipt (%s); left pending", row.reference,
+                        exc)
+            continue
+        except ProtocolError as exc:
+            _dead_letter(store, run_id, row.reference, "platform", exc,
+                         [{"field": "GET_BILL", "rule": "receipt", "message": str(exc)}],
+                         {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
+            continue
+        with store.begin() as conn:  # kept once by hash, pinned: archiving the log never drops a receipt
+            stored = put_blob(conn, bill.pdf, bill.content_type, pinned=True)
+        if stored != bill.sha256:
+            raise ValueError(f"receipt of {row.reference}: stored hash {stored} is not the bill's {bill.sha256}")
+        _set(store, row.reference, run_id, platform_status="paid", receipt_sha256=bill.sha256,
+             receipt_no=bill.receipt_no, **values)
+        report.paid += row.platform_status != "paid"
+        report.bills += 1
+    return report
+
+
+def receipt_pdf(store: Store, sha256: str) -> bytes:
+    """A stored receipt PDF by its hash (checked against it; see ``lienthong.exchange_log.read_blob``)."""
+    return read_blob(store, sha256)
+
+
+# --- 2. one-stop fee status --------------------------------------------------------------------
+def _completed_at(answer: dict[str, Any] | None) -> str:
+    """When the platform completed (or failed) a transaction: its ThoiGianGD as ISO 8601 +07:00."""
+    from lienthong.mapping.transforms import TransformError, datetime_from_portal
+
+    try:
+        return datetime_from_portal(str((answer or {}).get("ThoiGianGD") or ""))
+    except TransformError:
+        return ""
+
+
+@dataclass
+class FeeReport:
+    updated: int = 0
+    already: int = 0
+    held: Counter = field(default_factory=Counter)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, Any]:
+        return {"fees_updated": self.updated, "fees_already_recorded": self.already,
+                "fees_held": sum(self.held.values()), "fees_held_by_reason": dict(self.held),
+                "fees_rejected": len(self.rejected), "fee_rejections": self.rejected}
+
+
+def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport:
+    """Step 2: record finished transactions at the one-stop where its callback did not."""
+    report = FeeReport()
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(payment_txn).where(
+            payment_txn.c.platform_status.in_(("paid", "failed")),
+            payment_txn.c.onestop_state.in_(("todo", "held"))).order_by(payment_txn.c.reference)).all()
+        blocked = _blocked(conn, [r.reference for r in rows])
+    known_dossiers: dict[str, bool] = {}
+    for row in rows:
+        if row.reference in blocked:
+            continue
+        code = row.dossier_code or ""
+        if code not in known_dossiers:
+            known_dossiers[code] = bool(code) and onestop.get_fees(code) is not None
+        hold = None
+        if row.onestop_status == "unmatched":
+            hold = "unmatched_payment"
+        elif not known_dossiers[code]:
+            hold = "unknown_dossier"
+        elif row.platform_status == "paid" and row.platform_amount != row.request_amount:
+            hold = "amount_differs"
+        if hold:
+            report.held[hold] += 1
+            _set(store, row.reference, run_id, onestop_state="held", hold_reason=hold)
+            continue
+        try:
+            answer = onestop.record_payment_result(
+                row.reference, result=row.platform_status, transaction_id=row.transaction_id or "",
+                amount=row.platform_amount if row.platform_amount is not None else row.request_amount,
+                paid_at=row.paid_at or _completed_at(row.answer), bank=row.bank or "", receipt_no=row.receipt_no, dossier_no=code or None)
+        except AmountMismatch:
+            report.held["amount_differs"] += 1
+            _set(store, row.reference, run_id, onestop_state="held", hold_reason="amount_differs")
+            continue
+        except PaymentConflict:
+            reason = "paid_twice" if row.platform_status == "paid" else "failed_not_recorded"
+            report.held[reason] += 1
+            _set(store, row.reference, run_id, onestop_state="held", hold_reason=reason)
+            continue
+        except PeerRejected as exc:
+            _dead_letter(store, run_id, row.reference, "onestop", exc, _errors_of(exc),
+                         {"reference": row.reference, "dossierNo": code, "result": row.platform_status},
+                         report.rejected, getattr(exc, "peer_code", None))
+            continue
+        applied = bool(answer.get("applied"))
+        report.updated += applied
+        report.already += not applied
+        _set(store, row.reference, run_id, onestop_state="updated" if applied else "already", hold_reason=None)
+    return report
+
+
+# --- 3. ministry ledger ------------------------------------------------------------------------
+@dataclass
+class LedgerReport:
+    accepted: int = 0
+    unchanged: int = 0
+    held: Counter = field(default_factory=Counter)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def counts(self) -> dict[str, Any]:
+        return {"receipts_accepted": self.accepted, "receipts_unchanged": self.unchanged,
+                "receipts_held": sum(self.held.values()), "receipts_held_by_reason": dict(self.held),
+                "receipts_rejected": len(self.rejected), "receipt_rejections": self.rejected}
+
+
+def _source_record(row: Any, payer_name: str) -> dict[str, Any]:
+    return {"transaction": row.answer or {}, "bill": {"receipt_no": row.receipt_no or "",
+                                                     "pdf_sha256": row.receipt_sha256 or ""},
+            "dossier": {"code": row.dossier_code or "", "payer_name": payer_name}}
+
+
+def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, batch_size: int = 100) -> LedgerReport:
+    """Step 3: map and submit the receipts of paid transactions to the ministry ledger."""
+    report = LedgerReport()
+    mapping = load_mapping(TO_LEDGER)
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(payment_txn).where(
+            payment_txn.c.platform_status == "paid", payment_txn.c.receipt_sha256.is_not(None),
+            payment_txn.c.ledger_state.in_(("todo", "held"))).order_by(payment_txn.c.reference)).all()
+        blocked = _blocked(conn, [r.reference for r in rows])
+    ready: list[tuple[Any, dict[str, Any]]] = []
+    payers: dict[str, str | None] = {}
+    for row in rows:
+        if row.reference in blocked:
+            continue
+        # Checked here too, not only by update_onestop_fees: the two steps run side by side.
+        if row.onestop_status == "unmatched":
+            hold = "unmatched_payment"
+        elif row.hold_reason == "unknown_dossier" or not row.dossier_code:
+            hold = "unknown_dossier"
+        else:
+            if row.dossier_code not in payers:
+                dossier = onestop.get_dossier(row.dossier_code)
+                payers[row.dossier_code] = None if dossier is None else str(dossier.get("applicantName") or "")
+            hold = "unknown_dossier" if payers[row.dossier_code] is None else None
+        if hold:
+            report.held[hold] += 1
+            _set(store, row.reference, run_id, ledger_state="held", hold_reason=hold)
+            continue
+        source = _source_record(row, payers[row.dossier_code] or "")
+        try:
+            record = mapping.apply(source)
+        except RecordInvalid as exc:
+            _dead_letter(store, run_id, row.reference, "mapping", exc, _errors_of(exc), source, report.rejected)
+            _set(store, row.reference, run_id, ledger_state="rejected")
+            continue
+        ready.append((row, record))
+    for start in range(0, len(ready), batch_size):
+        _submit_batch(store, ledger, ready[start:start + batch_size], run_id, report)
+    return report
+
+
+def _ledger_value(record: dict[str, Any]) -> dict[str, Any]:
+    value = dict(record)
+    value["PaidAt"] = datetime.fromisoformat(value["PaidAt"])
+    return value
+
+
+def _submit_batch(store: Store, ledger: Any, batch: list[tuple[Any, dict[str, Any]]], run_id: str,
+                  report: LedgerReport) -> None:
+    """Submit one batch; the ledger applies a batch all or nothing, so a refused record is taken
+    out (dead-lettered or held) and the rest is submitted again."""
+    while batch:
+        by_number = {record["ReceiptNumber"]: (row, record) for row, record in batch}
+        keys = [k for row, record in batch for k in (row.reference, record["ReceiptNumber"], row.dossier_code)]
+        try:
+            result = ledger.submit_receipts([_ledger_value(record) for _, record in batch], record_keys=keys)
+        except DuplicateReceipt as exc:
+            row, record = by_number.get(exc.record_key) or batch[0]
+            report.held["duplicate_receipt"] += 1
+            _set(store, row.reference, run_id, ledger_state="held", hold_reason="duplicate_receipt")
+            log.warning("receipt %s of payment %s: the ledger holds other content under it: %s",
+                        record["ReceiptNumber"], row.reference, exc)
+            batch = [item for item in batch if item[0].reference != row.reference]
+            continue
+        except RecordRejected as exc:  # ReceiptInvalid (a ValidationFault) names the receipt and its index
+            index = getattr(exc, "index", None)
+            row, record = by_number.get(exc.record_key) or batch[index if isinstance(index, int) else 0]
+            _dead_letter(store, run_id, row.reference, "ledger", exc, _errors_of(exc),
+                         _source_record(row, record.get("PayerName", "")), report.rejected,
+                         getattr(exc, "peer_code", None))
+            _set(store, row.reference, run_id, ledger_state="rejected")
+            batch = [item for item in batch if item[0].reference != row.reference]
+            continue
+        for row, record in batch:
+            status = result.statuses.get(record["ReceiptNumber"], "accepted")
+            report.accepted += status == "accepted"
+            report.unchanged += status == "unchanged"
+            _set(store, row.reference, run_id, ledger_state=status, ledger_hash=_digest(record),
+                 hold_reason=row.hold_reason if row.hold_reason != "duplicate_receipt" else None)
+        return
+
+
+# --- 4. reconciliation -------------------------------------------------------------------------
+@dataclass
+class ReconciliationReport:
+    paid: int = 0
+    failed: int = 0
+    agreed: int = 0
+    items: list[dict[str, Any]] = field(default_factory=list)
+    opened: int = 0
+    resolved: int = 0
+
+    def counts(self) -> dict[str, Any]:
+        kinds = Counter(i["kind"] for i in self.items)
+        return {"reconciled_paid": self.paid, "reconciled_failed": self.failed, "reconciled_agreed": self.agreed,
+                "mismatches": len(self.items), "mismatches_by_kind": dict(sorted(kinds.items())),
+                "mismatches_opened": self.opened, "mismatches_resolved": self.resolved}
+
+
+def _amount(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def reconcile(store: Store, onestop: Any, ledger: Any, *, run_id: str) -> ReconciliationReport:
+    """Step 4: check that the platform, the one-stop and the ledger agree on every transaction."""
+    report = ReconciliationReport()
+    with store.engine.connect() as conn:
+        txns = conn.execute(select(payment_txn).order_by(payment_txn.c.reference)).all()
+    onestop_payments = {p["reference"]: p for page in onestop.iter_payments(status="all") for p in page}
+    paid = [t for t in txns if t.platform_status == "paid"]
+    ledger_receipts: list[dict[str, Any]] = []
+    times = [datetime.fromisoformat(t.paid_at) for t in paid if t.paid_at]
+    if times:
+        ledger_receipts = ledger.list_receipts(min(times) - timedelta(days=1), max(times) + timedelta(days=1))
+    # A receipt number the window did not show may still be held, under another payment or time.
+    listed = {str(r.get("ReceiptNumber")) for r in ledger_receipts}
+    for txn in paid:
+        if txn.receipt_no and txn.receipt_no not in listed:
+            held = ledger.get_receipt(txn.receipt_no)
+            if held is not None:
+                ledger_receipts.append(held)
+                listed.add(txn.receipt_no)
+    by_number: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_reference: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for receipt in ledger_receipts:
+        by_number[str(receipt.get("ReceiptNumber"))].append(receipt)
+        by_reference[str(receipt.get("PaymentReference"))].append(receipt)
+
+    def found(txn: Any, kind: str, **details: Any) -> None:
+        report.items.append({"record_key": txn.reference, "kind": kind, "dossier_code": txn.dossier_code,
+                             "receipt_no": txn.receipt_no, "details": details})
+
+    for txn in txns:
+        before = len(report.items)
+        mine = onestop_payments.get(txn.reference) or {}
+        if txn.platform_status == "unknown":
+            found(txn, "unknown_transaction", onestop_status=mine.get("status"))
+        if txn.platform_status == "failed":
+            report.failed += 1
+            if mine.get("status") != "failed":
+                found(txn, "failed_not_recorded", onestop_status=mine.get("status"))
+        if txn.platform_status != "paid":
+            continue
+        report.paid += 1
+        unmatched = txn.hold_reason in ("unknown_dossier", "unmatched_payment")
+        if unmatched:
+            found(txn, txn.hold_reason, dossier_code=txn.dossier_code, onestop_status=mine.get("status"))
+        if txn.request_amount is not None and txn.platform_amount != txn.request_amount:
+            found(txn, "amount_differs", platform_amount=txn.platform_amount, onestop_amount=txn.request_amount)
+        elif not unmatched:
+            if mine.get("status") != "paid":
+                found(txn, "fee_not_paid", onestop_status=mine.get("status"))
+            elif mine.get("transactionId") != txn.transaction_id:
+                found(txn, "paid_twice", platform_transaction=txn.transaction_id,
+                      onestop_transaction=mine.get("transactionId"))
+            elif _amount(mine.get("amount")) != txn.platform_amount:
+                found(txn, "amount_differs", platform_amount=txn.platform_amount, onestop_amount=mine.get("amount"))
+        held = by_number.get(txn.receipt_no or "", [])
+        for_payment = by_reference.get(txn.reference, [])
+        if not txn.receipt_no or not held:
+            if not unmatched or for_payment:
+                found(txn, "missing_receipt", ledger_state=txn.ledger_state)
+        elif len(held) > 1 or len(for_payment) > 1 or txn.hold_reason == "duplicate_receipt":
+            found(txn, "duplicate_receipt", receipts=sorted(str(r.get("ReceiptNumber")) for r in for_payment),
+                  copies_of_number=len(held))
+        elif _amount(held[0].get("AmountVND")) != txn.platform_amount:
+            found(txn, "ledger_amount_differs", ledger_amount=_amount(held[0].get("AmountVND")),
+                  platform_amount=txn.platform_amount)
+        report.agreed += len(report.items) == before
+    known = {t.reference for t in txns}
+    for reference, receipts in sorted(by_reference.items()):
+        if reference not in known:
+            for receipt in receipts:
+                report.items.append({"record_key": reference, "kind": "unexpected_receipt", "dossier_code":
+                                     receipt.get("DossierCode"), "receipt_no": receipt.get("ReceiptNumber"),
+                                     "details": {"amount": _amount(receipt.get("AmountVND"))}})
+    _keep_items(store, report, run_id)
+    return report
+
+
+def _keep_items(store: Store, report: ReconciliationReport, run_id: str) -> None:
+    """Open new mismatches, refresh the ones seen again, resolve the ones no longer found."""
+    now = utcnow()
+    seen = {(i["record_key"], i["kind"]) for i in report.items}
+    with store.begin() as conn:
+        open_rows = {(r.record_key, r.kind): r.id for r in conn.execute(select(
+            reconciliation_item.c.id, reconciliation_item.c.record_key, reconciliation_item.c.kind).where(
+            reconciliation_item.c.flow == FLOW, reconciliation_item.c.resolved_at.is_(None)))}
+        for item in report.items:
+            key = (item["record_key"], item["kind"])
+            details = json.loads(json.dumps(item["details"], default=str))
+            if key in open_rows:
+                conn.execute(update(reconciliation_item).where(reconciliation_item.c.id == open_rows[key]).values(
+                    details=details, last_seen_at=now, last_seen_run=run_id))
+            else:
+                report.opened += 1
+                conn.execute(reconciliation_item.insert().values(
+                    flow=FLOW, record_key=item["record_key"], kind=item["kind"], dossier_code=item["dossier_code"],
+                    receipt_no=item["receipt_no"], details=details, first_seen_at=now, first_seen_run=run_id,
+                    last_seen_at=now, last_seen_run=run_id))
+                open_rows[key] = -1
+        for key, row_id in open_rows.items():
+            if key not in seen and row_id > 0:
+                report.resolved += 1
+                conn.execute(update(reconciliation_item).where(reconciliation_item.c.id == row_id).values(
+                    resolved_at=now, resolved_run=run_id))
+
+
+def open_items(store: Store) -> list[dict[str, Any]]:
+    """Mismatches kept for follow-up, oldest first."""
+    with store.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(reconciliation_item).where(
+            reconciliation_item.c.flow == FLOW, reconciliation_item.c.resolved_at.is_(None))
+            .order_by(reconciliation_item.c.first_seen_at, reconciliation_item.c.id)).mappings()]
+
+
+def payment_counts(store: Store) -> dict[str, Any]:
+    """Where every followed payment stands (for summaries)."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(payment_txn.c.platform_status, payment_txn.c.onestop_state,
+                                   payment_txn.c.ledger_state, func.count()).group_by(
+            payment_txn.c.platform_status, payment_txn.c.onestop_state, payment_txn.c.ledger_state)).all()
+    total: Counter = Counter()
+    for platform_status, onestop_state, ledger_state, n in rows:
+        total[f"platform_{platform_status}"] += n
+        total[f"onestop_{onestop_state}"] += n
+        total[f"ledger_{ledger_state}"] += n
+    return dict(sorted(total.items()))
+
+
+def reconciliation_markdown(store: Store, run_id: str, counts: dict[str, Any]) -> str:
+    """The run's reconciliation report for people: totals, then every open mismatch with its age."""
+    items = open_items(store)
+    now = utcnow()
+    lines = [f"# Payment reconciliation — run {run_id}", "",
+             f"Paid transactions checked: {counts.get('reconciled_paid', 0)}; "
+             f"all three systems agree on {counts.get('reconciled_agreed', 0)}. "
+             f"Failed transactions: {counts.get('reconciled_failed', 0)}.",
+             f"Receipts booked in the ledger this run: {counts.get('receipts_accepted', 0)} "
+             f"(already held: {counts.get('receipts_unchanged', 0)}); one-stop fees updated where the callback "
+             f"was lost: {counts.get('fees_updated', 0)} (already recorded: {counts.get('fees_already_recorded', 0)}).",
+             "", f"## Open mismatches ({len(items)})", ""]
+    if not items:
+        lines.append("None: the payment platform, the one-stop system and the ministry ledger agree.")
+    else:
+        lines += ["| kind | payment reference | dossier | receipt | details | open since | age |",
+                  "|---|---|---|---|---|---|---|"]
+        for item in items:
+            age = now - item["first_seen_at"]
+            details = ", ".join(f"{k}={v}" for k, v in sorted(item["details"].items()))
+            lines.append(f"| {item['kind']} | {item['record_key']} | {item['dossier_code'] or ''} | "
+                         f"{item['receipt_no'] or ''} | {details} | {item['first_seen_at']:%Y-%m-%d %H:%M} UTC | "
+                         f"{age.days}d {age.seconds // 3600}h |")
+        lines += ["", "What each kind means:", ""]
+        for kind in sorted({i["kind"] for i in items}):
+            lines.append(f"- **{kind}**: {KINDS.get(kind, kind)}.")
+    return "\n".join(lines) + "\n"
+
+
+def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key: str | None = None,
+           by: str = "operator") -> tuple[list[int], list[str]]:
+    """Resolve payment dead letters and put their transactions back in line for the next run:
+    a refused ledger record is mapped and submitted again (with the current mapping file), a
+    refused one-stop update or platform answer is asked again. Returns (dead letters, references)."""
+    query = select(dead_letter).where(dead_letter.c.resolved_at.is_(None), dead_letter.c.flow == FLOW)
+    if dead_letter_ids:
+        query = query.where(dead_letter.c.id.in_(dead_letter_ids))
+    if record_key:
+        query = query.where(dead_letter.c.record_key == record_key)
+    ids: list[int] = []
+    with store.begin() as conn:
+        letters = conn.execute(query.order_by(dead_letter.c.id)).mappings().all()
+        for letter in letters:
+            conn.execute(update(dead_letter).where(dead_letter.c.id == letter["id"]).values(
+                resolved_at=utcnow(), resolution=f"replayed by {by}"))
+            ids.append(letter["id"])
+        references = sorted({lt["record_key"] for lt in letters})
+        for stage in ("mapping", "ledger"):
+            keys = sorted({lt["record_key"] for lt in letters if lt["stage"] == stage})
+            if keys:
+                conn.execute(update(payment_txn).where(payment_txn.c.reference.in_(keys),
+                                                       payment_txn.c.ledger_state == "rejected")
+                             .values(ledger_state="todo", updated_at=utcnow()))
+    return ids, references
