@@ -3,22 +3,151 @@
 Connectors hand each :class:`~connectors.transport.Exchange` to a recorder; the recorder here
 binds the correlation keys of the run (flow, Airflow run id, task id) and writes the row, with
 its record keys (dossier codes...) in a side table so an auditor can search by them. Bodies are
-already redacted by the transport; they are stored zlib-compressed with the SHA-256 and size of
-the redacted bytes.
+already redacted of secrets by the transport; the row keeps the SHA-256 and size of those bytes.
+
+How a body is stored (issue #6):
+
+* personal values in JSON and SOAP/XML bodies (ID numbers, phones, e-mails, names: the list in
+  :mod:`lienthong.audit.personal`) are replaced by tokens naming their salted commitments; the
+  values and salts go to ``exchange_personal_field`` (erasable by ``audit redact``);
+* a body that is binary (a content type other than JSON/XML/text/HTML/form, or no content type and
+  not UTF-8) or larger than ``blob_threshold`` (256 KiB; ``$LIENTHONG_BLOB_THRESHOLD``) is stored
+  once in ``exchange_blob`` under the SHA-256 of the stored bytes (insert-ignore: the same receipt
+  PDF twice is one blob); the row keeps an empty compressed body and the hash in
+  ``*_blob_sha256``. :func:`read_blob` reads it back by hash;
+* otherwise the body is inline, zlib-compressed.
+
+:func:`exchange_body` gives back the bytes as they went on the wire, whichever way they were stored.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Connection
 
 from connectors.transport import Exchange
-from lienthong.store import Store, exchange_key, exchange_log
+from lienthong.audit.personal import PersonalField, commit_body, restore_body
+from lienthong.store import (
+    Store,
+    exchange_blob,
+    exchange_key,
+    exchange_log,
+    exchange_personal_field,
+    insert_ignore,
+    utcnow,
+)
 
-__all__ = ["BusRecorder", "exchanges_for_key", "read_body"]
+__all__ = [
+    "DEFAULT_BLOB_THRESHOLD",
+    "BlobCorruptError",
+    "BlobNotFoundError",
+    "BusRecorder",
+    "blob_info",
+    "exchange_body",
+    "exchanges_for_key",
+    "is_binary",
+    "personal_fields",
+    "put_blob",
+    "read_blob",
+    "read_body",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOB_THRESHOLD = 256 * 1024
+BLOB_THRESHOLD_ENV = "LIENTHONG_BLOB_THRESHOLD"
+LEAF_VERSION = 2  # lienthong.audit.records: the leaf format of the rows written here
+_EMPTY = zlib.compress(b"")
+_TEXT_TYPES = ("json", "xml", "html", "javascript", "x-www-form-urlencoded", "multipart/form-data")
+
+
+class BlobNotFoundError(LookupError):
+    """No blob with this SHA-256 in ``exchange_blob`` (never stored, or pruned by ``audit archive``)."""
+
+
+class BlobCorruptError(ValueError):
+    """The stored blob does not decompress to bytes with its SHA-256 (altered in the database)."""
+
+
+def content_type(headers: Mapping[str, Any] | None) -> str | None:
+    for name, value in (headers or {}).items():
+        if str(name).lower() == "content-type":
+            return str(value)
+    return None
+
+
+def is_binary(body: bytes, ctype: str | None) -> bool:
+    """Binary: a content type other than JSON/XML/text/HTML/form; without one, not UTF-8."""
+    if not body:
+        return False
+    media = (ctype or "").split(";")[0].strip().lower()
+    if media:
+        return not (media.startswith("text/") or any(t in media for t in _TEXT_TYPES))
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _threshold() -> int:
+    raw = os.environ.get(BLOB_THRESHOLD_ENV)
+    return int(raw) if raw and raw.strip().isdigit() else DEFAULT_BLOB_THRESHOLD
+
+
+def put_blob(conn: Connection, data: bytes, content_type: str | None = None, *, pinned: bool = False) -> str:
+    """Store ``data`` once under its SHA-256 (insert-ignore) in the caller's transaction; return the
+    hash. ``pinned`` blobs (a flow keeping a receipt) are never pruned by ``audit archive``."""
+    sha = hashlib.sha256(data).hexdigest()
+    present = conn.execute(select(exchange_blob.c.pinned).where(exchange_blob.c.sha256 == sha)).first()
+    if present is None:
+        insert_ignore(conn, exchange_blob, [{"sha256": sha, "content_type": content_type, "size": len(data),
+                                             "data": zlib.compress(data), "pinned": pinned,
+                                             "created_at": utcnow()}], "exchange_blob_pkey")
+    if pinned and (present is None or not present[0]):
+        conn.execute(update(exchange_blob).where(exchange_blob.c.sha256 == sha).values(pinned=True))
+    return sha
+
+
+def blob_info(store: Store, sha256: str) -> dict[str, Any] | None:
+    """``{sha256, content_type, size, pinned, created_at}`` of a stored blob, or None."""
+    t = exchange_blob
+    with store.engine.connect() as conn:
+        row = conn.execute(select(t.c.sha256, t.c.content_type, t.c.size, t.c.pinned, t.c.created_at)
+                           .where(t.c.sha256 == sha256)).mappings().first()
+    return dict(row) if row else None
+
+
+def read_blob(store: Store | Connection, sha256: str) -> bytes:
+    """The bytes stored under ``sha256`` (checked against it).
+
+    Raises:
+        BlobNotFoundError: no such blob.
+        BlobCorruptError: the stored data does not give its hash back.
+    """
+    query = select(exchange_blob.c.data).where(exchange_blob.c.sha256 == sha256)
+    if isinstance(store, Store):
+        with store.engine.connect() as conn:
+            stored = conn.execute(query).scalar()
+    else:
+        stored = store.execute(query).scalar()
+    if stored is None:
+        raise BlobNotFoundError(f"no blob {sha256[:16]}… in exchange_blob")
+    try:
+        data = zlib.decompress(bytes(stored))
+    except zlib.error:
+        raise BlobCorruptError(f"blob {sha256[:16]}… does not decompress") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise BlobCorruptError(f"blob {sha256[:16]}… does not hash to its name")
+    return data
 
 
 @dataclass
@@ -37,6 +166,28 @@ class BusRecorder:
     flow: str
     run_id: str | None = None
     task_id: str | None = None
+    blob_threshold: int = field(default_factory=_threshold)
+
+    def _side(self, side: str, body: bytes, headers: Mapping[str, Any] | None, row: dict[str, Any],
+              blobs: list[tuple[bytes, str | None]], personal: list[PersonalField]) -> None:
+        ctype = content_type(headers)
+        binary = is_binary(body, ctype)
+        try:
+            stored, fields = (body, []) if binary else commit_body(body, ctype, side)
+        except Exception as exc:  # noqa: BLE001 (never lose the record over a commitment bug)
+            log.error("exchange log: personal fields of a %s %s body not committed (%s): stored as sent",
+                      self.flow, side, type(exc).__name__)
+            stored, fields = body, []
+        personal.extend(fields)
+        row[f"{side}_sha256"] = Exchange.digest(body)  # the bytes as on the wire (secrets redacted)
+        row[f"{side}_size"] = len(body)
+        if binary or len(stored) > self.blob_threshold:
+            row[f"{side}_body"] = _EMPTY
+            row[f"{side}_blob_sha256"] = hashlib.sha256(stored).hexdigest()
+            blobs.append((stored, ctype))
+        else:
+            row[f"{side}_body"] = zlib.compress(stored)
+            row[f"{side}_blob_sha256"] = None
 
     def record(self, exchange: Exchange) -> None:
         row: dict[str, Any] = {
@@ -56,25 +207,56 @@ class BusRecorder:
             "duration_ms": exchange.duration_ms,
             "record_count": len(exchange.record_keys),
             "request_headers": exchange.request_headers,
-            "request_body": zlib.compress(exchange.request_body),
-            "request_sha256": Exchange.digest(exchange.request_body),
-            "request_size": len(exchange.request_body),
             "response_headers": exchange.response_headers,
-            "response_body": zlib.compress(exchange.response_body),
-            "response_sha256": Exchange.digest(exchange.response_body),
-            "response_size": len(exchange.response_body),
             "error": exchange.error,
+            "leaf_version": LEAF_VERSION,
         }
+        blobs: list[tuple[bytes, str | None]] = []
+        personal: list[PersonalField] = []
+        self._side("request", exchange.request_body, exchange.request_headers, row, blobs, personal)
+        self._side("response", exchange.response_body, exchange.response_headers, row, blobs, personal)
         with self.store.begin() as conn:
+            for data, ctype in blobs:
+                put_blob(conn, data, ctype)
             exchange_id = conn.execute(exchange_log.insert().values(**row)).inserted_primary_key[0]
             keys = sorted(set(exchange.record_keys))
             if keys:
                 conn.execute(exchange_key.insert(), [{"exchange_id": exchange_id, "record_key": k} for k in keys])
+            if personal:
+                conn.execute(exchange_personal_field.insert(), [
+                    {"exchange_id": exchange_id, "side": f.side, "path": f.path, "kind": f.kind,
+                     "commitment": f.commitment, "salt": f.salt, "value": f.value} for f in personal])
 
 
 def read_body(blob: bytes) -> bytes:
-    """The stored (redacted) body bytes of an exchange."""
+    """The stored body bytes of an exchange (personal values as commitment tokens; empty when the
+    body is in ``exchange_blob``: see :func:`exchange_body`)."""
     return zlib.decompress(blob)
+
+
+def personal_fields(conn: Connection, exchange_id: int, side: str | None = None) -> list[PersonalField]:
+    """The personal fields of one exchange (salt and value None once redacted)."""
+    t = exchange_personal_field
+    query = select(t).where(t.c.exchange_id == exchange_id).order_by(t.c.side, t.c.path)
+    if side is not None:
+        query = query.where(t.c.side == side)
+    return [PersonalField(r["side"], r["path"], r["kind"], r["commitment"],
+                          None if r["salt"] is None else bytes(r["salt"]),
+                          None if r["value"] is None else bytes(r["value"]))
+            for r in conn.execute(query).mappings()]
+
+
+def exchange_body(store: Store, row: Mapping[str, Any], side: str, *, restore: bool = True) -> bytes:
+    """The ``side`` (request | response) body of an exchange-log row: from ``exchange_blob`` when
+    stored by hash, with personal values put back when ``restore`` (``"[redacted]"`` where they
+    were erased), else with their commitment tokens."""
+    ref = row.get(f"{side}_blob_sha256")
+    stored = read_blob(store, ref) if ref else zlib.decompress(bytes(row[f"{side}_body"]))
+    if not restore:
+        return stored
+    with store.engine.connect() as conn:
+        fields = personal_fields(conn, row["id"], side)
+    return restore_body(stored, fields) if fields else stored
 
 
 def exchanges_for_key(store: Store, record_key: str) -> list[dict[str, Any]]:

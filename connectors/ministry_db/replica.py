@@ -8,14 +8,24 @@ default and on PostgreSQL by URL.
 
 Writes are upserts keyed on the procedure code, one transaction per batch: a batch lands whole
 or not at all, and replaying it changes nothing.
+
+Every write transaction is an exchange with a peer, so it is recorded like a REST or SOAP call
+(issue #6): given an :class:`~connectors.transport.ExchangeRecorder`, the replica records one
+:class:`~connectors.transport.Exchange` per transaction — peer ``ministry_db``, method ``SQL``,
+the database URL without its password, the rows written as canonical JSON (table, key, values),
+the rows affected or the error as the response, the procedure codes as record keys — after the
+commit (outcome ``ok``) or after the rollback (``transport_error`` when the database could not be
+reached or gave up, ``peer_error`` when it refused the statement).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +34,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     Integer,
     MetaData,
     String,
@@ -34,15 +45,18 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from connectors.connection import ConnectionSpec
 from connectors.errors import PeerUnavailable
+from connectors.transport import Exchange, ExchangeRecorder, NullRecorder
 
-__all__ = ["MIGRATIONS", "MinistryReplica", "ProcedureRow", "metadata"]
+__all__ = ["MIGRATIONS", "MinistryReplica", "ProcedureRow", "metadata", "sanitize_db_url"]
 
 PEER = "ministry_db"
+METHOD = "SQL"
+_SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword", "token", "secret"})
 
 metadata = MetaData()
 
@@ -88,10 +102,105 @@ def _migration_1(conn: Connection) -> None:
     metadata.create_all(conn, tables=[thu_tuc, phi_le_phi])
 
 
+# -- statistics written by lienthong's reports (lienthong/reports/ministry.py) --------------------
+#: online-service KPIs per period and agency; ma_co_quan "*" is the whole province
+thong_ke_dvc = Table(
+    "tk_dvc_truc_tuyen",
+    metadata,
+    Column("tu_ngay", String(10), primary_key=True),  # first day, yyyy-mm-dd (Asia/Ho_Chi_Minh)
+    Column("den_ngay", String(10), primary_key=True),  # last day, included
+    Column("ma_co_quan", String(64), primary_key=True),
+    Column("ten_co_quan", Text),
+    Column("so_tthc", Integer, nullable=False),
+    Column("so_dvc_toan_trinh", Integer, nullable=False),  # mức độ 4 / toàn trình
+    Column("so_dvc_mot_phan", Integer, nullable=False),  # mức độ 3 / một phần
+    Column("so_tthc_khong_truc_tuyen", Integer, nullable=False),  # mức độ 1-2
+    Column("so_tthc_chua_cau_hinh", Integer, nullable=False),  # no LayDVC configuration
+    Column("ty_le_toan_trinh", Float),
+    Column("ty_le_mot_phan", Float),
+    Column("hs_tiep_nhan", Integer, nullable=False),
+    Column("hs_truc_tuyen", Integer, nullable=False),
+    Column("hs_truc_tuyen_toan_trinh", Integer, nullable=False),
+    Column("hs_truc_tuyen_mot_phan", Integer, nullable=False),
+    Column("hs_truc_tuyen_khac", Integer, nullable=False),  # procedure at mức độ 1-2 or unknown
+    Column("ty_le_hs_truc_tuyen", Float),
+    Column("hs_da_xu_ly", Integer, nullable=False),
+    Column("hs_dung_han", Integer, nullable=False),
+    Column("hs_tre_han", Integer, nullable=False),
+    Column("ty_le_dung_han", Float),
+    Column("hs_qua_han_chua_xu_ly", Integer, nullable=False),
+    Column("canh_bao", String(64)),  # thresholds the toàn trình share is below, e.g. "<50%,<30%"
+    Column("tinh_den", DateTime(timezone=True), nullable=False),  # as of
+    Column("cap_nhat_luc", DateTime(timezone=True), nullable=False),
+)
+
+#: one cross-system check of one agreement run
+doi_soat_tong_hop = Table(
+    "ds_doi_soat_tong_hop",
+    metadata,
+    Column("ma_lan_doi_soat", String(250), primary_key=True),
+    Column("kiem_tra", String(64), primary_key=True),
+    Column("he_thong", String(200), nullable=False),
+    Column("tinh_den", DateTime(timezone=True), nullable=False),
+    Column("so_ban_ghi", Integer, nullable=False),
+    Column("so_khop", Integer, nullable=False),
+    Column("so_lech", Integer, nullable=False),
+    Column("ghi_chu", Text),
+    Column("cap_nhat_luc", DateTime(timezone=True), nullable=False),
+)
+
+#: one disagreement found by a check
+doi_soat_chenh_lech = Table(
+    "ds_doi_soat_chenh_lech",
+    metadata,
+    Column("ma_lan_doi_soat", String(250), primary_key=True),
+    Column("kiem_tra", String(64), primary_key=True),
+    Column("ma_ban_ghi", String(200), primary_key=True),
+    Column("khia_canh", String(32), primary_key=True),
+    Column("ma_co_quan", String(64)),
+    Column("ma_ho_so", String(200)),
+    Column("gia_tri_a", Text),
+    Column("gia_tri_b", Text),
+    Column("tu_luc", DateTime(timezone=True)),
+    Column("tuoi_giay", BigInteger),
+    Column("nhat_ky_cuoi", Text),
+    Column("cap_nhat_luc", DateTime(timezone=True), nullable=False),
+)
+
+
+def _migration_2(conn: Connection) -> None:
+    """Create the report tables (online-service KPIs, cross-system agreement)."""
+    metadata.create_all(conn, tables=[thong_ke_dvc, doi_soat_tong_hop, doi_soat_chenh_lech])
+
+
 #: (number, description, step). Append only; a number is never reused.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "tạo bảng tthc_thu_tuc và tthc_phi_le_phi", _migration_1),
+    (2, "tạo bảng thống kê DVC trực tuyến và đối soát (tk_dvc_truc_tuyen, ds_doi_soat_*)", _migration_2),
 ]
+
+
+def sanitize_db_url(url: str) -> str:
+    """The database URL as the exchange log may show it: no password (neither in the user-info
+    nor as a query parameter), everything else kept."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL: keep only what precedes any user-info
+        scheme, sep, rest = url.partition("://")
+        return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else "(unparsable database URL)"
+    query = {k: v for k, v in parsed.query.items() if k.lower() not in _SECRET_QUERY_KEYS}
+    return parsed.set(query=query)._replace(password=None).render_as_string(hide_password=False)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+                      default=_json_value).encode()
 
 
 @dataclass(frozen=True)
@@ -115,18 +224,22 @@ class MinistryReplica:
 
     Args:
         url: an SQLAlchemy URL (``sqlite:///path.db``, ``postgresql+psycopg2://...``).
+        recorder: where each write transaction is recorded (the bus's exchange log in a flow);
+            nothing is recorded without one.
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, recorder: ExchangeRecorder | None = None):
         self.url = url
+        self.recorder: ExchangeRecorder = recorder or NullRecorder()
+        self.log_url = sanitize_db_url(url)
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
 
     @classmethod
-    def from_connection(cls, spec: ConnectionSpec) -> MinistryReplica:
+    def from_connection(cls, spec: ConnectionSpec, recorder: ExchangeRecorder | None = None) -> MinistryReplica:
         """``extra.sqlalchemy_url``, an ``sqlite`` connection (host = file) or a ``postgres`` one."""
-        return cls(spec.sqlalchemy_url())
+        return cls(spec.sqlalchemy_url(), recorder=recorder)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -142,20 +255,77 @@ class MinistryReplica:
         with conn, conn.begin():
             yield conn
 
+    @contextmanager
+    def _recorded(self, operation: str, record_keys: Sequence[str],
+                  request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Run one write transaction and record it once its fate is known: after the commit (ok)
+        or after the rollback (the error), never before. The body yields a dict to fill with what
+        the statements affected; it becomes the response body."""
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        result: dict[str, Any] = {}
+        outcome, error, peer_code = "ok", None, None
+        try:
+            yield result
+        except BaseException as exc:
+            outcome = "peer_error" if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError) \
+                else "transport_error"
+            if isinstance(exc, DBAPIError):
+                peer_code = getattr(exc.orig, "pgcode", None) or type(exc.orig).__name__
+                detail = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+                error = f"{type(exc).__name__}: {type(exc.orig).__name__}: {detail}"[:500]
+            else:
+                error = f"{type(exc).__name__}: {exc}"[:500]
+            password = self.engine.url.password
+            if password:
+                error = error.replace(str(password), "***")
+            raise
+        finally:
+            # a transaction that wrote nothing (no migration due) is no exchange
+            if not (outcome == "ok" and result.pop("nothing_written", False)):
+                self._record(operation, record_keys, request, result, started, t0, outcome, error, peer_code)
+
+    @contextmanager
+    def write_transaction(self, operation: str, request: dict[str, Any], *,
+                          record_keys: Sequence[str] = ()) -> Iterator[tuple[Connection, dict[str, Any]]]:
+        """One recorded write transaction for writes other than :meth:`upsert`/:meth:`withdraw`
+        (report tables...): yields ``(conn, result)``; ``request`` names the rows written (table,
+        key, values), ``result`` is filled with what the statements affected. Recorded after the
+        commit or the rollback, like every write of the replica."""
+        with self._recorded(operation, record_keys, request) as result, self._begin() as conn:
+            yield conn, result
+
+    def _record(self, operation: str, record_keys: Sequence[str], request: dict[str, Any], result: dict[str, Any],
+                started: datetime, t0: float, outcome: str, error: str | None, peer_code: str | None) -> None:
+        response = {"committed": True, **result} if outcome == "ok" else \
+            {"committed": False, "rolled_back": True, "error": error}
+        self.recorder.record(Exchange(
+            peer=PEER, operation=operation, method=METHOD, url=self.log_url, started_at=started,
+            duration_ms=round((time.perf_counter() - t0) * 1000, 3), attempt=1, outcome=outcome,
+            record_keys=tuple(record_keys),
+            request_headers={"dialect": self.engine.dialect.name, "transaction": "one per batch"},
+            request_body=_canonical(request), response_body=_canonical(response), peer_code=peer_code,
+            error=error))
+
     # -- schema --------------------------------------------------------------------------------
     def migrate(self) -> list[int]:
         """Apply the migrations not applied yet, in order; return their numbers."""
         applied: list[int] = []
-        with self._begin() as conn:
+        request: dict[str, Any] = {"operation": "migrate", "statements": []}
+        with self._recorded("migrate_schema", (), request) as result, self._begin() as conn:
             metadata.create_all(conn, tables=[schema_version])
             done = set(conn.execute(select(schema_version.c.phien_ban)).scalars())
             for number, description, step in MIGRATIONS:
                 if number in done:
                     continue
                 step(conn)
-                conn.execute(schema_version.insert().values(phien_ban=number, mo_ta=description,
-                                                            ap_dung_luc=datetime.now(UTC)))
+                values = {"phien_ban": number, "mo_ta": description, "ap_dung_luc": datetime.now(UTC)}
+                conn.execute(schema_version.insert().values(**values))
+                request["statements"].append({"table": schema_version.name, "action": "insert",
+                                              "key": {"phien_ban": number}, "values": values})
                 applied.append(number)
+            result["nothing_written"] = not applied
+            result["migrations_applied"] = applied
         return applied
 
     def schema_version(self) -> int:
@@ -165,40 +335,70 @@ class MinistryReplica:
 
     # -- writes --------------------------------------------------------------------------------
     def upsert(self, rows: Iterable[ProcedureRow]) -> int:
-        """Insert or replace procedures and their fees, all in one transaction."""
+        """Insert or replace procedures and their fees, all in one transaction (one recorded exchange)."""
+        rows = list(rows)
+        if not rows:
+            return 0
         now = datetime.now(UTC)
-        count = 0
+        writes = []
+        for row in rows:
+            values = {
+                "ten_tthc": row.ten_tthc, "ma_linh_vuc": row.ma_linh_vuc, "ten_linh_vuc": row.ten_linh_vuc,
+                "ma_co_quan_cong_bo": row.ma_co_quan_cong_bo, "cap_thuc_hien": row.cap_thuc_hien,
+                "muc_do_dvc": row.muc_do_dvc, "trang_thai": "cong_bo", "noi_dung": row.noi_dung,
+                "ma_bam_noi_dung": row.ma_bam_noi_dung, "cap_nhat_luc": now,
+            }
+            fees = [{"ma_tthc": row.ma_tthc, "thu_tu": i, **fee} for i, fee in enumerate(row.fees)]
+            writes.append((row.ma_tthc, values, fees))
+        request = {"operation": "upsert", "statements": [
+            {"table": thu_tuc.name, "action": "upsert", "key": {"ma_tthc": code}, "values": values}
+            for code, values, _ in writes] + [
+            {"table": phi_le_phi.name, "action": "replace", "key": {"ma_tthc": code}, "rows": fees}
+            for code, _, fees in writes]}
+        codes = [code for code, _, _ in writes]
         try:
-            with self._begin() as conn:
-                for row in rows:
-                    values = {
-                        "ten_tthc": row.ten_tthc, "ma_linh_vuc": row.ma_linh_vuc, "ten_linh_vuc": row.ten_linh_vuc,
-                        "ma_co_quan_cong_bo": row.ma_co_quan_cong_bo, "cap_thuc_hien": row.cap_thuc_hien,
-                        "muc_do_dvc": row.muc_do_dvc, "trang_thai": "cong_bo", "noi_dung": row.noi_dung,
-                        "ma_bam_noi_dung": row.ma_bam_noi_dung, "cap_nhat_luc": now,
-                    }
-                    changed = conn.execute(update(thu_tuc).where(thu_tuc.c.ma_tthc == row.ma_tthc)
-                                           .values(**values)).rowcount
-                    if not changed:
-                        conn.execute(thu_tuc.insert().values(ma_tthc=row.ma_tthc, **values))
-                    conn.execute(delete(phi_le_phi).where(phi_le_phi.c.ma_tthc == row.ma_tthc))
-                    if row.fees:
-                        conn.execute(phi_le_phi.insert(), [
-                            {"ma_tthc": row.ma_tthc, "thu_tu": i, **fee} for i, fee in enumerate(row.fees)])
-                    count += 1
+            with self._recorded("upsert_procedures", codes, request) as result:
+                updated = inserted = fees_deleted = fees_inserted = 0
+                with self._begin() as conn:
+                    for code, values, fees in writes:
+                        changed = conn.execute(update(thu_tuc).where(thu_tuc.c.ma_tthc == code)
+                                               .values(**values)).rowcount
+                        if changed:
+                            updated += changed
+                        else:
+                            inserted += conn.execute(thu_tuc.insert().values(ma_tthc=code, **values)).rowcount
+                        fees_deleted += conn.execute(delete(phi_le_phi).where(phi_le_phi.c.ma_tthc == code)).rowcount
+                        if fees:
+                            conn.execute(phi_le_phi.insert(), fees)
+                            fees_inserted += len(fees)
+                result["rows_affected"] = {
+                    thu_tuc.name: {"inserted": inserted, "updated": updated},
+                    phi_le_phi.name: {"deleted": fees_deleted, "inserted": fees_inserted},
+                }
         except OperationalError as exc:
             raise PeerUnavailable(f"{PEER}: write failed ({type(exc.orig).__name__}); nothing of the batch "
                                   "was kept", peer=PEER, operation="upsert") from None
-        return count
+        return len(writes)
 
     def withdraw(self, codes: Iterable[str]) -> int:
         """Mark procedures withdrawn (bãi bỏ); their rows stay for history."""
         codes = list(codes)
         if not codes:
             return 0
-        with self._begin() as conn:
-            return conn.execute(update(thu_tuc).where(thu_tuc.c.ma_tthc.in_(codes))
-                                .values(trang_thai="bai_bo", cap_nhat_luc=datetime.now(UTC))).rowcount
+        now = datetime.now(UTC)
+        request = {"operation": "withdraw", "statements": [
+            {"table": thu_tuc.name, "action": "update", "key": {"ma_tthc": sorted(codes)},
+             "values": {"trang_thai": "bai_bo", "cap_nhat_luc": now}}]}
+        try:
+            with self._recorded("withdraw_procedures", codes, request) as result:
+                with self._begin() as conn:
+                    changed = conn.execute(update(thu_tuc).where(thu_tuc.c.ma_tthc.in_(codes))
+                                           .values(trang_thai="bai_bo", cap_nhat_luc=now)).rowcount
+                result["rows_affected"] = {thu_tuc.name: {"updated": changed}}
+        except OperationalError as exc:
+            raise PeerUnavailable(f"{PEER}: write failed ({type(exc.orig).__name__}); no procedure of the "
+                                  "batch was withdrawn", peer=PEER, operation="withdraw") from None
+        return changed
 
     # -- reads ---------------------------------------------------------------------------------
     def procedures(self, *, published_only: bool = False) -> dict[str, dict[str, Any]]:

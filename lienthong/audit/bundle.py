@@ -3,7 +3,9 @@
 The bundle (a zip, format ``lienthong-audit-bundle/1``, described in
 :mod:`lienthong.audit.bundle_verify`) holds the selected records as stored, their leaf hashes,
 every seal from seal 1 up to the one covering the last selected record, each record's RFC 6962
-inclusion proof in its seal, the public key(s) and the standalone verifier as ``verify.py``.
+inclusion proof in its seal, the public key(s) and the standalone verifier as ``verify.py``; the
+bodies stored by content hash as ``blobs/<sha256>``; and each record's personal fields (with salt
+and value, so the verifier rebuilds the body, or without them once redacted).
 Only sealed records can be proven, so records of the selection that are not sealed yet are left
 out and counted (``counts.unsealed_left_out``): seal first.
 """
@@ -14,6 +16,7 @@ import base64
 import hashlib
 import json
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,9 +27,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 
+from lienthong.audit.personal import PersonalField
 from lienthong.audit.records import (
     BLOB_FIELDS,
     LEAF_FIELDS,
+    _personal_rows,
     _root,
     _value,
     load_records,
@@ -34,6 +39,7 @@ from lienthong.audit.records import (
 from lienthong.audit.search import selection_query
 from lienthong.store import (
     Store,
+    exchange_blob,
     exchange_key,
     exchange_log,
     exchange_seal,
@@ -43,7 +49,7 @@ from lienthong.store import (
 
 __all__ = ["BUNDLE_FORMAT", "ExportResult", "bundle_record", "export_bundle", "inclusion_proof"]
 
-BUNDLE_FORMAT = "lienthong-audit-bundle/1"
+BUNDLE_FORMAT = "lienthong-audit-bundle/2"
 VERIFIER_SOURCE = Path(__file__).with_name("bundle_verify.py")
 
 
@@ -60,17 +66,24 @@ class ExportResult:
     record_ids: list[int] = field(default_factory=list)
 
 
-def bundle_record(row: dict[str, Any], record_keys: Sequence[str]) -> dict[str, Any]:
+def bundle_record(row: dict[str, Any], record_keys: Sequence[str],
+                  personal: Sequence[PersonalField] = ()) -> dict[str, Any]:
     """An exchange-log row as the bundle holds it: every column (times in the leaf's ISO form,
-    bodies as base64 of the stored zlib bytes) and its sorted record keys."""
+    bodies as base64 of the stored zlib bytes), its sorted record keys and its personal fields
+    (salt in hex, value in base64; both null once redacted)."""
     record: dict[str, Any] = {}
     for name in LEAF_FIELDS:
-        value = row[name]
+        value = row.get(name)
         if name in BLOB_FIELDS:
             record[name] = None if value is None else base64.b64encode(bytes(value)).decode("ascii")
         else:
             record[name] = _value(name, value)
     record["record_keys"] = sorted(record_keys)
+    record["personal"] = [
+        {"side": f.side, "path": f.path, "kind": f.kind, "commitment": f.commitment,
+         "salt": None if f.salt is None else f.salt.hex(),
+         "value": None if f.value is None else base64.b64encode(f.value).decode("ascii")}
+        for f in sorted(personal, key=lambda f: (f.side, f.path))]
     return record
 
 
@@ -121,13 +134,19 @@ def _iso(value: datetime | None) -> str | None:
 
 def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519PublicKey], *,
                   key: str | None = None, since: datetime | None = None,
-                  until: datetime | None = None) -> ExportResult:
+                  until: datetime | None = None, seals: tuple[int, int] | None = None) -> ExportResult:
     """Write the evidence bundle of the sealed records carrying ``key`` and/or started in
-    ``[since, until)`` to ``out``."""
+    ``[since, until)`` and/or sealed by seals ``seals[0]..seals[1]`` to ``out``."""
     out = Path(out)
     result = ExportResult(out)
+    seal_range = seals
+    redacted: dict[int, bool] = {}
     with store.engine.connect() as conn:
-        ids = list(conn.execute(selection_query(key=key, since=since, until=until)).scalars())
+        query = selection_query(key=key, since=since, until=until)
+        if seal_range is not None:
+            query = query.where(exchange_log.c.id.in_(select(exchange_seal_leaf.c.exchange_id).where(
+                exchange_seal_leaf.c.seal_seq >= seal_range[0], exchange_seal_leaf.c.seal_seq <= seal_range[1])))
+        ids = list(conn.execute(query).scalars())
         sealed: dict[int, int] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
@@ -141,6 +160,7 @@ def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519Pu
         by_seq = {s["seq"]: s for s in seals}
         files: dict[str, bytes] = {}
         leaves_out: dict[str, str] = {}
+        blobs_out: dict[str, dict[str, Any]] = {}
         wanted: dict[int, list[int]] = {}
         for i in chosen:
             wanted.setdefault(sealed[i], []).append(i)
@@ -163,10 +183,21 @@ def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519Pu
             for exchange_id, record_key in conn.execute(select(exchange_key.c.exchange_id, exchange_key.c.record_key)
                                                         .where(exchange_key.c.exchange_id.in_(record_ids))):
                 keys[exchange_id].append(record_key)
+            personal = _personal_rows(conn, min(record_ids), max(record_ids))
             for record_id in record_ids:
                 index = position[record_id]
                 leaf = leaves[index]
-                record = bundle_record(rows[record_id], keys[record_id])
+                record = bundle_record(rows[record_id], keys[record_id], personal.get(record_id, ()))
+                redacted[record_id] = any(f.value is None for f in personal.get(record_id, ()))
+                for side in ("request", "response"):
+                    ref = rows[record_id].get(f"{side}_blob_sha256")
+                    if ref and f"blobs/{ref}" not in files:
+                        blob = conn.execute(select(exchange_blob).where(exchange_blob.c.sha256 == ref)).mappings().first()
+                        if blob is None:
+                            raise ExportError(f"record #{record_id}: its {side} body (blob {ref[:16]}…) is missing "
+                                              f"from exchange_blob; run `lienthong audit verify`")
+                        files[f"blobs/{ref}"] = zlib.decompress(bytes(blob["data"]))
+                        blobs_out[ref] = {"content_type": blob["content_type"], "size": blob["size"]}
                 files[f"records/{record_id}.json"] = _dump(record)
                 files[f"proofs/{record_id}.json"] = _dump({
                     "record_id": record_id, "seal_seq": seq, "leaf_index": index, "tree_size": len(leaves),
@@ -181,8 +212,12 @@ def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519Pu
         "format": BUNDLE_FORMAT,
         "seal_format": "lienthong-seal/1",
         "created_at": _iso(utcnow()),
-        "selection": {"key": key, "from": _iso(since), "to": _iso(until)},
-        "counts": {"records": len(chosen), "seals": len(seals), "unsealed_left_out": result.unsealed_left_out},
+        "selection": {"key": key, "from": _iso(since), "to": _iso(until),
+                      **({"seals": list(seal_range)} if seal_range is not None else {})},
+        "counts": {"records": len(chosen), "seals": len(seals), "unsealed_left_out": result.unsealed_left_out,
+                   "blobs": len(blobs_out),
+                   "records_with_redactions": sum(1 for rid in chosen if redacted.get(rid))},
+        "blobs": blobs_out,
         "head": {"seq": seals[-1]["seq"], "seal_hash": seals[-1]["seal_hash"]} if seals else None,
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
         "verify": "python verify.py THIS.zip --public-key <the seal public key you trust>",

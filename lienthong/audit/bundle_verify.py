@@ -4,11 +4,15 @@
 Standalone on purpose: the standard library and ``cryptography`` only (no database, no project
 code, no configuration), so an auditor can run the copy inside the bundle (``verify.py``).
 
-Bundle format ``lienthong-audit-bundle/1`` (a zip):
+Bundle format ``lienthong-audit-bundle/2`` (a zip; ``/1`` bundles are read too):
 
-* ``manifest.json``: format, created_at, selection, counts and the SHA-256 of every other file;
+* ``manifest.json``: format, created_at, selection, counts, ``blobs`` (content type and size of
+  each) and the SHA-256 of every other file;
 * ``records/<id>.json``: one exchange-log record, every stored column (times as ISO 8601 UTC with
-  microseconds, the zlib-compressed bodies as base64 of the stored bytes) and ``record_keys``;
+  microseconds, the zlib-compressed bodies as base64 of the stored bytes), ``record_keys`` and
+  ``personal``: its personal fields (side, path, kind, commitment, salt in hex and value in
+  base64 — both null once the field was redacted);
+* ``blobs/<sha256>``: a body stored by content hash (a receipt PDF...), the bytes as stored;
 * ``leaves.json``: ``{id: leaf hash}``;
 * ``proofs/<id>.json``: the RFC 6962 inclusion proof of the record in its seal (``seal_seq``,
   ``leaf_index``, ``tree_size``, ``audit_path``);
@@ -17,9 +21,13 @@ Bundle format ``lienthong-audit-bundle/1`` (a zip):
 
 What is checked, stopping at the first failure: every seal (seq continuity, seal hash, Ed25519
 signature, link to the previous seal, id ranges); every record (its leaf hash recomputed exactly as
-the sealer computes it — format ``lienthong-seal/1`` — its bodies against their recorded SHA-256
-and size, its inclusion proof against its seal's signed root); that records match the selection;
-and the manifest's hashes and counts. Exit 0 verified, 1 not verified, 2 unreadable input.
+the sealer computes it — format ``lienthong-seal/1``, leaf format 1 or 2 — its inclusion proof
+against its seal's signed root; each personal field's salted commitment, and its token in the
+stored body; the body as it went on the wire, rebuilt from the stored bytes or blob and the
+personal values, against its recorded SHA-256 and size); that records match the selection; and
+the manifest's hashes and counts. A record whose personal fields were redacted cannot be rebuilt:
+everything else is checked and it is reported *verified with redactions*. Exit 0 verified, 1 not
+verified, 2 unreadable input.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import argparse
 import base64
 import hashlib
 import json
+import struct
 import sys
 import zipfile
 import zlib
@@ -41,18 +50,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = ["BundleResult", "inclusion_ok", "leaf_hash", "main", "verify_bundle"]
 
-BUNDLE_FORMAT = "lienthong-audit-bundle/1"
+BUNDLE_FORMAT = "lienthong-audit-bundle/2"
+BUNDLE_FORMATS = ("lienthong-audit-bundle/1", BUNDLE_FORMAT)
 SEAL_FORMAT = "lienthong-seal/1"
 GENESIS = "0" * 64
-LEAF_VERSION = 1
 BLOB_FIELDS = ("request_body", "response_body")
-# every column of exchange_log in table order (lienthong.audit.records.LEAF_FIELDS)
-LEAF_FIELDS = (
+# the columns of exchange_log in table order (lienthong.audit.records.LEAF_FIELDS_V1 / LEAF_FIELDS)
+LEAF_FIELDS_V1 = (
     "id", "started_at", "flow", "run_id", "task_id", "peer", "operation", "direction", "method", "url",
     "attempt", "outcome", "peer_code", "http_status", "duration_ms", "record_count", "request_headers",
     "request_body", "request_sha256", "request_size", "response_headers", "response_body", "response_sha256",
     "response_size", "error",
 )
+LEAF_FIELDS = (*LEAF_FIELDS_V1, "leaf_version", "request_blob_sha256", "response_blob_sha256")
+PF_DOMAIN = b"lienthong-pf/1\x00"  # lienthong.audit.personal
+PF_TOKEN = b"lt-pf:"
 SEAL_FIELDS = ("seq", "first_id", "last_id", "count", "root", "prev_hash", "key_fingerprint", "sealed_at")
 
 
@@ -72,6 +84,9 @@ class BundleResult:
     head_seq: int | None = None
     head_hash: str | None = None
     selection: dict[str, Any] = field(default_factory=dict)
+    blobs_checked: int = 0
+    records_with_redactions: int = 0
+    redacted_record_ids: list[int] = field(default_factory=list)
     failure: str | None = None
     failure_kind: str | None = None
     failure_where: str | None = None
@@ -81,16 +96,38 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
 
 
+def commitment(salt: bytes, path: str, value: bytes) -> str:
+    """A personal field's salted commitment (lienthong.audit.personal.commitment)."""
+    p = path.encode()
+    return hashlib.sha256(PF_DOMAIN + salt + struct.pack(">I", len(p)) + p + value).hexdigest()
+
+
+def pf_token(kind: str, commitment_hex: str) -> bytes:
+    bare = PF_TOKEN + commitment_hex.encode()
+    return b'"' + bare + b'"' if kind == "json" else bare
+
+
 def leaf_hash(record: dict[str, Any]) -> str:
     """The leaf hash (hex) of a bundle record: as the sealer computes it from the database row."""
+    version = record.get("leaf_version") or 1
+    personal = sorted([str(f["side"]), str(f["path"]), str(f["kind"]), str(f["commitment"])]
+                      for f in record.get("personal") or [])
     leaf: dict[str, Any] = {}
-    for name in LEAF_FIELDS:
-        value = record[name]
+    for name in (LEAF_FIELDS_V1 if version == 1 else LEAF_FIELDS):
+        value = record[name] if version == 1 else record.get(name)
         if name in BLOB_FIELDS and value is not None:
             blob = base64.b64decode(value, validate=True)
             value = {"sha256": hashlib.sha256(blob).hexdigest(), "len": len(blob)}
         leaf[name] = value
-    leaf["v"] = LEAF_VERSION
+    if version == 1:
+        for name in LEAF_FIELDS[len(LEAF_FIELDS_V1):]:
+            if name != "leaf_version" and record.get(name) is not None:
+                leaf[name] = record[name]
+        if personal:
+            leaf["personal"] = personal
+    else:
+        leaf["personal"] = personal
+    leaf["v"] = version
     leaf["record_keys"] = sorted(record["record_keys"])
     return hashlib.sha256(b"\x00" + canonical_json(leaf)).hexdigest()
 
@@ -183,8 +220,11 @@ def _check_seals(seals: list[dict[str, Any]], keys: dict[str, Ed25519PublicKey])
         previous = seal
 
 
-def _selected(record: dict[str, Any], selection: dict[str, Any]) -> str | None:
+def _selected(record: dict[str, Any], selection: dict[str, Any], seal_seq: int) -> str | None:
     """Why ``record`` falls outside the bundle's declared selection, or None."""
+    seals = selection.get("seals")
+    if seals and not seals[0] <= seal_seq <= seals[1]:
+        return f"its seal {seal_seq} is outside the selected seals {seals[0]}..{seals[1]}"
     key = selection.get("key")
     if key and key not in record["record_keys"]:
         return f"it does not carry the selected key {key}"
@@ -198,8 +238,61 @@ def _selected(record: dict[str, Any], selection: dict[str, Any]) -> str | None:
     return None
 
 
+def _body(zf: zipfile.ZipFile, record: dict[str, Any], side: str, where: str, result: BundleResult) -> bytes:
+    """The stored bytes of one side's body: the blob it references, else the inline body."""
+    ref = record.get(f"{side}_blob_sha256")
+    if ref is None:
+        try:
+            return zlib.decompress(base64.b64decode(record[f"{side}_body"]))
+        except (zlib.error, ValueError):
+            raise BundleError("body_corrupt", where, f"the {side} body does not decompress") from None
+    try:
+        data = zf.read(f"blobs/{ref}")
+    except KeyError:
+        raise BundleError("blob_missing", where, f"its {side} body, stored by content hash, is not in the "
+                                                 f"bundle (blobs/{ref})") from None
+    if hashlib.sha256(data).hexdigest() != ref:
+        raise BundleError("blob_altered", f"{where} (blobs/{ref})", f"the {side} body's blob does not hash to "
+                                                                   f"its sealed reference")
+    result.blobs_checked += 1
+    return data
+
+
+def _check_bodies(zf: zipfile.ZipFile, record: dict[str, Any], where: str, result: BundleResult) -> bool:
+    """Check both bodies and the personal fields; True when some field was redacted."""
+    redacted = False
+    fields = record.get("personal") or []
+    for side in ("request", "response"):
+        stored = _body(zf, record, side, where, result)
+        restored, side_redacted = stored, False
+        for f in (f for f in fields if f.get("side") == side):
+            tok = pf_token(str(f["kind"]), str(f["commitment"]))
+            if stored.count(tok) != 1:
+                raise BundleError("personal_field_altered", where, f"the {side} body does not hold the token of "
+                                                                   f"its field {f['path']} exactly once")
+            if f.get("salt") is None and f.get("value") is None:
+                side_redacted = True
+                continue
+            try:
+                salt, value = bytes.fromhex(f["salt"]), base64.b64decode(f["value"], validate=True)
+            except (TypeError, ValueError):
+                raise BundleError("personal_field_altered", where, f"the salt or value of its {side} field "
+                                                                   f"{f['path']} is not well formed") from None
+            if commitment(salt, str(f["path"]), value) != f["commitment"]:
+                raise BundleError("personal_field_altered", where, f"the salt and value of its {side} field "
+                                                                   f"{f['path']} do not give its sealed commitment")
+            restored = restored.replace(tok, value, 1)
+        if side_redacted:
+            redacted = True
+            continue
+        if hashlib.sha256(restored).hexdigest() != record[f"{side}_sha256"] or len(restored) != record[f"{side}_size"]:
+            raise BundleError("body_corrupt", where, f"the {side} body does not match its recorded sha256 and size "
+                                                     f"(altered before sealing)")
+    return redacted
+
+
 def _check_record(zf: zipfile.ZipFile, name: str, leaves: dict[str, str], seals: list[dict[str, Any]],
-                  selection: dict[str, Any]) -> None:
+                  selection: dict[str, Any], result: BundleResult) -> None:
     record = _json(zf, name)
     try:
         record_id = int(record["id"])
@@ -207,7 +300,7 @@ def _check_record(zf: zipfile.ZipFile, name: str, leaves: dict[str, str], seals:
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError("record_altered", name, f"the record is not complete or well formed ({exc!r})") from None
     where = f"record #{record_id}"
-    unexpected = set(record) - {*LEAF_FIELDS, "record_keys"}
+    unexpected = set(record) - {*LEAF_FIELDS, "record_keys", "personal"}
     if unexpected:
         raise BundleError("record_altered", f"{where} ({name})", f"fields no seal covers were added: "
                                                                   f"{', '.join(sorted(unexpected))}")
@@ -248,15 +341,10 @@ def _check_record(zf: zipfile.ZipFile, name: str, leaves: dict[str, str], seals:
     if listed != computed:
         raise BundleError("leaf_altered", "leaves.json", f"the leaf hash listed for record #{record_id} is not "
                                                          f"the one the record and its proof give")
-    for side in ("request", "response"):
-        try:
-            body = zlib.decompress(base64.b64decode(record[f"{side}_body"]))
-        except (zlib.error, ValueError):
-            raise BundleError("body_corrupt", f"{where} ({name})", f"the {side} body does not decompress") from None
-        if hashlib.sha256(body).hexdigest() != record[f"{side}_sha256"] or len(body) != record[f"{side}_size"]:
-            raise BundleError("body_corrupt", f"{where} ({name})", f"the {side} body does not match its recorded "
-                                                                   f"sha256 and size (altered before sealing)")
-    outside = _selected(record, selection)
+    if _check_bodies(zf, record, f"{where} ({name})", result):
+        result.records_with_redactions += 1
+        result.redacted_record_ids.append(record_id)
+    outside = _selected(record, selection, seal["seq"])
     if outside:
         raise BundleError("selection", f"{where} ({name})", f"record #{record_id} is in the bundle but {outside}")
 
@@ -296,7 +384,7 @@ def verify_bundle(path: str, public_key_pem: bytes | None = None) -> BundleResul
                 except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
                     raise BundleError("file_corrupt", name, f"the zip member is damaged ({exc})") from None
             manifest = _json(zf, "manifest.json")
-            if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+            if not isinstance(manifest, dict) or manifest.get("format") not in BUNDLE_FORMATS:
                 raise BundleError("manifest", "manifest.json", f"not a {BUNDLE_FORMAT} manifest")
             result.selection = manifest.get("selection") or {}
             pem = public_key_pem
@@ -320,7 +408,7 @@ def verify_bundle(path: str, public_key_pem: bytes | None = None) -> BundleResul
             names = sorted((n for n in zf.namelist() if n.startswith("records/") and n.endswith(".json")),
                            key=lambda n: (len(n), n))
             for name in names:
-                _check_record(zf, name, leaves, seals, result.selection)
+                _check_record(zf, name, leaves, seals, result.selection, result)
                 result.records_checked += 1
             extra = set(leaves) - {n.removeprefix("records/").removesuffix(".json") for n in names}
             if extra:
@@ -355,8 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result.__dict__, ensure_ascii=False, indent=2))
     elif result.ok:
+        redactions = (f", {result.records_with_redactions} verified with redactions (personal fields erased)"
+                      if result.records_with_redactions else "")
         print(f"bundle verified: {result.records_checked} records, {result.seals_checked} seals "
-              f"(head {result.head_seq}:{result.head_hash})")
+              f"(head {result.head_seq}:{result.head_hash}){redactions}")
         if not args.public_key:
             print("note: checked with the bundle's own public key; pass --public-key with the key you trust",
                   file=sys.stderr)

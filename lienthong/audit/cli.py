@@ -1,4 +1,5 @@
-"""``lienthong audit keygen|seal|verify|search|show|export|verify-bundle``: seal the log, read it, prove it.
+"""``lienthong audit keygen|seal|verify|search|show|export|verify-bundle|redact|archive``: seal the log,
+read it, prove it, erase personal values from it, archive and prune it.
 
 The top-level CLI wires these in with :func:`add_audit_commands`. Exit codes: 0 done / verified,
 1 the log does not verify (the first mismatch is named), 2 a usage or configuration problem.
@@ -14,6 +15,8 @@ from connectors.errors import ConfigurationError
 
 __all__ = [
     "add_audit_commands",
+    "cmd_archive",
+    "cmd_redact",
     "cmd_export",
     "cmd_keygen",
     "cmd_seal",
@@ -91,6 +94,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
         head = f"; head {result.head_seq}:{result.head_hash}" if result.head_seq else ""
         print(f"verified: {result.records_checked} records in {result.seals_checked} seals; "
               f"{result.unsealed_records} records not sealed yet{head}")
+        if result.records_with_redactions:
+            print(f"verified-with-redactions: {result.records_with_redactions} records whose personal fields were "
+                  f"erased (#{', #'.join(map(str, result.redacted_record_ids[:20]))}"
+                  f"{' ...' if len(result.redacted_record_ids) > 20 else ''})")
+        if result.blobs_checked:
+            print(f"blobs: {result.blobs_checked} bodies stored by content hash checked")
+        if result.archived_records:
+            print(f"archived: {result.archived_records} sealed records pruned to bundles, checked through their "
+                  f"seals' leaf index")
+        for archive in result.archives:
+            print(f"archived: seals {archive['first_seq']}..{archive['last_seq']} (records "
+                  f"#{archive['first_id']}..#{archive['last_id']}, {archive['records']}) in {archive['bundle_path']} "
+                  f"sha256 {archive['bundle_sha256']}")
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     else:
         print(f"NOT VERIFIED after {result.records_checked} records in {result.seals_checked} seals: "
               f"{result.failure}")
@@ -167,6 +185,54 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
     return bundle_verify.main(argv + (["--json"] if args.json else []))
 
 
+def cmd_redact(args: argparse.Namespace) -> int:
+    from lienthong.audit.redact import RedactionError, redact_exchanges
+
+    try:
+        result = redact_exchanges(_store(), reason=args.reason, key=args.key, exchange_ids=args.exchange_id,
+                                  actor=args.actor, vacuum=args.vacuum)
+    except RedactionError as exc:
+        print(f"lienthong: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if result.redaction_id is None:
+        already = f" ({result.already_redacted} already redacted)" if result.already_redacted else ""
+        print(f"nothing to redact: the matched exchanges hold no personal value{already}")
+        return EXIT_OK
+    print(f"redaction #{result.redaction_id}: erased {result.fields} personal fields of {len(result.exchange_ids)} "
+          f"exchanges (#{', #'.join(map(str, result.exchange_ids))}); the seals still verify")
+    if result.residual_occurrences:
+        print(f"lienthong: {result.residual_occurrences} occurrence(s) of the erased values remain in sealed text "
+              f"outside the personal fields (free-text notes...); they cannot be erased without breaking the seal",
+              file=sys.stderr)
+    if result.checkpointed is False:
+        print("lienthong: the database's WAL could not be checkpointed now (a reader is active): the erased "
+              "values leave the WAL file at the next checkpoint", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from lienthong.audit.archive import ArchiveError, archive_exchanges
+    from lienthong.audit.keys import load_public_key
+
+    try:
+        keys = [load_public_key(p) for p in args.public_key] if args.public_key else [load_public_key()]
+        result = archive_exchanges(_store(), keys, older_than_days=args.older_than, out_dir=args.out)
+    except ConfigurationError as exc:
+        print(f"lienthong: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ArchiveError as exc:
+        print(f"lienthong: {exc}", file=sys.stderr)
+        return EXIT_MISMATCH
+    if not result.archives:
+        print(f"nothing to archive: no whole sealed batch older than {result.cutoff.isoformat(timespec='seconds')}")
+        return EXIT_OK
+    for archive in result.archives:
+        print(f"archived seals {archive['first_seq']}..{archive['last_seq']} ({archive['records']} records) to "
+              f"{archive['bundle_path']} sha256 {archive['bundle_sha256']}")
+    print(f"pruned {result.records} records and {result.blobs_pruned} blobs from the database")
+    return EXIT_OK
+
+
 def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("audit", help="seal the exchange log (signed Merkle roots) and verify it")
     audit = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
@@ -218,3 +284,23 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--public-key", help="the seal public key PEM you trust (default: the bundle's own)")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.set_defaults(func=cmd_verify_bundle)
+
+    q = audit.add_parser("redact", help="erase the personal values (ID numbers, phones, e-mails, names) of the "
+                                        "exchanges of a record; the seals still verify")
+    q.add_argument("--key", required=True, help="the record key (dossier code, receipt number...)")
+    q.add_argument("--exchange-id", type=int, action="append", help="only this exchange (repeatable)")
+    q.add_argument("--reason", required=True, help="why (the lawful request answered); recorded")
+    q.add_argument("--actor", help="who asks (default: $LIENTHONG_ACTOR, else the OS user)")
+    q.add_argument("--vacuum", action="store_true", help="SQLite: also rebuild the database file (VACUUM) so no "
+                                                         "stale copy of an erased value survives in free pages")
+    q.set_defaults(func=cmd_redact)
+
+    q = audit.add_parser("archive", help="write sealed batches older than the retention age to evidence bundles, "
+                                         "verify them, then prune them from the database")
+    q.add_argument("--older-than", type=float, metavar="DAYS",
+                   help="age in days (default: $LIENTHONG_RETENTION_DAYS, else 30)")
+    q.add_argument("--out", help="the archive directory (default: $LIENTHONG_HOME/archive)")
+    q.add_argument("--public-key", action="append", help="the public key(s) to put in and check the bundles with "
+                                                         "(default: $LIENTHONG_SEAL_PUBLIC_KEY, else "
+                                                         "$LIENTHONG_SEAL_KEY.pub)")
+    q.set_defaults(func=cmd_archive)

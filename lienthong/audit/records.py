@@ -10,6 +10,16 @@ Format ``lienthong-seal/1``:
   (so one changed byte of a stored blob changes the leaf; the recorded SHA-256 and size of the
   redacted body are fields of their own), and ``"record_keys"``: its ``exchange_key`` rows,
   sorted.
+* **leaf format 2** (rows with ``leaf_version`` = 2, everything recorded since issue #6 part 2):
+  the same object with ``"v": 2`` and every column of ``exchange_log`` (format 1's plus
+  ``leaf_version``, ``request_blob_sha256``, ``response_blob_sha256``: a body stored by content
+  hash in ``exchange_blob`` leaves an empty compressed body inline and its hash here), plus
+  ``"personal"``: the sorted ``[side, path, kind, commitment]`` of the record's
+  ``exchange_personal_field`` rows (:mod:`lienthong.audit.personal`). Salts and values are not in
+  the leaf, so erasing them (redaction) leaves it unchanged. Rows whose ``leaf_version`` is NULL or
+  1 are hashed in format 1 exactly as before (sealed logs of earlier versions still verify); data
+  format 1 never covered (a blob reference, personal fields) is then added to the object, so it
+  cannot be slipped in unnoticed.
 * **Merkle root** of a batch (records in id order) as RFC 6962: node = SHA-256(``0x01`` ‖ left ‖
   right), the left subtree holding the largest power of two below n leaves.
 * **seal body** = canonical JSON of ``{"format", "seq", "first_id", "last_id", "count", "root",
@@ -22,19 +32,24 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from lienthong.store import canonical_json, exchange_key, exchange_log
+from lienthong.audit.personal import PersonalField
+from lienthong.store import canonical_json, exchange_key, exchange_log, exchange_personal_field
 
 __all__ = [
     "FORMAT",
     "GENESIS",
     "LEAF_FIELDS",
+    "LEAF_FIELDS_V1",
+    "Batch",
     "leaf_hash",
+    "load_batch",
     "load_records",
     "merkle_root",
     "seal_body",
@@ -42,16 +57,19 @@ __all__ = [
 
 FORMAT = "lienthong-seal/1"
 GENESIS = "0" * 64
-LEAF_VERSION = 1
+LEAF_VERSION = 2  # what BusRecorder writes now
 BLOB_FIELDS = ("request_body", "response_body")
-# every column of exchange_log, in table order; a test keeps this list equal to the table's, so a
-# new column is a deliberate format decision (a new LEAF_VERSION), never silently unsealed
-LEAF_FIELDS = (
+# the columns of exchange_log that leaf format 1 covers, in table order
+LEAF_FIELDS_V1 = (
     "id", "started_at", "flow", "run_id", "task_id", "peer", "operation", "direction", "method", "url",
     "attempt", "outcome", "peer_code", "http_status", "duration_ms", "record_count", "request_headers",
     "request_body", "request_sha256", "request_size", "response_headers", "response_body", "response_sha256",
     "response_size", "error",
 )
+# every column of exchange_log, in table order; a test keeps this list equal to the table's, so a
+# new column is a deliberate format decision (a new LEAF_VERSION), never silently unsealed
+LEAF_FIELDS = (*LEAF_FIELDS_V1, "leaf_version", "request_blob_sha256", "response_blob_sha256")
+LEAF_FIELDS_V2_ONLY = LEAF_FIELDS[len(LEAF_FIELDS_V1):]
 
 
 def _value(name: str, value: Any) -> Any:
@@ -64,10 +82,29 @@ def _value(name: str, value: Any) -> Any:
     return value
 
 
-def leaf_hash(row: Mapping[str, Any], record_keys: Iterable[str]) -> str:
-    """The leaf hash (hex) of one exchange-log row and its record keys."""
-    record = {name: _value(name, row[name]) for name in LEAF_FIELDS}
-    record["v"] = LEAF_VERSION
+_CONVERTED = ("started_at", *BLOB_FIELDS)  # the only exchange_log columns whose leaf value is not the column's
+
+
+def leaf_hash(row: Mapping[str, Any], record_keys: Iterable[str],
+              personal: Iterable[Sequence[str]] = ()) -> str:
+    """The leaf hash (hex) of one exchange-log row, its record keys and its personal-field
+    commitments (``(side, path, kind, commitment)`` each)."""
+    version = row.get("leaf_version") or 1
+    entries = sorted([str(side), str(path), str(kind), str(c)] for side, path, kind, c in personal)
+    if version == 1:
+        record = {name: _value(name, row[name]) for name in LEAF_FIELDS_V1}
+        for name in LEAF_FIELDS_V2_ONLY:  # never in format 1: present means added afterwards
+            if name != "leaf_version" and row.get(name) is not None:
+                record[name] = row[name]
+        if entries:
+            record["personal"] = entries
+    else:  # the hot path of verify: only the time and the bodies need converting
+        get = row.get
+        record = {name: get(name) for name in LEAF_FIELDS}
+        for name in _CONVERTED:
+            record[name] = _value(name, record[name])
+        record["personal"] = entries
+    record["v"] = version
     record["record_keys"] = sorted(record_keys)
     return hashlib.sha256(b"\x00" + canonical_json(record)).hexdigest()
 
@@ -106,20 +143,58 @@ def seal_body(seal: Mapping[str, Any]) -> bytes:
     return canonical_json(body)
 
 
-def load_records(conn: Connection, after_id: int, up_to_id: int | None = None,
-                 limit: int | None = None) -> list[tuple[int, str]]:
-    """``(id, leaf hash)`` of the records with ``after_id < id <= up_to_id``, in id order."""
+@dataclass
+class Batch:
+    """Records of an id range as the verifier needs them: ``(id, leaf hash)`` in id order, the
+    personal fields of each (with salt and value, None once redacted) and blob references."""
+
+    records: list[tuple[int, str]] = field(default_factory=list)
+    personal: dict[int, list[PersonalField]] = field(default_factory=dict)
+    blobs: list[tuple[int, str, str]] = field(default_factory=list)  # (id, side, sha256)
+
+
+def _personal_rows(conn: Connection, first_id: int, last_id: int) -> dict[int, list[PersonalField]]:
+    out: dict[int, list[PersonalField]] = {}
+    t = exchange_personal_field
+    for r in conn.execute(select(t.c.exchange_id, t.c.side, t.c.path, t.c.kind, t.c.commitment, t.c.salt, t.c.value)
+                          .where(t.c.exchange_id >= first_id, t.c.exchange_id <= last_id)):
+        out.setdefault(r[0], []).append(PersonalField(r[1], r[2], r[3], r[4],
+                                                      None if r[5] is None else bytes(r[5]),
+                                                      None if r[6] is None else bytes(r[6])))
+    return out
+
+
+def load_batch(conn: Connection, after_id: int, up_to_id: int | None = None, limit: int | None = None) -> Batch:
+    """The records with ``after_id < id <= up_to_id`` (at most ``limit``), in id order."""
     query = select(exchange_log).where(exchange_log.c.id > after_id).order_by(exchange_log.c.id)
     if up_to_id is not None:
         query = query.where(exchange_log.c.id <= up_to_id)
     if limit is not None:
         query = query.limit(limit)
     rows = conn.execute(query).mappings().all()
+    batch = Batch()
     if not rows:
-        return []
+        return batch
+    first, last = rows[0]["id"], rows[-1]["id"]
     keys: dict[int, list[str]] = {}
     key_query = select(exchange_key.c.exchange_id, exchange_key.c.record_key).where(
-        exchange_key.c.exchange_id >= rows[0]["id"], exchange_key.c.exchange_id <= rows[-1]["id"])
+        exchange_key.c.exchange_id >= first, exchange_key.c.exchange_id <= last)
     for exchange_id, record_key in conn.execute(key_query):
         keys.setdefault(exchange_id, []).append(record_key)
-    return [(row["id"], leaf_hash(row, keys.get(row["id"], ()))) for row in rows]
+    batch.personal = _personal_rows(conn, first, last)
+    for row in rows:
+        record_id = row["id"]
+        fields = batch.personal.get(record_id, ())
+        batch.records.append((record_id, leaf_hash(row, keys.get(record_id, ()),
+                                                   [(f.side, f.path, f.kind, f.commitment) for f in fields])))
+        for side in ("request", "response"):
+            ref = row[f"{side}_blob_sha256"]
+            if ref is not None:
+                batch.blobs.append((record_id, side, ref))
+    return batch
+
+
+def load_records(conn: Connection, after_id: int, up_to_id: int | None = None,
+                 limit: int | None = None) -> list[tuple[int, str]]:
+    """``(id, leaf hash)`` of the records with ``after_id < id <= up_to_id``, in id order."""
+    return load_batch(conn, after_id, up_to_id, limit).records

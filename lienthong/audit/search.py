@@ -20,7 +20,15 @@ from typing import Any
 
 from sqlalchemy import select
 
-from lienthong.store import Store, exchange_key, exchange_log, exchange_seal_leaf
+from lienthong.audit.personal import PERSONAL_FIELDS, PersonalField, restore_body
+from lienthong.store import (
+    Store,
+    exchange_blob,
+    exchange_key,
+    exchange_log,
+    exchange_personal_field,
+    exchange_seal_leaf,
+)
 
 __all__ = [
     "PERSONAL_FIELDS",
@@ -33,14 +41,8 @@ __all__ = [
     "search_exchanges",
 ]
 
-# field names whose value is personal whatever it looks like (compared case-insensitively)
-PERSONAL_FIELDS = frozenset(name.lower() for name in (
-    "SoGiayToChuHoSo", "SoDinhDanh", "SoDienThoai", "Email", "applicantIdNo", "contactTelNo", "contactEmail",
-    "SoCMND", "CMND", "SoCCCD", "CCCD", "SoGiayTo", "SoDienThoaiChuHoSo", "DienThoai", "EmailChuHoSo",
-    "DiaChiEmail", "SoDienThoaiNguoiNop", "EmailNguoiNop", "SoGiayToNguoiNop", "applicantTelNo",
-    "applicantEmail", "idNumber", "phone", "phoneNumber", "mobile", "email_address",
-))
-
+# field names whose value is personal whatever it looks like (compared case-insensitively): the
+# list declared in lienthong.audit.personal, whose values are also committed (and erasable)
 _EDGE_BEFORE = r"(?<![0-9A-Za-z_])"
 _EDGE_AFTER = r"(?![0-9A-Za-z_])"
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
@@ -163,6 +165,21 @@ def get_exchange(store: Store, exchange_id: int) -> dict[str, Any] | None:
         record["record_keys"] = _keys_of(conn, [exchange_id])[exchange_id]
         record["seal_seq"] = conn.execute(select(exchange_seal_leaf.c.seal_seq).where(
             exchange_seal_leaf.c.exchange_id == exchange_id)).scalar()
+        t = exchange_personal_field
+        record["personal"] = [
+            PersonalField(r["side"], r["path"], r["kind"], r["commitment"],
+                          None if r["salt"] is None else bytes(r["salt"]),
+                          None if r["value"] is None else bytes(r["value"]))
+            for r in conn.execute(select(t).where(t.c.exchange_id == exchange_id).order_by(t.c.side, t.c.path))
+            .mappings()]
+        record["blobs"] = {}
+        for side in ("request", "response"):
+            ref = record.get(f"{side}_blob_sha256")
+            if ref:
+                blob = conn.execute(select(exchange_blob.c.content_type, exchange_blob.c.size)
+                                    .where(exchange_blob.c.sha256 == ref)).first()
+                record["blobs"][side] = {"sha256": ref, "content_type": blob[0] if blob else None,
+                                         "size": blob[1] if blob else None, "present": blob is not None}
     return record
 
 
@@ -179,11 +196,13 @@ def format_line(row: dict[str, Any]) -> str:
             f"{row['outcome']}  {status}{code}  attempt {row['attempt']}  keys {keys}")
 
 
-def _body(blob: bytes, reveal: bool) -> str:
+def _body(blob: bytes, reveal: bool, fields: list[PersonalField] | None = None) -> str:
     try:
         raw = zlib.decompress(bytes(blob))
     except zlib.error:
         return "(the stored body does not decompress)"
+    if fields:
+        raw = restore_body(raw, fields)  # erased values show as "[redacted]"
     if not raw:
         return "(empty)"
     text = raw.decode("utf-8", errors="replace")
@@ -219,5 +238,16 @@ def format_exchange(record: dict[str, Any], *, reveal: bool = False) -> str:
         lines.append(f"--- {side} headers ---")
         lines.append(headers(record[f"{side}_headers"]))
         lines.append(f"--- {side} body ({record[f'{side}_size']} bytes, sha256 {record[f'{side}_sha256']}) ---")
-        lines.append(_body(record[f"{side}_body"], reveal))
+        blob = (record.get("blobs") or {}).get(side)
+        fields = [f for f in record.get("personal") or [] if f.side == side]
+        if blob:
+            state = "" if blob["present"] else "; MISSING from exchange_blob"
+            lines.append(f"(stored by content hash: sha256 {blob['sha256']}, {blob['content_type'] or 'no content type'}"
+                         f", {blob['size'] if blob['size'] is not None else '?'} bytes{state}; read it with "
+                         f"lienthong.exchange_log.read_blob)")
+        else:
+            lines.append(_body(record[f"{side}_body"], reveal, fields))
+        erased = sum(1 for f in fields if f.value is None)
+        if erased:
+            lines.append(f"({erased} personal field(s) of this body were redacted)")
     return "\n".join(lines)

@@ -6,12 +6,22 @@ no missing ``seq``), then recomputes the leaf hash of every record in its id ran
 root over them. When the root differs, the stored per-record leaf hashes (whose own root must be
 the signed one) say which record: deleted, inserted or altered. Records after the last seal are
 counted as unsealed (not an error); leaf rows that point past the last seal mean a deleted seal.
+
+Beyond the leaves (issue #6): every personal field whose salt and value are still stored must give
+its commitment back (a record whose fields were erased by ``audit redact`` is reported as
+*verified with redactions*, never as a failure); every body stored by content hash must be in
+``exchange_blob`` and hash to its reference. Seals whose records were archived (``audit
+archive``) are checked through their stored leaf index (it must give the signed root), so the
+chain still verifies across the archived range; the archives are reported with their bundle hash.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,8 +32,16 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from lienthong.audit.keys import key_fingerprint, load_public_key
-from lienthong.audit.records import GENESIS, load_records, merkle_root, seal_body
-from lienthong.store import Store, exchange_log, exchange_seal, exchange_seal_leaf
+from lienthong.audit.personal import commitment
+from lienthong.audit.records import GENESIS, Batch, load_batch, merkle_root, seal_body
+from lienthong.store import (
+    Store,
+    exchange_archive,
+    exchange_blob,
+    exchange_log,
+    exchange_seal,
+    exchange_seal_leaf,
+)
 
 __all__ = ["Failure", "VerifyResult", "verify_exchanges"]
 
@@ -38,6 +56,10 @@ SEAL_CHAIN = "seal_chain"  # prev_hash is not the previous seal's hash
 SEAL_MISSING = "seal_missing"  # a seq is missing (a deleted seal)
 SEAL_LEAVES = "seal_leaves"  # the stored leaf index of a seal was altered (records unknown)
 HEAD_MISMATCH = "head_mismatch"  # the expected head seal is not there (truncated seals)
+PERSONAL_FIELD_ALTERED = "personal_field_altered"  # a stored salt/value does not give its sealed commitment
+BLOB_MISSING = "blob_missing"  # a body stored by content hash is not in exchange_blob
+BLOB_ALTERED = "blob_altered"  # the stored blob does not hash to its (sealed) reference
+ARCHIVE_ALTERED = "archive_altered"  # an archived seal's leaf index does not give its root, or its bundle changed
 
 
 @dataclass
@@ -66,6 +88,12 @@ class VerifyResult:
     head_hash: str | None = None
     failure: Failure | None = None
     warnings: list[str] = field(default_factory=list)
+    # records whose personal fields were erased (audit redact): verified with redactions
+    records_with_redactions: int = 0
+    redacted_record_ids: list[int] = field(default_factory=list)
+    blobs_checked: int = 0
+    archived_records: int = 0  # sealed records moved to bundles (audit archive), checked via leaf index
+    archives: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,6 +166,106 @@ def _check_seal(seal: dict[str, Any], previous: dict[str, Any] | None, keys: dic
     return None
 
 
+def _check_extras(conn: Connection, batch: Batch, result: VerifyResult,
+                  blob_cache: dict[str, str | None]) -> Failure | None:
+    """Personal-field commitments and blob references of records whose leaves matched."""
+    problems: list[Failure] = []
+    for record_id, fields in sorted(batch.personal.items()):
+        redacted = False
+        for f in fields:
+            if f.salt is None and f.value is None:
+                redacted = True
+            elif f.salt is None or f.value is None or commitment(f.salt, f.path, f.value) != f.commitment:
+                problems.append(Failure(PERSONAL_FIELD_ALTERED, f"record #{record_id}: the stored salt and value of "
+                                                                f"its {f.side} field {f.path} do not give the "
+                                                                f"sealed commitment", None, record_id))
+                break
+        if redacted:
+            result.records_with_redactions += 1
+            result.redacted_record_ids.append(record_id)
+    wanted = sorted({sha for _, _, sha in batch.blobs if sha not in blob_cache})
+    for start in range(0, len(wanted), 200):
+        chunk = wanted[start:start + 200]
+        found = dict(conn.execute(select(exchange_blob.c.sha256, exchange_blob.c.data)
+                                  .where(exchange_blob.c.sha256.in_(chunk))).all())
+        for sha in chunk:
+            if sha not in found:
+                blob_cache[sha] = BLOB_MISSING
+                continue
+            try:
+                data = zlib.decompress(bytes(found[sha]))
+            except zlib.error:
+                blob_cache[sha] = BLOB_ALTERED
+                continue
+            blob_cache[sha] = None if hashlib.sha256(data).hexdigest() == sha else BLOB_ALTERED
+            result.blobs_checked += 1
+    for record_id, side, sha in batch.blobs:
+        kind = blob_cache.get(sha)
+        if kind == BLOB_MISSING:
+            problems.append(Failure(BLOB_MISSING, f"record #{record_id}: its {side} body, stored by content hash "
+                                                  f"{sha[:16]}…, is missing from exchange_blob", None, record_id))
+        elif kind == BLOB_ALTERED:
+            problems.append(Failure(BLOB_ALTERED, f"record #{record_id}: the stored blob of its {side} body does "
+                                                  f"not hash to the sealed {sha[:16]}…", None, record_id))
+    if not problems:
+        return None
+    first = min(problems, key=lambda f: f.record_id or 0)
+    seq = conn.execute(select(exchange_seal_leaf.c.seal_seq)
+                       .where(exchange_seal_leaf.c.exchange_id == first.record_id)).scalar()
+    first.seal_seq = seq
+    if seq is not None:
+        first.explanation += f" (seal {seq})"
+    return first
+
+
+def _check_archived(conn: Connection, seal: dict[str, Any], archive: dict[str, Any],
+                    records: list[tuple[int, str]], missing: dict[int, str]) -> Failure | None:
+    """A seal whose records went to an archive bundle: its stored leaf index must give its signed
+    root, and the records still here must match their leaves; the others go to ``missing``."""
+    seq = seal["seq"]
+    stored = [(r.exchange_id, r.leaf_hash) for r in conn.execute(
+        select(exchange_seal_leaf.c.exchange_id, exchange_seal_leaf.c.leaf_hash)
+        .where(exchange_seal_leaf.c.seal_seq == seq).order_by(exchange_seal_leaf.c.exchange_id))]
+    if len(stored) != seal["count"] or merkle_root([h for _, h in stored]) != seal["root"]:
+        return Failure(ARCHIVE_ALTERED, f"seal {seq} was archived (bundle {archive['bundle_path']}) but its leaf "
+                                        f"index no longer gives its signed root", seq)
+    expected = dict(stored)
+    for record_id, leaf in records:
+        if expected.get(record_id) != leaf:
+            kind = RECORD_ALTERED if record_id in expected else RECORD_INSERTED
+            return Failure(kind, f"record #{record_id} does not match its leaf hash in archived seal {seq}", seq,
+                           record_id)
+    present = {record_id for record_id, _ in records}
+    missing.update({i: h for i, h in stored if i not in present})
+    return None
+
+
+def _check_bundle_file(info: dict[str, Any], missing: dict[int, str]) -> str | None:
+    """None when the archive bundle is where it was written, with the same bytes, and holds every
+    record of its seals that left the database (same leaf hashes); a warning when it was moved
+    away; ``"!"`` + the reason when it is there but does not hold them."""
+    path = info["bundle_path"]
+    where = f"seals {info['first_seq']}..{info['last_seq']}"
+    try:
+        with open(path, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return (f"archive bundle of {where} is not at {path} (moved off-site?): the {len(missing)} records it "
+                f"holds were not checked against it")
+    if digest != info["bundle_sha256"]:
+        return f"!the archive bundle {path} of {where} changed since it was written"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            leaves = json.loads(zf.read("leaves.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return f"!the archive bundle {path} of {where} has no readable leaves.json"
+    absent = sorted(i for i, h in missing.items() if leaves.get(str(i)) != h)
+    if absent:
+        return (f"!record #{absent[0]} of the archived {where} is neither in the database nor, with its sealed "
+                f"leaf hash, in the archive bundle {path}")
+    return None
+
+
 def verify_exchanges(store: Store, public_keys: Any = None, *,
                      expect_head: tuple[int, str] | None = None) -> VerifyResult:
     """Recompute every seal and every sealed record; stop at the first mismatch.
@@ -156,15 +284,41 @@ def verify_exchanges(store: Store, public_keys: Any = None, *,
         result.ok, result.failure = False, failure
         return result
 
+    blob_cache: dict[str, str | None] = {}
+    archive_missing: dict[str, dict[int, str]] = {}
     with store.engine.connect() as conn:
         seals = [dict(r) for r in conn.execute(select(exchange_seal).order_by(exchange_seal.c.seq)).mappings()]
+        archived: dict[int, dict[str, Any]] = {}
+        for archive in conn.execute(select(exchange_archive).order_by(exchange_archive.c.first_seq)).mappings():
+            info = {k: archive[k] for k in ("first_seq", "last_seq", "first_id", "last_id", "records",
+                                            "bundle_path", "bundle_sha256", "manifest_sha256")}
+            info["archived_at"] = archive["archived_at"].isoformat() if archive["archived_at"] else None
+            result.archives.append(info)
+            for seq in range(archive["first_seq"], archive["last_seq"] + 1):
+                archived[seq] = info
         previous: dict[str, Any] | None = None
         for seal in seals:
             failure = _check_seal(seal, previous, keys)
             if failure:
                 return fail(failure)
             after_id = previous["last_id"] if previous else 0
-            records = load_records(conn, after_id, seal["last_id"])
+            batch = load_batch(conn, after_id, seal["last_id"])
+            records = batch.records
+            archive = archived.get(seal["seq"])
+            if archive is not None and len(records) < seal["count"]:
+                failure = _check_archived(conn, seal, archive, records, archive_missing.setdefault(
+                    archive["bundle_path"], {}))
+                if failure:
+                    return fail(failure)
+                failure = _check_extras(conn, batch, result, blob_cache)
+                if failure:
+                    return fail(failure)
+                result.archived_records += seal["count"] - len(records)
+                result.records_checked += len(records)
+                result.seals_checked += 1
+                result.head_seq, result.head_hash = seal["seq"], seal["seal_hash"]
+                previous = seal
+                continue
             if (len(records) != seal["count"] or records[0][0] != seal["first_id"]
                     or merkle_root([h for _, h in records]) != seal["root"]):
                 return fail(_locate(conn, seal, after_id, records))
@@ -176,6 +330,9 @@ def verify_exchanges(store: Store, public_keys: Any = None, *,
                            next((i for i, _ in records if i not in dict(stored)), None))
                 return fail(Failure(SEAL_LEAVES, f"seal {seal['seq']}: its records match the signed root but "
                                                  f"its leaf index was altered", seal["seq"], bad))
+            failure = _check_extras(conn, batch, result, blob_cache)
+            if failure:
+                return fail(failure)
             result.records_checked += len(records)
             result.seals_checked += 1
             result.head_seq, result.head_hash = seal["seq"], seal["seal_hash"]
@@ -188,6 +345,12 @@ def verify_exchanges(store: Store, public_keys: Any = None, *,
                                               f"(from record #{orphan[1]})", orphan[0], orphan[1]))
         result.unsealed_records = int(conn.execute(
             select(func.count()).select_from(exchange_log).where(exchange_log.c.id > last_id)).scalar_one())
+    for info in result.archives:
+        warning = _check_bundle_file(info, archive_missing.get(info["bundle_path"], {}))
+        if warning and warning.startswith("!"):
+            return fail(Failure(ARCHIVE_ALTERED, warning[1:], info["first_seq"]))
+        if warning:
+            result.warnings.append(warning)
     if expect_head is not None:
         seq, seal_hash = expect_head
         held = next((s for s in seals if s["seq"] == seq), None)

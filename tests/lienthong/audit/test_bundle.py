@@ -17,7 +17,8 @@ import pytest
 
 from lienthong.audit import bundle_verify, seal_exchanges
 from lienthong.audit.bundle import bundle_record, export_bundle, inclusion_proof
-from lienthong.audit.records import leaf_hash, merkle_root
+from lienthong.audit.personal import PersonalField, commitment
+from lienthong.audit.records import LEAF_FIELDS_V1, leaf_hash, merkle_root
 from lienthong.audit.search import search_exchanges
 from lienthong.cli import main
 
@@ -66,8 +67,71 @@ def test_leaf_hash_of_the_standalone_verifier_agrees_with_the_sealer():
             "response_size": 0, "error": rng.choice([None, "timeout: đọc quá hạn"]),
         }
         keys = [f"000.00.01.H49-2611{rng.randrange(10, 99)}-{k:04d}" for k in range(rng.randrange(0, 4))]
-        bundled = json.loads(json.dumps(bundle_record(row, keys), ensure_ascii=False, indent=1))
-        assert bundle_verify.leaf_hash(bundled) == leaf_hash(row, keys)
+        version = rng.choice([None, 1, 2, 2])  # None/1: rows written before leaf format 2
+        if version is not None or rng.random() < 0.5:
+            row["leaf_version"] = version
+            row["request_blob_sha256"] = rng.choice([None, f"{n:064x}"]) if version == 2 else None
+            row["response_blob_sha256"] = rng.choice([None, "ef" * 32]) if version == 2 else None
+        personal = []
+        if version == 2 or rng.random() < 0.1:
+            for k in range(rng.randrange(0, 4)):
+                salt, value = rng.randbytes(16), f'"0{rng.randrange(10**9):09d}"'.encode()
+                path = rng.choice(["/ChuHoSo", f"/a/{k}/SoDienThoai", "/x~1y", "xml:SoCCCD[1]"]) + str(k)
+                personal.append(PersonalField(rng.choice(["request", "response"]), path,
+                                              "xml" if path.startswith("xml") else "json",
+                                              commitment(salt, path, value), *rng.choice([(salt, value), (None, None)])))
+        bundled = json.loads(json.dumps(bundle_record(row, keys, personal), ensure_ascii=False, indent=1))
+        sealed = leaf_hash(row, keys, [(f.side, f.path, f.kind, f.commitment) for f in personal])
+        assert bundle_verify.leaf_hash(bundled) == sealed
+        for f in personal:
+            if f.salt is not None:
+                assert bundle_verify.commitment(f.salt, f.path, f.value) == f.commitment
+        if not version or version == 1:
+            old_row = {name: row[name] for name in LEAF_FIELDS_V1}
+            if not personal:  # rows of earlier versions keep their leaf hash exactly
+                assert sealed == _leaf_format_1(old_row, keys)
+            else:  # personal fields slipped under a format-1 row change its leaf
+                assert sealed != _leaf_format_1(old_row, keys)
+
+
+def _leaf_format_1(row, record_keys):
+    """The leaf hash as lienthong 0.x computed it (before leaf format 2), verbatim."""
+    import hashlib
+
+    from lienthong.store import canonical_json
+
+    def value(name, v):
+        if name in ("request_body", "response_body"):
+            blob = bytes(v) if v is not None else None
+            return None if blob is None else {"sha256": hashlib.sha256(blob).hexdigest(), "len": len(blob)}
+        if isinstance(v, datetime):
+            aware = v if v.tzinfo else v.replace(tzinfo=UTC)
+            return aware.astimezone(UTC).isoformat(timespec="microseconds")
+        return v
+
+    record = {name: value(name, row[name]) for name in LEAF_FIELDS_V1}
+    record["v"] = 1
+    record["record_keys"] = sorted(record_keys)
+    return hashlib.sha256(b"\x00" + canonical_json(record)).hexdigest()
+
+
+def test_a_log_sealed_before_leaf_format_2_still_verifies_and_exports(store, keypair, tmp_path):
+    from sqlalchemy import text
+
+    from lienthong.audit import verify_exchanges
+
+    fill(store, 5)
+    with store.begin() as conn:  # what earlier versions wrote: no leaf_version, no personal fields
+        conn.execute(text("UPDATE exchange_log SET leaf_version = NULL WHERE id <= 3"))
+    seal_exchanges(store, keypair[0], batch_size=2)
+    assert verify_exchanges(store, keypair[1]).ok
+    out = tmp_path / "old.zip"
+    export_bundle(store, out, [keypair[1]], since=T0)
+    assert bundle_verify.verify_bundle(str(out)).ok
+    with store.begin() as conn:  # a blob reference slipped under a format-1 row is not sealed data
+        conn.execute(text("UPDATE exchange_log SET response_blob_sha256 = :s WHERE id = 2"), {"s": "ab" * 32})
+    result = verify_exchanges(store, keypair[1])
+    assert not result.ok and (result.failure.kind, result.failure.record_id) == ("record_altered", 2)
 
 
 def test_inclusion_proofs_verify_for_every_leaf_and_tree_size():
@@ -106,7 +170,8 @@ def test_export_then_verify_offline_in_a_clean_subprocess(store, keypair, tmp_pa
     assert {"manifest.json", "leaves.json", "seals.json", "public_key.pem", "verify.py"} <= names
     assert {f"records/{i}.json" for i in range(1, 14)} <= names and {f"proofs/{i}.json" for i in range(1, 14)} <= names
     assert set(manifest["files"]) == names - {"manifest.json"}
-    assert manifest["counts"] == {"records": 13, "seals": 4, "unsealed_left_out": 2}
+    assert manifest["counts"] == {"records": 13, "seals": 4, "unsealed_left_out": 2, "blobs": 0,
+                                  "records_with_redactions": 0}
 
     clean = tmp_path / "auditor"
     clean.mkdir()

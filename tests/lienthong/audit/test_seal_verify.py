@@ -123,7 +123,8 @@ CASES = {
                                          "peer, operation, direction, method, url, attempt, outcome, peer_code, "
                                          "http_status, duration_ms, record_count, request_headers, request_body, "
                                          "request_sha256, request_size, response_headers, response_body, "
-                                         "response_sha256, response_size, error FROM exchange_log WHERE id = 2"),
+                                         "response_sha256, response_size, error, leaf_version, request_blob_sha256, "
+                                         "response_blob_sha256 FROM exchange_log WHERE id = 2"),
                         "record_inserted", 3, 1),
     "seal root": (lambda s: sql(s, "UPDATE exchange_seal SET root = :r WHERE seq = 2", r="ab" * 32),
                   "seal_altered", None, 2),

@@ -1,0 +1,184 @@
+"""``lienthong audit archive``: move old sealed exchanges into evidence bundles and prune them.
+
+Retention (issue #6; X-Road keeps records 30 days, then archives and cleans them): whole seal
+batches whose every record started more than ``older_than_days`` ago (default
+``$LIENTHONG_RETENTION_DAYS``, else 30) are written, oldest first and contiguously, as evidence
+bundles (the ``audit export`` format, selection ``seals: [first, last]``) into the archive
+directory (default ``$LIENTHONG_HOME/archive``). Each bundle is verified as written, with the
+public key(s) given; only then, in one transaction, an ``exchange_archive`` row is recorded (seal
+range, id range, bundle path, bundle and manifest SHA-256) and the records are deleted with their
+record keys and personal fields, and the blobs no other record references (blobs a flow pinned
+stay). Unsealed records are never pruned, nor a seal batch holding one record too young.
+
+Seal rows and their leaf index (``exchange_seal_leaf``) stay: ``audit verify`` checks the
+archived seals through them, so the seal chain still verifies across the archived range, and it
+reports each archive with its bundle hash (and fails if the bundle, still at its path, changed).
+
+Redact before archiving: a bundle keeps the personal values its records held when written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import delete, func, or_, select
+
+from connectors.errors import ConfigurationError
+from lienthong.audit.bundle import _pem, export_bundle
+from lienthong.audit.bundle_verify import verify_bundle
+from lienthong.store import (
+    Store,
+    exchange_archive,
+    exchange_blob,
+    exchange_key,
+    exchange_log,
+    exchange_personal_field,
+    exchange_seal,
+    exchange_seal_leaf,
+    utcnow,
+)
+
+__all__ = ["DEFAULT_RETENTION_DAYS", "RETENTION_ENV", "ArchiveError", "ArchiveResult", "archive_exchanges",
+           "retention_days"]
+
+RETENTION_ENV = "LIENTHONG_RETENTION_DAYS"
+DEFAULT_RETENTION_DAYS = 30
+DEFAULT_MAX_RECORDS = 100_000  # per bundle (whole seals: a bundle may exceed it by one seal)
+
+
+class ArchiveError(Exception):
+    """An archive bundle could not be written or does not verify: nothing was pruned."""
+
+
+@dataclass
+class ArchiveResult:
+    cutoff: datetime | None = None
+    archives: list[dict[str, Any]] = field(default_factory=list)
+    records: int = 0
+    blobs_pruned: int = 0
+
+
+def retention_days(value: int | float | None = None) -> float:
+    """``value``, else ``$LIENTHONG_RETENTION_DAYS``, else 30."""
+    if value is not None:
+        chosen: Any = value
+    else:
+        chosen = os.environ.get(RETENTION_ENV) or DEFAULT_RETENTION_DAYS
+    try:
+        days = float(chosen)
+    except ValueError:
+        raise ConfigurationError(f"{RETENTION_ENV} must be a number of days") from None
+    if days < 0:
+        raise ConfigurationError("the retention age cannot be negative")
+    return days
+
+
+def _eligible(conn, cutoff: datetime) -> list[dict[str, Any]]:
+    """Seals after the last archived one, oldest first, while all their records are older than
+    ``cutoff`` (and present)."""
+    done = conn.execute(select(func.max(exchange_archive.c.last_seq))).scalar() or 0
+    seals = [dict(r) for r in conn.execute(select(exchange_seal).where(exchange_seal.c.seq > done)
+                                           .order_by(exchange_seal.c.seq)).mappings()]
+    previous_last = conn.execute(select(exchange_seal.c.last_id).where(exchange_seal.c.seq == done)).scalar() or 0
+    out = []
+    for seal in seals:
+        newest, count = conn.execute(select(func.max(exchange_log.c.started_at), func.count())
+                                     .where(exchange_log.c.id > previous_last,
+                                            exchange_log.c.id <= seal["last_id"])).first()
+        if count == 0 or newest is None:
+            break
+        newest = newest if newest.tzinfo else newest.replace(tzinfo=cutoff.tzinfo)
+        if newest >= cutoff:
+            break
+        seal["after_id"] = previous_last
+        out.append(seal)
+        previous_last = seal["last_id"]
+    return out
+
+
+def _chunks(seals: list[dict[str, Any]], max_records: int) -> list[list[dict[str, Any]]]:
+    chunks: list[list[dict[str, Any]]] = []
+    for seal in seals:
+        if chunks and sum(s["count"] for s in chunks[-1]) + seal["count"] <= max_records:
+            chunks[-1].append(seal)
+        else:
+            chunks.append([seal])
+    return chunks
+
+
+def _prune(store: Store, chunk: list[dict[str, Any]], info: dict[str, Any]) -> tuple[int, int]:
+    """Record the archive and delete its records (one transaction); (records, blobs) deleted."""
+    first, last = chunk[0]["seq"], chunk[-1]["seq"]
+    sealed = select(exchange_seal_leaf.c.exchange_id).where(exchange_seal_leaf.c.seal_seq >= first,
+                                                            exchange_seal_leaf.c.seal_seq <= last)
+    with store.begin() as conn:
+        conn.execute(exchange_archive.insert().values(**info))
+        refs = set()
+        for req, resp in conn.execute(select(exchange_log.c.request_blob_sha256, exchange_log.c.response_blob_sha256)
+                                      .where(exchange_log.c.id.in_(sealed))):
+            refs |= {r for r in (req, resp) if r}
+        conn.execute(delete(exchange_personal_field).where(exchange_personal_field.c.exchange_id.in_(sealed)))
+        conn.execute(delete(exchange_key).where(exchange_key.c.exchange_id.in_(sealed)))
+        records = conn.execute(delete(exchange_log).where(exchange_log.c.id.in_(sealed))).rowcount
+        blobs = 0
+        for sha in sorted(refs):
+            used = conn.execute(select(exchange_log.c.id).where(or_(
+                exchange_log.c.request_blob_sha256 == sha, exchange_log.c.response_blob_sha256 == sha)).limit(1)).first()
+            if used is None:
+                blobs += conn.execute(delete(exchange_blob).where(exchange_blob.c.sha256 == sha,
+                                                                  exchange_blob.c.pinned.is_(False))).rowcount
+    return records, blobs
+
+
+def archive_exchanges(store: Store, public_keys: Sequence[Ed25519PublicKey], *,
+                      older_than_days: float | None = None, out_dir: str | Path | None = None,
+                      now: datetime | None = None, max_records: int = DEFAULT_MAX_RECORDS) -> ArchiveResult:
+    """Archive and prune the sealed records older than the retention age (see the module doc).
+
+    Raises:
+        ArchiveError: a bundle could not be exported or does not verify (nothing of it was pruned).
+    """
+    days = retention_days(older_than_days)
+    if out_dir is None:
+        from lienthong.localenv import topology
+
+        out_dir = topology().home / "archive"
+    out_dir = Path(out_dir).resolve()
+    result = ArchiveResult(cutoff=(now or utcnow()) - timedelta(days=days))
+    with store.engine.connect() as conn:
+        seals = _eligible(conn, result.cutoff)
+    pem = _pem(list(public_keys))
+    stamp = (now or utcnow()).strftime("%Y%m%dT%H%M%SZ")
+    for chunk in _chunks(seals, max_records):
+        first, last = chunk[0]["seq"], chunk[-1]["seq"]
+        path = out_dir / f"exchanges-seals-{first:08d}-{last:08d}-{stamp}.zip"
+        expected = sum(s["count"] for s in chunk)
+        try:
+            export = export_bundle(store, path, public_keys, seals=(first, last))
+        except Exception as exc:  # noqa: BLE001 (ExportError, OSError...: reported, nothing pruned)
+            raise ArchiveError(f"seals {first}..{last}: the bundle could not be written: {exc}") from None
+        check = verify_bundle(str(path), pem)
+        if not check.ok or export.records != expected or check.records_checked != expected:
+            raise ArchiveError(f"seals {first}..{last}: the bundle {path} does not verify "
+                               f"({check.failure or f'{check.records_checked} of {expected} records'}); "
+                               f"nothing was pruned")
+        with zipfile.ZipFile(path) as zf:
+            manifest_sha = hashlib.sha256(zf.read("manifest.json")).hexdigest()
+        with open(path, "rb") as fh:
+            bundle_sha = hashlib.file_digest(fh, "sha256").hexdigest()
+        info = {"first_seq": first, "last_seq": last, "first_id": chunk[0]["first_id"],
+                "last_id": chunk[-1]["last_id"], "records": expected, "bundle_path": str(path),
+                "bundle_sha256": bundle_sha, "manifest_sha256": manifest_sha, "archived_at": utcnow()}
+        records, blobs = _prune(store, chunk, info)
+        result.records += records
+        result.blobs_pruned += blobs
+        result.archives.append({**info, "archived_at": info["archived_at"].isoformat()})
+    return result

@@ -1,0 +1,256 @@
+"""Personal fields in exchange bodies: which they are, and their salted commitments (issue #6).
+
+One declared list says which fields are personal. :data:`PERSONAL_FIELDS` (ID numbers, phone
+numbers, e-mails, tax codes) are masked in ``audit show`` views *and* committed; :data:`NAME_FIELDS`
+(names and addresses of applicants and payers) are committed only (a view must still say who). A
+test keeps every field the mappings mark ``personal: true`` in these lists. :data:`COMMITTED_FIELDS`
+is their union. Names compare case-insensitively; when a committed field holds an object or a list
+(``ChuHoSo: {HoTen, SoGiayTo...}``) every scalar inside it is committed.
+
+At record time :func:`commit_body` replaces, in the body bytes as they went on the wire, each
+personal value by a token that names its commitment, and returns the fields:
+
+* JSON (``application/json``, or a body starting with ``{``/``[``): the exact bytes of a scalar
+  value (string with its quotes, or number) become ``"lt-pf:<commitment>"`` (kind ``json``; the
+  body stays valid JSON). Paths are JSON pointers (RFC 6901): ``/ChuHoSo/SoDienThoai``.
+* SOAP/XML (``*xml``, or a body starting with ``<``): the text of an element whose local name is
+  committed (``<ns:SoCCCD>001095012345</ns:SoCCCD>``) becomes ``lt-pf:<commitment>`` (kind
+  ``xml``); paths are ``xml:<LocalName>[n]`` (n-th occurrence, from 1). Elements with child
+  elements are not descended into (only text-only elements are committed).
+
+``commitment`` = SHA-256(``"lienthong-pf/1" 0x00`` ‖ salt (16 random bytes) ‖ uint32-BE length
+of the UTF-8 path ‖ path ‖ the exact value bytes), in hex. The exchange-log row stores the
+tokenised body; ``exchange_personal_field`` stores path, kind, commitment, salt and value, and the
+record's leaf (format 2) commits to the tokenised body and to every ``(side, path, kind,
+commitment)``. The original bytes are the tokenised body with each token replaced by its value
+(:func:`restore_body`); their SHA-256 is the recorded ``*_sha256``. Redaction erases salt and
+value: the leaf still verifies, the original can no longer be rebuilt.
+
+Free text is not scanned: a phone number written inside a note (``GhiChu``) is masked in views
+but not committed, so it cannot be erased without breaking the seal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "COMMITTED_FIELDS",
+    "NAME_FIELDS",
+    "PERSONAL_FIELDS",
+    "PersonalField",
+    "commit_body",
+    "commitment",
+    "restore_body",
+    "token",
+]
+
+# masked in views and committed (compared case-insensitively)
+PERSONAL_FIELDS = frozenset(name.lower() for name in (
+    "SoGiayToChuHoSo", "SoDinhDanh", "SoDienThoai", "Email", "applicantIdNo", "contactTelNo", "contactEmail",
+    "SoCMND", "CMND", "SoCCCD", "CCCD", "SoGiayTo", "SoDienThoaiChuHoSo", "DienThoai", "EmailChuHoSo",
+    "DiaChiEmail", "SoDienThoaiNguoiNop", "EmailNguoiNop", "SoGiayToNguoiNop", "applicantTelNo",
+    "applicantEmail", "idNumber", "phone", "phoneNumber", "mobile", "email_address",
+    "MaSoThue", "MaSoThueNguoiNop", "taxCode", "payerTaxCode", "payerIdNo", "payerPhone", "payerEmail",
+    "SoDienThoaiNguoiNhan", "EmailNguoiNhan", "id_no",
+))
+# committed (erasable) but shown: names and addresses of applicants and payers
+NAME_FIELDS = frozenset(name.lower() for name in (
+    "ChuHoSo", "HoTenChuHoSo", "TenChuHoSo", "HoTenNguoiNop", "TenNguoiNop", "NguoiNop", "HoTenNguoiNhan",
+    "PayerName", "payer_name", "payer", "applicantName", "applicant_name", "fullName", "HoTen",
+    "address", "DiaChi", "DiaChiChuHoSo", "DiaChiNguoiNop", "DiaChiThuongTru",
+))
+COMMITTED_FIELDS = PERSONAL_FIELDS | NAME_FIELDS
+
+SALT_BYTES = 16
+TOKEN_PREFIX = b"lt-pf:"
+_DOMAIN = b"lienthong-pf/1\x00"
+
+
+@dataclass(frozen=True)
+class PersonalField:
+    side: str
+    path: str
+    kind: str  # json | xml
+    commitment: str
+    salt: bytes | None = None  # None once redacted
+    value: bytes | None = None
+
+
+def commitment(salt: bytes, path: str, value: bytes) -> str:
+    """SHA-256(domain ‖ salt ‖ len(path) ‖ path ‖ value), hex."""
+    p = path.encode()
+    return hashlib.sha256(_DOMAIN + salt + struct.pack(">I", len(p)) + p + value).hexdigest()
+
+
+def token(kind: str, commitment_hex: str) -> bytes:
+    """The bytes standing for a committed value in the stored body."""
+    bare = TOKEN_PREFIX + commitment_hex.encode()
+    return b'"' + bare + b'"' if kind == "json" else bare
+
+
+# -- JSON: the byte span of every committed scalar -------------------------------------------------
+_WS = re.compile(rb"[ \t\r\n]*")
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_SCALAR = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
+
+
+class _NotJson(Exception):
+    pass
+
+
+def _pointer(parts: tuple[str, ...]) -> str:
+    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _json_spans(data: bytes) -> list[tuple[str, int, int]]:
+    spans: list[tuple[str, int, int]] = []
+    seen: dict[str, int] = {}
+
+    def ws(pos: int) -> int:
+        return _WS.match(data, pos).end()
+
+    def value(pos: int, path: tuple[str, ...], personal: bool) -> int:
+        pos = ws(pos)
+        if pos >= len(data):
+            raise _NotJson
+        c = data[pos]
+        if c == 0x7B:  # {
+            pos = ws(pos + 1)
+            if data[pos:pos + 1] == b"}":
+                return pos + 1
+            while True:
+                m = _STRING.match(data, pos)
+                if not m:
+                    raise _NotJson
+                key = json.loads(m.group())
+                pos = ws(m.end())
+                if data[pos:pos + 1] != b":":
+                    raise _NotJson
+                pos = value(pos + 1, (*path, key), personal or key.lower() in COMMITTED_FIELDS)
+                pos = ws(pos)
+                sep = data[pos:pos + 1]
+                if sep == b"}":
+                    return pos + 1
+                if sep != b",":
+                    raise _NotJson
+                pos = ws(pos + 1)
+        if c == 0x5B:  # [
+            pos = ws(pos + 1)
+            if data[pos:pos + 1] == b"]":
+                return pos + 1
+            n = 0
+            while True:
+                pos = ws(value(pos, (*path, str(n)), personal))
+                n += 1
+                sep = data[pos:pos + 1]
+                if sep == b"]":
+                    return pos + 1
+                if sep != b",":
+                    raise _NotJson
+                pos += 1
+        m = _STRING.match(data, pos) if c == 0x22 else _SCALAR.match(data, pos)
+        if not m:
+            raise _NotJson
+        raw = m.group()
+        if personal and raw not in (b'""', b"null", b"true", b"false"):
+            pointer = _pointer(path)
+            seen[pointer] = seen.get(pointer, 0) + 1
+            if seen[pointer] > 1:  # a key repeated in one object: keep paths unique
+                pointer = f"{pointer}#{seen[pointer]}"
+            spans.append((pointer, m.start(), m.end()))
+        return m.end()
+
+    end = value(0, (), False)
+    if ws(end) != len(data):
+        raise _NotJson
+    return spans
+
+
+# -- XML: text-only elements with a committed local name --------------------------------------------
+_XML_ELEMENT = re.compile(
+    rb"<((?:[A-Za-z_][\w.-]*:)?)([A-Za-z_][\w.-]*)(\s[^<>]*)?>([^<]+)</\1\2\s*>")
+
+
+def _xml_spans(data: bytes) -> list[tuple[str, int, int]]:
+    spans: list[tuple[str, int, int]] = []
+    seen: dict[str, int] = {}
+    for m in _XML_ELEMENT.finditer(data):
+        if (m.group(3) or b"").rstrip().endswith(b"/"):
+            continue
+        try:
+            name = m.group(2).decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if name.lower() not in COMMITTED_FIELDS or not m.group(4).strip():
+            continue
+        seen[name] = seen.get(name, 0) + 1
+        spans.append((f"xml:{name}[{seen[name]}]", m.start(4), m.end(4)))
+    return spans
+
+
+def _kind(body: bytes, content_type: str | None) -> str | None:
+    ct = (content_type or "").lower()
+    if "json" in ct:
+        return "json"
+    if "xml" in ct:
+        return "xml"
+    head = body[:64].lstrip()
+    if head[:1] in (b"{", b"["):
+        return "json"
+    if head[:1] == b"<":
+        return "xml"
+    return None
+
+
+def _mentions(body: bytes) -> bool:
+    """Cheap pre-check: does any committed name occur in the body at all?"""
+    lowered = body.lower()
+    return any(name.encode() in lowered for name in COMMITTED_FIELDS)
+
+
+def commit_body(body: bytes, content_type: str | None, side: str) -> tuple[bytes, list[PersonalField]]:
+    """The body with its personal values tokenised, and the fields (with salts and values)."""
+    if not body:
+        return body, []
+    kind = _kind(body, content_type)
+    if kind is None or not _mentions(body):
+        return body, []
+    try:
+        spans = _json_spans(body) if kind == "json" else _xml_spans(body)
+    except (_NotJson, ValueError, RecursionError):
+        return body, []
+    if not spans:
+        return body, []
+    out: list[bytes] = []
+    fields: list[PersonalField] = []
+    at = 0
+    for path, start, end in spans:
+        value = body[start:end]
+        salt = os.urandom(SALT_BYTES)
+        c = commitment(salt, path, value)
+        out += [body[at:start], token(kind, c)]
+        at = end
+        fields.append(PersonalField(side, path, kind, c, salt, value))
+    out.append(body[at:])
+    return b"".join(out), fields
+
+
+def restore_body(stored: bytes, fields: Iterable[PersonalField], placeholder: bytes | None = None) -> bytes:
+    """The body as it went on the wire: each token replaced by its value; a redacted field by
+    ``placeholder`` (``"[redacted]"`` in JSON, ``[redacted]`` in XML, when None)."""
+    for f in fields:
+        if f.value is not None:
+            replacement = f.value
+        elif placeholder is not None:
+            replacement = placeholder
+        else:
+            replacement = b'"[redacted]"' if f.kind == "json" else b"[redacted]"
+        stored = stored.replace(token(f.kind, f.commitment), replacement, 1)
+    return stored

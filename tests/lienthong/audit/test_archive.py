@@ -1,0 +1,181 @@
+"""Retention: old sealed batches go to verified bundles and leave the database; the chain still verifies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from lienthong.audit import bundle_verify, seal_exchanges, verify_exchanges
+from lienthong.audit.archive import ArchiveError, archive_exchanges, retention_days
+from lienthong.cli import main
+from lienthong.exchange_log import BusRecorder, blob_info, put_blob, read_blob
+from lienthong.store import (
+    exchange_archive,
+    exchange_blob,
+    exchange_key,
+    exchange_log,
+    exchange_personal_field,
+    exchange_seal_leaf,
+)
+
+from .conftest import T0, fill
+from .test_blobs import PDF, _bill
+from .test_redaction import _exchange
+
+
+def _count(store, table, *where):
+    with store.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+
+
+def _log(store):
+    """12 sealed records in 3 seals (a receipt PDF and personal fields in seal 1), 2 unsealed."""
+    fill(store, 2)
+    recorder = BusRecorder(store, "payment", "run-1", "fetch")
+    recorder.record(_bill(0))  # record 3, started T0
+    recorder.record(_exchange(0))  # record 4: personal fields
+    fill(store, 8, start=5)  # records 5..12, started T0 + 5..12 s
+    seal_exchanges(store, store_key(store), batch_size=4)
+    fill(store, 2, start=13)  # unsealed, just as old
+
+
+_KEYS: dict[str, object] = {}
+
+
+def store_key(store):
+    return _KEYS[store.url]
+
+
+@pytest.fixture
+def log(store, keypair):
+    _KEYS[store.url] = keypair[0]
+    _log(store)
+    with store.begin() as conn:
+        pinned = put_blob(conn, b"%PDF kept by the payment flow", "application/pdf", pinned=True)
+    return store, keypair, pinned
+
+
+def test_archive_writes_verified_bundles_prunes_and_the_chain_still_verifies(log, tmp_path):
+    store, keypair, pinned = log
+    pdf_sha = hashlib.sha256(PDF).hexdigest()
+    result = archive_exchanges(store, [keypair[1]], older_than_days=30, out_dir=tmp_path / "archive",
+                               now=T0 + timedelta(days=90), max_records=8)
+    assert [(a["first_seq"], a["last_seq"], a["records"]) for a in result.archives] == [(1, 2, 8), (3, 3, 4)]
+    assert result.records == 12 and result.blobs_pruned == 1
+    # unsealed records untouched; everything of the archived ones gone
+    with store.engine.connect() as conn:
+        assert conn.execute(select(exchange_log.c.id).order_by(exchange_log.c.id)).scalars().all() == [13, 14]
+    assert _count(store, exchange_key, exchange_key.c.exchange_id <= 12) == 0
+    assert _count(store, exchange_personal_field) == 0
+    assert blob_info(store, pdf_sha) is None and read_blob(store, pinned)  # the pinned receipt stays
+    assert _count(store, exchange_seal_leaf) == 12 and _count(store, exchange_archive) == 2
+
+    for archive in result.archives:
+        path = Path(archive["bundle_path"])
+        assert path.parent == (tmp_path / "archive").resolve()
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == archive["bundle_sha256"]
+        with zipfile.ZipFile(path) as zf:
+            assert hashlib.sha256(zf.read("manifest.json")).hexdigest() == archive["manifest_sha256"]
+            manifest = json.loads(zf.read("manifest.json"))
+        assert manifest["selection"]["seals"] == [archive["first_seq"], archive["last_seq"]]
+        check = bundle_verify.verify_bundle(str(path), keypair[3].read_bytes())
+        assert check.ok and check.records_checked == archive["records"], check.failure
+    with zipfile.ZipFile(result.archives[0]["bundle_path"]) as zf:
+        assert zf.read(f"blobs/{pdf_sha}") == PDF
+
+    verified = verify_exchanges(store, keypair[1])
+    assert verified.ok, verified.failure
+    assert (verified.seals_checked, verified.archived_records, verified.records_checked,
+            verified.unsealed_records) == (3, 12, 0, 2)
+    assert [(a["first_seq"], a["last_seq"], a["bundle_sha256"]) for a in verified.archives] == [
+        (a["first_seq"], a["last_seq"], a["bundle_sha256"]) for a in result.archives]
+
+    # sealing continues the chain after the archived range
+    seal_exchanges(store, keypair[0])
+    verified = verify_exchanges(store, keypair[1])
+    assert verified.ok and verified.seals_checked == 4 and verified.records_checked == 2
+    assert archive_exchanges(store, [keypair[1]], older_than_days=30, out_dir=tmp_path / "archive",
+                             now=T0 + timedelta(days=90)).records == 2  # the next run takes seal 4
+
+    # an archived seal's leaf index or its bundle edited afterwards
+    Path(result.archives[1]["bundle_path"]).write_bytes(b"PK gone")
+    failure = verify_exchanges(store, keypair[1]).failure
+    assert failure.kind == "archive_altered" and failure.seal_seq == 3
+    Path(result.archives[1]["bundle_path"]).unlink()
+    verified = verify_exchanges(store, keypair[1])
+    assert verified.ok and any("moved off-site" in w for w in verified.warnings)
+    with store.begin() as conn:
+        conn.execute(text("UPDATE exchange_seal_leaf SET leaf_hash = :h WHERE exchange_id = 6"), {"h": "cd" * 32})
+    failure = verify_exchanges(store, keypair[1]).failure
+    assert failure.kind == "archive_altered" and failure.seal_seq == 2
+
+
+def test_only_whole_batches_older_than_the_age_and_tampering_left_is_detected(log, tmp_path):
+    store, keypair, _ = log
+    # seal 2 holds records started T0+5..8 s: a cutoff at T0+7 s keeps it (and what follows)
+    result = archive_exchanges(store, [keypair[1]], older_than_days=0, out_dir=tmp_path,
+                               now=T0 + timedelta(seconds=7))
+    assert [(a["first_seq"], a["last_seq"]) for a in result.archives] == [(1, 1)] and result.records == 4
+    assert _count(store, exchange_log) == 10
+    assert verify_exchanges(store, keypair[1]).ok
+    assert archive_exchanges(store, [keypair[1]], older_than_days=0, out_dir=tmp_path,
+                             now=T0 + timedelta(seconds=7)).archives == []
+
+    with store.begin() as conn:
+        conn.execute(text("UPDATE exchange_log SET outcome = 'peer_error' WHERE id = 9"))
+    failure = verify_exchanges(store, keypair[1]).failure
+    assert (failure.kind, failure.record_id, failure.seal_seq) == ("record_altered", 9, 3)
+    # a damaged log is not archived: the bundle would not verify, nothing is pruned
+    with pytest.raises(ArchiveError):
+        archive_exchanges(store, [keypair[1]], older_than_days=0, out_dir=tmp_path, now=T0 + timedelta(days=1))
+    assert _count(store, exchange_log) == 10 and _count(store, exchange_archive) == 1
+
+
+def test_retention_days_from_the_environment(monkeypatch):
+    monkeypatch.delenv("LIENTHONG_RETENTION_DAYS", raising=False)
+    assert retention_days() == 30 and retention_days(7) == 7
+    monkeypatch.setenv("LIENTHONG_RETENTION_DAYS", "90")
+    assert retention_days() == 90
+    monkeypatch.setenv("LIENTHONG_RETENTION_DAYS", "soon")
+    with pytest.raises(Exception, match="LIENTHONG_RETENTION_DAYS"):
+        retention_days()
+
+
+def test_cli_archive_then_verify(log, tmp_path, monkeypatch, capsys):
+    store, keypair, _ = log
+    home = tmp_path / "home"
+    monkeypatch.setenv("LIENTHONG_HOME", str(home))
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
+                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    monkeypatch.setenv("LIENTHONG_SEAL_KEY", str(keypair[2]))
+    monkeypatch.setenv("LIENTHONG_RETENTION_DAYS", "100000")
+    assert main(["audit", "archive"]) == 0
+    assert "nothing to archive" in capsys.readouterr().out
+    monkeypatch.setenv("LIENTHONG_RETENTION_DAYS", "30")  # the records are from March 2026
+    assert main(["audit", "archive"]) == 0
+    out = capsys.readouterr().out
+    assert "archived seals 1..3 (12 records) to " + str((home / "archive").resolve()) in out
+    assert "pruned 12 records and 1 blobs" in out
+    assert main(["audit", "verify"]) == 0
+    out = capsys.readouterr().out
+    assert "verified: 0 records in 3 seals; 2 records not sealed yet" in out and "archived: seals 1..3" in out
+    assert _count(store, exchange_blob) == 1  # the pinned one
+
+
+def test_a_record_deleted_under_a_forged_archive_row_is_detected(log, tmp_path):
+    store, keypair, _ = log
+    result = archive_exchanges(store, [keypair[1]], older_than_days=0, out_dir=tmp_path,
+                               now=T0 + timedelta(seconds=7))
+    assert result.archives[0]["last_seq"] == 1
+    with store.begin() as conn:  # claim seal 2 was archived into the same bundle, and delete one of its records
+        conn.execute(text("UPDATE exchange_archive SET last_seq = 2"))
+        conn.execute(text("DELETE FROM exchange_key WHERE exchange_id = 6"))
+        conn.execute(text("DELETE FROM exchange_log WHERE id = 6"))
+    failure = verify_exchanges(store, keypair[1]).failure
+    assert failure.kind == "archive_altered" and "record #6" in failure.explanation

@@ -1,0 +1,433 @@
+"""The auditor page inside Airflow (issue #6): a real ``airflow api-server`` loads the plugin from
+this package's ``airflow.plugins`` entry point; Airflow's own log-in (SimpleAuthManager, JWT from
+``POST /auth/token`` or the UI's ``_token`` cookie) guards it; a real browser drives the log-in
+page and the search.
+
+One api-server per module (about 10 s to migrate and start), killed by process group at the end.
+The bus database is a real SQLite file written by ``BusRecorder`` and sealed with a real key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import requests
+
+from connectors.transport import Exchange
+from lienthong.audit.bundle_verify import verify_bundle
+from lienthong.audit.keys import generate_keypair, load_private_key
+from lienthong.audit.seal import seal_exchanges
+from lienthong.exchange_log import BusRecorder
+from lienthong.store import Store
+
+pytestmark = pytest.mark.airflow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+AIRFLOW = Path(sys.executable).parent / "airflow"
+PREFIX = "/lienthong-audit"
+T = 30
+
+DOSSIERS = ["000.00.01.H49-261127-0041", "000.00.01.H49-261127-0042", "000.00.01.H49-261127-0043"]
+TARGET = DOSSIERS[1]  # exchange #2
+ID_NUMBERS = ["001203004561", "001203004562", "001203004563"]  # CCCD, 12 digits
+TARGET_ID = ID_NUMBERS[1]
+TARGET_MASKED = "0**********2"
+PHONE = "0912345678"
+USERS = {"admin": ("admin", "admin-Pw-5tq"), "auditor": ("viewer", "auditor-Pw-8rz")}
+STARTED = [datetime(2026, 11, 27, 8, n, tzinfo=UTC) for n in (1, 2, 3)]
+
+
+@dataclass
+class AuditServer:
+    url: str
+    home: Path
+    bus_db: Path
+    public_key: Path
+    log_path: Path
+
+    def token(self, user: str) -> str:
+        response = requests.post(f"{self.url}/auth/token", json={"username": user, "password": USERS[user][1]},
+                                 timeout=T)
+        assert response.status_code == 201, response.text
+        return response.json()["access_token"]
+
+    def get(self, path: str, user: str | None = None, **kwargs) -> requests.Response:
+        headers = kwargs.pop("headers", {})
+        if user:
+            headers["Authorization"] = f"Bearer {self.token(user)}"
+        return requests.get(f"{self.url}{PREFIX}{path}", headers=headers, timeout=T, **kwargs)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _seed(home: Path) -> tuple[Path, Path]:
+    """Three dossier exchanges carrying a CCCD number and a phone number, sealed."""
+    bus_db = home / "bus.db"
+    store = Store(f"sqlite:///{bus_db}")
+    store.create_schema()
+    recorder = BusRecorder(store, "dossier_status", "manual__2026-11-27", "deliver")
+    for n, (code, id_number) in enumerate(zip(DOSSIERS, ID_NUMBERS, strict=True)):
+        body = {"MaHoSo": code, "ChuHoSo": "Nguyễn Văn An", "SoGiayToChuHoSo": id_number,
+                "SoDienThoaiChuHoSo": PHONE, "TrangThai": "2"}
+        recorder.record(Exchange(
+            peer="national_portal", operation="DongBoHoSoMC", method="POST",
+            url="http://127.0.0.1:18082/api/DongBoHoSoMC", started_at=STARTED[n], duration_ms=12.0, attempt=1,
+            outcome="ok", record_keys=(code,), request_headers={"Content-Type": "application/json"},
+            request_body=json.dumps(body, ensure_ascii=False).encode(), response_status=200,
+            response_body=b'{"error_code":0,"message":"OK"}', peer_code="0"))
+    private, public, _ = generate_keypair(home / "keys" / "seal.key")
+    seal_exchanges(store, load_private_key(private))
+    store.dispose()
+    (home / "keys" / "seal.key").unlink()  # the api-server needs only the public key
+    return bus_db, public
+
+
+def _environment(home: Path, port: int, bus_db: Path, public_key: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__", "LIENTHONG_"))}
+    airflow_home = home / "airflow"
+    airflow_home.mkdir()
+    (home / "plugins").mkdir()  # empty: the plugin must come from the package's entry point
+    passwords = airflow_home / "passwords.json"
+    passwords.write_text(json.dumps({user: pw for user, (_, pw) in USERS.items()}))
+    env.update({
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{role}" for u, (role, _) in USERS.items()),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(48).hex(),
+        "AIRFLOW__API__SECRET_KEY": os.urandom(24).hex(),
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW_CONN_LIENTHONG_DB": json.dumps({"conn_type": "sqlite", "host": str(bus_db)}),
+        "LIENTHONG_SEAL_PUBLIC_KEY": str(public_key),
+        "PATH": str(AIRFLOW.parent) + os.pathsep + os.environ.get("PATH", ""),
+    })
+    return env
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditServer]:
+    home = tmp_path_factory.mktemp("auditor-page")
+    bus_db, public_key = _seed(home)
+    port = _free_port()
+    env = _environment(home, port, bus_db, public_key)
+    migrate = subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, cwd=home, capture_output=True, text=True,
+                             timeout=120)
+    assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
+    log_path = home / "api-server.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([str(AIRFLOW), "api-server", "-H", "127.0.0.1", "-p", str(port)], env=env, cwd=home,
+                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"airflow api-server exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}")
+            try:
+                requests.get(f"{url}/api/v2/version", timeout=2)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"airflow api-server not up after 60 s:\n{log_path.read_text()[-4000:]}")
+                time.sleep(0.2)
+        yield AuditServer(url, home, bus_db, public_key, log_path)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+def _dump(db: Path) -> str:
+    conn = sqlite3.connect(db)
+    try:
+        return "\n".join(conn.iterdump())
+    finally:
+        conn.close()
+
+
+# --- registration and authentication ------------------------------------------------------------
+def test_the_plugin_is_loaded_from_the_package_entry_point(server):
+    response = requests.get(f"{server.url}/api/v2/plugins", timeout=T,
+                            headers={"Authorization": f"Bearer {server.token('admin')}"})
+    assert response.status_code == 200, response.text
+    plugins = {p["name"]: p for p in response.json()["plugins"]}
+    plugin = plugins["lienthong_audit"]
+    assert "lienthong.airflow_plugin" in json.dumps(plugin)  # from the entry point, not a plugins folder
+    assert [a["url_prefix"] for a in plugin["fastapi_apps"]] == [PREFIX]
+    assert [v["url_route"] for v in plugin["external_views"]] == ["lienthong_audit"]
+    assert not list((server.home / "plugins").iterdir())
+
+
+@pytest.mark.parametrize("path", ["/", f"/?key={TARGET}", "/exchanges/2", "/exchanges/2?reveal=1", "/verify",
+                                  f"/bundle?key={TARGET}", "/api/search?peer=national_portal", "/api/verify",
+                                  "/api/exchanges/2"])
+def test_anonymous_and_forged_callers_get_nothing(server, path):
+    anonymous = server.get(path)
+    assert anonymous.status_code == 401, (path, anonymous.text)
+    assert TARGET not in anonymous.text and TARGET_ID not in anonymous.text
+    forged = server.get(path, headers={"Authorization": "Bearer eyJhbGciOiJIUzUxMiJ9.e30.forged"})
+    assert forged.status_code in (401, 403), (path, forged.status_code)
+    assert TARGET not in forged.text
+
+
+def test_an_anonymous_browser_is_sent_to_the_airflow_log_in(server):
+    page = server.get("/", headers={"Accept": "text/html"})
+    assert page.status_code == 401
+    assert "/auth/login" in page.text
+
+
+# --- search and record view ---------------------------------------------------------------------
+@pytest.mark.parametrize("user", ["auditor", "admin"])
+def test_a_viewer_searches_by_dossier_code_and_sees_masked_personal_data(server, user):
+    page = server.get(f"/?key={TARGET}", user)
+    assert page.status_code == 200, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    assert TARGET in page.text
+    assert TARGET_MASKED in page.text
+    assert TARGET_ID not in page.text and PHONE not in page.text
+    assert DOSSIERS[0] not in page.text and DOSSIERS[2] not in page.text  # only the matching exchange
+    assert f"{PREFIX}/exchanges/2" in page.text
+
+
+def test_search_filters_and_json(server):
+    by_time = server.get("/api/search", "auditor", params={"peer": "national_portal", "outcome": "ok",
+                                                           "from": "2026-11-27T08:02:00Z",
+                                                           "to": "2026-11-27T08:03:00Z"}).json()
+    assert [e["id"] for e in by_time["exchanges"]] == [2]
+    assert by_time["exchanges"][0]["record_keys"] == [TARGET]
+    everything = server.get("/api/search", "auditor", params={"operation": "DongBoHoSoMC"}).json()
+    assert everything["count"] == 3
+    assert server.get("/api/search", "auditor", params={"peer": "onestop"}).json()["count"] == 0
+    bad = server.get("/api/search", "auditor", params={"from": "yesterday"})
+    assert bad.status_code == 400 and "ISO 8601" in bad.text
+
+
+def test_the_record_view_masks_and_reveal_is_explicit_and_logged(server):
+    masked = server.get("/exchanges/2", "auditor")
+    assert masked.status_code == 200
+    assert TARGET in masked.text and TARGET_MASKED in masked.text
+    assert TARGET_ID not in masked.text and PHONE not in masked.text
+    assert "seal 1" in masked.text
+    assert "revealed the personal data of exchange #2" not in server.log_text()
+
+    revealed = server.get("/exchanges/2?reveal=1", "auditor")
+    assert revealed.status_code == 200
+    assert TARGET_ID in revealed.text and PHONE in revealed.text
+    assert "REVEALED" in revealed.text
+    deadline = time.monotonic() + 10
+    while "user auditor revealed the personal data of exchange #2" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()[-3000:]
+        time.sleep(0.1)
+    assert server.get("/exchanges/99", "auditor").status_code == 404
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize("path", ["/", "/exchanges/2", "/verify", f"/bundle?key={TARGET}", "/api/search"])
+def test_only_get_is_allowed_and_nothing_changes(server, method, path):
+    before = _dump(server.bus_db)
+    token = server.token("auditor")
+    for headers in ({"Authorization": f"Bearer {token}"}, {}):
+        response = requests.request(method, f"{server.url}{PREFIX}{path}", headers=headers, timeout=T,
+                                    json={"outcome": "ok", "id": 2})
+        assert response.status_code in (405, 401), (method, path, response.status_code)
+        if headers:
+            assert response.status_code == 405
+        assert TARGET not in response.text
+    assert _dump(server.bus_db) == before
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def bus_url(request, tmp_path):
+    """A bus database with its schema: an SQLite file, or a throw-away database on the local
+    PostgreSQL server (127.0.0.1:5432, trust auth, as the replica tests use)."""
+    from sqlalchemy import create_engine, text
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'bus.db'}"
+        Store(url).create_schema()
+        yield url
+        return
+    admin_url = os.environ.get("LIENTHONG_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    name = f"lienthong_audit_{os.urandom(5).hex()}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - no server: this backend is not testable here
+        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required: {exc}")
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    store = Store(url)
+    store.create_schema()
+    store.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_the_page_opens_the_bus_database_read_only(bus_url, monkeypatch):
+    from sqlalchemy import text
+
+    from lienthong import airflow_plugin
+
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps(
+        {"conn_type": "sqlite", "host": "unused", "extra": {"sqlalchemy_url": bus_url}}))
+    store = airflow_plugin.bus_store()
+    try:
+        with store.engine.connect() as conn:
+            assert conn.execute(text("select count(*) from exchange_log")).scalar() == 0
+        with pytest.raises(Exception, match="readonly|read-only|query_only"), store.engine.begin() as conn:
+            conn.execute(text("delete from exchange_log"))
+    finally:
+        store.dispose()
+        airflow_plugin._stores.pop(bus_url, None)
+
+
+def test_a_missing_bus_database_is_reported_not_created(tmp_path, monkeypatch):
+    from fastapi import HTTPException
+
+    from lienthong import airflow_plugin
+
+    missing = tmp_path / "nowhere" / "bus.db"
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({"conn_type": "sqlite", "host": str(missing)}))
+    with pytest.raises(HTTPException) as caught:
+        airflow_plugin.bus_store()
+    assert caught.value.status_code == 503 and "no bus database yet" in caught.value.detail
+    assert not missing.exists() and not missing.parent.exists()
+
+
+# --- verification and bundles -------------------------------------------------------------------
+def test_verification_reports_ok_and_names_the_tampered_record(server):
+    page = server.get("/verify", "auditor")
+    assert page.status_code == 200
+    assert "VERIFIED: 3 records in 1 seals" in page.text and "NOT VERIFIED" not in page.text
+
+    conn = sqlite3.connect(server.bus_db)
+    try:
+        (original,) = conn.execute("select outcome from exchange_log where id = 2").fetchone()
+        with conn:
+            conn.execute("update exchange_log set outcome = 'http_error' where id = 2")
+        try:
+            page = server.get("/verify", "auditor")
+            assert page.status_code == 200
+            assert "NOT VERIFIED" in page.text
+            assert "record #2" in page.text and f"{PREFIX}/exchanges/2" in page.text
+            result = server.get("/api/verify", "auditor").json()
+            assert result["ok"] is False
+            assert result["failure"]["record_id"] == 2 and result["failure"]["kind"] == "record_altered"
+        finally:
+            with conn:
+                conn.execute("update exchange_log set outcome = ? where id = 2", (original,))
+    finally:
+        conn.close()
+    assert server.get("/api/verify", "auditor").json()["ok"] is True
+
+
+def test_the_evidence_bundle_downloads_and_verifies(server, tmp_path):
+    response = server.get("/bundle", "auditor", params={"key": TARGET})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    assert "attachment" in response.headers["content-disposition"]
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(response.content)
+    result = verify_bundle(str(path), server.public_key.read_bytes())
+    assert result.ok, result.failure
+    assert result.records_checked == 1 and result.selection["key"] == TARGET
+
+    by_time = server.get("/bundle", "auditor", params={"from": "2026-11-27T08:00:00Z", "to": "2026-11-27T09:00:00Z"})
+    assert by_time.status_code == 200, by_time.text
+    (tmp_path / "range.zip").write_bytes(by_time.content)
+    assert verify_bundle(str(tmp_path / "range.zip"), server.public_key.read_bytes()).records_checked == 3
+    assert server.get("/bundle", "auditor", params={"key": "no-such-dossier"}).status_code == 404
+
+
+# --- a real browser through Airflow's log-in page -----------------------------------------------
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture
+def browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("the browser test needs Debian's chromium and chromium-driver (/usr/bin/chromium, "
+                    "/usr/bin/chromedriver): run `make browser`")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail("selenium is missing: `make install` (the `test` extra pins it)")
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download anything
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1440,900", "--no-first-run", "--lang=en-US"):
+        options.add_argument(argument)
+    drv = webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        yield drv
+    finally:
+        drv.quit()
+
+
+def test_a_viewer_logs_in_through_airflow_and_searches_in_a_browser(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(f"{server.url}/auth/login?next={PREFIX}/")
+    wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("auditor")
+    browser.find_element(By.NAME, "password").send_keys(USERS["auditor"][1])
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(ec.presence_of_element_located((By.ID, "key")))  # the plugin's page, reached with the cookie
+    assert browser.current_url.startswith(f"{server.url}{PREFIX}/")
+    assert any(c["name"] == "_token" for c in browser.get_cookies())
+
+    browser.find_element(By.ID, "key").send_keys(TARGET)
+    browser.find_element(By.ID, "search").click()
+    results = wait.until(ec.presence_of_element_located((By.ID, "results")))
+    text = results.text
+    assert TARGET in text and TARGET_MASKED in text
+    assert TARGET_ID not in browser.page_source and PHONE not in browser.page_source
+
+    shot = tmp_path / "auditor-search.png"
+    assert browser.save_screenshot(str(shot))
+    data = shot.read_bytes()
+    width, height = _png_size(data)
+    assert width >= 800 and height >= 500 and len(data) > 10_000
+    if os.environ.get("LIENTHONG_SCREENSHOTS"):
+        target = REPO_ROOT / "var" / "screenshots" / "auditor-search.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, target)
