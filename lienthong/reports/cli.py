@@ -1,0 +1,71 @@
+"""``lienthong report kpi|agreement`` — the reports from the command line (same task functions as
+the DAGs ``report_kpi`` and ``report_agreement``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import uuid
+from datetime import UTC, datetime
+
+__all__ = ["add_report_commands"]
+
+
+def _resolver():
+    from lienthong.cli import _resolver as resolver
+
+    return resolver()
+
+
+def _percent(text: str) -> float:
+    value = float(text.rstrip("%"))
+    return value / 100 if value > 1 else value
+
+
+def cmd_report_kpi(args: argparse.Namespace) -> int:
+    from lienthong.reports import tasks
+
+    summary = tasks.kpi_report(_resolver(), date_from=args.date_from, date_to=args.date_to,
+                               thresholds=args.threshold or None, out_dir=args.out,
+                               ministry=not args.no_ministry, with_agreement=not args.no_agreement)
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+    print(f"HTML report: {summary['html']}")
+    return 0
+
+
+def cmd_report_agreement(args: argparse.Namespace) -> int:
+    from lienthong.reports import tasks
+
+    run_id = args.run_id or f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    summary = tasks.run_agreement(_resolver(), run_id=run_id, checks=tuple(args.check or tasks.AGREEMENT_CHECKS),
+                                  out_dir=args.out, ministry=not args.no_ministry, task_id="cli")
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+    print(f"HTML report: {summary['html']}")
+    return 1 if summary["differences"] and args.fail_on_difference else 0
+
+
+def add_report_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="reports: online-service KPIs, cross-system agreement (HTML, CSV, "
+                                      "ministry tables)")
+    rs = p.add_subparsers(dest="report_command", required=True, metavar="REPORT")
+    q = rs.add_parser("kpi", help="online-service KPIs per agency and for the province, for a period")
+    q.add_argument("--from", dest="date_from", help="first day (YYYY-MM-DD, local) or ISO date-time "
+                                                    "(default: the first of this month)")
+    q.add_argument("--to", dest="date_to", help="last day, included (YYYY-MM-DD) or ISO date-time, excluded "
+                                                "(default: today)")
+    q.add_argument("--threshold", action="append", type=_percent,
+                   help="flag agencies whose toàn trình share is below this (50 or 0.5; repeat; "
+                        "default 50 and 30)")
+    q.add_argument("--out", help="directory for the HTML and CSV files (default $LIENTHONG_HOME/reports)")
+    q.add_argument("--no-ministry", action="store_true", help="do not write the ministry tables")
+    q.add_argument("--no-agreement", action="store_true",
+                   help="leave the latest agreement run out of the HTML report")
+    q.set_defaults(func=cmd_report_kpi)
+    q = rs.add_parser("agreement", help="does every system hold the same facts? (dossiers: one-stop ↔ portal; "
+                                        "fees: payment platform ↔ one-stop ↔ ministry ledger)")
+    q.add_argument("--check", action="append", help="only this check (dossier_status, fee_payment; repeat)")
+    q.add_argument("--run-id", help="run id to record (default: cli__<time>_<random>)")
+    q.add_argument("--out", help="directory for the HTML and CSV files (default $LIENTHONG_HOME/reports)")
+    q.add_argument("--no-ministry", action="store_true", help="do not write the ministry tables")
+    q.add_argument("--fail-on-difference", action="store_true", help="exit 1 when a difference is found")
+    q.set_defaults(func=cmd_report_agreement)

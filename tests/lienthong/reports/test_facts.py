@@ -1,0 +1,55 @@
+"""Dossier facts follow the outbox: newest version wins, reruns change nothing, the sync flows are untouched."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from lienthong.reports.facts import FACTS_CURSOR, record_dossier_facts, refresh_dossier_facts
+from lienthong.store import Store, dossier_fact, outbox, utcnow
+
+
+def _snapshot(no: str, version: int, status: str, **extra) -> dict:
+    return {"dossierNo": no, "version": version, "dossierStatus": status, "govAgencyCode": "000.00.01.H49",
+            "govAgencyName": "Sở Tư pháp", "serviceCode": "1.000894.000.00.00.H49", "submissionChannel": "online",
+            "submitDate": "2026-11-02T08:15:00+07:00", "receiveDate": None, "dueDate": None, "finishDate": None,
+            "modifiedAt": f"2026-11-02T0{8 + version}:00:00+07:00", "progress": [{}] * version, **extra}
+
+
+def _stage(store: Store, seq: int, snapshot: dict) -> None:
+    with store.begin() as conn:
+        conn.execute(outbox.insert().values(flow="dossier_status", record_key=snapshot["dossierNo"], source_seq=seq,
+                                            source_version=snapshot["version"], source_payload=snapshot,
+                                            state="pending", attempts=0, staged_at=utcnow()))
+
+
+def _facts(store: Store) -> dict:
+    with store.engine.connect() as conn:
+        return {r.dossier_no: r for r in conn.execute(select(dossier_fact))}
+
+
+def test_newest_version_wins_and_reruns_change_nothing(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'bus.db'}")
+    store.create_schema()
+    _stage(store, 1, _snapshot("A-1", 1, "receiving"))
+    _stage(store, 2, _snapshot("A-1", 2, "new", dueDate="2026-11-09T08:15:00+07:00"))
+    _stage(store, 3, _snapshot("B-1", 1, "receiving"))
+    assert refresh_dossier_facts(store) == 2
+    assert refresh_dossier_facts(store) == 0  # nothing new: the bookmark covers every row
+    facts = _facts(store)
+    assert facts["A-1"].status == "new" and facts["A-1"].progress_count == 2
+    assert facts["A-1"].due_at == datetime(2026, 11, 9, 1, 15, tzinfo=UTC)
+    # a late, older snapshot (a backfill) never overwrites the newer fact
+    _stage(store, -1, _snapshot("A-1", 1, "receiving"))
+    assert refresh_dossier_facts(store) == 0
+    assert _facts(store)["A-1"].status == "new"
+    assert int(store.get_cursor(FACTS_CURSOR)) == 4
+    # the hook form does the same for a flow that prefers to keep facts as it stages
+    with store.begin() as conn:
+        assert record_dossier_facts(conn, [{"record_key": "B-1", "source_payload": _snapshot("B-1", 3, "processing")},
+                                           {"record_key": "<no dossierNo, seq 9>", "source_payload": {}}]) == 1
+    assert _facts(store)["B-1"].status == "processing"
+    # the outbox rows are left as the flow staged them
+    with store.engine.connect() as conn:
+        assert {r.state for r in conn.execute(select(outbox.c.state))} == {"pending"}
