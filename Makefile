@@ -4,20 +4,22 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install demo test airflow mocks reset constraints
+.PHONY: help install demo test airflow mocks reset constraints bench e2e-distributed
 
 help:
 	@echo "make demo         run the dossier flow once through Airflow against the stand-ins, print a summary"
 	@echo "make test         install what is needed and run the whole test suite"
 	@echo "make airflow      Airflow UI (standalone, SQLite, our DAGs/connections/pools) on http://127.0.0.1:8080"
 	@echo "make mocks        run the stand-in peers in the foreground (lienthong mocks up)"
+	@echo "make bench        benchmark harness: every scenario, ratios and PASS/FAIL; JSON in var/bench/ (ARGS=--quick)"
+	@echo "make e2e-distributed  CeleryExecutor run: api-server, scheduler, dag-processor, triggerer, 2 workers; PostgreSQL + Redis on 127.0.0.1; PASS/FAIL (ARGS=--keep)"
 	@echo "make reset        delete all local state (var/)"
 	@echo "make constraints  regenerate constraints.txt from the current virtual environment"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[airflow,test]'
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[airflow,test,distributed]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,14 +27,34 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/lienthong demo
 
-test: install
+test: install browser
 	$(PY) -m pytest
+
+# Headless Chromium + its driver for the auditor page's browser test (Debian packages, no downloads).
+.PHONY: browser
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
+	  apt-get install -y chromium chromium-driver || { apt-get update && apt-get install -y chromium chromium-driver; }; fi
 
 airflow: install
 	$(VENV)/bin/lienthong airflow standalone
 
 mocks: install
 	$(VENV)/bin/lienthong mocks up
+
+# The benchmark (issue #8): its profiler comes with the bench extra. ARGS are passed on (--quick, --scenario X...).
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP)
+	$(PY) -m bench $(ARGS)
+
+# Issue #9: the production shape as separate processes here (needs PostgreSQL :5432 and Redis :6379 on
+# 127.0.0.1); stops everything it started and drops its databases. ARGS are passed on (--keep, --timeout N).
+e2e-distributed: install
+	$(VENV)/bin/lienthong e2e-distributed $(ARGS)
 
 reset:
 	rm -rf var

@@ -31,7 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from connectors.errors import FieldError, RecordRejected
@@ -42,6 +42,7 @@ from connectors.national_portal.client import (
     NationalPortalClient,
 )
 from connectors.one_stop.client import OneStopClient
+from lienthong.leases import Leases
 from lienthong.mapping import Mapping, RecordInvalid, load_mapping
 from lienthong.store import (
     Store,
@@ -81,6 +82,11 @@ PEER = "national_portal"
 MAPPING = "onestop__national_portal/dossier"
 PROGRESS_MAPPING = "onestop__national_portal/progress"
 FEED_BEGINNING = "beginning"
+# deliver_progress reads the next chunk in the order of the index ix_progress_next (lienthong/store.py)
+# instead of sorting every pending entry for every chunk (which made a full sync quadratic).
+
+#: Keys per ``IN (...)`` list (SQLite's default limit on bound parameters is 32766; stay well below).
+_IN_CHUNK = 500
 
 
 @dataclass
@@ -107,11 +113,13 @@ class DeliveryReport:
     stale: int = 0
     held: int = 0
     looked_up: int = 0
+    leased_elsewhere: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
     calls: int = 0
 
     def counts(self) -> dict[str, Any]:
-        return {"considered": self.considered, "delivered_new": self.delivered_new,
+        return {"considered": self.considered, "leased_elsewhere": self.leased_elsewhere,
+                "delivered_new": self.delivered_new,
                 "delivered_update": self.delivered_update, "unchanged": self.unchanged, "stale": self.stale,
                 "held": self.held, "looked_up": self.looked_up, "rejected": len(self.rejected),
                 "rejections": self.rejected, "portal_calls": self.calls}
@@ -220,11 +228,19 @@ def _stage_rows(store: Store, rows: list[dict[str, Any]], run_id: str, report: S
         # Full snapshots: only the newest unsent snapshot of a dossier (by the source's version,
         # then feed order) needs delivering. It inherits the "sent without an answer" mark of the
         # ones it replaces, so the portal is asked first.
-        for key in {r["record_key"] for r in rows}:
-            waiting = conn.execute(
-                select(outbox.c.id, outbox.c.source_version, outbox.c.source_seq, outbox.c.attempts)
-                .where(outbox.c.flow == FLOW, outbox.c.record_key == key, outbox.c.state.in_(("pending", "held")))
-            ).all()
+        # One query for the page's keys (not one per key): staging cost follows the page, and the
+        # (flow, record_key) index keeps it independent of the outbox's size.
+        by_key: dict[str, list[Any]] = defaultdict(list)
+        keys = sorted({r["record_key"] for r in rows})
+        for start in range(0, len(keys), _IN_CHUNK):
+            for w in conn.execute(
+                select(outbox.c.id, outbox.c.record_key, outbox.c.source_version, outbox.c.source_seq,
+                       outbox.c.attempts)
+                .where(outbox.c.flow == FLOW, outbox.c.record_key.in_(keys[start:start + _IN_CHUNK]),
+                       outbox.c.state.in_(("pending", "held")))
+            ):
+                by_key[w.record_key].append(w)
+        for waiting in by_key.values():
             if len(waiting) < 2:
                 continue
             newest = max(waiting, key=lambda w: (w.source_version if w.source_version is not None else -1,
@@ -280,12 +296,15 @@ def deliver_pending(
     progress_mapping: Mapping | None = None,
     batch_size: int = 50,
     resend_acknowledged: bool = False,
+    leases: Leases | None = None,
 ) -> DeliveryReport:
     """Map and deliver every pending dossier; see the module docstring.
 
     Args:
         resend_acknowledged: send even payloads the portal already acknowledged (a resync after
             the portal lost data); the portal's answers still keep the effect single.
+        leases: this worker's dossier leases (a new set by default). Several workers may deliver at
+            once: a dossier leased by another is left to it (counted as ``leased_elsewhere``).
 
     Raises:
         RetriableConnectorError: the portal became unreachable; rows not yet acknowledged stay
@@ -294,6 +313,21 @@ def deliver_pending(
     mapping = mapping or load_mapping(MAPPING)
     progress_mapping = progress_mapping or load_mapping(PROGRESS_MAPPING)
     report = DeliveryReport()
+    leases = leases or Leases(store, FLOW)
+    try:
+        _deliver_batches(store, portal, report, run_id, mapping, progress_mapping, batch_size, resend_acknowledged,
+                         leases)
+    finally:
+        leases.release()
+    log.info("dossiers: %d new, %d updates, %d unchanged, %d stale, %d held, %d rejected, %d left to other "
+             "workers in %d portal calls", report.delivered_new, report.delivered_update, report.unchanged,
+             report.stale, report.held, len(report.rejected), report.leased_elsewhere, report.calls)
+    return report
+
+
+def _deliver_batches(store: Store, portal: NationalPortalClient, report: DeliveryReport, run_id: str,
+                     mapping: Mapping, progress_mapping: Mapping, batch_size: int, resend_acknowledged: bool,
+                     leases: Leases) -> None:
     last_id = 0
     while True:
         with store.engine.connect() as conn:
@@ -306,6 +340,11 @@ def deliver_pending(
             if not rows:
                 break
             last_id = rows[-1].id
+            mine = leases.ensure({r.record_key for r in rows})
+            report.leased_elsewhere += sum(1 for r in rows if r.record_key not in mine)
+            rows = [r for r in rows if r.record_key in mine]
+            if not rows:
+                continue
             keys = [r.record_key for r in rows]
             acks = {r.record_key: r for r in conn.execute(
                 select(delivery_state).where(delivery_state.c.peer == PEER, delivery_state.c.record_key.in_(keys)))}
@@ -362,10 +401,6 @@ def deliver_pending(
         # so does their whole progress history.
         _send(store, portal, report, progress_mapping, retry_as_insert, is_updating=False, run_id=run_id,
               reroute=None, forgotten=True)
-    log.info("dossiers: %d new, %d updates, %d unchanged, %d stale, %d held, %d rejected in %d portal calls",
-             report.delivered_new, report.delivered_update, report.unchanged, report.stale, report.held,
-             len(report.rejected), report.calls)
-    return report
 
 
 #: One-stop dossier field → canonical procedure field that may stand in for it when it is empty.
@@ -432,19 +467,23 @@ def _send(
     rerouted: list[_Item] = []
     accepted = set(result.accepted)
     with store.begin() as conn:
-        for item in items:
-            if item.key in accepted:
-                _acknowledge(conn, item, run_id)
-                _finish(conn, item, "delivered", "update" if is_updating else "insert", run_id)
-                if forgotten:
+        done = [item for item in items if item.key in accepted]
+        if done:
+            # The batch's bookkeeping in a few statements (executemany), not several per dossier.
+            _acknowledge(conn, done, run_id)
+            _finish_many(conn, done, "delivered", "update" if is_updating else "insert", run_id)
+            if forgotten:
+                for item in done:
                     conn.execute(update(progress_outbox).where(
                         progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.record_key == item.key,
                         progress_outbox.c.state.in_(("acked", "in_flight"))).values(state="pending"))
-                _stage_progress(conn, progress_mapping, item, run_id)
-                if is_updating:
-                    report.delivered_update += 1
-                else:
-                    report.delivered_new += 1
+            _stage_progress(conn, progress_mapping, done, run_id)
+            if is_updating:
+                report.delivered_update += len(done)
+            else:
+                report.delivered_new += len(done)
+        for item in items:
+            if item.key in accepted:
                 continue
             refusal = result.rejected.get(item.key)
             if refusal is None:
@@ -457,17 +496,22 @@ def _send(
     return rerouted
 
 
-def _acknowledge(conn: Connection, item: _Item, run_id: str) -> None:
-    values = {"payload_hash": item.digest, "created_on_peer": True, "outbox_id": item.outbox_id,
-              "source_version": item.version, "peer_status": item.record.get("TrangThaiHoSo"),
-              "acked_at": utcnow(), "acked_run_id": run_id}
-    updated = conn.execute(
-        update(delivery_state)
-        .where(and_(delivery_state.c.peer == PEER, delivery_state.c.record_key == item.key))
-        .values(**values)
-    ).rowcount
-    if not updated:
-        conn.execute(delivery_state.insert().values(peer=PEER, record_key=item.key, **values))
+def _acknowledge(conn: Connection, items: list[_Item], run_id: str) -> None:
+    """Record the portal's acknowledgement of ``items``: one upsert on (peer, record_key) for all."""
+    now = utcnow()
+    rows = [{"peer": PEER, "record_key": item.key, "payload_hash": item.digest, "created_on_peer": True,
+             "outbox_id": item.outbox_id, "source_version": item.version,
+             "peer_status": item.record.get("TrangThaiHoSo"), "acked_at": now, "acked_run_id": run_id}
+            for item in items]
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    stmt = dialect_insert(delivery_state)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[delivery_state.c.peer, delivery_state.c.record_key],
+        set_={name: stmt.excluded[name] for name in rows[0] if name not in ("peer", "record_key")})
+    conn.execute(stmt, rows)
 
 
 def _finish(conn: Connection, item: _Item, state: str, operation: str | None, run_id: str) -> None:
@@ -475,6 +519,19 @@ def _finish(conn: Connection, item: _Item, state: str, operation: str | None, ru
         update(outbox).where(outbox.c.id == item.outbox_id).values(
             state=state, operation=operation, payload_hash=item.digest, done_run_id=run_id, done_at=utcnow())
     )
+
+
+_FINISH_MANY = (
+    update(outbox).where(outbox.c.id == bindparam("b_id"))
+    .values(state=bindparam("b_state"), operation=bindparam("b_operation"), payload_hash=bindparam("b_hash"),
+            done_run_id=bindparam("b_run"), done_at=bindparam("b_at"))
+)
+
+
+def _finish_many(conn: Connection, items: list[_Item], state: str, operation: str | None, run_id: str) -> None:
+    now = utcnow()
+    conn.execute(_FINISH_MANY, [{"b_id": i.outbox_id, "b_state": state, "b_operation": operation,
+                                 "b_hash": i.digest, "b_run": run_id, "b_at": now} for i in items])
 
 
 def _reject(
@@ -502,33 +559,34 @@ def _reject(
 
 
 # --- 3. progress ---------------------------------------------------------------------------------
-def _stage_progress(conn: Connection, progress_mapping: Mapping, item: _Item, run_id: str) -> None:
-    """Stage the acknowledged snapshot's finished progress steps that are not staged yet.
+def _stage_progress(conn: Connection, progress_mapping: Mapping, items: list[_Item], run_id: str) -> None:
+    """Stage the acknowledged snapshots' finished progress steps that are not staged yet.
 
     A step still under way is left for a later snapshot: the portal only appends, so a step sent
     before it finishes could never be corrected.
     """
-    entries = item.source.get("progress") or []
-    if not isinstance(entries, list):
-        return
     now = utcnow()
     rows = []
-    for entry in entries:
-        if not isinstance(entry, dict) or not entry.get("finishedAt"):
+    for item in items:
+        entries = item.source.get("progress") or []
+        if not isinstance(entries, list):
             continue
-        source = {**entry, "dossierNo": item.key}
-        rows.append({
-            "flow": PROGRESS_FLOW,
-            "record_key": item.key,
-            "entry_key": progress_mapping.record_key(source),
-            "step_id": entry.get("stepId") if isinstance(entry.get("stepId"), int) else -1,
-            "occurred_at": "",
-            "source_payload": source,
-            "state": "pending",
-            "attempts": 0,
-            "staged_run_id": run_id,
-            "staged_at": now,
-        })
+        for entry in entries:
+            if not isinstance(entry, dict) or not entry.get("finishedAt"):
+                continue
+            source = {**entry, "dossierNo": item.key}
+            rows.append({
+                "flow": PROGRESS_FLOW,
+                "record_key": item.key,
+                "entry_key": progress_mapping.record_key(source),
+                "step_id": entry.get("stepId") if isinstance(entry.get("stepId"), int) else -1,
+                "occurred_at": "",
+                "source_payload": source,
+                "state": "pending",
+                "attempts": 0,
+                "staged_run_id": run_id,
+                "staged_at": now,
+            })
     insert_ignore(conn, progress_outbox, rows, "uq_progress_entry")
 
 
@@ -539,8 +597,12 @@ def deliver_progress(
     run_id: str,
     mapping: Mapping | None = None,
     chunk_size: int = 10,
+    leases: Leases | None = None,
 ) -> ProgressReport:
     """Send staged progress entries; see the module docstring.
+
+    A dossier leased by another worker is left to it: its entries stay pending, and its entries in
+    flight are that worker's to reconcile (``leases``: this worker's, a new set by default).
 
     Raises:
         RetriableConnectorError: the portal became unreachable; the chunk in flight is
@@ -548,15 +610,24 @@ def deliver_progress(
     """
     mapping = mapping or load_mapping(PROGRESS_MAPPING)
     report = ProgressReport()
-    _map_progress(store, mapping, report, run_id)
-    _reconcile_in_flight(store, portal, report)
+    leases = leases or Leases(store, FLOW)
+    try:
+        _map_progress(store, mapping, report, run_id)
+        _reconcile_in_flight(store, portal, report, leases)
+        _send_chunks(store, portal, report, run_id, chunk_size, leases)
+    finally:
+        leases.release()
+    log.info("progress: %d sent, %d reconciled, %d held, %d rejected in %d calls",
+             report.sent, report.reconciled, report.held, len(report.rejected), report.calls)
+    return report
+
+
+def _send_chunks(store: Store, portal: NationalPortalClient, report: ProgressReport, run_id: str, chunk_size: int,
+                 leases: Leases) -> None:
     while True:
-        chunk = _next_chunk(store, chunk_size, report)
+        chunk = _next_chunk(store, chunk_size, report, leases)  # marked in flight before it is sent
         if not chunk:
             break
-        with store.begin() as conn:
-            conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_([c.id for c in chunk]))
-                         .values(state="in_flight", attempts=progress_outbox.c.attempts + 1))
         result = portal.update_progress([c.payload for c in chunk])
         report.calls += result.calls
         with store.begin() as conn:
@@ -567,39 +638,63 @@ def deliver_progress(
             report.sent += len(accepted)
             for i, refusal in result.rejected.items():
                 c = chunk[i]
-                _reject(conn, report.rejected, PROGRESS_FLOW, c.id, c.entry_key, c.source_payload, refusal, run_id,
+                source = conn.execute(select(progress_outbox.c.source_payload)
+                                      .where(progress_outbox.c.id == c.id)).scalar_one()
+                _reject(conn, report.rejected, PROGRESS_FLOW, c.id, c.entry_key, source, refusal, run_id,
                         "peer", peer_code=getattr(refusal, "peer_code", None))
             leftover = [c.id for i, c in enumerate(chunk) if i not in result.rejected and i not in result.accepted]
             if leftover:
                 conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(leftover))
                              .values(state="pending"))
-    log.info("progress: %d sent, %d reconciled, %d held, %d rejected in %d calls",
-             report.sent, report.reconciled, report.held, len(report.rejected), report.calls)
-    return report
+
+
+_MAP_CHUNK = 2000
+
+_SET_MAPPED = (
+    update(progress_outbox).where(progress_outbox.c.id == bindparam("b_id"))
+    .values(payload=bindparam("b_payload"), payload_hash=bindparam("b_hash"), occurred_at=bindparam("b_at"))
+)
 
 
 def _map_progress(store: Store, mapping: Mapping, report: ProgressReport, run_id: str) -> None:
-    """Map staged entries once; an entry that cannot be mapped is dead-lettered."""
-    with store.begin() as conn:
-        rows = conn.execute(
-            select(progress_outbox.c.id, progress_outbox.c.entry_key, progress_outbox.c.source_payload)
-            .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "pending",
-                   progress_outbox.c.payload_hash.is_(None))
-        ).all()
-        report.staged += len(rows)
-        for row in rows:
-            try:
-                record = mapping.apply(row.source_payload)
-            except RecordInvalid as exc:
-                _reject(conn, report.rejected, PROGRESS_FLOW, row.id, row.entry_key, row.source_payload, exc, run_id,
-                        "mapping")
-                continue
-            conn.execute(update(progress_outbox).where(progress_outbox.c.id == row.id).values(
-                payload=record, payload_hash=payload_hash(record), occurred_at=str(record.get("ThoiDiemXuLy", ""))))
+    """Map staged entries once; an entry that cannot be mapped is dead-lettered.
+
+    Chunk by chunk, each in one transaction with one statement for its mapped entries, so that
+    neither all entries nor a long-lived read snapshot is held. Entries never mapped have no
+    ``occurred_at`` yet, which the ``ix_progress_next`` index finds directly; a second pass picks
+    up entries a replay reset (they keep their ``occurred_at``).
+    """
+    for first_pass in (True, False):
+        while True:
+            query = (select(progress_outbox.c.id, progress_outbox.c.entry_key, progress_outbox.c.source_payload)
+                     .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "pending",
+                            progress_outbox.c.payload_hash.is_(None)))
+            if first_pass:
+                query = query.where(progress_outbox.c.occurred_at == "")
+            with store.begin() as conn:
+                chunk = conn.execute(query.limit(_MAP_CHUNK)).all()
+                if not chunk:
+                    break
+                report.staged += len(chunk)
+                mapped = []
+                for row in chunk:
+                    try:
+                        record = mapping.apply(row.source_payload)
+                    except RecordInvalid as exc:
+                        _reject(conn, report.rejected, PROGRESS_FLOW, row.id, row.entry_key, row.source_payload,
+                                exc, run_id, "mapping")
+                        continue
+                    mapped.append({"b_id": row.id, "b_payload": record, "b_hash": payload_hash(record),
+                                   "b_at": str(record.get("ThoiDiemXuLy", ""))})
+                if mapped:
+                    conn.execute(_SET_MAPPED, mapped)
 
 
-def _reconcile_in_flight(store: Store, portal: NationalPortalClient, report: ProgressReport) -> None:
-    """Entries sent without an answer: count what the portal holds before re-sending anything."""
+def _reconcile_in_flight(store: Store, portal: NationalPortalClient, report: ProgressReport, leases: Leases) -> None:
+    """Entries sent without an answer: count what the portal holds before re-sending anything.
+
+    Only dossiers this worker can lease: entries in flight under another live worker's lease are
+    being sent right now, not lost."""
     with store.engine.connect() as conn:
         rows = conn.execute(
             select(progress_outbox.c.id, progress_outbox.c.record_key)
@@ -607,8 +702,10 @@ def _reconcile_in_flight(store: Store, portal: NationalPortalClient, report: Pro
             .order_by(progress_outbox.c.record_key, progress_outbox.c.occurred_at, progress_outbox.c.step_id)
         ).all()
         in_flight: dict[str, list[int]] = defaultdict(list)
+        mine = leases.ensure({r.record_key for r in rows}) if rows else set()
         for r in rows:
-            in_flight[r.record_key].append(r.id)
+            if r.record_key in mine:
+                in_flight[r.record_key].append(r.id)
         acked = dict(conn.execute(
             select(progress_outbox.c.record_key, func.count())
             .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "acked",
@@ -640,15 +737,17 @@ class _Entry:
     record_key: str
     entry_key: str
     payload: dict[str, Any]
-    source_payload: dict[str, Any]
 
 
-def _next_chunk(store: Store, chunk_size: int, report: ProgressReport) -> list[_Entry]:
-    """The next entries to send: in time order per dossier, none behind a dead-lettered entry."""
+def _next_chunk(store: Store, chunk_size: int, report: ProgressReport, leases: Leases) -> list[_Entry]:
+    """The next entries to send: in time order per dossier, none behind a dead-lettered entry.
+
+    They are marked in flight (one more attempt) in the same transaction, before being sent. Only
+    the chosen entries' payloads are read (the look-ahead reads keys only).
+    """
     with store.begin() as conn:
         rows = conn.execute(
-            select(progress_outbox.c.id, progress_outbox.c.record_key, progress_outbox.c.entry_key,
-                   progress_outbox.c.payload, progress_outbox.c.source_payload)
+            select(progress_outbox.c.id, progress_outbox.c.record_key, progress_outbox.c.entry_key)
             .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "pending",
                    progress_outbox.c.payload_hash.is_not(None))
             .order_by(progress_outbox.c.occurred_at, progress_outbox.c.step_id, progress_outbox.c.id)
@@ -662,15 +761,28 @@ def _next_chunk(store: Store, chunk_size: int, report: ProgressReport) -> list[_
                 progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.record_key.in_(dossiers),
                 progress_outbox.c.state.in_(("rejected", "held")))
         ).scalars())
-        chunk: list[_Entry] = []
+        mine = leases.ensure({r.record_key for r in rows if r.record_key not in blocked}, conn)
+        chosen = []
+        held = []
         for r in rows:
             if r.record_key in blocked:
-                conn.execute(update(progress_outbox).where(progress_outbox.c.id == r.id).values(state="held"))
-                report.held += 1
+                held.append(r.id)
                 continue
-            if len(chunk) < chunk_size:
-                chunk.append(_Entry(r.id, r.record_key, r.entry_key, r.payload, r.source_payload))
-        return chunk
+            if r.record_key not in mine:  # another worker's dossier: its entries wait for it
+                continue
+            if len(chosen) < chunk_size:
+                chosen.append(r)
+        if held:
+            conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(held)).values(state="held"))
+            report.held += len(held)
+        if not chosen:
+            return []
+        ids = [r.id for r in chosen]
+        payloads = dict(conn.execute(select(progress_outbox.c.id, progress_outbox.c.payload)
+                                     .where(progress_outbox.c.id.in_(ids))).all())
+        conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(ids))
+                     .values(state="in_flight", attempts=progress_outbox.c.attempts + 1))
+        return [_Entry(r.id, r.record_key, r.entry_key, payloads[r.id]) for r in chosen]
 
 
 # --- replay --------------------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""Migrations of the bus database (Alembic), run by :meth:`lienthong.store.Store.create_schema`.
+
+Every change to a table in ``lienthong/store.py`` gets a numbered revision in ``versions/``; a
+test checks that upgrading an empty database to the head gives exactly the tables, columns and
+indexes the code declares, and that a database made by any earlier revision upgrades cleanly.
+
+* an empty database gets the declared schema at once (``create_all``) and is stamped at the head
+  (the test above is what makes that the same as running every revision);
+* a database at an older revision is upgraded to the head;
+* a database created before migrations existed (tables present, no ``alembic_version``) is taken
+  to be at the baseline revision ``0001`` and upgraded from there.
+
+Several task processes may open the store at once: on PostgreSQL an advisory lock serialises the
+upgrade; on SQLite an exclusive lock on a file beside the database (``<file>.migrate.lock``) does.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+__all__ = ["BASELINE", "current_revision", "head_revision", "upgrade"]
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+BASELINE = "0001"
+_ADVISORY_LOCK = 0x6C69656E  # "lien"
+_done: set[str] = set()
+_lock = threading.Lock()
+
+
+def _config(connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(HERE))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(_config()).get_current_head() or ""
+
+
+def current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> str:
+    """Bring the bus database to the head revision; returns it. Cheap when already there."""
+    key = engine.url.render_as_string(hide_password=False)
+    with _lock:
+        head = head_revision()
+        if key in _done:
+            return head
+        try:
+            with _sqlite_file_lock(engine), engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK})
+                revision = current_revision(conn)
+                if revision != head:
+                    _migrate(conn, revision, head)
+        except DBAPIError:
+            # Another process may have created or upgraded the schema at the same moment (SQLite
+            # has no advisory lock): fine if the database is now at the head, else a real error.
+            with engine.connect() as conn:
+                if current_revision(conn) != head:
+                    raise
+        _done.add(key)
+        return head
+
+
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """SQLite's DDL is not transactional under the Python driver, so processes creating one file's
+    schema at once are serialised by an exclusive lock on a file beside it (PostgreSQL uses an
+    advisory lock instead)."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _migrate(conn: Connection, revision: str | None, head: str) -> None:
+    from lienthong.store import metadata
+
+    tables = set(inspect(conn).get_table_names())
+    cfg = _config(conn)
+    if revision is None and not (tables & set(metadata.tables)):
+        log.info("bus database is empty: creating schema revision %s", head)
+        metadata.create_all(conn)
+        command.stamp(cfg, head)
+        return
+    if revision is None:
+        log.info("bus database predates migrations: taking it as revision %s", BASELINE)
+        command.stamp(cfg, BASELINE)
+    log.info("upgrading bus database from %s to %s", revision or BASELINE, head)
+    command.upgrade(cfg, "head")

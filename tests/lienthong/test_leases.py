@@ -1,0 +1,110 @@
+"""Per-record leases: one worker per record at a time, expired leases taken over, on SQLite and
+PostgreSQL, also when many workers race for the same records."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from lienthong.leases import Leases
+from lienthong.store import Store
+
+
+def _sqlite(tmp_path) -> Store:
+    store = Store(f"sqlite:///{tmp_path / 'bus.db'}")
+    store.create_schema()
+    return store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        yield _sqlite(tmp_path)
+        return
+    from tests.lienthong.test_migrations import _postgres_or_skip
+
+    admin = _postgres_or_skip()
+    name = f"lienthong_lease_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    s = Store(f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}")
+    s.create_schema()
+    try:
+        yield s
+    finally:
+        s.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_a_record_leased_by_one_worker_is_not_given_to_another(store):
+    a, b = Leases(store, "dossier_status", "a"), Leases(store, "dossier_status", "b")
+    assert a.acquire(["X", "Y"]) == {"X", "Y"}
+    assert b.acquire(["Y", "Z"]) == {"Z"}
+    assert a.acquire(["X"]) == {"X"}, "renewing one's own lease works"
+    a.release(["Y"])
+    assert b.acquire(["Y"]) == {"Y"}
+    other_flow = Leases(store, "payment_receipts", "c")
+    assert other_flow.acquire(["X"]) == {"X"}, "flows do not collide"
+    a.release()
+    b.release()
+    assert Leases(store, "dossier_status", "d").acquire(["X", "Y", "Z"]) == {"X", "Y", "Z"}
+
+
+def test_an_expired_lease_is_taken_over(store):
+    dead = Leases(store, "dossier_status", "dead", ttl=timedelta(seconds=-1))
+    assert dead.acquire(["X"]) == {"X"}
+    alive = Leases(store, "dossier_status", "alive")
+    assert alive.acquire(["X"]) == {"X"}
+    dead.release()  # the dead worker's late release does not free the new holder's lease
+    assert Leases(store, "dossier_status", "third").acquire(["X"]) == set()
+
+
+def test_racing_workers_never_share_a_record(store):
+    keys = [f"000.00.01.H49-261102-{i:04d}" for i in range(200)]
+    results: dict[str, set[str]] = {}
+    barrier = threading.Barrier(4)
+
+    def work(name: str) -> None:
+        leases = Leases(store, "dossier_status", name)
+        barrier.wait()
+        got: set[str] = set()
+        for start in range(0, len(keys), 25):
+            got |= leases.acquire(keys[start:start + 25])
+        results[name] = got
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    held = [k for got in results.values() for k in got]
+    assert len(held) == len(set(held)) == len(keys), "every record leased once, by exactly one worker"
+
+
+def test_a_killed_worker_on_this_host_does_not_block_its_records_until_expiry(store):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = Leases(store, "dossier_status", f"{socket.gethostname()}:{child.pid}:abc123")
+        assert dead.acquire(["X"]) == {"X"}
+        assert Leases(store, "dossier_status", "other").acquire(["X"]) == set(), "alive: respected"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+        assert Leases(store, "dossier_status", "other").acquire(["X"]) == {"X"}, "dead: taken over at once"
+    finally:
+        if child.poll() is None:
+            child.kill()
+    elsewhere = Leases(store, "dossier_status", "another-host:1:abc")
+    assert elsewhere.acquire(["Y"]) == {"Y"}
+    assert Leases(store, "dossier_status", "me").acquire(["Y"]) == set(), "another host's worker: wait for expiry"

@@ -1,0 +1,132 @@
+"""The bus database's migrations (Alembic): upgrading an empty database gives exactly the schema
+the code declares, a database made before migrations (or by any earlier revision) upgrades
+cleanly with its rows kept, and several processes opening a fresh database at once all succeed."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect, text
+
+from lienthong import migrations
+from lienthong.store import Store, metadata
+
+PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+def _diffs(engine) -> list:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return [d for d in compare_metadata(context, metadata)
+                # SQLite reports JSON/DateTime affinities loosely; names, columns, nullability and
+                # indexes are what must agree
+                if not (d[0][0] == "modify_type" if isinstance(d[0], tuple) else False)]
+
+
+def _upgrade_step_by_step(engine) -> None:
+    with engine.begin() as conn:
+        command.upgrade(migrations._config(conn), "head")
+
+
+def test_every_revision_in_order_gives_the_declared_schema_on_sqlite(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'bus.db'}")
+    _upgrade_step_by_step(engine)
+    assert _diffs(engine) == []
+    with engine.connect() as conn:
+        assert migrations.current_revision(conn) == migrations.head_revision()
+
+
+def test_revisions_form_one_line_from_the_baseline():
+    script = ScriptDirectory.from_config(migrations._config())
+    revisions = list(script.walk_revisions())
+    assert revisions[-1].revision == migrations.BASELINE and revisions[-1].down_revision is None
+    assert len(script.get_heads()) == 1
+
+
+def test_a_database_from_before_migrations_is_upgraded_with_its_rows(tmp_path):
+    """The baseline schema made by create_all (as the first release did), with a row in it."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as conn:
+        command.upgrade(migrations._config(conn), migrations.BASELINE)
+        conn.execute(text("DROP TABLE alembic_version"))
+        conn.execute(text("INSERT INTO sync_cursor(flow, cursor, updated_at, run_id) "
+                          "VALUES ('dossier_status', 'c1.abc', '2026-11-02 01:00:00', 'r1')"))
+    store = Store(f"sqlite:///{tmp_path / 'old.db'}")
+    store.create_schema()
+    assert store.get_cursor("dossier_status") == "c1.abc"
+    assert _diffs(store.engine) == []
+    with store.engine.connect() as conn:
+        assert migrations.current_revision(conn) == migrations.head_revision()
+
+
+def test_an_empty_database_gets_the_head_at_once(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'new.db'}")
+    store.create_schema()
+    assert _diffs(store.engine) == []
+    assert set(metadata.tables) <= set(inspect(store.engine).get_table_names())
+
+
+def _open(path: str, barrier) -> None:
+    barrier.wait()
+    Store(f"sqlite:///{path}").create_schema()
+
+
+def test_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(3)
+    path = str(tmp_path / "race.db")
+    workers = [ctx.Process(target=_open, args=(path, barrier)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    assert _diffs(create_engine(f"sqlite:///{path}")) == []
+
+
+def _postgres_or_skip():
+    try:
+        engine = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return engine
+    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not here"
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 must be reachable in CI: {type(exc).__name__}")
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 not reachable: {type(exc).__name__}")
+
+
+@pytest.fixture
+def pg_database():
+    admin = _postgres_or_skip()
+    name = f"lienthong_mig_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_every_revision_in_order_gives_the_declared_schema_on_postgresql(pg_database):
+    engine = create_engine(pg_database)
+    try:
+        _upgrade_step_by_step(engine)
+        assert _diffs(engine) == []
+        store = Store(pg_database)
+        store.create_schema()  # already at the head: a no-op
+        with store.engine.connect() as conn:
+            assert migrations.current_revision(conn) == migrations.head_revision()
+        store.dispose()
+    finally:
+        engine.dispose()
