@@ -295,7 +295,7 @@ def test_duplicate_receipt_number_with_other_content_is_held_and_reported(peers,
     assert len(held) == 1 and held[0]["PaymentReference"] == "someone-else", "never overwritten"
 
 
-def test_amount_mismatch_and_unknown_dossier_are_reported_and_kept_not_fixed(peers, tmp_path):
+def test_amount_mismatch_and_unknown_dossier_are_reported_and_kept_not_fixed(peers, tmp_path, capsys):
     run("mis-1", tmp_path)
     dossiers = requests.get(peers.onestop.url + "/_state/dossiers", timeout=T).json()["dossiers"]
     dossier = next(d for d in dossiers if sum(int(f.get("amount") or 0) for f in d.get("fees") or []) > 0)
@@ -328,6 +328,16 @@ def test_amount_mismatch_and_unknown_dossier_are_reported_and_kept_not_fixed(pee
     items = payment_receipts.open_items(store())
     assert len([i for i in items if i["record_key"] in (mismatch, unknown)]) == 2
     assert all(i["first_seen_run"] == "mis-2" for i in items if i["record_key"] in (mismatch, unknown))
+    # what an operator sees
+    from lienthong.cli import main
+
+    assert main(["payments", "mismatches", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert {(m["kind"], m["record_key"]) for m in shown["mismatches"]} == {("amount_differs", mismatch),
+                                                                          ("unknown_dossier", unknown)}
+    assert shown["payments"]["platform_paid"] >= 13
+    assert main(["payments", "mismatches"]) == 0
+    assert f"amount_differs         {mismatch} dossier={dossier['dossierNo']}" in capsys.readouterr().out
     # every other paid transaction still agrees
     others = {ref: p for ref, p in peers.platform_payments().items() if ref not in (mismatch, unknown)}
     receipts = Counter(r["PaymentReference"] for r in peers.ledger_receipts())
@@ -431,3 +441,37 @@ def test_an_answer_whose_checksum_fails_is_dead_lettered_then_replayed_once(peer
     counts = run("tamper-3", tmp_path)["counts"]
     assert counts["found_paid"] == 1 and counts["receipts_accepted"] == 1
     assert_three_systems_agree(peers)
+
+
+def test_no_secret_reaches_the_exchange_log_dead_letters_or_reports(peers, tmp_path, caplog):
+    """The checksum secret, the ledger password and the one-stop API key never appear in any logged
+    body or header, dead letter, report or log line — only MaXacThuc, a keyed hash, does."""
+    import zlib
+
+    from sqlalchemy import text
+
+    caplog.set_level("DEBUG")
+    settled = peers.settle(5)
+    assert settled
+    summary = run("secret-1", tmp_path)
+    secrets = [PAY_SECRET, LEDGER_PASSWORD, ONESTOP_KEY]
+    with store().engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM exchange_log")).mappings().all()
+        letters = conn.execute(text("SELECT * FROM dead_letter")).mappings().all()
+        blobs = conn.execute(text("SELECT data FROM exchange_blob")).scalars().all()
+    assert {r["peer"] for r in rows} >= {"onestop", "payment_platform", "ministry_ledger"}
+    haystack = []
+    for r in rows:
+        for column, value in r.items():
+            if column in ("request_body", "response_body") and value:
+                haystack.append(zlib.decompress(value).decode("utf-8", "replace"))
+            else:
+                haystack.append(str(value))
+    haystack += [zlib.decompress(b).decode("utf-8", "replace") for b in blobs]
+    haystack += [str(dict(letter)) for letter in letters]
+    haystack += [Path(summary["report_path"]).read_text(encoding="utf-8"), json.dumps(summary, default=str)]
+    haystack += [record.getMessage() for record in caplog.records]
+    text_all = "\n".join(haystack)
+    assert "MaXacThuc" in text_all, "the keyed checksums are logged, as evidence"
+    for secret in secrets:
+        assert secret not in text_all
