@@ -12,25 +12,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 
-DEFAULT_ARGS = {
-    "owner": "lienthong",
-    "retries": 3,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=10),
-    "execution_timeout": timedelta(hours=1),
-    "retry_policy": ExceptionRetryPolicy(rules=[
-        RetryRule(exception="connectors.errors.FatalConnectorError", action=RetryAction.FAIL),
-        RetryRule(exception="connectors.errors.ConfigurationError", action=RetryAction.FAIL),
-    ]),
-}
+from lienthong.dag_support import default_args, run_ids
 
-
-def _ids() -> tuple[str, str]:
-    ctx = get_current_context()
-    return ctx["run_id"], ctx["ti"].task_id
+DEFAULT_ARGS = default_args(retries=3, retry_delay=timedelta(seconds=30), max_retry_delay=timedelta(minutes=10),
+                            execution_timeout=timedelta(hours=1))
 
 
 @dag(
@@ -53,7 +40,7 @@ def report_agreement():
         from connectors.hooks import airflow_connection_spec
         from lienthong.reports import tasks
 
-        run_id, task_id = _ids()
+        run_id, task_id = run_ids()
         return tasks.check_agreement(airflow_connection_spec, run_id=run_id, task_id=task_id, check="dossier_status")
 
     @task(pool="payment_platform")
@@ -61,7 +48,7 @@ def report_agreement():
         from connectors.hooks import airflow_connection_spec
         from lienthong.reports import tasks
 
-        run_id, task_id = _ids()
+        run_id, task_id = run_ids()
         return tasks.check_agreement(airflow_connection_spec, run_id=run_id, task_id=task_id, check="fee_payment")
 
     @task(pool="ministry_db")
@@ -69,7 +56,7 @@ def report_agreement():
         from connectors.hooks import airflow_connection_spec
         from lienthong.reports import tasks
 
-        run_id, _ = _ids()
+        run_id, _ = run_ids()
         return tasks.write_agreement_report(airflow_connection_spec, run_id=run_id,
                                             out_dir=get_current_context()["params"]["out_dir"])
 

@@ -15,21 +15,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 
-DEFAULT_ARGS = {
-    "owner": "lienthong",
-    "retries": 2,
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=15),
-    "execution_timeout": timedelta(minutes=30),
-    "retry_policy": ExceptionRetryPolicy(rules=[
-        RetryRule(exception="connectors.errors.FatalConnectorError", action=RetryAction.FAIL),
-        RetryRule(exception="connectors.errors.ConfigurationError", action=RetryAction.FAIL),
-        RetryRule(exception="builtins.ValueError", action=RetryAction.FAIL),  # a bad period or threshold
-    ]),
-}
+from lienthong.dag_support import default_args
+
+DEFAULT_ARGS = default_args(retries=2, retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15),
+                            execution_timeout=timedelta(minutes=30),
+                            also_fatal=("builtins.ValueError",))  # a bad period or threshold
 
 
 @dag(

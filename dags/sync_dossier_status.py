@@ -16,29 +16,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 
-RETRY_POLICY = ExceptionRetryPolicy(
-    rules=[
-        RetryRule(exception="connectors.errors.FatalConnectorError", action=RetryAction.FAIL),
-        RetryRule(exception="connectors.errors.ConfigurationError", action=RetryAction.FAIL),
-    ]
-)
+from lienthong.dag_support import default_args, run_ids
 
-DEFAULT_ARGS = {
-    "owner": "lienthong",
-    "retries": 3,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=10),
-    "execution_timeout": timedelta(minutes=30),
-    "retry_policy": RETRY_POLICY,
-}
-
-
-def _ids() -> tuple[str, str]:
-    ctx = get_current_context()
-    return ctx["run_id"], ctx["ti"].task_id
+DEFAULT_ARGS = default_args(retries=3, retry_delay=timedelta(seconds=30), max_retry_delay=timedelta(minutes=10),
+                            execution_timeout=timedelta(minutes=30))
 
 
 @dag(
@@ -70,7 +53,7 @@ def sync_dossier_status():
         from connectors.hooks import airflow_connection_spec
         from lienthong import tasks
 
-        run_id, task_id = _ids()
+        run_id, task_id = run_ids()
         params = get_current_context()["params"]
         return tasks.stage_dossier_changes(airflow_connection_spec, run_id=run_id, task_id=task_id,
                                            feed_from=params["feed_from"], window_from=params["window_from"],
@@ -81,7 +64,7 @@ def sync_dossier_status():
         from connectors.hooks import airflow_connection_spec
         from lienthong import tasks
 
-        run_id, task_id = _ids()
+        run_id, task_id = run_ids()
         params = get_current_context()["params"]
         return tasks.deliver_dossier_statuses(airflow_connection_spec, run_id=run_id, task_id=task_id,
                                               batch_size=params["batch_size"],
@@ -92,7 +75,7 @@ def sync_dossier_status():
         from connectors.hooks import airflow_connection_spec
         from lienthong import tasks
 
-        run_id, task_id = _ids()
+        run_id, task_id = run_ids()
         return tasks.deliver_dossier_progress(airflow_connection_spec, run_id=run_id, task_id=task_id)
 
     @task(retries=1)
@@ -100,7 +83,7 @@ def sync_dossier_status():
         from connectors.hooks import airflow_connection_spec
         from lienthong import tasks
 
-        run_id, _ = _ids()
+        run_id, _ = run_ids()
         return tasks.dossier_run_summary(airflow_connection_spec, run_id=run_id)
 
     summarize_run(deliver_progress_entries(deliver_dossier_statuses(stage_dossier_changes())))

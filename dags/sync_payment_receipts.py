@@ -23,25 +23,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule, dag, get_current_context, task
+from airflow.sdk import dag, task
 
-DEFAULT_ARGS = {
-    "owner": "lienthong",
-    "retries": 3,
-    "retry_delay": timedelta(minutes=2),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=20),
-    "execution_timeout": timedelta(minutes=50),
-    "retry_policy": ExceptionRetryPolicy(rules=[
-        RetryRule(exception="connectors.errors.FatalConnectorError", action=RetryAction.FAIL),
-        RetryRule(exception="connectors.errors.ConfigurationError", action=RetryAction.FAIL),
-    ]),
-}
+from lienthong.dag_support import default_args, run_ids
 
-
-def _ids() -> tuple[str, str]:
-    ctx = get_current_context()
-    return ctx["run_id"], ctx["ti"].task_id
+DEFAULT_ARGS = default_args(retries=3, retry_delay=timedelta(minutes=2), max_retry_delay=timedelta(minutes=20),
+                            execution_timeout=timedelta(minutes=50))
 
 
 @dag(
@@ -61,7 +48,7 @@ def sync_payment_receipts():
         from connectors.hooks import airflow_connection_spec
         from lienthong import tasks
 
-        run_id, task_id = _ids()
+        run_id, task_id = run_ids()
         return tasks.collect_payments(airflow_connection_spec, run_id=run_id, task_id=task_id)
 
     @task(pool="onestop")
@@ -69,7 +56,7 @@ def sync_payment_receipts():
         from connectors.hooks import airflow_connection_spec
         from lienthong import tasks
 
-        run_id, task_id = _ids()
+        run_id, task_id = run_ids()
         return tasks.update_onestop_fees(airflow_connection_spec, run_id=run_id, task_id=task_id)
 
     @task(pool="ministry_ledger")
@@ -77,7 +64,7 @@ def sync_payment_receipts():
         from connectors.hooks import airflow_connection_spec
         from lienthong import tasks
 
-        run_id, task_id = _ids()
+        run_id, task_id = run_ids()
         return tasks.submit_payment_receipts(airflow_connection_spec, run_id=run_id, task_id=task_id)
 
     @task(pool="ministry_ledger", retries=1)
@@ -85,7 +72,7 @@ def sync_payment_receipts():
         from connectors.hooks import airflow_connection_spec
         from lienthong import localenv, tasks
 
-        run_id, task_id = _ids()
+        run_id, task_id = run_ids()
         return tasks.reconcile_payments(airflow_connection_spec, run_id=run_id, task_id=task_id,
                                         report_dir=str(localenv.topology().home / "reports"))
 

@@ -12,25 +12,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule, dag, get_current_context, task
+from airflow.sdk import dag, task
 
-DEFAULT_ARGS = {
-    "owner": "lienthong",
-    "retries": 3,
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=30),
-    "execution_timeout": timedelta(hours=2),
-    "retry_policy": ExceptionRetryPolicy(rules=[
-        RetryRule(exception="connectors.errors.FatalConnectorError", action=RetryAction.FAIL),
-        RetryRule(exception="connectors.errors.ConfigurationError", action=RetryAction.FAIL),
-    ]),
-}
+from lienthong.dag_support import default_args, run_ids
 
-
-def _ids() -> tuple[str, str]:
-    ctx = get_current_context()
-    return ctx["run_id"], ctx["ti"].task_id
+DEFAULT_ARGS = default_args(retries=3, retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=30),
+                            execution_timeout=timedelta(hours=2))
 
 
 @dag(
@@ -50,7 +37,7 @@ def sync_procedure_catalogue():
         from connectors.hooks import airflow_connection_spec
         from lienthong import tasks
 
-        run_id, task_id = _ids()
+        run_id, task_id = run_ids()
         return tasks.pull_procedure_catalogue(airflow_connection_spec, run_id=run_id, task_id=task_id)
 
     @task(pool="onestop")
@@ -58,7 +45,7 @@ def sync_procedure_catalogue():
         from connectors.hooks import airflow_connection_spec
         from lienthong import tasks
 
-        run_id, task_id = _ids()
+        run_id, task_id = run_ids()
         return tasks.push_procedure_catalogue(airflow_connection_spec, run_id=run_id, task_id=task_id,
                                               destination="onestop")
 
@@ -67,7 +54,7 @@ def sync_procedure_catalogue():
         from connectors.hooks import airflow_connection_spec
         from lienthong import tasks
 
-        run_id, task_id = _ids()
+        run_id, task_id = run_ids()
         return tasks.push_procedure_catalogue(airflow_connection_spec, run_id=run_id, task_id=task_id,
                                               destination="ministry")
 
@@ -76,7 +63,7 @@ def sync_procedure_catalogue():
         from connectors.hooks import airflow_connection_spec
         from lienthong import localenv, tasks
 
-        run_id, _ = _ids()
+        run_id, _ = run_ids()
         return tasks.catalogue_run_summary(airflow_connection_spec, run_id=run_id,
                                            report_dir=str(localenv.topology().home / "reports"))
 
