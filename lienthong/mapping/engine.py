@@ -543,7 +543,8 @@ def _value_step(field: _Spec) -> Step:
                                 else f"{s} is not in code table {table.name}", src)
             value = code
         elif value.__class__ is str:
-            value = _NFC("NFC", value)
+            if not value.isascii():
+                value = _NFC("NFC", value)
         else:
             v = value
             hint = "; add transform: string" if v.__class__ is int else ""
@@ -609,6 +610,9 @@ def _value_step(field: _Spec) -> Step:
     # blank, wrong type, a value that breaks a rule) goes through ``general``, which reports it.
     key = source if not several and _SEGMENT.fullmatch(source) and "[" not in source else None
     no_checks = max_length is None and pattern is None
+    # A missing value of an optional field without a fallback is simply the default ("" unless
+    # the file says otherwise): the fast paths answer it without the general path.
+    plain_optional = not required and required_if is None and fallback_get is None
 
     if key is not None and when is None and not transforms and table_values is None:
 
@@ -620,8 +624,12 @@ def _value_step(field: _Spec) -> Step:
                 if no_checks or ((max_length is None or len(value) <= max_length)
                                  and (pattern is None or pattern.fullmatch(value) is not None)):
                     return value
+            elif plain_optional and (value is None or value == ""):
+                return default_output
             return general(value, item, root, errors, at)
 
+        step.inline = {"kind": "plain", "read": (key,), "max_length": max_length, "pattern": pattern,  # type: ignore[attr-defined]
+                       "optional": plain_optional, "default": default_output}
         return step
 
     if key is not None and when is None and not transforms and no_checks:
@@ -632,8 +640,14 @@ def _value_step(field: _Spec) -> Step:
                 code = table_values.get(value)
                 if code is not None:
                     return code
+                if not value and plain_optional:
+                    return default_output
+            elif value is None and plain_optional:
+                return default_output
             return general(value, item, root, errors, at)
 
+        step.inline = {"kind": "table", "read": (key,), "table": table_values,  # type: ignore[attr-defined]
+                       "optional": plain_optional, "default": default_output}
         return step
 
     if key is not None and when is None and len(transforms) == 1 and table_values is None and no_checks:
@@ -641,7 +655,10 @@ def _value_step(field: _Spec) -> Step:
 
         def step(item: Any, root: Any, errors: list, at: Any) -> str:
             value = item.get(key)
-            if value is not None and not (value.__class__ is str and (not value or value.isspace())):
+            if value is None or value == "":
+                if plain_optional:
+                    return default_output
+            elif not (value.__class__ is str and value.isspace()):
                 try:
                     output = transform(value)
                 except TransformError:
@@ -650,6 +667,8 @@ def _value_step(field: _Spec) -> Step:
                     return output if output.isascii() else _NFC("NFC", output)
             return general(value, item, root, errors, at)
 
+        step.inline = {"kind": "transform", "read": (key,), "transform": transform,  # type: ignore[attr-defined]
+                       "optional": plain_optional, "default": default_output}
         return step
 
     def step(item: Any, root: Any, errors: list, at: Any) -> str:
@@ -661,9 +680,125 @@ def _value_step(field: _Spec) -> Step:
             errors.append(FieldError(_target_prefix(at) + target, "type",
                                      f"{source_prefix(at)}{m.label} is {_kind(m.value)}, expected {m.expected}"))
             return ""
+        if value is None and plain_optional:
+            return default_output
         return general(value, item, root, errors, at)
 
-    return step
+    # ``outer.inner`` (the canonical records' ``applicant.name``): read both levels inline; an
+    # outer value that is not an object goes the general way, which reports it.
+    pair = None
+    if key is None and not several and not absolute and where is None and when is None:
+        _root, segments = parse_path(source)
+        if len(segments) == 2 and segments[0][1] is None and segments[1][1] is None:
+            pair = (segments[0][0], segments[1][0])
+    if pair is None:
+        return step
+    slow = step
+    outer_key, inner_key = pair
+    single = transforms[0] if len(transforms) == 1 else None
+
+    def fast(item: Any, root: Any, errors: list, at: Any) -> str:
+        outer = item.get(outer_key)
+        if outer.__class__ is not dict:
+            return slow(item, root, errors, at)
+        value = outer.get(inner_key)
+        if value is None:
+            return default_output if plain_optional else general(value, item, root, errors, at)
+        if no_checks and value.__class__ is str and value and not value.isspace():
+            if not transforms:
+                if table_values is None:
+                    return value if value.isascii() else _NFC("NFC", value)
+                code = table_values.get(value)
+                if code is not None:
+                    return code
+            elif single is not None and table_values is None:
+                try:
+                    output = single(value)
+                except TransformError:
+                    return general(value, item, root, errors, at)
+                if output.__class__ is str:
+                    return output if output.isascii() else _NFC("NFC", output)
+        return general(value, item, root, errors, at)
+
+    if not transforms and table_values is None:
+        fast.inline = {"kind": "plain", "read": pair, "max_length": max_length,  # type: ignore[attr-defined]
+                       "pattern": pattern, "optional": plain_optional, "default": default_output}
+    elif not transforms and no_checks:
+        fast.inline = {"kind": "table", "read": pair, "table": table_values,  # type: ignore[attr-defined]
+                       "optional": plain_optional, "default": default_output}
+    elif single is not None and table_values is None and no_checks:
+        fast.inline = {"kind": "transform", "read": pair, "transform": single,  # type: ignore[attr-defined]
+                       "optional": plain_optional, "default": default_output}
+    return fast
+
+
+def compile_builder(steps: list[tuple[str, Step]]) -> Callable[[Any, Any, list, Any], dict]:
+    """One function ``build(item, root, errors, at) -> dict`` running ``steps`` in order.
+
+    The happy path of the common step shapes (a plain text value, a code-table value, one
+    transform, read from ``key`` or ``outer.inner``; their ``inline`` description) is written out
+    in the generated function, so a record costs one call instead of one per field; anything
+    else — a missing required value, a value that breaks a rule, non-ASCII text to normalise —
+    calls the step itself, which reads the value again and does everything (errors included)
+    exactly as without this function.
+    """
+    env: dict[str, Any] = {"TransformError": TransformError, "NFC": _NFC}
+    lines = ["def build(item, root, errors, at):"]
+    outputs = []
+    for n, (name, step) in enumerate(steps):
+        env[f"S{n}"] = step
+        out, call = f"o{n}", f"S{n}(item, root, errors, at)"
+        outputs.append(f"{name!r}: {out}")
+        spec = getattr(step, "inline", None)
+        if spec is None:
+            lines.append(f"    {out} = {call}")
+            continue
+        env[f"D{n}"] = spec["default"]
+        read = spec["read"]
+        if len(read) == 1:
+            env[f"K{n}"] = read[0]
+            lines.append(f"    v = item.get(K{n})")
+            pad = "    "
+        else:
+            env[f"K{n}"], env[f"J{n}"] = read
+            lines += [f"    w = item.get(K{n})", "    if w.__class__ is not dict:", f"        {out} = {call}",
+                      "    else:", f"        v = w.get(J{n})"]
+            pad = "        "
+        optional = spec["optional"]
+        body = []
+        if spec["kind"] == "plain":
+            checks = []
+            if spec["max_length"] is not None:
+                checks.append(f"len(v) <= {int(spec['max_length'])}")
+            if spec["pattern"] is not None:
+                env[f"P{n}"] = spec["pattern"].fullmatch
+                checks.append(f"P{n}(v) is not None")
+            body += ["if v.__class__ is str and v and not v.isspace():",
+                     "    if not v.isascii():", "        v = NFC('NFC', v)"]
+            if checks:
+                body += [f"    {out} = v if {' and '.join(checks)} else {call}"]
+            else:
+                body += [f"    {out} = v"]
+            if optional:
+                body += ["elif v is None:", f"    {out} = D{n}"]
+            body += ["else:", f"    {out} = {call}"]
+        elif spec["kind"] == "table":
+            env[f"T{n}"] = spec["table"].get
+            body += [f"{out} = T{n}(v) if v.__class__ is str else None", f"if {out} is None:",
+                     f"    {out} = D{n} if v is None and {bool(optional)} else {call}"]
+        else:  # one transform
+            env[f"F{n}"] = spec["transform"]
+            body += ["if v is not None and (v.__class__ is not str or (v and not v.isspace())):",
+                     "    try:", f"        {out} = F{n}(v)", "    except TransformError:", f"        {out} = None",
+                     f"    if {out}.__class__ is not str:", f"        {out} = {call}",
+                     f"    elif not {out}.isascii():", f"        {out} = NFC('NFC', {out})"]
+            if optional:
+                body += ["elif v is None:", f"    {out} = D{n}"]
+            body += ["else:", f"    {out} = {call}"]
+        lines += [pad + line for line in body]
+    lines.append("    return {" + ", ".join(outputs) + "}")
+    exec("\n".join(lines), env)  # noqa: S102 - generated from compiled steps, no file content is code
+    return env["build"]
 
 
 def _list_step(field: _Spec, tables: dict[str, CodeTable]) -> Step:
@@ -689,8 +824,7 @@ def _list_step(field: _Spec, tables: dict[str, CodeTable]) -> Step:
         errors.append(FieldError(_target_prefix(at) + target, rule, message))
         return []
 
-    def build(element: dict, root: Any, errors: list, at: Any) -> dict:
-        return {name: step(element, root, errors, at) for name, step in substeps}
+    build = compile_builder(substeps)
 
     if from_record:
 
@@ -847,6 +981,7 @@ class Mapping:
         self.personal_fields = personal_fields
         self.code_tables = code_tables
         self._steps = tuple(steps)
+        self._build = compile_builder(self._steps)
         self._key_getters = tuple(compile_path(p)[0] for p in paths)
         self._no_keys = tuple(f"<no {p}>" for p in paths)
 
@@ -881,7 +1016,7 @@ class Mapping:
                 errors.append(FieldError("<record>", "type", f"the record is {_kind(record)}, expected an object"))
                 return {}, errors
             record = dict(record)
-        output = {name: step(record, record, errors, None) for name, step in self._steps}
+        output = self._build(record, record, errors, None)
         return output, errors
 
     def apply(self, record: Any) -> dict:
@@ -892,7 +1027,7 @@ class Mapping:
         """
         errors: list[FieldError] = []
         if record.__class__ is dict:
-            output = {name: step(record, record, errors, None) for name, step in self._steps}
+            output = self._build(record, record, errors, None)
         else:
             output, errors = self.translate(record)
         if errors:

@@ -1,0 +1,1 @@
+"""The benchmark harness (``make bench``, issue #8): scenarios, references and ratios."""

@@ -1,0 +1,103 @@
+"""The bus side of a sync, in its own process (``python -m bench.bus_run``): what an Airflow
+worker runs for the dossier flow — stage the change feed, deliver dossiers, deliver progress —
+then seal the exchange log. Prints one JSON line: time per step, counts, and the process's peak
+resident memory (``ru_maxrss``), so the stand-ins' memory never counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import time
+
+
+def _peak_mb() -> float:
+    """VmHWM of this process so far (MB), read from /proc when there is one."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--onestop", required=True)
+    parser.add_argument("--portal", required=True)
+    parser.add_argument("--bus-db", required=True)
+    parser.add_argument("--seal-key", required=True)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--chunk-size", type=int, default=50)
+    parser.add_argument("--page-size", type=int, default=500)
+    parser.add_argument("--run-id", default="bench")
+    parser.add_argument("--profile", default=None, help="write a pyinstrument HTML profile here")
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)
+
+    from bench.standins import ONESTOP_KEY, PORTAL_PASSWORD, PORTAL_USER, UNIT
+
+    def http(url: str, **fields):
+        host, port = url.removeprefix("http://").split(":")
+        return {"conn_type": "http", "host": host, "port": int(port), "schema": "http", **fields}
+
+    conns = {
+        "onestop_default": http(args.onestop, password=ONESTOP_KEY,
+                                extra={"page_size": args.page_size, "read_timeout": 120}),
+        "national_portal_default": http(args.portal, login=PORTAL_USER, password=PORTAL_PASSWORD,
+                                        extra={"madonvi": UNIT, "read_timeout": 120, "batch_size": args.batch_size,
+                                               "progress_chunk_size": args.chunk_size}),
+        "lienthong_db": {"conn_type": "sqlite", "host": args.bus_db},
+    }
+    for conn_id, conn in conns.items():
+        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+
+    from connectors.connection import connection_from_env
+    from lienthong import tasks
+    from lienthong.audit.seal import seal_exchanges
+
+    profiler = None
+    if args.profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.005)
+        profiler.start()
+    counts: dict[str, object] = {}
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    peaks = {"start": _peak_mb()}
+    counts["stage"] = tasks.stage_dossier_changes(connection_from_env, run_id=args.run_id)
+    peaks["stage"] = _peak_mb()
+    t1 = time.perf_counter()
+    counts["deliver"] = tasks.deliver_dossier_statuses(connection_from_env, run_id=args.run_id)
+    peaks["deliver"] = _peak_mb()
+    t2 = time.perf_counter()
+    counts["progress"] = tasks.deliver_dossier_progress(connection_from_env, run_id=args.run_id)
+    peaks["progress"] = _peak_mb()
+    t3 = time.perf_counter()
+    store = tasks.open_store(connection_from_env)
+    sealed = seal_exchanges(store, args.seal_key)
+    t4 = time.perf_counter()
+    peaks["seal"] = _peak_mb()
+    counts["sealed"] = sealed.records
+    counts["seals"] = len(sealed.seals)
+    times = {"stage": t1 - t0, "deliver": t2 - t1, "progress": t3 - t2, "seal": t4 - t3, "total": t4 - t0,
+             "cpu": time.process_time() - c0}
+    if profiler is not None:
+        profiler.stop()
+        with open(args.profile, "w", encoding="utf-8") as out:
+            out.write(profiler.output_html())
+        with open(args.profile.replace(".html", ".txt"), "w", encoding="utf-8") as out:
+            out.write(profiler.output_text(unicode=False, color=False, show_all=False))
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"times": times, "counts": counts, "peak_rss_mb": peak_kb / 1024,
+                      "peak_after_mb": peaks}, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()

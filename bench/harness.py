@@ -1,0 +1,809 @@
+"""``make bench``: the benchmark harness (issue #8).
+
+Each scenario runs several times; the table shows medians, and every figure that matters is a
+ratio between two things measured in the same run (absolute times drift on shared machines).
+Results go to ``var/bench/<timestamp>.json`` and ``var/bench/latest.json`` with the machine's core
+count and the commit.
+
+    .venv/bin/python -m bench                       # every scenario, the issue's sizes
+    .venv/bin/python -m bench --quick               # small sizes (the smoke test)
+    .venv/bin/python -m bench --scenario engine --scenario audit
+    .venv/bin/python -m bench --dossiers 20000 --memory-large 200000 --profile
+
+The stand-ins run in their own process (``bench.standins``); the bus side of a sync runs in its
+own process too (``bench.bus_run``), so its time and peak memory are its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ("full_sync", "incremental", "memory", "engine", "audit", "catalogue")
+
+
+# --- results -------------------------------------------------------------------------------------
+@dataclass
+class Line:
+    """One line of the table: a measured figure, its reference, their ratio and the verdict."""
+
+    scenario: str
+    measure: str
+    value: float
+    unit: str
+    reference: float | None = None
+    reference_label: str = ""
+    ratio: float | None = None
+    target: str = ""
+    passed: bool | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "measure": self.measure, "value": self.value, "unit": self.unit,
+                "reference": self.reference, "reference_label": self.reference_label, "ratio": self.ratio,
+                "target": self.target, "verdict": None if self.passed is None else ("PASS" if self.passed else "FAIL"),
+                "note": self.note}
+
+
+@dataclass
+class Result:
+    name: str
+    sizes: dict[str, Any]
+    lines: list[Line] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sizes": self.sizes, "lines": [line.as_dict() for line in self.lines], "runs": self.runs,
+                "seconds": round(self.seconds, 1), "error": self.error}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def say(message: str) -> None:
+    print(f"[bench {datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+# --- processes -----------------------------------------------------------------------------------
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    for key in [k for k in env if k.startswith("AIRFLOW_CONN_")]:
+        del env[key]
+    return env
+
+
+@contextlib.contextmanager
+def standins(onestop_dir: Path, portal_dir: Path, catalogue_size: int | None = None) -> Iterator[dict[str, str]]:
+    """Both stand-ins in one child process; yields their URLs."""
+    cmd = [sys.executable, "-m", "bench.standins", "--onestop-dir", str(onestop_dir), "--portal-dir", str(portal_dir)]
+    if catalogue_size:
+        cmd += ["--catalogue-size", str(catalogue_size)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise RuntimeError("the stand-ins did not start")
+        yield json.loads(line)
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_bus(urls: dict[str, str], bus_db: Path, seal_key: Path, *, batch_size: int, chunk_size: int,
+            profile: Path | None = None, run_id: str = "bench") -> dict[str, Any]:
+    """One sync by the bus in its own process: its times, counts and peak RSS."""
+    cmd = [sys.executable, "-m", "bench.bus_run", "--onestop", urls["onestop"], "--portal", urls["portal"],
+           "--bus-db", str(bus_db), "--seal-key", str(seal_key), "--batch-size", str(batch_size),
+           "--chunk-size", str(chunk_size), "--run-id", run_id]
+    if profile:
+        cmd += ["--profile", str(profile)]
+    out = subprocess.run(cmd, cwd=ROOT, env=_child_env(), capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"bus run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- shared preparation ----------------------------------------------------------------------------
+class Workspace:
+    """Scratch directories, the seal key and the dossier templates, shared by the scenarios."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._templates = None
+        self._mapped = None
+        self._seeded: dict[int, Path] = {}
+        self.seal_key = root / "seal.pem"
+        if not self.seal_key.exists():
+            from lienthong.audit.keys import generate_keypair
+
+            generate_keypair(self.seal_key)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    @property
+    def templates(self):
+        if self._templates is None:
+            from bench.seed import make_templates
+
+            self._templates = make_templates()
+        return self._templates
+
+    def onestop(self, count: int) -> Path:
+        """A one-stop state with ``count`` dossiers (seeded once per size, read-only afterwards)."""
+        if count not in self._seeded:
+            from bench.seed import seed_onestop
+
+            target = self.path(f"onestop-{count}")
+            shutil.rmtree(target, ignore_errors=True)
+            t0 = time.perf_counter()
+            seed_onestop(target, count, templates=self.templates)
+            say(f"seeded the one-stop stand-in with {count:,} dossiers in {time.perf_counter() - t0:.1f}s")
+            self._seeded[count] = target
+        return self._seeded[count]
+
+    def fresh(self, name: str) -> Path:
+        target = self.path(name)
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        return target
+
+    def mapped(self) -> list[tuple[str, str, list[str]]]:
+        """Per template: (marker, mapped dossier JSON, mapped progress JSONs), by the engine, once."""
+        if self._mapped is None:
+            from lienthong.flows import dossier_status
+            from lienthong.mapping import load_mapping
+
+            dossier = load_mapping(dossier_status.MAPPING)
+            progress = load_mapping(dossier_status.PROGRESS_MAPPING)
+            self._mapped = []
+            for t in self.templates:
+                source = json.loads(t.text)
+                entries = [progress.apply({**e, "dossierNo": source["dossierNo"]})
+                           for e in source["progress"] if e.get("finishedAt")]
+                self._mapped.append((t.mark, _dumps(dossier.apply(source)), [_dumps(e) for e in entries]))
+        return self._mapped
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def expected_progress(ws: Workspace, count: int) -> int:
+    n = len(ws.templates)
+    per = [len(m[2]) for m in ws.mapped()]
+    return sum(per[i % n] for i in range(count))
+
+
+# --- 1. full sync ----------------------------------------------------------------------------------
+def scenario_full_sync(ws: Workspace, args: argparse.Namespace, result: Result) -> None:
+    from bench.clients import portal_counts, run_ceiling, run_naive
+    from bench.seed import dossier_no
+
+    count = args.dossiers
+    onestop = ws.onestop(count)
+    progress_total = expected_progress(ws, count)
+    mapped = ws.mapped()
+    templates = ws.templates
+
+    def dossier_texts() -> Iterator[str]:
+        n = len(mapped)
+        for i in range(count):
+            mark, text, _ = mapped[i % n]
+            yield text.replace(mark, dossier_no(templates[i % n], i))
+
+    def progress_texts() -> Iterator[str]:
+        n = len(mapped)
+        for i in range(count):
+            mark, _, entries = mapped[i % n]
+            number = dossier_no(templates[i % n], i)
+            for e in entries:
+                yield e.replace(mark, number)
+
+    ceiling, bus, naive, peaks = [], [], [], []
+    for r in range(args.repeats):
+        # the three in turn, each against a fresh national stand-in, so drift hits them alike
+        with standins(onestop, ws.fresh("portal-ceiling")) as urls:
+            run = run_ceiling(urls["portal"], dossier_texts(), progress_texts(), batch_size=args.batch_size,
+                              chunk_size=args.chunk_size)
+            held = portal_counts(urls["portal"])
+        _check(held, {"dossiers": count, "progress": progress_total}, "ceiling")
+        ceiling.append(count / run["total"])
+        result.runs.append({"repeat": r, "kind": "ceiling", **run, "portal": held})
+        say(f"full sync {r + 1}/{args.repeats}: ceiling {count / run['total']:,.0f} dossiers/s")
+
+        bus_db = ws.fresh("bus-full") / "bus.db"
+        with standins(onestop, ws.fresh("portal-bus")) as urls:
+            run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size)
+            held = portal_counts(urls["portal"])
+        _check(held, {"dossiers": count, "progress": progress_total}, "bus")
+        c = run["counts"]
+        _check({"delivered": c["deliver"]["delivered_new"], "progress": c["progress"]["progress_sent"],
+                "rejected": c["deliver"]["rejected"] + c["progress"]["progress_rejected"]},
+               {"delivered": count, "progress": progress_total, "rejected": 0}, "bus counts")
+        bus.append(count / run["times"]["total"])
+        peaks.append(run["peak_rss_mb"])
+        result.runs.append({"repeat": r, "kind": "bus", **run, "portal": held})
+        say(f"full sync {r + 1}/{args.repeats}: bus {count / run['times']['total']:,.0f} dossiers/s "
+            f"({_fmt_times(run['times'])}), peak {run['peak_rss_mb']:.0f} MB")
+
+        sample = min(args.naive_sample, count)
+        with standins(onestop, ws.fresh("portal-naive")) as urls:
+            run = run_naive(urls["onestop"], urls["portal"], sample)
+            held = portal_counts(urls["portal"])
+        _check(held, {"dossiers": sample, "progress": expected_progress(ws, sample)}, "naive")
+        naive.append(sample / run["total"])
+        result.runs.append({"repeat": r, "kind": "naive", **run, "portal": held})
+        say(f"full sync {r + 1}/{args.repeats}: naive {sample / run['total']:,.0f} dossiers/s over {sample:,}")
+
+    if args.profile:  # one more bus run under the profiler, not counted in the figures
+        args.out.mkdir(parents=True, exist_ok=True)
+        profile = args.out / "profile-full-sync.html"
+        with standins(onestop, ws.fresh("portal-bus")) as urls:
+            run_bus(urls, ws.fresh("bus-full") / "bus.db", ws.seal_key, batch_size=args.batch_size,
+                    chunk_size=args.chunk_size, profile=profile)
+        result.sizes["profile"] = [str(profile), str(profile.with_suffix(".txt"))]
+        say(f"full sync profile: {profile} (and .txt)")
+    b, c, n = median(bus), median(ceiling), median(naive)
+    result.sizes.update({"dossiers": count, "progress_entries": progress_total, "batch_size": args.batch_size,
+                         "progress_chunk_size": args.chunk_size, "naive_sample": min(args.naive_sample, count),
+                         "repeats": args.repeats})
+    result.lines += [
+        Line("full_sync", "bus throughput vs ceiling", b, "dossiers/s", c, "minimal client, same batches", b / c,
+             "≥ 0.50", b / c >= 0.5, f"{count:,} dossiers, {progress_total:,} progress entries"),
+        Line("full_sync", "bus throughput vs naive", b, "dossiers/s", n, "one dossier per request", b / n,
+             "≥ 20", b / n >= 20, f"naive timed over the first {min(args.naive_sample, count):,} dossiers"),
+    ]
+    result.sizes["bus_peak_rss_mb"] = median(peaks)
+
+
+def _fmt_times(times: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f}s" for k, v in times.items() if k not in ("total", "cpu")) + \
+        (f"; cpu {times['cpu']:.1f}s" if "cpu" in times else "")
+
+
+def _check(got: dict[str, Any], want: dict[str, Any], what: str) -> None:
+    if got != want:
+        raise AssertionError(f"{what}: expected {want}, got {got}")
+
+
+# --- 2. incremental --------------------------------------------------------------------------------
+def _seed_history(ws: Workspace, size: int, name: str) -> tuple[Path, Path, Path]:
+    """A world where ``size`` dossiers were synced before: the one-stop feed (compact historical
+    snapshots), the portal holding them, and the bus database with its outbox, acknowledgements,
+    progress entries and bookmark, as a finished full sync leaves them."""
+    from bench.seed import SEED, _connect, dossier_no
+    from lienthong.flows import dossier_status
+    from lienthong.store import Store
+    from mocks.national_portal import NationalPortalMock
+    from mocks.one_stop import OneStopMock, encode_cursor
+
+    templates, mapped = ws.templates, ws.mapped()
+    n = len(templates)
+    status_codes = [json.loads(m[1])["TrangThaiHoSo"] for m in mapped]
+    times = [[json.loads(e)["ThoiDiemXuLy"] for e in m[2]] for m in mapped]
+    steps = [[e["stepId"] for e in json.loads(t.text)["progress"] if e.get("finishedAt")] for t in templates]
+    onestop_dir, portal_dir, bus_dir = ws.fresh(f"{name}-onestop"), ws.fresh(f"{name}-portal"), ws.fresh(f"{name}-bus")
+    chunk = 50_000
+    stamp = "2026-11-01 00:00:00.000000"
+
+    mock = OneStopMock(state_dir=onestop_dir, seed=SEED, seed_dossiers=0)
+    mock.open_state()
+    mock.stop()
+    portal = NationalPortalMock(state_dir=portal_dir)
+    portal.open_state()
+    portal.stop()
+    store = Store(f"sqlite:///{bus_dir / 'bus.db'}")
+    store.create_schema()
+    store.dispose()
+    os_conn = _connect(onestop_dir / OneStopMock.state_file)
+    po_conn = _connect(portal_dir / NationalPortalMock.state_file)
+    bus_conn = _connect(bus_dir / "bus.db")
+    for start in range(0, size, chunk):
+        rows = []
+        for i in range(start, min(size, start + chunk)):
+            t = templates[i % n]
+            rows.append((i, dossier_no(t, i), t))
+        # historical snapshots are compact: the feed never reads behind the bookmark's page
+        os_conn.executemany("INSERT INTO dossiers(dossier_no, idx, status, defect, version, snapshot) "
+                            "VALUES(?, ?, ?, NULL, ?, ?)",
+                            [(no, i + 1, t.status, t.version, f'{{"dossierNo":"{no}"}}') for i, no, t in rows])
+        os_conn.executemany("INSERT INTO events(seq, dossier_no, version, changed_at, snapshot) VALUES(?, ?, ?, ?, ?)",
+                            [(i + 1, no, t.version, t.modified_at, f'{{"dossierNo":"{no}"}}') for i, no, t in rows])
+        po_conn.executemany("INSERT INTO dossiers(ma_ho_so, trang_thai, ngay_cap_nhat, created_seq, updated_seq, "
+                            "versions, record) VALUES(?, ?, '20261101000000', ?, ?, 1, ?)",
+                            [(no, status_codes[i % n], i + 1, i + 1, f'{{"MaHoSo":"{no}"}}') for i, no, t in rows])
+        bus_conn.executemany(
+            "INSERT INTO outbox(id, flow, record_key, source_seq, source_version, source_payload, state, operation, "
+            "payload_hash, attempts, sent_at, staged_run_id, staged_at, done_run_id, done_at) "
+            "VALUES(?, 'dossier_status', ?, ?, ?, ?, 'delivered', 'insert', 'seeded', 1, ?, 'history', ?, 'history', ?)",
+            [(i + 1, no, i + 1, t.version, f'{{"dossierNo":"{no}"}}', stamp, stamp, stamp) for i, no, t in rows])
+        bus_conn.executemany(
+            "INSERT INTO delivery_state(peer, record_key, payload_hash, created_on_peer, source_version, peer_status, "
+            "outbox_id, acked_at, acked_run_id) VALUES('national_portal', ?, 'seeded', 1, ?, ?, ?, ?, 'history')",
+            [(no, t.version, status_codes[i % n], i + 1, stamp) for i, no, t in rows])
+        bus_conn.executemany(
+            "INSERT INTO progress_outbox(flow, record_key, entry_key, step_id, occurred_at, source_payload, payload, "
+            "payload_hash, state, attempts, staged_run_id, staged_at, done_run_id, done_at) "
+            "VALUES('dossier_progress', ?, ?, ?, ?, '{}', '{}', 'seeded', 'acked', 1, 'history', ?, 'history', ?)",
+            [(no, f"{no}#{step}", step, when, stamp, stamp)
+             for i, no, t in rows for step, when in zip(steps[i % n], times[i % n], strict=True)])
+    os_conn.executemany("INSERT INTO counters(name, value) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET value = "
+                        "excluded.value", [("events", size), ("created", size)])
+    # the bookmark a finished full sync leaves: the start of the feed's last page (inclusive)
+    bus_conn.execute("INSERT INTO sync_cursor(flow, cursor, updated_at, run_id) VALUES(?, ?, ?, 'history')",
+                     (dossier_status.FLOW, encode_cursor(max(0, size - 500)), stamp))
+    for conn in (os_conn, po_conn, bus_conn):
+        conn.commit()
+        conn.close()
+    return onestop_dir, portal_dir, bus_dir / "bus.db"
+
+
+def scenario_incremental(ws: Workspace, args: argparse.Namespace, result: Result) -> None:
+    from bench.seed import append_changes, sample_indices
+
+    large, small = args.incremental_large, args.incremental_small
+    changes = args.changes
+    times: dict[int, list[float]] = {large: [], small: []}
+    worlds = {}
+    for size in (small, large):
+        t0 = time.perf_counter()
+        worlds[size] = _seed_history(ws, size, f"incr-{size}")
+        say(f"incremental: seeded a synced world of {size:,} dossiers in {time.perf_counter() - t0:.1f}s")
+    for r in range(args.repeats):
+        for size in (small, large):
+            onestop_dir, portal_dir, bus_db = worlds[size]
+            # a different set of dossiers changes in each repeat (each a real change for the portal)
+            picked = sample_indices(size, changes * args.repeats)[r::args.repeats][:changes]
+            append_changes(onestop_dir, ws.templates, picked)
+            with standins(onestop_dir, portal_dir) as urls:
+                run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                              run_id=f"incremental-{r}")
+            c = run["counts"]
+            _check({"staged": c["stage"]["staged"], "updated": c["deliver"]["delivered_update"],
+                    "new": c["deliver"]["delivered_new"], "progress": c["progress"]["progress_sent"]},
+                   {"staged": changes, "updated": changes, "new": 0, "progress": 0}, f"incremental over {size:,}")
+            times[size].append(run["times"]["total"])
+            result.runs.append({"repeat": r, "source": size, **run})
+            say(f"incremental {r + 1}/{args.repeats} over {size:,}: {run['times']['total']:.2f}s "
+                f"({_fmt_times(run['times'])})")
+    big, little = median(times[large]), median(times[small])
+    result.sizes.update({"source_large": large, "source_small": small, "changes": changes, "repeats": args.repeats})
+    result.lines.append(Line("incremental", f"{changes:,} changes over {large:,}", big, "s", little,
+                             f"same over {small:,}", big / little, "≤ 2.0", big / little <= 2.0,
+                             "historical rows seeded with compact payloads (row counts and indexes real)"))
+
+
+# --- 3. memory -------------------------------------------------------------------------------------
+def scenario_memory(ws: Workspace, args: argparse.Namespace, result: Result, full_sync: Result | None) -> None:
+    """Peak RSS of the bus process: over the sync steps (stage, deliver, progress: what a worker
+    runs), and including the sealing that follows in the same process (``audit seal`` runs on its
+    own in production, so it gets its own lines)."""
+    small, large = args.memory_small, args.memory_large
+    sync: dict[int, float] = {}
+    whole: dict[int, float] = {}
+    rates: dict[int, float] = {}
+
+    def keep(size: int, runs: list[dict[str, Any]]) -> None:
+        sync[size] = median([r["peak_after_mb"]["progress"] for r in runs])
+        whole[size] = median([r["peak_rss_mb"] for r in runs])
+        rates[size] = median([size / r["times"]["total"] for r in runs])
+
+    if full_sync is not None and full_sync.error is None and full_sync.sizes.get("dossiers") == small:
+        keep(small, [r for r in full_sync.runs if r["kind"] == "bus"])
+    for size in (small, large):
+        if size in sync:
+            continue
+        onestop = ws.onestop(size)
+        bus_db = ws.fresh(f"bus-memory-{size}") / "bus.db"
+        with standins(onestop, ws.fresh(f"portal-memory-{size}")) as urls:
+            run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size)
+        c = run["counts"]
+        _check({"delivered": c["deliver"]["delivered_new"], "progress": c["progress"]["progress_sent"]},
+               {"delivered": size, "progress": expected_progress(ws, size)}, f"memory run of {size:,}")
+        keep(size, [run])
+        result.runs.append({"source": size, **run})
+        say(f"memory: full sync of {size:,}: peak {run['peak_rss_mb']:.0f} MB (sync steps "
+            f"{run['peak_after_mb']['progress']:.0f} MB), {run['times']['total']:.0f}s")
+        shutil.rmtree(bus_db.parent, ignore_errors=True)
+    result.sizes.update({"small": small, "large": large, "throughput": rates, "sync_peak_mb": sync,
+                         "with_seal_peak_mb": whole})
+    for label, peaks, note in (
+            ("bus peak RSS, sync steps", sync, "stage + deliver + progress (the worker's tasks)"),
+            ("bus peak RSS, with sealing", whole, "the same process then seals the log (lienthong.audit.seal)")):
+        ratio = peaks[large] / peaks[small]
+        result.lines += [
+            Line("memory", f"{label}, {large:,}", peaks[large], "MB", peaks[small], f"same at {small:,}", ratio,
+                 "≤ 1.5", ratio <= 1.5, note),
+            Line("memory", f"{label}, {large:,}", peaks[large], "MB", 500.0, "500 MB", peaks[large] / 500.0,
+                 "< 500 MB", peaks[large] < 500.0, note),
+        ]
+
+
+# --- 4. mapping engine -----------------------------------------------------------------------------
+def _rate(function: Callable[[Any], Any], records: list[Any], seconds: float) -> float:
+    """Records per second of this process's CPU time (other processes on a shared machine do not
+    count against it, as they would with wall time)."""
+    done, t0 = 0, time.process_time()
+    while True:
+        for record in records:
+            function(record)
+        done += len(records)
+        elapsed = time.process_time() - t0
+        if elapsed >= seconds:
+            return done / elapsed
+
+
+def scenario_engine(ws: Workspace, args: argparse.Namespace, result: Result) -> None:
+    from bench.handmap import map_dossier, map_progress
+    from bench.seed import iter_snapshots
+    from lienthong.flows import dossier_status
+    from lienthong.mapping import load_mapping
+
+    import gc
+
+    dossier = load_mapping(dossier_status.MAPPING)
+    progress = load_mapping(dossier_status.PROGRESS_MAPPING)
+    records = [json.loads(text) for _, _, _, text in iter_snapshots(ws.templates, 0, args.engine_records)]
+    # What earlier scenarios left in this process must not be traversed by the garbage collector
+    # while the engine (which allocates more than the hand-written function) is timed.
+    gc.collect()
+    gc.freeze()
+    entries = [{**e, "dossierNo": d["dossierNo"]} for d in records for e in d["progress"]]
+    for d in records:  # the reference must do the same work: same output on every record
+        if dossier.apply(d) != map_dossier(d):
+            raise AssertionError(f"hand-written dossier mapping differs from the engine on {d['dossierNo']}")
+    for e in entries:
+        if progress.apply(e) != map_progress(e):
+            raise AssertionError(f"hand-written progress mapping differs from the engine on {e['dossierNo']}")
+    lines = []
+    for label, engine_fn, hand_fn, items in (("dossier", dossier.apply, map_dossier, records),
+                                             ("progress entry", progress.apply, map_progress, entries)):
+        engine, hand = [], []
+        for _ in range(args.repeats):
+            engine.append(_rate(engine_fn, items, args.engine_seconds))
+            hand.append(_rate(hand_fn, items, args.engine_seconds))
+        e, h = median(engine), median(hand)
+        result.runs.append({"record": label, "engine": engine, "hand": hand})
+        plural = "progress entries" if label == "progress entry" else f"{label}s"
+        lines.append(Line("engine", f"{plural} mapped by the YAML engine", e, f"{plural}/s", h, "hand-written Python",
+                          e / h, "≥ 0.50", e / h >= 0.5,
+                          "the chain through the canonical record" if label == "dossier" else "chain"))
+    direct = load_mapping(dossier_status.MAPPING + ".direct")  # the one-stage file the chain replaced
+    d_rates, h_rates = [], []
+    for _ in range(args.repeats):
+        d_rates.append(_rate(direct.apply, records, args.engine_seconds))
+        h_rates.append(_rate(map_dossier, records, args.engine_seconds))
+    d, h = median(d_rates), median(h_rates)
+    lines.append(Line("engine", "dossiers, one-stage mapping (dossier.direct)", d, "dossiers/s", h,
+                      "hand-written Python", d / h, "", None, "for reference: the flow runs the chain"))
+    gc.unfreeze()
+    result.sizes.update({"records": len(records), "progress_entries": len(entries), "repeats": args.repeats})
+    result.lines += lines
+
+
+# --- 5. audit verify -------------------------------------------------------------------------------
+def _copy_rows(conn: sqlite3.Connection, table: str, offset: int, first: int, last: int, id_column: str,
+               drop: tuple[str, ...] = ()) -> None:
+    cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})") if r[1] not in drop]
+    select_cols = ", ".join(f"{c} + {offset}" if c == id_column else c for c in cols)
+    conn.execute(f"INSERT INTO {table}({', '.join(cols)}) SELECT {select_cols} FROM {table} "  # noqa: S608
+                 f"WHERE {id_column} BETWEEN {first} AND {last}")
+
+
+def build_exchange_log(ws: Workspace, args: argparse.Namespace, target: int) -> tuple[Path, int]:
+    """A bus database whose exchange log holds ``target`` records: a real sync's records (its own
+    mix of feed pages, dossier batches and progress chunks, with their keys and personal-value
+    commitments), copied under new ids until the count is reached; then sealed in batches."""
+    from lienthong.audit.seal import seal_exchanges
+    from lienthong.store import Store
+
+    onestop = ws.onestop(args.audit_seed_dossiers)
+    bus_db = ws.fresh("bus-audit") / "bus.db"
+    with standins(onestop, ws.fresh("portal-audit")) as urls:
+        run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size)
+    conn = sqlite3.connect(bus_db)
+    for table in ("exchange_seal_leaf", "exchange_seal"):
+        conn.execute(f"DELETE FROM {table}")  # noqa: S608 - reseal the whole log below
+    base = int(conn.execute("SELECT MAX(id) FROM exchange_log").fetchone()[0])
+    side = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            if t != "exchange_log" and "exchange_id" in {r[1] for r in conn.execute(f"PRAGMA table_info({t})")}
+            and t not in ("exchange_seal_leaf",)]
+    have = base
+    while have < target:
+        take = min(have, target - have)
+        _copy_rows(conn, "exchange_log", have, 1, take, "id")
+        for table in side:
+            cols = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            drop = ("id",) if "id" in cols and "exchange_id" in cols else ()
+            _copy_rows(conn, table, have, 1, take, "exchange_id", drop)
+        have += take
+        conn.commit()
+    conn.close()
+    store = Store(f"sqlite:///{bus_db}")
+    t0 = time.perf_counter()
+    sealed = seal_exchanges(store, ws.seal_key, batch_size=args.seal_batch)
+    seal_seconds = time.perf_counter() - t0
+    store.dispose()
+    say(f"audit: a log of {have:,} records ({base:,} real, copied), sealed in {len(sealed.seals)} seals "
+        f"in {seal_seconds:.1f}s")
+    return bus_db, seal_seconds
+
+
+def scenario_audit(ws: Workspace, args: argparse.Namespace, result: Result) -> None:
+    from lienthong.audit.keys import public_key_path
+    from lienthong.audit.verify import verify_exchanges
+    from lienthong.store import Store
+
+    bus_db, seal_seconds = build_exchange_log(ws, args, args.audit_records)
+    store = Store(f"sqlite:///{bus_db}")
+    rates = []
+    for r in range(args.audit_repeats):
+        t0 = time.perf_counter()
+        verdict = verify_exchanges(store, public_key_path(ws.seal_key))
+        seconds = time.perf_counter() - t0
+        if not verdict.ok or verdict.records_checked != args.audit_records:
+            raise AssertionError(f"verify: {verdict.to_dict()}")
+        rates.append(verdict.records_checked / seconds)
+        result.runs.append({"repeat": r, "seconds": seconds, "records": verdict.records_checked,
+                            "seals": verdict.seals_checked})
+        say(f"audit verify {r + 1}/{args.audit_repeats}: {verdict.records_checked / seconds:,.0f} records/s")
+    store.dispose()
+    rate = median(rates)
+    result.sizes.update({"records": args.audit_records, "seal_batch": args.seal_batch,
+                         "seal_seconds": seal_seconds, "repeats": args.audit_repeats,
+                         "db_mb": bus_db.stat().st_size / 2**20})
+    result.lines.append(Line("audit", "records verified per second", rate, "records/s", 100_000.0, "100,000/s",
+                             rate / 100_000, "≥ 1.0", rate >= 100_000,
+                             f"log of {args.audit_records:,} exchanges; sealing took {seal_seconds:.0f}s"))
+    shutil.rmtree(bus_db.parent, ignore_errors=True)
+
+
+# --- 6. catalogue diff -----------------------------------------------------------------------------
+def scenario_catalogue(ws: Workspace, args: argparse.Namespace, result: Result) -> None:
+    import requests
+
+    from bench.standins import PORTAL_PASSWORD, PORTAL_USER, UNIT
+    from connectors.connection import connection_from_env
+    from lienthong import tasks
+
+    size, changed = args.catalogue_size, args.catalogue_changed
+    bus_dir = ws.fresh("bus-catalogue")
+    with standins(ws.onestop(0), ws.fresh("portal-catalogue"), catalogue_size=size) as urls:
+        env = {}
+        for conn_id, conn in {
+            "onestop_default": _http(urls["onestop"], password="bench-onestop-key", extra={"read_timeout": 60}),
+            "national_portal_default": _http(urls["portal"], login=PORTAL_USER, password=PORTAL_PASSWORD,
+                                             extra={"madonvi": UNIT, "read_timeout": 60}),
+            "lienthong_db": {"conn_type": "sqlite", "host": str(bus_dir / "bus.db")},
+            "ministry_db_default": {"conn_type": "sqlite", "host": str(bus_dir / "ministry.db")},
+        }.items():
+            env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+        with _environ(env):
+            def sync(run_id: str) -> tuple[dict[str, Any], float]:
+                t0 = time.perf_counter()
+                counts = tasks.pull_procedure_catalogue(connection_from_env, run_id=run_id)
+                t1 = time.perf_counter()
+                for destination in ("onestop", "ministry"):
+                    counts.update(tasks.push_procedure_catalogue(connection_from_env, run_id=run_id,
+                                                                 destination=destination))
+                t2 = time.perf_counter()
+                return counts, {"pull": t1 - t0, "push": t2 - t1, "total": t2 - t0}
+
+            first, first_t = sync("catalogue-first")
+            say(f"catalogue: first sync of {size:,} in {first_t['total']:.1f}s")
+            diffs = []
+            for r in range(args.repeats):
+                published = requests.post(f"{urls['portal']}/_admin/catalogue/publish",
+                                          json={"amend": changed, "seed": 100 + r}, timeout=120).json()
+                counts, t = sync(f"catalogue-diff-{r}")
+                pushed = {"onestop": counts["onestop_upserted"] + counts["onestop_withdrawn"],
+                          "ministry": counts["ministry_upserted"] + counts["ministry_withdrawn"]}
+                diffs.append({"repeat": r, "times": t, "amended": counts["amended"], "pushed": pushed,
+                              "published": len(published.get("amended", []))})
+                say(f"catalogue diff {r + 1}/{args.repeats}: {counts['amended']} amended, pushed {pushed}, "
+                    f"{t['total']:.1f}s")
+    result.runs += [{"kind": "first", "counts": first, "times": first_t}, *diffs]
+    diff_time = median([d["times"]["total"] for d in diffs])
+    push_time = median([d["times"]["push"] for d in diffs])
+    exact = all(d["amended"] == changed and d["pushed"] == {"onestop": changed, "ministry": changed} for d in diffs)
+    pushed_onestop = median([d["pushed"]["onestop"] for d in diffs])
+    result.sizes.update({"procedures": size, "changed": changed, "first_sync_seconds": first_t["total"],
+                         "first_upserted": first.get("onestop_upserted"), "repeats": args.repeats})
+    result.lines += [
+        Line("catalogue", "records pushed per destination", pushed_onestop, "records", float(changed),
+             f"{changed} changed", pushed_onestop / changed, "= 1.00 (exactly the changed)", exact,
+             f"{size:,} procedures; one-stop and ministry replica"),
+        Line("catalogue", "diff run (pull + push) time", diff_time, "s", first_t["total"], "first full sync",
+             diff_time / first_t["total"], "", None,
+             f"push alone {push_time:.2f}s; the pull reads the whole national catalogue (no change feed)"),
+    ]
+
+
+def _http(url: str, **fields: Any) -> dict[str, Any]:
+    host, port = url.removeprefix("http://").split(":")
+    return {"conn_type": "http", "host": host, "port": int(port), "schema": "http", **fields}
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# --- the table -------------------------------------------------------------------------------------
+def _num(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value != value:  # nan
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def table(results: dict[str, Result]) -> str:
+    rows = [("scenario", "measure", "median", "reference (median)", "ratio", "target", "verdict")]
+    for res in results.values():
+        if res.error:
+            rows.append((res.name, "ERROR", res.error.splitlines()[0][:80], "", "", "", "FAIL"))
+        for line in res.lines:
+            rows.append((line.scenario, line.measure, f"{_num(line.value)} {line.unit}",
+                         f"{_num(line.reference)} {line.reference_label}".strip(),
+                         f"{line.ratio:.2f}" if line.ratio is not None else "", line.target,
+                         "" if line.passed is None else ("PASS" if line.passed else "FAIL")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --- main ------------------------------------------------------------------------------------------
+def _write(args: argparse.Namespace, argv: list[str] | None, started: datetime, results: dict[str, Result],
+           text: str, *, partial: bool) -> Path:
+    """``var/bench/<timestamp>.json`` and ``latest.json`` (rewritten after each scenario)."""
+    doc = {
+        "started_at": started.isoformat(),
+        "finished_at": None if partial else datetime.now(UTC).isoformat(),
+        "partial": partial,
+        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "quick": args.quick,
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "commit": _commit(),
+        "scenarios": {name: res.as_dict() for name, res in results.items()},
+        "table": text,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    body = json.dumps(doc, ensure_ascii=False, indent=2, default=str)
+    path.write_text(body, encoding="utf-8")
+    (args.out / "latest.json").write_text(body, encoding="utf-8")
+    return path
+
+
+QUICK = {"dossiers": 150, "naive_sample": 30, "repeats": 1, "incremental_large": 3000, "incremental_small": 300,
+         "changes": 30, "memory_small": 150, "memory_large": 450, "engine_records": 200, "engine_seconds": 0.2,
+         "audit_records": 1500, "audit_seed_dossiers": 60, "audit_repeats": 1, "seal_batch": 500,
+         "catalogue_size": 40, "catalogue_changed": 5}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only these (repeatable)")
+    p.add_argument("--quick", action="store_true", help="small sizes, one repeat (the smoke test)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per scenario (medians are reported)")
+    p.add_argument("--dossiers", type=int, default=100_000, help="full sync: dossiers in the one-stop")
+    p.add_argument("--naive-sample", type=int, default=2_000, help="full sync: dossiers the naive way is timed over")
+    p.add_argument("--batch-size", type=int, default=50, help="dossiers per DongBoHoSoMC call (bus and ceiling)")
+    p.add_argument("--chunk-size", type=int, default=50, help="entries per CapNhatTienDoHoSoMC call (bus and ceiling)")
+    p.add_argument("--incremental-large", type=int, default=1_000_000)
+    p.add_argument("--incremental-small", type=int, default=10_000)
+    p.add_argument("--changes", type=int, default=1_000, help="incremental: changed dossiers per run")
+    p.add_argument("--memory-large", type=int, default=1_000_000)
+    p.add_argument("--memory-small", type=int, default=100_000)
+    p.add_argument("--engine-records", type=int, default=2_000)
+    p.add_argument("--engine-seconds", type=float, default=1.0, help="engine: seconds per timing")
+    p.add_argument("--audit-records", type=int, default=1_000_000)
+    p.add_argument("--audit-seed-dossiers", type=int, default=2_000, help="audit: a real sync whose log is copied")
+    p.add_argument("--audit-repeats", type=int, default=1)
+    p.add_argument("--seal-batch", type=int, default=10_000)
+    p.add_argument("--catalogue-size", type=int, default=5_000)
+    p.add_argument("--catalogue-changed", type=int, default=50)
+    p.add_argument("--out", type=Path, default=ROOT / "var" / "bench", help="where the JSON results go")
+    p.add_argument("--workdir", type=Path, default=None, help="scratch space (default: a temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch space")
+    p.add_argument("--profile", action="store_true", help="pyinstrument profile of the first bus full sync")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.quick:
+        defaults = parser().parse_args([])
+        for key, value in QUICK.items():
+            if getattr(args, key) == getattr(defaults, key):
+                setattr(args, key, value)
+    chosen = args.scenario or list(SCENARIOS)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="lienthong-bench-"))
+    ws = Workspace(work)
+    started = datetime.now(UTC)
+    results: dict[str, Result] = {}
+    runners = {"full_sync": scenario_full_sync, "incremental": scenario_incremental, "engine": scenario_engine,
+               "audit": scenario_audit, "catalogue": scenario_catalogue}
+    try:
+        for name in SCENARIOS:
+            if name not in chosen:
+                continue
+            res = Result(name, {})
+            results[name] = res
+            say(f"scenario {name}")
+            t0 = time.perf_counter()
+            try:
+                if name == "memory":
+                    scenario_memory(ws, args, res, results.get("full_sync"))
+                else:
+                    runners[name](ws, args, res)
+            except Exception as exc:  # noqa: BLE001 - a harness reports a broken scenario and goes on
+                import traceback
+
+                res.error = f"{type(exc).__name__}: {exc}"
+                res.runs.append({"traceback": traceback.format_exc()})
+                say(f"scenario {name} failed: {res.error}")
+            res.seconds = time.perf_counter() - t0
+            _write(args, argv, started, results, table(results), partial=True)  # what is done so far
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    text = table(results)
+    print(text)
+    path = _write(args, argv, started, results, text, partial=False)
+    print(f"\nresults: {path} (and latest.json)")
+    failed = any(r.error for r in results.values()) or any(
+        line.passed is False for r in results.values() for line in r.lines)
+    return 1 if failed else 0
