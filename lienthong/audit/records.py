@@ -155,9 +155,13 @@ class Batch:
 
 def _personal_rows(conn: Connection, first_id: int, last_id: int) -> dict[int, list[PersonalField]]:
     out: dict[int, list[PersonalField]] = {}
-    t = exchange_personal_field
-    for r in conn.execute(select(t.c.exchange_id, t.c.side, t.c.path, t.c.kind, t.c.commitment, t.c.salt, t.c.value)
-                          .where(t.c.exchange_id >= first_id, t.c.exchange_id <= last_id)):
+    # Tens of rows per exchange: read as plain tuples through the driver (about twice as fast as
+    # SQLAlchemy rows of a select(), which the benchmark's verify profile showed).
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    rows = conn.exec_driver_sql(
+        f"SELECT exchange_id, side, path, kind, commitment, salt, value FROM {exchange_personal_field.name} "
+        f"WHERE exchange_id >= {mark} AND exchange_id <= {mark}", (first_id, last_id)).fetchall()
+    for r in rows:
         out.setdefault(r[0], []).append(PersonalField(r[1], r[2], r[3], r[4],
                                                       None if r[5] is None else bytes(r[5]),
                                                       None if r[6] is None else bytes(r[6])))
