@@ -199,6 +199,17 @@ def load_batch(conn: Connection, after_id: int, up_to_id: int | None = None, lim
 
 
 def load_records(conn: Connection, after_id: int, up_to_id: int | None = None,
-                 limit: int | None = None) -> list[tuple[int, str]]:
-    """``(id, leaf hash)`` of the records with ``after_id < id <= up_to_id``, in id order."""
-    return load_batch(conn, after_id, up_to_id, limit).records
+                 limit: int | None = None, *, chunk: int = 100) -> list[tuple[int, str]]:
+    """``(id, leaf hash)`` of the records with ``after_id < id <= up_to_id``, in id order.
+
+    Read ``chunk`` records at a time and keep only their leaf hashes, so sealing a large batch
+    never holds that many bodies in memory (the benchmark's memory scenario)."""
+    out: list[tuple[int, str]] = []
+    while limit is None or len(out) < limit:
+        take = chunk if limit is None else min(chunk, limit - len(out))
+        records = load_batch(conn, after_id, up_to_id, take).records
+        out.extend(records)
+        if len(records) < take:
+            break
+        after_id = records[-1][0]
+    return out
