@@ -431,7 +431,8 @@ def scenario_memory(ws: Workspace, args: argparse.Namespace, result: Result, ful
         result.runs.append({"source": size, **run})
         say(f"memory: full sync of {size:,}: peak {run['peak_rss_mb']:.0f} MB (sync steps "
             f"{run['peak_after_mb']['progress']:.0f} MB), {run['times']['total']:.0f}s")
-        shutil.rmtree(bus_db.parent, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(bus_db.parent, ignore_errors=True)
     result.sizes.update({"small": small, "large": large, "throughput": rates, "sync_peak_mb": sync,
                          "with_seal_peak_mb": whole})
     for label, peaks, note in (

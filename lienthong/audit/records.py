@@ -153,13 +153,16 @@ class Batch:
     blobs: list[tuple[int, str, str]] = field(default_factory=list)  # (id, side, sha256)
 
 
-def _personal_rows(conn: Connection, first_id: int, last_id: int) -> dict[int, list[PersonalField]]:
+def _personal_rows(conn: Connection, first_id: int, last_id: int, *,
+                   values: bool = True) -> dict[int, list[PersonalField]]:
     out: dict[int, list[PersonalField]] = {}
     # Tens of rows per exchange: read as plain tuples through the driver (about twice as fast as
     # SQLAlchemy rows of a select(), which the benchmark's verify profile showed).
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    # Sealing needs only the commitments; the salts and values (verify re-checks them) stay unread.
+    columns = "exchange_id, side, path, kind, commitment" + (", salt, value" if values else ", NULL, NULL")
     rows = conn.exec_driver_sql(
-        f"SELECT exchange_id, side, path, kind, commitment, salt, value FROM {exchange_personal_field.name} "
+        f"SELECT {columns} FROM {exchange_personal_field.name} "
         f"WHERE exchange_id >= {mark} AND exchange_id <= {mark}", (first_id, last_id)).fetchall()
     for r in rows:
         out.setdefault(r[0], []).append(PersonalField(r[1], r[2], r[3], r[4],
@@ -168,8 +171,10 @@ def _personal_rows(conn: Connection, first_id: int, last_id: int) -> dict[int, l
     return out
 
 
-def load_batch(conn: Connection, after_id: int, up_to_id: int | None = None, limit: int | None = None) -> Batch:
-    """The records with ``after_id < id <= up_to_id`` (at most ``limit``), in id order."""
+def load_batch(conn: Connection, after_id: int, up_to_id: int | None = None, limit: int | None = None, *,
+               personal_values: bool = True) -> Batch:
+    """The records with ``after_id < id <= up_to_id`` (at most ``limit``), in id order
+    (``personal_values``: also read the salts and values behind the commitments)."""
     query = select(exchange_log).where(exchange_log.c.id > after_id).order_by(exchange_log.c.id)
     if up_to_id is not None:
         query = query.where(exchange_log.c.id <= up_to_id)
@@ -185,7 +190,7 @@ def load_batch(conn: Connection, after_id: int, up_to_id: int | None = None, lim
         exchange_key.c.exchange_id >= first, exchange_key.c.exchange_id <= last)
     for exchange_id, record_key in conn.execute(key_query):
         keys.setdefault(exchange_id, []).append(record_key)
-    batch.personal = _personal_rows(conn, first, last)
+    batch.personal = _personal_rows(conn, first, last, values=personal_values)
     for row in rows:
         record_id = row["id"]
         fields = batch.personal.get(record_id, ())
@@ -199,7 +204,7 @@ def load_batch(conn: Connection, after_id: int, up_to_id: int | None = None, lim
 
 
 def load_records(conn: Connection, after_id: int, up_to_id: int | None = None,
-                 limit: int | None = None, *, chunk: int = 100) -> list[tuple[int, str]]:
+                 limit: int | None = None, *, chunk: int = 20) -> list[tuple[int, str]]:
     """``(id, leaf hash)`` of the records with ``after_id < id <= up_to_id``, in id order.
 
     Read ``chunk`` records at a time and keep only their leaf hashes, so sealing a large batch
@@ -207,7 +212,7 @@ def load_records(conn: Connection, after_id: int, up_to_id: int | None = None,
     out: list[tuple[int, str]] = []
     while limit is None or len(out) < limit:
         take = chunk if limit is None else min(chunk, limit - len(out))
-        records = load_batch(conn, after_id, up_to_id, take).records
+        records = load_batch(conn, after_id, up_to_id, take, personal_values=False).records
         out.extend(records)
         if len(records) < take:
             break
