@@ -118,6 +118,10 @@ class FieldError:
     def __str__(self) -> str:
         return f"{self.field}: {self.message} [{self.rule}]"
 
+    def as_dict(self) -> dict[str, str]:
+        """``{field, rule, message}``: how dead letters and run summaries keep it."""
+        return {"field": self.field, "rule": self.rule, "message": self.message}
+
 
 class RecordRejected(IntegrationError):
     """One record cannot be delivered; dead-letter it and continue with the others.
@@ -132,6 +136,10 @@ class RecordRejected(IntegrationError):
         self.errors = tuple(errors)
         detail = "; ".join(str(e) for e in self.errors) or "rejected"
         super().__init__(f"record {record_key}: {detail}")
+
+    def error_dicts(self) -> list[dict[str, str]]:
+        """Every broken rule as ``{field, rule, message}`` (dead letters, run summaries)."""
+        return [e.as_dict() for e in self.errors]
 
 
 class PeerRejected(RecordRejected):

@@ -241,7 +241,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
                 "input": path.name if len(records) == 1 else f"{path.name}[{n}]",
                 "record_key": mapping.record_key(record),
                 "ok": not all_errors,
-                "errors": [{"field": e.field, "rule": e.rule, "message": e.message} for e in errors],
+                "errors": [e.as_dict() for e in errors],
             }
             if len(errors) < len(all_errors):
                 entry["errors_in_other_fields"] = len(all_errors) - len(errors)

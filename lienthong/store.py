@@ -7,8 +7,9 @@ where the last one stopped (design §4).
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +40,8 @@ from sqlalchemy.types import TypeDecorator
 
 from connectors.connection import ConnectionSpec
 
-__all__ = ["Store", "canonical_json", "insert_ignore", "metadata", "sqlalchemy_url", "utcnow"]
+__all__ = ["Store", "blocked_keys", "canonical_json", "content_hash", "insert_ignore", "metadata", "sqlalchemy_url",
+           "utcnow"]
 
 metadata = MetaData()
 
@@ -511,6 +513,23 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], co
 def canonical_json(value: Any) -> bytes:
     """The bytes a payload hash is computed over: sorted keys, no spaces, UTF-8."""
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def content_hash(value: Any) -> str:
+    """SHA-256 (hex) of ``value``'s canonical JSON: what acknowledgements compare payloads by."""
+    return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def blocked_keys(conn: Connection, flow: str, keys: Iterable[str]) -> set[str]:
+    """Keys of ``keys`` with an unresolved dead letter in ``flow``: a flow leaves them alone until
+    the dead letter is replayed (the per-record ordering guard)."""
+    keys = list(keys)
+    if not keys:
+        return set()
+    return set(conn.execute(
+        select(dead_letter.c.record_key).where(
+            dead_letter.c.flow == flow, dead_letter.c.record_key.in_(keys), dead_letter.c.resolved_at.is_(None))
+    ).scalars())
 
 
 # -- reports (lienthong/reports) -----------------------------------------------------------------

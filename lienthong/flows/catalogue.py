@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -35,7 +34,7 @@ from connectors.one_stop.client import OneStopClient
 from lienthong.mapping import Mapping, RecordInvalid, load_mapping
 from lienthong.store import (
     Store,
-    canonical_json,
+    content_hash,
     catalogue_change,
     catalogue_current,
     dead_letter,
@@ -84,10 +83,6 @@ class PushReport:
                 f"{d}_rejections": self.rejected}
 
 
-def record_hash(record: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(record)).hexdigest()
-
-
 def _levels(services: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
     """Procedure code → every MUCDO the portal publishes for its public services."""
     out: dict[str, list[Any]] = defaultdict(list)
@@ -129,8 +124,7 @@ def pull_catalogue(store: Store, portal: NationalPortalClient, *, run_id: str,
             rejected_codes.add(key)
             _dead_letter(store, run_id, key, source, exc)
             report.rejected.append({"record_key": key, "stage": "normalise",
-                                    "errors": [{"field": e.field, "rule": e.rule, "message": e.message}
-                                               for e in exc.errors]})
+                                    "errors": exc.error_dicts()})
             continue
         snapshot[record["procedure_code"]] = record
     report.normalised = len(snapshot)
@@ -153,7 +147,7 @@ def _dead_letter(store: Store, run_id: str, key: str, source: dict[str, Any], ex
                  stage: str = "normalise") -> None:
     """Dead-letter a procedure, once: the same refusal of the same record already waiting is not repeated
     by every daily run."""
-    errors = [{"field": e.field, "rule": e.rule, "message": e.message} for e in exc.errors]
+    errors = exc.error_dicts()
     with store.begin() as conn:
         waiting = conn.execute(select(dead_letter.c.errors, dead_letter.c.source_payload).where(
             dead_letter.c.flow == FLOW, dead_letter.c.record_key == key, dead_letter.c.stage == stage,
@@ -176,7 +170,7 @@ def _apply_snapshot(store: Store, run_id: str, snapshot: dict[str, dict[str, Any
         current = {r.procedure_code: r for r in conn.execute(select(catalogue_current))}
         changes: list[dict[str, Any]] = []
         for code, record in snapshot.items():
-            digest = record_hash(record)
+            digest = content_hash(record)
             old = current.get(code)
             agency = record.get("publishing_agency_code")
             if old is None or not old.published:
@@ -268,8 +262,7 @@ def _push_onestop(store: Store, onestop: OneStopClient, run_id: str) -> PushRepo
         except RecordRejected as exc:
             _dead_letter(store, run_id, row.procedure_code, row.record, exc, "onestop")
             report.rejected.append({"record_key": row.procedure_code, "stage": "onestop",
-                                    "errors": [{"field": e.field, "rule": e.rule, "message": e.message}
-                                               for e in exc.errors]})
+                                    "errors": exc.error_dicts()})
             continue
         _ack(store, ONESTOP, [(row.procedure_code, row.record_hash)], "published", run_id)
         report.upserted += 1
@@ -294,8 +287,7 @@ def _push_ministry(store: Store, replica: MinistryReplica, run_id: str, batch_si
             except RecordInvalid as exc:
                 _dead_letter(store, run_id, row.procedure_code, row.record, exc, "ministry")
                 report.rejected.append({"record_key": row.procedure_code, "stage": "ministry",
-                                        "errors": [{"field": e.field, "rule": e.rule, "message": e.message}
-                                                   for e in exc.errors]})
+                                        "errors": exc.error_dicts()})
                 continue
             rows.append((row, ProcedureRow(**mapped, noi_dung=row.record, ma_bam_noi_dung=row.record_hash)))
         replica.upsert(r for _, r in rows)  # one transaction for the batch

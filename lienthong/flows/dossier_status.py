@@ -25,7 +25,6 @@ payload and every broken rule; the others go on.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -46,7 +45,8 @@ from lienthong.leases import Leases
 from lienthong.mapping import Mapping, RecordInvalid, load_mapping
 from lienthong.store import (
     Store,
-    canonical_json,
+    blocked_keys,
+    content_hash,
     catalogue_current,
     dead_letter,
     delivery_state,
@@ -258,14 +258,6 @@ def _stage_rows(store: Store, rows: list[dict[str, Any]], run_id: str, report: S
 
 
 # --- 2. deliver dossiers -------------------------------------------------------------------------
-def payload_hash(record: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(record)).hexdigest()
-
-
-def _errors_of(exc: RecordRejected) -> list[dict[str, str]]:
-    return [{"field": e.field, "rule": e.rule, "message": e.message} for e in exc.errors]
-
-
 @dataclass
 class _Item:
     outbox_id: int
@@ -275,16 +267,6 @@ class _Item:
     record: dict[str, Any]
     digest: str
     attempts: int
-
-
-def blocked_keys(conn: Connection, flow: str, keys: list[str]) -> set[str]:
-    """Keys of ``keys`` with an unresolved dead letter in ``flow`` (the ordering guard)."""
-    if not keys:
-        return set()
-    return set(conn.execute(
-        select(dead_letter.c.record_key).where(
-            dead_letter.c.flow == flow, dead_letter.c.record_key.in_(keys), dead_letter.c.resolved_at.is_(None))
-    ).scalars())
 
 
 def deliver_pending(
@@ -367,7 +349,7 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
                             "mapping")
                     continue
                 item = _Item(row.id, row.record_key, row.source_version, row.source_payload, record,
-                             payload_hash(record), row.attempts)
+                             content_hash(record), row.attempts)
                 ack = acks.get(row.record_key)
                 if ack is not None and _older(item.version, ack.source_version):
                     _finish(conn, item, "stale", None, run_id)
@@ -547,7 +529,7 @@ def _reject(
     *,
     peer_code: str | None = None,
 ) -> None:
-    errors = _errors_of(exc)
+    errors = exc.error_dicts()
     table = outbox if flow == FLOW else progress_outbox
     attempts = conn.execute(select(table.c.attempts).where(table.c.id == row_id)).scalar() or 0
     Store.add_dead_letter(conn, flow=flow, record_key=key, outbox_id=row_id, run_id=run_id, stage=stage,
@@ -684,7 +666,7 @@ def _map_progress(store: Store, mapping: Mapping, report: ProgressReport, run_id
                         _reject(conn, report.rejected, PROGRESS_FLOW, row.id, row.entry_key, row.source_payload,
                                 exc, run_id, "mapping")
                         continue
-                    mapped.append({"b_id": row.id, "b_payload": record, "b_hash": payload_hash(record),
+                    mapped.append({"b_id": row.id, "b_payload": record, "b_hash": content_hash(record),
                                    "b_at": str(record.get("ThoiDiemXuLy", ""))})
                 if mapped:
                     conn.execute(_SET_MAPPED, mapped)

@@ -29,17 +29,14 @@ systems agree, in four steps that each survive a crash and a rerun:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.engine import Connection
 
 from connectors.errors import (
     AmountMismatch,
@@ -55,7 +52,8 @@ from lienthong.exchange_log import put_blob, read_blob
 from lienthong.mapping import RecordInvalid, load_mapping
 from lienthong.store import (
     Store,
-    canonical_json,
+    blocked_keys,
+    content_hash,
     dead_letter,
     insert_ignore,
     payment_txn,
@@ -98,22 +96,6 @@ KINDS = {
     "ledger_amount_differs": "the ledger's receipt has another amount than the platform collected",
     "unexpected_receipt": "the ledger holds a receipt for a payment the bus does not know",
 }
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(canonical_json(value)).hexdigest()
-
-
-def _errors_of(exc: RecordRejected) -> list[dict[str, str]]:
-    return [{"field": e.field, "rule": e.rule, "message": e.message} for e in exc.errors]
-
-
-def _blocked(conn: Connection, keys: Iterable[str]) -> set[str]:
-    keys = list(keys)
-    if not keys:
-        return set()
-    return set(conn.execute(select(dead_letter.c.record_key).where(
-        dead_letter.c.flow == FLOW, dead_letter.c.record_key.in_(keys), dead_letter.c.resolved_at.is_(None))).scalars())
 
 
 def _dead_letter(store: Store, run_id: str, key: str, stage: str, exc: Exception, errors: list[dict[str, str]],
@@ -191,7 +173,7 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str) 
                                        and_(payment_txn.c.platform_status == "paid",
                                             payment_txn.c.receipt_sha256.is_(None))))
                             .order_by(payment_txn.c.reference)).all()
-        blocked = _blocked(conn, [r.reference for r in todo])
+        blocked = blocked_keys(conn, FLOW, [r.reference for r in todo])
     for row in todo:
         if row.reference in blocked:
             continue
@@ -285,7 +267,7 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
         rows = conn.execute(select(payment_txn).where(
             payment_txn.c.platform_status.in_(("paid", "failed")),
             payment_txn.c.onestop_state.in_(("todo", "held"))).order_by(payment_txn.c.reference)).all()
-        blocked = _blocked(conn, [r.reference for r in rows])
+        blocked = blocked_keys(conn, FLOW, [r.reference for r in rows])
     known_dossiers: dict[str, bool] = {}
     for row in rows:
         if row.reference in blocked:
@@ -319,7 +301,7 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
             _set(store, row.reference, run_id, onestop_state="held", hold_reason=reason)
             continue
         except PeerRejected as exc:
-            _dead_letter(store, run_id, row.reference, "onestop", exc, _errors_of(exc),
+            _dead_letter(store, run_id, row.reference, "onestop", exc, exc.error_dicts(),
                          {"reference": row.reference, "dossierNo": code, "result": row.platform_status},
                          report.rejected, getattr(exc, "peer_code", None))
             continue
@@ -358,7 +340,7 @@ def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, bat
         rows = conn.execute(select(payment_txn).where(
             payment_txn.c.platform_status == "paid", payment_txn.c.receipt_sha256.is_not(None),
             payment_txn.c.ledger_state.in_(("todo", "held"))).order_by(payment_txn.c.reference)).all()
-        blocked = _blocked(conn, [r.reference for r in rows])
+        blocked = blocked_keys(conn, FLOW, [r.reference for r in rows])
     ready: list[tuple[Any, dict[str, Any]]] = []
     payers: dict[str, str | None] = {}
     for row in rows:
@@ -382,7 +364,7 @@ def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, bat
         try:
             record = mapping.apply(source)
         except RecordInvalid as exc:
-            _dead_letter(store, run_id, row.reference, "mapping", exc, _errors_of(exc), source, report.rejected)
+            _dead_letter(store, run_id, row.reference, "mapping", exc, exc.error_dicts(), source, report.rejected)
             _set(store, row.reference, run_id, ledger_state="rejected")
             continue
         ready.append((row, record))
@@ -417,7 +399,7 @@ def _submit_batch(store: Store, ledger: Any, batch: list[tuple[Any, dict[str, An
         except RecordRejected as exc:  # ReceiptInvalid (a ValidationFault) names the receipt and its index
             index = getattr(exc, "index", None)
             row, record = by_number.get(exc.record_key) or batch[index if isinstance(index, int) else 0]
-            _dead_letter(store, run_id, row.reference, "ledger", exc, _errors_of(exc),
+            _dead_letter(store, run_id, row.reference, "ledger", exc, exc.error_dicts(),
                          _source_record(row, record.get("PayerName", "")), report.rejected,
                          getattr(exc, "peer_code", None))
             _set(store, row.reference, run_id, ledger_state="rejected")
@@ -427,7 +409,7 @@ def _submit_batch(store: Store, ledger: Any, batch: list[tuple[Any, dict[str, An
             status = result.statuses.get(record["ReceiptNumber"], "accepted")
             report.accepted += status == "accepted"
             report.unchanged += status == "unchanged"
-            _set(store, row.reference, run_id, ledger_state=status, ledger_hash=_digest(record),
+            _set(store, row.reference, run_id, ledger_state=status, ledger_hash=content_hash(record),
                  hold_reason=row.hold_reason if row.hold_reason != "duplicate_receipt" else None)
         return
 
