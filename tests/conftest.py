@@ -9,6 +9,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,3 +128,50 @@ def bus_env(standins: StandIns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("AIRFLOW_CONN_MINISTRY_DB_DEFAULT",
                        json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "ministry.db")}))
     return standins
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+PG_ADMIN_URL = os.environ.get("LIENTHONG_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A throw-away database on the local PostgreSQL server (127.0.0.1:5432, trust auth, which this
+    machine and CI run); yields its URL and drops it afterwards. No server fails the test."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    try:
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except Exception as exc:  # noqa: BLE001 - the boundary: no server means this backend is not testable
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required for these tests: {type(exc).__name__}: {exc}")
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def bus_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
+    """The bus database with its schema: an SQLite file, and a throw-away PostgreSQL database."""
+    from lienthong.store import Store
+
+    if request.param == "sqlite":
+        store = Store(f"sqlite:///{tmp_path / 'bus.db'}")
+        store.create_schema()
+        yield store
+        store.dispose()
+        return
+    with postgres_database("lienthong_bus") as url:
+        store = Store(url)
+        store.create_schema()
+        try:
+            yield store
+        finally:
+            store.dispose()

@@ -270,29 +270,18 @@ def test_only_get_is_allowed_and_nothing_changes(server, method, path):
 def bus_url(request, tmp_path):
     """A bus database with its schema: an SQLite file, or a throw-away database on the local
     PostgreSQL server (127.0.0.1:5432, trust auth, as the replica tests use)."""
-    from sqlalchemy import create_engine, text
-
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'bus.db'}"
         Store(url).create_schema()
         yield url
         return
-    admin_url = os.environ.get("LIENTHONG_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-    name = f"lienthong_audit_{os.urandom(5).hex()}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - no server: this backend is not testable here
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required: {exc}")
-    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-    store = Store(url)
-    store.create_schema()
-    store.dispose()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    from tests.conftest import postgres_database
+
+    with postgres_database("lienthong_audit") as url:
+        store = Store(url)
+        store.create_schema()
+        store.dispose()
+        yield url
 
 
 def test_the_page_opens_the_bus_database_read_only(bus_url, monkeypatch):

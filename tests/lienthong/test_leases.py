@@ -4,42 +4,17 @@ PostgreSQL, also when many workers race for the same records."""
 from __future__ import annotations
 
 import threading
-import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from lienthong.leases import Leases
-from lienthong.store import Store
 
 
-def _sqlite(tmp_path) -> Store:
-    store = Store(f"sqlite:///{tmp_path / 'bus.db'}")
-    store.create_schema()
-    return store
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        yield _sqlite(tmp_path)
-        return
-    from tests.lienthong.test_migrations import _postgres_or_skip
-
-    admin = _postgres_or_skip()
-    name = f"lienthong_lease_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    s = Store(f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}")
-    s.create_schema()
-    try:
-        yield s
-    finally:
-        s.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+@pytest.fixture
+def store(bus_store):
+    """The bus database on SQLite and on PostgreSQL (tests/conftest.py)."""
+    return bus_store
 
 
 def test_a_record_leased_by_one_worker_is_not_given_to_another(store):

@@ -5,9 +5,6 @@ cleanly with its rows kept, and several processes opening a fresh database at on
 from __future__ import annotations
 
 import multiprocessing
-import os
-import uuid
-from pathlib import Path
 
 import pytest
 from alembic import command
@@ -18,8 +15,8 @@ from sqlalchemy import create_engine, inspect, text
 
 from lienthong import migrations
 from lienthong.store import Store, metadata
+from tests.conftest import postgres_database
 
-PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 
 def _diffs(engine) -> list:
@@ -92,30 +89,10 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path):
     assert _diffs(create_engine(f"sqlite:///{path}")) == []
 
 
-def _postgres_or_skip():
-    try:
-        engine = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return engine
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means "not here"
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 must be reachable in CI: {type(exc).__name__}")
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 not reachable: {type(exc).__name__}")
-
-
 @pytest.fixture
 def pg_database():
-    admin = _postgres_or_skip()
-    name = f"lienthong_mig_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with postgres_database("lienthong_mig") as url:
+        yield url
 
 
 def test_every_revision_in_order_gives_the_declared_schema_on_postgresql(pg_database):

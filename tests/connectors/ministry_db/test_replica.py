@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from connectors.errors import PeerUnavailable
 from connectors.ministry_db.replica import MIGRATIONS, MinistryReplica, ProcedureRow
-
-PG_ADMIN = os.environ.get("LIENTHONG_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-
+from tests.conftest import postgres_database
 
 @pytest.fixture(scope="module")
 def pg_url():
     """A throw-away database on the PostgreSQL server at 127.0.0.1:5432 (trust auth)."""
-    name = f"lienthong_replica_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - the boundary: no server means this backend is not testable here
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required for the replica tests: {exc}")
-    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with postgres_database("lienthong_replica") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -9,8 +9,6 @@ import sys
 import threading
 from itertools import pairwise
 from pathlib import Path
-
-import pytest
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import text
 
@@ -40,37 +38,9 @@ def _assert_contiguous(store):
     assert leaves == [i for i in ids if i <= seals[-1].last_id]  # no gap
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_store(request, tmp_path):
-    """The bus database on SQLite, and on the local PostgreSQL (its row locks are what serialise
-    sealers there)."""
-    if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'bus.db'}")
-        s.create_schema()
-        yield s
-        s.dispose()
-        return
-    import uuid
-
-    from tests.lienthong.test_migrations import _postgres_or_skip
-
-    admin = _postgres_or_skip()
-    name = f"lienthong_seal_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    s = Store(f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}")
-    s.create_schema()
-    try:
-        yield s
-    finally:
-        s.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def test_threads_sealing_while_exchanges_are_recorded(any_store, keypair, tmp_path):
-    store = any_store
+def test_threads_sealing_while_exchanges_are_recorded(bus_store, keypair, tmp_path):
+    """On SQLite and on PostgreSQL, whose row locks are what serialise sealers there."""
+    store = bus_store
     private, public, *_ = keypair
     fill(store, 20)
     url = store.url
@@ -107,8 +77,8 @@ def test_threads_sealing_while_exchanges_are_recorded(any_store, keypair, tmp_pa
     assert result.ok and result.records_checked == 50 and result.unsealed_records == 0
 
 
-def test_two_processes_sealing_at_once(any_store, keypair):
-    store = any_store
+def test_two_processes_sealing_at_once(bus_store, keypair):
+    store = bus_store
     _, public, private_path, _ = keypair
     fill(store, 40)
     code = ("import sys; from lienthong.store import Store; from lienthong.audit import seal_exchanges; "
