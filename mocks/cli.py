@@ -45,7 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mocks", description="lienthong stand-in peers")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the one-stop, national portal, payment platform and ministry ledger "
-                                   "stand-ins in the foreground")
+                                   "stand-ins in the foreground",
+                        epilog="Faults are switched at run time, per stand-in, with POST <url>/_admin/faults and a "
+                               "JSON plan: error_rate + http_status, drop_rate, latency_ms, slow_rate + slow_ms, "
+                               "malformed_rate, ambiguous_rate and session_expire_every (portal), soap_fault_rate "
+                               "(ledger), seed, operations. GET <url>/_admin/faults shows the plan and the faults "
+                               "injected by kind (injected: this plan; injected_total: since start). See "
+                               "mocks/README.md.")
     up.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
                     help="directory of onestop.db, national_portal.db, payment_platform.db and ministry_ledger.db "
                          f"(default {DEFAULT_STATE_DIR})")

@@ -49,11 +49,14 @@ __all__ = [
     "VN_TZ",
     "WORLD_START",
     "Drop",
+    "FaultDecision",
+    "FaultNotSupported",
     "FaultPlan",
     "Faults",
     "HttpError",
     "MockServer",
     "NonLoopbackHost",
+    "PROXY_ERROR_PAGE",
     "Request",
     "Response",
     "Route",
@@ -61,6 +64,7 @@ __all__ = [
     "ensure_loopback",
     "json_response",
     "load_seed",
+    "malformed_json_responses",
     "seeded_rng",
 ]
 
@@ -195,6 +199,8 @@ class Request:
                     self._json_error = "empty body"
             except (UnicodeDecodeError, ValueError) as exc:
                 self._json_error = str(exc)
+            except RecursionError:  # nested deeper than the parser follows: refused like any non-JSON body
+                self._json_error = "JSON nested too deeply"
         if self._json_error is not None:
             raise BadJson(self._json_error)
         return self._json
@@ -233,6 +239,25 @@ def _plain_error(status: int) -> Response:
         phrase = "Error"
     html = f"<html><head><title>{status} {phrase}</title></head><body><h1>{status} {phrase}</h1></body></html>"
     return Response(status, html.encode("utf-8"), content_type="text/html; charset=utf-8")
+
+
+#: What a reverse proxy serves when its upstream is gone: an nginx error page.
+PROXY_ERROR_PAGE = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+                    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+                    b"</body>\r\n</html>\r\n")
+
+
+def malformed_json_responses(truncated: bytes, status: int = 200) -> list[Response]:
+    """The usual ways a JSON API's success answer arrives broken, all with ``status``:
+    ``truncated`` (a body cut short), an HTML proxy error page labelled as JSON, a JSON value of the
+    wrong shape (an array where an object is expected) and an empty body."""
+    json_type = "application/json; charset=utf-8"
+    return [
+        Response(status, truncated, content_type=json_type),
+        Response(status, PROXY_ERROR_PAGE, content_type=json_type),
+        Response(status, b"[]", content_type=json_type),
+        Response(status, b"", content_type=json_type),
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,7 +313,12 @@ class Router:
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FaultPlan:
-    """Faults to inject. All rates are probabilities in [0, 1]; an empty plan injects nothing."""
+    """Faults to inject. All rates are probabilities in [0, 1]; an empty plan injects nothing.
+
+    ``error_rate``/``http_status``, ``drop_rate``, ``ambiguous_rate``, ``soap_fault_rate`` and
+    ``malformed_rate`` choose at most one *outcome* per request (see :class:`Faults`);
+    ``latency_ms`` (every request) and ``slow_rate``/``slow_ms`` (a share of them) only delay it.
+    """
 
     error_rate: float = 0.0
     http_status: int = 503
@@ -300,10 +330,19 @@ class FaultPlan:
     #: Portal only: every session expires after this many successful calls (``None`` = never).
     #: Not a per-request draw, so it neither makes the plan ``active`` nor uses the fault stream.
     session_expire_every: int | None = None
+    #: Share of requests answered with the operation's success status and a broken body (not applied).
+    malformed_rate: float = 0.0
+    #: Share of requests delayed by ``slow_ms`` before they are handled (then handled normally).
+    slow_rate: float = 0.0
+    #: Delay of a ``slow`` request, milliseconds.
+    slow_ms: float = 0.0
+    #: Ministry ledger only: share of requests answered with a SOAP 1.1 ``soap:Server`` Fault (not applied).
+    soap_fault_rate: float = 0.0
 
     @property
     def active(self) -> bool:
-        return bool(self.error_rate or self.latency_ms or self.drop_rate or self.ambiguous_rate)
+        return bool(self.error_rate or self.latency_ms or self.drop_rate or self.ambiguous_rate
+                    or self.malformed_rate or (self.slow_rate and self.slow_ms) or self.soap_fault_rate)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -312,6 +351,10 @@ class FaultPlan:
             "latency_ms": self.latency_ms,
             "drop_rate": self.drop_rate,
             "ambiguous_rate": self.ambiguous_rate,
+            "malformed_rate": self.malformed_rate,
+            "slow_rate": self.slow_rate,
+            "slow_ms": self.slow_ms,
+            "soap_fault_rate": self.soap_fault_rate,
             "seed": self.seed,
             "operations": list(self.operations) if self.operations is not None else None,
             "session_expire_every": self.session_expire_every,
@@ -320,36 +363,71 @@ class FaultPlan:
 
 @dataclass(frozen=True)
 class FaultDecision:
+    """What the fault stream decided for one request.
+
+    ``latency_s`` and ``slow_s`` are delays before handling; at most one of ``drop``,
+    ``error_status``, ``soap_fault``, ``malformed`` and ``ambiguous`` is set. ``malformed_pick``
+    in [0, 1) chooses among the mock's broken bodies.
+    """
+
     latency_s: float = 0.0
     drop: bool = False
     error_status: int | None = None
     ambiguous: bool = False
+    slow_s: float = 0.0
+    soap_fault: bool = False
+    malformed: bool = False
+    malformed_pick: float = 0.0
+
+
+class FaultNotSupported(ValueError):
+    """A fault setting this mock cannot honour (for example ``soap_fault_rate`` on a JSON API)."""
 
 
 class Faults:
-    """Seeded fault injection.
+    """Seeded fault injection, with counters of what was injected.
 
-    Every request to a faultable operation that the plan covers draws three numbers from the
-    plan's RNG (drop, error, ambiguous, in that order) whatever the rates, so the same plan and the
-    same sequence of requests give the same faults. Priority: drop, then error, then ambiguous;
-    latency applies first in every case.
+    Every request to a faultable operation that an active plan covers draws three numbers from the
+    plan's RNG ``random.Random(seed)`` (drop, error, ambiguous, in that order) whatever the rates,
+    and four from a second RNG ``seeded_rng(seed, "faults-extra")`` (slow, SOAP Fault, malformed,
+    which malformed body). The two streams are independent, so the first one is exactly what it was
+    before the second existed; the same plan and the same sequence of requests give the same faults.
+
+    Outcome priority: drop, then error (``http_status``), then SOAP Fault, then malformed, then
+    ambiguous; only the winning one happens and is counted. Delays come first in every case:
+    ``latency_ms`` on every request, then ``slow_ms`` on a ``slow`` one (counted as ``slow`` besides
+    any outcome).
+
+    Counters: ``injected`` (kind -> count) restarts at every :meth:`configure`; ``injected_total``
+    counts the same kinds since this object was made (a mock's lifetime, across plans and resets).
+    Kinds: ``drop``, ``http_<status>``, ``soap_fault``, ``malformed``, ``ambiguous``, ``slow``, and
+    whatever a mock adds with :meth:`count` (``session_expired``, ``callback_lost``, ``callback_duplicate``).
     """
 
     FIELDS = {"error_rate", "http_status", "latency_ms", "drop_rate", "ambiguous_rate", "seed", "operations",
-              "session_expire_every"}
+              "session_expire_every", "malformed_rate", "slow_rate", "slow_ms", "soap_fault_rate"}
+    #: Upper bound of ``latency_ms`` and ``slow_ms`` (two minutes).
+    MAX_DELAY_MS = 120_000
 
-    def __init__(self, *, ambiguous_supported: bool, sessions_supported: bool = False):
+    def __init__(self, *, ambiguous_supported: bool, sessions_supported: bool = False,
+                 soap_supported: bool = False):
         self.ambiguous_supported = ambiguous_supported
         self.sessions_supported = sessions_supported
+        self.soap_supported = soap_supported
         self._lock = threading.Lock()
         self.plan = FaultPlan()
         self._rng = random.Random(0)
+        self._rng_extra = seeded_rng(0, "faults-extra")
         self.injected: dict[str, int] = {}
+        self.injected_total: dict[str, int] = {}
         #: Increases at every ``configure``: lets a mock restart per-plan counters.
         self.generation = 0
 
     def configure(self, spec: Mapping[str, Any]) -> FaultPlan:
-        """Validate and install a plan; ``{}`` clears. Raises ``ValueError`` with a clear text."""
+        """Validate and install a plan; ``{}`` clears. Raises ``ValueError`` with a clear text.
+
+        ``injected`` restarts from zero; ``injected_total`` keeps counting.
+        """
         unknown = set(spec) - self.FIELDS
         if unknown:
             raise ValueError(f"unknown fault setting(s): {', '.join(sorted(unknown))}")
@@ -360,12 +438,17 @@ class Faults:
                 raise ValueError(f"{name} must be a number between 0 and 1")
             return float(value)
 
+        def delay(name: str) -> float:
+            value = spec.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not 0 <= value <= self.MAX_DELAY_MS:
+                raise ValueError(f"{name} must be a number of milliseconds between 0 and {self.MAX_DELAY_MS}")
+            return float(value)
+
         status = spec.get("http_status", 503)
         if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
             raise ValueError("http_status must be an integer HTTP error status (400..599)")
-        latency = spec.get("latency_ms", 0)
-        if isinstance(latency, bool) or not isinstance(latency, (int, float)) or not 0 <= latency <= 120_000:
-            raise ValueError("latency_ms must be a number of milliseconds between 0 and 120000")
+        latency = delay("latency_ms")
         seed = spec.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError("seed must be an integer")
@@ -376,22 +459,31 @@ class Faults:
             operations = tuple(operations)
         ambiguous = rate("ambiguous_rate")
         if ambiguous and not self.ambiguous_supported:
-            raise ValueError("ambiguous_rate is not supported by this mock (national portal only)")
+            raise FaultNotSupported("ambiguous_rate is not supported by this mock (national portal only)")
         expire_every = spec.get("session_expire_every")
         if expire_every is not None:
             if not self.sessions_supported:
-                raise ValueError("session_expire_every is not supported by this mock (national portal only)")
+                raise FaultNotSupported(
+                    "session_expire_every is not supported by this mock (national portal only)")
             if (isinstance(expire_every, bool) or not isinstance(expire_every, int)
                     or not 1 <= expire_every <= 1_000_000):
                 raise ValueError("session_expire_every must be an integer number of calls between 1 and 1000000")
+        slow_rate, slow_ms = rate("slow_rate"), delay("slow_ms")
+        if slow_rate and not slow_ms:
+            raise ValueError("slow_rate needs slow_ms, the delay of a slow request (1..120000 milliseconds)")
+        soap_fault = rate("soap_fault_rate")
+        if soap_fault and not self.soap_supported:
+            raise FaultNotSupported("soap_fault_rate is not supported by this mock (ministry ledger only)")
         plan = FaultPlan(
-            error_rate=rate("error_rate"), http_status=status, latency_ms=float(latency),
+            error_rate=rate("error_rate"), http_status=status, latency_ms=latency,
             drop_rate=rate("drop_rate"), ambiguous_rate=ambiguous, seed=seed, operations=operations,
-            session_expire_every=expire_every,
+            session_expire_every=expire_every, malformed_rate=rate("malformed_rate"), slow_rate=slow_rate,
+            slow_ms=slow_ms, soap_fault_rate=soap_fault,
         )
         with self._lock:
             self.plan = plan
             self._rng = random.Random(seed)
+            self._rng_extra = seeded_rng(seed, "faults-extra")
             self.injected = {}
             self.generation += 1
         return plan
@@ -399,34 +491,62 @@ class Faults:
     def clear(self) -> None:
         self.configure({})
 
+    def _count(self, kind: str, n: int) -> None:
+        """Add ``n`` to both counters of ``kind`` (the caller holds the lock)."""
+        self.injected[kind] = self.injected.get(kind, 0) + n
+        self.injected_total[kind] = self.injected_total.get(kind, 0) + n
+
+    def count(self, kind: str, n: int = 1) -> None:
+        """Count ``n`` faults of ``kind`` that a mock injected itself (outside :meth:`draw`)."""
+        if n > 0:
+            with self._lock:
+                self._count(kind, n)
+
     def draw(self, operation: str) -> FaultDecision:
         with self._lock:
             plan = self.plan
             if not plan.active or (plan.operations is not None and operation not in plan.operations):
                 return FaultDecision()
             r_drop, r_error, r_amb = self._rng.random(), self._rng.random(), self._rng.random()
+            extra = self._rng_extra
+            r_slow, r_soap, r_malformed, r_pick = extra.random(), extra.random(), extra.random(), extra.random()
+            drop = r_drop < plan.drop_rate
+            error_status = plan.http_status if not drop and r_error < plan.error_rate else None
+            soap_fault = not drop and error_status is None and r_soap < plan.soap_fault_rate
+            malformed = not (drop or error_status or soap_fault) and r_malformed < plan.malformed_rate
             decision = FaultDecision(
                 latency_s=plan.latency_ms / 1000.0,
-                drop=r_drop < plan.drop_rate,
-                error_status=plan.http_status if r_error < plan.error_rate else None,
-                ambiguous=r_amb < plan.ambiguous_rate,
+                drop=drop,
+                error_status=error_status,
+                ambiguous=not (drop or error_status or soap_fault or malformed) and r_amb < plan.ambiguous_rate,
+                slow_s=plan.slow_ms / 1000.0 if r_slow < plan.slow_rate else 0.0,
+                soap_fault=soap_fault,
+                malformed=malformed,
+                malformed_pick=r_pick,
             )
             kind = (
                 "drop" if decision.drop
                 else f"http_{decision.error_status}" if decision.error_status
+                else "soap_fault" if decision.soap_fault
+                else "malformed" if decision.malformed
                 else "ambiguous" if decision.ambiguous
                 else None
             )
             if kind:
-                self.injected[kind] = self.injected.get(kind, 0) + 1
+                self._count(kind, 1)
+            if decision.slow_s:
+                self._count("slow", 1)
             return decision
 
     def snapshot(self) -> dict[str, Any]:
+        """The plan's settings (those this mock supports) with ``injected`` and ``injected_total``."""
         with self._lock:
             plan = self.plan.as_dict()
             if not self.sessions_supported:
                 del plan["session_expire_every"]
-            return {**plan, "injected": dict(self.injected)}
+            if not self.soap_supported:
+                del plan["soap_fault_rate"]
+            return {**plan, "injected": dict(self.injected), "injected_total": dict(self.injected_total)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -556,7 +676,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except Drop:
             self.close_connection = True
             return
-        self._send(response)
+        try:
+            self._send(response)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a slow fault, a timeout)
+            self.close_connection = True
+            log.debug("%s: the client closed the connection before the answer to %s %s", self.mock.name,
+                      request.method, request.path)
 
     def _send(self, response: Response) -> None:
         self.send_response(response.status)
@@ -587,6 +712,8 @@ class MockServer:
     state_file = "mock.db"
     ambiguous_supported = False
     sessions_supported = False
+    #: Whether ``soap_fault_rate`` is accepted (a SOAP service overrides :meth:`soap_fault_response`).
+    soap_faults_supported = False
 
     def __init__(self, state_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  seed: int = 49):
@@ -601,7 +728,8 @@ class MockServer:
             state_dir = self._tmp.name
         self.state_dir = Path(state_dir)
         self.faults = Faults(ambiguous_supported=self.ambiguous_supported,
-                             sessions_supported=self.sessions_supported)
+                             sessions_supported=self.sessions_supported,
+                             soap_supported=self.soap_faults_supported)
         self.router = Router()
         self.build_routes(self.router)
         self.db: StateDB | None = None
@@ -722,6 +850,20 @@ class MockServer:
         """What to answer when an ``ambiguous`` fault hits after the change was applied."""
         return _plain_error(500)
 
+    def malformed_responses(self, request: Request, operation: str) -> list[Response]:
+        """Hook: the broken answers a ``malformed`` fault may give for ``operation`` (one is chosen
+        by the fault stream). Each carries the operation's normal success status; the request itself
+        is not applied. Default: :func:`malformed_json_responses` of a generic JSON document."""
+        return malformed_json_responses(b'{"status":"ok","data":[{"id":1,"name":"')
+
+    def soap_fault_response(self, request: Request) -> Response:
+        """Hook: the SOAP Fault a ``soap_fault`` fault answers (only for ``soap_faults_supported``)."""
+        raise NotImplementedError(f"{self.name} mock has no SOAP Fault")
+
+    def _malformed(self, request: Request, operation: str, pick: float) -> Response:
+        choices = self.malformed_responses(request, operation)
+        return choices[min(int(pick * len(choices)), len(choices) - 1)]
+
     def dispatch(self, request: Request) -> Response:
         route, params, known = self.router.match(request.method, request.path)
         if route is None:
@@ -732,14 +874,21 @@ class MockServer:
         if not route.is_test_door and route.operation is not None:
             operation = route.operation(request) if callable(route.operation) else route.operation
             decision = self.faults.draw(operation)
-            if decision.latency_s:
-                time.sleep(decision.latency_s)
+            delay = decision.latency_s + decision.slow_s
+            if delay:
+                time.sleep(delay)  # a slow request is then handled normally, even if its client gave up
             if decision.drop:
                 self.on_answer(request, operation, "fault_drop")
                 raise Drop()
             if decision.error_status:
                 self.on_answer(request, operation, f"fault_http_{decision.error_status}")
                 return _plain_error(decision.error_status)
+            if decision.soap_fault:
+                self.on_answer(request, operation, "fault_soap")
+                return self.soap_fault_response(request)
+            if decision.malformed:
+                self.on_answer(request, operation, "fault_malformed")
+                return self._malformed(request, operation, decision.malformed_pick)
         try:
             response = route.handler(request)
         except HttpError as exc:
@@ -757,8 +906,9 @@ class MockServer:
         return response
 
     def on_answer(self, request: Request, operation: str, outcome: str) -> None:
-        """Hook: how a faultable request ended (``fault_drop``, ``fault_http_503``, ``ambiguous_500``,
-        the handler's ``Response.outcome`` or ``http_<status>``). Default: nothing."""
+        """Hook: how a faultable request ended (``fault_drop``, ``fault_http_503``, ``fault_soap``,
+        ``fault_malformed``, ``ambiguous_500``, the handler's ``Response.outcome`` or ``http_<status>``).
+        Default: nothing."""
 
     # -- shared test doors -------------------------------------------------------------------
     def admin_faults(self, request: Request) -> Response:

@@ -3,6 +3,8 @@
 WSDL and XSD: ``fixtures/ledger/ReceiptLedger.wsdl`` / ``ReceiptLedger.xsd`` (namespace
 ``urn:vn:gov:mof:receiptledger:v1``). Requests need a WS-Security UsernameToken (PasswordText).
 Bodies are parsed with a hardened lxml parser; a DTD or entity declaration is refused with a Fault.
+Injected faults (``POST /_admin/faults``): besides the shared ones, ``soap_fault_rate`` answers a
+``soap:Server`` Fault (HTTP 500) without storing anything, and ``malformed_rate`` answers 200 with broken XML.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 import json
 import logging
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from lxml import etree
 
 from mocks.server import (
     FIXTURES_DIR,
+    PROXY_ERROR_PAGE,
     VN_TZ,
     MockServer,
     Request,
@@ -102,6 +105,11 @@ def _parse_datetime(text: str) -> datetime:
     value = datetime.fromisoformat(text)  # Python 3.11 reads "Z"
     if value.tzinfo is None:  # a dateTime without offset is Viet Nam time (I)
         value = value.replace(tzinfo=VN_TZ)
+    try:  # 9999-12-31T23:59:59-12:00 is a dateTime, but not one this ledger can store or compare
+        value.astimezone(VN_TZ)
+        value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{text} lies outside the years 1..9999") from None
     return value
 
 
@@ -113,6 +121,7 @@ class MinistryLedgerMock(MockServer):
 
     name = "ministry_ledger"
     state_file = "ministry_ledger.db"
+    soap_faults_supported = True
 
     def __init__(self, state_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  seed: int = 49, username: str = DEFAULT_USERNAME, password: str = DEFAULT_PASSWORD):
@@ -170,11 +179,39 @@ class MinistryLedgerMock(MockServer):
         except SoapFault as fault:
             return self._fault(fault)
 
+    # -- injected faults ---------------------------------------------------------------------
+    def soap_fault_response(self, request: Request) -> Response:
+        """An injected ``soap_fault``: what a SOAP 1.1 stack answers when its back end fails. HTTP 500,
+        ``text/xml``, the envelope with a ``soap:Server`` Fault and no detail (no WSDL fault applies);
+        nothing was applied, so the client may retry."""
+        fault = etree.Element(_q("Fault", SOAP_NS))
+        etree.SubElement(fault, "faultcode").text = "soap:Server"
+        etree.SubElement(fault, "faultstring").text = (
+            "Internal server error: the receipt store is temporarily unavailable; nothing was stored")
+        return Response(500, _envelope(fault), content_type="text/xml; charset=utf-8", outcome="fault_soap")
+
+    def malformed_responses(self, request: Request, operation: str) -> list[Response]:
+        """Injected ``malformed`` answers, all HTTP 200 ``text/xml``: the operation's response
+        envelope cut short, an HTML proxy error page, and binary garbage (a gzip stream sent without
+        ``Content-Encoding``)."""
+        name = operation if operation in OPERATIONS else "SubmitReceipts"
+        truncated = (f'<?xml version=\'1.0\' encoding=\'UTF-8\'?>\n<soap:Envelope xmlns:soap="{SOAP_NS}" '
+                     f'xmlns:tns="{LEDGER_NS}"><soap:Body><tns:{name}Response><tns:').encode("utf-8")
+        xml_type = "text/xml; charset=utf-8"
+        return [
+            Response(200, truncated, content_type=xml_type),
+            Response(200, PROXY_ERROR_PAGE, content_type=xml_type),
+            Response(200, b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xb3\xb1\xaf\xc8\xcd\x51\x28\x4b\x2d\x2a",
+                     content_type=xml_type),
+        ]
+
     def _parse(self, body: bytes) -> etree._Element:
         if len(body) > MAX_SOAP_BYTES:
             raise SoapFault("soap:Client", f"Request larger than {MAX_SOAP_BYTES} bytes", "RequestFault",
                             Code="REQUEST_TOO_LARGE", Message=f"the limit is {MAX_SOAP_BYTES} bytes")
-        if re.search(rb"<!\s*(DOCTYPE|ENTITY)", body, re.IGNORECASE):
+        # Also in UTF-16/32 (NUL bytes dropped), where the declaration's bytes are interleaved.
+        if any(re.search(rb"<!\s*(DOCTYPE|ENTITY)", text, re.IGNORECASE)
+               for text in (body, body.replace(b"\x00", b"") if b"\x00" in body else b"")):
             raise SoapFault("soap:Client", "DTDs and entity declarations are not allowed", "RequestFault",
                             Code="DTD_FORBIDDEN", Message="DOCTYPE and ENTITY declarations are refused")
         try:

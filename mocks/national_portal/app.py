@@ -33,6 +33,7 @@ from mocks.server import (
     dumps,
     json_response,
     load_seed,
+    malformed_json_responses,
 )
 
 __all__ = [
@@ -72,6 +73,11 @@ MSG_DSTCODE = "Mã đích (dstcode) không hợp lệ"
 MSG_SESSION = "Phiên làm việc không hợp lệ hoặc đã hết hạn"
 MSG_NOT_JSON = "Dữ liệu gửi lên không đúng định dạng JSON"
 MSG_NOT_OBJECT = "Dữ liệu gửi lên phải là một đối tượng JSON"
+#: Largest request body the adapter takes (I: no limit is documented; real front servers cap bodies,
+#: and a batch of 500 dossiers is about 1.5 MB). Larger bodies get HTTP 413 with code -1.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+MSG_TOO_LARGE = f"Dữ liệu gửi lên vượt quá dung lượng cho phép ({MAX_REQUEST_BYTES // (1024 * 1024)} MB)"
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dossiers (
@@ -298,6 +304,12 @@ class NationalPortalMock(CatalogueMixin, MockServer):
                 (endpoint, operation, outcome),
             )
 
+    def malformed_responses(self, request: Request, operation: str) -> list[Response]:
+        """Injected ``malformed`` answers (HTTP 200, nothing applied): an adapter reply cut short, an
+        nginx error page labelled as JSON, a JSON array instead of the reply object, an empty body."""
+        return malformed_json_responses(
+            '{"error_code":0,"message":"Thành công","result":[{"MaHoSo":"000.00.01.H49-'.encode("utf-8"))
+
     # -- sessions ----------------------------------------------------------------------------
     def _open_session(self, account: PortalAccount) -> str:
         token = secrets.token_urlsafe(32)
@@ -329,8 +341,9 @@ class NationalPortalMock(CatalogueMixin, MockServer):
             if session.plan_generation != generation:
                 session.plan_generation, session.ok_calls = generation, 0
             session.ok_calls += 1
-            if session.ok_calls >= every:
+            if session.ok_calls >= every and not session.expired:
                 session.expired = True
+                self.faults.count("session_expired")
 
     def expire_sessions(self) -> int:
         """Expire every open session now (in-process form of ``POST /_admin/expire-sessions``)."""
@@ -348,6 +361,8 @@ class NationalPortalMock(CatalogueMixin, MockServer):
 
     # -- endpoints ---------------------------------------------------------------------------
     def _body(self, request: Request) -> dict[str, Any] | Response:
+        if len(request.body) > MAX_REQUEST_BYTES:
+            return _answer(INVALID, MSG_TOO_LARGE, status=413)
         try:
             body = request.json()
         except BadJson:
@@ -635,7 +650,8 @@ class NationalPortalMock(CatalogueMixin, MockServer):
         """Call counters ``{service: {outcome: count}}`` (what ``GET /_state/calls`` answers).
 
         Outcomes: the answer's ``error_code`` as a string (``"0"``, ``"-1"``, ``"3"``…), ``http_400``
-        for a body that is not JSON, ``fault_http_<status>``, ``fault_drop``, ``ambiguous_500``.
+        for a body that is not JSON, ``fault_http_<status>``, ``fault_drop``, ``fault_malformed``,
+        ``ambiguous_500``.
         Services: the ``service`` value, ``login`` for ``/auth``, ``<integration>``/``<share>``
         when the body names none.
         """

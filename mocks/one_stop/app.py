@@ -27,6 +27,7 @@ from mocks.server import (
     dumps,
     json_response,
     load_seed,
+    malformed_json_responses,
     seeded_rng,
 )
 
@@ -182,9 +183,20 @@ class OneStopMock(PaymentsMixin, ProceduresMixin, MockServer):
         router.add("GET", "/_state/dossiers/{dossierNo}", self._state_dossier)
         router.add("GET", "/_state/events", self._state_events)
         router.add("POST", "/_admin/advance", self._advance)
+        router.add("POST", "/_admin/dossiers/raw", self._raw_dossier)
         router.add("POST", "/_admin/faults", self.admin_faults)
         router.add("GET", "/_admin/faults", self.get_faults)
         router.add("POST", "/_admin/reset", self._reset)
+
+    def malformed_responses(self, request: Request, operation: str) -> list[Response]:
+        """Injected ``malformed`` answers (HTTP 200, nothing applied): the operation's JSON cut short
+        (a page of ``items`` for the lists, one object otherwise), an nginx error page labelled as
+        JSON, a JSON array instead of the object, an empty body."""
+        if operation in ("changes", "dossiers", "payments", "procedures"):
+            truncated = b'{"items":[{"dossierNo":"000.00.01.H49-261102-0001","'
+        else:
+            truncated = b'{"dossierNo":"000.00.01.H49-261102-0001","status":"'
+        return malformed_json_responses(truncated)
 
     # -- state -------------------------------------------------------------------------------
     def init_state(self, db: StateDB) -> None:
@@ -491,6 +503,45 @@ class OneStopMock(PaymentsMixin, ProceduresMixin, MockServer):
                 changed.append(change)
             last_seq = self._peek(db, "events")
         return {"created": created, "changed": changed, "lastSeq": last_seq}
+
+    #: Raw dossiers sort after every generated one and keep the generator's numbering untouched.
+    RAW_INDEX_BASE = 1_000_000
+
+    def add_raw_dossier(self, dossier: dict[str, Any]) -> dict[str, Any]:
+        """Test door: put ``dossier`` in the feed exactly as given, whatever its fields or types (the
+        in-process form of ``POST /_admin/dossiers/raw``). A later call with the same ``dossierNo``
+        is a new version of that dossier. Raw dossiers are listed as defective (``defect: raw``) and
+        never moved by ``advance``. Returns ``{"dossierNo", "seq"}``."""
+        db = self.require_db()
+        with db.tx() as conn:
+            given = dossier.get("dossierNo")
+            seq = self._peek(db, "events") + 1
+            number = given if isinstance(given, str) and given else f"<raw-{seq}>"
+            version = dossier.get("version")
+            version = version if isinstance(version, int) and not isinstance(version, bool) else 0
+            changed = dossier.get("modifiedAt")
+            changed_at = changed if isinstance(changed, str) else self._clock(db).now().isoformat()
+            text = dumps(dossier)
+            if conn.execute("SELECT 1 FROM dossiers WHERE dossier_no = ?", (number,)).fetchone():
+                conn.execute("UPDATE dossiers SET version = ?, snapshot = ? WHERE dossier_no = ?",
+                             (version, text, number))
+            else:
+                index = self.RAW_INDEX_BASE + self._counter(db, "raw")
+                conn.execute("INSERT INTO dossiers(dossier_no, idx, status, defect, version, snapshot) "
+                             "VALUES(?, ?, 'raw', 'raw', ?, ?)", (number, index, version, text))
+            conn.execute("INSERT INTO events(seq, dossier_no, version, changed_at, snapshot) VALUES(?, ?, ?, ?, ?)",
+                         (seq, number, version, changed_at, text))
+            self._counter(db, "events")
+        return {"dossierNo": number, "seq": seq}
+
+    def _raw_dossier(self, request: Request) -> Response:
+        try:
+            body = request.json_object()
+        except BadJson as exc:
+            return _bad_request(f"body must be a JSON object: {exc}")
+        if set(body) != {"dossier"} or not isinstance(body["dossier"], dict):
+            return _bad_request('body must be {"dossier": {...}}')
+        return json_response(200, self.add_raw_dossier(body["dossier"]))
 
     def _advance(self, request: Request) -> Response:
         try:

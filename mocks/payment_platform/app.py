@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from mocks.payment_platform.pdf import receipt_pdf
 from mocks.server import (
+    PROXY_ERROR_PAGE,
     VN_TZ,
     BadJson,
     MockServer,
@@ -29,6 +30,7 @@ from mocks.server import (
     StateDB,
     dumps,
     json_response,
+    malformed_json_responses,
     seeded_rng,
 )
 
@@ -159,8 +161,10 @@ class PaymentPlatformMock(MockServer):
         partner_code: MaDoiTac the platform knows.
         secret: the shared checksum secret.
         callback_url: where confirm callbacks go (``http://127.0.0.1:...`` only; ``None`` = nowhere).
-        lost_share: share of callbacks that are deliberately never sent (seeded per MaThamChieu).
-        duplicate_callbacks: send every delivered callback twice.
+        lost_share: share of callbacks that are deliberately never sent (seeded per MaThamChieu);
+            each is counted as the fault kind ``callback_lost``.
+        duplicate_callbacks: send every delivered callback twice; each second copy is counted as
+            ``callback_duplicate``.
         seed_dossiers: dossiers of the seeded one-stop world (same seed) whose fees get payments.
         dossiers: one-stop dossier snapshots to use instead (``dossierNo``, ``fees``, ``applicantName``…).
         callback_timeout: seconds the callback sender waits for the one-stop.
@@ -208,6 +212,7 @@ class PaymentPlatformMock(MockServer):
     @staticmethod
     def _operation(request: Request) -> str:
         try:
+            request.json()
             body = request.json_object()
         except BadJson:
             return "invalid"
@@ -270,6 +275,7 @@ class PaymentPlatformMock(MockServer):
 
     def _api(self, request: Request) -> Response:
         try:
+            request.json()
             body = request.json_object(empty_ok=False)
         except BadJson:
             return json_response(400, {"MaLoi": "99", "MoTaLoi": "Dữ liệu gửi lên không đúng định dạng JSON"},
@@ -363,6 +369,24 @@ class PaymentPlatformMock(MockServer):
                 "<p>Trang giả lập: thanh toán được hoàn tất qua POST /_admin/payments/settle.</p></body></html>")
         return Response(200, html.encode("utf-8"), content_type="text/html; charset=utf-8")
 
+    def malformed_responses(self, request: Request, operation: str) -> list[Response]:
+        """Injected ``malformed`` answers, HTTP 200, nothing applied. ``GET_BILL``: a PDF cut short, an
+        nginx error page labelled as PDF, an empty PDF. The payment page: HTML cut short. Every other
+        message: the 1.0.6 answer cut short, an nginx error page labelled as JSON, a JSON array, an
+        empty body."""
+        if operation == "GET_BILL":
+            pdf = "application/pdf"
+            return [Response(200, b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n2 0 obj\n<< /Ty",
+                             content_type=pdf),
+                    Response(200, PROXY_ERROR_PAGE, content_type=pdf),
+                    Response(200, b"", content_type=pdf)]
+        if operation == "page":
+            return [Response(200, "<html><head><title>Cổng thanh toán".encode("utf-8"),
+                             content_type="text/html; charset=utf-8")]
+        kind = operation if operation in REQUEST_ORDERS else "INIT"
+        return malformed_json_responses(
+            f'{{"LoaiBanTin":"{kind}","PhienBan":"{PROTOCOL}","MaLoi":"00","MoTaLoi":"Th'.encode("utf-8"))
+
     # -- completion and callbacks -----------------------------------------------------------
     def _complete(self, db: StateDB, ref: str, status: str, *, notify: bool = True) -> dict[str, Any]:
         """Finish one pending payment (inside a transaction)."""
@@ -399,6 +423,7 @@ class PaymentPlatformMock(MockServer):
             return "no_url"
         if seeded_rng(self.seed, "callback-lost", ref).random() < self.lost_share:
             db.conn.execute("INSERT INTO callbacks(ref, url, outcome, body) VALUES(?, ?, 'lost', '')", (ref, url))
+            self.faults.count("callback_lost")
             return "lost"
         return "queued"
 
@@ -432,6 +457,8 @@ class PaymentPlatformMock(MockServer):
         if url is None or not refs:
             return
         copies = 2 if self.duplicate_callbacks else 1
+        if copies > 1:  # counted when queued, so the count is there as soon as settle() returns
+            self.faults.count("callback_duplicate", len(refs) * (copies - 1))
 
         def run() -> None:
             for ref in refs:
