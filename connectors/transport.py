@@ -1,9 +1,11 @@
 """The HTTP transport every REST connector sends through.
 
-It owns four things no connector may forget: explicit timeouts, retries for retriable failures
-only (with capped exponential back-off and jitter), redaction of secrets, and one exchange-log
-record per HTTP attempt (a Wire Tap, in Camel's words). Connectors call :meth:`HttpTransport.send`
-and never talk to ``requests`` themselves.
+It owns five things no connector may forget: explicit timeouts, retries for retriable failures
+only (with capped exponential back-off and jitter), redaction of secrets, a cap on the size of an
+answer (a peer cannot make us hold an unbounded body), and one exchange-log record per HTTP attempt
+(a Wire Tap, in Camel's words). Connectors call :meth:`HttpTransport.send` and never talk to
+``requests`` themselves; they read JSON answers with :func:`response_json`, which turns every way an
+answer can be unreadable (not UTF-8, not JSON, nested too deep) into a :class:`ProtocolError`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,22 +24,36 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from connectors.errors import PeerUnavailable, RetriableConnectorError
+from connectors.errors import ConnectorError, PeerUnavailable, ProtocolError, RetriableConnectorError
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_RESPONSE_BYTES",
     "Exchange",
     "ExchangeRecorder",
     "HttpTransport",
     "MemoryRecorder",
     "NullRecorder",
     "RetryPolicy",
+    "parse_json",
+    "read_capped",
     "redact_json",
+    "response_json",
     "transport_options",
 ]
 
 log = logging.getLogger(__name__)
 
 REDACTED = "***"
+
+#: Largest answer body the transports hold (after content decoding). Every real answer is far
+#: smaller (a 12 000-procedure catalogue list is about 1.5 MB); a larger one is refused unread.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+#: Deepest JSON nesting accepted in an answer (real answers nest 5 levels at most); deeper ones
+#: would exhaust recursion in the code that walks them (redaction, hashing, mapping).
+MAX_JSON_DEPTH = 64
+#: What the exchange log keeps of an answer refused for its size.
+_OVERSIZE_PREFIX = 4096
 
 
 @dataclass
@@ -125,9 +142,114 @@ def _redact_body(body: bytes, keys: frozenset[str]) -> bytes:
         return body
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return body
-    return json.dumps(redact_json(data, keys), ensure_ascii=False, separators=(",", ":")).encode()
+        return json.dumps(redact_json(data, keys), ensure_ascii=False, separators=(",", ":")).encode()
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # Not JSON we can walk (a broken or hostile body): still blank every "key": "value" pair.
+        return _redact_text(body, keys)
+
+
+def _redact_text(body: bytes, keys: frozenset[str]) -> bytes:
+    names = b"|".join(re.escape(k.encode()) for k in sorted(keys))
+    pattern = re.compile(rb'("(?:' + names + rb')"\s*:\s*)"(?:[^"\\]|\\.)*"')
+    return pattern.sub(lambda m: m.group(1) + b'"' + REDACTED.encode() + b'"', body)
+
+
+def _charset(content_type: str) -> str | None:
+    match = re.search(r"charset\s*=\s*\"?([A-Za-z0-9._-]+)", content_type or "")
+    return match.group(1).lower() if match else None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """True when ``value`` nests lists/objects deeper than ``limit`` (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def parse_json(body: bytes, *, peer: str, operation: str, status: int | None = None, content_type: str = "",
+               max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Decode an answer body as JSON, strictly.
+
+    The body must be text in its declared charset (UTF-8 when none is declared; a UTF-8 byte-order
+    mark is allowed), standard JSON (no ``NaN``/``Infinity``) and nest at most ``max_depth`` levels.
+    Invalid bytes are never replaced: a name decoded with U+FFFD would be stored corrupted.
+
+    Raises:
+        ProtocolError: naming the peer, the operation and what is wrong (never the body itself).
+    """
+    where = f"{peer} {operation}"
+    suffix = f" (HTTP {status})" if status is not None else ""
+    charset = _charset(content_type) or "utf-8"
+    codec = "utf-8-sig" if charset.replace("_", "-") in ("utf-8", "utf8") else charset
+    try:
+        text = body.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"{where}: answer is not valid {charset} text (byte 0x{body[exc.start]:02x} at offset "
+                            f"{exc.start}){suffix}", peer=peer, operation=operation, status=status) from None
+    except LookupError:
+        raise ProtocolError(f"{where}: answer declares an unknown charset {charset!r}{suffix}", peer=peer,
+                            operation=operation, status=status) from None
+    if not text.strip():
+        raise ProtocolError(f"{where}: answer is empty, not JSON{suffix}", peer=peer, operation=operation,
+                            status=status)
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ProtocolError(f"{where}: answer nests JSON deeper than {max_depth} levels{suffix}", peer=peer,
+                            operation=operation, status=status) from None
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"{where}: answer is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+                            f"{suffix}", peer=peer, operation=operation, status=status) from None
+    except ValueError as exc:
+        raise ProtocolError(f"{where}: answer is not JSON ({exc}){suffix}", peer=peer, operation=operation,
+                            status=status) from None
+    if isinstance(data, (dict, list)) and _too_deep(data, max_depth):
+        raise ProtocolError(f"{where}: answer nests JSON deeper than {max_depth} levels{suffix}", peer=peer,
+                            operation=operation, status=status)
+    return data
+
+
+def response_json(response: requests.Response, *, peer: str, operation: str) -> Any:
+    """:func:`parse_json` of a response's body, charset taken from its ``Content-Type``."""
+    return parse_json(response.content, peer=peer, operation=operation, status=response.status_code,
+                      content_type=response.headers.get("Content-Type", ""))
+
+
+def read_capped(response: requests.Response, limit: int) -> bool:
+    """Read a streamed response's body into it, up to ``limit`` bytes (after content decoding).
+
+    Returns True, with the connection closed and only a short prefix kept as the body, when the
+    answer declares or turns out to be larger than ``limit``: nothing larger is ever held.
+    """
+    declared = response.headers.get("Content-Length", "")
+    chunks: list[bytes] = []
+    size = 0
+    oversize = declared.strip().isdigit() and int(declared) > limit
+    if not oversize:
+        for chunk in response.iter_content(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                chunks.append(chunk)
+                oversize = True
+                break
+            chunks.append(chunk)
+    body = b"".join(chunks)
+    if oversize:
+        response.close()
+        body = body[:_OVERSIZE_PREFIX]
+    # requests keeps a read body here; setting it makes .content/.json() work on a streamed response.
+    response._content = body  # noqa: SLF001
+    response._content_consumed = True  # noqa: SLF001
+    return oversize
 
 
 def _sanitize_url(url: str) -> str:
@@ -157,6 +279,7 @@ class HttpTransport:
         redact_headers: header names whose values never reach the log.
         default_headers: sent on every call (secrets among them must also be in ``redact_headers``).
         seed: seeds the jitter so tests are reproducible.
+        max_response_bytes: the largest answer body held; a larger one is refused (``ProtocolError``).
     """
 
     def __init__(
@@ -173,8 +296,10 @@ class HttpTransport:
         default_headers: dict[str, str] | None = None,
         seed: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
         self.peer = peer
+        self.max_response_bytes = max_response_bytes
         self.base_url = base_url.rstrip("/")
         self.recorder = recorder or NullRecorder()
         self.timeout = (connect_timeout, read_timeout)
@@ -212,6 +337,8 @@ class HttpTransport:
 
         Raises:
             PeerUnavailable: every attempt timed out, dropped, or got 5xx/429.
+            ProtocolError: the answer is larger than ``max_response_bytes`` or cannot be decoded
+                (never retried: the same request gets the same answer).
         """
         url = f"{self.base_url}{path}"
         keys = tuple(record_keys)
@@ -230,25 +357,38 @@ class HttpTransport:
             started = datetime.now(UTC)
             t0 = time.perf_counter()
             response: requests.Response | None = None
-            error: RetriableConnectorError | None = None
+            error: ConnectorError | None = None
             try:
                 response = self.session.request(
-                    method, url, data=body or None, params=params, headers=send_headers, timeout=self.timeout
+                    method, url, data=body or None, params=params, headers=send_headers, timeout=self.timeout,
+                    stream=True,
                 )
+                if read_capped(response, self.max_response_bytes):
+                    error = ProtocolError(
+                        f"{self.peer} {operation}: answer larger than {self.max_response_bytes} bytes "
+                        f"(HTTP {response.status_code}); refused unread",
+                        peer=self.peer, operation=operation, status=response.status_code,
+                    )
             except requests.Timeout as exc:
+                response = None
                 error = PeerUnavailable(
                     f"{self.peer} {operation}: no answer within {self.timeout[1]}s ({type(exc).__name__})",
                     peer=self.peer,
                     operation=operation,
                 )
-            except requests.ConnectionError as exc:
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                response = None  # a body cut short is no answer
                 error = PeerUnavailable(
                     f"{self.peer} {operation}: connection failed ({type(exc).__name__})",
                     peer=self.peer,
                     operation=operation,
                 )
+            except requests.exceptions.ContentDecodingError:
+                response = None
+                error = ProtocolError(f"{self.peer} {operation}: answer's content encoding cannot be decoded",
+                                      peer=self.peer, operation=operation)
             duration_ms = (time.perf_counter() - t0) * 1000
-            if response is not None and (response.status_code >= 500 or response.status_code == 429):
+            if error is None and response is not None and (response.status_code >= 500 or response.status_code == 429):
                 error = PeerUnavailable(
                     f"{self.peer} {operation}: HTTP {response.status_code}",
                     peer=self.peer,
@@ -256,7 +396,9 @@ class HttpTransport:
                     status=response.status_code,
                 )
             outcome, peer_code = "ok", None
-            if response is None:
+            if isinstance(error, ProtocolError):
+                outcome = "protocol_error"
+            elif response is None:
                 outcome = "transport_error"
             elif error is not None or response.status_code >= 400:
                 outcome = "http_error"
@@ -284,6 +426,8 @@ class HttpTransport:
             )
             if error is None:
                 return response  # type: ignore[return-value]
+            if not isinstance(error, RetriableConnectorError):
+                raise error
             last_error = error
             if attempt < attempts:
                 delay = self.retry.delay(attempt, self._rng)

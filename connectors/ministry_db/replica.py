@@ -218,6 +218,15 @@ class ProcedureRow:
     ma_bam_noi_dung: str
     fees: Sequence[dict[str, Any]] = ()
 
+    def nul_columns(self) -> list[str]:
+        """Text columns (``fees[i].column`` for fees) holding a NUL character, which PostgreSQL text
+        cannot store (psycopg2 refuses the whole statement); ``noi_dung`` is JSON and keeps it escaped."""
+        found = [name for name in ("ma_tthc", "ten_tthc", "ma_linh_vuc", "ten_linh_vuc", "ma_co_quan_cong_bo",
+                                   "cap_thuc_hien", "muc_do_dvc") if "\x00" in str(getattr(self, name) or "")]
+        for i, fee in enumerate(self.fees):
+            found += [f"fees[{i}].{k}" for k, v in fee.items() if isinstance(v, str) and "\x00" in v]
+        return found
+
 
 class MinistryReplica:
     """Reads and writes the ministry's catalogue replica.

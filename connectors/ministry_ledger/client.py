@@ -45,12 +45,14 @@ from connectors.errors import (
     UnsafeXml,
 )
 from connectors.transport import (
+    MAX_RESPONSE_BYTES,
     REDACTED,
     Exchange,
     ExchangeRecorder,
     NullRecorder,
     RetryPolicy,
     _sanitize_url,
+    read_capped,
 )
 
 __all__ = [
@@ -92,6 +94,20 @@ def hardened_settings() -> zeep.Settings:
 def looks_unsafe(content: bytes) -> bool:
     """True when ``content`` declares a DTD or an entity (also in UTF-16/32, NUL bytes dropped)."""
     return bool(_UNSAFE.search(content) or (b"\x00" in content and _UNSAFE.search(content.replace(b"\x00", b""))))
+
+
+#: Longest attribute value accepted in an answer: the ledger's answers carry only namespace
+#: declarations; a long value is a parser-exhaustion attempt and is refused unread.
+MAX_ATTRIBUTE_CHARS = 4096
+_LONG_ATTRIBUTE = re.compile(rb"""=\s*(?:"[^"<]{%d,}|'[^'<]{%d,})"""
+                             % (MAX_ATTRIBUTE_CHARS + 1, MAX_ATTRIBUTE_CHARS + 1))
+
+
+def has_oversized_attribute(content: bytes) -> bool:
+    """True when an attribute value in ``content`` is longer than :data:`MAX_ATTRIBUTE_CHARS` bytes
+    (UTF-8; UTF-16/32 answers are checked with their NUL bytes dropped)."""
+    return bool(_LONG_ATTRIBUTE.search(content)
+                or (b"\x00" in content and _LONG_ATTRIBUTE.search(content.replace(b"\x00", b""))))
 
 
 def redact_soap(body: bytes) -> bytes:
@@ -160,9 +176,11 @@ class LedgerTransport(zeep.Transport):
     #: The check made on every answer before zeep parses it (zeep's hardened settings come second).
     refuse_unread = staticmethod(looks_unsafe)
 
-    def __init__(self, *, recorder: ExchangeRecorder | None, connect_timeout: float, operation_timeout: float):
+    def __init__(self, *, recorder: ExchangeRecorder | None, connect_timeout: float, operation_timeout: float,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES):
         super().__init__(timeout=operation_timeout, operation_timeout=operation_timeout)
         self.recorder = recorder or NullRecorder()
+        self.max_response_bytes = max_response_bytes
         self.connect_timeout = connect_timeout
         self._operation = "soap"
         self._keys: tuple[str, ...] = ()
@@ -184,15 +202,23 @@ class LedgerTransport(zeep.Transport):
         t0 = time.perf_counter()
         response: requests.Response | None = None
         error: Exception | None = None
+        oversize = False
         try:
             response = self.session.post(address, data=body, headers=headers,
-                                         timeout=(self.connect_timeout, self.operation_timeout))
+                                         timeout=(self.connect_timeout, self.operation_timeout), stream=True)
+            oversize = read_capped(response, self.max_response_bytes)
         except requests.Timeout as exc:
+            response = None
             error = PeerUnavailable(f"{PEER} {operation}: no answer within {self.operation_timeout}s "
                                     f"({type(exc).__name__})", peer=PEER, operation=operation)
-        except requests.ConnectionError as exc:
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            response = None  # a body cut short is no answer
             error = PeerUnavailable(f"{PEER} {operation}: connection failed ({type(exc).__name__})",
                                     peer=PEER, operation=operation)
+        except requests.exceptions.ContentDecodingError:
+            response = None
+            error = ProtocolError(f"{PEER} {operation}: answer's content encoding cannot be decoded",
+                                  peer=PEER, operation=operation)
         duration_ms = (time.perf_counter() - t0) * 1000
         outcome, peer_code = "transport_error", None
         content = b""
@@ -200,11 +226,21 @@ class LedgerTransport(zeep.Transport):
             content = response.content
             status = response.status_code
             media = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            fault_code = _FAULT_CODE.search(content) if status == 500 else None
-            if self.refuse_unread(content):
+            fault_code = _FAULT_CODE.search(content) if status == 500 and not oversize else None
+            if oversize:
+                outcome = "protocol_error"
+                error = ProtocolError(f"{PEER} {operation}: answer larger than {self.max_response_bytes} bytes "
+                                      f"(HTTP {status}); refused unread", peer=PEER, operation=operation,
+                                      status=status)
+            elif self.refuse_unread(content):
                 outcome = "protocol_error"
                 error = UnsafeXml(f"{PEER} {operation}: the answer carries a DTD or entity declaration; "
                                   "refused unread", peer=PEER, operation=operation, status=status)
+            elif has_oversized_attribute(content):
+                outcome = "protocol_error"
+                error = UnsafeXml(f"{PEER} {operation}: the answer carries an attribute value longer than "
+                                  f"{MAX_ATTRIBUTE_CHARS} characters; refused unread", peer=PEER, operation=operation,
+                                  status=status)
             elif status == 200:
                 outcome = "ok"
             elif status == 500 and media in _XML_TYPES and b"Fault" in content:
@@ -255,6 +291,10 @@ def _fault_detail(fault: zeep.exceptions.Fault) -> tuple[str, dict[str, str]]:
     return _local(element.tag), {_local(c.tag): (c.text or "") for c in element if isinstance(c.tag, str)}
 
 
+#: Characters XML 1.0 cannot carry (C0 controls other than tab/LF/CR, surrogates, U+FFFE/U+FFFF).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _check_receipt(index: int, receipt: dict[str, Any]) -> None:
     """Local shape checks zeep needs to serialise a receipt (the ledger checks the content)."""
     number = str(receipt.get("ReceiptNumber") or f"#{index}")
@@ -265,6 +305,12 @@ def _check_receipt(index: int, receipt: dict[str, Any]) -> None:
     paid = receipt.get("PaidAt")
     if paid is not None and (not isinstance(paid, datetime) or paid.tzinfo is None):
         errors.append(FieldError("PaidAt", "aware_datetime", "must be a timezone-aware datetime"))
+    for name in RECEIPT_FIELDS:
+        value = receipt.get(name)
+        bad = _NOT_XML.search(value) if isinstance(value, str) else None
+        if bad:  # lxml would refuse the whole envelope: the record is at fault, not the ledger
+            errors.append(FieldError(name, "xml_character", f"holds U+{ord(bad.group()):04X} at position "
+                                                            f"{bad.start()}, which XML cannot carry"))
     if errors:
         raise RecordRejected(number, errors)
 
@@ -349,7 +395,7 @@ class ReceiptLedgerClient:
                 return getattr(self.service, operation)(**kwargs)
             except PeerUnavailable as exc:
                 last = exc
-            except (UnsafeXml, ConfigurationError):
+            except (ProtocolError, ConfigurationError):  # UnsafeXml and oversized answers among them
                 raise
             except zeep.exceptions.Fault as fault:
                 mapped = self._from_fault(fault, operation, receipts)
@@ -447,11 +493,30 @@ class ReceiptLedgerClient:
     def get_receipt(self, receipt_number: str) -> dict[str, Any] | None:
         """``GetReceipt``: the held receipt (PaidAt an aware datetime), or ``None``."""
         answer = self._call("GetReceipt", [receipt_number], ReceiptNumber=receipt_number)
-        return None if answer is None else dict(serialize_object(answer, dict))
+        return None if answer is None else _held_receipt(serialize_object(answer, dict), "GetReceipt")
 
     def list_receipts(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         """``ListReceipts``: receipts with ``start <= PaidAt < end``, in arrival order."""
         if start.tzinfo is None or end.tzinfo is None:
             raise ValueError("list_receipts needs timezone-aware datetimes")
         answer = self._call("ListReceipts", [], From=start, To=end)
-        return [dict(serialize_object(r, dict)) for r in (answer or [])]
+        return [_held_receipt(serialize_object(r, dict), "ListReceipts") for r in (answer or [])]
+
+
+def _held_receipt(value: Any, operation: str) -> dict[str, Any]:
+    """A receipt from an answer, checked: zeep turns a value it cannot read (``AmountVND`` "many")
+    into ``None`` with only a log line, so every field must be there with its type."""
+    receipt = dict(value) if isinstance(value, dict) else {}
+    number = receipt.get("ReceiptNumber")
+    where = f"{PEER} {operation}" + (f" {number}" if isinstance(number, str) and len(number) <= 64 else "")
+    for name in RECEIPT_FIELDS:
+        if receipt.get(name) is None:
+            raise ProtocolError(f"{where}: the answer's {name} is missing or not of its XSD type", peer=PEER,
+                                operation=operation)
+    amount, paid = receipt["AmountVND"], receipt["PaidAt"]
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise ProtocolError(f"{where}: the answer's AmountVND is not an integer", peer=PEER, operation=operation)
+    if not isinstance(paid, datetime) or paid.tzinfo is None:
+        raise ProtocolError(f"{where}: the answer's PaidAt is not a date-time with offset", peer=PEER,
+                            operation=operation)
+    return receipt

@@ -25,7 +25,7 @@ from connectors.errors import (
     ProtocolError,
     SessionExpired,
 )
-from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy, transport_options
+from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy, response_json, transport_options
 
 __all__ = [
     "FINAL_STATUSES",
@@ -111,13 +111,7 @@ def _parse_code(value: Any) -> int:
 
 
 def _reply_from(response: requests.Response, operation: str) -> PortalReply:
-    try:
-        data = response.json()
-    except ValueError:
-        raise ProtocolError(
-            f"{PEER} {operation}: answer is not JSON (HTTP {response.status_code})",
-            peer=PEER, operation=operation, status=response.status_code,
-        ) from None
+    data = response_json(response, peer=PEER, operation=operation)
     if not isinstance(data, dict) or "error_code" not in data:
         raise ProtocolError(f"{PEER} {operation}: answer has no error_code", peer=PEER, operation=operation,
                             status=response.status_code)
@@ -126,15 +120,22 @@ def _reply_from(response: requests.Response, operation: str) -> PortalReply:
     except ValueError:
         raise ProtocolError(f"{PEER} {operation}: error_code {data['error_code']!r} is not a number",
                             peer=PEER, operation=operation) from None
-    return PortalReply(code, str(data.get("message") or ""), data.get("result"), data)
+    message = data.get("message")
+    if message is not None and not isinstance(message, str):
+        raise ProtocolError(f"{PEER} {operation}: message is a {type(message).__name__}, not text",
+                            peer=PEER, operation=operation, status=response.status_code)
+    return PortalReply(code, message or "", data.get("result"), data)
 
 
 def _classify(response: requests.Response) -> tuple[str, str | None]:
     """Exchange-log outcome of an adapter answer: ok, or peer_error with the portal's code."""
     try:
-        code = str(response.json().get("error_code"))
-    except (ValueError, AttributeError):
+        data = response_json(response, peer=PEER, operation="classify")
+    except ProtocolError:
         return "protocol_error", None
+    if not isinstance(data, dict) or "error_code" not in data:
+        return "protocol_error", None
+    code = str(data.get("error_code"))
     return ("ok" if code.strip() in {"0", "00"} else "peer_error"), code
 
 
@@ -229,6 +230,10 @@ class NationalPortalClient:
         )
         reply = _reply_from(response, "login")
         session = reply.raw.get("session")
+        if reply.ok and session is not None and not (isinstance(session, str) and session.strip()):
+            # The value is never shown: it would be a session token if it were one.
+            raise ProtocolError(f"{PEER} login: the answer's session is a {type(session).__name__}, not a token",
+                                peer=PEER, operation="login")
         if not reply.ok or not session:
             # The message names nothing secret; the portal's own text helps the operator.
             raise AuthenticationFailed(
@@ -379,7 +384,10 @@ class NationalPortalClient:
         reply = self.call("TraCuuHoSo", record_keys=(ma_ho_so,), mahoso=ma_ho_so)
         if not reply.ok:
             raise self._call_level_error(reply, "TraCuuHoSo")
-        rows = reply.result if isinstance(reply.result, list) else []
+        rows = reply.result if reply.result not in (None, "") else []
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ProtocolError(f"{PEER} TraCuuHoSo {ma_ho_so}: result is not a list of objects", peer=PEER,
+                                operation="TraCuuHoSo")
         return dict(rows[0]) if rows else None
 
     # -- catalogue (contract §4.5, §4.6) ---------------------------------------------------------

@@ -20,7 +20,7 @@ from connectors.errors import (
     ProtocolError,
     RecordRejected,
 )
-from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy, transport_options
+from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy, response_json, transport_options
 
 __all__ = ["ChangeEvent", "ChangePage", "OneStopClient"]
 
@@ -109,10 +109,14 @@ class OneStopClient:
                 f"{PEER} {operation}: HTTP {response.status_code}", peer=PEER, operation=operation,
                 status=response.status_code,
             )
-        try:
-            return response.json()
-        except ValueError:
-            raise ProtocolError(f"{PEER} {operation}: answer is not JSON", peer=PEER, operation=operation) from None
+        return response_json(response, peer=PEER, operation=operation)
+
+    def _object(self, response: requests.Response, operation: str) -> dict[str, Any]:
+        data = self._json(response, operation)
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{PEER} {operation}: answer is a {_kind(data)}, not an object", peer=PEER,
+                                operation=operation, status=response.status_code)
+        return data
 
     def changes(self, after: str | None = None) -> ChangePage:
         """One page of the change feed after ``after`` (``None`` = from the beginning)."""
@@ -122,13 +126,11 @@ class OneStopClient:
         data = self._json(
             self.transport.send("GET", "/api/v1/dossiers/changes", operation="changes", params=params), "changes"
         )
-        try:
-            events = [ChangeEvent(int(i["seq"]), str(i["changedAt"]), dict(i["dossier"])) for i in data["items"]]
-            page = ChangePage(events, str(data["nextCursor"]), bool(data["hasMore"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"{PEER} changes: unexpected answer shape ({exc!r})", peer=PEER,
-                                operation="changes") from None
-        return page
+        problem = _changes_problem(data)
+        if problem:
+            raise ProtocolError(f"{PEER} changes: unexpected answer shape ({problem})", peer=PEER, operation="changes")
+        events = [ChangeEvent(i["seq"], i["changedAt"], i["dossier"]) for i in data["items"]]
+        return ChangePage(events, data["nextCursor"], data["hasMore"])
 
     def iter_changes(self, after: str | None = None) -> Iterator[ChangePage]:
         """Every page from ``after`` to the end of the feed, refusing a feed that loops."""
@@ -151,11 +153,11 @@ class OneStopClient:
         while True:
             data = self._json(self.transport.send("GET", path, operation=operation, params={**params, "page": page}),
                               operation)
-            try:
-                items, total = list(data["items"]), int(data["total"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ProtocolError(f"{PEER} {operation}: unexpected answer shape ({exc!r})", peer=PEER,
-                                    operation=operation) from None
+            problem = _page_problem(data)
+            if problem:
+                raise ProtocolError(f"{PEER} {operation}: unexpected answer shape ({problem})", peer=PEER,
+                                    operation=operation)
+            items, total = data["items"], data["total"]
             if items:
                 yield items
             seen += len(items)
@@ -186,7 +188,7 @@ class OneStopClient:
         )
         if response.status_code == 404:
             return None
-        return self._json(response, "dossier")
+        return self._object(response, "dossier")
 
     # -- procedure catalogue -------------------------------------------------------------------
     def upsert_procedure(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +204,7 @@ class OneStopClient:
         )
         if response.status_code == 422:
             raise _refusal(code, response)
-        return self._json(response, "upsert_procedure")
+        return self._object(response, "upsert_procedure")
 
     def withdraw_procedure(self, code: str) -> dict[str, Any] | None:
         """``POST /api/v1/procedures/{code}/withdraw``; ``None`` when the one-stop never had it."""
@@ -212,7 +214,7 @@ class OneStopClient:
         )
         if response.status_code == 404:
             return None
-        return self._json(response, "withdraw_procedure")
+        return self._object(response, "withdraw_procedure")
 
     def iter_procedures(self, size: int | None = None) -> Iterator[list[dict[str, Any]]]:
         """The one-stop's procedure catalogue, page by page."""
@@ -244,7 +246,7 @@ class OneStopClient:
         )
         if response.status_code == 404:
             return None
-        return self._json(response, "payment")
+        return self._object(response, "payment")
 
     def get_fees(self, dossier_no: str) -> dict[str, Any] | None:
         """A dossier's fee status (``items``, ``amount``, ``paymentStatus``, ``paidAmount``,
@@ -255,7 +257,7 @@ class OneStopClient:
         )
         if response.status_code == 404:
             return None
-        return self._json(response, "fees")
+        return self._object(response, "fees")
 
     def record_payment_result(
         self,
@@ -319,11 +321,69 @@ class OneStopClient:
         return data
 
 
-def _refusal(code: str, response: requests.Response) -> RecordRejected:
+def _kind(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), type(value).__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _changes_problem(data: Any) -> str | None:
+    """What is wrong with a change-feed page ``{items: [{seq, changedAt, dossier}], nextCursor, hasMore}``."""
+    if not isinstance(data, dict):
+        return f"answer is a {_kind(data)}, not an object"
+    for name, check, want in (("items", lambda v: isinstance(v, list), "an array"),
+                              ("nextCursor", lambda v: isinstance(v, str), "a string"),
+                              ("hasMore", lambda v: isinstance(v, bool), "a boolean")):
+        if name not in data:
+            return f"{name} is missing"
+        if not check(data[name]):
+            return f"{name} is a {_kind(data[name])}, not {want}"
+    for n, item in enumerate(data["items"]):
+        if not isinstance(item, dict):
+            return f"items[{n}] is a {_kind(item)}, not an object"
+        for name, check, want in (("seq", _is_int, "an integer"),
+                                  ("changedAt", lambda v: isinstance(v, str), "a string"),
+                                  ("dossier", lambda v: isinstance(v, dict), "an object")):
+            if name not in item:
+                return f"items[{n}].{name} is missing"
+            if not check(item[name]):
+                return f"items[{n}].{name} is a {_kind(item[name])}, not {want}"
+    return None
+
+
+def _page_problem(data: Any) -> str | None:
+    """What is wrong with a paged list answer ``{items: [object], total: int, ...}``."""
+    if not isinstance(data, dict):
+        return f"answer is a {_kind(data)}, not an object"
+    if "items" not in data:
+        return "items is missing"
+    if not isinstance(data["items"], list):
+        return f"items is a {_kind(data['items'])}, not an array"
+    if "total" not in data:
+        return "total is missing"
+    if not _is_int(data["total"]) or data["total"] < 0:
+        return f"total is {data['total']!r}, not a count" if _is_int(data["total"]) else \
+            f"total is a {_kind(data['total'])}, not an integer"
+    for n, item in enumerate(data["items"]):
+        if not isinstance(item, dict):
+            return f"items[{n}] is a {_kind(item)}, not an object"
+    return None
+
+
+def _error_body(response: requests.Response) -> dict[str, Any]:
+    """A refusal's JSON object, or ``{}`` when the body is not one (its status still says enough)."""
     try:
-        body = response.json()
-    except ValueError:
-        body = {}
+        body = response_json(response, peer=PEER, operation="refusal")
+    except ProtocolError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _refusal(code: str, response: requests.Response) -> RecordRejected:
+    body = _error_body(response)
     field_name = str(body.get("field") or "<record>") if isinstance(body, dict) else "<record>"
     message = str(body.get("message") or "refused") if isinstance(body, dict) else "refused"
     return PeerRejected(code, [FieldError(field_name, "onestop_validation", message)], peer_code="422",
@@ -332,12 +392,7 @@ def _refusal(code: str, response: requests.Response) -> RecordRejected:
 
 def _payment_refusal(reference: str, response: requests.Response) -> PeerRejected:
     """The error class for a refused payment result (404, 409, 422), keyed by the reference."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    if not isinstance(body, dict):
-        body = {}
+    body = _error_body(response)
     code = str(body.get("error") or response.status_code)
     message = str(body.get("message") or "refused")
     field_name = str(body.get("field") or "")

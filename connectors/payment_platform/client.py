@@ -30,7 +30,7 @@ from connectors.errors import (
     ProtocolError,
     TransactionUnknown,
 )
-from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy, transport_options
+from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy, response_json, transport_options
 
 try:
     from zoneinfo import ZoneInfo
@@ -162,9 +162,12 @@ def _classify(response: requests.Response) -> tuple[str, str | None]:
     if response.headers.get("Content-Type", "").startswith("application/pdf"):
         return "ok", OK
     try:
-        code = response.json().get("MaLoi")
-    except (ValueError, AttributeError):
+        data = response_json(response, peer=PEER, operation="classify")
+    except ProtocolError:
         return "protocol_error", None
+    if not isinstance(data, dict):
+        return "protocol_error", None
+    code = data.get("MaLoi")
     return ("ok" if code == OK else "peer_error"), None if code is None else str(code)
 
 
@@ -262,11 +265,7 @@ class PaymentPlatformClient:
                                    classify=_classify, retry=retry, headers={"Accept": accept})
 
     def _answer(self, response: requests.Response, kind: str) -> dict[str, Any]:
-        try:
-            data = response.json()
-        except ValueError:
-            raise ProtocolError(f"{PEER} {kind}: answer is not JSON (HTTP {response.status_code})",
-                                peer=PEER, operation=kind, status=response.status_code) from None
+        data = response_json(response, peer=PEER, operation=kind)
         if not isinstance(data, dict) or "MaLoi" not in data:
             raise ProtocolError(f"{PEER} {kind}: answer has no MaLoi", peer=PEER, operation=kind,
                                 status=response.status_code)

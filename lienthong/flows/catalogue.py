@@ -106,7 +106,18 @@ def pull_catalogue(store: Store, portal: NationalPortalClient, *, run_id: str,
     snapshot: dict[str, dict[str, Any]] = {}
     rejected_codes: set[str] = set()
     for row in listed:
-        code = str(row.get("MATTHC") or "")
+        given = row.get("MATTHC")
+        code = given if isinstance(given, str) and _usable_code(given) else ""
+        if given not in (None, "") and not code:
+            # Not a code the portal could be asked about (an object, a 300-character text, a NUL...):
+            # never sent back to the portal, dead-lettered under a key the bus database can hold.
+            key = f"<invalid MATTHC, {content_hash(row)[:12]}>"
+            exc = RecordRejected(key, [FieldError("MATTHC", "format", "MATTHC is not a procedure code (text of at "
+                                                                      "most 64 printable characters)")])
+            rejected_codes.add(key)
+            _dead_letter(store, run_id, key, {"procedure": {}, "listed": row, "levels": []}, exc)
+            report.rejected.append({"record_key": key, "stage": "normalise", "errors": exc.error_dicts()})
+            continue
         detail = portal.get_procedure(code) if code else None
         source = {"procedure": detail or {}, "listed": row, "levels": levels.get(code, [])}
         try:
@@ -132,6 +143,10 @@ def pull_catalogue(store: Store, portal: NationalPortalClient, *, run_id: str,
     log.info("catalogue: %d listed, %d normalised, %d added, %d amended, %d withdrawn, %d rejected",
              report.listed, report.normalised, report.added, report.amended, report.withdrawn, len(report.rejected))
     return report
+
+
+def _usable_code(code: str) -> bool:
+    return 0 < len(code) <= 64 and code.isprintable() and code.strip() == code
 
 
 def _agency_codes(record: dict[str, Any]) -> set[str]:
@@ -289,7 +304,17 @@ def _push_ministry(store: Store, replica: MinistryReplica, run_id: str, batch_si
                 report.rejected.append({"record_key": row.procedure_code, "stage": "ministry",
                                         "errors": exc.error_dicts()})
                 continue
-            rows.append((row, ProcedureRow(**mapped, noi_dung=row.record, ma_bam_noi_dung=row.record_hash)))
+            procedure = ProcedureRow(**mapped, noi_dung=row.record, ma_bam_noi_dung=row.record_hash)
+            nul = procedure.nul_columns()
+            if nul:  # one such row would fail the batch's transaction on PostgreSQL, every run
+                exc = RecordRejected(row.procedure_code, [FieldError(
+                    column, "no_nul_character", "the text holds a NUL character, which the ministry database "
+                                                "cannot store") for column in nul])
+                _dead_letter(store, run_id, row.procedure_code, row.record, exc, "ministry")
+                report.rejected.append({"record_key": row.procedure_code, "stage": "ministry",
+                                        "errors": exc.error_dicts()})
+                continue
+            rows.append((row, procedure))
         replica.upsert(r for _, r in rows)  # one transaction for the batch
         _ack(store, MINISTRY, [(row.procedure_code, row.record_hash) for row, _ in rows], "published", run_id)
         report.upserted += len(rows)
