@@ -189,10 +189,26 @@ def stage_window(
     return report
 
 
+#: Longest record key the bus database holds (``outbox.record_key`` is a VARCHAR(200)).
+_KEY_MAX = 200
+
+
+def _record_key(dossier: dict[str, Any], seq: int) -> str:
+    """The dossier's key, or a stand-in key when ``dossierNo`` is missing, not text, too long for the
+    bus database or holds control characters. A hostile key must not stop the page it came on: the
+    record is staged under the stand-in (unique per event and content) and the mapping dead-letters
+    it with its original payload, naming ``MaHoSo``."""
+    key = dossier.get("dossierNo")
+    if isinstance(key, str) and key.strip() and len(key) <= _KEY_MAX and key.isprintable():
+        return key
+    what = "no dossierNo" if key in (None, "") else "invalid dossierNo"
+    return f"<{what}, seq {seq}, {content_hash(dossier)[:12]}>"
+
+
 def _row(dossier: dict[str, Any], *, seq: int, run_id: str) -> dict[str, Any]:
     return {
         "flow": FLOW,
-        "record_key": dossier.get("dossierNo") or f"<no dossierNo, seq {seq}>",
+        "record_key": _record_key(dossier, seq),
         "source_seq": seq,
         "source_version": dossier.get("version") if isinstance(dossier.get("version"), int) else None,
         "source_payload": dossier,
@@ -365,6 +381,9 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
                 elif ack is not None and ack.payload_hash == item.digest and not resend_acknowledged:
                     _finish(conn, item, "unchanged", None, run_id)
                     report.unchanged += 1
+                    # The status the portal holds is this one, but the snapshot may carry steps
+                    # finished since (a step inside the same status changes no dossier field).
+                    _stage_progress(conn, progress_mapping, [item], run_id)
                 elif ack is not None and ack.created_on_peer:
                     updates.append(item)
                 elif item.attempts > 0:
@@ -560,7 +579,7 @@ def _stage_progress(conn: Connection, progress_mapping: Mapping, items: list[_It
             rows.append({
                 "flow": PROGRESS_FLOW,
                 "record_key": item.key,
-                "entry_key": progress_mapping.record_key(source),
+                "entry_key": _entry_key(progress_mapping, source, item.key),
                 "step_id": entry.get("stepId") if isinstance(entry.get("stepId"), int) else -1,
                 "occurred_at": "",
                 "source_payload": source,
@@ -570,6 +589,23 @@ def _stage_progress(conn: Connection, progress_mapping: Mapping, items: list[_It
                 "staged_at": now,
             })
     insert_ignore(conn, progress_outbox, rows, "uq_progress_entry")
+
+
+#: Longest progress entry key the bus database holds (``progress_outbox.entry_key`` is a VARCHAR(250)).
+_ENTRY_KEY_MAX = 250
+
+
+def _entry_key(progress_mapping: Mapping, entry: dict[str, Any], dossier_key: str) -> str:
+    """The entry's key (``dossier#stepId``). When ``stepId`` is missing, not a number or text, too
+    long or holds control characters, two different entries would share one key (and the second
+    would be dropped as already staged) or the key would not fit the bus database: the key is then
+    made from the entry's content, so each distinct entry is staged once, and the same one once."""
+    step = entry.get("stepId")
+    key = progress_mapping.record_key(entry)
+    valid = (isinstance(step, (int, str)) and not isinstance(step, bool) and str(step).strip() != "")
+    if valid and len(key) <= _ENTRY_KEY_MAX and key.isprintable():
+        return key
+    return f"{dossier_key}#<invalid stepId {content_hash(entry)[:16]}>"
 
 
 def deliver_progress(

@@ -41,7 +41,9 @@ from sqlalchemy import and_, func, or_, select, update
 from connectors.errors import (
     AmountMismatch,
     BillNotAvailable,
+    ChecksumMismatch,
     DuplicateReceipt,
+    FieldError,
     PaymentConflict,
     PeerRejected,
     ProtocolError,
@@ -126,21 +128,79 @@ class CollectReport:
     unknown: int = 0
     bills: int = 0
     unconfirmed: int = 0
+    unreadable: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    invalid: list[dict[str, Any]] = field(default_factory=list)
 
     def counts(self) -> dict[str, Any]:
-        return {"requests_listed": self.listed, "requests_new": self.new_requests, "queried": self.queried,
+        return {"requests_listed": self.listed, "requests_new": self.new_requests,
+                "requests_invalid": len(self.invalid), "queried": self.queried,
                 "found_paid": self.paid, "found_failed": self.failed, "still_pending": self.pending,
-                "paid_without_receipt": self.unconfirmed,
+                "paid_without_receipt": self.unconfirmed, "answers_unreadable": self.unreadable,
                 "unknown_to_platform": self.unknown, "bills_fetched": self.bills,
                 "platform_rejected": len(self.rejected), "platform_rejections": self.rejected}
 
 
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "text", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _request_problems(p: dict[str, Any]) -> list[FieldError]:
+    """What a one-stop payment request breaks of what ``payment_txn`` can hold (docs/wire/onestop.md)."""
+    errors: list[FieldError] = []
+    reference = p.get("reference")
+    if reference is None or reference == "":
+        errors.append(FieldError("reference", "required", "reference is missing"))
+    elif not isinstance(reference, str):
+        errors.append(FieldError("reference", "type", f"reference is {_kind(reference)}, expected text"))
+    elif len(reference) > 64 or not reference.isprintable() or not reference.strip():
+        errors.append(FieldError("reference", "format", "reference must be 1 to 64 printable characters"))
+    amount = p.get("amount")
+    if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int) or amount < 0):
+        errors.append(FieldError("amount", "type", f"amount is {_kind(amount)} {amount!r:.40}, expected a whole "
+                                                   "number of VND"))
+    dossier = p.get("dossierNo")
+    if dossier not in (None, "") and not (isinstance(dossier, str) and len(dossier) <= 64 and dossier.isprintable()):
+        errors.append(FieldError("dossierNo", "type", f"dossierNo is {_kind(dossier)}, expected text of at most "
+                                                      "64 printable characters"))
+    status = p.get("status")
+    if status is not None and not (isinstance(status, str) and len(status) <= 16 and status.isprintable()):
+        errors.append(FieldError("status", "type", f"status is {_kind(status)}, expected a status word"))
+    return errors
+
+
+def _refuse_request(store: Store, run_id: str, p: dict[str, Any], errors: list[FieldError],
+                    report: CollectReport) -> None:
+    """Dead-letter a malformed payment request once (it is listed again at every run)."""
+    reference = p.get("reference")
+    key = reference if isinstance(reference, str) and 0 < len(reference) <= 200 and reference.isprintable() \
+        else f"<invalid reference, {content_hash(p)[:12]}>"
+    with store.engine.connect() as conn:
+        held = conn.execute(select(dead_letter.c.source_payload).where(
+            dead_letter.c.flow == FLOW, dead_letter.c.record_key == key, dead_letter.c.stage == "source",
+            dead_letter.c.resolved_at.is_(None))).scalars().all()
+    if any(content_hash(h) == content_hash(p) for h in held):
+        return
+    exc = RecordRejected(key, errors)
+    _dead_letter(store, run_id, key, "source", exc, exc.error_dicts(), p, report.invalid)
+
+
 def _register_requests(store: Store, onestop: Any, run_id: str, report: CollectReport) -> None:
     """Bring every one-stop payment request into ``payment_txn`` (new ones inserted, the one-stop's
-    view of known ones refreshed)."""
-    for page in onestop.iter_payments(status="all"):
-        report.listed += len(page)
+    view of known ones refreshed). A request that breaks the wire format is dead-lettered (stage
+    ``source``) with the field and rule; the others go on."""
+    for listed in onestop.iter_payments(status="all"):
+        report.listed += len(listed)
+        page = []
+        for p in listed:
+            problems = _request_problems(p)
+            if problems:
+                _refuse_request(store, run_id, p, problems, report)
+            else:
+                page.append(p)
+        if not page:
+            continue
         now = utcnow()
         rows = [{"reference": p["reference"], "dossier_code": p.get("dossierNo") or None,
                  "request_amount": p.get("amount"), "onestop_status": p.get("status"),
@@ -187,10 +247,13 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str) 
                 report.unknown += 1
                 _set(store, row.reference, run_id, platform_status="unknown")
                 continue
-            except ProtocolError as exc:  # a checksum that does not verify: never trust the answer
+            except ChecksumMismatch as exc:  # a checksum that does not verify: never trust the answer
                 _dead_letter(store, run_id, row.reference, "platform", exc,
                              [{"field": "MaXacThuc", "rule": "checksum", "message": str(exc)}],
                              {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
+                continue
+            except ProtocolError as exc:  # an answer that cannot be read at all: nothing learnt, ask again
+                _unreadable(report, row.reference, "QUERY", exc)
                 continue
             status = txn.status
             if status == "pending":
@@ -215,10 +278,13 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str) 
             log.warning("payment %s: QUERY says paid but GET_BILL has no receipt (%s); left pending", row.reference,
                         exc)
             continue
-        except ProtocolError as exc:
+        except ChecksumMismatch as exc:
             _dead_letter(store, run_id, row.reference, "platform", exc,
                          [{"field": "GET_BILL", "rule": "receipt", "message": str(exc)}],
                          {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
+            continue
+        except ProtocolError as exc:  # a truncated or foreign body, not a receipt: fetch it again next run
+            _unreadable(report, row.reference, "GET_BILL", exc)
             continue
         with store.begin() as conn:  # kept once by hash, pinned: archiving the log never drops a receipt
             stored = put_blob(conn, bill.pdf, bill.content_type, pinned=True)
@@ -229,6 +295,14 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str) 
         report.paid += row.platform_status != "paid"
         report.bills += 1
     return report
+
+
+def _unreadable(report: CollectReport, reference: str, operation: str, exc: ProtocolError) -> None:
+    """An answer that is not the platform's at all (not JSON, truncated, an error page, not a PDF)
+    says nothing about the payment: it stays where it was and the next run asks again. Only an
+    answer that reads but fails its checksum is dead-lettered (it may have been tampered with)."""
+    report.unreadable += 1
+    log.warning("payment %s: %s answer unreadable (%s); asked again next run", reference, operation, exc)
 
 
 def receipt_pdf(store: Store, sha256: str) -> bytes:

@@ -355,3 +355,24 @@ def test_dossier_without_procedure_name_is_filled_from_the_catalogue(bus_env):
     assert held["MaLinhVuc"] == dossier["domainCode"]  # the one-stop's own value is never overridden
     letter_payloads = [d["source_payload"] for d in s.dead_letters(dossier_status.FLOW)]
     assert all(p.get("serviceName") != "Tên thủ tục theo danh mục quốc gia" for p in letter_payloads)
+
+
+def test_a_step_finished_inside_the_same_status_still_reaches_the_portal(bus_env):
+    """Found by the reliability harness (#7): a snapshot whose mapped status equals the one the
+    portal acknowledged ("unchanged") may still carry steps finished since; they are sent."""
+    run("r1")
+    base = next(d for d in get(bus_env, "onestop", "/_state/dossiers")["dossiers"]
+                if d["dossierNo"] not in defective(bus_env) and sum(1 for e in d["progress"] if e["finishedAt"]) >= 2)
+    finished = [e for e in base["progress"] if e["finishedAt"]]
+    code = base["dossierNo"].rsplit("-", 1)[0] + "-9901"
+    first = {**base, "dossierNo": code, "version": 1, "progress": finished[:1]}
+    post(bus_env, "onestop", "/_admin/dossiers/raw", {"dossier": first})
+    run("r2")
+    assert len(portal_progress(bus_env)[code]) == 1
+    # the next snapshot: the same status fields, one more finished step
+    post(bus_env, "onestop", "/_admin/dossiers/raw", {"dossier": {**first, "version": 2, "progress": finished[:2]}})
+    _, delivered = run("r3")
+    assert delivered["unchanged"] == 1
+    held = portal_progress(bus_env)[code]
+    mapping = load_mapping(dossier_status.PROGRESS_MAPPING)
+    assert held == [mapping.apply({**e, "dossierNo": code}) for e in finished[:2]]
