@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help install demo test airflow mocks reset constraints bench e2e-distributed
+.PHONY: help install demo test airflow mocks reset constraints bench e2e-distributed reliability
 
 help:
 	@echo "make demo         run the dossier flow once through Airflow against the stand-ins, print a summary"
@@ -12,6 +12,7 @@ help:
 	@echo "make airflow      Airflow UI (standalone, SQLite, our DAGs/connections/pools) on http://127.0.0.1:8080"
 	@echo "make mocks        run the stand-in peers in the foreground (lienthong mocks up)"
 	@echo "make bench        benchmark harness: every scenario, ratios and PASS/FAIL; JSON in var/bench/ (ARGS=--quick)"
+	@echo "make reliability  the three flows under >=1000 seeded faults and >=20 SIGKILLs; invariants checked; table (ARGS=--seed N)"
 	@echo "make e2e-distributed  CeleryExecutor run: api-server, scheduler, dag-processor, triggerer, 2 workers; PostgreSQL + Redis on 127.0.0.1; PASS/FAIL (ARGS=--keep)"
 	@echo "make reset        delete all local state (var/)"
 	@echo "make constraints  regenerate constraints.txt from the current virtual environment"
@@ -50,6 +51,11 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: install $(BENCH_STAMP)
 	$(PY) -m bench $(ARGS)
+
+# Issue #7: seeded faults and SIGKILLs against the stand-ins, then no loss / no duplicate / log verifies.
+# State in var/reliability (wiped first); ARGS are passed on (--seed N, --min-faults N, --faults drop,malformed...).
+reliability: install
+	$(VENV)/bin/lienthong reliability $(ARGS)
 
 # Issue #9: the production shape as separate processes here (needs PostgreSQL :5432 and Redis :6379 on
 # 127.0.0.1); stops everything it started and drops its databases. ARGS are passed on (--keep, --timeout N).

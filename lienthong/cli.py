@@ -308,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                "invariants checked, PASS/FAIL")
     distributed.build_parser(p).set_defaults(func=distributed.run_from_args)
 
+    from lienthong.reliability import harness
+
+    p = sub.add_parser("reliability", help="the three flows under seeded random faults and SIGKILLs, then the "
+                                           "invariants against the stand-ins' state; a table; exit 1 on any loss "
+                                           "or duplicate")
+    harness.build_parser(p).set_defaults(func=harness.run_from_args)
+
     from lienthong.mapping_cli import add_mapping_commands
 
     add_mapping_commands(sub)

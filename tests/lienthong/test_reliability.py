@@ -1,0 +1,111 @@
+"""The reliability harness (issue #7): a short seeded soak inside the suite, and proof that its
+checks see a loss when there is one. The long soak is ``make reliability`` (README)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+from sqlalchemy import update
+
+from lienthong.reliability import harness, worker
+from lienthong.reliability.harness import Harness, Settings, run_reliability
+from lienthong.store import Store, dead_letter, utcnow
+
+
+def test_short_seeded_soak_loses_and_duplicates_nothing(tmp_path):
+    lines: list[str] = []
+    settings = Settings(home=tmp_path / "rel", seed=11, min_faults=40, min_kills=3, max_rounds=8, min_rounds=2,
+                        dossiers=30, catalogue_size=60, quiet=True)
+    assert run_reliability(settings, out=lines.append) == 0, "\n".join(lines)
+    result = json.loads((tmp_path / "rel" / "result.json").read_text())
+    assert result["ok"] and result["targets_met"]
+    assert sum(result["faults"].values()) >= 40
+    assert sum(result["kills"].values()) >= 3
+    assert result["log"]["verified"] and result["log"]["records"] > 0
+    by_flow = {f["flow"]: f for f in result["flows"]}
+    assert set(by_flow) == {"dossier_status", "procedure_catalogue", "payment_receipts"}
+    for f in by_flow.values():
+        assert f["lost"] == 0 and f["duplicated"] == 0, f["problems"]
+        assert f["records"] == f["delivered"] + f["dead_lettered"], f
+        assert f["delivered"] > 0
+    # every defective dossier of the seeded world is accounted for by its dead letter
+    assert by_flow["dossier_status"]["dead_lettered"] == by_flow["dossier_status"]["details"]["defective_at_source"]
+    # the world grew during the run, and the table says so
+    assert by_flow["dossier_status"]["records"] > 30
+    table = "\n".join(lines)
+    assert "| dossier_status |" in table and "Faults injected" in table and "PASS: 0 lost, 0 duplicated" in table
+
+
+def test_the_checks_name_a_lost_procedure_and_an_unaccounted_dossier(tmp_path):
+    """A checker that cannot fail proves nothing: take a row away from a destination and a dead
+    letter away from the bus, and each is reported by name."""
+    h = Harness(Settings(home=tmp_path / "rel", seed=3, dossiers=20, catalogue_size=40, quiet=True))
+    try:
+        h.setup()
+        h._run_flows("clean", kill=False)
+        h._run_flows("clean2", kill=False)
+        first = h.check()
+        assert first["verify"].ok
+        for f in first["flows"]:
+            assert (f.lost, f.duplicated) == (0, 0), f.problems
+        dossiers, procedures, payments = first["flows"]
+        assert procedures.delivered == procedures.details["published"] > 0
+        assert dossiers.dead_lettered == dossiers.details["defective_at_source"] > 0
+
+        with sqlite3.connect(h.topo.home / "ministry.db") as conn:
+            (victim,) = conn.execute("SELECT ma_tthc FROM tthc_thu_tuc WHERE trang_thai = 'cong_bo' ORDER BY ma_tthc "
+                                     "LIMIT 1").fetchone()
+            conn.execute("DELETE FROM tthc_phi_le_phi WHERE ma_tthc = ?", (victim,))
+            conn.execute("DELETE FROM tthc_thu_tuc WHERE ma_tthc = ?", (victim,))
+        store = Store.from_connection(h.spec("lienthong_db"))
+        with store.begin() as conn:
+            letter = conn.execute(dead_letter.select().where(dead_letter.c.flow == "dossier_status")
+                                  .order_by(dead_letter.c.id)).mappings().first()
+            conn.execute(update(dead_letter).where(dead_letter.c.id == letter["id"])
+                         .values(resolved_at=utcnow(), resolution="test: forgotten"))
+        store.dispose()
+
+        second = h.check()
+        dossiers, procedures, _ = second["flows"]
+        assert procedures.lost == 1
+        assert any(p.startswith(f"{victim}: not in the ministry replica") for p in procedures.problems)
+        assert dossiers.lost == 1
+        assert any(p.startswith(f"{letter['record_key']}: defective at the source, not held and not dead-lettered")
+                   for p in dossiers.problems)
+    finally:
+        h.outage.end()
+        h.peers.stop()
+
+
+def test_ministry_outage_refuses_connections_then_gives_the_database_back(tmp_path):
+    path = tmp_path / "ministry.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (42)")
+    outage = harness._MinistryOutage(path)
+    outage.begin()
+    try:
+        sqlite3.connect(path).execute("SELECT 1")
+        raise AssertionError("the database answered during the outage")
+    except sqlite3.OperationalError as exc:
+        assert "unable to open" in str(exc)
+    outage.end()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT x FROM t").fetchall() == [(42,)]
+
+
+def test_worker_exit_codes_follow_the_dags_retry_rule(capsys):
+    assert worker.main(["no.such.step", "r1"]) == worker.EXIT_FATAL
+    assert "ConfigurationError: unknown step 'no.such.step'" in capsys.readouterr().err
+    assert worker.main([]) == 2
+    assert set(worker.STEPS) == {s for steps in harness.FLOWS.values() for s in steps} | {harness.SEAL_STEP}
+
+
+def test_cli_refuses_an_unknown_fault_kind():
+    done = subprocess.run([sys.executable, "-m", "lienthong", "reliability", "--faults", "drop,gremlins"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "unknown fault kind(s) gremlins" in done.stderr
