@@ -17,7 +17,7 @@ from lienthong.store import Store, dead_letter, utcnow
 
 def test_short_seeded_soak_loses_and_duplicates_nothing(tmp_path):
     lines: list[str] = []
-    settings = Settings(home=tmp_path / "rel", seed=11, min_faults=40, min_kills=3, max_rounds=8, min_rounds=2,
+    settings = Settings(home=tmp_path / "rel", seed=11, min_faults=40, min_kills=3, max_rounds=14, min_rounds=2,
                         dossiers=30, catalogue_size=60, quiet=True)
     assert run_reliability(settings, out=lines.append) == 0, "\n".join(lines)
     result = json.loads((tmp_path / "rel" / "result.json").read_text())
