@@ -16,6 +16,7 @@ field becomes one *step*, a closure ``step(item, root, errors, at) -> value``:
 from __future__ import annotations
 
 import copy
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -402,6 +403,8 @@ def compile_fields(fields: dict[str, dict], tables: dict[str, CodeTable]) -> lis
 
 
 _INTEGER = re.compile(r"-?\d+")
+#: A typed number must fit what peers hold: SQL BIGINT, xsd:long, a finite JSON number.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _BOOLEANS = {"true": True, "false": False}
 #: ``type`` of a field → what the engine sends: text (the default), or a JSON integer, number or boolean.
@@ -442,7 +445,17 @@ def _typed(field: _Spec, step: Step) -> Step:
             if value in _BOOLEANS:
                 return _BOOLEANS[value]
         elif (_INTEGER if kind == "integer" else _NUMBER).fullmatch(value):
-            return int(value) if "." not in value else float(value)
+            # int() of more than 4300 digits raises ValueError: a longer value cannot fit anyway
+            number = None if len(value.lstrip("-0")) > 400 else int(value) if "." not in value else float(value)
+            fits = number is not None and (
+                _INT64_MIN <= number <= _INT64_MAX if number.__class__ is int else math.isfinite(number))
+            if fits:
+                return number
+            errors.append(FieldError(_target_prefix(at) + target, "type",
+                                     f"{_source_prefix(at)}{label} {_show(value)} is too large for {target}: "
+                                     f"{'an integer' if kind == 'integer' else 'a number'} a peer can hold lies "
+                                     f"between -2^63 and 2^63-1 (a 64-bit integer, a finite number)"))
+            return None
         errors.append(FieldError(_target_prefix(at) + target, "type",
                                  f"{_source_prefix(at)}{label} {_show(value)} is not {'an' if kind == 'integer' else 'a'} "
                                  f"{kind}, which {target} must be"))

@@ -19,7 +19,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -200,13 +200,24 @@ def portal_date(value: Any) -> str:
     return _local_digits(_parse_aware(value))[:8]
 
 
+_TOO_LONG = "is a whole number too long to write as text"
+
+
+def _int_text(value: int) -> str:
+    """The decimal text of a whole number; one too long for Python to write is a ``type`` error."""
+    try:
+        return str(value)
+    except ValueError:  # more than sys.get_int_max_str_digits() digits
+        raise TransformError("type", _TOO_LONG) from None
+
+
 @register_transform("string", "text stays text, a whole number becomes its decimal text; anything else is a 'type' error")
 def string(value: Any) -> str:
     cls = value.__class__
     if cls is str:
         return value
     if cls is int:
-        return str(value)
+        return _int_text(value)
     raise TransformError("type", f"is {_kind(value)}, expected text or a whole number")
 
 
@@ -223,7 +234,7 @@ def vnd_amount(value: Any) -> str:
         raise TransformError("type", f"is {_kind(value)}, expected a whole number of đồng")
     if value < 0:
         raise TransformError("format", "is negative; an amount of đồng is zero or more")
-    return str(value)
+    return _int_text(value)
 
 
 @register_transform("bool_flag", "true/false → \"1\"/\"0\" (the portal's flag fields)")
@@ -299,7 +310,14 @@ def join(value: Any, separator: str) -> str | None:
     "no offset is a 'timezone' error, as for portal_datetime",
 )
 def iso_datetime(value: Any) -> str:
-    _parse_aware(value)
+    moment = _parse_aware(value)
+    if not 1 < moment.year < 9999:  # near the ends of datetime's range an offset can push it out
+        try:
+            moment.astimezone(timezone.utc)
+            moment.astimezone(PORTAL_TIME_ZONE)
+        except OverflowError:
+            raise TransformError("format", "names a moment outside the years 1..9999 in UTC or in "
+                                           "Asia/Ho_Chi_Minh, which the bus and its peers cannot hold") from None
     return value
 
 
@@ -342,12 +360,17 @@ def lenient_text(value: Any) -> str | None:
     if cls is str:
         return value
     if cls is int:
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # too long to write: no value, like anything else it cannot read
+            return None
     return None
 
 
 _VND_NONE = frozenset({"", "0", "không", "miễn phí", "không thu", "không có"})
-_VND_TEXT = re.compile(r"(\d{1,3}(?:\.\d{3})+|\d+)\s*(?:đồng|vnđ|vnd|đ)?(?:\s*/\s*\S.*)?", re.IGNORECASE)
+_VND_TEXT = re.compile(r"([0-9]{1,3}(?:\.[0-9]{3})+|[0-9]+)\s*(?:đồng|vnđ|vnd|đ)?(?:\s*/\s*\S.*)?", re.IGNORECASE)
+#: More digits than any fee has (10^18 đồng), and beyond what a 64-bit integer column holds.
+_VND_MAX_DIGITS = 18
 
 
 @register_transform("vnd_from_text", "a published amount as free text → whole đồng as decimal text "
@@ -364,7 +387,10 @@ def vnd_from_text(value: Any) -> str:
     match = _VND_TEXT.fullmatch(text)
     if match is None:
         raise TransformError("format", "is not an amount of đồng (\"50.000\", \"50.000 đồng\", \"Không\"…)")
-    return str(int(match.group(1).replace(".", "")))
+    digits = match.group(1).replace(".", "").lstrip("0") or "0"
+    if len(digits) > _VND_MAX_DIGITS:
+        raise TransformError("format", f"is more than {_VND_MAX_DIGITS} digits of đồng, more than any fee")
+    return digits
 
 
 _LEVEL_WORDS = {"một phần": 3, "toàn trình": 4}
@@ -375,7 +401,7 @@ def _level_rank(value: Any) -> int:
         return value
     if value.__class__ is str:
         text = unicodedata.normalize("NFC", value).strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             return int(text)
         rank = _LEVEL_WORDS.get(text.lower())
         if rank is not None:
@@ -414,7 +440,7 @@ _DOSSIER_UNIT = re.compile(r"(\d{3}\.\d{2}\.\d{2}\.H\d{2})-\d{6}-\d{4,5}")
 def datetime_from_portal(value: Any) -> str:
     if value.__class__ is not str:
         raise TransformError("type", f"is {_kind(value)}, expected yyyyMMddHHmmss text")
-    if len(value) != 14 or not value.isdigit():
+    if len(value) != 14 or not (value.isascii() and value.isdigit()):
         raise TransformError("format", "is not yyyyMMddHHmmss (14 digits)")
     try:
         moment = datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=PORTAL_TIME_ZONE)

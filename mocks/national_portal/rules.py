@@ -186,7 +186,7 @@ class RecordRules:
                                            f"(chỉ nhận {allowed})")
         if spec.get("format"):
             pattern, calendar = self.formats[spec["format"]]
-            if not pattern.match(value):
+            if not pattern.fullmatch(value):  # the whole value: `$` also matches before a final "\n"
                 return RuleError(path, "format", f"{label}: trường {path} không đúng định dạng {spec['format']}")
             if calendar and not _real_datetime(value):
                 return RuleError(path, "calendar", f"{label}: trường {path} có giá trị \"{value}\" không phải "

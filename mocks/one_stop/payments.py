@@ -558,7 +558,9 @@ def _callback_problem(body: dict[str, Any]) -> str | None:
     if body["MaLoi"] not in ("00", "99"):
         return f"MaLoi {body['MaLoi']} không hợp lệ"
     amount = body.get("SoTien")
-    if isinstance(amount, bool) or not (isinstance(amount, int) or (isinstance(amount, str) and amount.isdigit())):
+    if isinstance(amount, bool) or not ((isinstance(amount, int) and 0 <= amount <= 10**12)
+                                        or (isinstance(amount, str) and amount.isascii() and amount.isdigit()
+                                            and len(amount) <= 13 and int(amount) <= 10**12)):
         return "SoTien phải là số nguyên (VND)"
     if not _TS14.match(body["ThoiGianGD"]):
         return "ThoiGianGD phải có dạng yyyyMMddHHmmss"
