@@ -33,10 +33,11 @@ Printer = Callable[[str], None]
 class StandIns:
     """The stand-in peers as a child process (``python -m mocks up``), stopped by process id."""
 
-    def __init__(self, topo: LocalTopology, env: dict[str, str], log_file: Path):
+    def __init__(self, topo: LocalTopology, env: dict[str, str], log_file: Path, extra_args: tuple[str, ...] = ()):
         self.topo = topo
         self.env = env
         self.log_file = log_file
+        self.extra_args = extra_args  # more ``mocks up`` options (seed, world size...)
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -59,7 +60,7 @@ class StandIns:
     def start(self, timeout: float = 30.0) -> None:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_file.open("ab")
-        self.process = subprocess.Popen(self.topo.mocks_command(), env=self.env, stdout=self._log,
+        self.process = subprocess.Popen([*self.topo.mocks_command(), *self.extra_args], env=self.env, stdout=self._log,
                                         stderr=subprocess.STDOUT, cwd=self.topo.home)
         deadline = time.monotonic() + timeout
         pending = [self.onestop_url, self.portal_url, self.payment_url, self.ledger_url]

@@ -47,6 +47,7 @@ from typing import Any
 import requests
 
 from connectors.connection import ConnectionSpec
+from lienthong.demo import StandIns
 from lienthong.localenv import REPO_ROOT, LocalTopology
 from lienthong.reliability import checks
 from lienthong.reliability.worker import EXIT_FATAL, EXIT_RETRY
@@ -128,51 +129,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class _Peers:
-    """The stand-ins of one run as a child process, and their test doors."""
+class _Peers(StandIns):
+    """The stand-ins of one run as a child process (the demo's), and their test doors."""
 
     def __init__(self, topo: LocalTopology, env: dict[str, str], settings: Settings):
-        self.topo = topo
-        self.env = env
-        self.settings = settings
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = topo.log_dir / "stand-ins.log"
+        super().__init__(topo, env, topo.log_dir / "stand-ins.log", extra_args=(
+            "--seed", str(settings.seed), "--seed-dossiers", str(settings.dossiers),
+            "--catalogue-size", str(settings.catalogue_size)))
 
     def url(self, name: str) -> str:
-        port = {"onestop": self.topo.onestop_port, "portal": self.topo.portal_port,
-                "platform": self.topo.payment_port, "ledger": self.topo.ledger_port}[name]
-        return f"http://{self.topo.host}:{port}"
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [*self.topo.mocks_command(), "--seed", str(self.settings.seed),
-                   "--seed-dossiers", str(self.settings.dossiers),
-                   "--catalogue-size", str(self.settings.catalogue_size)]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            cwd=self.topo.home)
-        deadline = time.monotonic() + 90
-        for name in ("onestop", "portal", "platform", "ledger"):
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the stand-ins exited with code {self.process.returncode}; see {self.log_path}")
-                try:
-                    if requests.get(self.url(name) + "/health", timeout=2).ok:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the {name} stand-in did not answer /health in 90 s; see {self.log_path}")
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        return {"onestop": self.onestop_url, "portal": self.portal_url, "platform": self.payment_url,
+                "ledger": self.ledger_url}[name]
 
     def get(self, name: str, path: str) -> Any:
         response = requests.get(self.url(name) + path, timeout=ADMIN_TIMEOUT)
@@ -265,7 +232,7 @@ class Harness:
         from lienthong.audit.keys import generate_keypair
 
         generate_keypair(self.topo.seal_key)
-        self.peers.start()
+        self.peers.start(timeout=90)
         self.peers.post("platform", "/_admin/callbacks", {"lost_share": 0.3, "duplicates": False})
 
     # -- one step, as a process -----------------------------------------------------------------
