@@ -12,6 +12,8 @@ indexes the code declares, and that a database made by any earlier revision upgr
 
 Several task processes may open the store at once: on PostgreSQL an advisory lock serialises the
 upgrade; on SQLite an exclusive lock on a file beside the database (``<file>.migrate.lock``) does.
+Creation and upgrade are one transaction on both, so a process killed halfway (the reliability
+harness does that) leaves the database as it was, never half made.
 """
 
 from __future__ import annotations
@@ -69,6 +71,12 @@ def upgrade(engine: Engine) -> str:
             with _sqlite_file_lock(engine), engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK})
+                elif conn.dialect.name == "sqlite":
+                    # The Python driver opens transactions only before DML, so every CREATE TABLE
+                    # would commit on its own: a process killed halfway through the schema left a
+                    # database no later process could open. An explicit transaction makes the
+                    # whole creation or upgrade one commit (SQLite's DDL is transactional).
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
                 revision = current_revision(conn)
                 if revision != head:
                     _migrate(conn, revision, head)

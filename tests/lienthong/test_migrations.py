@@ -107,3 +107,38 @@ def test_every_revision_in_order_gives_the_declared_schema_on_postgresql(pg_data
         store.dispose()
     finally:
         engine.dispose()
+
+
+KILLED_MID_CREATE = """
+import os, signal, sys
+from lienthong import store
+create_all = store.metadata.create_all
+def part_then_die(conn, *args, **kwargs):
+    create_all(conn, tables=list(store.metadata.sorted_tables)[:6])
+    os.kill(os.getpid(), signal.SIGKILL)
+store.metadata.create_all = part_then_die
+store.Store(sys.argv[1]).create_schema()
+"""
+
+
+def test_a_process_killed_while_creating_the_schema_leaves_nothing_half_made(tmp_path):
+    """Found by the reliability harness (#7): SQLite's driver committed every CREATE TABLE on its
+    own, so a SIGKILL halfway left six tables and no revision; every later process then took the
+    file for a pre-migration database and failed on a table that was never created."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import create_engine, inspect
+
+    from lienthong.store import Store, metadata
+
+    url = f"sqlite:///{tmp_path / 'bus.db'}"
+    done = subprocess.run([sys.executable, "-c", KILLED_MID_CREATE, url], capture_output=True, timeout=120)
+    assert done.returncode == -9
+    engine = create_engine(url)
+    assert inspect(engine).get_table_names() == []  # rolled back, not half made
+    engine.dispose()
+    Store(url).create_schema()
+    engine = create_engine(url)
+    assert set(metadata.tables) <= set(inspect(engine).get_table_names())
+    engine.dispose()
