@@ -1,7 +1,10 @@
 """The bus side of a sync, in its own process (``python -m bench.bus_run``): what an Airflow
 worker runs for the dossier flow — stage the change feed, deliver dossiers, deliver progress —
 then seal the exchange log. Prints one JSON line: time per step, counts, and the process's peak
-resident memory (``ru_maxrss``), so the stand-ins' memory never counts.
+resident memory (``VmHWM``), so the stand-ins' memory never counts. Not ``ru_maxrss``: Linux
+carries it over ``exec`` from the forked copy of the parent, so it reported the harness's own
+memory (which grows with the dossiers it seeds) whenever that was larger than the bus's (issue #8,
+the "with sealing" line).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import time
 
 
 def _peak_mb() -> float:
-    """VmHWM of this process so far (MB), read from /proc when there is one."""
+    """VmHWM of this process so far (MB), read from /proc when there is one (``ru_maxrss``, the
+    fallback, includes the parent's memory at the fork before this program's ``exec``)."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
@@ -94,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
             out.write(profiler.output_html())
         with open(args.profile.replace(".html", ".txt"), "w", encoding="utf-8") as out:
             out.write(profiler.output_text(unicode=False, color=False, show_all=False))
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"times": times, "counts": counts, "peak_rss_mb": peak_kb / 1024,
+    print(json.dumps({"times": times, "counts": counts, "peak_rss_mb": _peak_mb(),
+                      "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "peak_after_mb": peaks}, default=str), flush=True)
 
 

@@ -432,6 +432,11 @@ def exchange_page(exchange_id: int, request: Request, user: Any = Depends(audito
         top = (f"<p class='muted'>ID numbers, phone numbers and e-mail addresses are masked. "
                f"<a href='{_e(base)}/exchanges/{exchange_id}?reveal=1'>Reveal them</a> (logged with your user "
                f"name).</p>")
+    altered = record.get("personal_altered") or []
+    if altered:  # read-time check of the personal values (lienthong.audit.search.get_exchange)
+        top = (f"<p class='error' id='altered'>{len(altered)} stored personal value(s) of this exchange do not match "
+               f"their sealed commitment: the database was altered; they are shown as [altered]. Run "
+               f"<code>lienthong audit verify --deep</code>.</p>") + top
     keys = record.get("record_keys") or []
     links = []
     if keys and record.get("seal_seq") is not None:
@@ -449,6 +454,7 @@ def exchange_json(exchange_id: int, request: Request, user: Any = Depends(audito
     record = _exchange(exchange_id)
     reveal = _reveal(request, user, exchange_id)
     return {"id": exchange_id, "revealed": reveal, "seal_seq": record.get("seal_seq"),
+            "personal_altered": [f"{f.side} {f.path}" for f in record.get("personal_altered") or []],
             "text": format_exchange(record, reveal=reveal)}
 
 

@@ -7,7 +7,9 @@ inclusion proof in its seal, the public key(s) and the standalone verifier as ``
 bodies stored by content hash as ``blobs/<sha256>``; and each record's personal fields (with salt
 and value, so the verifier rebuilds the body, or without them once redacted).
 Only sealed records can be proven, so records of the selection that are not sealed yet are left
-out and counted (``counts.unsealed_left_out``): seal first.
+out and counted (``counts.unsealed_left_out``): seal first. Each personal value is checked against
+its sealed commitment as it is read: a stored value that does not give it stops the export
+(:class:`ExportError`, naming the record and field) before anything is written.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from lienthong.audit.records import (
     _value,
     load_records,
 )
-from lienthong.audit.search import selection_query
+from lienthong.audit.search import altered_fields, selection_query
 from lienthong.store import (
     Store,
     exchange_blob,
@@ -184,6 +186,12 @@ def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519Pu
                                                         .where(exchange_key.c.exchange_id.in_(record_ids))):
                 keys[exchange_id].append(record_key)
             personal = _personal_rows(conn, min(record_ids), max(record_ids))
+            for record_id in record_ids:
+                altered = altered_fields(personal.get(record_id, []))
+                if altered:
+                    raise ExportError(f"record #{record_id}: {len(altered)} stored personal value(s) do not match "
+                                      f"their sealed commitment ({', '.join(f'{f.side} {f.path}' for f in altered)})"
+                                      f": the database was altered; run `lienthong audit verify --deep`")
             for record_id in record_ids:
                 index = position[record_id]
                 leaf = leaves[index]

@@ -80,20 +80,27 @@ def _head(text: str) -> tuple[int, str]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from lienthong.audit.keys import load_public_key
-    from lienthong.audit.verify import verify_exchanges
+    from lienthong.audit.verify import default_workers, verify_exchanges
 
     try:
         keys = [load_public_key(p) for p in args.public_key] if args.public_key else [load_public_key()]
     except ConfigurationError as exc:
         print(f"lienthong: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    result = verify_exchanges(_store(), keys, expect_head=args.expect_head)
+    workers = args.workers if args.workers is not None else default_workers()
+    result = verify_exchanges(_store(), keys, expect_head=args.expect_head, deep=args.deep, workers=max(1, workers))
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     elif result.ok:
         head = f"; head {result.head_seq}:{result.head_hash}" if result.head_seq else ""
         print(f"verified: {result.records_checked} records in {result.seals_checked} seals; "
               f"{result.unsealed_records} records not sealed yet{head}")
+        if result.deep:
+            print(f"deep: {result.personal_values_checked} stored personal values checked against their sealed "
+                  f"commitments")
+        else:
+            print("personal values: checked where they are read (audit show, export, the auditor page); "
+                  "--deep checks them all now")
         if result.records_with_redactions:
             print(f"verified-with-redactions: {result.records_with_redactions} records whose personal fields were "
                   f"erased (#{', #'.join(map(str, result.redacted_record_ids[:20]))}"
@@ -146,6 +153,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.reveal:
         print(f"lienthong: exchange #{args.id} shown with personal data REVEALED (--reveal)", file=sys.stderr)
     print(format_exchange(record, reveal=args.reveal))
+    altered = record.get("personal_altered") or []
+    if altered:
+        print(f"lienthong: exchange #{args.id}: {len(altered)} stored personal value(s) do not match their sealed "
+              f"commitment ({', '.join(f'{f.side} {f.path}' for f in altered)}): the database was altered; shown "
+              f"as [altered]. Run `lienthong audit verify --deep`", file=sys.stderr)
+        return EXIT_MISMATCH
     return EXIT_OK
 
 
@@ -252,6 +265,10 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--expect-head", type=_head, metavar="SEQ:HASH",
                    help="a head printed earlier by `audit seal`, which must still be there")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
+    q.add_argument("--deep", action="store_true", help="also check every stored personal value (salt and value) "
+                                                       "against its sealed commitment (otherwise checked when read)")
+    q.add_argument("--workers", type=int, metavar="N", help="processes recomputing the leaves of seals at once "
+                                                            "(SQLite files; default: one per core, at most 8)")
     q.set_defaults(func=cmd_verify)
 
     q = audit.add_parser("search", help="exchanges by record key (dossier, receipt, procedure code), peer, "

@@ -31,6 +31,8 @@ Format ``lienthong-seal/1``:
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +53,8 @@ __all__ = [
     "leaf_hash",
     "load_batch",
     "load_records",
+    "redacted_ids",
+    "scan_batch",
     "merkle_root",
     "seal_body",
 ]
@@ -151,6 +155,10 @@ class Batch:
     records: list[tuple[int, str]] = field(default_factory=list)
     personal: dict[int, list[PersonalField]] = field(default_factory=dict)
     blobs: list[tuple[int, str, str]] = field(default_factory=list)  # (id, side, sha256)
+    # records with an erased personal field (when ``personal`` holds no salts and values)
+    redacted: set[int] = field(default_factory=set)
+    values: bool = True  # ``personal`` holds the salts and values
+    fast: bool = False  # leaves computed by :func:`scan_batch`'s SQL aggregation
 
 
 def _personal_rows(conn: Connection, first_id: int, last_id: int, *,
@@ -191,6 +199,7 @@ def load_batch(conn: Connection, after_id: int, up_to_id: int | None = None, lim
     for exchange_id, record_key in conn.execute(key_query):
         keys.setdefault(exchange_id, []).append(record_key)
     batch.personal = _personal_rows(conn, first, last, values=personal_values)
+    batch.values = personal_values
     for row in rows:
         record_id = row["id"]
         fields = batch.personal.get(record_id, ())
@@ -218,3 +227,181 @@ def load_records(conn: Connection, after_id: int, up_to_id: int | None = None,
             break
         after_id = records[-1][0]
     return out
+
+
+def redacted_ids(conn: Connection, first_id: int, last_id: int) -> set[int]:
+    """The records with ``first_id <= id <= last_id`` one of whose personal fields was erased."""
+    t = exchange_personal_field
+    return set(conn.execute(select(t.c.exchange_id).distinct().where(
+        t.c.exchange_id >= first_id, t.c.exchange_id <= last_id, t.c.salt.is_(None), t.c.value.is_(None))).scalars())
+
+
+# -- the fast path of ``audit verify`` (issue #8) ---------------------------------------------------
+# A leaf in format 2 is SHA-256 of the canonical JSON of one object whose keys, sorted, are the
+# columns before "personal", then "personal", "record_count", "record_keys", then the rest and "v".
+# SQLite writes the two lists ("personal": tens of [side, path, kind, commitment] per record;
+# "record_keys": tens of codes for a feed page) as JSON in C (json_group_array over the primary
+# key's index, i.e. in Python's sort order: BINARY collation compares UTF-8 bytes, which is code
+# point order); Python encodes the columns, splices the two lists in and hashes. SQLite's JSON is
+# Python's canonical JSON for plain strings; a list whose text holds a backslash (some string
+# needed an escape, where the two encoders may differ) is not spliced: that chunk goes through
+# :func:`load_batch`. A value that is no string (a number, NULL) is written unquoted, so it never
+# gives the sealed bytes. And a seal whose fast leaves do not give its signed root is recomputed
+# by :func:`load_batch` before anything is reported: this path can only be faster, never say
+# something else (if its leaves give the signed root, its bytes are the sealed bytes).
+_ENCODE = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+_BEFORE = tuple(n for n in sorted(LEAF_FIELDS) if n < "personal")
+_BETWEEN = tuple(n for n in sorted(LEAF_FIELDS) if "personal" < n < "record_keys")
+_AFTER = tuple(n for n in sorted(LEAF_FIELDS) if n > "record_keys")
+assert _BETWEEN == ("record_count",) and "v" > _AFTER[-1], "the leaf's key order changed"
+_POS = {name: i for i, name in enumerate(LEAF_FIELDS)}
+_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
+_ROWS_SQL = (f"SELECT {', '.join(LEAF_FIELDS)} FROM {exchange_log.name} "
+             f"WHERE id > ? AND id <= ? ORDER BY id LIMIT ?")
+_PERSONAL_SQL = (
+    "SELECT exchange_id, CAST(json_group_array(json_array(side, path, kind, commitment)) AS BLOB) "
+    f"FROM {exchange_personal_field.name} WHERE exchange_id >= ? AND exchange_id <= ? GROUP BY exchange_id")
+_KEYS_SQL = (
+    "SELECT exchange_id, CAST(json_group_array(record_key) AS BLOB) "
+    f"FROM {exchange_key.name} WHERE exchange_id >= ? AND exchange_id <= ? GROUP BY exchange_id")
+SCAN_CHUNK = 500  # records per round of the three queries
+
+
+class _NotFast(Exception):
+    """This chunk cannot be spliced exactly: compute it with load_batch."""
+
+
+def _list_text(text: Any) -> bytes:
+    """A list as SQLite wrote it (UTF-8), if it is the canonical JSON of its strings."""
+    if type(text) is not bytes or b"\\" in text:
+        raise _NotFast
+    return text
+
+
+class _Leaves:
+    """Per connection: the column converters of the fast path (headers parsed once per text)."""
+
+    @staticmethod
+    def usable(conn: Connection) -> bool:
+        """SQLite with its JSON functions, storing text as UTF-8 (what the splice assumes)."""
+        if conn.dialect.name != "sqlite":
+            return False
+        raw = conn.connection.dbapi_connection
+        try:
+            return (raw.execute("PRAGMA encoding").fetchone()[0] == "UTF-8"
+                    and raw.execute("SELECT json_group_array(json_array('a'))").fetchone()[0] == '[["a"]]')
+        except conn.dialect.dbapi.Error:  # no JSON functions in this SQLite build: the exact path
+            return False
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.raw = conn.connection.dbapi_connection
+        self.started_at = exchange_log.c.started_at.type._cached_result_processor(conn.dialect, None)
+        self.headers: dict[str, Any] = {}
+
+    def _time(self, value: Any) -> Any:
+        if type(value) is str and len(value) == 26 and _TIME.fullmatch(value):
+            return f"{value[:10]}T{value[11:]}+00:00"
+        return _value("started_at", self.started_at(value) if self.started_at else value)
+
+    def _json(self, text: Any) -> Any:
+        if type(text) is not str:
+            raise _NotFast
+        parsed = self.headers.get(text, self)
+        if parsed is self:
+            if len(self.headers) > 4096:
+                self.headers.clear()
+            parsed = self.headers[text] = json.loads(text)
+        return parsed
+
+    def chunk(self, after_id: int, up_to_id: int, limit: int, batch: Batch) -> int | None:
+        """Append the leaves of up to ``limit`` records after ``after_id`` to ``batch``; the last
+        id read, or None when there was none. Raises _NotFast (nothing appended)."""
+        cur = self.raw.cursor()
+        try:
+            rows = cur.execute(_ROWS_SQL, (after_id, up_to_id, limit)).fetchall()
+            if not rows:
+                return None
+            first, last = rows[0][0], rows[-1][0]
+            personal = dict(cur.execute(_PERSONAL_SQL, (first, last)).fetchall())
+            keys = dict(cur.execute(_KEYS_SQL, (first, last)).fetchall())
+        finally:
+            cur.close()
+        records: list[tuple[int, str]] = []
+        blobs: list[tuple[int, str, str]] = []
+        sha256, encode, time, parse = hashlib.sha256, _ENCODE, self._time, self._json
+        p = _POS
+        i_req, i_resp, i_rh, i_ph = p["request_body"], p["response_body"], p["request_headers"], p["response_headers"]
+        i_rb, i_pb, i_count = p["request_blob_sha256"], p["response_blob_sha256"], p["record_count"]
+        before = [(n, p[n]) for n in _BEFORE]
+        plain_after = [(n, p[n]) for n in _AFTER if n not in (
+            "request_body", "response_body", "request_headers", "response_headers", "started_at")]
+        i_time = p["started_at"]
+        for row in rows:
+            if row[p["leaf_version"]] != LEAF_VERSION:
+                raise _NotFast
+            record_id = row[0]
+            personal_text = _list_text(personal[record_id]) if record_id in personal else b"[]"
+            keys_text = _list_text(keys[record_id]) if record_id in keys else b"[]"
+            req, resp = row[i_req], row[i_resp]
+            if type(req) is not bytes or type(resp) is not bytes:
+                raise _NotFast
+            after = {n: row[i] for n, i in plain_after}
+            after["request_body"] = {"sha256": sha256(req).hexdigest(), "len": len(req)}
+            after["response_body"] = {"sha256": sha256(resp).hexdigest(), "len": len(resp)}
+            after["request_headers"] = parse(row[i_rh])
+            after["response_headers"] = parse(row[i_ph])
+            after["started_at"] = time(row[i_time])
+            after["v"] = LEAF_VERSION
+            count = row[i_count]
+            leaf = sha256(b"\x00" + (encode({n: row[i] for n, i in before})[:-1] + ',"personal":').encode())
+            leaf.update(personal_text)
+            leaf.update((',"record_count":' + (str(count) if type(count) is int else encode(count))
+                         + ',"record_keys":').encode())
+            leaf.update(keys_text)
+            leaf.update(("," + encode(after)[1:]).encode())
+            records.append((record_id, leaf.hexdigest()))
+            for side, ref in (("request", row[i_rb]), ("response", row[i_pb])):
+                if ref is not None:
+                    blobs.append((record_id, side, ref))
+        batch.records += records
+        batch.blobs += blobs
+        return last
+
+
+def scan_batch(conn: Connection, after_id: int, up_to_id: int, *, chunk: int = SCAN_CHUNK) -> Batch:
+    """The leaves and blob references of the records with ``after_id < id <= up_to_id``, without
+    the salts and values: what ``audit verify`` checks (``Batch.redacted`` is left empty).
+
+    On SQLite, ``chunk`` records at a time through three queries whose lists SQLite aggregates
+    (see above); elsewhere, or for a chunk that cannot be spliced exactly, through
+    :func:`load_batch` (same leaves, slower).
+
+    Args:
+        conn: a connection to the bus database.
+        after_id: the records after this id...
+        up_to_id: ...up to this one, inclusive.
+        chunk: records per round of queries (bounds the memory: bodies of ``chunk`` records).
+
+    Returns:
+        a :class:`Batch` with ``records`` and ``blobs``, ``fast`` when SQLite's path was taken.
+    """
+    batch = Batch(values=False)
+    leaves = _Leaves(conn) if _Leaves.usable(conn) else None
+    batch.fast = leaves is not None
+    while True:
+        last: int | None
+        try:
+            if leaves is None:
+                raise _NotFast
+            last = leaves.chunk(after_id, up_to_id, chunk, batch)
+        except (_NotFast, TypeError, ValueError, UnicodeError):
+            part = load_batch(conn, after_id, up_to_id, chunk, personal_values=False)
+            if not part.records:
+                return batch
+            last = part.records[-1][0]
+            batch.records += part.records
+            batch.blobs += part.blobs
+        if last is None:
+            return batch
+        after_id = last

@@ -8,10 +8,17 @@ CCCD 12 digits), phone numbers (``0`` + 9–10 digits, ``+84``…) and e-mail ad
 short hint (``0**********9``). Digit runs are matched whole (no letter or digit either side), so
 14-digit times (``20261102081500``), dossier codes (``000.00.01.H49-261102-0001``) and procedure
 codes are left alone.
+
+Personal values are checked where they are read: :func:`get_exchange` recomputes each stored
+salt and value's commitment (the one the seal covers) and lists the fields that do not give it
+in ``personal_altered``; :func:`format_exchange` then shows ``[altered]`` in their place, never
+the stored value, under a warning (``audit show`` exits 1, the auditor page says so too). ``audit
+verify`` checks them all only with ``--deep`` (see :mod:`lienthong.audit.verify`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import zlib
@@ -20,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from lienthong.audit.personal import PERSONAL_FIELDS, PersonalField, restore_body
+from lienthong.audit.personal import PERSONAL_FIELDS, PersonalField, commitment, restore_body
 from lienthong.store import (
     Store,
     exchange_blob,
@@ -33,6 +40,7 @@ from lienthong.store import (
 __all__ = [
     "PERSONAL_FIELDS",
     "format_exchange",
+    "altered_fields",
     "format_line",
     "get_exchange",
     "mask_json",
@@ -172,6 +180,7 @@ def get_exchange(store: Store, exchange_id: int) -> dict[str, Any] | None:
                           None if r["value"] is None else bytes(r["value"]))
             for r in conn.execute(select(t).where(t.c.exchange_id == exchange_id).order_by(t.c.side, t.c.path))
             .mappings()]
+        record["personal_altered"] = altered_fields(record["personal"])
         record["blobs"] = {}
         for side in ("request", "response"):
             ref = record.get(f"{side}_blob_sha256")
@@ -181,6 +190,13 @@ def get_exchange(store: Store, exchange_id: int) -> dict[str, Any] | None:
                 record["blobs"][side] = {"sha256": ref, "content_type": blob[0] if blob else None,
                                          "size": blob[1] if blob else None, "present": blob is not None}
     return record
+
+
+def altered_fields(fields: list[PersonalField]) -> list[PersonalField]:
+    """The fields whose stored salt and value do not give their sealed commitment (an erased
+    field, salt and value both gone, is redacted, not altered)."""
+    return [f for f in fields if not (f.salt is None and f.value is None) and (
+        f.salt is None or f.value is None or commitment(f.salt, f.path, f.value) != f.commitment)]
 
 
 def _time(value: datetime | None) -> str:
@@ -196,13 +212,17 @@ def format_line(row: dict[str, Any]) -> str:
             f"{row['outcome']}  {status}{code}  attempt {row['attempt']}  keys {keys}")
 
 
-def _body(blob: bytes, reveal: bool, fields: list[PersonalField] | None = None) -> str:
+def _body(blob: bytes, reveal: bool, fields: list[PersonalField] | None = None,
+          altered: list[PersonalField] | None = None) -> str:
     try:
         raw = zlib.decompress(bytes(blob))
     except zlib.error:
         return "(the stored body does not decompress)"
+    for f in altered or ():  # never shown: the stored value is not the one the seal covers
+        raw = restore_body(raw, [dataclasses.replace(f, value=None)],
+                           b'"[altered]"' if f.kind == "json" else b"[altered]")
     if fields:
-        raw = restore_body(raw, fields)  # erased values show as "[redacted]"
+        raw = restore_body(raw, [f for f in fields if f not in (altered or ())])  # erased: "[redacted]"
     if not raw:
         return "(empty)"
     text = raw.decode("utf-8", errors="replace")
@@ -232,6 +252,11 @@ def format_exchange(record: dict[str, Any], *, reveal: bool = False) -> str:
          f"  peer code {record['peer_code'] if record['peer_code'] is not None else '-'}"),
         f"record keys:  {text(', '.join(record.get('record_keys') or [])) or '-'}",
     ]
+    altered = record.get("personal_altered") or []
+    if altered:
+        lines.insert(1, f"WARNING: {len(altered)} stored personal value(s) do not match their sealed commitment "
+                        f"(altered in the database; shown as [altered]): "
+                        f"{', '.join(f'{f.side} {f.path}' for f in altered)}")
     if record.get("error"):
         lines.append(f"error:        {text(record['error'])}")
     for side in ("request", "response"):
@@ -246,7 +271,7 @@ def format_exchange(record: dict[str, Any], *, reveal: bool = False) -> str:
                          f", {blob['size'] if blob['size'] is not None else '?'} bytes{state}; read it with "
                          f"lienthong.exchange_log.read_blob)")
         else:
-            lines.append(_body(record[f"{side}_body"], reveal, fields))
+            lines.append(_body(record[f"{side}_body"], reveal, fields, [f for f in altered if f.side == side]))
         erased = sum(1 for f in fields if f.value is None)
         if erased:
             lines.append(f"({erased} personal field(s) of this body were redacted)")
