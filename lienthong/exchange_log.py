@@ -26,7 +26,8 @@ import hashlib
 import logging
 import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,7 +154,8 @@ def read_blob(store: Store | Connection, sha256: str) -> bytes:
 @dataclass
 class BusRecorder:
     """Writes exchanges to the bus database, each in its own transaction, before the caller
-    sees the answer.
+    sees the answer — or, inside :meth:`holding`, in the transaction that acts on the answer
+    (:meth:`begin`), so that a call costs one commit instead of two.
 
     Attributes:
         store: the bus database.
@@ -167,6 +169,8 @@ class BusRecorder:
     run_id: str | None = None
     task_id: str | None = None
     blob_threshold: int = field(default_factory=_threshold)
+    _held: list[tuple[dict[str, Any], list[tuple[bytes, str | None]], list[PersonalField], list[str]]] | None = \
+        field(default=None, init=False, repr=False)
 
     def _side(self, side: str, body: bytes, headers: Mapping[str, Any] | None, row: dict[str, Any],
               blobs: list[tuple[bytes, str | None]], personal: list[PersonalField]) -> None:
@@ -215,17 +219,56 @@ class BusRecorder:
         personal: list[PersonalField] = []
         self._side("request", exchange.request_body, exchange.request_headers, row, blobs, personal)
         self._side("response", exchange.response_body, exchange.response_headers, row, blobs, personal)
+        prepared = (row, blobs, personal, sorted(set(exchange.record_keys)))
+        if self._held is not None:
+            self._held.append(prepared)
+            return
         with self.store.begin() as conn:
-            for data, ctype in blobs:
-                put_blob(conn, data, ctype)
-            exchange_id = conn.execute(exchange_log.insert().values(**row)).inserted_primary_key[0]
-            keys = sorted(set(exchange.record_keys))
-            if keys:
-                conn.execute(exchange_key.insert(), [{"exchange_id": exchange_id, "record_key": k} for k in keys])
-            if personal:
-                conn.execute(exchange_personal_field.insert(), [
-                    {"exchange_id": exchange_id, "side": f.side, "path": f.path, "kind": f.kind,
-                     "commitment": f.commitment, "salt": f.salt, "value": f.value} for f in personal])
+            self._write(conn, *prepared)
+
+    @staticmethod
+    def _write(conn: Connection, row: dict[str, Any], blobs: list[tuple[bytes, str | None]],
+               personal: list[PersonalField], keys: list[str]) -> None:
+        for data, ctype in blobs:
+            put_blob(conn, data, ctype)
+        exchange_id = conn.execute(exchange_log.insert().values(**row)).inserted_primary_key[0]
+        if keys:
+            conn.execute(exchange_key.insert(), [{"exchange_id": exchange_id, "record_key": k} for k in keys])
+        if personal:
+            conn.execute(exchange_personal_field.insert(), [
+                {"exchange_id": exchange_id, "side": f.side, "path": f.path, "kind": f.kind,
+                 "commitment": f.commitment, "salt": f.salt, "value": f.value} for f in personal])
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Within the block, exchanges are prepared at once but written by the next :meth:`begin`
+        (the transaction in which the caller acts on the answer), never later than what they
+        caused. Whatever is still held when the block ends (an exception) is written then, in
+        its own transaction. Nested blocks share the outer one."""
+        if self._held is not None:
+            yield
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            if held:
+                with self.store.begin() as conn:
+                    for prepared in held:
+                        self._write(conn, *prepared)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A transaction of :attr:`store` that first writes the held exchanges; they stop being
+        held once it commits."""
+        held = list(self._held or ())
+        with self.store.begin() as conn:
+            for prepared in held:
+                self._write(conn, *prepared)
+            yield conn
+        if self._held:
+            del self._held[:len(held)]
 
 
 def read_body(blob: bytes) -> bytes:

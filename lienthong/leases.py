@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.engine import Connection
 
-from lienthong.store import Store, delivery_lease, insert_ignore, utcnow
+from lienthong.store import Store, delivery_lease, utcnow
 
 __all__ = ["Leases", "default_ttl", "worker_name"]
 
@@ -58,6 +58,16 @@ def _died_here(worker: str) -> bool:
 def worker_name() -> str:
     """host:pid:random — unique per process, readable in the lease table."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _insert_new(conn: Connection, rows: list[dict[str, object]]) -> set[str]:
+    """Insert the leases no one holds (ignoring those that exist); the record keys inserted."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(delivery_lease).on_conflict_do_nothing().returning(delivery_lease.c.record_key)
+    return set(conn.execute(stmt, rows).scalars())
 
 
 @dataclass
@@ -102,9 +112,14 @@ class Leases:
         got: set[str] = set()
         for start in range(0, len(wanted), _IN_CHUNK):
             part = wanted[start:start + _IN_CHUNK]
-            insert_ignore(conn, delivery_lease, [
-                {"flow": self.flow, "record_key": k, "worker": self.worker, "expires_at": until} for k in part
-            ], "delivery_lease_pkey")
+            # Keys nobody held are ours as soon as inserted (the usual case in a sync: one statement);
+            # only the others need the checks below.
+            fresh = _insert_new(conn, [
+                {"flow": self.flow, "record_key": k, "worker": self.worker, "expires_at": until} for k in part])
+            got |= fresh
+            part = [k for k in part if k not in fresh]
+            if not part:
+                continue
             others = set(conn.execute(select(delivery_lease.c.worker).where(
                 delivery_lease.c.flow == self.flow, delivery_lease.c.record_key.in_(part),
                 delivery_lease.c.worker != self.worker, delivery_lease.c.expires_at >= now)).scalars())

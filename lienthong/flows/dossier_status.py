@@ -27,20 +27,24 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from connectors.errors import FieldError, RecordRejected
 from connectors.national_portal.client import (
     FINAL_STATUSES,
+    BatchResult,
     DossierAlreadyExists,
     DossierUnknown,
     NationalPortalClient,
 )
 from connectors.one_stop.client import OneStopClient
+from lienthong.exchange_log import BusRecorder
 from lienthong.leases import Leases
 from lienthong.mapping import Mapping, RecordInvalid, load_mapping
 from lienthong.store import (
@@ -328,7 +332,12 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
                      leases: Leases) -> None:
     last_id = 0
     while True:
-        with store.engine.connect() as conn:
+        inserts: list[_Item] = []
+        updates: list[_Item] = []
+        unsure: list[_Item] = []
+        # One transaction per batch: read it, lease its dossiers, map them, settle what needs no
+        # call, and mark what will be sent as sent (before it is).
+        with store.begin() as conn:
             rows = conn.execute(
                 select(outbox.c.id, outbox.c.record_key, outbox.c.source_version, outbox.c.source_payload,
                        outbox.c.attempts)
@@ -338,7 +347,7 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
             if not rows:
                 break
             last_id = rows[-1].id
-            mine = leases.ensure({r.record_key for r in rows})
+            mine = leases.ensure({r.record_key for r in rows}, conn)
             report.leased_elsewhere += sum(1 for r in rows if r.record_key not in mine)
             rows = [r for r in rows if r.record_key in mine]
             if not rows:
@@ -348,11 +357,7 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
                 select(delivery_state).where(delivery_state.c.peer == PEER, delivery_state.c.record_key.in_(keys)))}
             blocked = blocked_keys(conn, FLOW, keys)
             procedures = _catalogue_entries(conn, [r.source_payload for r in rows])
-        report.considered += len(rows)
-        inserts: list[_Item] = []
-        updates: list[_Item] = []
-        unsure: list[_Item] = []
-        with store.begin() as conn:
+            report.considered += len(rows)
             for row in rows:
                 if row.record_key in blocked:
                     conn.execute(update(outbox).where(outbox.c.id == row.id).values(state="held"))
@@ -390,10 +395,13 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
                     unsure.append(item)  # sent before without an answer: ask the portal first
                 else:
                     inserts.append(item)
-        for item in unsure:
-            report.looked_up += 1
-            (updates if portal.lookup_dossier(item.key) is not None else inserts).append(item)
-        _mark_sent(store, inserts + updates)
+            _mark_sent(conn, inserts + updates)
+        if unsure:
+            for item in unsure:
+                report.looked_up += 1
+                (updates if portal.lookup_dossier(item.key) is not None else inserts).append(item)
+            with store.begin() as conn:
+                _mark_sent(conn, unsure)
         retry_as_update = _send(store, portal, report, progress_mapping, inserts, is_updating=False, run_id=run_id,
                                 reroute=DossierAlreadyExists)
         retry_as_insert = _send(store, portal, report, progress_mapping, updates + retry_as_update,
@@ -433,19 +441,33 @@ def enrich_from_catalogue(dossier: Any, procedures: dict[str, dict[str, Any]]) -
     return {**dossier, **missing} if missing else dossier
 
 
+@contextmanager
+def _answer_transactions(store: Store, portal: NationalPortalClient
+                         ) -> Iterator[Callable[[], AbstractContextManager[Connection]]]:
+    """How to open the transactions that act on the portal's answers. When the portal's exchange
+    recorder writes to this bus database, a call's exchange-log rows are held and written in the
+    next such transaction, so they commit together with what the answer caused (recorded no later
+    than trusted, one commit instead of two); otherwise, plain transactions of ``store``."""
+    recorder = getattr(portal.transport, "recorder", None)
+    if isinstance(recorder, BusRecorder) and recorder.store is store:
+        with recorder.holding():
+            yield recorder.begin
+    else:
+        yield store.begin
+
+
 def _older(version: int | None, acked: int | None) -> bool:
     return version is not None and acked is not None and version < acked
 
 
-def _mark_sent(store: Store, items: list[_Item]) -> None:
+def _mark_sent(conn: Connection, items: list[_Item]) -> None:
     """Record, before sending, that these rows may reach the portal (a crash then means "ask first")."""
     if not items:
         return
-    with store.begin() as conn:
-        conn.execute(
-            update(outbox).where(outbox.c.id.in_([i.outbox_id for i in items]))
-            .values(attempts=outbox.c.attempts + 1, sent_at=utcnow())
-        )
+    conn.execute(
+        update(outbox).where(outbox.c.id.in_([i.outbox_id for i in items]))
+        .values(attempts=outbox.c.attempts + 1, sent_at=utcnow())
+    )
 
 
 def _send(
@@ -463,11 +485,29 @@ def _send(
     """Send one batch; acknowledge accepted items, dead-letter refused ones, return the rerouted."""
     if not items:
         return []
+    with _answer_transactions(store, portal) as begin:
+        return _send_held(portal, report, progress_mapping, items, begin, is_updating=is_updating,
+                          run_id=run_id, reroute=reroute, forgotten=forgotten)
+
+
+def _send_held(
+    portal: NationalPortalClient,
+    report: DeliveryReport,
+    progress_mapping: Mapping,
+    items: list[_Item],
+    begin: Callable[[], AbstractContextManager[Connection]],
+    *,
+    is_updating: bool,
+    run_id: str,
+    reroute: type[RecordRejected] | None,
+    forgotten: bool,
+) -> list[_Item]:
+    """:func:`_send`, its answer stored by a transaction of ``begin`` (with the call's exchange log)."""
     result = portal.sync_dossiers([i.record for i in items], is_updating=is_updating)
     report.calls += result.calls
     rerouted: list[_Item] = []
     accepted = set(result.accepted)
-    with store.begin() as conn:
+    with begin() as conn:  # the call's exchange-log rows commit with its acknowledgements
         done = [item for item in items if item.key in accepted]
         if done:
             # The batch's bookkeeping in a few statements (executemany), not several per dossier.
@@ -642,28 +682,43 @@ def deliver_progress(
 
 def _send_chunks(store: Store, portal: NationalPortalClient, report: ProgressReport, run_id: str, chunk_size: int,
                  leases: Leases) -> None:
-    while True:
-        chunk = _next_chunk(store, chunk_size, report, leases)  # marked in flight before it is sent
-        if not chunk:
-            break
-        result = portal.update_progress([c.payload for c in chunk])
-        report.calls += result.calls
-        with store.begin() as conn:
-            accepted = [chunk[i].id for i in result.accepted]
-            if accepted:
-                conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(accepted))
-                             .values(state="acked", done_run_id=run_id, done_at=utcnow()))
-            report.sent += len(accepted)
-            for i, refusal in result.rejected.items():
-                c = chunk[i]
-                source = conn.execute(select(progress_outbox.c.source_payload)
-                                      .where(progress_outbox.c.id == c.id)).scalar_one()
-                _reject(conn, report.rejected, PROGRESS_FLOW, c.id, c.entry_key, source, refusal, run_id,
-                        "peer", peer_code=getattr(refusal, "peer_code", None))
-            leftover = [c.id for i, c in enumerate(chunk) if i not in result.rejected and i not in result.accepted]
-            if leftover:
-                conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(leftover))
-                             .values(state="pending"))
+    """Send chunk after chunk. The portal's answer to one chunk, and the call's exchange-log rows,
+    are written in the transaction that picks and marks the next one (one commit per chunk instead
+    of three): nothing is sent before everything sent earlier is logged and its answer stored."""
+    answered: tuple[list[_Entry], BatchResult] | None = None
+    with _answer_transactions(store, portal) as begin:
+        while True:
+            with begin() as conn:  # also commits the last call's exchange-log rows
+                if answered is not None:
+                    _settle_chunk(conn, *answered, report, run_id)
+                    answered = None
+                chunk = _next_chunk(conn, chunk_size, report, leases)  # marked in flight before it is sent
+            if not chunk:
+                break
+            result = portal.update_progress([c.payload for c in chunk])
+            report.calls += result.calls
+            answered = (chunk, result)
+
+
+def _settle_chunk(conn: Connection, chunk: list[_Entry], result: BatchResult, report: ProgressReport,
+                  run_id: str) -> None:
+    """Store the portal's answer to a chunk: accepted entries acknowledged, refused ones dead-lettered,
+    the others (not applied: the portal refused another entry of the call) pending again."""
+    accepted = [chunk[i].id for i in result.accepted]
+    if accepted:
+        conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(accepted))
+                     .values(state="acked", done_run_id=run_id, done_at=utcnow()))
+    report.sent += len(accepted)
+    for i, refusal in result.rejected.items():
+        c = chunk[i]
+        source = conn.execute(select(progress_outbox.c.source_payload)
+                              .where(progress_outbox.c.id == c.id)).scalar_one()
+        _reject(conn, report.rejected, PROGRESS_FLOW, c.id, c.entry_key, source, refusal, run_id,
+                "peer", peer_code=getattr(refusal, "peer_code", None))
+    leftover = [c.id for i, c in enumerate(chunk) if i not in result.rejected and i not in result.accepted]
+    if leftover:
+        conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(leftover))
+                     .values(state="pending"))
 
 
 _MAP_CHUNK = 2000
@@ -712,18 +767,25 @@ def _reconcile_in_flight(store: Store, portal: NationalPortalClient, report: Pro
     """Entries sent without an answer: count what the portal holds before re-sending anything.
 
     Only dossiers this worker can lease: entries in flight under another live worker's lease are
-    being sent right now, not lost."""
+    being sent right now, not lost. The entries are read again once the lease is held (the worker
+    that had them may have settled them and given the lease back in between)."""
     with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(progress_outbox.c.id, progress_outbox.c.record_key)
+        keys = set(conn.execute(
+            select(progress_outbox.c.record_key)
             .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "in_flight")
-            .order_by(progress_outbox.c.record_key, progress_outbox.c.occurred_at, progress_outbox.c.step_id)
-        ).all()
+        ).scalars())
+    mine = leases.ensure(keys) if keys else set()
+    if not mine:
+        return
+    with store.engine.connect() as conn:
         in_flight: dict[str, list[int]] = defaultdict(list)
-        mine = leases.ensure({r.record_key for r in rows}) if rows else set()
-        for r in rows:
-            if r.record_key in mine:
-                in_flight[r.record_key].append(r.id)
+        for r in conn.execute(
+            select(progress_outbox.c.id, progress_outbox.c.record_key)
+            .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "in_flight",
+                   progress_outbox.c.record_key.in_(sorted(mine)))
+            .order_by(progress_outbox.c.record_key, progress_outbox.c.occurred_at, progress_outbox.c.step_id)
+        ):
+            in_flight[r.record_key].append(r.id)
         acked = dict(conn.execute(
             select(progress_outbox.c.record_key, func.count())
             .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "acked",
@@ -741,10 +803,12 @@ def _reconcile_in_flight(store: Store, portal: NationalPortalClient, report: Pro
             landed = 0
         with store.begin() as conn:
             if landed:
-                conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(ids[:landed]))
+                conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(ids[:landed]),
+                                                           progress_outbox.c.state == "in_flight")
                              .values(state="acked", done_at=utcnow()))
             if ids[landed:]:
-                conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(ids[landed:]))
+                conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(ids[landed:]),
+                                                           progress_outbox.c.state == "in_flight")
                              .values(state="pending"))
         report.reconciled += landed
 
@@ -757,22 +821,29 @@ class _Entry:
     payload: dict[str, Any]
 
 
-def _next_chunk(store: Store, chunk_size: int, report: ProgressReport, leases: Leases) -> list[_Entry]:
+def _next_chunk(conn: Connection, chunk_size: int, report: ProgressReport, leases: Leases) -> list[_Entry]:
     """The next entries to send: in time order per dossier, none behind a dead-lettered entry.
 
-    They are marked in flight (one more attempt) in the same transaction, before being sent. Only
-    the chosen entries' payloads are read (the look-ahead reads keys only).
+    They are marked in flight (one more attempt) in the caller's transaction, before being sent.
+    Entries are read in slices of the send order (keys only, from the ``ix_progress_next`` index),
+    until the chunk is full or ``chunk_size * 5`` entries were looked at (entries of dossiers another
+    worker holds are passed over); only the chosen entries' payloads are read.
     """
-    with store.begin() as conn:
-        rows = conn.execute(
-            select(progress_outbox.c.id, progress_outbox.c.record_key, progress_outbox.c.entry_key)
-            .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "pending",
-                   progress_outbox.c.payload_hash.is_not(None))
-            .order_by(progress_outbox.c.occurred_at, progress_outbox.c.step_id, progress_outbox.c.id)
-            .limit(chunk_size * 5)
-        ).all()
+    order = (progress_outbox.c.occurred_at, progress_outbox.c.step_id, progress_outbox.c.id)
+    pending = (select(progress_outbox.c.id, progress_outbox.c.record_key, progress_outbox.c.entry_key, *order)
+               .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "pending",
+                      progress_outbox.c.payload_hash.is_not(None))
+               .order_by(*order))
+    chosen: list[Any] = []
+    looked_at = 0
+    after: tuple[Any, ...] | None = None
+    while len(chosen) < chunk_size and looked_at < chunk_size * 5:
+        query = pending if after is None else pending.where(tuple_(*order) > tuple_(*after))
+        rows = conn.execute(query.limit(min(chunk_size - len(chosen), chunk_size * 5 - looked_at))).all()
         if not rows:
-            return []
+            break
+        looked_at += len(rows)
+        after = (rows[-1].occurred_at, rows[-1].step_id, rows[-1].id)
         dossiers = sorted({r.record_key for r in rows})
         blocked = set(conn.execute(
             select(progress_outbox.c.record_key).where(
@@ -780,27 +851,28 @@ def _next_chunk(store: Store, chunk_size: int, report: ProgressReport, leases: L
                 progress_outbox.c.state.in_(("rejected", "held")))
         ).scalars())
         mine = leases.ensure({r.record_key for r in rows if r.record_key not in blocked}, conn)
-        chosen = []
         held = []
         for r in rows:
             if r.record_key in blocked:
                 held.append(r.id)
-                continue
-            if r.record_key not in mine:  # another worker's dossier: its entries wait for it
-                continue
-            if len(chosen) < chunk_size:
+            elif r.record_key in mine:  # else another worker's dossier: its entries wait for it
                 chosen.append(r)
         if held:
             conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(held)).values(state="held"))
             report.held += len(held)
-        if not chosen:
-            return []
-        ids = [r.id for r in chosen]
-        payloads = dict(conn.execute(select(progress_outbox.c.id, progress_outbox.c.payload)
-                                     .where(progress_outbox.c.id.in_(ids))).all())
-        conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(ids))
-                     .values(state="in_flight", attempts=progress_outbox.c.attempts + 1))
-        return [_Entry(r.id, r.record_key, r.entry_key, payloads[r.id]) for r in chosen]
+    if not chosen:
+        return []
+    # Read again now that their dossiers are leased: the first slice may have been read before this
+    # transaction took the write lock, and an entry another worker sent and acknowledged since (then
+    # giving its lease back) is no longer pending — it must not go twice.
+    payloads = dict(conn.execute(select(progress_outbox.c.id, progress_outbox.c.payload).where(
+        progress_outbox.c.id.in_([r.id for r in chosen]), progress_outbox.c.state == "pending")).all())
+    chosen = [r for r in chosen if r.id in payloads]
+    if not chosen:
+        return []
+    conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_([r.id for r in chosen]))
+                 .values(state="in_flight", attempts=progress_outbox.c.attempts + 1))
+    return [_Entry(r.id, r.record_key, r.entry_key, payloads[r.id]) for r in chosen]
 
 
 # --- replay --------------------------------------------------------------------------------------
