@@ -380,6 +380,10 @@ class PaymentPlatformClient:
         if not pdf.startswith(b"%PDF-"):
             raise ProtocolError(f"{PEER} GET_BILL {reference}: the body is not a PDF", peer=PEER,
                                 operation="GET_BILL", status=response.status_code)
+        if b"%%EOF" not in pdf[-1024:]:  # a PDF ends with its %%EOF marker (ISO 32000-1 §7.5.5)
+            raise ProtocolError(f"{PEER} GET_BILL {reference}: the PDF is cut short (no %%EOF at its end); "
+                                "not kept as the receipt", peer=PEER, operation="GET_BILL",
+                                status=response.status_code)
         labelled = re.search(rb"So bien lai: (BL\d{4}-\d{6})", pdf)
         found = labelled.group(1) if labelled else (m.group(0) if (m := _RECEIPT_NO.search(pdf)) else None)
         return Bill(reference=reference, pdf=pdf, sha256=hashlib.sha256(pdf).hexdigest(),

@@ -232,6 +232,23 @@ def test_get_bill_returns_the_pdf_with_its_hash_and_receipt_number(platform, rec
     assert "PDF" not in repr(bill)  # the bytes stay out of reprs
 
 
+def test_a_receipt_cut_short_or_replaced_is_never_taken_as_the_receipt(platform):
+    """Found by the reliability harness (#7): a PDF cut short still starts with %PDF- and was kept
+    as the receipt (without its number). Every broken body the stand-in serves is refused."""
+    paid = first(platform, "paid")
+    platform.faults.configure({"malformed_rate": 1.0, "operations": ["GET_BILL"], "seed": 5})
+    try:
+        messages = set()
+        for _ in range(12):
+            with pytest.raises(ProtocolError) as info:
+                client(platform).get_bill(paid["MaThamChieu"])
+            messages.add("cut short" if "cut short" in str(info.value) else "not a PDF")
+        assert messages == {"cut short", "not a PDF"}
+    finally:
+        platform.faults.clear()
+    assert client(platform).get_bill(paid["MaThamChieu"]).receipt_no == paid["SoBienLai"]
+
+
 def test_get_bill_of_unpaid_or_unknown_transactions(platform):
     c = client(platform)
     for status in ("pending", "failed"):
