@@ -130,6 +130,17 @@ def bus_env(standins: StandIns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     return standins
 
 
+@pytest.fixture
+def store(tmp_path: Path):
+    """A fresh bus database (SQLite) with its schema; ``bus_store`` runs on PostgreSQL too."""
+    from lienthong.store import Store
+
+    s = Store(f"sqlite:///{tmp_path / 'bus.db'}")
+    s.create_schema()
+    yield s
+    s.dispose()
+
+
 # --- PostgreSQL ----------------------------------------------------------------------------------
 PG_ADMIN_URL = os.environ.get("LIENTHONG_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 

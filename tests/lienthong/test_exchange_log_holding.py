@@ -13,14 +13,6 @@ from lienthong.exchange_log import BusRecorder
 from lienthong.store import Store, exchange_key, exchange_log, exchange_personal_field, sync_cursor
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'bus.db'}")
-    s.create_schema()
-    yield s
-    s.dispose()
-
-
 def _exchange(n: int) -> Exchange:
     return Exchange(
         peer="national_portal", operation="CapNhatTienDoHoSoMC", method="POST", url="http://127.0.0.1:1/x",

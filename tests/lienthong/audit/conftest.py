@@ -44,14 +44,6 @@ def fill(store: Store, count: int, start: int = 1) -> None:
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'bus.db'}")
-    s.create_schema()
-    yield s
-    s.dispose()
-
-
-@pytest.fixture
 def keypair(tmp_path):
     private_path, public_path, _ = generate_keypair(tmp_path / "keys" / "seal.key")
     return load_private_key(private_path), load_public_key(public_path), private_path, public_path

@@ -6,21 +6,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
 from sqlalchemy import select, update
 
 from lienthong.flows import dossier_status
 from lienthong.flows.dossier_status import PROGRESS_FLOW, ProgressReport, _next_chunk, _reconcile_in_flight
 from lienthong.leases import Leases
 from lienthong.store import Store, progress_outbox
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'bus.db'}")
-    s.create_schema()
-    yield s
-    s.dispose()
 
 
 def _stage(store: Store, state: str, entries: int = 3, dossier: str = "D-1") -> list[int]:
