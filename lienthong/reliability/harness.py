@@ -47,6 +47,7 @@ from typing import Any
 import requests
 
 from connectors.connection import ConnectionSpec
+from connectors.errors import ConfigurationError
 from lienthong.demo import StandIns
 from lienthong.localenv import REPO_ROOT, LocalTopology
 from lienthong.reliability import checks
@@ -66,6 +67,7 @@ SEAL_STEP = "audit.seal"
 CLIENT_TIMEOUT_S = 2.0  # every connection's read timeout during the run
 TIMEOUT_FAULT_MS = 2600  # a reply later than the client waits
 ADMIN_TIMEOUT = 60
+MARKER = ".lienthong-reliability"  #: the file that lets a run wipe its home
 #: The table's names of the stand-ins' fault counters (``slow`` depends on the plan: see ``_plan``).
 COUNTER_LABELS = {"drop": "dropped connection", "malformed": "malformed body", "ambiguous": "applied, answered 500",
                   "session_expired": "expired session", "soap_fault": "SOAP Fault", "slow": "slow reply",
@@ -225,10 +227,16 @@ class Harness:
         return connection_from_env(conn_id, environ={f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn)})
 
     def setup(self) -> None:
+        """Wipe the run's home (only one this harness made: it holds :data:`MARKER`), write a seal
+        key, start the stand-ins."""
         home = self.topo.home
-        if home.exists():
+        if home.exists() and any(home.iterdir()):
+            if not (home / MARKER).exists():
+                raise ConfigurationError(f"{home} holds files this harness did not make; it wipes its home "
+                                         "first, so give it an empty or new directory (--home)")
             shutil.rmtree(home)
         (home / "keys").mkdir(parents=True)
+        (home / MARKER).write_text("made by lienthong reliability; wiped at its next run\n")
         from lienthong.audit.keys import generate_keypair
 
         generate_keypair(self.topo.seal_key)

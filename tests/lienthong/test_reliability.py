@@ -109,3 +109,17 @@ def test_cli_refuses_an_unknown_fault_kind():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "unknown fault kind(s) gremlins" in done.stderr
+
+
+def test_the_harness_wipes_only_a_home_it_made(tmp_path):
+    import pytest
+
+    from connectors.errors import ConfigurationError
+
+    precious = tmp_path / "var"
+    precious.mkdir()
+    (precious / "lienthong.db").write_text("the real bus database")
+    h = Harness(Settings(home=precious, quiet=True))
+    with pytest.raises(ConfigurationError, match="holds files this harness did not make"):
+        h.setup()
+    assert (precious / "lienthong.db").read_text() == "the real bus database"
