@@ -93,7 +93,6 @@ def check_dossiers(store: Store, onestop_url: str, portal_url: str) -> FlowResul
         result.records += 1
         if code in defective:
             if code in held:
-                result.duplicated += 0  # held anyway would be a different bug: content below
                 result.problem(f"{code}: defective at the source but held by the portal")
                 result.lost += 1
             elif code in letters:

@@ -46,7 +46,7 @@ from typing import Any
 
 import requests
 
-from connectors.connection import ConnectionSpec
+from connectors.connection import ConnectionSpec, connection_from_env
 from connectors.errors import ConfigurationError
 from lienthong.demo import StandIns
 from lienthong.localenv import REPO_ROOT, LocalTopology
@@ -155,6 +155,15 @@ class _Peers(StandIns):
         return response.json()
 
 
+def _error_name(step: str, stderr: bytes) -> str | None:
+    """The error class a failed worker named: its own line is ``<step>: <ErrorClass>: <message>``,
+    and a message may run on over more lines (SQLAlchemy's do)."""
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        if line.startswith(f"{step}: ") and line.count(": ") >= 2:
+            return line.split(": ", 2)[1]
+    return None
+
+
 class _MinistryOutage:
     """Takes the ministry database (an SQLite file) away between steps: its path becomes a
     directory, so every new connection is refused ("unable to open database file") until
@@ -221,10 +230,8 @@ class Harness:
         return env
 
     def spec(self, conn_id: str) -> ConnectionSpec:
-        from connectors.connection import connection_from_env
-
-        conn = self._connections()[conn_id]
-        return connection_from_env(conn_id, environ={f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn)})
+        """A connection as the run's step processes see it (from :attr:`env`)."""
+        return connection_from_env(conn_id, environ=self.env)
 
     def setup(self) -> None:
         """Wipe the run's home (only one this harness made: it holds :data:`MARKER`), write a seal
@@ -281,8 +288,7 @@ class Harness:
                 if code == 0:
                     stats.ok += 1
                     return
-                tail = stderr.decode("utf-8", "replace").strip().splitlines()
-                name = tail[-1].split(":")[1].strip() if tail and tail[-1].count(":") >= 2 else f"exit {code}"
+                name = _error_name(step, stderr) or f"exit {code}"
                 self.state.errors[f"{step}: {name}"] += 1
                 if code == EXIT_FATAL:
                     stats.fatal += 1
@@ -407,7 +413,6 @@ class Harness:
             outage = self.rng.random() < 0.25
             if outage:
                 self.outage.begin()
-                self.state.faults["ministry DB refused"] += 0
             ministry_before = self.state.stats("catalogue.ministry").attempts
             self._run_flows(f"r{n:03d}", kill=True)
             if outage:

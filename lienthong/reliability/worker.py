@@ -39,11 +39,14 @@ def _task(name: str, **kwargs: Any) -> Callable[[str], dict[str, Any]]:
     def run(run_id: str) -> dict[str, Any]:
         from lienthong import tasks
 
-        extra = dict(kwargs)
-        if "report_dir" in extra:
-            extra["report_dir"] = os.path.join(os.environ.get("LIENTHONG_HOME", "."), "reports")
-        return getattr(tasks, name)(connection_from_env, run_id=run_id, task_id=name, **extra)
+        return getattr(tasks, name)(connection_from_env, run_id=run_id, task_id=name, **kwargs)
     return run
+
+
+def _reconcile(run_id: str) -> dict[str, Any]:
+    """The payment flow's last step, writing its report under ``$LIENTHONG_HOME/reports``."""
+    return _task("reconcile_payments",
+                 report_dir=os.path.join(os.environ.get("LIENTHONG_HOME", "."), "reports"))(run_id)
 
 
 #: Step name → the work, in the order a round runs them (per flow).
@@ -57,7 +60,7 @@ STEPS: dict[str, Callable[[str], dict[str, Any]]] = {
     "payments.collect": _task("collect_payments"),
     "payments.fees": _task("update_onestop_fees"),
     "payments.receipts": _task("submit_payment_receipts"),
-    "payments.reconcile": _task("reconcile_payments", report_dir=""),
+    "payments.reconcile": _reconcile,
     "audit.seal": _seal,
 }
 

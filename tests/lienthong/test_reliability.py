@@ -123,3 +123,11 @@ def test_the_harness_wipes_only_a_home_it_made(tmp_path):
     with pytest.raises(ConfigurationError, match="holds files this harness did not make"):
         h.setup()
     assert (precious / "lienthong.db").read_text() == "the real bus database"
+
+
+def test_a_failed_step_is_counted_under_the_error_class_it_named():
+    stderr = (b"catalogue.ministry: OperationalError: (sqlite3.OperationalError) no such table: x\n"
+              b"[SQL: ALTER TABLE x ADD COLUMN y INTEGER]\n"
+              b"(Background on this error at: https://sqlalche.me/e/21/e3q8)\n")
+    assert harness._error_name("catalogue.ministry", stderr) == "OperationalError"
+    assert harness._error_name("dossier.stage", b"Traceback (most recent call last):\n  boom: x: y\n") is None
