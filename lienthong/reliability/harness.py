@@ -544,8 +544,9 @@ def run_reliability(settings: Settings, out: Printer = print) -> int:
 def build_parser(parser: Any) -> Any:
     """The options of ``lienthong reliability`` (added to the given argparse parser)."""
     d = Settings()
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of the world, the faults and the kills "
-                                                                  f"(default {d.seed}); the same seed draws the same run")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of the world's changes, the fault plans and the "
+                                                                  f"kill timers (default {d.seed}); which requests and "
+                                                                  "processes they hit still depends on timing")
     parser.add_argument("--min-faults", type=int, default=d.min_faults,
                         help=f"add rounds until at least this many faults were injected (default {d.min_faults})")
     parser.add_argument("--min-kills", type=int, default=d.min_kills,
