@@ -43,6 +43,7 @@ from lienthong.store import (
     exchange_log,
     exchange_personal_field,
     insert_ignore,
+    insert_many,
     utcnow,
 )
 
@@ -232,12 +233,10 @@ class BusRecorder:
         for data, ctype in blobs:
             put_blob(conn, data, ctype)
         exchange_id = conn.execute(exchange_log.insert().values(**row)).inserted_primary_key[0]
-        if keys:
-            conn.execute(exchange_key.insert(), [{"exchange_id": exchange_id, "record_key": k} for k in keys])
-        if personal:
-            conn.execute(exchange_personal_field.insert(), [
-                {"exchange_id": exchange_id, "side": f.side, "path": f.path, "kind": f.kind,
-                 "commitment": f.commitment, "salt": f.salt, "value": f.value} for f in personal])
+        insert_many(conn, exchange_key, ("exchange_id", "record_key"), [(exchange_id, k) for k in keys])
+        insert_many(conn, exchange_personal_field,
+                    ("exchange_id", "side", "path", "kind", "commitment", "salt", "value"),
+                    [(exchange_id, f.side, f.path, f.kind, f.commitment, f.salt, f.value) for f in personal])
 
     @contextmanager
     def holding(self) -> Iterator[None]:

@@ -14,8 +14,9 @@ Each step is safe to rerun after a crash at any point (design §4):
    already acknowledged is not re-sent; an older snapshot never overwrites a newer one; a final
    status never regresses; a dossier with a change in dead letters holds back its own later
    changes (never anyone else's) until the dead letter is replayed.
-3. When the portal acknowledges a dossier, its progress entries are staged; :func:`deliver_progress`
-   sends them after the dossier, in time order, in chunks, each once: a chunk is marked in flight
+3. When the portal acknowledges a dossier, its progress entries are mapped and staged;
+   :func:`deliver_progress` sends them after the dossier, each dossier's in time order, in chunks,
+   each once: a chunk is marked in flight
    before it is sent, and a chunk whose answer was lost is reconciled with the number of entries
    the portal holds (``TraCuuHoSo``) before anything is re-sent.
 
@@ -86,7 +87,7 @@ PEER = "national_portal"
 MAPPING = "onestop__national_portal/dossier"
 PROGRESS_MAPPING = "onestop__national_portal/progress"
 FEED_BEGINNING = "beginning"
-# deliver_progress reads the next chunk in the order of the index ix_progress_next (lienthong/store.py)
+# deliver_progress reads the next chunk in the order of the index ix_progress_send (lienthong/store.py)
 # instead of sorting every pending entry for every chunk (which made a full sync quadratic).
 
 #: Keys per ``IN (...)`` list (SQLite's default limit on bound parameters is 32766; stay well below).
@@ -601,13 +602,16 @@ def _reject(
 
 # --- 3. progress ---------------------------------------------------------------------------------
 def _stage_progress(conn: Connection, progress_mapping: Mapping, items: list[_Item], run_id: str) -> None:
-    """Stage the acknowledged snapshots' finished progress steps that are not staged yet.
+    """Stage the acknowledged snapshots' finished progress steps that are not staged yet, mapped.
 
     A step still under way is left for a later snapshot: the portal only appends, so a step sent
-    before it finishes could never be corrected.
+    before it finishes could never be corrected. Entries are mapped here, in the transaction that
+    stages them, so that sending reads each once and rewrites it only to change its state. An
+    entry the mapping refuses is staged unmapped (no ``occurred_at``): :func:`deliver_progress`
+    dead-letters it with every broken rule. Entries staged before are not mapped again.
     """
     now = utcnow()
-    rows = []
+    candidates = []
     for item in items:
         entries = item.source.get("progress") or []
         if not isinstance(entries, list):
@@ -616,18 +620,38 @@ def _stage_progress(conn: Connection, progress_mapping: Mapping, items: list[_It
             if not isinstance(entry, dict) or not entry.get("finishedAt"):
                 continue
             source = {**entry, "dossierNo": item.key}
-            rows.append({
-                "flow": PROGRESS_FLOW,
-                "record_key": item.key,
-                "entry_key": _entry_key(progress_mapping, source, item.key),
-                "step_id": entry.get("stepId") if isinstance(entry.get("stepId"), int) else -1,
-                "occurred_at": "",
-                "source_payload": source,
-                "state": "pending",
-                "attempts": 0,
-                "staged_run_id": run_id,
-                "staged_at": now,
-            })
+            candidates.append((item.key, _entry_key(progress_mapping, source, item.key), entry, source))
+    if not candidates:
+        return
+    staged: set[str] = set()
+    keys = sorted({c[1] for c in candidates})
+    for start in range(0, len(keys), _IN_CHUNK):
+        staged.update(conn.execute(select(progress_outbox.c.entry_key).where(
+            progress_outbox.c.flow == PROGRESS_FLOW,
+            progress_outbox.c.entry_key.in_(keys[start:start + _IN_CHUNK]))).scalars())
+    rows = []
+    for dossier_key, entry_key, entry, source in candidates:
+        if entry_key in staged:
+            continue
+        staged.add(entry_key)  # the same step twice in one snapshot is staged once
+        try:
+            record: dict[str, Any] | None = progress_mapping.apply(source)
+        except RecordInvalid:
+            record = None  # dead-lettered by deliver_progress, which maps it again for the errors
+        rows.append({
+            "flow": PROGRESS_FLOW,
+            "record_key": dossier_key,
+            "entry_key": entry_key,
+            "step_id": entry.get("stepId") if isinstance(entry.get("stepId"), int) else -1,
+            "occurred_at": "" if record is None else str(record.get("ThoiDiemXuLy", "")),
+            "source_payload": source,
+            "payload": record,
+            "payload_hash": None if record is None else content_hash(record),
+            "state": "pending",
+            "attempts": 0,
+            "staged_run_id": run_id,
+            "staged_at": now,
+        })
     insert_ignore(conn, progress_outbox, rows, "uq_progress_entry")
 
 
@@ -730,12 +754,13 @@ _SET_MAPPED = (
 
 
 def _map_progress(store: Store, mapping: Mapping, report: ProgressReport, run_id: str) -> None:
-    """Map staged entries once; an entry that cannot be mapped is dead-lettered.
+    """Map the staged entries not mapped yet; an entry that cannot be mapped is dead-lettered.
 
-    Chunk by chunk, each in one transaction with one statement for its mapped entries, so that
-    neither all entries nor a long-lived read snapshot is held. Entries never mapped have no
-    ``occurred_at`` yet, which the ``ix_progress_next`` index finds directly; a second pass picks
-    up entries a replay reset (they keep their ``occurred_at``).
+    Staging maps entries already (:func:`_stage_progress`); what is left here is an entry the
+    mapping refused at staging (no ``occurred_at``: it is dead-lettered now, with every broken
+    rule), one staged by an older release, and one a replay reset (it keeps its ``occurred_at``,
+    hence the second pass). Chunk by chunk, each in one transaction with one statement for its
+    mapped entries, so that neither all entries nor a long-lived read snapshot is held.
     """
     for first_pass in (True, False):
         while True:
@@ -822,15 +847,17 @@ class _Entry:
 
 
 def _next_chunk(conn: Connection, chunk_size: int, report: ProgressReport, leases: Leases) -> list[_Entry]:
-    """The next entries to send: in time order per dossier, none behind a dead-lettered entry.
+    """The next entries to send: dossier by dossier, each dossier's in time order, none behind a
+    dead-lettered entry.
 
     They are marked in flight (one more attempt) in the caller's transaction, before being sent.
-    Entries are read in slices of the send order (keys only, from the ``ix_progress_next`` index),
+    Entries are read in slices of the send order (keys only, from the ``ix_progress_send`` index),
     until the chunk is full or ``chunk_size * 5`` entries were looked at (entries of dossiers another
     worker holds are passed over); only the chosen entries' payloads are read.
     """
-    order = (progress_outbox.c.occurred_at, progress_outbox.c.step_id, progress_outbox.c.id)
-    pending = (select(progress_outbox.c.id, progress_outbox.c.record_key, progress_outbox.c.entry_key, *order)
+    order = (progress_outbox.c.record_key, progress_outbox.c.occurred_at, progress_outbox.c.step_id,
+             progress_outbox.c.id)
+    pending = (select(progress_outbox.c.id, progress_outbox.c.entry_key, *order)
                .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "pending",
                       progress_outbox.c.payload_hash.is_not(None))
                .order_by(*order))
@@ -843,7 +870,7 @@ def _next_chunk(conn: Connection, chunk_size: int, report: ProgressReport, lease
         if not rows:
             break
         looked_at += len(rows)
-        after = (rows[-1].occurred_at, rows[-1].step_id, rows[-1].id)
+        after = (rows[-1].record_key, rows[-1].occurred_at, rows[-1].step_id, rows[-1].id)
         dossiers = sorted({r.record_key for r in rows})
         blocked = set(conn.execute(
             select(progress_outbox.c.record_key).where(

@@ -64,6 +64,37 @@ def test_a_database_from_before_migrations_is_upgraded_with_its_rows(tmp_path):
         assert migrations.current_revision(conn) == migrations.head_revision()
 
 
+def test_progress_entries_pending_at_0002_are_kept_and_sent_dossier_by_dossier_after_0003(tmp_path):
+    """0003 swaps the progress indexes; entries staged under 0002 (in global time order) stay, and
+    go dossier by dossier, each in time order. Downgrading gives 0002's indexes back."""
+    from lienthong.flows.dossier_status import FLOW, ProgressReport, _next_chunk
+    from lienthong.leases import Leases
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'bus.db'}")
+    with engine.begin() as conn:
+        command.upgrade(migrations._config(conn), "0002")
+        conn.execute(text(
+            "INSERT INTO progress_outbox(flow, record_key, entry_key, step_id, occurred_at, source_payload, payload, "
+            "payload_hash, state, attempts, staged_at) VALUES "
+            "('dossier_progress', 'B', 'B#1', 1, '20261106070000', '{}', '{\"n\": 1}', 'h', 'pending', 0, "
+            "'2026-11-06 00:00:00'), "
+            "('dossier_progress', 'A', 'A#2', 2, '20261106090000', '{}', '{\"n\": 2}', 'h', 'pending', 0, "
+            "'2026-11-06 00:00:00'), "
+            "('dossier_progress', 'A', 'A#1', 1, '20261106080000', '{}', '{\"n\": 3}', 'h', 'pending', 0, "
+            "'2026-11-06 00:00:00')"))
+    store = Store(f"sqlite:///{tmp_path / 'bus.db'}")
+    store.create_schema()
+    assert _diffs(store.engine) == []
+    assert {i["name"] for i in inspect(store.engine).get_indexes("progress_outbox")} == {"ix_progress_send"}
+    with store.begin() as conn:
+        chunk = _next_chunk(conn, 10, ProgressReport(), Leases(store, FLOW, "w"))
+    assert [(e.entry_key, e.payload) for e in chunk] == [("A#1", {"n": 3}), ("A#2", {"n": 2}), ("B#1", {"n": 1})]
+    with store.engine.begin() as conn:
+        command.downgrade(migrations._config(conn), "0002")
+    assert {i["name"] for i in inspect(store.engine).get_indexes("progress_outbox")} == {
+        "ix_progress_next", "ix_progress_state"}
+
+
 def test_an_empty_database_gets_the_head_at_once(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'new.db'}")
     store.create_schema()
