@@ -30,6 +30,18 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _written_mb() -> float:
+    """Bytes this process has caused to be written to storage so far (MB), from /proc/self/io."""
+    try:
+        with open("/proc/self/io", encoding="ascii") as io:
+            for line in io:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1]) / 1e6
+    except OSError:
+        pass
+    return 0.0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--onestop", required=True)
@@ -75,19 +87,24 @@ def main(argv: list[str] | None = None) -> None:
     c0 = time.process_time()
     t0 = time.perf_counter()
     peaks = {"start": _peak_mb()}
+    written = {"start": _written_mb()}
     counts["stage"] = tasks.stage_dossier_changes(connection_from_env, run_id=args.run_id)
     peaks["stage"] = _peak_mb()
+    written["stage"] = _written_mb()
     t1 = time.perf_counter()
     counts["deliver"] = tasks.deliver_dossier_statuses(connection_from_env, run_id=args.run_id)
     peaks["deliver"] = _peak_mb()
+    written["deliver"] = _written_mb()
     t2 = time.perf_counter()
     counts["progress"] = tasks.deliver_dossier_progress(connection_from_env, run_id=args.run_id)
     peaks["progress"] = _peak_mb()
+    written["progress"] = _written_mb()
     t3 = time.perf_counter()
     store = tasks.open_store(connection_from_env)
     sealed = seal_exchanges(store, args.seal_key)
     t4 = time.perf_counter()
     peaks["seal"] = _peak_mb()
+    written["seal"] = _written_mb()
     counts["sealed"] = sealed.records
     counts["seals"] = len(sealed.seals)
     times = {"stage": t1 - t0, "deliver": t2 - t1, "progress": t3 - t2, "seal": t4 - t3, "total": t4 - t0,
@@ -100,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             out.write(profiler.output_text(unicode=False, color=False, show_all=False))
     print(json.dumps({"times": times, "counts": counts, "peak_rss_mb": _peak_mb(),
                       "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "peak_after_mb": peaks}, default=str), flush=True)
+                      "peak_after_mb": peaks, "written_mb_after": written}, default=str), flush=True)
 
 
 if __name__ == "__main__":

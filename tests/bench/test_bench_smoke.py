@@ -45,6 +45,9 @@ def test_quick_run_writes_every_scenario_with_ratios_and_verdicts(tmp_path: Path
     assert all(r["counts"]["progress"]["progress_sent"] == entries for r in bus_runs)
     assert all(r["portal"] == {"dossiers": QUICK["naive_sample"], "progress": r["progress"]}
                for r in full["runs"] if r["kind"] == "naive")
+    # what "≥ 20× naive" can reach at most here: the ceiling over naive, shown without a verdict
+    bound = [line for line in full["lines"] if line["measure"] == "ceiling vs naive (bound)"]
+    assert len(bound) == 1 and bound[0]["verdict"] is None and bound[0]["ratio"] > 1
     # the whole path: every exchange the bus logged was sealed
     assert all(r["counts"]["sealed"] > 0 for r in bus_runs)
 
