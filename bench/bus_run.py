@@ -17,29 +17,28 @@ import resource
 import time
 
 
+def _proc(path: str, name: str) -> int | None:
+    """The first number of the ``name:`` line of a /proc file of this process, if there is one."""
+    try:
+        with open(path, encoding="ascii") as lines:
+            for line in lines:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def _peak_mb() -> float:
     """VmHWM of this process so far (MB), read from /proc when there is one (``ru_maxrss``, the
     fallback, includes the parent's memory at the fork before this program's ``exec``)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kib = _proc("/proc/self/status", "VmHWM")
+    return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
 def _written_mb() -> float:
     """Bytes this process has caused to be written to storage so far (MB), from /proc/self/io."""
-    try:
-        with open("/proc/self/io", encoding="ascii") as io:
-            for line in io:
-                if line.startswith("write_bytes:"):
-                    return int(line.split()[1]) / 1e6
-    except OSError:
-        pass
-    return 0.0
+    return (_proc("/proc/self/io", "write_bytes") or 0) / 1e6
 
 
 def main(argv: list[str] | None = None) -> None:
