@@ -183,32 +183,35 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-#: Outside its strings, JSON text holds only these ASCII characters: brackets become parentheses,
-#: the rest goes.
-_BRACKETS_ONLY = {**{ord(c): None for c in ' \t\r\n,:0123456789-+.eEtrufalsn'}, ord("{"): "(", ord("["): "(",
-                  ord("}"): ")", ord("]"): ")"}
+#: Outside its strings, JSON holds only these ASCII characters besides its brackets.
+_JSON_PUNCTUATION = b" \t\r\n,:0123456789-+.eEtrufalsn"
+_BRACKETS_AS_PARENS = bytes.maketrans(b"{[}]", b"(())")
 
 
-def _shallow_text(text: str, limit: int) -> bool:
-    """Is the JSON ``text`` (known to parse) at most ``limit`` levels deep? Strings are dropped
-    (escaped backslashes, then escaped quotes first, so that every quote left opens or closes one)
-    and innermost bracket pairs removed level by level, at C speed. False also means "unsure"."""
-    unescaped = text.replace("\\\\", "").replace('\\"', "")
-    brackets = "".join(unescaped.split('"')[::2]).translate(_BRACKETS_ONLY)
-    if brackets.strip("()"):
-        return False  # something unexpected outside strings: let the exact walk decide
+def json_within_depth(data: bytes, limit: int) -> bool:
+    """Is the UTF-8 JSON ``data`` at most ``limit`` levels deep, as far as can be told at C speed?
+
+    Strings are dropped (escaped backslashes, then escaped quotes first, so that every quote left
+    opens or closes one) and innermost bracket pairs removed level by level. Meaningful for JSON
+    text; False also means "unsure" (anything but JSON punctuation outside strings, a UTF-8
+    byte-order mark included): the caller then asks an exact walk. Used for answers
+    (:func:`parse_json`) and for the exchange log's span finder (``lienthong.audit.personal``)."""
+    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(unescaped.split(b'"')[::2]).translate(_BRACKETS_AS_PARENS, _JSON_PUNCTUATION)
+    if brackets.strip(b"()"):
+        return False
     for _ in range(limit):
-        inner = brackets.replace("()", "")
+        inner = brackets.replace(b"()", b"")
         if len(inner) == len(brackets):
             return not inner
         brackets = inner
     return not brackets
 
 
-def _too_deep(value: Any, limit: int, text: str | None = None) -> bool:
+def _too_deep(value: Any, limit: int, data: bytes | None = None) -> bool:
     """True when ``value`` nests lists/objects deeper than ``limit`` (walked without recursion,
-    unless its ``text`` shows at once that it is not)."""
-    if text is not None and _shallow_text(text, limit):
+    unless its UTF-8 text ``data`` shows at once that it is not)."""
+    if data is not None and json_within_depth(data, limit):
         return False
     stack = [(value, 1)]
     while stack:
@@ -257,7 +260,9 @@ def parse_json(body: bytes, *, peer: str, operation: str, status: int | None = N
     except ValueError as exc:
         raise ProtocolError(f"{where}: answer is not JSON ({exc}){suffix}", peer=peer, operation=operation,
                             status=status) from None
-    if isinstance(data, (dict, list)) and _too_deep(data, max_depth, text):
+    # the text pre-check reads the bytes, so only when they are UTF-8 (else the exact walk alone)
+    utf8 = body if codec == "utf-8-sig" else None
+    if isinstance(data, (dict, list)) and _too_deep(data, max_depth, utf8):
         raise ProtocolError(f"{where}: answer nests JSON deeper than {max_depth} levels{suffix}", peer=peer,
                             operation=operation, status=status)
     return data

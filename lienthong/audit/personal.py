@@ -42,6 +42,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from connectors.transport import json_within_depth
+
 __all__ = [
     "COMMITTED_FIELDS",
     "NAME_FIELDS",
@@ -220,8 +222,6 @@ _FLAT_MEMBERS = re.compile(
     r'(?:"[^"\\]*(?:\\.[^"\\]*)*"[ \t\r\n]*:[ \t\r\n]*'
     r'(?:"[^"\\]*(?:\\.[^"\\]*)*"|[-0-9.eE+]+|true|false|null)[ \t\r\n]*,[ \t\r\n]*)*')
 _NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_BRACKETS = bytes.maketrans(b"{[}]", b"(())")
-_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"{[}]")
 #: A candidate key this close ahead (characters) is taken to be inside the container that starts here.
 _NEAR = 1024
 #: Deeper bodies go to the exact scanner (whose recursion, not this one's, decides what they give).
@@ -233,20 +233,6 @@ def _refuse_constant(name: str) -> Any:
 
 
 _LITERALS = ("true", "false", "null")
-
-
-def _shallow(data: bytes) -> bool:
-    """Is the nesting (outside strings) at most :data:`_FAST_MAX_DEPTH` deep? (Meaningful for JSON:
-    escaped backslashes, then escaped quotes, are dropped, so that every quote left opens or closes
-    a string; the text between every other pair of quotes is outside strings.)"""
-    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
-    brackets = b"".join(unescaped.split(b'"')[::2]).translate(_BRACKETS, _NOT_BRACKETS)
-    for _ in range(_FAST_MAX_DEPTH):
-        inner = brackets.replace(b"()", b"")
-        if len(inner) == len(brackets):
-            return True
-        brackets = inner
-    return not brackets
 
 
 def _json_spans_fast(data: bytes) -> list[tuple[str, int, int]]:
@@ -262,7 +248,8 @@ def _fast_spans(data: bytes) -> list[tuple[str, int, int]] | None:  # noqa: C901
     except UnicodeDecodeError:
         return None
     lowered = text.lower()
-    if len(lowered) != len(text) or _LETTER_ESCAPE.search(text) or not _shallow(data):
+    if (len(lowered) != len(text) or _LETTER_ESCAPE.search(text)
+            or not json_within_depth(data, _FAST_MAX_DEPTH)):
         return None
     # where a committed name may stand as a key (a superset: also inside strings)
     candidates = [m.start() for m in _KEY_CANDIDATE.finditer(lowered)]

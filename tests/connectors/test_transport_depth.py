@@ -8,7 +8,7 @@ import random
 import pytest
 
 from connectors.errors import ProtocolError
-from connectors.transport import _shallow_text, _too_deep, parse_json
+from connectors.transport import _too_deep, json_within_depth, parse_json
 
 _SCALARS = [1, 'a"b\\', "x{[", None, True, -1.5e3, '\\\\"', "đ", "\\", "]}"]
 
@@ -32,8 +32,8 @@ def test_the_text_precheck_never_disagrees_with_the_exact_walk():
             text = json.dumps(value, ensure_ascii=rng.random() < 0.5, indent=indent)
             for limit in (1, 2, 3, 5, 8, 64):
                 exact = _too_deep(json.loads(text), limit)
-                assert _too_deep(json.loads(text), limit, text) is exact, (text, limit)
-                quick += _shallow_text(text, limit)
+                assert _too_deep(json.loads(text), limit, text.encode()) is exact, (text, limit)
+                quick += json_within_depth(text.encode(), limit)
                 checked += 1
     assert checked > 10_000
     assert quick > checked // 2  # the pre-check answers most bodies by itself
