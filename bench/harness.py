@@ -252,7 +252,7 @@ def scenario_full_sync(ws: Workspace, args: argparse.Namespace, result: Result) 
         result.runs.append({"repeat": r, "kind": "bus", **run, "portal": held})
         say(f"full sync {r + 1}/{args.repeats}: bus {count / run['times']['total']:,.0f} dossiers/s "
             f"({_fmt_times(run['times'])}), peak {run['peak_rss_mb']:.0f} MB, "
-            f"wrote {run.get('written_mb_after', {}).get('seal', 0):,.0f} MB")
+            f"wrote {run['written_mb_after']['seal']:,.0f} MB")
 
         sample = min(args.naive_sample, count)
         with standins(onestop, ws.fresh("portal-naive")) as urls:
