@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.engine import Connection
 
-from lienthong.store import Store, delivery_lease, utcnow
+from lienthong.store import Store, delivery_lease, dialect_insert, utcnow
 
 __all__ = ["Leases", "default_ttl", "worker_name"]
 
@@ -62,11 +62,7 @@ def worker_name() -> str:
 
 def _insert_new(conn: Connection, rows: list[dict[str, object]]) -> set[str]:
     """Insert the leases no one holds (ignoring those that exist); the record keys inserted."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(delivery_lease).on_conflict_do_nothing().returning(delivery_lease.c.record_key)
+    stmt = dialect_insert(conn, delivery_lease).on_conflict_do_nothing().returning(delivery_lease.c.record_key)
     return set(conn.execute(stmt, rows).scalars())
 
 

@@ -380,7 +380,7 @@ class Store:
         self.url = url
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        # JSON columns keep Vietnamese text as UTF-8, not \\u escapes (a third of the bytes of a
+        # JSON columns keep Vietnamese text as UTF-8, not \u escapes (a third of the bytes of a
         # staged dossier); what is read back is the same.
         self.engine: Engine = create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
         if self.engine.dialect.name == "sqlite":
@@ -503,18 +503,24 @@ class Store:
             return [dict(r) for r in conn.execute(query).mappings()]
 
 
+def dialect_insert(conn: Connection, table: Table) -> Any:
+    """An INSERT on ``table`` in the connection's dialect (PostgreSQL or SQLite), which both give
+    ``ON CONFLICT`` clauses: ``.on_conflict_do_nothing()``, ``.on_conflict_do_update()``."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
 def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], constraint: str) -> int:
     """Insert rows, skipping those that would break the unique ``constraint``; return how many were new."""
     if not rows:
         return 0
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt = pg_insert(table).on_conflict_do_nothing(constraint=constraint)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(table).on_conflict_do_nothing()
+    stmt = dialect_insert(conn, table)
+    # SQLite names no constraint in ON CONFLICT: any unique conflict skips the row there
+    stmt = stmt.on_conflict_do_nothing(constraint=constraint) if conn.dialect.name == "postgresql" \
+        else stmt.on_conflict_do_nothing()
     return conn.execute(stmt, rows).rowcount
 
 

@@ -58,6 +58,7 @@ from lienthong.store import (
     insert_ignore,
     outbox,
     progress_outbox,
+    dialect_insert,
     utcnow,
 )
 
@@ -545,11 +546,7 @@ def _acknowledge(conn: Connection, items: list[_Item], run_id: str) -> None:
              "outbox_id": item.outbox_id, "source_version": item.version,
              "peer_status": item.record.get("TrangThaiHoSo"), "acked_at": now, "acked_run_id": run_id}
             for item in items]
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    stmt = dialect_insert(delivery_state)
+    stmt = dialect_insert(conn, delivery_state)
     stmt = stmt.on_conflict_do_update(
         index_elements=[delivery_state.c.peer, delivery_state.c.record_key],
         set_={name: stmt.excluded[name] for name in rows[0] if name not in ("peer", "record_key")})
