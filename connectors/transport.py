@@ -137,9 +137,23 @@ def redact_json(value: Any, keys: frozenset[str]) -> Any:
     return value
 
 
+_ASCII_ESCAPE = re.compile(rb"\\u00[0-7]")
+
+
+def _could_hold(body: bytes, keys: frozenset[str]) -> bool:
+    """Whether ``body`` could hold one of ``keys`` as a JSON key: one occurs in it as text, it has
+    ``\\u`` escapes that could spell one (of ASCII letters when the keys are ASCII), or it is not
+    UTF-8 text (NUL bytes: UTF-16 or UTF-32, which JSON decoding accepts)."""
+    if b"\x00" in body or any(k.encode() in body for k in keys):
+        return True
+    if b"\\u" not in body:
+        return False
+    return not all(k.isascii() for k in keys) or _ASCII_ESCAPE.search(body) is not None
+
+
 def _redact_body(body: bytes, keys: frozenset[str]) -> bytes:
-    if not body or not keys:
-        return body
+    if not body or not keys or not _could_hold(body, keys):
+        return body  # nothing to blank: the bytes as they came, without decoding them
     try:
         data = json.loads(body)
         return json.dumps(redact_json(data, keys), ensure_ascii=False, separators=(",", ":")).encode()
@@ -316,6 +330,23 @@ def _sanitize_url(url: str) -> str:
 Classifier = Callable[[requests.Response], tuple[str, str | None]]
 
 
+def _peer_session(base_url: str) -> requests.Session:
+    """A session for one peer whose environment settings are read once, here.
+
+    The proxy for ``base_url`` (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``, unless ``NO_PROXY``
+    names its host) and the CA bundle (``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``) are what requests
+    would use; requests would look them up again on every request by scanning ``os.environ``
+    (a quarter of a call's CPU in profiles, issue #8). ``~/.netrc`` is not read: every connector
+    sends its peer's credentials itself.
+    """
+    session = requests.Session()
+    settings = session.merge_environment_settings(base_url, {}, None, None, None)
+    session.trust_env = False
+    session.proxies.update(settings["proxies"])
+    session.verify = settings["verify"]
+    return session
+
+
 class HttpTransport:
     """Sends requests to one peer with timeouts, retries, redaction and recording.
 
@@ -356,7 +387,7 @@ class HttpTransport:
         self.retry = retry or RetryPolicy()
         self.redact_keys = frozenset(redact_keys)
         self.redact_headers = frozenset(h.lower() for h in redact_headers) | {"authorization", "cookie"}
-        self.session = requests.Session()
+        self.session = _peer_session(self.base_url)
         self.session.headers.update(default_headers or {})
         self._rng = random.Random(seed)
         self._sleep = sleep

@@ -42,3 +42,51 @@ def test_secrets_anywhere_are_still_blanked():
     for odd in ({"session": 12}, {"session": None}, ["session"], "session", {}):
         assert _redact_request(_encode(odd), odd, KEYS) == _redact_body(_encode(odd), KEYS)
     assert _redact_request(b"", None, KEYS) == b""
+
+
+def test_answers_that_cannot_hold_a_secret_key_are_kept_as_sent():
+    """An answer in which no secret key can occur is logged as its bytes, not re-encoded; every
+    answer that could hold one (as text, spelled with \\u escapes, or in UTF-16/32) is blanked."""
+    raw = b'{ "MATTHC" : "1.00309",\n "TENTTHC": "C\\u1ea5p gi\\u1ea5y", "sessions_left": 1 }'
+    assert _redact_body(raw, frozenset({"password"})) == raw  # kept byte for byte
+    hidden = [
+        b'{"sess\\u0069on":"tok-SECRET"}',
+        b'{"\\u0073\\u0065\\u0073\\u0073\\u0069\\u006f\\u006e":"tok-SECRET"}',
+        json.dumps({"session": "tok-SECRET"}).encode("utf-16"),
+        json.dumps({"a": [{"password": "tok-SECRET"}]}).encode("utf-32"),
+        b'{"a":{"session":"tok-SECRET"}}',
+    ]
+    for body in hidden:
+        logged = _redact_body(body, KEYS)
+        assert b"SECRET" not in logged and "SECRET" not in logged.decode("utf-8", "replace"), body
+        assert REDACTED.encode() in logged, body
+
+
+def test_redaction_verdicts_equal_the_decoding_way_on_generated_answers():
+    """Whichever way an answer takes (kept as sent, or decoded and blanked), it means what the
+    answer with every secret key blanked means."""
+    rng = random.Random(81)
+    kept = 0
+    pieces = ['"MaHoSo"', '"session"', '"sess\\u0069on"', '"Nguy\\u1ec5n"', '"Nguyễn"', '"pass"', '"word"',
+              '"x"', "1", "null", '"\\\\u0073"']
+    for _ in range(3000):
+        members = [f'{rng.choice(pieces)}:{rng.choice(pieces)}' for _ in range(rng.randrange(0, 5))]
+        text = "{" + ",".join(members) + "}"
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            continue
+        body = text.encode()
+        logged = _redact_body(body, KEYS)
+        expected = json.dumps(_blank(decoded), ensure_ascii=False, separators=(",", ":")).encode()
+        assert json.loads(logged) == json.loads(expected), text
+        kept += logged == body
+    assert kept > 300  # the fast way was taken, not only the decoding one
+
+
+def _blank(value):
+    if isinstance(value, dict):
+        return {k: REDACTED if k in KEYS else _blank(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_blank(v) for v in value]
+    return value
