@@ -26,8 +26,8 @@ import hashlib
 import logging
 import os
 import zlib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,7 @@ __all__ = [
     "BlobCorruptError",
     "BlobNotFoundError",
     "BusRecorder",
+    "answer_transactions",
     "blob_info",
     "exchange_body",
     "exchanges_for_key",
@@ -152,6 +153,9 @@ def read_blob(store: Store | Connection, sha256: str) -> bytes:
     return data
 
 
+_INSERT_EXCHANGE = exchange_log.insert()
+
+
 @dataclass
 class BusRecorder:
     """Writes exchanges to the bus database, each in its own transaction, before the caller
@@ -232,7 +236,8 @@ class BusRecorder:
                personal: list[PersonalField], keys: list[str]) -> None:
         for data, ctype in blobs:
             put_blob(conn, data, ctype)
-        exchange_id = conn.execute(exchange_log.insert().values(**row)).inserted_primary_key[0]
+        # one statement object with parameters: compiled once, not built per exchange
+        exchange_id = conn.execute(_INSERT_EXCHANGE, row).inserted_primary_key[0]
         insert_many(conn, exchange_key, ("exchange_id", "record_key"), [(exchange_id, k) for k in keys])
         insert_many(conn, exchange_personal_field,
                     ("exchange_id", "side", "path", "kind", "commitment", "salt", "value"),
@@ -268,6 +273,22 @@ class BusRecorder:
             yield conn
         if self._held:
             del self._held[:len(held)]
+
+
+@contextmanager
+def answer_transactions(store: Store, client: Any) -> Iterator[Callable[[], AbstractContextManager[Connection]]]:
+    """How to open the transactions that act on a client's answers. When the client's exchange
+    recorder writes to this bus database, a call's exchange-log rows are held and written in the
+    next such transaction, so they commit together with what the answer caused (recorded no later
+    than trusted, one commit instead of two); otherwise, plain transactions of ``store``.
+
+    ``client`` is any connector with a ``transport`` (portal, one-stop...)."""
+    recorder = getattr(getattr(client, "transport", None), "recorder", None)
+    if isinstance(recorder, BusRecorder) and recorder.store is store:
+        with recorder.holding():
+            yield recorder.begin
+    else:
+        yield store.begin
 
 
 def read_body(blob: bytes) -> bytes:

@@ -41,7 +41,7 @@ from sqlalchemy.types import TypeDecorator
 from connectors.connection import ConnectionSpec
 
 __all__ = ["Store", "blocked_keys", "canonical_json", "content_hash", "insert_ignore", "metadata", "sqlalchemy_url",
-           "utcnow"]
+           "upsert_acknowledgements", "utcnow"]
 
 metadata = MetaData()
 
@@ -522,6 +522,24 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], co
     stmt = stmt.on_conflict_do_nothing(constraint=constraint) if conn.dialect.name == "postgresql" \
         else stmt.on_conflict_do_nothing()
     return conn.execute(stmt, rows).rowcount
+
+
+def upsert_acknowledgements(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Record peers' acknowledgements: one upsert on ``delivery_state`` (peer, record_key) for all
+    ``rows``; an existing row gets the given columns (every row names the same ones), keeps the others."""
+    if not rows:
+        return
+    key = (conn.dialect.name, tuple(rows[0]))
+    stmt = _UPSERTS.get(key)
+    if stmt is None:  # built once per dialect and column set: building it costs more than running it
+        stmt = dialect_insert(conn, delivery_state)
+        stmt = _UPSERTS[key] = stmt.on_conflict_do_update(
+            index_elements=[delivery_state.c.peer, delivery_state.c.record_key],
+            set_={name: stmt.excluded[name] for name in rows[0] if name not in ("peer", "record_key")})
+    conn.execute(stmt, rows)
+
+
+_UPSERTS: dict[tuple[str, tuple[str, ...]], Any] = {}
 
 
 def insert_many(conn: Connection, table: Table, columns: tuple[str, ...], values: list[tuple[Any, ...]]) -> None:

@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 
 from connectors.errors import FieldError, RecordRejected
 from connectors.ministry_db.replica import MinistryReplica, ProcedureRow
 from connectors.national_portal.client import NationalPortalClient
 from connectors.one_stop.client import OneStopClient
+from lienthong.exchange_log import answer_transactions
 from lienthong.mapping import Mapping, RecordInvalid, load_mapping
 from lienthong.store import (
     Store,
@@ -39,6 +42,7 @@ from lienthong.store import (
     catalogue_current,
     dead_letter,
     delivery_state,
+    upsert_acknowledgements,
     utcnow,
 )
 
@@ -51,6 +55,9 @@ NORMALISE = "national_portal__canonical/procedure"
 TO_ONESTOP = "canonical__onestop/procedure"
 TO_MINISTRY = "canonical__ministry_db/procedure"
 ONESTOP = "onestop_catalogue"
+# The pull's answers cause nothing until the snapshot is applied: their exchange-log records are
+# written this many at a time, and all of them before the snapshot, instead of one commit per call.
+PULL_RECORD_EVERY = 50
 MINISTRY = "ministry_db"
 
 
@@ -99,13 +106,25 @@ def pull_catalogue(store: Store, portal: NationalPortalClient, *, run_id: str,
     """Pull, normalise, diff and keep the national catalogue; see the module docstring."""
     mapping = mapping or load_mapping(NORMALISE)
     report = PullReport()
+    with answer_transactions(store, portal) as begin:
+        _pull(portal, mapping, run_id, report, begin)
+    log.info("catalogue: %d listed, %d normalised, %d added, %d amended, %d withdrawn, %d rejected",
+             report.listed, report.normalised, report.added, report.amended, report.withdrawn, len(report.rejected))
+    return report
+
+
+def _pull(portal: NationalPortalClient, mapping: Mapping, run_id: str, report: PullReport,
+          begin: Callable[[], AbstractContextManager[Connection]]) -> None:
     agencies = {str(a.get("MADONVI")) for a in portal.list_agencies()}
     levels = _levels(portal.list_services())
     listed = portal.list_procedures()
     report.listed = len(listed)
     snapshot: dict[str, dict[str, Any]] = {}
     rejected_codes: set[str] = set()
-    for row in listed:
+    for n, row in enumerate(listed, 1):
+        if n % PULL_RECORD_EVERY == 0:
+            with begin():  # writes the exchange-log records held so far
+                pass
         given = row.get("MATTHC")
         code = given if isinstance(given, str) and _usable_code(given) else ""
         if given not in (None, "") and not code:
@@ -115,7 +134,7 @@ def pull_catalogue(store: Store, portal: NationalPortalClient, *, run_id: str,
             exc = RecordRejected(key, [FieldError("MATTHC", "format", "MATTHC is not a procedure code (text of at "
                                                                       "most 64 printable characters)")])
             rejected_codes.add(key)
-            _dead_letter(store, run_id, key, {"procedure": {}, "listed": row, "levels": []}, exc)
+            _dead_letter(begin, run_id, key, {"procedure": {}, "listed": row, "levels": []}, exc)
             report.rejected.append({"record_key": key, "stage": "normalise", "errors": exc.error_dicts()})
             continue
         detail = portal.get_procedure(code) if code else None
@@ -133,16 +152,13 @@ def pull_catalogue(store: Store, portal: NationalPortalClient, *, run_id: str,
         except RecordRejected as exc:
             key = exc.record_key if exc.record_key and not exc.record_key.startswith("<") else (code or "<no MATTHC>")
             rejected_codes.add(key)
-            _dead_letter(store, run_id, key, source, exc)
+            _dead_letter(begin, run_id, key, source, exc)
             report.rejected.append({"record_key": key, "stage": "normalise",
                                     "errors": exc.error_dicts()})
             continue
         snapshot[record["procedure_code"]] = record
     report.normalised = len(snapshot)
-    _apply_snapshot(store, run_id, snapshot, rejected_codes, report)
-    log.info("catalogue: %d listed, %d normalised, %d added, %d amended, %d withdrawn, %d rejected",
-             report.listed, report.normalised, report.added, report.amended, report.withdrawn, len(report.rejected))
-    return report
+    _apply_snapshot(begin, run_id, snapshot, rejected_codes, report)
 
 
 def _usable_code(code: str) -> bool:
@@ -158,12 +174,13 @@ def _agency_codes(record: dict[str, Any]) -> set[str]:
     return {str(c) for c in codes}
 
 
-def _dead_letter(store: Store, run_id: str, key: str, source: dict[str, Any], exc: RecordRejected,
-                 stage: str = "normalise") -> None:
+def _dead_letter(begin: Callable[[], AbstractContextManager[Connection]], run_id: str, key: str,
+                 source: dict[str, Any], exc: RecordRejected, stage: str = "normalise") -> None:
     """Dead-letter a procedure, once: the same refusal of the same record already waiting is not repeated
-    by every daily run."""
+    by every daily run. ``begin`` opens the transaction (``store.begin``, or one that also writes the
+    exchange-log records of the answers that led here)."""
     errors = exc.error_dicts()
-    with store.begin() as conn:
+    with begin() as conn:
         waiting = conn.execute(select(dead_letter.c.errors, dead_letter.c.source_payload).where(
             dead_letter.c.flow == FLOW, dead_letter.c.record_key == key, dead_letter.c.stage == stage,
             dead_letter.c.resolved_at.is_(None))).all()
@@ -177,11 +194,11 @@ def _changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def _apply_snapshot(store: Store, run_id: str, snapshot: dict[str, dict[str, Any]], rejected: set[str],
-                    report: PullReport) -> None:
+def _apply_snapshot(begin: Callable[[], AbstractContextManager[Connection]], run_id: str,
+                    snapshot: dict[str, dict[str, Any]], rejected: set[str], report: PullReport) -> None:
     """Diff against the kept snapshot, record the changes, keep the new snapshot."""
     now = utcnow()
-    with store.begin() as conn:
+    with begin() as conn:
         current = {r.procedure_code: r for r in conn.execute(select(catalogue_current))}
         changes: list[dict[str, Any]] = []
         for code, record in snapshot.items():
@@ -236,18 +253,11 @@ def _pending_for(store: Store, destination: str) -> tuple[list[Any], list[Any]]:
     return upserts, withdrawals
 
 
-def _ack(store: Store, destination: str, codes_hashes: list[tuple[str, str]], status: str, run_id: str) -> None:
-    if not codes_hashes:
-        return
+def _ack(conn: Connection, destination: str, codes_hashes: list[tuple[str, str]], status: str, run_id: str) -> None:
     now = utcnow()
-    with store.begin() as conn:
-        for code, digest in codes_hashes:
-            values = {"payload_hash": digest, "created_on_peer": True, "peer_status": status, "acked_at": now,
-                      "acked_run_id": run_id}
-            if not conn.execute(update(delivery_state).where(delivery_state.c.peer == destination,
-                                                             delivery_state.c.record_key == code)
-                                .values(**values)).rowcount:
-                conn.execute(delivery_state.insert().values(peer=destination, record_key=code, **values))
+    upsert_acknowledgements(conn, [
+        {"peer": destination, "record_key": code, "payload_hash": digest, "created_on_peer": True,
+         "peer_status": status, "acked_at": now, "acked_run_id": run_id} for code, digest in codes_hashes])
 
 
 def push_catalogue(
@@ -271,20 +281,24 @@ def _push_onestop(store: Store, onestop: OneStopClient, run_id: str) -> PushRepo
     mapping = load_mapping(TO_ONESTOP)
     report = PushReport("onestop")
     upserts, withdrawals = _pending_for(store, ONESTOP)
-    for row in upserts:
-        try:
-            onestop.upsert_procedure(mapping.apply(row.record))
-        except RecordRejected as exc:
-            _dead_letter(store, run_id, row.procedure_code, row.record, exc, "onestop")
-            report.rejected.append({"record_key": row.procedure_code, "stage": "onestop",
-                                    "errors": exc.error_dicts()})
-            continue
-        _ack(store, ONESTOP, [(row.procedure_code, row.record_hash)], "published", run_id)
-        report.upserted += 1
-    for row in withdrawals:
-        onestop.withdraw_procedure(row.procedure_code)
-        _ack(store, ONESTOP, [(row.procedure_code, row.record_hash)], "withdrawn", run_id)
-        report.withdrawn += 1
+    # Each call's exchange-log record commits with the acknowledgement (or dead letter) it caused.
+    with answer_transactions(store, onestop) as begin:
+        for row in upserts:
+            try:
+                onestop.upsert_procedure(mapping.apply(row.record))
+            except RecordRejected as exc:
+                _dead_letter(begin, run_id, row.procedure_code, row.record, exc, "onestop")
+                report.rejected.append({"record_key": row.procedure_code, "stage": "onestop",
+                                        "errors": exc.error_dicts()})
+                continue
+            with begin() as conn:
+                _ack(conn, ONESTOP, [(row.procedure_code, row.record_hash)], "published", run_id)
+            report.upserted += 1
+        for row in withdrawals:
+            onestop.withdraw_procedure(row.procedure_code)
+            with begin() as conn:
+                _ack(conn, ONESTOP, [(row.procedure_code, row.record_hash)], "withdrawn", run_id)
+            report.withdrawn += 1
     return report
 
 
@@ -300,7 +314,7 @@ def _push_ministry(store: Store, replica: MinistryReplica, run_id: str, batch_si
             try:
                 mapped = mapping.apply(row.record)
             except RecordInvalid as exc:
-                _dead_letter(store, run_id, row.procedure_code, row.record, exc, "ministry")
+                _dead_letter(store.begin, run_id, row.procedure_code, row.record, exc, "ministry")
                 report.rejected.append({"record_key": row.procedure_code, "stage": "ministry",
                                         "errors": exc.error_dicts()})
                 continue
@@ -310,17 +324,19 @@ def _push_ministry(store: Store, replica: MinistryReplica, run_id: str, batch_si
                 exc = RecordRejected(row.procedure_code, [FieldError(
                     column, "no_nul_character", "the text holds a NUL character, which the ministry database "
                                                 "cannot store") for column in nul])
-                _dead_letter(store, run_id, row.procedure_code, row.record, exc, "ministry")
+                _dead_letter(store.begin, run_id, row.procedure_code, row.record, exc, "ministry")
                 report.rejected.append({"record_key": row.procedure_code, "stage": "ministry",
                                         "errors": exc.error_dicts()})
                 continue
             rows.append((row, procedure))
         replica.upsert(r for _, r in rows)  # one transaction for the batch
-        _ack(store, MINISTRY, [(row.procedure_code, row.record_hash) for row, _ in rows], "published", run_id)
+        with store.begin() as conn:
+            _ack(conn, MINISTRY, [(row.procedure_code, row.record_hash) for row, _ in rows], "published", run_id)
         report.upserted += len(rows)
     if withdrawals:
         replica.withdraw(r.procedure_code for r in withdrawals)
-        _ack(store, MINISTRY, [(r.procedure_code, r.record_hash) for r in withdrawals], "withdrawn", run_id)
+        with store.begin() as conn:
+            _ack(conn, MINISTRY, [(r.procedure_code, r.record_hash) for r in withdrawals], "withdrawn", run_id)
         report.withdrawn += len(withdrawals)
     return report
 

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,7 @@ from connectors.national_portal.client import (
     NationalPortalClient,
 )
 from connectors.one_stop.client import OneStopClient
-from lienthong.exchange_log import BusRecorder
+from lienthong.exchange_log import answer_transactions
 from lienthong.leases import Leases
 from lienthong.mapping import Mapping, RecordInvalid, load_mapping
 from lienthong.store import (
@@ -58,7 +58,7 @@ from lienthong.store import (
     insert_ignore,
     outbox,
     progress_outbox,
-    dialect_insert,
+    upsert_acknowledgements,
     utcnow,
 )
 
@@ -443,21 +443,6 @@ def enrich_from_catalogue(dossier: Any, procedures: dict[str, dict[str, Any]]) -
     return {**dossier, **missing} if missing else dossier
 
 
-@contextmanager
-def _answer_transactions(store: Store, portal: NationalPortalClient
-                         ) -> Iterator[Callable[[], AbstractContextManager[Connection]]]:
-    """How to open the transactions that act on the portal's answers. When the portal's exchange
-    recorder writes to this bus database, a call's exchange-log rows are held and written in the
-    next such transaction, so they commit together with what the answer caused (recorded no later
-    than trusted, one commit instead of two); otherwise, plain transactions of ``store``."""
-    recorder = getattr(portal.transport, "recorder", None)
-    if isinstance(recorder, BusRecorder) and recorder.store is store:
-        with recorder.holding():
-            yield recorder.begin
-    else:
-        yield store.begin
-
-
 def _older(version: int | None, acked: int | None) -> bool:
     return version is not None and acked is not None and version < acked
 
@@ -487,7 +472,7 @@ def _send(
     """Send one batch; acknowledge accepted items, dead-letter refused ones, return the rerouted."""
     if not items:
         return []
-    with _answer_transactions(store, portal) as begin:
+    with answer_transactions(store, portal) as begin:
         return _send_held(portal, report, progress_mapping, items, begin, is_updating=is_updating,
                           run_id=run_id, reroute=reroute, forgotten=forgotten)
 
@@ -546,11 +531,7 @@ def _acknowledge(conn: Connection, items: list[_Item], run_id: str) -> None:
              "outbox_id": item.outbox_id, "source_version": item.version,
              "peer_status": item.record.get("TrangThaiHoSo"), "acked_at": now, "acked_run_id": run_id}
             for item in items]
-    stmt = dialect_insert(conn, delivery_state)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[delivery_state.c.peer, delivery_state.c.record_key],
-        set_={name: stmt.excluded[name] for name in rows[0] if name not in ("peer", "record_key")})
-    conn.execute(stmt, rows)
+    upsert_acknowledgements(conn, rows)
 
 
 def _finish(conn: Connection, item: _Item, state: str, operation: str | None, run_id: str) -> None:
@@ -707,7 +688,7 @@ def _send_chunks(store: Store, portal: NationalPortalClient, report: ProgressRep
     are written in the transaction that picks and marks the next one (one commit per chunk instead
     of three): nothing is sent before everything sent earlier is logged and its answer stored."""
     answered: tuple[list[_Entry], BatchResult] | None = None
-    with _answer_transactions(store, portal) as begin:
+    with answer_transactions(store, portal) as begin:
         while True:
             with begin() as conn:  # also commits the last call's exchange-log rows
                 if answered is not None:

@@ -103,3 +103,63 @@ def test_the_ministry_writes_of_a_catalogue_run_are_recorded_and_sealed(ministry
     result = verify_exchanges(store, load_public_key(public))
     assert result.ok, result.failure
     assert result.unsealed_records == 0
+
+
+def _http_exchanges(store, peer: str, run_id: str) -> list[dict]:
+    with store.engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(select(exchange_log).where(
+            exchange_log.c.peer == peer, exchange_log.c.run_id == run_id).order_by(exchange_log.c.id)).mappings()]
+        for r in rows:
+            r["keys"] = sorted(conn.execute(select(exchange_key.c.record_key).where(
+                exchange_key.c.exchange_id == r["id"])).scalars())
+    return rows
+
+
+@pytest.mark.catalogue_size(120)
+def test_every_catalogue_call_is_recorded_once_and_with_what_it_caused(ministry_env):
+    """The pull's records are written in groups and the one-stop push's with the acknowledgement
+    each call caused (one commit, not two): still one record per call, in call order, and every
+    acknowledged procedure has the call that delivered it."""
+    from lienthong.store import delivery_state
+
+    pulled = tasks.pull_procedure_catalogue(connection_from_env, run_id="c1", task_id="pull")
+    pushed = tasks.push_procedure_catalogue(connection_from_env, run_id="c1", task_id="push_onestop",
+                                            destination="onestop")
+    store = tasks.open_store(connection_from_env)
+    portal = _http_exchanges(store, "national_portal", "c1")
+    details = [e for e in portal if e["operation"] == "LayThuTuc"]
+    listed = requests.get(f"{ministry_env.portal.url}/_state/catalogue", timeout=T).json()
+    assert pulled["listed"] > catalogue.PULL_RECORD_EVERY * 2  # several groups, and a remainder
+    codes = [k for e in details for k in e["keys"]]
+    assert len(codes) == len(set(codes)) == len(details) >= pulled["listed"] - len(listed["malformed"])
+    assert [e["id"] for e in portal] == sorted(e["id"] for e in portal)
+    assert all(e["outcome"] == "ok" and e["task_id"] == "pull" for e in portal)
+
+    upserts = [e for e in _http_exchanges(store, "onestop", "c1") if e["outcome"] == "ok"]
+    delivered = [k for e in upserts for k in e["keys"]]
+    with store.engine.connect() as conn:
+        acked = set(conn.execute(select(delivery_state.c.record_key).where(
+            delivery_state.c.peer == catalogue.ONESTOP)).scalars())
+    assert pushed["onestop_upserted"] == len(acked) == len(set(delivered)) == len(delivered)
+    assert acked == set(delivered)
+
+
+@pytest.mark.catalogue_size(120)
+def test_a_pull_that_fails_midway_keeps_the_records_of_every_call_and_applies_nothing(ministry_env):
+    from connectors.errors import PeerUnavailable
+    from lienthong.store import catalogue_current
+
+    base = ministry_env.portal.url
+    assert requests.post(f"{base}/_admin/faults", json={"error_rate": 1.0, "operations": ["LayThuTuc"]},
+                         timeout=T).status_code == 200
+    with pytest.raises(PeerUnavailable):
+        tasks.pull_procedure_catalogue(connection_from_env, run_id="c1", task_id="pull")
+    store = tasks.open_store(connection_from_env)
+    portal = _http_exchanges(store, "national_portal", "c1")
+    failed = [e for e in portal if e["operation"] == "LayThuTuc"]
+    attempts = int(connection_from_env("national_portal_default").extra.get("max_attempts", 3))
+    assert len(failed) == attempts and {e["outcome"] for e in failed} == {"http_error"}  # every attempt, none lost
+    assert len({tuple(e["keys"]) for e in failed}) == 1
+    assert {e["operation"] for e in portal} >= {"LayDanhSachTTHC", "LayDVC", "LayThuTuc"}
+    with store.engine.connect() as conn:
+        assert conn.execute(select(catalogue_current)).all() == []
