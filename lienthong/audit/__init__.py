@@ -9,16 +9,31 @@ everything with the public key and names the first record or seal that does not 
 moves old sealed batches to verified bundles and prunes them.
 """
 
-from lienthong.audit.keys import (
-    generate_keypair,
-    key_fingerprint,
-    load_private_key,
-    load_public_key,
-)
-from lienthong.audit.archive import ArchiveError, ArchiveResult, archive_exchanges
-from lienthong.audit.redact import RedactionError, RedactionResult, redact_exchanges
-from lienthong.audit.seal import SealResult, seal_exchanges
-from lienthong.audit.verify import Failure, VerifyResult, verify_exchanges
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Where each name of this package lives. They are imported when first used, so that a process
+#: that only records exchanges (``lienthong.audit.personal``) does not load the archive, bundle,
+#: signature and verification code (a fifth of a task process's start-up).
+_HOMES = {
+    "ArchiveError": "archive", "ArchiveResult": "archive", "archive_exchanges": "archive",
+    "Failure": "verify", "VerifyResult": "verify", "verify_exchanges": "verify",
+    "RedactionError": "redact", "RedactionResult": "redact", "redact_exchanges": "redact",
+    "SealResult": "seal", "seal_exchanges": "seal",
+    "generate_keypair": "keys", "key_fingerprint": "keys", "load_private_key": "keys", "load_public_key": "keys",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ArchiveError",

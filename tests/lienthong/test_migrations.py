@@ -48,6 +48,34 @@ def test_revisions_form_one_line_from_the_baseline():
     assert len(script.get_heads()) == 1
 
 
+def test_the_head_read_from_file_names_is_alembics_head():
+    assert migrations.declared_head() == migrations.head_revision()
+
+
+def test_a_database_at_the_head_is_opened_without_loading_alembic(tmp_path):
+    """Every task process opens the store: one at the head costs one query, not Alembic's import
+    and script scan; one behind it is still upgraded."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "bus.db"
+    Store(f"sqlite:///{path}").create_schema()
+    probe = ("import sys; from lienthong.store import Store; Store(sys.argv[1]).create_schema(); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))")
+    out = subprocess.run([sys.executable, "-c", probe, f"sqlite:///{path}"], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:  # one revision behind: the fast way must not be taken
+        command.downgrade(migrations._config(conn), "0002")
+    out = subprocess.run([sys.executable, "-c", probe, f"sqlite:///{path}"], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert "alembic" in out.stdout
+    with engine.connect() as conn:
+        assert migrations.current_revision(conn) == migrations.head_revision()
+    assert _diffs(engine) == []
+
+
 def test_a_database_from_before_migrations_is_upgraded_with_its_rows(tmp_path):
     """The baseline schema made by create_all (as the first release did), with a row in it."""
     engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
