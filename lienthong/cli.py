@@ -308,12 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                "invariants checked, PASS/FAIL")
     distributed.build_parser(p).set_defaults(func=distributed.run_from_args)
 
-    from lienthong.reliability import harness
+    from lienthong.reliability.settings import build_parser as reliability_options
 
     p = sub.add_parser("reliability", help="the three flows under seeded random faults and SIGKILLs, then the "
                                            "invariants against the stand-ins' state; a table; exit 1 on any loss "
                                            "or duplicate")
-    harness.build_parser(p).set_defaults(func=harness.run_from_args)
+    reliability_options(p).set_defaults(func=cmd_reliability)
 
     from lienthong.mapping_cli import add_mapping_commands
 
@@ -325,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_commands(sub)
     return parser
+
+
+def cmd_reliability(args: argparse.Namespace) -> int:
+    from lienthong.reliability import harness  # loads the flows: only when this command runs
+
+    return harness.run_from_args(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,9 +21,8 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
 
 from connectors.errors import ConfigurationError
@@ -39,6 +38,9 @@ from lienthong.mapping.engine import (
     transform_steps,
 )
 from lienthong.mapping.transforms import TRANSFORMS
+
+if TYPE_CHECKING:
+    import jsonschema
 
 __all__ = [
     "CodeTableFile",
@@ -420,14 +422,22 @@ def _schema() -> dict:
         schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     except (OSError, ValueError) as problem:
         raise ConfigurationError(f"the mapping-file schema {SCHEMA_PATH} cannot be read: {problem}") from None
-    jsonschema.validators.validator_for(schema).check_schema(schema)
+    _validator_class(schema).check_schema(schema)
     return schema
+
+
+def _validator_class(schema: dict) -> Any:
+    """The JSON Schema validator class for ``schema`` (jsonschema is imported here, when a file is
+    first validated, not by every importer of the mapping package: a CLI command that maps nothing)."""
+    import jsonschema
+
+    return jsonschema.validators.validator_for(schema)
 
 
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.protocols.Validator:
     schema = _schema()
-    return jsonschema.validators.validator_for(schema)(schema)
+    return _validator_class(schema)(schema)
 
 
 @lru_cache(maxsize=1)
@@ -435,7 +445,7 @@ def _tables_validator() -> jsonschema.protocols.Validator:
     """Validates a code-table file against ``$defs/code_tables_file`` of the same schema."""
     schema = _schema()
     root = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/code_tables_file"}
-    return jsonschema.validators.validator_for(schema)(root)
+    return _validator_class(schema)(root)
 
 
 def _dotted(parts: Any) -> str:
@@ -706,7 +716,7 @@ def _canonical_validator(system: str, record: str) -> Any:
     if not schema_path.is_file():
         return None
     schema = json.loads(schema_path.read_text(encoding="utf-8"))
-    return jsonschema.validators.validator_for(schema)(schema)
+    return _validator_class(schema)(schema)
 
 
 def _load_chain(document: dict, path: Path) -> tuple[Chain, list[_Read]]:
