@@ -663,8 +663,8 @@ def _value_step(field: _Spec) -> Step:
                        "optional": plain_optional, "default": default_output}
         return step
 
-    if key is not None and when is None and len(transforms) == 1 and table_values is None and no_checks:
-        transform = transforms[0]
+    if key is not None and when is None and transforms and table_values is None and no_checks:
+        chain = tuple(transforms)
 
         def step(item: Any, root: Any, errors: list, at: Any) -> str:
             value = item.get(key)
@@ -672,15 +672,19 @@ def _value_step(field: _Spec) -> Step:
                 if plain_optional:
                     return default_output
             elif not (value.__class__ is str and value.isspace()):
+                output = value
                 try:
-                    output = transform(value)
+                    for transform in chain:  # a transform giving None: the general way says what that means
+                        output = transform(output)
+                        if output is None:
+                            break
                 except TransformError:
                     return general(value, item, root, errors, at)
                 if output.__class__ is str:
                     return output if output.isascii() else _NFC("NFC", output)
             return general(value, item, root, errors, at)
 
-        step.inline = {"kind": "transform", "read": (key,), "transform": transform,  # type: ignore[attr-defined]
+        step.inline = {"kind": "transform", "read": (key,), "transforms": chain,  # type: ignore[attr-defined]
                        "optional": plain_optional, "default": default_output}
         return step
 
@@ -740,7 +744,7 @@ def _value_step(field: _Spec) -> Step:
         fast.inline = {"kind": "table", "read": pair, "table": table_values,  # type: ignore[attr-defined]
                        "optional": plain_optional, "default": default_output}
     elif single is not None and table_values is None and no_checks:
-        fast.inline = {"kind": "transform", "read": pair, "transform": single,  # type: ignore[attr-defined]
+        fast.inline = {"kind": "transform", "read": pair, "transforms": (single,),  # type: ignore[attr-defined]
                        "optional": plain_optional, "default": default_output}
     return fast
 
@@ -799,10 +803,14 @@ def compile_builder(steps: list[tuple[str, Step]]) -> Callable[[Any, Any, list, 
             env[f"T{n}"] = spec["table"].get
             body += [f"{out} = T{n}(v) if v.__class__ is str else None", f"if {out} is None:",
                      f"    {out} = D{n} if v is None and {bool(optional)} else {call}"]
-        else:  # one transform
-            env[f"F{n}"] = spec["transform"]
+        else:  # transforms, one after the other; one giving None or failing: the general way
+            calls = []
+            for t, transform in enumerate(spec["transforms"]):
+                env[f"F{n}_{t}"] = transform
+                calls += ([f"        {out} = F{n}_{t}(v)"] if t == 0 else
+                          [f"        if {out} is not None:", f"            {out} = F{n}_{t}({out})"])
             body += ["if v is not None and (v.__class__ is not str or (v and not v.isspace())):",
-                     "    try:", f"        {out} = F{n}(v)", "    except TransformError:", f"        {out} = None",
+                     "    try:", *calls, "    except TransformError:", f"        {out} = None",
                      f"    if {out}.__class__ is not str:", f"        {out} = {call}",
                      f"    elif not {out}.isascii():", f"        {out} = NFC('NFC', {out})"]
             if optional:

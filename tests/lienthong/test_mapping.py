@@ -626,3 +626,45 @@ def test_mask_personal_hides_ids_phone_and_email(dossier):
     assert masked["DinhDanhCHS"][0]["SoDinhDanh"] == "*********321"
     assert masked["Email"].endswith(".vn") and "tranvanduc" not in masked["Email"]
     assert masked["ChuHoSo"] == "Trần Văn Đức"
+
+
+CHAINED = """\
+F: {from: flag, transform: [word_bool, bool_flag]}
+R: {from: flag, transform: [word_bool, bool_text], required: true}
+D: {from: flag, transform: [word_bool, bool_text], default: "false"}
+P: {from: x.flag, transform: [word_bool, bool_flag]}
+L:
+  each:
+    from: files
+    fields:
+      IsDeleted: {from: removed, transform: [word_bool, bool_text], default: "false"}
+      N: {from: n, transform: [string, strip]}
+"""
+
+
+@pytest.mark.parametrize("flag", ["true", "false", "", "  ", None, "yes", 1, True, [], {"a": 1}, "TRUE"])
+def test_chained_transforms_give_what_each_field_gives_alone(tmp_path, flag):
+    """A field with several transforms is mapped inline by the generated builder (issue #8); what it
+    gives, value or errors, is what the field's own step gives on the same record, and a default
+    goes through the transforms like a source value."""
+    mapping = load_mapping(write_mapping(tmp_path, CHAINED))
+    record = {"flag": flag, "x": {"flag": flag}, "files": [{"removed": flag, "n": 7}, {"n": " a "}]}
+    output, errors = mapping.translate(record)
+    alone_errors: list[FieldError] = []
+    alone = {name: step(record, record, alone_errors, None) for name, step in mapping._steps}
+    assert output == alone
+    assert [(e.field, e.rule, e.message) for e in errors] == [(e.field, e.rule, e.message) for e in alone_errors]
+    words = {"true": ("1", "True"), "false": ("0", "False")}
+    if isinstance(flag, str) and flag in words:
+        flag_value, text = words[flag]
+        assert (output["F"], output["R"], output["D"], output["P"]) == (flag_value, text, text, flag_value)
+        assert output["L"] == [{"IsDeleted": text, "N": "7"}, {"IsDeleted": "False", "N": "a"}]
+        assert errors == []
+    elif flag in ("", None):
+        assert (output["F"], output["D"], output["P"]) == ("", "False", "")
+        assert [(e.field, e.rule) for e in errors] == [("R", "required")]
+    elif isinstance(flag, str) and flag.isspace():
+        assert [(e.field, e.rule) for e in errors] == [("R", "required")]
+    else:
+        assert {e.field for e in errors} == {"F", "R", "D", "P", "L[0].IsDeleted"}, errors
+        assert {e.rule for e in errors} == {"type"}, errors
