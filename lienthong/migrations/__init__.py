@@ -89,11 +89,12 @@ def upgrade(engine: Engine) -> str:
     the store, so this is paid once per process)."""
     key = engine.url.render_as_string(hide_password=False)
     with _lock:
+        declared = declared_head()
         if key in _done:
-            return declared_head()
-        if _stamped(engine) == declared_head():
+            return declared
+        if _stamped(engine) == declared:
             _done.add(key)
-            return declared_head()
+            return declared
         head = head_revision()
         try:
             with _sqlite_file_lock(engine), engine.begin() as conn:
