@@ -31,7 +31,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from connectors.transport import Exchange
@@ -106,11 +106,14 @@ def _threshold() -> int:
     return int(raw) if raw and raw.strip().isdigit() else DEFAULT_BLOB_THRESHOLD
 
 
+_BLOB_PINNED = select(exchange_blob.c.pinned).where(exchange_blob.c.sha256 == bindparam("b_sha"))
+
+
 def put_blob(conn: Connection, data: bytes, content_type: str | None = None, *, pinned: bool = False) -> str:
     """Store ``data`` once under its SHA-256 (insert-ignore) in the caller's transaction; return the
     hash. ``pinned`` blobs (a flow keeping a receipt) are never pruned by ``audit archive``."""
     sha = hashlib.sha256(data).hexdigest()
-    present = conn.execute(select(exchange_blob.c.pinned).where(exchange_blob.c.sha256 == sha)).first()
+    present = conn.execute(_BLOB_PINNED, {"b_sha": sha}).first()
     if present is None:
         insert_ignore(conn, exchange_blob, [{"sha256": sha, "content_type": content_type, "size": len(data),
                                              "data": zlib.compress(data), "pinned": pinned,

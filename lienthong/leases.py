@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.engine import Connection
@@ -60,9 +61,15 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+_INSERT_NEW: dict[str, Any] = {}
+
+
 def _insert_new(conn: Connection, rows: list[dict[str, object]]) -> set[str]:
     """Insert the leases no one holds (ignoring those that exist); the record keys inserted."""
-    stmt = dialect_insert(conn, delivery_lease).on_conflict_do_nothing().returning(delivery_lease.c.record_key)
+    stmt = _INSERT_NEW.get(conn.dialect.name)
+    if stmt is None:  # built once per dialect: building it cost more than running it (issue #8)
+        stmt = _INSERT_NEW[conn.dialect.name] = (
+            dialect_insert(conn, delivery_lease).on_conflict_do_nothing().returning(delivery_lease.c.record_key))
     return set(conn.execute(stmt, rows).scalars())
 
 

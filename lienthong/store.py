@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     func,
@@ -517,11 +518,17 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], co
     """Insert rows, skipping those that would break the unique ``constraint``; return how many were new."""
     if not rows:
         return 0
-    stmt = dialect_insert(conn, table)
-    # SQLite names no constraint in ON CONFLICT: any unique conflict skips the row there
-    stmt = stmt.on_conflict_do_nothing(constraint=constraint) if conn.dialect.name == "postgresql" \
-        else stmt.on_conflict_do_nothing()
+    key = (conn.dialect.name, table.name, constraint)
+    stmt = _INSERT_IGNORES.get(key)
+    if stmt is None:  # built once: building a statement costs more than running it (issue #8)
+        stmt = dialect_insert(conn, table)
+        # SQLite names no constraint in ON CONFLICT: any unique conflict skips the row there
+        stmt = _INSERT_IGNORES[key] = stmt.on_conflict_do_nothing(constraint=constraint) \
+            if conn.dialect.name == "postgresql" else stmt.on_conflict_do_nothing()
     return conn.execute(stmt, rows).rowcount
+
+
+_INSERT_IGNORES: dict[tuple[str, str, str], Any] = {}
 
 
 def upsert_acknowledgements(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -574,10 +581,12 @@ def blocked_keys(conn: Connection, flow: str, keys: Iterable[str]) -> set[str]:
     keys = list(keys)
     if not keys:
         return set()
-    return set(conn.execute(
-        select(dead_letter.c.record_key).where(
-            dead_letter.c.flow == flow, dead_letter.c.record_key.in_(keys), dead_letter.c.resolved_at.is_(None))
-    ).scalars())
+    return set(conn.execute(_BLOCKED, {"b_flow": flow, "b_keys": keys}).scalars())
+
+
+_BLOCKED = select(dead_letter.c.record_key).where(
+    dead_letter.c.flow == bindparam("b_flow"), dead_letter.c.record_key.in_(bindparam("b_keys", expanding=True)),
+    dead_letter.c.resolved_at.is_(None))
 
 
 # -- reports (lienthong/reports) -----------------------------------------------------------------

@@ -33,7 +33,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, tuple_, update
+from sqlalchemy import bindparam, exists, func, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from connectors.errors import FieldError, RecordRejected
@@ -329,6 +329,17 @@ def deliver_pending(
     return report
 
 
+# The statements of a batch, built once (building a statement and its cache key cost more than
+# running it: issue #8).
+_NEXT_BATCH = (
+    select(outbox.c.id, outbox.c.record_key, outbox.c.source_version, outbox.c.source_payload, outbox.c.attempts)
+    .where(outbox.c.flow == FLOW, outbox.c.state == "pending", outbox.c.id > bindparam("b_after"))
+    .order_by(outbox.c.id).limit(bindparam("b_limit"))
+)
+_ACKS = select(delivery_state).where(delivery_state.c.peer == PEER,
+                                     delivery_state.c.record_key.in_(bindparam("b_keys", expanding=True)))
+
+
 def _deliver_batches(store: Store, portal: NationalPortalClient, report: DeliveryReport, run_id: str,
                      mapping: Mapping, progress_mapping: Mapping, batch_size: int, resend_acknowledged: bool,
                      leases: Leases) -> None:
@@ -340,12 +351,7 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
         # One transaction per batch: read it, lease its dossiers, map them, settle what needs no
         # call, and mark what will be sent as sent (before it is).
         with store.begin() as conn:
-            rows = conn.execute(
-                select(outbox.c.id, outbox.c.record_key, outbox.c.source_version, outbox.c.source_payload,
-                       outbox.c.attempts)
-                .where(outbox.c.flow == FLOW, outbox.c.state == "pending", outbox.c.id > last_id)
-                .order_by(outbox.c.id).limit(batch_size)
-            ).all()
+            rows = conn.execute(_NEXT_BATCH, {"b_after": last_id, "b_limit": batch_size}).all()
             if not rows:
                 break
             last_id = rows[-1].id
@@ -355,8 +361,7 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
             if not rows:
                 continue
             keys = [r.record_key for r in rows]
-            acks = {r.record_key: r for r in conn.execute(
-                select(delivery_state).where(delivery_state.c.peer == PEER, delivery_state.c.record_key.in_(keys)))}
+            acks = {r.record_key: r for r in conn.execute(_ACKS, {"b_keys": keys})}
             blocked = blocked_keys(conn, FLOW, keys)
             procedures = _catalogue_entries(conn, [r.source_payload for r in rows])
             report.considered += len(rows)
@@ -451,10 +456,11 @@ def _mark_sent(conn: Connection, items: list[_Item]) -> None:
     """Record, before sending, that these rows may reach the portal (a crash then means "ask first")."""
     if not items:
         return
-    conn.execute(
-        update(outbox).where(outbox.c.id.in_([i.outbox_id for i in items]))
-        .values(attempts=outbox.c.attempts + 1, sent_at=utcnow())
-    )
+    conn.execute(_MARK_SENT, {"b_ids": [i.outbox_id for i in items], "b_at": utcnow()})
+
+
+_MARK_SENT = (update(outbox).where(outbox.c.id.in_(bindparam("b_ids", expanding=True)))
+              .values(attempts=outbox.c.attempts + 1, sent_at=bindparam("b_at")))
 
 
 def _send(
@@ -604,9 +610,7 @@ def _stage_progress(conn: Connection, progress_mapping: Mapping, items: list[_It
     staged: set[str] = set()
     keys = sorted({c[1] for c in candidates})
     for start in range(0, len(keys), _IN_CHUNK):
-        staged.update(conn.execute(select(progress_outbox.c.entry_key).where(
-            progress_outbox.c.flow == PROGRESS_FLOW,
-            progress_outbox.c.entry_key.in_(keys[start:start + _IN_CHUNK]))).scalars())
+        staged.update(conn.execute(_STAGED_ENTRIES, {"b_keys": keys[start:start + _IN_CHUNK]}).scalars())
     rows = []
     for dossier_key, entry_key, entry, source in candidates:
         if entry_key in staged:
@@ -632,6 +636,9 @@ def _stage_progress(conn: Connection, progress_mapping: Mapping, items: list[_It
         })
     insert_ignore(conn, progress_outbox, rows, "uq_progress_entry")
 
+
+_STAGED_ENTRIES = select(progress_outbox.c.entry_key).where(
+    progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.entry_key.in_(bindparam("b_keys", expanding=True)))
 
 #: Longest progress entry key the bus database holds (``progress_outbox.entry_key`` is a VARCHAR(250)).
 _ENTRY_KEY_MAX = 250
@@ -708,8 +715,7 @@ def _settle_chunk(conn: Connection, chunk: list[_Entry], result: BatchResult, re
     the others (not applied: the portal refused another entry of the call) pending again."""
     accepted = [chunk[i].id for i in result.accepted]
     if accepted:
-        conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(accepted))
-                     .values(state="acked", done_run_id=run_id, done_at=utcnow()))
+        conn.execute(_ACKED, {"b_ids": accepted, "b_run": run_id, "b_at": utcnow()})
     report.sent += len(accepted)
     for i, refusal in result.rejected.items():
         c = chunk[i]
@@ -719,8 +725,7 @@ def _settle_chunk(conn: Connection, chunk: list[_Entry], result: BatchResult, re
                 "peer", peer_code=getattr(refusal, "peer_code", None))
     leftover = [c.id for i, c in enumerate(chunk) if i not in result.rejected and i not in result.accepted]
     if leftover:
-        conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(leftover))
-                     .values(state="pending"))
+        conn.execute(_PENDING_AGAIN, {"b_ids": leftover})
 
 
 _MAP_CHUNK = 2000
@@ -824,6 +829,41 @@ class _Entry:
     payload: dict[str, Any]
 
 
+# The statements of a chunk, built once (building a statement and its cache key cost more than
+# running it: issue #8). The send order is the index ix_progress_send; ``blocked`` says the entry's
+# dossier has an entry dead-lettered or held (none of its entries may go until that is replayed).
+_ORDER = (progress_outbox.c.record_key, progress_outbox.c.occurred_at, progress_outbox.c.step_id,
+          progress_outbox.c.id)
+_BEHIND = progress_outbox.alias("behind")
+_PENDING = (
+    select(progress_outbox.c.id, progress_outbox.c.entry_key, *_ORDER,
+           exists().where(_BEHIND.c.flow == PROGRESS_FLOW, _BEHIND.c.state.in_(("rejected", "held")),
+                          _BEHIND.c.record_key == progress_outbox.c.record_key).label("blocked"))
+    .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "pending",
+           progress_outbox.c.payload_hash.is_not(None))
+    .order_by(*_ORDER).limit(bindparam("b_limit"))
+)
+_PENDING_AFTER = _PENDING.where(tuple_(*_ORDER) > tuple_(bindparam("a_key"), bindparam("a_at"), bindparam("a_step"),
+                                                         bindparam("a_id")))
+_HOLD = update(progress_outbox).where(progress_outbox.c.id.in_(bindparam("b_ids", expanding=True))).values(state="held")
+# Marks the chosen entries in flight if they are still pending, mapped and unsent, and gives their
+# payloads as they are now: an entry another worker sent and acknowledged since it was read (then
+# giving its lease back) is not taken, so it cannot go twice.
+_TAKE = (
+    update(progress_outbox)
+    .where(progress_outbox.c.id.in_(bindparam("b_ids", expanding=True)), progress_outbox.c.state == "pending",
+           progress_outbox.c.payload_hash.is_not(None))
+    .values(state="in_flight", attempts=progress_outbox.c.attempts + 1)
+    .returning(progress_outbox.c.id, progress_outbox.c.payload)
+)
+_ACKED = (
+    update(progress_outbox).where(progress_outbox.c.id.in_(bindparam("b_ids", expanding=True)))
+    .values(state="acked", done_run_id=bindparam("b_run"), done_at=bindparam("b_at"))
+)
+_PENDING_AGAIN = (update(progress_outbox).where(progress_outbox.c.id.in_(bindparam("b_ids", expanding=True)))
+                  .values(state="pending"))
+
+
 def _next_chunk(conn: Connection, chunk_size: int, report: ProgressReport, leases: Leases) -> list[_Entry]:
     """The next entries to send: dossier by dossier, each dossier's in time order, none behind a
     dead-lettered entry.
@@ -831,53 +871,36 @@ def _next_chunk(conn: Connection, chunk_size: int, report: ProgressReport, lease
     They are marked in flight (one more attempt) in the caller's transaction, before being sent.
     Entries are read in slices of the send order (keys only, from the ``ix_progress_send`` index),
     until the chunk is full or ``chunk_size * 5`` entries were looked at (entries of dossiers another
-    worker holds are passed over); only the chosen entries' payloads are read.
+    worker holds are passed over). The chosen entries are then marked in flight by one statement
+    that takes only those still pending and returns their payloads as they are once the dossiers
+    are leased (the slice may have been read before this transaction took the write lock).
     """
-    order = (progress_outbox.c.record_key, progress_outbox.c.occurred_at, progress_outbox.c.step_id,
-             progress_outbox.c.id)
-    pending = (select(progress_outbox.c.id, progress_outbox.c.entry_key, *order)
-               .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "pending",
-                      progress_outbox.c.payload_hash.is_not(None))
-               .order_by(*order))
     chosen: list[Any] = []
     looked_at = 0
-    after: tuple[Any, ...] | None = None
+    after: Any = None
     while len(chosen) < chunk_size and looked_at < chunk_size * 5:
-        query = pending if after is None else pending.where(tuple_(*order) > tuple_(*after))
-        rows = conn.execute(query.limit(min(chunk_size - len(chosen), chunk_size * 5 - looked_at))).all()
+        limit = min(chunk_size - len(chosen), chunk_size * 5 - looked_at)
+        rows = (conn.execute(_PENDING, {"b_limit": limit}) if after is None else conn.execute(
+            _PENDING_AFTER, {"b_limit": limit, "a_key": after.record_key, "a_at": after.occurred_at,
+                             "a_step": after.step_id, "a_id": after.id})).all()
         if not rows:
             break
         looked_at += len(rows)
-        after = (rows[-1].record_key, rows[-1].occurred_at, rows[-1].step_id, rows[-1].id)
-        dossiers = sorted({r.record_key for r in rows})
-        blocked = set(conn.execute(
-            select(progress_outbox.c.record_key).where(
-                progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.record_key.in_(dossiers),
-                progress_outbox.c.state.in_(("rejected", "held")))
-        ).scalars())
-        mine = leases.ensure({r.record_key for r in rows if r.record_key not in blocked}, conn)
+        after = rows[-1]
+        mine = leases.ensure({r.record_key for r in rows if not r.blocked}, conn)
         held = []
         for r in rows:
-            if r.record_key in blocked:
+            if r.blocked:
                 held.append(r.id)
             elif r.record_key in mine:  # else another worker's dossier: its entries wait for it
                 chosen.append(r)
         if held:
-            conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(held)).values(state="held"))
+            conn.execute(_HOLD, {"b_ids": held})
             report.held += len(held)
     if not chosen:
         return []
-    # Read again now that their dossiers are leased: the first slice may have been read before this
-    # transaction took the write lock, and an entry another worker sent and acknowledged since (then
-    # giving its lease back) is no longer pending — it must not go twice.
-    payloads = dict(conn.execute(select(progress_outbox.c.id, progress_outbox.c.payload).where(
-        progress_outbox.c.id.in_([r.id for r in chosen]), progress_outbox.c.state == "pending")).all())
-    chosen = [r for r in chosen if r.id in payloads]
-    if not chosen:
-        return []
-    conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_([r.id for r in chosen]))
-                 .values(state="in_flight", attempts=progress_outbox.c.attempts + 1))
-    return [_Entry(r.id, r.record_key, r.entry_key, payloads[r.id]) for r in chosen]
+    payloads = dict(conn.execute(_TAKE, {"b_ids": [r.id for r in chosen]}).all())
+    return [_Entry(r.id, r.record_key, r.entry_key, payloads[r.id]) for r in chosen if r.id in payloads]
 
 
 # --- replay --------------------------------------------------------------------------------------
