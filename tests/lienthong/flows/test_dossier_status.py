@@ -220,3 +220,34 @@ def test_expired_session_is_renewed_without_losing_the_batch(bus_env):
     assert portal.logins == 2
     assert report.delivered_new == len(expected_portal_state(bus_env))
     assert portal_dossiers(bus_env) == expected_portal_state(bus_env)
+
+
+def test_the_flow_on_postgresql_delivers_every_dossier_and_entry_once_and_a_rerun_sends_nothing(bus_env, monkeypatch):
+    """The same path on a PostgreSQL bus database (the statements built once, the chunk taken by
+    ``UPDATE … RETURNING``, the blocks read by a correlated ``EXISTS``): the portal holds exactly what
+    the mapping makes, each progress entry once, and a second run changes nothing."""
+    from urllib.parse import urlsplit
+
+    from tests.conftest import postgres_database
+
+    with postgres_database("lienthong_flow") as url:
+        parts = urlsplit(url.replace("postgresql+psycopg2", "postgresql"))
+        monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({
+            "conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username,
+            "schema": parts.path.lstrip("/")}))
+        bus = store()
+        try:
+            assert bus.engine.dialect.name == "postgresql"
+            _, delivered = run("run-1", batch_size=7)
+            expected = expected_portal_state(bus_env)
+            assert portal_dossiers(bus_env) == expected
+            world = requests.get(bus_env.portal.url + "/_state", timeout=T).json()["counts"]
+            finished = sum(1 for code, d in onestop_dossiers(bus_env).items() if code in expected
+                           for e in d.get("progress") or [] if e.get("finishedAt"))
+            assert int(world["progress"]) == delivered["progress_sent"] == finished > 0
+            assert delivered["progress_rejected"] == 0 and delivered["delivered_new"] == len(expected)
+            _, again = run("run-2")
+            assert again["portal_calls"] == again["progress_calls"] == 0
+            assert int(requests.get(bus_env.portal.url + "/_state", timeout=T).json()["counts"]["progress"]) == finished
+        finally:
+            bus.dispose()
