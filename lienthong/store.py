@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -357,8 +358,9 @@ def sqlalchemy_url(spec: ConnectionSpec) -> str:
     return spec.sqlalchemy_url()
 
 
-def _json_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+# Encoders built once: ``json.dumps`` with options builds a new encoder on every call.
+_json_text = json.JSONEncoder(ensure_ascii=False).encode
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -515,9 +517,26 @@ def dialect_insert(conn: Connection, table: Table) -> Any:
 
 
 def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], constraint: str) -> int:
-    """Insert rows, skipping those that would break the unique ``constraint``; return how many were new."""
+    """Insert rows, skipping those that would break the unique ``constraint``; return how many were new.
+
+    Raises:
+        ValueError: the rows do not all name the same columns (SQLAlchemy would silently drop the
+            values of the columns the first row does not name).
+    """
     if not rows:
         return 0
+    first = rows[0].keys()
+    odd = next((i for i, r in enumerate(rows) if r.keys() != first), None)
+    if odd is not None:
+        raise ValueError(f"insert into {table.name}: row {odd} names columns {sorted(rows[odd])}, "
+                         f"row 0 names {sorted(first)}; every row must name the same columns")
+    if conn.dialect.name == "sqlite":
+        plan = _sqlite_insert_plan(conn, table, rows)
+        if plan is not None:
+            sql, names, processors, tail = plan
+            return conn.exec_driver_sql(sql, [
+                (*(v if p is None else p(v) for v, p in zip((r[n] for n in names), processors, strict=True)), *tail)
+                for r in rows]).rowcount
     key = (conn.dialect.name, table.name, constraint)
     stmt = _INSERT_IGNORES.get(key)
     if stmt is None:  # built once: building a statement costs more than running it (issue #8)
@@ -529,6 +548,38 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], co
 
 
 _INSERT_IGNORES: dict[tuple[str, str, str], Any] = {}
+_SQLITE_PLANS: weakref.WeakKeyDictionary[Any, dict[tuple[str, tuple[str, ...]], Any]] = weakref.WeakKeyDictionary()
+
+
+def _sqlite_insert_plan(conn: Connection, table: Table, rows: list[dict[str, Any]]
+                        ) -> tuple[str, tuple[str, ...], list[Any], tuple[Any, ...]] | None:
+    """On SQLite, ``INSERT … ON CONFLICT DO NOTHING`` sent to the driver, each value converted by
+    its column type's own bind processor (so what is stored is what SQLAlchemy would store): for
+    thousands of staged rows, SQLAlchemy's per-row parameter handling cost more than the inserts
+    (issue #8). Returns the statement, the row keys in order, their processors and the converted
+    constant defaults of the columns the rows leave out; None (SQLAlchemy's way) when the rows do
+    name a column the table does not have, or a column they leave out has a default computed in
+    Python. The rows all name the same columns (:func:`insert_ignore` checks)."""
+    first = rows[0].keys()
+    names = tuple(first)
+    plans = _SQLITE_PLANS.setdefault(conn.dialect, {})
+    key = (table.name, names)
+    if key not in plans:
+        omitted = [c for c in table.columns if c.name not in first and c.default is not None]
+        if any(n not in table.c for n in names) or any(not c.default.is_scalar for c in omitted):
+            plans[key] = None
+        else:
+            columns = [table.c[n] for n in names] + omitted
+            sql = (f"INSERT INTO {table.name} ({', '.join(c.name for c in columns)}) "
+                   f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING")
+            # the processors SQLAlchemy's own execution uses (the dialect's implementation of each type)
+            tail = []
+            for c in omitted:
+                convert = c.type._cached_bind_processor(conn.dialect)
+                tail.append(c.default.arg if convert is None else convert(c.default.arg))
+            plans[key] = (sql, names, [table.c[n].type._cached_bind_processor(conn.dialect) for n in names],
+                          tuple(tail))
+    return plans[key]
 
 
 def upsert_acknowledgements(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -567,7 +618,7 @@ def insert_many(conn: Connection, table: Table, columns: tuple[str, ...], values
 
 def canonical_json(value: Any) -> bytes:
     """The bytes a payload hash is computed over: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+    return _CANONICAL(value).encode()
 
 
 def content_hash(value: Any) -> str:
