@@ -516,20 +516,25 @@ def dialect_insert(conn: Connection, table: Table) -> Any:
     return insert(table)
 
 
-def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], constraint: str) -> int:
-    """Insert rows, skipping those that would break the unique ``constraint``; return how many were new.
-
-    Raises:
-        ValueError: the rows do not all name the same columns (SQLAlchemy would silently drop the
-            values of the columns the first row does not name).
-    """
-    if not rows:
-        return 0
+def _same_columns(table: Table, rows: list[dict[str, Any]]) -> None:
+    """Refuse rows that do not all name the same columns: a statement run for many rows is built
+    from the first, and SQLAlchemy would silently drop the values of columns it does not name."""
     first = rows[0].keys()
     odd = next((i for i, r in enumerate(rows) if r.keys() != first), None)
     if odd is not None:
         raise ValueError(f"insert into {table.name}: row {odd} names columns {sorted(rows[odd])}, "
                          f"row 0 names {sorted(first)}; every row must name the same columns")
+
+
+def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], constraint: str) -> int:
+    """Insert rows, skipping those that would break the unique ``constraint``; return how many were new.
+
+    Raises:
+        ValueError: the rows do not all name the same columns (:func:`_same_columns`).
+    """
+    if not rows:
+        return 0
+    _same_columns(table, rows)
     if conn.dialect.name == "sqlite":
         plan = _sqlite_insert_plan(conn, table, rows)
         if plan is not None:
@@ -587,6 +592,7 @@ def upsert_acknowledgements(conn: Connection, rows: list[dict[str, Any]]) -> Non
     ``rows``; an existing row gets the given columns (every row names the same ones), keeps the others."""
     if not rows:
         return
+    _same_columns(delivery_state, rows)
     key = (conn.dialect.name, tuple(rows[0]))
     stmt = _UPSERTS.get(key)
     if stmt is None:  # built once per dialect and column set: building it costs more than running it

@@ -110,3 +110,14 @@ def test_a_naive_time_is_refused_on_the_driver_path_as_on_sqlalchemys(store):
     rows[0]["created_at"] = datetime(2026, 11, 27, 23, 30)
     with pytest.raises(Exception, match="naive datetime refused"), store.begin() as conn:
         insert_ignore(conn, exchange_blob, rows, "exchange_blob_pkey")
+
+
+def test_acknowledgements_naming_different_columns_are_refused(store):
+    from lienthong.store import delivery_state, upsert_acknowledgements
+
+    rows = [{"peer": "p", "record_key": "A", "payload_hash": "h", "acked_at": NOW},
+            {"peer": "p", "record_key": "B", "payload_hash": "h", "acked_at": NOW, "peer_status": "4"}]
+    with pytest.raises(ValueError, match="insert into delivery_state: row 1 names columns"), store.begin() as conn:
+        upsert_acknowledgements(conn, rows)
+    with store.engine.connect() as conn:
+        assert conn.execute(select(delivery_state)).all() == []
