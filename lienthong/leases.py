@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.engine import Connection
 
 from lienthong.store import Store, delivery_lease, dialect_insert, utcnow
@@ -62,6 +62,9 @@ def worker_name() -> str:
 
 
 _INSERT_NEW: dict[str, Any] = {}
+_RELEASE = delete(delivery_lease).where(
+    delivery_lease.c.flow == bindparam("b_flow"), delivery_lease.c.record_key.in_(bindparam("b_keys", expanding=True)),
+    delivery_lease.c.worker == bindparam("b_worker"))
 
 
 def _insert_new(conn: Connection, rows: list[dict[str, object]]) -> set[str]:
@@ -139,16 +142,21 @@ class Leases:
         self.renewed_at = now if self.renewed_at is None or set(wanted) >= self.held else self.renewed_at
         return got
 
-    def release(self, keys: Iterable[str] | None = None) -> None:
-        """Give leases back (all this worker holds when ``keys`` is None)."""
+    def release(self, keys: Iterable[str] | None = None, conn: Connection | None = None) -> None:
+        """Give leases back (all this worker holds when ``keys`` is None), in ``conn``'s
+        transaction when given. A worker gives back the leases of the records it has settled as it
+        goes, so what it holds (in memory, and what a renewal re-leases) stays one batch, not every
+        record of a long run."""
         keys = sorted(self.held if keys is None else set(keys) & self.held)
         if not keys:
             return
-        with self.store.begin() as conn:
-            for start in range(0, len(keys), _IN_CHUNK):
-                conn.execute(delete(delivery_lease).where(
-                    delivery_lease.c.flow == self.flow, delivery_lease.c.record_key.in_(keys[start:start + _IN_CHUNK]),
-                    delivery_lease.c.worker == self.worker))
+        if conn is None:
+            with self.store.begin() as own:
+                self.release(keys, own)
+            return
+        for start in range(0, len(keys), _IN_CHUNK):
+            conn.execute(_RELEASE, {"b_flow": self.flow, "b_worker": self.worker,
+                                    "b_keys": keys[start:start + _IN_CHUNK]})
         self.held -= set(keys)
 
     def __enter__(self) -> Leases:

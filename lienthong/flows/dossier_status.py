@@ -344,6 +344,7 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
                      mapping: Mapping, progress_mapping: Mapping, batch_size: int, resend_acknowledged: bool,
                      leases: Leases) -> None:
     last_id = 0
+    settled: set[str] = set()  # the last batch's dossiers: their leases go back with the next batch
     while True:
         inserts: list[_Item] = []
         updates: list[_Item] = []
@@ -356,6 +357,10 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
                 break
             last_id = rows[-1].id
             mine = leases.ensure({r.record_key for r in rows}, conn)
+            # The last batch is settled (answered, or left pending and marked as sent): its
+            # dossiers' leases go back, so a long run holds one batch's, not every dossier's.
+            leases.release(settled - mine, conn)
+            settled = set(mine)
             report.leased_elsewhere += sum(1 for r in rows if r.record_key not in mine)
             rows = [r for r in rows if r.record_key in mine]
             if not rows:
@@ -698,10 +703,14 @@ def _send_chunks(store: Store, portal: NationalPortalClient, report: ProgressRep
     with answer_transactions(store, portal) as begin:
         while True:
             with begin() as conn:  # also commits the last call's exchange-log rows
+                settled: set[str] = set()
                 if answered is not None:
                     _settle_chunk(conn, *answered, report, run_id)
+                    settled = {c.record_key for c in answered[0]}
                     answered = None
                 chunk = _next_chunk(conn, chunk_size, report, leases)  # marked in flight before it is sent
+                # the settled chunk's dossiers not in the next one: their leases go back
+                leases.release(settled - {c.record_key for c in chunk}, conn)
             if not chunk:
                 break
             result = portal.update_progress([c.payload for c in chunk])
