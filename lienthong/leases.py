@@ -23,12 +23,11 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.engine import Connection
 
-from lienthong.store import Store, delivery_lease, dialect_insert, utcnow
+from lienthong.store import Store, built_once, delivery_lease, dialect_insert, utcnow
 
 __all__ = ["Leases", "default_ttl", "worker_name"]
 
@@ -61,7 +60,6 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-_INSERT_NEW: dict[str, Any] = {}
 _RELEASE = delete(delivery_lease).where(
     delivery_lease.c.flow == bindparam("b_flow"), delivery_lease.c.record_key.in_(bindparam("b_keys", expanding=True)),
     delivery_lease.c.worker == bindparam("b_worker"))
@@ -69,10 +67,8 @@ _RELEASE = delete(delivery_lease).where(
 
 def _insert_new(conn: Connection, rows: list[dict[str, object]]) -> set[str]:
     """Insert the leases no one holds (ignoring those that exist); the record keys inserted."""
-    stmt = _INSERT_NEW.get(conn.dialect.name)
-    if stmt is None:  # built once per dialect: building it cost more than running it (issue #8)
-        stmt = _INSERT_NEW[conn.dialect.name] = (
-            dialect_insert(conn, delivery_lease).on_conflict_do_nothing().returning(delivery_lease.c.record_key))
+    stmt = built_once(("lease_insert_new", conn.dialect.name), lambda: dialect_insert(conn, delivery_lease)
+                      .on_conflict_do_nothing().returning(delivery_lease.c.record_key))
     return set(conn.execute(stmt, rows).scalars())
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -506,6 +506,19 @@ class Store:
             return [dict(r) for r in conn.execute(query).mappings()]
 
 
+_BUILT: dict[tuple[Any, ...], Any] = {}
+
+
+def built_once(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    """The statement ``build()`` makes, made once per ``key`` (name the dialect and whatever else
+    shapes it in the key): building a statement and its cache key costs more than running it
+    (issue #8)."""
+    stmt = _BUILT.get(key)
+    if stmt is None:
+        stmt = _BUILT[key] = build()
+    return stmt
+
+
 def dialect_insert(conn: Connection, table: Table) -> Any:
     """An INSERT on ``table`` in the connection's dialect (PostgreSQL or SQLite), which both give
     ``ON CONFLICT`` clauses: ``.on_conflict_do_nothing()``, ``.on_conflict_do_update()``."""
@@ -542,17 +555,16 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], co
             return conn.exec_driver_sql(sql, [
                 (*(v if p is None else p(v) for v, p in zip((r[n] for n in names), processors, strict=True)), *tail)
                 for r in rows]).rowcount
-    key = (conn.dialect.name, table.name, constraint)
-    stmt = _INSERT_IGNORES.get(key)
-    if stmt is None:  # built once: building a statement costs more than running it (issue #8)
+    def build() -> Any:
         stmt = dialect_insert(conn, table)
         # SQLite names no constraint in ON CONFLICT: any unique conflict skips the row there
-        stmt = _INSERT_IGNORES[key] = stmt.on_conflict_do_nothing(constraint=constraint) \
-            if conn.dialect.name == "postgresql" else stmt.on_conflict_do_nothing()
-    return conn.execute(stmt, rows).rowcount
+        return stmt.on_conflict_do_nothing(constraint=constraint) if conn.dialect.name == "postgresql" \
+            else stmt.on_conflict_do_nothing()
+
+    return conn.execute(built_once(("insert_ignore", conn.dialect.name, table.name, constraint), build),
+                        rows).rowcount
 
 
-_INSERT_IGNORES: dict[tuple[str, str, str], Any] = {}
 _SQLITE_PLANS: weakref.WeakKeyDictionary[Any, dict[tuple[str, tuple[str, ...]], Any]] = weakref.WeakKeyDictionary()
 
 
@@ -562,7 +574,7 @@ def _sqlite_insert_plan(conn: Connection, table: Table, rows: list[dict[str, Any
     its column type's own bind processor (so what is stored is what SQLAlchemy would store): for
     thousands of staged rows, SQLAlchemy's per-row parameter handling cost more than the inserts
     (issue #8). Returns the statement, the row keys in order, their processors and the converted
-    constant defaults of the columns the rows leave out; None (SQLAlchemy's way) when the rows do
+    constant defaults of the columns the rows leave out; None (SQLAlchemy's way) when the rows
     name a column the table does not have, or a column they leave out has a default computed in
     Python. The rows all name the same columns (:func:`insert_ignore` checks)."""
     first = rows[0].keys()
@@ -593,17 +605,15 @@ def upsert_acknowledgements(conn: Connection, rows: list[dict[str, Any]]) -> Non
     if not rows:
         return
     _same_columns(delivery_state, rows)
-    key = (conn.dialect.name, tuple(rows[0]))
-    stmt = _UPSERTS.get(key)
-    if stmt is None:  # built once per dialect and column set: building it costs more than running it
+    columns = tuple(rows[0])
+
+    def build() -> Any:
         stmt = dialect_insert(conn, delivery_state)
-        stmt = _UPSERTS[key] = stmt.on_conflict_do_update(
+        return stmt.on_conflict_do_update(
             index_elements=[delivery_state.c.peer, delivery_state.c.record_key],
-            set_={name: stmt.excluded[name] for name in rows[0] if name not in ("peer", "record_key")})
-    conn.execute(stmt, rows)
+            set_={name: stmt.excluded[name] for name in columns if name not in ("peer", "record_key")})
 
-
-_UPSERTS: dict[tuple[str, tuple[str, ...]], Any] = {}
+    conn.execute(built_once(("upsert_acknowledgements", conn.dialect.name, columns), build), rows)
 
 
 def insert_many(conn: Connection, table: Table, columns: tuple[str, ...], values: list[tuple[Any, ...]]) -> None:
