@@ -127,9 +127,22 @@ def test_fast_scanner_on_a_feed_page_shape_and_awkward_cases():
         b'{"ph\\u006fne": "1"}', b'{"\\u212aey": 1, "phone": "\\u00e9"}', b'\xef\xbb\xbf{"phone": "1"}',
         b'{"phone": "a\tb"}', b'{"phone": "bad \\x escape"}', b'{"ph\tone": "1"}',
         b"[" * 300 + b'{"phone": "1"}' + b"]" * 300, b'{"x": ' + b"[" * 250 + b"]" * 250 + b', "phone": 2}',
+        # a repeated key whose copies hold committed keys: a dict would keep one copy, in the first's place
+        b'{"a": [], "b": {"Email": "1"}, "a": {"Email": "1"}}', b'{"a": {"Email": "1"}, "b": 2, "a": {"Email": "1"}}',
+        b'{"Email": "a", "Email": "b", "x": {"Email": "c", "Email": "c"}}',
+        # a committed key written with an escape, before or after the same key written plainly
+        b'{"\\u0045mail": "1", "Email": "2"}', b'{"Email": "1", "E\\u006dail": "2"}', '{"\u212aey": {"Email": 1}}'.encode(),
+        # text that looks like a key inside strings and keys
+        b'{"note": "\\"Email\\": \\"x\\"", "Email": "y"}', b'{"\\"email": 1, "email": 2}', b'{"a\\\\": {"email": 3}}',
+        # committed keys holding containers, with committed keys and repeats inside
+        b'{"ChuHoSo": {"HoTen": "A", "Email": {"x": ["1", 2, {"y": null}]}, "HoTen": "B"}, "Email": "c"}',
+        b'{"ChuHoSo": {}, "Email": [], "DiaChi": [[]], "phone": {"a": {}}}', b'[{"phone": 1}, [{"Phone": [2, 3]}]]',
+        b' \n{ "phone" :\t"1" , "x" : { "EMAIL"\r\n:\n-2.5e3 } }\n',
     ]
     for body in cases:
         assert _outcome(personal._json_spans_fast, body) == _outcome(personal._json_spans, body), body
+    for body in cases[-6:]:  # well-formed: the fast way answers them itself
+        assert personal._fast_spans(body) == personal._json_spans(body), body
 
 
 def test_the_mentions_pre_check_is_unchanged():
