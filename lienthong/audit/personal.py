@@ -234,11 +234,17 @@ def _json_spans_fast(data: bytes) -> list[tuple[str, int, int]]:
     return _json_spans(data) if spans is None else spans
 
 
+#: Keys seen before, and whether each is committed (the same few dozen names recur in every body).
+_KEY_IS_COMMITTED: dict[str, bool] = {}
+
+
 def _committed_members(tree: Any) -> list[tuple[tuple[str, ...], str, bool]]:
     """``(path, key, holds a container)`` of every member whose key is committed, in document order,
     not looking inside their values (every scalar there is committed anyway)."""
     found: list[tuple[tuple[str, ...], str, bool]] = []
-    committed = COMMITTED_FIELDS
+    known = _KEY_IS_COMMITTED
+    if len(known) > 4096:
+        known.clear()
 
     def walk(node: Any, path: tuple[str, ...], depth: int) -> None:
         if depth > _FAST_MAX_DEPTH:
@@ -246,7 +252,10 @@ def _committed_members(tree: Any) -> list[tuple[tuple[str, ...], str, bool]]:
         if type(node) is tuple:  # an object: its (key, value) pairs
             for key, value in node:
                 kind = type(value)
-                if key.lower() in committed:
+                committed = known.get(key)
+                if committed is None:
+                    committed = known[key] = key.lower() in COMMITTED_FIELDS
+                if committed:
                     found.append(((*path, key), key, kind is tuple or kind is list))
                 elif kind is tuple or kind is list:
                     walk(value, (*path, key), depth + 1)
