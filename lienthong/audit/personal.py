@@ -37,7 +37,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,66 +110,77 @@ def _pointer(parts: tuple[str, ...]) -> str:
     return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def _json_spans(data: bytes) -> list[tuple[str, int, int]]:
-    spans: list[tuple[str, int, int]] = []
+def _recorder(spans: list[tuple[str, int, int]]) -> Callable[[tuple[str, ...], int, int], None]:
+    """What records a committed scalar's span into ``spans``, its path made unique."""
     seen: dict[str, int] = {}
 
-    def ws(pos: int) -> int:
-        return _WS.match(data, pos).end()
+    def record(path: tuple[str, ...], start: int, end: int) -> None:
+        pointer = _pointer(path)
+        seen[pointer] = seen.get(pointer, 0) + 1
+        if seen[pointer] > 1:  # a key repeated in one object: keep paths unique
+            pointer = f"{pointer}#{seen[pointer]}"
+        spans.append((pointer, start, end))
 
-    def value(pos: int, path: tuple[str, ...], personal: bool) -> int:
-        pos = ws(pos)
-        if pos >= len(data):
-            raise _NotJson
-        c = data[pos]
-        if c == 0x7B:  # {
-            pos = ws(pos + 1)
-            if data[pos:pos + 1] == b"}":
-                return pos + 1
-            while True:
-                m = _STRING.match(data, pos)
-                if not m:
-                    raise _NotJson
-                key = json.loads(m.group())
-                pos = ws(m.end())
-                if data[pos:pos + 1] != b":":
-                    raise _NotJson
-                pos = value(pos + 1, (*path, key), personal or key.lower() in COMMITTED_FIELDS)
-                pos = ws(pos)
-                sep = data[pos:pos + 1]
-                if sep == b"}":
-                    return pos + 1
-                if sep != b",":
-                    raise _NotJson
-                pos = ws(pos + 1)
-        if c == 0x5B:  # [
-            pos = ws(pos + 1)
-            if data[pos:pos + 1] == b"]":
-                return pos + 1
-            n = 0
-            while True:
-                pos = ws(value(pos, (*path, str(n)), personal))
-                n += 1
-                sep = data[pos:pos + 1]
-                if sep == b"]":
-                    return pos + 1
-                if sep != b",":
-                    raise _NotJson
-                pos += 1
-        m = _STRING.match(data, pos) if c == 0x22 else _SCALAR.match(data, pos)
-        if not m:
-            raise _NotJson
-        raw = m.group()
-        if personal and raw not in (b'""', b"null", b"true", b"false"):
-            pointer = _pointer(path)
-            seen[pointer] = seen.get(pointer, 0) + 1
-            if seen[pointer] > 1:  # a key repeated in one object: keep paths unique
-                pointer = f"{pointer}#{seen[pointer]}"
-            spans.append((pointer, m.start(), m.end()))
-        return m.end()
+    return record
 
-    end = value(0, (), False)
-    if ws(end) != len(data):
+
+_BLANK = (b'""', b"null", b"true", b"false")
+
+
+def _walk(data: bytes, pos: int, path: tuple[str, ...], personal: bool,
+          record: Callable[[tuple[str, ...], int, int], None]) -> int:
+    """Tokenise the JSON value at ``pos``, recording every committed scalar that is not blank
+    (all of them when ``personal``); its end."""
+    pos = _WS.match(data, pos).end()
+    if pos >= len(data):
+        raise _NotJson
+    c = data[pos]
+    if c == 0x7B:  # {
+        pos = _WS.match(data, pos + 1).end()
+        if data[pos:pos + 1] == b"}":
+            return pos + 1
+        while True:
+            m = _STRING.match(data, pos)
+            if not m:
+                raise _NotJson
+            key = json.loads(m.group())
+            pos = _WS.match(data, m.end()).end()
+            if data[pos:pos + 1] != b":":
+                raise _NotJson
+            pos = _walk(data, pos + 1, (*path, key), personal or key.lower() in COMMITTED_FIELDS, record)
+            pos = _WS.match(data, pos).end()
+            sep = data[pos:pos + 1]
+            if sep == b"}":
+                return pos + 1
+            if sep != b",":
+                raise _NotJson
+            pos = _WS.match(data, pos + 1).end()
+    if c == 0x5B:  # [
+        pos = _WS.match(data, pos + 1).end()
+        if data[pos:pos + 1] == b"]":
+            return pos + 1
+        n = 0
+        while True:
+            pos = _WS.match(data, _walk(data, pos, (*path, str(n)), personal, record)).end()
+            n += 1
+            sep = data[pos:pos + 1]
+            if sep == b"]":
+                return pos + 1
+            if sep != b",":
+                raise _NotJson
+            pos += 1
+    m = _STRING.match(data, pos) if c == 0x22 else _SCALAR.match(data, pos)
+    if not m:
+        raise _NotJson
+    if personal and m.group() not in _BLANK:
+        record(path, m.start(), m.end())
+    return m.end()
+
+
+def _json_spans(data: bytes) -> list[tuple[str, int, int]]:
+    spans: list[tuple[str, int, int]] = []
+    end = _walk(data, 0, (), False, _recorder(spans))
+    if _WS.match(data, end).end() != len(data):
         raise _NotJson
     return spans
 
@@ -181,7 +192,7 @@ def _json_spans(data: bytes) -> list[tuple[str, int, int]]:
 # (``object_pairs_hook=tuple``), and finds in it, in Python, each member whose key is committed: its
 # path comes from the tree. Where its key stands in the bytes comes from one regular-expression pass
 # over the lower-cased bytes; the k-th committed key of the tree is the k-th such place that is not
-# inside a string. Its value's span is then matched there by the exact scanner's own patterns. Any
+# inside a string. Its value is then walked there by the exact scanner's own walker (``_walk``). Any
 # disagreement (a key spelled with an escape, a nesting deeper than the exact scanner's, anything the
 # strict json module refuses) gives None and the caller asks the exact scanner; a test compares the
 # two on many generated bodies.
@@ -217,7 +228,6 @@ def _trie(words: Iterable[str]) -> str:
 _KEY_CANDIDATE = re.compile(('"(' + _trie(COMMITTED_FIELDS) + ')"[ \t\r\n]*:[ \t\r\n]*').encode())
 #: Deeper bodies go to the exact scanner (whose recursion, not this one's, decides what they give).
 _FAST_MAX_DEPTH = 200
-_BLANK = (b'""', b"null", b"true", b"false")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -284,17 +294,9 @@ def _fast_spans(data: bytes) -> list[tuple[str, int, int]] | None:
     spans: list[tuple[str, int, int]] = []
     if not members:
         return spans
-    seen: dict[str, int] = {}
-
-    def record(path: tuple[str, ...], begin: int, stop: int) -> None:
-        pointer = _pointer(path)
-        seen[pointer] = seen.get(pointer, 0) + 1
-        if seen[pointer] > 1:  # a key repeated in one object: keep paths unique
-            pointer = f"{pointer}#{seen[pointer]}"
-        spans.append((pointer, begin, stop))
-
+    record = _recorder(spans)
     places = _KEY_CANDIDATE.finditer(data.lower())
-    inside = 0  # places before this offset lie in a committed value already walked
+    inside = 0  # places before this offset lie in a value already walked
     try:
         for path, key, container in members:
             while True:  # the next place that is a key: in valid JSON, a quote after a backslash is text
@@ -308,60 +310,13 @@ def _fast_spans(data: bytes) -> list[tuple[str, int, int]] | None:
             pos = place.end()
             if (data[pos] in b"{[") != container:
                 return None
-            if container:
-                inside = _committed_value(data, pos, path, record)
-                continue
-            m = (_STRING if data[pos] == 0x22 else _SCALAR).match(data, pos)
-            if m is None:
-                return None
-            if m.group() not in _BLANK:
-                record(path, pos, m.end())
+            inside = _walk(data, pos, path, True, record)  # the value, every scalar in it committed
         for place in places:  # a key left over that the tree does not hold: unsure
             if place.start() >= inside and data[place.start() - 1] != 0x5C:
                 return None
     except (StopIteration, IndexError, RecursionError, _NotJson):
         return None
     return spans
-
-
-def _committed_value(data: bytes, pos: int, path: tuple[str, ...], record: Any) -> int:
-    """Walk the container at ``pos`` (in bytes already known to be JSON), recording every scalar
-    in it that is not blank; its end."""
-    c = data[pos]
-    pos = _WS.match(data, pos + 1).end()
-    if c == 0x5B:  # [
-        if data[pos] == 0x5D:
-            return pos + 1
-        n = 0
-        while True:
-            pos = _WS.match(data, _committed_item(data, pos, (*path, str(n)), record)).end()
-            n += 1
-            if data[pos] == 0x5D:
-                return pos + 1
-            pos = _WS.match(data, pos + 1).end()
-    if data[pos] == 0x7D:  # {}
-        return pos + 1
-    while True:
-        m = _STRING.match(data, pos)
-        if m is None:
-            raise _NotJson
-        key = json.loads(m.group())
-        pos = _WS.match(data, m.end()).end() + 1  # past the colon
-        pos = _WS.match(data, _committed_item(data, _WS.match(data, pos).end(), (*path, key), record)).end()
-        if data[pos] == 0x7D:
-            return pos + 1
-        pos = _WS.match(data, pos + 1).end()
-
-
-def _committed_item(data: bytes, pos: int, path: tuple[str, ...], record: Any) -> int:
-    if data[pos] in b"{[":
-        return _committed_value(data, pos, path, record)
-    m = (_STRING if data[pos] == 0x22 else _SCALAR).match(data, pos)
-    if m is None:
-        raise _NotJson
-    if m.group() not in _BLANK:
-        record(path, pos, m.end())
-    return m.end()
 
 
 # -- XML: text-only elements with a committed local name --------------------------------------------
