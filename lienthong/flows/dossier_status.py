@@ -21,7 +21,8 @@ Each step is safe to rerun after a crash at any point (design §4):
    the portal holds (``TraCuuHoSo``) before anything is re-sent.
 
 Records that cannot be mapped or that the portal refuses are dead-lettered with their original
-payload and every broken rule; the others go on.
+payload and every broken rule; the others go on. So is a snapshot whose ``version`` is unusable
+(stage ``source``): the stale and supersede guards depend on it, so it is never read as "none".
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def stage_window(
         report.events_read += len(items)
         rows = []
         for d in items:
-            version = d.get("version") if isinstance(d.get("version"), int) else None
+            version = _snapshot_version(d)
             # No feed sequence for a listed snapshot: -version keeps (dossier, version) unique.
             rows.append(_row(d, seq=-(version or 0), run_id=run_id))
         _stage_rows(store, rows, run_id, report, restage=True)
@@ -211,12 +212,33 @@ def _record_key(dossier: dict[str, Any], seq: int) -> str:
     return f"<{what}, seq {seq}, {content_hash(dossier)[:12]}>"
 
 
+def _version_problem(dossier: Any) -> FieldError | None:
+    """What is wrong with the one-stop's snapshot counter ``version``, if anything.
+
+    It decides which of two snapshots of a dossier is newer (a newer one supersedes an older
+    unsent one; an older one never overwrites a newer one on the portal), so it must be absent,
+    null or a whole number ≥ 0. Anything else (text, a fraction, ``true``, a negative number) is
+    refused naming the field, instead of being taken as "no version" and losing that guard."""
+    version = dossier.get("version") if isinstance(dossier, dict) else None
+    if version is None or (type(version) is int and version >= 0):
+        return None
+    shown = repr(version) if isinstance(version, (str, int, float)) and len(repr(version)) <= 40 \
+        else f"a {type(version).__name__}"
+    return FieldError("version", "snapshot_version",
+                      f"the one-stop's snapshot version must be a whole number ≥ 0 (or absent), not {shown}")
+
+
+def _snapshot_version(dossier: Any) -> int | None:
+    """``version`` when it is usable (see :func:`_version_problem`), else None."""
+    return dossier.get("version") if _version_problem(dossier) is None and isinstance(dossier, dict) else None
+
+
 def _row(dossier: dict[str, Any], *, seq: int, run_id: str) -> dict[str, Any]:
     return {
         "flow": FLOW,
         "record_key": _record_key(dossier, seq),
         "source_seq": seq,
-        "source_version": dossier.get("version") if isinstance(dossier.get("version"), int) else None,
+        "source_version": _snapshot_version(dossier),
         "source_payload": dossier,
         "state": "pending",
         "attempts": 0,
@@ -254,6 +276,9 @@ def _stage_rows(store: Store, rows: list[dict[str, Any]], run_id: str, report: S
         # (flow, record_key) index keeps it independent of the outbox's size.
         by_key: dict[str, list[Any]] = defaultdict(list)
         keys = sorted({r["record_key"] for r in rows})
+        # A snapshot whose version is unusable takes no part: it can neither be judged older than
+        # another nor make one older, so it stays pending and delivery dead-letters it by name.
+        unversioned = {(r["record_key"], r["source_seq"]) for r in rows if _version_problem(r["source_payload"])}
         for start in range(0, len(keys), _IN_CHUNK):
             for w in conn.execute(
                 select(outbox.c.id, outbox.c.record_key, outbox.c.source_version, outbox.c.source_seq,
@@ -261,7 +286,8 @@ def _stage_rows(store: Store, rows: list[dict[str, Any]], run_id: str, report: S
                 .where(outbox.c.flow == FLOW, outbox.c.record_key.in_(keys[start:start + _IN_CHUNK]),
                        outbox.c.state.in_(("pending", "held")))
             ):
-                by_key[w.record_key].append(w)
+                if (w.record_key, w.source_seq) not in unversioned:
+                    by_key[w.record_key].append(w)
         for waiting in by_key.values():
             if len(waiting) < 2:
                 continue
@@ -374,6 +400,11 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
                 if row.record_key in blocked:
                     conn.execute(update(outbox).where(outbox.c.id == row.id).values(state="held"))
                     report.held += 1
+                    continue
+                problem = _version_problem(row.source_payload)
+                if problem is not None:
+                    _reject(conn, report.rejected, FLOW, row.id, row.record_key, row.source_payload,
+                            RecordRejected(row.record_key, [problem]), run_id, "source")
                     continue
                 try:
                     record = mapping.apply(enrich_from_catalogue(row.source_payload, procedures))
@@ -946,7 +977,8 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
             newest = conn.execute(
                 select(outbox.c.id).where(outbox.c.flow == FLOW, outbox.c.record_key == key,
                                           outbox.c.state.in_(("held", "rejected")))
-                .order_by(outbox.c.source_version.desc(), outbox.c.source_seq.desc(), outbox.c.id.desc()).limit(1)
+                .order_by(outbox.c.source_version.desc().nulls_last(), outbox.c.source_seq.desc(),
+                          outbox.c.id.desc()).limit(1)
             ).scalar()
             if newest is not None:
                 conn.execute(update(outbox).where(outbox.c.id == newest).values(state="pending"))

@@ -170,6 +170,75 @@ def test_a_hostile_dossier_code_never_stops_the_feed(bus_env):
     assert again["staged"] == 0  # the feed moved past them: nothing staged twice
 
 
+# --- the one-stop's snapshot version ------------------------------------------------------------
+def test_a_snapshot_version_that_is_not_a_whole_number_is_dead_lettered_naming_it(bus_env):
+    """``version`` orders a dossier's snapshots (the stale and supersede guards): text, a fraction,
+    ``true``, a negative number or an object is refused naming the field, never taken as "no
+    version"; the payload is kept as sent, and the dossier's other records are untouched."""
+    bad = {50: "7", 51: 7.5, 52: True, 53: -1, 54: {"n": 1}, 55: [3]}
+    cases = {n: {**template(bus_env, n), "version": v} for n, v in bad.items()}
+    unversioned = without(template(bus_env, 56), "version")  # absent is allowed: no ordering guard
+    for dossier in cases.values():
+        inject(bus_env, dossier)
+    inject(bus_env, unversioned)
+
+    _, first = run("version-1")
+
+    letters = dead_letters()
+    for n, dossier in cases.items():
+        letter = letters[dossier["dossierNo"]]
+        assert (letter.stage, letter.error_class) == ("source", "RecordRejected")
+        assert [(e["field"], e["rule"]) for e in letter.errors] == [("version", "snapshot_version")]
+        assert "whole number" in letter.errors[0]["message"]
+        assert canonical_json(letter.source_payload) == canonical_json(dossier)
+    assert "not '7'" in letters[cases[50]["dossierNo"]].errors[0]["message"]
+    assert "not True" in letters[cases[52]["dossierNo"]].errors[0]["message"]
+    assert "not a dict" in letters[cases[54]["dossierNo"]].errors[0]["message"]
+    held = portal_dossiers(bus_env)
+    assert not {d["dossierNo"] for d in cases.values()} & set(held)
+    assert held[unversioned["dossierNo"]] == load_mapping(dossier_status.MAPPING).apply(unversioned)
+    seeded_defective = [d for d in get(bus_env, "onestop", "/_state")["defective"] if d["defect"] != "raw"]
+    assert first["rejected"] == len(cases) + len(seeded_defective)
+
+    _, again = run("version-2")  # nothing sent again, no second dead letter
+    assert (again["delivered_new"], again["rejected"], again["portal_calls"]) == (0, 0, 0)
+    assert len(dead_letters()) == len(letters)
+
+
+def test_a_bad_version_neither_supersedes_nor_is_superseded_and_a_fixed_one_goes_after_replay(bus_env):
+    """A snapshot with an unusable version, staged after a valid one of the same dossier, is not
+    silently dropped as "older" (it is dead-lettered by name); the next valid snapshot waits behind
+    that dead letter and is the one a replay sends."""
+    first = {**template(bus_env, 60), "version": 5}
+    broken = {**first, "version": "6", "briefNote": "second change"}
+    inject(bus_env, first)
+    inject(bus_env, broken)
+
+    run("supersede-1")
+
+    code = first["dossierNo"]
+    letter = dead_letters()[code]
+    assert [(e["field"], e["rule"]) for e in letter.errors] == [("version", "snapshot_version")]
+    assert canonical_json(letter.source_payload) == canonical_json(broken)
+    with bus().engine.connect() as conn:
+        states = conn.execute(select(outbox.c.source_version, outbox.c.state).where(
+            outbox.c.record_key == code).order_by(outbox.c.id)).all()
+    assert [tuple(s) for s in states] == [(5, "delivered"), (None, "rejected")]
+    mapping = load_mapping(dossier_status.MAPPING)
+    assert portal_dossiers(bus_env)[code] == mapping.apply(first)
+
+    fixed = {**broken, "version": 7}
+    inject(bus_env, fixed)
+    _, waiting = run("supersede-2")
+    assert waiting["held"] == 1 and portal_dossiers(bus_env)[code] == mapping.apply(first)
+
+    dossier_status.replay(bus(), record_key=code, by="test")
+    _, replayed = run("supersede-3")
+    assert replayed["delivered_update"] == 1 and replayed["rejected"] == 0
+    assert portal_dossiers(bus_env)[code] == mapping.apply(fixed)
+    assert len(portal_history(bus_env, code)["history"]) == 2  # the first snapshot, then the fixed one
+
+
 # --- SQL metacharacters --------------------------------------------------------------------------
 def test_sql_metacharacters_are_stored_verbatim_everywhere(bus_env):
     dossier = template(bus_env, 40)
