@@ -66,3 +66,44 @@ def test_quick_run_writes_every_scenario_with_ratios_and_verdicts(tmp_path: Path
                for r in diffs)
     verdicts = {line["scenario"]: line["verdict"] for line in scenarios["catalogue"]["lines"] if line["verdict"]}
     assert verdicts == {"catalogue": "PASS"}
+
+
+def test_portal_latency_adds_unjudged_lines_and_every_call_waits(tmp_path: Path) -> None:
+    """``--portal-latency-ms``: the bus, the ceiling and the naive way run again against a national
+    stand-in that waits before each answer; their lines carry no verdict (the targets are for the
+    loopback stand-in), and each run took at least its portal calls times the delay (a floor that
+    ``time.sleep`` guarantees, not a speed)."""
+    out = tmp_path / "out"
+    delay_ms = 30.0
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--scenario", "full_sync",
+                           "--portal-latency-ms", str(delay_ms), "--out", str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    full = json.loads((out / "latest.json").read_text(encoding="utf-8"))["scenarios"]["full_sync"]
+    assert full["error"] is None
+    assert full["sizes"]["portal_latency_ms"] == [0.0, delay_ms]
+    judged = [line for line in full["lines"] if line["verdict"] is not None]
+    assert [line["measure"] for line in judged] == ["bus throughput vs ceiling", "bus throughput vs naive"]
+    delayed = [line for line in full["lines"] if "after 30 ms" in line["measure"]]
+    assert [line["measure"] for line in delayed] == ["bus vs ceiling, portal answers after 30 ms",
+                                                     "bus vs naive, portal answers after 30 ms"]
+    assert all(line["verdict"] is None and line["ratio"] > 0 for line in delayed)
+    runs = {(r["kind"], r["portal_latency_ms"]): r for r in full["runs"]}
+    assert set(runs) == {(kind, ms) for kind in ("ceiling", "bus", "naive") for ms in (0.0, delay_ms)}
+    n = QUICK["dossiers"]
+    for latency in (0.0, delay_ms):  # the delay changes the time, never what arrived
+        assert runs[("bus", latency)]["counts"]["deliver"]["delivered_new"] == n
+        assert runs[("ceiling", latency)]["portal"]["dossiers"] == n
+    bus = runs[("bus", delay_ms)]
+    bus_calls = bus["counts"]["deliver"]["portal_calls"] + bus["counts"]["progress"]["progress_calls"]
+    assert bus["times"]["total"] >= bus_calls * delay_ms / 1000
+    for kind in ("ceiling", "naive"):
+        assert runs[(kind, delay_ms)]["total"] >= runs[(kind, delay_ms)]["calls"] * delay_ms / 1000
+
+
+def test_portal_latency_is_refused_when_not_a_positive_delay() -> None:
+    for bad, says in (("0", "more than 0"), ("-5", "more than 0"), ("120001", "at most 120000"),
+                      ("soon", "not a number")):
+        done = subprocess.run([sys.executable, "-m", "bench", "--portal-latency-ms", bad], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2 and says in done.stderr, (bad, done.stderr[-500:])
