@@ -24,7 +24,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from connectors.errors import ConnectorError, PeerUnavailable, ProtocolError, RetriableConnectorError
+from connectors.errors import (
+    ConfigurationError,
+    ConnectorError,
+    PeerUnavailable,
+    ProtocolError,
+    RetriableConnectorError,
+)
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -118,13 +124,49 @@ class RetryPolicy:
         return rng.uniform(0, min(self.max_delay, self.base_delay * (2 ** (attempt - 1))))
 
 
-def transport_options(extra: dict[str, Any]) -> dict[str, Any]:
-    """Timeouts and retries from a connection's extras (``connect_timeout``, ``read_timeout``,
-    ``max_attempts``), with the defaults every client uses."""
+#: What a connection's transport extras may hold: (default, smallest, largest, whole number).
+TRANSPORT_EXTRAS: dict[str, tuple[float, float, float, bool]] = {
+    "connect_timeout": (3.05, 0.001, 600.0, False),  # seconds
+    "read_timeout": (10.0, 0.001, 3600.0, False),  # seconds (operation_timeout for SOAP)
+    "max_attempts": (3, 1, 20, True),
+    "max_response_bytes": (MAX_RESPONSE_BYTES, 1024, 1024 * 1024 * 1024, True),  # answers over it are refused unread
+}
+
+
+def transport_extra(extra: dict[str, Any], name: str, *, conn_id: str = "", key: str | None = None) -> float:
+    """One transport setting from a connection's extras (``key``, default ``name``), checked:
+    a number (a whole one where it must be) within its bounds, else ConfigurationError naming the
+    connection, the extra and the rule."""
+    default, low, high, whole = TRANSPORT_EXTRAS[name]
+    key = key or name
+    value = extra.get(key, default)
+    if isinstance(value, str):  # Airflow's connection form and URIs give text
+        try:
+            value = int(value) if whole else float(value)
+        except ValueError:
+            pass
+    kind = "a whole number" if whole else "a number"
+    number = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+    if not number or not low <= value <= high:
+        shown = repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
+        bounds = f"{low:,} to {high:,}" if whole else f"{low:g} to {high:g}"
+        raise ConfigurationError(f"connection {conn_id or '?'}: extra.{key} must be {kind} from {bounds}, "
+                                 f"not {shown}")
+    return value
+
+
+def transport_options(extra: dict[str, Any], *, conn_id: str = "") -> dict[str, Any]:
+    """Timeouts, retries and the answer-size cap from a connection's extras (``connect_timeout``,
+    ``read_timeout``, ``max_attempts``, ``max_response_bytes``), checked, with the defaults every
+    HTTP client uses."""
+    def get(name: str) -> Any:
+        return transport_extra(extra, name, conn_id=conn_id)
+
     return {
-        "connect_timeout": float(extra.get("connect_timeout", 3.05)),
-        "read_timeout": float(extra.get("read_timeout", 10.0)),
-        "retry": RetryPolicy(max_attempts=int(extra.get("max_attempts", 3))),
+        "connect_timeout": float(get("connect_timeout")),
+        "read_timeout": float(get("read_timeout")),
+        "retry": RetryPolicy(max_attempts=int(get("max_attempts"))),
+        "max_response_bytes": int(get("max_response_bytes")),
     }
 
 

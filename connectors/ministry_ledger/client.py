@@ -53,6 +53,7 @@ from connectors.transport import (
     RetryPolicy,
     _sanitize_url,
     read_capped,
+    transport_extra,
 )
 
 __all__ = [
@@ -340,6 +341,7 @@ class ReceiptLedgerClient:
         connect_timeout: float = 3.05,
         operation_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
     ):
@@ -355,7 +357,7 @@ class ReceiptLedgerClient:
         self._sleep = sleep
         self._rng = random.Random(seed)
         self.transport = LedgerTransport(recorder=recorder, connect_timeout=connect_timeout,
-                                         operation_timeout=operation_timeout)
+                                         operation_timeout=operation_timeout, max_response_bytes=max_response_bytes)
         self.settings = hardened_settings()
         self.zeep = zeep.Client(wsdl=str(wsdl), transport=self.transport, settings=self.settings,
                                 wsse=_PasswordTextToken(username, password))
@@ -365,7 +367,7 @@ class ReceiptLedgerClient:
     def from_connection(cls, spec: ConnectionSpec, *, recorder: ExchangeRecorder | None = None
                         ) -> ReceiptLedgerClient:
         """Build from a connection: host/port → address, login/password → UsernameToken; extras
-        ``operation_timeout``, ``connect_timeout``, ``max_attempts``, ``wsdl``."""
+        ``operation_timeout``, ``connect_timeout``, ``max_attempts``, ``max_response_bytes``, ``wsdl``."""
         spec.require("host", "login", "password")
         extra = spec.extra
         return cls(
@@ -374,9 +376,11 @@ class ReceiptLedgerClient:
             spec.password,
             recorder=recorder,
             wsdl=extra.get("wsdl") or DEFAULT_WSDL,
-            connect_timeout=float(extra.get("connect_timeout", 3.05)),
-            operation_timeout=float(extra.get("operation_timeout", 10.0)),
-            retry=RetryPolicy(max_attempts=int(extra.get("max_attempts", 3))),
+            connect_timeout=float(transport_extra(extra, "connect_timeout", conn_id=spec.conn_id)),
+            operation_timeout=float(transport_extra(extra, "read_timeout", conn_id=spec.conn_id,
+                                                    key="operation_timeout")),
+            retry=RetryPolicy(max_attempts=int(transport_extra(extra, "max_attempts", conn_id=spec.conn_id))),
+            max_response_bytes=int(transport_extra(extra, "max_response_bytes", conn_id=spec.conn_id)),
         )
 
     def close(self) -> None:

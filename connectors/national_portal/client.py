@@ -25,7 +25,14 @@ from connectors.errors import (
     ProtocolError,
     SessionExpired,
 )
-from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy, response_json, transport_options
+from connectors.transport import (
+    MAX_RESPONSE_BYTES,
+    ExchangeRecorder,
+    HttpTransport,
+    RetryPolicy,
+    response_json,
+    transport_options,
+)
 
 __all__ = [
     "FINAL_STATUSES",
@@ -151,7 +158,7 @@ class NationalPortalClient:
         session_max_age: seconds after which the client logs in again before calling (the
             portal's sessions last about 10 minutes; renewing early avoids a refused call).
         recorder: the exchange log; log-in bodies reach it with password and session redacted.
-        connect_timeout, read_timeout, retry: transport settings.
+        connect_timeout, read_timeout, retry, max_response_bytes: transport settings.
         clock: monotonic clock, injectable for tests.
     """
 
@@ -171,6 +178,7 @@ class NationalPortalClient:
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.username = username
@@ -189,6 +197,7 @@ class NationalPortalClient:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retry=retry,
+            max_response_bytes=max_response_bytes,
             redact_keys=("password", "session"),
             default_headers={"dstcode": dstcode} if dstcode else {},
         )
@@ -210,7 +219,7 @@ class NationalPortalClient:
             share_path=str(extra.get("share_endpoint", "/share")),
             session_max_age=float(extra.get("session_max_age", 540)),
             recorder=recorder,
-            **transport_options(extra),
+            **transport_options(extra, conn_id=spec.conn_id),
         )
 
     def close(self) -> None:

@@ -20,7 +20,14 @@ from connectors.errors import (
     ProtocolError,
     RecordRejected,
 )
-from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy, response_json, transport_options
+from connectors.transport import (
+    MAX_RESPONSE_BYTES,
+    ExchangeRecorder,
+    HttpTransport,
+    RetryPolicy,
+    response_json,
+    transport_options,
+)
 
 __all__ = ["ChangeEvent", "ChangePage", "OneStopClient"]
 
@@ -55,7 +62,8 @@ class OneStopClient:
         api_key: sent as ``X-Api-Key``; never logged.
         recorder: the exchange log.
         page_size: change-feed page size (1..500).
-        connect_timeout, read_timeout, retry: see :class:`~connectors.transport.HttpTransport`.
+        connect_timeout, read_timeout, retry, max_response_bytes: see
+            :class:`~connectors.transport.HttpTransport`.
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class OneStopClient:
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
         if not 1 <= page_size <= 500:
             raise ValueError(f"page_size must be within 1..500, got {page_size}")
@@ -79,6 +88,7 @@ class OneStopClient:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retry=retry,
+            max_response_bytes=max_response_bytes,
             default_headers={"X-Api-Key": api_key.reveal()},
             redact_headers=("X-Api-Key",),
         )
@@ -93,7 +103,7 @@ class OneStopClient:
             spec.password,
             recorder=recorder,
             page_size=int(extra.get("page_size", 200)),
-            **transport_options(extra),
+            **transport_options(extra, conn_id=spec.conn_id),
         )
 
     def close(self) -> None:

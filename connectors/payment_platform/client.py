@@ -30,7 +30,14 @@ from connectors.errors import (
     ProtocolError,
     TransactionUnknown,
 )
-from connectors.transport import ExchangeRecorder, HttpTransport, RetryPolicy, response_json, transport_options
+from connectors.transport import (
+    MAX_RESPONSE_BYTES,
+    ExchangeRecorder,
+    HttpTransport,
+    RetryPolicy,
+    response_json,
+    transport_options,
+)
 
 try:
     from zoneinfo import ZoneInfo
@@ -179,7 +186,7 @@ class PaymentPlatformClient:
         partner_code: our MaDoiTac.
         secret: the shared checksum secret (a :class:`Secret`; it never goes on the wire).
         recorder: the exchange log (the PDF of ``GET_BILL`` is recorded as the response body).
-        connect_timeout, read_timeout, retry: transport settings.
+        connect_timeout, read_timeout, retry, max_response_bytes: transport settings.
         clock: returns the aware current time (ThoiGianGD of requests); injectable for tests.
         path: the message endpoint.
         ip: the ``Ip`` field of INIT messages.
@@ -195,6 +202,7 @@ class PaymentPlatformClient:
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         clock: Callable[[], datetime] | None = None,
         path: str = "/api/payment",
         ip: str = "127.0.0.1",
@@ -215,6 +223,7 @@ class PaymentPlatformClient:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retry=retry,
+            max_response_bytes=max_response_bytes,
         )
 
     @classmethod
@@ -231,7 +240,7 @@ class PaymentPlatformClient:
             recorder=recorder,
             path=str(extra.get("path", "/api/payment")),
             ip=str(extra.get("ip", "127.0.0.1")),
-            **transport_options(extra),
+            **transport_options(extra, conn_id=spec.conn_id),
         )
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from connectors.connection import Secret
+from connectors.connection import ConnectionSpec, Secret
 from connectors.errors import AuthenticationFailed, ProtocolError, UnsafeXml
 from connectors.ministry_ledger import ReceiptLedgerClient
 from connectors.national_portal.client import NationalPortalClient
@@ -501,3 +501,44 @@ def test_a_receipt_with_a_character_xml_cannot_carry_is_rejected_before_sending(
     finally:
         client.close()
         ledger_mock.stop()
+
+
+# --- the answer-size cap as a connection extra -----------------------------------------------------
+def _spec(server: HostileServer, conn_id: str, login: str, password: str, **extra) -> ConnectionSpec:
+    host, port = server.url.removeprefix("http://").split(":")
+    return ConnectionSpec(conn_id=conn_id, conn_type="http", host=host, port=int(port), schema="http", login=login,
+                          password=Secret(password), extra={"max_attempts": 1, **extra})
+
+
+CAPPED = {
+    # client: (build from a connection with extra.max_response_bytes, call, peer, operation, body, type)
+    "onestop": (lambda s, r, **x: OneStopClient.from_connection(_spec(s, "onestop_default", "", API_KEY, **x),
+                                                                recorder=r),
+                lambda c: c.changes(), "onestop", "changes", None, JSON),
+    "portal": (lambda s, r, **x: NationalPortalClient.from_connection(
+                   _spec(s, "national_portal_default", "lienthong.h49", PORTAL_PASSWORD,
+                         madonvi="000.00.01.H49", **x), recorder=r),
+               lambda c: c.lookup_dossier("000.00.01.H49-261120-0001"), "national_portal", "TraCuuHoSo", None, JSON),
+    "payments": (lambda s, r, **x: PaymentPlatformClient.from_connection(
+                     _spec(s, "payment_platform_default", "DVC_H49", PAYMENT_SECRET, **x), recorder=r),
+                 lambda c: c.query("DVC-H49-000001"), "payment_platform", None, None, JSON),
+    "ledger": (lambda s, r, **x: ReceiptLedgerClient.from_connection(
+                   _spec(s, "ministry_ledger_default", "lienthong.h49", LEDGER_PASSWORD, **x), recorder=r),
+               lambda c: c.get_receipt("BL2026-000001"), "ministry_ledger", "GetReceipt", soap(payer="A" * 6000), XML),
+}
+
+
+@pytest.mark.parametrize("client", sorted(CAPPED))
+def test_the_answer_cap_is_a_connection_extra_for_every_peer(server, client):
+    """``extra.max_response_bytes`` of a connection caps what its client reads: an answer over it
+    is a ProtocolError naming the cap, refused unread, whatever the peer."""
+    build, call, peer, operation, body, content_type = CAPPED[client]
+    server.answers["*"] = Answer(body or (b'{"error_code": 0, "message": "' + b"A" * 6000 + b'"}'), content_type)
+    server.answers["/auth"] = Answer(json.dumps({"session": SESSION, "error_code": 0}).encode())
+    recorder = MemoryRecorder()
+    capped = build(server, recorder, max_response_bytes=4096)
+    with pytest.raises(ProtocolError) as info:
+        call(capped)
+    assert info.value.peer == peer and (operation is None or info.value.operation == operation)
+    assert "answer larger than 4096 bytes" in str(info.value)
+    assert not any(secret in str(info.value) for secret in SECRETS)

@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from connectors.errors import PeerUnavailable
-from connectors.transport import HttpTransport, MemoryRecorder, RetryPolicy
+from connectors.errors import ConfigurationError, PeerUnavailable
+from connectors.transport import MAX_RESPONSE_BYTES, HttpTransport, MemoryRecorder, RetryPolicy, transport_options
 
 
 class ScriptedServer:
@@ -153,3 +153,33 @@ def test_environment_proxy_and_ca_bundle_are_read_once_for_the_peer(monkeypatch)
     monkeypatch.setenv("HTTPS_PROXY", "http://changed:1")  # read once: a later change is not picked up per call
     assert far.session.merge_environment_settings("https://dichvucong.gov.vn/x", {}, None, None, None)[
         "proxies"]["https"] == "http://proxy.tinh.gov.vn:3128"
+
+
+# --- transport extras of a connection -------------------------------------------------------------
+def test_transport_extras_default_to_what_every_client_used():
+    options = transport_options({})
+    assert (options["connect_timeout"], options["read_timeout"], options["retry"].max_attempts,
+            options["max_response_bytes"]) == (3.05, 10.0, 3, MAX_RESPONSE_BYTES)
+    # Airflow's connection form and URIs hand extras over as text
+    options = transport_options({"connect_timeout": "1.5", "read_timeout": 30, "max_attempts": "5",
+                                 "max_response_bytes": "1048576"})
+    assert (options["connect_timeout"], options["read_timeout"], options["retry"].max_attempts,
+            options["max_response_bytes"]) == (1.5, 30.0, 5, 1_048_576)
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ({"read_timeout": "soon"}, "extra.read_timeout must be a number from 0.001 to 3600, not 'soon'"),
+    ({"read_timeout": 0}, "extra.read_timeout must be a number from 0.001 to 3600, not 0"),
+    ({"connect_timeout": -1}, "extra.connect_timeout must be a number from 0.001 to 600, not -1"),
+    ({"connect_timeout": True}, "extra.connect_timeout must be a number from 0.001 to 600, not True"),
+    ({"max_attempts": 2.5}, "extra.max_attempts must be a whole number from 1 to 20, not 2.5"),
+    ({"max_attempts": "3.0"}, "extra.max_attempts must be a whole number from 1 to 20, not '3.0'"),
+    ({"max_attempts": 0}, "extra.max_attempts must be a whole number from 1 to 20, not 0"),
+    ({"max_response_bytes": 100}, "extra.max_response_bytes must be a whole number from 1,024 to 1,073,741,824, not 100"),
+    ({"max_response_bytes": [1]}, "extra.max_response_bytes must be a whole number from 1,024 to 1,073,741,824, not [1]"),
+])
+def test_a_transport_extra_out_of_range_names_the_connection_the_extra_and_the_rule(extra, says):
+    with pytest.raises(ConfigurationError) as info:
+        transport_options(extra, conn_id="national_portal_default")
+    assert str(info.value).startswith("connection national_portal_default: ")
+    assert says in str(info.value)
