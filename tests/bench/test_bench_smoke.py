@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.harness import QUICK, SCENARIOS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +61,13 @@ def test_quick_run_writes_every_scenario_with_ratios_and_verdicts(tmp_path: Path
 
     memory = {r["source"] for r in scenarios["memory"]["runs"]}
     assert QUICK["memory_large"] in memory
-    assert scenarios["audit"]["runs"][0]["records"] == QUICK["audit_records"]
+    audit = scenarios["audit"]
+    assert audit["runs"][0]["records"] == QUICK["audit_records"]
+    # judged on exchange-log records; what those calls carried is shown beside it, not judged
+    judged, carried = audit["lines"]
+    assert judged["verdict"] in ("PASS", "FAIL") and carried["verdict"] is None
+    per_call = audit["sizes"]["records_carried"] / QUICK["audit_records"]
+    assert per_call > 1 and carried["value"] == pytest.approx(judged["value"] * per_call)
     diffs = [r for r in scenarios["catalogue"]["runs"] if r.get("kind") != "first"]
     assert diffs and all(r["amended"] == QUICK["catalogue_changed"] for r in diffs)
     assert all(r["pushed"] == {"onestop": QUICK["catalogue_changed"], "ministry": QUICK["catalogue_changed"]}
