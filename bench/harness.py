@@ -553,9 +553,10 @@ def build_exchange_log(ws: Workspace, args: argparse.Namespace, target: int) -> 
     mix of feed pages, dossier batches and progress chunks, with their keys and personal-value
     commitments), copied under new ids until the count is reached; then sealed in batches.
 
-    Returns the database, the seconds sealing took, and how many dossiers and progress entries
-    the calls carried (the sum of ``record_count``: record *i* is a copy of real record
-    ``(i - 1) % base + 1``, so it comes from the real records without reading the copies)."""
+    Returns the database, the seconds sealing took, and how many records the calls carried (the
+    sum of ``record_count``, the record keys of each call: the 50 dossiers of a batch, the
+    dossiers of a progress chunk; record *i* is a copy of real record ``(i - 1) % base + 1``, so
+    the sum comes from the real records without reading the copies)."""
     from lienthong.audit.seal import seal_exchanges
     from lienthong.store import Store
 
@@ -630,12 +631,14 @@ def scenario_audit(ws: Workspace, args: argparse.Namespace, result: Result) -> N
     result.lines.append(Line("audit", "records verified per second", rate, "records/s", 100_000.0, "100,000/s",
                              rate / 100_000, "≥ 1.0", rate >= 100_000,
                              f"log of {args.audit_records:,} exchanges; sealing took {seal_seconds:.0f}s"))
-    # Not judged: one exchange is one call, and a call carries up to a batch of dossiers or a chunk
-    # of progress entries (record_count). The target above counts exchange-log records.
+    # Not judged: one exchange is one call, and a call carries the records of its record keys
+    # (record_count: a batch's 50 dossiers, a progress chunk's dossiers). The target above counts
+    # exchange-log records.
     per_call = carried / args.audit_records
-    result.lines.append(Line("audit", "dossiers and progress entries those exchanges carry, per second",
+    result.lines.append(Line("audit", "records (record keys) those exchanges carry, per second",
                              rate * per_call, "records/s", 100_000.0, "100,000/s", rate * per_call / 100_000, "",
-                             None, f"{per_call:.2f} per exchange on average ({carried:,} in the log); not judged"))
+                             None, f"{per_call:.2f} record keys per exchange on average ({carried:,} in the log); "
+                             "not judged"))
     shutil.rmtree(bus_db.parent, ignore_errors=True)
 
 
