@@ -9,6 +9,7 @@ count and the commit.
     .venv/bin/python -m bench --quick               # small sizes (the smoke test)
     .venv/bin/python -m bench --scenario engine --scenario audit
     .venv/bin/python -m bench --dossiers 20000 --memory-large 200000 --profile
+    .venv/bin/python -m bench --report var/bench/A.json --report var/bench/B.json   # one table of several runs
 
 The stand-ins run in their own process (``bench.standins``); the bus side of a sync runs in its
 own process too (``bench.bus_run``), so its time and peak memory are its own.
@@ -789,6 +790,70 @@ QUICK = {"dossiers": 150, "naive_sample": 30, "repeats": 1, "incremental_large":
          "catalogue_size": 40, "catalogue_changed": 5}
 
 
+class ReportError(Exception):
+    """A result file ``--report`` cannot use (its path and what is wrong with it)."""
+
+
+def _load_result(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except (UnicodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path}: not a result file of python -m bench (not JSON: {exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("scenarios"), dict) or not isinstance(
+            doc.get("started_at"), str):
+        raise ReportError(f"{path}: not a result file of python -m bench (no 'started_at' and 'scenarios')")
+    for name, scenario in doc["scenarios"].items():
+        if name not in SCENARIOS or not isinstance(scenario, dict) or not isinstance(scenario.get("lines"), list):
+            raise ReportError(f"{path}: scenario {name!r} is not one this harness writes")
+    return doc
+
+
+def _result_of(name: str, scenario: dict[str, Any]) -> Result:
+    res = Result(name, scenario.get("sizes") or {}, error=scenario.get("error"))
+    for d in scenario["lines"]:
+        verdict = d.get("verdict")
+        res.lines.append(Line(d["scenario"], d["measure"], d["value"], d["unit"], d.get("reference"),
+                              d.get("reference_label", ""), d.get("ratio"), d.get("target", ""),
+                              None if verdict is None else verdict == "PASS", d.get("note", "")))
+    return res
+
+
+def report(paths: list[Path]) -> str:
+    """One table from the result files of several invocations (``--report``): each scenario as the
+    most recent file that ran it measured it, then where each line comes from (commit, command,
+    time, load). Says so when the scenarios were measured at different commits."""
+    docs = sorted(((_load_result(p), p) for p in paths), key=lambda dp: dp[0]["started_at"])
+    chosen: dict[str, tuple[dict[str, Any], Path]] = {}
+    for doc, path in docs:  # oldest first: a later run of a scenario replaces an earlier one
+        for name in doc["scenarios"]:
+            chosen[name] = (doc, path)
+    results = {name: _result_of(name, chosen[name][0]["scenarios"][name]) for name in SCENARIOS if name in chosen}
+    out = [table(results), ""]
+    used = [(doc, path) for doc, path in docs if any(c[1] == path for c in chosen.values())]
+    for doc, path in used:
+        names = [n for n in SCENARIOS if n in chosen and chosen[n][1] == path]
+        commit = (doc.get("commit") or "unknown commit")[:7]
+        machine = doc.get("machine") or {}
+        load = machine.get("load_average")
+        flags = []
+        if doc.get("partial"):
+            flags.append("did not finish")
+        if doc.get("quick"):
+            flags.append("--quick sizes")
+        out.append(f"- {', '.join(names)}: `{doc.get('command', 'python -m bench')}` at {commit}, "
+                   f"{doc['started_at'][:16].replace('T', ' ')} UTC, {machine.get('cores', '?')} cores"
+                   + (f", load {load[0]:.1f}" if load else "")
+                   + (f" ({'; '.join(flags)})" if flags else "") + f" [{path.name}]")
+    commits = {doc.get("commit") for doc, _ in used}
+    if len(commits) > 1:
+        out.append("")
+        out.append("note: these scenarios were measured at different commits: "
+                   + ", ".join(sorted((c or "unknown")[:7] for c in commits)))
+    return "\n".join(out)
+
+
 def _latency(text: str) -> float:
     """``--portal-latency-ms``: milliseconds, more than 0 and at most the mocks' two minutes."""
     from mocks.server import Faults
@@ -833,11 +898,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=None, help="scratch space (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the scratch space")
     p.add_argument("--profile", action="store_true", help="pyinstrument profile of the first bus full sync")
+    p.add_argument("--report", type=Path, action="append", metavar="FILE",
+                   help="run nothing: print one table from these result files (repeatable; a scenario "
+                        "comes from the most recent file that ran it), with each line's commit and command")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.report:
+        try:
+            print(report(args.report))
+        except ReportError as exc:
+            print(f"python -m bench --report: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.quick:
         defaults = parser().parse_args([])
         for key, value in QUICK.items():
