@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--onestop", required=True)
     parser.add_argument("--portal", required=True)
-    parser.add_argument("--bus-db", required=True)
+    parser.add_argument("--bus-db", required=True, help="an SQLite file, or a PostgreSQL database's SQLAlchemy URL")
     parser.add_argument("--seal-key", required=True)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--chunk-size", type=int, default=50)
@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         "national_portal_default": http(args.portal, login=PORTAL_USER, password=PORTAL_PASSWORD,
                                         extra={"madonvi": UNIT, "read_timeout": 120, "batch_size": args.batch_size,
                                                "progress_chunk_size": args.chunk_size}),
-        "lienthong_db": {"conn_type": "sqlite", "host": args.bus_db},
+        # an SQLite file, or the SQLAlchemy URL of a PostgreSQL database (the harness's --postgres)
+        "lienthong_db": ({"conn_type": "postgres", "extra": {"sqlalchemy_url": args.bus_db}} if "://" in args.bus_db
+                         else {"conn_type": "sqlite", "host": args.bus_db}),
     }
     for conn_id, conn in conns.items():
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)

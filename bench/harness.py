@@ -9,6 +9,7 @@ count and the commit.
     .venv/bin/python -m bench --quick               # small sizes (the smoke test)
     .venv/bin/python -m bench --scenario engine --scenario audit
     .venv/bin/python -m bench --dossiers 20000 --memory-large 200000 --profile
+    .venv/bin/python -m bench --scenario full_sync --postgres postgresql+psycopg2://postgres@127.0.0.1:5432/postgres
     .venv/bin/python -m bench --report var/bench/A.json --report var/bench/B.json   # one table of several runs
 
 The stand-ins run in their own process (``bench.standins``); the bus side of a sync runs in its
@@ -119,9 +120,10 @@ def standins(onestop_dir: Path, portal_dir: Path, catalogue_size: int | None = N
             proc.wait()
 
 
-def run_bus(urls: dict[str, str], bus_db: Path, seal_key: Path, *, batch_size: int, chunk_size: int,
+def run_bus(urls: dict[str, str], bus_db: Path | str, seal_key: Path, *, batch_size: int, chunk_size: int,
             profile: Path | None = None, run_id: str = "bench") -> dict[str, Any]:
-    """One sync by the bus in its own process: its times, counts and peak RSS."""
+    """One sync by the bus in its own process: its times, counts and peak RSS (``bus_db``: an
+    SQLite file, or the SQLAlchemy URL of a PostgreSQL database, see :func:`bus_database`)."""
     cmd = [sys.executable, "-m", "bench.bus_run", "--onestop", urls["onestop"], "--portal", urls["portal"],
            "--bus-db", str(bus_db), "--seal-key", str(seal_key), "--batch-size", str(batch_size),
            "--chunk-size", str(chunk_size), "--run-id", run_id]
@@ -200,6 +202,70 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _postgres_url(text: str) -> str:
+    """``--postgres``: a PostgreSQL server on this machine (the harness creates and drops databases
+    there, so never one elsewhere)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise argparse.ArgumentTypeError("not a SQLAlchemy URL (postgresql+psycopg2://user@127.0.0.1:5432/postgres)") \
+            from None
+    if url.get_backend_name() != "postgresql":
+        raise argparse.ArgumentTypeError(f"not a PostgreSQL URL (its backend is {url.get_backend_name()!r})")
+    if url.host is not None and url.host not in LOOPBACK:
+        raise argparse.ArgumentTypeError(
+            f"the server must be on this machine (127.0.0.1, localhost or ::1), not {url.host!r}: the harness "
+            "creates and drops databases on it")
+    return text
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def bus_db_kind(args: argparse.Namespace) -> str:
+    return "PostgreSQL" if getattr(args, "postgres", None) else "SQLite"
+
+
+@contextlib.contextmanager
+def bus_database(ws: Workspace, args: argparse.Namespace, name: str) -> Iterator[Path | str]:
+    """The database of one bus run, empty: a fresh SQLite file in the workspace (the default, the
+    embedded deployment), or with ``--postgres`` a throw-away database on that server (the
+    scale-out deployment's), created here and dropped afterwards unless ``--keep``."""
+    if not getattr(args, "postgres", None):
+        yield ws.fresh(name) / "bus.db"
+        return
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin_url = make_url(args.postgres)
+    database = f"lienthong_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 10})
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{database}"'))
+        try:
+            yield admin_url.set(database=database).render_as_string(hide_password=False)
+        finally:
+            if args.keep:
+                say(f"kept the bus database {database} on {_shown(args.postgres)}")
+            else:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 def expected_progress(ws: Workspace, count: int) -> int:
     n = len(ws.templates)
     per = [len(m[2]) for m in ws.mapped()]
@@ -248,8 +314,8 @@ def scenario_full_sync(ws: Workspace, args: argparse.Namespace, result: Result) 
             result.runs.append({"repeat": r, "kind": "ceiling", **delay, **run, "portal": held})
             say(f"full sync {r + 1}/{args.repeats}{at}: ceiling {count / run['total']:,.0f} dossiers/s")
 
-            bus_db = ws.fresh("bus-full") / "bus.db"
-            with standins(onestop, ws.fresh("portal-bus"), **delay) as urls:
+            with bus_database(ws, args, "bus-full") as bus_db, \
+                    standins(onestop, ws.fresh("portal-bus"), **delay) as urls:
                 run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size)
                 held = portal_counts(urls["portal"])
             _check(held, {"dossiers": count, "progress": progress_total}, "bus")
@@ -278,19 +344,20 @@ def scenario_full_sync(ws: Workspace, args: argparse.Namespace, result: Result) 
     if args.profile:  # one more bus run under the profiler, not counted in the figures
         args.out.mkdir(parents=True, exist_ok=True)
         profile = args.out / "profile-full-sync.html"
-        with standins(onestop, ws.fresh("portal-bus")) as urls:
-            run_bus(urls, ws.fresh("bus-full") / "bus.db", ws.seal_key, batch_size=args.batch_size,
-                    chunk_size=args.chunk_size, profile=profile)
+        with bus_database(ws, args, "bus-full") as bus_db, standins(onestop, ws.fresh("portal-bus")) as urls:
+            run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                    profile=profile)
         result.sizes["profile"] = [str(profile), str(profile.with_suffix(".txt"))]
         say(f"full sync profile: {profile} (and .txt)")
     b, c, n = median(bus), median(ceiling), median(naive)
     result.sizes.update({"dossiers": count, "progress_entries": progress_total, "batch_size": args.batch_size,
                          "progress_chunk_size": args.chunk_size, "naive_sample": min(args.naive_sample, count),
-                         "repeats": args.repeats})
+                         "repeats": args.repeats, "bus_db": bus_db_kind(args)})
+    on = " (bus DB: PostgreSQL)" if getattr(args, "postgres", None) else ""
     result.lines += [
-        Line("full_sync", "bus throughput vs ceiling", b, "dossiers/s", c, "minimal client, same batches", b / c,
+        Line("full_sync", "bus throughput vs ceiling" + on, b, "dossiers/s", c, "minimal client, same batches", b / c,
              "≥ 0.50", b / c >= 0.5, f"{count:,} dossiers, {progress_total:,} progress entries"),
-        Line("full_sync", "bus throughput vs naive", b, "dossiers/s", n, "one dossier per request", b / n,
+        Line("full_sync", "bus throughput vs naive" + on, b, "dossiers/s", n, "one dossier per request", b / n,
              "≥ 20", b / n >= 20, f"naive timed over the first {min(args.naive_sample, count):,} dossiers"),
         # Not a target: what the "≥ 20× naive" line can reach at most against this stand-in (the
         # ceiling is the same calls with no bus work at all).
@@ -306,9 +373,9 @@ def scenario_full_sync(ws: Workspace, args: argparse.Namespace, result: Result) 
         b, c, n = median(lb), median(lc), median(ln)
         at = f"portal answers after {latency:g} ms"
         result.lines += [
-            Line("full_sync", f"bus vs ceiling, {at}", b, "dossiers/s", c, "minimal client, same delay", b / c,
+            Line("full_sync", f"bus vs ceiling, {at}{on}", b, "dossiers/s", c, "minimal client, same delay", b / c,
                  "", None, "not judged: the targets are for the loopback stand-in with no delay"),
-            Line("full_sync", f"bus vs naive, {at}", b, "dossiers/s", n, "one dossier per request, same delay",
+            Line("full_sync", f"bus vs naive, {at}{on}", b, "dossiers/s", n, "one dossier per request, same delay",
                  b / n, "", None, "not judged: the targets are for the loopback stand-in with no delay"),
         ]
     result.sizes["portal_latency_ms"] = [0.0, *(args.portal_latency_ms or ())]
@@ -452,8 +519,8 @@ def scenario_memory(ws: Workspace, args: argparse.Namespace, result: Result, ful
         if size in sync:
             continue
         onestop = ws.onestop(size)
-        bus_db = ws.fresh(f"bus-memory-{size}") / "bus.db"
-        with standins(onestop, ws.fresh(f"portal-memory-{size}")) as urls:
+        with bus_database(ws, args, f"bus-memory-{size}") as bus_db, \
+                standins(onestop, ws.fresh(f"portal-memory-{size}")) as urls:
             run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size)
         c = run["counts"]
         _check({"delivered": c["deliver"]["delivered_new"], "progress": c["progress"]["progress_sent"]},
@@ -462,18 +529,19 @@ def scenario_memory(ws: Workspace, args: argparse.Namespace, result: Result, ful
         result.runs.append({"source": size, **run})
         say(f"memory: full sync of {size:,}: peak {run['peak_rss_mb']:.0f} MB (sync steps "
             f"{run['peak_after_mb']['progress']:.0f} MB), {run['times']['total']:.0f}s")
-        if not args.keep:
+        if not args.keep and isinstance(bus_db, Path):
             shutil.rmtree(bus_db.parent, ignore_errors=True)
     result.sizes.update({"small": small, "large": large, "throughput": rates, "sync_peak_mb": sync,
-                         "with_seal_peak_mb": whole})
+                         "with_seal_peak_mb": whole, "bus_db": bus_db_kind(args)})
+    on = " (bus DB: PostgreSQL)" if getattr(args, "postgres", None) else ""
     for label, peaks, note in (
             ("bus peak RSS, sync steps", sync, "stage + deliver + progress (the worker's tasks)"),
             ("bus peak RSS, with sealing", whole, "the same process then seals the log (lienthong.audit.seal)")):
         ratio = peaks[large] / peaks[small]
         result.lines += [
-            Line("memory", f"{label}, {large:,}", peaks[large], "MB", peaks[small], f"same at {small:,}", ratio,
+            Line("memory", f"{label}, {large:,}{on}", peaks[large], "MB", peaks[small], f"same at {small:,}", ratio,
                  "≤ 1.5", ratio <= 1.5, note),
-            Line("memory", f"{label}, {large:,}", peaks[large], "MB", 500.0, "500 MB", peaks[large] / 500.0,
+            Line("memory", f"{label}, {large:,}{on}", peaks[large], "MB", 500.0, "500 MB", peaks[large] / 500.0,
                  "< 500 MB", peaks[large] < 500.0, note),
         ]
 
@@ -768,7 +836,7 @@ def _write(args: argparse.Namespace, argv: list[str] | None, started: datetime, 
         "started_at": started.isoformat(),
         "finished_at": None if partial else datetime.now(UTC).isoformat(),
         "partial": partial,
-        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m bench " + " ".join(_redacted_argv(argv if argv is not None else sys.argv[1:])),
         "quick": args.quick,
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
@@ -782,6 +850,20 @@ def _write(args: argparse.Namespace, argv: list[str] | None, started: datetime, 
     path.write_text(body, encoding="utf-8")
     (args.out / "latest.json").write_text(body, encoding="utf-8")
     return path
+
+
+def _redacted_argv(argv: list[str]) -> list[str]:
+    """The command line as recorded: a ``--postgres`` URL without its password."""
+    out, hide = [], False
+    for arg in argv:
+        if hide:
+            out.append(_shown(arg))
+        elif arg.startswith("--postgres="):
+            out.append("--postgres=" + _shown(arg.split("=", 1)[1]))
+        else:
+            out.append(arg)
+        hide = arg == "--postgres"
+    return out
 
 
 QUICK = {"dossiers": 150, "naive_sample": 30, "repeats": 1, "incremental_large": 3000, "incremental_small": 300,
@@ -894,6 +976,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seal-batch", type=int, default=10_000)
     p.add_argument("--catalogue-size", type=int, default=5_000)
     p.add_argument("--catalogue-changed", type=int, default=50)
+    p.add_argument("--postgres", type=_postgres_url, default=None, metavar="URL",
+                   help="full sync and memory: the bus's database on this PostgreSQL server (on this machine; "
+                        "a throw-away database per run, created and dropped there) instead of an SQLite file, "
+                        "e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/postgres; the other scenarios "
+                        "build SQLite files and refuse it")
     p.add_argument("--out", type=Path, default=ROOT / "var" / "bench", help="where the JSON results go")
     p.add_argument("--workdir", type=Path, default=None, help="scratch space (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the scratch space")
@@ -919,6 +1006,9 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, value)
     chosen = args.scenario or list(SCENARIOS)
+    if args.postgres and not set(chosen) <= {"full_sync", "memory"}:
+        parser().error("--postgres applies to the full_sync and memory scenarios only (the others build SQLite "
+                       "files): add --scenario full_sync and/or --scenario memory")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lienthong-bench-"))
     ws = Workspace(work)
     started = datetime.now(UTC)

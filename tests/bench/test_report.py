@@ -53,8 +53,8 @@ def test_report_takes_each_scenario_from_the_latest_file_that_ran_it(tmp_path: P
     sources = [r for r in out.splitlines() if r.startswith("- ")]
     assert sources == [
         "- engine: `python -m bench --scenario audit` at aaaaaaa, 2026-11-28 01:00 UTC, 2 cores, load 1.2 [old.json]",
-        "- memory, audit: `python -m bench --scenario audit --scenario memory` at bbbbbbb, 2026-11-28 03:00 UTC, "
-        "2 cores, load 1.2 (did not finish) [new.json]",
+        ("- memory, audit: `python -m bench --scenario audit --scenario memory` at bbbbbbb, 2026-11-28 03:00 UTC, "
+         "2 cores, load 1.2 (did not finish) [new.json]"),
     ]
     assert "measured at different commits: aaaaaaa, bbbbbbb" in out
 
