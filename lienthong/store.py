@@ -548,13 +548,18 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], co
     if not rows:
         return 0
     _same_columns(table, rows)
-    if conn.dialect.name == "sqlite":
-        plan = _sqlite_insert_plan(conn, table, rows)
-        if plan is not None:
-            sql, names, processors, tail = plan
-            return conn.exec_driver_sql(sql, [
-                (*(v if p is None else p(v) for v, p in zip((r[n] for n in names), processors, strict=True)), *tail)
-                for r in rows]).rowcount
+    plan = _driver_insert_plan(conn, table, rows)
+    if plan is not None:
+        names, processors, tail, columns = plan
+        values = [(*(v if p is None else p(v) for v, p in zip((r[n] for n in names), processors, strict=True)), *tail)
+                  for r in rows]
+        if conn.dialect.name == "sqlite":
+            return conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(columns)}) "
+                                        f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
+                                        values).rowcount
+        return _execute_values(conn, f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES %s "
+                                     f"ON CONFLICT ON CONSTRAINT {constraint} DO NOTHING", values)
+
     def build() -> Any:
         stmt = dialect_insert(conn, table)
         # SQLite names no constraint in ON CONFLICT: any unique conflict skips the row there
@@ -565,37 +570,62 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], co
                         rows).rowcount
 
 
-_SQLITE_PLANS: weakref.WeakKeyDictionary[Any, dict[tuple[str, tuple[str, ...]], Any]] = weakref.WeakKeyDictionary()
+_DRIVER_PLANS: weakref.WeakKeyDictionary[Any, dict[tuple[str, tuple[str, ...]], Any]] = weakref.WeakKeyDictionary()
+#: Rows per statement of :func:`_execute_values` (psycopg2 writes their values into one INSERT).
+VALUES_PAGE = 500
 
 
-def _sqlite_insert_plan(conn: Connection, table: Table, rows: list[dict[str, Any]]
-                        ) -> tuple[str, tuple[str, ...], list[Any], tuple[Any, ...]] | None:
-    """On SQLite, ``INSERT … ON CONFLICT DO NOTHING`` sent to the driver, each value converted by
-    its column type's own bind processor (so what is stored is what SQLAlchemy would store): for
+def _driver_path(conn: Connection) -> bool:
+    """Can rows go to this connection's driver directly: SQLite's, or psycopg2 (``execute_values``)."""
+    return conn.dialect.name == "sqlite" or (conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2")
+
+
+def _execute_values(conn: Connection, sql: str, values: list[tuple[Any, ...]]) -> int:
+    """Run an ``INSERT … VALUES %s …`` for ``values`` through psycopg2's ``execute_values``, a page of
+    rows per statement, in the connection's transaction; the rows inserted (the sum of the pages'
+    row counts: psycopg2 keeps only the last page's)."""
+    from psycopg2.extras import execute_values
+
+    cursor = conn.connection.dbapi_connection.cursor()
+    inserted = 0
+    try:
+        for start in range(0, len(values), VALUES_PAGE):
+            execute_values(cursor, sql, values[start:start + VALUES_PAGE], page_size=VALUES_PAGE)
+            inserted += cursor.rowcount
+    finally:
+        cursor.close()
+    return inserted
+
+
+def _driver_insert_plan(conn: Connection, table: Table, rows: list[dict[str, Any]]
+                        ) -> tuple[tuple[str, ...], list[Any], tuple[Any, ...], tuple[str, ...]] | None:
+    """On SQLite and on PostgreSQL through psycopg2, rows sent to the driver, each value converted
+    by its column type's own bind processor (so what is stored is what SQLAlchemy would store): for
     thousands of staged rows, SQLAlchemy's per-row parameter handling cost more than the inserts
-    (issue #8). Returns the statement, the row keys in order, their processors and the converted
-    constant defaults of the columns the rows leave out; None (SQLAlchemy's way) when the rows
-    name a column the table does not have, or a column they leave out has a default computed in
-    Python. The rows all name the same columns (:func:`insert_ignore` checks)."""
+    (issue #8; on PostgreSQL it also sent an ``ON CONFLICT`` insert row by row, one round trip
+    each). Returns the row keys in order, their processors, the converted constant defaults of the
+    columns the rows leave out, and every column the statement names; None (SQLAlchemy's way) for
+    another driver, or when the rows name a column the table does not have, or a column they leave
+    out has a default computed in Python. The rows all name the same columns (:func:`insert_ignore`
+    checks)."""
+    if not _driver_path(conn):
+        return None
     first = rows[0].keys()
     names = tuple(first)
-    plans = _SQLITE_PLANS.setdefault(conn.dialect, {})
+    plans = _DRIVER_PLANS.setdefault(conn.dialect, {})
     key = (table.name, names)
     if key not in plans:
         omitted = [c for c in table.columns if c.name not in first and c.default is not None]
         if any(n not in table.c for n in names) or any(not c.default.is_scalar for c in omitted):
             plans[key] = None
         else:
-            columns = [table.c[n] for n in names] + omitted
-            sql = (f"INSERT INTO {table.name} ({', '.join(c.name for c in columns)}) "
-                   f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING")
             # the processors SQLAlchemy's own execution uses (the dialect's implementation of each type)
             tail = []
             for c in omitted:
                 convert = c.type._cached_bind_processor(conn.dialect)
                 tail.append(c.default.arg if convert is None else convert(c.default.arg))
-            plans[key] = (sql, names, [table.c[n].type._cached_bind_processor(conn.dialect) for n in names],
-                          tuple(tail))
+            plans[key] = (names, [table.c[n].type._cached_bind_processor(conn.dialect) for n in names],
+                          tuple(tail), (*names, *(c.name for c in omitted)))
     return plans[key]
 
 
@@ -621,13 +651,16 @@ def insert_many(conn: Connection, table: Table, columns: tuple[str, ...], values
 
     For columns whose values need no type processing (text, integers, bytes, None). On SQLite the
     statement goes straight to the driver: SQLAlchemy's per-row parameter processing cost more
-    than the inserts themselves on the exchange log's key and personal-field rows (issue #8).
+    than the inserts themselves on the exchange log's key and personal-field rows (issue #8); through
+    psycopg2 it goes to ``execute_values``, a page of rows per statement.
     """
     if not values:
         return
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(columns)}) "
                              f"VALUES ({', '.join('?' * len(columns))})", values)
+    elif _driver_path(conn):
+        _execute_values(conn, f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES %s", values)
     else:
         conn.execute(table.insert(), [dict(zip(columns, v, strict=True)) for v in values])
 

@@ -1,11 +1,13 @@
-"""``insert_ignore`` on SQLite sends its rows to the driver with each column type's own bind
-processor (issue #8). What it stores must be, byte for byte, what SQLAlchemy's own insert stores,
+"""``insert_ignore`` on SQLite and on PostgreSQL (psycopg2's ``execute_values``) sends its rows to
+the driver with each column type's own bind processor (issue #8). What it stores must be, byte for byte, what SQLAlchemy's own insert stores,
 for every table the flows stage into; what it reads back must be the same Python values; and the
 count of new rows must be the same, conflicts included."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -21,6 +23,7 @@ from lienthong.store import (
     progress_outbox,
     sync_run,
 )
+from tests.conftest import postgres_database
 
 ICT = timezone(timedelta(hours=7))
 NOW = datetime(2026, 11, 27, 23, 30, 1, 123456, tzinfo=UTC)
@@ -50,40 +53,76 @@ def _rows() -> dict[str, tuple[object, str, list[dict[str, object]]]]:
     }
 
 
-def _raw(path, table: str) -> list[tuple]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall()  # noqa: S608
+def _raw(url: str, table: str) -> list[tuple]:
+    """The stored rows as the database holds them: SQLite's values, PostgreSQL's text of each row."""
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            return conn.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall()  # noqa: S608
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(f"SELECT t::text FROM {table} t ORDER BY ctid"))]  # noqa: S608
+    finally:
+        engine.dispose()
 
 
+@contextmanager
+def _database(backend: str, tmp_path, name: str) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / name}.db"
+        return
+    with postgres_database(f"lienthong_store_{name}") as url:
+        yield url
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 @pytest.mark.parametrize("name", ["outbox", "progress_outbox", "payment_txn", "exchange_blob"])
-def test_the_driver_path_stores_what_sqlalchemy_stores(tmp_path, monkeypatch, name):
+def test_the_driver_path_stores_what_sqlalchemy_stores(tmp_path, monkeypatch, name, backend):
     table, constraint, rows = _rows()[name]
-    stores = {}
-    for way in ("driver", "sqlalchemy"):
-        path = tmp_path / f"{way}.db"
-        s = Store(f"sqlite:///{path}")
-        s.create_schema()
-        if way == "sqlalchemy":
-            monkeypatch.setattr(store_module, "_sqlite_insert_plan", lambda *a: None)
-        with s.begin() as conn:
-            if way == "driver":
-                assert store_module._sqlite_insert_plan(conn, table, rows) is not None
-            assert insert_ignore(conn, table, rows, constraint) == len(rows)
-            # the same rows again, and one new: only the new one counts
-            again = [*rows, {**rows[0], **{k: f"{v}-new" for k, v in rows[0].items() if k in (
-                "record_key", "entry_key", "reference", "sha256")}}]
-            if name == "outbox":
-                again[-1]["source_seq"] = 99
-            assert insert_ignore(conn, table, again, constraint) == 1
-        monkeypatch.undo()
-        stores[way] = (s, path)
-    assert _raw(stores["driver"][1], table.name) == _raw(stores["sqlalchemy"][1], table.name)
-    read = {}
-    for way, (s, _) in stores.items():
-        with s.engine.connect() as conn:
-            read[way] = [dict(r) for r in conn.execute(select(table)).mappings()]
-        s.dispose()
-    assert read["driver"] == read["sqlalchemy"] and len(read["driver"]) == len(rows) + 1
+    with _database(backend, tmp_path, "driver") as driver_url, _database(backend, tmp_path, "sqlalchemy") as sa_url:
+        stores = {}
+        for way, url in (("driver", driver_url), ("sqlalchemy", sa_url)):
+            s = Store(url)
+            s.create_schema()
+            if way == "sqlalchemy":
+                monkeypatch.setattr(store_module, "_driver_insert_plan", lambda *a: None)
+            with s.begin() as conn:
+                if way == "driver":
+                    assert store_module._driver_insert_plan(conn, table, rows) is not None
+                assert insert_ignore(conn, table, rows, constraint) == len(rows)
+                # the same rows again, and one new: only the new one counts
+                again = [*rows, {**rows[0], **{k: f"{v}-new" for k, v in rows[0].items() if k in (
+                    "record_key", "entry_key", "reference", "sha256")}}]
+                if name == "outbox":
+                    again[-1]["source_seq"] = 99
+                if name == "exchange_blob":
+                    again[-1]["sha256"] = "f" * 64  # a VARCHAR(64), which PostgreSQL enforces
+                assert insert_ignore(conn, table, again, constraint) == 1
+            monkeypatch.undo()
+            stores[way] = (s, url)
+        assert _raw(driver_url, table.name) == _raw(sa_url, table.name)
+        read = {}
+        for way, (s, _) in stores.items():
+            with s.engine.connect() as conn:
+                read[way] = [dict(r) for r in conn.execute(select(table)).mappings()]
+            s.dispose()
+        assert read["driver"] == read["sqlalchemy"] and len(read["driver"]) == len(rows) + 1
+
+
+def test_more_rows_than_a_page_are_all_inserted_and_counted(bus_store, monkeypatch):
+    """psycopg2's ``execute_values`` sends a page of rows per statement and reports only the last
+    page's count: the count is the sum of the pages', and no row is left out."""
+    monkeypatch.setattr(store_module, "VALUES_PAGE", 7)
+    rows = [{"sha256": f"{i:064x}", "content_type": "application/pdf", "size": 3, "data": bytes([i % 256, 0, 255]),
+             "pinned": False, "created_at": NOW} for i in range(30)]
+    with bus_store.begin() as conn:
+        assert insert_ignore(conn, exchange_blob, rows[:17], "exchange_blob_pkey") == 17
+        assert insert_ignore(conn, exchange_blob, rows, "exchange_blob_pkey") == 13
+    with bus_store.engine.connect() as conn:
+        stored = conn.execute(select(exchange_blob.c.sha256, exchange_blob.c.data).order_by(exchange_blob.c.sha256)).all()
+    assert [(r.sha256, bytes(r.data)) for r in stored] == [(r["sha256"], r["data"]) for r in rows]
 
 
 def test_rows_leaving_out_a_column_with_a_computed_default_go_through_sqlalchemy(store):
@@ -121,3 +160,31 @@ def test_acknowledgements_naming_different_columns_are_refused(store):
         upsert_acknowledgements(conn, rows)
     with store.engine.connect() as conn:
         assert conn.execute(select(delivery_state)).all() == []
+
+
+def test_insert_many_stores_every_row_of_every_page_as_given(bus_store, monkeypatch):
+    """The exchange log's key and personal-field rows: through the driver on both backends (several
+    ``execute_values`` pages on PostgreSQL), every row stored once, bytes as bytes."""
+    from lienthong.store import exchange_key, exchange_log, exchange_personal_field, insert_many
+
+    monkeypatch.setattr(store_module, "VALUES_PAGE", 7)
+    with bus_store.begin() as conn:
+        exchange_id = conn.execute(exchange_log.insert().values(
+            started_at=NOW, peer="national_portal", operation="DongBoHoSoMC", direction="outbound", method="POST",
+            url="http://127.0.0.1/x", attempt=1, outcome="ok", duration_ms=1.5, record_count=30,
+            request_headers={}, request_body=b"", request_sha256="0" * 64, request_size=0, response_headers={},
+            response_body=b"", response_sha256="0" * 64, response_size=0)).inserted_primary_key[0]
+        keys = [(exchange_id, f"000.00.02.H49-261127-{i:04d}") for i in range(30)]
+        fields = [(exchange_id, "request", f"/data/{i}/ChuHoSo", "json", f"{i:064x}", bytes([i, 0, 255]) * 5,
+                   f"Nguyễn Văn {i}".encode()) for i in range(30)]
+        insert_many(conn, exchange_key, ("exchange_id", "record_key"), keys)
+        insert_many(conn, exchange_personal_field,
+                    ("exchange_id", "side", "path", "kind", "commitment", "salt", "value"), fields)
+    t = exchange_personal_field
+    with bus_store.engine.connect() as conn:
+        stored_keys = conn.execute(select(exchange_key.c.exchange_id, exchange_key.c.record_key)
+                                   .order_by(exchange_key.c.record_key)).all()
+        stored = conn.execute(select(t.c.exchange_id, t.c.side, t.c.path, t.c.kind, t.c.commitment, t.c.salt,
+                                     t.c.value).order_by(t.c.commitment)).all()
+    assert [tuple(r) for r in stored_keys] == keys
+    assert [(*r[:5], bytes(r[5]), bytes(r[6])) for r in stored] == fields
