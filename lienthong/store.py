@@ -631,11 +631,30 @@ def _driver_insert_plan(conn: Connection, table: Table, rows: list[dict[str, Any
 
 def upsert_acknowledgements(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Record peers' acknowledgements: one upsert on ``delivery_state`` (peer, record_key) for all
-    ``rows``; an existing row gets the given columns (every row names the same ones), keeps the others."""
+    ``rows``; an existing row gets the given columns (every row names the same ones), keeps the others.
+    A key given twice ends with its last row, as row by row. Through psycopg2 the rows go in pages
+    of statements (``execute_batch``), not one round trip each."""
     if not rows:
         return
     _same_columns(delivery_state, rows)
     columns = tuple(rows[0])
+    plan = _driver_insert_plan(conn, delivery_state, rows) if conn.dialect.name == "postgresql" else None
+    if plan is not None:
+        from psycopg2.extras import execute_batch
+
+        names, processors, tail, named = plan
+        changed = [n for n in names if n not in ("peer", "record_key")]
+        sql = (f"INSERT INTO {delivery_state.name} ({', '.join(named)}) VALUES ({', '.join(['%s'] * len(named))}) "
+               f"ON CONFLICT (peer, record_key) DO "
+               + (f"UPDATE SET {', '.join(f'{n} = EXCLUDED.{n}' for n in changed)}" if changed else "NOTHING"))
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            execute_batch(cursor, sql, [
+                (*(v if p is None else p(v) for v, p in zip((r[n] for n in names), processors, strict=True)), *tail)
+                for r in rows], page_size=VALUES_PAGE)
+        finally:
+            cursor.close()
+        return
 
     def build() -> Any:
         stmt = dialect_insert(conn, delivery_state)

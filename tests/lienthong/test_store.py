@@ -188,3 +188,33 @@ def test_insert_many_stores_every_row_of_every_page_as_given(bus_store, monkeypa
                                      t.c.value).order_by(t.c.commitment)).all()
     assert [tuple(r) for r in stored_keys] == keys
     assert [(*r[:5], bytes(r[5]), bytes(r[6])) for r in stored] == fields
+
+
+def test_acknowledgements_keep_what_they_do_not_name_and_the_last_row_of_a_key_wins(bus_store):
+    """One upsert per call (pages of statements through psycopg2): a new key is inserted, an
+    acknowledged one gets the named columns and keeps the others, a key given twice ends as its
+    last row, as row by row."""
+    from lienthong.store import delivery_state, upsert_acknowledgements
+
+    with bus_store.begin() as conn:
+        upsert_acknowledgements(conn, [
+            {"peer": "national_portal", "record_key": "A", "payload_hash": "h1", "created_on_peer": True,
+             "source_version": 3, "peer_status": "2", "outbox_id": 10, "acked_at": NOW, "acked_run_id": "r1"}])
+    later = NOW + timedelta(minutes=5)
+    with bus_store.begin() as conn:
+        upsert_acknowledgements(conn, [
+            {"peer": "national_portal", "record_key": "A", "payload_hash": "h2", "created_on_peer": False,
+             "acked_at": later},
+            {"peer": "national_portal", "record_key": "B", "payload_hash": "h3", "created_on_peer": True,
+             "acked_at": later},
+            {"peer": "national_portal", "record_key": "B", "payload_hash": "h4", "created_on_peer": False,
+             "acked_at": later.astimezone(ICT)}])
+    with bus_store.engine.connect() as conn:
+        rows = {r["record_key"]: dict(r) for r in conn.execute(select(delivery_state)).mappings()}
+    assert rows == {
+        "A": {"peer": "national_portal", "record_key": "A", "payload_hash": "h2", "created_on_peer": False,
+              "source_version": 3, "peer_status": "2", "outbox_id": 10, "acked_at": later, "acked_run_id": "r1"},
+        "B": {"peer": "national_portal", "record_key": "B", "payload_hash": "h4", "created_on_peer": False,
+              "source_version": None, "peer_status": None, "outbox_id": None, "acked_at": later,
+              "acked_run_id": None},
+    }
