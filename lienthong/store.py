@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -36,8 +37,10 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeDecorator
 
 from connectors.connection import ConnectionSpec
@@ -45,6 +48,7 @@ from connectors.connection import ConnectionSpec
 __all__ = ["Store", "blocked_keys", "canonical_json", "content_hash", "insert_ignore", "metadata", "sqlalchemy_url",
            "upsert_acknowledgements", "utcnow"]
 
+_log = logging.getLogger(__name__)
 metadata = MetaData()
 
 
@@ -402,6 +406,46 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    # -- planner statistics (PostgreSQL) -------------------------------------------------------------
+    #: A table is analyzed once this many rows changed since its last ANALYZE, plus this share of its
+    #: rows (autovacuum's own rule: 50 rows + 10 %; looser here, so a run rarely pays for it).
+    ANALYZE_BASE_ROWS = 1000
+    ANALYZE_SCALE = 0.2
+
+    def keep_statistics(self, tables: Iterable[Table]) -> list[str]:
+        """On PostgreSQL, ANALYZE the ``tables`` that changed much since their statistics were
+        taken; return the names analyzed (nothing to do on SQLite, whose planner keeps to indexes).
+
+        A first sync grows the outbox tables from nothing to millions of rows within one run. Until
+        they are analyzed PostgreSQL plans for a few rows and reads a whole index or table where
+        one index probe would do: a step's cost then grows with the table (issue #8, found by
+        ``python -m bench --postgres``). Autovacuum would analyze them, when it is on and gets
+        there; the flows call this between batches instead of relying on it. A table another
+        worker is analyzing is left to it (``lock_timeout``), and a failure here never fails a step.
+        """
+        if self.engine.dialect.name != "postgresql":
+            return []
+        names = [t.name for t in tables]
+        analyzed: list[str] = []
+        try:
+            with self.engine.begin() as conn:
+                due = list(conn.execute(text(
+                    "SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid "
+                    "WHERE s.relname = ANY(:names) AND s.schemaname = current_schema() "
+                    "AND s.n_mod_since_analyze > :base + :scale * GREATEST(c.reltuples, 0)"),
+                    {"names": names, "base": self.ANALYZE_BASE_ROWS, "scale": self.ANALYZE_SCALE}).scalars())
+                if due:
+                    conn.execute(text("SET LOCAL lock_timeout = '2s'"))
+                    for name in sorted(due):
+                        conn.execute(text(f'ANALYZE "{name}"'))
+                        analyzed.append(name)
+        except DBAPIError as exc:  # another worker's ANALYZE holds the lock, or no privilege: plans stay
+            _log.info("planner statistics of %s not refreshed: %s", ", ".join(names), type(exc).__name__)
+            return []
+        if analyzed:
+            _log.info("analyzed %s (grown since their planner statistics)", ", ".join(analyzed))
+        return analyzed
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:

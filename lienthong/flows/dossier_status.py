@@ -27,6 +27,7 @@ payload and every broken rule; the others go on. So is a snapshot whose ``versio
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -165,6 +166,7 @@ def stage_changes(store: Store, onestop: OneStopClient, *, run_id: str, feed_fro
         report.events_read += len(page.events)
         if page.events:
             _stage_page(store, page, page_start, run_id, report)
+            store.keep_statistics(_STAGE_TABLES)
         page_start = page.next_cursor
     log.info("staged %d new events (%d read, %d already staged, %d superseded) from %d pages; bookmark %s",
              report.staged, report.events_read, report.already_staged, report.superseded, report.pages,
@@ -355,6 +357,14 @@ def deliver_pending(
     return report
 
 
+# The tables whose planner statistics each step keeps current on PostgreSQL (Store.keep_statistics:
+# a first sync grows them from nothing within one run), checked every STATISTICS_EVERY batches or
+# chunks and after each staged page.
+STATISTICS_EVERY = 20
+_STAGE_TABLES = (outbox,)
+_DELIVERY_TABLES = (outbox, progress_outbox, delivery_state)
+_PROGRESS_TABLES = (progress_outbox,)
+
 # The statements of a batch, built once (building a statement and its cache key cost more than
 # running it: issue #8).
 _NEXT_BATCH = (
@@ -371,7 +381,9 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
                      leases: Leases) -> None:
     last_id = 0
     settled: set[str] = set()  # the last batch's dossiers: their leases go back with the next batch
-    while True:
+    for batch in itertools.count():
+        if batch % STATISTICS_EVERY == 0:
+            store.keep_statistics(_DELIVERY_TABLES)
         inserts: list[_Item] = []
         updates: list[_Item] = []
         unsure: list[_Item] = []
@@ -732,7 +744,9 @@ def _send_chunks(store: Store, portal: NationalPortalClient, report: ProgressRep
     of three): nothing is sent before everything sent earlier is logged and its answer stored."""
     answered: tuple[list[_Entry], BatchResult] | None = None
     with answer_transactions(store, portal) as begin:
-        while True:
+        for calls in itertools.count():
+            if calls % STATISTICS_EVERY == 0:
+                store.keep_statistics(_PROGRESS_TABLES)
             with begin() as conn:  # also commits the last call's exchange-log rows
                 settled: set[str] = set()
                 if answered is not None:
