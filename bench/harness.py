@@ -927,7 +927,7 @@ def report(paths: list[Path]) -> str:
         out.append(f"- {', '.join(names)}: `{doc.get('command', 'python -m bench')}` at {commit}, "
                    f"{doc['started_at'][:16].replace('T', ' ')} UTC, {machine.get('cores', '?')} cores"
                    + (f", load {load[0]:.1f}" if load else "")
-                   + (f" ({'; '.join(flags)})" if flags else "") + f" [{path.name}]")
+                   + (f" ({'; '.join(flags)})" if flags else "") + f" [{path}]")
     commits = {doc.get("commit") for doc, _ in used}
     if len(commits) > 1:
         out.append("")

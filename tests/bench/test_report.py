@@ -52,9 +52,9 @@ def test_report_takes_each_scenario_from_the_latest_file_that_ran_it(tmp_path: P
     assert "155 MB" in memory and "1.05" in memory and "PASS" in memory
     sources = [r for r in out.splitlines() if r.startswith("- ")]
     assert sources == [
-        "- engine: `python -m bench --scenario audit` at aaaaaaa, 2026-11-28 01:00 UTC, 2 cores, load 1.2 [old.json]",
+        f"- engine: `python -m bench --scenario audit` at aaaaaaa, 2026-11-28 01:00 UTC, 2 cores, load 1.2 [{old}]",
         ("- memory, audit: `python -m bench --scenario audit --scenario memory` at bbbbbbb, 2026-11-28 03:00 UTC, "
-         "2 cores, load 1.2 (did not finish) [new.json]"),
+         f"2 cores, load 1.2 (did not finish) [{new}]"),
     ]
     assert "measured at different commits: aaaaaaa, bbbbbbb" in out
 
