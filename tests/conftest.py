@@ -161,9 +161,11 @@ def postgres_database(prefix: str) -> Iterator[str]:
                 conn.execute(text(f'CREATE DATABASE "{name}"'))
         except Exception as exc:  # noqa: BLE001 - the boundary: no server means this backend is not testable
             pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required for these tests: {type(exc).__name__}: {exc}")
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        try:
+            yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        finally:  # a failing test leaves no database behind either
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
 
