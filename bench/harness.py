@@ -232,7 +232,12 @@ def _shown(url: str) -> str:
 
 
 def bus_db_kind(args: argparse.Namespace) -> str:
-    return "PostgreSQL" if getattr(args, "postgres", None) else "SQLite"
+    return "PostgreSQL" if args.postgres else "SQLite"
+
+
+def _on_bus_db(args: argparse.Namespace) -> str:
+    """What a judged line's measure adds when the bus ran on PostgreSQL (SQLite, the default, adds nothing)."""
+    return " (bus DB: PostgreSQL)" if args.postgres else ""
 
 
 @contextlib.contextmanager
@@ -240,7 +245,7 @@ def bus_database(ws: Workspace, args: argparse.Namespace, name: str) -> Iterator
     """The database of one bus run, empty: a fresh SQLite file in the workspace (the default, the
     embedded deployment), or with ``--postgres`` a throw-away database on that server (the
     scale-out deployment's), created here and dropped afterwards unless ``--keep``."""
-    if not getattr(args, "postgres", None):
+    if not args.postgres:
         yield ws.fresh(name) / "bus.db"
         return
     import uuid
@@ -353,7 +358,7 @@ def scenario_full_sync(ws: Workspace, args: argparse.Namespace, result: Result) 
     result.sizes.update({"dossiers": count, "progress_entries": progress_total, "batch_size": args.batch_size,
                          "progress_chunk_size": args.chunk_size, "naive_sample": min(args.naive_sample, count),
                          "repeats": args.repeats, "bus_db": bus_db_kind(args)})
-    on = " (bus DB: PostgreSQL)" if getattr(args, "postgres", None) else ""
+    on = _on_bus_db(args)
     result.lines += [
         Line("full_sync", "bus throughput vs ceiling" + on, b, "dossiers/s", c, "minimal client, same batches", b / c,
              "≥ 0.50", b / c >= 0.5, f"{count:,} dossiers, {progress_total:,} progress entries"),
@@ -533,7 +538,7 @@ def scenario_memory(ws: Workspace, args: argparse.Namespace, result: Result, ful
             shutil.rmtree(bus_db.parent, ignore_errors=True)
     result.sizes.update({"small": small, "large": large, "throughput": rates, "sync_peak_mb": sync,
                          "with_seal_peak_mb": whole, "bus_db": bus_db_kind(args)})
-    on = " (bus DB: PostgreSQL)" if getattr(args, "postgres", None) else ""
+    on = _on_bus_db(args)
     for label, peaks, note in (
             ("bus peak RSS, sync steps", sync, "stage + deliver + progress (the worker's tasks)"),
             ("bus peak RSS, with sealing", whole, "the same process then seals the log (lienthong.audit.seal)")):

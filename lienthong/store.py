@@ -594,9 +594,8 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict[str, Any]], co
     _same_columns(table, rows)
     plan = _driver_insert_plan(conn, table, rows)
     if plan is not None:
-        names, processors, tail, columns = plan
-        values = [(*(v if p is None else p(v) for v, p in zip((r[n] for n in names), processors, strict=True)), *tail)
-                  for r in rows]
+        values = _driver_values(plan, rows)
+        columns = plan[3]
         if conn.dialect.name == "sqlite":
             return conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(columns)}) "
                                         f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
@@ -624,21 +623,37 @@ def _driver_path(conn: Connection) -> bool:
     return conn.dialect.name == "sqlite" or (conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg2")
 
 
+@contextmanager
+def _driver_cursor(conn: Connection) -> Iterator[Any]:
+    """A cursor of the connection's own DBAPI connection, in its transaction, closed afterwards."""
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        yield cursor
+    finally:
+        cursor.close()
+
+
 def _execute_values(conn: Connection, sql: str, values: list[tuple[Any, ...]]) -> int:
     """Run an ``INSERT … VALUES %s …`` for ``values`` through psycopg2's ``execute_values``, a page of
     rows per statement, in the connection's transaction; the rows inserted (the sum of the pages'
     row counts: psycopg2 keeps only the last page's)."""
     from psycopg2.extras import execute_values
 
-    cursor = conn.connection.dbapi_connection.cursor()
     inserted = 0
-    try:
+    with _driver_cursor(conn) as cursor:
         for start in range(0, len(values), VALUES_PAGE):
             execute_values(cursor, sql, values[start:start + VALUES_PAGE], page_size=VALUES_PAGE)
             inserted += cursor.rowcount
-    finally:
-        cursor.close()
     return inserted
+
+
+def _driver_values(plan: tuple[tuple[str, ...], list[Any], tuple[Any, ...], tuple[str, ...]],
+                   rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The rows as the driver takes them, in the plan's column order (:func:`_driver_insert_plan`):
+    each named value through its column's bind processor, then the left-out columns' defaults."""
+    names, processors, tail, _ = plan
+    return [(*(v if p is None else p(v) for v, p in zip((r[n] for n in names), processors, strict=True)), *tail)
+            for r in rows]
 
 
 def _driver_insert_plan(conn: Connection, table: Table, rows: list[dict[str, Any]]
@@ -686,18 +701,13 @@ def upsert_acknowledgements(conn: Connection, rows: list[dict[str, Any]]) -> Non
     if plan is not None:
         from psycopg2.extras import execute_batch
 
-        names, processors, tail, named = plan
-        changed = [n for n in names if n not in ("peer", "record_key")]
+        named = plan[3]
+        changed = [n for n in columns if n not in ("peer", "record_key")]
         sql = (f"INSERT INTO {delivery_state.name} ({', '.join(named)}) VALUES ({', '.join(['%s'] * len(named))}) "
                f"ON CONFLICT (peer, record_key) DO "
                + (f"UPDATE SET {', '.join(f'{n} = EXCLUDED.{n}' for n in changed)}" if changed else "NOTHING"))
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            execute_batch(cursor, sql, [
-                (*(v if p is None else p(v) for v, p in zip((r[n] for n in names), processors, strict=True)), *tail)
-                for r in rows], page_size=VALUES_PAGE)
-        finally:
-            cursor.close()
+        with _driver_cursor(conn) as cursor:
+            execute_batch(cursor, sql, _driver_values(plan, rows), page_size=VALUES_PAGE)
         return
 
     def build() -> Any:
