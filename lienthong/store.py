@@ -45,8 +45,8 @@ from sqlalchemy.types import TypeDecorator
 
 from connectors.connection import ConnectionSpec
 
-__all__ = ["Store", "blocked_keys", "canonical_json", "content_hash", "insert_ignore", "metadata", "sqlalchemy_url",
-           "upsert_acknowledgements", "utcnow"]
+__all__ = ["Store", "blocked_keys", "canonical_json", "content_hash", "execute_many", "insert_ignore", "metadata",
+           "sqlalchemy_url", "upsert_acknowledgements", "utcnow"]
 
 _log = logging.getLogger(__name__)
 metadata = MetaData()
@@ -736,6 +736,47 @@ def insert_many(conn: Connection, table: Table, columns: tuple[str, ...], values
         _execute_values(conn, f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES %s", values)
     else:
         conn.execute(table.insert(), [dict(zip(columns, v, strict=True)) for v in values])
+
+
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, Any]]] = weakref.WeakKeyDictionary()
+
+
+def execute_many(conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
+    """Run ``statement`` (an UPDATE or DELETE whose row count the caller does not need) once for
+    each of ``rows``, in the connection's transaction.
+
+    Through psycopg2 the statements go in pages (``execute_batch``: one round trip per
+    :data:`VALUES_PAGE` rows), each value converted by its bind parameter's own processor, as
+    SQLAlchemy's execution would: the driver's ``executemany`` sends one statement per round trip,
+    which cost the dossier flow about 0.4 ms per delivered dossier on PostgreSQL (issue #8). Elsewhere
+    it is SQLAlchemy's ``executemany``. ``statement`` should be built once (a module constant):
+    its compiled form is kept per dialect.
+    """
+    if not rows:
+        return
+    if len(rows) == 1 or conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg2":
+        conn.execute(statement, rows)
+        return
+    from psycopg2.extras import execute_batch
+
+    compiled_for = _COMPILED.setdefault(conn.dialect, {})
+    held = compiled_for.get(id(statement))
+    if held is None or held[0] is not statement:
+        held = compiled_for[id(statement)] = (statement, statement.compile(dialect=conn.dialect))
+    compiled = held[1]
+    if compiled.positional:  # pragma: no cover - psycopg2's paramstyle is pyformat (named)
+        conn.execute(statement, rows)
+        return
+    processors = compiled._bind_processors  # what SQLAlchemy's own execution applies
+    params = []
+    for row in rows:
+        values = compiled.construct_params(row)
+        for name, process in processors.items():
+            if name in values:
+                values[name] = process(values[name])
+        params.append(values)
+    with _driver_cursor(conn) as cursor:
+        execute_batch(cursor, compiled.string, params, page_size=VALUES_PAGE)
 
 
 def canonical_json(value: Any) -> bytes:

@@ -57,6 +57,7 @@ from lienthong.store import (
     catalogue_current,
     dead_letter,
     delivery_state,
+    execute_many,
     insert_ignore,
     outbox,
     progress_outbox,
@@ -604,8 +605,8 @@ _FINISH_MANY = (
 
 def _finish_many(conn: Connection, items: list[_Item], state: str, operation: str | None, run_id: str) -> None:
     now = utcnow()
-    conn.execute(_FINISH_MANY, [{"b_id": i.outbox_id, "b_state": state, "b_operation": operation,
-                                 "b_hash": i.digest, "b_run": run_id, "b_at": now} for i in items])
+    execute_many(conn, _FINISH_MANY, [{"b_id": i.outbox_id, "b_state": state, "b_operation": operation,
+                                       "b_hash": i.digest, "b_run": run_id, "b_at": now} for i in items])
 
 
 def _reject(
@@ -822,7 +823,7 @@ def _map_progress(store: Store, mapping: Mapping, report: ProgressReport, run_id
                     mapped.append({"b_id": row.id, "b_payload": record, "b_hash": content_hash(record),
                                    "b_at": str(record.get("ThoiDiemXuLy", ""))})
                 if mapped:
-                    conn.execute(_SET_MAPPED, mapped)
+                    execute_many(conn, _SET_MAPPED, mapped)
 
 
 def _reconcile_in_flight(store: Store, portal: NationalPortalClient, report: ProgressReport, leases: Leases) -> None:

@@ -11,12 +11,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 
 from lienthong import store as store_module
 from lienthong.store import (
     Store,
     exchange_blob,
+    execute_many,
     insert_ignore,
     outbox,
     payment_txn,
@@ -218,3 +219,73 @@ def test_acknowledgements_keep_what_they_do_not_name_and_the_last_row_of_a_key_w
               "source_version": None, "peer_status": None, "outbox_id": None, "acked_at": later,
               "acked_run_id": None},
     }
+
+
+# -- execute_many: an UPDATE for many rows, batched through psycopg2 ---------------------------------
+_ATTEMPT = (update(outbox).where(outbox.c.id == bindparam("b_id"))
+            .values(state="held", attempts=outbox.c.attempts + bindparam("b_more"), sent_at=bindparam("b_at")))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_execute_many_stores_what_sqlalchemys_executemany_stores(tmp_path, monkeypatch, backend):
+    """The dossier flow's batched updates (a JSON payload, an aware time, a constant, an expression
+    over a column, NULLs) leave, byte for byte, what SQLAlchemy's own ``executemany`` leaves; with
+    pages smaller than the rows, every row of every page is updated."""
+    from lienthong.flows.dossier_status import _FINISH_MANY, _SET_MAPPED
+
+    monkeypatch.setattr(store_module, "VALUES_PAGE", 3)
+    tables = _rows()
+    outbox_rows = [{**tables["outbox"][2][0], "record_key": f"K-{i}", "source_seq": i} for i in range(8)]
+    progress_rows = [{**tables["progress_outbox"][2][0], "entry_key": f"K-1#{i}", "step_id": i} for i in range(8)]
+    finish = [{"b_id": i + 1, "b_state": "delivered", "b_operation": None if i % 3 else "insert",
+               "b_hash": f"h{i}", "b_run": "run-2", "b_at": (NOW + timedelta(seconds=i)).astimezone(ICT)}
+              for i in range(7)]  # the 8th row is left as it was
+    mapped = [{"b_id": i + 1, "b_payload": {"MaHoSo": "K-1", "NoiDungXuLy": f"Bước {i} “xử lý”", "SoThuTu": i},
+               "b_hash": f"p{i}", "b_at": f"20261127{i:06d}"} for i in range(7)]
+    attempt = [{"b_id": i + 1, "b_more": i, "b_at": None if i == 2 else NOW} for i in range(1, 6)]
+    batched = []
+    real_batch = __import__("psycopg2.extras", fromlist=["execute_batch"]).execute_batch
+
+    def spy(cursor, sql, params, page_size=100):
+        batched.append((len(params), page_size))
+        return real_batch(cursor, sql, params, page_size=page_size)
+
+    monkeypatch.setattr("psycopg2.extras.execute_batch", spy)
+    with _database(backend, tmp_path, "many") as many_url, _database(backend, tmp_path, "each") as each_url:
+        for way, url in (("many", many_url), ("each", each_url)):
+            s = Store(url)
+            s.create_schema()
+            with s.begin() as conn:
+                insert_ignore(conn, outbox, outbox_rows, "uq_outbox_event")
+                insert_ignore(conn, progress_outbox, progress_rows, "uq_progress_entry")
+            with s.begin() as conn:
+                for statement, rows in ((_FINISH_MANY, finish), (_SET_MAPPED, mapped), (_ATTEMPT, attempt)):
+                    if way == "many":
+                        execute_many(conn, statement, rows)
+                    else:
+                        conn.execute(statement, rows)
+            s.dispose()
+        for table in (outbox, progress_outbox):
+            assert _raw(many_url, table.name) == _raw(each_url, table.name)
+        s = Store(many_url)
+        with s.engine.connect() as conn:
+            got = {r.id: r for r in conn.execute(select(outbox))}
+            payloads = dict(conn.execute(select(progress_outbox.c.id, progress_outbox.c.payload)).all())
+        s.dispose()
+    assert [got[i].state for i in range(1, 9)] == ["delivered", "held", "held", "held", "held", "held",
+                                                   "delivered", "pending"]
+    assert [got[i].attempts for i in range(1, 9)] == [0, 1, 2, 3, 4, 5, 0, 0]
+    assert got[3].sent_at is None and got[2].sent_at == NOW and got[7].done_at == NOW + timedelta(seconds=6)
+    assert payloads[5]["NoiDungXuLy"] == "Bước 4 “xử lý”" and payloads[8]["NoiDungXuLy"] == "Tiếp nhận"
+    # through psycopg2, in pages of VALUES_PAGE statements (not one round trip per row)
+    assert batched == ([(7, 3), (7, 3), (5, 3)] if backend == "postgresql" else [])
+
+
+def test_execute_many_of_one_row_or_none(bus_store):
+    with bus_store.begin() as conn:
+        insert_ignore(conn, outbox, [{**_rows()["outbox"][2][0]}], "uq_outbox_event")
+        execute_many(conn, _ATTEMPT, [])
+        execute_many(conn, _ATTEMPT, [{"b_id": 1, "b_more": 4, "b_at": NOW}])
+    with bus_store.engine.connect() as conn:
+        assert conn.execute(select(outbox.c.state, outbox.c.attempts, outbox.c.sent_at)).one() == ("held", 4, NOW)
+
