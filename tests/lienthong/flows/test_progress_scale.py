@@ -100,7 +100,13 @@ def test_tables_grown_since_their_statistics_are_analyzed_once_and_plans_follow(
                     dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
                 plan: Any = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql).scalar()
                 found = conn.exec_driver_sql(sql).scalars().all()
+                # a small sample (Store.ANALYZE_STATISTICS_TARGET, not the server's 100): histograms
+                # of at most target + 1 bounds; record_key has 10,000 distinct values, enough for 101
+                bounds = conn.execute(text(
+                    "SELECT max(array_length(histogram_bounds::text::text[], 1)) FROM pg_stats "
+                    "WHERE tablename = 'progress_outbox' AND schemaname = current_schema()")).scalar()
             assert analyzed == 1
+            assert bounds == Store.ANALYZE_STATISTICS_TARGET + 1
             assert sorted(found) == sorted(keys)
             top = plan[0]["Plan"]
             assert int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"]) <= 4 * len(keys), top
