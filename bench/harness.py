@@ -248,27 +248,16 @@ def bus_database(ws: Workspace, args: argparse.Namespace, name: str) -> Iterator
     if not args.postgres:
         yield ws.fresh(name) / "bus.db"
         return
-    import uuid
-
-    from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    admin_url = make_url(args.postgres)
-    database = f"lienthong_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 10})
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{database}"'))
+    from lienthong.store import throwaway_database
+
+    with throwaway_database(args.postgres, "lienthong_bench", keep=args.keep) as url:
         try:
-            yield admin_url.set(database=database).render_as_string(hide_password=False)
+            yield url
         finally:
             if args.keep:
-                say(f"kept the bus database {database} on {_shown(args.postgres)}")
-            else:
-                with admin.connect() as conn:
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+                say(f"kept the bus database {make_url(url).database} on {_shown(args.postgres)}")
 
 
 def expected_progress(ws: Workspace, count: int) -> int:

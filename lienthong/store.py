@@ -39,14 +39,14 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeDecorator
 
 from connectors.connection import ConnectionSpec
 
-__all__ = ["Store", "blocked_keys", "canonical_json", "content_hash", "execute_many", "insert_ignore", "metadata",
-           "sqlalchemy_url", "upsert_acknowledgements", "utcnow"]
+__all__ = ["DatabaseUnavailable", "Store", "blocked_keys", "canonical_json", "content_hash", "execute_many",
+           "insert_ignore", "metadata", "sqlalchemy_url", "throwaway_database", "upsert_acknowledgements", "utcnow"]
 
 _log = logging.getLogger(__name__)
 metadata = MetaData()
@@ -365,6 +365,45 @@ def sqlalchemy_url(spec: ConnectionSpec) -> str:
 # Encoders built once: ``json.dumps`` with options builds a new encoder on every call.
 _json_text = json.JSONEncoder(ensure_ascii=False).encode
 _CANONICAL = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The server to make a throw-away database on cannot be reached, or refused to create it."""
+
+
+@contextmanager
+def throwaway_database(admin_url: str, prefix: str, *, keep: bool = False, connect_timeout: int = 10) -> Iterator[str]:
+    """A new, empty PostgreSQL database named ``<prefix>_<10 random hex digits>`` on the server of
+    ``admin_url`` (a database there its user may connect to and ``CREATE DATABASE`` from); yields
+    the new database's URL and drops it afterwards, also when the body failed, unless ``keep``.
+
+    What the test suite and ``python -m bench --postgres`` run a bus against. The URL yielded holds
+    the password for the caller's engine: never show it as is.
+
+    Raises:
+        DatabaseUnavailable: the server cannot be reached or refused the ``CREATE DATABASE``
+            (the message names the server without its password).
+    """
+    import uuid
+
+    url = make_url(admin_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": connect_timeout})
+    try:
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except DBAPIError as exc:
+            raise DatabaseUnavailable(f"cannot create a database on {url.render_as_string(hide_password=True)}: "
+                                      f"{type(exc.orig).__name__}: {str(exc.orig).strip()}") from None
+        try:
+            yield url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            if not keep:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -9,7 +9,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,25 +149,14 @@ PG_ADMIN_URL = os.environ.get("LIENTHONG_TEST_PG_ADMIN_URL", "postgresql+psycopg
 def postgres_database(prefix: str) -> Iterator[str]:
     """A throw-away database on the local PostgreSQL server (127.0.0.1:5432, trust auth, which this
     machine and CI run); yields its URL and drops it afterwards. No server fails the test."""
-    import uuid
+    from lienthong.store import DatabaseUnavailable, throwaway_database
 
-    from sqlalchemy import create_engine, text
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    try:
+    with ExitStack() as stack:  # dropped afterwards, also when the test failed
         try:
-            with admin.connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-        except Exception as exc:  # noqa: BLE001 - the boundary: no server means this backend is not testable
-            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required for these tests: {type(exc).__name__}: {exc}")
-        try:
-            yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-        finally:  # a failing test leaves no database behind either
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+            url = stack.enter_context(throwaway_database(PG_ADMIN_URL, prefix, connect_timeout=5))
+        except DatabaseUnavailable as exc:
+            pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required for these tests: {exc}")
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

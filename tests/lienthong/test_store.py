@@ -289,3 +289,64 @@ def test_execute_many_of_one_row_or_none(bus_store):
     with bus_store.engine.connect() as conn:
         assert conn.execute(select(outbox.c.state, outbox.c.attempts, outbox.c.sent_at)).one() == ("held", 4, NOW)
 
+
+# -- throwaway_database: what the tests and the benchmark run a bus on -------------------------------
+def _databases(prefix: str) -> list[str]:
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import PG_ADMIN_URL
+
+    engine = create_engine(PG_ADMIN_URL)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+                                     {"p": f"{prefix}%"}).scalars())
+    finally:
+        engine.dispose()
+
+
+def test_a_throwaway_database_is_new_and_empty_and_dropped_also_when_its_user_failed():
+    from sqlalchemy.engine import make_url
+
+    from lienthong.store import throwaway_database
+    from tests.conftest import PG_ADMIN_URL
+
+    with throwaway_database(PG_ADMIN_URL, "lienthong_throwaway") as url:
+        name = make_url(url).database
+        assert name.startswith("lienthong_throwaway_") and len(name) == len("lienthong_throwaway_") + 10
+        assert _databases(name) == [name]
+        s = Store(url)
+        s.create_schema()  # it is empty: the whole schema goes in
+        s.dispose()
+    assert _databases(name) == []
+    with pytest.raises(ZeroDivisionError), throwaway_database(PG_ADMIN_URL, "lienthong_throwaway") as url:
+        name = make_url(url).database
+        1 / 0  # noqa: B018
+    assert _databases(name) == []
+    with throwaway_database(PG_ADMIN_URL, "lienthong_throwaway", keep=True) as url:
+        name = make_url(url).database
+    try:
+        assert _databases(name) == [name]
+    finally:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+def test_no_server_is_a_clear_error_without_the_password():
+    import socket
+
+    from lienthong.store import DatabaseUnavailable, throwaway_database
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql+psycopg2://bench:pw-Hidden-4417@127.0.0.1:{port}/postgres"
+    with pytest.raises(DatabaseUnavailable) as caught, throwaway_database(url, "lienthong_nowhere", connect_timeout=2):
+        pytest.fail("no database can have been made")
+    message = str(caught.value)
+    assert f"cannot create a database on postgresql+psycopg2://bench:***@127.0.0.1:{port}/postgres" in message
+    assert "OperationalError" in message and "pw-Hidden-4417" not in message
