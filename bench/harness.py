@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -1003,6 +1004,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.postgres and not set(chosen) <= {"full_sync", "memory"}:
         parser().error("--postgres applies to the full_sync and memory scenarios only (the others build SQLite "
                        "files): add --scenario full_sync and/or --scenario memory")
+    if args.profile and "full_sync" in chosen and importlib.util.find_spec("pyinstrument") is None:
+        parser().error("--profile needs pyinstrument, which the bench extra brings: make bench ARGS=... installs it "
+                       "(or .venv/bin/pip install -e '.[bench]')")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lienthong-bench-"))
     ws = Workspace(work)
     started = datetime.now(UTC)

@@ -173,3 +173,16 @@ def test_postgres_is_refused_where_it_cannot_apply(argv: list[str], says: str) -
     done = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and says in done.stderr, (argv, done.stderr[-500:])
+
+
+def test_profile_without_the_profiler_is_refused_before_anything_runs(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import harness
+
+    real = harness.importlib.util.find_spec
+    monkeypatch.setattr(harness.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pyinstrument" else real(name, *a))
+    with pytest.raises(SystemExit) as refused:
+        harness.main(["--profile", "--scenario", "full_sync", "--out", str(tmp_path / "out")])
+    assert refused.value.code == 2
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
