@@ -145,6 +145,20 @@ def store(tmp_path: Path):
 PG_ADMIN_URL = os.environ.get("LIENTHONG_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
+def postgres_databases(prefix: str) -> set[str]:
+    """The databases on the local PostgreSQL server whose names start with ``prefix`` (taken
+    literally: ``_`` is not a wildcard here): what a test checks was made or dropped."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(text("SELECT datname FROM pg_database WHERE starts_with(datname, :p)"),
+                                    {"p": prefix}).scalars())
+    finally:
+        engine.dispose()
+
+
 @contextmanager
 def postgres_database(prefix: str) -> Iterator[str]:
     """A throw-away database on the local PostgreSQL server (127.0.0.1:5432, trust auth, which this

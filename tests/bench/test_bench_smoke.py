@@ -121,20 +121,9 @@ def test_postgres_puts_each_bus_run_in_a_throw_away_database_there(tmp_path: Pat
     """``--postgres URL``: the bus of the full sync and memory scenarios keeps its database on that
     server (the scale-out deployment's), one fresh database per run, dropped afterwards; its lines
     say so, the counts are as exact as on SQLite, and the password never reaches the output."""
-    from sqlalchemy import create_engine, text
+    from tests.conftest import PG_ADMIN_URL, postgres_databases
 
-    from tests.conftest import PG_ADMIN_URL
-
-    def bench_databases() -> set[str]:
-        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 5})
-        try:
-            with engine.connect() as conn:
-                return set(conn.execute(text(
-                    "SELECT datname FROM pg_database WHERE datname LIKE 'lienthong_bench_%'")).scalars())
-        finally:
-            engine.dispose()
-
-    before = bench_databases()
+    before = postgres_databases("lienthong_bench_")
     secret = "not-in-any-output-7f3a"  # trust auth here: the server ignores it, the harness must hide it
     url = PG_ADMIN_URL.replace("postgres@", f"postgres:{secret}@", 1)
     assert secret in url
@@ -157,7 +146,7 @@ def test_postgres_puts_each_bus_run_in_a_throw_away_database_there(tmp_path: Pat
     assert bus and all(r["counts"]["deliver"]["delivered_new"] == n and r["counts"]["progress"]["progress_sent"] == entries
                        and r["counts"]["sealed"] > 0 for r in bus)
     assert [r["counts"]["deliver"]["delivered_new"] for r in memory["runs"]] == [QUICK["memory_large"]]
-    assert bench_databases() == before  # every run's database was dropped
+    assert postgres_databases("lienthong_bench_") == before  # every run's database was dropped
 
 
 @pytest.mark.parametrize(("argv", "says"), [

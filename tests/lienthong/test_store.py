@@ -291,42 +291,28 @@ def test_execute_many_of_one_row_or_none(bus_store):
 
 
 # -- throwaway_database: what the tests and the benchmark run a bus on -------------------------------
-def _databases(prefix: str) -> list[str]:
-    from sqlalchemy import create_engine, text
-
-    from tests.conftest import PG_ADMIN_URL
-
-    engine = create_engine(PG_ADMIN_URL)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
-                                     {"p": f"{prefix}%"}).scalars())
-    finally:
-        engine.dispose()
-
-
 def test_a_throwaway_database_is_new_and_empty_and_dropped_also_when_its_user_failed():
     from sqlalchemy.engine import make_url
 
     from lienthong.store import throwaway_database
-    from tests.conftest import PG_ADMIN_URL
+    from tests.conftest import PG_ADMIN_URL, postgres_databases
 
     with throwaway_database(PG_ADMIN_URL, "lienthong_throwaway") as url:
         name = make_url(url).database
         assert name.startswith("lienthong_throwaway_") and len(name) == len("lienthong_throwaway_") + 10
-        assert _databases(name) == [name]
+        assert postgres_databases(name) == {name}
         s = Store(url)
         s.create_schema()  # it is empty: the whole schema goes in
         s.dispose()
-    assert _databases(name) == []
+    assert postgres_databases(name) == set()
     with pytest.raises(ZeroDivisionError), throwaway_database(PG_ADMIN_URL, "lienthong_throwaway") as url:
         name = make_url(url).database
         1 / 0  # noqa: B018
-    assert _databases(name) == []
+    assert postgres_databases(name) == set()
     with throwaway_database(PG_ADMIN_URL, "lienthong_throwaway", keep=True) as url:
         name = make_url(url).database
     try:
-        assert _databases(name) == [name]
+        assert postgres_databases(name) == {name}
     finally:
         from sqlalchemy import create_engine, text
 
