@@ -1,6 +1,7 @@
 """The bus side of a sync, in its own process (``python -m bench.bus_run``): what an Airflow
-worker runs for the dossier flow — stage the change feed, deliver dossiers, deliver progress —
-then seal the exchange log. Prints one JSON line: time per step, counts, and the process's peak
+worker runs for the dossier flow — stage the change feed, deliver dossiers, deliver progress — or
+with ``--flow payments`` for the payment flow — collect, one-stop fees, ledger, reconcile — then
+seal the exchange log. Prints one JSON line: time per step, counts, and the process's peak
 resident memory (``VmHWM``), so the stand-ins' memory never counts. Not ``ru_maxrss``: Linux
 carries it over ``exec`` from the forked copy of the parent, so it reported the harness's own
 memory (which grows with the dossiers it seeds) whenever that was larger than the bus's (issue #8,
@@ -44,7 +45,12 @@ def _written_mb() -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--onestop", required=True)
-    parser.add_argument("--portal", required=True)
+    parser.add_argument("--flow", choices=("dossiers", "payments"), default="dossiers")
+    parser.add_argument("--portal", help="the national stand-in (dossiers)")
+    parser.add_argument("--platform", help="the payment platform stand-in (payments)")
+    parser.add_argument("--ledger", help="the ministry ledger stand-in (payments)")
+    parser.add_argument("--ledger-batch-size", type=int, default=100, help="receipts per SubmitReceipts call")
+    parser.add_argument("--report-dir", default=None, help="where the payment flow's reconciliation report goes")
     parser.add_argument("--bus-db", required=True, help="an SQLite file, or a PostgreSQL database's SQLAlchemy URL")
     parser.add_argument("--seal-key", required=True)
     parser.add_argument("--batch-size", type=int, default=50)
@@ -55,7 +61,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
 
-    from bench.standins import ONESTOP_KEY, PORTAL_PASSWORD, PORTAL_USER, UNIT
+    from bench.seed import PAYMENT_PARTNER, PAYMENT_SECRET
+    from bench.standins import (
+        LEDGER_PASSWORD,
+        LEDGER_USER,
+        ONESTOP_KEY,
+        PORTAL_PASSWORD,
+        PORTAL_USER,
+        UNIT,
+    )
 
     def http(url: str, **fields):
         host, port = url.removeprefix("http://").split(":")
@@ -64,13 +78,20 @@ def main(argv: list[str] | None = None) -> None:
     conns = {
         "onestop_default": http(args.onestop, password=ONESTOP_KEY,
                                 extra={"page_size": args.page_size, "read_timeout": 120}),
-        "national_portal_default": http(args.portal, login=PORTAL_USER, password=PORTAL_PASSWORD,
-                                        extra={"madonvi": UNIT, "read_timeout": 120, "batch_size": args.batch_size,
-                                               "progress_chunk_size": args.chunk_size}),
         # an SQLite file, or the SQLAlchemy URL of a PostgreSQL database (the harness's --postgres)
         "lienthong_db": ({"conn_type": "postgres", "extra": {"sqlalchemy_url": args.bus_db}} if "://" in args.bus_db
                          else {"conn_type": "sqlite", "host": args.bus_db}),
     }
+    if args.flow == "dossiers":
+        conns["national_portal_default"] = http(args.portal, login=PORTAL_USER, password=PORTAL_PASSWORD,
+                                                extra={"madonvi": UNIT, "read_timeout": 120,
+                                                       "batch_size": args.batch_size,
+                                                       "progress_chunk_size": args.chunk_size})
+    else:
+        conns["payment_platform_default"] = http(args.platform, login=PAYMENT_PARTNER, password=PAYMENT_SECRET,
+                                                 extra={"read_timeout": 120})
+        conns["ministry_ledger_default"] = http(args.ledger, login=LEDGER_USER, password=LEDGER_PASSWORD,
+                                                extra={"operation_timeout": 120, "batch_size": args.ledger_batch_size})
     for conn_id, conn in conns.items():
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
 
@@ -89,17 +110,23 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     peaks = {"start": _peak_mb()}
     written = {"start": _written_mb()}
-    counts["stage"] = tasks.stage_dossier_changes(connection_from_env, run_id=args.run_id)
-    peaks["stage"] = _peak_mb()
-    written["stage"] = _written_mb()
-    t1 = time.perf_counter()
-    counts["deliver"] = tasks.deliver_dossier_statuses(connection_from_env, run_id=args.run_id)
-    peaks["deliver"] = _peak_mb()
-    written["deliver"] = _written_mb()
-    t2 = time.perf_counter()
-    counts["progress"] = tasks.deliver_dossier_progress(connection_from_env, run_id=args.run_id)
-    peaks["progress"] = _peak_mb()
-    written["progress"] = _written_mb()
+    if args.flow == "dossiers":
+        steps = (("stage", lambda: tasks.stage_dossier_changes(connection_from_env, run_id=args.run_id)),
+                 ("deliver", lambda: tasks.deliver_dossier_statuses(connection_from_env, run_id=args.run_id)),
+                 ("progress", lambda: tasks.deliver_dossier_progress(connection_from_env, run_id=args.run_id)))
+    else:
+        steps = (("collect", lambda: tasks.collect_payments(connection_from_env, run_id=args.run_id)),
+                 ("fees", lambda: tasks.update_onestop_fees(connection_from_env, run_id=args.run_id)),
+                 ("ledger", lambda: tasks.submit_payment_receipts(connection_from_env, run_id=args.run_id)),
+                 ("reconcile", lambda: tasks.reconcile_payments(connection_from_env, run_id=args.run_id,
+                                                                report_dir=args.report_dir)))
+    times: dict[str, float] = {}
+    for name, step in steps:
+        t1 = time.perf_counter()
+        counts[name] = step()
+        times[name] = time.perf_counter() - t1
+        peaks[name] = _peak_mb()
+        written[name] = _written_mb()
     t3 = time.perf_counter()
     store = tasks.open_store(connection_from_env)
     sealed = seal_exchanges(store, args.seal_key)
@@ -108,8 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     written["seal"] = _written_mb()
     counts["sealed"] = sealed.records
     counts["seals"] = len(sealed.seals)
-    times = {"stage": t1 - t0, "deliver": t2 - t1, "progress": t3 - t2, "seal": t4 - t3, "total": t4 - t0,
-             "cpu": time.process_time() - c0}
+    times.update({"seal": t4 - t3, "total": t4 - t0, "cpu": time.process_time() - c0})
     if profiler is not None:
         profiler.stop()
         with open(args.profile, "w", encoding="utf-8") as out:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("full_sync", "incremental", "memory", "engine", "audit", "catalogue")
+SCENARIOS = ("full_sync", "incremental", "memory", "engine", "audit", "catalogue", "receipts")
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -96,11 +96,17 @@ def _child_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def standins(onestop_dir: Path, portal_dir: Path, catalogue_size: int | None = None,
-             portal_latency_ms: float = 0.0) -> Iterator[dict[str, str]]:
-    """Both stand-ins in one child process; yields their URLs (``portal_latency_ms``: the national
-    stand-in waits that long before answering each call)."""
-    cmd = [sys.executable, "-m", "bench.standins", "--onestop-dir", str(onestop_dir), "--portal-dir", str(portal_dir)]
+def standins(onestop_dir: Path, portal_dir: Path | None = None, catalogue_size: int | None = None,
+             portal_latency_ms: float = 0.0, *, platform_dir: Path | None = None,
+             ledger_dir: Path | None = None) -> Iterator[dict[str, str]]:
+    """The one-stop stand-in, and those whose state directories are given, in one child process;
+    yields their URLs by name (``portal_latency_ms``: the national stand-in waits that long before
+    answering each call)."""
+    cmd = [sys.executable, "-m", "bench.standins", "--onestop-dir", str(onestop_dir)]
+    for option, directory in (("--portal-dir", portal_dir), ("--platform-dir", platform_dir),
+                              ("--ledger-dir", ledger_dir)):
+        if directory is not None:
+            cmd += [option, str(directory)]
     if catalogue_size:
         cmd += ["--catalogue-size", str(catalogue_size)]
     if portal_latency_ms:
@@ -122,12 +128,19 @@ def standins(onestop_dir: Path, portal_dir: Path, catalogue_size: int | None = N
 
 
 def run_bus(urls: dict[str, str], bus_db: Path | str, seal_key: Path, *, batch_size: int, chunk_size: int,
-            profile: Path | None = None, run_id: str = "bench") -> dict[str, Any]:
+            profile: Path | None = None, run_id: str = "bench", flow: str = "dossiers", ledger_batch_size: int = 100,
+            report_dir: Path | None = None) -> dict[str, Any]:
     """One sync by the bus in its own process: its times, counts and peak RSS (``bus_db``: an
     SQLite file, or the SQLAlchemy URL of a PostgreSQL database, see :func:`bus_database`)."""
-    cmd = [sys.executable, "-m", "bench.bus_run", "--onestop", urls["onestop"], "--portal", urls["portal"],
+    cmd = [sys.executable, "-m", "bench.bus_run", "--flow", flow, "--onestop", urls["onestop"],
            "--bus-db", str(bus_db), "--seal-key", str(seal_key), "--batch-size", str(batch_size),
            "--chunk-size", str(chunk_size), "--run-id", run_id]
+    if flow == "dossiers":
+        cmd += ["--portal", urls["portal"]]
+    else:
+        cmd += ["--platform", urls["platform"], "--ledger", urls["ledger"], "--ledger-batch-size", str(ledger_batch_size)]
+    if report_dir is not None:
+        cmd += ["--report-dir", str(report_dir)]
     if profile:
         cmd += ["--profile", str(profile)]
     out = subprocess.run(cmd, cwd=ROOT, env=_child_env(), capture_output=True, text=True, check=False)
@@ -374,6 +387,108 @@ def scenario_full_sync(ws: Workspace, args: argparse.Namespace, result: Result) 
                  b / n, "", None, "not judged: the targets are for the loopback stand-in with no delay"),
         ]
     result.sizes["portal_latency_ms"] = [0.0, *(args.portal_latency_ms or ())]
+
+
+# --- 7. payment receipts ----------------------------------------------------------------------------
+def scenario_receipts(ws: Workspace, args: argparse.Namespace, result: Result) -> None:
+    """The payment flow through the whole path (collect, one-stop fees, ledger, reconcile, seal)
+    against the one-stop, payment-platform and ledger stand-ins, beside a minimal client making the
+    calls a run cannot do without (the ceiling) and the naive way (bench/payment_clients.py)."""
+    from bench.payment_clients import (
+        ledger_receipts,
+        onestop_results,
+        plan_payments,
+        run_payments_ceiling,
+        run_payments_naive,
+    )
+    from bench.seed import seed_payments
+
+    count = args.payment_dossiers
+    base = ws.path("onestop-payments")
+    shutil.rmtree(base, ignore_errors=True)
+    shutil.copytree(ws.onestop(count), base)
+    platform = ws.fresh("platform-payments")  # read-only once seeded: QUERY and GET_BILL change nothing
+    seeded = seed_payments(base, platform, ws.templates, count)
+    payments = sum(seeded.values())
+    finished = seeded["paid"] + seeded["failed"]
+    say(f"receipts: {payments:,} payment requests over {count:,} dossiers ({seeded['paid']:,} paid, "
+        f"{seeded['failed']:,} failed, {seeded['pending']:,} pending at the platform; no callback reached the one-stop)")
+    page_size = 500
+
+    @contextlib.contextmanager
+    def world(name: str) -> Iterator[dict[str, str]]:
+        """A fresh copy of the seeded one-stop (results get recorded there) and an empty ledger."""
+        onestop = ws.path(f"onestop-payments-{name}")
+        shutil.rmtree(onestop, ignore_errors=True)
+        shutil.copytree(base, onestop)
+        with standins(onestop, platform_dir=platform, ledger_dir=ws.fresh(f"ledger-{name}")) as urls:
+            yield urls
+
+    def outcome(urls: dict[str, str], share: int, what: str) -> dict[str, Any]:
+        """Every finished payment recorded at the one-stop, every paid one booked once at the ledger."""
+        held = ledger_receipts(urls["ledger"])
+        numbers = [r["ReceiptNumber"] for r in held]
+        got = {"onestop": onestop_results(urls["onestop"]), "receipts": len(held), "distinct": len(set(numbers))}
+        if share == payments:
+            _check(got, {"onestop": seeded, "receipts": seeded["paid"], "distinct": seeded["paid"]}, what)
+        elif len(set(numbers)) != len(numbers):
+            raise AssertionError(f"{what}: a receipt number booked twice")
+        return got
+
+    ceiling, bus, naive = [], [], []
+    for r in range(args.repeats):
+        with world("ceiling") as urls:
+            t0 = time.perf_counter()
+            plan = plan_payments(urls, batch_size=args.ledger_batch_size, page_size=page_size)
+            planned = time.perf_counter() - t0
+            _check({"paid": plan.paid, "failed": plan.failed, "pending": plan.pending}, seeded, "ceiling plan")
+            run = run_payments_ceiling(urls, plan, page_size=page_size)
+            held = outcome(urls, payments, "ceiling")
+        ceiling.append(payments / run["total"])
+        result.runs.append({"repeat": r, "kind": "ceiling", "planned_s": planned, **run, "held": held})
+        say(f"receipts {r + 1}/{args.repeats}: ceiling {payments / run['total']:,.0f} payments/s "
+            f"({run['calls']:,} calls; planned untimed in {planned:.1f}s)")
+
+        with world("bus") as urls:
+            reports = ws.fresh("reports-payments")
+            run = run_bus(urls, ws.fresh("bus-payments") / "bus.db", ws.seal_key, batch_size=args.batch_size,
+                          chunk_size=args.chunk_size, flow="payments", ledger_batch_size=args.ledger_batch_size,
+                          report_dir=reports)
+            held = outcome(urls, payments, "bus")
+        c = run["counts"]
+        _check({"paid": c["collect"]["found_paid"], "failed": c["collect"]["found_failed"],
+                "pending": c["collect"]["still_pending"], "fees": c["fees"]["fees_updated"],
+                "receipts": c["ledger"]["receipts_accepted"],
+                "mismatches": c["reconcile"]["counts"]["mismatches"]},
+               {**seeded, "fees": finished, "receipts": seeded["paid"], "mismatches": 0}, "bus counts")
+        bus.append(payments / run["times"]["total"])
+        result.runs.append({"repeat": r, "kind": "bus", **run, "held": held})
+        say(f"receipts {r + 1}/{args.repeats}: bus {payments / run['times']['total']:,.0f} payments/s "
+            f"({_fmt_times(run['times'])}), {c['reconcile']['exchanges']:,} exchanges, peak {run['peak_rss_mb']:.0f} MB")
+
+        sample = min(args.naive_payments, payments)
+        with world("naive") as urls:
+            run = run_payments_naive(urls, sample)
+            held = outcome(urls, sample, "naive")
+        _check(run["payments"], sample, "naive payments")
+        naive.append(sample / run["total"])
+        result.runs.append({"repeat": r, "kind": "naive", **run, "held": held})
+        say(f"receipts {r + 1}/{args.repeats}: naive {sample / run['total']:,.0f} payments/s over {sample:,}")
+    b, c_, n = median(bus), median(ceiling), median(naive)
+    result.sizes.update({"dossiers": count, "payments": payments, **{f"platform_{k}": v for k, v in seeded.items()},
+                         "ledger_batch_size": args.ledger_batch_size, "page_size": page_size,
+                         "naive_sample": min(args.naive_payments, payments), "repeats": args.repeats})
+    result.lines += [
+        Line("receipts", "bus throughput vs ceiling", b, "payments/s", c_, "minimal client, the calls a run needs",
+             b / c_, "≥ 0.50", b / c_ >= 0.5,
+             f"{payments:,} payment requests ({seeded['paid']:,} paid, {seeded['failed']:,} failed); "
+             "the full-sync rule, applied to this flow"),
+        Line("receipts", "bus throughput vs naive", b, "payments/s", n, "one payment at a time", b / n, "", None,
+             "not judged: QUERY, GET_BILL and the one-stop result are one call per payment for every client "
+             f"(protocol 1.0.6 has no batch); naive timed over the first {min(args.naive_payments, payments):,}"),
+        Line("receipts", "ceiling vs naive (bound)", c_, "payments/s", n, "one payment at a time", c_ / n, "", None,
+             "the most any client reaches over naive here"),
+    ]
 
 
 def _fmt_times(times: dict[str, float]) -> str:
@@ -864,7 +979,7 @@ def _redacted_argv(argv: list[str]) -> list[str]:
 QUICK = {"dossiers": 150, "naive_sample": 30, "repeats": 1, "incremental_large": 3000, "incremental_small": 300,
          "changes": 30, "memory_small": 150, "memory_large": 450, "engine_records": 200, "engine_seconds": 0.2,
          "audit_records": 1500, "audit_seed_dossiers": 60, "audit_repeats": 1, "seal_batch": 500,
-         "catalogue_size": 40, "catalogue_changed": 5}
+         "catalogue_size": 40, "catalogue_changed": 5, "payment_dossiers": 150, "naive_payments": 30}
 
 
 class ReportError(Exception):
@@ -971,6 +1086,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seal-batch", type=int, default=10_000)
     p.add_argument("--catalogue-size", type=int, default=5_000)
     p.add_argument("--catalogue-changed", type=int, default=50)
+    p.add_argument("--payment-dossiers", type=int, default=20_000,
+                   help="receipts: dossiers in the one-stop (about 82%% of them carry a payment request)")
+    p.add_argument("--naive-payments", type=int, default=1_000, help="receipts: payments the naive way is timed over")
+    p.add_argument("--ledger-batch-size", type=int, default=100, help="receipts per SubmitReceipts call (bus and ceiling)")
     p.add_argument("--postgres", type=_postgres_url, default=None, metavar="URL",
                    help="full sync and memory: the bus's database on this PostgreSQL server (on this machine; "
                         "a throw-away database per run, created and dropped there) instead of an SQLite file, "
@@ -1012,7 +1131,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     results: dict[str, Result] = {}
     runners = {"full_sync": scenario_full_sync, "incremental": scenario_incremental, "engine": scenario_engine,
-               "audit": scenario_audit, "catalogue": scenario_catalogue}
+               "audit": scenario_audit, "catalogue": scenario_catalogue, "receipts": scenario_receipts}
     try:
         for name in SCENARIOS:
             if name not in chosen:

@@ -156,3 +156,51 @@ def append_changes(state_dir: Path, templates: list[Template], indices: list[int
 def sample_indices(count: int, changes: int, seed: int = SEED) -> list[int]:
     """``changes`` distinct dossier indices spread over ``0..count-1`` (seeded)."""
     return sorted(random.Random(f"{seed}/changes/{count}").sample(range(count), changes))
+
+
+# --- payments --------------------------------------------------------------------------------------
+#: the payment platform's partner code and checksum secret in the benchmark's stand-ins
+PAYMENT_PARTNER = "DVC_H49"
+PAYMENT_SECRET = "bench-payment-secret"
+
+
+def payment_dossiers(templates: list[Template], count: int) -> list[dict[str, Any]]:
+    """The fields of the ``count`` cloned dossiers that the stand-ins' own
+    :func:`mocks.payment_platform.seeded_payments` reads (number, fees, payer, time)."""
+    shapes = []
+    for t in templates:
+        snap = json.loads(t.text)
+        shapes.append({"fees": snap.get("fees") or [], "applicantName": snap.get("applicantName"),
+                       "modifiedAt": snap.get("modifiedAt")})
+    n = len(templates)
+    return [{"dossierNo": dossier_no(templates[i % n], i), **shapes[i % n]} for i in range(count)]
+
+
+def seed_payments(onestop_dir: Path, platform_dir: Path, templates: list[Template], count: int) -> dict[str, int]:
+    """The payments of the first ``count`` dossiers of a one-stop seeded by :func:`seed_onestop`,
+    as the stand-ins seed their own world (one per dossier with fees, paid, failed or still
+    pending at the platform): pending requests at the one-stop (no callback reached it), the
+    platform's transactions with their outcomes and receipt numbers. Returns the count by the
+    platform's status."""
+    from mocks.one_stop import OneStopMock
+    from mocks.payment_platform import PaymentPlatformMock, seeded_payments
+    from mocks.server import iso
+
+    dossiers = payment_dossiers(templates, count)
+    payments = seeded_payments(dossiers, SEED)
+    conn = _connect(Path(onestop_dir) / OneStopMock.state_file)
+    with conn:
+        conn.execute("DELETE FROM payment_requests")
+        conn.executemany(
+            "INSERT INTO payment_requests(reference, dossier_no, amount, status, created_at, updated_at)"
+            " VALUES(?, ?, ?, 'pending', ?, ?)",
+            [(p["reference"], p["dossierNo"], p["amount"], iso(p["createdAt"]), iso(p["createdAt"])) for p in payments])
+    conn.close()
+    platform = PaymentPlatformMock(state_dir=platform_dir, seed=SEED, partner_code=PAYMENT_PARTNER,
+                                   secret=PAYMENT_SECRET, dossiers=dossiers)
+    platform.open_state()  # the stand-in's own seeding: each payment completed as its seed says
+    platform.stop()
+    counts = {"paid": 0, "failed": 0, "pending": 0}
+    for p in payments:
+        counts[p["status"]] += 1
+    return counts

@@ -75,6 +75,26 @@ def test_quick_run_writes_every_scenario_with_ratios_and_verdicts(tmp_path: Path
     verdicts = {line["scenario"]: line["verdict"] for line in scenarios["catalogue"]["lines"] if line["verdict"]}
     assert verdicts == {"catalogue": "PASS"}
 
+    # the payment flow: every finished payment recorded at the one-stop once, every paid one booked
+    # once at the ledger, by the bus and by the ceiling alike; the naive way over its sample
+    receipts = scenarios["receipts"]
+    sizes = receipts["sizes"]
+    paid, failed, pending = sizes["platform_paid"], sizes["platform_failed"], sizes["platform_pending"]
+    assert paid > 0 and failed > 0 and pending > 0 and sizes["payments"] == paid + failed + pending
+    whole = {"onestop": {"paid": paid, "failed": failed, "pending": pending}, "receipts": paid, "distinct": paid}
+    assert [r["held"] for r in receipts["runs"] if r["kind"] in ("ceiling", "bus")] == [whole, whole]
+    bus = next(r for r in receipts["runs"] if r["kind"] == "bus")
+    assert bus["counts"]["ledger"]["receipts_accepted"] == paid
+    assert bus["counts"]["fees"]["fees_updated"] == paid + failed
+    assert bus["counts"]["reconcile"]["counts"]["mismatches"] == 0
+    assert bus["counts"]["sealed"] == bus["counts"]["reconcile"]["exchanges"]
+    naive = next(r for r in receipts["runs"] if r["kind"] == "naive")
+    assert naive["payments"] == QUICK["naive_payments"]
+    assert naive["held"]["receipts"] == naive["held"]["distinct"] == naive["paid"]
+    judged = {line["measure"]: line["verdict"] for line in receipts["lines"]}
+    assert judged["bus throughput vs ceiling"] in ("PASS", "FAIL")
+    assert judged["bus throughput vs naive"] is None and judged["ceiling vs naive (bound)"] is None
+
 
 def test_portal_latency_adds_unjudged_lines_and_every_call_waits(tmp_path: Path) -> None:
     """``--portal-latency-ms``: the bus, the ceiling and the naive way run again against a national
