@@ -25,6 +25,10 @@ systems agree, in four steps that each survive a crash and a rerun:
    lists every mismatch in a report (``amount_differs``, ``unknown_dossier``, ``missing_receipt``,
    ``duplicate_receipt``…). Mismatches are kept in ``reconciliation_item`` until a later run no
    longer finds them.
+
+In steps 1–3 what an answer causes (a transaction's state, a dead letter, a stored receipt)
+commits in one transaction with the exchange-log records of the calls that brought it, as in the
+dossier flow: recorded no later than trusted, one commit instead of two.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Connection, and_, func, or_, select, update
 
 from connectors.errors import (
     AmountMismatch,
@@ -50,7 +56,7 @@ from connectors.errors import (
     RecordRejected,
     TransactionUnknown,
 )
-from lienthong.exchange_log import put_blob, read_blob
+from lienthong.exchange_log import answer_transactions, put_blob, read_blob
 from lienthong.mapping import RecordInvalid, load_mapping
 from lienthong.store import (
     Store,
@@ -100,9 +106,15 @@ KINDS = {
 }
 
 
-def _dead_letter(store: Store, run_id: str, key: str, stage: str, exc: Exception, errors: list[dict[str, str]],
+#: Opens a transaction of the bus database (``Store.begin``, or the one from
+#: :func:`lienthong.exchange_log.answer_transactions` that also writes the exchange-log rows of the
+#: calls whose answer it acts on, so they commit together: recorded no later than trusted).
+Begin = Callable[[], AbstractContextManager[Connection]]
+
+
+def _dead_letter(begin: Begin, run_id: str, key: str, stage: str, exc: Exception, errors: list[dict[str, str]],
                  source: Any, rejections: list[dict[str, Any]], peer_code: str | None = None) -> None:
-    with store.begin() as conn:
+    with begin() as conn:
         Store.add_dead_letter(conn, flow=FLOW, record_key=key, outbox_id=None, run_id=run_id, stage=stage,
                               error=exc, errors=errors, source_payload=source, peer_code=peer_code)
     rejections.append({"record_key": key, "stage": stage, "errors": errors})
@@ -110,10 +122,21 @@ def _dead_letter(store: Store, run_id: str, key: str, stage: str, exc: Exception
                 "; ".join(f"{e['field']} [{e['rule']}]: {e['message']}" for e in errors))
 
 
-def _set(store: Store, reference: str, run_id: str, **values: Any) -> None:
-    with store.begin() as conn:
-        conn.execute(update(payment_txn).where(payment_txn.c.reference == reference)
-                     .values(updated_run=run_id, updated_at=utcnow(), **values))
+def _update(conn: Connection, reference: str, run_id: str, **values: Any) -> None:
+    conn.execute(update(payment_txn).where(payment_txn.c.reference == reference)
+                 .values(updated_run=run_id, updated_at=utcnow(), **values))
+
+
+def _set(begin: Begin, reference: str, run_id: str, **values: Any) -> None:
+    with begin() as conn:
+        _update(conn, reference, run_id, **values)
+
+
+def _nothing_learnt(begin: Begin) -> None:
+    """An answer that changes nothing here: its exchange-log record is written now, on its own,
+    rather than held until the next payment's change (however many payments away that is)."""
+    with begin():
+        pass
 
 
 # --- 1. collect --------------------------------------------------------------------------------
@@ -170,7 +193,7 @@ def _request_problems(p: dict[str, Any]) -> list[FieldError]:
     return errors
 
 
-def _refuse_request(store: Store, run_id: str, p: dict[str, Any], errors: list[FieldError],
+def _refuse_request(store: Store, begin: Begin, run_id: str, p: dict[str, Any], errors: list[FieldError],
                     report: CollectReport) -> None:
     """Dead-letter a malformed payment request once (it is listed again at every run)."""
     reference = p.get("reference")
@@ -183,10 +206,10 @@ def _refuse_request(store: Store, run_id: str, p: dict[str, Any], errors: list[F
     if any(content_hash(h) == content_hash(p) for h in held):
         return
     exc = RecordRejected(key, errors)
-    _dead_letter(store, run_id, key, "source", exc, exc.error_dicts(), p, report.invalid)
+    _dead_letter(begin, run_id, key, "source", exc, exc.error_dicts(), p, report.invalid)
 
 
-def _register_requests(store: Store, onestop: Any, run_id: str, report: CollectReport) -> None:
+def _register_requests(store: Store, begin: Begin, onestop: Any, run_id: str, report: CollectReport) -> None:
     """Bring every one-stop payment request into ``payment_txn`` (new ones inserted, the one-stop's
     view of known ones refreshed). A request that breaks the wire format is dead-lettered (stage
     ``source``) with the field and rule; the others go on."""
@@ -196,7 +219,7 @@ def _register_requests(store: Store, onestop: Any, run_id: str, report: CollectR
         for p in listed:
             problems = _request_problems(p)
             if problems:
-                _refuse_request(store, run_id, p, problems, report)
+                _refuse_request(store, begin, run_id, p, problems, report)
             else:
                 page.append(p)
         if not page:
@@ -206,7 +229,7 @@ def _register_requests(store: Store, onestop: Any, run_id: str, report: CollectR
                  "request_amount": p.get("amount"), "onestop_status": p.get("status"),
                  "platform_status": "pending", "onestop_state": "todo", "ledger_state": "todo",
                  "first_seen_run": run_id, "updated_run": run_id, "updated_at": now} for p in page]
-        with store.begin() as conn:
+        with begin() as conn:
             report.new_requests += insert_ignore(conn, payment_txn, rows, "payment_txn_pkey")
             for p in page:
                 conn.execute(update(payment_txn).where(
@@ -221,79 +244,86 @@ def _register_requests(store: Store, onestop: Any, run_id: str, report: CollectR
 def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str) -> CollectReport:
     """Step 1: list payment requests, QUERY the unfinished ones, GET_BILL the paid ones.
 
-    Each transaction is saved as soon as it is known, so a transport failure (raised for the task
-    to retry) loses nothing of what was already asked.
+    Each transaction is saved as soon as it is known, in one commit with the exchange-log records
+    of the calls that told it (:func:`lienthong.exchange_log.answer_transactions`), so a transport
+    failure (raised for the task to retry) loses nothing of what was already asked.
     """
     report = CollectReport()
-    _register_requests(store, onestop, run_id, report)
-    with store.engine.connect() as conn:
-        todo = conn.execute(select(payment_txn.c.reference, payment_txn.c.dossier_code,
-                                   payment_txn.c.platform_status, payment_txn.c.receipt_sha256)
-                            .where(or_(payment_txn.c.platform_status.in_(("pending", "unknown")),
-                                       and_(payment_txn.c.platform_status == "paid",
-                                            payment_txn.c.receipt_sha256.is_(None))))
-                            .order_by(payment_txn.c.reference)).all()
-        blocked = blocked_keys(conn, FLOW, [r.reference for r in todo])
-    for row in todo:
-        if row.reference in blocked:
-            continue
-        keys = [row.reference] + ([row.dossier_code] if row.dossier_code else [])
-        status = row.platform_status
-        if status in ("pending", "unknown"):
-            report.queried += 1
-            try:
-                txn = platform.query(row.reference, record_keys=keys)
-            except TransactionUnknown:
-                report.unknown += 1
-                _set(store, row.reference, run_id, platform_status="unknown")
+    with answer_transactions(store, platform) as begin:
+        _register_requests(store, begin, onestop, run_id, report)
+        with store.engine.connect() as conn:
+            todo = conn.execute(select(payment_txn.c.reference, payment_txn.c.dossier_code,
+                                       payment_txn.c.platform_status, payment_txn.c.receipt_sha256)
+                                .where(or_(payment_txn.c.platform_status.in_(("pending", "unknown")),
+                                           and_(payment_txn.c.platform_status == "paid",
+                                                payment_txn.c.receipt_sha256.is_(None))))
+                                .order_by(payment_txn.c.reference)).all()
+            blocked = blocked_keys(conn, FLOW, [r.reference for r in todo])
+        for row in todo:
+            if row.reference in blocked:
                 continue
-            except ChecksumMismatch as exc:  # a checksum that does not verify: never trust the answer
-                _dead_letter(store, run_id, row.reference, "platform", exc,
-                             [{"field": "MaXacThuc", "rule": "checksum", "message": str(exc)}],
+            keys = [row.reference] + ([row.dossier_code] if row.dossier_code else [])
+            status = row.platform_status
+            if status in ("pending", "unknown"):
+                report.queried += 1
+                try:
+                    txn = platform.query(row.reference, record_keys=keys)
+                except TransactionUnknown:
+                    report.unknown += 1
+                    _set(begin, row.reference, run_id, platform_status="unknown")
+                    continue
+                except ChecksumMismatch as exc:  # a checksum that does not verify: never trust the answer
+                    _dead_letter(begin, run_id, row.reference, "platform", exc,
+                                 [{"field": "MaXacThuc", "rule": "checksum", "message": str(exc)}],
+                                 {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
+                    continue
+                except ProtocolError as exc:  # an answer that cannot be read at all: nothing learnt, ask again
+                    _unreadable(report, row.reference, "QUERY", exc)
+                    _nothing_learnt(begin)
+                    continue
+                status = txn.status
+                if status == "pending":
+                    report.pending += 1
+                    _nothing_learnt(begin)
+                    continue
+                if status == "failed":
+                    report.failed += 1
+                    _set(begin, row.reference, run_id, platform_status="failed", platform_amount=txn.amount,
+                         transaction_id=txn.transaction_id or None, bank=txn.bank or None, answer=txn.raw)
+                    continue
+                # TrangThaiGD is outside the answer's checksum (contract §6.6): "paid" is believed only
+                # with its receipt, which the platform issues for paid transactions alone.
+                values = {"platform_amount": txn.amount, "transaction_id": txn.transaction_id or None,
+                          "bank": txn.bank or None, "paid_at": txn.paid_at.isoformat() if txn.paid_at else None,
+                          "answer": txn.raw}
+            else:
+                values = {}
+            try:
+                bill = platform.get_bill(row.reference, record_keys=keys)
+            except BillNotAvailable as exc:  # QUERY says paid, the platform has no receipt: ask both again next run
+                report.unconfirmed += 1
+                log.warning("payment %s: QUERY says paid but GET_BILL has no receipt (%s); left pending",
+                            row.reference, exc)
+                _nothing_learnt(begin)
+                continue
+            except ChecksumMismatch as exc:
+                _dead_letter(begin, run_id, row.reference, "platform", exc,
+                             [{"field": "GET_BILL", "rule": "receipt", "message": str(exc)}],
                              {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
                 continue
-            except ProtocolError as exc:  # an answer that cannot be read at all: nothing learnt, ask again
-                _unreadable(report, row.reference, "QUERY", exc)
+            except ProtocolError as exc:  # a truncated or foreign body, not a receipt: fetch it again next run
+                _unreadable(report, row.reference, "GET_BILL", exc)
+                _nothing_learnt(begin)
                 continue
-            status = txn.status
-            if status == "pending":
-                report.pending += 1
-                continue
-            if status == "failed":
-                report.failed += 1
-                _set(store, row.reference, run_id, platform_status="failed", platform_amount=txn.amount,
-                     transaction_id=txn.transaction_id or None, bank=txn.bank or None, answer=txn.raw)
-                continue
-            # TrangThaiGD is outside the answer's checksum (contract §6.6): "paid" is believed only
-            # with its receipt, which the platform issues for paid transactions alone.
-            values = {"platform_amount": txn.amount, "transaction_id": txn.transaction_id or None,
-                      "bank": txn.bank or None, "paid_at": txn.paid_at.isoformat() if txn.paid_at else None,
-                      "answer": txn.raw}
-        else:
-            values = {}
-        try:
-            bill = platform.get_bill(row.reference, record_keys=keys)
-        except BillNotAvailable as exc:  # QUERY says paid, the platform has no receipt: ask both again next run
-            report.unconfirmed += 1
-            log.warning("payment %s: QUERY says paid but GET_BILL has no receipt (%s); left pending", row.reference,
-                        exc)
-            continue
-        except ChecksumMismatch as exc:
-            _dead_letter(store, run_id, row.reference, "platform", exc,
-                         [{"field": "GET_BILL", "rule": "receipt", "message": str(exc)}],
-                         {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
-            continue
-        except ProtocolError as exc:  # a truncated or foreign body, not a receipt: fetch it again next run
-            _unreadable(report, row.reference, "GET_BILL", exc)
-            continue
-        with store.begin() as conn:  # kept once by hash, pinned: archiving the log never drops a receipt
-            stored = put_blob(conn, bill.pdf, bill.content_type, pinned=True)
-        if stored != bill.sha256:
-            raise ValueError(f"receipt of {row.reference}: stored hash {stored} is not the bill's {bill.sha256}")
-        _set(store, row.reference, run_id, platform_status="paid", receipt_sha256=bill.sha256,
-             receipt_no=bill.receipt_no, **values)
-        report.paid += row.platform_status != "paid"
-        report.bills += 1
+            with begin() as conn:  # kept once by hash, pinned: archiving the log never drops a receipt
+                stored = put_blob(conn, bill.pdf, bill.content_type, pinned=True)
+                if stored != bill.sha256:
+                    raise ValueError(f"receipt of {row.reference}: stored hash {stored} is not the bill's "
+                                     f"{bill.sha256}")
+                _update(conn, row.reference, run_id, platform_status="paid", receipt_sha256=bill.sha256,
+                        receipt_no=bill.receipt_no, **values)
+            report.paid += row.platform_status != "paid"
+            report.bills += 1
     return report
 
 
@@ -342,47 +372,49 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
             payment_txn.c.platform_status.in_(("paid", "failed")),
             payment_txn.c.onestop_state.in_(("todo", "held"))).order_by(payment_txn.c.reference)).all()
         blocked = blocked_keys(conn, FLOW, [r.reference for r in rows])
-    known_dossiers: dict[str, bool] = {}
-    for row in rows:
-        if row.reference in blocked:
-            continue
-        code = row.dossier_code or ""
-        if code not in known_dossiers:
-            known_dossiers[code] = bool(code) and onestop.get_fees(code) is not None
-        hold = None
-        if row.onestop_status == "unmatched":
-            hold = "unmatched_payment"
-        elif not known_dossiers[code]:
-            hold = "unknown_dossier"
-        elif row.platform_status == "paid" and row.platform_amount != row.request_amount:
-            hold = "amount_differs"
-        if hold:
-            report.held[hold] += 1
-            _set(store, row.reference, run_id, onestop_state="held", hold_reason=hold)
-            continue
-        try:
-            answer = onestop.record_payment_result(
-                row.reference, result=row.platform_status, transaction_id=row.transaction_id or "",
-                amount=row.platform_amount if row.platform_amount is not None else row.request_amount,
-                paid_at=row.paid_at or _completed_at(row.answer), bank=row.bank or "", receipt_no=row.receipt_no, dossier_no=code or None)
-        except AmountMismatch:
-            report.held["amount_differs"] += 1
-            _set(store, row.reference, run_id, onestop_state="held", hold_reason="amount_differs")
-            continue
-        except PaymentConflict:
-            reason = "paid_twice" if row.platform_status == "paid" else "failed_not_recorded"
-            report.held[reason] += 1
-            _set(store, row.reference, run_id, onestop_state="held", hold_reason=reason)
-            continue
-        except PeerRejected as exc:
-            _dead_letter(store, run_id, row.reference, "onestop", exc, exc.error_dicts(),
-                         {"reference": row.reference, "dossierNo": code, "result": row.platform_status},
-                         report.rejected, getattr(exc, "peer_code", None))
-            continue
-        applied = bool(answer.get("applied"))
-        report.updated += applied
-        report.already += not applied
-        _set(store, row.reference, run_id, onestop_state="updated" if applied else "already", hold_reason=None)
+    with answer_transactions(store, onestop) as begin:
+        known_dossiers: dict[str, bool] = {}
+        for row in rows:
+            if row.reference in blocked:
+                continue
+            code = row.dossier_code or ""
+            if code not in known_dossiers:
+                known_dossiers[code] = bool(code) and onestop.get_fees(code) is not None
+            hold = None
+            if row.onestop_status == "unmatched":
+                hold = "unmatched_payment"
+            elif not known_dossiers[code]:
+                hold = "unknown_dossier"
+            elif row.platform_status == "paid" and row.platform_amount != row.request_amount:
+                hold = "amount_differs"
+            if hold:
+                report.held[hold] += 1
+                _set(begin, row.reference, run_id, onestop_state="held", hold_reason=hold)
+                continue
+            try:
+                answer = onestop.record_payment_result(
+                    row.reference, result=row.platform_status, transaction_id=row.transaction_id or "",
+                    amount=row.platform_amount if row.platform_amount is not None else row.request_amount,
+                    paid_at=row.paid_at or _completed_at(row.answer), bank=row.bank or "", receipt_no=row.receipt_no,
+                    dossier_no=code or None)
+            except AmountMismatch:
+                report.held["amount_differs"] += 1
+                _set(begin, row.reference, run_id, onestop_state="held", hold_reason="amount_differs")
+                continue
+            except PaymentConflict:
+                reason = "paid_twice" if row.platform_status == "paid" else "failed_not_recorded"
+                report.held[reason] += 1
+                _set(begin, row.reference, run_id, onestop_state="held", hold_reason=reason)
+                continue
+            except PeerRejected as exc:
+                _dead_letter(begin, run_id, row.reference, "onestop", exc, exc.error_dicts(),
+                             {"reference": row.reference, "dossierNo": code, "result": row.platform_status},
+                             report.rejected, getattr(exc, "peer_code", None))
+                continue
+            applied = bool(answer.get("applied"))
+            report.updated += applied
+            report.already += not applied
+            _set(begin, row.reference, run_id, onestop_state="updated" if applied else "already", hold_reason=None)
     return report
 
 
@@ -415,35 +447,39 @@ def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, bat
             payment_txn.c.platform_status == "paid", payment_txn.c.receipt_sha256.is_not(None),
             payment_txn.c.ledger_state.in_(("todo", "held"))).order_by(payment_txn.c.reference)).all()
         blocked = blocked_keys(conn, FLOW, [r.reference for r in rows])
-    ready: list[tuple[Any, dict[str, Any]]] = []
-    payers: dict[str, str | None] = {}
-    for row in rows:
-        if row.reference in blocked:
-            continue
-        # Checked here too, not only by update_onestop_fees: the two steps run side by side.
-        if row.onestop_status == "unmatched":
-            hold = "unmatched_payment"
-        elif row.hold_reason == "unknown_dossier" or not row.dossier_code:
-            hold = "unknown_dossier"
-        else:
-            if row.dossier_code not in payers:
-                dossier = onestop.get_dossier(row.dossier_code)
-                payers[row.dossier_code] = None if dossier is None else str(dossier.get("applicantName") or "")
-            hold = "unknown_dossier" if payers[row.dossier_code] is None else None
-        if hold:
-            report.held[hold] += 1
-            _set(store, row.reference, run_id, ledger_state="held", hold_reason=hold)
-            continue
-        source = _source_record(row, payers[row.dossier_code] or "")
-        try:
-            record = mapping.apply(source)
-        except RecordInvalid as exc:
-            _dead_letter(store, run_id, row.reference, "mapping", exc, exc.error_dicts(), source, report.rejected)
-            _set(store, row.reference, run_id, ledger_state="rejected")
-            continue
-        ready.append((row, record))
-    for start in range(0, len(ready), batch_size):
-        _submit_batch(store, ledger, ready[start:start + batch_size], run_id, report)
+    with answer_transactions(store, ledger) as begin:
+        ready: list[tuple[Any, dict[str, Any]]] = []
+        payers: dict[str, str | None] = {}
+        for row in rows:
+            if row.reference in blocked:
+                continue
+            # Checked here too, not only by update_onestop_fees: the two steps run side by side.
+            if row.onestop_status == "unmatched":
+                hold = "unmatched_payment"
+            elif row.hold_reason == "unknown_dossier" or not row.dossier_code:
+                hold = "unknown_dossier"
+            else:
+                if row.dossier_code not in payers:
+                    dossier = onestop.get_dossier(row.dossier_code)
+                    payers[row.dossier_code] = None if dossier is None else str(dossier.get("applicantName") or "")
+                hold = "unknown_dossier" if payers[row.dossier_code] is None else None
+            if hold:
+                report.held[hold] += 1
+                _set(begin, row.reference, run_id, ledger_state="held", hold_reason=hold)
+                continue
+            source = _source_record(row, payers[row.dossier_code] or "")
+            try:
+                record = mapping.apply(source)
+            except RecordInvalid as exc:
+                _dead_letter(begin, run_id, row.reference, "mapping", exc, exc.error_dicts(), source, report.rejected)
+                _set(begin, row.reference, run_id, ledger_state="rejected")
+                continue
+            ready.append((row, record))
+            if len(ready) == batch_size:  # submitted as it fills: held look-ups stay one batch long
+                _submit_batch(begin, ledger, ready, run_id, report)
+                ready = []
+        if ready:
+            _submit_batch(begin, ledger, ready, run_id, report)
     return report
 
 
@@ -453,7 +489,7 @@ def _ledger_value(record: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def _submit_batch(store: Store, ledger: Any, batch: list[tuple[Any, dict[str, Any]]], run_id: str,
+def _submit_batch(begin: Begin, ledger: Any, batch: list[tuple[Any, dict[str, Any]]], run_id: str,
                   report: LedgerReport) -> None:
     """Submit one batch; the ledger applies a batch all or nothing, so a refused record is taken
     out (dead-lettered or held) and the rest is submitted again."""
@@ -465,7 +501,7 @@ def _submit_batch(store: Store, ledger: Any, batch: list[tuple[Any, dict[str, An
         except DuplicateReceipt as exc:
             row, record = by_number.get(exc.record_key) or batch[0]
             report.held["duplicate_receipt"] += 1
-            _set(store, row.reference, run_id, ledger_state="held", hold_reason="duplicate_receipt")
+            _set(begin, row.reference, run_id, ledger_state="held", hold_reason="duplicate_receipt")
             log.warning("receipt %s of payment %s: the ledger holds other content under it: %s",
                         record["ReceiptNumber"], row.reference, exc)
             batch = [item for item in batch if item[0].reference != row.reference]
@@ -473,18 +509,19 @@ def _submit_batch(store: Store, ledger: Any, batch: list[tuple[Any, dict[str, An
         except RecordRejected as exc:  # ReceiptInvalid (a ValidationFault) names the receipt and its index
             index = getattr(exc, "index", None)
             row, record = by_number.get(exc.record_key) or batch[index if isinstance(index, int) else 0]
-            _dead_letter(store, run_id, row.reference, "ledger", exc, exc.error_dicts(),
+            _dead_letter(begin, run_id, row.reference, "ledger", exc, exc.error_dicts(),
                          _source_record(row, record.get("PayerName", "")), report.rejected,
                          getattr(exc, "peer_code", None))
-            _set(store, row.reference, run_id, ledger_state="rejected")
+            _set(begin, row.reference, run_id, ledger_state="rejected")
             batch = [item for item in batch if item[0].reference != row.reference]
             continue
-        for row, record in batch:
-            status = result.statuses.get(record["ReceiptNumber"], "accepted")
-            report.accepted += status == "accepted"
-            report.unchanged += status == "unchanged"
-            _set(store, row.reference, run_id, ledger_state=status, ledger_hash=content_hash(record),
-                 hold_reason=row.hold_reason if row.hold_reason != "duplicate_receipt" else None)
+        with begin() as conn:  # the batch's answer in one transaction, with its exchange-log record
+            for row, record in batch:
+                status = result.statuses.get(record["ReceiptNumber"], "accepted")
+                report.accepted += status == "accepted"
+                report.unchanged += status == "unchanged"
+                _update(conn, row.reference, run_id, ledger_state=status, ledger_hash=content_hash(record),
+                        hold_reason=row.hold_reason if row.hold_reason != "duplicate_receipt" else None)
         return
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from connectors.connection import connection_from_env
 from connectors.errors import PeerUnavailable
@@ -475,3 +475,69 @@ def test_no_secret_reaches_the_exchange_log_dead_letters_or_reports(peers, tmp_p
     assert "MaXacThuc" in text_all, "the keyed checksums are logged, as evidence"
     for secret in secrets:
         assert secret not in text_all
+
+
+def test_what_an_answer_causes_commits_with_its_exchange_record_and_nothing_waits_long(peers, tmp_path,
+                                                                                         monkeypatch):
+    """Steps 1–3 write a call's exchange-log record in the transaction that acts on its answer (one
+    commit, as the dossier flow does): 31 requests listed in 2 pages, 31 QUERYs, 12 GET_BILLs make
+    2 + 31 commits, not 45 more for the log. A record waits for at most its own payment's change
+    (an answer that changes nothing is written at once), and a run that fails half-way still logs
+    every call it made."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from lienthong.exchange_log import BusRecorder
+
+    commits: list[int] = []
+
+    def on_commit(conn) -> None:
+        commits.append(1)
+
+    held: list[int] = []
+    record = BusRecorder.record
+
+    def counting(self, exchange):
+        record(self, exchange)
+        held.append(len(self._held or ()))
+
+    monkeypatch.setattr(BusRecorder, "record", counting)
+    bus = store()
+    clients = tasks._payment_clients(connection_from_env, bus, "commit-1", "collect", "onestop", "platform")
+    event.listen(Engine, "commit", on_commit)
+    try:
+        report = payment_receipts.collect_payments(bus, clients["onestop"], clients["platform"], run_id="commit-1")
+    finally:
+        event.remove(Engine, "commit", on_commit)
+        tasks._close_all(clients)
+    assert (report.listed, report.queried, report.bills, report.pending) == (31, 31, 12, 11)
+    assert len(commits) == 2 + 31, "a page, a pending answer, a failed one, a paid one with its receipt: one each"
+    assert max(held) <= 2, "at most a payment's QUERY and GET_BILL wait for its commit"
+    with bus.engine.connect() as conn:
+        logged = conn.execute(select(exchange_log.c.operation)).scalars().all()
+        states = dict(conn.execute(select(payment_txn.c.reference, payment_txn.c.platform_status)).all())
+    assert Counter(logged) == {"payments": 2, "QUERY": 31, "GET_BILL": 12}
+    assert Counter(states.values()) == {"paid": 12, "failed": 8, "pending": 11}
+
+    # the ledger step looks up each dossier before its batch (5 here): the look-ups wait one batch at most
+    tasks.update_onestop_fees(connection_from_env, run_id="commit-1", task_id="fees")
+    held.clear()
+    counts = tasks.submit_payment_receipts(connection_from_env, run_id="commit-1", task_id="receipts")
+    assert counts["receipts_accepted"] == 12
+    assert max(held) <= 5 + 1, "a batch's dossier look-ups and its SubmitReceipts"
+
+    # a run that fails half-way (the ledger refuses every call after retries) still logs every call
+    assert peers.settle(6, "paid")
+    tasks.collect_payments(connection_from_env, run_id="commit-2", task_id="collect")
+    peers.ledger_faults({"error_rate": 1.0, "http_status": 503, "operations": ["SubmitReceipts"]})
+    with store().engine.connect() as conn:
+        before = conn.execute(select(func.count()).select_from(exchange_log)).scalar_one()
+    with pytest.raises(PeerUnavailable):
+        tasks.submit_payment_receipts(connection_from_env, run_id="commit-2", task_id="receipts")
+    with store().engine.connect() as conn:
+        made = Counter(conn.execute(select(exchange_log.c.operation).where(exchange_log.c.run_id == "commit-2",
+                                                                           exchange_log.c.task_id == "receipts"))
+                       .scalars())
+        total = conn.execute(select(func.count()).select_from(exchange_log)).scalar_one()
+    assert made["dossier"] >= 1 and made["SubmitReceipts"] >= 1, made
+    assert total == before + sum(made.values()), "every call of the failed run is in the log"
