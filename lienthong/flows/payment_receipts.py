@@ -231,14 +231,15 @@ def _register_requests(store: Store, begin: Begin, onestop: Any, run_id: str, re
                  "first_seen_run": run_id, "updated_run": run_id, "updated_at": now} for p in page]
         with begin() as conn:
             report.new_requests += insert_ignore(conn, payment_txn, rows, "payment_txn_pkey")
+            # one read for the page, then an UPDATE only where the one-stop's view changed
+            held = {r.reference: (r.onestop_status, r.request_amount, r.dossier_code) for r in conn.execute(
+                select(payment_txn.c.reference, payment_txn.c.onestop_status, payment_txn.c.request_amount,
+                       payment_txn.c.dossier_code).where(payment_txn.c.reference.in_([p["reference"] for p in page])))}
             for p in page:
-                conn.execute(update(payment_txn).where(
-                    payment_txn.c.reference == p["reference"],
-                    or_(payment_txn.c.onestop_status.is_distinct_from(p.get("status")),
-                        payment_txn.c.request_amount.is_distinct_from(p.get("amount")),
-                        payment_txn.c.dossier_code.is_distinct_from(p.get("dossierNo") or None)),
-                ).values(onestop_status=p.get("status"), request_amount=p.get("amount"),
-                         dossier_code=p.get("dossierNo") or None, updated_at=now))
+                view = (p.get("status"), p.get("amount"), p.get("dossierNo") or None)
+                if held.get(p["reference"]) != view:
+                    conn.execute(update(payment_txn).where(payment_txn.c.reference == p["reference"]).values(
+                        onestop_status=view[0], request_amount=view[1], dossier_code=view[2], updated_at=now))
 
 
 def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str) -> CollectReport:

@@ -541,3 +541,21 @@ def test_what_an_answer_causes_commits_with_its_exchange_record_and_nothing_wait
         total = conn.execute(select(func.count()).select_from(exchange_log)).scalar_one()
     assert made["dossier"] >= 1 and made["SubmitReceipts"] >= 1, made
     assert total == before + sum(made.values()), "every call of the failed run is in the log"
+
+
+def test_a_rerun_refreshes_the_one_stops_view_of_exactly_the_requests_that_changed(peers, tmp_path):
+    """Each listed page is read back in one query; only a request whose status, amount or dossier
+    changed at the one-stop is written again."""
+    tasks.collect_payments(connection_from_env, run_id="view-1", task_id="collect")
+    with store().engine.connect() as conn:
+        first = {r.reference: r for r in conn.execute(select(payment_txn))}
+    settled = peers.settle(6, "paid")  # callbacks reach the one-stop for some of them (30 % are lost)
+    onestop = peers.onestop_payments()
+    changed = {ref for ref, p in onestop.items() if p["status"] != first[ref].onestop_status}
+    assert changed and changed <= {s["MaThamChieu"] for s in settled}
+    tasks.collect_payments(connection_from_env, run_id="view-2", task_id="collect")
+    with store().engine.connect() as conn:
+        again = {r.reference: r for r in conn.execute(select(payment_txn))}
+    assert {ref: r.onestop_status for ref, r in again.items()} == {ref: p["status"] for ref, p in onestop.items()}
+    untouched = {ref for ref in again if ref not in changed and again[ref].platform_status == first[ref].platform_status}
+    assert untouched and all(again[ref].updated_at == first[ref].updated_at for ref in untouched)
