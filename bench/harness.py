@@ -1089,7 +1089,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--payment-dossiers", type=int, default=20_000,
                    help="receipts: dossiers in the one-stop (about 82%% of them carry a payment request)")
     p.add_argument("--naive-payments", type=int, default=1_000, help="receipts: payments the naive way is timed over")
-    p.add_argument("--ledger-batch-size", type=int, default=100, help="receipts per SubmitReceipts call (bus and ceiling)")
+    p.add_argument("--ledger-batch-size", type=int, default=100,
+                   help="receipts per SubmitReceipts call (bus and ceiling)")
     p.add_argument("--postgres", type=_postgres_url, default=None, metavar="URL",
                    help="full sync and memory: the bus's database on this PostgreSQL server (on this machine; "
                         "a throw-away database per run, created and dropped there) instead of an SQLite file, "

@@ -190,7 +190,8 @@ def run_payments_ceiling(urls: dict[str, str], plan: PaymentPlan, *, page_size: 
     listed = _requests_of(urls["onestop"], page_size, onestop)
     calls += -(-len(listed) // page_size)
     for reference, body in plan.queries:
-        if ok(platform.post(f"{urls['platform']}/api/payment", data=body, timeout=120), "QUERY").json()["MaLoi"] != "00":
+        answer = ok(platform.post(f"{urls['platform']}/api/payment", data=body, timeout=120), "QUERY")
+        if answer.json()["MaLoi"] != "00":
             raise ReferenceRefused(f"QUERY {reference} refused")
         calls += 1
         bill = plan.bills.get(reference)

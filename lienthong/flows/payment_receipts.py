@@ -36,13 +36,13 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, Row, Select, and_, func, or_, select, update
 
 from connectors.errors import (
     AmountMismatch,
@@ -137,6 +137,32 @@ def _nothing_learnt(begin: Begin) -> None:
     rather than held until the next payment's change (however many payments away that is)."""
     with begin():
         pass
+
+
+#: Payment transactions read per query by the steps (keyset pages in reference order).
+PAGE = 500
+#: Dossier look-ups a step remembers before it starts afresh (memory, not correctness).
+LOOKUPS = 10_000
+
+
+def _unblocked(store: Store, query: Select) -> Iterator[Row]:
+    """The rows of ``query`` (over ``payment_txn``) in reference order, :data:`PAGE` at a time,
+    without those an open dead letter blocks: a step's memory follows a page, not the backlog
+    (a first run over a province's years of payments included). Each page is read when the
+    previous one is done, so a row the step changed is not read again, and rows that appear
+    meanwhile further on are taken too."""
+    after: str | None = None
+    while True:
+        page = query.order_by(payment_txn.c.reference).limit(PAGE)
+        if after is not None:
+            page = page.where(payment_txn.c.reference > after)
+        with store.engine.connect() as conn:
+            rows = conn.execute(page).all()
+            blocked = blocked_keys(conn, FLOW, [r.reference for r in rows])
+        yield from (r for r in rows if r.reference not in blocked)
+        if len(rows) < PAGE:
+            return
+        after = rows[-1].reference
 
 
 # --- 1. collect --------------------------------------------------------------------------------
@@ -252,17 +278,11 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str) 
     report = CollectReport()
     with answer_transactions(store, platform) as begin:
         _register_requests(store, begin, onestop, run_id, report)
-        with store.engine.connect() as conn:
-            todo = conn.execute(select(payment_txn.c.reference, payment_txn.c.dossier_code,
-                                       payment_txn.c.platform_status, payment_txn.c.receipt_sha256)
-                                .where(or_(payment_txn.c.platform_status.in_(("pending", "unknown")),
-                                           and_(payment_txn.c.platform_status == "paid",
-                                                payment_txn.c.receipt_sha256.is_(None))))
-                                .order_by(payment_txn.c.reference)).all()
-            blocked = blocked_keys(conn, FLOW, [r.reference for r in todo])
-        for row in todo:
-            if row.reference in blocked:
-                continue
+        todo = select(payment_txn.c.reference, payment_txn.c.dossier_code, payment_txn.c.platform_status,
+                      payment_txn.c.receipt_sha256).where(
+            or_(payment_txn.c.platform_status.in_(("pending", "unknown")),
+                and_(payment_txn.c.platform_status == "paid", payment_txn.c.receipt_sha256.is_(None))))
+        for row in _unblocked(store, todo):
             keys = [row.reference] + ([row.dossier_code] if row.dossier_code else [])
             status = row.platform_status
             if status in ("pending", "unknown"):
@@ -368,18 +388,15 @@ class FeeReport:
 def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport:
     """Step 2: record finished transactions at the one-stop where its callback did not."""
     report = FeeReport()
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(payment_txn).where(
-            payment_txn.c.platform_status.in_(("paid", "failed")),
-            payment_txn.c.onestop_state.in_(("todo", "held"))).order_by(payment_txn.c.reference)).all()
-        blocked = blocked_keys(conn, FLOW, [r.reference for r in rows])
+    rows = select(payment_txn).where(payment_txn.c.platform_status.in_(("paid", "failed")),
+                                     payment_txn.c.onestop_state.in_(("todo", "held")))
     with answer_transactions(store, onestop) as begin:
         known_dossiers: dict[str, bool] = {}
-        for row in rows:
-            if row.reference in blocked:
-                continue
+        for row in _unblocked(store, rows):
             code = row.dossier_code or ""
             if code not in known_dossiers:
+                if len(known_dossiers) >= LOOKUPS:
+                    known_dossiers.clear()
                 known_dossiers[code] = bool(code) and onestop.get_fees(code) is not None
             hold = None
             if row.onestop_status == "unmatched":
@@ -443,17 +460,12 @@ def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, bat
     """Step 3: map and submit the receipts of paid transactions to the ministry ledger."""
     report = LedgerReport()
     mapping = load_mapping(TO_LEDGER)
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(payment_txn).where(
-            payment_txn.c.platform_status == "paid", payment_txn.c.receipt_sha256.is_not(None),
-            payment_txn.c.ledger_state.in_(("todo", "held"))).order_by(payment_txn.c.reference)).all()
-        blocked = blocked_keys(conn, FLOW, [r.reference for r in rows])
+    rows = select(payment_txn).where(payment_txn.c.platform_status == "paid", payment_txn.c.receipt_sha256.is_not(None),
+                                     payment_txn.c.ledger_state.in_(("todo", "held")))
     with answer_transactions(store, ledger) as begin:
         ready: list[tuple[Any, dict[str, Any]]] = []
         payers: dict[str, str | None] = {}
-        for row in rows:
-            if row.reference in blocked:
-                continue
+        for row in _unblocked(store, rows):
             # Checked here too, not only by update_onestop_fees: the two steps run side by side.
             if row.onestop_status == "unmatched":
                 hold = "unmatched_payment"
@@ -461,6 +473,8 @@ def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, bat
                 hold = "unknown_dossier"
             else:
                 if row.dossier_code not in payers:
+                    if len(payers) >= LOOKUPS:
+                        payers.clear()
                     dossier = onestop.get_dossier(row.dossier_code)
                     payers[row.dossier_code] = None if dossier is None else str(dossier.get("applicantName") or "")
                 hold = "unknown_dossier" if payers[row.dossier_code] is None else None

@@ -557,5 +557,23 @@ def test_a_rerun_refreshes_the_one_stops_view_of_exactly_the_requests_that_chang
     with store().engine.connect() as conn:
         again = {r.reference: r for r in conn.execute(select(payment_txn))}
     assert {ref: r.onestop_status for ref, r in again.items()} == {ref: p["status"] for ref, p in onestop.items()}
-    untouched = {ref for ref in again if ref not in changed and again[ref].platform_status == first[ref].platform_status}
+    untouched = {ref for ref in again
+                 if ref not in changed and again[ref].platform_status == first[ref].platform_status}
     assert untouched and all(again[ref].updated_at == first[ref].updated_at for ref in untouched)
+
+
+def test_steps_read_the_backlog_a_page_at_a_time_and_miss_nothing(peers, tmp_path, monkeypatch):
+    """With pages of 4 payments and 3 remembered dossiers, a first run (31 requests, 12 paid, 8
+    failed) does exactly what it does in one page: every payment asked once, every result and
+    receipt recorded once, the three systems agreeing."""
+    monkeypatch.setattr(payment_receipts, "PAGE", 4)
+    monkeypatch.setattr(payment_receipts, "LOOKUPS", 3)
+    counts = run("paged-1", tmp_path)["counts"]
+    assert (counts["queried"], counts["found_paid"], counts["found_failed"], counts["still_pending"]) == (31, 12, 8, 11)
+    assert counts["fees_updated"] == 20 and counts["receipts_accepted"] == 12 and counts["mismatches"] == 0
+    with store().engine.connect() as conn:
+        asked = Counter(conn.execute(select(exchange_log.c.operation).where(exchange_log.c.run_id == "paged-1"))
+                        .scalars())
+    assert asked["QUERY"] == 31 and asked["GET_BILL"] == 12 and asked["payment_result"] == 20
+    assert asked["fees"] == 20 and asked["dossier"] == 12, "one look-up per dossier, as in one page"
+    assert_three_systems_agree(peers)
