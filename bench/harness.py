@@ -435,7 +435,7 @@ def scenario_receipts(ws: Workspace, args: argparse.Namespace, result: Result) -
             raise AssertionError(f"{what}: a receipt number booked twice")
         return got
 
-    ceiling, bus, naive = [], [], []
+    ceiling, bus, naive, peaks = [], [], [], []
     for r in range(args.repeats):
         with world("ceiling") as urls:
             t0 = time.perf_counter()
@@ -462,6 +462,7 @@ def scenario_receipts(ws: Workspace, args: argparse.Namespace, result: Result) -
                 "mismatches": c["reconcile"]["counts"]["mismatches"]},
                {**seeded, "fees": finished, "receipts": seeded["paid"], "mismatches": 0}, "bus counts")
         bus.append(payments / run["times"]["total"])
+        peaks.append(run["peak_rss_mb"])
         result.runs.append({"repeat": r, "kind": "bus", **run, "held": held})
         say(f"receipts {r + 1}/{args.repeats}: bus {payments / run['times']['total']:,.0f} payments/s "
             f"({_fmt_times(run['times'])}), {c['reconcile']['exchanges']:,} exchanges, peak {run['peak_rss_mb']:.0f} MB")
@@ -477,7 +478,8 @@ def scenario_receipts(ws: Workspace, args: argparse.Namespace, result: Result) -
     b, c_, n = median(bus), median(ceiling), median(naive)
     result.sizes.update({"dossiers": count, "payments": payments, **{f"platform_{k}": v for k, v in seeded.items()},
                          "ledger_batch_size": args.ledger_batch_size, "page_size": page_size,
-                         "naive_sample": min(args.naive_payments, payments), "repeats": args.repeats})
+                         "naive_sample": min(args.naive_payments, payments), "repeats": args.repeats,
+                         "bus_peak_rss_mb": median(peaks)})
     result.lines += [
         Line("receipts", "bus throughput vs ceiling", b, "payments/s", c_, "minimal client, the calls a run needs",
              b / c_, "≥ 0.50", b / c_ >= 0.5,
