@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS payment_requests (
     updated_at TEXT NOT NULL,
     callback_count INTEGER NOT NULL DEFAULT 0
 );
+-- a dossier's fee status lists its payment requests (GET /api/v1/dossiers/{dossierNo}/fees)
+CREATE INDEX IF NOT EXISTS ix_payment_requests_dossier ON payment_requests(dossier_no, seq);
 CREATE TABLE IF NOT EXISTS payment_callbacks (
     seq INTEGER PRIMARY KEY,
     reference TEXT NOT NULL,
