@@ -8,6 +8,7 @@ count and the commit.
     .venv/bin/python -m bench                       # every scenario, the issue's sizes
     .venv/bin/python -m bench --quick               # small sizes (the smoke test)
     .venv/bin/python -m bench --scenario engine --scenario audit
+    .venv/bin/python -m bench --scenario receipts   # the payment flow, 20,000 dossiers' payments
     .venv/bin/python -m bench --dossiers 20000 --memory-large 200000 --profile
     .venv/bin/python -m bench --scenario full_sync --postgres postgresql+psycopg2://postgres@127.0.0.1:5432/postgres
     .venv/bin/python -m bench --report var/bench/A.json --report var/bench/B.json   # one table of several runs
