@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, and_, func, or_, select, update
+from sqlalchemy import Connection, Row, Select, and_, bindparam, func, or_, select, update
 
 from connectors.errors import (
     AmountMismatch,
@@ -122,9 +122,12 @@ def _dead_letter(begin: Begin, run_id: str, key: str, stage: str, exc: Exception
                 "; ".join(f"{e['field']} [{e['rule']}]: {e['message']}" for e in errors))
 
 
+#: One payment transaction's UPDATE; the columns set are the parameters given (compiled once per set).
+_UPDATE = update(payment_txn).where(payment_txn.c.reference == bindparam("b_reference"))
+
+
 def _update(conn: Connection, reference: str, run_id: str, **values: Any) -> None:
-    conn.execute(update(payment_txn).where(payment_txn.c.reference == reference)
-                 .values(updated_run=run_id, updated_at=utcnow(), **values))
+    conn.execute(_UPDATE, {"b_reference": reference, "updated_run": run_id, "updated_at": utcnow(), **values})
 
 
 def _set(begin: Begin, reference: str, run_id: str, **values: Any) -> None:
