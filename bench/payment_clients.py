@@ -161,6 +161,7 @@ def plan_payments(urls: dict[str, str], *, batch_size: int, page_size: int) -> P
     finally:
         platform.close()
         onestop.close()
+        http.close()
     for start in range(0, len(records), batch_size):
         plan.envelopes.append(_envelope("SubmitReceipts", [_receipt_element(r) for r in
                                                            records[start:start + batch_size]]))
