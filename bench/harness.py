@@ -40,6 +40,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("full_sync", "incremental", "memory", "engine", "audit", "catalogue", "receipts")
+#: the scenarios whose bus can keep its database on PostgreSQL (``--postgres``)
+POSTGRES_SCENARIOS = {"full_sync", "memory", "receipts"}
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -450,11 +452,10 @@ def scenario_receipts(ws: Workspace, args: argparse.Namespace, result: Result) -
         say(f"receipts {r + 1}/{args.repeats}: ceiling {payments / run['total']:,.0f} payments/s "
             f"({run['calls']:,} calls; planned untimed in {planned:.1f}s)")
 
-        with world("bus") as urls:
+        with bus_database(ws, args, "bus-payments") as bus_db, world("bus") as urls:
             reports = ws.fresh("reports-payments")
-            run = run_bus(urls, ws.fresh("bus-payments") / "bus.db", ws.seal_key, batch_size=args.batch_size,
-                          chunk_size=args.chunk_size, flow="payments", ledger_batch_size=args.ledger_batch_size,
-                          report_dir=reports)
+            run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                          flow="payments", ledger_batch_size=args.ledger_batch_size, report_dir=reports)
             held = outcome(urls, payments, "bus")
         c = run["counts"]
         _check({"paid": c["collect"]["found_paid"], "failed": c["collect"]["found_failed"],
@@ -480,13 +481,14 @@ def scenario_receipts(ws: Workspace, args: argparse.Namespace, result: Result) -
     result.sizes.update({"dossiers": count, "payments": payments, **{f"platform_{k}": v for k, v in seeded.items()},
                          "ledger_batch_size": args.ledger_batch_size, "page_size": page_size,
                          "naive_sample": min(args.naive_payments, payments), "repeats": args.repeats,
-                         "bus_peak_rss_mb": median(peaks)})
+                         "bus_peak_rss_mb": median(peaks), "bus_db": bus_db_kind(args)})
+    on = _on_bus_db(args)
     result.lines += [
-        Line("receipts", "bus throughput vs ceiling", b, "payments/s", c_, "minimal client, the calls a run needs",
+        Line("receipts", "bus throughput vs ceiling" + on, b, "payments/s", c_, "minimal client, the calls a run needs",
              b / c_, "≥ 0.50", b / c_ >= 0.5,
              f"{payments:,} payment requests ({seeded['paid']:,} paid, {seeded['failed']:,} failed); "
              "the full-sync rule, applied to this flow"),
-        Line("receipts", "bus throughput vs naive", b, "payments/s", n, "one payment at a time", b / n, "", None,
+        Line("receipts", "bus throughput vs naive" + on, b, "payments/s", n, "one payment at a time", b / n, "", None,
              "not judged: QUERY, GET_BILL and the one-stop result are one call per payment for every client "
              f"(protocol 1.0.6 has no batch); naive timed over the first {min(args.naive_payments, payments):,}"),
         Line("receipts", "ceiling vs naive (bound)", c_, "payments/s", n, "one payment at a time", c_ / n, "", None,
@@ -1095,9 +1097,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ledger-batch-size", type=int, default=100,
                    help="receipts per SubmitReceipts call (bus and ceiling)")
     p.add_argument("--postgres", type=_postgres_url, default=None, metavar="URL",
-                   help="full sync and memory: the bus's database on this PostgreSQL server (on this machine; "
-                        "a throw-away database per run, created and dropped there) instead of an SQLite file, "
-                        "e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/postgres; the other scenarios "
+                   help="full sync, memory and receipts: the bus's database on this PostgreSQL server (on this "
+                        "machine; a throw-away database per run, created and dropped there) instead of an SQLite "
+                        "file, e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/postgres; the other scenarios "
                         "build SQLite files and refuse it")
     p.add_argument("--out", type=Path, default=ROOT / "var" / "bench", help="where the JSON results go")
     p.add_argument("--workdir", type=Path, default=None, help="scratch space (default: a temporary directory)")
@@ -1124,9 +1126,9 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, value)
     chosen = args.scenario or list(SCENARIOS)
-    if args.postgres and not set(chosen) <= {"full_sync", "memory"}:
-        parser().error("--postgres applies to the full_sync and memory scenarios only (the others build SQLite "
-                       "files): add --scenario full_sync and/or --scenario memory")
+    if args.postgres and not set(chosen) <= POSTGRES_SCENARIOS:
+        parser().error("--postgres applies to the full_sync, memory and receipts scenarios only (the others build "
+                       "SQLite files): choose among them with --scenario")
     if args.profile and "full_sync" in chosen and importlib.util.find_spec("pyinstrument") is None:
         parser().error("--profile needs pyinstrument, which the bench extra brings: make bench ARGS=... installs it "
                        "(or .venv/bin/pip install -e '.[bench]')")

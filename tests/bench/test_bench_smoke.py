@@ -138,8 +138,8 @@ def test_portal_latency_is_refused_when_not_a_positive_delay() -> None:
 
 
 def test_postgres_puts_each_bus_run_in_a_throw_away_database_there(tmp_path: Path) -> None:
-    """``--postgres URL``: the bus of the full sync and memory scenarios keeps its database on that
-    server (the scale-out deployment's), one fresh database per run, dropped afterwards; its lines
+    """``--postgres URL``: the bus of the full sync, memory and receipts scenarios keeps its database
+    on that server (the scale-out deployment's), one fresh database per run, dropped afterwards; its lines
     say so, the counts are as exact as on SQLite, and the password never reaches the output."""
     from tests.conftest import PG_ADMIN_URL, postgres_databases
 
@@ -149,23 +149,30 @@ def test_postgres_puts_each_bus_run_in_a_throw_away_database_there(tmp_path: Pat
     assert secret in url
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--scenario", "full_sync", "--scenario", "memory",
-                           "--postgres", url, "--out", str(out)], cwd=REPO_ROOT,
+                           "--scenario", "receipts", "--postgres", url, "--out", str(out)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode in (0, 1), done.stderr[-3000:]
     body = (out / "latest.json").read_text(encoding="utf-8")
     assert secret not in body and secret not in done.stdout and secret not in done.stderr
     latest = json.loads(body)
     assert "--postgres postgresql+psycopg2://postgres:***@127.0.0.1:5432/postgres" in latest["command"]
-    full, memory = latest["scenarios"]["full_sync"], latest["scenarios"]["memory"]
-    assert full["error"] is None and memory["error"] is None
-    assert full["sizes"]["bus_db"] == memory["sizes"]["bus_db"] == "PostgreSQL"
-    judged = [line["measure"] for scenario in (full, memory) for line in scenario["lines"] if line["verdict"]]
+    full, memory, receipts = (latest["scenarios"][name] for name in ("full_sync", "memory", "receipts"))
+    assert full["error"] is None and memory["error"] is None and receipts["error"] is None
+    assert full["sizes"]["bus_db"] == memory["sizes"]["bus_db"] == receipts["sizes"]["bus_db"] == "PostgreSQL"
+    judged = [line["measure"] for scenario in (full, memory, receipts) for line in scenario["lines"]
+              if line["verdict"]]
     assert judged and all(m.endswith("(bus DB: PostgreSQL)") for m in judged)
     n, entries = QUICK["dossiers"], full["sizes"]["progress_entries"]
     bus = [r for r in full["runs"] if r["kind"] == "bus"]
     assert bus and all(r["counts"]["deliver"]["delivered_new"] == n and r["counts"]["progress"]["progress_sent"] == entries
                        and r["counts"]["sealed"] > 0 for r in bus)
     assert [r["counts"]["deliver"]["delivered_new"] for r in memory["runs"]] == [QUICK["memory_large"]]
+    # the payment flow on PostgreSQL: every paid payment booked once, nothing left to reconcile
+    paid = receipts["sizes"]["platform_paid"]
+    (pay,) = [r for r in receipts["runs"] if r["kind"] == "bus"]
+    assert pay["counts"]["ledger"]["receipts_accepted"] == paid and pay["held"]["distinct"] == paid
+    assert pay["counts"]["reconcile"]["counts"]["mismatches"] == 0
+    assert pay["counts"]["sealed"] == pay["counts"]["reconcile"]["exchanges"]
     assert postgres_databases("lienthong_bench_") == before  # every run's database was dropped
 
 
@@ -175,8 +182,9 @@ def test_postgres_puts_each_bus_run_in_a_throw_away_database_there(tmp_path: Pat
      "must be on this machine"),
     (["--postgres", "no url at all", "--scenario", "full_sync"], "not a SQLAlchemy URL"),
     (["--postgres", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", "--scenario", "audit"],
-     "full_sync and memory scenarios only"),
-    (["--postgres", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"], "full_sync and memory scenarios only"),
+     "full_sync, memory and receipts scenarios only"),
+    (["--postgres", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"],
+     "full_sync, memory and receipts scenarios only"),
 ])
 def test_postgres_is_refused_where_it_cannot_apply(argv: list[str], says: str) -> None:
     done = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=REPO_ROOT,
