@@ -30,17 +30,13 @@ from lxml import etree
 
 from bench.seed import PAYMENT_PARTNER, PAYMENT_SECRET
 from bench.standins import LEDGER_PASSWORD, LEDGER_USER, ONESTOP_KEY
+from connectors.ministry_ledger.client import LEDGER_NS, RECEIPT_FIELDS
+from mocks.ministry_ledger.app import PASSWORD_TEXT, SOAP_NS, WSSE_NS
 
 __all__ = ["PaymentPlan", "ledger_receipts", "onestop_results", "plan_payments", "run_payments_ceiling",
            "run_payments_naive"]
 
-LEDGER_NS = "urn:vn:gov:mof:receiptledger:v1"
-SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
-WSSE_NS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
-PASSWORD_TEXT = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0#PasswordText"
-SOAP_ACTION = "urn:vn:gov:mof:receiptledger:v1/"
-RECEIPT_FIELDS = ("ReceiptNumber", "DossierCode", "PaymentReference", "AmountVND", "PaidAt", "PayerName",
-                  "AgencyCode", "PdfSha256")
+SOAP_ACTION = LEDGER_NS + "/"  # + the operation, as the WSDL's soapAction reads
 JSON = {"Content-Type": "application/json; charset=utf-8"}
 
 

@@ -184,23 +184,19 @@ def seed_payments(onestop_dir: Path, platform_dir: Path, templates: list[Templat
     platform's status."""
     from mocks.one_stop import OneStopMock
     from mocks.payment_platform import PaymentPlatformMock, seeded_payments
-    from mocks.server import iso
 
     dossiers = payment_dossiers(templates, count)
-    payments = seeded_payments(dossiers, SEED)
-    conn = _connect(Path(onestop_dir) / OneStopMock.state_file)
-    with conn:
-        conn.execute("DELETE FROM payment_requests")
-        conn.executemany(
-            "INSERT INTO payment_requests(reference, dossier_no, amount, status, created_at, updated_at)"
-            " VALUES(?, ?, ?, 'pending', ?, ?)",
-            [(p["reference"], p["dossierNo"], p["amount"], iso(p["createdAt"]), iso(p["createdAt"])) for p in payments])
-    conn.close()
+    onestop = OneStopMock(state_dir=onestop_dir, seed=SEED, seed_dossiers=0)
+    onestop.open_state()  # the state seed_onestop made: its world seed, no payment request yet
+    db = onestop.require_db()
+    with db.tx():
+        onestop._seed_payments(db, dossiers)  # the stand-in's own seeding: every request pending
+    onestop.stop()
     platform = PaymentPlatformMock(state_dir=platform_dir, seed=SEED, partner_code=PAYMENT_PARTNER,
                                    secret=PAYMENT_SECRET, dossiers=dossiers)
     platform.open_state()  # the stand-in's own seeding: each payment completed as its seed says
     platform.stop()
     counts = {"paid": 0, "failed": 0, "pending": 0}
-    for p in payments:
+    for p in seeded_payments(dossiers, SEED):  # what both stand-ins seeded from
         counts[p["status"]] += 1
     return counts
