@@ -40,14 +40,24 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     Connection,
+    Index,
+    Integer,
+    MetaData,
     Row,
     Select,
+    String,
+    Table,
+    Text,
     and_,
     bindparam,
+    delete,
+    exists,
     func,
     or_,
     select,
@@ -579,88 +589,197 @@ def _amount(value: Any) -> int | None:
 
 _RECONCILED = ("reference", "dossier_code", "platform_status", "request_amount", "platform_amount", "transaction_id",
                "paid_at", "receipt_no", "hold_reason", "ledger_state")
+#: Paid transactions per ``ListReceipts`` window: the ledger answers a window in one SOAP body, so a
+#: province's years of receipts are asked for a bounded slice of time at a time.
+RECEIPT_WINDOW = 2_000
+
+# What the other two systems say, kept for one reconciliation in temporary tables of the bus
+# database (the connection's own, dropped at the end), so its memory follows a page, not the
+# backlog: the one-stop's view of each request, the ledger's receipts of the paid period.
+_views = MetaData()
+_onestop_view = Table(
+    "reconcile_onestop", _views,
+    Column("reference", String(64), primary_key=True),
+    Column("view", Text, nullable=False),  # JSON {status, transactionId, amount} as the one-stop listed them
+    prefixes=["TEMPORARY"])
+_ledger_view = Table(
+    "reconcile_ledger", _views,
+    Column("seq", Integer, primary_key=True, autoincrement=True),  # the order the ledger gave them in
+    Column("number", Text, nullable=False),  # str(ReceiptNumber)
+    Column("reference", Text, nullable=False),  # str(PaymentReference)
+    Column("receipt", Text, nullable=False),  # JSON of the fields the checks read
+    Index("ix_reconcile_ledger_number", "number"),
+    Index("ix_reconcile_ledger_reference", "reference"),
+    prefixes=["TEMPORARY"])
+_RECEIPT_FIELDS = ("ReceiptNumber", "PaymentReference", "AmountVND", "DossierCode")
+
+
+def _keep_onestop_page(conn: Connection, page: list[dict[str, Any]]) -> None:
+    """One listed page into the one-stop view; a reference listed again replaces what was listed before."""
+    views = {str(p.get("reference")): json.dumps({"status": p.get("status"), "transactionId": p.get("transactionId"),
+                                                  "amount": p.get("amount")}, default=str) for p in page}
+    if not views:
+        return
+    conn.execute(delete(_onestop_view).where(_onestop_view.c.reference.in_(list(views))))
+    conn.execute(_onestop_view.insert(), [{"reference": r, "view": v} for r, v in views.items()])
+    conn.commit()
+
+
+def _keep_receipts(conn: Connection, receipts: list[dict[str, Any]]) -> None:
+    if receipts:
+        conn.execute(_ledger_view.insert(), [
+            {"number": str(r.get("ReceiptNumber")), "reference": str(r.get("PaymentReference")),
+             "receipt": json.dumps({k: r.get(k) for k in _RECEIPT_FIELDS}, default=str)} for r in receipts])
+    conn.commit()
+
+
+def _receipt_windows(conn: Connection, size: int) -> list[tuple[datetime, datetime]]:
+    """``[start, end)`` windows that tile the paid period (a day before the first payment to a day
+    after the last), each holding about ``size`` paid transactions; only the cut points are kept."""
+    first = last = None
+    cuts: list[datetime] = []
+    rows = conn.execute(select(payment_txn.c.paid_at).where(
+        payment_txn.c.platform_status == "paid", payment_txn.c.paid_at.is_not(None)).order_by(payment_txn.c.paid_at))
+    for n, (paid_at,) in enumerate(rows):
+        when = datetime.fromisoformat(paid_at)
+        first = when if first is None or when < first else first
+        last = when if last is None or when > last else last
+        if n and n % size == 0:
+            cuts.append(when)
+    if first is None or last is None:
+        return []
+    bounds = [first - timedelta(days=1), *sorted({c for c in cuts if first < c <= last}), last + timedelta(days=1)]
+    return list(pairwise(bounds))
+
+
+def _txn_pages(conn: Connection, query: Select) -> Iterator[list[Row]]:
+    """``query``'s rows (over ``payment_txn``) in reference order, :data:`PAGE` at a time."""
+    after: str | None = None
+    while True:
+        page = query.order_by(payment_txn.c.reference).limit(PAGE)
+        if after is not None:
+            page = page.where(payment_txn.c.reference > after)
+        rows = conn.execute(page).all()
+        if rows:
+            yield rows
+        if len(rows) < PAGE:
+            return
+        after = rows[-1].reference
+
+
+def _fetch_unlisted(conn: Connection, ledger: Any) -> None:
+    """A receipt number the windows did not show may still be held, under another payment or
+    time: asked by number, a page of paid transactions at a time (a number found is in the view
+    before the next page is read, so it is asked once)."""
+    unlisted = select(payment_txn.c.reference, payment_txn.c.receipt_no).where(
+        payment_txn.c.platform_status == "paid", payment_txn.c.receipt_no.is_not(None),
+        ~exists().where(_ledger_view.c.number == payment_txn.c.receipt_no))
+    for rows in _txn_pages(conn, unlisted):
+        found: set[str] = set()
+        for row in rows:
+            if row.receipt_no in found:
+                continue
+            held = ledger.get_receipt(row.receipt_no)
+            if held is not None:
+                _keep_receipts(conn, [held])
+                found.add(row.receipt_no)
 
 
 def reconcile(store: Store, onestop: Any, ledger: Any, *, run_id: str) -> ReconciliationReport:
-    """Step 4: check that the platform, the one-stop and the ledger agree on every transaction."""
+    """Step 4: check that the platform, the one-stop and the ledger agree on every transaction.
+
+    What the one-stop and the ledger say is read into temporary tables of the bus database first
+    (the one-stop's requests page by page, the ledger's receipts a window of
+    :data:`RECEIPT_WINDOW` paid transactions at a time), then every transaction is checked a page
+    of :data:`PAGE` at a time against them: memory follows a page, not the years of payments."""
     report = ReconciliationReport()
-    # the columns the checks read (not the platform's whole answer), and of each one-stop request
-    # its status, transaction and amount: memory per payment stays small on a province's backlog
     with store.engine.connect() as conn:
-        txns = conn.execute(select(*(payment_txn.c[name] for name in _RECONCILED))
-                            .order_by(payment_txn.c.reference)).all()
-    onestop_payments = {p["reference"]: {"status": p.get("status"), "transactionId": p.get("transactionId"),
-                                         "amount": p.get("amount")}
-                        for page in onestop.iter_payments(status="all") for p in page}
-    paid = [t for t in txns if t.platform_status == "paid"]
-    ledger_receipts: list[dict[str, Any]] = []
-    times = [datetime.fromisoformat(t.paid_at) for t in paid if t.paid_at]
-    if times:
-        ledger_receipts = ledger.list_receipts(min(times) - timedelta(days=1), max(times) + timedelta(days=1))
-    # A receipt number the window did not show may still be held, under another payment or time.
-    listed = {str(r.get("ReceiptNumber")) for r in ledger_receipts}
-    for txn in paid:
-        if txn.receipt_no and txn.receipt_no not in listed:
-            held = ledger.get_receipt(txn.receipt_no)
-            if held is not None:
-                ledger_receipts.append(held)
-                listed.add(txn.receipt_no)
-    by_number: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    by_reference: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for receipt in ledger_receipts:
-        by_number[str(receipt.get("ReceiptNumber"))].append(receipt)
-        by_reference[str(receipt.get("PaymentReference"))].append(receipt)
+        _views.drop_all(conn, checkfirst=True)  # a pooled connection may hold an interrupted run's
+        _views.create_all(conn)
+        conn.commit()
+        try:
+            _reconcile(conn, onestop, ledger, report)
+        finally:
+            conn.rollback()
+            _views.drop_all(conn, checkfirst=True)
+            conn.commit()
+    _keep_items(store, report, run_id)
+    return report
+
+
+def _reconcile(conn: Connection, onestop: Any, ledger: Any, report: ReconciliationReport) -> None:
+    for page in onestop.iter_payments(status="all"):
+        _keep_onestop_page(conn, page)
+    for start, end in _receipt_windows(conn, RECEIPT_WINDOW):
+        _keep_receipts(conn, ledger.list_receipts(start, end))
+    _fetch_unlisted(conn, ledger)
 
     def found(txn: Any, kind: str, **details: Any) -> None:
         report.items.append({"record_key": txn.reference, "kind": kind, "dossier_code": txn.dossier_code,
                              "receipt_no": txn.receipt_no, "details": details})
 
-    for txn in txns:
-        before = len(report.items)
-        mine = onestop_payments.get(txn.reference) or {}
-        if txn.platform_status == "unknown":
-            found(txn, "unknown_transaction", onestop_status=mine.get("status"))
-        if txn.platform_status == "failed":
-            report.failed += 1
-            if mine.get("status") != "failed":
-                found(txn, "failed_not_recorded", onestop_status=mine.get("status"))
-        if txn.platform_status != "paid":
-            continue
-        report.paid += 1
-        unmatched = txn.hold_reason in ("unknown_dossier", "unmatched_payment")
-        if unmatched:
-            found(txn, txn.hold_reason, dossier_code=txn.dossier_code, onestop_status=mine.get("status"))
-        if txn.request_amount is not None and txn.platform_amount != txn.request_amount:
-            found(txn, "amount_differs", platform_amount=txn.platform_amount, onestop_amount=txn.request_amount)
-        elif not unmatched:
-            if mine.get("status") != "paid":
-                found(txn, "fee_not_paid", onestop_status=mine.get("status"))
-            elif mine.get("transactionId") != txn.transaction_id:
-                found(txn, "paid_twice", platform_transaction=txn.transaction_id,
-                      onestop_transaction=mine.get("transactionId"))
-            elif _amount(mine.get("amount")) != txn.platform_amount:
-                found(txn, "amount_differs", platform_amount=txn.platform_amount, onestop_amount=mine.get("amount"))
-        held = by_number.get(txn.receipt_no or "", [])
-        for_payment = by_reference.get(txn.reference, [])
-        if not txn.receipt_no or not held:
-            if not unmatched or for_payment:
-                found(txn, "missing_receipt", ledger_state=txn.ledger_state)
-        elif len(held) > 1 or len(for_payment) > 1 or txn.hold_reason == "duplicate_receipt":
-            found(txn, "duplicate_receipt", receipts=sorted(str(r.get("ReceiptNumber")) for r in for_payment),
-                  copies_of_number=len(held))
-        elif _amount(held[0].get("AmountVND")) != txn.platform_amount:
-            found(txn, "ledger_amount_differs", ledger_amount=_amount(held[0].get("AmountVND")),
-                  platform_amount=txn.platform_amount)
-        report.agreed += len(report.items) == before
-    known = {t.reference for t in txns}
-    for reference, receipts in sorted(by_reference.items()):
-        if reference not in known:
-            for receipt in receipts:
-                report.items.append({"record_key": reference, "kind": "unexpected_receipt", "dossier_code":
-                                     receipt.get("DossierCode"), "receipt_no": receipt.get("ReceiptNumber"),
-                                     "details": {"amount": _amount(receipt.get("AmountVND"))}})
-    _keep_items(store, report, run_id)
-    return report
+    def receipts(column: Any, values: set[str]) -> dict[str, list[dict[str, Any]]]:
+        held: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        if values:
+            for key, receipt in conn.execute(select(column, _ledger_view.c.receipt).where(
+                    column.in_(sorted(values))).order_by(_ledger_view.c.seq)):
+                held[key].append(json.loads(receipt))
+        return held
+
+    for txns in _txn_pages(conn, select(*(payment_txn.c[name] for name in _RECONCILED))):
+        references = {t.reference for t in txns}
+        views = {r: json.loads(v) for r, v in conn.execute(select(_onestop_view.c.reference, _onestop_view.c.view)
+                                                           .where(_onestop_view.c.reference.in_(references)))}
+        paid = [t for t in txns if t.platform_status == "paid"]
+        by_number = receipts(_ledger_view.c.number, {t.receipt_no for t in paid if t.receipt_no})
+        by_reference = receipts(_ledger_view.c.reference, {t.reference for t in paid})
+        for txn in txns:
+            before = len(report.items)
+            mine = views.get(txn.reference) or {}
+            if txn.platform_status == "unknown":
+                found(txn, "unknown_transaction", onestop_status=mine.get("status"))
+            if txn.platform_status == "failed":
+                report.failed += 1
+                if mine.get("status") != "failed":
+                    found(txn, "failed_not_recorded", onestop_status=mine.get("status"))
+            if txn.platform_status != "paid":
+                continue
+            report.paid += 1
+            unmatched = txn.hold_reason in ("unknown_dossier", "unmatched_payment")
+            if unmatched:
+                found(txn, txn.hold_reason, dossier_code=txn.dossier_code, onestop_status=mine.get("status"))
+            if txn.request_amount is not None and txn.platform_amount != txn.request_amount:
+                found(txn, "amount_differs", platform_amount=txn.platform_amount, onestop_amount=txn.request_amount)
+            elif not unmatched:
+                if mine.get("status") != "paid":
+                    found(txn, "fee_not_paid", onestop_status=mine.get("status"))
+                elif mine.get("transactionId") != txn.transaction_id:
+                    found(txn, "paid_twice", platform_transaction=txn.transaction_id,
+                          onestop_transaction=mine.get("transactionId"))
+                elif _amount(mine.get("amount")) != txn.platform_amount:
+                    found(txn, "amount_differs", platform_amount=txn.platform_amount,
+                          onestop_amount=mine.get("amount"))
+            held = by_number.get(txn.receipt_no or "", [])
+            for_payment = by_reference.get(txn.reference, [])
+            if not txn.receipt_no or not held:
+                if not unmatched or for_payment:
+                    found(txn, "missing_receipt", ledger_state=txn.ledger_state)
+            elif len(held) > 1 or len(for_payment) > 1 or txn.hold_reason == "duplicate_receipt":
+                found(txn, "duplicate_receipt", receipts=sorted(str(r.get("ReceiptNumber")) for r in for_payment),
+                      copies_of_number=len(held))
+            elif _amount(held[0].get("AmountVND")) != txn.platform_amount:
+                found(txn, "ledger_amount_differs", ledger_amount=_amount(held[0].get("AmountVND")),
+                      platform_amount=txn.platform_amount)
+            report.agreed += len(report.items) == before
+    # receipts for payments the bus does not know, in reference order, each as the ledger gave it
+    unexpected = select(_ledger_view.c.reference, _ledger_view.c.receipt).where(
+        ~exists().where(payment_txn.c.reference == _ledger_view.c.reference)).order_by(
+        _ledger_view.c.reference, _ledger_view.c.seq)
+    for reference, text in conn.execute(unexpected).all():
+        receipt = json.loads(text)
+        report.items.append({"record_key": reference, "kind": "unexpected_receipt", "dossier_code":
+                             receipt.get("DossierCode"), "receipt_no": receipt.get("ReceiptNumber"),
+                             "details": {"amount": _amount(receipt.get("AmountVND"))}})
 
 
 def _keep_items(store: Store, report: ReconciliationReport, run_id: str) -> None:
@@ -718,12 +837,13 @@ def reconciliation_markdown(store: Store, run_id: str, counts: dict[str, Any]) -
     items = open_items(store)
     now = utcnow()
     lines = [f"# Payment reconciliation — run {run_id}", "",
-             f"Paid transactions checked: {counts.get('reconciled_paid', 0)}; "
-             f"all three systems agree on {counts.get('reconciled_agreed', 0)}. "
-             f"Failed transactions: {counts.get('reconciled_failed', 0)}.",
-             f"Receipts booked in the ledger this run: {counts.get('receipts_accepted', 0)} "
-             f"(already held: {counts.get('receipts_unchanged', 0)}); one-stop fees updated where the callback "
-             f"was lost: {counts.get('fees_updated', 0)} (already recorded: {counts.get('fees_already_recorded', 0)}).",
+             (f"Paid transactions checked: {counts.get('reconciled_paid', 0)}; "
+              f"all three systems agree on {counts.get('reconciled_agreed', 0)}. "
+              f"Failed transactions: {counts.get('reconciled_failed', 0)}."),
+             (f"Receipts booked in the ledger this run: {counts.get('receipts_accepted', 0)} "
+              f"(already held: {counts.get('receipts_unchanged', 0)}); one-stop fees updated where the callback "
+              f"was lost: {counts.get('fees_updated', 0)} (already recorded: "
+              f"{counts.get('fees_already_recorded', 0)})."),
              "", f"## Open mismatches ({len(items)})", ""]
     if not items:
         lines.append("None: the payment platform, the one-stop system and the ministry ledger agree.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -577,3 +577,99 @@ def test_steps_read_the_backlog_a_page_at_a_time_and_miss_nothing(peers, tmp_pat
     assert asked["QUERY"] == 31 and asked["GET_BILL"] == 12 and asked["payment_result"] == 20
     assert asked["fees"] == 20 and asked["dossier"] == 12, "one look-up per dossier, as in one page"
     assert_three_systems_agree(peers)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_reconciliation_reads_a_window_and_a_page_at_a_time_and_finds_the_same(peers, tmp_path, monkeypatch,
+                                                                                database):
+    """Windows of 2 paid transactions and pages of 3 find exactly what one window and one page
+    find, mismatches of every kind included: a paid transaction's receipt number held since years
+    under another payment (no window shows it: asked by number), a second receipt for a payment
+    booked days from the first (another window), a receipt for an unknown payment, an amount that
+    differs, an unknown dossier. The windows tile the paid period with no gap and no overlap."""
+    from contextlib import ExitStack
+    from urllib.parse import urlsplit
+
+    with ExitStack() as stack:
+        if database == "postgresql":  # temporary tables and keyset pages on the scale-out database too
+            from tests.conftest import postgres_database
+
+            parts = urlsplit(stack.enter_context(postgres_database("lienthong_pay")).replace(
+                "postgresql+psycopg2", "postgresql"))
+            monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({
+                "conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username,
+                "schema": parts.path.lstrip("/")}))
+        _reconcile_by_windows(peers, tmp_path, monkeypatch, database)
+
+
+def _reconcile_by_windows(peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str) -> None:
+    from connectors.connection import Secret
+    from connectors.ministry_ledger.client import ReceiptLedgerClient
+
+    paid = sorted((p for p in peers.platform_payments().values() if p["status"] == "paid"),
+                  key=lambda p: p["MaThamChieu"])
+    client = ReceiptLedgerClient(peers.ledger.url, LEDGER_USER, Secret(LEDGER_PASSWORD))
+    stray = {"DossierCode": paid[1]["MaHoSo"], "AmountVND": paid[1]["SoTien"], "PayerName": "Trần Thị Bình",
+             "AgencyCode": paid[1]["MaHoSo"].split("-")[0], "PdfSha256": "0" * 64}
+    try:  # a paid transaction's number taken years before: no window shows it, asked by number
+        client.submit_receipts([{**stray, "ReceiptNumber": paid[0]["SoBienLai"], "PaymentReference": "years-ago",
+                                 "PaidAt": datetime.fromisoformat("2020-01-02T08:00:00+07:00")}])
+        run("win-1", tmp_path)
+        with store().engine.connect() as conn:
+            times = sorted(datetime.fromisoformat(t) for t in conn.execute(
+                select(payment_txn.c.paid_at).where(payment_txn.c.platform_status == "paid")).scalars())
+        assert len(times) == 12 and times[-1] - times[0] > timedelta(days=1), "the paid period spans windows"
+        client.submit_receipts([
+            {**stray, "ReceiptNumber": "BL-STRAY-1", "PaymentReference": paid[1]["MaThamChieu"], "PaidAt": times[-1]},
+            {**stray, "ReceiptNumber": "BL-STRAY-2", "PaymentReference": "nobody-asked", "PaidAt": times[0]}])
+    finally:
+        client.close()
+    dossiers = requests.get(peers.onestop.url + "/_state/dossiers", timeout=T).json()["dossiers"]
+    dossier = next(d for d in dossiers if sum(int(f.get("amount") or 0) for f in d.get("fees") or []) > 0)
+    when = datetime.fromisoformat("2026-11-20T09:00:00+07:00")
+    mismatch = peers.init_payment(dossier["dossierNo"], 125000, when)
+    peers.register(mismatch, dossier["dossierNo"], 120000)
+    unknown = peers.init_payment("000.00.01.H49-261120-9999", 50000, when)
+    peers.register(unknown, "000.00.01.H49-261120-9999", 50000)
+    peers.settle(40, outcome="paid")
+    run("win-2", tmp_path)
+
+    def reconciled(run_id: str) -> tuple[dict, list]:
+        summary = tasks.reconcile_payments(connection_from_env, run_id=run_id, task_id="reconcile")
+        counts = {k: v for k, v in summary["counts"].items() if k.startswith(("reconciled_", "mismatches"))}
+        assert {(m["kind"], m["record_key"]) for m in summary["open_mismatches"]} == {
+            (i["kind"], i["record_key"]) for i in payment_receipts.open_items(store())}
+        return counts, sorted((i["kind"], i["record_key"], i["dossier_code"], i["receipt_no"],
+                               json.dumps(i["details"], sort_keys=True)) for i in payment_receipts.open_items(store()))
+
+    whole = reconciled("win-3")
+    kinds = {item[0] for item in whole[1]}
+    assert kinds >= {"duplicate_receipt", "unexpected_receipt", "amount_differs", "unknown_dossier"}, kinds
+    assert {("duplicate_receipt", paid[0]["MaThamChieu"]), ("duplicate_receipt", paid[1]["MaThamChieu"]),
+            ("unexpected_receipt", "years-ago"), ("unexpected_receipt", "nobody-asked")} <= {i[:2] for i in whole[1]}
+    assert whole[0]["mismatches_opened"] == 0
+    assert whole[0]["reconciled_paid"] == sum(p["status"] == "paid" for p in peers.platform_payments().values())
+
+    windows: list[tuple[datetime, datetime, int]] = []
+    listed = ReceiptLedgerClient.list_receipts
+
+    def list_receipts(self, start, end):
+        receipts = listed(self, start, end)
+        windows.append((start, end, len(receipts)))
+        return receipts
+
+    monkeypatch.setattr(ReceiptLedgerClient, "list_receipts", list_receipts)
+    monkeypatch.setattr(payment_receipts, "RECEIPT_WINDOW", 2)
+    monkeypatch.setattr(payment_receipts, "PAGE", 3)
+    assert reconciled("win-4") == whole
+    with store().engine.connect() as conn:
+        paid_at = sorted(datetime.fromisoformat(t) for t in conn.execute(
+            select(payment_txn.c.paid_at).where(payment_txn.c.platform_status == "paid")).scalars())
+    assert len(windows) >= 10
+    assert windows[0][0] == paid_at[0] - timedelta(days=1) and windows[-1][1] == paid_at[-1] + timedelta(days=1)
+    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:])), "no gap, no overlap"
+    assert sum(n for _, _, n in windows) == len(peers.ledger_receipts()) - 1  # all but the one years before
+    assert max(n for _, _, n in windows) <= 4
+    with store().engine.connect() as conn:  # the temporary tables went with the run
+        assert conn.dialect.name == database
+        assert not any(conn.dialect.has_table(conn, name) for name in ("reconcile_onestop", "reconcile_ledger"))
