@@ -9,6 +9,7 @@ count and the commit.
     .venv/bin/python -m bench --quick               # small sizes (the smoke test)
     .venv/bin/python -m bench --scenario engine --scenario audit
     .venv/bin/python -m bench --scenario receipts   # the payment flow, 20,000 dossiers' payments
+    .venv/bin/python -m bench --scenario receipts_memory   # its peak memory, 200,000 against 20,000
     .venv/bin/python -m bench --dossiers 20000 --memory-large 200000 --profile
     .venv/bin/python -m bench --scenario full_sync --postgres postgresql+psycopg2://postgres@127.0.0.1:5432/postgres
     .venv/bin/python -m bench --report var/bench/A.json --report var/bench/B.json   # one table of several runs
@@ -39,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("full_sync", "incremental", "memory", "engine", "audit", "catalogue", "receipts")
+SCENARIOS = ("full_sync", "incremental", "memory", "engine", "audit", "catalogue", "receipts", "receipts_memory")
 #: the scenarios whose bus can keep its database on PostgreSQL (``--postgres``)
-POSTGRES_SCENARIOS = {"full_sync", "memory", "receipts"}
+POSTGRES_SCENARIOS = {"full_sync", "memory", "receipts", "receipts_memory"}
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -393,6 +394,27 @@ def scenario_full_sync(ws: Workspace, args: argparse.Namespace, result: Result) 
 
 
 # --- 7. payment receipts ----------------------------------------------------------------------------
+def _payments_world(ws: Workspace, count: int, name: str) -> tuple[Path, Path, dict[str, int]]:
+    """A one-stop state of ``count`` dossiers with their payment requests, and the platform's state
+    (read-only once seeded: QUERY and GET_BILL change nothing); the platform's counts by status."""
+    from bench.seed import seed_payments
+
+    base = ws.path(f"onestop-{name}")
+    shutil.rmtree(base, ignore_errors=True)
+    shutil.copytree(ws.onestop(count), base)
+    platform = ws.fresh(f"platform-{name}")
+    return base, platform, seed_payments(base, platform, ws.templates, count)
+
+
+def _payments_checked(run: dict[str, Any], seeded: dict[str, int], what: str) -> None:
+    """The bus's own counts of a first run over a seeded payments world."""
+    c = run["counts"]
+    _check({"paid": c["collect"]["found_paid"], "failed": c["collect"]["found_failed"],
+            "pending": c["collect"]["still_pending"], "fees": c["fees"]["fees_updated"],
+            "receipts": c["ledger"]["receipts_accepted"], "mismatches": c["reconcile"]["counts"]["mismatches"]},
+           {**seeded, "fees": seeded["paid"] + seeded["failed"], "receipts": seeded["paid"], "mismatches": 0}, what)
+
+
 def scenario_receipts(ws: Workspace, args: argparse.Namespace, result: Result) -> None:
     """The payment flow through the whole path (collect, one-stop fees, ledger, reconcile, seal)
     against the one-stop, payment-platform and ledger stand-ins, beside a minimal client making the
@@ -404,16 +426,9 @@ def scenario_receipts(ws: Workspace, args: argparse.Namespace, result: Result) -
         run_payments_ceiling,
         run_payments_naive,
     )
-    from bench.seed import seed_payments
-
     count = args.payment_dossiers
-    base = ws.path("onestop-payments")
-    shutil.rmtree(base, ignore_errors=True)
-    shutil.copytree(ws.onestop(count), base)
-    platform = ws.fresh("platform-payments")  # read-only once seeded: QUERY and GET_BILL change nothing
-    seeded = seed_payments(base, platform, ws.templates, count)
+    base, platform, seeded = _payments_world(ws, count, "payments")
     payments = sum(seeded.values())
-    finished = seeded["paid"] + seeded["failed"]
     say(f"receipts: {payments:,} payment requests over {count:,} dossiers ({seeded['paid']:,} paid, "
         f"{seeded['failed']:,} failed, {seeded['pending']:,} pending at the platform; no callback reached the one-stop)")
     page_size = 500
@@ -459,11 +474,7 @@ def scenario_receipts(ws: Workspace, args: argparse.Namespace, result: Result) -
                           flow="payments", ledger_batch_size=args.ledger_batch_size, report_dir=reports)
             held = outcome(urls, payments, "bus")
         c = run["counts"]
-        _check({"paid": c["collect"]["found_paid"], "failed": c["collect"]["found_failed"],
-                "pending": c["collect"]["still_pending"], "fees": c["fees"]["fees_updated"],
-                "receipts": c["ledger"]["receipts_accepted"],
-                "mismatches": c["reconcile"]["counts"]["mismatches"]},
-               {**seeded, "fees": finished, "receipts": seeded["paid"], "mismatches": 0}, "bus counts")
+        _payments_checked(run, seeded, "bus counts")
         bus.append(payments / run["times"]["total"])
         peaks.append(run["peak_rss_mb"])
         result.runs.append({"repeat": r, "kind": "bus", **run, "held": held})
@@ -494,6 +505,59 @@ def scenario_receipts(ws: Workspace, args: argparse.Namespace, result: Result) -
         Line("receipts", "ceiling vs naive (bound)", c_, "payments/s", n, "one payment at a time", c_ / n, "", None,
              "the most any client reaches over naive here"),
     ]
+
+
+def scenario_receipts_memory(ws: Workspace, args: argparse.Namespace, result: Result,
+                             receipts: Result | None) -> None:
+    """Peak RSS of the bus process through the payment flow at two sizes (a first run over a
+    province's backlog: every request listed, asked, recorded, booked and reconciled): the steps
+    (collect, fees, ledger, reconcile), and including the sealing that follows."""
+    small, large = args.payment_memory_small, args.payment_memory_large
+    steps: dict[int, float] = {}
+    whole: dict[int, float] = {}
+    payments: dict[int, int] = {}
+
+    def keep(size: int, runs: list[dict[str, Any]], count: int) -> None:
+        steps[size] = median([r["peak_after_mb"]["reconcile"] for r in runs])
+        whole[size] = median([r["peak_rss_mb"] for r in runs])
+        payments[size] = count
+
+    if receipts is not None and receipts.error is None and receipts.sizes.get("dossiers") == small:
+        keep(small, [r for r in receipts.runs if r["kind"] == "bus"], receipts.sizes["payments"])
+    for size in (small, large):
+        if size in steps:
+            continue
+        base, platform, seeded = _payments_world(ws, size, f"payments-memory-{size}")
+        with bus_database(ws, args, f"bus-payments-memory-{size}") as bus_db, \
+                standins(base, platform_dir=platform, ledger_dir=ws.fresh(f"ledger-memory-{size}")) as urls:
+            run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                          flow="payments", ledger_batch_size=args.ledger_batch_size,
+                          report_dir=ws.fresh(f"reports-payments-memory-{size}"))
+        _payments_checked(run, seeded, f"payment memory run of {size:,} dossiers")
+        keep(size, [run], sum(seeded.values()))
+        result.runs.append({"source": size, "payments": sum(seeded.values()), **run})
+        say(f"receipts memory: {sum(seeded.values()):,} payments over {size:,} dossiers: peak "
+            f"{run['peak_rss_mb']:.0f} MB (steps {run['peak_after_mb']['reconcile']:.0f} MB; "
+            f"{_fmt_times(run['times'])})")
+        if not args.keep and isinstance(bus_db, Path):
+            shutil.rmtree(bus_db.parent, ignore_errors=True)
+        for name in (f"onestop-payments-memory-{size}", f"platform-payments-memory-{size}"):
+            if not args.keep:
+                shutil.rmtree(ws.path(name), ignore_errors=True)
+    result.sizes.update({"small": small, "large": large, "payments": payments, "steps_peak_mb": steps,
+                         "with_seal_peak_mb": whole, "bus_db": bus_db_kind(args)})
+    on = _on_bus_db(args)
+    big = f"{payments[large]:,} payments"
+    for label, peaks, note in (
+            ("bus peak RSS, payment steps", steps, "collect + fees + ledger + reconcile, a first run"),
+            ("bus peak RSS, with sealing", whole, "the same process then seals the log (lienthong.audit.seal)")):
+        ratio = peaks[large] / peaks[small]
+        result.lines += [
+            Line("receipts_memory", f"{label}, {big}{on}", peaks[large], "MB", peaks[small],
+                 f"same at {payments[small]:,}", ratio, "≤ 1.5", ratio <= 1.5, note),
+            Line("receipts_memory", f"{label}, {big}{on}", peaks[large], "MB", 500.0, "500 MB",
+                 peaks[large] / 500.0, "< 500 MB", peaks[large] < 500.0, note),
+        ]
 
 
 def _fmt_times(times: dict[str, float]) -> str:
@@ -984,7 +1048,8 @@ def _redacted_argv(argv: list[str]) -> list[str]:
 QUICK = {"dossiers": 150, "naive_sample": 30, "repeats": 1, "incremental_large": 3000, "incremental_small": 300,
          "changes": 30, "memory_small": 150, "memory_large": 450, "engine_records": 200, "engine_seconds": 0.2,
          "audit_records": 1500, "audit_seed_dossiers": 60, "audit_repeats": 1, "seal_batch": 500,
-         "catalogue_size": 40, "catalogue_changed": 5, "payment_dossiers": 150, "naive_payments": 30}
+         "catalogue_size": 40, "catalogue_changed": 5, "payment_dossiers": 150, "naive_payments": 30,
+         "payment_memory_small": 150, "payment_memory_large": 450}
 
 
 class ReportError(Exception):
@@ -1096,10 +1161,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--naive-payments", type=int, default=1_000, help="receipts: payments the naive way is timed over")
     p.add_argument("--ledger-batch-size", type=int, default=100,
                    help="receipts per SubmitReceipts call (bus and ceiling)")
+    p.add_argument("--payment-memory-small", type=int, default=20_000,
+                   help="receipts_memory: dossiers of the smaller payments world (about 82%% carry a payment)")
+    p.add_argument("--payment-memory-large", type=int, default=200_000,
+                   help="receipts_memory: dossiers of the larger payments world")
     p.add_argument("--postgres", type=_postgres_url, default=None, metavar="URL",
-                   help="full sync, memory and receipts: the bus's database on this PostgreSQL server (on this "
-                        "machine; a throw-away database per run, created and dropped there) instead of an SQLite "
-                        "file, e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/postgres; the other scenarios "
+                   help="full sync, memory, receipts and receipts_memory: the bus's database on this PostgreSQL "
+                        "server (on this machine; a throw-away database per run, created and dropped there) instead "
+                        "of an SQLite file, e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/postgres; the other scenarios "
                         "build SQLite files and refuse it")
     p.add_argument("--out", type=Path, default=ROOT / "var" / "bench", help="where the JSON results go")
     p.add_argument("--workdir", type=Path, default=None, help="scratch space (default: a temporary directory)")
@@ -1127,8 +1196,8 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(args, key, value)
     chosen = args.scenario or list(SCENARIOS)
     if args.postgres and not set(chosen) <= POSTGRES_SCENARIOS:
-        parser().error("--postgres applies to the full_sync, memory and receipts scenarios only (the others build "
-                       "SQLite files): choose among them with --scenario")
+        parser().error("--postgres applies to the full_sync, memory, receipts and receipts_memory scenarios only "
+                       "(the others build SQLite files): choose among them with --scenario")
     if args.profile and "full_sync" in chosen and importlib.util.find_spec("pyinstrument") is None:
         parser().error("--profile needs pyinstrument, which the bench extra brings: make bench ARGS=... installs it "
                        "(or .venv/bin/pip install -e '.[bench]')")
@@ -1149,6 +1218,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if name == "memory":
                     scenario_memory(ws, args, res, results.get("full_sync"))
+                elif name == "receipts_memory":
+                    scenario_receipts_memory(ws, args, res, results.get("receipts"))
                 else:
                     runners[name](ws, args, res)
             except Exception as exc:  # noqa: BLE001 - a harness reports a broken scenario and goes on

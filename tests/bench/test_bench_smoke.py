@@ -94,6 +94,17 @@ def test_quick_run_writes_every_scenario_with_ratios_and_verdicts(tmp_path: Path
     judged = {line["measure"]: line["verdict"] for line in receipts["lines"]}
     assert judged["bus throughput vs ceiling"] in ("PASS", "FAIL")
     assert judged["bus throughput vs naive"] is None and judged["ceiling vs naive (bound)"] is None
+    # its memory: the smaller world is the receipts scenario's own bus run, the larger one runs anew
+    # (a first run over it, its counts checked like the bus run above)
+    memory = scenarios["receipts_memory"]
+    large = QUICK["payment_memory_large"]
+    assert [r["source"] for r in memory["runs"]] == [large]
+    assert memory["sizes"]["payments"][str(QUICK["payment_memory_small"])] == sizes["payments"]
+    run = memory["runs"][0]
+    assert run["payments"] == memory["sizes"]["payments"][str(large)] > sizes["payments"]
+    assert run["counts"]["ledger"]["receipts_accepted"] > paid and run["counts"]["reconcile"]["counts"]["mismatches"] == 0
+    assert [line["target"] for line in memory["lines"]] == ["≤ 1.5", "< 500 MB"] * 2
+    assert all(line["verdict"] in ("PASS", "FAIL") for line in memory["lines"])
 
 
 def test_portal_latency_adds_unjudged_lines_and_every_call_waits(tmp_path: Path) -> None:
