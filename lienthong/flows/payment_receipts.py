@@ -639,7 +639,8 @@ def _receipt_windows(conn: Connection, size: int) -> list[tuple[datetime, dateti
     first = last = None
     cuts: list[datetime] = []
     rows = conn.execute(select(payment_txn.c.paid_at).where(
-        payment_txn.c.platform_status == "paid", payment_txn.c.paid_at.is_not(None)).order_by(payment_txn.c.paid_at))
+        payment_txn.c.platform_status == "paid", payment_txn.c.paid_at.is_not(None)).order_by(payment_txn.c.paid_at)
+        .execution_options(yield_per=10_000))  # a server-side cursor on PostgreSQL: never every row at once
     for n, (paid_at,) in enumerate(rows):
         when = datetime.fromisoformat(paid_at)
         first = when if first is None or when < first else first
