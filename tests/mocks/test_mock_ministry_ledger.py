@@ -87,6 +87,28 @@ def test_submit_then_idempotent_resubmit_then_get_and_list(ledger):
                                   To=datetime.fromisoformat("2026-11-03T00:00:00+07:00")) == []
 
 
+def test_list_receipts_windows_are_exact_to_the_microsecond_in_any_offset(ledger):
+    """ListReceipts reads a window through an index on the stored +07:00 time: a receipt is listed
+    when From <= PaidAt < To exactly, whatever offset either was written in, microseconds and the
+    ends of the calendar included."""
+    c = client(ledger)
+    times = ["2026-11-02T08:30:00+07:00", "2026-11-02T08:30:00.000001+07:00", "2026-11-02T01:30:00.5+00:00",
+             "2026-11-02T08:29:59.999999+07:00", "2026-11-01T23:59:59+00:00", "2026-11-03T06:59:59.999999+07:00"]
+    c.service.SubmitReceipts(Receipt=[receipt(f"BL2026-{i:06d}", PaidAt=datetime.fromisoformat(t))
+                                      for i, t in enumerate(times, 1)])
+    paid = {f"BL2026-{i:06d}": datetime.fromisoformat(t) for i, t in enumerate(times, 1)}
+    bounds = [datetime.fromisoformat(t) for t in (
+        "0001-01-01T00:00:00+00:00", "2026-11-02T08:30:00+07:00", "2026-11-02T01:30:00.000001+00:00",
+        "2026-11-02T08:30:00.5+07:00", "2026-11-02T08:30:00.500001+07:00", "2026-11-02T07:00:00+07:00",
+        "2026-11-02T00:00:00+00:00", "2026-11-03T07:00:00+07:00", "9999-12-31T23:59:59+07:00")]
+    for start in bounds:
+        for end in bounds:
+            if start > end:
+                continue
+            listed = [r.ReceiptNumber for r in c.service.ListReceipts(From=start, To=end) or []]
+            assert listed == [n for n, t in paid.items() if start <= t < end], (start, end)
+
+
 def test_same_number_with_different_content_is_a_duplicate_fault_and_nothing_is_stored(ledger):
     c = client(ledger)
     c.service.SubmitReceipts(Receipt=[receipt()])
