@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -667,7 +668,7 @@ def _reconcile_by_windows(peers: Peers, tmp_path: Path, monkeypatch: pytest.Monk
             select(payment_txn.c.paid_at).where(payment_txn.c.platform_status == "paid")).scalars())
     assert len(windows) >= 10
     assert windows[0][0] == paid_at[0] - timedelta(days=1) and windows[-1][1] == paid_at[-1] + timedelta(days=1)
-    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:])), "no gap, no overlap"
+    assert all(a[1] == b[0] for a, b in pairwise(windows)), "no gap, no overlap"
     assert sum(n for _, _, n in windows) == len(peers.ledger_receipts()) - 1  # all but the one years before
     assert max(n for _, _, n in windows) <= 4
     with store().engine.connect() as conn:  # the temporary tables went with the run
