@@ -24,7 +24,8 @@ systems agree, in four steps that each survive a crash and a rerun:
    with the same amount and the one-stop a paid fee with the same amount and transaction, and
    lists every mismatch in a report (``amount_differs``, ``unknown_dossier``, ``missing_receipt``,
    ``duplicate_receipt``…). Mismatches are kept in ``reconciliation_item`` until a later run no
-   longer finds them.
+   longer finds them. What the one-stop lists and the ledger holds is read into temporary tables
+   first (the ledger in windows of paid time), so memory follows a page, not the years of payments.
 
 In steps 1–3 what an answer causes (a transaction's state, a dead letter, a stored receipt)
 commits in one transaction with the exchange-log records of the calls that brought it, as in the

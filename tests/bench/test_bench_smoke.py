@@ -193,9 +193,9 @@ def test_postgres_puts_each_bus_run_in_a_throw_away_database_there(tmp_path: Pat
      "must be on this machine"),
     (["--postgres", "no url at all", "--scenario", "full_sync"], "not a SQLAlchemy URL"),
     (["--postgres", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", "--scenario", "audit"],
-     "full_sync, memory and receipts scenarios only"),
+     "full_sync, memory, receipts and receipts_memory scenarios only"),
     (["--postgres", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"],
-     "full_sync, memory and receipts scenarios only"),
+     "full_sync, memory, receipts and receipts_memory scenarios only"),
 ])
 def test_postgres_is_refused_where_it_cannot_apply(argv: list[str], says: str) -> None:
     done = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=REPO_ROOT,
