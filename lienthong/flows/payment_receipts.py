@@ -640,7 +640,8 @@ def _receipt_windows(conn: Connection, size: int) -> list[tuple[datetime, dateti
     first = last = None
     cuts: list[datetime] = []
     rows = conn.execute(select(payment_txn.c.paid_at).where(
-        payment_txn.c.platform_status == "paid", payment_txn.c.paid_at.is_not(None)).order_by(payment_txn.c.paid_at)
+        payment_txn.c.platform_status == "paid", payment_txn.c.paid_at.is_not(None), payment_txn.c.paid_at != "")
+        .order_by(payment_txn.c.paid_at)
         .execution_options(yield_per=10_000))  # a server-side cursor on PostgreSQL: never every row at once
     for n, (paid_at,) in enumerate(rows):
         when = datetime.fromisoformat(paid_at)
@@ -674,7 +675,7 @@ def _fetch_unlisted(conn: Connection, ledger: Any) -> None:
     time: asked by number, a page of paid transactions at a time (a number found is in the view
     before the next page is read, so it is asked once)."""
     unlisted = select(payment_txn.c.reference, payment_txn.c.receipt_no).where(
-        payment_txn.c.platform_status == "paid", payment_txn.c.receipt_no.is_not(None),
+        payment_txn.c.platform_status == "paid", payment_txn.c.receipt_no.is_not(None), payment_txn.c.receipt_no != "",
         ~exists().where(_ledger_view.c.number == payment_txn.c.receipt_no))
     for rows in _txn_pages(conn, unlisted):
         found: set[str] = set()
