@@ -219,6 +219,11 @@ def _kind(value: Any) -> str:
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
+def _holdable(reference: str) -> bool:
+    """A reference ``payment_txn.reference`` can hold: 1 to 64 printable characters."""
+    return len(reference) <= 64 and reference.isprintable() and bool(reference.strip())
+
+
 def _request_problems(p: dict[str, Any]) -> list[FieldError]:
     """What a one-stop payment request breaks of what ``payment_txn`` can hold (docs/wire/onestop.md)."""
     errors: list[FieldError] = []
@@ -227,7 +232,7 @@ def _request_problems(p: dict[str, Any]) -> list[FieldError]:
         errors.append(FieldError("reference", "required", "reference is missing"))
     elif not isinstance(reference, str):
         errors.append(FieldError("reference", "type", f"reference is {_kind(reference)}, expected text"))
-    elif len(reference) > 64 or not reference.isprintable() or not reference.strip():
+    elif not _holdable(reference):
         errors.append(FieldError("reference", "format", "reference must be 1 to 64 printable characters"))
     amount = p.get("amount")
     if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int) or amount < 0):
@@ -616,9 +621,12 @@ _RECEIPT_FIELDS = ("ReceiptNumber", "PaymentReference", "AmountVND", "DossierCod
 
 
 def _keep_onestop_page(conn: Connection, page: list[dict[str, Any]]) -> None:
-    """One listed page into the one-stop view; a reference listed again replaces what was listed before."""
-    views = {str(p.get("reference")): json.dumps({"status": p.get("status"), "transactionId": p.get("transactionId"),
-                                                  "amount": p.get("amount")}, default=str) for p in page}
+    """One listed page into the one-stop view; a reference listed again replaces what was listed
+    before. A request whose reference no transaction can have (collect refused it) is left out:
+    nothing is checked against it, and the view's column holds what ``payment_txn`` holds."""
+    views = {p["reference"]: json.dumps({"status": p.get("status"), "transactionId": p.get("transactionId"),
+                                         "amount": p.get("amount")}, default=str)
+             for p in page if isinstance(p.get("reference"), str) and _holdable(p["reference"])}
     if not views:
         return
     conn.execute(delete(_onestop_view).where(_onestop_view.c.reference.in_(list(views))))

@@ -587,7 +587,9 @@ def test_reconciliation_reads_a_window_and_a_page_at_a_time_and_finds_the_same(p
     find, mismatches of every kind included: a paid transaction's receipt number held since years
     under another payment (no window shows it: asked by number), a second receipt for a payment
     booked days from the first (another window), a receipt for an unknown payment, an amount that
-    differs, an unknown dossier. The windows tile the paid period with no gap and no overlap."""
+    differs, an unknown dossier; and a one-stop request whose reference no transaction can hold
+    (70 characters: refused by collect, left out of the view). The windows tile the paid period
+    with no gap and no overlap."""
     from contextlib import ExitStack
     from urllib.parse import urlsplit
 
@@ -632,6 +634,7 @@ def _reconcile_by_windows(peers: Peers, tmp_path: Path, monkeypatch: pytest.Monk
     peers.register(mismatch, dossier["dossierNo"], 120000)
     unknown = peers.init_payment("000.00.01.H49-261120-9999", 50000, when)
     peers.register(unknown, "000.00.01.H49-261120-9999", 50000)
+    peers.register("R" * 70, dossier["dossierNo"], 1000)  # no transaction can have it: collect dead-letters it
     peers.settle(40, outcome="paid")
     run("win-2", tmp_path)
 
