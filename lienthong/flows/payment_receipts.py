@@ -169,24 +169,39 @@ PAGE = 500
 LOOKUPS = 10_000
 
 
-def _unblocked(store: Store, query: Select) -> Iterator[Row]:
-    """The rows of ``query`` (over ``payment_txn``) in reference order, :data:`PAGE` at a time,
-    without those an open dead letter blocks: a step's memory follows a page, not the backlog
-    (a first run over a province's years of payments included). Each page is read when the
-    previous one is done, so a row the step changed is not read again, and rows that appear
-    meanwhile further on are taken too."""
+def _pages(query: Select, read: Callable[[Select], list[Row]]) -> Iterator[list[Row]]:
+    """``query``'s rows (over ``payment_txn``) in reference order, :data:`PAGE` at a time, each page
+    read by ``read`` when the previous one is done: a row changed meanwhile is not read again, and
+    rows that appear further on are taken too."""
     after: str | None = None
     while True:
         page = query.order_by(payment_txn.c.reference).limit(PAGE)
         if after is not None:
             page = page.where(payment_txn.c.reference > after)
-        with store.engine.connect() as conn:
-            rows = conn.execute(page).all()
-            blocked = blocked_keys(conn, FLOW, [r.reference for r in rows])
-        yield from (r for r in rows if r.reference not in blocked)
+        rows = read(page)
+        if rows:
+            yield rows
         if len(rows) < PAGE:
             return
         after = rows[-1].reference
+
+
+def _unblocked(store: Store, query: Select) -> Iterator[Row]:
+    """The rows of ``query`` (over ``payment_txn``) in reference order, :data:`PAGE` at a time,
+    without those an open dead letter blocks: a step's memory follows a page, not the backlog
+    (a first run over a province's years of payments included). Each page is read through a
+    connection of its own, closed before the step calls a peer."""
+    blocked: set[str] = set()
+
+    def read(page: Select) -> list[Row]:
+        nonlocal blocked
+        with store.engine.connect() as conn:
+            rows = conn.execute(page).all()
+            blocked = blocked_keys(conn, FLOW, [r.reference for r in rows])
+        return rows
+
+    for rows in _pages(query, read):
+        yield from (r for r in rows if r.reference not in blocked)
 
 
 # --- 1. collect --------------------------------------------------------------------------------
@@ -657,6 +672,7 @@ def _receipt_windows(conn: Connection, size: int) -> list[tuple[datetime, dateti
         last = when if last is None or when > last else last
         if n and n % size == 0:
             cuts.append(when)
+    conn.rollback()  # the read ends here: the ledger is asked next
     if first is None or last is None:
         return []
     bounds = [first - timedelta(days=1), *sorted({c for c in cuts if first < c <= last}), last + timedelta(days=1)]
@@ -664,18 +680,15 @@ def _receipt_windows(conn: Connection, size: int) -> list[tuple[datetime, dateti
 
 
 def _txn_pages(conn: Connection, query: Select) -> Iterator[list[Row]]:
-    """``query``'s rows (over ``payment_txn``) in reference order, :data:`PAGE` at a time."""
-    after: str | None = None
-    while True:
-        page = query.order_by(payment_txn.c.reference).limit(PAGE)
-        if after is not None:
-            page = page.where(payment_txn.c.reference > after)
+    """:func:`_pages` on the reconciliation's own connection (whose temporary tables the queries
+    join); each page's read transaction ends with the page, so none is open while a peer is asked."""
+
+    def read(page: Select) -> list[Row]:
         rows = conn.execute(page).all()
-        if rows:
-            yield rows
-        if len(rows) < PAGE:
-            return
-        after = rows[-1].reference
+        conn.rollback()
+        return rows
+
+    return _pages(query, read)
 
 
 def _fetch_unlisted(conn: Connection, ledger: Any) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from connectors.connection import connection_from_env
 from connectors.errors import PeerUnavailable
@@ -655,14 +655,28 @@ def _reconcile_by_windows(peers: Peers, tmp_path: Path, monkeypatch: pytest.Monk
     assert whole[0]["reconciled_paid"] == sum(p["status"] == "paid" for p in peers.platform_payments().values())
 
     windows: list[tuple[datetime, datetime, int]] = []
-    listed = ReceiptLedgerClient.list_receipts
+    waiting: list[int] = []  # bus-database sessions left inside a transaction while the ledger is asked
+    listed, by_number = ReceiptLedgerClient.list_receipts, ReceiptLedgerClient.get_receipt
+
+    def idle_in_transaction() -> int:
+        if database != "postgresql":
+            return 0
+        with store().engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                     "AND state LIKE 'idle in transaction%'")).scalar_one()
 
     def list_receipts(self, start, end):
+        waiting.append(idle_in_transaction())
         receipts = listed(self, start, end)
         windows.append((start, end, len(receipts)))
         return receipts
 
+    def get_receipt(self, number):
+        waiting.append(idle_in_transaction())
+        return by_number(self, number)
+
     monkeypatch.setattr(ReceiptLedgerClient, "list_receipts", list_receipts)
+    monkeypatch.setattr(ReceiptLedgerClient, "get_receipt", get_receipt)
     monkeypatch.setattr(payment_receipts, "RECEIPT_WINDOW", 2)
     monkeypatch.setattr(payment_receipts, "PAGE", 3)
     assert reconciled("win-4") == whole
@@ -674,6 +688,7 @@ def _reconcile_by_windows(peers: Peers, tmp_path: Path, monkeypatch: pytest.Monk
     assert all(a[1] == b[0] for a, b in pairwise(windows)), "no gap, no overlap"
     assert sum(n for _, _, n in windows) == len(peers.ledger_receipts()) - 1  # all but the one years before
     assert max(n for _, _, n in windows) <= 4
+    assert len(waiting) > len(windows) and set(waiting) == {0}, "no transaction is held while the ledger is asked"
     with store().engine.connect() as conn:  # the temporary tables went with the run
         assert conn.dialect.name == database
         assert not any(conn.dialect.has_table(conn, name) for name in ("reconcile_onestop", "reconcile_ledger"))
