@@ -230,7 +230,13 @@ payment_txn = Table(  # one row per payment request (MaThamChieu) the bus follow
     Column("first_seen_run", String(250)),
     Column("updated_run", String(250)),
     Column("updated_at", AwareDateTime, nullable=False),
+    # when the platform was first asked (QUERY) about it; an unfinished payment is asked again at
+    # next_ask_at (sooner while it is young, at most daily), and no longer once it has been asked
+    # about for ASK_FOR (next_ask_at NULL while unfinished: given up; NULL once finished)
+    Column("first_asked_at", AwareDateTime),
+    Column("next_ask_at", AwareDateTime),
     Index("ix_payment_txn_platform", "platform_status"),
+    Index("ix_payment_txn_ask", "next_ask_at", "reference"),  # the payments due to be asked, in order
 )
 
 reconciliation_item = Table(  # a disagreement kept for follow-up until a later run no longer finds it

@@ -5,7 +5,9 @@ tells the one-stop system by a confirm callback, and callbacks get lost. The bus
 systems agree, in four steps that each survive a crash and a rerun:
 
 1. :func:`collect_payments` lists the one-stop's payment requests, asks the platform (``QUERY``)
-   about every one the bus has not yet seen finish, and fetches the receipt of each paid one
+   about each one the bus has not yet seen finish when it is due (at every run while it is young,
+   then less often, at least daily, and no longer after 30 days: :func:`next_ask`), and fetches
+   the receipt of each paid one
    (``GET_BILL``): the PDF is kept once by its SHA-256 in the content-addressed store the exchange
    log uses (``exchange_blob``, pinned so archiving never drops it) and referred to by hash. Every answer's checksum is verified by the
    connector; an answer that fails it is dead-lettered, never trusted.
@@ -55,13 +57,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
     bindparam,
     delete,
     exists,
     func,
-    or_,
     select,
+    tuple_,
     update,
 )
 
@@ -116,6 +117,8 @@ KINDS = {
     "unmatched_payment": "the platform confirmed a payment the one-stop never requested (its callback named an "
                          "unknown reference)",
     "unknown_transaction": "the one-stop has a payment request the platform does not know",
+    "still_pending": "the platform still said pending after 30 days of asking, and the bus no longer asks (it "
+                     "asks again once the one-stop's view of the request changes)",
     "fee_not_paid": "the platform says paid, the one-stop's fee is not paid",
     "paid_twice": "the one-stop's fee is paid by another transaction",
     "failed_not_recorded": "the platform says failed, the one-stop still shows another status",
@@ -156,38 +159,40 @@ def _set(begin: Begin, reference: str, run_id: str, **values: Any) -> None:
         _update(conn, reference, run_id, **values)
 
 
-def _nothing_learnt(begin: Begin) -> None:
-    """An answer that changes nothing here: its exchange-log record is written now, on its own,
-    rather than held until the next payment's change (however many payments away that is)."""
-    with begin():
-        pass
-
-
 #: Payment transactions read per query by the steps (keyset pages in reference order).
 PAGE = 500
 #: Dossier look-ups a step remembers before it starts afresh (memory, not correctness).
 LOOKUPS = 10_000
 
 
-def _pages(query: Select, read: Callable[[Select], list[Row]]) -> Iterator[list[Row]]:
-    """``query``'s rows (over ``payment_txn``) in reference order, :data:`PAGE` at a time, each page
-    read by ``read`` when the previous one is done: a row changed meanwhile is not read again, and
-    rows that appear further on are taken too."""
-    after: str | None = None
+#: The order the steps read payment transactions in: by reference, or by when they are due to be
+#: asked (``ix_payment_txn_ask``). The last column is unique, so a page ends where the next begins.
+BY_REFERENCE = (payment_txn.c.reference,)
+BY_ASK = (payment_txn.c.next_ask_at, payment_txn.c.reference)
+
+
+def _pages(query: Select, read: Callable[[Select], list[Row]], order: tuple[Any, ...] = BY_REFERENCE,
+           ) -> Iterator[list[Row]]:
+    """``query``'s rows (over ``payment_txn``, selecting the ``order`` columns) in ``order``,
+    :data:`PAGE` at a time, each page read by ``read`` when the previous one is done (a keyset: the
+    next page starts after the last row's key), so a row whose key moves behind the page read is
+    not read again, and rows that appear further on are taken too."""
+    after: tuple[Any, ...] | None = None
     while True:
-        page = query.order_by(payment_txn.c.reference).limit(PAGE)
+        page = query.order_by(*order).limit(PAGE)
         if after is not None:
-            page = page.where(payment_txn.c.reference > after)
+            page = page.where(tuple_(*order) > tuple_(*(bindparam(None, v, type_=c.type)
+                                                          for c, v in zip(order, after, strict=True))))
         rows = read(page)
         if rows:
             yield rows
         if len(rows) < PAGE:
             return
-        after = rows[-1].reference
+        after = tuple(getattr(rows[-1], c.name) for c in order)
 
 
-def _unblocked(store: Store, query: Select) -> Iterator[Row]:
-    """The rows of ``query`` (over ``payment_txn``) in reference order, :data:`PAGE` at a time,
+def _unblocked(store: Store, query: Select, order: tuple[Any, ...] = BY_REFERENCE) -> Iterator[Row]:
+    """The rows of ``query`` (over ``payment_txn``) in ``order``, :data:`PAGE` at a time,
     without those an open dead letter blocks: a step's memory follows a page, not the backlog
     (a first run over a province's years of payments included). Each page is read through a
     connection of its own, closed before the step calls a peer."""
@@ -200,7 +205,7 @@ def _unblocked(store: Store, query: Select) -> Iterator[Row]:
             blocked = blocked_keys(conn, FLOW, [r.reference for r in rows])
         return rows
 
-    for rows in _pages(query, read):
+    for rows in _pages(query, read, order):
         yield from (r for r in rows if r.reference not in blocked)
 
 
@@ -214,6 +219,7 @@ class CollectReport:
     failed: int = 0
     pending: int = 0
     unknown: int = 0
+    given_up: int = 0
     bills: int = 0
     unconfirmed: int = 0
     unreadable: int = 0
@@ -225,7 +231,7 @@ class CollectReport:
                 "requests_invalid": len(self.invalid), "queried": self.queried,
                 "found_paid": self.paid, "found_failed": self.failed, "still_pending": self.pending,
                 "paid_without_receipt": self.unconfirmed, "answers_unreadable": self.unreadable,
-                "unknown_to_platform": self.unknown, "bills_fetched": self.bills,
+                "unknown_to_platform": self.unknown, "asks_given_up": self.given_up, "bills_fetched": self.bills,
                 "platform_rejected": len(self.rejected), "platform_rejections": self.rejected}
 
 
@@ -279,9 +285,12 @@ def _refuse_request(store: Store, begin: Begin, run_id: str, p: dict[str, Any], 
     _dead_letter(begin, run_id, key, "source", exc, exc.error_dicts(), p, report.invalid)
 
 
-def _register_requests(store: Store, begin: Begin, onestop: Any, run_id: str, report: CollectReport) -> None:
-    """Bring every one-stop payment request into ``payment_txn`` (new ones inserted, the one-stop's
-    view of known ones refreshed). A request that breaks the wire format is dead-lettered (stage
+def _register_requests(store: Store, begin: Begin, onestop: Any, run_id: str, report: CollectReport,
+                       clock: Callable[[], datetime]) -> None:
+    """Bring every one-stop payment request into ``payment_txn`` (new ones inserted, due to be
+    asked at once; the one-stop's view of known ones refreshed, and an unfinished one whose view
+    changed is due at once again, its asking time started afresh: a callback that reached the
+    one-stop says it is alive). A request that breaks the wire format is dead-lettered (stage
     ``source``) with the field and rule; the others go on."""
     for listed in onestop.iter_payments(status="all"):
         report.listed += len(listed)
@@ -294,48 +303,96 @@ def _register_requests(store: Store, begin: Begin, onestop: Any, run_id: str, re
                 page.append(p)
         if not page:
             continue
-        now = utcnow()
+        now = clock()
         rows = [{"reference": p["reference"], "dossier_code": p.get("dossierNo") or None,
                  "request_amount": p.get("amount"), "onestop_status": p.get("status"),
                  "platform_status": "pending", "onestop_state": "todo", "ledger_state": "todo",
-                 "first_seen_run": run_id, "updated_run": run_id, "updated_at": now} for p in page]
+                 "first_seen_run": run_id, "updated_run": run_id, "updated_at": now, "next_ask_at": now}
+                for p in page]
         with begin() as conn:
             report.new_requests += insert_ignore(conn, payment_txn, rows, "payment_txn_pkey")
             # one read for the page, then an UPDATE only where the one-stop's view changed
-            held = {r.reference: (r.onestop_status, r.request_amount, r.dossier_code) for r in conn.execute(
+            held = {r.reference: r for r in conn.execute(
                 select(payment_txn.c.reference, payment_txn.c.onestop_status, payment_txn.c.request_amount,
-                       payment_txn.c.dossier_code).where(payment_txn.c.reference.in_([p["reference"] for p in page])))}
+                       payment_txn.c.dossier_code, payment_txn.c.platform_status)
+                .where(payment_txn.c.reference.in_([p["reference"] for p in page])))}
             for p in page:
                 view = (p.get("status"), p.get("amount"), p.get("dossierNo") or None)
-                if held.get(p["reference"]) != view:
+                mine = held.get(p["reference"])
+                if mine is not None and (mine.onestop_status, mine.request_amount, mine.dossier_code) != view:
+                    again = {"first_asked_at": None, "next_ask_at": now} if mine.platform_status in UNFINISHED else {}
                     conn.execute(update(payment_txn).where(payment_txn.c.reference == p["reference"]).values(
-                        onestop_status=view[0], request_amount=view[1], dossier_code=view[2], updated_at=now))
+                        onestop_status=view[0], request_amount=view[1], dossier_code=view[2], updated_at=now,
+                        **again))
 
 
-def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str) -> CollectReport:
-    """Step 1: list payment requests, QUERY the unfinished ones, GET_BILL the paid ones.
+#: The platform's statuses of a payment it has not finished: asked about again on a schedule.
+UNFINISHED = ("pending", "unknown")
+#: When an unfinished payment is asked about again: after a tenth of the time since it was first
+#: asked (so at every run while it is young: a citizen pays within minutes or not at all), at most
+#: :data:`ASK_AT_MOST_EVERY` apart, and no longer once it has been asked about for :data:`ASK_FOR`
+#: (the reconciliation then lists it as ``still_pending``; a change of the one-stop's view of it
+#: makes it due again). A run's QUERYs follow the new and young requests, not the years of
+#: abandoned ones: about 110 asks in a payment's 30 days instead of one per run.
+ASK_BACKOFF = 0.1
+ASK_AT_MOST_EVERY = timedelta(days=1)
+ASK_FOR = timedelta(days=30)
 
-    Each transaction is saved as soon as it is known, in one commit with the exchange-log records
-    of the calls that told it (:func:`lienthong.exchange_log.answer_transactions`), so a transport
-    failure (raised for the task to retry) loses nothing of what was already asked.
+
+def next_ask(first_asked: datetime, now: datetime, run_start: datetime) -> datetime | None:
+    """When a payment first asked about at ``first_asked`` and asked again at ``now`` (by the run
+    that began at ``run_start``) is due next; ``None``: no more, it has been asked about for
+    :data:`ASK_FOR`. Always after ``run_start``, so one run asks about a payment once."""
+    age = now - first_asked
+    if age >= ASK_FOR:
+        return None
+    return max(now + min(age * ASK_BACKOFF, ASK_AT_MOST_EVERY), run_start + timedelta(microseconds=1))
+
+
+def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
+                     clock: Callable[[], datetime] = utcnow) -> CollectReport:
+    """Step 1: list payment requests, QUERY the unfinished ones that are due, GET_BILL the paid ones.
+
+    An unfinished payment is asked about on a schedule (:func:`next_ask`), read through
+    ``ix_payment_txn_ask`` in the order it fell due. Each transaction is saved as soon as it is
+    known, in one commit with the exchange-log records of the calls that told it
+    (:func:`lienthong.exchange_log.answer_transactions`), so a transport failure (raised for the
+    task to retry) loses nothing of what was already asked. ``clock`` gives the current time
+    (aware UTC).
     """
     report = CollectReport()
     with answer_transactions(store, platform) as begin:
-        _register_requests(store, begin, onestop, run_id, report)
+        _register_requests(store, begin, onestop, run_id, report, clock)
+        run_start = clock()
         todo = select(payment_txn.c.reference, payment_txn.c.dossier_code, payment_txn.c.platform_status,
-                      payment_txn.c.receipt_sha256).where(
-            or_(payment_txn.c.platform_status.in_(("pending", "unknown")),
-                and_(payment_txn.c.platform_status == "paid", payment_txn.c.receipt_sha256.is_(None))))
-        for row in _unblocked(store, todo):
+                      payment_txn.c.receipt_sha256, payment_txn.c.first_asked_at, payment_txn.c.next_ask_at).where(
+            payment_txn.c.next_ask_at <= run_start)
+
+        def ask_again(row: Row, **values: Any) -> None:
+            """Not finished: due again by the schedule (``values``: what this answer did teach)."""
+            now = clock()
+            first = row.first_asked_at or now
+            due = next_ask(first, now, run_start)
+            if due is None:
+                report.given_up += 1
+                log.warning("payment %s: the platform has not finished it after %s of asking; no longer asked "
+                            "(listed as still pending by the reconciliation)", row.reference, now - first)
+            with begin() as conn:
+                if values:
+                    _update(conn, row.reference, run_id, first_asked_at=first, next_ask_at=due, **values)
+                else:  # nothing learnt: only when it is asked next (the exchange-log record commits too)
+                    conn.execute(_UPDATE, {"b_reference": row.reference, "first_asked_at": first, "next_ask_at": due})
+
+        for row in _unblocked(store, todo, BY_ASK):
             keys = [row.reference] + ([row.dossier_code] if row.dossier_code else [])
             status = row.platform_status
-            if status in ("pending", "unknown"):
+            if status in UNFINISHED:
                 report.queried += 1
                 try:
                     txn = platform.query(row.reference, record_keys=keys)
                 except TransactionUnknown:
                     report.unknown += 1
-                    _set(begin, row.reference, run_id, platform_status="unknown")
+                    ask_again(row, **({"platform_status": "unknown"} if status != "unknown" else {}))
                     continue
                 except ChecksumMismatch as exc:  # a checksum that does not verify: never trust the answer
                     _dead_letter(begin, run_id, row.reference, "platform", exc,
@@ -344,17 +401,18 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str) 
                     continue
                 except ProtocolError as exc:  # an answer that cannot be read at all: nothing learnt, ask again
                     _unreadable(report, row.reference, "QUERY", exc)
-                    _nothing_learnt(begin)
+                    ask_again(row)
                     continue
                 status = txn.status
                 if status == "pending":
                     report.pending += 1
-                    _nothing_learnt(begin)
+                    ask_again(row)
                     continue
                 if status == "failed":
                     report.failed += 1
                     _set(begin, row.reference, run_id, platform_status="failed", platform_amount=txn.amount,
-                         transaction_id=txn.transaction_id or None, bank=txn.bank or None, answer=txn.raw)
+                         transaction_id=txn.transaction_id or None, bank=txn.bank or None, answer=txn.raw,
+                         next_ask_at=None)
                     continue
                 # TrangThaiGD is outside the answer's checksum (contract §6.6): "paid" is believed only
                 # with its receipt, which the platform issues for paid transactions alone.
@@ -365,20 +423,20 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str) 
                 values = {}
             try:
                 bill = platform.get_bill(row.reference, record_keys=keys)
-            except BillNotAvailable as exc:  # QUERY says paid, the platform has no receipt: ask both again next run
+            except BillNotAvailable as exc:  # QUERY says paid, the platform has no receipt: ask both again
                 report.unconfirmed += 1
                 log.warning("payment %s: QUERY says paid but GET_BILL has no receipt (%s); left pending",
                             row.reference, exc)
-                _nothing_learnt(begin)
+                ask_again(row)
                 continue
             except ChecksumMismatch as exc:
                 _dead_letter(begin, run_id, row.reference, "platform", exc,
                              [{"field": "GET_BILL", "rule": "receipt", "message": str(exc)}],
                              {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
                 continue
-            except ProtocolError as exc:  # a truncated or foreign body, not a receipt: fetch it again next run
+            except ProtocolError as exc:  # a truncated or foreign body, not a receipt: fetch it again
                 _unreadable(report, row.reference, "GET_BILL", exc)
-                _nothing_learnt(begin)
+                ask_again(row)
                 continue
             with begin() as conn:  # kept once by hash, pinned: archiving the log never drops a receipt
                 stored = put_blob(conn, bill.pdf, bill.content_type, pinned=True)
@@ -386,7 +444,7 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str) 
                     raise ValueError(f"receipt of {row.reference}: stored hash {stored} is not the bill's "
                                      f"{bill.sha256}")
                 _update(conn, row.reference, run_id, platform_status="paid", receipt_sha256=bill.sha256,
-                        receipt_no=bill.receipt_no, **values)
+                        receipt_no=bill.receipt_no, next_ask_at=None, **values)
             report.paid += row.platform_status != "paid"
             report.bills += 1
     return report
@@ -394,10 +452,10 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str) 
 
 def _unreadable(report: CollectReport, reference: str, operation: str, exc: ProtocolError) -> None:
     """An answer that is not the platform's at all (not JSON, truncated, an error page, not a PDF)
-    says nothing about the payment: it stays where it was and the next run asks again. Only an
+    says nothing about the payment: it stays where it was and is asked again when next due. Only an
     answer that reads but fails its checksum is dead-lettered (it may have been tampered with)."""
     report.unreadable += 1
-    log.warning("payment %s: %s answer unreadable (%s); asked again next run", reference, operation, exc)
+    log.warning("payment %s: %s answer unreadable (%s); asked again when next due", reference, operation, exc)
 
 
 def receipt_pdf(store: Store, sha256: str) -> bytes:
@@ -609,7 +667,7 @@ def _amount(value: Any) -> int | None:
 
 
 _RECONCILED = ("reference", "dossier_code", "platform_status", "request_amount", "platform_amount", "transaction_id",
-               "paid_at", "receipt_no", "hold_reason", "ledger_state")
+               "paid_at", "receipt_no", "hold_reason", "ledger_state", "first_asked_at", "next_ask_at")
 #: Paid transactions per ``ListReceipts`` window: the ledger answers a window in one SOAP body, so a
 #: province's years of receipts are asked for a bounded slice of time at a time.
 RECEIPT_WINDOW = 2_000
@@ -762,6 +820,9 @@ def _reconcile(conn: Connection, onestop: Any, ledger: Any, report: Reconciliati
             mine = views.get(txn.reference) or {}
             if txn.platform_status == "unknown":
                 found(txn, "unknown_transaction", onestop_status=mine.get("status"))
+            if txn.platform_status == "pending" and txn.next_ask_at is None and txn.first_asked_at is not None:
+                found(txn, "still_pending", onestop_status=mine.get("status"),
+                      asked_since=txn.first_asked_at.isoformat())
             if txn.platform_status == "failed":
                 report.failed += 1
                 if mine.get("status") != "failed":

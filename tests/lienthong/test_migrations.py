@@ -5,18 +5,18 @@ cleanly with its rows kept, and several processes opening a fresh database at on
 from __future__ import annotations
 
 import multiprocessing
+from datetime import UTC, datetime
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, select, text
 
 from lienthong import migrations
 from lienthong.store import Store, metadata
 from tests.conftest import postgres_database
-
 
 
 def _diffs(engine) -> list:
@@ -192,7 +192,8 @@ def test_a_process_killed_while_creating_the_schema_leaves_nothing_half_made(tmp
     from lienthong.store import Store, metadata
 
     url = f"sqlite:///{tmp_path / 'bus.db'}"
-    done = subprocess.run([sys.executable, "-c", KILLED_MID_CREATE, url], capture_output=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", KILLED_MID_CREATE, url], capture_output=True, timeout=120,
+                          check=False)
     assert done.returncode == -9
     engine = create_engine(url)
     assert inspect(engine).get_table_names() == []  # rolled back, not half made
@@ -201,3 +202,38 @@ def test_a_process_killed_while_creating_the_schema_leaves_nothing_half_made(tmp
     engine = create_engine(url)
     assert set(metadata.tables) <= set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_payments_unfinished_at_0003_are_due_at_once_after_0004_and_finished_ones_never(tmp_path):
+    """0004 adds the ask schedule: a payment left pending, unknown, or paid without its receipt by
+    0003 is due at its last update (collect asks it at the next run); a finished one is never due.
+    Downgrading drops the columns and the index."""
+    from lienthong.flows.payment_receipts import BY_ASK, _pages
+    from lienthong.store import payment_txn
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'bus.db'}")
+    with engine.begin() as conn:
+        command.upgrade(migrations._config(conn), "0003")
+        for reference, status, receipt in (("P-pending", "pending", None), ("P-unknown", "unknown", None),
+                                           ("P-no-bill", "paid", None), ("P-paid", "paid", "a" * 64),
+                                           ("P-failed", "failed", None)):
+            conn.execute(text(
+                "INSERT INTO payment_txn(reference, platform_status, receipt_sha256, onestop_state, ledger_state, "
+                "updated_at) VALUES (:r, :s, :h, 'todo', 'todo', '2026-11-06 00:00:00.000000')"),
+                {"r": reference, "s": status, "h": receipt})
+    store = Store(f"sqlite:///{tmp_path / 'bus.db'}")
+    store.create_schema()
+    assert _diffs(store.engine) == []
+    with store.engine.connect() as conn:
+        due = {r.reference: r.next_ask_at for r in conn.execute(
+            select(payment_txn.c.reference, payment_txn.c.next_ask_at, payment_txn.c.first_asked_at)
+            .where(payment_txn.c.next_ask_at.is_not(None)))}
+        pages = list(_pages(select(payment_txn.c.reference, payment_txn.c.next_ask_at).where(
+            payment_txn.c.next_ask_at <= datetime(2026, 11, 7, tzinfo=UTC)), lambda q: conn.execute(q).all(), BY_ASK))
+    assert due == dict.fromkeys(("P-no-bill", "P-pending", "P-unknown"), datetime(2026, 11, 6, tzinfo=UTC))
+    assert [r.reference for page in pages for r in page] == ["P-no-bill", "P-pending", "P-unknown"]
+    with store.engine.begin() as conn:
+        command.downgrade(migrations._config(conn), "0003")
+    columns = {c["name"] for c in inspect(store.engine).get_columns("payment_txn")}
+    assert not columns & {"first_asked_at", "next_ask_at"}
+    assert "ix_payment_txn_ask" not in {i["name"] for i in inspect(store.engine).get_indexes("payment_txn")}

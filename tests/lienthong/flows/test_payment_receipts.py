@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
@@ -22,8 +22,19 @@ from connectors.connection import connection_from_env
 from connectors.errors import PeerUnavailable
 from lienthong import tasks
 from lienthong.flows import payment_receipts
-from lienthong.store import dead_letter, exchange_blob, exchange_log, payment_txn
-from mocks.payment_platform import ANSWER_ORDERS, REQUEST_ORDERS, checksum, reference_for
+from lienthong.store import (
+    dead_letter,
+    exchange_blob,
+    exchange_key,
+    exchange_log,
+    payment_txn,
+)
+from mocks.payment_platform import (
+    ANSWER_ORDERS,
+    REQUEST_ORDERS,
+    checksum,
+    reference_for,
+)
 
 T = 20
 ONESTOP_KEY = "test-onestop-key"
@@ -271,8 +282,8 @@ def test_soap_fault_and_a_slow_ledger_lose_nothing_and_book_nothing_twice(peers,
 def test_duplicate_receipt_number_with_other_content_is_held_and_reported(peers, tmp_path):
     """A receipt number the ledger already holds with other content (a SOAP DuplicateReceiptFault)
     is not re-booked nor overwritten: it is held and reported, and the rest of the batch lands."""
-    from connectors.ministry_ledger.client import ReceiptLedgerClient
     from connectors.connection import Secret
+    from connectors.ministry_ledger.client import ReceiptLedgerClient
 
     paid = sorted((p for p in peers.platform_payments().values() if p["status"] == "paid"),
                   key=lambda p: p["MaThamChieu"])
@@ -386,7 +397,7 @@ class _TamperingProxy:
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 upstream = requests.post(target + self.path, data=body, timeout=T,
                                          headers={"Content-Type": self.headers.get("Content-Type", "")})
@@ -417,7 +428,7 @@ class _TamperingProxy:
 
 
 def test_an_answer_whose_checksum_fails_is_dead_lettered_then_replayed_once(peers, tmp_path, monkeypatch):
-    victim = sorted(ref for ref, p in peers.platform_payments().items() if p["status"] == "paid")[0]
+    victim = min(ref for ref, p in peers.platform_payments().items() if p["status"] == "paid")
     proxy = _TamperingProxy(peers.platform.url, victim)
     try:
         conn = peers.connections(tmp_path)["payment_platform_default"]
@@ -692,3 +703,111 @@ def _reconcile_by_windows(peers: Peers, tmp_path: Path, monkeypatch: pytest.Monk
     with store().engine.connect() as conn:  # the temporary tables went with the run
         assert conn.dialect.name == database
         assert not any(conn.dialect.has_table(conn, name) for name in ("reconcile_onestop", "reconcile_ledger"))
+
+
+def test_the_ask_schedule_asks_young_payments_every_run_then_less_often_and_stops_after_30_days():
+    """:func:`next_ask`: a tenth of the time since the first ask, at most a day, none from 30 days
+    on, and always after the run's start (one run asks about a payment once)."""
+    from lienthong.flows.payment_receipts import ASK_FOR, next_ask
+
+    t0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    µs = timedelta(microseconds=1)
+    assert next_ask(t0, t0, t0) == t0 + µs  # first asked now: due at the next run
+    for age, wait in ((timedelta(seconds=30), timedelta(seconds=3)), (timedelta(hours=1), timedelta(minutes=6)),
+                      (timedelta(days=1), timedelta(hours=2.4)), (timedelta(days=10), timedelta(days=1)),
+                      (timedelta(days=29, hours=23), timedelta(days=1))):
+        assert next_ask(t0, t0 + age, t0 + age) == t0 + age + wait, age
+    assert next_ask(t0, t0 + ASK_FOR, t0 + ASK_FOR) is None
+    assert next_ask(t0, t0 + ASK_FOR + timedelta(days=400), t0) is None
+    late = t0 + timedelta(hours=1)  # a run that began before the payment was last asked: still after its start
+    assert next_ask(t0, t0 + timedelta(seconds=1), late) == late + µs
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_unfinished_payments_are_asked_when_due_given_up_after_30_days_and_asked_again_when_the_one_stop_changes(
+        peers, tmp_path, monkeypatch, database):
+    """A clock moved by hand over 31 days, pages of 4: the 11 payments the platform leaves pending
+    are asked at every run while young, then only when due (the exchange log shows no QUERY of a
+    payment not due), given up at 30 days and listed as ``still_pending`` by the reconciliation;
+    settled afterwards, those whose callback reached the one-stop (its view changed) are asked at
+    once and end paid; those whose callback was lost stay listed."""
+    from contextlib import ExitStack
+    from urllib.parse import urlsplit
+
+    monkeypatch.setattr(payment_receipts, "PAGE", 4)
+    with ExitStack() as stack:
+        if database == "postgresql":  # the (next_ask_at, reference) keyset on the scale-out database too
+            from tests.conftest import postgres_database
+
+            parts = urlsplit(stack.enter_context(postgres_database("lienthong_ask")).replace(
+                "postgresql+psycopg2", "postgresql"))
+            monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({
+                "conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username,
+                "schema": parts.path.lstrip("/")}))
+        _ask_on_schedule(peers, tmp_path)
+
+
+def _ask_on_schedule(peers: Peers, tmp_path: Path) -> None:
+    t0 = datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
+    bus = store()
+
+    def collect(run_id: str, at: timedelta) -> dict:
+        clients = tasks._payment_clients(connection_from_env, bus, run_id, "collect", "onestop", "platform")
+        try:
+            report = payment_receipts.collect_payments(bus, clients["onestop"], clients["platform"], run_id=run_id,
+                                                       clock=lambda: t0 + at)
+        finally:
+            tasks._close_all(clients)
+        with bus.engine.connect() as conn:  # the payments the exchange log shows asked (not the dossier keys)
+            references = set(conn.execute(select(payment_txn.c.reference)).scalars())
+            asked = sorted(k for k in conn.execute(select(exchange_key.c.record_key).join(
+                exchange_log, exchange_log.c.id == exchange_key.c.exchange_id).where(
+                exchange_log.c.run_id == run_id, exchange_log.c.operation == "QUERY")).scalars() if k in references)
+        assert len(asked) == report.queried and len(set(asked)) == len(asked), "each payment asked once a run"
+        return {"asked": asked, **report.counts()}
+
+    first = collect("ask-0", timedelta(0))
+    assert (first["queried"], first["found_paid"], first["found_failed"], first["still_pending"]) == (31, 12, 8, 11)
+    with bus.engine.connect() as conn:
+        pending = sorted(conn.execute(select(payment_txn.c.reference).where(
+            payment_txn.c.platform_status == "pending")).scalars())
+        finished = conn.execute(select(func.count()).select_from(payment_txn).where(
+            payment_txn.c.platform_status != "pending", payment_txn.c.next_ask_at.is_not(None))).scalar_one()
+    assert len(pending) == 11 and finished == 0, "a finished payment is never due"
+    timeline = [  # (run, time since the first ask, asked?) — due a tenth of its age after each ask
+        ("ask-1", timedelta(0), False),  # the same instant: not due before the next run
+        ("ask-2", timedelta(seconds=1), True),
+        ("ask-3", timedelta(hours=1), True),  # due again 6 minutes later
+        ("ask-4", timedelta(hours=1, minutes=5), False),
+        ("ask-5", timedelta(hours=1, minutes=6, seconds=1), True),
+        ("ask-6", timedelta(days=10), True),  # due a day later
+        ("ask-7", timedelta(days=10, hours=23), False),
+        ("ask-8", timedelta(days=11, seconds=1), True),
+        ("ask-9", timedelta(days=30), True),  # asked a last time: given up
+        ("ask-10", timedelta(days=31), False),
+    ]
+    for run_id, at, due in timeline:
+        got = collect(run_id, at)
+        assert got["asked"] == (pending if due else []), run_id
+        assert got["still_pending"] == (11 if due else 0) and got["requests_listed"] == 31, run_id
+        assert got["asks_given_up"] == (11 if run_id == "ask-9" else 0), run_id
+    report = tasks.reconcile_payments(connection_from_env, run_id="ask-10", task_id="reconcile",
+                                      report_dir=str(tmp_path / "reports"))
+    items = [i for i in payment_receipts.open_items(bus) if i["kind"] == "still_pending"]
+    assert sorted(i["record_key"] for i in items) == pending
+    assert {i["details"]["asked_since"] for i in items} == {t0.isoformat()}
+    assert report["counts"]["mismatches_by_kind"]["still_pending"] == 11
+
+    settled = peers.settle(11, outcome="paid")
+    onestop = peers.onestop_payments()
+    seen = sorted(s["MaThamChieu"] for s in settled if onestop[s["MaThamChieu"]]["status"] == "paid")
+    lost = sorted(set(pending) - set(seen))
+    assert seen and lost, "some callbacks reach the one-stop, some are lost"
+    again = collect("ask-11", timedelta(days=31, hours=1))
+    assert again["asked"] == seen and again["found_paid"] == len(seen) and again["bills_fetched"] == len(seen)
+    assert collect("ask-12", timedelta(days=31, hours=2))["asked"] == []
+    report = tasks.reconcile_payments(connection_from_env, run_id="ask-12", task_id="reconcile",
+                                      report_dir=str(tmp_path / "reports"))
+    items = [i for i in payment_receipts.open_items(bus) if i["kind"] == "still_pending"]
+    assert sorted(i["record_key"] for i in items) == lost, "a payment that ended unseen stays listed for people"
+    assert report["counts"]["mismatches_resolved"] >= len(seen)
