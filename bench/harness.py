@@ -35,14 +35,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("full_sync", "incremental", "memory", "engine", "audit", "catalogue", "receipts", "receipts_memory")
+SCENARIOS = ("full_sync", "incremental", "memory", "engine", "audit", "catalogue", "receipts", "receipts_memory",
+             "receipts_incremental")
 #: the scenarios whose bus can keep its database on PostgreSQL (``--postgres``)
-POSTGRES_SCENARIOS = {"full_sync", "memory", "receipts", "receipts_memory"}
+POSTGRES_SCENARIOS = {"full_sync", "memory", "receipts", "receipts_memory", "receipts_incremental"}
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -505,6 +506,94 @@ def scenario_receipts(ws: Workspace, args: argparse.Namespace, result: Result) -
         Line("receipts", "ceiling vs naive (bound)", c_, "payments/s", n, "one payment at a time", c_ / n, "", None,
              "the most any client reaches over naive here"),
     ]
+
+
+def scenario_receipts_incremental(ws: Workspace, args: argparse.Namespace, result: Result) -> None:
+    """A run of the payment flow after a few new payments, over a backlog of a province's years
+    (every earlier payment finished, or asked about for 30 days and given up), against the same
+    over a small backlog: whether a run's cost follows the new payments or the backlog."""
+    from sqlalchemy import update
+
+    from lienthong.flows.payment_receipts import ASK_FOR
+    from lienthong.store import Store, payment_txn
+
+    small, large, changes = args.payment_incremental_small, args.payment_incremental_large, args.payment_changes
+    times: dict[int, list[float]] = {small: [], large: []}
+    steps: dict[int, list[dict[str, float]]] = {small: [], large: []}
+    backlog: dict[int, int] = {}
+    for size in (small, large):
+        base, platform, seeded = _payments_world(ws, size, f"payments-incremental-{size}")
+        backlog[size] = sum(seeded.values())
+        with bus_database(ws, args, f"bus-payments-incremental-{size}") as bus_db, \
+                standins(base, platform_dir=platform, ledger_dir=ws.fresh(f"ledger-incremental-{size}")) as urls:
+            first = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                            flow="payments", ledger_batch_size=args.ledger_batch_size, run_id="backlog",
+                            report_dir=ws.fresh(f"reports-incremental-{size}"))
+            _payments_checked(first, seeded, f"the backlog's first run over {size:,} dossiers")
+            # the backlog's unfinished payments were asked about for 30 days: given up, as the schedule
+            # leaves them (set in the bus database, as the incremental scenario seeds a synced world)
+            store = Store(bus_db if isinstance(bus_db, str) else f"sqlite:///{bus_db}")
+            long_ago = datetime.now(UTC) - ASK_FOR - timedelta(days=1)
+            with store.begin() as conn:
+                aged = conn.execute(update(payment_txn).where(payment_txn.c.platform_status.in_(("pending", "unknown")))
+                                    .values(first_asked_at=long_ago, next_ask_at=None)).rowcount
+            store.engine.dispose()
+            _check({"given up": aged}, {"given up": seeded["pending"]}, "the backlog's unfinished payments")
+            say(f"receipts incremental: a backlog of {backlog[size]:,} payments over {size:,} dossiers "
+                f"({_fmt_times(first['times'])}); {aged:,} given up")
+            for r in range(args.repeats):
+                opened = _open_payments(urls, changes)
+                settled = _post(urls["platform"], "/_admin/payments/settle", {"n": 0, "references": opened})["settled"]
+                paid = sum(s["status"] == "paid" for s in settled)
+                _check({"settled": len(settled)}, {"settled": changes}, "new payments settled at the platform")
+                run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                              flow="payments", ledger_batch_size=args.ledger_batch_size, run_id=f"changes-{r}",
+                              report_dir=ws.fresh(f"reports-incremental-{size}-{r}"))
+                c = run["counts"]
+                _check({"queried": c["collect"]["queried"], "paid": c["collect"]["found_paid"],
+                        "fees": c["fees"]["fees_updated"], "receipts": c["ledger"]["receipts_accepted"],
+                        "mismatches": c["reconcile"]["counts"]["mismatches"]},
+                       {"queried": changes, "paid": paid, "fees": changes, "receipts": paid,
+                        "mismatches": seeded["pending"]}, f"a run after {changes:,} new payments over {size:,}")
+                times[size].append(run["times"]["total"])
+                steps[size].append(run["times"])
+                result.runs.append({"source": size, "backlog_payments": backlog[size], "repeat": r, **run})
+                say(f"receipts incremental {r + 1}/{args.repeats}: {changes:,} new payments over a backlog of "
+                    f"{backlog[size]:,}: {run['times']['total']:.2f}s ({_fmt_times(run['times'])})")
+        for name in (f"onestop-payments-incremental-{size}", f"platform-payments-incremental-{size}"):
+            if not args.keep:
+                shutil.rmtree(ws.path(name), ignore_errors=True)
+    big, little = median(times[large]), median(times[small])
+    result.sizes.update({"small": small, "large": large, "changes": changes, "backlog_payments": backlog,
+                         "repeats": args.repeats, "bus_db": bus_db_kind(args),
+                         "step_medians_s": {size: {k: median([t[k] for t in steps[size]]) for k in steps[size][0]}
+                                            for size in (small, large)}})
+    on = _on_bus_db(args)
+    result.lines.append(Line(
+        "receipts_incremental", f"{changes:,} new payments over {backlog[large]:,}{on}", big, "s", little,
+        f"same over {backlog[small]:,}", big / little, "≤ 2.0", big / little <= 2.0,
+        "the incremental rule, applied to this flow: the backlog's payments finished or given up (asked about for "
+        "30 days); the run lists the one-stop's requests and reconciles the whole paid period"))
+
+
+def _open_payments(urls: dict[str, str], n: int) -> list[str]:
+    """What citizens clicking "pay" do: the one-stop opens ``n`` payment requests (a signed INIT each
+    at the platform), returned by reference."""
+    opened: list[str] = []
+    while len(opened) < n:
+        answer = _post(urls["onestop"], "/_admin/payments/open", {"n": min(1_000, n - len(opened))})
+        if not answer["opened"]:
+            raise RuntimeError(f"the one-stop opened no more payment requests ({answer.get('refused')!r:.300})")
+        opened += [o["reference"] for o in answer["opened"]]
+    return opened
+
+
+def _post(base: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    import requests
+
+    response = requests.post(base + path, json=body, timeout=600)
+    response.raise_for_status()
+    return response.json()
 
 
 def scenario_receipts_memory(ws: Workspace, args: argparse.Namespace, result: Result,
@@ -1049,7 +1138,8 @@ QUICK = {"dossiers": 150, "naive_sample": 30, "repeats": 1, "incremental_large":
          "changes": 30, "memory_small": 150, "memory_large": 450, "engine_records": 200, "engine_seconds": 0.2,
          "audit_records": 1500, "audit_seed_dossiers": 60, "audit_repeats": 1, "seal_batch": 500,
          "catalogue_size": 40, "catalogue_changed": 5, "payment_dossiers": 150, "naive_payments": 30,
-         "payment_memory_small": 150, "payment_memory_large": 450}
+         "payment_memory_small": 150, "payment_memory_large": 450, "payment_incremental_small": 150,
+         "payment_incremental_large": 600, "payment_changes": 20}
 
 
 class ReportError(Exception):
@@ -1165,8 +1255,14 @@ def parser() -> argparse.ArgumentParser:
                    help="receipts_memory: dossiers of the smaller payments world (about 82%% carry a payment)")
     p.add_argument("--payment-memory-large", type=int, default=200_000,
                    help="receipts_memory: dossiers of the larger payments world")
+    p.add_argument("--payment-incremental-small", type=int, default=2_000,
+                   help="receipts_incremental: dossiers of the small backlog's payments world")
+    p.add_argument("--payment-incremental-large", type=int, default=20_000,
+                   help="receipts_incremental: dossiers of the large backlog's payments world")
+    p.add_argument("--payment-changes", type=int, default=200,
+                   help="receipts_incremental: new payment requests per run (opened, then settled at the platform)")
     p.add_argument("--postgres", type=_postgres_url, default=None, metavar="URL",
-                   help="full sync, memory, receipts and receipts_memory: the bus's database on this PostgreSQL "
+                   help="full sync, memory and the receipts scenarios: the bus's database on this PostgreSQL "
                         "server (on this machine; a throw-away database per run, created and dropped there) instead "
                         "of an SQLite file, e.g. postgresql+psycopg2://postgres@127.0.0.1:5432/postgres; the other scenarios "
                         "build SQLite files and refuse it")
@@ -1196,8 +1292,9 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(args, key, value)
     chosen = args.scenario or list(SCENARIOS)
     if args.postgres and not set(chosen) <= POSTGRES_SCENARIOS:
-        parser().error("--postgres applies to the full_sync, memory, receipts and receipts_memory scenarios only "
-                       "(the others build SQLite files): choose among them with --scenario")
+        parser().error("--postgres applies to the full_sync, memory, receipts, receipts_memory and "
+                       "receipts_incremental scenarios only (the others build SQLite files): choose among them with "
+                       "--scenario")
     if args.profile and "full_sync" in chosen and importlib.util.find_spec("pyinstrument") is None:
         parser().error("--profile needs pyinstrument, which the bench extra brings: make bench ARGS=... installs it "
                        "(or .venv/bin/pip install -e '.[bench]')")
@@ -1206,7 +1303,8 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     results: dict[str, Result] = {}
     runners = {"full_sync": scenario_full_sync, "incremental": scenario_incremental, "engine": scenario_engine,
-               "audit": scenario_audit, "catalogue": scenario_catalogue, "receipts": scenario_receipts}
+               "audit": scenario_audit, "catalogue": scenario_catalogue, "receipts": scenario_receipts,
+               "receipts_incremental": scenario_receipts_incremental}
     try:
         for name in SCENARIOS:
             if name not in chosen:

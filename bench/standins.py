@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for mock in started.values():
             mock.start()
+        if "platform" in started:  # the one-stop's INIT door (citizens clicking "pay": /_admin/payments/open)
+            started["onestop"].payment_platform_url = started["platform"].url
         if args.portal_latency_ms and "portal" in started:
             # the mocks' own fault plan: a delay before every call is handled (login, integration, share)
             started["portal"].faults.configure({"latency_ms": args.portal_latency_ms})

@@ -477,14 +477,19 @@ class PaymentPlatformMock(MockServer):
             thread.join(timeout)
         return not any(t.is_alive() for t in threads)
 
-    def settle(self, n: int, outcome: str | None = None) -> list[dict[str, Any]]:
-        """Complete the ``n`` oldest pending payments; the result is seeded per MaThamChieu (80 % paid)
+    def settle(self, n: int, outcome: str | None = None, references: list[str] | None = None) -> list[dict[str, Any]]:
+        """Complete the ``n`` oldest pending payments, or the pending ones among ``references``
+        (MaThamChieu; others are left as they are); the result is seeded per MaThamChieu (80 % paid)
         unless ``outcome`` ("paid"/"failed") forces it."""
         db = self.require_db()
         done = []
         with db.tx() as conn:
-            rows = conn.execute("SELECT ref FROM payments WHERE status = 'pending' ORDER BY seq LIMIT ?",
-                                (n,)).fetchall()
+            if references is None:
+                rows = conn.execute("SELECT ref FROM payments WHERE status = 'pending' ORDER BY seq LIMIT ?",
+                                    (n,)).fetchall()
+            else:
+                rows = [r for ref in dict.fromkeys(references) for r in conn.execute(
+                    "SELECT ref FROM payments WHERE status = 'pending' AND ref = ?", (ref,)).fetchall()]
             for row in rows:
                 status = outcome or ("paid" if seeded_rng(self.seed, "settle", row["ref"]).random() < 0.8 else "failed")
                 done.append(self._complete(db, row["ref"], status))
@@ -497,12 +502,16 @@ class PaymentPlatformMock(MockServer):
             body = request.json_object()
         except BadJson as exc:
             return json_response(400, {"error": "bad_request", "message": str(exc)})
-        n, outcome = body.get("n", 1), body.get("outcome")
+        n, outcome, references = body.get("n", 1), body.get("outcome"), body.get("references")
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 10_000:
             return json_response(400, {"error": "bad_request", "message": "n must be an integer 0..10000"})
         if outcome not in (None, "paid", "failed"):
             return json_response(400, {"error": "bad_request", "message": "outcome must be \"paid\" or \"failed\""})
-        return json_response(200, {"settled": self.settle(n, outcome)})
+        if references is not None and not (isinstance(references, list) and len(references) <= 10_000 and all(
+                isinstance(r, str) and 0 < len(r) <= 64 for r in references)):
+            return json_response(400, {"error": "bad_request", "message": "references must be a list of at most "
+                                                                          "10000 MaThamChieu (text, 1..64)"})
+        return json_response(200, {"settled": self.settle(n, outcome, references)})
 
     def _admin_callbacks(self, request: Request) -> Response:
         try:

@@ -105,6 +105,18 @@ def test_quick_run_writes_every_scenario_with_ratios_and_verdicts(tmp_path: Path
     assert run["counts"]["ledger"]["receipts_accepted"] > paid and run["counts"]["reconcile"]["counts"]["mismatches"] == 0
     assert [line["target"] for line in memory["lines"]] == ["≤ 1.5", "< 500 MB"] * 2
     assert all(line["verdict"] in ("PASS", "FAIL") for line in memory["lines"])
+    # a run after a few new payments over each backlog: the new ones asked, recorded and booked, none
+    # of the backlog's payments asked again (finished, or given up after 30 days)
+    incremental = scenarios["receipts_incremental"]
+    small, large, changes = (QUICK[k] for k in ("payment_incremental_small", "payment_incremental_large",
+                                                "payment_changes"))
+    assert [(r["source"], r["repeat"]) for r in incremental["runs"]] == [(small, 0), (large, 0)]
+    for r in incremental["runs"]:
+        collected = r["counts"]["collect"]
+        assert collected["requests_new"] == collected["queried"] == changes
+        assert collected["requests_listed"] == r["backlog_payments"] + changes
+        assert r["counts"]["fees"]["fees_updated"] == changes
+    assert [line["target"] for line in incremental["lines"]] == ["≤ 2.0"]
 
 
 def test_portal_latency_adds_unjudged_lines_and_every_call_waits(tmp_path: Path) -> None:
@@ -193,9 +205,9 @@ def test_postgres_puts_each_bus_run_in_a_throw_away_database_there(tmp_path: Pat
      "must be on this machine"),
     (["--postgres", "no url at all", "--scenario", "full_sync"], "not a SQLAlchemy URL"),
     (["--postgres", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", "--scenario", "audit"],
-     "full_sync, memory, receipts and receipts_memory scenarios only"),
+     "full_sync, memory, receipts, receipts_memory and receipts_incremental scenarios only"),
     (["--postgres", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"],
-     "full_sync, memory, receipts and receipts_memory scenarios only"),
+     "full_sync, memory, receipts, receipts_memory and receipts_incremental scenarios only"),
 ])
 def test_postgres_is_refused_where_it_cannot_apply(argv: list[str], says: str) -> None:
     done = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=REPO_ROOT,

@@ -224,6 +224,19 @@ def test_duplicate_switch_sends_each_callback_twice_and_settle_outcome_is_forced
     assert q["TrangThaiGD"] == "4"
 
 
+def test_settle_by_reference_completes_exactly_the_pending_ones_named(pay):
+    pending = sorted(p["MaThamChieu"] for p in payments(pay) if p["status"] == "pending")
+    paid = next(p["MaThamChieu"] for p in payments(pay) if p["status"] == "paid")
+    chosen = [pending[-1], pending[0]]
+    settled = _settle(pay, 0, outcome="paid", references=[*chosen, pending[0], paid, "no-such-payment"])
+    assert [s["MaThamChieu"] for s in settled] == chosen and {s["status"] for s in settled} == {"paid"}
+    after = {p["MaThamChieu"]: p["status"] for p in payments(pay)}
+    assert [ref for ref in pending if after[ref] != "pending"] == sorted(chosen)
+    for bad in ({"references": "x"}, {"references": [""]}, {"references": [7]}, {"references": ["r" * 65]}):
+        response = requests.post(pay.url + "/_admin/payments/settle", json=bad, timeout=TIMEOUT)
+        assert response.status_code == 400 and "references must be" in response.json()["message"]
+
+
 def test_an_unreachable_one_stop_is_logged_as_error(pay):
     free = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     url = f"http://127.0.0.1:{free.server_address[1]}/cb"
