@@ -578,12 +578,14 @@ def scenario_receipts_incremental(ws: Workspace, args: argparse.Namespace, resul
 
 def _open_payments(urls: dict[str, str], n: int) -> list[str]:
     """What citizens clicking "pay" do: the one-stop opens ``n`` payment requests (a signed INIT each
-    at the platform), returned by reference."""
+    at the platform), returned by reference. It opens one for a dossier with fees and no pending or
+    paid request: in a seeded world, those whose payment failed."""
     opened: list[str] = []
     while len(opened) < n:
         answer = _post(urls["onestop"], "/_admin/payments/open", {"n": min(1_000, n - len(opened))})
         if not answer["opened"]:
-            raise RuntimeError(f"the one-stop opened no more payment requests ({answer.get('refused')!r:.300})")
+            raise RuntimeError(f"the one-stop opened {len(opened):,} payment requests, not {n:,}: no more dossiers "
+                               f"with fees and no pending or paid request (refused: {answer.get('refused')!r:.300})")
         opened += [o["reference"] for o in answer["opened"]]
     return opened
 
@@ -1255,9 +1257,10 @@ def parser() -> argparse.ArgumentParser:
                    help="receipts_memory: dossiers of the smaller payments world (about 82%% carry a payment)")
     p.add_argument("--payment-memory-large", type=int, default=200_000,
                    help="receipts_memory: dossiers of the larger payments world")
-    p.add_argument("--payment-incremental-small", type=int, default=2_000,
-                   help="receipts_incremental: dossiers of the small backlog's payments world")
-    p.add_argument("--payment-incremental-large", type=int, default=20_000,
+    p.add_argument("--payment-incremental-small", type=int, default=5_000,
+                   help="receipts_incremental: dossiers of the small backlog's payments world (new requests are "
+                        "opened for dossiers whose last payment failed: about 1 in 6, enough for 3 runs of 200)")
+    p.add_argument("--payment-incremental-large", type=int, default=50_000,
                    help="receipts_incremental: dossiers of the large backlog's payments world")
     p.add_argument("--payment-changes", type=int, default=200,
                    help="receipts_incremental: new payment requests per run (opened, then settled at the platform)")
