@@ -11,9 +11,11 @@ Thin by design: each task calls one function of ``lienthong.tasks``.
    and unknown dossiers are held for follow-up.
 3. ``submit_receipts`` maps the receipts (platform → canonical → ledger) and submits them to the
    ministry ledger over SOAP; the ledger books each receipt number once.
-4. ``reconcile_payments`` checks that the three systems agree on every transaction, keeps the
-   mismatches for follow-up and writes the reconciliation report (task log and
-   ``$LIENTHONG_HOME/reports/payments-<run>.md``).
+4. ``reconcile_payments`` checks that the three systems agree, keeps the mismatches for follow-up
+   and writes the reconciliation report (task log and ``$LIENTHONG_HOME/reports/payments-<run>.md``):
+   every transaction in a full pass (the first run of each day, or a run triggered with
+   ``full_reconciliation``), otherwise those changed since the last pass and those with open
+   mismatches, so an hourly run's cost follows its new payments.
 
 Transport errors are retried by Airflow; data errors are dead-lettered (``lienthong deadletter
 list --flow payment_receipts``) and never fail the run.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, get_current_context, task
 
 from lienthong.dag_support import default_args, run_ids
 
@@ -41,6 +43,11 @@ DEFAULT_ARGS = default_args(retries=3, retry_delay=timedelta(minutes=2), max_ret
     default_args=DEFAULT_ARGS,
     tags=["lienthong", "payments", "payment_platform", "onestop", "ministry"],
     doc_md=__doc__,
+    params={
+        "full_reconciliation": Param(False, type="boolean",
+                                     description="reconcile every transaction now, not only what changed since the "
+                                                 "last pass (a full pass also runs by itself once a day)"),
+    },
 )
 def sync_payment_receipts():
     @task(pool="payment_platform")
@@ -73,8 +80,9 @@ def sync_payment_receipts():
         from lienthong import localenv, tasks
 
         run_id, task_id = run_ids()
+        full = bool(get_current_context()["params"].get("full_reconciliation")) or None  # None: daily by itself
         return tasks.reconcile_payments(airflow_connection_spec, run_id=run_id, task_id=task_id,
-                                        report_dir=str(localenv.topology().home / "reports"))
+                                        report_dir=str(localenv.topology().home / "reports"), full=full)
 
     collected = collect_payments()
     reconcile_payments(update_onestop_fees(collected), submit_receipts(collected))

@@ -89,7 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         fees = tasks.update_onestop_fees(resolve, run_id=run_id, task_id="cli")
         receipts = tasks.submit_payment_receipts(resolve, run_id=run_id, task_id="cli")
         summary = tasks.reconcile_payments(resolve, run_id=run_id, task_id="cli",
-                                           report_dir=str(localenv.topology().home / "reports"))
+                                           report_dir=str(localenv.topology().home / "reports"),
+                                           full=True if args.full_reconciliation else None)
         print(json.dumps({"run_id": run_id, "collected": collected, "fees": fees, "receipts": receipts,
                           "reconciliation": {k: v for k, v in summary.get("counts", {}).items()
                                              if k.startswith(("reconciled", "mismatches"))},
@@ -264,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backfill: re-send payloads the portal already acknowledged")
     p.add_argument("--window-from", help="backfill: also stage dossiers modified from this ISO time (with offset)")
     p.add_argument("--window-to", help="backfill: ... and before this ISO time (with offset)")
+    p.add_argument("--full-reconciliation", action="store_true",
+                   help="payment-receipts: reconcile every transaction, not only those changed since the last pass "
+                        "and those with open mismatches (a full pass also runs by itself once a day)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("exchanges", help="list exchange-log records, newest last")

@@ -237,6 +237,7 @@ payment_txn = Table(  # one row per payment request (MaThamChieu) the bus follow
     Column("next_ask_at", AwareDateTime),
     Index("ix_payment_txn_platform", "platform_status"),
     Index("ix_payment_txn_ask", "next_ask_at", "reference"),  # the payments due to be asked, in order
+    Index("ix_payment_txn_updated", "updated_at"),  # what changed since the last reconciliation
 )
 
 reconciliation_item = Table(  # a disagreement kept for follow-up until a later run no longer finds it

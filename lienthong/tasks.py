@@ -285,16 +285,18 @@ def submit_payment_receipts(
 
 
 def reconcile_payments(
-    resolve: Resolver, *, run_id: str, task_id: str | None = None, report_dir: str | None = None
+    resolve: Resolver, *, run_id: str, task_id: str | None = None, report_dir: str | None = None,
+    full: bool | None = None,
 ) -> dict[str, Any]:
     """Reconcile the three systems, close the run, write the report (Markdown and JSON) and return
-    the summary."""
+    the summary. ``full``: every transaction (true), only those changed since the last pass and
+    those with open mismatches (false), or a full pass when the last is a day old (``None``)."""
     from pathlib import Path
 
     from lienthong.flows import payment_receipts
 
     counts = _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), lambda store, c:
-                           payment_receipts.reconcile(store, c["onestop"], c["ledger"], run_id=run_id))
+                           payment_receipts.reconcile(store, c["onestop"], c["ledger"], run_id=run_id, full=full))
     store = open_store(resolve)
     store.add_run_counts(payment_receipts.FLOW, run_id, {}, finished=True)
     summary = store.run_summary(payment_receipts.FLOW, run_id) or {}

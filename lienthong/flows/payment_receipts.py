@@ -28,6 +28,8 @@ systems agree, in four steps that each survive a crash and a rerun:
    ``duplicate_receipt``…). Mismatches are kept in ``reconciliation_item`` until a later run no
    longer finds them. What the one-stop lists and the ledger holds is read into temporary tables
    first (the ledger in windows of paid time), so memory follows a page, not the years of payments.
+   A full pass runs once a day; the passes between check the transactions changed since the last
+   pass and those with open mismatches, so a run's cost follows its changes.
 
 In steps 1–3 what an answer causes (a transaction's state, a dead letter, a stored receipt)
 commits in one transaction with the exchange-log records of the calls that brought it, as in the
@@ -117,8 +119,6 @@ KINDS = {
     "unmatched_payment": "the platform confirmed a payment the one-stop never requested (its callback named an "
                          "unknown reference)",
     "unknown_transaction": "the one-stop has a payment request the platform does not know",
-    "still_pending": "the platform still said pending after 30 days of asking, and the bus no longer asks (it "
-                     "asks again once the one-stop's view of the request changes)",
     "fee_not_paid": "the platform says paid, the one-stop's fee is not paid",
     "paid_twice": "the one-stop's fee is paid by another transaction",
     "failed_not_recorded": "the platform says failed, the one-stop still shows another status",
@@ -331,9 +331,9 @@ UNFINISHED = ("pending", "unknown")
 #: When an unfinished payment is asked about again: after a tenth of the time since it was first
 #: asked (so at every run while it is young: a citizen pays within minutes or not at all), at most
 #: :data:`ASK_AT_MOST_EVERY` apart, and no longer once it has been asked about for :data:`ASK_FOR`
-#: (the reconciliation then lists it as ``still_pending``; a change of the one-stop's view of it
-#: makes it due again). A run's QUERYs follow the new and young requests, not the years of
-#: abandoned ones: about 110 asks in a payment's 30 days instead of one per run.
+#: (the reconciliation report counts it as given up: pending at both ends is no disagreement; a
+#: change of the one-stop's view of it makes it due again). A run's QUERYs follow the new and young requests, not the years of
+#: abandoned ones: 61 asks in a payment's 30 days with hourly runs instead of 720.
 ASK_BACKOFF = 0.1
 ASK_AT_MOST_EVERY = timedelta(days=1)
 ASK_FOR = timedelta(days=30)
@@ -376,9 +376,9 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
             if due is None:
                 report.given_up += 1
                 log.warning("payment %s: the platform has not finished it after %s of asking; no longer asked "
-                            "(listed as still pending by the reconciliation)", row.reference, now - first)
+                            "(counted as given up by the reconciliation report)", row.reference, now - first)
             with begin() as conn:
-                if values:
+                if values or due is None:  # given up is a change (the reconciliation lists it)
                     _update(conn, row.reference, run_id, first_asked_at=first, next_ask_at=due, **values)
                 else:  # nothing learnt: only when it is asked next (the exchange-log record commits too)
                     conn.execute(_UPDATE, {"b_reference": row.reference, "first_asked_at": first, "next_ask_at": due})
@@ -651,10 +651,17 @@ class ReconciliationReport:
     items: list[dict[str, Any]] = field(default_factory=list)
     opened: int = 0
     resolved: int = 0
+    scope: str = "full"  # full: every transaction; changed: those changed since, and the open mismatches
+    since: str | None = None  # a changed pass: the time (ISO 8601, UTC) its changes are taken from
+    scope_size: int = 0  # a changed pass: the transactions it checks
+    given_up: int = 0  # payments no longer asked about (unfinished after ASK_FOR of asking)
+    checked: set[str] = field(default_factory=set)  # a changed pass: the payments it checked
 
     def counts(self) -> dict[str, Any]:
         kinds = Counter(i["kind"] for i in self.items)
-        return {"reconciled_paid": self.paid, "reconciled_failed": self.failed, "reconciled_agreed": self.agreed,
+        return {"reconciled_scope": self.scope, "reconciled_since": self.since,
+                "reconciled_paid": self.paid, "reconciled_failed": self.failed, "reconciled_agreed": self.agreed,
+                "payments_given_up": self.given_up,
                 "mismatches": len(self.items), "mismatches_by_kind": dict(sorted(kinds.items())),
                 "mismatches_opened": self.opened, "mismatches_resolved": self.resolved}
 
@@ -667,7 +674,7 @@ def _amount(value: Any) -> int | None:
 
 
 _RECONCILED = ("reference", "dossier_code", "platform_status", "request_amount", "platform_amount", "transaction_id",
-               "paid_at", "receipt_no", "hold_reason", "ledger_state", "first_asked_at", "next_ask_at")
+               "paid_at", "receipt_no", "hold_reason", "ledger_state")
 #: Paid transactions per ``ListReceipts`` window: the ledger answers a window in one SOAP body, so a
 #: province's years of receipts are asked for a bounded slice of time at a time.
 RECEIPT_WINDOW = 2_000
@@ -690,7 +697,24 @@ _ledger_view = Table(
     Index("ix_reconcile_ledger_number", "number"),
     Index("ix_reconcile_ledger_reference", "reference"),
     prefixes=["TEMPORARY"])
+_scope = Table(  # a pass between full ones: the payments it checks
+    "reconcile_scope", _views,
+    Column("reference", String(200), primary_key=True),
+    prefixes=["TEMPORARY"])
 _RECEIPT_FIELDS = ("ReceiptNumber", "PaymentReference", "AmountVND", "DossierCode")
+
+#: A full reconciliation (every transaction against everything the one-stop lists and the ledger
+#: holds) runs at least this often; the passes between check what changed since the last pass
+#: began (less :data:`RECHECK_OVERLAP`, for changes stamped before and committed after it) and
+#: every payment with an open mismatch, so a run's cost follows its changes.
+FULL_EVERY = timedelta(days=1)
+RECHECK_OVERLAP = timedelta(minutes=15)
+#: A pass between full ones asks the one-stop for each payment it checks, up to this many; above,
+#: it lists them all as a full pass does.
+ASK_ONESTOP_AT_MOST = 1_000
+#: The bus's note of the last reconciliations (``sync_cursor``): when the last pass and the last
+#: full pass began.
+RECONCILED = FLOW + "/reconciled"
 
 
 def _keep_onestop_page(conn: Connection, page: list[dict[str, Any]]) -> None:
@@ -715,12 +739,18 @@ def _keep_receipts(conn: Connection, receipts: list[dict[str, Any]]) -> None:
     conn.commit()
 
 
-def _receipt_windows(conn: Connection, size: int) -> list[tuple[datetime, datetime]]:
+def _checked(query: Select, scoped: bool) -> Select:
+    """``query`` over ``payment_txn``, limited to the pass's scope when it is not a full one."""
+    return query.join(_scope, _scope.c.reference == payment_txn.c.reference) if scoped else query
+
+
+def _receipt_windows(conn: Connection, size: int, scoped: bool = False) -> list[tuple[datetime, datetime]]:
     """``[start, end)`` windows that tile the paid period (a day before the first payment to a day
-    after the last), each holding about ``size`` paid transactions; only the cut points are kept."""
+    after the last; of the scope's payments when ``scoped``), each holding about ``size`` paid
+    transactions; only the cut points are kept."""
     first = last = None
     cuts: list[datetime] = []
-    rows = conn.execute(select(payment_txn.c.paid_at).where(
+    rows = conn.execute(_checked(select(payment_txn.c.paid_at), scoped).where(
         payment_txn.c.platform_status == "paid", payment_txn.c.paid_at.is_not(None), payment_txn.c.paid_at != "")
         .order_by(payment_txn.c.paid_at)
         .execution_options(yield_per=10_000))  # a server-side cursor on PostgreSQL: never every row at once
@@ -749,11 +779,11 @@ def _txn_pages(conn: Connection, query: Select) -> Iterator[list[Row]]:
     return _pages(query, read)
 
 
-def _fetch_unlisted(conn: Connection, ledger: Any) -> None:
+def _fetch_unlisted(conn: Connection, ledger: Any, scoped: bool = False) -> None:
     """A receipt number the windows did not show may still be held, under another payment or
     time: asked by number, a page of paid transactions at a time (a number found is in the view
     before the next page is read, so it is asked once)."""
-    unlisted = select(payment_txn.c.reference, payment_txn.c.receipt_no).where(
+    unlisted = _checked(select(payment_txn.c.reference, payment_txn.c.receipt_no), scoped).where(
         payment_txn.c.platform_status == "paid", payment_txn.c.receipt_no.is_not(None), payment_txn.c.receipt_no != "",
         ~exists().where(_ledger_view.c.number == payment_txn.c.receipt_no))
     for rows in _txn_pages(conn, unlisted):
@@ -767,14 +797,27 @@ def _fetch_unlisted(conn: Connection, ledger: Any) -> None:
                 found.add(row.receipt_no)
 
 
-def reconcile(store: Store, onestop: Any, ledger: Any, *, run_id: str) -> ReconciliationReport:
+def reconcile(store: Store, onestop: Any, ledger: Any, *, run_id: str, full: bool | None = None,
+              clock: Callable[[], datetime] = utcnow) -> ReconciliationReport:
     """Step 4: check that the platform, the one-stop and the ledger agree on every transaction.
 
-    What the one-stop and the ledger say is read into temporary tables of the bus database first
-    (the one-stop's requests page by page, the ledger's receipts a window of
-    :data:`RECEIPT_WINDOW` paid transactions at a time), then every transaction is checked a page
-    of :data:`PAGE` at a time against them: memory follows a page, not the years of payments."""
-    report = ReconciliationReport()
+    A **full** pass (at least every :data:`FULL_EVERY`, or when ``full`` is true) checks every
+    transaction; a pass between full ones checks the transactions changed since the last pass
+    began and those with an open mismatch (``full`` false forces one). What the one-stop and the
+    ledger say is read into temporary tables of the bus database first (the one-stop's requests
+    page by page, or one by one for a small scope; the ledger's receipts a window of
+    :data:`RECEIPT_WINDOW` paid transactions at a time over the checked payments' paid period),
+    then the transactions are checked a page of :data:`PAGE` at a time against them: memory
+    follows a page, not the years of payments."""
+    started = clock()
+    last = json.loads(store.get_cursor(RECONCILED) or "{}")
+    if full is None:
+        full = "full_at" not in last or started - datetime.fromisoformat(last["full_at"]) >= FULL_EVERY
+    if not full and "checked_to" not in last:
+        raise ValueError("no reconciliation has run yet: the first one is a full pass")
+    report = ReconciliationReport(scope="full" if full else "changed")
+    if not full:
+        report.since = (datetime.fromisoformat(last["checked_to"]) - RECHECK_OVERLAP).isoformat()
     with store.engine.connect() as conn:
         _views.drop_all(conn, checkfirst=True)  # a pooled connection may hold an interrupted run's
         _views.create_all(conn)
@@ -786,15 +829,50 @@ def reconcile(store: Store, onestop: Any, ledger: Any, *, run_id: str) -> Reconc
             _views.drop_all(conn, checkfirst=True)
             conn.commit()
     _keep_items(store, report, run_id)
+    with store.begin() as conn:
+        Store.set_cursor(conn, RECONCILED, json.dumps({"checked_to": started.isoformat(), "full_at": (
+            started.isoformat() if full else last["full_at"])}), run_id)
     return report
 
 
+def _fill_scope(conn: Connection, since: datetime) -> int:
+    """The pass's scope: the transactions changed since ``since`` (``ix_payment_txn_updated``) and
+    the payments with an open mismatch. Returns how many transactions it holds."""
+    conn.execute(_scope.insert().from_select(["reference"], select(payment_txn.c.reference).where(
+        payment_txn.c.updated_at >= since)))
+    conn.execute(_scope.insert().from_select(["reference"], select(reconciliation_item.c.record_key).where(
+        reconciliation_item.c.flow == FLOW, reconciliation_item.c.resolved_at.is_(None),
+        reconciliation_item.c.record_key.not_in(select(_scope.c.reference))).distinct()))
+    held = conn.execute(select(func.count()).select_from(_checked(select(payment_txn.c.reference), True)
+                                                         .subquery())).scalar_one()
+    conn.commit()
+    return held
+
+
+def _ask_onestop(conn: Connection, onestop: Any) -> None:
+    """The one-stop's view of each payment in the scope, asked by reference (a page at a time)."""
+    for rows in _txn_pages(conn, _checked(select(payment_txn.c.reference), True)):
+        listed = [p for p in (onestop.get_payment(r.reference) for r in rows) if p is not None]
+        _keep_onestop_page(conn, listed)
+
+
 def _reconcile(conn: Connection, onestop: Any, ledger: Any, report: ReconciliationReport) -> None:
-    for page in onestop.iter_payments(status="all"):
-        _keep_onestop_page(conn, page)
-    for start, end in _receipt_windows(conn, RECEIPT_WINDOW):
+    scoped = report.since is not None
+    if scoped:
+        report.scope_size = _fill_scope(conn, datetime.fromisoformat(report.since))
+    if scoped and report.scope_size <= ASK_ONESTOP_AT_MOST:
+        _ask_onestop(conn, onestop)
+    else:
+        for page in onestop.iter_payments(status="all"):
+            _keep_onestop_page(conn, page)
+    for start, end in _receipt_windows(conn, RECEIPT_WINDOW, scoped):
         _keep_receipts(conn, ledger.list_receipts(start, end))
-    _fetch_unlisted(conn, ledger)
+    _fetch_unlisted(conn, ledger, scoped)
+
+    report.given_up = conn.execute(select(func.count()).select_from(payment_txn).where(
+        payment_txn.c.platform_status.in_(UNFINISHED), payment_txn.c.next_ask_at.is_(None),
+        payment_txn.c.first_asked_at.is_not(None))).scalar_one()
+    conn.rollback()
 
     def found(txn: Any, kind: str, **details: Any) -> None:
         report.items.append({"record_key": txn.reference, "kind": kind, "dossier_code": txn.dossier_code,
@@ -808,8 +886,10 @@ def _reconcile(conn: Connection, onestop: Any, ledger: Any, report: Reconciliati
                 held[key].append(json.loads(receipt))
         return held
 
-    for txns in _txn_pages(conn, select(*(payment_txn.c[name] for name in _RECONCILED))):
+    for txns in _txn_pages(conn, _checked(select(*(payment_txn.c[name] for name in _RECONCILED)), scoped)):
         references = {t.reference for t in txns}
+        if scoped:
+            report.checked.update(references)
         views = {r: json.loads(v) for r, v in conn.execute(select(_onestop_view.c.reference, _onestop_view.c.view)
                                                            .where(_onestop_view.c.reference.in_(references)))}
         paid = [t for t in txns if t.platform_status == "paid"]
@@ -820,9 +900,6 @@ def _reconcile(conn: Connection, onestop: Any, ledger: Any, report: Reconciliati
             mine = views.get(txn.reference) or {}
             if txn.platform_status == "unknown":
                 found(txn, "unknown_transaction", onestop_status=mine.get("status"))
-            if txn.platform_status == "pending" and txn.next_ask_at is None and txn.first_asked_at is not None:
-                found(txn, "still_pending", onestop_status=mine.get("status"),
-                      asked_since=txn.first_asked_at.isoformat())
             if txn.platform_status == "failed":
                 report.failed += 1
                 if mine.get("status") != "failed":
@@ -868,7 +945,8 @@ def _reconcile(conn: Connection, onestop: Any, ledger: Any, report: Reconciliati
 
 
 def _keep_items(store: Store, report: ReconciliationReport, run_id: str) -> None:
-    """Open new mismatches, refresh the ones seen again, resolve the ones no longer found."""
+    """Open new mismatches, refresh the ones seen again, resolve the ones no longer found (by a
+    pass between full ones: only those of the payments it checked)."""
     now = utcnow()
     seen = {(i["record_key"], i["kind"]) for i in report.items}
     with store.begin() as conn:
@@ -889,7 +967,7 @@ def _keep_items(store: Store, report: ReconciliationReport, run_id: str) -> None
                     last_seen_at=now, last_seen_run=run_id))
                 open_rows[key] = -1
         for key, row_id in open_rows.items():
-            if key not in seen and row_id > 0:
+            if key not in seen and row_id > 0 and (report.scope == "full" or key[0] in report.checked):
                 report.resolved += 1
                 conn.execute(update(reconciliation_item).where(reconciliation_item.c.id == row_id).values(
                     resolved_at=now, resolved_run=run_id))
@@ -921,10 +999,18 @@ def reconciliation_markdown(store: Store, run_id: str, counts: dict[str, Any]) -
     """The run's reconciliation report for people: totals, then every open mismatch with its age."""
     items = open_items(store)
     now = utcnow()
-    lines = [f"# Payment reconciliation — run {run_id}", "",
+    scope = ("Scope: every transaction (a full pass; one runs at least daily)."
+             if counts.get("reconciled_scope", "full") == "full" else
+             f"Scope: the transactions that changed since {counts.get('reconciled_since')} UTC and those with open "
+             "mismatches (a pass between the daily full ones: an older receipt changed at the ledger, or a request "
+             "at the one-stop, is found by the next full pass).")
+    lines = [f"# Payment reconciliation — run {run_id}", "", scope, "",
              (f"Paid transactions checked: {counts.get('reconciled_paid', 0)}; "
               f"all three systems agree on {counts.get('reconciled_agreed', 0)}. "
               f"Failed transactions: {counts.get('reconciled_failed', 0)}."),
+             (f"Payments no longer asked about (the platform still said pending, or did not know them, after 30 "
+              f"days of asking; asked again if the one-stop's view of them changes): "
+              f"{counts.get('payments_given_up', 0)}."),
              (f"Receipts booked in the ledger this run: {counts.get('receipts_accepted', 0)} "
               f"(already held: {counts.get('receipts_unchanged', 0)}); one-stop fees updated where the callback "
               f"was lost: {counts.get('fees_updated', 0)} (already recorded: "

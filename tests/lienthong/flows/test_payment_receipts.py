@@ -28,6 +28,7 @@ from lienthong.store import (
     exchange_key,
     exchange_log,
     payment_txn,
+    utcnow,
 )
 from mocks.payment_platform import (
     ANSWER_ORDERS,
@@ -649,8 +650,8 @@ def _reconcile_by_windows(peers: Peers, tmp_path: Path, monkeypatch: pytest.Monk
     peers.settle(40, outcome="paid")
     run("win-2", tmp_path)
 
-    def reconciled(run_id: str) -> tuple[dict, list]:
-        summary = tasks.reconcile_payments(connection_from_env, run_id=run_id, task_id="reconcile")
+    def reconciled(run_id: str) -> tuple[dict, list]:  # full passes: every window of the paid period
+        summary = tasks.reconcile_payments(connection_from_env, run_id=run_id, task_id="reconcile", full=True)
         counts = {k: v for k, v in summary["counts"].items() if k.startswith(("reconciled_", "mismatches"))}
         assert {(m["kind"], m["record_key"]) for m in summary["open_mismatches"]} == {
             (i["kind"], i["record_key"]) for i in payment_receipts.open_items(store())}
@@ -728,9 +729,9 @@ def test_unfinished_payments_are_asked_when_due_given_up_after_30_days_and_asked
         peers, tmp_path, monkeypatch, database):
     """A clock moved by hand over 31 days, pages of 4: the 11 payments the platform leaves pending
     are asked at every run while young, then only when due (the exchange log shows no QUERY of a
-    payment not due), given up at 30 days and listed as ``still_pending`` by the reconciliation;
+    payment not due), given up at 30 days and counted so by the reconciliation (not a mismatch);
     settled afterwards, those whose callback reached the one-stop (its view changed) are asked at
-    once and end paid; those whose callback was lost stay listed."""
+    once and end paid; those whose callback was lost stay given up."""
     from contextlib import ExitStack
     from urllib.parse import urlsplit
 
@@ -793,10 +794,15 @@ def _ask_on_schedule(peers: Peers, tmp_path: Path) -> None:
         assert got["asks_given_up"] == (11 if run_id == "ask-9" else 0), run_id
     report = tasks.reconcile_payments(connection_from_env, run_id="ask-10", task_id="reconcile",
                                       report_dir=str(tmp_path / "reports"))
-    items = [i for i in payment_receipts.open_items(bus) if i["kind"] == "still_pending"]
-    assert sorted(i["record_key"] for i in items) == pending
-    assert {i["details"]["asked_since"] for i in items} == {t0.isoformat()}
-    assert report["counts"]["mismatches_by_kind"]["still_pending"] == 11
+    assert report["counts"]["payments_given_up"] == 11
+    assert not {i["record_key"] for i in payment_receipts.open_items(bus)} & set(pending), "given up: no mismatch"
+    assert "Payments no longer asked about (the platform still said pending, or did not know them, after 30 " \
+           "days of asking; asked again if the one-stop's view of them changes): 11." in Path(
+               report["report_path"]).read_text(encoding="utf-8")
+    with bus.engine.connect() as conn:
+        asked_since = set(conn.execute(select(payment_txn.c.first_asked_at).where(
+            payment_txn.c.reference.in_(pending))).scalars())
+    assert asked_since == {t0}
 
     settled = peers.settle(11, outcome="paid")
     onestop = peers.onestop_payments()
@@ -808,6 +814,78 @@ def _ask_on_schedule(peers: Peers, tmp_path: Path) -> None:
     assert collect("ask-12", timedelta(days=31, hours=2))["asked"] == []
     report = tasks.reconcile_payments(connection_from_env, run_id="ask-12", task_id="reconcile",
                                       report_dir=str(tmp_path / "reports"))
-    items = [i for i in payment_receipts.open_items(bus) if i["kind"] == "still_pending"]
-    assert sorted(i["record_key"] for i in items) == lost, "a payment that ended unseen stays listed for people"
-    assert report["counts"]["mismatches_resolved"] >= len(seen)
+    assert report["counts"]["payments_given_up"] == len(lost), "a payment that ended unseen stays given up"
+    with bus.engine.connect() as conn:
+        states = dict(conn.execute(select(payment_txn.c.reference, payment_txn.c.platform_status).where(
+            payment_txn.c.reference.in_(pending))).all())
+    assert states == {ref: "paid" if ref in seen else "pending" for ref in pending}
+
+
+def test_a_reconciliation_between_full_ones_checks_what_changed_and_the_open_mismatches(peers, tmp_path,
+                                                                                         monkeypatch):
+    """The first reconciliation is full; the next ones, within a day, check the transactions that
+    changed since the last began and those with open mismatches: the one-stop asked for each of
+    them (no listing), the ledger for their paid period only. A receipt added at the ledger for an
+    old, unchanged payment is not seen by such a pass; the next full one (a day later, or asked
+    for) finds it, and from then on it is checked at every pass until resolved."""
+    from connectors.connection import Secret
+    from connectors.ministry_ledger.client import ReceiptLedgerClient
+
+    # changes stamped up to 15 minutes before a pass are checked again by the next: this test's runs
+    # follow each other within a second, so none would be left out
+    monkeypatch.setattr(payment_receipts, "RECHECK_OVERLAP", timedelta(0))
+    bus = store()
+
+    def reconciled(run_id: str, **kwargs) -> dict:
+        clients = tasks._payment_clients(connection_from_env, bus, run_id, "reconcile", "onestop", "ledger")
+        try:
+            return payment_receipts.reconcile(bus, clients["onestop"], clients["ledger"], run_id=run_id,
+                                              **kwargs).counts()
+        finally:
+            tasks._close_all(clients)
+
+    def calls(run_id: str) -> Counter:
+        with bus.engine.connect() as conn:
+            return Counter(conn.execute(select(exchange_log.c.operation).where(
+                exchange_log.c.run_id == run_id, exchange_log.c.task_id == "reconcile")).scalars())
+
+    run("inc-1", tmp_path)  # collect, fees, ledger, and the first reconciliation: a full one
+    assert payment_receipts.open_items(bus) == [] and calls("inc-1")["payments"] == 2  # listed: 31, pages of 25
+    # the next run sees the one-stop's view of the 20 finished payments changed (the bus recorded
+    # them there): a change, so that pass checks them again
+    assert run("inc-1b", tmp_path)["counts"]["reconciled_paid"] == 12
+    with bus.engine.connect() as conn:
+        old = conn.execute(select(payment_txn.c.reference, payment_txn.c.dossier_code, payment_txn.c.platform_amount,
+                                  payment_txn.c.paid_at).where(payment_txn.c.platform_status == "paid")
+                           .order_by(payment_txn.c.paid_at)).first()
+    settled = peers.settle(4, outcome="paid")  # four payments finish: the only changes of the next run
+    for step in (tasks.collect_payments, tasks.update_onestop_fees, tasks.submit_payment_receipts):
+        step(connection_from_env, run_id="inc-2", task_id=step.__name__)
+    counts = reconciled("inc-2")
+    assert counts["reconciled_scope"] == "changed" and counts["mismatches"] == 0
+    assert counts["reconciled_paid"] == 4 and counts["reconciled_agreed"] == 4
+    asked = calls("inc-2")
+    assert asked["payments"] == 0 and asked["payment"] == 4, "each changed payment asked by reference, no listing"
+    assert asked["ListReceipts"] == 1
+
+    # a second receipt booked at the ledger for an old payment nothing changed since, at its time
+    client = ReceiptLedgerClient(peers.ledger.url, LEDGER_USER, Secret(LEDGER_PASSWORD))
+    try:
+        client.submit_receipts([{"ReceiptNumber": "BL-LATE-1", "PaymentReference": old.reference,
+                                 "DossierCode": old.dossier_code, "AmountVND": old.platform_amount,
+                                 "PayerName": "Trần Thị Bình", "AgencyCode": old.dossier_code.split("-")[0],
+                                 "PdfSha256": "0" * 64, "PaidAt": datetime.fromisoformat(old.paid_at)}])
+    finally:
+        client.close()
+    quiet = reconciled("inc-3")
+    assert (quiet["reconciled_scope"], quiet["reconciled_paid"], quiet["mismatches"]) == ("changed", 0, 0)
+    assert calls("inc-3") == Counter(), "nothing changed: nothing asked"
+    later = reconciled("inc-4", clock=lambda: utcnow() + timedelta(days=1))  # a day on: a full pass
+    assert later["reconciled_scope"] == "full" and later["reconciled_since"] is None
+    assert later["reconciled_paid"] == 12 + 4 and later["mismatches_by_kind"] == {"duplicate_receipt": 1}
+    assert [(i["kind"], i["record_key"]) for i in payment_receipts.open_items(bus)] == [
+        ("duplicate_receipt", old.reference)]
+    again = reconciled("inc-5", full=False)  # its open mismatch is checked at every pass
+    assert (again["reconciled_paid"], again["mismatches_by_kind"], again["mismatches_resolved"]) == (
+        1, {"duplicate_receipt": 1}, 0)
+    assert again["reconciled_since"] is not None and len(settled) == 4
