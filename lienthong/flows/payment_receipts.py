@@ -704,11 +704,14 @@ _scope = Table(  # a pass between full ones: the payments it checks
 _RECEIPT_FIELDS = ("ReceiptNumber", "PaymentReference", "AmountVND", "DossierCode")
 
 #: A full reconciliation (every transaction against everything the one-stop lists and the ledger
-#: holds) runs at least this often; the passes between check what changed since the last pass
-#: began (less :data:`RECHECK_OVERLAP`, for changes stamped before and committed after it) and
-#: every payment with an open mismatch, so a run's cost follows its changes.
+#: holds) runs at least this often; the passes between check every payment with an open mismatch
+#: and the transactions changed since the latest change the last pass saw (the bus database's own
+#: ``updated_at`` stamps, not a worker's clock), less :data:`RECHECK_OVERLAP`: for workers' clocks
+#: a little apart, and a change stamped before and committed after that pass began (the DAG runs
+#: reconcile after the steps that write, so only a run started by hand meanwhile can do that; the
+#: next full pass checks it in any case). So a run's cost follows its changes.
 FULL_EVERY = timedelta(days=1)
-RECHECK_OVERLAP = timedelta(minutes=15)
+RECHECK_OVERLAP = timedelta(seconds=5)
 #: A pass between full ones asks the one-stop for each payment it checks, up to this many; above,
 #: it lists them all as a full pass does.
 ASK_ONESTOP_AT_MOST = 1_000
@@ -818,6 +821,8 @@ def reconcile(store: Store, onestop: Any, ledger: Any, *, run_id: str, full: boo
     report = ReconciliationReport(scope="full" if full else "changed")
     if not full:
         report.since = (datetime.fromisoformat(last["checked_to"]) - RECHECK_OVERLAP).isoformat()
+    with store.engine.connect() as conn:  # the latest change this pass sees (the next one starts there)
+        seen_to = conn.execute(select(func.max(payment_txn.c.updated_at))).scalar() or started
     with store.engine.connect() as conn:
         _views.drop_all(conn, checkfirst=True)  # a pooled connection may hold an interrupted run's
         _views.create_all(conn)
@@ -830,7 +835,7 @@ def reconcile(store: Store, onestop: Any, ledger: Any, *, run_id: str, full: boo
             conn.commit()
     _keep_items(store, report, run_id)
     with store.begin() as conn:
-        Store.set_cursor(conn, RECONCILED, json.dumps({"checked_to": started.isoformat(), "full_at": (
+        Store.set_cursor(conn, RECONCILED, json.dumps({"checked_to": seen_to.isoformat(), "full_at": (
             started.isoformat() if full else last["full_at"])}), run_id)
     return report
 
@@ -839,7 +844,7 @@ def _fill_scope(conn: Connection, since: datetime) -> int:
     """The pass's scope: the transactions changed since ``since`` (``ix_payment_txn_updated``) and
     the payments with an open mismatch. Returns how many transactions it holds."""
     conn.execute(_scope.insert().from_select(["reference"], select(payment_txn.c.reference).where(
-        payment_txn.c.updated_at >= since)))
+        payment_txn.c.updated_at > since)))
     conn.execute(_scope.insert().from_select(["reference"], select(reconciliation_item.c.record_key).where(
         reconciliation_item.c.flow == FLOW, reconciliation_item.c.resolved_at.is_(None),
         reconciliation_item.c.record_key.not_in(select(_scope.c.reference))).distinct()))
