@@ -378,7 +378,7 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
                 log.warning("payment %s: the platform has not finished it after %s of asking; no longer asked "
                             "(counted as given up by the reconciliation report)", row.reference, now - first)
             with begin() as conn:
-                if values or due is None:  # given up is a change (the reconciliation lists it)
+                if values or due is None:  # given up is a change (the reconciliation counts it)
                     _update(conn, row.reference, run_id, first_asked_at=first, next_ask_at=due, **values)
                 else:  # nothing learnt: only when it is asked next (the exchange-log record commits too)
                     conn.execute(_UPDATE, {"b_reference": row.reference, "first_asked_at": first, "next_ask_at": due})
@@ -715,8 +715,8 @@ RECHECK_OVERLAP = timedelta(seconds=5)
 #: A pass between full ones asks the one-stop for each payment it checks, up to this many; above,
 #: it lists them all as a full pass does.
 ASK_ONESTOP_AT_MOST = 1_000
-#: The bus's note of the last reconciliations (``sync_cursor``): when the last pass and the last
-#: full pass began.
+#: The bus's note of the last reconciliations (``sync_cursor``): the latest change the last pass
+#: saw, and when the last full pass began.
 RECONCILED = FLOW + "/reconciled"
 
 
@@ -747,16 +747,36 @@ def _checked(query: Select, scoped: bool) -> Select:
     return query.join(_scope, _scope.c.reference == payment_txn.c.reference) if scoped else query
 
 
+def _tiles(first: datetime, last: datetime, cuts: list[datetime]) -> list[tuple[datetime, datetime]]:
+    """``[start, end)`` windows from a day before ``first`` to a day after ``last``, cut at ``cuts``."""
+    bounds = [first - timedelta(days=1), *sorted({c for c in cuts if first < c <= last}), last + timedelta(days=1)]
+    return list(pairwise(bounds))
+
+
 def _receipt_windows(conn: Connection, size: int, scoped: bool = False) -> list[tuple[datetime, datetime]]:
     """``[start, end)`` windows that tile the paid period (a day before the first payment to a day
-    after the last; of the scope's payments when ``scoped``), each holding about ``size`` paid
-    transactions; only the cut points are kept."""
+    after the last), each holding about ``size`` paid transactions; only the cut points are kept.
+    ``scoped`` (a pass between full ones): only the days around the scope's paid payments, a
+    window (or a tiling of ``size``) per group of them less than two days apart, so one old payment
+    with an open mismatch does not make the pass read the ledger's years since."""
+    query = _checked(select(payment_txn.c.paid_at), scoped).where(
+        payment_txn.c.platform_status == "paid", payment_txn.c.paid_at.is_not(None), payment_txn.c.paid_at != "")
+    if scoped:  # the scope is a run's changes: its paid times are few
+        times = sorted(datetime.fromisoformat(t) for t in conn.execute(query).scalars())
+        conn.rollback()  # the read ends here: the ledger is asked next
+        windows: list[tuple[datetime, datetime]] = []
+        group: list[datetime] = []
+        for when in [*times, None]:
+            if group and (when is None or when - group[-1] > timedelta(days=2)):
+                windows += _tiles(group[0], group[-1], group[size::size])
+                group = []
+            if when is not None:
+                group.append(when)
+        return windows
     first = last = None
     cuts: list[datetime] = []
-    rows = conn.execute(_checked(select(payment_txn.c.paid_at), scoped).where(
-        payment_txn.c.platform_status == "paid", payment_txn.c.paid_at.is_not(None), payment_txn.c.paid_at != "")
-        .order_by(payment_txn.c.paid_at)
-        .execution_options(yield_per=10_000))  # a server-side cursor on PostgreSQL: never every row at once
+    rows = conn.execute(query.order_by(payment_txn.c.paid_at)
+                        .execution_options(yield_per=10_000))  # a server-side cursor on PostgreSQL
     for n, (paid_at,) in enumerate(rows):
         when = datetime.fromisoformat(paid_at)
         first = when if first is None or when < first else first
@@ -766,8 +786,7 @@ def _receipt_windows(conn: Connection, size: int, scoped: bool = False) -> list[
     conn.rollback()  # the read ends here: the ledger is asked next
     if first is None or last is None:
         return []
-    bounds = [first - timedelta(days=1), *sorted({c for c in cuts if first < c <= last}), last + timedelta(days=1)]
-    return list(pairwise(bounds))
+    return _tiles(first, last, cuts)
 
 
 def _txn_pages(conn: Connection, query: Select) -> Iterator[list[Row]]:

@@ -885,7 +885,17 @@ def test_a_reconciliation_between_full_ones_checks_what_changed_and_the_open_mis
     assert later["reconciled_paid"] == 12 + 4 and later["mismatches_by_kind"] == {"duplicate_receipt": 1}
     assert [(i["kind"], i["record_key"]) for i in payment_receipts.open_items(bus)] == [
         ("duplicate_receipt", old.reference)]
+    windows: list[tuple[datetime, datetime]] = []
+    listed = ReceiptLedgerClient.list_receipts
+
+    def list_receipts(self, start, end):
+        windows.append((start, end))
+        return listed(self, start, end)
+
+    monkeypatch.setattr(ReceiptLedgerClient, "list_receipts", list_receipts)
     again = reconciled("inc-5", full=False)  # its open mismatch is checked at every pass
     assert (again["reconciled_paid"], again["mismatches_by_kind"], again["mismatches_resolved"]) == (
         1, {"duplicate_receipt": 1}, 0)
     assert again["reconciled_since"] is not None and len(settled) == 4
+    paid_at = datetime.fromisoformat(old.paid_at)  # the ledger asked for the days around it only
+    assert windows == [(paid_at - timedelta(days=1), paid_at + timedelta(days=1))]
