@@ -706,10 +706,11 @@ _RECEIPT_FIELDS = ("ReceiptNumber", "PaymentReference", "AmountVND", "DossierCod
 #: A full reconciliation (every transaction against everything the one-stop lists and the ledger
 #: holds) runs at least this often; the passes between check every payment with an open mismatch
 #: and the transactions changed since the latest change the last pass saw (the bus database's own
-#: ``updated_at`` stamps, not a worker's clock), less :data:`RECHECK_OVERLAP`: for workers' clocks
-#: a little apart, and a change stamped before and committed after that pass began (the DAG runs
-#: reconcile after the steps that write, so only a run started by hand meanwhile can do that; the
-#: next full pass checks it in any case). So a run's cost follows its changes.
+#: ``updated_at`` stamps, not a worker's clock; or the pass's start less :data:`RECHECK_OVERLAP`
+#: when that is later), less :data:`RECHECK_OVERLAP`: for workers' clocks a little apart, and a
+#: change stamped before and committed after that pass began (the DAG runs reconcile after the
+#: steps that write, so only a run started by hand meanwhile can do that; the next full pass
+#: checks it in any case). So a run's cost follows its changes.
 FULL_EVERY = timedelta(days=1)
 RECHECK_OVERLAP = timedelta(seconds=5)
 #: A pass between full ones asks the one-stop for each payment it checks, up to this many; above,
@@ -840,8 +841,10 @@ def reconcile(store: Store, onestop: Any, ledger: Any, *, run_id: str, full: boo
     report = ReconciliationReport(scope="full" if full else "changed")
     if not full:
         report.since = (datetime.fromisoformat(last["checked_to"]) - RECHECK_OVERLAP).isoformat()
-    with store.engine.connect() as conn:  # the latest change this pass sees (the next one starts there)
-        seen_to = conn.execute(select(func.max(payment_txn.c.updated_at))).scalar() or started
+    with store.engine.connect() as conn:  # the latest change this pass sees (the next one starts there,
+        # or later when nothing changed for a while: a change stamped before that is long committed)
+        seen_to = max(conn.execute(select(func.max(payment_txn.c.updated_at))).scalar() or started,
+                      started - RECHECK_OVERLAP)
     with store.engine.connect() as conn:
         _views.drop_all(conn, checkfirst=True)  # a pooled connection may hold an interrupted run's
         _views.create_all(conn)
