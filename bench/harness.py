@@ -539,8 +539,7 @@ def scenario_receipts_incremental(ws: Workspace, args: argparse.Namespace, resul
                                     .values(first_asked_at=long_ago, next_ask_at=None)).rowcount
             store.engine.dispose()
             _check({"given up": aged}, {"given up": seeded["pending"]}, "the backlog's unfinished payments")
-            # the run after a first one, untimed: the one-stop's view of what the first recorded there
-            # comes back changed (a change, checked by that run's reconciliation)
+            # the run after a first one, untimed: nothing new (none of the given-up payments asked)
             settling = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
                                flow="payments", ledger_batch_size=args.ledger_batch_size, run_id="backlog-2",
                                report_dir=ws.fresh(f"reports-incremental-{size}"))
@@ -553,8 +552,8 @@ def scenario_receipts_incremental(ws: Workspace, args: argparse.Namespace, resul
                 f"{_fmt_times(settling['times'])})")
             # runs are an hour apart in production: a pass re-checks the changes of the last
             # RECHECK_OVERLAP before the latest one the previous pass saw. A third run, untimed and
-            # that long after the second, re-checks the second's burst; the timed runs then follow
-            # each other at once, each re-checking the previous one's last seconds, at both sizes
+            # that long after the second, re-checks what the first run changed last; the timed runs
+            # then follow each other at once, each re-checking the previous one's last seconds
             time.sleep(2 * RECHECK_OVERLAP.total_seconds())
             run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
                     flow="payments", ledger_batch_size=args.ledger_batch_size, run_id="backlog-3",

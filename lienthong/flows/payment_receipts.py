@@ -534,7 +534,13 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
             applied = bool(answer.get("applied"))
             report.updated += applied
             report.already += not applied
-            _set(begin, row.reference, run_id, onestop_state="updated" if applied else "already", hold_reason=None)
+            # the one-stop's view of it now, as its answer gives it: the next listing is no change
+            payment = answer.get("payment") if isinstance(answer.get("payment"), dict) else {}
+            status = payment.get("status")
+            view = {"onestop_status": status} if isinstance(status, str) and 0 < len(status) <= 16 \
+                and status.isprintable() else {}
+            _set(begin, row.reference, run_id, onestop_state="updated" if applied else "already", hold_reason=None,
+                 **view)
     return report
 
 
