@@ -552,14 +552,14 @@ def scenario_receipts_incremental(ws: Workspace, args: argparse.Namespace, resul
                 f"{_fmt_times(settling['times'])})")
             # runs are an hour apart in production: a pass re-checks the changes of the last
             # RECHECK_OVERLAP before the latest one the previous pass saw. A third run, untimed and
-            # that long after the second, re-checks what the first run changed last; the timed runs
-            # then follow each other at once, each re-checking the previous one's last seconds
+            # that long after the second, re-checks what the first run changed last; each timed run
+            # follows that long after the one before, re-checking what it changed in its last seconds
             time.sleep(2 * RECHECK_OVERLAP.total_seconds())
             run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
                     flow="payments", ledger_batch_size=args.ledger_batch_size, run_id="backlog-3",
                     report_dir=ws.fresh(f"reports-incremental-{size}"))
-            time.sleep(2 * RECHECK_OVERLAP.total_seconds())
             for r in range(args.repeats):
+                time.sleep(2 * RECHECK_OVERLAP.total_seconds())
                 opened = _open_payments(urls, changes)
                 settled = _post(urls["platform"], "/_admin/payments/settle", {"n": 0, "references": opened})["settled"]
                 paid = sum(s["status"] == "paid" for s in settled)

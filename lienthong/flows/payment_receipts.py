@@ -718,7 +718,7 @@ _RECEIPT_FIELDS = ("ReceiptNumber", "PaymentReference", "AmountVND", "DossierCod
 #: steps that write, so only a run started by hand meanwhile can do that; the next full pass
 #: checks it in any case). So a run's cost follows its changes.
 FULL_EVERY = timedelta(days=1)
-RECHECK_OVERLAP = timedelta(seconds=5)
+RECHECK_OVERLAP = timedelta(seconds=2)
 #: A pass between full ones asks the one-stop for each payment it checks, up to this many; above,
 #: it lists them all as a full pass does.
 ASK_ONESTOP_AT_MOST = 1_000

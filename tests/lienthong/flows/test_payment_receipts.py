@@ -831,7 +831,7 @@ def test_a_reconciliation_between_full_ones_checks_what_changed_and_the_open_mis
     from connectors.connection import Secret
     from connectors.ministry_ledger.client import ReceiptLedgerClient
 
-    # changes stamped up to 5 seconds before the latest a pass saw are checked again by the next:
+    # changes stamped up to 2 seconds before the latest a pass saw are checked again by the next:
     # this test's runs follow each other within a second, so none would be left out
     monkeypatch.setattr(payment_receipts, "RECHECK_OVERLAP", timedelta(0))
     bus = store()
