@@ -821,13 +821,30 @@ def _ask_on_schedule(peers: Peers, tmp_path: Path) -> None:
     assert states == {ref: "paid" if ref in seen else "pending" for ref in pending}
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_a_reconciliation_between_full_ones_checks_what_changed_and_the_open_mismatches(peers, tmp_path,
-                                                                                         monkeypatch):
+                                                                                         monkeypatch, database):
     """The first reconciliation is full; the next ones, within a day, check the transactions that
-    changed since the last began and those with open mismatches: the one-stop asked for each of
-    them (no listing), the ledger for their paid period only. A receipt added at the ledger for an
-    old, unchanged payment is not seen by such a pass; the next full one (a day later, or asked
-    for) finds it, and from then on it is checked at every pass until resolved."""
+    changed since the last and those with open mismatches: the one-stop asked for each of them
+    (no listing), the ledger for the days around their payments only. A receipt added at the
+    ledger for an old, unchanged payment is not seen by such a pass; the next full one (a day
+    later, or asked for) finds it, and from then on it is checked at every pass until resolved."""
+    from contextlib import ExitStack
+    from urllib.parse import urlsplit
+
+    with ExitStack() as stack:
+        if database == "postgresql":  # the scope's temporary table and joins on the scale-out database too
+            from tests.conftest import postgres_database
+
+            parts = urlsplit(stack.enter_context(postgres_database("lienthong_scope")).replace(
+                "postgresql+psycopg2", "postgresql"))
+            monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({
+                "conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username,
+                "schema": parts.path.lstrip("/")}))
+        _reconcile_between_full_ones(peers, tmp_path, monkeypatch)
+
+
+def _reconcile_between_full_ones(peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from connectors.connection import Secret
     from connectors.ministry_ledger.client import ReceiptLedgerClient
 
