@@ -719,9 +719,10 @@ _RECEIPT_FIELDS = ("ReceiptNumber", "PaymentReference", "AmountVND", "DossierCod
 #: checks it in any case). So a run's cost follows its changes.
 FULL_EVERY = timedelta(days=1)
 RECHECK_OVERLAP = timedelta(seconds=2)
-#: A pass between full ones asks the one-stop for each payment it checks, up to this many; above,
-#: it lists them all as a full pass does.
-ASK_ONESTOP_AT_MOST = 1_000
+#: A pass between full ones with more changes than this is a full pass: it asks the one-stop for
+#: each payment it checks (above this many, listing them all costs less) and the ledger for the
+#: minutes around each.
+SCOPE_AT_MOST = 1_000
 #: The bus's note of the last reconciliations (``sync_cursor``): the latest change the last pass
 #: saw, and when the last full pass began.
 RECONCILED = FLOW + "/reconciled"
@@ -754,31 +755,45 @@ def _checked(query: Select, scoped: bool) -> Select:
     return query.join(_scope, _scope.c.reference == payment_txn.c.reference) if scoped else query
 
 
-def _tiles(first: datetime, last: datetime, cuts: list[datetime]) -> list[tuple[datetime, datetime]]:
-    """``[start, end)`` windows from a day before ``first`` to a day after ``last``, cut at ``cuts``."""
-    bounds = [first - timedelta(days=1), *sorted({c for c in cuts if first < c <= last}), last + timedelta(days=1)]
+def _tiles(first: datetime, last: datetime, cuts: list[datetime],
+           margin: timedelta = timedelta(days=1)) -> list[tuple[datetime, datetime]]:
+    """``[start, end)`` windows from ``margin`` before ``first`` to ``margin`` after ``last``, cut at
+    ``cuts``: they tile the span, no gap, no overlap."""
+    bounds = [first - margin, *sorted({c for c in cuts if first < c <= last}), last + margin]
     return list(pairwise(bounds))
+
+
+#: A pass between full ones asks the ledger for the receipts booked within this of each payment
+#: it checks (a receipt's PaidAt is its payment's time), in windows of at most
+#: :data:`SCOPED_WINDOW_SPAN` of payments: what a window holds follows the province's payments in
+#: that span, never its history.
+SCOPED_MARGIN = timedelta(minutes=1)
+SCOPED_WINDOW_SPAN = timedelta(hours=1)
 
 
 def _receipt_windows(conn: Connection, size: int, scoped: bool = False) -> list[tuple[datetime, datetime]]:
     """``[start, end)`` windows that tile the paid period (a day before the first payment to a day
     after the last), each holding about ``size`` paid transactions; only the cut points are kept.
-    ``scoped`` (a pass between full ones): only the days around the scope's paid payments, a
-    window (or a tiling of ``size``) per group of them less than two days apart, so one old payment
-    with an open mismatch does not make the pass read the ledger's years since."""
+    ``scoped`` (a pass between full ones): only the minutes around the scope's paid payments
+    (:data:`SCOPED_MARGIN`), a tiling per run of them closer than twice that, cut at most
+    :data:`SCOPED_WINDOW_SPAN` apart, so neither one old payment with an open mismatch nor a
+    busy period makes the pass read more than the receipts booked around what it checks."""
     query = _checked(select(payment_txn.c.paid_at), scoped).where(
         payment_txn.c.platform_status == "paid", payment_txn.c.paid_at.is_not(None), payment_txn.c.paid_at != "")
-    if scoped:  # the scope is a run's changes: its paid times are few
+    if scoped:  # the scope is a run's changes (SCOPE_AT_MOST at most): its paid times are few
         times = sorted(datetime.fromisoformat(t) for t in conn.execute(query).scalars())
         conn.rollback()  # the read ends here: the ledger is asked next
         windows: list[tuple[datetime, datetime]] = []
-        group: list[datetime] = []
+        run: list[datetime] = []
+        cuts: list[datetime] = []
         for when in [*times, None]:
-            if group and (when is None or when - group[-1] > timedelta(days=2)):
-                windows += _tiles(group[0], group[-1], group[size::size])
-                group = []
+            if run and (when is None or when - run[-1] > 2 * SCOPED_MARGIN):
+                windows += _tiles(run[0], run[-1], cuts, SCOPED_MARGIN)
+                run, cuts = [], []
             if when is not None:
-                group.append(when)
+                if run and when - (cuts[-1] if cuts else run[0]) > SCOPED_WINDOW_SPAN:
+                    cuts.append(when)
+                run.append(when)
         return windows
     first = last = None
     cuts: list[datetime] = []
@@ -862,9 +877,9 @@ def reconcile(store: Store, onestop: Any, ledger: Any, *, run_id: str, full: boo
             _views.drop_all(conn, checkfirst=True)
             conn.commit()
     _keep_items(store, report, run_id)
-    with store.begin() as conn:
+    with store.begin() as conn:  # a pass with more changes than SCOPE_AT_MOST went full
         Store.set_cursor(conn, RECONCILED, json.dumps({"checked_to": seen_to.isoformat(), "full_at": (
-            started.isoformat() if full else last["full_at"])}), run_id)
+            started.isoformat() if report.scope == "full" else last["full_at"])}), run_id)
     return report
 
 
@@ -893,7 +908,9 @@ def _reconcile(conn: Connection, onestop: Any, ledger: Any, report: Reconciliati
     scoped = report.since is not None
     if scoped:
         report.scope_size = _fill_scope(conn, datetime.fromisoformat(report.since))
-    if scoped and report.scope_size <= ASK_ONESTOP_AT_MOST:
+        if report.scope_size > SCOPE_AT_MOST:  # as many changes as that: a full pass costs their order
+            scoped, report.scope, report.since = False, "full", None
+    if scoped:
         _ask_onestop(conn, onestop)
     else:
         for page in onestop.iter_payments(status="all"):

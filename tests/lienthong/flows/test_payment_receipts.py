@@ -883,7 +883,7 @@ def _reconcile_between_full_ones(peers: Peers, tmp_path: Path, monkeypatch: pyte
     assert counts["reconciled_paid"] == 4 and counts["reconciled_agreed"] == 4
     asked = calls("inc-2")
     assert asked["payments"] == 0 and asked["payment"] == 4, "each changed payment asked by reference, no listing"
-    assert asked["ListReceipts"] == 1
+    assert 1 <= asked["ListReceipts"] <= 4, "the minutes around the four payments, a window per group"
 
     # a second receipt booked at the ledger for an old payment nothing changed since, at its time
     client = ReceiptLedgerClient(peers.ledger.url, LEDGER_USER, Secret(LEDGER_PASSWORD))
@@ -914,5 +914,46 @@ def _reconcile_between_full_ones(peers: Peers, tmp_path: Path, monkeypatch: pyte
     assert (again["reconciled_paid"], again["mismatches_by_kind"], again["mismatches_resolved"]) == (
         1, {"duplicate_receipt": 1}, 0)
     assert again["reconciled_since"] is not None and len(settled) == 4
-    paid_at = datetime.fromisoformat(old.paid_at)  # the ledger asked for the days around it only
-    assert windows == [(paid_at - timedelta(days=1), paid_at + timedelta(days=1))]
+    paid_at = datetime.fromisoformat(old.paid_at)  # the ledger asked for the minutes around it only
+    assert windows == [(paid_at - timedelta(minutes=1), paid_at + timedelta(minutes=1))]
+
+
+def test_a_pass_between_full_ones_reads_the_ledger_only_minutes_around_the_payments_it_checks(tmp_path):
+    """Scope payments amid a dense paid period: windows of a minute around each group of them (so
+    the ledger's answer holds the receipts booked then, not the days around), a chain of payments
+    minutes apart cut into windows of at most an hour of payments, tiling it with no gap and no
+    overlap (an overlap would list a receipt twice: a false duplicate)."""
+    from sqlalchemy import insert
+
+    from lienthong.flows.payment_receipts import (
+        RECEIPT_WINDOW,
+        _receipt_windows,
+        _scope,
+        _views,
+    )
+    from lienthong.store import Store
+
+    bus = Store(f"sqlite:///{tmp_path / 'bus.db'}")
+    bus.create_schema()
+    t0 = datetime.fromisoformat("2026-11-02T08:00:00+07:00")
+    every_minute = [t0 + timedelta(minutes=i) for i in range(3_000)]  # two busy days
+    chain = [t0 + timedelta(days=5, seconds=90 * i) for i in range(200)]  # 90 s apart: one run of 5 hours
+    rows = [{"reference": f"P{i:05d}", "platform_status": "paid", "paid_at": when.isoformat(),
+             "onestop_state": "updated", "ledger_state": "accepted", "updated_at": utcnow()}
+            for i, when in enumerate(every_minute + chain)]
+    with bus.begin() as conn:
+        conn.execute(insert(payment_txn), rows)
+    m = timedelta(minutes=1)
+    with bus.engine.connect() as conn:
+        _views.create_all(conn)
+        conn.execute(insert(_scope), [{"reference": r} for r in ("P00100", "P00101", "P02000")])
+        conn.commit()  # as _fill_scope does: each read ends before the ledger is asked
+        assert _receipt_windows(conn, RECEIPT_WINDOW, scoped=True) == [
+            (every_minute[100] - m, every_minute[101] + m), (every_minute[2000] - m, every_minute[2000] + m)]
+        conn.execute(insert(_scope), [{"reference": f"P{3_000 + i:05d}"} for i in range(200)])
+        conn.commit()
+        windows = _receipt_windows(conn, RECEIPT_WINDOW, scoped=True)
+    chained = windows[2:]
+    assert chained[0][0] == chain[0] - m and chained[-1][1] == chain[-1] + m
+    assert all(a[1] == b[0] for a, b in pairwise(chained)), "no gap, no overlap"
+    assert len(chained) == 5 and all(end - start <= timedelta(hours=1, minutes=4) for start, end in chained)
