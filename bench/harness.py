@@ -592,7 +592,8 @@ def scenario_receipts_incremental(ws: Workspace, args: argparse.Namespace, resul
         "receipts_incremental", f"{changes:,} new payments over {backlog[large]:,}{on}", big, "s", little,
         f"same over {backlog[small]:,}", big / little, "≤ 2.0", big / little <= 2.0,
         "the incremental rule, applied to this flow: the backlog's payments finished or given up (asked about for "
-        "30 days); collect lists every one-stop request; the reconciliation is a pass between the daily full ones"))
+        "30 days); collect reads the newest requests and the reconciliation what changed, between their daily full "
+        "passes"))
 
 
 def _open_payments(urls: dict[str, str], n: int) -> list[str]:

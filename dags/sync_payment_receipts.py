@@ -3,9 +3,10 @@ the ministry receipt ledger, reconciled every run.
 
 Thin by design: each task calls one function of ``lienthong.tasks``.
 
-1. ``collect_payments`` lists the one-stop's payment requests and asks the payment platform
-   (``QUERY``) about the unfinished ones; paid ones get their receipt (``GET_BILL``, the PDF kept
-   by hash). Every checksum is verified both ways; an answer that fails is dead-lettered.
+1. ``collect_payments`` lists the one-stop's payment requests (every one once a day, else the
+   newest) and asks the payment platform (``QUERY``) about the unfinished ones that are due; paid
+   ones get their receipt (``GET_BILL``, the PDF kept by hash). Every checksum is verified both
+   ways; an answer that fails is dead-lettered.
 2. ``update_onestop_fees`` records paid and failed transactions at the one-stop where the callback
    was lost (idempotent by transaction id: a fee is never marked paid twice). Amount mismatches
    and unknown dossiers are held for follow-up.
@@ -45,8 +46,9 @@ DEFAULT_ARGS = default_args(retries=3, retry_delay=timedelta(minutes=2), max_ret
     doc_md=__doc__,
     params={
         "full_reconciliation": Param(False, type="boolean",
-                                     description="reconcile every transaction now, not only what changed since the "
-                                                 "last pass (a full pass also runs by itself once a day)"),
+                                     description="list every one-stop payment request and reconcile every transaction "
+                                                 "now, not only the newest requests and what changed since the last "
+                                                 "pass (both also run in full by themselves once a day)"),
     },
 )
 def sync_payment_receipts():
@@ -56,7 +58,8 @@ def sync_payment_receipts():
         from lienthong import tasks
 
         run_id, task_id = run_ids()
-        return tasks.collect_payments(airflow_connection_spec, run_id=run_id, task_id=task_id)
+        full = bool(get_current_context()["params"].get("full_reconciliation")) or None  # None: daily by itself
+        return tasks.collect_payments(airflow_connection_spec, run_id=run_id, task_id=task_id, full_listing=full)
 
     @task(pool="onestop")
     def update_onestop_fees(collected: dict) -> dict:

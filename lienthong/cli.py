@@ -85,7 +85,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     resolve = _resolver()
     run_id = args.run_id or f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:6]}"
     if args.flow == "payment-receipts":
-        collected = tasks.collect_payments(resolve, run_id=run_id, task_id="cli")
+        collected = tasks.collect_payments(resolve, run_id=run_id, task_id="cli",
+                                           full_listing=True if args.full_reconciliation else None)
         fees = tasks.update_onestop_fees(resolve, run_id=run_id, task_id="cli")
         receipts = tasks.submit_payment_receipts(resolve, run_id=run_id, task_id="cli")
         summary = tasks.reconcile_payments(resolve, run_id=run_id, task_id="cli",
@@ -266,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-from", help="backfill: also stage dossiers modified from this ISO time (with offset)")
     p.add_argument("--window-to", help="backfill: ... and before this ISO time (with offset)")
     p.add_argument("--full-reconciliation", action="store_true",
-                   help="payment-receipts: reconcile every transaction, not only those changed since the last pass "
-                        "and those with open mismatches (a full pass also runs by itself once a day)")
+                   help="payment-receipts: list every one-stop payment request and reconcile every transaction, "
+                        "not only the newest requests and those changed since the last pass (both also run in full "
+                        "by themselves once a day)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("exchanges", help="list exchange-log records, newest last")

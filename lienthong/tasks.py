@@ -255,12 +255,15 @@ def _payment_step(resolve: Resolver, run_id: str, task_id: str | None, names: tu
     return {k: v for k, v in counts.items() if not isinstance(v, list)}
 
 
-def collect_payments(resolve: Resolver, *, run_id: str, task_id: str | None = None) -> dict[str, Any]:
-    """List the one-stop's payment requests; QUERY the unfinished ones and GET_BILL the paid ones."""
+def collect_payments(resolve: Resolver, *, run_id: str, task_id: str | None = None,
+                     full_listing: bool | None = None) -> dict[str, Any]:
+    """List the one-stop's payment requests (every one once a day or when ``full_listing``, else
+    the newest); QUERY the unfinished ones that are due and GET_BILL the paid ones."""
     from lienthong.flows import payment_receipts
 
     return _payment_step(resolve, run_id, task_id, ("onestop", "platform"), lambda store, c:
-                         payment_receipts.collect_payments(store, c["onestop"], c["platform"], run_id=run_id))
+                         payment_receipts.collect_payments(store, c["onestop"], c["platform"], run_id=run_id,
+                                                           full_listing=full_listing))
 
 
 def update_onestop_fees(resolve: Resolver, *, run_id: str, task_id: str | None = None) -> dict[str, Any]:

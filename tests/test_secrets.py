@@ -396,6 +396,11 @@ def test_no_secret_leaves_its_connection(peers: Peers, tmp_path: Path, monkeypat
             peers.platform.wait_callbacks(10)
             wrong = {**env, f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(
                 peers.connections(**{which: WRONG_FOR[which]})[conn_id])}
+            if which == "ledger":  # a citizen pays now: a new request is asked at once, its receipt booked
+                opened = requests.post(peers.onestop.url + "/_admin/payments/open", json={"n": 1}, timeout=T).json()
+                requests.post(peers.platform.url + "/_admin/payments/settle", json={
+                    "n": 0, "outcome": "paid", "references": [o["reference"] for o in opened["opened"]]}, timeout=T)
+                assert opened["opened"], opened
             failed = cli(["run", "payment-receipts" if which == "ledger" else "dossier-status"], wrong, hay, ok=False)
             assert failed.returncode != 0 and "AuthenticationFailed" in failed.stderr, failed.stderr[-2000:]
         cli(["audit", "keygen", str(tmp_path / "keys" / "seal.key")], env, hay)

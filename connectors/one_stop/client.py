@@ -248,6 +248,18 @@ class OneStopClient:
             params["status"] = status
         return self._pages("/api/v1/payments", "payments", params)
 
+    def payments_page(self, page: int, size: int | None = None, status: str = "all") -> tuple[list[dict[str, Any]], int]:
+        """One page of the payment requests (in creation order) and how many there are in all: a
+        reader of the newest ones reads the last pages, from ``ceil(total / size)`` back."""
+        params = {"size": size or self.page_size, "page": page, "status": status}
+        data = self._json(self.transport.send("GET", "/api/v1/payments", operation="payments", params=params),
+                          "payments")
+        problem = _page_problem(data)
+        if problem:
+            raise ProtocolError(f"{PEER} payments: unexpected answer shape ({problem})", peer=PEER,
+                                operation="payments")
+        return data["items"], data["total"]
+
     def get_payment(self, reference: str) -> dict[str, Any] | None:
         """One payment request by its reference (MaThamChieu), or ``None`` when the one-stop has none."""
         response = self.transport.send(

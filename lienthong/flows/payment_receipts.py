@@ -220,6 +220,7 @@ class CollectReport:
     pending: int = 0
     unknown: int = 0
     given_up: int = 0
+    listing: str = "full"  # full: every request listed; newest: the last pages only
     bills: int = 0
     unconfirmed: int = 0
     unreadable: int = 0
@@ -227,7 +228,7 @@ class CollectReport:
     invalid: list[dict[str, Any]] = field(default_factory=list)
 
     def counts(self) -> dict[str, Any]:
-        return {"requests_listed": self.listed, "requests_new": self.new_requests,
+        return {"requests_listing": self.listing, "requests_listed": self.listed, "requests_new": self.new_requests,
                 "requests_invalid": len(self.invalid), "queried": self.queried,
                 "found_paid": self.paid, "found_failed": self.failed, "still_pending": self.pending,
                 "paid_without_receipt": self.unconfirmed, "answers_unreadable": self.unreadable,
@@ -285,45 +286,83 @@ def _refuse_request(store: Store, begin: Begin, run_id: str, p: dict[str, Any], 
     _dead_letter(begin, run_id, key, "source", exc, exc.error_dicts(), p, report.invalid)
 
 
+def _register_page(store: Store, begin: Begin, listed: list[dict[str, Any]], run_id: str, report: CollectReport,
+                   clock: Callable[[], datetime]) -> int:
+    """One listed page into ``payment_txn`` (new requests inserted, due to be asked at once; the
+    one-stop's view of known ones refreshed, and an unfinished one whose view changed is due at
+    once again, its asking time started afresh: a callback that reached the one-stop says it is
+    alive). A request that breaks the wire format is dead-lettered (stage ``source``) with the
+    field and rule; the others go on. Returns how many requests were new."""
+    report.listed += len(listed)
+    page = []
+    for p in listed:
+        problems = _request_problems(p)
+        if problems:
+            _refuse_request(store, begin, run_id, p, problems, report)
+        else:
+            page.append(p)
+    if not page:
+        return 0
+    now = clock()
+    rows = [{"reference": p["reference"], "dossier_code": p.get("dossierNo") or None,
+             "request_amount": p.get("amount"), "onestop_status": p.get("status"),
+             "platform_status": "pending", "onestop_state": "todo", "ledger_state": "todo",
+             "first_seen_run": run_id, "updated_run": run_id, "updated_at": now, "next_ask_at": now}
+            for p in page]
+    with begin() as conn:
+        new = insert_ignore(conn, payment_txn, rows, "payment_txn_pkey")
+        report.new_requests += new
+        # one read for the page, then an UPDATE only where the one-stop's view changed
+        held = {r.reference: r for r in conn.execute(
+            select(payment_txn.c.reference, payment_txn.c.onestop_status, payment_txn.c.request_amount,
+                   payment_txn.c.dossier_code, payment_txn.c.platform_status)
+            .where(payment_txn.c.reference.in_([p["reference"] for p in page])))}
+        for p in page:
+            view = (p.get("status"), p.get("amount"), p.get("dossierNo") or None)
+            mine = held.get(p["reference"])
+            if mine is not None and (mine.onestop_status, mine.request_amount, mine.dossier_code) != view:
+                again = {"first_asked_at": None, "next_ask_at": now} if mine.platform_status in UNFINISHED else {}
+                conn.execute(update(payment_txn).where(payment_txn.c.reference == p["reference"]).values(
+                    onestop_status=view[0], request_amount=view[1], dossier_code=view[2], updated_at=now,
+                    **again))
+    return new
+
+
+#: Collect lists every one-stop payment request at least this often (the one-stop's view of each
+#: refreshed); the runs between read only the newest (:func:`_register_requests`).
+LIST_ALL_EVERY = timedelta(days=1)
+#: The bus's note of collect's last full listing (``sync_cursor``).
+LISTED = FLOW + "/listed"
+
+
 def _register_requests(store: Store, begin: Begin, onestop: Any, run_id: str, report: CollectReport,
-                       clock: Callable[[], datetime]) -> None:
-    """Bring every one-stop payment request into ``payment_txn`` (new ones inserted, due to be
-    asked at once; the one-stop's view of known ones refreshed, and an unfinished one whose view
-    changed is due at once again, its asking time started afresh: a callback that reached the
-    one-stop says it is alive). A request that breaks the wire format is dead-lettered (stage
-    ``source``) with the field and rule; the others go on."""
-    for listed in onestop.iter_payments(status="all"):
-        report.listed += len(listed)
-        page = []
-        for p in listed:
-            problems = _request_problems(p)
-            if problems:
-                _refuse_request(store, begin, run_id, p, problems, report)
-            else:
-                page.append(p)
-        if not page:
-            continue
-        now = clock()
-        rows = [{"reference": p["reference"], "dossier_code": p.get("dossierNo") or None,
-                 "request_amount": p.get("amount"), "onestop_status": p.get("status"),
-                 "platform_status": "pending", "onestop_state": "todo", "ledger_state": "todo",
-                 "first_seen_run": run_id, "updated_run": run_id, "updated_at": now, "next_ask_at": now}
-                for p in page]
+                       clock: Callable[[], datetime], full: bool | None) -> None:
+    """Bring the one-stop's payment requests into ``payment_txn`` (:func:`_register_page`).
+
+    Every request, page by page, when ``full`` (or, when ``full`` is ``None``, once
+    :data:`LIST_ALL_EVERY` has passed since the last full listing, or if there was none). Otherwise
+    only the newest: the one-stop lists requests in creation order, so the last pages are read,
+    from ``ceil(total / size)`` back, until a page holds nothing new; a run's listing then follows
+    its new requests, not the years of them. Between full listings a change the one-stop makes to
+    an older request's status, amount or dossier is not seen by collect (the reconciliation asks
+    the one-stop for each payment it checks, and the next full listing refreshes them all)."""
+    started = clock()
+    if full is None:
+        last = json.loads(store.get_cursor(LISTED) or "{}")
+        full = "full_at" not in last or started - datetime.fromisoformat(last["full_at"]) >= LIST_ALL_EVERY
+    report.listing = "full" if full else "newest"
+    if full:
+        for listed in onestop.iter_payments(status="all"):
+            _register_page(store, begin, listed, run_id, report, clock)
         with begin() as conn:
-            report.new_requests += insert_ignore(conn, payment_txn, rows, "payment_txn_pkey")
-            # one read for the page, then an UPDATE only where the one-stop's view changed
-            held = {r.reference: r for r in conn.execute(
-                select(payment_txn.c.reference, payment_txn.c.onestop_status, payment_txn.c.request_amount,
-                       payment_txn.c.dossier_code, payment_txn.c.platform_status)
-                .where(payment_txn.c.reference.in_([p["reference"] for p in page])))}
-            for p in page:
-                view = (p.get("status"), p.get("amount"), p.get("dossierNo") or None)
-                mine = held.get(p["reference"])
-                if mine is not None and (mine.onestop_status, mine.request_amount, mine.dossier_code) != view:
-                    again = {"first_asked_at": None, "next_ask_at": now} if mine.platform_status in UNFINISHED else {}
-                    conn.execute(update(payment_txn).where(payment_txn.c.reference == p["reference"]).values(
-                        onestop_status=view[0], request_amount=view[1], dossier_code=view[2], updated_at=now,
-                        **again))
+            Store.set_cursor(conn, LISTED, json.dumps({"full_at": started.isoformat()}), run_id)
+        return
+    size = onestop.page_size
+    _, total = onestop.payments_page(1, 1)
+    for page in range(max(1, -(-total // size)), 0, -1):
+        listed, _ = onestop.payments_page(page, size)
+        if not _register_page(store, begin, listed, run_id, report, clock):
+            return
 
 
 #: The platform's statuses of a payment it has not finished: asked about again on a schedule.
@@ -350,7 +389,7 @@ def next_ask(first_asked: datetime, now: datetime, run_start: datetime) -> datet
 
 
 def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
-                     clock: Callable[[], datetime] = utcnow) -> CollectReport:
+                     clock: Callable[[], datetime] = utcnow, full_listing: bool | None = None) -> CollectReport:
     """Step 1: list payment requests, QUERY the unfinished ones that are due, GET_BILL the paid ones.
 
     An unfinished payment is asked about on a schedule (:func:`next_ask`), read through
@@ -358,11 +397,12 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
     known, in one commit with the exchange-log records of the calls that told it
     (:func:`lienthong.exchange_log.answer_transactions`), so a transport failure (raised for the
     task to retry) loses nothing of what was already asked. ``clock`` gives the current time
-    (aware UTC).
+    (aware UTC); ``full_listing``: list every one-stop request (true), only the newest (false), or
+    every request once a day (``None``, :func:`_register_requests`).
     """
     report = CollectReport()
     with answer_transactions(store, platform) as begin:
-        _register_requests(store, begin, onestop, run_id, report, clock)
+        _register_requests(store, begin, onestop, run_id, report, clock, full_listing)
         run_start = clock()
         todo = select(payment_txn.c.reference, payment_txn.c.dossier_code, payment_txn.c.platform_status,
                       payment_txn.c.receipt_sha256, payment_txn.c.first_asked_at, payment_txn.c.next_ask_at).where(

@@ -524,7 +524,7 @@ def test_what_an_answer_causes_commits_with_its_exchange_record_and_nothing_wait
         event.remove(Engine, "commit", on_commit)
         tasks._close_all(clients)
     assert (report.listed, report.queried, report.bills, report.pending) == (31, 31, 12, 11)
-    assert len(commits) == 2 + 31, "a page, a pending answer, a failed one, a paid one with its receipt: one each"
+    assert len(commits) == 2 + 1 + 31, "a page, the full listing's note, a pending answer, a failed one, a paid one with its receipt: one each"
     assert max(held) <= 2, "at most a payment's QUERY and GET_BILL wait for its commit"
     with bus.engine.connect() as conn:
         logged = conn.execute(select(exchange_log.c.operation)).scalars().all()
@@ -566,7 +566,7 @@ def test_a_rerun_refreshes_the_one_stops_view_of_exactly_the_requests_that_chang
     onestop = peers.onestop_payments()
     changed = {ref for ref, p in onestop.items() if p["status"] != first[ref].onestop_status}
     assert changed and changed <= {s["MaThamChieu"] for s in settled}
-    tasks.collect_payments(connection_from_env, run_id="view-2", task_id="collect")
+    tasks.collect_payments(connection_from_env, run_id="view-2", task_id="collect", full_listing=True)
     with store().engine.connect() as conn:
         again = {r.reference: r for r in conn.execute(select(payment_txn))}
     assert {ref: r.onestop_status for ref, r in again.items()} == {ref: p["status"] for ref, p in onestop.items()}
@@ -727,11 +727,12 @@ def test_the_ask_schedule_asks_young_payments_every_run_then_less_often_and_stop
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_unfinished_payments_are_asked_when_due_given_up_after_30_days_and_asked_again_when_the_one_stop_changes(
         peers, tmp_path, monkeypatch, database):
-    """A clock moved by hand over 31 days, pages of 4: the 11 payments the platform leaves pending
+    """A clock moved by hand over 32 days, pages of 4: the 11 payments the platform leaves pending
     are asked at every run while young, then only when due (the exchange log shows no QUERY of a
     payment not due), given up at 30 days and counted so by the reconciliation (not a mismatch);
     settled afterwards, those whose callback reached the one-stop (its view changed) are asked at
-    once and end paid; those whose callback was lost stay given up."""
+    the next full listing (daily) and end paid; those whose callback was lost stay given up.
+    Collect lists every request once a day, the newest page otherwise."""
     from contextlib import ExitStack
     from urllib.parse import urlsplit
 
@@ -775,22 +776,25 @@ def _ask_on_schedule(peers: Peers, tmp_path: Path) -> None:
         finished = conn.execute(select(func.count()).select_from(payment_txn).where(
             payment_txn.c.platform_status != "pending", payment_txn.c.next_ask_at.is_not(None))).scalar_one()
     assert len(pending) == 11 and finished == 0, "a finished payment is never due"
-    timeline = [  # (run, time since the first ask, asked?) — due a tenth of its age after each ask
-        ("ask-1", timedelta(0), False),  # the same instant: not due before the next run
-        ("ask-2", timedelta(seconds=1), True),
-        ("ask-3", timedelta(hours=1), True),  # due again 6 minutes later
-        ("ask-4", timedelta(hours=1, minutes=5), False),
-        ("ask-5", timedelta(hours=1, minutes=6, seconds=1), True),
-        ("ask-6", timedelta(days=10), True),  # due a day later
-        ("ask-7", timedelta(days=10, hours=23), False),
-        ("ask-8", timedelta(days=11, seconds=1), True),
-        ("ask-9", timedelta(days=30), True),  # asked a last time: given up
-        ("ask-10", timedelta(days=31), False),
+    timeline = [  # (run, time since the first ask, asked?, every request listed?) — due a tenth of its
+        # age after each ask; every request listed a day after the last full listing, else the newest
+        ("ask-1", timedelta(0), False, False),  # the same instant: not due before the next run
+        ("ask-2", timedelta(seconds=1), True, False),
+        ("ask-3", timedelta(hours=1), True, False),  # due again 6 minutes later
+        ("ask-4", timedelta(hours=1, minutes=5), False, False),
+        ("ask-5", timedelta(hours=1, minutes=6, seconds=1), True, False),
+        ("ask-6", timedelta(days=10), True, True),  # due a day later
+        ("ask-7", timedelta(days=10, hours=23), False, False),
+        ("ask-8", timedelta(days=11, seconds=1), True, True),
+        ("ask-9", timedelta(days=30), True, True),  # asked a last time: given up
+        ("ask-10", timedelta(days=31), False, True),
     ]
-    for run_id, at, due in timeline:
+    for run_id, at, due, full in timeline:
         got = collect(run_id, at)
         assert got["asked"] == (pending if due else []), run_id
-        assert got["still_pending"] == (11 if due else 0) and got["requests_listed"] == 31, run_id
+        assert got["still_pending"] == (11 if due else 0), run_id
+        # the newest: the last page of 25 (6 requests), nothing new on it, so no page before it
+        assert (got["requests_listing"], got["requests_listed"]) == (("full", 31) if full else ("newest", 6)), run_id
         assert got["asks_given_up"] == (11 if run_id == "ask-9" else 0), run_id
     report = tasks.reconcile_payments(connection_from_env, run_id="ask-10", task_id="reconcile",
                                       report_dir=str(tmp_path / "reports"))
@@ -809,9 +813,14 @@ def _ask_on_schedule(peers: Peers, tmp_path: Path) -> None:
     seen = sorted(s["MaThamChieu"] for s in settled if onestop[s["MaThamChieu"]]["status"] == "paid")
     lost = sorted(set(pending) - set(seen))
     assert seen and lost, "some callbacks reach the one-stop, some are lost"
-    again = collect("ask-11", timedelta(days=31, hours=1))
-    assert again["asked"] == seen and again["found_paid"] == len(seen) and again["bills_fetched"] == len(seen)
-    assert collect("ask-12", timedelta(days=31, hours=2))["asked"] == []
+    # the one-stop's view of older requests is read by the daily full listing; the next hour's run
+    # reads only the newest page, and asks those of them that are on it
+    early = collect("ask-11", timedelta(days=31, hours=1))
+    assert set(early["asked"]) < set(seen) and early["found_paid"] == len(early["asked"])
+    again = collect("ask-11b", timedelta(days=32, seconds=1))
+    assert again["requests_listing"] == "full" and again["asked"] == sorted(set(seen) - set(early["asked"]))
+    assert again["found_paid"] == again["bills_fetched"] == len(again["asked"])
+    assert collect("ask-12", timedelta(days=32, hours=2))["asked"] == []
     report = tasks.reconcile_payments(connection_from_env, run_id="ask-12", task_id="reconcile",
                                       report_dir=str(tmp_path / "reports"))
     assert report["counts"]["payments_given_up"] == len(lost), "a payment that ended unseen stays given up"
@@ -957,3 +966,36 @@ def test_a_pass_between_full_ones_reads_the_ledger_only_minutes_around_the_payme
     assert chained[0][0] == chain[0] - m and chained[-1][1] == chain[-1] + m
     assert all(a[1] == b[0] for a, b in pairwise(chained)), "no gap, no overlap"
     assert len(chained) == 5 and all(end - start <= timedelta(hours=1, minutes=4) for start, end in chained)
+
+
+def test_between_full_listings_collect_reads_only_the_newest_pages(peers, tmp_path, monkeypatch):
+    """Pages of 5 over 31 requests: the first run lists all 7 pages; after 7 new requests (38, in
+    creation order) the next run reads the last pages back to one with nothing new (8, 7, 6: a
+    probe and three pages), registers exactly the 7 and asks about them; a forced full listing
+    reads all 8 pages again."""
+    onestop = peers.connections(tmp_path)["onestop_default"]
+    monkeypatch.setenv("AIRFLOW_CONN_ONESTOP_DEFAULT", json.dumps({**onestop, "extra": {**onestop["extra"],
+                                                                                        "page_size": 5}}))
+    bus = store()
+
+    def listing_calls(run_id: str) -> int:
+        with bus.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(exchange_log).where(
+                exchange_log.c.run_id == run_id, exchange_log.c.operation == "payments")).scalar_one()
+
+    first = tasks.collect_payments(connection_from_env, run_id="tail-1", task_id="collect")
+    assert (first["requests_listing"], first["requests_listed"], listing_calls("tail-1")) == ("full", 31, 7)
+    dossiers = requests.get(peers.onestop.url + "/_state/dossiers", timeout=T).json()["dossiers"]
+    when = datetime.fromisoformat("2026-11-21T09:00:00+07:00")
+    new = []
+    for n, dossier in enumerate(dossiers[:7]):
+        reference = peers.init_payment(dossier["dossierNo"], 10_000 + n, when + timedelta(minutes=n))
+        peers.register(reference, dossier["dossierNo"], 10_000 + n)
+        new.append(reference)
+    second = tasks.collect_payments(connection_from_env, run_id="tail-2", task_id="collect")
+    assert (second["requests_listing"], second["requests_listed"], second["requests_new"]) == ("newest", 13, 7)
+    assert listing_calls("tail-2") == 1 + 3
+    with bus.engine.connect() as conn:
+        assert set(new) <= set(conn.execute(select(payment_txn.c.reference)).scalars())
+    third = tasks.collect_payments(connection_from_env, run_id="tail-3", task_id="collect", full_listing=True)
+    assert (third["requests_listing"], third["requests_listed"], third["requests_new"]) == ("full", 38, 0)
