@@ -220,7 +220,7 @@ class CollectReport:
     pending: int = 0
     unknown: int = 0
     given_up: int = 0
-    listing: str = "full"  # full: every request listed; newest: the last pages only
+    listing: str = "full"  # full: every request listed; newest: those after the last listing's
     bills: int = 0
     unconfirmed: int = 0
     unreadable: int = 0
@@ -329,7 +329,8 @@ def _register_page(store: Store, begin: Begin, listed: list[dict[str, Any]], run
 
 
 #: Collect lists every one-stop payment request at least this often (the one-stop's view of each
-#: refreshed); the runs between read only the newest (:func:`_register_requests`).
+#: refreshed); the runs between read only those listed after the last listing's
+#: (:func:`_register_requests`).
 LIST_ALL_EVERY = timedelta(days=1)
 #: The bus's note of collect's last full listing (``sync_cursor``).
 LISTED = FLOW + "/listed"
@@ -341,28 +342,39 @@ def _register_requests(store: Store, begin: Begin, onestop: Any, run_id: str, re
 
     Every request, page by page, when ``full`` (or, when ``full`` is ``None``, once
     :data:`LIST_ALL_EVERY` has passed since the last full listing, or if there was none). Otherwise
-    only the newest: the one-stop lists requests in creation order, so the last pages are read,
-    from ``ceil(total / size)`` back, until a page holds nothing new; a run's listing then follows
-    its new requests, not the years of them. Between full listings a change the one-stop makes to
-    an older request's status, amount or dossier is not seen by collect (the reconciliation asks
-    the one-stop for each payment it checks, and the next full listing refreshes them all)."""
+    only those listed after the ones the last listing read through: the one-stop lists requests in
+    creation order, so the pages from there to the end; a run's listing then follows its new
+    requests, not the years of them. The note of how far the listing read is written after the
+    last page, so a run that fails half-way reads the same pages again. Between full listings a
+    change the one-stop makes to an older request's status, amount or dossier is not seen by
+    collect (the reconciliation asks the one-stop for each payment it checks, and the next full
+    listing refreshes them all)."""
     started = clock()
+    last = json.loads(store.get_cursor(LISTED) or "{}")
     if full is None:
-        last = json.loads(store.get_cursor(LISTED) or "{}")
-        full = "full_at" not in last or started - datetime.fromisoformat(last["full_at"]) >= LIST_ALL_EVERY
+        full = "full_at" not in last or "through" not in last or \
+            started - datetime.fromisoformat(last["full_at"]) >= LIST_ALL_EVERY
     report.listing = "full" if full else "newest"
     if full:
+        through = 0
         for listed in onestop.iter_payments(status="all"):
             _register_page(store, begin, listed, run_id, report, clock)
-        with begin() as conn:
-            Store.set_cursor(conn, LISTED, json.dumps({"full_at": started.isoformat()}), run_id)
-        return
-    size = onestop.page_size
-    _, total = onestop.payments_page(1, 1)
-    for page in range(max(1, -(-total // size)), 0, -1):
-        listed, _ = onestop.payments_page(page, size)
-        if not _register_page(store, begin, listed, run_id, report, clock):
-            return
+            through += len(listed)
+        note = {"full_at": started.isoformat(), "through": through}
+    else:
+        size = onestop.page_size
+        _, total = onestop.payments_page(1, 1)
+        first = min(last["through"], total) // size + 1  # the page holding the first request not yet read
+        through = (first - 1) * size
+        for page in range(first, max(first, -(-total // size)) + 1):
+            listed, _ = onestop.payments_page(page, size)
+            _register_page(store, begin, listed, run_id, report, clock)
+            through += len(listed)
+            if len(listed) < size:
+                break
+        note = {"full_at": last["full_at"], "through": through}
+    with begin() as conn:
+        Store.set_cursor(conn, LISTED, json.dumps(note), run_id)
 
 
 #: The platform's statuses of a payment it has not finished: asked about again on a schedule.

@@ -970,9 +970,9 @@ def test_a_pass_between_full_ones_reads_the_ledger_only_minutes_around_the_payme
 
 def test_between_full_listings_collect_reads_only_the_newest_pages(peers, tmp_path, monkeypatch):
     """Pages of 5 over 31 requests: the first run lists all 7 pages; after 7 new requests (38, in
-    creation order) the next run reads the last pages back to one with nothing new (8, 7, 6: a
-    probe and three pages), registers exactly the 7 and asks about them; a forced full listing
-    reads all 8 pages again."""
+    creation order) the next run reads from the page holding the 32nd to the end (7 and 8: a probe
+    and two pages), registers exactly the 7 and asks about them; a run that fails after its first
+    page reads them again; a forced full listing reads all 8 pages."""
     onestop = peers.connections(tmp_path)["onestop_default"]
     monkeypatch.setenv("AIRFLOW_CONN_ONESTOP_DEFAULT", json.dumps({**onestop, "extra": {**onestop["extra"],
                                                                                         "page_size": 5}}))
@@ -992,9 +992,22 @@ def test_between_full_listings_collect_reads_only_the_newest_pages(peers, tmp_pa
         reference = peers.init_payment(dossier["dossierNo"], 10_000 + n, when + timedelta(minutes=n))
         peers.register(reference, dossier["dossierNo"], 10_000 + n)
         new.append(reference)
+    from connectors.one_stop.client import OneStopClient
+
+    pages = OneStopClient.payments_page
+
+    def fails_after_one(self, page, size=None, status="all"):
+        if page == 8:
+            raise PeerUnavailable("one_stop payments: connection reset (test)", peer="one_stop", operation="payments")
+        return pages(self, page, size, status)
+
+    monkeypatch.setattr(OneStopClient, "payments_page", fails_after_one)
+    with pytest.raises(PeerUnavailable):
+        tasks.collect_payments(connection_from_env, run_id="tail-2a", task_id="collect")
+    monkeypatch.setattr(OneStopClient, "payments_page", pages)
     second = tasks.collect_payments(connection_from_env, run_id="tail-2", task_id="collect")
-    assert (second["requests_listing"], second["requests_listed"], second["requests_new"]) == ("newest", 13, 7)
-    assert listing_calls("tail-2") == 1 + 3
+    assert (second["requests_listing"], second["requests_listed"], second["requests_new"]) == ("newest", 8, 3)
+    assert listing_calls("tail-2") == 1 + 2
     with bus.engine.connect() as conn:
         assert set(new) <= set(conn.execute(select(payment_txn.c.reference)).scalars())
     third = tasks.collect_payments(connection_from_env, run_id="tail-3", task_id="collect", full_listing=True)
