@@ -265,9 +265,14 @@ def _request_problems(p: dict[str, Any]) -> list[FieldError]:
         errors.append(FieldError("dossierNo", "type", f"dossierNo is {_kind(dossier)}, expected text of at most "
                                                       "64 printable characters"))
     status = p.get("status")
-    if status is not None and not (isinstance(status, str) and len(status) <= 16 and status.isprintable()):
+    if status is not None and not _status_word(status):
         errors.append(FieldError("status", "type", f"status is {_kind(status)}, expected a status word"))
     return errors
+
+
+def _status_word(value: Any) -> bool:
+    """A one-stop status ``payment_txn.onestop_status`` can hold: printable text of 16 at most."""
+    return isinstance(value, str) and len(value) <= 16 and value.isprintable()
 
 
 def _refuse_request(store: Store, begin: Begin, run_id: str, p: dict[str, Any], errors: list[FieldError],
@@ -589,8 +594,7 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
             # the one-stop's view of it now, as its answer gives it: the next listing is no change
             payment = answer.get("payment") if isinstance(answer.get("payment"), dict) else {}
             status = payment.get("status")
-            view = {"onestop_status": status} if isinstance(status, str) and 0 < len(status) <= 16 \
-                and status.isprintable() else {}
+            view = {"onestop_status": status} if status and _status_word(status) else {}
             _set(begin, row.reference, run_id, onestop_state="updated" if applied else "already", hold_reason=None,
                  **view)
     return report
@@ -914,11 +918,11 @@ def reconcile(store: Store, onestop: Any, ledger: Any, *, run_id: str, full: boo
     report = ReconciliationReport(scope="full" if full else "changed")
     if not full:
         report.since = (datetime.fromisoformat(last["checked_to"]) - RECHECK_OVERLAP).isoformat()
-    with store.engine.connect() as conn:  # the latest change this pass sees (the next one starts there,
-        # or later when nothing changed for a while: a change stamped before that is long committed)
+    with store.engine.connect() as conn:
+        # the latest change this pass sees (the next one starts there, or later when nothing changed
+        # for a while: a change stamped before that is long committed)
         seen_to = max(conn.execute(select(func.max(payment_txn.c.updated_at))).scalar() or started,
                       started - RECHECK_OVERLAP)
-    with store.engine.connect() as conn:
         _views.drop_all(conn, checkfirst=True)  # a pooled connection may hold an interrupted run's
         _views.create_all(conn)
         conn.commit()
