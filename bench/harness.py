@@ -514,7 +514,7 @@ def scenario_receipts_incremental(ws: Workspace, args: argparse.Namespace, resul
     over a small backlog: whether a run's cost follows the new payments or the backlog."""
     from sqlalchemy import update
 
-    from lienthong.flows.payment_receipts import ASK_FOR, RECHECK_OVERLAP
+    from lienthong.flows.payment_receipts import ASK_FOR, RECHECK_OVERLAP, UNFINISHED
     from lienthong.store import Store, payment_txn
 
     small, large, changes = args.payment_incremental_small, args.payment_incremental_large, args.payment_changes
@@ -526,23 +526,25 @@ def scenario_receipts_incremental(ws: Workspace, args: argparse.Namespace, resul
         backlog[size] = sum(seeded.values())
         with bus_database(ws, args, f"bus-payments-incremental-{size}") as bus_db, \
                 standins(base, platform_dir=platform, ledger_dir=ws.fresh(f"ledger-incremental-{size}")) as urls:
-            first = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                            flow="payments", ledger_batch_size=args.ledger_batch_size, run_id="backlog",
-                            report_dir=ws.fresh(f"reports-incremental-{size}"))
+
+            def bus(run_id: str, reports: str = f"reports-incremental-{size}") -> dict[str, Any]:
+                return run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                               flow="payments", ledger_batch_size=args.ledger_batch_size, run_id=run_id,
+                               report_dir=ws.fresh(reports))
+
+            first = bus("backlog")
             _payments_checked(first, seeded, f"the backlog's first run over {size:,} dossiers")
             # the backlog's unfinished payments were asked about for 30 days: given up, as the schedule
             # leaves them (set in the bus database, as the incremental scenario seeds a synced world)
             store = Store(bus_db if isinstance(bus_db, str) else f"sqlite:///{bus_db}")
             long_ago = datetime.now(UTC) - ASK_FOR - timedelta(days=1)
             with store.begin() as conn:
-                aged = conn.execute(update(payment_txn).where(payment_txn.c.platform_status.in_(("pending", "unknown")))
+                aged = conn.execute(update(payment_txn).where(payment_txn.c.platform_status.in_(UNFINISHED))
                                     .values(first_asked_at=long_ago, next_ask_at=None)).rowcount
             store.engine.dispose()
             _check({"given up": aged}, {"given up": seeded["pending"]}, "the backlog's unfinished payments")
             # the run after a first one, untimed: nothing new (none of the given-up payments asked)
-            settling = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                               flow="payments", ledger_batch_size=args.ledger_batch_size, run_id="backlog-2",
-                               report_dir=ws.fresh(f"reports-incremental-{size}"))
+            settling = bus("backlog-2")
             c = settling["counts"]
             _check({"queried": c["collect"]["queried"], "given up": c["reconcile"]["counts"]["payments_given_up"],
                     "mismatches": c["reconcile"]["counts"]["mismatches"]},
@@ -555,18 +557,14 @@ def scenario_receipts_incremental(ws: Workspace, args: argparse.Namespace, resul
             # that long after the second, re-checks what the first run changed last; each timed run
             # follows that long after the one before, re-checking what it changed in its last seconds
             time.sleep(2 * RECHECK_OVERLAP.total_seconds())
-            run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                    flow="payments", ledger_batch_size=args.ledger_batch_size, run_id="backlog-3",
-                    report_dir=ws.fresh(f"reports-incremental-{size}"))
+            bus("backlog-3")
             for r in range(args.repeats):
                 time.sleep(2 * RECHECK_OVERLAP.total_seconds())
                 opened = _open_payments(urls, changes)
                 settled = _post(urls["platform"], "/_admin/payments/settle", {"n": 0, "references": opened})["settled"]
                 paid = sum(s["status"] == "paid" for s in settled)
                 _check({"settled": len(settled)}, {"settled": changes}, "new payments settled at the platform")
-                run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                              flow="payments", ledger_batch_size=args.ledger_batch_size, run_id=f"changes-{r}",
-                              report_dir=ws.fresh(f"reports-incremental-{size}-{r}"))
+                run = bus(f"changes-{r}", f"reports-incremental-{size}-{r}")
                 c = run["counts"]
                 _check({"queried": c["collect"]["queried"], "paid": c["collect"]["found_paid"],
                         "fees": c["fees"]["fees_updated"], "receipts": c["ledger"]["receipts_accepted"],
