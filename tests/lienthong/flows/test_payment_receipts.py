@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -133,6 +136,23 @@ def peers(tmp_path, monkeypatch):
         yield peers
     finally:
         peers.stop()
+
+
+@contextmanager
+def bus_database(database: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The bus database of a test: the peers' SQLite file, or with ``postgresql`` a throw-away
+    database on the local server (named from ``prefix``, dropped afterwards)."""
+    if database != "postgresql":
+        yield
+        return
+    from tests.conftest import postgres_database
+
+    with postgres_database(prefix) as url:
+        parts = urlsplit(url.replace("postgresql+psycopg2", "postgresql"))
+        monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({
+            "conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username,
+            "schema": parts.path.lstrip("/")}))
+        yield
 
 
 def run(run_id: str, tmp_path: Path) -> dict:
@@ -602,18 +622,8 @@ def test_reconciliation_reads_a_window_and_a_page_at_a_time_and_finds_the_same(p
     differs, an unknown dossier; and a one-stop request whose reference no transaction can hold
     (70 characters: refused by collect, left out of the view). The windows tile the paid period
     with no gap and no overlap."""
-    from contextlib import ExitStack
-    from urllib.parse import urlsplit
-
-    with ExitStack() as stack:
-        if database == "postgresql":  # temporary tables and keyset pages on the scale-out database too
-            from tests.conftest import postgres_database
-
-            parts = urlsplit(stack.enter_context(postgres_database("lienthong_pay")).replace(
-                "postgresql+psycopg2", "postgresql"))
-            monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({
-                "conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username,
-                "schema": parts.path.lstrip("/")}))
+    # temporary tables and keyset pages on the scale-out database too
+    with bus_database(database, "lienthong_pay", monkeypatch):
         _reconcile_by_windows(peers, tmp_path, monkeypatch, database)
 
 
@@ -733,19 +743,9 @@ def test_unfinished_payments_are_asked_when_due_given_up_after_30_days_and_asked
     settled afterwards, those whose callback reached the one-stop (its view changed) are asked at
     the next full listing (daily) and end paid; those whose callback was lost stay given up.
     Collect lists every request once a day, the newest page otherwise."""
-    from contextlib import ExitStack
-    from urllib.parse import urlsplit
-
     monkeypatch.setattr(payment_receipts, "PAGE", 4)
-    with ExitStack() as stack:
-        if database == "postgresql":  # the (next_ask_at, reference) keyset on the scale-out database too
-            from tests.conftest import postgres_database
-
-            parts = urlsplit(stack.enter_context(postgres_database("lienthong_ask")).replace(
-                "postgresql+psycopg2", "postgresql"))
-            monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({
-                "conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username,
-                "schema": parts.path.lstrip("/")}))
+    # the (next_ask_at, reference) keyset on the scale-out database too
+    with bus_database(database, "lienthong_ask", monkeypatch):
         _ask_on_schedule(peers, tmp_path)
 
 
@@ -838,18 +838,8 @@ def test_a_reconciliation_between_full_ones_checks_what_changed_and_the_open_mis
     (no listing), the ledger for the days around their payments only. A receipt added at the
     ledger for an old, unchanged payment is not seen by such a pass; the next full one (a day
     later, or asked for) finds it, and from then on it is checked at every pass until resolved."""
-    from contextlib import ExitStack
-    from urllib.parse import urlsplit
-
-    with ExitStack() as stack:
-        if database == "postgresql":  # the scope's temporary table and joins on the scale-out database too
-            from tests.conftest import postgres_database
-
-            parts = urlsplit(stack.enter_context(postgres_database("lienthong_scope")).replace(
-                "postgresql+psycopg2", "postgresql"))
-            monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({
-                "conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username,
-                "schema": parts.path.lstrip("/")}))
+    # the scope's temporary table and joins on the scale-out database too
+    with bus_database(database, "lienthong_scope", monkeypatch):
         _reconcile_between_full_ones(peers, tmp_path, monkeypatch)
 
 
