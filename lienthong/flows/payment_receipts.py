@@ -359,6 +359,8 @@ def _register_requests(store: Store, begin: Begin, onestop: Any, run_id: str, re
     if full is None:
         full = "full_at" not in last or "through" not in last or \
             started - datetime.fromisoformat(last["full_at"]) >= LIST_ALL_EVERY
+    if not full and "through" not in last:
+        raise ValueError("collect has not listed the one-stop's payment requests yet: the first listing is a full one")
     report.listing = "full" if full else "newest"
     if full:
         through = 0

@@ -973,6 +973,8 @@ def test_between_full_listings_collect_reads_only_the_newest_pages(peers, tmp_pa
             return conn.execute(select(func.count()).select_from(exchange_log).where(
                 exchange_log.c.run_id == run_id, exchange_log.c.operation == "payments")).scalar_one()
 
+    with pytest.raises(ValueError, match="the first listing is a full one"):  # nothing to read on from
+        tasks.collect_payments(connection_from_env, run_id="tail-0", task_id="collect", full_listing=False)
     first = tasks.collect_payments(connection_from_env, run_id="tail-1", task_id="collect")
     assert (first["requests_listing"], first["requests_listed"], listing_calls("tail-1")) == ("full", 31, 7)
     dossiers = requests.get(peers.onestop.url + "/_state/dossiers", timeout=T).json()["dossiers"]
