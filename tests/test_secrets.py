@@ -202,11 +202,13 @@ class Peers:
         return [self.onestop, self.portal, self.platform, self.ledger]
 
     def faults(self, plan: dict[str, Any]) -> None:
+        """Faults on every stand-in as ``plan`` says, with expiring portal sessions and SOAP Faults
+        added; an empty plan turns every fault off (the ledger's SOAP Faults too)."""
         for mock in self.mocks():
             spec = dict(plan)
-            if mock is self.portal:
+            if plan and mock is self.portal:
                 spec["session_expire_every"] = 3
-            if mock is self.ledger:
+            if plan and mock is self.ledger:
                 spec["soap_fault_rate"] = 0.2
             response = requests.post(mock.url + "/_admin/faults", json=spec, timeout=T)
             assert response.ok, (mock.name, response.text)
