@@ -235,6 +235,9 @@ payment_txn = Table(  # one row per payment request (MaThamChieu) the bus follow
     # about for ASK_FOR (next_ask_at NULL while unfinished: given up; NULL once finished)
     Column("first_asked_at", AwareDateTime),
     Column("next_ask_at", AwareDateTime),
+    # the dossier's applicant, read by the fee step's look-up of a paid payment's dossier, so the
+    # ledger step need not read the dossier again; erased once the ledger holds the receipt
+    Column("payer_name", Text),
     Index("ix_payment_txn_platform", "platform_status"),
     Index("ix_payment_txn_ask", "next_ask_at", "reference"),  # the payments due to be asked, in order
     Index("ix_payment_txn_updated", "updated_at"),  # what changed since the last reconciliation

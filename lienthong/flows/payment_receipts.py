@@ -546,29 +546,46 @@ class FeeReport:
                 "fees_rejected": len(self.rejected), "fee_rejections": self.rejected}
 
 
+def _payer(onestop: Any, dossier_code: str) -> str | None:
+    """The applicant's name on the one-stop's dossier (``""`` when it names none), or ``None`` when
+    the one-stop does not hold the dossier: one ``GET /api/v1/dossiers/{no}`` answers both."""
+    if not dossier_code:
+        return None
+    dossier = onestop.get_dossier(dossier_code)
+    return None if dossier is None else str(dossier.get("applicantName") or "")
+
+
 def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport:
-    """Step 2: record finished transactions at the one-stop where its callback did not."""
+    """Step 2: record finished transactions at the one-stop where its callback did not.
+
+    A payment whose dossier the one-stop does not hold is held, not recorded. The look-up reads the
+    dossier, and a paid payment keeps its applicant's name (``payer_name``) for the ledger step,
+    which then need not read the dossier again."""
     report = FeeReport()
     rows = select(payment_txn).where(payment_txn.c.platform_status.in_(("paid", "failed")),
                                      payment_txn.c.onestop_state.in_(("todo", "held")))
     with answer_transactions(store, onestop) as begin:
-        known_dossiers: dict[str, bool] = {}
+        payers: dict[str, str | None] = {}
         for row in _unblocked(store, rows):
             code = row.dossier_code or ""
-            if code not in known_dossiers:
-                if len(known_dossiers) >= LOOKUPS:
-                    known_dossiers.clear()
-                known_dossiers[code] = bool(code) and onestop.get_fees(code) is not None
+            if code not in payers:
+                if len(payers) >= LOOKUPS:
+                    payers.clear()
+                payers[code] = _payer(onestop, code)
+            payer = payers[code]
+            # kept for the ledger step while its receipt is still to be booked
+            named = {"payer_name": payer} if (payer is not None and row.platform_status == "paid"
+                                              and row.ledger_state in ("todo", "held")) else {}
             hold = None
             if row.onestop_status == "unmatched":
                 hold = "unmatched_payment"
-            elif not known_dossiers[code]:
+            elif payer is None:
                 hold = "unknown_dossier"
             elif row.platform_status == "paid" and row.platform_amount != row.request_amount:
                 hold = "amount_differs"
             if hold:
                 report.held[hold] += 1
-                _set(begin, row.reference, run_id, onestop_state="held", hold_reason=hold)
+                _set(begin, row.reference, run_id, onestop_state="held", hold_reason=hold, **named)
                 continue
             try:
                 answer = onestop.record_payment_result(
@@ -578,12 +595,12 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
                     dossier_no=code or None)
             except AmountMismatch:
                 report.held["amount_differs"] += 1
-                _set(begin, row.reference, run_id, onestop_state="held", hold_reason="amount_differs")
+                _set(begin, row.reference, run_id, onestop_state="held", hold_reason="amount_differs", **named)
                 continue
             except PaymentConflict:
                 reason = "paid_twice" if row.platform_status == "paid" else "failed_not_recorded"
                 report.held[reason] += 1
-                _set(begin, row.reference, run_id, onestop_state="held", hold_reason=reason)
+                _set(begin, row.reference, run_id, onestop_state="held", hold_reason=reason, **named)
                 continue
             except PeerRejected as exc:
                 _dead_letter(begin, run_id, row.reference, "onestop", exc, exc.error_dicts(),
@@ -598,7 +615,7 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
             status = payment.get("status")
             view = {"onestop_status": status} if status and _status_word(status) else {}
             _set(begin, row.reference, run_id, onestop_state="updated" if applied else "already", hold_reason=None,
-                 **view)
+                 **view, **named)
     return report
 
 
@@ -623,7 +640,11 @@ def _source_record(row: Any, payer_name: str) -> dict[str, Any]:
 
 
 def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, batch_size: int = 100) -> LedgerReport:
-    """Step 3: map and submit the receipts of paid transactions to the ministry ledger."""
+    """Step 3: map and submit the receipts of paid transactions to the ministry ledger.
+
+    The payer's name is the dossier's applicant: kept by the fee step's look-up (``payer_name``)
+    when it ran first, else read here from the one-stop (which also tells a dossier it does not
+    hold: that receipt is held)."""
     report = LedgerReport()
     mapping = load_mapping(TO_LEDGER)
     rows = select(payment_txn).where(payment_txn.c.platform_status == "paid", payment_txn.c.receipt_sha256.is_not(None),
@@ -633,22 +654,25 @@ def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, bat
         payers: dict[str, str | None] = {}
         for row in _unblocked(store, rows):
             # Checked here too, not only by update_onestop_fees: the two steps run side by side.
+            payer = None
             if row.onestop_status == "unmatched":
                 hold = "unmatched_payment"
             elif row.hold_reason == "unknown_dossier" or not row.dossier_code:
                 hold = "unknown_dossier"
             else:
-                if row.dossier_code not in payers:
-                    if len(payers) >= LOOKUPS:
-                        payers.clear()
-                    dossier = onestop.get_dossier(row.dossier_code)
-                    payers[row.dossier_code] = None if dossier is None else str(dossier.get("applicantName") or "")
-                hold = "unknown_dossier" if payers[row.dossier_code] is None else None
+                payer = row.payer_name
+                if payer is None:  # the fee step has not looked the dossier up (yet)
+                    if row.dossier_code not in payers:
+                        if len(payers) >= LOOKUPS:
+                            payers.clear()
+                        payers[row.dossier_code] = _payer(onestop, row.dossier_code)
+                    payer = payers[row.dossier_code]
+                hold = "unknown_dossier" if payer is None else None
             if hold:
                 report.held[hold] += 1
                 _set(begin, row.reference, run_id, ledger_state="held", hold_reason=hold)
                 continue
-            source = _source_record(row, payers[row.dossier_code] or "")
+            source = _source_record(row, payer or "")
             try:
                 record = mapping.apply(source)
             except RecordInvalid as exc:
@@ -702,7 +726,8 @@ def _submit_batch(begin: Begin, ledger: Any, batch: list[tuple[Any, dict[str, An
                 report.accepted += status == "accepted"
                 report.unchanged += status == "unchanged"
                 _update(conn, row.reference, run_id, ledger_state=status, ledger_hash=content_hash(record),
-                        hold_reason=row.hold_reason if row.hold_reason != "duplicate_receipt" else None)
+                        hold_reason=row.hold_reason if row.hold_reason != "duplicate_receipt" else None,
+                        payer_name=None)  # booked: the bus keeps the name no longer
         return
 
 

@@ -608,8 +608,36 @@ def test_steps_read_the_backlog_a_page_at_a_time_and_miss_nothing(peers, tmp_pat
         asked = Counter(conn.execute(select(exchange_log.c.operation).where(exchange_log.c.run_id == "paged-1"))
                         .scalars())
     assert asked["QUERY"] == 31 and asked["GET_BILL"] == 12 and asked["payment_result"] == 20
-    assert asked["fees"] == 20 and asked["dossier"] == 12, "one look-up per dossier, as in one page"
+    assert asked["dossier"] == 20 and asked["fees"] == 0, "one look-up per dossier, as in one page"
     assert_three_systems_agree(peers)
+
+
+def test_one_read_of_a_paid_payments_dossier_serves_both_steps_and_the_name_is_erased_once_booked(peers, tmp_path):
+    """The fee step reads each finished payment's dossier once; a paid one keeps its applicant's
+    name for the ledger step, which reads no dossier again, books that name, then erases it."""
+    tasks.collect_payments(connection_from_env, run_id="payer-1", task_id="collect")
+    tasks.update_onestop_fees(connection_from_env, run_id="payer-1", task_id="fees")
+    applicants = {d["dossierNo"]: d["applicantName"]
+                  for d in requests.get(peers.onestop.url + "/_state/dossiers", timeout=T).json()["dossiers"]}
+    requested = {ref: p["dossierNo"] for ref, p in peers.onestop_payments().items()}
+    with store().engine.connect() as conn:
+        kept = dict(conn.execute(select(payment_txn.c.reference, payment_txn.c.payer_name)
+                                 .where(payment_txn.c.platform_status == "paid")).all())
+        failed = conn.execute(select(payment_txn.c.payer_name)
+                              .where(payment_txn.c.platform_status == "failed")).scalars().all()
+    assert len(kept) == 12 and kept == {ref: applicants[requested[ref]] for ref in kept}
+    assert all(kept.values()) and failed == [None] * 8, "a name only where a receipt is still to be booked"
+
+    receipts = tasks.submit_payment_receipts(connection_from_env, run_id="payer-1", task_id="receipts")
+    assert receipts["receipts_accepted"] == 12
+    with store().engine.connect() as conn:
+        asked = Counter(conn.execute(select(exchange_log.c.operation).where(exchange_log.c.run_id == "payer-1"))
+                        .scalars())
+        left = conn.execute(select(payment_txn.c.payer_name).where(payment_txn.c.payer_name.is_not(None))).all()
+    assert asked["dossier"] == 20 and asked["fees"] == 0, "the ledger step read no dossier again"
+    booked = {r["PaymentReference"]: r["PayerName"] for r in peers.ledger_receipts()}
+    assert booked == kept
+    assert left == [], "booked: the bus keeps the payer's name no longer"
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
