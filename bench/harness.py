@@ -1299,8 +1299,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=ROOT / "var" / "bench", help="where the JSON results go")
     p.add_argument("--workdir", type=Path, default=None, help="scratch space (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the scratch space")
-    p.add_argument("--profile", action="store_true", help="pyinstrument profile of one more bus run of the full sync and of the receipts "
-                   "scenario (not counted in the figures)")
+    p.add_argument("--profile", action="store_true",
+                   help="one more bus run of the full_sync and receipts scenarios under pyinstrument (not counted in "
+                        "the figures): profile-full-sync / profile-receipts .html and .txt in --out")
     p.add_argument("--report", type=Path, action="append", metavar="FILE",
                    help="run nothing: print one table from these result files (repeatable; a scenario "
                         "comes from the most recent file that ran it), with each line's commit and command")

@@ -11,7 +11,10 @@ Thin by design: each task calls one function of ``lienthong.tasks``.
    was lost (idempotent by transaction id: a fee is never marked paid twice). Amount mismatches
    and unknown dossiers are held for follow-up.
 3. ``submit_receipts`` maps the receipts (platform → canonical → ledger) and submits them to the
-   ministry ledger over SOAP; the ledger books each receipt number once.
+   ministry ledger over SOAP; the ledger books each receipt number once. It runs after step 2,
+   whose read of each dossier gives it the payer's name (one read per dossier, not one per step),
+   and whatever step 2's outcome (``all_done``): the one-stop being down keeps no receipt from the
+   ledger that step 2 or an earlier run already read the payer of.
 4. ``reconcile_payments`` checks that the three systems agree, keeps the mismatches for follow-up
    and writes the reconciliation report (task log and ``$LIENTHONG_HOME/reports/payments-<run>.md``):
    every transaction in a full pass (the first run of each day, or a run triggered with
@@ -69,8 +72,8 @@ def sync_payment_receipts():
         run_id, task_id = run_ids()
         return tasks.update_onestop_fees(airflow_connection_spec, run_id=run_id, task_id=task_id)
 
-    @task(pool="ministry_ledger")
-    def submit_receipts(collected: dict) -> dict:
+    @task(pool="ministry_ledger", trigger_rule="all_done")
+    def submit_receipts() -> dict:
         from connectors.hooks import airflow_connection_spec
         from lienthong import tasks
 
@@ -87,8 +90,10 @@ def sync_payment_receipts():
         return tasks.reconcile_payments(airflow_connection_spec, run_id=run_id, task_id=task_id,
                                         report_dir=str(localenv.topology().home / "reports"), full=full)
 
-    collected = collect_payments()
-    reconcile_payments(update_onestop_fees(collected), submit_receipts(collected))
+    fees = update_onestop_fees(collect_payments())
+    receipts = submit_receipts()
+    fees >> receipts
+    reconcile_payments(fees, receipts)
 
 
 sync_payment_receipts()

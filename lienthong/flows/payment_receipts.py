@@ -642,9 +642,9 @@ def _source_record(row: Any, payer_name: str) -> dict[str, Any]:
 def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, batch_size: int = 100) -> LedgerReport:
     """Step 3: map and submit the receipts of paid transactions to the ministry ledger.
 
-    The payer's name is the dossier's applicant: kept by the fee step's look-up (``payer_name``)
-    when it ran first, else read here from the one-stop (which also tells a dossier it does not
-    hold: that receipt is held)."""
+    The payer's name is the dossier's applicant: kept by the fee step's look-up (``payer_name``),
+    else (the fee step failed or did not reach the payment) read here from the one-stop, which also
+    tells a dossier it does not hold: that receipt is held."""
     report = LedgerReport()
     mapping = load_mapping(TO_LEDGER)
     rows = select(payment_txn).where(payment_txn.c.platform_status == "paid", payment_txn.c.receipt_sha256.is_not(None),
@@ -653,7 +653,8 @@ def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, bat
         ready: list[tuple[Any, dict[str, Any]]] = []
         payers: dict[str, str | None] = {}
         for row in _unblocked(store, rows):
-            # Checked here too, not only by update_onestop_fees: the two steps run side by side.
+            # Checked here too, not only by update_onestop_fees: this step also runs when that one
+            # failed or did not reach the payment (the DAG's trigger rule is all_done).
             payer = None
             if row.onestop_status == "unmatched":
                 hold = "unmatched_payment"

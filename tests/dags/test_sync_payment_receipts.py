@@ -6,13 +6,16 @@ a full one."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from connectors.connection import connection_from_env
 from lienthong import tasks
 from lienthong.flows import payment_receipts
+from lienthong.store import exchange_log
 from tests.lienthong.flows.test_payment_receipts import (
     Peers,
     assert_three_systems_agree,
@@ -57,9 +60,15 @@ def test_the_payment_dag_reconciles_fully_first_then_what_changed_then_fully_whe
         assert run.state == "success", {ti.task_id: ti.state for ti in run.get_task_instances()}
         return store.run_summary(payment_receipts.FLOW, run.run_id)["counts"]
 
-    first = counts(dag.test())
+    run = dag.test()
+    first = counts(run)
     assert (first["reconciled_scope"], first["reconciled_paid"], first["mismatches"]) == ("full", 12, 0)
     assert_three_systems_agree(peers)
+    # the ledger step ran after the fee step and took the payers it read: one read per dossier
+    with store.engine.connect() as conn:
+        asked = Counter(conn.execute(select(exchange_log.c.operation).where(exchange_log.c.run_id == run.run_id))
+                        .scalars())
+    assert asked["dossier"] == first["fees_updated"] == 20 and asked["fees"] == 0
     peers.settle(3, outcome="paid")
     second = counts(dag.test())
     assert second["reconciled_scope"] == "changed" and second["found_paid"] == 3

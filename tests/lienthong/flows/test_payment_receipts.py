@@ -393,7 +393,8 @@ def test_wrong_platform_secret_fails_the_task_without_marking_anything(peers, tm
 
 
 def test_the_ledger_step_holds_an_unknown_dossier_even_when_it_runs_before_the_fee_step(peers, tmp_path):
-    """The DAG runs update_onestop_fees and submit_receipts side by side: either may go first."""
+    """The DAG runs submit_receipts whatever update_onestop_fees did (all_done): it may run when the
+    fee step failed, and then reads and judges the dossier itself."""
     ghost = "000.00.01.H49-261121-9998"
     unknown = peers.init_payment(ghost, 70000, datetime.fromisoformat("2026-11-21T09:00:00+07:00"))
     peers.register(unknown, ghost, 70000)
