@@ -13,8 +13,8 @@ Thin by design: each task calls one function of ``lienthong.tasks``.
 3. ``submit_receipts`` maps the receipts (platform → canonical → ledger) and submits them to the
    ministry ledger over SOAP; the ledger books each receipt number once. It runs after step 2,
    whose read of each dossier gives it the payer's name (one read per dossier, not one per step),
-   and whatever step 2's outcome (``all_done``): the one-stop being down keeps no receipt from the
-   ledger that step 2 or an earlier run already read the payer of.
+   and whatever step 2's outcome (``all_done``): a failed step 2 does not keep it from running; it
+   then reads the dossiers step 2 did not reach itself.
 4. ``reconcile_payments`` checks that the three systems agree, keeps the mismatches for follow-up
    and writes the reconciliation report (task log and ``$LIENTHONG_HOME/reports/payments-<run>.md``):
    every transaction in a full pass (the first run of each day, or a run triggered with
