@@ -241,6 +241,10 @@ payment_txn = Table(  # one row per payment request (MaThamChieu) the bus follow
     Index("ix_payment_txn_platform", "platform_status"),
     Index("ix_payment_txn_ask", "next_ask_at", "reference"),  # the payments due to be asked, in order
     Index("ix_payment_txn_updated", "updated_at"),  # what changed since the last reconciliation
+    # the fee and ledger steps' work (finished payments not yet recorded, or held), found without
+    # reading every finished payment of the years before
+    Index("ix_payment_txn_fees_work", "onestop_state", "platform_status", "reference"),
+    Index("ix_payment_txn_ledger_work", "ledger_state", "platform_status", "reference"),
 )
 
 reconciliation_item = Table(  # a disagreement kept for follow-up until a later run no longer finds it

@@ -546,6 +546,17 @@ class FeeReport:
                 "fees_rejected": len(self.rejected), "fee_rejections": self.rejected}
 
 
+#: The fee step's work: finished payments not yet recorded at the one-stop, or held; and the ledger
+#: step's: paid ones with their receipt not yet booked, or held. Each is read through an index that
+#: starts with its state (``ix_payment_txn_fees_work``, ``ix_payment_txn_ledger_work``), so a run
+#: reads its own work, not every payment the years before finished.
+FEES_WORK = select(payment_txn).where(payment_txn.c.onestop_state.in_(("todo", "held")),
+                                      payment_txn.c.platform_status.in_(("paid", "failed")))
+LEDGER_WORK = select(payment_txn).where(payment_txn.c.ledger_state.in_(("todo", "held")),
+                                        payment_txn.c.platform_status == "paid",
+                                        payment_txn.c.receipt_sha256.is_not(None))
+
+
 def _payer(onestop: Any, dossier_code: str) -> str | None:
     """The applicant's name on the one-stop's dossier (``""`` when it names none), or ``None`` when
     the one-stop does not hold the dossier: one ``GET /api/v1/dossiers/{no}`` answers both."""
@@ -562,11 +573,9 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
     dossier, and a paid payment keeps its applicant's name (``payer_name``) for the ledger step,
     which then need not read the dossier again."""
     report = FeeReport()
-    rows = select(payment_txn).where(payment_txn.c.platform_status.in_(("paid", "failed")),
-                                     payment_txn.c.onestop_state.in_(("todo", "held")))
     with answer_transactions(store, onestop) as begin:
         payers: dict[str, str | None] = {}
-        for row in _unblocked(store, rows):
+        for row in _unblocked(store, FEES_WORK):
             code = row.dossier_code or ""
             if code not in payers:
                 if len(payers) >= LOOKUPS:
@@ -647,12 +656,10 @@ def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, bat
     tells a dossier it does not hold: that receipt is held."""
     report = LedgerReport()
     mapping = load_mapping(TO_LEDGER)
-    rows = select(payment_txn).where(payment_txn.c.platform_status == "paid", payment_txn.c.receipt_sha256.is_not(None),
-                                     payment_txn.c.ledger_state.in_(("todo", "held")))
     with answer_transactions(store, ledger) as begin:
         ready: list[tuple[Any, dict[str, Any]]] = []
         payers: dict[str, str | None] = {}
-        for row in _unblocked(store, rows):
+        for row in _unblocked(store, LEDGER_WORK):
             # Checked here too, not only by update_onestop_fees: this step also runs when that one
             # failed or did not reach the payment (the DAG's trigger rule is all_done).
             payer = None

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
@@ -611,6 +612,33 @@ def test_steps_read_the_backlog_a_page_at_a_time_and_miss_nothing(peers, tmp_pat
     assert asked["QUERY"] == 31 and asked["GET_BILL"] == 12 and asked["payment_result"] == 20
     assert asked["dossier"] == 20 and asked["fees"] == 0, "one look-up per dossier, as in one page"
     assert_three_systems_agree(peers)
+
+
+def test_the_fee_and_ledger_steps_find_their_work_through_an_index_not_every_finished_payment(tmp_path):
+    """Each step's page query (the first and a keyset one) is answered through the index that starts
+    with its state, on a migrated SQLite bus database (the planner has no statistics there): a
+    run's cost follows its work, not the years of finished payments before it."""
+    from lienthong.store import Store
+
+    bus = Store(f"sqlite:///{tmp_path / 'bus.db'}")
+    bus.create_schema()
+    try:
+        for work, index in ((payment_receipts.FEES_WORK, "ix_payment_txn_fees_work"),
+                            (payment_receipts.LEDGER_WORK, "ix_payment_txn_ledger_work")):
+            pages: list[str] = []
+
+            def read(page, pages=pages):  # a full first page, then none: the pager asks for a keyset page
+                pages.append(str(page.compile(bus.engine, compile_kwargs={"literal_binds": True})))
+                return [SimpleNamespace(reference="R1")] * payment_receipts.PAGE if len(pages) == 1 else []
+
+            list(payment_receipts._pages(work, read))  # noqa: SLF001 - the steps' own pager
+            assert len(pages) == 2 and "payment_txn.reference) > ('R1')" in pages[1], pages
+            with bus.engine.connect() as conn:
+                for sql in pages:
+                    plan = " | ".join(r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+                    assert f"USING INDEX {index}" in plan, (sql, plan)
+    finally:
+        bus.dispose()
 
 
 def test_one_read_of_a_paid_payments_dossier_serves_both_steps_and_the_name_is_erased_once_booked(peers, tmp_path):
