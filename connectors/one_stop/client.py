@@ -157,17 +157,20 @@ class OneStopClient:
                 )
             cursor = page.next_cursor
 
+    def _page(self, path: str, operation: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """One page of a paged list answer ``{items, page, size, total}``: its items and the total."""
+        data = self._json(self.transport.send("GET", path, operation=operation, params=params), operation)
+        problem = _page_problem(data)
+        if problem:
+            raise ProtocolError(f"{PEER} {operation}: unexpected answer shape ({problem})", peer=PEER,
+                                operation=operation)
+        return data["items"], data["total"]
+
     def _pages(self, path: str, operation: str, params: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
         """Every page of a paged list answer ``{items, page, size, total}``."""
         page, seen = 1, 0
         while True:
-            data = self._json(self.transport.send("GET", path, operation=operation, params={**params, "page": page}),
-                              operation)
-            problem = _page_problem(data)
-            if problem:
-                raise ProtocolError(f"{PEER} {operation}: unexpected answer shape ({problem})", peer=PEER,
-                                    operation=operation)
-            items, total = data["items"], data["total"]
+            items, total = self._page(path, operation, {**params, "page": page})
             if items:
                 yield items
             seen += len(items)
@@ -251,14 +254,8 @@ class OneStopClient:
     def payments_page(self, page: int, size: int | None = None, status: str = "all") -> tuple[list[dict[str, Any]], int]:
         """One page of the payment requests (in creation order) and how many there are in all: a
         reader of the newest ones reads the last pages, from ``ceil(total / size)`` back."""
-        params = {"size": size or self.page_size, "page": page, "status": status}
-        data = self._json(self.transport.send("GET", "/api/v1/payments", operation="payments", params=params),
-                          "payments")
-        problem = _page_problem(data)
-        if problem:
-            raise ProtocolError(f"{PEER} payments: unexpected answer shape ({problem})", peer=PEER,
-                                operation="payments")
-        return data["items"], data["total"]
+        return self._page("/api/v1/payments", "payments",
+                          {"size": size or self.page_size, "page": page, "status": status})
 
     def get_payment(self, reference: str) -> dict[str, Any] | None:
         """One payment request by its reference (MaThamChieu), or ``None`` when the one-stop has none."""
