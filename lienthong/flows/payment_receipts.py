@@ -566,6 +566,16 @@ def _payer(onestop: Any, dossier_code: str) -> str | None:
     return None if dossier is None else str(dossier.get("applicantName") or "")
 
 
+def _remembered_payer(payers: dict[str, str | None], onestop: Any, dossier_code: str) -> str | None:
+    """:func:`_payer`, read once per dossier by a step (``payers``: what it read, at most
+    :data:`LOOKUPS` dossiers, then afresh: memory, not correctness)."""
+    if dossier_code not in payers:
+        if len(payers) >= LOOKUPS:
+            payers.clear()
+        payers[dossier_code] = _payer(onestop, dossier_code)
+    return payers[dossier_code]
+
+
 def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport:
     """Step 2: record finished transactions at the one-stop where its callback did not.
 
@@ -577,11 +587,7 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
         payers: dict[str, str | None] = {}
         for row in _unblocked(store, FEES_WORK):
             code = row.dossier_code or ""
-            if code not in payers:
-                if len(payers) >= LOOKUPS:
-                    payers.clear()
-                payers[code] = _payer(onestop, code)
-            payer = payers[code]
+            payer = _remembered_payer(payers, onestop, code)
             # kept for the ledger step while its receipt is still to be booked
             named = {"payer_name": payer} if (payer is not None and row.platform_status == "paid"
                                               and row.ledger_state in ("todo", "held")) else {}
@@ -670,11 +676,7 @@ def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, bat
             else:
                 payer = row.payer_name
                 if payer is None:  # the fee step has not looked the dossier up (yet)
-                    if row.dossier_code not in payers:
-                        if len(payers) >= LOOKUPS:
-                            payers.clear()
-                        payers[row.dossier_code] = _payer(onestop, row.dossier_code)
-                    payer = payers[row.dossier_code]
+                    payer = _remembered_payer(payers, onestop, row.dossier_code)
                 hold = "unknown_dossier" if payer is None else None
             if hold:
                 report.held[hold] += 1
