@@ -546,13 +546,16 @@ class FeeReport:
                 "fees_rejected": len(self.rejected), "fee_rejections": self.rejected}
 
 
+#: A step's states of a payment it still has to do (``onestop_state``, ``ledger_state``): not done
+#: yet, or held (asked again at every run).
+WAITING = ("todo", "held")
 #: The fee step's work: finished payments not yet recorded at the one-stop, or held; and the ledger
 #: step's: paid ones with their receipt not yet booked, or held. Each is read through an index that
 #: starts with its state (``ix_payment_txn_fees_work``, ``ix_payment_txn_ledger_work``), so a run
 #: reads its own work, not every payment the years before finished.
-FEES_WORK = select(payment_txn).where(payment_txn.c.onestop_state.in_(("todo", "held")),
+FEES_WORK = select(payment_txn).where(payment_txn.c.onestop_state.in_(WAITING),
                                       payment_txn.c.platform_status.in_(("paid", "failed")))
-LEDGER_WORK = select(payment_txn).where(payment_txn.c.ledger_state.in_(("todo", "held")),
+LEDGER_WORK = select(payment_txn).where(payment_txn.c.ledger_state.in_(WAITING),
                                         payment_txn.c.platform_status == "paid",
                                         payment_txn.c.receipt_sha256.is_not(None))
 
@@ -590,7 +593,7 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
             payer = _remembered_payer(payers, onestop, code)
             # kept for the ledger step while its receipt is still to be booked
             named = {"payer_name": payer} if (payer is not None and row.platform_status == "paid"
-                                              and row.ledger_state in ("todo", "held")) else {}
+                                              and row.ledger_state in WAITING) else {}
             hold = None
             if row.onestop_status == "unmatched":
                 hold = "unmatched_payment"
