@@ -892,7 +892,7 @@ def test_a_reconciliation_between_full_ones_checks_what_changed_and_the_open_mis
                                                                                          monkeypatch, database):
     """The first reconciliation is full; the next ones, within a day, check the transactions that
     changed since the last and those with open mismatches: the one-stop asked for each of them
-    (no listing), the ledger for the days around their payments only. A receipt added at the
+    (no listing), the ledger for the minutes around their payments only. A receipt added at the
     ledger for an old, unchanged payment is not seen by such a pass; the next full one (a day
     later, or asked for) finds it, and from then on it is checked at every pass until resolved."""
     # the scope's temporary table and joins on the scale-out database too
