@@ -3,10 +3,12 @@
 The tree is the contract between connectors, the engine and the DAGs:
 
 * ``RetriableConnectorError`` — the peer could not be reached or answered with a transient
-  failure (timeouts, dropped connections, HTTP 5xx/429, an expired session). Retry the same
-  request later; nothing about the record is wrong.
+  failure (timeouts, dropped connections, HTTP 5xx/429, an expired session, an answer that
+  arrived unreadable: empty, cut short, an HTML page from a gateway). Retry the same request
+  later; nothing about the record is wrong.
 * ``FatalConnectorError`` — retrying will not help until a person changes something
-  (bad credentials, a reply we cannot parse, a 4xx from a misconfigured call). Give up the run.
+  (bad credentials, a readable reply that breaks the peer's contract, a 4xx from a misconfigured
+  call). Give up the run.
 * ``RecordRejected`` — this one record cannot pass (a mapping rule, a validation answer from the
   peer). Dead-letter it with its reason and carry on with the others. Two refusals of a payment
   result are told apart because a person reads them differently: ``PaymentConflict`` (the fee is
@@ -40,6 +42,7 @@ __all__ = [
     "RetriableConnectorError",
     "SessionExpired",
     "TransactionUnknown",
+    "UnreadableAnswer",
     "UnsafeXml",
 ]
 
@@ -78,6 +81,16 @@ class PeerUnavailable(RetriableConnectorError):
 
 class SessionExpired(RetriableConnectorError):
     """The peer refused our session token; logging in again and repeating the call is safe."""
+
+
+class UnreadableAnswer(RetriableConnectorError):
+    """The answer could not be read at all: an empty body, bytes that are not text in its charset,
+    JSON or XML that is not well formed (cut short, an HTML error page from a gateway), a PDF cut
+    short. What a proxy or a peer under load gives now and then: the same request may well be
+    answered properly next time, so it is retried like a 5xx, and a call that changes something
+    is never taken as done or not done on its strength. An answer that *can* be read but breaks
+    the peer's contract (a wrong shape or type, NaN, nesting too deep, too large) is a
+    :class:`ProtocolError`."""
 
 
 class FatalConnectorError(ConnectorError):

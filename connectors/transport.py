@@ -4,8 +4,12 @@ It owns five things no connector may forget: explicit timeouts, retries for retr
 only (with capped exponential back-off and jitter), redaction of secrets, a cap on the size of an
 answer (a peer cannot make us hold an unbounded body), and one exchange-log record per HTTP attempt
 (a Wire Tap, in Camel's words). Connectors call :meth:`HttpTransport.send` and never talk to
-``requests`` themselves; they read JSON answers with :func:`response_json`, which turns every way an
-answer can be unreadable (not UTF-8, not JSON, nested too deep) into a :class:`ProtocolError`.
+``requests`` themselves; they read JSON answers with :func:`response_json`, which tells an answer
+that cannot be read at all (empty, not text in its charset, not well-formed JSON: an
+:class:`UnreadableAnswer`, transient) from one that reads but cannot be trusted (NaN, nested too
+deep: a :class:`ProtocolError`). A transport given a ``read`` (:func:`read_json`, or a call's own)
+reads each answer inside its attempt loop, so an unreadable one is recorded and retried like a
+5xx (once read, the JSON is kept on the response: it is never parsed twice).
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ from connectors.errors import (
     PeerUnavailable,
     ProtocolError,
     RetriableConnectorError,
+    UnreadableAnswer,
 )
 
 __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_RESPONSE_BYTES",
+    "AnswerReader",
     "Exchange",
     "ExchangeRecorder",
     "HttpTransport",
@@ -43,6 +49,7 @@ __all__ = [
     "RetryPolicy",
     "parse_json",
     "read_capped",
+    "read_json",
     "redact_json",
     "response_json",
     "transport_options",
@@ -288,7 +295,11 @@ def parse_json(body: bytes, *, peer: str, operation: str, status: int | None = N
     Invalid bytes are never replaced: a name decoded with U+FFFD would be stored corrupted.
 
     Raises:
-        ProtocolError: naming the peer, the operation and what is wrong (never the body itself).
+        UnreadableAnswer: the body is empty, is not valid text in its charset, or is not
+            well-formed JSON (cut short, an HTML page): it may read next time.
+        ProtocolError: well-formed but not to be trusted: an unknown charset, NaN or Infinity,
+            nested deeper than ``max_depth``.
+        Both name the peer, the operation and what is wrong (never the body itself).
     """
     where = f"{peer} {operation}"
     suffix = f" (HTTP {status})" if status is not None else ""
@@ -297,23 +308,23 @@ def parse_json(body: bytes, *, peer: str, operation: str, status: int | None = N
     try:
         text = body.decode(codec)
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"{where}: answer is not valid {charset} text (byte 0x{body[exc.start]:02x} at offset "
-                            f"{exc.start}){suffix}", peer=peer, operation=operation, status=status) from None
+        raise UnreadableAnswer(f"{where}: answer is not valid {charset} text (byte 0x{body[exc.start]:02x} at "
+                               f"offset {exc.start}){suffix}", peer=peer, operation=operation, status=status) from None
     except LookupError:
         raise ProtocolError(f"{where}: answer declares an unknown charset {charset!r}{suffix}", peer=peer,
                             operation=operation, status=status) from None
     if not text.strip():
-        raise ProtocolError(f"{where}: answer is empty, not JSON{suffix}", peer=peer, operation=operation,
-                            status=status)
+        raise UnreadableAnswer(f"{where}: answer is empty, not JSON{suffix}", peer=peer, operation=operation,
+                               status=status)
     try:
         data = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise ProtocolError(f"{where}: answer nests JSON deeper than {max_depth} levels{suffix}", peer=peer,
                             operation=operation, status=status) from None
     except json.JSONDecodeError as exc:
-        raise ProtocolError(f"{where}: answer is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-                            f"{suffix}", peer=peer, operation=operation, status=status) from None
-    except ValueError as exc:
+        raise UnreadableAnswer(f"{where}: answer is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+                               f"{suffix}", peer=peer, operation=operation, status=status) from None
+    except ValueError as exc:  # NaN, Infinity (_reject_constant): well formed, not standard JSON
         raise ProtocolError(f"{where}: answer is not JSON ({exc}){suffix}", peer=peer, operation=operation,
                             status=status) from None
     # the text pre-check reads the bytes, so only when they are UTF-8 (else the exact walk alone)
@@ -324,10 +335,33 @@ def parse_json(body: bytes, *, peer: str, operation: str, status: int | None = N
     return data
 
 
+#: Where :func:`response_json` keeps an answer's parsed JSON on its response.
+_PARSED = "_lienthong_json"
+_UNREAD = object()
+
+
 def response_json(response: requests.Response, *, peer: str, operation: str) -> Any:
-    """:func:`parse_json` of a response's body, charset taken from its ``Content-Type``."""
-    return parse_json(response.content, peer=peer, operation=operation, status=response.status_code,
-                      content_type=response.headers.get("Content-Type", ""))
+    """:func:`parse_json` of a response's body, charset taken from its ``Content-Type``; parsed once
+    per response (the transport's ``read`` check, the connector's classifier and the connector
+    itself all ask for it)."""
+    parsed = response.__dict__.get(_PARSED, _UNREAD)
+    if parsed is not _UNREAD:
+        return parsed
+    parsed = parse_json(response.content, peer=peer, operation=operation, status=response.status_code,
+                        content_type=response.headers.get("Content-Type", ""))
+    response.__dict__[_PARSED] = parsed
+    return parsed
+
+
+#: Reads an answer inside the attempt loop of :meth:`HttpTransport.send` (its ``read``): called
+#: with the response, the peer and the operation; an :class:`UnreadableAnswer` it raises is
+#: recorded and retried like a 5xx, any other error ends the call.
+AnswerReader = Callable[[requests.Response, str, str], object]
+
+
+def read_json(response: requests.Response, peer: str, operation: str) -> Any:
+    """The :data:`AnswerReader` of JSON answers: :func:`response_json`."""
+    return response_json(response, peer=peer, operation=operation)
 
 
 def read_capped(response: requests.Response, limit: int) -> bool:
@@ -403,6 +437,8 @@ class HttpTransport:
         default_headers: sent on every call (secrets among them must also be in ``redact_headers``).
         seed: seeds the jitter so tests are reproducible.
         max_response_bytes: the largest answer body held; a larger one is refused (``ProtocolError``).
+        read: how every answer below 400 is read inside the attempt loop unless a call says
+            otherwise (:func:`read_json` for a peer that answers JSON; ``None``: not read here).
     """
 
     def __init__(
@@ -420,8 +456,10 @@ class HttpTransport:
         seed: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        read: AnswerReader | None = None,
     ):
         self.peer = peer
+        self.read = read
         self.max_response_bytes = max_response_bytes
         self.base_url = base_url.rstrip("/")
         self.recorder = recorder or NullRecorder()
@@ -452,16 +490,21 @@ class HttpTransport:
         record_keys: Iterable[str] = (),
         classify: Classifier | None = None,
         retry: bool = True,
+        read: AnswerReader | None = None,
     ) -> requests.Response:
         """Send one logical request, retrying retriable failures, recording every attempt.
 
         Returns the response for any HTTP status below 500 except 429 (the connector decides
-        what a 4xx means for its peer).
+        what a 4xx means for its peer). ``read`` (default: the transport's own) reads each answer
+        below 400 inside the attempt loop: one it finds unreadable is recorded as a
+        ``protocol_error`` and retried like a 5xx.
 
         Raises:
             PeerUnavailable: every attempt timed out, dropped, or got 5xx/429.
-            ProtocolError: the answer is larger than ``max_response_bytes`` or cannot be decoded
-                (never retried: the same request gets the same answer).
+            UnreadableAnswer: the last attempt's answer could not be read (see ``read``), or its
+                content encoding could not be decoded.
+            ProtocolError: the answer is larger than ``max_response_bytes`` (never retried: the
+                same request gets the same answer), or ``read`` found it untrustworthy.
         """
         url = f"{self.base_url}{path}"
         keys = tuple(record_keys)
@@ -475,6 +518,7 @@ class HttpTransport:
             send_headers["Content-Type"] = "application/json; charset=utf-8"
         send_headers.update(headers or {})
         attempts = self.retry.max_attempts if retry else 1
+        read = read or self.read
         last_error: RetriableConnectorError | None = None
         for attempt in range(1, attempts + 1):
             started = datetime.now(UTC)
@@ -508,8 +552,8 @@ class HttpTransport:
                 )
             except requests.exceptions.ContentDecodingError:
                 response = None
-                error = ProtocolError(f"{self.peer} {operation}: answer's content encoding cannot be decoded",
-                                      peer=self.peer, operation=operation)
+                error = UnreadableAnswer(f"{self.peer} {operation}: answer's content encoding cannot be decoded",
+                                         peer=self.peer, operation=operation)
             duration_ms = (time.perf_counter() - t0) * 1000
             if error is None and response is not None and (response.status_code >= 500 or response.status_code == 429):
                 error = PeerUnavailable(
@@ -518,8 +562,13 @@ class HttpTransport:
                     operation=operation,
                     status=response.status_code,
                 )
+            elif error is None and response is not None and read is not None and response.status_code < 400:
+                try:
+                    read(response, self.peer, operation)
+                except (UnreadableAnswer, ProtocolError) as exc:
+                    error = exc
             outcome, peer_code = "ok", None
-            if isinstance(error, ProtocolError):
+            if isinstance(error, (ProtocolError, UnreadableAnswer)):
                 outcome = "protocol_error"
             elif response is None:
                 outcome = "transport_error"

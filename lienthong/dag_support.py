@@ -3,9 +3,10 @@
 One of the two Airflow adapters besides ``connectors/hooks.py`` and ``lienthong/airflow_plugin.py``
 (tests/test_layout.py): DAG files import it at parse time, so it imports only ``airflow.sdk``.
 
-The retry rule of design §5: transport errors (``RetriableConnectorError``) and anything
-unexpected are retried with exponential back-off; errors a retry cannot fix — a peer refusing our
-credentials or our protocol (``FatalConnectorError``), a connection that is not configured
+The retry rule of design §5: transport errors (``RetriableConnectorError``: timeouts, 5xx, an
+answer that arrived unreadable) and anything unexpected are retried with exponential back-off;
+errors a retry cannot fix — a peer refusing our credentials, an answer that reads but breaks the
+peer's contract (``FatalConnectorError``), a connection that is not configured
 (``ConfigurationError``) — fail the task at once. Refused *records* never reach Airflow: the flows
 dead-letter them.
 """

@@ -42,6 +42,7 @@ from connectors.errors import (
     PeerUnavailable,
     ProtocolError,
     RecordRejected,
+    UnreadableAnswer,
     UnsafeXml,
 )
 from connectors.transport import (
@@ -109,6 +110,31 @@ def has_oversized_attribute(content: bytes) -> bool:
     (UTF-8; UTF-16/32 answers are checked with their NUL bytes dropped)."""
     return bool(_LONG_ATTRIBUTE.search(content)
                 or (b"\x00" in content and _LONG_ATTRIBUTE.search(content.replace(b"\x00", b""))))
+
+
+SOAP_ENVELOPE = "{http://schemas.xmlsoap.org/soap/envelope/}Envelope"
+#: Reads an answer only to see that it is a SOAP 1.1 envelope (zeep reads it for its content, with
+#: the same limits); DTDs and entities never reach it (:func:`looks_unsafe` refuses them first).
+_ENVELOPE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
+
+
+def unreadable_soap(content: bytes) -> str | None:
+    """What makes an answer unreadable as SOAP, or ``None``: XML that is not well formed (cut
+    short, an HTML error page, bytes that are not text in its encoding) or whose root is not a
+    SOAP 1.1 ``Envelope``. Never quotes the body. A body that declares a DTD or an entity is left
+    to zeep's hardened settings, which refuse it (``UnsafeXml``) even when the check before this
+    one (:func:`looks_unsafe`) is missing."""
+    if looks_unsafe(content):
+        return None
+    try:
+        root = etree.fromstring(content, _ENVELOPE_PARSER)
+    except etree.XMLSyntaxError as exc:
+        line, column = exc.position
+        return f"not well-formed XML (line {line}, column {column})"
+    if root.tag != SOAP_ENVELOPE:
+        local = etree.QName(root).localname if isinstance(root.tag, str) else "?"
+        return f"not a SOAP envelope (its root is <{local[:40]}>)"
+    return None
 
 
 def redact_soap(body: bytes) -> bytes:
@@ -218,8 +244,8 @@ class LedgerTransport(zeep.Transport):
                                     peer=PEER, operation=operation)
         except requests.exceptions.ContentDecodingError:
             response = None
-            error = ProtocolError(f"{PEER} {operation}: answer's content encoding cannot be decoded",
-                                  peer=PEER, operation=operation)
+            error = UnreadableAnswer(f"{PEER} {operation}: answer's content encoding cannot be decoded",
+                                     peer=PEER, operation=operation)
         duration_ms = (time.perf_counter() - t0) * 1000
         outcome, peer_code = "transport_error", None
         content = b""
@@ -242,6 +268,10 @@ class LedgerTransport(zeep.Transport):
                 error = UnsafeXml(f"{PEER} {operation}: the answer carries an attribute value longer than "
                                   f"{MAX_ATTRIBUTE_CHARS} characters; refused unread", peer=PEER, operation=operation,
                                   status=status)
+            elif status == 200 and (unreadable := unreadable_soap(content)) is not None:
+                outcome = "protocol_error"
+                error = UnreadableAnswer(f"{PEER} {operation}: unreadable answer: {unreadable} (HTTP {status})",
+                                         peer=PEER, operation=operation, status=status)
             elif status == 200:
                 outcome = "ok"
             elif status == 500 and media in _XML_TYPES and b"Fault" in content:
@@ -389,15 +419,16 @@ class ReceiptLedgerClient:
     # -- calls ---------------------------------------------------------------------------------
     def _call(self, operation: str, keys: Iterable[str], receipts: Sequence[dict[str, Any]] = (), **kwargs: Any
               ) -> Any:
-        """Call ``operation``, retrying PeerUnavailable with back-off; faults become error classes."""
+        """Call ``operation``, retrying PeerUnavailable and unreadable answers with back-off; faults
+        become error classes."""
         keys = tuple(dict.fromkeys(keys))
         attempts = max(1, self.retry.max_attempts)
-        last: PeerUnavailable | None = None
+        last: PeerUnavailable | UnreadableAnswer | None = None
         for attempt in range(1, attempts + 1):
             self.transport.begin(operation, keys, attempt)
             try:
                 return getattr(self.service, operation)(**kwargs)
-            except PeerUnavailable as exc:
+            except (PeerUnavailable, UnreadableAnswer) as exc:
                 last = exc
             except (ProtocolError, ConfigurationError):  # UnsafeXml and oversized answers among them
                 raise
@@ -417,6 +448,9 @@ class ReceiptLedgerClient:
                 if exc.status_code >= 500:
                     last = PeerUnavailable(f"{PEER} {operation}: HTTP {exc.status_code}", peer=PEER,
                                            operation=operation, status=exc.status_code)
+                elif exc.status_code == 200:  # the transport's own check (unreadable_soap) comes first
+                    last = UnreadableAnswer(f"{PEER} {operation}: unreadable answer (HTTP 200)", peer=PEER,
+                                            operation=operation, status=200)
                 else:
                     raise ProtocolError(f"{PEER} {operation}: unreadable answer (HTTP {exc.status_code})",
                                         peer=PEER, operation=operation, status=exc.status_code) from None

@@ -24,12 +24,14 @@ from connectors.errors import (
     PeerRejected,
     ProtocolError,
     SessionExpired,
+    UnreadableAnswer,
 )
 from connectors.transport import (
     MAX_RESPONSE_BYTES,
     ExchangeRecorder,
     HttpTransport,
     RetryPolicy,
+    read_json,
     response_json,
     transport_options,
 )
@@ -138,7 +140,7 @@ def _classify(response: requests.Response) -> tuple[str, str | None]:
     """Exchange-log outcome of an adapter answer: ok, or peer_error with the portal's code."""
     try:
         data = response_json(response, peer=PEER, operation="classify")
-    except ProtocolError:
+    except (ProtocolError, UnreadableAnswer):
         return "protocol_error", None
     if not isinstance(data, dict) or "error_code" not in data:
         return "protocol_error", None
@@ -200,6 +202,7 @@ class NationalPortalClient:
             max_response_bytes=max_response_bytes,
             redact_keys=("password", "session"),
             default_headers={"dstcode": dstcode} if dstcode else {},
+            read=read_json,  # every answer is JSON
         )
 
     @classmethod

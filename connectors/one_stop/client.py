@@ -19,12 +19,14 @@ from connectors.errors import (
     PeerRejected,
     ProtocolError,
     RecordRejected,
+    UnreadableAnswer,
 )
 from connectors.transport import (
     MAX_RESPONSE_BYTES,
     ExchangeRecorder,
     HttpTransport,
     RetryPolicy,
+    read_json,
     response_json,
     transport_options,
 )
@@ -91,6 +93,7 @@ class OneStopClient:
             max_response_bytes=max_response_bytes,
             default_headers={"X-Api-Key": api_key.reveal()},
             redact_headers=("X-Api-Key",),
+            read=read_json,  # every answer below 400 is JSON
         )
 
     @classmethod
@@ -396,7 +399,7 @@ def _error_body(response: requests.Response) -> dict[str, Any]:
     """A refusal's JSON object, or ``{}`` when the body is not one (its status still says enough)."""
     try:
         body = response_json(response, peer=PEER, operation="refusal")
-    except ProtocolError:
+    except (ProtocolError, UnreadableAnswer):
         return {}
     return body if isinstance(body, dict) else {}
 

@@ -29,12 +29,15 @@ from connectors.errors import (
     PeerRejected,
     ProtocolError,
     TransactionUnknown,
+    UnreadableAnswer,
 )
 from connectors.transport import (
     MAX_RESPONSE_BYTES,
+    AnswerReader,
     ExchangeRecorder,
     HttpTransport,
     RetryPolicy,
+    read_json,
     response_json,
     transport_options,
 )
@@ -164,13 +167,29 @@ class Bill:
     content_type: str
 
 
+def _read_bill(response: requests.Response, peer: str, operation: str) -> None:
+    """GET_BILL's :data:`~connectors.transport.AnswerReader`: a PDF whole from ``%PDF-`` to its
+    ``%%EOF`` marker (ISO 32000-1 §7.5.5), or a JSON answer (a refusal). A body labelled PDF that
+    is not one, or is cut short, is unreadable: it is fetched again, never kept as the receipt."""
+    if not response.headers.get("Content-Type", "").startswith("application/pdf"):
+        read_json(response, peer, operation)
+        return
+    pdf = response.content
+    if not pdf.startswith(b"%PDF-"):
+        raise UnreadableAnswer(f"{peer} {operation}: the body is not a PDF", peer=peer, operation=operation,
+                               status=response.status_code)
+    if b"%%EOF" not in pdf[-1024:]:
+        raise UnreadableAnswer(f"{peer} {operation}: the PDF is cut short (no %%EOF at its end); not kept as the "
+                               "receipt", peer=peer, operation=operation, status=response.status_code)
+
+
 def _classify(response: requests.Response) -> tuple[str, str | None]:
     """Exchange-log outcome: a PDF is ok; a JSON answer is ok for MaLoi "00", else peer_error."""
     if response.headers.get("Content-Type", "").startswith("application/pdf"):
         return "ok", OK
     try:
         data = response_json(response, peer=PEER, operation="classify")
-    except ProtocolError:
+    except (ProtocolError, UnreadableAnswer):
         return "protocol_error", None
     if not isinstance(data, dict):
         return "protocol_error", None
@@ -224,6 +243,7 @@ class PaymentPlatformClient:
             read_timeout=read_timeout,
             retry=retry,
             max_response_bytes=max_response_bytes,
+            read=read_json,  # every answer is JSON but GET_BILL's PDF (_read_bill)
         )
 
     @classmethod
@@ -269,9 +289,9 @@ class PaymentPlatformClient:
                 **fields, "ThoiGianGD": _wire_time(when or self._clock())}
 
     def _send(self, kind: str, body: dict[str, Any], keys: tuple[str, ...], *, retry: bool,
-              accept: str = "application/json") -> requests.Response:
+              accept: str = "application/json", read: AnswerReader | None = None) -> requests.Response:
         return self.transport.send("POST", self.path, operation=kind, json_body=self.sign(body), record_keys=keys,
-                                   classify=_classify, retry=retry, headers={"Accept": accept})
+                                   classify=_classify, retry=retry, headers={"Accept": accept}, read=read)
 
     def _answer(self, response: requests.Response, kind: str) -> dict[str, Any]:
         data = response_json(response, peer=PEER, operation=kind)
@@ -319,7 +339,8 @@ class PaymentPlatformClient:
             ChecksumMismatch: the answer's MaXacThuc is wrong (nothing in it is used).
             AuthenticationFailed: the platform refused our partner code or signature.
             PeerRejected: any other refusal, with the platform's message.
-            ProtocolError: the answer is not the documented JSON.
+            ProtocolError: the answer reads but is not the documented JSON.
+            UnreadableAnswer: every attempt's answer was unreadable (empty, not JSON).
             PeerUnavailable: transport failure or 5xx after retries.
         """
         keys = (reference, *record_keys)
@@ -375,24 +396,20 @@ class PaymentPlatformClient:
         Raises:
             BillNotAvailable: the transaction is not paid.
             TransactionUnknown: the platform holds no such reference.
-            ChecksumMismatch, AuthenticationFailed, PeerRejected, ProtocolError, PeerUnavailable: as ``query``.
+            ChecksumMismatch, AuthenticationFailed, PeerRejected, ProtocolError, UnreadableAnswer,
+            PeerUnavailable: as ``query`` (an unreadable answer includes a PDF that is not one or is
+            cut short).
         """
         keys = (reference, *record_keys)
         body = self._message("GET_BILL", reference, transaction_time)
-        response = self._send("GET_BILL", body, keys, retry=True, accept="application/pdf, application/json")
+        response = self._send("GET_BILL", body, keys, retry=True, accept="application/pdf, application/json",
+                              read=_read_bill)
         content_type = response.headers.get("Content-Type", "")
         if not content_type.startswith("application/pdf"):
             self._checked(self._answer(response, "GET_BILL"), "GET_BILL", reference)
             raise ProtocolError(f"{PEER} GET_BILL {reference}: a JSON success instead of the PDF",
                                 peer=PEER, operation="GET_BILL")
         pdf = response.content
-        if not pdf.startswith(b"%PDF-"):
-            raise ProtocolError(f"{PEER} GET_BILL {reference}: the body is not a PDF", peer=PEER,
-                                operation="GET_BILL", status=response.status_code)
-        if b"%%EOF" not in pdf[-1024:]:  # a PDF ends with its %%EOF marker (ISO 32000-1 §7.5.5)
-            raise ProtocolError(f"{PEER} GET_BILL {reference}: the PDF is cut short (no %%EOF at its end); "
-                                "not kept as the receipt", peer=PEER, operation="GET_BILL",
-                                status=response.status_code)
         labelled = re.search(rb"So bien lai: (BL\d{4}-\d{6})", pdf)
         found = labelled.group(1) if labelled else (m.group(0) if (m := _RECEIPT_NO.search(pdf)) else None)
         return Bill(reference=reference, pdf=pdf, sha256=hashlib.sha256(pdf).hexdigest(),
@@ -418,7 +435,8 @@ class PaymentPlatformClient:
 
         Raises:
             PeerRejected: the platform refused the message (a missing field, a reference in use...).
-            ChecksumMismatch, AuthenticationFailed, ProtocolError, PeerUnavailable: as ``query``.
+            ChecksumMismatch, AuthenticationFailed, ProtocolError, UnreadableAnswer, PeerUnavailable:
+            as ``query``.
         """
         if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
             raise ValueError("amount must be a positive whole number of VND")

@@ -79,6 +79,7 @@ from connectors.errors import (
     ProtocolError,
     RecordRejected,
     TransactionUnknown,
+    UnreadableAnswer,
 )
 from lienthong.exchange_log import answer_transactions, put_blob, read_blob
 from lienthong.mapping import RecordInvalid, load_mapping
@@ -458,7 +459,8 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
                                  [{"field": "MaXacThuc", "rule": "checksum", "message": str(exc)}],
                                  {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
                     continue
-                except ProtocolError as exc:  # an answer that cannot be read at all: nothing learnt, ask again
+                except (UnreadableAnswer, ProtocolError) as exc:  # unreadable after retries, or not the
+                    # documented answer: nothing learnt, ask again
                     _unreadable(report, row.reference, "QUERY", exc)
                     ask_again(row)
                     continue
@@ -493,7 +495,7 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
                              [{"field": "GET_BILL", "rule": "receipt", "message": str(exc)}],
                              {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
                 continue
-            except ProtocolError as exc:  # a truncated or foreign body, not a receipt: fetch it again
+            except (UnreadableAnswer, ProtocolError) as exc:  # a PDF cut short, a foreign body: fetch it again
                 _unreadable(report, row.reference, "GET_BILL", exc)
                 ask_again(row)
                 continue
@@ -509,10 +511,12 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
     return report
 
 
-def _unreadable(report: CollectReport, reference: str, operation: str, exc: ProtocolError) -> None:
-    """An answer that is not the platform's at all (not JSON, truncated, an error page, not a PDF)
-    says nothing about the payment: it stays where it was and is asked again when next due. Only an
-    answer that reads but fails its checksum is dead-lettered (it may have been tampered with)."""
+def _unreadable(report: CollectReport, reference: str, operation: str,
+                exc: UnreadableAnswer | ProtocolError) -> None:
+    """An answer that is not the platform's at all (not JSON, truncated, an error page, not a PDF,
+    still so after the transport's retries) says nothing about the payment: it stays where it was
+    and is asked again when next due. Only an answer that reads but fails its checksum is
+    dead-lettered (it may have been tampered with)."""
     report.unreadable += 1
     log.warning("payment %s: %s answer unreadable (%s); asked again when next due", reference, operation, exc)
 

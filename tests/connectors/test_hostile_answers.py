@@ -2,9 +2,11 @@
 
 Each answer must end in one error class from ``connectors.errors`` that names the peer, the
 operation and what was wrong; never a ``RecursionError``, ``UnicodeDecodeError``, ``KeyError`` or
-a value silently replaced; never more than the transport's cap held in memory; never retried
-(the same request gets the same answer); always written to the exchange log; and never a secret
-in the message.
+a value silently replaced; never more than the transport's cap held in memory; always written to
+the exchange log; and never a secret in the message. An answer that cannot be read at all (empty,
+not text, not well-formed: what a gateway or a peer under load gives now and then) is an
+``UnreadableAnswer``, retried like a 5xx; one that reads but cannot be trusted (NaN, too deep, too
+large, a wrong shape) is a ``ProtocolError``, never retried (the same request gets the same answer).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from connectors.connection import ConnectionSpec, Secret
-from connectors.errors import AuthenticationFailed, ProtocolError, UnsafeXml
+from connectors.errors import AuthenticationFailed, ProtocolError, UnreadableAnswer, UnsafeXml
 from connectors.ministry_ledger import ReceiptLedgerClient
 from connectors.national_portal.client import NationalPortalClient
 from connectors.one_stop.client import OneStopClient
@@ -117,26 +119,29 @@ def streamed(total: int) -> Callable[[], Iterator[bytes]]:
 
 
 BAD_JSON = {
-    # case: (body, content type, what the message says)
-    "not-json": (b"<html><body>502 Bad Gateway</body></html>", "text/html", "answer is not JSON (Expecting value "
-                                                                             "at line 1 column 1)"),
-    "truncated": (b'{"error_code": 0, "message": "Th', JSON, "answer is not JSON (Unterminated string"),
-    "empty": (b"", JSON, "answer is empty, not JSON"),
-    "invalid-utf8": ('{"error_code": 0, "message": "Nguy'.encode() + b"\xe1\xbb" + b'n"}', JSON,
+    # case: (body, content type, error class, what the message says)
+    "not-json": (b"<html><body>502 Bad Gateway</body></html>", "text/html", UnreadableAnswer,
+                 "answer is not JSON (Expecting value at line 1 column 1)"),
+    "truncated": (b'{"error_code": 0, "message": "Th', JSON, UnreadableAnswer, "answer is not JSON (Unterminated string"),
+    "empty": (b"", JSON, UnreadableAnswer, "answer is empty, not JSON"),
+    "invalid-utf8": ('{"error_code": 0, "message": "Nguy'.encode() + b"\xe1\xbb" + b'n"}', JSON, UnreadableAnswer,
                      "answer is not valid utf-8 text (byte 0xe1 at offset 34)"),
-    "latin1-declared-utf8": ('{"message": "Lê Văn"}'.encode("cp1258", "replace"), JSON,
+    "latin1-declared-utf8": ('{"message": "Lê Văn"}'.encode("cp1258", "replace"), JSON, UnreadableAnswer,
                              "answer is not valid utf-8 text"),
-    "nan": (b'{"error_code": NaN, "items": []}', JSON, "answer is not JSON (NaN is not a JSON value)"),
-    "deep-10000": (deep(10_000), JSON, "answer nests JSON deeper than 64 levels"),
-    "deep-100": (deep(100), JSON, "answer nests JSON deeper than 64 levels"),
-    "ten-mb": (b'{"error_code": 0, "message": "' + b"A" * TEN_MB + b'"}', JSON,
+    "nan": (b'{"error_code": NaN, "items": []}', JSON, ProtocolError, "answer is not JSON (NaN is not a JSON value)"),
+    "deep-10000": (deep(10_000), JSON, ProtocolError, "answer nests JSON deeper than 64 levels"),
+    "deep-100": (deep(100), JSON, ProtocolError, "answer nests JSON deeper than 64 levels"),
+    "ten-mb": (b'{"error_code": 0, "message": "' + b"A" * TEN_MB + b'"}', JSON, ProtocolError,
                f"answer larger than {MAX_RESPONSE_BYTES} bytes (HTTP 200); refused unread"),
 }
+#: How many times a retried call is sent (RETRY) and how many times one that is never retried is.
+SENT = {UnreadableAnswer: RETRY.max_attempts, ProtocolError: 1}
 
 
-def check(exc: BaseException, peer: str, operation: str, expected: str, recorder: MemoryRecorder) -> None:
+def check(exc: BaseException, peer: str, operation: str, expected: str, recorder: MemoryRecorder,
+          error: type[Exception] = ProtocolError) -> None:
     """The error names peer and operation, says what was wrong, hides secrets; the attempt is logged."""
-    assert type(exc) is ProtocolError, repr(exc)
+    assert type(exc) is error, repr(exc)
     assert (exc.peer, exc.operation) == (peer, operation)
     assert str(exc).startswith(f"{peer} {operation}")
     assert expected in str(exc)
@@ -153,15 +158,38 @@ def onestop(server: HostileServer, recorder: MemoryRecorder) -> OneStopClient:
 
 
 @pytest.mark.parametrize("case", sorted(BAD_JSON))
-def test_onestop_unreadable_answer_is_a_protocol_error_never_retried(server, case):
-    body, content_type, expected = BAD_JSON[case]
+def test_onestop_unreadable_answer_is_retried_and_an_untrusted_one_is_not(server, case):
+    body, content_type, error, expected = BAD_JSON[case]
     server.answers["*"] = Answer(body, content_type)
     recorder = MemoryRecorder()
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises((UnreadableAnswer, ProtocolError)) as info:
         onestop(server, recorder).changes()
-    check(info.value, "onestop", "changes", expected, recorder)
-    assert server.hits == {"/api/v1/dossiers/changes": 1}
-    assert [e.outcome for e in recorder.exchanges] == ["protocol_error" if case == "ten-mb" else "ok"]
+    check(info.value, "onestop", "changes", expected, recorder, error)
+    assert server.hits == {"/api/v1/dossiers/changes": SENT[error]}
+    assert [e.outcome for e in recorder.exchanges] == ["protocol_error"] * SENT[error]
+    assert [e.error.split(":")[0] for e in recorder.exchanges] == [error.__name__] * SENT[error]
+
+
+def test_an_answer_unreadable_once_is_read_on_the_next_attempt(server):
+    """A gateway's error page between two good answers costs one attempt, not the run; each
+    attempt is in the exchange log with what it met."""
+    good = json.dumps({"items": [], "nextCursor": "c0", "hasMore": False}).encode()
+    pages = iter([Answer(b"<html><body>502 Bad Gateway</body></html>", "text/html"), Answer(good)])
+    served: list[Answer] = []
+
+    class Once(dict):
+        def get(self, key, default=None):
+            if key == "/api/v1/dossiers/changes":
+                served.append(next(pages, served[-1] if served else None))
+                return served[-1]
+            return super().get(key, default)
+
+    server.answers = Once(server.answers)
+    recorder = MemoryRecorder()
+    page = onestop(server, recorder).changes()
+    assert (page.events, page.next_cursor, page.has_more) == ([], "c0", False)
+    assert [(e.attempt, e.outcome) for e in recorder.exchanges] == [(1, "protocol_error"), (2, "ok")]
+    assert recorder.exchanges[0].error.startswith("UnreadableAnswer: onestop changes: answer is not JSON")
 
 
 CHANGE_SHAPES = {
@@ -252,18 +280,29 @@ RECORD = {"MaHoSo": "000.00.01.H49-261102-0001", "TrangThaiHoSo": "2"}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_JSON))
-def test_portal_unreadable_answer_is_a_protocol_error(server, case):
-    body, content_type, expected = BAD_JSON[case]
+def test_portal_unreadable_answer_is_retried_and_an_untrusted_one_is_not(server, case):
+    body, content_type, error, expected = BAD_JSON[case]
     server.answers["*"] = Answer(body, content_type)
     recorder = MemoryRecorder()
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises((UnreadableAnswer, ProtocolError)) as info:
         portal(server, recorder).sync_dossiers([RECORD], is_updating=False)
-    check(info.value, "national_portal", "DongBoHoSoMC", expected, recorder)
-    assert server.hits == {"/auth": 1, "/integration": 1}
-    outcome = recorder.exchanges[-1].outcome
-    assert outcome == "protocol_error"
+    check(info.value, "national_portal", "DongBoHoSoMC", expected, recorder, error)
+    assert server.hits == {"/auth": 1, "/integration": SENT[error]}
+    assert [e.outcome for e in recorder.exchanges[1:]] == ["protocol_error"] * SENT[error]
     # the log-in answer's session never reaches the exchange log, even beside a broken answer
     assert not any(SESSION.encode() in e.request_body + e.response_body for e in recorder.exchanges)
+
+
+def test_portal_progress_unreadable_answer_is_not_repeated(server):
+    """Appending progress is not idempotent: an unreadable answer leaves it unknown whether the
+    portal applied it, so the transport never repeats it (the flow asks the portal instead); the
+    error is still an UnreadableAnswer, which Airflow retries."""
+    server.answers["*"] = Answer(b'{"error_code": 0, "mess', JSON)
+    recorder = MemoryRecorder()
+    with pytest.raises(UnreadableAnswer) as info:
+        portal(server, recorder).update_progress([{"MaHoSo": RECORD["MaHoSo"]}])
+    check(info.value, "national_portal", "CapNhatTienDoHoSoMC", "answer is not JSON", recorder, UnreadableAnswer)
+    assert server.hits == {"/auth": 1, "/integration": 1}
 
 
 @pytest.mark.parametrize("body, expected", [
@@ -319,14 +358,14 @@ def payments(server: HostileServer, recorder: MemoryRecorder) -> PaymentPlatform
 
 
 @pytest.mark.parametrize("case", sorted(BAD_JSON))
-def test_payment_platform_unreadable_answer_is_a_protocol_error(server, case):
-    body, content_type, expected = BAD_JSON[case]
+def test_payment_platform_unreadable_answer_is_retried_and_an_untrusted_one_is_not(server, case):
+    body, content_type, error, expected = BAD_JSON[case]
     server.answers["*"] = Answer(body, content_type)
     recorder = MemoryRecorder()
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises((UnreadableAnswer, ProtocolError)) as info:
         payments(server, recorder).query("DVC49REF0001")
-    check(info.value, "payment_platform", "QUERY", expected, recorder)
-    assert server.hits == {"/api/payment": 1}
+    check(info.value, "payment_platform", "QUERY", expected, recorder, error)
+    assert server.hits == {"/api/payment": SENT[error]}
 
 
 @pytest.mark.parametrize("body, expected", [
@@ -380,11 +419,13 @@ LEDGER_CASES = {
     "attribute-9MB": (soap(attr=" note='" + "A" * 9_000_000 + "'"), ProtocolError,
                       f"answer larger than {MAX_RESPONSE_BYTES} bytes (HTTP 200); refused unread"),
     "ten-mb-text": (soap(payer="A" * TEN_MB), ProtocolError, f"answer larger than {MAX_RESPONSE_BYTES} bytes"),
-    "malformed": (soap()[:-20], ProtocolError, "unreadable answer (HTTP 200)"),
-    "invalid-utf8": (soap(payer="Lê Văn An").replace("Lê".encode(), b"L\xc3"), ProtocolError,
-                     "unreadable answer (HTTP 200)"),
-    "deep": (soap(payer="<b>" * 5000 + "</b>" * 5000), ProtocolError, "unreadable answer (HTTP 200)"),
-    "html": (b"<html><body>oops</body></html>", ProtocolError, "the answer does not follow the WSDL"),
+    "malformed": (soap()[:-20], UnreadableAnswer, "unreadable answer: not well-formed XML (line 1, column "),
+    "invalid-utf8": (soap(payer="Lê Văn An").replace("Lê".encode(), b"L\xc3"), UnreadableAnswer,
+                     "unreadable answer: not well-formed XML (line 1, column "),
+    "deep": (soap(payer="<b>" * 5000 + "</b>" * 5000), UnreadableAnswer,
+             "unreadable answer: not well-formed XML (line 1, column "),
+    "html": (b"<html><body>oops</body></html>", UnreadableAnswer,
+             "unreadable answer: not a SOAP envelope (its root is <html>) (HTTP 200)"),
     "amount-wrong-type": (soap(amount="many"), ProtocolError,
                           "GetReceipt BL2026-000001: the answer's AmountVND is missing or not of its XSD type"),
 }
@@ -399,14 +440,16 @@ def test_ledger_hostile_or_malformed_answer(server, case):
     if error is None:
         assert client.get_receipt("BL2026-000001")["PayerName"] == "Lê Văn An"
         return
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises((UnreadableAnswer, ProtocolError)) as info:
         client.get_receipt("BL2026-000001")
     exc = info.value
     assert type(exc) is error, repr(exc)
     assert (exc.peer, exc.operation) == ("ministry_ledger", "GetReceipt")
     assert str(exc).startswith("ministry_ledger GetReceipt") and expected in str(exc)
     assert LEDGER_PASSWORD not in str(exc)
-    assert server.hits == {"/": 1}  # never retried
+    assert server.hits == {"/": SENT.get(error, 1)}  # only an unreadable answer is asked again
+    if error is UnreadableAnswer:
+        assert [e.outcome for e in recorder.exchanges] == ["protocol_error"] * RETRY.max_attempts
     logged = recorder.exchanges[-1]
     assert len(logged.response_body) <= 1_000_000 and LEDGER_PASSWORD.encode() not in logged.request_body
 

@@ -29,6 +29,33 @@ def test_tasks_have_retries_timeouts_and_known_pools(dagbag):
             assert t.pool in pools, (t.task_id, t.pool)
 
 
+def test_every_task_retries_what_may_pass_next_time_and_fails_at_once_on_the_rest(dagbag):
+    """Design §5: transport errors (an unreadable answer among them: a gateway's error page, a body
+    cut short) are retried with back-off; errors a retry cannot fix fail the task at once."""
+    from airflow.sdk import RetryAction
+
+    from connectors.errors import (
+        AuthenticationFailed,
+        ChecksumMismatch,
+        ConfigurationError,
+        PeerUnavailable,
+        ProtocolError,
+        SessionExpired,
+        UnreadableAnswer,
+        UnsafeXml,
+    )
+
+    retried = [PeerUnavailable("p"), SessionExpired("s"), UnreadableAnswer("u"), RuntimeError("unexpected")]
+    fatal = [AuthenticationFailed("a"), ProtocolError("p"), ChecksumMismatch("c"), UnsafeXml("x"),
+             ConfigurationError("c")]
+    for dag in dagbag.dags.values():
+        for t in dag.tasks:
+            def decide(exc: BaseException, t=t) -> RetryAction:
+                return t.retry_policy.evaluate(exc, try_number=1, max_tries=t.retries + 1).action
+            assert [decide(exc) for exc in retried] == [RetryAction.DEFAULT] * len(retried), t.task_id
+            assert [decide(exc) for exc in fatal] == [RetryAction.FAIL] * len(fatal), t.task_id
+
+
 def test_dossier_dag_shape(dagbag):
     dag = dagbag.dags["sync_dossier_status"]
     assert [t.task_id for t in dag.topological_sort()] == [

@@ -28,6 +28,7 @@ from connectors.errors import (
     PeerUnavailable,
     ProtocolError,
     RecordRejected,
+    UnreadableAnswer,
     UnsafeXml,
 )
 from connectors.ministry_ledger import PEER, ReceiptInvalid, ReceiptLedgerClient, SubmitResult
@@ -389,11 +390,11 @@ def test_a_request_fault_is_a_protocol_error(recorder):
     (b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html", 502, PeerUnavailable, 3),
     (b"<html><body><h1>500 Internal Server Error</h1></body></html>", "text/html", 500, PeerUnavailable, 3),
     (b"not xml at all", "text/xml", 500, PeerUnavailable, 3),
-    (b"not xml at all", "text/xml", 200, ProtocolError, 1),
+    (b"not xml at all", "text/xml", 200, UnreadableAnswer, 3),
     (b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><soap:Fault>'
      b"<faultcode>soap:Server</faultcode><faultstring>database busy</faultstring></soap:Fault></soap:Body>"
      b"</soap:Envelope>", "text/xml", 500, PeerUnavailable, 3),
-    (b"<a>well-formed but not SOAP</a>", "text/xml", 200, ProtocolError, 1),
+    (b"<a>well-formed but not SOAP</a>", "text/xml", 200, UnreadableAnswer, 3),
 ], ids=["html-502", "html-500", "garbage-500", "garbage-200", "server-fault-500", "not-soap-200"])
 def test_error_pages_and_garbage(recorder, body, content_type, status, expected, attempts):
     server = Hostile(body, content_type=content_type, status=status)

@@ -25,6 +25,7 @@ from connectors.errors import (
     RecordRejected,
     RetriableConnectorError,
     TransactionUnknown,
+    UnreadableAnswer,
 )
 from connectors.payment_platform import PEER, PaymentPlatformClient
 from connectors.payment_platform.client import ANSWER_ORDERS, REQUEST_ORDERS, VN_TZ, checksum
@@ -234,15 +235,20 @@ def test_get_bill_returns_the_pdf_with_its_hash_and_receipt_number(platform, rec
 
 def test_a_receipt_cut_short_or_replaced_is_never_taken_as_the_receipt(platform):
     """Found by the reliability harness (#7): a PDF cut short still starts with %PDF- and was kept
-    as the receipt (without its number). Every broken body the stand-in serves is refused."""
+    as the receipt (without its number). Every broken body the stand-in serves is refused as
+    unreadable, fetched again by the transport (each attempt logged as a protocol error), and the
+    receipt is taken only whole."""
     paid = first(platform, "paid")
     platform.faults.configure({"malformed_rate": 1.0, "operations": ["GET_BILL"], "seed": 5})
     try:
         messages = set()
         for _ in range(12):
-            with pytest.raises(ProtocolError) as info:
-                client(platform).get_bill(paid["MaThamChieu"])
+            recorder = MemoryRecorder()
+            with pytest.raises(UnreadableAnswer) as info:
+                client(platform, recorder).get_bill(paid["MaThamChieu"])
             messages.add("cut short" if "cut short" in str(info.value) else "not a PDF")
+            assert [(e.attempt, e.outcome) for e in recorder.exchanges] == \
+                [(1, "protocol_error"), (2, "protocol_error"), (3, "protocol_error")]
         assert messages == {"cut short", "not a PDF"}
     finally:
         platform.faults.clear()
