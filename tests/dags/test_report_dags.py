@@ -15,13 +15,6 @@ pytestmark = pytest.mark.airflow
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 
-@pytest.fixture(scope="session")
-def airflow_db():
-    from airflow.utils import db
-
-    db.resetdb()
-
-
 @pytest.fixture(scope="module")
 def dagbag():
     from airflow.models import DagBag

@@ -17,13 +17,6 @@ pytestmark = pytest.mark.airflow
 T = 10
 
 
-@pytest.fixture(scope="session")
-def airflow_db():
-    from airflow.utils import db
-
-    db.resetdb()
-
-
 @pytest.fixture(scope="module")
 def dag():
     from pathlib import Path

@@ -24,13 +24,6 @@ from tests.lienthong.flows.test_payment_receipts import (
 pytestmark = pytest.mark.airflow
 
 
-@pytest.fixture(scope="session")
-def airflow_db():
-    from airflow.utils import db
-
-    db.resetdb()
-
-
 @pytest.fixture
 def peers(tmp_path, monkeypatch):
     peers = Peers(tmp_path / "mocks")
