@@ -84,13 +84,13 @@ class SessionExpired(RetriableConnectorError):
 
 
 class UnreadableAnswer(RetriableConnectorError):
-    """The answer could not be read at all: an empty body, bytes that are not text in its charset,
-    JSON or XML that is not well formed (cut short, an HTML error page from a gateway), a PDF cut
-    short. What a proxy or a peer under load gives now and then: the same request may well be
-    answered properly next time, so it is retried like a 5xx, and a call that changes something
-    is never taken as done or not done on its strength. An answer that *can* be read but breaks
-    the peer's contract (a wrong shape or type, NaN, nesting too deep, too large) is a
-    :class:`ProtocolError`."""
+    """A success's answer (2xx) could not be read at all: an empty body, bytes that are not text in
+    its charset, JSON or XML that is not well formed (cut short, an HTML error page from a
+    gateway), a PDF cut short. What a proxy or a peer under load gives now and then: the same
+    request may well be answered properly next time, so it is retried like a 5xx, and a call that
+    changes something is never taken as done or not done on its strength. An answer that *can* be read but breaks
+    the peer's contract (a wrong shape or type, NaN, nesting too deep, too large), and a 3xx or
+    4xx whose body does not read, are a :class:`ProtocolError`."""
 
 
 class FatalConnectorError(ConnectorError):

@@ -295,35 +295,40 @@ def parse_json(body: bytes, *, peer: str, operation: str, status: int | None = N
     Invalid bytes are never replaced: a name decoded with U+FFFD would be stored corrupted.
 
     Raises:
-        UnreadableAnswer: the body is empty, is not valid text in its charset, or is not
-            well-formed JSON (cut short, an HTML page): it may read next time.
+        UnreadableAnswer: a success (2xx, or no ``status``) whose body is empty, is not valid text
+            in its charset, or is not well-formed JSON (cut short, an HTML page): it may read
+            next time.
         ProtocolError: well-formed but not to be trusted: an unknown charset, NaN or Infinity,
-            nested deeper than ``max_depth``.
+            nested deeper than ``max_depth``; and any body of a 3xx or 4xx that does not read
+            (the status is the answer: the same call gets it again).
         Both name the peer, the operation and what is wrong (never the body itself).
     """
     where = f"{peer} {operation}"
     suffix = f" (HTTP {status})" if status is not None else ""
+    # only a success's body can arrive garbled and read next time; a 3xx or 4xx that cannot be
+    # read is still the peer's refusal of this call
+    unreadable = UnreadableAnswer if status is None or 200 <= status < 300 else ProtocolError
     charset = _charset(content_type) or "utf-8"
     codec = "utf-8-sig" if charset.replace("_", "-") in ("utf-8", "utf8") else charset
     try:
         text = body.decode(codec)
     except UnicodeDecodeError as exc:
-        raise UnreadableAnswer(f"{where}: answer is not valid {charset} text (byte 0x{body[exc.start]:02x} at "
-                               f"offset {exc.start}){suffix}", peer=peer, operation=operation, status=status) from None
+        raise unreadable(f"{where}: answer is not valid {charset} text (byte 0x{body[exc.start]:02x} at "
+                         f"offset {exc.start}){suffix}", peer=peer, operation=operation, status=status) from None
     except LookupError:
         raise ProtocolError(f"{where}: answer declares an unknown charset {charset!r}{suffix}", peer=peer,
                             operation=operation, status=status) from None
     if not text.strip():
-        raise UnreadableAnswer(f"{where}: answer is empty, not JSON{suffix}", peer=peer, operation=operation,
-                               status=status)
+        raise unreadable(f"{where}: answer is empty, not JSON{suffix}", peer=peer, operation=operation,
+                         status=status)
     try:
         data = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise ProtocolError(f"{where}: answer nests JSON deeper than {max_depth} levels{suffix}", peer=peer,
                             operation=operation, status=status) from None
     except json.JSONDecodeError as exc:
-        raise UnreadableAnswer(f"{where}: answer is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-                               f"{suffix}", peer=peer, operation=operation, status=status) from None
+        raise unreadable(f"{where}: answer is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+                         f"{suffix}", peer=peer, operation=operation, status=status) from None
     except ValueError as exc:  # NaN, Infinity (_reject_constant): well formed, not standard JSON
         raise ProtocolError(f"{where}: answer is not JSON ({exc}){suffix}", peer=peer, operation=operation,
                             status=status) from None
@@ -437,7 +442,7 @@ class HttpTransport:
         default_headers: sent on every call (secrets among them must also be in ``redact_headers``).
         seed: seeds the jitter so tests are reproducible.
         max_response_bytes: the largest answer body held; a larger one is refused (``ProtocolError``).
-        read: how every answer below 400 is read inside the attempt loop unless a call says
+        read: how every 2xx answer is read inside the attempt loop unless a call says
             otherwise (:func:`read_json` for a peer that answers JSON; ``None``: not read here).
     """
 
@@ -495,8 +500,8 @@ class HttpTransport:
         """Send one logical request, retrying retriable failures, recording every attempt.
 
         Returns the response for any HTTP status below 500 except 429 (the connector decides
-        what a 4xx means for its peer). ``read`` (default: the transport's own) reads each answer
-        below 400 inside the attempt loop: one it finds unreadable is recorded as a
+        what a 4xx means for its peer). ``read`` (default: the transport's own) reads each 2xx
+        answer inside the attempt loop: one it finds unreadable is recorded as a
         ``protocol_error`` and retried like a 5xx.
 
         Raises:
@@ -562,7 +567,7 @@ class HttpTransport:
                     operation=operation,
                     status=response.status_code,
                 )
-            elif error is None and response is not None and read is not None and response.status_code < 400:
+            elif error is None and response is not None and read is not None and 200 <= response.status_code < 300:
                 try:
                     read(response, self.peer, operation)
                 except (UnreadableAnswer, ProtocolError) as exc:

@@ -118,22 +118,29 @@ SOAP_ENVELOPE = "{http://schemas.xmlsoap.org/soap/envelope/}Envelope"
 _ENVELOPE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
 
 
-def unreadable_soap(content: bytes) -> str | None:
-    """What makes an answer unreadable as SOAP, or ``None``: XML that is not well formed (cut
-    short, an HTML error page, bytes that are not text in its encoding) or whose root is not a
-    SOAP 1.1 ``Envelope``. Never quotes the body. A body that declares a DTD or an entity is left
-    to zeep's hardened settings, which refuse it (``UnsafeXml``) even when the check before this
-    one (:func:`looks_unsafe`) is missing."""
+def soap_answer_problem(content: bytes) -> tuple[type[UnreadableAnswer | ProtocolError], str] | None:
+    """What is wrong with a 200 answer as SOAP, or ``None``, never quoting the body:
+
+    * ``UnreadableAnswer`` (it may read next time): XML that is not well formed (cut short, an HTML
+      error page, bytes that are not text in its encoding), or whose root is not a SOAP 1.1
+      ``Envelope``;
+    * ``ProtocolError`` (the same answer every time): XML past libxml2's limits (nesting deeper
+      than 256 levels, a text node over 10 MB), as JSON nested too deep is.
+
+    A body that declares a DTD or an entity is left to zeep's hardened settings, which refuse it
+    (``UnsafeXml``) even when the check before this one (:func:`looks_unsafe`) is missing."""
     if looks_unsafe(content):
         return None
     try:
         root = etree.fromstring(content, _ENVELOPE_PARSER)
     except etree.XMLSyntaxError as exc:
         line, column = exc.position
-        return f"not well-formed XML (line {line}, column {column})"
+        if exc.code == etree.ErrorTypes.ERR_RESOURCE_LIMIT:
+            return ProtocolError, f"the answer is past the XML parser's limits (line {line}, column {column})"
+        return UnreadableAnswer, f"unreadable answer: not well-formed XML (line {line}, column {column})"
     if root.tag != SOAP_ENVELOPE:
         local = etree.QName(root).localname if isinstance(root.tag, str) else "?"
-        return f"not a SOAP envelope (its root is <{local[:40]}>)"
+        return UnreadableAnswer, f"unreadable answer: not a SOAP envelope (its root is <{local[:40]}>)"
     return None
 
 
@@ -268,10 +275,11 @@ class LedgerTransport(zeep.Transport):
                 error = UnsafeXml(f"{PEER} {operation}: the answer carries an attribute value longer than "
                                   f"{MAX_ATTRIBUTE_CHARS} characters; refused unread", peer=PEER, operation=operation,
                                   status=status)
-            elif status == 200 and (unreadable := unreadable_soap(content)) is not None:
+            elif status == 200 and (problem := soap_answer_problem(content)) is not None:
                 outcome = "protocol_error"
-                error = UnreadableAnswer(f"{PEER} {operation}: unreadable answer: {unreadable} (HTTP {status})",
-                                         peer=PEER, operation=operation, status=status)
+                kind, what = problem
+                error = kind(f"{PEER} {operation}: {what} (HTTP {status})", peer=PEER, operation=operation,
+                             status=status)
             elif status == 200:
                 outcome = "ok"
             elif status == 500 and media in _XML_TYPES and b"Fault" in content:
@@ -448,7 +456,7 @@ class ReceiptLedgerClient:
                 if exc.status_code >= 500:
                     last = PeerUnavailable(f"{PEER} {operation}: HTTP {exc.status_code}", peer=PEER,
                                            operation=operation, status=exc.status_code)
-                elif exc.status_code == 200:  # the transport's own check (unreadable_soap) comes first
+                elif exc.status_code == 200:  # the transport's own check (soap_answer_problem) comes first
                     last = UnreadableAnswer(f"{PEER} {operation}: unreadable answer (HTTP 200)", peer=PEER,
                                             operation=operation, status=200)
                 else:

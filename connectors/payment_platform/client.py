@@ -409,6 +409,11 @@ class PaymentPlatformClient:
             self._checked(self._answer(response, "GET_BILL"), "GET_BILL", reference)
             raise ProtocolError(f"{PEER} GET_BILL {reference}: a JSON success instead of the PDF",
                                 peer=PEER, operation="GET_BILL")
+        if response.status_code != 200:  # a gateway's error page labelled PDF is no receipt
+            raise ProtocolError(f"{PEER} GET_BILL {reference}: HTTP {response.status_code} with a PDF body; "
+                                "not kept as the receipt", peer=PEER, operation="GET_BILL",
+                                status=response.status_code)
+        _read_bill(response, PEER, "GET_BILL")  # read in the transport too: never kept unchecked
         pdf = response.content
         labelled = re.search(rb"So bien lai: (BL\d{4}-\d{6})", pdf)
         found = labelled.group(1) if labelled else (m.group(0) if (m := _RECEIPT_NO.search(pdf)) else None)

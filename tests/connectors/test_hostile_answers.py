@@ -293,6 +293,31 @@ def test_portal_unreadable_answer_is_retried_and_an_untrusted_one_is_not(server,
     assert not any(SESSION.encode() in e.request_body + e.response_body for e in recorder.exchanges)
 
 
+GATEWAY_404 = b"<html><head><title>404 Not Found</title></head><body>nginx</body></html>"
+
+
+def test_portal_4xx_error_page_is_the_refusal_of_a_misconfigured_call_not_an_unreadable_answer(server):
+    """Only a success's body can arrive garbled: a 4xx page (a wrong endpoint path, a body too
+    large for a gateway) is what the same call gets again, so it fails the task at once."""
+    server.answers["/integration"] = Answer(GATEWAY_404, "text/html", status=404)
+    recorder = MemoryRecorder()
+    with pytest.raises((UnreadableAnswer, ProtocolError)) as info:
+        portal(server, recorder).lookup_dossier(RECORD["MaHoSo"])
+    check(info.value, "national_portal", "TraCuuHoSo", "answer is not JSON", recorder, ProtocolError)
+    assert str(info.value).endswith("(HTTP 404)")
+    assert server.hits == {"/auth": 1, "/integration": 1}
+
+
+@pytest.mark.parametrize("status", [300, 304])
+def test_onestop_unfollowed_3xx_is_not_asked_again(server, status):
+    server.answers["*"] = Answer(b"", "text/html", status=status)
+    recorder = MemoryRecorder()
+    with pytest.raises((UnreadableAnswer, ProtocolError)) as info:
+        onestop(server, recorder).changes()
+    check(info.value, "onestop", "changes", f"answer is empty, not JSON (HTTP {status})", recorder, ProtocolError)
+    assert server.hits == {"/api/v1/dossiers/changes": 1}
+
+
 def test_portal_progress_unreadable_answer_is_not_repeated(server):
     """Appending progress is not idempotent: an unreadable answer leaves it unknown whether the
     portal applied it, so the transport never repeats it (the flow asks the portal instead); the
@@ -368,6 +393,19 @@ def test_payment_platform_unreadable_answer_is_retried_and_an_untrusted_one_is_n
     assert server.hits == {"/api/payment": SENT[error]}
 
 
+@pytest.mark.parametrize("status", [404, 408, 413])
+def test_payment_platform_error_page_labelled_pdf_is_never_the_receipt(server, status):
+    """A gateway's 4xx page that keeps the receipt's Content-Type is refused (it was kept as the
+    receipt, without a number, for a moment in 960e30f: found in review)."""
+    server.answers["*"] = Answer(GATEWAY_404, "application/pdf", status=status)
+    recorder = MemoryRecorder()
+    with pytest.raises((UnreadableAnswer, ProtocolError)) as info:
+        payments(server, recorder).get_bill("DVC49REF0001")
+    check(info.value, "payment_platform", "GET_BILL", f"HTTP {status} with a PDF body; not kept as the receipt",
+          recorder, ProtocolError)
+    assert server.hits == {"/api/payment": 1}
+
+
 @pytest.mark.parametrize("body, expected", [
     ([{"MaLoi": "00"}], "answer has no MaLoi"),
     ({"LoaiBanTin": "QUERY"}, "answer has no MaLoi"),
@@ -422,8 +460,10 @@ LEDGER_CASES = {
     "malformed": (soap()[:-20], UnreadableAnswer, "unreadable answer: not well-formed XML (line 1, column "),
     "invalid-utf8": (soap(payer="Lê Văn An").replace("Lê".encode(), b"L\xc3"), UnreadableAnswer,
                      "unreadable answer: not well-formed XML (line 1, column "),
-    "deep": (soap(payer="<b>" * 5000 + "</b>" * 5000), UnreadableAnswer,
-             "unreadable answer: not well-formed XML (line 1, column "),
+    "deep": (soap(payer="<b>" * 5000 + "</b>" * 5000), ProtocolError,
+             "the answer is past the XML parser's limits (line 1, column "),
+    "deep-300": (soap(payer="<b>" * 300 + "</b>" * 300), ProtocolError,
+                 "the answer is past the XML parser's limits (line 1, column "),
     "html": (b"<html><body>oops</body></html>", UnreadableAnswer,
              "unreadable answer: not a SOAP envelope (its root is <html>) (HTTP 200)"),
     "amount-wrong-type": (soap(amount="many"), ProtocolError,
