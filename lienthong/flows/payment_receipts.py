@@ -60,6 +60,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -459,6 +460,9 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
                                  [{"field": "MaXacThuc", "rule": "checksum", "message": str(exc)}],
                                  {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
                     continue
+                except PeerRejected as exc:  # any other refusal of this payment: a person looks at it
+                    _refused_by_platform(begin, run_id, row, exc, report)
+                    continue
                 except (UnreadableAnswer, ProtocolError) as exc:  # unreadable after retries, or not the
                     # documented answer: nothing learnt, ask again
                     _unreadable(report, row.reference, "QUERY", exc)
@@ -495,6 +499,9 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
                              [{"field": "GET_BILL", "rule": "receipt", "message": str(exc)}],
                              {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
                 continue
+            except PeerRejected as exc:  # e.g. unknown to GET_BILL although QUERY said paid
+                _refused_by_platform(begin, run_id, row, exc, report)
+                continue
             except (UnreadableAnswer, ProtocolError) as exc:  # a PDF cut short, a foreign body: fetch it again
                 _unreadable(report, row.reference, "GET_BILL", exc)
                 ask_again(row)
@@ -509,6 +516,15 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
             report.paid += row.platform_status != "paid"
             report.bills += 1
     return report
+
+
+def _refused_by_platform(begin: Begin, run_id: str, row: Row, exc: PeerRejected, report: CollectReport) -> None:
+    """A signed, verified refusal of one payment's QUERY or GET_BILL that the flow has no rule for
+    (the platform's MaLoi and message are kept): dead-lettered, so it blocks neither the payments
+    due after it nor the next runs, and asked again once replayed."""
+    _dead_letter(begin, run_id, row.reference, "platform", exc, exc.error_dicts(),
+                 {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected,
+                 exc.peer_code or None)
 
 
 def _unreadable(report: CollectReport, reference: str, operation: str,
@@ -564,6 +580,14 @@ LEDGER_WORK = select(payment_txn).where(payment_txn.c.ledger_state.in_(WAITING),
                                         payment_txn.c.receipt_sha256.is_not(None))
 
 
+#: A paid payment keeps its applicant's name for the ledger step only while its receipt is still
+#: to be booked, judged when written: a ledger step running beside the fee step (a run by hand
+#: beside the DAG's) may have booked it, and erased the name, since the fee step read its page.
+_KEEP_PAYER = (update(payment_txn).where(payment_txn.c.reference == bindparam("b_reference"))
+               .values(payer_name=case((payment_txn.c.ledger_state.in_(WAITING), bindparam("b_payer")),
+                                       else_=None)))
+
+
 def _payer(onestop: Any, dossier_code: str) -> str | None:
     """The applicant's name on the one-stop's dossier (``""`` when it names none), or ``None`` when
     the one-stop does not hold the dossier: one ``GET /api/v1/dossiers/{no}`` answers both."""
@@ -592,12 +616,17 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
     report = FeeReport()
     with answer_transactions(store, onestop) as begin:
         payers: dict[str, str | None] = {}
+
+        def settle(row: Row, payer: str | None, **values: Any) -> None:
+            """Write what the step did, and keep a paid payment's payer for the ledger step."""
+            with begin() as conn:
+                _update(conn, row.reference, run_id, **values)
+                if payer is not None and row.platform_status == "paid":
+                    conn.execute(_KEEP_PAYER, {"b_reference": row.reference, "b_payer": payer})
+
         for row in _unblocked(store, FEES_WORK):
             code = row.dossier_code or ""
             payer = _remembered_payer(payers, onestop, code)
-            # kept for the ledger step while its receipt is still to be booked
-            named = {"payer_name": payer} if (payer is not None and row.platform_status == "paid"
-                                              and row.ledger_state in WAITING) else {}
             hold = None
             if row.onestop_status == "unmatched":
                 hold = "unmatched_payment"
@@ -607,7 +636,7 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
                 hold = "amount_differs"
             if hold:
                 report.held[hold] += 1
-                _set(begin, row.reference, run_id, onestop_state="held", hold_reason=hold, **named)
+                settle(row, payer, onestop_state="held", hold_reason=hold)
                 continue
             try:
                 answer = onestop.record_payment_result(
@@ -617,12 +646,12 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
                     dossier_no=code or None)
             except AmountMismatch:
                 report.held["amount_differs"] += 1
-                _set(begin, row.reference, run_id, onestop_state="held", hold_reason="amount_differs", **named)
+                settle(row, payer, onestop_state="held", hold_reason="amount_differs")
                 continue
             except PaymentConflict:
                 reason = "paid_twice" if row.platform_status == "paid" else "failed_not_recorded"
                 report.held[reason] += 1
-                _set(begin, row.reference, run_id, onestop_state="held", hold_reason=reason, **named)
+                settle(row, payer, onestop_state="held", hold_reason=reason)
                 continue
             except PeerRejected as exc:
                 _dead_letter(begin, run_id, row.reference, "onestop", exc, exc.error_dicts(),
@@ -636,8 +665,7 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport
             payment = answer.get("payment") if isinstance(answer.get("payment"), dict) else {}
             status = payment.get("status")
             view = {"onestop_status": status} if status and _status_word(status) else {}
-            _set(begin, row.reference, run_id, onestop_state="updated" if applied else "already", hold_reason=None,
-                 **view, **named)
+            settle(row, payer, onestop_state="updated" if applied else "already", hold_reason=None, **view)
     return report
 
 
@@ -1094,9 +1122,16 @@ def _reconcile(conn: Connection, onestop: Any, ledger: Any, report: Reconciliati
                              "details": {"amount": _amount(receipt.get("AmountVND"))}})
 
 
+#: Mismatches a pass between full ones cannot rule out, so only a full pass resolves them: it reads
+#: the ledger only minutes around the payments it checks, and a second receipt for a payment
+#: booked at another time (or a second copy of its number) lies outside them.
+FULL_PASS_RESOLVES = frozenset({"duplicate_receipt"})
+
+
 def _keep_items(store: Store, report: ReconciliationReport, run_id: str) -> None:
     """Open new mismatches, refresh the ones seen again, resolve the ones no longer found (by a
-    pass between full ones: only those of the payments it checked)."""
+    pass between full ones: only those of the payments it checked, and not the kinds in
+    :data:`FULL_PASS_RESOLVES`)."""
     now = utcnow()
     seen = {(i["record_key"], i["kind"]) for i in report.items}
     with store.begin() as conn:
@@ -1117,7 +1152,8 @@ def _keep_items(store: Store, report: ReconciliationReport, run_id: str) -> None
                     last_seen_at=now, last_seen_run=run_id))
                 open_rows[key] = -1
         for key, row_id in open_rows.items():
-            if key not in seen and row_id > 0 and (report.scope == "full" or key[0] in report.checked):
+            if key not in seen and row_id > 0 and (report.scope == "full" or (
+                    key[0] in report.checked and key[1] not in FULL_PASS_RESOLVES)):
                 report.resolved += 1
                 conn.execute(update(reconciliation_item).where(reconciliation_item.c.id == row_id).values(
                     resolved_at=now, resolved_run=run_id))

@@ -27,6 +27,7 @@ from connectors.errors import PeerUnavailable
 from lienthong import tasks
 from lienthong.flows import payment_receipts
 from lienthong.store import (
+    Store,
     dead_letter,
     exchange_blob,
     exchange_key,
@@ -1064,3 +1065,135 @@ def test_between_full_listings_collect_reads_only_the_newest_pages(peers, tmp_pa
         assert set(new) <= set(conn.execute(select(payment_txn.c.reference)).scalars())
     third = tasks.collect_payments(connection_from_env, run_id="tail-3", task_id="collect", full_listing=True)
     assert (third["requests_listing"], third["requests_listed"], third["requests_new"]) == ("full", 38, 0)
+
+
+class _RefusingPlatform:
+    """A platform that refuses one payment's QUERY and another's GET_BILL with signed, verified
+    answers the flow has no rule for (found in review: either stopped collect at every run)."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    def query(self, reference, *, record_keys=()):
+        from connectors.errors import FieldError, PeerRejected
+
+        self.asked.append(("QUERY", reference))
+        if reference == "R1":
+            raise PeerRejected(reference, [FieldError("MaThamChieu", "platform_99", "Các lỗi khác")],
+                               peer_code="99", peer_message="Các lỗi khác")
+        return SimpleNamespace(status="paid" if reference == "R2" else "pending", amount=1000,
+                               transaction_id="T-" + reference, bank="NCB", paid_at=None, raw={"MaLoi": "00"})
+
+    def get_bill(self, reference, *, record_keys=()):
+        from connectors.errors import FieldError, TransactionUnknown
+
+        self.asked.append(("GET_BILL", reference))
+        raise TransactionUnknown(reference, [FieldError("MaThamChieu", "known_transaction", "không tồn tại")],
+                                 peer_code="04", peer_message="không tồn tại")
+
+
+class _ThreeRequests:
+    page_size = 25
+
+    def __init__(self) -> None:
+        self.rows = [{"reference": r, "dossierNo": "000.00.01.H49-261101-0001", "amount": 1000, "status": "pending",
+                      "createdAt": "2026-12-01T08:00:00+07:00"} for r in ("R1", "R2", "R3")]
+
+    def iter_payments(self, status="all"):
+        yield self.rows
+
+    def payments_page(self, page, size=None, status="all"):
+        return (self.rows if page == 1 else []), len(self.rows)
+
+
+def test_a_refused_query_or_bill_is_dead_lettered_and_stops_neither_the_run_nor_the_next_ones(tmp_path):
+    bus = Store(f"sqlite:///{tmp_path / 'bus.db'}")
+    bus.create_schema()
+    t0 = datetime(2026, 12, 1, 8, tzinfo=UTC)
+    platform = _RefusingPlatform()
+    report = payment_receipts.collect_payments(bus, _ThreeRequests(), platform, run_id="r0", clock=lambda: t0)
+    assert platform.asked == [("QUERY", "R1"), ("QUERY", "R2"), ("GET_BILL", "R2"), ("QUERY", "R3")]
+    assert report.pending == 1 and [r["record_key"] for r in report.rejected] == ["R1", "R2"]
+    letters = bus.dead_letters(payment_receipts.FLOW)
+    assert [(d["record_key"], d["stage"], d["error_class"], d["peer_code"]) for d in letters] == [
+        ("R1", "platform", "PeerRejected", "99"), ("R2", "platform", "TransactionUnknown", "04")]
+    assert [(e["field"], e["rule"]) for e in letters[0]["errors"]] == [("MaThamChieu", "platform_99")]
+    # the next run asks only R3 (the refused two wait in dead letters, nothing is marked paid) ...
+    platform = _RefusingPlatform()
+    payment_receipts.collect_payments(bus, _ThreeRequests(), platform, run_id="r1",
+                                      clock=lambda: t0 + timedelta(hours=1))
+    assert platform.asked == [("QUERY", "R3")]
+    with bus.engine.connect() as conn:
+        assert dict(conn.execute(select(payment_txn.c.reference, payment_txn.c.platform_status)).all()) == {
+            "R1": "pending", "R2": "pending", "R3": "pending"}
+    # ... until an operator replays them
+    assert payment_receipts.replay(bus, record_key="R1", by="test")[1] == ["R1"]
+    platform = _RefusingPlatform()
+    payment_receipts.collect_payments(bus, _ThreeRequests(), platform, run_id="r2",
+                                      clock=lambda: t0 + timedelta(hours=2))
+    assert ("QUERY", "R1") in platform.asked and ("QUERY", "R2") not in platform.asked
+
+
+def test_a_ledger_step_booking_beside_the_fee_step_leaves_no_name_behind(peers, tmp_path, monkeypatch):
+    """A ledger step run by hand while the DAG's fee step is between its page read and its write
+    books the receipts and erases the names; the fee step's write must not put them back (it did,
+    for good: found in review)."""
+    from connectors.one_stop.client import OneStopClient
+
+    tasks.collect_payments(connection_from_env, run_id="race-1", task_id="collect")
+    record = OneStopClient.record_payment_result
+    beside: list[dict] = []
+
+    def record_then(self, *args, **kwargs):
+        if not beside:  # the other process's ledger step runs now (it reads each dossier itself)
+            beside.append(tasks.submit_payment_receipts(connection_from_env, run_id="race-hand", task_id="receipts"))
+        return record(self, *args, **kwargs)
+
+    monkeypatch.setattr(OneStopClient, "record_payment_result", record_then)
+    fees = tasks.update_onestop_fees(connection_from_env, run_id="race-1", task_id="fees")
+    assert beside[0]["receipts_accepted"] == 12 and fees["fees_updated"] > 0
+    with store().engine.connect() as conn:
+        rows = conn.execute(select(payment_txn.c.ledger_state, payment_txn.c.payer_name)
+                            .where(payment_txn.c.platform_status == "paid")).all()
+    assert len(rows) == 12 and {state for state, _ in rows} == {"accepted"}
+    assert [name for _, name in rows if name is not None] == []
+
+
+def test_a_pass_between_full_ones_keeps_open_a_duplicate_receipt_it_cannot_see(peers, tmp_path):
+    """A second receipt for a payment, booked ten minutes from any payment's time, is outside the
+    minutes a pass between full ones reads: that pass must keep the mismatch open, not resolve it
+    until the next full pass opens it anew (it flapped so: found in review)."""
+    from connectors.connection import Secret
+    from connectors.ministry_ledger.client import ReceiptLedgerClient
+
+    run("dup-1", tmp_path)  # a first run: a full reconciliation, no mismatch
+    bus = store()
+    with bus.engine.connect() as conn:
+        rows = conn.execute(select(payment_txn.c.reference, payment_txn.c.dossier_code, payment_txn.c.platform_amount,
+                                   payment_txn.c.paid_at).where(payment_txn.c.platform_status == "paid")
+                            .order_by(payment_txn.c.paid_at)).all()
+    times = [datetime.fromisoformat(r.paid_at) for r in rows]
+    old, late = rows[0], times[0] + timedelta(minutes=10)
+    while any(abs(late - t) <= timedelta(minutes=2) for t in times):
+        late += timedelta(minutes=5)
+    ledger = ReceiptLedgerClient(peers.ledger.url, LEDGER_USER, Secret(LEDGER_PASSWORD))
+    try:
+        ledger.submit_receipts([{"ReceiptNumber": "BL2026-999999", "PaymentReference": old.reference,
+                                 "DossierCode": old.dossier_code, "AmountVND": old.platform_amount,
+                                 "PayerName": "Nguyễn Văn Bảy", "AgencyCode": old.dossier_code.split("-")[0],
+                                 "PdfSha256": "0" * 64, "PaidAt": late}])
+    finally:
+        ledger.close()
+
+    def reconciled(run_id: str, **kw) -> dict:
+        return tasks.reconcile_payments(connection_from_env, run_id=run_id, task_id="reconcile", **kw)["counts"]
+
+    assert reconciled("dup-2", full=True)["mismatches_by_kind"] == {"duplicate_receipt": 1}
+    opened = payment_receipts.open_items(bus)
+    between = reconciled("dup-3")  # the next hourly pass checks `old` (it has an open mismatch)
+    assert between["reconciled_scope"] == "changed" and between["mismatches_resolved"] == 0
+    assert payment_receipts.open_items(bus) == opened  # still open, first seen when the full pass saw it
+    again = reconciled("dup-4", full=True)
+    assert (again["mismatches_opened"], again["mismatches_resolved"]) == (0, 0)
+    assert [(i["kind"], i["record_key"], i["first_seen_at"]) for i in payment_receipts.open_items(bus)] == [
+        ("duplicate_receipt", old.reference, opened[0]["first_seen_at"])]
