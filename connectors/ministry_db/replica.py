@@ -227,6 +227,18 @@ class ProcedureRow:
             found += [f"fees[{i}].{k}" for k, v in fee.items() if isinstance(v, str) and "\x00" in v]
         return found
 
+    def overlong_columns(self) -> list[tuple[str, int, int]]:
+        """(column, the value's length, the column's limit) for each text longer than its column
+        (``fees[i].column`` for fees): PostgreSQL refuses the whole statement, SQLite would store it."""
+        found = [(column.name, len(value), column.type.length) for column in thu_tuc.columns
+                 if getattr(column.type, "length", None) and isinstance(value := getattr(self, column.name, None), str)
+                 and len(value) > column.type.length]
+        for i, fee in enumerate(self.fees):
+            found += [(f"fees[{i}].{column.name}", len(value), column.type.length) for column in phi_le_phi.columns
+                      if getattr(column.type, "length", None) and isinstance(value := fee.get(column.name), str)
+                      and len(value) > column.type.length]
+        return found
+
 
 class MinistryReplica:
     """Reads and writes the ministry's catalogue replica.

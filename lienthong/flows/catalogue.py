@@ -26,10 +26,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection
 
-from connectors.errors import FieldError, RecordRejected
+from connectors.errors import FieldError, ProtocolError, RecordRejected
 from connectors.ministry_db.replica import MinistryReplica, ProcedureRow
 from connectors.national_portal.client import NationalPortalClient
 from connectors.one_stop.client import OneStopClient
@@ -119,6 +119,14 @@ def _pull(portal: NationalPortalClient, mapping: Mapping, run_id: str, report: P
     levels = _levels(portal.list_services())
     listed = portal.list_procedures()
     report.listed = len(listed)
+    if not listed:
+        with begin() as conn:
+            published = conn.execute(select(func.count()).select_from(catalogue_current).where(
+                catalogue_current.c.published.is_(True))).scalar_one()
+        if published:  # a listing cut short or a portal fault, not a province's whole catalogue repealed
+            raise ProtocolError(f"national_portal LayDanhSachTTHC: the list of procedures is empty while "
+                                f"{published} are published; refusing to withdraw them all", peer="national_portal",
+                                operation="LayDanhSachTTHC")
     snapshot: dict[str, dict[str, Any]] = {}
     rejected_codes: set[str] = set()
     for n, row in enumerate(listed, 1):
@@ -144,6 +152,14 @@ def _pull(portal: NationalPortalClient, mapping: Mapping, run_id: str, report: P
                 raise RecordRejected(code or "<no MATTHC>", [FieldError(
                     "MATTHC", "not_found", f"LayDanhSachTTHC lists {code!r} but LayThuTuc has no such procedure")])
             record = mapping.apply(source)
+            if record.get("procedure_code") != code:
+                # The snapshot is keyed by the procedure's own code: another code would withdraw the
+                # listed procedure, publish one nobody listed, or overwrite a third one.
+                named = record.get("procedure_code")
+                shown = repr(named)[:60] if isinstance(named, str) else f"a {type(named).__name__}"
+                raise RecordRejected(code, [FieldError(
+                    "MATTHC", "matches_listed_code",
+                    f"LayThuTuc({code!r}) answers for procedure {shown}, not the one LayDanhSachTTHC lists")])
             unknown = [a for a in _agency_codes(record) if a not in agencies]
             if unknown:
                 raise RecordRejected(code, [FieldError(
@@ -248,7 +264,11 @@ def _pending_for(store: Store, destination: str) -> tuple[list[Any], list[Any]]:
         ack = acks.get(row.procedure_code)
         if row.published and (ack is None or ack.payload_hash != row.record_hash or ack.peer_status != "published"):
             upserts.append(row)
-        elif not row.published and ack is not None and ack.peer_status != "withdrawn":
+        elif not row.published and (ack is None or ack.peer_status != "withdrawn"):
+            # Also without an acknowledgement: a push whose answer was lost, or a worker killed
+            # between the destination's commit and the acknowledgement, may have left it published
+            # there. Withdrawing what a destination does not hold is harmless (the one-stop answers
+            # 404, the replica changes no row).
             withdrawals.append(row)
     return upserts, withdrawals
 
@@ -324,6 +344,15 @@ def _push_ministry(store: Store, replica: MinistryReplica, run_id: str, batch_si
                 exc = RecordRejected(row.procedure_code, [FieldError(
                     column, "no_nul_character", "the text holds a NUL character, which the ministry database "
                                                 "cannot store") for column in nul])
+                _dead_letter(store.begin, run_id, row.procedure_code, row.record, exc, "ministry")
+                report.rejected.append({"record_key": row.procedure_code, "stage": "ministry",
+                                        "errors": exc.error_dicts()})
+                continue
+            overlong = procedure.overlong_columns()
+            if overlong:  # the same: PostgreSQL refuses the statement, and with it the batch
+                exc = RecordRejected(row.procedure_code, [FieldError(
+                    column, "max_length", f"{length} characters; the ministry database holds at most {limit}")
+                    for column, length, limit in overlong])
                 _dead_letter(store.begin, run_id, row.procedure_code, row.record, exc, "ministry")
                 report.rejected.append({"record_key": row.procedure_code, "stage": "ministry",
                                         "errors": exc.error_dicts()})

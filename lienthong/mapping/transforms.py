@@ -369,6 +369,8 @@ def lenient_text(value: Any) -> str | None:
 
 _VND_NONE = frozenset({"", "0", "không", "miễn phí", "không thu", "không có"})
 _VND_TEXT = re.compile(r"([0-9]{1,3}(?:\.[0-9]{3})+|[0-9]+)\s*(?:đồng|vnđ|vnd|đ)?(?:\s*/\s*\S.*)?", re.IGNORECASE)
+#: A second amount after the unit ("…/bản chính; 10.000 đồng/bản sao"); "đồng/01 bản" is a unit.
+_VND_SECOND = re.compile(r"[0-9][0-9.]*\s*(?:đồng|vnđ|vnd|đ)(?!\w)", re.IGNORECASE)
 #: More digits than any fee has (10^18 đồng), and beyond what a 64-bit integer column holds.
 _VND_MAX_DIGITS = 18
 
@@ -387,6 +389,9 @@ def vnd_from_text(value: Any) -> str:
     match = _VND_TEXT.fullmatch(text)
     if match is None:
         raise TransformError("format", "is not an amount of đồng (\"50.000\", \"50.000 đồng\", \"Không\"…)")
+    if _VND_SECOND.search(text, match.end(1)):  # "20.000 đồng/bản chính; 10.000 đồng/bản sao"
+        raise TransformError("format", "holds more than one amount of đồng; which one is the fee is for a person "
+                                       "to say")
     digits = match.group(1).replace(".", "").lstrip("0") or "0"
     if len(digits) > _VND_MAX_DIGITS:
         raise TransformError("format", f"is more than {_VND_MAX_DIGITS} digits of đồng, more than any fee")
