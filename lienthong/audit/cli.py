@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from connectors.errors import ConfigurationError
 
@@ -198,18 +199,36 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
     return bundle_verify.main(argv + (["--json"] if args.json else []))
 
 
+def _archived_bundles(store: Any) -> list[str]:
+    """The evidence bundles of the archived (pruned) ranges of the log, as ``audit archive`` left them."""
+    from sqlalchemy import select
+
+    from lienthong.store import exchange_archive
+
+    with store.engine.connect() as conn:
+        return [f"seals {r.first_seq}-{r.last_seq} in {r.bundle_path}" for r in conn.execute(
+            select(exchange_archive.c.first_seq, exchange_archive.c.last_seq, exchange_archive.c.bundle_path)
+            .order_by(exchange_archive.c.first_seq))]
+
+
 def cmd_redact(args: argparse.Namespace) -> int:
     from lienthong.audit.redact import RedactionError, redact_exchanges
 
+    store = _store()
     try:
-        result = redact_exchanges(_store(), reason=args.reason, key=args.key, exchange_ids=args.exchange_id,
+        result = redact_exchanges(store, reason=args.reason, key=args.key, exchange_ids=args.exchange_id,
                                   actor=args.actor, vacuum=args.vacuum)
     except RedactionError as exc:
         print(f"lienthong: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    archived = _archived_bundles(store)
+    if archived:  # pruned records are only in their bundles: nothing here can erase them
+        print(f"lienthong: {len(archived)} archived range(s) of the log are no longer in the database (audit archive); "
+              f"exchanges of what you asked for there are in these evidence bundles, which this command does not "
+              f"change: {', '.join(archived)}", file=sys.stderr)
     if result.redaction_id is None:
         already = f" ({result.already_redacted} already redacted)" if result.already_redacted else ""
-        print(f"nothing to redact: the matched exchanges hold no personal value{already}")
+        print(f"nothing to redact: the matched exchanges in the database hold no personal value{already}")
         return EXIT_OK
     print(f"redaction #{result.redaction_id}: erased {result.fields} personal fields of {len(result.exchange_ids)} "
           f"exchanges (#{', #'.join(map(str, result.exchange_ids))}); the seals still verify")

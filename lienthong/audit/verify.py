@@ -195,19 +195,26 @@ def _check_seal(seal: dict[str, Any], previous: dict[str, Any] | None, keys: dic
 
 
 def _check_personal(conn: Connection, first_id: int, last_id: int, result: VerifyResult,
-                    redacted: set[int]) -> Failure | None:
+                    redacted: set[int], redactions: set[int]) -> Failure | None:
     """``--deep``: every stored salt and value of the records in ``first_id..last_id`` must give
-    its sealed commitment (erased ones go to ``redacted``); the first that does not, by record."""
+    its sealed commitment, and every erased one must name its ``audit redact`` (``redactions``:
+    the ids of ``exchange_redaction``; erased ones go to ``redacted``); the first that does not,
+    by record."""
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     cursor = conn.connection.dbapi_connection.cursor()  # millions of rows: plain tuples, a page at a time
     try:
-        cursor.execute(f"SELECT exchange_id, side, path, commitment, salt, value FROM {exchange_personal_field.name} "
+        cursor.execute(f"SELECT exchange_id, side, path, commitment, salt, value, redaction_id "
+                       f"FROM {exchange_personal_field.name} "
                        f"WHERE exchange_id >= {mark} AND exchange_id <= {mark} ORDER BY exchange_id",
                        (first_id, last_id))
         checked = 0
         while rows := cursor.fetchmany(5000):
-            for record_id, side, path, sealed, salt, value in rows:
+            for record_id, side, path, sealed, salt, value, redaction_id in rows:
                 if salt is None and value is None:
+                    if redaction_id not in redactions:  # erased, but no `audit redact` says who or why
+                        return Failure(PERSONAL_FIELD_ALTERED, f"record #{record_id}: the salt and value of its "
+                                                               f"{side} field {path} were erased without a "
+                                                               "redaction record (audit redact)", None, record_id)
                     redacted.add(record_id)
                     continue
                 checked += 1
@@ -422,7 +429,8 @@ def verify_exchanges(store: Store, public_keys: Any = None, *,
             result.archives.append(info)
             for seq in range(archive["first_seq"], archive["last_seq"] + 1):
                 archived[seq] = info
-        redactions = conn.execute(select(exchange_redaction.c.id).limit(1)).first() is not None
+        redaction_ids = set(conn.execute(select(exchange_redaction.c.id)).scalars()) if deep else set()
+        redactions = bool(redaction_ids) or conn.execute(select(exchange_redaction.c.id).limit(1)).first() is not None
         previous: dict[str, Any] | None = None
         batches = _batches(store, conn, [(s["last_id"] if s else 0, seal["last_id"])
                                          for s, seal in zip([None, *seals], seals)], workers)
@@ -442,7 +450,7 @@ def verify_exchanges(store: Store, public_keys: Any = None, *,
             records = batch.records
             personal = None
             if deep:
-                personal = _check_personal(conn, after_id + 1, seal["last_id"], result, batch.redacted)
+                personal = _check_personal(conn, after_id + 1, seal["last_id"], result, batch.redacted, redaction_ids)
             elif redactions:
                 batch.redacted = redacted_ids(conn, after_id + 1, seal["last_id"])
             if archive is not None and len(records) < seal["count"]:
@@ -468,6 +476,10 @@ def verify_exchanges(store: Store, public_keys: Any = None, *,
         if orphan[0] is not None:
             return fail(Failure(SEAL_MISSING, f"seal {orphan[0]} is missing: its leaf index is still there "
                                               f"(from record #{orphan[1]})", orphan[0], orphan[1]))
+        stray = conn.execute(select(func.min(exchange_log.c.id), func.count()).where(exchange_log.c.id <= 0)).first()
+        if stray[1]:  # ids start at 1: below every seal's range, where no seal and no count would see them
+            return fail(Failure(RECORD_INSERTED, f"record #{stray[0]}: {stray[1]} record(s) with an id at or below 0, "
+                                                 "outside every seal's range (ids start at 1)", None, stray[0]))
         result.unsealed_records = int(conn.execute(
             select(func.count()).select_from(exchange_log).where(exchange_log.c.id > last_id)).scalar_one())
     for info in result.archives:

@@ -1,0 +1,76 @@
+"""``audit verify`` and ``audit redact`` at the log's edges (each case found in review, failing
+before its fix): a record below every seal's range, values erased without ``audit redact``, and
+a redaction asked for after part of the log was archived."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from sqlalchemy import text
+
+from lienthong.audit import seal_exchanges, verify_exchanges
+from lienthong.audit.archive import archive_exchanges
+from lienthong.audit.redact import redact_exchanges
+from lienthong.audit.verify import PERSONAL_FIELD_ALTERED, RECORD_INSERTED
+from lienthong.exchange_log import BusRecorder
+
+from .conftest import T0, fill
+from .test_redaction import DOSSIER, _exchange
+
+COLUMNS = ("started_at, flow, run_id, task_id, peer, operation, direction, method, url, attempt, outcome, "
+           "peer_code, http_status, duration_ms, record_count, request_headers, request_body, request_sha256, "
+           "request_size, response_headers, response_body, response_sha256, response_size, error, leaf_version, "
+           "request_blob_sha256, response_blob_sha256")
+
+
+def sql(store, statement: str, **params) -> None:
+    with store.begin() as conn:
+        conn.execute(text(statement), params)
+
+
+def test_a_record_with_an_id_below_every_seal_is_reported(store, keypair):
+    private, public, *_ = keypair
+    fill(store, 4)
+    seal_exchanges(store, private)
+    sql(store, f"INSERT INTO exchange_log (id, {COLUMNS}) SELECT 0, {COLUMNS} FROM exchange_log WHERE id = 2")
+    result = verify_exchanges(store, public)
+    assert not result.ok and (result.failure.kind, result.failure.record_id) == (RECORD_INSERTED, 0)
+    assert "outside every seal's range" in result.failure.explanation
+
+
+def test_deep_verify_reports_values_erased_without_audit_redact(store, keypair):
+    private, public, *_ = keypair
+    BusRecorder(store, "dossier_status", "run-1", "deliver").record(_exchange(1))
+    seal_exchanges(store, private)
+    sql(store, "UPDATE exchange_personal_field SET salt = NULL, value = NULL WHERE exchange_id = 1")
+    deep = verify_exchanges(store, public, deep=True)
+    assert not deep.ok and (deep.failure.kind, deep.failure.record_id) == (PERSONAL_FIELD_ALTERED, 1)
+    assert "erased without a redaction record" in deep.failure.explanation
+
+
+def test_deep_verify_still_takes_a_lawful_redaction(store, keypair):
+    private, public, *_ = keypair
+    BusRecorder(store, "dossier_status", "run-1", "deliver").record(_exchange(1))
+    seal_exchanges(store, private)
+    assert redact_exchanges(store, key=DOSSIER, reason="erasure request", actor="dpo").fields > 0
+    deep = verify_exchanges(store, public, deep=True)
+    assert deep.ok and deep.records_with_redactions == 1
+
+
+def test_redact_says_which_archived_bundles_it_cannot_change(store, keypair, tmp_path, monkeypatch, capsys):
+    from lienthong.cli import main
+
+    private, public, *_ = keypair
+    BusRecorder(store, "dossier_status", "run-1", "deliver").record(_exchange(1))
+    seal_exchanges(store, private)
+    fill(store, 1, start=7)
+    result = archive_exchanges(store, [public], older_than_days=1, out_dir=tmp_path / "a", now=T0 + timedelta(days=9))
+    bundle = result.archives[0]["bundle_path"]
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
+                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    assert main(["audit", "redact", "--key", DOSSIER, "--reason", "erasure request"]) == 0
+    out, err = capsys.readouterr()
+    assert "nothing to redact: the matched exchanges in the database hold no personal value" in out
+    assert f"seals 1-1 in {bundle}" in err and "which this command does not change" in err
