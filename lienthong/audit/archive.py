@@ -8,7 +8,8 @@ directory (default ``$LIENTHONG_HOME/archive``). Each bundle is verified as writ
 public key(s) given; only then, in one transaction, an ``exchange_archive`` row is recorded (seal
 range, id range, bundle path, bundle and manifest SHA-256) and the records are deleted with their
 record keys and personal fields, and the blobs no other record references (blobs a flow pinned
-stay). Unsealed records are never pruned, nor a seal batch holding one record too young.
+stay). Unsealed records are never pruned, nor a seal batch holding one record too young, nor (on
+SQLite, which would give its ids again) the batch holding the newest record while nothing is newer.
 
 Seal rows and their leaf index (``exchange_seal_leaf``) stay: ``audit verify`` checks the
 archived seals through them, so the seal chain still verifies across the archived range, and it
@@ -88,8 +89,14 @@ def _eligible(conn, cutoff: datetime) -> list[dict[str, Any]]:
     seals = [dict(r) for r in conn.execute(select(exchange_seal).where(exchange_seal.c.seq > done)
                                            .order_by(exchange_seal.c.seq)).mappings()]
     previous_last = conn.execute(select(exchange_seal.c.last_id).where(exchange_seal.c.seq == done)).scalar() or 0
+    # SQLite gives a new row the highest id in the table plus one: were the record holding it
+    # pruned, the next records would take ids the archived seals cover, and never be sealed. So on
+    # SQLite the batch holding the newest record waits until a newer record exists.
+    top = conn.execute(select(func.max(exchange_log.c.id))).scalar() if conn.dialect.name == "sqlite" else None
     out = []
     for seal in seals:
+        if top is not None and seal["last_id"] >= top:
+            break
         newest, count = conn.execute(select(func.max(exchange_log.c.started_at), func.count())
                                      .where(exchange_log.c.id > previous_last,
                                             exchange_log.c.id <= seal["last_id"])).first()

@@ -74,3 +74,29 @@ def test_redact_says_which_archived_bundles_it_cannot_change(store, keypair, tmp
     out, err = capsys.readouterr()
     assert "nothing to redact: the matched exchanges in the database hold no personal value" in out
     assert f"seals 1-1 in {bundle}" in err and "which this command does not change" in err
+
+
+def test_archiving_everything_on_sqlite_never_gives_an_archived_id_again(store, keypair, tmp_path):
+    """SQLite numbers a new row after the highest id in the table: with every record archived,
+    the next ones took ids 1, 2... inside archived seal 1, were never sealed, and verify blamed
+    seal 1. The batch holding the newest record now waits until a newer one exists."""
+    from sqlalchemy import select
+
+    from lienthong.store import exchange_log
+
+    private, public, *_ = keypair
+    fill(store, 4)
+    seal_exchanges(store, private, batch_size=2)  # seals 1 (ids 1-2) and 2 (ids 3-4)
+    later = T0 + timedelta(days=9)
+    first = archive_exchanges(store, [public], older_than_days=1, out_dir=tmp_path / "a", now=later)
+    assert [(a["first_seq"], a["last_seq"]) for a in first.archives] == [(1, 1)]  # seal 2 holds the newest
+    fill(store, 2, start=50)  # new traffic
+    with store.engine.connect() as conn:
+        assert conn.execute(select(exchange_log.c.id).order_by(exchange_log.c.id)).scalars().all() == [3, 4, 5, 6]
+    assert seal_exchanges(store, private).records == 2
+    result = verify_exchanges(store, public)
+    assert result.ok and (result.records_checked, result.archived_records, result.unsealed_records) == (4, 2, 0)
+    again = archive_exchanges(store, [public], older_than_days=1, out_dir=tmp_path / "a",
+                              now=later + timedelta(days=9))
+    assert [(a["first_seq"], a["last_seq"]) for a in again.archives] == [(2, 2)]  # seal 3 holds the newest now
+    assert verify_exchanges(store, public).ok
