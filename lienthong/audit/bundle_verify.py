@@ -40,6 +40,7 @@ import struct
 import sys
 import zipfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -292,7 +293,8 @@ def _check_bodies(zf: zipfile.ZipFile, record: dict[str, Any], where: str, resul
 
 
 def _check_record(zf: zipfile.ZipFile, name: str, leaves: dict[str, str], seals: list[dict[str, Any]],
-                  selection: dict[str, Any], result: BundleResult) -> None:
+                  selection: dict[str, Any], result: BundleResult) -> int:
+    """Check one record against its leaf, its proof and its seal; return its seal's seq."""
     record = _json(zf, name)
     try:
         record_id = int(record["id"])
@@ -347,6 +349,20 @@ def _check_record(zf: zipfile.ZipFile, name: str, leaves: dict[str, str], seals:
     outside = _selected(record, selection, seal["seq"])
     if outside:
         raise BundleError("selection", f"{where} ({name})", f"record #{record_id} is in the bundle but {outside}")
+    return int(seal["seq"])
+
+
+def _check_whole_seals(selection: dict[str, Any], seals: list[dict[str, Any]], held: Counter) -> None:
+    """A bundle of whole seals (``selection: {seals: [first, last]}`` and nothing narrower, as
+    ``audit archive`` writes them: after pruning, the only copy of those records) must hold every
+    record of each of them."""
+    chosen = selection.get("seals")
+    if not chosen or any(selection.get(k) for k in ("key", "from", "to")):
+        return
+    for seal in seals:
+        if chosen[0] <= seal["seq"] <= chosen[1] and held[seal["seq"]] != seal["count"]:
+            raise BundleError("record_missing", "seals.json", f"seal {seal['seq']} holds {seal['count']} records, "
+                                                              f"the bundle {held[seal['seq']]} of them")
 
 
 def _check_manifest(zf: zipfile.ZipFile, manifest: dict[str, Any], records: int,
@@ -407,9 +423,11 @@ def verify_bundle(path: str, public_key_pem: bytes | None = None) -> BundleResul
             leaves = _json(zf, "leaves.json")
             names = sorted((n for n in zf.namelist() if n.startswith("records/") and n.endswith(".json")),
                            key=lambda n: (len(n), n))
+            held: Counter = Counter()
             for name in names:
-                _check_record(zf, name, leaves, seals, result.selection, result)
+                held[_check_record(zf, name, leaves, seals, result.selection, result)] += 1
                 result.records_checked += 1
+            _check_whole_seals(result.selection, seals, held)
             extra = set(leaves) - {n.removeprefix("records/").removesuffix(".json") for n in names}
             if extra:
                 raise BundleError("record_missing", "leaves.json", f"records listed without their file: "

@@ -100,3 +100,41 @@ def test_archiving_everything_on_sqlite_never_gives_an_archived_id_again(store, 
                               now=later + timedelta(days=9))
     assert [(a["first_seq"], a["last_seq"]) for a in again.archives] == [(2, 2)]  # seal 3 holds the newest now
     assert verify_exchanges(store, public).ok
+
+
+def test_the_offline_verifier_refuses_an_archive_bundle_missing_a_record(store, keypair, tmp_path):
+    """After pruning, an archive bundle is the only copy of its seals' records: one taken out (its
+    record, proof and leaf, with the manifest made consistent again) verified before."""
+    import hashlib
+    import zipfile
+
+    from lienthong.audit import bundle_verify
+
+    private, public, _, public_path = keypair
+    fill(store, 8)
+    seal_exchanges(store, private, batch_size=4)
+    fill(store, 1, start=20)  # newer, so that both seals are archived (SQLite keeps the newest record's batch)
+    result = archive_exchanges(store, [public], older_than_days=1, out_dir=tmp_path / "a", now=T0 + timedelta(days=9))
+    path = result.archives[0]["bundle_path"]
+    assert bundle_verify.verify_bundle(path, public_path.read_bytes()).ok
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(bad, "w") as zout:
+        manifest = json.loads(zin.read("manifest.json"))
+        for name in zin.namelist():
+            if name in ("records/6.json", "proofs/6.json", "manifest.json"):
+                continue
+            data = zin.read(name)
+            if name == "leaves.json":
+                leaves = json.loads(data)
+                del leaves["6"]
+                data = json.dumps(leaves).encode()
+            manifest["files"][name] = hashlib.sha256(data).hexdigest()
+            zout.writestr(name, data)
+        for name in ("records/6.json", "proofs/6.json"):
+            del manifest["files"][name]
+        manifest["counts"]["records"] -= 1
+        zout.writestr("manifest.json", json.dumps(manifest))
+    assert manifest["selection"]["seals"] == [1, 2]
+    check = bundle_verify.verify_bundle(str(bad), public_path.read_bytes())
+    assert not check.ok and check.failure_kind == "record_missing"
+    assert "seal 2 holds 4 records, the bundle 3 of them" in check.failure
