@@ -72,6 +72,12 @@ def _hint_email(value: str) -> str:
     return f"{local[:1]}{'*' * max(len(local) - 1, 1)}@{domain}"
 
 
+def _hint_bytes(value: bytes) -> bytes:
+    """:func:`_hint` (or :func:`_hint_email`) of a personal value as a body holds it."""
+    text = bytes(value).decode("utf-8", errors="replace")
+    return (_hint_email(text) if "@" in text else _hint(text)).encode()
+
+
 def mask_text(text: str) -> str:
     """``text`` with e-mail addresses, phone numbers and ID numbers replaced by short hints."""
     text = _EMAIL.sub(lambda m: _hint_email(m.group()), text)
@@ -222,7 +228,11 @@ def _body(blob: bytes, reveal: bool, fields: list[PersonalField] | None = None,
         raw = restore_body(raw, [dataclasses.replace(f, value=None)],
                            b'"[altered]"' if f.kind == "json" else b"[altered]")
     if fields:
-        raw = restore_body(raw, [f for f in fields if f not in (altered or ())])  # erased: "[redacted]"
+        shown = [f for f in fields if f not in (altered or ())]
+        if not reveal:  # a SOAP/XML body has no field names mask_json could go by: hint its values here
+            shown = [dataclasses.replace(f, value=_hint_bytes(f.value)) if f.kind != "json" and f.value else f
+                     for f in shown]
+        raw = restore_body(raw, shown)  # erased: "[redacted]"
     if not raw:
         return "(empty)"
     text = raw.decode("utf-8", errors="replace")

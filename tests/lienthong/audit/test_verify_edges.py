@@ -138,3 +138,26 @@ def test_the_offline_verifier_refuses_an_archive_bundle_missing_a_record(store, 
     check = bundle_verify.verify_bundle(str(bad), public_path.read_bytes())
     assert not check.ok and check.failure_kind == "record_missing"
     assert "seal 2 holds 4 records, the bundle 3 of them" in check.failure
+
+
+def test_show_hints_the_personal_values_of_a_soap_body_as_it_does_a_json_ones(store):
+    from lienthong.audit.search import format_exchange, get_exchange
+
+    from .test_redaction import SOAP
+
+    passport, tax = "C1234567", "8012345678123"
+    soap = SOAP.replace(b"</ns:GuiHoSo>", f"<ns:SoGiayTo>{passport}</ns:SoGiayTo>"
+                                          f"<ns:MaSoThue>{tax}</ns:MaSoThue></ns:GuiHoSo>".encode())
+    ex = _exchange(1, soap=True)
+    ex = type(ex)(**{**ex.__dict__, "request_body": soap})
+    js = _exchange(2)
+    js = type(js)(**{**js.__dict__, "request_body": json.dumps({"SoGiayTo": passport, "MaSoThue": tax}).encode()})
+    recorder = BusRecorder(store, "ledger", "run-1", "submit")
+    recorder.record(js)
+    recorder.record(ex)
+    for exchange_id in (1, 2):
+        shown = format_exchange(get_exchange(store, exchange_id))  # the default view, no --reveal
+        assert passport not in shown and tax not in shown
+        assert "C******7" in shown and "8***********3" in shown
+    revealed = format_exchange(get_exchange(store, 2), reveal=True)
+    assert f"<ns:SoGiayTo>{passport}</ns:SoGiayTo>" in revealed and tax in revealed
