@@ -134,8 +134,11 @@ class Leases:
             got |= set(conn.execute(select(delivery_lease.c.record_key).where(
                 delivery_lease.c.flow == self.flow, delivery_lease.c.record_key.in_(part),
                 delivery_lease.c.worker == self.worker)).scalars())
-        self.held |= got
-        self.renewed_at = now if self.renewed_at is None or set(wanted) >= self.held else self.renewed_at
+        full_renewal = self.renewed_at is None or set(wanted) >= self.held
+        # a key asked for and not got is not held, even if it was: another worker took the lease
+        # over once it expired (a batch that outlived it), and the record is that worker's now
+        self.held = (self.held - set(wanted)) | got
+        self.renewed_at = now if full_renewal else self.renewed_at
         return got
 
     def release(self, keys: Iterable[str] | None = None, conn: Connection | None = None) -> None:

@@ -441,6 +441,10 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
                             "guard")
                 elif ack is not None and ack.payload_hash == item.digest and not resend_acknowledged:
                     _finish(conn, item, "unchanged", None, run_id)
+                    if item.version is not None and (ack.source_version is None or item.version > ack.source_version):
+                        # what the portal holds is this newer snapshot's content: an older one that
+                        # the feed commits late must be stale against it, not sent over it
+                        conn.execute(_ACKED_VERSION, {"b_key": item.key, "b_version": item.version})
                     report.unchanged += 1
                     # The status the portal holds is this one, but the snapshot may carry steps
                     # finished since (a step inside the same status changes no dossier field).
@@ -577,6 +581,11 @@ def _send_held(
             _reject(conn, report.rejected, FLOW, item.outbox_id, item.key, item.source, refusal, run_id, "peer",
                     peer_code=getattr(refusal, "peer_code", None))
     return rerouted
+
+
+_ACKED_VERSION = (update(delivery_state)
+                  .where(delivery_state.c.peer == PEER, delivery_state.c.record_key == bindparam("b_key"))
+                  .values(source_version=bindparam("b_version")))
 
 
 def _acknowledge(conn: Connection, items: list[_Item], run_id: str) -> None:

@@ -4,6 +4,7 @@ PostgreSQL, also when many workers race for the same records."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -83,3 +84,18 @@ def test_a_killed_worker_on_this_host_does_not_block_its_records_until_expiry(st
     elsewhere = Leases(store, "dossier_status", "another-host:1:abc")
     assert elsewhere.acquire(["Y"]) == {"Y"}
     assert Leases(store, "dossier_status", "me").acquire(["Y"]) == set(), "another host's worker: wait for expiry"
+
+
+def test_a_lease_taken_over_after_it_expired_is_no_longer_held_by_the_slow_worker(store):
+    """A worker whose batch outlived its lease, taken over meanwhile, must see it gone at its next
+    renewal: it went on counting the record as its own, so two workers sent one dossier's entries
+    (found in review)."""
+    from lienthong.flows import dossier_status
+
+    slow = Leases(store, dossier_status.FLOW, "slow", ttl=timedelta(seconds=0.2))
+    assert slow.ensure({"HS-1", "HS-2"}) == {"HS-1", "HS-2"}
+    time.sleep(0.3)  # the slow worker's batch outlived its lease
+    other = Leases(store, dossier_status.FLOW, "other")
+    assert other.ensure({"HS-1"}) == {"HS-1"}  # taken over, as designed
+    assert slow.ensure({"HS-1", "HS-2"}) == {"HS-2"}  # HS-2 renewed, HS-1 the other worker's
+    assert slow.held == {"HS-2"}

@@ -376,3 +376,23 @@ def test_a_step_finished_inside_the_same_status_still_reaches_the_portal(bus_env
     held = portal_progress(bus_env)[code]
     mapping = load_mapping(dossier_status.PROGRESS_MAPPING)
     assert held == [mapping.apply({**e, "dossierNo": code}) for e in finished[:2]]
+
+
+def test_an_older_snapshot_committed_late_after_an_unchanged_newer_one_is_stale(bus_env):
+    """v delivered; v+2 maps to what the portal holds (status 4 -> 5 -> 4) and is 'unchanged';
+    v+1 (status 5) arrives late on the re-read feed page. It must be stale, not sent over the
+    portal's newer content (it was: the acknowledgement still said v; found in review)."""
+    run("late-1")
+    d = next(x for x in get(bus_env, "onestop", "/_state/dossiers")["dossiers"]
+             if x["dossierStatus"] == "processing" and x["dossierNo"] not in defective(bus_env))
+    code, v = d["dossierNo"], d["version"]
+    s = store()
+    with s.begin() as conn:  # v+2: back in processing, the same mapped content as the portal holds
+        conn.execute(outbox.insert().values(**_late_snapshot(code, d, version=v + 2, seq=30_002)))
+    _, delivered = run("late-2")
+    assert delivered["unchanged"] == 1 and delivered["portal_calls"] == 0
+    with s.begin() as conn:  # v+1 (waiting for documents), committed late by the feed
+        conn.execute(outbox.insert().values(**_late_snapshot(code, d, version=v + 1, seq=30_001, status="waiting")))
+    _, delivered = run("late-3")
+    assert delivered["stale"] == 1 and delivered["portal_calls"] == 0
+    assert portal_dossiers(bus_env)[code]["TrangThaiHoSo"] == "4"
