@@ -904,11 +904,20 @@ _BEHIND = progress_outbox.alias("behind")
 # sync), probed the index on flow and record_key only and filtered the states: every probe read all
 # of the flow's entries, so each chunk cost more as the table grew (24 ms per 50 entries at 4,677
 # entries, against 0.3 ms this way; issue #8, ``python -m bench --postgres``).
+# ``waits``: an entry of the dossier is in flight (another worker's call whose answer is not stored
+# yet, or a dead worker's, which the next run reconciles) or was staged unmapped after this step
+# mapped the backlog (the next run maps or dead-letters it): the dossier's other entries are left
+# pending until then, not held, as sending them could put them before it.
 _PENDING = (
     select(progress_outbox.c.id, progress_outbox.c.entry_key, *_ORDER,
            or_(*(exists().where(_BEHIND.c.flow == PROGRESS_FLOW, _BEHIND.c.state == state,
                                 _BEHIND.c.record_key == progress_outbox.c.record_key)
-                 for state in ("rejected", "held"))).label("blocked"))
+                 for state in ("rejected", "held"))).label("blocked"),
+           or_(exists().where(_BEHIND.c.flow == PROGRESS_FLOW, _BEHIND.c.state == "in_flight",
+                              _BEHIND.c.record_key == progress_outbox.c.record_key),
+               exists().where(_BEHIND.c.flow == PROGRESS_FLOW, _BEHIND.c.state == "pending",
+                              _BEHIND.c.record_key == progress_outbox.c.record_key,
+                              _BEHIND.c.payload_hash.is_(None))).label("waits"))
     .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "pending",
            progress_outbox.c.payload_hash.is_not(None))
     .order_by(*_ORDER).limit(bindparam("b_limit"))
@@ -936,7 +945,7 @@ _PENDING_AGAIN = (update(progress_outbox).where(progress_outbox.c.id.in_(bindpar
 
 def _next_chunk(conn: Connection, chunk_size: int, report: ProgressReport, leases: Leases) -> list[_Entry]:
     """The next entries to send: dossier by dossier, each dossier's in time order, none behind a
-    dead-lettered entry.
+    dead-lettered entry, none of a dossier with an entry in flight or not mapped yet.
 
     They are marked in flight (one more attempt) in the caller's transaction, before being sent.
     Entries are read in slices of the send order (keys only, from the ``ix_progress_send`` index),
@@ -957,12 +966,12 @@ def _next_chunk(conn: Connection, chunk_size: int, report: ProgressReport, lease
             break
         looked_at += len(rows)
         after = rows[-1]
-        mine = leases.ensure({r.record_key for r in rows if not r.blocked}, conn)
+        mine = leases.ensure({r.record_key for r in rows if not r.blocked and not r.waits}, conn)
         held = []
         for r in rows:
             if r.blocked:
                 held.append(r.id)
-            elif r.record_key in mine:  # else another worker's dossier: its entries wait for it
+            elif r.record_key in mine and not r.waits:  # else another worker's dossier: it waits for it
                 chosen.append(r)
         if held:
             conn.execute(_HOLD, {"b_ids": held})

@@ -77,3 +77,50 @@ def test_entries_still_in_flight_after_the_lease_are_reconciled_by_count(store):
     report = ProgressReport()
     _reconcile_in_flight(store, Portal(), report, Leases(store, dossier_status.FLOW, "w"))
     assert _states(store) == ["acked", "acked", "pending"] and report.reconciled == 2
+
+
+def _two_steps(store):
+    from lienthong.flows.dossier_status import _Item, _stage_progress
+    from lienthong.mapping import load_mapping
+
+    mapping = load_mapping(dossier_status.PROGRESS_MAPPING)
+    code = "000.00.02.H49-261106-0001"
+
+    def entry(step: int, finished: str, **extra) -> dict:
+        return {"stepId": step, "actor": "Trần Văn Bình", "actorTitle": "Chuyên viên", "department": "Bộ phận một cửa",
+                "action": "Tiếp nhận", "status": "processing", "startedAt": finished, "finishedAt": finished, **extra}
+
+    def stage(*entries) -> None:
+        item = _Item(outbox_id=0, key=code, version=1, source={"dossierNo": code, "progress": list(entries)},
+                     record={}, digest="", attempts=0)
+        with store.begin() as conn:
+            _stage_progress(conn, mapping, [item], "r")
+
+    return code, entry, stage
+
+
+def _chunk(store) -> list[str]:
+    with store.begin() as conn:
+        return [e.entry_key for e in _next_chunk(conn, 10, ProgressReport(), Leases(store, dossier_status.FLOW, "w"))]
+
+
+def test_a_later_entry_waits_while_an_earlier_one_of_its_dossier_is_in_flight(store):
+    """A dead worker's entry 1 is in flight (its lease gone, not reconciled by this run): entry 2
+    must not go before it is known to have landed (found in review)."""
+    code, entry, stage = _two_steps(store)
+    stage(entry(1, "2026-11-06T08:00:00+07:00"), entry(2, "2026-11-06T09:00:00+07:00"))
+    with store.begin() as conn:
+        conn.execute(update(progress_outbox).where(progress_outbox.c.entry_key == f"{code}#1")
+                     .values(state="in_flight", attempts=1))
+    assert _chunk(store) == []
+    with store.engine.connect() as conn:  # left pending, not held: nothing for an operator to replay
+        assert dict(conn.execute(select(progress_outbox.c.entry_key, progress_outbox.c.state)).all()) == {
+            f"{code}#1": "in_flight", f"{code}#2": "pending"}
+
+
+def test_a_later_entry_waits_while_an_earlier_one_staged_meanwhile_is_not_mapped(store):
+    """A dossier worker stages a snapshot whose first step does not map, after this progress step
+    mapped its backlog: step 2 must wait until the next run maps or dead-letters step 1."""
+    _, entry, stage = _two_steps(store)
+    stage(entry(1, "2026-11-06T08:00:00+07:00", actor=""), entry(2, "2026-11-06T09:00:00+07:00"))
+    assert _chunk(store) == []

@@ -43,7 +43,9 @@ def test_taking_a_chunk_on_postgresql_reads_a_few_blocks_per_entry_whatever_the_
     """Never analyzed, as in a first sync. Probed the old way, PostgreSQL's plan depended on the
     table's size: for a chunk of 50 it read 1,459 blocks at 2,500 entries and 5,409 at 10,000 (the
     flow's whole index, once per entry), and at 50,000 it switched to hashing the blocked entries. Each probe is now an exact
-    index prefix: about two blocks per probe, two probes per entry, at any size."""
+    index prefix: about two to three blocks per probe (one more as the index grows a level), four
+    probes per entry (blocked: rejected, held; waits: in flight, not mapped), whatever the size
+    (459, 459 and 660 blocks for a chunk of 50 at 2,500, 10,000 and 50,000 entries)."""
     with postgres_database("lienthong_scale") as url:
         store = Store(url)
         try:
@@ -53,7 +55,7 @@ def test_taking_a_chunk_on_postgresql_reads_a_few_blocks_per_entry_whatever_the_
                 _stage(store, range(staged, dossiers))
                 staged = dossiers
                 read[dossiers * 5] = _blocks_read(store)
-            assert all(blocks <= 10 * 50 for blocks in read.values()), read
+            assert all(blocks <= 16 * 50 for blocks in read.values()), read
         finally:
             store.dispose()
 
