@@ -6,9 +6,10 @@ the KPIs are then computed once and written three ways: upserted into the minist
 (``tk_dvc_truc_tuyen``, keyed by period and agency, so a rerun replaces its rows), an HTML report
 with inline SVG charts and CSV files under ``$LIENTHONG_HOME/reports`` (``out_dir`` to change).
 
-Params: ``date_from``/``date_to`` (local dates, both included; default: this month up to today —
-never the logical date, which manual runs do not have) and ``thresholds`` (fractions the toàn
-trình share of an agency is flagged below).
+Params: ``date_from``/``date_to`` (local dates, both included; default: the month of yesterday up
+to yesterday, whole days only, so the run on the 1st writes the whole previous month — never the
+logical date, which manual runs do not have) and ``thresholds`` (fractions the toàn trình share
+of an agency is flagged below).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ DEFAULT_ARGS = default_args(retries=2, retry_delay=timedelta(minutes=1), max_ret
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     params={
-        "date_from": Param(None, type=["null", "string"], description="first day, YYYY-MM-DD (default: 1st of this month)"),
-        "date_to": Param(None, type=["null", "string"], description="last day, included, YYYY-MM-DD (default: today)"),
+        "date_from": Param(None, type=["null", "string"], description="first day, YYYY-MM-DD (default: 1st of yesterday's month)"),
+        "date_to": Param(None, type=["null", "string"], description="last day, included, YYYY-MM-DD (default: yesterday)"),
         "thresholds": Param([0.5, 0.3], type="array", items={"type": "number", "minimum": 0, "maximum": 1},
                             description="flag agencies whose toàn trình share is below each of these"),
         "out_dir": Param(None, type=["null", "string"], description="directory for HTML and CSV (default $LIENTHONG_HOME/reports)"),
@@ -57,7 +58,8 @@ def report_kpi():
 
         params = get_current_context()["params"]
         return tasks.kpi_report(airflow_connection_spec, date_from=params["date_from"], date_to=params["date_to"],
-                                thresholds=params["thresholds"], out_dir=params["out_dir"], refresh=False)
+                                thresholds=params["thresholds"], out_dir=params["out_dir"], refresh=False,
+                                whole_days=True)
 
     write_kpi_report(refresh_dossier_facts())
 

@@ -254,7 +254,7 @@ def _time_param(value: str | None, name: str) -> datetime | None:
         return None
     try:
         return parse_time(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved out of range to UTC
         raise HTTPException(400, f"{name}: expected an ISO 8601 date or time (UTC unless it says otherwise), "
                                  f"got {value!r}") from None
 
@@ -400,6 +400,8 @@ def _exchange(exchange_id: int) -> dict[str, Any]:
 
     from lienthong.audit.search import get_exchange
 
+    if not 0 < exchange_id < 2 ** 63:  # a database integer; beyond it, no such exchange (not a 500)
+        raise HTTPException(404, f"no exchange #{exchange_id}")
     try:
         record = get_exchange(bus_store(), exchange_id)
     except SQLAlchemyError as exc:

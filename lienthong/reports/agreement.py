@@ -222,13 +222,14 @@ class DossierStatusCheck:
             portal_count: int | None = int(row.get("SoTienDo"))
         except (TypeError, ValueError):
             portal_count = None
-        if portal_count != len(progress):
-            if portal_count is not None and portal_count > len(progress):
+        # a portal row without SoTienDo (inferred in the contract: the real one may not send it)
+        # says nothing about progress: unknown is no difference
+        if portal_count is not None and portal_count != len(progress):
+            if portal_count > len(progress):
                 since, detail = portal_time(row.get("ThoiDiemXuLyCuoi")), "the portal holds more progress entries"
             else:
                 since, detail = modified, "progress entries the portal does not hold yet (SoTienDo)"
-            out.append(diff("progress", str(len(progress)), "—" if portal_count is None else str(portal_count),
-                            since, detail))
+            out.append(diff("progress", str(len(progress)), str(portal_count), since, detail))
         return out
 
     def run(self, store: Store, *, as_of: datetime) -> CheckResult:

@@ -18,7 +18,12 @@ def _resolver():
 
 
 def _percent(text: str) -> float:
-    value = float(text.rstrip("%"))
+    """A threshold as a fraction: "50" or "50%" or "0.5" is one half; "1%" is one hundredth (a
+    percent sign always means percent), "1" is one whole."""
+    text = text.strip()
+    if text.endswith("%"):
+        return float(text[:-1]) / 100
+    value = float(text)
     return value / 100 if value > 1 else value
 
 

@@ -197,7 +197,12 @@ def _agencies_of(record: dict[str, Any]) -> list[tuple[str, str | None]]:
              if isinstance(a, dict) and a.get("code")]
     if not found and record.get("publishing_agency_code"):
         found = [(str(record["publishing_agency_code"]), None)]
-    return list(dict.fromkeys(found))
+    # once per agency code, under the first name given: an agency listed twice under two names
+    # ("Sở Tư pháp", "Sở Tư pháp tỉnh") was counted twice
+    first: dict[str, tuple[str, str | None]] = {}
+    for code, name in found:
+        first.setdefault(code, (code, name))
+    return list(first.values())
 
 
 def compute_kpis(

@@ -49,7 +49,9 @@ def _upsert(conn: Connection, table: Any, keys: dict[str, Any], values: dict[str
 
 
 def write_kpis(replica: MinistryReplica, report: KpiReport) -> int:
-    """Upsert the period's rows (province and agencies); returns how many rows were written."""
+    """Replace the period's rows (province and agencies) in one transaction: an agency no longer
+    in the period (its dossiers moved to another) loses its row, so the agencies' rows add up to
+    the province's. Returns how many rows were written."""
     replica.migrate()
     now = utcnow()
     rows = []
@@ -61,6 +63,11 @@ def write_kpis(replica: MinistryReplica, report: KpiReport) -> int:
     agencies = [str(keys["ma_co_quan"]) for keys, _ in rows]
     # one recorded transaction: the exchange log shows what was written to the ministry database
     with replica.write_transaction("upsert_kpis", request, record_keys=agencies) as (conn, result):
+        if rows:
+            first = rows[0][0]
+            result["rows_deleted"] = conn.execute(delete(thong_ke_dvc).where(
+                thong_ke_dvc.c.tu_ngay == first["tu_ngay"], thong_ke_dvc.c.den_ngay == first["den_ngay"],
+                thong_ke_dvc.c.ma_co_quan.not_in(agencies))).rowcount
         for keys, values in rows:
             _upsert(conn, thong_ke_dvc, keys, {**values, "cap_nhat_luc": now})
         result["rows_written"] = len(rows)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +56,14 @@ def report_dir() -> Path:
     return localenv.topology().home / "reports"
 
 
-def default_period(today: date | None = None) -> tuple[str, str]:
-    """The current month up to today, local dates."""
+def default_period(today: date | None = None, *, whole_days: bool = False) -> tuple[str, str]:
+    """The current month up to today, local dates; with ``whole_days`` (the daily DAG), the month
+    of yesterday up to yesterday, so every row written covers days that are over (the run on the
+    1st writes the whole previous month: "up to today" left a month's row without its last day,
+    computed once in that day's morning)."""
     today = today or utcnow().astimezone(LOCAL).date()
-    return today.replace(day=1).isoformat(), today.isoformat()
+    last = today - timedelta(days=1) if whole_days else today
+    return last.replace(day=1).isoformat(), last.isoformat()
 
 
 def refresh_facts(resolve: Resolver, *, run_id: str | None = None) -> dict[str, Any]:
@@ -95,15 +99,17 @@ def kpi_report(
     with_agreement: bool = True,
     as_of: datetime | None = None,
     refresh: bool = True,
+    whole_days: bool = False,
 ) -> dict[str, Any]:
-    """Compute the period's KPIs once, upsert them into the ministry tables, write HTML + CSV.
+    """Compute the period's KPIs once, upsert them into the ministry tables, write HTML + CSV
+    (no period given: :func:`default_period`, with ``whole_days`` as given).
 
     The HTML also shows the latest agreement run kept in the bus database (``with_agreement``).
     """
     store = open_store(resolve)
     if refresh:
         refresh_dossier_facts(store)
-    start, end = (date_from, date_to) if date_from and date_to else default_period()
+    start, end = (date_from, date_to) if date_from and date_to else default_period(whole_days=whole_days)
     report = compute_kpis(store, parse_period(start, end), thresholds=tuple(thresholds or DEFAULT_THRESHOLDS),
                           as_of=as_of)
     summary = _kpi_summary(report)

@@ -420,3 +420,14 @@ def test_a_viewer_logs_in_through_airflow_and_searches_in_a_browser(server, brow
         target = REPO_ROOT / "var" / "screenshots" / "auditor-search.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, target)
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/exchanges/99999999999999999999", 404), ("/api/exchanges/99999999999999999999", 404),
+    ("/?from=0001-01-01T00:00:00%2B01:00", 400), ("/bundle?to=9999-12-31T23:00:00-05:00", 400),
+])
+def test_out_of_range_parameters_are_client_errors_not_500(server, path, status):
+    """An id beyond a database integer, a time that leaves the calendar once moved to UTC: a 400 or
+    404 naming the parameter, not an internal error (found in review)."""
+    response = server.get(path, "auditor", headers={"Accept": "text/html"})
+    assert response.status_code == status, (response.status_code, response.text[:300])

@@ -1,0 +1,139 @@
+"""Reports at their edges (each case found in review, failing before its fix): an agency listed
+twice, a rerun after a dossier moved agency, the daily run's period, a portal row without
+SoTienDo, a threshold written with a percent sign."""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from lienthong.reports.facts import refresh_dossier_facts
+from lienthong.reports.kpi import compute_kpis, parse_period
+from lienthong.store import Store, catalogue_current, outbox, utcnow
+
+AS_OF = datetime(2026, 12, 5, tzinfo=UTC)
+
+
+def _store(tmp_path) -> Store:
+    store = Store(f"sqlite:///{tmp_path / 'bus.db'}")
+    store.create_schema()
+    return store
+
+
+def _publish(store: Store, code: str, implementing: list[dict], level: str = "full") -> None:
+    record = {"procedure_code": code, "online_level": level, "publishing_agency_code": "X",
+              "agencies": {"implementing": implementing}}
+    with store.begin() as conn:
+        conn.execute(catalogue_current.insert().values(procedure_code=code, record=record, record_hash="h",
+                                                       published=True, updated_at=utcnow()))
+
+
+def test_an_agency_listed_twice_under_two_names_counts_each_procedure_once(tmp_path):
+    store = _store(tmp_path)
+    _publish(store, "1.000001", [{"code": "000.00.01.H49", "name": "Sở Tư pháp"},
+                                 {"code": "000.00.01.H49", "name": "Sở Tư pháp tỉnh"}])
+    _publish(store, "1.000002", [{"code": "000.00.01.H49", "name": "Sở Tư pháp"}], level="none")
+    report = compute_kpis(store, parse_period("2026-11-01", "2026-11-30"), as_of=AS_OF)
+    agency = next(r for r in report.agencies if r.agency_code == "000.00.01.H49")
+    assert report.province.procedures == 2
+    # the agency implements 2 procedures, one of them full-level: 50 %
+    assert (agency.procedures, agency.level_full, agency.share_full) == (2, 1, 0.5)
+
+
+def _snapshot(no: str, agency: str, version: int) -> dict:
+    return {"dossierNo": no, "version": version, "dossierStatus": "new", "govAgencyCode": agency,
+            "serviceCode": "1.000001", "submissionChannel": "counter",
+            "submitDate": "2026-11-02T08:15:00+07:00", "receiveDate": "2026-11-02T08:15:00+07:00",
+            "dueDate": "2026-11-09T08:15:00+07:00", "finishDate": None,
+            "modifiedAt": "2026-11-02T08:15:00+07:00", "progress": []}
+
+
+def _stage(conn, seq: int, snapshot: dict) -> None:
+    conn.execute(outbox.insert().values(flow="dossier_status", record_key=snapshot["dossierNo"], source_seq=seq,
+                                        source_version=snapshot["version"], source_payload=snapshot,
+                                        state="pending", attempts=0, staged_at=utcnow()))
+
+
+def test_a_rerun_of_the_same_period_replaces_the_agency_rows_in_the_ministry_table(tmp_path):
+    from connectors.ministry_db.replica import MinistryReplica, thong_ke_dvc
+    from lienthong.reports.ministry import write_kpis
+
+    store = _store(tmp_path)
+    with store.begin() as conn:
+        _stage(conn, 1, _snapshot("D-1", "AG-A", 1))
+    refresh_dossier_facts(store)
+    period = parse_period("2026-11-01", "2026-11-30")
+    replica = MinistryReplica(f"sqlite:///{tmp_path / 'ministry.db'}")
+    write_kpis(replica, compute_kpis(store, period, as_of=AS_OF))
+    # the dossier was transferred to another agency: its newer snapshot names AG-B
+    with store.begin() as conn:
+        _stage(conn, 2, _snapshot("D-1", "AG-B", 2))
+    refresh_dossier_facts(store)
+    write_kpis(replica, compute_kpis(store, period, as_of=AS_OF))
+    with replica.engine.connect() as conn:
+        rows = {r.ma_co_quan: r.hs_tiep_nhan for r in conn.execute(
+            select(thong_ke_dvc.c.ma_co_quan, thong_ke_dvc.c.hs_tiep_nhan))}
+    replica.dispose()
+    # province 1 dossier; the agencies' rows must add up to it
+    assert rows == {"*": 1, "AG-B": 1}
+
+
+def test_the_daily_run_on_the_first_writes_the_whole_previous_month(tmp_path, monkeypatch):
+    """report_kpi runs @daily (00:00 UTC = 07:00 in Viet Nam). With "this month up to today" a
+    dossier submitted on 30 November at 15:00 local was in no ministry row for November: the row
+    1-30 November was computed that morning, never again. The DAG now takes whole days."""
+    from connectors.connection import connection_from_env
+    from connectors.ministry_db.replica import MinistryReplica, thong_ke_dvc
+    from lienthong.reports import kpi as kpi_module
+    from lienthong.reports import tasks as report_tasks
+
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "bus.db")}))
+    monkeypatch.setenv("AIRFLOW_CONN_MINISTRY_DB_DEFAULT",
+                       json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "ministry.db")}))
+    store = _store(tmp_path)
+
+    def daily_run(now: datetime) -> None:  # what the DAG's two tasks do, with params at their defaults
+        monkeypatch.setattr(report_tasks, "utcnow", lambda: now)
+        monkeypatch.setattr(kpi_module, "utcnow", lambda: now)
+        report_tasks.refresh_facts(connection_from_env)
+        report_tasks.kpi_report(connection_from_env, out_dir=tmp_path / "out", with_agreement=False, refresh=False,
+                                whole_days=True)  # as dags/report_kpi.py calls it
+
+    daily_run(datetime(2026, 11, 30, 0, 0, tzinfo=UTC))  # 30 Nov 07:00 local
+    snap = _snapshot("D-1", "AG-A", 1)
+    snap.update(submitDate="2026-11-30T15:00:00+07:00", modifiedAt="2026-11-30T15:00:00+07:00")
+    with store.begin() as conn:  # the dossier flow stages it later that day
+        _stage(conn, 1, snap)
+    daily_run(datetime(2026, 12, 1, 0, 0, tzinfo=UTC))  # 1 Dec 07:00 local
+    replica = MinistryReplica(f"sqlite:///{tmp_path / 'ministry.db'}")
+    with replica.engine.connect() as conn:
+        rows = conn.execute(select(thong_ke_dvc.c.tu_ngay, thong_ke_dvc.c.den_ngay, thong_ke_dvc.c.hs_tiep_nhan)
+                            .where(thong_ke_dvc.c.ma_co_quan == "*")).all()
+    replica.dispose()
+    november = {(a, b): n for a, b, n in rows if str(a).startswith("2026-11")}
+    assert november.get(("2026-11-01", "2026-11-30")) == 1, rows
+
+
+def test_a_portal_row_without_sotiendo_is_no_progress_difference():
+    from lienthong.reports.agreement import DossierStatusCheck
+
+    check = DossierStatusCheck(onestop=None, portal=None)
+    snapshot = {"dossierNo": "D-1", "dossierStatus": "new", "progress": [],
+                "modifiedAt": "2026-11-02T08:15:00+07:00"}
+    # the portal holds the dossier with the right status; it just does not say how many entries it holds
+    row = {"MaHoSo": "D-1", "TrangThaiHoSo": "2", "NgayCapNhat": "20261102081500"}
+    assert check.compare(snapshot, row, delivered_status="2") == []
+
+
+def test_a_threshold_with_a_percent_sign_is_a_percent():
+    from lienthong.reports.cli import _percent
+
+    assert [_percent(t) for t in ("1%", "0.5%", "50%", "50", "0.3", "1")] == [0.01, 0.005, 0.5, 0.5, 0.3, 1.0]
+
+
+def test_the_kpi_dag_asks_for_whole_days():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / "dags" / "report_kpi.py").read_text()
+    assert "whole_days=True" in text
