@@ -993,8 +993,9 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
            flow: str | None = None, by: str = "operator") -> ReplayResult:
     """Resolve dead letters and put their records back in line, to be delivered once.
 
-    For a dossier, its newest held or refused snapshot goes back to pending (re-mapped with the
-    current mapping file); for a progress entry, the entry and the entries held behind it do.
+    For a dossier, its newest held, refused or pending snapshot goes back to pending (re-mapped
+    with the current mapping file), the others held behind it are superseded; for a progress
+    entry, the entry and the entries held behind it go back to pending.
     Select by dead-letter ids, by record key, or every unresolved dead letter of a flow.
     """
     result = ReplayResult()
@@ -1013,9 +1014,12 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
                 resolved_at=utcnow(), resolution=f"replayed by {by}"))
             result.dead_letters.append(letter["id"])
         for key in sorted({lt["record_key"] for lt in letters if lt["flow"] == FLOW}):
+            # a newer snapshot staged meanwhile (pending) is the one to deliver: the refused one
+            # put back beside it went in the same call, and the portal refused both as a dossier
+            # given twice
             newest = conn.execute(
                 select(outbox.c.id).where(outbox.c.flow == FLOW, outbox.c.record_key == key,
-                                          outbox.c.state.in_(("held", "rejected")))
+                                          outbox.c.state.in_(("held", "rejected", "pending")))
                 .order_by(outbox.c.source_version.desc().nulls_last(), outbox.c.source_seq.desc(),
                           outbox.c.id.desc()).limit(1)
             ).scalar()

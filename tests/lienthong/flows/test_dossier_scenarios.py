@@ -396,3 +396,37 @@ def test_an_older_snapshot_committed_late_after_an_unchanged_newer_one_is_stale(
     _, delivered = run("late-3")
     assert delivered["stale"] == 1 and delivered["portal_calls"] == 0
     assert portal_dossiers(bus_env)[code]["TrangThaiHoSo"] == "4"
+
+
+def test_replay_while_a_newer_snapshot_is_pending_delivers_only_the_newest(bus_env, tmp_path, monkeypatch):
+    """The unmapped (interoperating) dossier is dead-lettered; its next snapshot is staged before
+    the mapping is fixed and the dead letter replayed. Replay put the refused snapshot back beside
+    the pending one, both went in one DongBoHoSoMC, and the portal refused both as a dossier given
+    twice (found in review); now the newest alone is delivered, once."""
+    import shutil
+
+    run("rp-1")
+    code = next(d["dossierNo"] for d in get(bus_env, "onestop", "/_state")["defective"]
+                if d["defect"] == "unmapped_status")
+    d = get(bus_env, "onestop", f"/_state/dossiers/{code}")["dossier"]
+    s = store()
+    with s.begin() as conn:  # the one-stop moves it on (still interoperating); staged, not yet delivered
+        conn.execute(outbox.insert().values(**_late_snapshot(code, d, version=d["version"] + 1, seq=40_000,
+                                                             briefNote="Bổ sung")))
+    fixed = tmp_path / "mappings"
+    shutil.copytree(REPO / "mappings", fixed)
+    for path in fixed.rglob("*.yaml"):
+        text = path.read_text()
+        if "interoperating:" in text and "not_mapped" in text:
+            text = text.replace("      processing: \"4\"", "      processing: \"4\"\n      interoperating: \"4\"", 1)
+            text = text.replace("    not_mapped:\n      interoperating:", "    not_mapped:\n      interoperating_old:")
+            path.write_text(text)
+    monkeypatch.setenv("LIENTHONG_MAPPINGS_DIR", str(fixed))
+    assert load_mapping(dossier_status.MAPPING).apply(d)["TrangThaiHoSo"] == "4"
+    dossier_status.replay(s, record_key=code)
+    # what `lienthong deadletter replay` does next: deliver at once (no staging in between)
+    delivered = tasks.deliver_dossier_statuses(connection_from_env, run_id="rp-2", task_id="replay")
+    assert [x for x in s.dead_letters(dossier_status.FLOW) if x["record_key"] == code] == []
+    assert delivered["delivered_new"] + delivered["delivered_update"] == 1 and delivered["rejected"] == 0
+    assert code in portal_dossiers(bus_env)
+    assert len(histories(bus_env, code)) == 1
