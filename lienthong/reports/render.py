@@ -318,20 +318,22 @@ def _safe(text: str) -> str:
 
 def write_files(out_dir: Path, *, kpi: KpiReport | None = None, agreement: AgreementReport | None = None
                 ) -> dict[str, Path]:
-    """Write the HTML report and the CSV files; returns their paths by kind."""
+    """Write the HTML report and the CSV files; returns their paths by kind. The CSV files start
+    with a UTF-8 byte-order mark: without it a spreadsheet opens Vietnamese names in the local code
+    page ("Sá»Ÿ TÆ° phÃ¡p")."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if kpi is not None:
         stem = f"kpi-{kpi.period.first_day}_{kpi.period.last_day}"
         paths["kpi_csv"] = out_dir / f"{stem}.csv"
-        paths["kpi_csv"].write_text(kpi_csv(kpi), encoding="utf-8")
+        paths["kpi_csv"].write_text(kpi_csv(kpi), encoding="utf-8-sig")
         paths["kpi_days_csv"] = out_dir / f"{stem}-days.csv"
-        paths["kpi_days_csv"].write_text(kpi_days_csv(kpi), encoding="utf-8")
+        paths["kpi_days_csv"].write_text(kpi_days_csv(kpi), encoding="utf-8-sig")
     else:
         stem = f"agreement-{_safe(agreement.run_id) if agreement else 'none'}"
     if agreement is not None:
         paths["agreement_csv"] = out_dir / f"agreement-{_safe(agreement.run_id)}.csv"
-        paths["agreement_csv"].write_text(agreement_csv(agreement), encoding="utf-8")
+        paths["agreement_csv"].write_text(agreement_csv(agreement), encoding="utf-8-sig")
     paths["html"] = out_dir / f"report-{stem}.html"
     paths["html"].write_text(render_html(kpi, agreement), encoding="utf-8")
     return paths

@@ -151,6 +151,11 @@ def test_cli_report_kpi_and_agreement(province, tmp_path, capsys):
     assert main(["report", "agreement", "--check", "dossier_status", "--run-id", "cli-agreement",
                  "--out", str(tmp_path), "--no-ministry"]) == 0
     assert (tmp_path / "agreement-cli-agreement.csv").exists()
+    # a byte-order mark first, so that a spreadsheet reads the Vietnamese names as UTF-8
+    for name in ("kpi-2026-11-01_2026-11-30.csv", "kpi-2026-11-01_2026-11-30-days.csv", "agreement-cli-agreement.csv"):
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(b"\xef\xbb\xbf") and not data[3:].startswith(b"\xef\xbb\xbf")
+    assert "Sở" in (tmp_path / "kpi-2026-11-01_2026-11-30.csv").read_text(encoding="utf-8-sig")
 
 
 def test_write_demo_report_returns_the_html_with_kpis_and_agreement(province, tmp_path):
