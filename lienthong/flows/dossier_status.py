@@ -924,7 +924,15 @@ _PENDING = (
 )
 _PENDING_AFTER = _PENDING.where(tuple_(*_ORDER) > tuple_(bindparam("a_key"), bindparam("a_at"), bindparam("a_step"),
                                                          bindparam("a_id")))
-_HOLD = update(progress_outbox).where(progress_outbox.c.id.in_(bindparam("b_ids", expanding=True))).values(state="held")
+# Held only if still pending and still behind a refused or held entry when the update runs: a
+# replay committed since the slice was read has released the dossier, and an entry held then
+# would wait with no dead letter left to replay it.
+_HOLD = (update(progress_outbox)
+         .where(progress_outbox.c.id.in_(bindparam("b_ids", expanding=True)), progress_outbox.c.state == "pending",
+                or_(*(exists().where(_BEHIND.c.flow == PROGRESS_FLOW, _BEHIND.c.state == state,
+                                     _BEHIND.c.record_key == progress_outbox.c.record_key)
+                      for state in ("rejected", "held"))))
+         .values(state="held"))
 # Marks the chosen entries in flight if they are still pending, mapped and unsent, and gives their
 # payloads as they are now: an entry another worker sent and acknowledged since it was read (then
 # giving its lease back) is not taken, so it cannot go twice.
@@ -974,8 +982,7 @@ def _next_chunk(conn: Connection, chunk_size: int, report: ProgressReport, lease
             elif r.record_key in mine and not r.waits:  # else another worker's dossier: it waits for it
                 chosen.append(r)
         if held:
-            conn.execute(_HOLD, {"b_ids": held})
-            report.held += len(held)
+            report.held += conn.execute(_HOLD, {"b_ids": held}).rowcount
     if not chosen:
         return []
     payloads = dict(conn.execute(_TAKE, {"b_ids": [r.id for r in chosen]}).all())

@@ -124,3 +124,23 @@ def test_a_later_entry_waits_while_an_earlier_one_staged_meanwhile_is_not_mapped
     _, entry, stage = _two_steps(store)
     stage(entry(1, "2026-11-06T08:00:00+07:00", actor=""), entry(2, "2026-11-06T09:00:00+07:00"))
     assert _chunk(store) == []
+
+
+def test_an_entry_is_held_only_if_still_behind_a_refused_one_when_the_hold_is_written(store):
+    """A worker reads entry 2 as blocked by refused entry 1; an operator's replay commits before the
+    worker writes the hold: entry 2 must stay pending (it was held with no dead letter left to
+    replay it: found in review)."""
+    from lienthong.flows.dossier_status import _HOLD, _PENDING
+
+    code, entry, stage = _two_steps(store)
+    stage(entry(1, "2026-11-06T08:00:00+07:00"), entry(2, "2026-11-06T09:00:00+07:00"))
+    with store.begin() as conn:
+        conn.execute(update(progress_outbox).where(progress_outbox.c.entry_key == f"{code}#1").values(state="rejected"))
+        blocked = [r.id for r in conn.execute(_PENDING, {"b_limit": 10}) if r.blocked]
+    assert len(blocked) == 1
+    with store.begin() as conn:  # the replay: entry 1 back in line
+        conn.execute(update(progress_outbox).where(progress_outbox.c.entry_key == f"{code}#1").values(state="pending"))
+    with store.begin() as conn:  # the worker's hold, written after it
+        assert conn.execute(_HOLD, {"b_ids": blocked}).rowcount == 0
+    with store.engine.connect() as conn:
+        assert set(conn.execute(select(progress_outbox.c.state)).scalars()) == {"pending"}
