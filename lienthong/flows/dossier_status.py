@@ -665,15 +665,20 @@ def _stage_progress(conn: Connection, progress_mapping: Mapping, items: list[_It
             candidates.append((item.key, _entry_key(progress_mapping, source, item.key), entry, source))
     if not candidates:
         return
-    staged: set[str] = set()
+    staged: dict[str, str] = {}  # entry key -> state
     keys = sorted({c[1] for c in candidates})
     for start in range(0, len(keys), _IN_CHUNK):
-        staged.update(conn.execute(_STAGED_ENTRIES, {"b_keys": keys[start:start + _IN_CHUNK]}).scalars())
+        staged.update(conn.execute(_STAGED_ENTRIES, {"b_keys": keys[start:start + _IN_CHUNK]}).all())
     rows = []
+    corrected: dict[str, dict[str, Any]] = {}
     for dossier_key, entry_key, entry, source in candidates:
+        if staged.get(entry_key) == "rejected":
+            # refused, never sent: the one-stop's newer copy of the step (a corrected actor...) is
+            # what a replay maps and sends (the dead letter keeps the copy that was refused)
+            corrected[entry_key] = source
         if entry_key in staged:
             continue
-        staged.add(entry_key)  # the same step twice in one snapshot is staged once
+        staged[entry_key] = "pending"  # the same step twice in one snapshot is staged once
         try:
             record: dict[str, Any] | None = progress_mapping.apply(source)
         except RecordInvalid:
@@ -693,10 +698,16 @@ def _stage_progress(conn: Connection, progress_mapping: Mapping, items: list[_It
             "staged_at": now,
         })
     insert_ignore(conn, progress_outbox, rows, "uq_progress_entry")
+    for entry_key, source in corrected.items():
+        conn.execute(_CORRECT_REFUSED, {"b_key": entry_key, "b_source": source})
 
 
-_STAGED_ENTRIES = select(progress_outbox.c.entry_key).where(
+_STAGED_ENTRIES = select(progress_outbox.c.entry_key, progress_outbox.c.state).where(
     progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.entry_key.in_(bindparam("b_keys", expanding=True)))
+_CORRECT_REFUSED = (update(progress_outbox)
+                    .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.entry_key == bindparam("b_key"),
+                           progress_outbox.c.state == "rejected")
+                    .values(source_payload=bindparam("b_source")))
 
 #: Longest progress entry key the bus database holds (``progress_outbox.entry_key`` is a VARCHAR(250)).
 _ENTRY_KEY_MAX = 250

@@ -144,3 +144,32 @@ def test_an_entry_is_held_only_if_still_behind_a_refused_one_when_the_hold_is_wr
         assert conn.execute(_HOLD, {"b_ids": blocked}).rowcount == 0
     with store.engine.connect() as conn:
         assert set(conn.execute(select(progress_outbox.c.state)).scalars()) == {"pending"}
+
+
+def test_a_refused_step_the_one_stop_corrected_is_sent_corrected_after_replay(store):
+    """Step 1's actor is too long and the portal never gets it; the one-stop corrects it in its next
+    snapshot; replay must send the corrected step (it re-mapped the refused copy, refused it again,
+    and the dossier's later steps stayed held for good: found in review)."""
+    from connectors.national_portal.client import BatchResult
+    from lienthong.mapping import load_mapping
+
+    mapping = load_mapping(dossier_status.PROGRESS_MAPPING)
+    code, entry, stage = _two_steps(store)
+    sent: list[dict] = []
+
+    class Portal:
+        transport = None
+
+        def update_progress(self, records):
+            sent.extend(records)
+            return BatchResult(accepted=list(range(len(records))), calls=1)
+
+    stage(entry(1, "2026-11-06T08:00:00+07:00", actor="Nguyễn " * 20))  # over the 50 characters
+    first = dossier_status.deliver_progress(store, Portal(), run_id="r1", mapping=mapping)
+    assert [r["record_key"] for r in first.rejected] == [f"{code}#1"] and sent == []
+    stage(entry(1, "2026-11-06T08:00:00+07:00", actor="Nguyễn Văn A"), entry(2, "2026-11-06T09:00:00+07:00"))
+    dossier_status.replay(store, flow=dossier_status.PROGRESS_FLOW)
+    dossier_status.deliver_progress(store, Portal(), run_id="r2", mapping=mapping)
+    assert [e["NguoiXuLy"] for e in sent] == ["Nguyễn Văn A", "Trần Văn Bình"]
+    (letter,) = store.dead_letters(dossier_status.PROGRESS_FLOW, unresolved_only=False)
+    assert letter["source_payload"]["actor"] == "Nguyễn " * 20  # the dead letter keeps the refused copy
