@@ -184,17 +184,7 @@ def test_unmappable_dossier_is_dead_lettered_and_replayed_after_a_mapping_fix(bu
                     if d["defect"] == "unmapped_status")
     assert unmapped not in portal_dossiers(bus_env)
     # the engineer maps 'interoperating' to "4" (Đang xử lý) in a copy of the mappings, no Python
-    import shutil
-
-    fixed = tmp_path / "mappings"
-    shutil.copytree(REPO / "mappings", fixed)
-    for path in fixed.rglob("*.yaml"):
-        text = path.read_text()
-        if "interoperating:" in text and "not_mapped" in text:
-            text = text.replace("      processing: \"4\"", "      processing: \"4\"\n      interoperating: \"4\"", 1)
-            text = text.replace("    not_mapped:\n      interoperating:", "    not_mapped:\n      interoperating_old:")
-            path.write_text(text)
-    monkeypatch.setenv("LIENTHONG_MAPPINGS_DIR", str(fixed))
+    _map_interoperating(tmp_path, monkeypatch)
     assert load_mapping(dossier_status.MAPPING).apply(
         get(bus_env, "onestop", f"/_state/dossiers/{unmapped}")["dossier"])["TrangThaiHoSo"] == "4"
     letters = [d for d in store().dead_letters(dossier_status.FLOW) if d["record_key"] == unmapped]
@@ -403,8 +393,6 @@ def test_replay_while_a_newer_snapshot_is_pending_delivers_only_the_newest(bus_e
     the mapping is fixed and the dead letter replayed. Replay put the refused snapshot back beside
     the pending one, both went in one DongBoHoSoMC, and the portal refused both as a dossier given
     twice (found in review); now the newest alone is delivered, once."""
-    import shutil
-
     run("rp-1")
     code = next(d["dossierNo"] for d in get(bus_env, "onestop", "/_state")["defective"]
                 if d["defect"] == "unmapped_status")
@@ -413,6 +401,22 @@ def test_replay_while_a_newer_snapshot_is_pending_delivers_only_the_newest(bus_e
     with s.begin() as conn:  # the one-stop moves it on (still interoperating); staged, not yet delivered
         conn.execute(outbox.insert().values(**_late_snapshot(code, d, version=d["version"] + 1, seq=40_000,
                                                              briefNote="Bổ sung")))
+    _map_interoperating(tmp_path, monkeypatch)
+    assert load_mapping(dossier_status.MAPPING).apply(d)["TrangThaiHoSo"] == "4"
+    dossier_status.replay(s, record_key=code)
+    # what `lienthong deadletter replay` does next: deliver at once (no staging in between)
+    delivered = tasks.deliver_dossier_statuses(connection_from_env, run_id="rp-2", task_id="replay")
+    assert [x for x in s.dead_letters(dossier_status.FLOW) if x["record_key"] == code] == []
+    assert delivered["delivered_new"] + delivered["delivered_update"] == 1 and delivered["rejected"] == 0
+    assert code in portal_dossiers(bus_env)
+    assert len(histories(bus_env, code)) == 1
+
+
+def _map_interoperating(tmp_path, monkeypatch) -> None:
+    """What an engineer does for the seeded unmapped dossier: map 'interoperating' to "4" (Đang xử
+    lý) in a copy of the mappings, no Python, and point the bus at it."""
+    import shutil
+
     fixed = tmp_path / "mappings"
     shutil.copytree(REPO / "mappings", fixed)
     for path in fixed.rglob("*.yaml"):
@@ -422,11 +426,3 @@ def test_replay_while_a_newer_snapshot_is_pending_delivers_only_the_newest(bus_e
             text = text.replace("    not_mapped:\n      interoperating:", "    not_mapped:\n      interoperating_old:")
             path.write_text(text)
     monkeypatch.setenv("LIENTHONG_MAPPINGS_DIR", str(fixed))
-    assert load_mapping(dossier_status.MAPPING).apply(d)["TrangThaiHoSo"] == "4"
-    dossier_status.replay(s, record_key=code)
-    # what `lienthong deadletter replay` does next: deliver at once (no staging in between)
-    delivered = tasks.deliver_dossier_statuses(connection_from_env, run_id="rp-2", task_id="replay")
-    assert [x for x in s.dead_letters(dossier_status.FLOW) if x["record_key"] == code] == []
-    assert delivered["delivered_new"] + delivered["delivered_update"] == 1 and delivered["rejected"] == 0
-    assert code in portal_dossiers(bus_env)
-    assert len(histories(bus_env, code)) == 1
