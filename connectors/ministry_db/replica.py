@@ -230,14 +230,18 @@ class ProcedureRow:
     def overlong_columns(self) -> list[tuple[str, int, int]]:
         """(column, the value's length, the column's limit) for each text longer than its column
         (``fees[i].column`` for fees): PostgreSQL refuses the whole statement, SQLite would store it."""
-        found = [(column.name, len(value), column.type.length) for column in thu_tuc.columns
-                 if getattr(column.type, "length", None) and isinstance(value := getattr(self, column.name, None), str)
-                 and len(value) > column.type.length]
+        found = _overlong(thu_tuc, lambda name: getattr(self, name, None), "")
         for i, fee in enumerate(self.fees):
-            found += [(f"fees[{i}].{column.name}", len(value), column.type.length) for column in phi_le_phi.columns
-                      if getattr(column.type, "length", None) and isinstance(value := fee.get(column.name), str)
-                      and len(value) > column.type.length]
+            found += _overlong(phi_le_phi, fee.get, f"fees[{i}].")
         return found
+
+
+def _overlong(table: Table, value_of: Callable[[str], Any], prefix: str) -> list[tuple[str, int, int]]:
+    """(prefix + column, length, limit) for each of ``table``'s length-bound columns whose text
+    (``value_of(column name)``) is longer than the column holds."""
+    return [(prefix + column.name, len(value), column.type.length) for column in table.columns
+            if getattr(column.type, "length", None) and isinstance(value := value_of(column.name), str)
+            and len(value) > column.type.length]
 
 
 class MinistryReplica:

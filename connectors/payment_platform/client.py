@@ -413,8 +413,7 @@ class PaymentPlatformClient:
             raise ProtocolError(f"{PEER} GET_BILL {reference}: HTTP {response.status_code} with a PDF body; "
                                 "not kept as the receipt", peer=PEER, operation="GET_BILL",
                                 status=response.status_code)
-        _read_bill(response, PEER, "GET_BILL")  # read in the transport too: never kept unchecked
-        pdf = response.content
+        pdf = response.content  # whole: the transport read it (_read_bill) before handing it over
         labelled = re.search(rb"So bien lai: (BL\d{4}-\d{6})", pdf)
         found = labelled.group(1) if labelled else (m.group(0) if (m := _RECEIPT_NO.search(pdf)) else None)
         return Bill(reference=reference, pdf=pdf, sha256=hashlib.sha256(pdf).hexdigest(),

@@ -430,7 +430,8 @@ def verify_exchanges(store: Store, public_keys: Any = None, *,
             for seq in range(archive["first_seq"], archive["last_seq"] + 1):
                 archived[seq] = info
         redaction_ids = set(conn.execute(select(exchange_redaction.c.id)).scalars()) if deep else set()
-        redactions = bool(redaction_ids) or conn.execute(select(exchange_redaction.c.id).limit(1)).first() is not None
+        redactions = bool(redaction_ids) if deep else \
+            conn.execute(select(exchange_redaction.c.id).limit(1)).first() is not None
         previous: dict[str, Any] | None = None
         batches = _batches(store, conn, [(s["last_id"] if s else 0, seal["last_id"])
                                          for s, seal in zip([None, *seals], seals)], workers)

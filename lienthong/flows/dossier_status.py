@@ -919,11 +919,11 @@ _BEHIND = progress_outbox.alias("behind")
 # yet, or a dead worker's, which the next run reconciles) or was staged unmapped after this step
 # mapped the backlog (the next run maps or dead-letters it): the dossier's other entries are left
 # pending until then, not held, as sending them could put them before it.
+_BLOCKED = or_(*(exists().where(_BEHIND.c.flow == PROGRESS_FLOW, _BEHIND.c.state == state,
+                                 _BEHIND.c.record_key == progress_outbox.c.record_key)
+                  for state in ("rejected", "held")))
 _PENDING = (
-    select(progress_outbox.c.id, progress_outbox.c.entry_key, *_ORDER,
-           or_(*(exists().where(_BEHIND.c.flow == PROGRESS_FLOW, _BEHIND.c.state == state,
-                                _BEHIND.c.record_key == progress_outbox.c.record_key)
-                 for state in ("rejected", "held"))).label("blocked"),
+    select(progress_outbox.c.id, progress_outbox.c.entry_key, *_ORDER, _BLOCKED.label("blocked"),
            or_(exists().where(_BEHIND.c.flow == PROGRESS_FLOW, _BEHIND.c.state == "in_flight",
                               _BEHIND.c.record_key == progress_outbox.c.record_key),
                exists().where(_BEHIND.c.flow == PROGRESS_FLOW, _BEHIND.c.state == "pending",
@@ -940,9 +940,7 @@ _PENDING_AFTER = _PENDING.where(tuple_(*_ORDER) > tuple_(bindparam("a_key"), bin
 # would wait with no dead letter left to replay it.
 _HOLD = (update(progress_outbox)
          .where(progress_outbox.c.id.in_(bindparam("b_ids", expanding=True)), progress_outbox.c.state == "pending",
-                or_(*(exists().where(_BEHIND.c.flow == PROGRESS_FLOW, _BEHIND.c.state == state,
-                                     _BEHIND.c.record_key == progress_outbox.c.record_key)
-                      for state in ("rejected", "held"))))
+                _BLOCKED)
          .values(state="held"))
 # Marks the chosen entries in flight if they are still pending, mapped and unsent, and gives their
 # payloads as they are now: an entry another worker sent and acknowledged since it was read (then
