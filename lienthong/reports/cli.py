@@ -59,8 +59,8 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--to", dest="date_to", help="last day, included (YYYY-MM-DD) or ISO date-time, excluded "
                                                 "(default: today)")
     q.add_argument("--threshold", action="append", type=_percent,
-                   help="flag agencies whose toàn trình share is below this (50 or 0.5; repeat; "
-                        "default 50 and 30)")
+                   help="flag agencies whose toàn trình share is below this (50, 50%% or 0.5; 1%% is one "
+                        "percent; repeat; default 50 and 30)")
     q.add_argument("--out", help="directory for the HTML and CSV files (default $LIENTHONG_HOME/reports)")
     q.add_argument("--no-ministry", action="store_true", help="do not write the ministry tables")
     q.add_argument("--no-agreement", action="store_true",
