@@ -513,6 +513,18 @@ class Store:
         with self.engine.begin() as conn:
             yield conn
 
+    def settled_max_id(self, table: Table) -> int | None:
+        """The highest ``id`` of ``table`` below which no row can still appear: what a bookmark over
+        ids may move to. On PostgreSQL a transaction takes its id from the sequence inside its
+        ``INSERT`` and may commit after one that took a higher id; read under ``LOCK TABLE ... IN
+        SHARE MODE``, which waits for the transactions still writing the table (and holds new
+        writers back for that one read), every id up to the answer is committed or never will be.
+        SQLite has one writer at a time, so its ids commit in order. None for an empty table."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"LOCK TABLE {table.name} IN SHARE MODE")
+            return conn.execute(select(func.max(table.c.id))).scalar()
+
     # -- cursors -------------------------------------------------------------------------------
     def get_cursor(self, flow: str) -> str | None:
         with self.engine.connect() as conn:

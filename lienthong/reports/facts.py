@@ -3,7 +3,8 @@
 Every one-stop snapshot the dossier flow stages stays in the outbox (``source_payload``). The KPI
 reports need, per dossier, only its newest snapshot's agency, procedure, channel, status and dates;
 :func:`refresh_dossier_facts` reads the outbox rows staged since its last call (a bookmark in
-``sync_cursor``, moved in the same transaction as the facts it covers) and keeps one
+``sync_cursor``, moved in the same transaction as the facts it covers; never past a row a stager
+still in flight may commit below) and keeps one
 ``dossier_fact`` row per dossier, newest version wins. The sync flows are not touched: a report
 catches up with whatever was staged, and a rerun changes nothing.
 
@@ -109,14 +110,18 @@ def record_dossier_facts(conn: Connection, rows: Iterable[dict[str, Any]]) -> in
 
 
 def refresh_dossier_facts(store: Store, *, batch_size: int = 2000, run_id: str | None = None) -> int:
-    """Bring ``dossier_fact`` level with the outbox; returns how many facts changed."""
+    """Bring ``dossier_fact`` level with the outbox rows committed when the call starts (later
+    ones wait for the next call); returns how many facts changed."""
     changed = 0
-    while True:
+    # Never past an id a stager still in flight may commit below (the DAG and a backfill at once,
+    # on PostgreSQL): the bookmark would pass its rows for good.
+    settled = store.settled_max_id(outbox)
+    while settled is not None:
         last = int(store.get_cursor(FACTS_CURSOR) or 0)
         with store.begin() as conn:
             rows = conn.execute(
                 select(outbox.c.id, outbox.c.record_key, outbox.c.source_payload)
-                .where(outbox.c.flow == DOSSIER_FLOW, outbox.c.id > last)
+                .where(outbox.c.flow == DOSSIER_FLOW, outbox.c.id > last, outbox.c.id <= settled)
                 .order_by(outbox.c.id).limit(batch_size)
             ).mappings().all()
             if not rows:

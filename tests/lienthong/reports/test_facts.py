@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -53,3 +54,34 @@ def test_newest_version_wins_and_reruns_change_nothing(tmp_path):
     # the outbox rows are left as the flow staged them
     with store.engine.connect() as conn:
         assert {r.state for r in conn.execute(select(outbox.c.state))} == {"pending"}
+
+
+def test_a_lower_id_committed_after_a_higher_one_is_not_skipped(bus_store):
+    """Two stagers at once (the DAG and a CLI backfill): on PostgreSQL the row that took the lower
+    id can commit after the refresh has read the higher one. The bookmark must not pass it."""
+    store = bus_store
+    slow = store.engine.connect()
+    slow.begin()
+    slow.execute(outbox.insert().values(flow="dossier_status", record_key="SLOW-1", source_seq=1, source_version=1,
+                                        source_payload=_snapshot("SLOW-1", 1, "receiving"), state="pending",
+                                        attempts=0, staged_at=utcnow()))
+    if store.engine.dialect.name == "sqlite":  # one writer at a time: the ids commit in order there
+        slow.commit()
+        slow.close()
+        slow = None
+    else:
+        _stage(store, 2, _snapshot("FAST-1", 1, "receiving"))  # the higher id, committed first
+    done: list[int] = []
+    refresh = threading.Thread(target=lambda: done.append(refresh_dossier_facts(store)))
+    refresh.start()
+    if slow is not None:
+        refresh.join(1.0)
+        slow.commit()
+        slow.close()
+    refresh.join(30)
+    assert not refresh.is_alive()
+    refresh_dossier_facts(store)
+    if store.engine.dialect.name == "sqlite":
+        _stage(store, 2, _snapshot("FAST-1", 1, "receiving"))
+        refresh_dossier_facts(store)
+    assert set(_facts(store)) == {"SLOW-1", "FAST-1"}
