@@ -107,20 +107,43 @@ def _threshold() -> int:
 
 
 _BLOB_PINNED = select(exchange_blob.c.pinned).where(exchange_blob.c.sha256 == bindparam("b_sha"))
+# Found present, a blob stays held until the transaction that relies on it commits (PostgreSQL: a
+# row lock; to be pinned, the stronger one its UPDATE needs, so two pinners never deadlock).
+_BLOB_HELD = _BLOB_PINNED.with_for_update(read=True)
+_BLOB_HELD_TO_PIN = _BLOB_PINNED.with_for_update()
+
+
+def _write_lock(conn: Connection) -> None:
+    """On SQLite, take the database's write lock now unless this transaction writes already (the
+    driver opens a transaction only at its first write: a blob found present before it could be
+    pruned before the reference to it is written)."""
+    if conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def put_blob(conn: Connection, data: bytes, content_type: str | None = None, *, pinned: bool = False) -> str:
     """Store ``data`` once under its SHA-256 (insert-ignore) in the caller's transaction; return the
-    hash. ``pinned`` blobs (a flow keeping a receipt) are never pruned by ``audit archive``."""
+    hash. ``pinned`` blobs (a flow keeping a receipt) are never pruned by ``audit archive``.
+
+    A blob found already stored is held until the caller's transaction ends (PostgreSQL: a row
+    lock; SQLite: the write lock), so ``audit archive``, which deletes a blob only after taking
+    the same lock and finding no record referencing it, never deletes it under the reference the
+    caller is about to commit."""
     sha = hashlib.sha256(data).hexdigest()
-    present = conn.execute(_BLOB_PINNED, {"b_sha": sha}).first()
-    if present is None:
-        insert_ignore(conn, exchange_blob, [{"sha256": sha, "content_type": content_type, "size": len(data),
-                                             "data": zlib.compress(data), "pinned": pinned,
-                                             "created_at": utcnow()}], "exchange_blob_pkey")
-    if pinned and (present is None or not present[0]):
-        conn.execute(update(exchange_blob).where(exchange_blob.c.sha256 == sha).values(pinned=True))
-    return sha
+    _write_lock(conn)
+    held = _BLOB_HELD_TO_PIN if pinned else _BLOB_HELD
+    for _ in range(3):
+        present = conn.execute(held, {"b_sha": sha}).first()
+        if present is not None:
+            if pinned and not present[0]:
+                conn.execute(update(exchange_blob).where(exchange_blob.c.sha256 == sha).values(pinned=True))
+            return sha
+        if insert_ignore(conn, exchange_blob, [{"sha256": sha, "content_type": content_type, "size": len(data),
+                                                "data": zlib.compress(data), "pinned": pinned,
+                                                "created_at": utcnow()}], "exchange_blob_pkey"):
+            return sha
+        # another transaction stored it between the two statements: hold that one
+    raise RuntimeError(f"blob {sha[:16]}… neither stays stored nor can be stored (pruned three times over)")
 
 
 def blob_info(store: Store, sha256: str) -> dict[str, Any] | None:

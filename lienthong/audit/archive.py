@@ -137,6 +137,12 @@ def _prune(store: Store, chunk: list[dict[str, Any]], info: dict[str, Any]) -> t
         records = conn.execute(delete(exchange_log).where(exchange_log.c.id.in_(sealed))).rowcount
         blobs = 0
         for sha in sorted(refs):
+            # Hold the blob first (PostgreSQL: a row lock; SQLite: this transaction's write lock,
+            # taken by its first insert), then look for references: a recorder that found it
+            # present holds it until its own reference is committed (exchange_log.put_blob).
+            if conn.execute(select(exchange_blob.c.sha256).where(
+                    exchange_blob.c.sha256 == sha, exchange_blob.c.pinned.is_(False)).with_for_update()).first() is None:
+                continue
             used = conn.execute(select(exchange_log.c.id).where(or_(
                 exchange_log.c.request_blob_sha256 == sha, exchange_log.c.response_blob_sha256 == sha)).limit(1)).first()
             if used is None:

@@ -184,3 +184,58 @@ def test_a_record_deleted_under_a_forged_archive_row_is_detected(log, tmp_path):
         conn.execute(text("DELETE FROM exchange_log WHERE id = 6"))
     failure = verify_exchanges(store, keypair[1]).failure
     assert failure.kind == "archive_altered" and "record #6" in failure.explanation
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["recorded", "pinned"])
+def test_a_blob_found_present_is_not_pruned_under_the_new_reference(bus_store, keypair, tmp_path, monkeypatch, pinned):
+    """audit archive prunes the receipt PDF of an archived record while a recorder (or the payment
+    flow pinning it) has just found it present and not yet committed its reference: the new
+    reference must not be left pointing at nothing, on SQLite and on PostgreSQL."""
+    import threading
+
+    import lienthong.exchange_log as exchange_log_module
+
+    store = bus_store
+    _KEYS[store.url] = keypair[0]
+    _log(store)
+    with store.engine.connect() as conn:
+        sha = conn.execute(select(exchange_log.c.response_blob_sha256).where(exchange_log.c.id == 3)).scalar_one()
+    checked, go = threading.Event(), threading.Event()
+    original = exchange_log_module.put_blob
+
+    def put_then_pause(conn, data, *args, **kwargs):
+        out = original(conn, data, *args, **kwargs)
+        checked.set()
+        assert go.wait(20)
+        return out
+
+    monkeypatch.setattr(exchange_log_module, "put_blob", put_then_pause)
+    errors: list[BaseException] = []
+
+    def keep_the_receipt():
+        try:
+            if pinned:  # the payment flow keeps the receipt it booked
+                with store.begin() as conn:
+                    exchange_log_module.put_blob(conn, PDF, "application/pdf", pinned=True)
+            else:  # the same receipt downloaded again: a new record referencing the stored blob
+                BusRecorder(store, "payment", "run-2", "fetch").record(_bill(0))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            checked.set()
+
+    keeper = threading.Thread(target=keep_the_receipt)
+    keeper.start()
+    assert checked.wait(20)
+    archived: list[object] = []
+    archiver = threading.Thread(target=lambda: archived.append(archive_exchanges(
+        store, [keypair[1]], older_than_days=30, out_dir=tmp_path / "archive")))
+    archiver.start()
+    archiver.join(2.0)  # the archiver gets as far as it can while the keeper holds the blob
+    go.set()
+    keeper.join(30)
+    archiver.join(60)
+    assert not errors and not keeper.is_alive() and not archiver.is_alive()
+    assert archived and archived[0].records == 12  # the old records did go
+    assert read_blob(store, sha) == PDF  # and the blob the keeper relied on is still there
+    if pinned:
+        assert blob_info(store, sha)["pinned"] is True
