@@ -368,6 +368,9 @@ exchange_archive = Table(  # sealed batches moved to evidence bundles and pruned
     Column("records", Integer, nullable=False), Column("bundle_path", Text, nullable=False),
     Column("bundle_sha256", String(64), nullable=False), Column("manifest_sha256", String(64), nullable=False),
     Column("archived_at", AwareDateTime, nullable=False),
+    # Ed25519 over the row without its path (lienthong.audit.records.archive_body): the row is what
+    # lets a seal's records be absent, so a forged one must not pass (NULL: a row of revision < 0007)
+    Column("key_fingerprint", String(64)), Column("signature", Text),
 )
 
 

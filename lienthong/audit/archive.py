@@ -6,7 +6,9 @@ batches whose every record started more than ``older_than_days`` ago (default
 bundles (the ``audit export`` format, selection ``seals: [first, last]``) into the archive
 directory (default ``$LIENTHONG_HOME/archive``). Each bundle is verified as written, with the
 public key(s) given; only then, in one transaction, an ``exchange_archive`` row is recorded (seal
-range, id range, bundle path, bundle and manifest SHA-256) and the records are deleted with their
+range, id range, bundle path, bundle and manifest SHA-256, signed with the seal key: the row is
+what lets those records be absent, so ``audit verify`` refuses one it cannot trust) and the records
+are deleted with their
 record keys and personal fields, and the blobs no other record references (blobs a flow pinned
 stay). Unsealed records are never pruned, nor a seal batch holding one record too young, nor (on
 SQLite, which would give its ids again) the batch holding the newest record while nothing is newer.
@@ -29,12 +31,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import delete, func, or_, select
 
 from connectors.errors import ConfigurationError
 from lienthong.audit.bundle import _pem, export_bundle
 from lienthong.audit.bundle_verify import verify_bundle
+from lienthong.audit.keys import key_fingerprint, load_private_key
+from lienthong.audit.records import archive_body
 from lienthong.store import (
     Store,
     exchange_archive,
@@ -152,14 +156,28 @@ def _prune(store: Store, chunk: list[dict[str, Any]], info: dict[str, Any]) -> t
 
 
 def archive_exchanges(store: Store, public_keys: Sequence[Ed25519PublicKey], *,
+                      key: Ed25519PrivateKey | str | os.PathLike[str] | None = None,
                       older_than_days: float | None = None, out_dir: str | Path | None = None,
                       now: datetime | None = None, max_records: int = DEFAULT_MAX_RECORDS) -> ArchiveResult:
     """Archive and prune the sealed records older than the retention age (see the module doc).
 
+    Args:
+        store: the bus database.
+        public_keys: the public key(s) the bundles are written with and checked against.
+        key: the seal private key (or its PEM path; default ``$LIENTHONG_SEAL_KEY``) that signs
+            each archive row; its public key must be among ``public_keys``.
+
     Raises:
+        ConfigurationError: no seal private key, or one whose public key was not given.
         ArchiveError: a bundle could not be exported or does not verify (nothing of it was pruned).
     """
     days = retention_days(older_than_days)
+    if not isinstance(key, Ed25519PrivateKey):
+        key = load_private_key(key)
+    fingerprint = key_fingerprint(key)
+    if fingerprint not in {key_fingerprint(k) for k in public_keys}:
+        raise ConfigurationError(f"the seal key {fingerprint[:16]}… that signs the archive rows is not among the "
+                                 f"public keys given: audit verify could not check them")
     if out_dir is None:
         from lienthong.localenv import topology
 
@@ -189,7 +207,9 @@ def archive_exchanges(store: Store, public_keys: Sequence[Ed25519PublicKey], *,
             bundle_sha = hashlib.file_digest(fh, "sha256").hexdigest()
         info = {"first_seq": first, "last_seq": last, "first_id": chunk[0]["first_id"],
                 "last_id": chunk[-1]["last_id"], "records": expected, "bundle_path": str(path),
-                "bundle_sha256": bundle_sha, "manifest_sha256": manifest_sha, "archived_at": utcnow()}
+                "bundle_sha256": bundle_sha, "manifest_sha256": manifest_sha, "archived_at": utcnow(),
+                "key_fingerprint": fingerprint}
+        info["signature"] = key.sign(archive_body(info)).hex()
         records, blobs = _prune(store, chunk, info)
         result.records += records
         result.blobs_pruned += blobs

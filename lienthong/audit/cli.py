@@ -248,7 +248,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
     try:
         keys = [load_public_key(p) for p in args.public_key] if args.public_key else [load_public_key()]
-        result = archive_exchanges(_store(), keys, older_than_days=args.older_than, out_dir=args.out)
+        result = archive_exchanges(_store(), keys, key=args.key, older_than_days=args.older_than, out_dir=args.out)
     except ConfigurationError as exc:
         print(f"lienthong: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -336,6 +336,8 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--older-than", type=float, metavar="DAYS",
                    help="age in days (default: $LIENTHONG_RETENTION_DAYS, else 30)")
     q.add_argument("--out", help="the archive directory (default: $LIENTHONG_HOME/archive)")
+    q.add_argument("--key", help="the seal private key file that signs each archive row "
+                                 "(default: $LIENTHONG_SEAL_KEY)")
     q.add_argument("--public-key", action="append", help="the public key(s) to put in and check the bundles with "
                                                          "(default: $LIENTHONG_SEAL_PUBLIC_KEY, else "
                                                          "$LIENTHONG_SEAL_KEY.pub)")

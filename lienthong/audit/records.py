@@ -20,6 +20,10 @@ Format ``lienthong-seal/1``:
   1 are hashed in format 1 exactly as before (sealed logs of earlier versions still verify); data
   format 1 never covered (a blob reference, personal fields) is then added to the object, so it
   cannot be slipped in unnoticed.
+* **archive body** (format ``lienthong-archive/1``) = canonical JSON of ``{"format", "first_seq",
+  "last_seq", "first_id", "last_id", "records", "bundle_sha256", "manifest_sha256",
+  "archived_at", "key_fingerprint"}`` of an ``exchange_archive`` row, signed like a seal body (its
+  ``bundle_path`` is left out: a bundle may be moved off-site).
 * **Merkle root** of a batch (records in id order) as RFC 6962: node = SHA-256(``0x01`` ‖ left ‖
   right), the left subtree holding the largest power of two below n leaves.
 * **seal body** = canonical JSON of ``{"format", "seq", "first_id", "last_id", "count", "root",
@@ -45,11 +49,13 @@ from lienthong.audit.personal import PersonalField
 from lienthong.store import canonical_json, exchange_key, exchange_log, exchange_personal_field
 
 __all__ = [
+    "ARCHIVE_FORMAT",
     "FORMAT",
     "GENESIS",
     "LEAF_FIELDS",
     "LEAF_FIELDS_V1",
     "Batch",
+    "archive_body",
     "leaf_hash",
     "load_batch",
     "load_records",
@@ -60,6 +66,7 @@ __all__ = [
 ]
 
 FORMAT = "lienthong-seal/1"
+ARCHIVE_FORMAT = "lienthong-archive/1"
 GENESIS = "0" * 64
 LEAF_VERSION = 2  # what BusRecorder writes now
 BLOB_FIELDS = ("request_body", "response_body")
@@ -144,6 +151,15 @@ def seal_body(seal: Mapping[str, Any]) -> bytes:
         "key_fingerprint": seal["key_fingerprint"],
         "sealed_at": _value("sealed_at", seal["sealed_at"]),
     }
+    return canonical_json(body)
+
+
+def archive_body(archive: Mapping[str, Any]) -> bytes:
+    """The signed bytes of an ``exchange_archive`` row (or the values about to become one)."""
+    body = {name: archive[name] for name in ("first_seq", "last_seq", "first_id", "last_id", "records",
+                                             "bundle_sha256", "manifest_sha256", "key_fingerprint")}
+    body["format"] = ARCHIVE_FORMAT
+    body["archived_at"] = _value("archived_at", archive["archived_at"])
     return canonical_json(body)
 
 

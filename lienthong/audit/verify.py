@@ -57,7 +57,16 @@ from sqlalchemy.engine import Connection
 
 from lienthong.audit.keys import key_fingerprint, load_public_key
 from lienthong.audit.personal import commitment
-from lienthong.audit.records import GENESIS, Batch, load_batch, merkle_root, redacted_ids, scan_batch, seal_body
+from lienthong.audit.records import (
+    GENESIS,
+    Batch,
+    archive_body,
+    load_batch,
+    merkle_root,
+    redacted_ids,
+    scan_batch,
+    seal_body,
+)
 from lienthong.store import (
     Store,
     exchange_archive,
@@ -85,7 +94,9 @@ HEAD_MISMATCH = "head_mismatch"  # the expected head seal is not there (truncate
 PERSONAL_FIELD_ALTERED = "personal_field_altered"  # a stored salt/value does not give its sealed commitment
 BLOB_MISSING = "blob_missing"  # a body stored by content hash is not in exchange_blob
 BLOB_ALTERED = "blob_altered"  # the stored blob does not hash to its (sealed) reference
-ARCHIVE_ALTERED = "archive_altered"  # an archived seal's leaf index does not give its root, or its bundle changed
+# an archived seal's leaf index does not give its root, its bundle changed, or its archive row is
+# forged (signature) or unsigned with no bundle at its path to check the absent records against
+ARCHIVE_ALTERED = "archive_altered"
 
 
 @dataclass
@@ -293,6 +304,24 @@ def _check_archived(conn: Connection, seal: dict[str, Any], archive: dict[str, A
     return None
 
 
+def _check_archive_row(info: dict[str, Any], keys: dict[str, Ed25519PublicKey]) -> Failure | None:
+    """An archive row signed with a key given, over its fields (``archive_body``); an unsigned row
+    (written before revision 0007) passes here and needs its bundle at its path."""
+    where = f"the archive row of seals {info['first_seq']}..{info['last_seq']}"
+    if info["signature"] is None and info["key_fingerprint"] is None:
+        return None
+    key = keys.get(info["key_fingerprint"] or "")
+    if key is None:
+        return Failure(ARCHIVE_ALTERED, f"{where} was signed by key {(info['key_fingerprint'] or '?')[:16]}…, not by "
+                                        f"the public key(s) given", info["first_seq"])
+    try:
+        key.verify(bytes.fromhex(info["signature"] or ""), archive_body(info))
+    except (InvalidSignature, ValueError):
+        return Failure(ARCHIVE_ALTERED, f"{where}: its signature does not verify (the row was altered or forged: "
+                                        f"the records it says were archived may have been deleted)", info["first_seq"])
+    return None
+
+
 def _check_bundle_file(info: dict[str, Any], missing: dict[int, str]) -> str | None:
     """None when the archive bundle is where it was written, with the same bytes, and holds every
     record of its seals that left the database (same leaf hashes); a warning when it was moved
@@ -423,9 +452,13 @@ def verify_exchanges(store: Store, public_keys: Any = None, *,
         seals = [dict(r) for r in conn.execute(select(exchange_seal).order_by(exchange_seal.c.seq)).mappings()]
         archived: dict[int, dict[str, Any]] = {}
         for archive in conn.execute(select(exchange_archive).order_by(exchange_archive.c.first_seq)).mappings():
+            failure = _check_archive_row(dict(archive), keys)
+            if failure:
+                return fail(failure)
             info = {k: archive[k] for k in ("first_seq", "last_seq", "first_id", "last_id", "records",
                                             "bundle_path", "bundle_sha256", "manifest_sha256")}
             info["archived_at"] = archive["archived_at"].isoformat() if archive["archived_at"] else None
+            info["signed"] = archive["signature"] is not None
             result.archives.append(info)
             for seq in range(archive["first_seq"], archive["last_seq"] + 1):
                 archived[seq] = info
@@ -487,6 +520,11 @@ def verify_exchanges(store: Store, public_keys: Any = None, *,
         warning = _check_bundle_file(info, archive_missing.get(info["bundle_path"], {}))
         if warning and warning.startswith("!"):
             return fail(Failure(ARCHIVE_ALTERED, warning[1:], info["first_seq"]))
+        if warning and not info["signed"]:  # nothing vouches for the row: the absent records are unaccounted for
+            return fail(Failure(ARCHIVE_ALTERED, f"the archive row of seals {info['first_seq']}..{info['last_seq']} is "
+                                                 f"unsigned and its bundle is not at {info['bundle_path']}: nothing "
+                                                 f"shows its {info['records']} records were archived rather than "
+                                                 f"deleted (put the bundle back at that path)", info["first_seq"]))
         if warning:
             result.warnings.append(warning)
     if expect_head is not None:

@@ -64,7 +64,7 @@ def log(store, keypair):
 def test_archive_writes_verified_bundles_prunes_and_the_chain_still_verifies(log, tmp_path):
     store, keypair, pinned = log
     pdf_sha = hashlib.sha256(PDF).hexdigest()
-    result = archive_exchanges(store, [keypair[1]], older_than_days=30, out_dir=tmp_path / "archive",
+    result = archive_exchanges(store, [keypair[1]], key=keypair[0], older_than_days=30, out_dir=tmp_path / "archive",
                                now=T0 + timedelta(days=90), max_records=8)
     assert [(a["first_seq"], a["last_seq"], a["records"]) for a in result.archives] == [(1, 2, 8), (3, 3, 4)]
     assert result.records == 12 and result.blobs_pruned == 1
@@ -102,10 +102,10 @@ def test_archive_writes_verified_bundles_prunes_and_the_chain_still_verifies(log
     assert verified.ok and verified.seals_checked == 4 and verified.records_checked == 2
     # seal 4 holds the newest record: on SQLite it waits for a newer one (SQLite would give its ids
     # again to the next records, inside the archived range), then the next run takes it
-    assert archive_exchanges(store, [keypair[1]], older_than_days=30, out_dir=tmp_path / "archive",
+    assert archive_exchanges(store, [keypair[1]], key=keypair[0], older_than_days=30, out_dir=tmp_path / "archive",
                              now=T0 + timedelta(days=90)).records == 0
     fill(store, 1, start=15)
-    assert archive_exchanges(store, [keypair[1]], older_than_days=30, out_dir=tmp_path / "archive",
+    assert archive_exchanges(store, [keypair[1]], key=keypair[0], older_than_days=30, out_dir=tmp_path / "archive",
                              now=T0 + timedelta(days=90)).records == 2
 
     # an archived seal's leaf index or its bundle edited afterwards
@@ -124,12 +124,12 @@ def test_archive_writes_verified_bundles_prunes_and_the_chain_still_verifies(log
 def test_only_whole_batches_older_than_the_age_and_tampering_left_is_detected(log, tmp_path):
     store, keypair, _ = log
     # seal 2 holds records started T0+5..8 s: a cutoff at T0+7 s keeps it (and what follows)
-    result = archive_exchanges(store, [keypair[1]], older_than_days=0, out_dir=tmp_path,
+    result = archive_exchanges(store, [keypair[1]], key=keypair[0], older_than_days=0, out_dir=tmp_path,
                                now=T0 + timedelta(seconds=7))
     assert [(a["first_seq"], a["last_seq"]) for a in result.archives] == [(1, 1)] and result.records == 4
     assert _count(store, exchange_log) == 10
     assert verify_exchanges(store, keypair[1]).ok
-    assert archive_exchanges(store, [keypair[1]], older_than_days=0, out_dir=tmp_path,
+    assert archive_exchanges(store, [keypair[1]], key=keypair[0], older_than_days=0, out_dir=tmp_path,
                              now=T0 + timedelta(seconds=7)).archives == []
 
     with store.begin() as conn:
@@ -138,7 +138,7 @@ def test_only_whole_batches_older_than_the_age_and_tampering_left_is_detected(lo
     assert (failure.kind, failure.record_id, failure.seal_seq) == ("record_altered", 9, 3)
     # a damaged log is not archived: the bundle would not verify, nothing is pruned
     with pytest.raises(ArchiveError):
-        archive_exchanges(store, [keypair[1]], older_than_days=0, out_dir=tmp_path, now=T0 + timedelta(days=1))
+        archive_exchanges(store, [keypair[1]], key=keypair[0], older_than_days=0, out_dir=tmp_path, now=T0 + timedelta(days=1))
     assert _count(store, exchange_log) == 10 and _count(store, exchange_archive) == 1
 
 
@@ -175,13 +175,17 @@ def test_cli_archive_then_verify(log, tmp_path, monkeypatch, capsys):
 
 def test_a_record_deleted_under_a_forged_archive_row_is_detected(log, tmp_path):
     store, keypair, _ = log
-    result = archive_exchanges(store, [keypair[1]], older_than_days=0, out_dir=tmp_path,
+    result = archive_exchanges(store, [keypair[1]], key=keypair[0], older_than_days=0, out_dir=tmp_path,
                                now=T0 + timedelta(seconds=7))
     assert result.archives[0]["last_seq"] == 1
     with store.begin() as conn:  # claim seal 2 was archived into the same bundle, and delete one of its records
         conn.execute(text("UPDATE exchange_archive SET last_seq = 2"))
         conn.execute(text("DELETE FROM exchange_key WHERE exchange_id = 6"))
         conn.execute(text("DELETE FROM exchange_log WHERE id = 6"))
+    failure = verify_exchanges(store, keypair[1]).failure
+    assert failure.kind == "archive_altered" and "signature does not verify" in failure.explanation
+    with store.begin() as conn:  # unsigned (a row of an older version): its bundle, still there, is checked
+        conn.execute(text("UPDATE exchange_archive SET signature = NULL, key_fingerprint = NULL"))
     failure = verify_exchanges(store, keypair[1]).failure
     assert failure.kind == "archive_altered" and "record #6" in failure.explanation
 
@@ -228,7 +232,7 @@ def test_a_blob_found_present_is_not_pruned_under_the_new_reference(bus_store, k
     assert checked.wait(20)
     archived: list[object] = []
     archiver = threading.Thread(target=lambda: archived.append(archive_exchanges(
-        store, [keypair[1]], older_than_days=30, out_dir=tmp_path / "archive")))
+        store, [keypair[1]], key=keypair[0], older_than_days=30, out_dir=tmp_path / "archive")))
     archiver.start()
     archiver.join(2.0)  # the archiver gets as far as it can while the keeper holds the blob
     go.set()
@@ -239,3 +243,47 @@ def test_a_blob_found_present_is_not_pruned_under_the_new_reference(bus_store, k
     assert read_blob(store, sha) == PDF  # and the blob the keeper relied on is still there
     if pinned:
         assert blob_info(store, sha)["pinned"] is True
+
+
+def test_an_archive_row_is_signed_and_a_forged_one_does_not_hide_deleted_records(log, tmp_path):
+    """The archive row is what lets a seal's records be absent. Unsigned, a row forged for seal 2
+    with a bundle path that is not there (as if moved off-site) turned the deletion of seal 2's
+    records into a warning. Signed with the seal key, a moved bundle is still a warning; a forged
+    or altered row is a failure."""
+    store, keypair, _ = log
+    result = archive_exchanges(store, [keypair[1]], key=keypair[0], older_than_days=0, out_dir=tmp_path,
+                               now=T0 + timedelta(seconds=7))
+    assert result.archives[0]["last_seq"] == 1
+    moved = tmp_path / "off-site.zip"
+    Path(result.archives[0]["bundle_path"]).rename(moved)
+    fine = verify_exchanges(store, keypair[1])
+    assert fine.ok and any("moved off-site" in w for w in fine.warnings)
+    assert fine.archives[0]["signed"] is True
+    Path(moved).rename(result.archives[0]["bundle_path"])
+
+    with store.begin() as conn:  # seal 2's records deleted, and a row claiming they were archived
+        row = dict(conn.execute(select(exchange_archive)).mappings().one())
+        ids = conn.execute(select(exchange_seal_leaf.c.exchange_id).where(exchange_seal_leaf.c.seal_seq == 2)).scalars().all()
+        conn.execute(exchange_personal_field.delete().where(exchange_personal_field.c.exchange_id.in_(ids)))
+        conn.execute(exchange_key.delete().where(exchange_key.c.exchange_id.in_(ids)))
+        conn.execute(exchange_log.delete().where(exchange_log.c.id.in_(ids)))
+        forged = {k: v for k, v in row.items() if k != "id"}
+        forged.update(first_seq=2, last_seq=2, first_id=min(ids), last_id=max(ids), records=len(ids),
+                      bundle_path=str(tmp_path / "gone-off-site.zip"))
+        conn.execute(exchange_archive.insert().values(**forged))  # the signature of seal 1's row, copied
+    failure = verify_exchanges(store, keypair[1]).failure
+    assert failure is not None and failure.kind == "archive_altered" and failure.seal_seq == 2
+    assert "signature" in failure.explanation
+
+    with store.begin() as conn:  # unsigned, as a row of an older version would be
+        conn.execute(exchange_archive.update().where(exchange_archive.c.first_seq == 2)
+                     .values(signature=None, key_fingerprint=None))
+    failure = verify_exchanges(store, keypair[1]).failure
+    assert failure is not None and failure.kind == "archive_altered" and failure.seal_seq == 2
+    assert "unsigned" in failure.explanation and "gone-off-site.zip" in failure.explanation
+
+    with store.begin() as conn:  # the genuine row altered: one record fewer claimed
+        conn.execute(exchange_archive.delete().where(exchange_archive.c.first_seq == 2))
+        conn.execute(exchange_archive.update().values(records=row["records"] - 1))
+    failure = verify_exchanges(store, keypair[1]).failure
+    assert failure is not None and failure.kind == "archive_altered" and failure.seal_seq == 1

@@ -65,7 +65,7 @@ def test_redact_says_which_archived_bundles_it_cannot_change(store, keypair, tmp
     BusRecorder(store, "dossier_status", "run-1", "deliver").record(_exchange(1))
     seal_exchanges(store, private)
     fill(store, 1, start=7)
-    result = archive_exchanges(store, [public], older_than_days=1, out_dir=tmp_path / "a", now=T0 + timedelta(days=9))
+    result = archive_exchanges(store, [public], key=private, older_than_days=1, out_dir=tmp_path / "a", now=T0 + timedelta(days=9))
     bundle = result.archives[0]["bundle_path"]
     monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
@@ -88,7 +88,7 @@ def test_archiving_everything_on_sqlite_never_gives_an_archived_id_again(store, 
     fill(store, 4)
     seal_exchanges(store, private, batch_size=2)  # seals 1 (ids 1-2) and 2 (ids 3-4)
     later = T0 + timedelta(days=9)
-    first = archive_exchanges(store, [public], older_than_days=1, out_dir=tmp_path / "a", now=later)
+    first = archive_exchanges(store, [public], key=private, older_than_days=1, out_dir=tmp_path / "a", now=later)
     assert [(a["first_seq"], a["last_seq"]) for a in first.archives] == [(1, 1)]  # seal 2 holds the newest
     fill(store, 2, start=50)  # new traffic
     with store.engine.connect() as conn:
@@ -96,7 +96,7 @@ def test_archiving_everything_on_sqlite_never_gives_an_archived_id_again(store, 
     assert seal_exchanges(store, private).records == 2
     result = verify_exchanges(store, public)
     assert result.ok and (result.records_checked, result.archived_records, result.unsealed_records) == (4, 2, 0)
-    again = archive_exchanges(store, [public], older_than_days=1, out_dir=tmp_path / "a",
+    again = archive_exchanges(store, [public], key=private, older_than_days=1, out_dir=tmp_path / "a",
                               now=later + timedelta(days=9))
     assert [(a["first_seq"], a["last_seq"]) for a in again.archives] == [(2, 2)]  # seal 3 holds the newest now
     assert verify_exchanges(store, public).ok
@@ -114,7 +114,7 @@ def test_the_offline_verifier_refuses_an_archive_bundle_missing_a_record(store, 
     fill(store, 8)
     seal_exchanges(store, private, batch_size=4)
     fill(store, 1, start=20)  # newer, so that both seals are archived (SQLite keeps the newest record's batch)
-    result = archive_exchanges(store, [public], older_than_days=1, out_dir=tmp_path / "a", now=T0 + timedelta(days=9))
+    result = archive_exchanges(store, [public], key=private, older_than_days=1, out_dir=tmp_path / "a", now=T0 + timedelta(days=9))
     path = result.archives[0]["bundle_path"]
     assert bundle_verify.verify_bundle(path, public_path.read_bytes()).ok
     bad = tmp_path / "bad.zip"
