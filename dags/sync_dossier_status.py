@@ -7,7 +7,7 @@ retry cannot fix (bad credentials, misconfiguration) fail at once. Records the p
 never fail the task: they go to dead letters (``lienthong deadletter list|show|replay``).
 
 Backfill: trigger with ``feed_from="beginning"`` (or a cursor) to re-read the one-stop change
-feed — events already staged are ignored and payloads the portal acknowledged are not re-sent —
+feed — events staged before go back in line and payloads the portal acknowledged are not re-sent —
 and ``resend_acknowledged=true`` to send everything again after the portal lost data;
 ``window_from``/``window_to`` stage the current snapshot of every dossier modified in that window.
 """

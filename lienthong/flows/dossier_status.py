@@ -155,8 +155,9 @@ def stage_changes(store: Store, onestop: OneStopClient, *, run_id: str, feed_fro
 
     Args:
         feed_from: ``None`` to continue from the stored bookmark, ``"beginning"`` to re-read the
-            whole feed, or a cursor. Re-reading is a safe backfill: staged events are ignored, and
-            payloads the portal acknowledged are not re-sent.
+            whole feed, or a cursor. Re-reading is a backfill, safe like a window's: events staged
+            before and finished go back in line, and delivery sends none whose payload the portal
+            acknowledged unless asked to (``resend_acknowledged``, after the portal lost data).
     """
     stored = store.get_cursor(FLOW)
     start = stored if feed_from is None else (None if feed_from == FEED_BEGINNING else feed_from)
@@ -166,7 +167,7 @@ def stage_changes(store: Store, onestop: OneStopClient, *, run_id: str, feed_fro
         report.pages += 1
         report.events_read += len(page.events)
         if page.events:
-            _stage_page(store, page, page_start, run_id, report)
+            _stage_page(store, page, page_start, run_id, report, restage=feed_from is not None)
             store.keep_statistics(_STAGE_TABLES)
         page_start = page.next_cursor
     log.info("staged %d new events (%d read, %d already staged, %d superseded) from %d pages; bookmark %s",
@@ -250,9 +251,10 @@ def _row(dossier: dict[str, Any], *, seq: int, run_id: str) -> dict[str, Any]:
     }
 
 
-def _stage_page(store: Store, page: Any, page_start: str | None, run_id: str, report: StageReport) -> None:
+def _stage_page(store: Store, page: Any, page_start: str | None, run_id: str, report: StageReport, *,
+                restage: bool = False) -> None:
     rows = [_row(e.dossier, seq=e.seq, run_id=run_id) for e in page.events]
-    _stage_rows(store, rows, run_id, report, bookmark=page_start or "")
+    _stage_rows(store, rows, run_id, report, bookmark=page_start or "", restage=restage)
     report.cursor_to = page_start
 
 

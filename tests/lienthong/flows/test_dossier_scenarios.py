@@ -317,6 +317,29 @@ def test_backfill_window_and_full_resend(bus_env):
     assert held_before  # the first run delivered something to compare with
 
 
+def test_backfill_from_the_feed_and_full_resend(bus_env):
+    """The DAG's documented recovery: feed_from="beginning" re-reads the whole feed (nothing the
+    portal acknowledged is re-sent), and with resend_acknowledged after the portal lost data,
+    everything goes in again. Re-read events were all "already staged" and finished, so nothing
+    was pending and the portal stayed empty while the run reported success."""
+    run("r1")
+    expected = expected_dossiers(bus_env)
+    staged, delivered = run("r2", feed_from="beginning")
+    refused = len(store().dead_letters(dossier_status.FLOW))  # stay with their dead letter until replayed
+    assert refused and staged["already_staged"] == refused
+    assert staged["staged"] == staged["events_read"] - refused > 0
+    assert delivered["portal_calls"] == 0 and delivered["unchanged"] == len(expected)
+    post(bus_env, "portal", "/_admin/reset")
+    assert portal_dossiers(bus_env) == {}
+    staged, delivered = run("r3", feed_from="beginning", resend_acknowledged=True)
+    assert delivered["delivered_new"] == len(expected)  # "không tồn tại" → insert
+    assert_portal_agrees(bus_env)  # dossiers and their whole progress history are back
+    for code in expected:
+        assert len(histories(bus_env, code)) == 1, code
+    staged, delivered = run("r4")  # and the bookmark goes on where the feed ends: nothing more
+    assert staged["staged"] == 0 and delivered["portal_calls"] == 0
+
+
 def test_dead_letters_keep_attempts(bus_env):
     run("r1")
     letters = store().dead_letters(dossier_status.FLOW)
