@@ -3,6 +3,8 @@ catalogue, fee status and payment requests)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +19,7 @@ from connectors.errors import (
     FieldError,
     PaymentConflict,
     PeerRejected,
+    PeerUnavailable,
     ProtocolError,
     RecordRejected,
     UnreadableAnswer,
@@ -34,6 +37,7 @@ from connectors.transport import (
 __all__ = ["ChangeEvent", "ChangePage", "OneStopClient"]
 
 PEER = "onestop"
+LIST_PASSES = 5  # passes over a paged list that shrinks while it is read (see OneStopClient._pages)
 
 
 @dataclass(frozen=True)
@@ -170,16 +174,41 @@ class OneStopClient:
         return data["items"], data["total"]
 
     def _pages(self, path: str, operation: str, params: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
-        """Every page of a paged list answer ``{items, page, size, total}``."""
-        page, seen = 1, 0
-        while True:
-            items, total = self._page(path, operation, {**params, "page": page})
-            if items:
-                yield items
-            seen += len(items)
-            if not items or seen >= total:
+        """Every item of a paged list answer ``{items, page, size, total}``, page by page, each once.
+
+        The one-stop pages by offset. When a filtered list shrinks while it is read (a dossier of a
+        ``modifiedAt`` window changed by a clerk leaves it), the items after the one that left move
+        up a place and the first of the next page, already inside a page read, would never be seen.
+        So a pass in which a page's ``total`` is lower than the page's before is followed by another
+        pass, yielding only what no pass yielded yet (the same item, byte for byte, is yielded
+        once), until one pass sees no shrinking. A list that shrinks in every one of
+        ``LIST_PASSES`` passes is ``PeerUnavailable``: ask again later. (An item that enters while
+        the list is read moves the others down: seen twice, yielded once; the item itself was
+        changed during the read, so the change feed has it.)"""
+        yielded: set[bytes] = set()
+        for _ in range(LIST_PASSES):
+            page, read, last_total, shrank = 1, 0, None, False
+            while True:
+                items, total = self._page(path, operation, {**params, "page": page})
+                shrank = shrank or (last_total is not None and total < last_total)
+                last_total = total
+                fresh = []
+                for item in items:
+                    digest = hashlib.blake2b(json.dumps(item, sort_keys=True, ensure_ascii=False).encode(),
+                                             digest_size=16).digest()
+                    if digest not in yielded:
+                        yielded.add(digest)
+                        fresh.append(item)
+                if fresh:
+                    yield fresh
+                read += len(items)
+                if not items or read >= total:
+                    break
+                page += 1
+            if not shrank:
                 return
-            page += 1
+        raise PeerUnavailable(f"{PEER} {operation}: the list shrank while it was read, in each of {LIST_PASSES} "
+                              f"passes; ask again later", peer=PEER, operation=operation)
 
     def iter_dossiers(
         self, *, modified_from: str | None = None, modified_to: str | None = None, size: int | None = None

@@ -37,3 +37,37 @@ def test_dossier_by_number(standins):
     current = client.get_dossier(first.dossier_no)
     assert current["dossierNo"] == first.dossier_no
     assert client.get_dossier("000.00.01.H49-991231-9999") is None
+
+
+def test_a_list_that_shrinks_while_read_is_read_again_and_each_item_yielded_once(standins, monkeypatch):
+    """Offset paging over a list that loses an item on a page already read: the next page's first
+    item slid back and was never seen. A pass that saw the total drop is followed by another
+    yielding only what was not yielded; a list that shrinks in every pass is PeerUnavailable."""
+    from connectors.errors import PeerUnavailable
+    from connectors.one_stop import client as client_module
+
+    world = [{"dossierNo": f"D-{i:02d}", "version": 1} for i in range(10)]
+    calls: list[int] = []
+
+    def page(self, path, operation, params):
+        calls.append(params["page"])
+        if len(calls) == 2:  # after the first page, D-01 (read already) leaves the list
+            world.pop(1)
+        start = (params["page"] - 1) * params["size"]
+        return [dict(d) for d in world[start:start + params["size"]]], len(world)
+
+    monkeypatch.setattr(OneStopClient, "_page", page)
+    client = OneStopClient(standins.onestop.url, Secret(ONESTOP_KEY), page_size=3)
+    items = [d["dossierNo"] for p in client.iter_dossiers() for d in p]
+    assert sorted(items) == [f"D-{i:02d}" for i in range(10)] and len(items) == len(set(items))
+    assert calls.count(1) == 2  # one more pass, which saw no shrinking
+
+    def always_shrinking(self, path, operation, params):
+        world.pop()
+        return [dict(d) for d in world[:1]], len(world) + (2 if params["page"] == 1 else 0)
+
+    world[:] = [{"dossierNo": f"D-{i:03d}"} for i in range(100)]
+    monkeypatch.setattr(OneStopClient, "_page", always_shrinking)
+    with pytest.raises(PeerUnavailable, match=f"in each of {client_module.LIST_PASSES} passes"):
+        for _ in client.iter_dossiers():
+            pass

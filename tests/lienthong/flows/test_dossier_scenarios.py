@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import select
 
 from connectors.connection import connection_from_env
 from connectors.errors import RetriableConnectorError
@@ -338,6 +339,40 @@ def test_backfill_from_the_feed_and_full_resend(bus_env):
         assert len(histories(bus_env, code)) == 1, code
     staged, delivered = run("r4")  # and the bookmark goes on where the feed ends: nothing more
     assert staged["staged"] == 0 and delivered["portal_calls"] == 0
+
+
+def test_a_window_backfill_stages_every_dossier_of_the_window_while_others_change(bus_env, monkeypatch):
+    """The listing is paged by offset over a filter on modifiedAt (docs/wire/onestop.md): a dossier
+    of the window that clerks change while the backfill reads leaves it, the dossiers after it move
+    up a place, and the first of each next page slid into a page already read: never staged."""
+    from datetime import datetime, timedelta
+
+    from connectors.one_stop.client import OneStopClient
+
+    before = get(bus_env, "onestop", "/_state/dossiers")["dossiers"]
+    window_to = (max(datetime.fromisoformat(d["modifiedAt"]) for d in before) + timedelta(seconds=1)).isoformat()
+    real_page = OneStopClient._page
+    moved: list[str] = []
+
+    def page_then_clerks_work(self, path, operation, params):
+        result = real_page(self, path, operation, params)
+        if operation == "dossiers" and params.get("page") == 1 and not moved:
+            world = post(bus_env, "onestop", "/_admin/advance", {"new": 0, "changes": 10})
+            moved.extend(c["dossierNo"] for c in world["changed"])
+        return result
+
+    monkeypatch.setattr(OneStopClient, "_page", page_then_clerks_work)
+    conn = json.loads(os.environ["AIRFLOW_CONN_ONESTOP_DEFAULT"])
+    conn["extra"] = {**conn.get("extra", {}), "page_size": 10}  # a few pages over the world's dossiers
+    monkeypatch.setenv("AIRFLOW_CONN_ONESTOP_DEFAULT", json.dumps(conn))
+    staged, _ = run("window-1", window_from="2000-01-01T00:00:00+07:00", window_to=window_to)
+    with store().engine.connect() as db:
+        listed = set(db.execute(select(outbox.c.record_key).where(
+            outbox.c.staged_run_id == "window-1", outbox.c.source_seq <= 0)).scalars())
+    assert moved
+    unchanged = {d["dossierNo"] for d in before} - set(moved)
+    assert sorted(unchanged - listed) == []
+    assert staged["window_events_read"] == len(listed)  # each listed once, none twice
 
 
 def test_dead_letters_keep_attempts(bus_env):
