@@ -260,6 +260,8 @@ class BusRecorder:
     @staticmethod
     def _write(conn: Connection, row: dict[str, Any], blobs: list[tuple[bytes, str | None]],
                personal: list[PersonalField], keys: list[str]) -> None:
+        if len(blobs) > 1:  # held in the order audit archive locks them in (by hash): never a deadlock
+            blobs = sorted(blobs, key=lambda blob: hashlib.sha256(blob[0]).digest())
         for data, ctype in blobs:
             put_blob(conn, data, ctype)
         # one statement object with parameters: compiled once, not built per exchange
