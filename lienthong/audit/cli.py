@@ -114,7 +114,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for archive in result.archives:
             print(f"archived: seals {archive['first_seq']}..{archive['last_seq']} (records "
                   f"#{archive['first_id']}..#{archive['last_id']}, {archive['records']}) in {archive['bundle_path']} "
-                  f"sha256 {archive['bundle_sha256']}")
+                  f"sha256 {archive['bundle_sha256']}"
+                  f"{'' if archive['signed'] else ' (unsigned row, written before migration 0007: checked by its bundle)'}")
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
     else:
