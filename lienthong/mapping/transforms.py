@@ -189,14 +189,18 @@ def portal_datetime(value: Any) -> str:
 
 @register_transform(
     "portal_date",
-    "ISO 8601 date (2026-11-02) or date-time with offset → yyyyMMdd, the local day in Asia/Ho_Chi_Minh",
+    "ISO 8601 date (2026-11-02) or date-time with offset → yyyyMMdd, the local day in Asia/Ho_Chi_Minh; "
+    "a year before 1000, which yyyyMMdd cannot hold, is a 'format' error",
 )
 def portal_date(value: Any) -> str:
     if value.__class__ is str and len(value) == 10:
         try:
-            return datetime.strptime(value, "%Y-%m-%d").strftime("%Y%m%d")
+            day = datetime.strptime(value, "%Y-%m-%d")
         except ValueError:
             raise TransformError("format", "is not an ISO 8601 date (e.g. 2026-11-02)") from None
+        if day.year < 1000:  # strftime would write 7 digits ("0999-01-01" → "9990101")
+            raise TransformError("format", _OUT_OF_RANGE.replace("yyyyMMddHHmmss", "yyyyMMdd"))
+        return str(day.year * 10_000 + day.month * 100 + day.day)
     return _local_digits(_parse_aware(value))[:8]
 
 

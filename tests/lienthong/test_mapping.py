@@ -19,6 +19,7 @@ from lienthong.mapping import (
     Mapping,
     MappingFileError,
     RecordInvalid,
+    TransformError,
     list_mappings,
     load_mapping,
     mappings_dir,
@@ -530,6 +531,15 @@ def test_bad_dates_are_errors_not_guesses(dossier, given, rule):
     with pytest.raises(RecordInvalid) as caught:
         dossier.apply(record)
     assert fields_and_rules(caught.value) == [("NgayTiepNhan", rule)]
+
+
+@pytest.mark.parametrize("given", ["0999-01-01", "0001-12-31"])
+def test_portal_date_refuses_a_year_it_cannot_write_in_eight_digits(given):
+    # strftime wrote "0999-01-01" as the 7-digit "9990101"; portal_datetime already refused such years
+    with pytest.raises(TransformError) as caught:
+        TRANSFORMS["portal_date"].function(given)
+    assert caught.value.rule == "format"
+    assert TRANSFORMS["portal_date"].function("1000-01-01") == "10000101"
 
 
 def test_submit_date_stands_in_for_the_receive_date_only_while_receiving(dossier):
