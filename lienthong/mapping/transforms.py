@@ -373,15 +373,20 @@ def lenient_text(value: Any) -> str | None:
 
 _VND_NONE = frozenset({"", "0", "không", "miễn phí", "không thu", "không có"})
 _VND_TEXT = re.compile(r"([0-9]{1,3}(?:\.[0-9]{3})+|[0-9]+)\s*(?:đồng|vnđ|vnd|đ)?(?:\s*/\s*\S.*)?", re.IGNORECASE)
-#: A second amount after the unit ("…/bản chính; 10.000 đồng/bản sao"); "đồng/01 bản" is a unit.
+#: A second amount after the first: a number with a unit ("…/bản chính; 10.000 đồng/bản sao"), or
+#: one that can only be an amount, with thousands dots or of 4 digits or more ("…; 10.000/bản sao").
+#: A short number without a unit is part of the unit ("20.000 đồng/01 bản").
 _VND_SECOND = re.compile(r"[0-9][0-9.]*\s*(?:đồng|vnđ|vnd|đ)(?!\w)", re.IGNORECASE)
+_VND_NUMBER = re.compile(r"[0-9][0-9.]*")
+_VND_AMOUNT_ALONE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{3})+|[0-9]{4,}")
 #: More digits than any fee has (10^18 đồng), and beyond what a 64-bit integer column holds.
 _VND_MAX_DIGITS = 18
 
 
 @register_transform("vnd_from_text", "a published amount as free text → whole đồng as decimal text "
                     "(\"50.000\", \"50.000 đồng\", \"20.000 đồng/bản\", \"50000\" → \"50000\"; "
-                    "\"Không\", \"0\", \"Miễn phí\", \"\" → \"0\"; anything else → rule format)")
+                    "\"Không\", \"0\", \"Miễn phí\", \"\" → \"0\"; two amounts (\"20.000/bản chính; "
+                    "10.000/bản sao\") or anything else → rule format)")
 def vnd_from_text(value: Any) -> str:
     if value.__class__ is int:
         return vnd_amount(value)
@@ -393,7 +398,8 @@ def vnd_from_text(value: Any) -> str:
     match = _VND_TEXT.fullmatch(text)
     if match is None:
         raise TransformError("format", "is not an amount of đồng (\"50.000\", \"50.000 đồng\", \"Không\"…)")
-    if _VND_SECOND.search(text, match.end(1)):  # "20.000 đồng/bản chính; 10.000 đồng/bản sao"
+    if _VND_SECOND.search(text, match.end(1)) or any(  # "20.000 đồng/bản chính; 10.000 đồng/bản sao"
+            _VND_AMOUNT_ALONE.search(number.group()) for number in _VND_NUMBER.finditer(text, match.end(1))):
         raise TransformError("format", "holds more than one amount of đồng; which one is the fee is for a person "
                                        "to say")
     digits = match.group(1).replace(".", "").lstrip("0") or "0"

@@ -273,6 +273,29 @@ def test_vnd_from_text_refuses_what_is_not_an_amount(text):
     assert caught.value.rule == "format"
 
 
+@pytest.mark.parametrize("text", [
+    "20.000/bản chính; 10.000/bản sao",   # was read as 20000, the copy fee lost: no unit on either amount
+    "20.000 đồng/bản; 5000/bản sao",      # 4 digits or more is an amount too
+    "20.000 đồng/bản chính; 10.000 đồng/bản sao",
+])
+def test_vnd_from_text_refuses_two_amounts_with_or_without_a_unit(text):
+    with pytest.raises(TransformError) as caught:
+        TRANSFORMS["vnd_from_text"].function(text)
+    assert caught.value.rule == "format" and "more than one amount" in caught.value.detail
+    # a short number after the amount is part of the unit
+    assert TRANSFORMS["vnd_from_text"].function("20.000/01 bản") == "20000"
+
+
+def test_procedure_with_two_fees_in_one_text_is_refused():
+    source = json.loads((REPO / "fixtures" / "samples" / "national_portal" / "procedure.full-three-channels.json")
+                        .read_text(encoding="utf-8"))
+    source["procedure"]["CACHTHUCTHUCHIEN"][2]["THOIGIAN"][0]["PHILEPHI"][0]["SOTIEN"] = \
+        "20.000/bản chính; 10.000/bản sao"
+    with pytest.raises(RecordInvalid) as caught:  # it mapped, amount_vnd "20000", the copy fee lost
+        load_mapping(NORMALISE).apply(source)
+    assert rules(caught) == [("channels[2].times[0].fees[0].amount_vnd", "format")]
+
+
 @pytest.mark.parametrize(("levels", "highest"), [
     ([2, 3], "3"), ([3, "Toàn trình", 2], "Toàn trình"), (["Một phần", 2], "Một phần"), ([4, "Một phần"], "4"),
     (["Toàn trình", 4], "Toàn trình"), (["3"], "3"), ([], None), ([None, ""], None),
