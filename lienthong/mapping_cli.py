@@ -88,6 +88,11 @@ def _table_file_path(name: str) -> Path | None:
     return path if is_code_table_file(path) else None
 
 
+def _names_no_file(problem: MappingFileError) -> bool:
+    """Whether loading failed because the NAME (a path) names no file: a usage error, not an invalid file."""
+    return problem.rule == "not_found" and problem.included_by is None and not is_code_table_file(problem.file)
+
+
 def _print_invalid(label: str, problem: MappingFileError) -> None:
     _out(f"INVALID  {label}")
     _out(f"  {_relative(problem.file)}:")
@@ -112,6 +117,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         try:
             mapping = load_mapping(name)
         except MappingFileError as problem:
+            if _names_no_file(problem):
+                _out(f"UNKNOWN  {name}: no such mapping file")
+                status = max(status, EXIT_USAGE)
+                continue
             _print_invalid(name, problem)
             status = max(status, EXIT_PROBLEM)
             continue
@@ -205,7 +214,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         mapping = load_mapping(args.name)
     except MappingFileError as problem:
         _err(str(problem))
-        return EXIT_PROBLEM
+        return EXIT_USAGE if _names_no_file(problem) else EXIT_PROBLEM
     except ConfigurationError as problem:
         _err(str(problem))
         return EXIT_USAGE
@@ -286,7 +295,8 @@ def add_mapping_commands(subparsers: Any) -> None:
                     "use it.",
         epilog="Exit status: 0 when every file is valid and every sample behaves as meant; 1 when a "
                "file (a mapping or a code-table file) is invalid, a valid sample is rejected or a "
-               "defective one is accepted; 2 when a NAME names no mapping.",
+               "defective one is accepted; 2 when a NAME names no mapping (an unknown name, or a path "
+               "to no file).",
     )
     check.add_argument("names", nargs="*", metavar="NAME",
                        help="a mapping name such as onestop__national_portal/dossier, a code-table file "
@@ -304,7 +314,8 @@ def add_mapping_commands(subparsers: Any) -> None:
                     "as it goes when there are errors). Personal-data fields are masked unless "
                     "--show-personal is given.",
         epilog="Exit status: 0 when every record maps cleanly; 1 when some record has errors or the "
-               "mapping file is invalid; 2 when NAME, a --field or the input cannot be used.",
+               "mapping file is invalid; 2 when NAME (an unknown name, or a path to no file), a --field "
+               "or the input cannot be used.",
     )
     preview.add_argument("name", metavar="NAME",
                          help="a mapping name such as onestop__national_portal/dossier, or a path to a .yaml file")

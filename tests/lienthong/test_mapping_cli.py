@@ -168,6 +168,12 @@ def test_check_of_an_unknown_name_is_a_usage_error(capsys):
     assert "UNKNOWN" in capsys.readouterr().out
 
 
+def test_check_of_a_path_to_no_file_is_a_usage_error(tmp_path, capsys):
+    # check --help: "2 when a NAME names no mapping" (it was 1, the missing file reported as invalid)
+    assert run("mapping", "check", str(tmp_path / "typo.yaml")) == 2
+    assert "UNKNOWN" in capsys.readouterr().out
+
+
 def test_preview_of_a_clean_file_with_selected_fields(tmp_path, capsys):
     source = tmp_path / "one.json"
     source.write_text(json.dumps(load("processing-paid-online"), ensure_ascii=False), encoding="utf-8")
@@ -214,6 +220,7 @@ def test_preview_field_filter_keeps_ok_for_the_whole_record(capsys):
 @pytest.mark.parametrize("argv", [
     ("mapping", "preview", DOSSIER, "--field", "NoSuchField"),
     ("mapping", "preview", "onestop__national_portal/nothing"),
+    ("mapping", "preview", "/nonexistent/typo.yaml"),  # a path to no file (it exited 1, as an invalid file)
     ("mapping", "preview", DOSSIER, "--input", "/nonexistent/records.json"),
 ])
 def test_preview_usage_errors(argv, capsys):
