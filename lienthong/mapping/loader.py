@@ -359,23 +359,29 @@ def _shared_tables(document: dict, file: Path) -> tuple[list[tuple[str, CodeTabl
 
 
 def _duplicate_keys(node: Any, path: str = "") -> list[MappingProblem]:
-    """Keys given twice in one YAML mapping (YAML would silently keep only the last one)."""
+    """Keys given twice in one YAML mapping (YAML would silently keep only the last one), also
+    two keys that are one text in two Unicode forms (NFC and NFD ``Ngày``: the file is read as NFC)."""
     problems: list[MappingProblem] = []
     if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
+        seen: dict[Any, tuple[int, str]] = {}
         for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            written = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            key = unicodedata.normalize("NFC", written) if written is not None else None
             child = f"{path}.{key}" if path else str(key)
             if key is not None and key in seen:
                 rule = "duplicate_field" if path.endswith("fields") else "duplicate_key"
                 what = "target field" if rule == "duplicate_field" else "key"
+                line, first = seen[key]
+                lines = f"lines {line + 1} and {key_node.start_mark.line + 1}"
                 problems.append(MappingProblem(
                     child, rule,
-                    f"{what} {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
-                    "YAML would silently keep only the second",
+                    f"{what} {key!r} is given twice ({lines}); YAML would silently keep only the second"
+                    if first == written else
+                    f"{what} {key!r} is given twice ({lines}), in two Unicode forms (NFC and NFD) of the same "
+                    "text; the file is read as NFC, which would silently keep only the second",
                 ))
             elif key is not None:
-                seen[key] = key_node.start_mark.line
+                seen[key] = (key_node.start_mark.line, written)
             problems += _duplicate_keys(value_node, child)
     elif isinstance(node, yaml.SequenceNode):
         for n, item in enumerate(node.value):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -210,6 +211,8 @@ TABLE_FILE_PROBLEMS = [
     ("mapped-and-not-mapped", STATUS_TABLE.replace("{interoperating:", "{done:"),
      ("code_tables.status.not_mapped.done", "conflict")),
     ("table-twice", STATUS_TABLE + '  status: {values: {x: "1"}}\n', ("code_tables.status", "duplicate_key")),
+    ("key-in-two-unicode-forms", STATUS_TABLE.replace("done:", '"Ngày": "1", "Nga\u0300y":'),
+     ("code_tables.status.values.Ngày", "duplicate_key")),
     ("not-yaml", "code_tables: {status: [\n", ("", "yaml")),
     ("not-a-mapping", "- status\n", ("", "type")),
 ]
@@ -229,6 +232,25 @@ def test_a_broken_code_table_file_is_named_with_the_place_and_the_rule(tmp_path,
     with pytest.raises(MappingFileError) as alone:
         load_code_tables(tables)
     assert alone.value.problems == error.problems and alone.value.included_by is None
+
+
+def test_code_table_keys_equal_after_nfc_are_a_duplicate_key(tmp_path):
+    nfc = "Ngày"
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfc != nfd
+    own = f'''\
+        unit:
+          values:
+            "{nfc}": day
+            "{nfd}": working_day
+        '''
+    path = write(tmp_path, f"{DIRECTORY}/case.yaml",
+                 mapping_text(tables_from=None, own_tables=own, fields="Unit: {from: unit, code_table: unit}\n"))
+    with pytest.raises(MappingFileError) as caught:
+        # it loaded, the file read as NFC: "Ngày" (either form) → working_day, the "day" entry silently dropped
+        load_mapping(path)
+    assert [(p.path, p.rule) for p in caught.value.problems] == [("code_tables.unit.values.Ngày", "duplicate_key")]
+    assert "two Unicode forms" in str(caught.value)
 
 
 # ---------------------------------------------------------------------------------------------
