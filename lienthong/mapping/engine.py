@@ -426,6 +426,11 @@ def _typed(field: _Spec, step: Step) -> Step:
     target = field.target
     source = field.spec.get("from")
     label = source if isinstance(source, str) else "the value"
+    personal = field.personal
+
+    def shown(value: str) -> str:
+        """The value for a message: nothing for personal data."""
+        return "" if personal else f" {_show(value)}"
 
     def typed(item: Any, root: Any, errors: list, at: Any) -> Any:
         before = len(errors)
@@ -452,12 +457,12 @@ def _typed(field: _Spec, step: Step) -> Step:
             if fits:
                 return number
             errors.append(FieldError(_target_prefix(at) + target, "type",
-                                     f"{_source_prefix(at)}{label} {_show(value)} is too large for {target}: "
+                                     f"{_source_prefix(at)}{label}{shown(value)} is too large for {target}: "
                                      f"{'an integer' if kind == 'integer' else 'a number'} a peer can hold lies "
                                      f"between -2^63 and 2^63-1 (a 64-bit integer, a finite number)"))
             return None
         errors.append(FieldError(_target_prefix(at) + target, "type",
-                                 f"{_source_prefix(at)}{label} {_show(value)} is not {'an' if kind == 'integer' else 'a'} "
+                                 f"{_source_prefix(at)}{label}{shown(value)} is not {'an' if kind == 'integer' else 'a'} "
                                  f"{kind}, which {target} must be"))
         return None
 
@@ -945,7 +950,14 @@ def _flat_list_step(field: _Spec, source: str, substeps: list, when: Any, where:
 
 
 def _mask(value: Any) -> Any:
-    """Hide personal data: keep the last 3 characters of longer values, nothing of short ones."""
+    """Hide personal data: keep the last 3 characters of longer values, nothing of short ones.
+
+    A number (a ``type: integer`` ID number) is masked as its text; a boolean becomes ``"***"``
+    (its masked text would tell ``True`` from ``False`` by its length)."""
+    if value.__class__ is bool:
+        return "***"
+    if isinstance(value, (int, float)):
+        value = str(value)
     if not isinstance(value, str) or not value:
         return value
     if len(value) <= 4:

@@ -472,6 +472,16 @@ def test_personal_values_stay_out_of_error_messages(dossier):
     assert "04919000123X" not in str(caught.value)
 
 
+@pytest.mark.parametrize("phone", ["0901-234-567", "99999999999999999999"])  # not an integer; too large
+def test_typed_personal_value_stays_out_of_error_messages(tmp_path, phone):
+    mapping = load_mapping(write_mapping(tmp_path, "Phone: {from: phone, personal: true, type: integer}\n"))
+    with pytest.raises(RecordInvalid) as caught:
+        mapping.apply({"dossierNo": "k", "phone": phone})
+    assert fields_and_rules(caught.value) == [("Phone", "type")]
+    assert phone not in str(caught.value)  # it said "phone '0901-234-567' is not an integer, ..."
+    assert caught.value.errors[0].message.startswith("phone is ")
+
+
 # ---------------------------------------------------------------------------------------------
 # Text, time, lists
 
@@ -636,6 +646,15 @@ def test_mask_personal_hides_ids_phone_and_email(dossier):
     assert masked["DinhDanhCHS"][0]["SoDinhDanh"] == "*********321"
     assert masked["Email"].endswith(".vn") and "tranvanduc" not in masked["Email"]
     assert masked["ChuHoSo"] == "Trần Văn Đức"
+
+
+def test_typed_personal_value_is_masked_in_previews(tmp_path):
+    mapping = load_mapping(write_mapping(tmp_path, "IdNo: {from: idNo, personal: true, type: integer}\n"
+                                                   "Flag: {from: flag, personal: true, type: boolean}\n"))
+    output = mapping.apply({"dossierNo": "k", "idNo": "12345678901", "flag": "false"})
+    assert output == {"IdNo": 12345678901, "Flag": False}
+    # it was shown unmasked: _mask only masked text
+    assert mapping.mask_personal(output) == {"IdNo": "********901", "Flag": "***"}
 
 
 CHAINED = """\
