@@ -446,27 +446,58 @@ def _typed(field: _Spec, step: Step) -> Step:
             return None
         if kind == "text" or len(errors) > before:
             return value
-        if kind == "boolean":
-            if value in _BOOLEANS:
-                return _BOOLEANS[value]
-        elif (_INTEGER if kind == "integer" else _NUMBER).fullmatch(value):
-            # int() of more than 4300 digits raises ValueError: a longer value cannot fit anyway
-            number = None if len(value.lstrip("-0")) > 400 else int(value) if "." not in value else float(value)
-            fits = number is not None and (
-                _INT64_MIN <= number <= _INT64_MAX if number.__class__ is int else math.isfinite(number))
-            if fits:
-                return number
+        try:
+            return _to_type(kind, value, target)
+        except _NotOfType as problem:
             errors.append(FieldError(_target_prefix(at) + target, "type",
-                                     f"{_source_prefix(at)}{label}{shown(value)} is too large for {target}: "
-                                     f"{'an integer' if kind == 'integer' else 'a number'} a peer can hold lies "
-                                     f"between -2^63 and 2^63-1 (a 64-bit integer, a finite number)"))
+                                     f"{_source_prefix(at)}{label}{shown(value)} {problem}"))
             return None
-        errors.append(FieldError(_target_prefix(at) + target, "type",
-                                 f"{_source_prefix(at)}{label}{shown(value)} is not {'an' if kind == 'integer' else 'a'} "
-                                 f"{kind}, which {target} must be"))
-        return None
 
     return typed
+
+
+class _NotOfType(Exception):
+    """A value is not of a field's ``type``; the text ends a sentence on the value ("is not an integer, ...")."""
+
+
+def _to_type(kind: str, value: str, target: str) -> Any:
+    """``value`` (text, not empty) as what a field of ``type: kind`` sends (not ``text``).
+
+    Raises:
+        _NotOfType: it is not one, or too large for one.
+    """
+    if kind == "boolean":
+        if value in _BOOLEANS:
+            return _BOOLEANS[value]
+    elif (_INTEGER if kind == "integer" else _NUMBER).fullmatch(value):
+        # int() of more than 4300 digits raises ValueError: a longer value cannot fit anyway
+        number = None if len(value.lstrip("-0")) > 400 else int(value) if "." not in value else float(value)
+        fits = number is not None and (
+            _INT64_MIN <= number <= _INT64_MAX if number.__class__ is int else math.isfinite(number))
+        if fits:
+            return number
+        raise _NotOfType(f"is too large for {target}: {'an integer' if kind == 'integer' else 'a number'} a peer "
+                         "can hold lies between -2^63 and 2^63-1 (a 64-bit integer, a finite number)")
+    raise _NotOfType(f"is not {'an' if kind == 'integer' else 'a'} {kind}, which {target} must be")
+
+
+def _constant_type_problem(field: _Spec, value: str) -> str | None:
+    """Why a constant output (a ``const``, a converted ``default``) is not what the field's ``type``
+    sends, ending a sentence on the value; ``None`` when it is. Checked when the file is compiled:
+    such a value would make every record it is used for an error, blaming the record."""
+    kind = field.spec.get("type", "text")
+    if kind == "text":
+        return None
+    if value == "":
+        if field.spec.get("nullable", False) is True:
+            return None
+        return (f"gives no value, and {field.target} needs {'an' if kind == 'integer' else 'a'} {kind} "
+                "(nullable: true sends null)")
+    try:
+        _to_type(kind, value, field.target)
+    except _NotOfType as problem:
+        return str(problem)
+    return None
 
 
 def _object_step(field: _Spec, tables: dict[str, CodeTable]) -> Step:
@@ -485,7 +516,15 @@ def _object_step(field: _Spec, tables: dict[str, CodeTable]) -> Step:
 
 
 def _const_step(field: _Spec) -> Step:
+    """The step of a const field.
+
+    Raises:
+        ValueError: the const is not what the field's ``type`` sends (the loader reports it).
+    """
     value = _NFC("NFC", field.spec["const"])
+    problem = _constant_type_problem(field, value)
+    if problem is not None:
+        raise ValueError(f"const {_show(value)} {problem}")
     when = field.when.test if field.when is not None else None
     if when is None:
         return lambda item, root, errors, at: value
@@ -606,6 +645,11 @@ def _value_step(field: _Spec) -> Step:
         default_output = finish(field.spec["default"], {}, {}, default_errors, None)
         if default_errors:
             raise ValueError(f"default {_show(field.spec['default'])} does not convert: {default_errors[0].message}")
+        problem = _constant_type_problem(field, default_output)
+        if problem is not None:
+            made = "" if default_output == field.spec["default"] else \
+                f" (made {_show(default_output)} by its transforms and code table)"
+            raise ValueError(f"default {_show(field.spec['default'])}{made} {problem}")
 
     def general(value: Any, item: Any, root: Any, errors: list, at: Any) -> str:
         """Any fetched value, every rule: the fast paths below fall back to this."""

@@ -546,9 +546,12 @@ def _field_problems(fields: dict, at: str, tables: dict, add: Any) -> None:
                     add(f"{here}.{key}", "conflict", f"{key} applies to one value; on an object field, put it on the fields under fields")
             _field_problems(spec["fields"], f"{here}.fields", tables, add)
         elif "const" in spec:
-            for key in ("from", "transform", "code_table", "default", "fallback", "where", "required"):
-                if key in spec:
-                    add(f"{here}.{key}", "conflict", f"a const field sends its value as written; {key} does not apply")
+            conflicts = [key for key in ("from", "transform", "code_table", "default", "fallback", "where", "required")
+                         if key in spec]
+            for key in conflicts:
+                add(f"{here}.{key}", "conflict", f"a const field sends its value as written; {key} does not apply")
+            if not conflicts:
+                _const_problems(target, spec, here, add)
         else:
             several = isinstance(spec["from"], list)  # from: [action, note]
             if several:
@@ -615,6 +618,17 @@ def _default_problem(target: str, spec: dict, at: str, tables: dict, add: Any) -
         pass  # reported by the path and pattern checks
     except ValueError as problem:
         add(at, "default", str(problem))
+
+
+def _const_problems(target: str, spec: dict, here: str, add: Any) -> None:
+    """A const is sent as written, for every record: it must be what its field's ``type`` sends,
+    checked once, here (else every record would be refused, blaming the record)."""
+    try:
+        compile_fields({target: spec}, {})
+    except (PathSyntaxError, re.error):
+        pass  # reported by the condition check
+    except ValueError as problem:
+        add(f"{here}.const", "type", str(problem))
 
 
 def _path_problem(text: str, at: str, add: Any, *, allow_root: bool) -> bool:

@@ -106,6 +106,10 @@ VALID_FILES = [
      {"l": [{"v": "a"}, {"v": None}, {"v": "b"}]}, {"N": "a, b"}),
     ("join-then-another-transform", "N: {from: [a, b], transform: [{join: ''}, strip]}\n", {"a": " x", "b": "y "},
      {"N": "xy"}),
+    ("typed-const-and-default",
+     "A: {const: '7', type: integer}\nB: {const: '', type: number, nullable: true}\n"
+     "C: {from: c, transform: bool_word, default: false, type: boolean}\nD: {from: d, default: '2', type: integer}\n",
+     {}, {"A": 7, "B": None, "C": False, "D": 2}),
 ]
 
 
@@ -141,6 +145,18 @@ INVALID_FILES = [
      "fields.L.max_length", "conflict"),
     ("default-rejected-by-transform", "A: {from: a, transform: bool_flag, default: 'yes'}\n", None,
      "fields.A.default", "default"),
+    # a default or const its own type rejects loaded, then every record without the value was
+    # refused, the error blaming the record ("count 'none' is not an integer" with no count in it)
+    ("default-rejected-by-its-type", "A: {from: a, default: 'none', type: integer}\n", None, "fields.A.default",
+     "default"),
+    ("default-made-what-its-type-rejects", "A: {from: a, transform: bool_text, default: false, type: boolean}\n",
+     None, "fields.A.default", "default"),
+    ("default-of-no-value-for-a-typed-field", "A: {from: a, default: '', type: number}\n", None, "fields.A.default",
+     "default"),
+    ("const-rejected-by-its-type", "A: {const: 'active', type: integer}\n", None, "fields.A.const", "type"),
+    ("const-too-large-for-its-type", "A: {const: '99999999999999999999', type: integer}\n", None, "fields.A.const",
+     "type"),
+    ("const-of-no-value-for-a-typed-field", "A: {const: '', type: boolean}\n", None, "fields.A.const", "type"),
     ("bad-regex", "A: {from: a, pattern: '(['}\n", None, "fields.A.pattern", "pattern"),
     ("condition-two-tests", "A: {from: a, when: {path: p, in: [1], not_in: [2]}}\n", None, "fields.A.when",
      "maxProperties"),
