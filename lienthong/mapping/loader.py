@@ -598,11 +598,11 @@ def _field_problems(fields: dict, at: str, tables: dict, add: Any) -> None:
                 add(f"{here}.default", "conflict", "a required field has no default: a missing value is an error")
             elif "default" in spec and transforms_ok and spec.get("code_table", "") in {"", *tables}:
                 _default_problem(target, spec, f"{here}.default", tables, add)
-            if "pattern" in spec:
-                try:
-                    re.compile(spec["pattern"])
-                except re.error as problem:
-                    add(f"{here}.pattern", "pattern", f"not a regular expression: {problem}")
+        if "pattern" in spec and ("from" in spec or "const" in spec):
+            try:
+                re.compile(spec["pattern"])
+            except re.error as problem:
+                add(f"{here}.pattern", "pattern", f"not a regular expression: {problem}")
         if "when" in spec:
             _condition_problem(spec["when"], f"{here}.when", add)
         if isinstance(spec.get("required"), dict):
@@ -621,12 +621,22 @@ def _default_problem(target: str, spec: dict, at: str, tables: dict, add: Any) -
 
 
 def _const_problems(target: str, spec: dict, here: str, add: Any) -> None:
-    """A const is sent as written, for every record: it must be what its field's ``type`` sends,
-    checked once, here (else every record would be refused, blaming the record)."""
+    """A const is sent as written, for every record: it must meet its own field's rules, checked
+    once, here (else every record would be refused, blaming the record)."""
+    value = unicodedata.normalize("NFC", spec["const"])
+    if "max_length" in spec and len(value) > spec["max_length"]:
+        add(f"{here}.max_length", "max_length", f"the const is {len(value)} characters long; {target} allows at "
+                                                f"most {spec['max_length']} (values are never truncated)")
+    if "pattern" in spec:
+        try:
+            if re.fullmatch(spec["pattern"], value) is None:
+                add(f"{here}.pattern", "format", f"the const {value!r} does not have the required form {spec['pattern']}")
+        except re.error:
+            return  # reported as a bad regular expression (pattern)
     try:
         compile_fields({target: spec}, {})
     except (PathSyntaxError, re.error):
-        pass  # reported by the condition check
+        pass  # reported by the condition and pattern checks
     except ValueError as problem:
         add(f"{here}.const", "type", str(problem))
 

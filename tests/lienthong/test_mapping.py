@@ -110,6 +110,8 @@ VALID_FILES = [
      "A: {const: '7', type: integer}\nB: {const: '', type: number, nullable: true}\n"
      "C: {from: c, transform: bool_word, default: false, type: boolean}\nD: {from: d, default: '2', type: integer}\n",
      {}, {"A": 7, "B": None, "C": False, "D": 2}),
+    ("const-meeting-its-pattern-and-max-length", "A: {const: 'Nga\u0300y', pattern: '\\w+', max_length: 4}\n", {},
+     {"A": "Ngày"}),
 ]
 
 
@@ -157,6 +159,10 @@ INVALID_FILES = [
     ("const-too-large-for-its-type", "A: {const: '99999999999999999999', type: integer}\n", None, "fields.A.const",
      "type"),
     ("const-of-no-value-for-a-typed-field", "A: {const: '', type: boolean}\n", None, "fields.A.const", "type"),
+    # a const's pattern and max_length were accepted and never checked; a bad regex on one crashed (re.error)
+    ("const-breaking-its-pattern", "A: {const: 'ABC', pattern: '\\d+'}\n", None, "fields.A.pattern", "format"),
+    ("const-over-its-max-length", "A: {const: 'ABC', max_length: 2}\n", None, "fields.A.max_length", "max_length"),
+    ("const-with-a-bad-regex", "A: {const: 'x', pattern: '(['}\n", None, "fields.A.pattern", "pattern"),
     ("bad-regex", "A: {from: a, pattern: '(['}\n", None, "fields.A.pattern", "pattern"),
     ("condition-two-tests", "A: {from: a, when: {path: p, in: [1], not_in: [2]}}\n", None, "fields.A.when",
      "maxProperties"),
