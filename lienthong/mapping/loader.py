@@ -584,6 +584,8 @@ def _field_problems(fields: dict, at: str, tables: dict, add: Any) -> None:
             elif many and not names:
                 add(f"{here}.transform", "wildcard",
                     f"{spec['from']!r} reads a list ([*]); name a transform that makes one value of it (any_true, first, last)")
+            elif (several or many) and all(name in TRANSFORMS for name in names):
+                _list_transform_problem(spec, names, several, here, add)
             if "where" in spec and (several or not many):
                 add(f"{here}.where", "wildcard", "where filters the items of a [*] path; this field's from has no [*]")
             if "where" in spec:
@@ -607,6 +609,29 @@ def _field_problems(fields: dict, at: str, tables: dict, add: Any) -> None:
             _condition_problem(spec["when"], f"{here}.when", add)
         if isinstance(spec.get("required"), dict):
             _condition_problem(spec["required"]["when"], f"{here}.required.when", add)
+
+
+def _list_transform_problem(spec: dict, names: list[str], several: bool, here: str, add: Any) -> None:
+    """A field reading a list (a ``[*]`` path, a list of paths): its first transform must read a
+    list (``reads_list`` in the registry), and so must the one after a transform that gives a list
+    back (``keeps_list``: ``word_bool``); the last one must make one value. Otherwise every record
+    would be refused ("x[*].y is a list, expected text"), even one without the list."""
+    listed = isinstance(spec["transform"], list)
+    reads = f"{spec['from']!r} reads several values" if several else f"{spec['from']!r} reads a list ([*])"
+    readers = ", ".join(sorted(name for name, transform in TRANSFORMS.items()
+                               if transform.reads_list and not transform.keeps_list))
+    for n, name in enumerate(names):
+        transform = TRANSFORMS[name]
+        if not transform.reads_list:
+            given = reads if n == 0 else f"{names[n - 1]} gives a list"
+            add(f"{here}.transform" + (f"[{n}]" if listed else ""), "wildcard",
+                f"{given}, and {name} takes one value; put a transform that makes one value of the list "
+                f"before it (one that reads a list: {readers})")
+            return
+        if not transform.keeps_list:
+            return
+    add(f"{here}.transform", "wildcard",
+        f"{names[-1]} gives a list; end with a transform that makes one value of it (one that reads a list: {readers})")
 
 
 def _default_problem(target: str, spec: dict, at: str, tables: dict, add: Any) -> None:

@@ -9,6 +9,11 @@ A transform may take one argument, written ``{name: argument}`` in the file (``{
 it is registered with ``argument="<what it is>"`` and called as ``function(value, argument)``; the
 argument is fixed when the file is loaded, so the mapping file, not Python, holds it.
 
+A transform that reads a list (``first``, ``join``...) is registered with ``reads_list=True``: a
+field reading a list (a ``[*]`` path, a list of paths) must name one first, else the file is
+refused (rule ``wildcard``). One that gives a list back when given one (``word_bool``) also says
+``keeps_list=True``, and the transform after it must read a list too.
+
 Register a new one with :func:`register_transform` and document it in ``mappings/README.md``
 (a test checks that the README lists every registered name).
 """
@@ -64,6 +69,9 @@ class Transform:
         argument: ``None`` for a transform of the value alone; otherwise what its one argument is
             (``"separator text"``), and ``function`` is called as ``function(value, argument)``.
         argument_type: the Python type the argument must have (``str``).
+        reads_list: it takes a list (from a ``[*]`` path or a list of paths) and makes one value
+            of it (``first``, ``any_true``, ``join``); a field reading a list must name one first.
+        keeps_list: given a list, it gives a list (``word_bool``): the next transform must read one.
     """
 
     name: str
@@ -71,6 +79,8 @@ class Transform:
     description: str
     argument: str | None = None
     argument_type: type = str
+    reads_list: bool = False
+    keeps_list: bool = False
 
     def bind(self, argument: Any = None) -> Callable[[Any], Any]:
         """The one-value function the engine calls: ``function`` itself, or with its argument fixed.
@@ -97,7 +107,8 @@ TRANSFORMS: dict[str, Transform] = {}
 
 
 def register_transform(
-    name: str, description: str, *, argument: str | None = None, argument_type: type = str
+    name: str, description: str, *, argument: str | None = None, argument_type: type = str,
+    reads_list: bool = False, keeps_list: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``function`` under ``name`` (decorator). Names are unique.
 
@@ -108,6 +119,9 @@ def register_transform(
             argument is, for messages (``"separator text"``); the function is then called as
             ``function(value, argument)``. ``None`` (default): ``function(value)``.
         argument_type: the type the argument must have in the file (default ``str``).
+        reads_list: it reads a list (a ``[*]`` path, a list of paths), so it may come first on a
+            field that reads one (default: it takes one value).
+        keeps_list: given a list, it gives a list back (default: one value).
 
     Raises:
         ValueError: the name is already taken.
@@ -116,7 +130,7 @@ def register_transform(
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         if name in TRANSFORMS:
             raise ValueError(f"transform {name!r} is already registered")
-        TRANSFORMS[name] = Transform(name, function, description, argument, argument_type)
+        TRANSFORMS[name] = Transform(name, function, description, argument, argument_type, reads_list, keeps_list)
         return function
 
     return decorate
@@ -259,7 +273,8 @@ def bool_text(value: Any) -> str:
     raise TransformError("type", f"is {_kind(value)}, expected true or false")
 
 
-@register_transform("any_true", "a list of true/false/null (from a [*] path) → true when any item is true")
+@register_transform("any_true", "a list of true/false/null (from a [*] path) → true when any item is true",
+                    reads_list=True)
 def any_true(value: Any) -> bool:
     if value.__class__ is not list:
         raise TransformError("type", f"is {_kind(value)}, expected a list (use a [*] path)")
@@ -271,14 +286,16 @@ def any_true(value: Any) -> bool:
     return False
 
 
-@register_transform("last", "a list (from a [*] path) → its last item, or no value when the list is empty")
+@register_transform("last", "a list (from a [*] path) → its last item, or no value when the list is empty",
+                    reads_list=True)
 def last(value: Any) -> Any:
     if value.__class__ is not list:
         raise TransformError("type", f"is {_kind(value)}, expected a list (use a [*] path)")
     return value[-1] if value else None
 
 
-@register_transform("first", "a list (from a [*] path) → its first item, or no value when the list is empty")
+@register_transform("first", "a list (from a [*] path) → its first item, or no value when the list is empty",
+                    reads_list=True)
 def first(value: Any) -> Any:
     if value.__class__ is not list:
         raise TransformError("type", f"is {_kind(value)}, expected a list (use a [*] path)")
@@ -290,6 +307,7 @@ def first(value: Any) -> Any:
     "a list of values (from a list of paths, or a [*] path) → its non-blank texts joined by the "
     "separator; no value when every one is missing or blank",
     argument="separator text",
+    reads_list=True,
 )
 def join(value: Any, separator: str) -> str | None:
     if value.__class__ is not list:
@@ -341,6 +359,8 @@ _WORDS = {"true": True, "false": False, "": None}
     "word_bool",
     "\"true\"/\"false\" → true/false (reads a canonical yes/no); a list of them (from a [*] path) → "
     "a list of true/false/null, for any_true",
+    reads_list=True,
+    keeps_list=True,
 )
 def word_bool(value: Any) -> Any:
     if value.__class__ is list:
@@ -426,7 +446,8 @@ def _level_rank(value: Any) -> int:
 
 @register_transform("max_level", "a list of online service levels (from a [*] path), old ints 2/3/4 or the words "
                     "\"Một phần\"/\"Toàn trình\" → the highest as text (\"4\", \"Toàn trình\"; \"Một phần\" ranks as 3, "
-                    "\"Toàn trình\" as 4; a tie keeps the first), no value when empty — for a code table")
+                    "\"Toàn trình\" as 4; a tie keeps the first), no value when empty — for a code table",
+                    reads_list=True)
 def max_level(value: Any) -> Any:
     if value.__class__ is not list:
         raise TransformError("type", f"is {_kind(value)}, expected a list of service levels")

@@ -139,6 +139,18 @@ INVALID_FILES = [
     ("const-not-text", "A: {const: 1}\n", None, "fields.A.const", "type"),
     ("bare-yes-key", "yes: {from: a}\n", None, "fields.True", "key_type"),
     ("wildcard-without-transform", "A: {from: 'f[*].x'}\n", None, "fields.A.transform", "wildcard"),
+    # a list read with a transform that takes one value loaded, then refused every record, even one
+    # without the list ("x[*].y is a list, expected text")
+    ("wildcard-with-a-one-value-transform", "A: {from: 'x[*].y', transform: string}\n", None, "fields.A.transform",
+     "wildcard"),
+    ("wildcard-with-portal-datetime", "A: {from: 'x[*].y', transform: [portal_datetime, strip]}\n", None,
+     "fields.A.transform[0]", "wildcard"),
+    ("paths-with-a-one-value-transform", "A: {from: [a, b], transform: strip}\n", None, "fields.A.transform",
+     "wildcard"),
+    ("word-bool-list-then-a-one-value-transform", "A: {from: 'x[*].y', transform: [word_bool, bool_flag]}\n", None,
+     "fields.A.transform[1]", "wildcard"),
+    ("word-bool-list-sent-as-a-list", "A: {from: 'x[*].y', transform: word_bool}\n", None, "fields.A.transform",
+     "wildcard"),
     ("where-without-wildcard", "A: {from: f, where: {path: p, in: [1]}}\n", None, "fields.A.where", "wildcard"),
     ("two-wildcards", "A: {from: 'a[*].b[*].c', transform: first}\n", None, "fields.A.from", "path"),
     ("required-with-default", "A: {from: a, required: true, default: x}\n", None, "fields.A.default", "conflict"),
@@ -257,12 +269,22 @@ def test_a_registered_transform_becomes_usable(tmp_path):
     def upper(value):
         return value.upper()
 
+    @register_transform("test_longest", "the longest text of a list (test only)", reads_list=True)
+    def longest(value):
+        return max(value, key=len, default=None)
+
     try:
         assert load_mapping(write_mapping(tmp_path, "A: {from: a, transform: test_upper}\n")).apply({"a": "ệ"}) == {"A": "Ệ"}
         with pytest.raises(ValueError, match="already registered"):
             register_transform("test_upper", "again")(upper)
+        # a field reading a list takes a transform registered as reading one (reads_list), not another
+        wildcard = load_mapping(write_mapping(tmp_path / "w", "A: {from: 'l[*].v', transform: [test_longest, test_upper]}\n"))
+        assert wildcard.apply({"l": [{"v": "a"}, {"v": "bc"}]}) == {"A": "BC"}
+        with pytest.raises(MappingFileError) as caught:
+            load_mapping(write_mapping(tmp_path / "r", "A: {from: 'l[*].v', transform: test_upper}\n"))
+        assert caught.value.rule == "wildcard" and "test_longest" in str(caught.value)
     finally:
-        del TRANSFORMS["test_upper"]
+        del TRANSFORMS["test_upper"], TRANSFORMS["test_longest"]
 
 
 def test_unknown_mapping_name_lists_the_known_ones():
