@@ -586,6 +586,9 @@ def _value_step(field: _Spec) -> Step:
                             lambda s: f"{s}{shown(v)} {detail} (transform {used})", src)
             if value is None:
                 return absent(None, item, root, errors, at)
+        if transforms and value.__class__ is str and (not value or value.isspace()):
+            # a list item first/last picked, say: blank text is no value, as it is from a path
+            return absent(value, item, root, errors, at)
         if table_values is not None:
             if value.__class__ is not str:
                 v = value
@@ -729,7 +732,7 @@ def _value_step(field: _Spec) -> Step:
                             break
                 except TransformError:
                     return general(value, item, root, errors, at)
-                if output.__class__ is str:
+                if output.__class__ is str and output and not output.isspace():  # blank: no value, the general way
                     return output if output.isascii() else _NFC("NFC", output)
             return general(value, item, root, errors, at)
 
@@ -782,7 +785,7 @@ def _value_step(field: _Spec) -> Step:
                     output = single(value)
                 except TransformError:
                     return general(value, item, root, errors, at)
-                if output.__class__ is str:
+                if output.__class__ is str and output and not output.isspace():
                     return output if output.isascii() else _NFC("NFC", output)
         return general(value, item, root, errors, at)
 
@@ -860,7 +863,7 @@ def compile_builder(steps: list[tuple[str, Step]]) -> Callable[[Any, Any, list, 
                           [f"        if {out} is not None:", f"            {out} = F{n}_{t}({out})"])
             body += ["if v is not None and (v.__class__ is not str or (v and not v.isspace())):",
                      "    try:", *calls, "    except TransformError:", f"        {out} = None",
-                     f"    if {out}.__class__ is not str:", f"        {out} = {call}",
+                     f"    if {out}.__class__ is not str or not {out} or {out}.isspace():", f"        {out} = {call}",
                      f"    elif not {out}.isascii():", f"        {out} = NFC('NFC', {out})"]
             if optional:
                 body += ["elif v is None:", f"    {out} = D{n}"]

@@ -701,6 +701,27 @@ def test_typed_personal_value_is_masked_in_previews(tmp_path):
     assert mapping.mask_personal(output) == {"IdNo": "********901", "Flag": "***"}
 
 
+# Blank text a transform gives (first/last picking a blank item) was sent, past required: every way
+# the engine maps a field (the general step, the fast steps of a plain key and of outer.inner, the
+# inline builder) now treats it as no value, as blank text read from a path is.
+BLANK_FROM_A_TRANSFORM = [
+    ("A: {from: 'x[*].y', transform: first, required: true}\n", {"x": [{"y": ""}]}),
+    ("A: {from: 'x[*].y', transform: [last, string], required: true}\n", {"x": [{"y": "a"}, {"y": "   "}]}),
+    ("A: {from: x, transform: first, required: true}\n", {"x": [" ", "a"]}),
+    ("A: {from: o.x, transform: last, required: true}\n", {"o": {"x": ["a", "\t"]}}),
+]
+
+
+@pytest.mark.parametrize("fields, record", BLANK_FROM_A_TRANSFORM)
+def test_blank_text_a_transform_gives_is_no_value(tmp_path, fields, record):
+    required = load_mapping(write_mapping(tmp_path / "required", fields))
+    with pytest.raises(RecordInvalid) as caught:
+        required.apply({"dossierNo": "k", **record})
+    assert fields_and_rules(caught.value) == [("A", "required")]
+    plain = load_mapping(write_mapping(tmp_path / "plain", fields.replace(", required: true", "")))
+    assert plain.apply({"dossierNo": "k", **record}) == {"A": ""}
+
+
 CHAINED = """\
 F: {from: flag, transform: [word_bool, bool_flag]}
 R: {from: flag, transform: [word_bool, bool_text], required: true}
