@@ -885,7 +885,7 @@ def _list_step(field: _Spec, tables: dict[str, CodeTable]) -> Step:
     required = field.required
     required_if = field.required_if
     if "[*]." in source:  # outer[*].inner: the inner lists of every outer item, one after the other
-        return _flat_list_step(field, source, substeps, when, where)
+        return _flat_list_step(field, source, substeps, when, where, required, required_if)
     from_record = source == "$"
     get, absolute, _many = compile_path(source)
     label = source[2:] if absolute and not from_record else source
@@ -938,25 +938,35 @@ def _list_step(field: _Spec, tables: dict[str, CodeTable]) -> Step:
     return step
 
 
-def _flat_list_step(field: _Spec, source: str, substeps: list, when: Any, where: Any) -> Step:
+def _flat_list_step(field: _Spec, source: str, substeps: list, when: Any, where: Any,
+                    required: bool = False, required_if: Condition | None = None) -> Step:
     """``each: {from: outer[*].inner}``: one object per item of every outer item's inner list, in order.
 
     Inside, paths read the inner item; ``_outer.x`` reads ``x`` of the outer item it belongs to
     (``THANHPHANHOSO[*].GIAYTO`` with ``case: {from: _outer.TRUONGHOP}``). Several levels work the
     same way (``channels[*].times[*].fees``, ``_outer._outer.channel``).
+
+    ``required`` (or ``required: {when: ...}`` that holds): the list is missing, an error (rule
+    ``required``), when no inner list is there to go through: the outer list is missing, or none
+    of its items has the inner list. An inner list that is there but empty meets it, as a plain
+    ``each`` list that is there but empty does.
     """
     target = field.target
     parts = source.split("[*].")
     getters = [compile_path(part)[0] for part in parts]
+    within = "[*].".join(parts[:-1])  # the outer items holding the inner lists (channels[*].times)
 
-    def fail(errors: list, at: Any, message: str) -> None:
-        errors.append(FieldError(_target_prefix(at) + target, "type", message))
+    def fail(errors: list, at: Any, message: str, rule: str = "type") -> None:
+        errors.append(FieldError(_target_prefix(at) + target, rule, message))
 
     def step(item: Any, root: Any, errors: list, at: Any) -> list:
         if when is not None and not when(item, root):
             return []
         out: list = []
         prefix = _source_prefix(at)
+        before = len(errors)
+        # [the outer list is there, an inner list is there]: for required
+        found = [False, False]
 
         def walk(level: int, holder: Any, label: str, outer: Any) -> None:
             try:
@@ -972,6 +982,8 @@ def _flat_list_step(field: _Spec, source: str, substeps: list, when: Any, where:
                 fail(errors, at, f"{prefix}{here} is {_kind(sequence)}, expected a list")
                 return
             last = level == len(parts) - 1
+            found[0] = True
+            found[1] = found[1] or last
             for n, element in enumerate(sequence):
                 if element.__class__ is not dict:
                     fail(errors, at, f"{prefix}{here}[{n}] is {_kind(element)}, expected an object")
@@ -987,6 +999,12 @@ def _flat_list_step(field: _Spec, source: str, substeps: list, when: Any, where:
                 out.append({name: sub(element, root, errors, position) for name, sub in substeps})
 
         walk(0, item, "", None)
+        if not found[1] and len(errors) == before and (
+                required or (required_if is not None and required_if.test(item, root))):
+            state = (f"no item of {prefix}{within} has {parts[-1]}" if found[0]
+                     else f"{prefix}{parts[0]} is missing")
+            when_text = "" if required else f" when {required_if.text} ({required_if.actual(item, root)})"
+            fail(errors, at, f"{prefix}{source} is missing ({state}); {target} is required{when_text}", "required")
         return out
 
     return step

@@ -519,6 +519,37 @@ def test_each_over_a_list_of_lists(tmp_path):
         ("flat[1].cell", "required", "groups[2].rows[0].cells[0].c is empty; cell is required")]
 
 
+def test_required_is_enforced_on_a_list_of_lists(tmp_path):
+    """required on each: {from: outer[*].inner} was accepted and never checked ({"flat": []} sent);
+    it means what it means on a plain list: a list to go through is there (an empty one will do)."""
+    mapping = load_mapping(_write(tmp_path, """\
+        fields:
+          flat:
+            required: true
+            each: {from: 'groups[*].rows', fields: {r: {from: r}}}
+          when_done:
+            required: {when: {path: status, in: [done]}}
+            each: {from: 'groups[*].rows[*].cells', fields: {c: {from: c}}}
+        """))
+
+    def errors(record: dict) -> list[tuple[str, str, str]]:
+        with pytest.raises(RecordInvalid) as caught:
+            mapping.apply({"code": "a", **record})
+        return [(e.field, e.rule, e.message) for e in caught.value.errors]
+
+    assert errors({}) == [("flat", "required", "groups[*].rows is missing (groups is missing); flat is required")]
+    assert errors({"groups": [{"g": "A"}], "status": "done"}) == [
+        ("flat", "required", "groups[*].rows is missing (no item of groups has rows); flat is required"),
+        ("when_done", "required", "groups[*].rows[*].cells is missing (no item of groups[*].rows has cells); "
+                                  "when_done is required when status is one of [done] (status is 'done')")]
+    assert mapping.apply({"code": "a", "groups": [{"g": "A"}, {"rows": []}]}) == {"flat": [], "when_done": []}
+    assert mapping.apply({"code": "a", "groups": [{"rows": [{"r": "1", "cells": []}]}], "status": "done"}) == {
+        "flat": [{"r": "1"}], "when_done": []}
+    # a list that is not a list is a type error, not a required one as well
+    assert errors({"groups": "no"}) == [("flat", "type", "groups is text, expected a list"),
+                                        ("when_done", "type", "groups is text, expected a list")]
+
+
 # ---------------------------------------------------------------------------------------------
 # A generated national catalogue, end to end
 
