@@ -635,7 +635,8 @@ def _list_transform_problem(spec: dict, names: list[str], several: bool, here: s
 
 
 def _default_problem(target: str, spec: dict, at: str, tables: dict, add: Any) -> None:
-    """A default is converted once, when the file is compiled: it must survive its own transforms."""
+    """A default is converted once, when the file is compiled: it must survive its own transforms,
+    code table and checks, and be what the field's ``type`` sends."""
     used = {spec["code_table"]: CodeTable(spec["code_table"], tables[spec["code_table"]])} if "code_table" in spec else {}
     try:
         compile_fields({target: spec}, used)
