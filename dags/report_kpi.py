@@ -8,8 +8,10 @@ with inline SVG charts and CSV files under ``$LIENTHONG_HOME/reports`` (``out_di
 
 Params: ``date_from``/``date_to`` (local dates, both included; default: the month of yesterday up
 to yesterday, whole days only, so the run on the 1st writes the whole previous month — never the
-logical date, which manual runs do not have) and ``thresholds`` (fractions the toàn trình share
-of an agency is flagged below).
+logical date, which manual runs do not have; each defaults on its own: ``date_to`` alone covers
+its month up to it, ``date_from`` alone runs up to yesterday; a period that ends before it starts
+fails the task at once) and ``thresholds`` (fractions the toàn trình share of an agency is flagged
+below).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ DEFAULT_ARGS = default_args(retries=2, retry_delay=timedelta(minutes=1), max_ret
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     params={
-        "date_from": Param(None, type=["null", "string"], description="first day, YYYY-MM-DD (default: 1st of yesterday's month)"),
+        "date_from": Param(None, type=["null", "string"], description="first day, YYYY-MM-DD (default: 1st of date_to's month)"),
         "date_to": Param(None, type=["null", "string"], description="last day, included, YYYY-MM-DD (default: yesterday)"),
         "thresholds": Param([0.5, 0.3], type="array", items={"type": "number", "minimum": 0, "maximum": 1},
                             description="flag agencies whose toàn trình share is below each of these"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import uuid
 from datetime import UTC, datetime
 
@@ -30,6 +31,11 @@ def _percent(text: str) -> float:
 def cmd_report_kpi(args: argparse.Namespace) -> int:
     from lienthong.reports import tasks
 
+    try:
+        tasks.report_period(args.date_from, args.date_to)
+    except ValueError as exc:  # a bound that does not parse, or --from after --to
+        print(f"lienthong: {exc}", file=sys.stderr)
+        return 2
     summary = tasks.kpi_report(_resolver(), date_from=args.date_from, date_to=args.date_to,
                                thresholds=args.threshold or None, out_dir=args.out,
                                ministry=not args.no_ministry, with_agreement=not args.no_agreement)
@@ -55,9 +61,10 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     rs = p.add_subparsers(dest="report_command", required=True, metavar="REPORT")
     q = rs.add_parser("kpi", help="online-service KPIs per agency and for the province, for a period")
     q.add_argument("--from", dest="date_from", help="first day (YYYY-MM-DD, local) or ISO date-time "
-                                                    "(default: the first of this month)")
+                                                    "(default: the first of the month of --to, or of this month)")
     q.add_argument("--to", dest="date_to", help="last day, included (YYYY-MM-DD) or ISO date-time, excluded "
-                                                "(default: today)")
+                                                "(default: today); a period that ends before it starts is "
+                                                "refused (exit 2)")
     q.add_argument("--threshold", action="append", type=_percent,
                    help="flag agencies whose toàn trình share is below this (50, 50%% or 0.5; 1%% is one "
                         "percent; repeat; default 50 and 30)")

@@ -48,6 +48,7 @@ __all__ = [
     "compute_kpis",
     "level_labels",
     "online_channels",
+    "month_start",
     "parse_period",
     "share",
 ]
@@ -111,6 +112,13 @@ def _bound(text: str, *, end: bool) -> datetime:
     if end:
         day += timedelta(days=1)  # a date as the end means "that whole day"
     return datetime.combine(day, time(0), tzinfo=LOCAL).astimezone(UTC)
+
+
+def month_start(end: str) -> str:
+    """The first day of the month of ``end``'s last included day (``end`` as :func:`parse_period`
+    takes it: a date, included, or a date-time, excluded)."""
+    last = (_bound(end, end=True) - timedelta(microseconds=1)).astimezone(LOCAL).date()
+    return last.replace(day=1).isoformat()
 
 
 def parse_period(start: str, end: str) -> Period:

@@ -21,7 +21,7 @@ from connectors.connection import ConnectionSpec, connection_from_env
 from connectors.errors import ConfigurationError, IntegrationError
 from lienthong.reports.agreement import CHECKS, CheckUnavailable, load_agreement, mark_skipped, save_result
 from lienthong.reports.facts import refresh_dossier_facts
-from lienthong.reports.kpi import DEFAULT_THRESHOLDS, LOCAL, KpiReport, compute_kpis, parse_period
+from lienthong.reports.kpi import DEFAULT_THRESHOLDS, LOCAL, KpiReport, compute_kpis, month_start, parse_period
 from lienthong.reports.render import write_files
 from lienthong.store import Store, dossier_fact, utcnow
 from lienthong.tasks import MINISTRY_DB_CONN_ID, open_store
@@ -34,6 +34,7 @@ __all__ = [
     "kpi_report",
     "refresh_facts",
     "report_dir",
+    "report_period",
     "write_agreement_report",
     "write_demo_report",
 ]
@@ -64,6 +65,29 @@ def default_period(today: date | None = None, *, whole_days: bool = False) -> tu
     today = today or utcnow().astimezone(LOCAL).date()
     last = today - timedelta(days=1) if whole_days else today
     return last.replace(day=1).isoformat(), last.isoformat()
+
+
+def report_period(date_from: str | None = None, date_to: str | None = None, *, today: date | None = None,
+                  whole_days: bool = False) -> tuple[str, str]:
+    """The period of a KPI report, each bound defaulting on its own: without ``date_to``, the last
+    day of :func:`default_period` (today; yesterday with ``whole_days``); without ``date_from``,
+    the first of the month of ``date_to``'s last day.
+
+    Raises:
+        ValueError: a bound is not a date or an ISO date-time, or the period ends before it starts
+            (the message names both bounds, and says which one is a default).
+    """
+    default_from, default_to = default_period(today, whole_days=whole_days)
+    end = date_to or default_to
+    start = date_from
+    try:
+        start = date_from or (month_start(date_to) if date_to else default_from)
+        parse_period(start, end)
+    except ValueError as exc:
+        first = date_from or (f"{start} (default: the first of the last day's month)" if start else "(default)")
+        last = date_to or f"{end} (default: {'yesterday' if whole_days else 'today'})"
+        raise ValueError(f"KPI report period from {first} to {last}: {exc}") from None
+    return start, end
 
 
 def refresh_facts(resolve: Resolver, *, run_id: str | None = None) -> dict[str, Any]:
@@ -102,14 +126,14 @@ def kpi_report(
     whole_days: bool = False,
 ) -> dict[str, Any]:
     """Compute the period's KPIs once, upsert them into the ministry tables, write HTML + CSV
-    (no period given: :func:`default_period`, with ``whole_days`` as given).
+    (each bound not given defaults on its own: :func:`report_period`, with ``whole_days`` as given).
 
     The HTML also shows the latest agreement run kept in the bus database (``with_agreement``).
     """
+    start, end = report_period(date_from, date_to, whole_days=whole_days)  # a bad period fails before any work
     store = open_store(resolve)
     if refresh:
         refresh_dossier_facts(store)
-    start, end = (date_from, date_to) if date_from and date_to else default_period(whole_days=whole_days)
     report = compute_kpis(store, parse_period(start, end), thresholds=tuple(thresholds or DEFAULT_THRESHOLDS),
                           as_of=as_of)
     summary = _kpi_summary(report)

@@ -1,11 +1,13 @@
 """Reports at their edges (each case found in review, failing before its fix): an agency listed
-twice, a rerun after a dossier moved agency, the daily run's period, a portal row without
-SoTienDo, a threshold written with a percent sign."""
+twice, a rerun after a dossier moved agency, the daily run's period, a period given by one bound
+or ending before it starts, a portal row without SoTienDo, a threshold written with a percent
+sign."""
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import select
 
 from lienthong.reports.facts import refresh_dossier_facts
@@ -113,6 +115,56 @@ def test_the_daily_run_on_the_first_writes_the_whole_previous_month(tmp_path, mo
     replica.dispose()
     november = {(a, b): n for a, b, n in rows if str(a).startswith("2026-11")}
     assert november.get(("2026-11-01", "2026-11-30")) == 1, rows
+
+
+def _bus_only(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "bus.db")}))
+    monkeypatch.setenv("AIRFLOW_CONN_MINISTRY_DB_DEFAULT",
+                       json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "ministry.db")}))
+
+
+def test_a_lone_date_from_or_date_to_is_used_and_the_other_bound_defaults(tmp_path, monkeypatch):
+    """report_kpi's params: date_from 'default: 1st of date_to's month', date_to 'default:
+    yesterday'; `lienthong report kpi --from/--to` the same with today. Given one bound alone, the
+    report ignored it and covered the default period."""
+    from datetime import date
+
+    from connectors.connection import connection_from_env
+    from lienthong.reports import tasks as report_tasks
+
+    _bus_only(tmp_path, monkeypatch)
+    summary = report_tasks.kpi_report(connection_from_env, date_from="2026-01-01", ministry=False,
+                                      out_dir=tmp_path / "out", whole_days=True)
+    yesterday = report_tasks.default_period(whole_days=True)[1]
+    assert (summary["from"], summary["to"]) == ("2026-01-01", yesterday)
+    summary = report_tasks.kpi_report(connection_from_env, date_to="2026-01-31", ministry=False,
+                                      out_dir=tmp_path / "out", whole_days=True)
+    assert (summary["from"], summary["to"]) == ("2026-01-01", "2026-01-31")
+    # an exclusive date-time as the end: the month of its last included day
+    assert report_tasks.report_period(None, "2026-03-01T00:00:00+07:00") == ("2026-02-01", "2026-03-01T00:00:00+07:00")
+    today = date(2026, 11, 28)
+    assert report_tasks.report_period("2026-11-03", None, today=today) == ("2026-11-03", "2026-11-28")
+    assert report_tasks.report_period(None, None, today=today, whole_days=True) == ("2026-11-01", "2026-11-27")
+
+
+def test_a_period_that_ends_before_it_starts_is_refused_naming_both_bounds(tmp_path, monkeypatch, capsys):
+    from datetime import date
+
+    from lienthong.cli import main
+    from lienthong.reports import tasks as report_tasks
+
+    with pytest.raises(ValueError, match=r"from 2026-02-01 to 2026-01-31: the period ends"):
+        report_tasks.report_period("2026-02-01", "2026-01-31")
+    # the default bound is named as such: a date_from after yesterday fails the DAG's task at once
+    with pytest.raises(ValueError, match=r"from 2026-11-28 to 2026-11-27 \(default: yesterday\)"):
+        report_tasks.report_period("2026-11-28", None, today=date(2026, 11, 28), whole_days=True)
+    _bus_only(tmp_path, monkeypatch)
+    assert main(["report", "kpi", "--from", "2026-02-01", "--to", "2026-01-31", "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "the period ends (2026-01-31) before it starts (2026-02-01)" in captured.err and not captured.out
+    assert main(["report", "kpi", "--to", "2026-13-01", "--out", str(tmp_path)]) == 2
+    assert "2026-13-01" in capsys.readouterr().err
 
 
 def test_a_portal_row_without_sotiendo_is_no_progress_difference():
