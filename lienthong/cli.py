@@ -167,34 +167,74 @@ def cmd_deadletter_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unreplayable(store, ids: list[int]) -> dict[int, str]:
+    """The ids among ``ids`` that replay cannot act on, each with the reason."""
+    from sqlalchemy import select
+
+    from lienthong.flows import catalogue, dossier_status, payment_receipts
+    from lienthong.store import dead_letter
+
+    flows = {dossier_status.FLOW, dossier_status.PROGRESS_FLOW, payment_receipts.FLOW, catalogue.FLOW}
+    with store.engine.connect() as conn:
+        found = {r.id: r for r in conn.execute(select(dead_letter.c.id, dead_letter.c.flow, dead_letter.c.resolved_at,
+                                                      dead_letter.c.resolution).where(dead_letter.c.id.in_(ids)))}
+    reasons = {}
+    for letter_id in ids:
+        letter = found.get(letter_id)
+        if letter is None:
+            reasons[letter_id] = "no such dead letter"
+        elif letter.resolved_at is not None:
+            reasons[letter_id] = f"already resolved {letter.resolved_at:%Y-%m-%d %H:%M}: {letter.resolution}"
+        elif letter.flow not in flows:
+            reasons[letter_id] = f"flow {letter.flow}, which replay does not handle"
+    return reasons
+
+
 def cmd_deadletter_replay(args: argparse.Namespace) -> int:
-    """Resolve dead letters and deliver their records again, once."""
+    """Resolve dead letters and deliver their records again, once. Exit 1 when an id given, or
+    the --record given, matches no unresolved dead letter (each named, with the reason)."""
     from lienthong import tasks
-    from lienthong.flows import dossier_status
+    from lienthong.flows import catalogue, dossier_status, payment_receipts
 
     if not (args.ids or args.record or args.all):
         print("lienthong: say which dead letters to replay: ids, --record KEY, or --all", file=sys.stderr)
         return 2
-    from lienthong.flows import payment_receipts
-
     store = _store()
     by = os.environ.get("USER", "operator")
-    result = dossier_status.replay(store, dead_letter_ids=args.ids or None, record_key=args.record, by=by)
-    print(f"resolved {len(result.dead_letters)} dead letters; requeued: {', '.join(result.requeued) or 'nothing'}")
-    payment_ids, references = payment_receipts.replay(store, dead_letter_ids=args.ids or None,
-                                                      record_key=args.record, by=by)
-    if payment_ids:
-        print(f"resolved {len(payment_ids)} payment dead letters; the next sync_payment_receipts run (or "
-              f"`lienthong run payment-receipts`) takes up again: {', '.join(references)}")
-    if args.no_deliver or not result.requeued:
-        return 0
+    skipped = _unreplayable(store, sorted(set(args.ids))) if args.ids else {}
+    ids = [i for i in args.ids if i not in skipped] if args.ids else None
+    replayed, requeued = 0, []
+    if ids != []:  # ids all unreplayable: replay nothing (None would mean every one)
+        result = dossier_status.replay(store, dead_letter_ids=ids, record_key=args.record, by=by)
+        payment_ids, references = payment_receipts.replay(store, dead_letter_ids=ids, record_key=args.record, by=by)
+        catalogue_ids, codes = catalogue.replay(store, dead_letter_ids=ids, record_key=args.record, by=by)
+        replayed, requeued = len(result.dead_letters) + len(payment_ids) + len(catalogue_ids), result.requeued
+        done = {*result.dead_letters, *payment_ids, *catalogue_ids}
+        skipped.update({i: "resolved meanwhile (by a run or another replay)" for i in ids or () if i not in done})
+        if result.dead_letters or not replayed:
+            print(f"resolved {len(result.dead_letters)} dead letters; requeued: "
+                  f"{', '.join(result.requeued) or 'nothing'}")
+        if payment_ids:
+            print(f"resolved {len(payment_ids)} payment dead letters; the next sync_payment_receipts run (or "
+                  f"`lienthong run payment-receipts`) takes up again: {', '.join(references)}")
+        if catalogue_ids:
+            print(f"resolved {len(catalogue_ids)} catalogue dead letters; the next sync_procedure_catalogue run "
+                  f"reads and pushes again (and dead-letters anew if still refused): {', '.join(codes)}")
+    for letter_id, reason in skipped.items():
+        print(f"lienthong: dead letter #{letter_id} not replayed: {reason}", file=sys.stderr)
+    code = 1 if skipped else 0
+    if args.record and not replayed:
+        print(f"lienthong: no unresolved dead letter of record {args.record!r} to replay", file=sys.stderr)
+        code = 1
+    if args.no_deliver or not requeued:
+        return code
     resolve = _resolver()
     run_id = f"replay__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:6]}"
     delivered = tasks.deliver_dossier_statuses(resolve, run_id=run_id, task_id="replay")
     progress = tasks.deliver_dossier_progress(resolve, run_id=run_id, task_id="replay")
     tasks.dossier_run_summary(resolve, run_id=run_id)
     print(json.dumps({"run_id": run_id, "delivered": delivered, "progress": progress}, ensure_ascii=False, indent=2))
-    return 0
+    return code
 
 
 def cmd_payments_mismatches(args: argparse.Namespace) -> int:
@@ -292,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id", type=int, help="dead letter number (from list)")
     q.set_defaults(func=cmd_deadletter_show)
     q = dl.add_parser("replay", help="resolve dead letters and deliver their records again, once "
-                                     "(after a mapping or portal fix)")
+                                     "(after a mapping or portal fix); catalogue ones are read again by the next "
+                                     "catalogue run; exit 1 naming any id (or --record) that matches no "
+                                     "unresolved dead letter")
     q.add_argument("ids", nargs="*", type=int, help="dead letter numbers")
     q.add_argument("--record", help="every unresolved dead letter of this record key (dossier code)")
     q.add_argument("--all", action="store_true", help="every unresolved dead letter")

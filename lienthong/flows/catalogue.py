@@ -15,6 +15,13 @@
    procedure), the ministry replica over SQL (upserts in one transaction per batch). Only what a
    destination does not hold yet is pushed, so a second run with no change pushes nothing and a
    push interrupted halfway is finished by the next run.
+
+Dead letters need no requeue: every pull reads every procedure again, and every push sends what
+a destination has not acknowledged. A procedure's open dead letters of the pull (stage
+``normalise``) are resolved by the pull that normalises and publishes it; those of a push (stage
+``onestop`` or ``ministry``) by that destination's acknowledgement of it. :func:`replay` resolves
+them at once (``lienthong deadletter replay``): a procedure still refused is dead-lettered again
+by the next run.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from lienthong.store import (
     utcnow,
 )
 
-__all__ = ["FLOW", "PullReport", "PushReport", "change_report", "pull_catalogue", "push_catalogue"]
+__all__ = ["FLOW", "PullReport", "PushReport", "change_report", "pull_catalogue", "push_catalogue", "replay"]
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +213,41 @@ def _dead_letter(begin: Callable[[], AbstractContextManager[Connection]], run_id
                               error=exc, errors=errors, source_payload=source)
 
 
+def _open_letters(conn: Connection, stage: str) -> dict[str, list[int]]:
+    """Procedure code → ids of its unresolved dead letters of ``stage`` (few: read once per step)."""
+    waiting: dict[str, list[int]] = defaultdict(list)
+    for letter_id, key in conn.execute(select(dead_letter.c.id, dead_letter.c.record_key).where(
+            dead_letter.c.flow == FLOW, dead_letter.c.stage == stage, dead_letter.c.resolved_at.is_(None))):
+        waiting[key].append(letter_id)
+    return waiting
+
+
+def _resolve_letters(conn: Connection, ids: list[int], resolution: str) -> None:
+    if ids:
+        conn.execute(update(dead_letter).where(dead_letter.c.id.in_(ids), dead_letter.c.resolved_at.is_(None))
+                     .values(resolved_at=utcnow(), resolution=resolution))
+
+
+def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key: str | None = None,
+           by: str = "operator") -> tuple[list[int], list[str]]:
+    """Resolve catalogue dead letters (by ids, by procedure code, or every unresolved one).
+
+    Nothing is put back in line: the next pull reads every procedure of the national catalogue
+    again and the next push sends whatever a destination has not acknowledged, so a procedure
+    fixed meanwhile goes through, and one still refused is dead-lettered anew. Returns (dead
+    letters, procedure codes)."""
+    query = select(dead_letter.c.id, dead_letter.c.record_key).where(
+        dead_letter.c.resolved_at.is_(None), dead_letter.c.flow == FLOW)
+    if dead_letter_ids:
+        query = query.where(dead_letter.c.id.in_(dead_letter_ids))
+    if record_key:
+        query = query.where(dead_letter.c.record_key == record_key)
+    with store.begin() as conn:
+        letters = conn.execute(query.order_by(dead_letter.c.id)).all()
+        _resolve_letters(conn, [lt.id for lt in letters], f"replayed by {by}: read again by the next pull")
+    return [lt.id for lt in letters], sorted({lt.record_key for lt in letters})
+
+
 def _changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
@@ -248,6 +290,10 @@ def _apply_snapshot(begin: Callable[[], AbstractContextManager[Connection]], run
                              .values(published=False, updated_run_id=run_id, updated_at=now))
         if changes:
             conn.execute(catalogue_change.insert(), changes)
+        # A procedure refused by an earlier pull that normalises now is published: its dead letters are done.
+        waiting = _open_letters(conn, "normalise")
+        _resolve_letters(conn, [i for code in waiting.keys() & snapshot.keys() for i in waiting[code]],
+                         f"normalised and published by run {run_id}")
     for change in changes:
         setattr(report, change["kind"], getattr(report, change["kind"]) + 1)
 
@@ -301,6 +347,8 @@ def _push_onestop(store: Store, onestop: OneStopClient, run_id: str) -> PushRepo
     mapping = load_mapping(TO_ONESTOP)
     report = PushReport("onestop")
     upserts, withdrawals = _pending_for(store, ONESTOP)
+    with store.engine.connect() as conn:
+        waiting = _open_letters(conn, "onestop")
     # Each call's exchange-log record commits with the acknowledgement (or dead letter) it caused.
     with answer_transactions(store, onestop) as begin:
         for row in upserts:
@@ -313,11 +361,14 @@ def _push_onestop(store: Store, onestop: OneStopClient, run_id: str) -> PushRepo
                 continue
             with begin() as conn:
                 _ack(conn, ONESTOP, [(row.procedure_code, row.record_hash)], "published", run_id)
+                _resolve_letters(conn, waiting.pop(row.procedure_code, []), f"{ONESTOP} accepted it in run {run_id}")
             report.upserted += 1
         for row in withdrawals:
             onestop.withdraw_procedure(row.procedure_code)
             with begin() as conn:
                 _ack(conn, ONESTOP, [(row.procedure_code, row.record_hash)], "withdrawn", run_id)
+                _resolve_letters(conn, waiting.pop(row.procedure_code, []),
+                                 f"withdrawn nationally; {ONESTOP} withdrew it in run {run_id}")
             report.withdrawn += 1
     return report
 
@@ -327,6 +378,8 @@ def _push_ministry(store: Store, replica: MinistryReplica, run_id: str, batch_si
     report = PushReport("ministry")
     replica.migrate()
     upserts, withdrawals = _pending_for(store, MINISTRY)
+    with store.engine.connect() as conn:
+        waiting = _open_letters(conn, "ministry")
     for start in range(0, len(upserts), batch_size):
         batch = upserts[start:start + batch_size]
         rows = []
@@ -361,11 +414,15 @@ def _push_ministry(store: Store, replica: MinistryReplica, run_id: str, batch_si
         replica.upsert(r for _, r in rows)  # one transaction for the batch
         with store.begin() as conn:
             _ack(conn, MINISTRY, [(row.procedure_code, row.record_hash) for row, _ in rows], "published", run_id)
+            _resolve_letters(conn, [i for row, _ in rows for i in waiting.pop(row.procedure_code, [])],
+                             f"{MINISTRY} accepted it in run {run_id}")
         report.upserted += len(rows)
     if withdrawals:
         replica.withdraw(r.procedure_code for r in withdrawals)
         with store.begin() as conn:
             _ack(conn, MINISTRY, [(r.procedure_code, r.record_hash) for r in withdrawals], "withdrawn", run_id)
+            _resolve_letters(conn, [i for r in withdrawals for i in waiting.pop(r.procedure_code, [])],
+                             f"withdrawn nationally; {MINISTRY} withdrew it in run {run_id}")
         report.withdrawn += len(withdrawals)
     return report
 

@@ -4,6 +4,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from lienthong.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,3 +75,63 @@ def test_deadletter_show_and_replay(bus_env, capsys):
     assert report["delivered"]["rejected"] == 1 and report["delivered"]["considered"] == 1
     assert main(["deadletter", "list", "--all"]) == 0
     assert "resolved: replayed by" in capsys.readouterr().out
+
+
+@pytest.fixture
+def bus_only(tmp_path, monkeypatch):
+    """A bus database and a ministry database, no peer."""
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "bus.db")}))
+    monkeypatch.setenv("AIRFLOW_CONN_MINISTRY_DB_DEFAULT",
+                       json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "ministry.db")}))
+    return tmp_path
+
+
+def _catalogue_letter(store) -> int:
+    from sqlalchemy import select
+
+    from connectors.errors import FieldError, RecordRejected
+    from lienthong.store import Store, dead_letter
+
+    exc = RecordRejected("1.000001", [FieldError("fee", "amount", "not an amount")])
+    with store.begin() as conn:
+        Store.add_dead_letter(conn, flow="procedure_catalogue", record_key="1.000001", outbox_id=None,
+                              run_id="r1", stage="normalise", error=exc, errors=exc.error_dicts(),
+                              source_payload={"MATTHC": "1.000001"})
+        return conn.execute(select(dead_letter.c.id).order_by(dead_letter.c.id.desc())).scalar()
+
+
+def test_deadletter_replay_of_a_catalogue_letter_resolves_it_for_the_next_pull(bus_only, capsys):
+    """A catalogue dead letter replayed printed "resolved 0" and exited 0, and stayed listed for
+    ever: nothing in the catalogue flow resolved one. Now it is resolved, and the next catalogue
+    run reads the procedure again (tests/lienthong/flows/test_catalogue_edges.py)."""
+    from connectors.connection import connection_from_env
+    from lienthong.tasks import open_store
+
+    store = open_store(connection_from_env)
+    letter = _catalogue_letter(store)
+    assert main(["deadletter", "replay", str(letter), "--no-deliver"]) == 0
+    out = capsys.readouterr().out
+    assert "resolved 1 catalogue dead letters" in out and "1.000001" in out and "resolved 0" not in out
+    assert store.dead_letters() == []
+    # replayed already: named, exit 1
+    assert main(["deadletter", "replay", str(letter), "--no-deliver"]) == 1
+    assert f"dead letter #{letter} not replayed: already resolved" in capsys.readouterr().err
+
+
+def test_deadletter_replay_names_the_ids_and_the_record_it_did_not_replay(bus_only, capsys):
+    from connectors.connection import connection_from_env
+    from lienthong.tasks import open_store
+
+    letter = _catalogue_letter(open_store(connection_from_env))
+    assert main(["deadletter", "replay", "424242", "--no-deliver"]) == 1
+    captured = capsys.readouterr()
+    assert "dead letter #424242 not replayed: no such dead letter" in captured.err
+    assert open_store(connection_from_env).dead_letters()[0]["id"] == letter  # an unknown id replays nothing else
+    # the known one is replayed, the unknown one named, exit 1
+    assert main(["deadletter", "replay", str(letter), "424242", "--no-deliver"]) == 1
+    captured = capsys.readouterr()
+    assert "resolved 1 catalogue dead letters" in captured.out and "#424242" in captured.err
+    assert main(["deadletter", "replay", "--record", "no-such-dossier", "--no-deliver"]) == 1
+    assert "no unresolved dead letter of record 'no-such-dossier'" in capsys.readouterr().err
+    assert main(["deadletter", "replay", "--all", "--no-deliver"]) == 0  # nothing left: nothing to say no to

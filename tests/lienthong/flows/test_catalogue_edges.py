@@ -1,7 +1,8 @@
 """The catalogue flow at its edges, with in-process fakes for the portal and the one-stop and a
 real bus database (each case was found in review and failed before its fix): a withdrawal that a
 lost answer or a crash must not lose, a LayThuTuc detail that names another procedure, texts too
-long for the ministry database, a fee text with two amounts, and an empty national list."""
+long for the ministry database, a fee text with two amounts, an empty national list, and dead
+letters that nothing ever resolved."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import copy
 import pytest
 from sqlalchemy import select
 
-from connectors.errors import PeerUnavailable, ProtocolError
+from connectors.errors import FieldError, PeerUnavailable, ProtocolError, RecordRejected
 from connectors.ministry_db.replica import MinistryReplica
 from lienthong.flows import catalogue
 from lienthong.store import catalogue_current
@@ -176,3 +177,47 @@ def test_an_empty_national_list_withdraws_nothing_and_fails_the_pull(store):
     with store.engine.connect() as conn:
         assert sorted(r.procedure_code for r in conn.execute(select(catalogue_current)) if r.published) == [A, B]
     assert store.dead_letters(catalogue.FLOW) == []
+
+
+def test_a_dead_letter_is_resolved_by_the_pull_that_normalises_the_procedure_again(store):
+    """Nothing resolved a catalogue dead letter: fixed at the portal, the procedure was pulled and
+    pushed again, but its letter stayed listed for ever (and `deadletter replay` said "resolved 0")."""
+    portal = FakePortal({A: detail(A), B: detail(B)})
+    portal.details[A] = detail(A + " ")  # LayThuTuc(A) names another code: refused
+    catalogue.pull_catalogue(store, portal, run_id="r1")
+    assert [d["record_key"] for d in store.dead_letters(catalogue.FLOW)] == [A]
+    catalogue.pull_catalogue(store, portal, run_id="r2")  # still refused: the same letter, not a second
+    assert [d["record_key"] for d in store.dead_letters(catalogue.FLOW)] == [A]
+    portal.details[A] = detail(A)  # the portal fixed it
+    pulled = catalogue.pull_catalogue(store, portal, run_id="r3")
+    assert pulled.added == 1 and store.dead_letters(catalogue.FLOW) == []
+    (letter,) = store.dead_letters(catalogue.FLOW, unresolved_only=False)
+    assert letter["resolution"] == "normalised and published by run r3"
+
+
+def test_a_push_the_destination_accepts_later_resolves_its_dead_letter(store):
+    class RefusingOneStop(FakeOneStop):
+        refuse: set[str] = {B}
+
+        def upsert_procedure(self, record):
+            if record["serviceCode"] in self.refuse:
+                raise RecordRejected(record["serviceCode"], [FieldError("serviceName", "max_length", "too long")])
+            return super().upsert_procedure(record)
+
+    portal, onestop = FakePortal({A: detail(A), B: detail(B)}), RefusingOneStop()
+    catalogue.pull_catalogue(store, portal, run_id="r1")
+    catalogue.push_catalogue(store, run_id="r1", onestop=onestop)
+    assert [(d["record_key"], d["stage"]) for d in store.dead_letters(catalogue.FLOW)] == [(B, "onestop")]
+    onestop.refuse = set()
+    (report,) = catalogue.push_catalogue(store, run_id="r2", onestop=onestop)
+    assert report.upserted == 1 and store.dead_letters(catalogue.FLOW) == []
+
+
+def test_replay_resolves_catalogue_letters_and_a_procedure_still_refused_is_dead_lettered_anew(store):
+    portal = FakePortal({A: detail(A + " "), B: detail(B)})
+    catalogue.pull_catalogue(store, portal, run_id="r1")
+    (letter,) = store.dead_letters(catalogue.FLOW)
+    assert catalogue.replay(store, dead_letter_ids=[letter["id"]], by="op") == ([letter["id"]], [A])
+    assert store.dead_letters(catalogue.FLOW) == []
+    catalogue.pull_catalogue(store, portal, run_id="r2")  # not fixed: refused again, a new letter
+    assert [(d["record_key"], d["run_id"]) for d in store.dead_letters(catalogue.FLOW)] == [(A, "r2")]
