@@ -1,8 +1,11 @@
 """``lienthong`` — the command line of the data-exchange bus.
 
-Every command that touches a peer or the bus database resolves connections exactly as the DAGs
-do, from ``AIRFLOW_CONN_<ID>`` variables; when none are set, the local topology (``var/``, the
-stand-ins on 127.0.0.1) provides them.
+Every command that touches a peer or the bus database resolves connections as the DAGs do:
+from ``AIRFLOW_CONN_<ID>`` variables, else (Airflow installed) through Airflow's own chain —
+its secrets backends and its metadata database, where connections made in the UI live. Only
+when no ``AIRFLOW_CONN_*`` variable is set at all does the local topology (``var/``, the
+stand-ins on 127.0.0.1) provide them; in a configured environment a connection found nowhere is
+an error naming it (exit 2), never a fresh local bus database.
 """
 
 from __future__ import annotations
@@ -15,17 +18,56 @@ import sys
 import uuid
 from datetime import UTC, datetime
 
-from connectors.connection import connection_from_env
-from connectors.errors import IntegrationError
+from connectors.connection import ConnectionSpec, connection_from_env, env_var_name
+from connectors.errors import ConfigurationError, IntegrationError
 from lienthong import localenv
 
 __all__ = ["build_parser", "main"]
 
 
 def _resolver():
-    """Resolve connections from the environment, falling back to the local topology's."""
-    env = {**localenv.topology().environment(), **os.environ}
-    return lambda conn_id: connection_from_env(conn_id, env)
+    """Resolve connections: the local topology's when no ``AIRFLOW_CONN_*`` variable is set (this
+    machine, ``make demo``), else the environment's, then Airflow's (see the module docstring)."""
+    if not any(key.startswith("AIRFLOW_CONN_") for key in os.environ):
+        env = {**localenv.topology().environment(), **os.environ}
+        return lambda conn_id: connection_from_env(conn_id, env)
+    env = dict(os.environ)
+    found: dict[str, ConnectionSpec] = {}
+
+    def resolve(conn_id: str) -> ConnectionSpec:
+        if env.get(env_var_name(conn_id)):
+            return connection_from_env(conn_id, env)
+        if conn_id not in found:
+            found[conn_id] = _airflow_connection(conn_id)
+        return found[conn_id]
+
+    return resolve
+
+
+def _airflow_connection(conn_id: str) -> ConnectionSpec:
+    """``conn_id`` through Airflow's chain, as ``airflow connections get`` reads it (its secrets
+    backends, then its metadata database).
+
+    Raises:
+        ConfigurationError: Airflow is not installed here, or knows no such connection.
+    """
+    hint = (f"connection '{conn_id}' is not defined: set {env_var_name(conn_id)} (JSON or URI form) or define it "
+            f"in Airflow (AIRFLOW_CONN_* variables are set, so the local topology under $LIENTHONG_HOME is not used)")
+    try:
+        from connectors.hooks import airflow_connection_spec
+    except ImportError:
+        raise ConfigurationError(f"{hint}; Airflow is not installed here to look it up") from None
+    context = os.environ.get("_AIRFLOW_PROCESS_CONTEXT")
+    os.environ["_AIRFLOW_PROCESS_CONTEXT"] = "server"  # what Airflow's own CLI sets: the metadata DB is read too
+    try:
+        return airflow_connection_spec(conn_id)
+    except Exception as exc:  # noqa: BLE001 - Airflow's "not found", or its database unreachable
+        raise ConfigurationError(f"{hint}; Airflow: {type(exc).__name__}: {exc}") from None
+    finally:
+        if context is None:
+            os.environ.pop("_AIRFLOW_PROCESS_CONTEXT", None)
+        else:
+            os.environ["_AIRFLOW_PROCESS_CONTEXT"] = context
 
 
 def _store():

@@ -135,3 +135,31 @@ def test_deadletter_replay_names_the_ids_and_the_record_it_did_not_replay(bus_on
     assert main(["deadletter", "replay", "--record", "no-such-dossier", "--no-deliver"]) == 1
     assert "no unresolved dead letter of record 'no-such-dossier'" in capsys.readouterr().err
     assert main(["deadletter", "replay", "--all", "--no-deliver"]) == 0  # nothing left: nothing to say no to
+
+
+def test_cli_does_not_silently_use_a_local_bus_database_when_lienthong_db_is_not_in_the_environment(
+        tmp_path, monkeypatch, capsys):
+    """A deployment whose peers are in AIRFLOW_CONN_* variables and whose lienthong_db is not (an
+    Airflow UI connection, or simply missing) got an empty local database created under
+    $LIENTHONG_HOME and a clean bill of health. Now the local topology is used only when no
+    AIRFLOW_CONN_* variable is set; otherwise Airflow is asked (tests/dags/test_cli_connections.py)
+    and a connection found nowhere is an error naming it."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("LIENTHONG_HOME", str(home))
+    monkeypatch.setenv("AIRFLOW_CONN_ONESTOP_DEFAULT", json.dumps(
+        {"conn_type": "http", "host": "onestop.example.gov.vn", "password": "k"}))
+    monkeypatch.setenv("AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT", json.dumps(
+        {"conn_type": "http", "host": "dichvucong.gov.vn", "login": "u", "password": "p"}))
+    code = main(["deadletter", "list"])
+    captured = capsys.readouterr()
+    assert not (home / "lienthong.db").exists(), "a fresh local bus database was created and read"
+    assert code == 2 and "connection 'lienthong_db' is not defined" in captured.err, (code, captured)
+    assert "AIRFLOW_CONN_LIENTHONG_DB" in captured.err
+
+
+def test_cli_uses_the_local_topology_when_no_connection_is_configured(tmp_path, monkeypatch, capsys):
+    """This machine, `make demo` and the commands the README shows after it: no AIRFLOW_CONN_*."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("LIENTHONG_HOME", str(home))
+    assert main(["db", "init"]) == 0
+    assert str(home / "lienthong.db") in capsys.readouterr().out and (home / "lienthong.db").exists()
