@@ -154,7 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_exchanges(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from lienthong.exchange_log import exchange_body
+    from lienthong.audit.search import altered_fields, format_body
+    from lienthong.exchange_log import personal_fields
     from lienthong.store import exchange_key, exchange_log
 
     store = _store()
@@ -168,17 +169,27 @@ def cmd_exchanges(args: argparse.Namespace) -> int:
             exchange_key.c.record_key == args.dossier)
     with store.engine.connect() as conn:
         rows = list(reversed(conn.execute(query).mappings().all()))
+    if args.bodies and args.reveal and rows:
+        print("lienthong: exchange bodies shown with personal data REVEALED (--reveal)", file=sys.stderr)
     for r in rows:
         code = f" code={r['peer_code']}" if r["peer_code"] is not None else ""
         print(f"#{r['id']} {r['started_at']:%Y-%m-%d %H:%M:%S} {r['peer']:<15} {r['operation']:<14} "
               f"try {r['attempt']} {r['outcome']:<15} HTTP {r['http_status']}{code} "
               f"{r['duration_ms']:.0f}ms records={r['record_count']} run={r['run_id']} task={r['task_id']}")
         if args.bodies:
+            with store.engine.connect() as conn:
+                fields = personal_fields(conn, r["id"])
+            altered = altered_fields(fields)
             for side, arrow in (("request", "→"), ("response", "←")):
                 if r[f"{side}_blob_sha256"]:
                     print(f"  {arrow} [stored by hash: sha256 {r[f'{side}_blob_sha256']}, {r[f'{side}_size']} bytes]")
                 else:
-                    print(f"  {arrow} " + exchange_body(store, r, side).decode(errors="replace")[:2000])
+                    print(f"  {arrow} " + format_body(r[f"{side}_body"], args.reveal,
+                                                      [f for f in fields if f.side == side],
+                                                      [f for f in altered if f.side == side], indent=None)[:2000])
+            if altered:
+                print(f"lienthong: exchange #{r['id']}: {len(altered)} stored personal value(s) do not match their "
+                      f"sealed commitment: shown as [altered]; run `lienthong audit verify --deep`", file=sys.stderr)
     if not rows:
         print("no exchanges match")
     return 0
@@ -359,8 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dossier", help="only exchanges that carried this dossier code")
     p.add_argument("--peer", help="only this peer (onestop, national_portal)")
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    p.add_argument("--bodies", action="store_true", help="also print request and response bodies "
-                                                         "(secrets are already redacted)")
+    p.add_argument("--bodies", action="store_true", help="also print request and response bodies (secrets are "
+                                                         "already redacted; ID numbers, phones and e-mails masked)")
+    p.add_argument("--reveal", action="store_true", help="with --bodies: show ID numbers, phones and e-mails "
+                                                         "unmasked (said on stderr, as `audit show --reveal`)")
     p.set_defaults(func=cmd_exchanges)
 
     p = sub.add_parser("deadletter", help="records that could not be delivered: list, show, replay")

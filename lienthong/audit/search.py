@@ -39,8 +39,9 @@ from lienthong.store import (
 
 __all__ = [
     "PERSONAL_FIELDS",
-    "format_exchange",
     "altered_fields",
+    "format_body",
+    "format_exchange",
     "format_line",
     "get_exchange",
     "mask_json",
@@ -218,8 +219,11 @@ def format_line(row: dict[str, Any]) -> str:
             f"{row['outcome']}  {status}{code}  attempt {row['attempt']}  keys {keys}")
 
 
-def _body(blob: bytes, reveal: bool, fields: list[PersonalField] | None = None,
-          altered: list[PersonalField] | None = None) -> str:
+def format_body(blob: bytes, reveal: bool, fields: list[PersonalField] | None = None,
+                altered: list[PersonalField] | None = None, *, indent: int | None = 2) -> str:
+    """A stored (compressed) body as text: its personal values put back (``fields``: the body's
+    side's) and masked unless ``reveal``, an ``altered`` one shown as ``[altered]``, an erased one
+    as ``[redacted]``; JSON re-indented (``indent=None``: on one line)."""
     try:
         raw = zlib.decompress(bytes(blob))
     except zlib.error:
@@ -240,7 +244,7 @@ def _body(blob: bytes, reveal: bool, fields: list[PersonalField] | None = None,
         parsed = json.loads(text)
     except ValueError:
         return text if reveal else mask_text(text)
-    return json.dumps(parsed if reveal else mask_json(parsed), ensure_ascii=False, indent=2)
+    return json.dumps(parsed if reveal else mask_json(parsed), ensure_ascii=False, indent=indent)
 
 
 def format_exchange(record: dict[str, Any], *, reveal: bool = False) -> str:
@@ -281,7 +285,7 @@ def format_exchange(record: dict[str, Any], *, reveal: bool = False) -> str:
                          f", {blob['size'] if blob['size'] is not None else '?'} bytes{state}; read it with "
                          f"lienthong.exchange_log.read_blob)")
         else:
-            lines.append(_body(record[f"{side}_body"], reveal, fields, [f for f in altered if f.side == side]))
+            lines.append(format_body(record[f"{side}_body"], reveal, fields, [f for f in altered if f.side == side]))
         erased = sum(1 for f in fields if f.value is None)
         if erased:
             lines.append(f"({erased} personal field(s) of this body were redacted)")

@@ -163,3 +163,27 @@ def test_cli_uses_the_local_topology_when_no_connection_is_configured(tmp_path, 
     monkeypatch.setenv("LIENTHONG_HOME", str(home))
     assert main(["db", "init"]) == 0
     assert str(home / "lienthong.db") in capsys.readouterr().out and (home / "lienthong.db").exists()
+
+
+def test_exchanges_bodies_mask_personal_data_unless_revealed(bus_env, capsys):
+    """Personal data (ID numbers, phones, e-mails) is masked in views: `audit show` masks them
+    unless --reveal, and says so on stderr. `lienthong exchanges --bodies` printed them in clear."""
+    import requests
+
+    assert main(["run", "dossier-status", "--run-id", "pii-1"]) == 0
+    capsys.readouterr()
+    dossiers = requests.get(bus_env.onestop.url + "/_state/dossiers", timeout=10).json()["dossiers"]
+    id_numbers = {d["applicantIdNo"] for d in dossiers if d.get("applicantIdNo")}
+    phones = {d["contactTelNo"] for d in dossiers if d.get("contactTelNo")}
+    assert id_numbers and phones
+
+    assert main(["exchanges", "--run-id", "pii-1", "--bodies", "--limit", "1000"]) == 0
+    captured = capsys.readouterr()
+    shown = sorted(v for v in id_numbers | phones if v in captured.out)
+    assert not shown, f"{len(shown)} ID numbers / phone numbers printed in clear, e.g. {shown[:3]}"
+    assert "DongBoHoSoMC" in captured.out and "REVEALED" not in captured.err
+
+    assert main(["exchanges", "--run-id", "pii-1", "--bodies", "--reveal", "--limit", "1000"]) == 0
+    captured = capsys.readouterr()
+    assert any(v in captured.out for v in id_numbers) and any(v in captured.out for v in phones)
+    assert "personal data REVEALED (--reveal)" in captured.err
