@@ -4,6 +4,12 @@ A DAG task calls one function here with a connection resolver (Airflow's, throug
 ``connectors.hooks.airflow_connection_spec``); the CLI and tests pass
 ``connectors.connection.connection_from_env``. Each function opens what it needs, does one step
 of a flow, adds its counts to the run summary, and returns those counts (small, for XCom).
+
+A step that fails after part of its work (batches delivered, then a 503; Airflow retries it)
+adds the counts of what it did all the same, once (:func:`_counted`): the retry counts only what
+it does itself, so the run summary adds up to what the run did. Steps whose work commits all at
+once or that describe a whole pass (the catalogue pull, the reconciliation) add theirs only when
+they finish.
 """
 
 from __future__ import annotations
@@ -51,6 +57,40 @@ def open_store(resolve: Resolver, conn_id: str = BUS_DB_CONN_ID) -> Store:
     return store
 
 
+def _report_in(exc: BaseException, report_type: type) -> Any:
+    """The step's report as it stood when ``exc`` was raised: the outermost ``report_type`` a frame
+    of the traceback holds (the flow function's own report, which the flow fills as it goes)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if type(value) is report_type:
+                return value
+        tb = tb.tb_next
+    return None
+
+
+def _counted(store: Store, flow: str, run_id: str, report_type: type | None, work: Callable[[], Any],
+             shape: Callable[[dict[str, Any]], dict[str, Any]] = lambda counts: counts) -> dict[str, Any]:
+    """Run ``work()`` (a step returning a ``report_type``) and add its counts, shaped by ``shape``,
+    to the run summary: when it returns, or when it raises after part of its work (what the flow's
+    report held then; a retry counts only its own work, so nothing is counted twice). With
+    ``report_type`` None, only when it returns."""
+    try:
+        report = work()
+    except BaseException as exc:
+        partial = _report_in(exc, report_type) if report_type is not None else None
+        if partial is not None:
+            try:
+                store.add_run_counts(flow, run_id, shape(partial.counts()))
+            except Exception:  # noqa: BLE001 - the step's own error is the one to raise
+                log.warning("run %s: the counts of the failed %s step were not recorded", run_id, flow,
+                            exc_info=True)
+        raise
+    counts = shape(report.counts())
+    store.add_run_counts(flow, run_id, counts)
+    return counts
+
+
 def stage_dossier_changes(
     resolve: Resolver,
     *,
@@ -65,32 +105,36 @@ def stage_dossier_changes(
     store = open_store(resolve)
     recorder = BusRecorder(store, dossier_status.FLOW, run_id, task_id)
     onestop = OneStopClient.from_connection(resolve(ONESTOP_CONN_ID), recorder=recorder)
+
+    def window_counts(counts: dict[str, Any]) -> dict[str, Any]:
+        return {**{f"window_{k}": v for k, v in counts.items()}, "staged": counts["staged"]}
+
     try:
-        report = dossier_status.stage_changes(store, onestop, run_id=run_id, feed_from=feed_from)
-        counts = report.counts()
+        counts = _counted(store, dossier_status.FLOW, run_id, dossier_status.StageReport,
+                          lambda: dossier_status.stage_changes(store, onestop, run_id=run_id, feed_from=feed_from))
         if window_from or window_to:
-            window = dossier_status.stage_window(store, onestop, run_id=run_id, modified_from=window_from,
-                                                 modified_to=window_to)
-            counts.update({f"window_{k}": v for k, v in window.counts().items()})
-            counts["staged"] += window.staged
+            window = _counted(store, dossier_status.FLOW, run_id, dossier_status.StageReport,
+                              lambda: dossier_status.stage_window(store, onestop, run_id=run_id,
+                                                                  modified_from=window_from, modified_to=window_to),
+                              window_counts)
+            counts = {**counts, **window, "staged": counts["staged"] + window["staged"]}
     finally:
         onestop.close()
-    store.add_run_counts(dossier_status.FLOW, run_id, counts)
     return counts
 
 
-def _with_portal(resolve: Resolver, run_id: str, task_id: str | None, work) -> dict[str, Any]:
+def _with_portal(resolve: Resolver, run_id: str, task_id: str | None, report_type: type, work) -> dict[str, Any]:
     """Open the store and a recorded portal client, run ``work(store, portal, extra)``, record
-    its counts in the run summary, and return them without the long rejection lists."""
+    its counts in the run summary (also a failed attempt's), and return them without the long
+    rejection lists."""
     store = open_store(resolve)
     spec = resolve(NATIONAL_PORTAL_CONN_ID)
     portal = NationalPortalClient.from_connection(
         spec, recorder=BusRecorder(store, dossier_status.FLOW, run_id, task_id))
     try:
-        counts = work(store, portal, spec.extra).counts()
+        counts = _counted(store, dossier_status.FLOW, run_id, report_type, lambda: work(store, portal, spec.extra))
     finally:
         portal.close()
-    store.add_run_counts(dossier_status.FLOW, run_id, counts)
     return {k: v for k, v in counts.items() if not isinstance(v, list)}
 
 
@@ -106,7 +150,8 @@ def deliver_dossier_statuses(
 
     ``batch_size`` defaults to the portal connection's ``extra.batch_size`` (else 50).
     """
-    return _with_portal(resolve, run_id, task_id, lambda store, portal, extra: dossier_status.deliver_pending(
+    return _with_portal(resolve, run_id, task_id, dossier_status.DeliveryReport,
+                        lambda store, portal, extra: dossier_status.deliver_pending(
         store, portal, run_id=run_id, batch_size=int(batch_size or extra.get("batch_size", 50)),
         resend_acknowledged=resend_acknowledged))
 
@@ -115,7 +160,8 @@ def deliver_dossier_progress(
     resolve: Resolver, *, run_id: str, task_id: str | None = None, chunk_size: int | None = None
 ) -> dict[str, Any]:
     """Send acknowledged dossiers' progress entries (``extra.progress_chunk_size``, else 10)."""
-    return _with_portal(resolve, run_id, task_id, lambda store, portal, extra: dossier_status.deliver_progress(
+    return _with_portal(resolve, run_id, task_id, dossier_status.ProgressReport,
+                        lambda store, portal, extra: dossier_status.deliver_progress(
         store, portal, run_id=run_id, chunk_size=int(chunk_size or extra.get("progress_chunk_size", 10))))
 
 
@@ -139,7 +185,9 @@ def dossier_run_summary(resolve: Resolver, *, run_id: str) -> dict[str, Any]:
 
 # --- procedure catalogue -------------------------------------------------------------------------
 def pull_procedure_catalogue(resolve: Resolver, *, run_id: str, task_id: str | None = None) -> dict[str, Any]:
-    """Pull the national catalogue, normalise, diff against the kept snapshot."""
+    """Pull the national catalogue, normalise, diff against the kept snapshot. Counted only when
+    it finishes: the snapshot changes at the end, in one transaction, and a retry reads the whole
+    catalogue again (a failed pull's listing and refusals would count twice)."""
     from lienthong.flows import catalogue
 
     store = open_store(resolve)
@@ -165,21 +213,21 @@ def push_procedure_catalogue(
         onestop = OneStopClient.from_connection(
             resolve(ONESTOP_CONN_ID), recorder=BusRecorder(store, catalogue.FLOW, run_id, task_id))
         try:
-            (report,) = catalogue.push_catalogue(store, run_id=run_id, onestop=onestop)
+            counts = _counted(store, catalogue.FLOW, run_id, catalogue.PushReport,
+                              lambda: catalogue.push_catalogue(store, run_id=run_id, onestop=onestop)[0])
         finally:
             onestop.close()
     elif destination == "ministry":
         spec = resolve(MINISTRY_DB_CONN_ID)
         replica = MinistryReplica.from_connection(spec, recorder=BusRecorder(store, catalogue.FLOW, run_id, task_id))
         try:
-            (report,) = catalogue.push_catalogue(store, run_id=run_id, replica=replica,
-                                                 batch_size=int(spec.extra.get("batch_size", 200)))
+            counts = _counted(store, catalogue.FLOW, run_id, catalogue.PushReport,
+                              lambda: catalogue.push_catalogue(store, run_id=run_id, replica=replica,
+                                                               batch_size=int(spec.extra.get("batch_size", 200)))[0])
         finally:
             replica.dispose()
     else:
         raise ValueError(f"unknown catalogue destination {destination!r} (onestop, ministry)")
-    counts = report.counts()
-    store.add_run_counts(catalogue.FLOW, run_id, counts)
     return {k: v for k, v in counts.items() if not isinstance(v, list)}
 
 
@@ -242,16 +290,18 @@ def _close_all(clients: dict[str, Any]) -> None:
         client.close()
 
 
-def _payment_step(resolve: Resolver, run_id: str, task_id: str | None, names: tuple[str, ...], work) -> dict[str, Any]:
+def _payment_step(resolve: Resolver, run_id: str, task_id: str | None, names: tuple[str, ...], report_type: type | None,
+                  work) -> dict[str, Any]:
+    """One step of the payment flow; its counts go to the run summary also when it fails after
+    part of its work (``report_type``; ``None``: only when it finishes)."""
     from lienthong.flows import payment_receipts
 
     store = open_store(resolve)
     clients = _payment_clients(resolve, store, run_id, task_id, *names)
     try:
-        counts = work(store, clients).counts()
+        counts = _counted(store, payment_receipts.FLOW, run_id, report_type, lambda: work(store, clients))
     finally:
         _close_all(clients)
-    store.add_run_counts(payment_receipts.FLOW, run_id, counts)
     return {k: v for k, v in counts.items() if not isinstance(v, list)}
 
 
@@ -261,16 +311,16 @@ def collect_payments(resolve: Resolver, *, run_id: str, task_id: str | None = No
     the newest); QUERY the unfinished ones that are due and GET_BILL the paid ones."""
     from lienthong.flows import payment_receipts
 
-    return _payment_step(resolve, run_id, task_id, ("onestop", "platform"), lambda store, c:
-                         payment_receipts.collect_payments(store, c["onestop"], c["platform"], run_id=run_id,
-                                                           full_listing=full_listing))
+    return _payment_step(resolve, run_id, task_id, ("onestop", "platform"), payment_receipts.CollectReport,
+                         lambda store, c: payment_receipts.collect_payments(store, c["onestop"], c["platform"],
+                                                                            run_id=run_id, full_listing=full_listing))
 
 
 def update_onestop_fees(resolve: Resolver, *, run_id: str, task_id: str | None = None) -> dict[str, Any]:
     """Record paid and failed transactions at the one-stop where the callback was lost."""
     from lienthong.flows import payment_receipts
 
-    return _payment_step(resolve, run_id, task_id, ("onestop",), lambda store, c:
+    return _payment_step(resolve, run_id, task_id, ("onestop",), payment_receipts.FeeReport, lambda store, c:
                          payment_receipts.update_onestop_fees(store, c["onestop"], run_id=run_id))
 
 
@@ -282,9 +332,9 @@ def submit_payment_receipts(
     from lienthong.flows import payment_receipts
 
     size = int(batch_size or resolve(LEDGER_CONN_ID).extra.get("batch_size", 100))
-    return _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), lambda store, c:
-                         payment_receipts.submit_receipts(store, c["onestop"], c["ledger"], run_id=run_id,
-                                                          batch_size=size))
+    return _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), payment_receipts.LedgerReport,
+                         lambda store, c: payment_receipts.submit_receipts(store, c["onestop"], c["ledger"],
+                                                                           run_id=run_id, batch_size=size))
 
 
 def reconcile_payments(
@@ -298,7 +348,8 @@ def reconcile_payments(
 
     from lienthong.flows import payment_receipts
 
-    counts = _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), lambda store, c:
+    # a pass's findings, not work done: a failed pass is not counted (its retry checks everything again)
+    counts = _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), None, lambda store, c:
                            payment_receipts.reconcile(store, c["onestop"], c["ledger"], run_id=run_id, full=full))
     store = open_store(resolve)
     store.add_run_counts(payment_receipts.FLOW, run_id, {}, finished=True)
