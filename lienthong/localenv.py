@@ -129,6 +129,8 @@ class LocalTopology:
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.airflow_home / 'airflow.db'}",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,auditor:viewer",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.airflow_home / "passwords.json"),
+            # [api] host defaults to 0.0.0.0: admin/admin would be open to the whole network
+            "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": "8080",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             # standalone starts its components as `airflow ...` found on PATH (airflow3-notes §4.1).
