@@ -63,3 +63,23 @@ def test_ci_runs_exactly_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
     assert "make test" in readme
     assert (REPO / ".ci" / "run").read_text().strip().endswith("make test")
+
+
+def test_make_browser_is_best_effort_without_root_or_apt(tmp_path):
+    """README: 'make test — install what is needed and run the whole test suite'; 'Needs Python 3.11
+    and network access to PyPI for the first install; nothing else.' `test` depends on `browser`,
+    which runs `apt-get install -y chromium chromium-driver` (root, Debian, a Debian mirror) and
+    stopped `make test` before a single test ran when that failed — as it does for a normal user."""
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    apt = bin_dir / "apt-get"  # what a non-root user gets from the real one
+    apt.write_text("#!/bin/sh\necho 'E: Could not open lock file /var/lib/dpkg/lock-frontend - open "
+                   "(13: Permission denied)' >&2\necho 'E: are you root?' >&2\nexit 100\n")
+    apt.chmod(0o755)
+    for path in (str(bin_dir), str(tmp_path / "no-apt-at-all")):
+        result = subprocess.run(["/usr/bin/make", "--no-print-directory", "-C", str(REPO), "browser"],
+                                env={"PATH": path, "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "could not install chromium and chromium-driver" in result.stderr
