@@ -386,12 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = dl.add_parser("show", help="one dead letter in full: errors, peer code, original payload")
     q.add_argument("id", type=int, help="dead letter number (from list)")
     q.set_defaults(func=cmd_deadletter_show)
-    q = dl.add_parser("replay", help="resolve dead letters and deliver their records again, once "
-                                     "(after a mapping or portal fix); catalogue ones are read again by the next "
-                                     "catalogue run; exit 1 naming any id (or --record) that matches no "
-                                     "unresolved dead letter")
+    replay_help = ("resolve dead letters and deliver their records again, once (after a mapping or portal fix); "
+                   "catalogue ones are read and pushed again by the next catalogue run; exit 1 naming any id (or "
+                   "--record) that matches no unresolved dead letter")
+    q = dl.add_parser("replay", help=replay_help, description=replay_help)
     q.add_argument("ids", nargs="*", type=int, help="dead letter numbers")
-    q.add_argument("--record", help="every unresolved dead letter of this record key (dossier code)")
+    q.add_argument("--record", help="every unresolved dead letter of this record key (dossier code, procedure code, "
+                                    "payment reference)")
     q.add_argument("--all", action="store_true", help="every unresolved dead letter")
     q.add_argument("--no-deliver", action="store_true", help="only requeue; the next run delivers")
     q.set_defaults(func=cmd_deadletter_replay)
