@@ -634,6 +634,10 @@ class WorldClock:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5: a burst of parallel callers (Celery workers, the
+    # reliability harness' threads) would meet connection resets no fault plan asked for. A real
+    # front server queues hundreds (nginx: 511); the kernel caps this at net.core.somaxconn.
+    request_queue_size = max(128, socket.SOMAXCONN)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn); loopback needs none.
