@@ -143,6 +143,9 @@ class _Session:
     expired: bool = False
     ok_calls: int = 0  # successful calls under the current fault plan (session_expire_every)
     plan_generation: int = 0
+    # session_expire_every: a call's check of the session, the call and its count run under this
+    # lock, so parallel calls on one session cannot all pass the check before the N-th is counted
+    calls: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 Envelope = dict[str, Any]
@@ -331,6 +334,10 @@ class NationalPortalMock(CatalogueMixin, MockServer):
                 return None
             return session
 
+    def _open(self, session: _Session) -> bool:
+        with self._sessions_lock:
+            return self._alive(session, time.monotonic())
+
     def _count_success(self, session: _Session) -> None:
         """``session_expire_every``: a session ends after that many successful calls."""
         every = self.faults.plan.session_expire_every
@@ -403,9 +410,17 @@ class NationalPortalMock(CatalogueMixin, MockServer):
         if handler is None:
             shown = service if isinstance(service, str) and service else "(trống)"
             return _answer(INVALID, f"Dịch vụ {shown} không được hỗ trợ")
-        answer = handler(body, session)
-        if answer.get("error_code") == OK:
-            self._count_success(session)
+        if self.faults.plan.session_expire_every is None:
+            answer = handler(body, session)
+        else:
+            # Checked, applied and counted as one step per session: a call that waited here behind
+            # the N-th success finds the session ended and applies nothing (code 2).
+            with session.calls:
+                if not self._open(session):
+                    return _answer(BAD_SESSION, MSG_SESSION)
+                answer = handler(body, session)
+                if answer.get("error_code") == OK:
+                    self._count_success(session)
         return json_response(200, answer, outcome=str(answer.get("error_code")))
 
     # -- services ----------------------------------------------------------------------------

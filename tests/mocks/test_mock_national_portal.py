@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import unicodedata
 
@@ -11,6 +12,7 @@ import pytest
 import requests
 
 from mocks.national_portal import NationalPortalMock, PortalAccount
+from tests.mocks.conftest import make_record
 
 TIMEOUT = 5
 MA = "000.00.01.H49-261102-0001"
@@ -59,6 +61,47 @@ def test_admin_can_expire_every_session(pc):
     assert pc.admin("expire-sessions").json() == {"expired": 1}
     assert pc.lookup(MA)["error_code"] == 2
     assert pc.state()["sessions"]["active"] == 0
+
+
+def test_session_expire_every_1_lets_exactly_one_parallel_call_through(portal, portal_calls):
+    """README: 'The N-th such call is answered normally, and then the session ends. The next call with it gets
+    code 2, and nothing is applied.' The session used to be checked before the DB lock and the success counted
+    after it, so parallel calls all passed the check and more than N of them were applied."""
+    n, rounds = 12, 5
+    sync = portal.services["integration"]["DongBoHoSoMC"]
+
+    def slow_sync(env, session):  # widens the window a check before the lock leaves open, so the race shows
+        time.sleep(0.02)
+        return sync(env, session)
+
+    portal.register_service("integration", "DongBoHoSoMC", slow_sync)
+    applied_per_round = []
+    for _ in range(rounds):
+        requests.post(portal.url + "/_admin/reset", timeout=TIMEOUT)
+        requests.post(portal.url + "/_admin/faults", json={"session_expire_every": 1}, timeout=TIMEOUT)
+        calls = portal_calls(portal)
+        session = calls.login()["session"]
+        barrier = threading.Barrier(n)
+        codes: list[int] = []
+
+        def call(i: int, session=session, barrier=barrier, codes=codes) -> None:
+            body = {"session": session, "madonvi": "000.00.01.H49", "service": "DongBoHoSoMC", "isUpdating": "False",
+                    "data": [make_record(f"000.00.01.H49-261102-{i + 1:04d}")]}
+            barrier.wait()
+            try:
+                codes.append(requests.post(portal.url + "/integration", json=body, headers={"dstcode": "DVCQG"},
+                                           timeout=10).json()["error_code"])
+            except requests.RequestException:
+                pass  # a reset connection is never applied
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(codes) == [0] + [2] * (n - 1)
+        applied_per_round.append(requests.get(portal.url + "/_state", timeout=TIMEOUT).json()["counts"]["dossiers"])
+    assert applied_per_round == [1] * rounds
 
 
 @pytest.mark.parametrize("session", ["made-up-token", "", None, 42])
