@@ -281,8 +281,10 @@ class PaymentPlatformMock(MockServer):
             return json_response(400, {"MaLoi": "99", "MoTaLoi": "Dữ liệu gửi lên không đúng định dạng JSON"},
                                  outcome="http_400")
         kind = body.get("LoaiBanTin")
-        if kind not in REQUEST_ORDERS:
-            return self._error(str(kind or ""), body, f"Loại bản tin {kind} không được hỗ trợ")
+        if not isinstance(kind, str) or kind not in REQUEST_ORDERS:  # a list or object is unknown too, not a 500
+            shown = kind if isinstance(kind, str) else json.dumps(kind, ensure_ascii=False)[:100]
+            return self._error(kind if isinstance(kind, str) else "", body,
+                               f"Loại bản tin {shown} không được hỗ trợ")
         given = body.get("MaXacThuc")
         if not isinstance(given, str) or given.lower() != checksum(body, REQUEST_ORDERS[kind], self.secret) \
                 or given != given.lower():

@@ -122,6 +122,18 @@ def test_a_wrong_checksum_is_refused_with_maloi_99_and_the_documented_text(pay):
     assert not [p for p in payments(pay) if p["origin"] == "init"]
 
 
+@pytest.mark.parametrize("kind", [[], {}, ["INIT"], {"x": 1}], ids=["list", "object", "list-init", "object-x"])
+def test_a_non_text_loaibantin_is_refused_with_maloi_99_not_a_500(pay, kind):
+    """README: 'LoaiBanTin known (Loại bản tin X không được hỗ trợ)'; every error is MaLoi 99 (§5.9). A list
+    or an object used to raise TypeError (unhashable) and the platform answered 500."""
+    response = post(pay, {"LoaiBanTin": kind, "MaThamChieu": "dvcX"})
+    assert response.status_code == 200, (response.status_code, response.text)
+    answer = response.json()
+    assert answer["MaLoi"] == "99" and answer["LoaiBanTin"] == ""
+    assert answer["MoTaLoi"] == f"Loại bản tin {json.dumps(kind, ensure_ascii=False)} không được hỗ trợ"
+    assert answer["MaXacThuc"] == checksum(answer, ANSWER_ORDERS["ERROR"], SECRET)
+
+
 def test_init_opens_a_pending_transaction_and_answers_a_signed_url(pay):
     response = post(pay, init_body())
     assert response.status_code == 200
