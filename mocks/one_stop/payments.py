@@ -97,6 +97,19 @@ def loopback_url(name: str, url: str | None) -> str | None:
     return url
 
 
+#: MaDVC, the public-service code: the procedure code + a configured suffix, ".01" in the samples (contract
+#: §4.8, §6.4: C), as the portal's LayDVC lists it.
+MA_DVC_SUFFIX = ".01"
+
+
+def _payable_online(dossier: dict[str, Any]) -> bool:
+    """Whether the dossier names what an INIT's receipt block must carry (§5.8: MaTTHC and MaDVC from the
+    procedure, MaDonVi and TenDonVi from the unit): a dossier without them (the ``empty_service_code``
+    defect) is not offered for payment, since the platform would refuse its INIT."""
+    return all(isinstance(dossier.get(k), str) and dossier[k].strip()
+               for k in ("dossierNo", "serviceCode", "govAgencyCode", "govAgencyName"))
+
+
 def _dossier_in(info: str) -> str:
     match = re.search(r"HO SO (\S+)", info or "")
     return match.group(1) if match else ""
@@ -439,6 +452,8 @@ class PaymentsMixin:
         chosen = []
         for row in rows:
             dossier = json.loads(row["snapshot"])
+            if not _payable_online(dossier):
+                continue
             amount = sum(int(f.get("amount") or 0) for f in dossier.get("fees") or [])
             if amount > 0 and dossier["dossierNo"] not in busy:
                 chosen.append((dossier, amount))
@@ -472,10 +487,11 @@ class PaymentsMixin:
             "NgonNgu": "vi-VN", "MaTienTe": "VND", "MaNganHang": "PAYMENT",
             "ThongTinGiaoDich": f"THANH TOAN HO SO {number}", "ThoiGianGD": _ts(when), "Ip": "127.0.0.1",
         }
-        message["ThongTinBienLai"] = {
-            "MaDichVu": "2", "MaHoSo": number, "MaTTHC": dossier.get("serviceCode") or "",
-            "TenTTHC": dossier.get("serviceName") or "", "MaDonVi": dossier.get("govAgencyCode") or "",
-            "TenDonVi": dossier.get("govAgencyName") or "", "HoTenNguoiNop": dossier.get("applicantName") or "",
+        code, name = dossier["serviceCode"], dossier.get("serviceName") or ""
+        message["ThongTinBienLai"] = {  # §4.8 names; MaDichVu "2": MaDonVi, TenDonVi, MaHoSo, MaDVC, MaTTHC (§5.8)
+            "MaDichVu": "2", "MaHoSo": number, "MaDVC": code + MA_DVC_SUFFIX, "TenDVC": name, "MaTTHC": code,
+            "TenTTHC": name, "MaDonVi": dossier["govAgencyCode"],
+            "TenDonVi": dossier["govAgencyName"], "HoTenNguoiNop": dossier.get("applicantName") or "",
             "NoiDungThanhToan": f"THANH TOAN HO SO {number}",
             "PhiLePhi": [{"LoaiPhiLePhi": "2" if f.get("feeKind") == "charge" else "1",
                           "MaPhiLePhi": f.get("feeCode") or "", "TenPhiLePhi": f.get("feeName") or "",

@@ -70,6 +70,10 @@ ANSWER_ORDERS: dict[str, tuple[str, ...]] = {
     "INIT": ("LoaiBanTin", "MaLoi", "MaDoiTac", "MaThamChieu", "SoTien", "UrlThanhToan", "ThoiGianGD"),
     "ERROR": ("LoaiBanTin", "MaLoi", "MaDoiTac", "MaThamChieu", "ThoiGianGD"),
 }
+#: §4.9 (C): INIT carries the receipt block ThongTinBienLai (§4.8's names) with MaDichVu "2", fees and
+#: charges for dossiers, whose mandatory fields §5.8 (C) names; checked in this order.
+FEES_SERVICE = "2"
+RECEIPT_REQUIRED = ("MaDichVu", "MaDonVi", "TenDonVi", "MaHoSo", "MaDVC", "MaTTHC")
 #: TrangThaiGD: "1" paid and "4" failed are C; "0" pending is I.
 TRANG_THAI = {"paid": "1", "failed": "4", "pending": "0"}
 STATUSES = ("paid", "failed", "pending")
@@ -303,12 +307,17 @@ class PaymentPlatformMock(MockServer):
             return self._error("INIT", body, "SoTien phải là số nguyên dương (VND)")
         if not re.fullmatch(r"\d{14}", body["ThoiGianGD"]):
             return self._error("INIT", body, "ThoiGianGD phải có dạng yyyyMMddHHmmss")
+        receipt = body.get("ThongTinBienLai")
+        if not isinstance(receipt, dict):
+            return self._error("INIT", body, "Thiếu trường ThongTinBienLai")
+        for name in RECEIPT_REQUIRED:
+            if not isinstance(receipt.get(name), str) or not receipt[name].strip():
+                return self._error("INIT", body, f"Thiếu trường ThongTinBienLai.{name}")
+        if receipt["MaDichVu"] != FEES_SERVICE:
+            return self._error("INIT", body, f"ThongTinBienLai.MaDichVu {receipt['MaDichVu']} không được hỗ trợ "
+                                             f"(chỉ nhận \"{FEES_SERVICE}\": phí, lệ phí hồ sơ)")
         ref = body["MaThamChieu"]
-        receipt = body.get("ThongTinBienLai") if isinstance(body.get("ThongTinBienLai"), dict) else {}
-        dossier = str(receipt.get("MaHoSo") or "")
-        if not dossier:
-            match = re.search(r"HO SO (\S+)", body["ThongTinGiaoDich"])
-            dossier = match.group(1) if match else ""
+        dossier = receipt["MaHoSo"]
         db = self.require_db()
         with db.tx() as conn:
             if conn.execute("SELECT 1 FROM payments WHERE ref = ?", (ref,)).fetchone():
@@ -317,7 +326,7 @@ class PaymentPlatformMock(MockServer):
                 "INSERT INTO payments(ref, dossier_no, amount, status, origin, created_at, txn_time, info, payer)"
                 " VALUES(?, ?, ?, 'pending', 'init', ?, ?, ?, ?)",
                 (ref, dossier, int(body["SoTien"]), body["ThoiGianGD"], body["ThoiGianGD"], body["ThongTinGiaoDich"],
-                 str(receipt.get("HoTenNguoiNop") or "")),
+                 receipt.get("HoTenNguoiNop") if isinstance(receipt.get("HoTenNguoiNop"), str) else ""),
             )
         fields = {"LoaiBanTin": "INIT", "PhienBan": PROTOCOL, "MaLoi": "00", "MoTaLoi": "Thành công",
                   "MaDoiTac": self.partner_code, "MaThamChieu": ref, "SoTien": body["SoTien"],

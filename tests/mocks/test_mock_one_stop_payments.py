@@ -389,6 +389,30 @@ def test_init_carries_the_contract_fields(one):
     assert init["ThongTinGiaoDich"] == f"THANH TOAN HO SO {item['dossierNo']}"
     assert init["ThongTinBienLai"]["MaHoSo"] == item["dossierNo"] and init["ThongTinBienLai"]["MaDichVu"] == "2"
     assert sum(f["SoTien"] for f in init["ThongTinBienLai"]["PhiLePhi"]) == item["amount"]
+    # §5.8: for MaDichVu "2" MaDonVi, TenDonVi, MaHoSo, MaDVC and MaTTHC are mandatory; MaDVC is the
+    # procedure code + ".01" (§6.4), as the portal's LayDVC lists it
+    dossier = get(one, f"/api/v1/dossiers/{item['dossierNo']}").json()
+    receipt = init["ThongTinBienLai"]
+    assert {k: receipt[k] for k in ("MaDonVi", "TenDonVi", "MaDVC", "TenDVC", "MaTTHC", "TenTTHC")} == {
+        "MaDonVi": dossier["govAgencyCode"], "TenDonVi": dossier["govAgencyName"],
+        "MaDVC": dossier["serviceCode"] + ".01", "TenDVC": dossier["serviceName"],
+        "MaTTHC": dossier["serviceCode"], "TenTTHC": dossier["serviceName"]}
+
+
+def test_a_dossier_without_a_procedure_code_is_not_offered_for_payment(one, pay):
+    """The platform refuses an INIT whose receipt block lacks MaTTHC/MaDVC (§5.8), so the open door does
+    not choose a dossier without a serviceCode (the empty_service_code defect): it would be refused at every
+    call and take the place of one that can be paid."""
+    one.payment_platform_url = pay.url
+    [number] = post(one, "/_admin/advance", {"new": 1}, key=False).json()["created"]
+    template = get(one, f"/api/v1/dossiers/{number}").json()
+    fees = template["fees"] or [{"feeCode": "LP01", "feeName": "Lệ phí", "feeKind": "charge", "amount": 50000}]
+    raw = {**template, "dossierNo": "000.00.01.H49-261102-9999", "serviceCode": "", "fees": fees}
+    assert post(one, "/_admin/dossiers/raw", {"dossier": raw}, key=False).ok
+    opened = post(one, "/_admin/payments/open", {"n": 1000}, key=False).json()
+    assert opened["refused"] == []
+    assert "000.00.01.H49-261102-9999" not in {o["dossierNo"] for o in opened["opened"]}
+    assert opened["opened"] and "000.00.01.H49-261102-9999" not in {p["MaHoSo"] for p in pay.payments()}
 
 
 def test_faults_reach_the_payment_operations_but_not_the_doors(one):

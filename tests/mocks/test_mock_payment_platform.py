@@ -81,13 +81,21 @@ def signed(kind: str, **fields: Any) -> dict[str, Any]:
     return body
 
 
-def init_body(ref: str = "dvc0000001H49261102000120261110093000", amount: str = "200000") -> dict[str, Any]:
-    return signed("INIT", MaThamChieu=ref, SoTien=amount, LoaiHinhThanhToan="PAY", MaKenhThanhToan="1",
-                  MaThietBi="1", NgonNgu="vi-VN", MaTienTe="VND", MaNganHang="PAYMENT",
-                  ThongTinGiaoDich="THANH TOAN HO SO 000.00.01.H49-261102-0001", ThoiGianGD="20261110093000",
-                  Ip="127.0.0.1",
-                  ThongTinBienLai={"MaDichVu": "2", "MaHoSo": "000.00.01.H49-261102-0001",
-                                   "HoTenNguoiNop": "Nguyễn Thị Thu Hương"})
+#: A complete receipt block for dossier fees (§4.8 names, MaDichVu "2": §5.8's mandatory fields).
+RECEIPT = {"MaDichVu": "2", "MaHoSo": "000.00.01.H49-261102-0001", "MaDVC": "2.000488.000.00.00.H49.01",
+           "MaTTHC": "2.000488.000.00.00.H49", "MaDonVi": "000.00.01.H49", "TenDonVi": "Sở Tư pháp tỉnh Quảng Nam",
+           "HoTenNguoiNop": "Nguyễn Thị Thu Hương"}
+
+
+def init_body(ref: str = "dvc0000001H49261102000120261110093000", amount: str = "200000",
+              receipt: dict[str, Any] | None = RECEIPT) -> dict[str, Any]:
+    fields: dict[str, Any] = dict(
+        MaThamChieu=ref, SoTien=amount, LoaiHinhThanhToan="PAY", MaKenhThanhToan="1", MaThietBi="1",
+        NgonNgu="vi-VN", MaTienTe="VND", MaNganHang="PAYMENT",
+        ThongTinGiaoDich="THANH TOAN HO SO 000.00.01.H49-261102-0001", ThoiGianGD="20261110093000", Ip="127.0.0.1")
+    if receipt is not None:
+        fields["ThongTinBienLai"] = dict(receipt)
+    return signed("INIT", **fields)
 
 
 def post(mock: PaymentPlatformMock, body: Any) -> requests.Response:
@@ -148,6 +156,31 @@ def test_init_opens_a_pending_transaction_and_answers_a_signed_url(pay):
         ("pending", 200000, "000.00.01.H49-261102-0001", "0")
     again = post(pay, init_body()).json()
     assert again["MaLoi"] == "99" and again["MoTaLoi"] == f"Mã tham chiếu {ref} đã tồn tại"
+
+
+@pytest.mark.parametrize("missing", [None, "MaDichVu", "MaDVC", "MaTTHC", "MaDonVi", "TenDonVi", "MaHoSo"])
+def test_init_for_dossier_fees_without_the_mandatory_receipt_fields_is_refused(pay, missing):
+    """§5.8 (C): 'MaDichVu "2" = fees and charges for dossiers: MaDonVi, TenDonVi, MaHoSo, MaDVC and MaTTHC
+    are mandatory'; §4.9 INIT carries ThongTinBienLai 'with MaDichVu "2"'. The stand-in used to open the
+    transaction with no receipt block at all, or with a mandatory field missing."""
+    ref = f"dvcNO{missing or 'BIENLAI'}"
+    if missing is None:
+        body, field = init_body(ref, receipt=None), "ThongTinBienLai"
+    else:
+        body, field = init_body(ref, receipt={k: v for k, v in RECEIPT.items() if k != missing}), \
+            f"ThongTinBienLai.{missing}"
+    answer = post(pay, body).json()
+    assert (answer["MaLoi"], answer["MoTaLoi"]) == ("99", f"Thiếu trường {field}")
+    assert not [p for p in payments(pay) if p["MaThamChieu"] == ref]
+
+
+@pytest.mark.parametrize("change", [{"MaDVC": "  "}, {"MaTTHC": 2000488}, {"MaDichVu": "1"}],
+                         ids=["blank", "number", "fines"])
+def test_init_with_a_blank_wrong_typed_or_other_service_receipt_is_refused(pay, change):
+    answer = post(pay, init_body("dvcODD", receipt={**RECEIPT, **change})).json()
+    assert answer["MaLoi"] == "99" and "ThongTinBienLai." in answer["MoTaLoi"]
+    assert not [p for p in payments(pay) if p["MaThamChieu"] == "dvcODD"]
+    assert post(pay, init_body("dvcODD")).json()["MaLoi"] == "00"  # the reference was not taken
 
 
 def test_query_answers_confirm_fields_and_trangthaigd_for_paid_failed_pending(pay):

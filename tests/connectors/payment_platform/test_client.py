@@ -309,15 +309,18 @@ def test_a_fault_once_then_success(platform, recorder):
 def test_init_then_query_then_settle_and_verify_the_callback(platform, recorder):
     c = client(platform, recorder)
     ref = "dvcTEST" + datetime.now().strftime("%H%M%S%f")
+    receipt = {"MaDichVu": "2", "MaHoSo": "000.00.01.H49-261102-0007", "MaDVC": "2.000488.000.00.00.H49.01",
+               "MaTTHC": "2.000488.000.00.00.H49", "MaDonVi": "000.00.01.H49",
+               "TenDonVi": "Sở Tư pháp tỉnh Quảng Nam", "HoTenNguoiNop": "Nguyễn Văn An"}
     answer = c.init(reference=ref, amount=150000, info="THANH TOAN HO SO 000.00.01.H49-261102-0007",
-                    receipt={"MaHoSo": "000.00.01.H49-261102-0007", "HoTenNguoiNop": "Nguyễn Văn An"})
+                    receipt=receipt)
     assert answer["MaLoi"] == "00" and answer["UrlThanhToan"] == f"{platform.url}/pay/{ref}"
     sent = json.loads(recorder.exchanges[-1].request_body)
     assert list(sent)[:14] == list(REQUEST_ORDERS["INIT"]) and sent["SoTien"] == "150000"
     t = c.query(ref)
     assert (t.status, t.amount, t.dossier_code) == ("pending", 150000, "000.00.01.H49-261102-0007")
     with pytest.raises(PeerRejected) as info:  # a reference is unique per transaction
-        c.init(reference=ref, amount=150000, info="THANH TOAN HO SO 000.00.01.H49-261102-0007")
+        c.init(reference=ref, amount=150000, info="THANH TOAN HO SO 000.00.01.H49-261102-0007", receipt=receipt)
     assert info.value.errors[0].rule == "unique" and not isinstance(info.value, TransactionUnknown)
 
     # the platform's confirm callback message is verified with the same secret

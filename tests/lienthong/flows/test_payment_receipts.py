@@ -117,7 +117,10 @@ class Peers:
                 "SoTien": str(amount), "LoaiHinhThanhToan": "1", "MaKenhThanhToan": "1", "MaThietBi": "1",
                 "NgonNgu": "vi", "MaTienTe": "VND", "MaNganHang": "VCB",
                 "ThongTinGiaoDich": f"THANH TOAN HO SO {dossier_no}", "ThoiGianGD": when.strftime("%Y%m%d%H%M%S"),
-                "Ip": "127.0.0.1", "ThongTinBienLai": {"MaHoSo": dossier_no, "HoTenNguoiNop": "Trần Thị Bình"}}
+                "Ip": "127.0.0.1",
+                "ThongTinBienLai": {"MaDichVu": "2", "MaHoSo": dossier_no, "MaDVC": "2.000488.000.00.00.H49.01",
+                                    "MaTTHC": "2.000488.000.00.00.H49", "MaDonVi": dossier_no.split("-")[0],
+                                    "TenDonVi": "Sở Tư pháp tỉnh Quảng Nam", "HoTenNguoiNop": "Trần Thị Bình"}}
         body["MaXacThuc"] = checksum(body, REQUEST_ORDERS["INIT"], PAY_SECRET)
         answer = requests.post(self.platform.url + "/api/payment", json=body, timeout=T).json()
         assert answer["MaLoi"] == "00", answer
