@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import requests
@@ -51,6 +51,11 @@ def _sign(kind: str, reference: str, when: str) -> dict[str, Any]:
             "ThoiGianGD": when}
     body["MaXacThuc"] = checksum(body, REQUEST_ORDERS[kind], PAYMENT_SECRET)
     return body
+
+
+def _vn_stamp(when: datetime) -> str:
+    """``yyyyMMddHHmmss`` in Viet Nam time, as the payment platform writes ThoiGianGD."""
+    return when.astimezone(timezone(timedelta(hours=7))).strftime("%Y%m%d%H%M%S")
 
 
 def _envelope(operation: str, children: list[etree._Element]) -> bytes:
@@ -115,7 +120,7 @@ def plan_payments(urls: dict[str, str], *, batch_size: int, page_size: int) -> P
     from connectors.connection import Secret
     from connectors.one_stop.client import OneStopClient
     from connectors.payment_platform.client import PaymentPlatformClient
-    from lienthong.flows.payment_receipts import TO_LEDGER
+    from lienthong.flows.payment_receipts import TO_LEDGER, transaction_time
     from lienthong.mapping import load_mapping
     from lienthong.mapping.transforms import datetime_from_portal
 
@@ -144,8 +149,12 @@ def plan_payments(urls: dict[str, str], *, batch_size: int, page_size: int) -> P
                 plan.results[reference] = json.dumps(result).encode()
                 continue
             plan.paid += 1
-            bill = platform.get_bill(reference)
-            plan.bills[reference] = json.dumps(_sign("GET_BILL", reference, when)).encode()
+            # GET_BILL names the original transaction's time (§4.9), as the bus finds it
+            started = transaction_time(reference, item.get("createdAt"))
+            if started is None:
+                raise ReferenceRefused(f"GET_BILL {reference}: the transaction's time is unknown")
+            bill = platform.get_bill(reference, transaction_time=started)
+            plan.bills[reference] = json.dumps(_sign("GET_BILL", reference, _vn_stamp(started))).encode()
             plan.results[reference] = json.dumps({**result, "receiptNo": bill.receipt_no}).encode()
             dossier = onestop.get_dossier(item["dossierNo"]) or {}
             records.append(mapping.apply({"transaction": txn.raw,
@@ -255,8 +264,9 @@ def run_payments_naive(urls: dict[str, str], sample: int) -> dict[str, Any]:
             result = {"result": status, "transactionId": answer["MaGiaoDich"], "amount": int(answer["SoTien"]),
                       "paidAt": paid_at, "bank": answer.get("MaNganHang") or ""}
             receipt_no = ""
-            if status == "paid":
-                bill_request = {**query, "LoaiBanTin": "GET_BILL"}
+            if status == "paid":  # named by the original transaction's time: the request's createdAt
+                bill_request = {**query, "LoaiBanTin": "GET_BILL",
+                                "ThoiGianGD": _vn_stamp(datetime.fromisoformat(item["createdAt"]))}
                 bill_request["MaXacThuc"] = checksum(bill_request, REQUEST_ORDERS["GET_BILL"], PAYMENT_SECRET)
                 bill = requests.post(f"{urls['platform']}/api/payment", json=bill_request, timeout=60)
                 calls += 1

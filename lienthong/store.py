@@ -238,6 +238,9 @@ payment_txn = Table(  # one row per payment request (MaThamChieu) the bus follow
     # the dossier's applicant, read by the fee step's look-up of a paid payment's dossier, so the
     # ledger step need not read the dossier again; erased once the ledger holds the receipt
     Column("payer_name", Text),
+    # when the one-stop opened the request (its createdAt, ISO 8601 with offset): the time of the
+    # transaction's INIT, which GET_BILL must name (contract §4.9) when the reference names none
+    Column("requested_at", String(40)),
     Index("ix_payment_txn_platform", "platform_status"),
     Index("ix_payment_txn_ask", "next_ask_at", "reference"),  # the payments due to be asked, in order
     Index("ix_payment_txn_updated", "updated_at"),  # what changed since the last reconciliation

@@ -384,14 +384,14 @@ class PaymentPlatformClient:
             transaction_time=when,
         )
 
-    def get_bill(self, reference: str, *, record_keys: Iterable[str] = (),
-                 transaction_time: datetime | None = None) -> Bill:
+    def get_bill(self, reference: str, *, transaction_time: datetime, record_keys: Iterable[str] = ()) -> Bill:
         """``GET_BILL``: the PDF receipt of a paid transaction (retried on transport failures: a read).
 
         Args:
             reference: MaThamChieu.
+            transaction_time: ThoiGianGD of the original transaction, its ``INIT`` (§4.9: the
+                platform refuses another time, a ``PeerRejected``); aware.
             record_keys: more correlation keys for the exchange log.
-            transaction_time: ThoiGianGD of the original transaction (§4.9); now when not given.
 
         Raises:
             BillNotAvailable: the transaction is not paid.

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -84,6 +85,7 @@ from connectors.errors import (
 )
 from lienthong.exchange_log import answer_transactions, put_blob, read_blob
 from lienthong.mapping import RecordInvalid, load_mapping
+from lienthong.mapping.transforms import PORTAL_TIME_ZONE
 from lienthong.store import (
     Store,
     blocked_keys,
@@ -106,6 +108,7 @@ __all__ = [
     "reconcile",
     "reconciliation_markdown",
     "submit_receipts",
+    "transaction_time",
     "update_onestop_fees",
 ]
 
@@ -313,6 +316,7 @@ def _register_page(store: Store, begin: Begin, listed: list[dict[str, Any]], run
     now = clock()
     rows = [{"reference": p["reference"], "dossier_code": p.get("dossierNo") or None,
              "request_amount": p.get("amount"), "onestop_status": p.get("status"),
+             "requested_at": _requested_at(p.get("createdAt")),
              "platform_status": "pending", "onestop_state": "todo", "ledger_state": "todo",
              "first_seen_run": run_id, "updated_run": run_id, "updated_at": now, "next_ask_at": now}
             for p in page]
@@ -322,17 +326,62 @@ def _register_page(store: Store, begin: Begin, listed: list[dict[str, Any]], run
         # one read for the page, then an UPDATE only where the one-stop's view changed
         held = {r.reference: r for r in conn.execute(
             select(payment_txn.c.reference, payment_txn.c.onestop_status, payment_txn.c.request_amount,
-                   payment_txn.c.dossier_code, payment_txn.c.platform_status)
+                   payment_txn.c.dossier_code, payment_txn.c.platform_status, payment_txn.c.requested_at)
             .where(payment_txn.c.reference.in_([p["reference"] for p in page])))}
         for p in page:
             view = (p.get("status"), p.get("amount"), p.get("dossierNo") or None)
             mine = held.get(p["reference"])
-            if mine is not None and (mine.onestop_status, mine.request_amount, mine.dossier_code) != view:
+            if mine is None:
+                continue
+            requested = _requested_at(p.get("createdAt"))
+            # the request's opening time, for a row that has none (listed before revision 0008):
+            # no change of the one-stop's view, so not a reason to ask again
+            known = {"requested_at": requested} if mine.requested_at is None and requested else {}
+            if (mine.onestop_status, mine.request_amount, mine.dossier_code) != view:
                 again = {"first_asked_at": None, "next_ask_at": now} if mine.platform_status in UNFINISHED else {}
                 conn.execute(update(payment_txn).where(payment_txn.c.reference == p["reference"]).values(
                     onestop_status=view[0], request_amount=view[1], dossier_code=view[2], updated_at=now,
-                    **again))
+                    **again, **known))
+            elif known:
+                conn.execute(update(payment_txn).where(payment_txn.c.reference == p["reference"]).values(**known))
     return new
+
+
+def _requested_at(value: Any) -> str | None:
+    """The one-stop's ``createdAt`` of a payment request (ISO 8601 with offset, docs/wire/onestop.md)
+    as ``payment_txn.requested_at`` keeps it; ``None`` when it is missing or not such a time (the
+    request is followed all the same: only GET_BILL needs it, and the reference may name it)."""
+    if not isinstance(value, str) or not _ISO_WITH_OFFSET.fullmatch(value):
+        return None
+    try:
+        return datetime.fromisoformat(value).isoformat()
+    except ValueError:
+        return None
+
+
+_ISO_WITH_OFFSET = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
+                              r"(Z|[+-][0-9]{2}:[0-9]{2})")
+#: A reference of the documented form (contract §6.5, docs/wire/onestop.md): "dvc" + the dossier code
+#: without non-word characters + the transaction's time, yyyyMMddHHmmss.
+_TIMED_REFERENCE = re.compile(r"dvc[0-9A-Za-z_]*([0-9]{14})")
+
+
+def transaction_time(reference: str, requested_at: str | None) -> datetime | None:
+    """The ThoiGianGD of the transaction's INIT, which GET_BILL must name (contract §4.9: "ThoiGianGD
+    (of the original transaction)"; the platform refuses another). The time a reference of the
+    documented form ends with (the opener writes it and the INIT's ThoiGianGD from the same instant,
+    and with the same formatting, so it is the very text the platform holds), else when the
+    one-stop opened the request (``requested_at``, its ``createdAt``); ``None`` if neither is known."""
+    match = _TIMED_REFERENCE.fullmatch(reference)
+    if match:
+        try:
+            return datetime.strptime(match.group(1), "%Y%m%d%H%M%S").replace(tzinfo=PORTAL_TIME_ZONE)
+        except ValueError:
+            pass
+    try:
+        return datetime.fromisoformat(requested_at) if requested_at else None
+    except ValueError:
+        return None
 
 
 #: Collect lists every one-stop payment request at least this often (the one-stop's view of each
@@ -426,7 +475,8 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
         _register_requests(store, begin, onestop, run_id, report, clock, full_listing)
         run_start = clock()
         todo = select(payment_txn.c.reference, payment_txn.c.dossier_code, payment_txn.c.platform_status,
-                      payment_txn.c.receipt_sha256, payment_txn.c.first_asked_at, payment_txn.c.next_ask_at).where(
+                      payment_txn.c.receipt_sha256, payment_txn.c.first_asked_at, payment_txn.c.next_ask_at,
+                      payment_txn.c.requested_at).where(
             payment_txn.c.next_ask_at <= run_start)
 
         def ask_again(row: Row, **values: Any) -> None:
@@ -486,8 +536,16 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
                           "answer": txn.raw}
             else:
                 values = {}
+            when = transaction_time(row.reference, row.requested_at)
+            if when is None:  # GET_BILL must name the INIT's time: asking with another is refused
+                exc = RecordRejected(row.reference, [FieldError(
+                    "ThoiGianGD", "required", "the transaction's time (of its INIT) is unknown: the reference "
+                    "names none and the one-stop's request has no createdAt; GET_BILL cannot name it")])
+                _dead_letter(begin, run_id, row.reference, "platform", exc, exc.error_dicts(),
+                             {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
+                continue
             try:
-                bill = platform.get_bill(row.reference, record_keys=keys)
+                bill = platform.get_bill(row.reference, record_keys=keys, transaction_time=when)
             except BillNotAvailable as exc:  # QUERY says paid, the platform has no receipt: ask both again
                 report.unconfirmed += 1
                 log.warning("payment %s: QUERY says paid but GET_BILL has no receipt (%s); left pending",

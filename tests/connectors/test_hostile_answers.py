@@ -15,6 +15,7 @@ import json
 import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -400,7 +401,8 @@ def test_payment_platform_error_page_labelled_pdf_is_never_the_receipt(server, s
     server.answers["*"] = Answer(GATEWAY_404, "application/pdf", status=status)
     recorder = MemoryRecorder()
     with pytest.raises((UnreadableAnswer, ProtocolError)) as info:
-        payments(server, recorder).get_bill("DVC49REF0001")
+        payments(server, recorder).get_bill("DVC49REF0001", transaction_time=datetime.fromisoformat(
+            "2026-11-02T08:00:00+07:00"))
     check(info.value, "payment_platform", "GET_BILL", f"HTTP {status} with a PDF body; not kept as the receipt",
           recorder, ProtocolError)
     assert server.hits == {"/api/payment": 1}
@@ -529,7 +531,8 @@ CALLS = {
     "portal.get_procedure": lambda s, r: portal(s, r).get_procedure("X"),
     "portal.list_services": lambda s, r: portal(s, r).list_services(),
     "payment.query": lambda s, r: payments(s, r).query("R"),
-    "payment.get_bill": lambda s, r: payments(s, r).get_bill("R"),
+    "payment.get_bill": lambda s, r: payments(s, r).get_bill(
+        "R", transaction_time=datetime.fromisoformat("2026-11-02T08:00:00+07:00")),
     "payment.init": lambda s, r: payments(s, r).init(reference="R", amount=1, info="i"),
 }
 
@@ -557,7 +560,6 @@ def test_no_error_outside_the_error_tree_escapes_whatever_the_answer(server, cal
 def test_a_receipt_with_a_character_xml_cannot_carry_is_rejected_before_sending(tmp_path):
     """A NUL (or another C0 control) in a payer name would make lxml refuse the whole envelope, which
     looked like an unreadable answer and stopped the run: it is the record's fault, named as such."""
-    from datetime import datetime
 
     from connectors.errors import RecordRejected
     from mocks.ministry_ledger import MinistryLedgerMock

@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -221,7 +221,8 @@ def test_an_honest_proxy_passes(platform):
 # -- GET_BILL --------------------------------------------------------------------------------------
 def test_get_bill_returns_the_pdf_with_its_hash_and_receipt_number(platform, recorder):
     paid = first(platform, "paid")
-    bill = client(platform, recorder).get_bill(paid["MaThamChieu"], record_keys=[paid["MaHoSo"]])
+    bill = client(platform, recorder).get_bill(paid["MaThamChieu"], transaction_time=vn(paid["ThoiGianKhoiTao"]),
+                                               record_keys=[paid["MaHoSo"]])
     assert bill.pdf.startswith(b"%PDF-1.4") and bill.pdf.rstrip().endswith(b"%%EOF")
     assert bill.sha256 == hashlib.sha256(bill.pdf).hexdigest()
     assert bill.receipt_no == paid["SoBienLai"] and bill.receipt_no.startswith("BL2026-")
@@ -245,26 +246,42 @@ def test_a_receipt_cut_short_or_replaced_is_never_taken_as_the_receipt(platform)
         for _ in range(12):
             recorder = MemoryRecorder()
             with pytest.raises(UnreadableAnswer) as info:
-                client(platform, recorder).get_bill(paid["MaThamChieu"])
+                client(platform, recorder).get_bill(paid["MaThamChieu"], transaction_time=vn(paid["ThoiGianKhoiTao"]))
             messages.add("cut short" if "cut short" in str(info.value) else "not a PDF")
             assert [(e.attempt, e.outcome) for e in recorder.exchanges] == \
                 [(1, "protocol_error"), (2, "protocol_error"), (3, "protocol_error")]
         assert messages == {"cut short", "not a PDF"}
     finally:
         platform.faults.clear()
-    assert client(platform).get_bill(paid["MaThamChieu"]).receipt_no == paid["SoBienLai"]
+    assert client(platform).get_bill(paid["MaThamChieu"], transaction_time=vn(paid["ThoiGianKhoiTao"])).receipt_no == \
+        paid["SoBienLai"]
 
 
 def test_get_bill_of_unpaid_or_unknown_transactions(platform):
     c = client(platform)
     for status in ("pending", "failed"):
-        ref = first(platform, status)["MaThamChieu"]
+        txn = first(platform, status)
+        ref = txn["MaThamChieu"]
         with pytest.raises(BillNotAvailable) as info:
-            c.get_bill(ref)
+            c.get_bill(ref, transaction_time=vn(txn["ThoiGianKhoiTao"]))
         assert info.value.record_key == ref and info.value.errors[0].rule == "paid_transaction"
         assert "chưa thanh toán" in info.value.peer_message
     with pytest.raises(TransactionUnknown):
-        c.get_bill("dvcNOSUCH20261102080000")
+        c.get_bill("dvcNOSUCH20261102080000", transaction_time=vn("20261102080000"))
+
+
+def test_get_bill_names_the_original_transactions_time(platform, recorder):
+    """§4.9: GET_BILL carries the ThoiGianGD of the original transaction (its INIT), which the client
+    sends as given; the platform refuses another time, a refusal the connector does not mistake for
+    an unknown or unpaid transaction."""
+    paid = first(platform, "paid")
+    c = client(platform, recorder, clock=lambda: vn("20301231235959"))
+    c.get_bill(paid["MaThamChieu"], transaction_time=vn(paid["ThoiGianKhoiTao"]))
+    assert json.loads(recorder.exchanges[-1].request_body)["ThoiGianGD"] == paid["ThoiGianKhoiTao"]
+    with pytest.raises(PeerRejected) as info:
+        c.get_bill(paid["MaThamChieu"], transaction_time=vn(paid["ThoiGianKhoiTao"]) + timedelta(seconds=1))
+    assert not isinstance(info.value, (TransactionUnknown, BillNotAvailable))
+    assert info.value.peer_message == "ThoiGianGD không khớp với giao dịch"
 
 
 # -- faults ----------------------------------------------------------------------------------------
@@ -272,9 +289,10 @@ def test_get_bill_of_unpaid_or_unknown_transactions(platform):
 def test_platform_503_is_retried_then_peer_unavailable(platform, recorder, operation):
     requests.post(platform.url + "/_admin/faults", json={"error_rate": 1.0, "operations": [operation]}, timeout=T)
     c = client(platform, recorder)
-    ref = first(platform, "paid")["MaThamChieu"]
+    paid = first(platform, "paid")
+    ref = paid["MaThamChieu"]
     with pytest.raises(PeerUnavailable) as info:
-        c.query(ref) if operation == "QUERY" else c.get_bill(ref)
+        c.query(ref) if operation == "QUERY" else c.get_bill(ref, transaction_time=vn(paid["ThoiGianKhoiTao"]))
     assert isinstance(info.value, RetriableConnectorError) and info.value.status == 503
     assert [(e.attempt, e.outcome, e.response_status) for e in recorder.exchanges] == \
         [(1, "http_error", 503), (2, "http_error", 503), (3, "http_error", 503)]
@@ -333,7 +351,8 @@ def test_init_then_query_then_settle_and_verify_the_callback(platform, recorder)
     assert not client(platform, secret="other-secret").verify_confirm(message)
     assert c.verify_confirm(message) == (message["MaXacThuc"] == checksum(message, ANSWER_ORDERS["CONFIRM"],
                                                                           Secret(SECRET)))
-    assert c.get_bill(ref).receipt_no == next(p for p in payments(platform) if p["MaThamChieu"] == ref)["SoBienLai"]
+    held = next(p for p in payments(platform) if p["MaThamChieu"] == ref)
+    assert c.get_bill(ref, transaction_time=vn(held["ThoiGianKhoiTao"])).receipt_no == held["SoBienLai"]
 
 
 def test_init_is_not_repeated_after_a_failure_without_answer(platform, recorder):
@@ -349,9 +368,11 @@ def test_the_secret_never_reaches_the_exchange_log_exceptions_or_logs(platform, 
     c = client(platform, recorder)
     paid = first(platform, "paid")
     c.query(paid["MaThamChieu"])
-    c.get_bill(paid["MaThamChieu"])
+    c.get_bill(paid["MaThamChieu"], transaction_time=vn(paid["ThoiGianKhoiTao"]))
     errors = []
-    for call in (lambda: c.query("dvcNOSUCH1"), lambda: c.get_bill(first(platform, "pending")["MaThamChieu"]),
+    failed = first(platform, "failed")  # no receipt: refused
+    for call in (lambda: c.query("dvcNOSUCH1"),
+                 lambda: c.get_bill(failed["MaThamChieu"], transaction_time=vn(failed["ThoiGianKhoiTao"])),
                  lambda: client(platform, recorder, secret=SECRET + "x").query("dvcNOSUCH1")):
         with pytest.raises(Exception) as info:  # noqa: PT011 - any class; only the text matters here
             call()

@@ -110,9 +110,10 @@ class Peers:
     def ledger_faults(self, plan: dict) -> None:
         assert requests.post(self.ledger.url + "/_admin/faults", json=plan, timeout=T).ok
 
-    def init_payment(self, dossier_no: str, amount: int, when: datetime) -> str:
-        """What a one-stop does when a citizen clicks "pay": a signed INIT at the platform."""
-        reference = reference_for(dossier_no, when)
+    def init_payment(self, dossier_no: str, amount: int, when: datetime, reference: str | None = None) -> str:
+        """What a one-stop does when a citizen clicks "pay": a signed INIT at the platform (under the
+        2025 client's reference, naming ``when``, unless another is given)."""
+        reference = reference or reference_for(dossier_no, when)
         body = {"LoaiBanTin": "INIT", "PhienBan": "1.0.6", "MaDoiTac": PARTNER, "MaThamChieu": reference,
                 "SoTien": str(amount), "LoaiHinhThanhToan": "1", "MaKenhThanhToan": "1", "MaThietBi": "1",
                 "NgonNgu": "vi", "MaTienTe": "VND", "MaNganHang": "VCB",
@@ -126,9 +127,11 @@ class Peers:
         assert answer["MaLoi"] == "00", answer
         return reference
 
-    def register(self, reference: str, dossier_no: str, amount: int) -> None:
-        response = requests.post(self.onestop.url + "/_admin/payments/register",
-                                 json={"reference": reference, "dossierNo": dossier_no, "amount": amount}, timeout=T)
+    def register(self, reference: str, dossier_no: str, amount: int, created_at: datetime | None = None) -> None:
+        body = {"reference": reference, "dossierNo": dossier_no, "amount": amount}
+        if created_at is not None:
+            body["createdAt"] = created_at.isoformat()
+        response = requests.post(self.onestop.url + "/_admin/payments/register", json=body, timeout=T)
         assert response.ok, response.text
 
 
@@ -411,6 +414,99 @@ def test_the_ledger_step_holds_an_unknown_dossier_even_when_it_runs_before_the_f
     assert all(r["PaymentReference"] != unknown for r in peers.ledger_receipts())
     summary = tasks.reconcile_payments(connection_from_env, run_id="order-1", task_id="reconcile")
     assert [(m["kind"], m["record_key"]) for m in summary["open_mismatches"]] == [("unknown_dossier", unknown)]
+
+
+def _bill_times(bus) -> dict[str, str]:
+    """MaThamChieu → the ThoiGianGD each GET_BILL the bus sent named (from the exchange log)."""
+    import zlib
+
+    with bus.engine.connect() as conn:
+        bodies = conn.execute(select(exchange_log.c.request_body).where(
+            exchange_log.c.operation == "GET_BILL")).scalars().all()
+    sent = [json.loads(zlib.decompress(b)) for b in bodies]
+    return {m["MaThamChieu"]: m["ThoiGianGD"] for m in sent}
+
+
+def test_get_bill_names_the_original_transactions_time_from_the_reference_or_the_request(peers, tmp_path):
+    """§4.9: GET_BILL carries the ThoiGianGD of the original transaction, and the platform refuses
+    another (the bus used to send the current time). The time is the one a reference of the
+    documented form ends with, else the one-stop's createdAt of the request (an OpenCPS-style
+    reference, "<paymentFileId>_<uuid>" cut to 20 characters, names none)."""
+    dossiers = requests.get(peers.onestop.url + "/_state/dossiers", timeout=T).json()["dossiers"]
+    dossier = next(d for d in dossiers if sum(int(f.get("amount") or 0) for f in d.get("fees") or []) > 0)
+    when = datetime.fromisoformat("2026-11-20T14:35:07+07:00")
+    opencps = peers.init_payment(dossier["dossierNo"], 90000, when, reference="PF0000123_7f3c9a2b1e")
+    peers.register(opencps, dossier["dossierNo"], 90000, created_at=when)
+    # the one-stop registered this one later than its INIT: the reference's own time is the INIT's
+    timed = peers.init_payment(dossier["dossierNo"], 80000, when + timedelta(minutes=3))
+    peers.register(timed, dossier["dossierNo"], 80000, created_at=when + timedelta(hours=2))
+    requests.post(peers.platform.url + "/_admin/payments/settle",
+                  json={"n": 0, "outcome": "paid", "references": [opencps, timed]}, timeout=T).raise_for_status()
+
+    counts = run("time-1", tmp_path)["counts"]
+    assert counts["bills_fetched"] == 14 and counts["platform_rejected"] == 0 and counts["mismatches"] == 0
+    platform = peers.platform_payments()
+    sent = _bill_times(store())
+    assert sent[opencps] == "20261120143507" and sent[timed] == "20261120143807"
+    assert {ref: platform[ref]["ThoiGianKhoiTao"] for ref in sent} == sent, "every GET_BILL named its INIT's time"
+    with store().engine.connect() as conn:
+        kept = dict(conn.execute(select(payment_txn.c.reference, payment_txn.c.requested_at)).all())
+        receipts = dict(conn.execute(select(payment_txn.c.reference, payment_txn.c.receipt_no)).all())
+    assert kept[opencps] == "2026-11-20T14:35:07+07:00"
+    assert receipts[opencps] == platform[opencps]["SoBienLai"] and receipts[timed] == platform[timed]["SoBienLai"]
+    assert_three_systems_agree(peers)
+
+
+class _PaidPlatform:
+    """Says every payment is paid and hands out a receipt, noting the time each GET_BILL names."""
+
+    def __init__(self) -> None:
+        self.bills: dict[str, datetime] = {}
+
+    def query(self, reference, *, record_keys=()):
+        return SimpleNamespace(status="paid", amount=1000, transaction_id="GD1", bank="VCB",
+                               paid_at=datetime(2026, 12, 1, 9, tzinfo=UTC), raw={"MaThamChieu": reference})
+
+    def get_bill(self, reference, *, transaction_time, record_keys=()):
+        import hashlib
+
+        self.bills[reference] = transaction_time
+        pdf = b"%PDF-1.4 " + reference.encode()
+        return SimpleNamespace(pdf=pdf, sha256=hashlib.sha256(pdf).hexdigest(), receipt_no="BL2026-000001",
+                               content_type="application/pdf")
+
+
+def test_a_payment_whose_transaction_time_is_unknown_is_dead_lettered_not_asked_with_another(tmp_path):
+    """A reference that names no time and a request without a usable createdAt: GET_BILL cannot name
+    the original transaction's time, so it is not sent (it would be refused); the payment waits in
+    dead letters naming ThoiGianGD. A row listed before the bus kept createdAt gets it at the next
+    full listing."""
+    bus = Store(f"sqlite:///{tmp_path / 'bus.db'}")
+    bus.create_schema()
+    requests_ = _ThreeRequests()
+    requests_.rows[0]["reference"] = "dvc0000001H49261101000120261201080000"  # its time: 08:00:00
+    del requests_.rows[0]["createdAt"]
+    requests_.rows[1]["createdAt"] = "yesterday"  # R2: no time at all
+    requests_.rows[2]["createdAt"] = "2026-12-01T01:15:00Z"  # R3: the request's time, as an instant
+    platform = _PaidPlatform()
+    t0 = datetime(2026, 12, 1, 8, tzinfo=UTC)
+    report = payment_receipts.collect_payments(bus, requests_, platform, run_id="r0", clock=lambda: t0)
+    assert platform.bills == {
+        "dvc0000001H49261101000120261201080000": datetime.fromisoformat("2026-12-01T08:00:00+07:00"),
+        "R3": datetime.fromisoformat("2026-12-01T08:15:00+07:00")}
+    assert report.bills == 2 and [r["record_key"] for r in report.rejected] == ["R2"]
+    [letter] = bus.dead_letters(payment_receipts.FLOW)
+    assert (letter["record_key"], letter["stage"]) == ("R2", "platform")
+    assert [(e["field"], e["rule"]) for e in letter["errors"]] == [("ThoiGianGD", "required")]
+    with bus.engine.begin() as conn:
+        assert conn.execute(select(payment_txn.c.requested_at).where(payment_txn.c.reference == "R3")
+                            ).scalar_one() == "2026-12-01T01:15:00+00:00"
+        conn.execute(payment_txn.update().where(payment_txn.c.reference == "R3").values(requested_at=None))
+    payment_receipts.collect_payments(bus, requests_, platform, run_id="r1", clock=lambda: t0 + timedelta(hours=1),
+                                      full_listing=True)
+    with bus.engine.connect() as conn:
+        assert conn.execute(select(payment_txn.c.requested_at).where(payment_txn.c.reference == "R3")
+                            ).scalar_one() == "2026-12-01T01:15:00+00:00"
 
 
 class _TamperingProxy:
@@ -1087,7 +1183,7 @@ class _RefusingPlatform:
         return SimpleNamespace(status="paid" if reference == "R2" else "pending", amount=1000,
                                transaction_id="T-" + reference, bank="NCB", paid_at=None, raw={"MaLoi": "00"})
 
-    def get_bill(self, reference, *, record_keys=()):
+    def get_bill(self, reference, *, transaction_time, record_keys=()):
         from connectors.errors import FieldError, TransactionUnknown
 
         self.asked.append(("GET_BILL", reference))
