@@ -359,6 +359,8 @@ class PaymentPlatformMock(MockServer):
         row = self._row(str(body.get("MaThamChieu") or ""))
         if row is None:
             return self._error("GET_BILL", body, f"Không tìm thấy giao dịch {body.get('MaThamChieu')}")
+        if body.get("ThoiGianGD") != row["txn_time"]:  # §4.9: the ThoiGianGD of the original transaction (its INIT)
+            return self._error("GET_BILL", body, "ThoiGianGD không khớp với giao dịch")
         if row["status"] != "paid":
             return self._error("GET_BILL", body, "Giao dịch chưa thanh toán thành công, không có biên lai")
         pdf = receipt_pdf("BIEN LAI THU PHI, LE PHI DIEN TU", [

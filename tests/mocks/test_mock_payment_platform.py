@@ -218,6 +218,21 @@ def test_get_bill_returns_a_real_pdf_holding_the_receipt_number(pay):
     assert refused.json()["MoTaLoi"] == "Giao dịch chưa thanh toán thành công, không có biên lai"
 
 
+def test_get_bill_with_a_thoigiangd_that_is_not_the_transactions_is_refused(pay):
+    """§4.9 GET_BILL (C): 'Request: LoaiBanTin "GET_BILL", PhienBan, MaDoiTac, MaThamChieu, ThoiGianGD (of the
+    original transaction), MaXacThuc.' The stand-in never compared ThoiGianGD with the transaction, so a client
+    that sent the current time got the PDF here and would not at the real platform."""
+    paid = next(p for p in payments(pay) if p["status"] == "paid")
+    assert paid["ThoiGianKhoiTao"] != paid["ThoiGianGD"], "the INIT's time, not the completion's"
+    for when in ("20301231235959", paid["ThoiGianGD"], ""):
+        response = post(pay, signed("GET_BILL", MaThamChieu=paid["MaThamChieu"], ThoiGianGD=when))
+        assert response.headers["Content-Type"].startswith("application/json"), "a PDF for the wrong ThoiGianGD"
+        answer = response.json()
+        assert (answer["MaLoi"], answer["MoTaLoi"]) == ("99", "ThoiGianGD không khớp với giao dịch")
+    right = post(pay, signed("GET_BILL", MaThamChieu=paid["MaThamChieu"], ThoiGianGD=paid["ThoiGianKhoiTao"]))
+    assert right.headers["Content-Type"] == "application/pdf"
+
+
 def _settle(mock: PaymentPlatformMock, n: int, **extra: Any) -> list[dict[str, Any]]:
     response = requests.post(mock.url + "/_admin/payments/settle", json={"n": n, **extra}, timeout=TIMEOUT)
     assert response.status_code == 200, response.text
