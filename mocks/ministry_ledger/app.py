@@ -69,10 +69,10 @@ CREATE INDEX IF NOT EXISTS ix_receipts_batch ON receipts(batch);
 #: (field, maximum length, regex or None); AmountVND and PaidAt are checked separately.
 _TEXT_RULES = {
     "ReceiptNumber": (30, r"[A-Za-z0-9][A-Za-z0-9./-]*"),
-    "DossierCode": (50, r"\d{3}\.\d{2}\.\d{2}\.H\d{2}-\d{6}-\d{4,5}"),
+    "DossierCode": (50, r"[0-9]{3}\.[0-9]{2}\.[0-9]{2}\.H[0-9]{2}-[0-9]{6}-[0-9]{4,5}"),
     "PaymentReference": (50, r"[A-Za-z0-9_.-]+"),
     "PayerName": (200, None),
-    "AgencyCode": (20, r"\d{3}\.\d{2}\.\d{2}\.H\d{2}"),
+    "AgencyCode": (20, r"[0-9]{3}\.[0-9]{2}\.[0-9]{2}\.H[0-9]{2}"),
     "PdfSha256": (64, r"[0-9a-f]{64}"),
 }
 
@@ -105,15 +105,37 @@ def _validation(index: int, number: str, field: str, rule: str, message: str) ->
                      Message=message)
 
 
+#: The lexical space of xsd:dateTime (XML Schema 1.0 part 2, §3.2.7), ASCII digits only: a date, "T",
+#: a time (24:00:00 is the end of the day), an optional fraction of any length and an optional zone.
+#: datetime.fromisoformat reads far more of ISO 8601 (a date alone, a space for "T", the basic and
+#: week-date forms, "+0700"), which a schema-validating service refuses.
+_XSD_DATETIME = re.compile(r"-?([1-9][0-9]{3,}|0[0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+                           r"T(([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?|24:00:00(\.0+)?)"
+                           r"(Z|[+-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00))?")
+#: xsd:long's lexical space: an optional sign and ASCII digits (``\d`` would take other scripts' digits).
+_XSD_LONG = re.compile(r"[+-]?[0-9]+")
+
+
 def _parse_datetime(text: str) -> datetime:
-    value = datetime.fromisoformat(text)  # Python 3.11 reads "Z"
+    """An xsd:dateTime (:data:`_XSD_DATETIME`) as an aware datetime; ``ValueError`` for anything else,
+    or for a year this ledger cannot store (outside 1..9999)."""
+    if not _XSD_DATETIME.fullmatch(text):
+        raise ValueError(f"{text!r} is not an xsd:dateTime")
+    given = text
+    end_of_day = "T24:00:00" in text
+    if end_of_day:  # 24:00:00 is the first instant of the next day
+        date, rest = text.split("T24:00:00", 1)
+        text = date + "T00:00:00" + re.sub(r"^\.0+", "", rest)
+    value = datetime.fromisoformat(text)  # Python 3.11 reads "Z" and fractions of any length
     if value.tzinfo is None:  # a dateTime without offset is Viet Nam time (I)
         value = value.replace(tzinfo=VN_TZ)
     try:  # 9999-12-31T23:59:59-12:00 is a dateTime, but not one this ledger can store or compare
+        if end_of_day:
+            value += timedelta(days=1)
         value.astimezone(VN_TZ)
         value.astimezone(timezone.utc)
     except OverflowError:
-        raise ValueError(f"{text} lies outside the years 1..9999") from None
+        raise ValueError(f"{given} lies outside the years 1..9999") from None
     return value
 
 
@@ -286,7 +308,7 @@ class MinistryLedgerMock(MockServer):
                 raise _validation(index, number, name, f"maxLength:{limit}", f"must be at most {limit} characters")
             if pattern and not re.fullmatch(pattern, values[name]):
                 raise _validation(index, number, name, f"pattern:{pattern}", f"must match {pattern}")
-        if not re.fullmatch(r"-?\d+", values["AmountVND"]) or not 0 < int(values["AmountVND"]) <= 10**12:
+        if not _XSD_LONG.fullmatch(values["AmountVND"]) or not 0 < int(values["AmountVND"]) <= 10**12:
             raise _validation(index, number, "AmountVND", "range:1..1000000000000",
                               "must be a whole number of VND between 1 and 1000000000000")
         try:

@@ -124,7 +124,8 @@ def test_same_number_with_different_content_is_a_duplicate_fault_and_nothing_is_
 @pytest.mark.parametrize(("override", "field", "rule"), [
     ({"AmountVND": 0}, "AmountVND", "range:1..1000000000000"),
     ({"PdfSha256": "XYZ"}, "PdfSha256", r"pattern:[0-9a-f]{64}"),
-    ({"AgencyCode": "H49"}, "AgencyCode", r"pattern:\d{3}\.\d{2}\.\d{2}\.H\d{2}"),
+    ({"AgencyCode": "H49"}, "AgencyCode", r"pattern:[0-9]{3}\.[0-9]{2}\.[0-9]{2}\.H[0-9]{2}"),
+    ({"AgencyCode": "٠٠٠.٠٠.٠١.H٤٩"}, "AgencyCode", r"pattern:[0-9]{3}\.[0-9]{2}\.[0-9]{2}\.H[0-9]{2}"),
     ({"PayerName": "   "}, "PayerName", "required"),
 ])
 def test_validation_fault_names_receipt_field_and_rule(ledger, override, field, rule):
@@ -135,6 +136,77 @@ def test_validation_fault_names_receipt_field_and_rule(ledger, override, field, 
     assert (fields["Code"], fields["ReceiptNumber"], fields["Index"], fields["Field"], fields["Rule"]) == \
         ("VALIDATION_FAILED", "BL2026-000002", "1", field, rule)
     assert held(ledger) == []
+
+
+def _soap_submit(number: str, paid_at: str, amount: str = "200000") -> bytes:
+    """A SubmitReceipts envelope written by hand, so PaidAt and AmountVND go as the text given."""
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:l="{LEDGER_NS}">
+ <soap:Header><wsse:Security xmlns:wsse="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd">
+  <wsse:UsernameToken><wsse:Username>{DEFAULT_USERNAME}</wsse:Username>
+   <wsse:Password>{DEFAULT_PASSWORD}</wsse:Password></wsse:UsernameToken></wsse:Security></soap:Header>
+ <soap:Body><l:SubmitReceiptsRequest><l:Receipt>
+  <l:ReceiptNumber>{number}</l:ReceiptNumber><l:DossierCode>000.00.01.H49-261102-0001</l:DossierCode>
+  <l:PaymentReference>dvc0000001H49261102000120261102081500</l:PaymentReference><l:AmountVND>{amount}</l:AmountVND>
+  <l:PaidAt>{paid_at}</l:PaidAt><l:PayerName>Nguyễn Thị Thu Hương</l:PayerName>
+  <l:AgencyCode>000.00.01.H49</l:AgencyCode><l:PdfSha256>{"ab" * 32}</l:PdfSha256>
+ </l:Receipt></l:SubmitReceiptsRequest></soap:Body></soap:Envelope>""".encode()
+
+
+def _submit(ledger: MinistryLedgerMock, body: bytes) -> requests.Response:
+    return requests.post(ledger.url + "/", data=body, timeout=TIMEOUT,
+                         headers={"Content-Type": "text/xml; charset=utf-8",
+                                  "SOAPAction": f'"{LEDGER_NS}/SubmitReceipts"'})
+
+
+@pytest.mark.parametrize("paid_at", ["2026-11-02", "2026-11-02 08:30:00", "20261102T083000", "2026-W45-1",
+                                     "2026-11-02T08:30:00+0700", "2026-11-02T08:30+07:00",
+                                     "٢٠٢٦-١١-٠٢T08:30:00+07:00", "2026-11-02T24:00:01+07:00"],
+                         ids=["date-only", "space", "basic-format", "week-date", "offset-without-colon",
+                              "no-seconds", "arabic-indic-digits", "past-24h"])
+def test_ledger_refuses_a_paidat_that_is_not_an_xsd_datetime(ledger, paid_at):
+    """ReceiptLedger.xsd: PaidAt is xsd:dateTime (YYYY-MM-DDThh:mm:ss[.s][tz]); README: rule `dateTime`.
+    datetime.fromisoformat (3.11) reads any ISO 8601 form, so the stand-in stored a date-only value as
+    midnight and accepted forms a schema-validating SOAP service refuses."""
+    response = _submit(ledger, _soap_submit("BL2026-900001", paid_at))
+    assert response.status_code == 500, response.text[-300:]
+    assert b"VALIDATION_FAILED" in response.content and b"<tns:Field>PaidAt</tns:Field>" in response.content
+    assert b"<tns:Rule>dateTime</tns:Rule>" in response.content
+    assert held(ledger) == []
+
+
+@pytest.mark.parametrize(("paid_at", "stored"), [
+    ("2026-11-02T08:30:00+07:00", "2026-11-02T08:30:00+07:00"),
+    ("2026-11-02T01:30:00Z", "2026-11-02T08:30:00+07:00"),
+    ("2026-11-02T08:30:00", "2026-11-02T08:30:00+07:00"),  # no offset: Viet Nam time (I)
+    ("2026-11-02T08:30:00.1234567+07:00", "2026-11-02T08:30:00.123456+07:00"),  # a fraction of any length
+    ("2026-11-01T24:00:00+07:00", "2026-11-02T00:00:00+07:00"),  # the end of a day is the next one's start
+])
+def test_ledger_takes_every_xsd_datetime_form(ledger, paid_at, stored):
+    response = _submit(ledger, _soap_submit("BL2026-900004", paid_at))
+    assert response.status_code == 200, response.text[-300:]
+    assert [r["PaidAt"] for r in held(ledger)] == [stored]
+
+
+def test_ledger_reads_amountvnd_as_an_xsd_long(ledger):
+    """AmountVND is xsd:long, whose lexical form is [+-]?[0-9]+ (ASCII digits). The stand-in's `-?\\d+` took
+    Arabic-Indic digits (stored as 200) and refused the valid '+200000'."""
+    foreign = _submit(ledger, _soap_submit("BL2026-900002", "2026-11-02T08:30:00+07:00", amount="٢٠٠"))
+    assert foreign.status_code == 500 and b"<tns:Field>AmountVND</tns:Field>" in foreign.content
+    plus = _submit(ledger, _soap_submit("BL2026-900003", "2026-11-02T08:30:00+07:00", amount="+200000"))
+    assert plus.status_code == 200, plus.text[-300:]
+    assert [(r["ReceiptNumber"], r["AmountVND"]) for r in held(ledger)] == [("BL2026-900003", 200000)]
+
+
+def test_list_receipts_bounds_are_xsd_datetimes_too(ledger):
+    body = _soap_submit("x", "y").decode()
+    start = body.index("<l:SubmitReceiptsRequest>")
+    listing = body[:start] + ("<l:ListReceiptsRequest><l:From>2026-11-02</l:From>"
+                              "<l:To>2026-11-03T00:00:00+07:00</l:To></l:ListReceiptsRequest></soap:Body></soap:Envelope>")
+    response = requests.post(ledger.url + "/", data=listing.encode(), timeout=TIMEOUT,
+                             headers={"Content-Type": "text/xml; charset=utf-8",
+                                      "SOAPAction": f'"{LEDGER_NS}/ListReceipts"'})
+    assert response.status_code == 500 and b"<tns:Field>From</tns:Field>" in response.content
 
 
 def test_wrong_password_is_an_authentication_fault(ledger):

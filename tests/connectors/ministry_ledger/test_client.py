@@ -145,7 +145,7 @@ def test_bad_dossier_code_is_rejected_naming_field_rule_and_index(ledger, record
     exc = info.value
     assert isinstance(exc, ReceiptInvalid) and exc.record_key == "BL2026-000002" and exc.index == 1
     assert exc.errors[0].field == "DossierCode"
-    assert exc.errors[0].rule == r"pattern:\d{3}\.\d{2}\.\d{2}\.H\d{2}-\d{6}-\d{4,5}"
+    assert exc.errors[0].rule == r"pattern:[0-9]{3}\.[0-9]{2}\.[0-9]{2}\.H[0-9]{2}-[0-9]{6}-[0-9]{4,5}"
     assert exc.peer_code == "VALIDATION_FAILED" and held(ledger) == []
     assert recorder.exchanges[-1].peer_code == "VALIDATION_FAILED" and len(recorder.exchanges) == 1
 
