@@ -122,6 +122,16 @@ def _ts(dt: datetime) -> str:
     return dt.astimezone(VN_TZ).strftime("%Y%m%d%H%M%S")
 
 
+def _real_time(text: str) -> bool:
+    """``yyyyMMddHHmmss`` naming a real time (a completion is timed from it). The 2025 client's
+    12-hour hour field (contract §6.1) still names one, so it passes."""
+    try:
+        datetime.strptime(text, "%Y%m%d%H%M%S")
+    except ValueError:
+        return False
+    return True
+
+
 def seeded_payments(dossiers: list[dict[str, Any]], seed: int | str) -> list[dict[str, Any]]:
     """The payments of the seeded world: one per dossier whose fees add up to more than 0 VND.
 
@@ -303,9 +313,10 @@ class PaymentPlatformMock(MockServer):
         for name in REQUEST_ORDERS["INIT"]:
             if not isinstance(body.get(name), str) or not body[name].strip():
                 return self._error("INIT", body, f"Thiếu trường {name}")
-        if not re.fullmatch(r"[1-9]\d{0,11}", body["SoTien"]):
+        # ASCII digits only: \d takes other scripts' digits, which int() reads and strptime does not
+        if not re.fullmatch(r"[1-9][0-9]{0,11}", body["SoTien"]):
             return self._error("INIT", body, "SoTien phải là số nguyên dương (VND)")
-        if not re.fullmatch(r"\d{14}", body["ThoiGianGD"]):
+        if not re.fullmatch(r"[0-9]{14}", body["ThoiGianGD"]) or not _real_time(body["ThoiGianGD"]):
             return self._error("INIT", body, "ThoiGianGD phải có dạng yyyyMMddHHmmss")
         receipt = body.get("ThongTinBienLai")
         if not isinstance(receipt, dict):

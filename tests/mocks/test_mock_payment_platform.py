@@ -158,6 +158,23 @@ def test_init_opens_a_pending_transaction_and_answers_a_signed_url(pay):
     assert again["MaLoi"] == "99" and again["MoTaLoi"] == f"Mã tham chiếu {ref} đã tồn tại"
 
 
+@pytest.mark.parametrize(("field", "value", "text"), [
+    ("SoTien", "2٠٠٠٠٠", "SoTien phải là số nguyên dương (VND)"),  # Arabic-Indic digits: int() reads them
+    ("SoTien", "２００000", "SoTien phải là số nguyên dương (VND)"),  # fullwidth
+    ("ThoiGianGD", "٢٠٢٦١١١٠٠٩٣٠٠٠", "ThoiGianGD phải có dạng yyyyMMddHHmmss"),
+    ("ThoiGianGD", "20261310093000", "ThoiGianGD phải có dạng yyyyMMddHHmmss"),  # month 13: no real time
+])
+def test_init_amounts_and_times_are_ascii_digits(pay, field, value, text):
+    """\\d takes any script's digits: such a SoTien was stored as its int() value, and such a ThoiGianGD
+    was stored as given and broke the settle door (strptime reads ASCII digits only)."""
+    body = init_body("dvcDIGITS")
+    body[field] = value
+    body["MaXacThuc"] = checksum(body, REQUEST_ORDERS["INIT"], SECRET)
+    answer = post(pay, body).json()
+    assert (answer["MaLoi"], answer["MoTaLoi"]) == ("99", text)
+    assert not [p for p in payments(pay) if p["MaThamChieu"] == "dvcDIGITS"]
+
+
 @pytest.mark.parametrize("missing", [None, "MaDichVu", "MaDVC", "MaTTHC", "MaDonVi", "TenDonVi", "MaHoSo"])
 def test_init_for_dossier_fees_without_the_mandatory_receipt_fields_is_refused(pay, missing):
     """§5.8 (C): 'MaDichVu "2" = fees and charges for dossiers: MaDonVi, TenDonVi, MaHoSo, MaDVC and MaTTHC
