@@ -107,6 +107,18 @@ def _instant_arg(request: Request, name: str) -> datetime | None:
         raise ValueError(hint) from None
 
 
+def _stored_instant(value: Any) -> datetime | None:
+    """A stored ``modifiedAt`` as an instant, or ``None`` when it is not an ISO 8601 date-time with
+    offset (a raw dossier's may be absent, another type, another form or without offset): such a
+    dossier is not found by the ``modifiedFrom``/``modifiedTo`` listing."""
+    if not isinstance(value, str) or not _ISO_DATETIME.match(value):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def _int_arg(request: Request, name: str, default: int, low: int, high: int | None) -> int:
     value = request.arg(name)
     if value is None or value == "":
@@ -409,9 +421,10 @@ class OneStopMock(PaymentsMixin, ProceduresMixin, MockServer):
                 stamps = db.conn.execute(
                     "SELECT idx, json_extract(snapshot, '$.modifiedAt') AS modified FROM dossiers ORDER BY idx"
                 ).fetchall()
-                chosen = [r["idx"] for r in stamps
-                          if (modified_from is None or datetime.fromisoformat(r["modified"]) >= modified_from)
-                          and (modified_to is None or datetime.fromisoformat(r["modified"]) < modified_to)]
+                instants = [(r["idx"], _stored_instant(r["modified"])) for r in stamps]
+                chosen = [idx for idx, at in instants if at is not None
+                          and (modified_from is None or at >= modified_from)
+                          and (modified_to is None or at < modified_to)]
                 total = len(chosen)
                 wanted = chosen[(page - 1) * size:page * size]
                 rows = db.conn.execute(

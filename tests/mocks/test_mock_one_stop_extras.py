@@ -62,6 +62,29 @@ def test_a_dossier_moves_into_a_later_window_when_it_changes(os_calls):
     assert after == set(moved["created"]) | {c["dossierNo"] for c in moved["changed"]}
 
 
+@pytest.mark.parametrize("raw", [{"dossierNo": "RAW-NO-MODIFIED"},
+                                 {"dossierNo": "RAW-BAD-MODIFIED", "modifiedAt": "yesterday"},
+                                 {"dossierNo": "RAW-NAIVE-MODIFIED", "modifiedAt": "2026-11-02T08:00:00"},
+                                 {"dossierNo": "RAW-NUMBER-MODIFIED", "modifiedAt": 20261102080000},
+                                 {"dossierNo": "RAW-OBJECT-MODIFIED", "modifiedAt": {"at": "2026-11-05"}},
+                                 {"dossierNo": "RAW-DAY-32", "modifiedAt": "2026-11-32T08:00:00+07:00"}],
+                         ids=["absent", "not-iso", "no-offset", "number", "object", "no-such-day"])
+def test_listing_by_modified_time_skips_a_raw_dossier_without_an_iso_modifiedat(os_calls, raw):
+    """mocks/README.md, POST /_admin/dossiers/raw: 'one without an ISO modifiedAt is not found by the
+    modifiedFrom/modifiedTo listing'. The listing called datetime.fromisoformat on every stored modifiedAt and
+    answered 500 for the whole listing instead."""
+    assert requests.post(os_calls.url + "/_admin/dossiers/raw", json={"dossier": raw}, timeout=TIMEOUT).ok
+    found = {"dossierNo": "RAW-ISO-MODIFIED", "modifiedAt": "2026-11-30T08:00:00+07:00"}
+    assert requests.post(os_calls.url + "/_admin/dossiers/raw", json={"dossier": found}, timeout=TIMEOUT).ok
+    for bounds in ({"modifiedFrom": "2026-11-01T00:00:00+07:00"}, {"modifiedTo": "2027-01-01T00:00:00+07:00"}):
+        response = os_calls.get(LIST, size=500, **bounds)
+        assert response.status_code == 200, response.text
+        numbers = _numbers(response.json())
+        assert raw["dossierNo"] not in numbers and "RAW-ISO-MODIFIED" in numbers
+        assert response.json()["total"] == 41
+    assert raw["dossierNo"] in _numbers(os_calls.get(LIST, size=500).json())  # the plain list has it
+
+
 @pytest.mark.parametrize("name", ["modifiedFrom", "modifiedTo"])
 @pytest.mark.parametrize("value", ["2026-11-02T08:00:00", "2026-11-02", "2026-11-02 08:00:00+07:00", "hôm qua", "",
                                    "2026-11-02T08:00:00+0700", "2026-13-02T08:00:00+07:00",
