@@ -55,8 +55,9 @@ class ConnectionSpec:
 
     Attributes:
         conn_id: the connection id it was resolved from (``national_portal_default``...).
-        conn_type: ``http``, ``sqlite``, ``postgres``...
-        host, port, schema: for http connections ``schema`` is the URL scheme, as in Airflow.
+        conn_type: ``http``, ``https``, ``sqlite``, ``postgres``...
+        host, port, schema: for http connections ``schema`` is the URL scheme, as in Airflow; when it
+            is empty, an ``https`` connection (the URI ``https://host:port``) uses https.
         login: user name, or ``""``.
         password: a :class:`Secret`.
         extra: the connection's JSON extras (never holds secrets; see ``secret_extra``).
@@ -73,11 +74,16 @@ class ConnectionSpec:
 
     @property
     def base_url(self) -> str:
-        """``scheme://host:port`` for http connections (the host may already carry a scheme)."""
+        """``scheme://host:port`` for http connections (the host may already carry a scheme).
+
+        The scheme is ``schema`` (Airflow's HTTP connections: ``{"conn_type": "http", "schema":
+        "https"}``, or the URI ``http://host:443/https``); without one it is the connection type
+        when that is ``http`` or ``https`` (the URI ``https://user:pw@host:8443``), else ``http``.
+        """
         host = self.host.rstrip("/")
         if "://" in host:
             return host if self.port is None else f"{host}:{self.port}"
-        scheme = self.schema or "http"
+        scheme = self.schema or (self.conn_type if self.conn_type in ("http", "https") else "http")
         port = f":{self.port}" if self.port else ""
         return f"{scheme}://{host}{port}"
 

@@ -1,4 +1,5 @@
 import json
+from urllib.parse import quote
 
 import pytest
 
@@ -64,3 +65,22 @@ def test_database_urls_from_connections():
         == "sqlite://"
     with pytest.raises(ConfigurationError, match="not a supported database"):
         ConnectionSpec(conn_id="x", conn_type="http").sqlalchemy_url()
+
+
+def test_an_https_connection_uri_keeps_https():
+    """'https://user:pw@portal:8443?madonvi=...' once gave base_url 'http://portal:8443': the
+    log-in (password) went out in clear text. Airflow's other spellings keep working."""
+    env = {"AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT":
+           "https://lienthong.h49:portal-secret@portal.example:8443?madonvi=000.00.01.H49"}
+    spec = connection_from_env("national_portal_default", env)
+    assert (spec.conn_type, spec.schema, spec.base_url) == ("https", "", "https://portal.example:8443")
+    for uri, base_url in [
+        ("http://u:p@portal.example:8080?madonvi=x", "http://portal.example:8080"),
+        ("http://u:p@portal.example:443/https?madonvi=x", "https://portal.example:443"),  # schema = scheme
+    ]:
+        assert connection_from_env("x", {"AIRFLOW_CONN_X": uri}).base_url == base_url, uri
+    # the JSON form: schema is the scheme, as in Airflow's HTTP connections
+    for data, base_url in [({"conn_type": "http", "host": "h", "schema": "https"}, "https://h"),
+                           ({"conn_type": "https", "host": "h"}, "https://h"),
+                           ({"conn_type": "http", "host": "h"}, "http://h")]:
+        assert connection_from_env("x", {"AIRFLOW_CONN_X": json.dumps(data)}).base_url == base_url
