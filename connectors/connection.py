@@ -160,12 +160,37 @@ def _from_json(conn_id: str, raw: str) -> ConnectionSpec:
 
 
 def _from_uri(conn_id: str, raw: str) -> ConnectionSpec:
-    parts = urlsplit(raw)
-    conn_type = parts.scheme.replace("-", "_")
-    extra = dict(parse_qsl(parts.query))
+    """Parse a URI-form connection as Airflow's ``Connection`` does: the query holds the extras
+    (blank values kept: ``?dstcode=`` is an empty ``dstcode``) unless it is a single
+    ``__extra__`` holding them as JSON; ``http://https://host`` keeps ``https://`` in the host."""
+    name = env_var_name(conn_id)
+    invalid = (f"{name} is not a valid connection URI (percent-encode reserved characters such as "
+               "'/', '@', ':' or '#' in the login and password)")
+    if raw.count("://") > 2:
+        raise ConfigurationError(invalid)
+    conn_type, _, rest = raw.partition("://")
+    protocol = ""
+    if "://" in rest:  # Airflow's form for a host that carries its own scheme
+        protocol, _, rest = rest.partition("://")
+        if "@" in protocol or ":" in protocol:
+            raise ConfigurationError(invalid)
+    try:
+        parts = urlsplit(f"{conn_type}://{rest}")
+        port = parts.port
+    except ValueError:  # a port that is not a number: often a password with a bare '/' or '#'
+        raise ConfigurationError(invalid) from None
+    conn_type = conn_type.replace("-", "_")
+    extra: dict[str, Any] = dict(parse_qsl(parts.query, keep_blank_values=True))
     if "__extra__" in extra:
-        extra = json.loads(extra["__extra__"])
+        try:
+            extra = json.loads(extra["__extra__"])
+        except json.JSONDecodeError:
+            raise ConfigurationError(f"{name}: '__extra__' is not valid JSON") from None
+        if not isinstance(extra, dict):
+            raise ConfigurationError(f"{name}: '__extra__' must be a JSON object")
     host = unquote(parts.hostname or "")
+    if protocol and host:
+        host = f"{protocol}://{host}"
     path = unquote(parts.path[1:]) if parts.path.startswith("/") else unquote(parts.path)
     if conn_type == "sqlite":
         # sqlite:////abs/path.db (SQLAlchemy's form) → host holds the file path /abs/path.db.
@@ -175,7 +200,7 @@ def _from_uri(conn_id: str, raw: str) -> ConnectionSpec:
         conn_id=conn_id,
         conn_type=conn_type,
         host=host,
-        port=parts.port,
+        port=port,
         schema=path,
         login=unquote(parts.username or ""),
         password=Secret(unquote(parts.password or "")),

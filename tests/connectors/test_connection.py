@@ -77,6 +77,7 @@ def test_an_https_connection_uri_keeps_https():
     for uri, base_url in [
         ("http://u:p@portal.example:8080?madonvi=x", "http://portal.example:8080"),
         ("http://u:p@portal.example:443/https?madonvi=x", "https://portal.example:443"),  # schema = scheme
+        ("http://https://portal.example:8443?madonvi=x", "https://portal.example:8443"),  # host with scheme
     ]:
         assert connection_from_env("x", {"AIRFLOW_CONN_X": uri}).base_url == base_url, uri
     # the JSON form: schema is the scheme, as in Airflow's HTTP connections
@@ -84,3 +85,35 @@ def test_an_https_connection_uri_keeps_https():
                            ({"conn_type": "https", "host": "h"}, "https://h"),
                            ({"conn_type": "http", "host": "h"}, "http://h")]:
         assert connection_from_env("x", {"AIRFLOW_CONN_X": json.dumps(data)}).base_url == base_url
+
+
+def test_a_blank_uri_extra_is_kept_as_airflow_keeps_it():
+    """Airflow parses the query with keep_blank_values=True; '?dstcode=' (send no dstcode header:
+    contract §1.3, 'sent only when configured') once vanished and the client sent 'DVCQG'."""
+    env = {"AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT": "http://u:p@portal.example:8080?madonvi=000.00.01.H49&dstcode="}
+    spec = connection_from_env("national_portal_default", env)
+    assert spec.extra == {"madonvi": "000.00.01.H49", "dstcode": ""}
+
+
+@pytest.mark.parametrize("uri", [
+    "http://:key@onestop.example:8080?__extra__=%7Bnope",  # not JSON
+    "http://:key@onestop.example:8080?__extra__=%5B1%5D",  # JSON, not an object
+])
+def test_a_malformed_uri_extra_is_a_configuration_error_naming_the_variable(uri):
+    """A bad '__extra__' once raised json.JSONDecodeError, outside the error tree."""
+    with pytest.raises(ConfigurationError, match="AIRFLOW_CONN_ONESTOP_DEFAULT: '__extra__'") as info:
+        connection_from_env("onestop_default", {"AIRFLOW_CONN_ONESTOP_DEFAULT": uri})
+    assert "nope" not in str(info.value)
+
+
+def test_a_uri_extra_given_as_json_is_read():
+    uri = "http://:key@onestop.example:8080?__extra__=" + quote(json.dumps({"page_size": 50, "dstcode": ""}))
+    assert connection_from_env("x", {"AIRFLOW_CONN_X": uri}).extra == {"page_size": 50, "dstcode": ""}
+
+
+def test_a_uri_that_does_not_parse_never_quotes_the_password():
+    """A password with a bare '/' splits the authority: urlsplit's error quotes what it took for
+    the port, part of the password."""
+    with pytest.raises(ConfigurationError, match="percent-encode") as info:
+        connection_from_env("x", {"AIRFLOW_CONN_X": "http://u:pw/SECRET-P1@host:80"})
+    assert "SECRET" not in str(info.value)
