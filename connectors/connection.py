@@ -10,14 +10,30 @@ the Airflow hooks (``connectors.hooks``) turn Airflow's own ``Connection`` into 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from connectors.errors import ConfigurationError
+from connectors.transport import transport_extra
 
-__all__ = ["ConnectionSpec", "Secret", "connection_from_env", "env_var_name"]
+__all__ = ["LIBPQ_EXTRAS", "ConnectionSpec", "Secret", "connection_from_env", "env_var_name"]
+
+#: The extras of a ``postgres`` connection passed to libpq in its SQLAlchemy URL, as Airflow's
+#: PostgresHook passes its extras to the driver (``sslmode``, ``sslrootcert``, ``connect_timeout``...).
+#: Host, port, database, user and password come from the connection's own fields; ``sslpassword``
+#: is a secret and extras are not (use a key file without a passphrase). Other extras (``batch_size``,
+#: ``read_timeout``...) are the bus's own and never reach the driver.
+LIBPQ_EXTRAS = frozenset({
+    "application_name", "channel_binding", "client_encoding", "connect_timeout", "fallback_application_name",
+    "gssdelegation", "gssencmode", "gsslib", "hostaddr", "keepalives", "keepalives_count", "keepalives_idle",
+    "keepalives_interval", "krbsrvname", "load_balance_hosts", "options", "passfile", "require_auth",
+    "requirepeer", "service", "ssl_max_protocol_version", "ssl_min_protocol_version", "sslcert", "sslcertmode",
+    "sslcompression", "sslcrl", "sslcrldir", "sslkey", "sslmode", "sslnegotiation", "sslrootcert", "sslsni",
+    "target_session_attrs", "tcp_user_timeout",
+})
 
 
 class Secret:
@@ -91,10 +107,15 @@ class ConnectionSpec:
         """The SQLAlchemy URL of a database connection.
 
         ``extra.sqlalchemy_url`` wins; otherwise ``sqlite`` (host = file path) and ``postgres``
-        connections are translated as Airflow's own hooks do.
+        connections are translated as Airflow's own hooks do: a postgres connection's libpq extras
+        (:data:`LIBPQ_EXTRAS`: ``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``,
+        ``connect_timeout``, ``options``, ``application_name``...) and ``extra.sqlalchemy_query``
+        (a JSON object, as in Airflow's PostgresHook) go into the URL's query. ``connect_timeout``
+        is rounded up to whole seconds, as libpq takes it.
 
         Raises:
-            ConfigurationError: another connection type, or an sqlite one without a file path.
+            ConfigurationError: another connection type, an sqlite one without a file path, or a
+                libpq extra that is not text, a number or a boolean.
         """
         if self.extra.get("sqlalchemy_url"):
             return str(self.extra["sqlalchemy_url"])
@@ -108,11 +129,31 @@ class ConnectionSpec:
                 auth += ":" + quote(self.password.reveal(), safe="")
             auth = f"{auth}@" if auth else ""
             port = f":{self.port}" if self.port else ""
-            return f"postgresql+psycopg2://{auth}{self.host}{port}/{self.schema}"
+            query = urlencode(self._libpq_query(), quote_via=quote)
+            return f"postgresql+psycopg2://{auth}{self.host}{port}/{self.schema}" + (f"?{query}" if query else "")
         raise ConfigurationError(
             f"connection '{self.conn_id}': conn_type '{self.conn_type}' is not a supported database "
             "(use sqlite, postgres, or extra.sqlalchemy_url)"
         )
+
+    def _libpq_query(self) -> dict[str, str]:
+        """The libpq parameters among a postgres connection's extras, as URL query text."""
+        given = self.extra.get("sqlalchemy_query") or {}
+        if not isinstance(given, dict):
+            raise ConfigurationError(f"connection '{self.conn_id}': extra.sqlalchemy_query must be a JSON object")
+        query: dict[str, str] = {}
+        for key, value in [*((k, v) for k, v in self.extra.items() if k in LIBPQ_EXTRAS), *given.items()]:
+            if isinstance(value, bool):
+                text = "1" if value else "0"
+            elif isinstance(value, (int, float, str)):
+                text = str(value)
+            else:
+                raise ConfigurationError(f"connection '{self.conn_id}': extra.{key} must be text or a number, "
+                                         f"not a {type(value).__name__}")
+            if key == "connect_timeout":  # checked as every peer's; libpq takes whole seconds ("3.05" is refused)
+                text = str(math.ceil(transport_extra({key: value}, key, conn_id=self.conn_id)))
+            query[str(key)] = text
+        return query
 
     def require(self, *names: str) -> None:
         """Fail before any I/O when a needed setting is missing, naming it."""

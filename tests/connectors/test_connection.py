@@ -117,3 +117,32 @@ def test_a_uri_that_does_not_parse_never_quotes_the_password():
     with pytest.raises(ConfigurationError, match="percent-encode") as info:
         connection_from_env("x", {"AIRFLOW_CONN_X": "http://u:pw/SECRET-P1@host:80"})
     assert "SECRET" not in str(info.value)
+
+
+def test_postgres_libpq_extras_go_into_the_url_as_airflow_passes_them_to_the_driver():
+    """sslmode, sslrootcert, connect_timeout, options... were dropped: psycopg2 fell back to
+    sslmode=prefer. The bus's own extras never reach the driver, and connect_timeout is whole
+    seconds (libpq refuses '3.05')."""
+    pg = ConnectionSpec(conn_id="ministry_db_default", conn_type="postgres", host="db", port=5432, schema="ministry",
+                        login="u", password=Secret("p@ss"),
+                        extra={"sslmode": "verify-full", "sslrootcert": "/etc/ssl/ca.pem", "connect_timeout": 3.05,
+                               "options": "-c search_path=ministry", "keepalives": True, "batch_size": 50,
+                               "read_timeout": 10, "sqlalchemy_query": {"application_name": "lienthong"}})
+    assert pg.sqlalchemy_url() == (
+        "postgresql+psycopg2://u:p%40ss@db:5432/ministry?sslmode=verify-full&sslrootcert=%2Fetc%2Fssl%2Fca.pem"
+        "&connect_timeout=4&options=-c%20search_path%3Dministry&keepalives=1&application_name=lienthong")
+    uri = connection_from_env("ministry_db_default", {
+        "AIRFLOW_CONN_MINISTRY_DB_DEFAULT": "postgres://u:pw@db:5432/ministry?sslmode=require&connect_timeout=7"})
+    assert uri.sqlalchemy_url().endswith("/ministry?sslmode=require&connect_timeout=7")
+
+
+@pytest.mark.parametrize("extra, says", [
+    ({"connect_timeout": "soon"}, "extra.connect_timeout must be a number from 0.001 to 600"),
+    ({"connect_timeout": 0}, "extra.connect_timeout must be a number from 0.001 to 600"),
+    ({"sslmode": ["require"]}, "extra.sslmode must be text or a number"),
+    ({"sqlalchemy_query": "sslmode=require"}, "extra.sqlalchemy_query must be a JSON object"),
+])
+def test_a_bad_libpq_extra_names_the_connection_and_the_extra(extra, says):
+    pg = ConnectionSpec(conn_id="ministry_db_default", conn_type="postgres", host="db", schema="m", extra=extra)
+    with pytest.raises(ConfigurationError, match=f"connection '?ministry_db_default'?: {says}"):
+        pg.sqlalchemy_url()

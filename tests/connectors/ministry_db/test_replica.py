@@ -4,8 +4,9 @@ from __future__ import annotations
 
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
+from connectors.connection import ConnectionSpec, Secret, connection_from_env
 from connectors.errors import PeerUnavailable
 from connectors.ministry_db.replica import MIGRATIONS, MinistryReplica, ProcedureRow
 from tests.conftest import postgres_database
@@ -80,3 +81,32 @@ def test_unreachable_database_is_retriable():
     r = MinistryReplica("postgresql+psycopg2://nobody@127.0.0.1:9/none")
     with pytest.raises(PeerUnavailable):
         r.migrate()
+
+
+def test_postgres_sslmode_from_the_connection_reaches_the_driver():
+    """'postgres://u:p@db/ministry?sslmode=verify-full' puts sslmode in extra, and sqlalchemy_url()
+    used to drop it: psycopg2 fell back to sslmode=prefer (plain text if the server or a man in the
+    middle says so)."""
+    env = {"AIRFLOW_CONN_MINISTRY_DB_DEFAULT":
+           "postgres://ministry:p%40ss@db.example:5432/ministry?sslmode=verify-full"}
+    spec = connection_from_env("ministry_db_default", env)
+    assert spec.extra == {"sslmode": "verify-full"}
+    replica = MinistryReplica.from_connection(spec)
+    _args, params = replica.engine.dialect.create_connect_args(replica.engine.url)
+    assert params.get("sslmode") == "verify-full", f"driver parameters: {sorted(params)}"
+
+
+def test_libpq_extras_of_the_connection_reach_the_server(pg_url):
+    """On the wire: the server sees the application_name and options the connection's extras set."""
+    url = make_url(pg_url)
+    spec = ConnectionSpec(conn_id="ministry_db_default", conn_type="postgres", host=url.host or "", port=url.port,
+                          schema=url.database or "", login=url.username or "", password=Secret(url.password),
+                          extra={"application_name": "lienthong-replica", "options": "-c statement_timeout=4321",
+                                 "batch_size": 50})
+    replica = MinistryReplica.from_connection(spec)
+    try:
+        with replica.engine.connect() as conn:
+            assert conn.execute(text("SELECT current_setting('application_name')")).scalar() == "lienthong-replica"
+            assert conn.execute(text("SHOW statement_timeout")).scalar() == "4321ms"
+    finally:
+        replica.dispose()
