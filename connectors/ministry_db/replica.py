@@ -21,6 +21,7 @@ reached or gave up, ``peer_error`` when it refused the statement).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,7 +51,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from connectors.connection import ConnectionSpec
 from connectors.errors import PeerUnavailable
-from connectors.transport import Exchange, ExchangeRecorder, NullRecorder
+from connectors.transport import TRANSPORT_EXTRAS, Exchange, ExchangeRecorder, NullRecorder, transport_extra
 
 __all__ = ["MIGRATIONS", "MinistryReplica", "ProcedureRow", "metadata", "sanitize_db_url"]
 
@@ -244,6 +245,19 @@ def _overlong(table: Table, value_of: Callable[[str], Any], prefix: str) -> list
             and len(value) > column.type.length]
 
 
+def _connect_args(url: str, connect_timeout: float) -> dict[str, Any]:
+    """The driver arguments of ``url``'s engine: libpq's ``connect_timeout`` (whole seconds) for
+    PostgreSQL through psycopg2 or psycopg, unless the URL's query already sets one."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - create_engine reports the URL itself
+        return {}
+    if (parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() not in ("psycopg2", "psycopg")
+            or "connect_timeout" in parsed.query):
+        return {}
+    return {"connect_timeout": max(1, math.ceil(connect_timeout))}
+
+
 class MinistryReplica:
     """Reads and writes the ministry's catalogue replica.
 
@@ -251,20 +265,26 @@ class MinistryReplica:
         url: an SQLAlchemy URL (``sqlite:///path.db``, ``postgresql+psycopg2://...``).
         recorder: where each write transaction is recorded (the bus's exchange log in a flow);
             nothing is recorded without one.
+        connect_timeout: seconds a PostgreSQL connection may take to open (libpq's
+            ``connect_timeout``, rounded up to whole seconds), unless the URL sets its own; without
+            one an unreachable host holds a task for the kernel's TCP timeout (minutes).
     """
 
-    def __init__(self, url: str, recorder: ExchangeRecorder | None = None):
+    def __init__(self, url: str, recorder: ExchangeRecorder | None = None, *,
+                 connect_timeout: float = TRANSPORT_EXTRAS["connect_timeout"][0]):
         self.url = url
         self.recorder: ExchangeRecorder = recorder or NullRecorder()
         self.log_url = sanitize_db_url(url)
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        self.engine: Engine = create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url, connect_timeout))
 
     @classmethod
     def from_connection(cls, spec: ConnectionSpec, recorder: ExchangeRecorder | None = None) -> MinistryReplica:
-        """``extra.sqlalchemy_url``, an ``sqlite`` connection (host = file) or a ``postgres`` one."""
-        return cls(spec.sqlalchemy_url(), recorder=recorder)
+        """``extra.sqlalchemy_url``, an ``sqlite`` connection (host = file) or a ``postgres`` one;
+        ``extra.connect_timeout`` (default 3.05 s, as for every peer) bounds opening a connection."""
+        return cls(spec.sqlalchemy_url(), recorder=recorder,
+                   connect_timeout=float(transport_extra(spec.extra, "connect_timeout", conn_id=spec.conn_id)))
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 
 import pytest
-from sqlalchemy import make_url, text
+from sqlalchemy import event, make_url, text
 
 from connectors.connection import ConnectionSpec, Secret, connection_from_env
-from connectors.errors import PeerUnavailable
+from connectors.errors import ConfigurationError, PeerUnavailable
 from connectors.ministry_db.replica import MIGRATIONS, MinistryReplica, ProcedureRow
 from tests.conftest import postgres_database
 
@@ -110,3 +110,43 @@ def test_libpq_extras_of_the_connection_reach_the_server(pg_url):
             assert conn.execute(text("SHOW statement_timeout")).scalar() == "4321ms"
     finally:
         replica.dispose()
+
+
+def _driver_arguments(replica: MinistryReplica) -> dict:
+    """What psycopg2.connect would be called with (URL query and connect_args), caught before it is."""
+    seen: dict = {}
+
+    class Caught(Exception):
+        pass
+
+    @event.listens_for(replica.engine, "do_connect")
+    def capture(dialect, conn_rec, cargs, cparams):
+        seen.update(cparams)
+        raise Caught
+
+    with pytest.raises(Caught):
+        replica.engine.connect()
+    return seen
+
+
+@pytest.mark.parametrize("extra, url_query, expected", [
+    ({}, "", 4),  # README: every peer connection's extra.connect_timeout defaults to 3.05 s (libpq: whole seconds)
+    ({"connect_timeout": 5}, "", 5),
+    ({"connect_timeout": 5}, "?connect_timeout=9", 9),  # an extra.sqlalchemy_url's own setting wins
+])
+def test_postgres_connections_open_with_a_connect_timeout(extra, url_query, expected):
+    """The replica passed no connect timeout to psycopg2, so an unreachable host held the task for
+    the kernel's TCP timeout."""
+    if url_query:
+        extra = {**extra, "sqlalchemy_url": "postgresql+psycopg2://ministry:pw@db.example:5432/ministry" + url_query}
+    spec = ConnectionSpec(conn_id="ministry_db_default", conn_type="postgres", host="db.example", port=5432,
+                          schema="ministry", login="ministry", password=Secret("pw"), extra=extra)
+    replica = MinistryReplica.from_connection(spec)
+    assert int(_driver_arguments(replica)["connect_timeout"]) == expected
+
+
+def test_a_bad_connect_timeout_names_the_connection():
+    spec = ConnectionSpec(conn_id="ministry_db_default", conn_type="sqlite", host="/tmp/unused.db",
+                          extra={"connect_timeout": "soon"})
+    with pytest.raises(ConfigurationError, match="connection ministry_db_default: extra.connect_timeout"):
+        MinistryReplica.from_connection(spec)
