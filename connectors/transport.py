@@ -47,6 +47,8 @@ __all__ = [
     "MemoryRecorder",
     "NullRecorder",
     "RetryPolicy",
+    "SECRET_HEADERS",
+    "headers_for_log",
     "parse_json",
     "read_capped",
     "read_json",
@@ -67,6 +69,12 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 #: What the exchange log keeps of an answer refused for its size.
 _OVERSIZE_PREFIX = 4096
+#: Headers whose values never reach the exchange log, whoever the peer: credentials we send
+#: (``Authorization``, ``Proxy-Authorization``, ``Cookie``), a session a peer or its gateway sets
+#: (``Set-Cookie``: the credential the next call would present), and the challenges, which some
+#: schemes fill with tokens (``WWW-Authenticate``, ``Proxy-Authenticate``).
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "set-cookie2",
+                            "www-authenticate", "proxy-authenticate"})
 
 
 @dataclass
@@ -397,6 +405,12 @@ def read_capped(response: requests.Response, limit: int) -> bool:
     return oversize
 
 
+def headers_for_log(headers: Any, secret: frozenset[str] = SECRET_HEADERS) -> dict[str, str]:
+    """``headers`` as the exchange log keeps them: the value of each header named in ``secret``
+    (lower case) replaced by ``***``."""
+    return {k: (REDACTED if k.lower() in secret else str(v)) for k, v in headers.items()}
+
+
 def _sanitize_url(url: str) -> str:
     """Drop user-info from a URL before it is logged."""
     parts = urlsplit(url)
@@ -438,7 +452,8 @@ class HttpTransport:
         connect_timeout, read_timeout: seconds; both always set.
         retry: which attempts to make for retriable failures.
         redact_keys: JSON keys whose values never reach the log (passwords, session tokens).
-        redact_headers: header names whose values never reach the log.
+        redact_headers: header names whose values never reach the log, besides
+            :data:`SECRET_HEADERS` (always blanked, in requests and answers).
         default_headers: sent on every call (secrets among them must also be in ``redact_headers``).
         seed: seeds the jitter so tests are reproducible.
         max_response_bytes: the largest answer body held; a larger one is refused (``ProtocolError``).
@@ -471,7 +486,7 @@ class HttpTransport:
         self.timeout = (connect_timeout, read_timeout)
         self.retry = retry or RetryPolicy()
         self.redact_keys = frozenset(redact_keys)
-        self.redact_headers = frozenset(h.lower() for h in redact_headers) | {"authorization", "cookie"}
+        self.redact_headers = frozenset(h.lower() for h in redact_headers) | SECRET_HEADERS
         self.session = _peer_session(self.base_url)
         self.session.headers.update(default_headers or {})
         self._rng = random.Random(seed)
@@ -481,7 +496,7 @@ class HttpTransport:
         self.session.close()
 
     def _headers_for_log(self, headers: Any) -> dict[str, str]:
-        return {k: (REDACTED if k.lower() in self.redact_headers else str(v)) for k, v in headers.items()}
+        return headers_for_log(headers, self.redact_headers)
 
     def send(
         self,

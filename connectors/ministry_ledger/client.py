@@ -7,7 +7,8 @@ bound to the configured address. The client owns what zeep leaves to its caller:
   refused unread (:class:`~connectors.errors.UnsafeXml`);
 * an explicit ``operation_timeout`` (zeep's default is none) and a connect timeout;
 * one exchange-log record per SOAP attempt, written by the transport, with the WS-Security
-  ``Password`` and ``Nonce`` replaced by ``***``;
+  ``Password`` and ``Nonce`` replaced by ``***``, and so are the values of credential headers both
+  ways (:data:`~connectors.transport.SECRET_HEADERS`: ``Set-Cookie``, ``WWW-Authenticate``...);
 * SOAP faults turned into the error classes callers branch on, and retries of transient failures
   (a resubmitted receipt with the same content is answered ``unchanged``, so a retry is safe).
 """
@@ -53,6 +54,7 @@ from connectors.transport import (
     NullRecorder,
     RetryPolicy,
     _sanitize_url,
+    headers_for_log,
     read_capped,
     transport_extra,
 )
@@ -300,11 +302,10 @@ class LedgerTransport(zeep.Transport):
             attempt=self._attempt,
             outcome=outcome,
             record_keys=self._keys,
-            request_headers={k: str(v) for k, v in {**self.session.headers, **headers}.items()
-                             if k.lower() not in {"authorization", "cookie"}},
+            request_headers=headers_for_log({**self.session.headers, **headers}),
             request_body=redact_soap(body),
             response_status=response.status_code if response is not None else None,
-            response_headers=dict(response.headers) if response is not None else {},
+            response_headers=headers_for_log(response.headers) if response is not None else {},
             response_body=redact_soap(content),
             peer_code=peer_code,
             error=f"{type(error).__name__}: {error}" if error else None,

@@ -9,6 +9,7 @@ import pytest
 
 from connectors.errors import ConfigurationError, PeerUnavailable
 from connectors.transport import MAX_RESPONSE_BYTES, HttpTransport, MemoryRecorder, RetryPolicy, transport_options
+from tests.connectors.local_peer import JSON, answer
 
 
 class ScriptedServer:
@@ -183,3 +184,22 @@ def test_a_transport_extra_out_of_range_names_the_connection_the_extra_and_the_r
         transport_options(extra, conn_id="national_portal_default")
     assert str(info.value).startswith("connection national_portal_default: ")
     assert says in str(info.value)
+
+
+def test_credential_headers_of_answers_never_reach_the_exchange_log(peers):
+    """The transport blanked Authorization and Cookie, not what a peer or its gateway sends back:
+    Set-Cookie (the credential the next call presents) was written whole into the exchange log,
+    and so were WWW-Authenticate challenges and a Proxy-Authorization sent."""
+    cookie, challenge, proxy = "gateway-cookie-C6", "token-in-challenge-W2", "proxy-credential-P5"
+    peer = peers(lambda h, body: answer(h, 200, {"ok": True}, headers={
+        "Set-Cookie": f"JSESSIONID={cookie}; Path=/; HttpOnly",
+        "WWW-Authenticate": f'Bearer realm="x", error="{challenge}"'}))
+    rec = MemoryRecorder()
+    transport(peer.url, rec).send("GET", "/x", operation="op", headers={"Proxy-Authorization": f"Basic {proxy}"})
+    assert peer.requests[0][2]["Proxy-Authorization"] == f"Basic {proxy}"  # sent, as asked
+    e = rec.exchanges[0]
+    logged = json.dumps([e.request_headers, e.response_headers])
+    assert cookie not in logged and challenge not in logged and proxy not in logged, logged
+    assert e.response_headers["Set-Cookie"] == e.response_headers["WWW-Authenticate"] == "***"
+    assert e.request_headers["Proxy-Authorization"] == "***"
+    assert e.response_headers["Content-Type"] == JSON  # the rest as it came

@@ -35,6 +35,7 @@ from connectors.ministry_ledger import PEER, ReceiptInvalid, ReceiptLedgerClient
 from connectors.ministry_ledger import client as ledger_module
 from connectors.transport import MemoryRecorder, RetryPolicy
 from mocks.ministry_ledger import LEDGER_NS, MinistryLedgerMock
+from tests.connectors.local_peer import answer
 
 T = 5
 USER = "lienthong.h49"
@@ -425,3 +426,19 @@ def test_from_connection():
     assert c.service._binding_options["address"] == "http://127.0.0.1:18084/"
     with pytest.raises(ConfigurationError, match="password"):
         ReceiptLedgerClient.from_connection(ConnectionSpec(conn_id="l", conn_type="http", host="h", login="u"))
+
+
+# -- credential headers, redirects, the session -------------------------------------------------
+def test_credential_headers_of_answers_never_reach_the_exchange_log(peers, recorder):
+    """The ledger's response headers were logged as they came: a gateway's Set-Cookie and a
+    WWW-Authenticate challenge went whole into the exchange log."""
+    cookie, challenge = "ledger-gateway-cookie-C7", "ledger-challenge-token-W3"
+    peer = peers(lambda h, body: answer(h, 503, b"busy", "text/plain", headers={
+        "Set-Cookie": f"LB={cookie}; Path=/", "WWW-Authenticate": f'Negotiate {challenge}'}))
+    with pytest.raises(PeerUnavailable):
+        client(peer.url, recorder, retry=RetryPolicy(max_attempts=1)).get_receipt("BL2026-000001")
+    e = recorder.exchanges[0]
+    logged = json.dumps([e.request_headers, e.response_headers])
+    assert cookie not in logged and challenge not in logged, logged
+    assert e.response_headers["Set-Cookie"] == e.response_headers["WWW-Authenticate"] == "***"
+    assert e.response_headers["Content-Type"] == "text/plain"
