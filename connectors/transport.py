@@ -240,9 +240,18 @@ def _redact_request(body: bytes, json_body: Any, keys: frozenset[str]) -> bytes:
 
 
 def _redact_text(body: bytes, keys: frozenset[str]) -> bytes:
+    """Blank every ``"key": value`` of ``keys`` in text that is not JSON (cut short, broken): a
+    string value (``"***"``); a string cut short before its closing quote, to the end of the body
+    (``"***``: a token cut short is still most of the token); a bare value (a number, ``true``)."""
     names = b"|".join(re.escape(k.encode()) for k in sorted(keys))
-    pattern = re.compile(rb'("(?:' + names + rb')"\s*:\s*)"(?:[^"\\]|\\.)*"')
-    return pattern.sub(lambda m: m.group(1) + b'"' + REDACTED.encode() + b'"', body)
+    pattern = re.compile(rb'("(?:' + names + rb')"\s*:\s*)(?:(?P<whole>"(?:[^"\\]|\\.)*")'
+                         rb'|(?P<cut>"(?:[^"\\]|\\.)*\\?\Z)|(?P<bare>[^\s,}\]"\[{]+))', re.DOTALL)
+    shown = {"whole": b'"' + REDACTED.encode() + b'"', "cut": b'"' + REDACTED.encode(), "bare": REDACTED.encode()}
+
+    def blank(m: re.Match[bytes]) -> bytes:
+        return m.group(1) + shown[m.lastgroup or "whole"]
+
+    return pattern.sub(blank, body)
 
 
 def _charset(content_type: str) -> str | None:

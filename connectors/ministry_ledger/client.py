@@ -84,7 +84,8 @@ _PASSWORD_TEXT = ("http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-usern
 
 # A SOAP message must not carry a document type declaration (SOAP 1.1 §3): refused before parsing.
 _UNSAFE = re.compile(rb"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
-_SECRET_ELEMENTS = re.compile(rb"(<(?:[\w.-]+:)?(Password|Nonce)\b[^>]*>)(.*?)(</(?:[\w.-]+:)?\2\s*>)", re.DOTALL)
+# A Password or Nonce cut short before its closing tag is blanked to the end of the body.
+_SECRET_ELEMENTS = re.compile(rb"(<(?:[\w.-]+:)?(Password|Nonce)\b[^>]*>)(.*?)(</(?:[\w.-]+:)?\2\s*>|\Z)", re.DOTALL)
 _FAULT_CODE = re.compile(rb"<(?:[\w.-]+:)?Code>([A-Za-z0-9_:.-]{1,64})</(?:[\w.-]+:)?Code>")
 _XML_TYPES = ("text/xml", "application/soap+xml", "application/xml")
 
@@ -147,7 +148,8 @@ def soap_answer_problem(content: bytes) -> tuple[type[UnreadableAnswer | Protoco
 
 
 def redact_soap(body: bytes) -> bytes:
-    """Replace the text of every ``Password`` and ``Nonce`` element with ``***``."""
+    """Replace the text of every ``Password`` and ``Nonce`` element with ``***`` (to the end of the
+    body when it was cut short inside one)."""
     return _SECRET_ELEMENTS.sub(lambda m: m.group(1) + REDACTED.encode() + m.group(4), body)
 
 

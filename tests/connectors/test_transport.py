@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from connectors.errors import ConfigurationError, PeerUnavailable
+from connectors.errors import ConfigurationError, PeerUnavailable, ProtocolError
 from connectors.transport import MAX_RESPONSE_BYTES, HttpTransport, MemoryRecorder, RetryPolicy, transport_options
 from tests.connectors.local_peer import JSON, answer
 
@@ -203,3 +203,41 @@ def test_credential_headers_of_answers_never_reach_the_exchange_log(peers):
     assert e.response_headers["Set-Cookie"] == e.response_headers["WWW-Authenticate"] == "***"
     assert e.request_headers["Proxy-Authorization"] == "***"
     assert e.response_headers["Content-Type"] == JSON  # the rest as it came
+
+
+@pytest.mark.parametrize("body, logged", [
+    (b'{"error_code":0,"session":"tok-SECRET', b'{"error_code":0,"session":"***'),  # cut inside the value
+    (b'{"session":"tok-\\"SECRET', b'{"session":"***'),  # ... after an escaped quote
+    (b'{"session":"tok-SECRET\\', b'{"session":"***'),  # ... in the middle of an escape
+    (b'{"session" : "tok-\\\nSECRET', b'{"session" : "***'),  # ... after a broken escape
+    (b'{"session":"tok-SECRET","a":[1', b'{"session":"***","a":[1'),  # whole value, body cut later
+    (b'{"password": 4417SECRET, "a":', b'{"password": ***, "a":'),  # a bare value
+    (b'{"a":1,"session":', b'{"a":1,"session":'),  # cut before the value: nothing to blank
+])
+def test_a_body_cut_short_inside_a_secret_keeps_none_of_it(body, logged):
+    """The fallback for bodies that are not JSON needed the value's closing quote: a log-in answer
+    cut short inside its session token kept the token in the exchange log."""
+    from connectors.transport import _redact_body
+
+    assert _redact_body(body, frozenset({"session", "password"})) == logged
+
+
+def test_the_prefix_kept_of_an_oversized_answer_keeps_no_secret_it_cuts(peers):
+    """An answer found too large while streaming (no Content-Length) keeps its first 4,096 bytes in
+    the exchange log: a token straddling that cut was kept (all but its end)."""
+    body = json.dumps({"pad": "x" * (4096 - 30), "session": "tok-" + "SECRET" * 20, "more": "y" * 2048}).encode()
+
+    def handle(h, _body):
+        h.send_response(200)
+        h.send_header("Content-Type", JSON)
+        h.send_header("Connection", "close")  # no Content-Length: the size is found by reading
+        h.end_headers()
+        h.wfile.write(body)
+        h.close_connection = True
+
+    peer = peers(handle)
+    rec = MemoryRecorder()
+    with pytest.raises(ProtocolError, match="answer larger than 4096 bytes"):
+        transport(peer.url, rec, redact_keys=("session",), max_response_bytes=4096).send("GET", "/x", operation="op")
+    kept = rec.exchanges[0].response_body
+    assert kept.endswith(b'"session": "***') and b"SECRET" not in kept

@@ -442,3 +442,12 @@ def test_credential_headers_of_answers_never_reach_the_exchange_log(peers, recor
     assert cookie not in logged and challenge not in logged, logged
     assert e.response_headers["Set-Cookie"] == e.response_headers["WWW-Authenticate"] == "***"
     assert e.response_headers["Content-Type"] == "text/plain"
+
+
+def test_a_password_cut_short_before_its_closing_tag_is_blanked_to_the_end():
+    """redact_soap needed the element's closing tag: a body cut inside the Password (an oversized
+    answer's kept prefix, an echo cut short) kept it."""
+    cut = b'<wsse:UsernameToken><wsse:Password Type="x">' + PASSWORD.replace("&", "&amp;").encode()[:12]
+    assert ledger_module.redact_soap(cut) == b'<wsse:UsernameToken><wsse:Password Type="x">***'
+    whole = b"<wsse:Nonce>n0nce</wsse:Nonce><wsse:Password>pw</wsse:Password><x>kept</x>"
+    assert ledger_module.redact_soap(whole) == b"<wsse:Nonce>***</wsse:Nonce><wsse:Password>***</wsse:Password><x>kept</x>"

@@ -11,8 +11,9 @@ from connectors.national_portal.client import (
     DossierUnknown,
     NationalPortalClient,
 )
-from connectors.transport import MemoryRecorder
+from connectors.transport import MemoryRecorder, RetryPolicy
 from tests.conftest import PORTAL_PASSWORD, PORTAL_USER, UNIT
+from tests.connectors.local_peer import answer
 
 T = 5
 
@@ -171,3 +172,27 @@ def test_progress_is_never_repeated_by_the_transport(standins, procedure_code):
     sent = [e for e in rec_log.exchanges if e.operation == "CapNhatTienDoHoSoMC"]
     assert len(sent) == 1  # one attempt: the answer was lost, the caller reconciles
     assert c.lookup_dossier(rec["MaHoSo"])["SoTienDo"] == "1"
+
+
+def test_a_log_in_answer_cut_short_keeps_no_session_token_in_the_exchange_log(peers):
+    """The portal opened a session and its answer was cut short before the token's closing quote:
+    the body is not JSON, redaction fell back to a pattern that needed the closing quote, and the
+    whole token went into the exchange log (the transport then asked again, so nobody noticed)."""
+    token = "cut-session-token-T2"
+    calls = []
+
+    def handle(h, body):
+        calls.append(1)
+        if len(calls) == 1:
+            answer(h, 200, ('{"error_code":0,"message":"Thành công","session":"' + token).encode())
+        else:
+            answer(h, 200, {"error_code": 0, "message": "Thành công", "session": token + "-2"})
+
+    peer = peers(handle)
+    recorder = MemoryRecorder()
+    NationalPortalClient(peer.url, PORTAL_USER, Secret(PORTAL_PASSWORD), UNIT, recorder=recorder,
+                         retry=RetryPolicy(max_attempts=3, base_delay=0.0, max_delay=0.0)).login()
+    assert [e.outcome for e in recorder.exchanges] == ["protocol_error", "ok"]
+    logged = b"".join(e.response_body for e in recorder.exchanges)
+    assert token.encode() not in logged, f"the session token is in the exchange log: {logged!r}"
+    assert recorder.exchanges[0].response_body.endswith(b'"session":"***')
