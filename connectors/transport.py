@@ -254,6 +254,10 @@ def _redact_text(body: bytes, keys: frozenset[str]) -> bytes:
     return pattern.sub(blank, body)
 
 
+#: Charsets whose text is not ASCII-compatible (a label naming one is followed, never second-guessed).
+_WIDE_UNICODE = re.compile(r"(?:utf[-_]?(?:16|32)|ucs[-_]?[24])", re.IGNORECASE)
+
+
 def _charset(content_type: str) -> str | None:
     match = re.search(r"charset\s*=\s*\"?([A-Za-z0-9._-]+)", content_type or "")
     return match.group(1).lower() if match else None
@@ -308,7 +312,8 @@ def parse_json(body: bytes, *, peer: str, operation: str, status: int | None = N
     """Decode an answer body as JSON, strictly.
 
     The body must be text in its declared charset (UTF-8 when none is declared; a UTF-8 byte-order
-    mark is allowed), standard JSON (no ``NaN``/``Infinity``) and nest at most ``max_depth`` levels.
+    mark is allowed) or UTF-8 whatever the label says (RFC 8259: a body labelled ISO-8859-1 that is
+    valid UTF-8 is read as UTF-8; UTF-16 and UTF-32 labels are followed), standard JSON (no ``NaN``/``Infinity``) and nest at most ``max_depth`` levels.
     Invalid bytes are never replaced: a name decoded with U+FFFD would be stored corrupted.
 
     Raises:
@@ -328,7 +333,18 @@ def parse_json(body: bytes, *, peer: str, operation: str, status: int | None = N
     charset = _charset(content_type) or "utf-8"
     codec = "utf-8-sig" if charset.replace("_", "-") in ("utf-8", "utf8") else charset
     try:
-        text = body.decode(codec)
+        text = None
+        if codec != "utf-8-sig" and not _WIDE_UNICODE.match(charset):
+            # RFC 8259 §8.1: JSON between systems is UTF-8, and application/json has no charset.
+            # Servers still label it ISO-8859-1 (Spring's default) while sending UTF-8: bytes that
+            # are UTF-8 are read as UTF-8, whatever the label (read by the label, they are
+            # mojibake that no check would catch: "Nguyễn" as "Nguyá»\x85n").
+            try:
+                text, codec = body.decode("utf-8-sig"), "utf-8-sig"
+            except UnicodeDecodeError:
+                pass
+        if text is None:
+            text = body.decode(codec)
     except UnicodeDecodeError as exc:
         raise unreadable(f"{where}: answer is not valid {charset} text (byte 0x{body[exc.start]:02x} at "
                          f"offset {exc.start}){suffix}", peer=peer, operation=operation, status=status) from None

@@ -241,3 +241,32 @@ def test_the_prefix_kept_of_an_oversized_answer_keeps_no_secret_it_cuts(peers):
         transport(peer.url, rec, redact_keys=("session",), max_response_bytes=4096).send("GET", "/x", operation="op")
     kept = rec.exchanges[0].response_body
     assert kept.endswith(b'"session": "***') and b"SECRET" not in kept
+
+
+NAME = "Nguyễn Thị Hồng"
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (json.dumps({"n": NAME}, ensure_ascii=False).encode(), "application/json;charset=ISO-8859-1"),  # mislabelled
+    (json.dumps({"n": NAME}, ensure_ascii=False).encode(), "application/json; charset=windows-1258"),
+    (json.dumps({"n": NAME}, ensure_ascii=False).encode(), "application/json; charset=nonesuch"),
+    (json.dumps({"n": NAME}, ensure_ascii=False).encode(), "application/json"),
+    (json.dumps({"n": NAME}, ensure_ascii=False).encode("utf-16"), "application/json; charset=utf-16"),  # followed
+    (json.dumps({"n": NAME}, ensure_ascii=False).encode("utf-32-le"), "application/json; charset=UTF-32LE"),
+])
+def test_json_that_is_utf8_is_read_as_utf8_whatever_its_label(body, content_type):
+    """A UTF-8 body labelled ISO-8859-1 was decoded as Latin-1: mojibake that no check catches."""
+    from connectors.transport import parse_json
+
+    assert parse_json(body, peer="p", operation="o", content_type=content_type) == {"n": NAME}
+
+
+def test_json_that_is_not_utf8_follows_its_label():
+    from connectors.transport import parse_json
+
+    cp1258 = json.dumps({"n": "Lê Văn"}, ensure_ascii=False).encode("cp1258")
+    assert parse_json(cp1258, peer="p", operation="o", content_type="application/json; charset=windows-1258") \
+        == {"n": "Lê Văn"}
+    latin1 = json.dumps({"n": "Müller"}, ensure_ascii=False).encode("latin-1")
+    assert parse_json(latin1, peer="p", operation="o", content_type="application/json; charset=iso-8859-1") \
+        == {"n": "Müller"}

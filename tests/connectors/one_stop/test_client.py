@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import requests
 
@@ -6,6 +8,7 @@ from connectors.errors import AuthenticationFailed
 from connectors.one_stop.client import OneStopClient
 from connectors.transport import MemoryRecorder
 from tests.conftest import ONESTOP_KEY
+from tests.connectors.local_peer import answer
 
 
 def test_change_feed_pages_cover_every_event_once_in_order(standins):
@@ -71,3 +74,16 @@ def test_a_list_that_shrinks_while_read_is_read_again_and_each_item_yielded_once
     with pytest.raises(PeerUnavailable, match=f"in each of {client_module.LIST_PASSES} passes"):
         for _ in client.iter_dossiers():
             pass
+
+
+def test_a_utf8_answer_labelled_latin1_is_read_as_utf8(peers):
+    """Java servers label JSON 'charset=ISO-8859-1' by default (Spring's string converter) while
+    the bytes are UTF-8. Decoding by the label always succeeds, so 'Nguyễn Thị Hồng' was stored and
+    forwarded as 'Nguyá»\\x85n Thá»\\x8b Há»\\x93ng' with no error. RFC 8259: JSON between systems is
+    UTF-8."""
+    name = "Nguyễn Thị Hồng"
+    dossier = {"dossierNo": "000.00.01.H49-240315-0001", "applicantName": name}
+    peer = peers(lambda h, body: answer(h, 200, json.dumps(dossier, ensure_ascii=False).encode("utf-8"),
+                                        "application/json;charset=ISO-8859-1"))
+    got = OneStopClient(peer.url, Secret(ONESTOP_KEY)).get_dossier(dossier["dossierNo"])
+    assert got["applicantName"] == name
