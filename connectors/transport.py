@@ -31,6 +31,7 @@ import requests
 from connectors.errors import (
     ConfigurationError,
     ConnectorError,
+    FatalConnectorError,
     PeerUnavailable,
     ProtocolError,
     RetriableConnectorError,
@@ -48,6 +49,7 @@ __all__ = [
     "NullRecorder",
     "RetryPolicy",
     "SECRET_HEADERS",
+    "header_value_problem",
     "headers_for_log",
     "parse_json",
     "read_capped",
@@ -430,6 +432,21 @@ def read_capped(response: requests.Response, limit: int) -> bool:
     return oversize
 
 
+def header_value_problem(value: str) -> str | None:
+    """What keeps ``value`` from going on the wire as an HTTP header value as it is (an API key
+    read from a secrets file with its newline...), or ``None``. Never quotes the value: requests'
+    own refusal (``InvalidHeader``) does, and it is a secret."""
+    if not value:
+        return "is empty"
+    if value != value.strip():
+        return "has leading or trailing whitespace or a line break"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "holds a line break or another control character"
+    if not value.isascii():
+        return "holds characters outside ASCII"
+    return None
+
+
 def headers_for_log(headers: Any, secret: frozenset[str] = SECRET_HEADERS) -> dict[str, str]:
     """``headers`` as the exchange log keeps them: the value of each header named in ``secret``
     (lower case) replaced by ``***``."""
@@ -479,7 +496,9 @@ class HttpTransport:
         redact_keys: JSON keys whose values never reach the log (passwords, session tokens).
         redact_headers: header names whose values never reach the log, besides
             :data:`SECRET_HEADERS` (always blanked, in requests and answers).
-        default_headers: sent on every call (secrets among them must also be in ``redact_headers``).
+        default_headers: sent on every call (secrets among them must also be in ``redact_headers``;
+            their values are checked here: one that is not a valid header value is a
+            ``ConfigurationError`` naming the header, never the value).
         seed: seeds the jitter so tests are reproducible.
         max_response_bytes: the largest answer body held; a larger one is refused (``ProtocolError``).
         read: how every 2xx answer is read inside the attempt loop unless a call says
@@ -512,6 +531,10 @@ class HttpTransport:
         self.retry = retry or RetryPolicy()
         self.redact_keys = frozenset(redact_keys)
         self.redact_headers = frozenset(h.lower() for h in redact_headers) | SECRET_HEADERS
+        for name, value in (default_headers or {}).items():
+            problem = header_value_problem(value) if name.lower() in self.redact_headers else None
+            if problem:
+                raise ConfigurationError(f"{peer}: the value of the {name} header {problem}; it cannot be sent")
         self.session = _peer_session(self.base_url)
         self.session.headers.update(default_headers or {})
         self._rng = random.Random(seed)
@@ -550,6 +573,8 @@ class HttpTransport:
                 content encoding could not be decoded.
             ProtocolError: the answer is larger than ``max_response_bytes`` (never retried: the
                 same request gets the same answer), or ``read`` found it untrustworthy.
+            FatalConnectorError: requests refused to make the request (an invalid header value or
+                URL...); the message names only the type of its error.
         """
         url = f"{self.base_url}{path}"
         keys = tuple(record_keys)
@@ -599,6 +624,12 @@ class HttpTransport:
                 response = None
                 error = UnreadableAnswer(f"{self.peer} {operation}: answer's content encoding cannot be decoded",
                                          peer=self.peer, operation=operation)
+            except (requests.RequestException, UnicodeError) as exc:
+                # the request could not be made (a header value requests refuses, an invalid URL...):
+                # requests' message may quote a header's value, a secret; only the type is kept
+                response = None
+                error = FatalConnectorError(f"{self.peer} {operation}: the request could not be sent "
+                                            f"({type(exc).__name__})", peer=self.peer, operation=operation)
             duration_ms = (time.perf_counter() - t0) * 1000
             if error is None and response is not None and (response.status_code >= 500 or response.status_code == 429):
                 error = PeerUnavailable(

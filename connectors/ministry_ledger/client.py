@@ -38,6 +38,7 @@ from connectors.errors import (
     AuthenticationFailed,
     ConfigurationError,
     DuplicateReceipt,
+    FatalConnectorError,
     FieldError,
     PeerRejected,
     PeerUnavailable,
@@ -257,6 +258,10 @@ class LedgerTransport(zeep.Transport):
             response = None
             error = UnreadableAnswer(f"{PEER} {operation}: answer's content encoding cannot be decoded",
                                      peer=PEER, operation=operation)
+        except (requests.RequestException, UnicodeError) as exc:  # requests' message may quote a header
+            response = None
+            error = FatalConnectorError(f"{PEER} {operation}: the request could not be sent ({type(exc).__name__})",
+                                        peer=PEER, operation=operation)
         duration_ms = (time.perf_counter() - t0) * 1000
         outcome, peer_code = "transport_error", None
         content = b""

@@ -12,10 +12,11 @@ from typing import Any
 
 import requests
 
-from connectors.connection import ConnectionSpec, Secret
+from connectors.connection import ConnectionSpec, Secret, env_var_name
 from connectors.errors import (
     AmountMismatch,
     AuthenticationFailed,
+    ConfigurationError,
     FieldError,
     PaymentConflict,
     PeerRejected,
@@ -29,6 +30,7 @@ from connectors.transport import (
     ExchangeRecorder,
     HttpTransport,
     RetryPolicy,
+    header_value_problem,
     read_json,
     response_json,
     transport_options,
@@ -65,7 +67,8 @@ class OneStopClient:
 
     Args:
         base_url: ``http://host:port`` of the one-stop API.
-        api_key: sent as ``X-Api-Key``; never logged.
+        api_key: sent as ``X-Api-Key``; never logged. One that is not a valid header value (a
+            newline from a secrets file...) is a ``ConfigurationError`` here, never quoted.
         recorder: the exchange log.
         page_size: change-feed page size (1..500).
         connect_timeout, read_timeout, retry, max_response_bytes: see
@@ -102,8 +105,17 @@ class OneStopClient:
 
     @classmethod
     def from_connection(cls, spec: ConnectionSpec, *, recorder: ExchangeRecorder | None = None) -> OneStopClient:
-        """Build from a connection: host/port/schema, password = API key, extras for tuning."""
+        """Build from a connection: host/port/schema, password = API key, extras for tuning.
+
+        Raises:
+            ConfigurationError: a setting is missing, or the API key is not a valid header value
+                (naming the connection, never the key).
+        """
         spec.require("host", "password")
+        problem = header_value_problem(spec.password.reveal())
+        if problem:
+            raise ConfigurationError(f"connection '{spec.conn_id}': the password (the API key, sent as X-Api-Key) "
+                                     f"{problem}; correct it in the Airflow connection or {env_var_name(spec.conn_id)}")
         extra = spec.extra
         return cls(
             spec.base_url,

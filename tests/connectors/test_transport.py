@@ -7,7 +7,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from connectors.errors import ConfigurationError, PeerUnavailable, ProtocolError
+from connectors.errors import (
+    ConfigurationError,
+    FatalConnectorError,
+    PeerUnavailable,
+    ProtocolError,
+    RetriableConnectorError,
+)
 from connectors.transport import MAX_RESPONSE_BYTES, HttpTransport, MemoryRecorder, RetryPolicy, transport_options
 from tests.connectors.local_peer import JSON, answer
 
@@ -270,3 +276,27 @@ def test_json_that_is_not_utf8_follows_its_label():
     latin1 = json.dumps({"n": "Müller"}, ensure_ascii=False).encode("latin-1")
     assert parse_json(latin1, peer="p", operation="o", content_type="application/json; charset=iso-8859-1") \
         == {"n": "Müller"}
+
+
+def test_a_request_requests_refuses_is_a_fatal_error_naming_only_the_type(server_factory):
+    """requests' own errors (InvalidHeader quoting the value, InvalidURL...) escaped the error tree
+    with their text; now they are a FatalConnectorError with the type only, and recorded."""
+    server = server_factory([])
+    rec = MemoryRecorder()
+    with pytest.raises(FatalConnectorError) as info:
+        transport(server.url, rec).send("GET", "/x", operation="op", headers={"X-Trace": "tok-SECRET\r\nX-Evil: 1"})
+    assert str(info.value) == "peer op: the request could not be sent (InvalidHeader)"
+    assert type(info.value) is FatalConnectorError and not isinstance(info.value, RetriableConnectorError)
+    assert (rec.exchanges[0].outcome, rec.exchanges[0].error) == (
+        "transport_error", "FatalConnectorError: peer op: the request could not be sent (InvalidHeader)")
+    with pytest.raises(FatalConnectorError, match=r"could not be sent \(InvalidURL\)"):
+        transport("http://127.0.0.1:99999", MemoryRecorder()).send("GET", "/x", operation="op")
+    assert server.requests == []
+
+
+def test_a_secret_default_header_that_is_not_a_header_value_is_refused_before_any_call():
+    says = "peer: the value of the X-Api-Key header has leading or trailing"
+    with pytest.raises(ConfigurationError, match=says) as info:
+        transport("http://127.0.0.1:9", MemoryRecorder(), redact_headers=("X-Api-Key",),
+                  default_headers={"X-Api-Key": "key-SECRET\n"})
+    assert "SECRET" not in str(info.value)

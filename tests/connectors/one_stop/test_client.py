@@ -3,12 +3,14 @@ import json
 import pytest
 import requests
 
-from connectors.connection import Secret
-from connectors.errors import AuthenticationFailed
+from connectors.connection import Secret, connection_from_env
+from connectors.errors import AuthenticationFailed, ConfigurationError
 from connectors.one_stop.client import OneStopClient
 from connectors.transport import MemoryRecorder
 from tests.conftest import ONESTOP_KEY
 from tests.connectors.local_peer import answer
+
+KEY = "stray-whitespace-key-Q4"
 
 
 def test_change_feed_pages_cover_every_event_once_in_order(standins):
@@ -87,3 +89,20 @@ def test_a_utf8_answer_labelled_latin1_is_read_as_utf8(peers):
                                         "application/json;charset=ISO-8859-1"))
     got = OneStopClient(peer.url, Secret(ONESTOP_KEY)).get_dossier(dossier["dossierNo"])
     assert got["applicantName"] == name
+
+
+@pytest.mark.parametrize("key", [KEY + "\n", " " + KEY, KEY + "\r\n", KEY[:8] + "\n" + KEY[8:], KEY + "ạ"])
+def test_an_api_key_that_is_not_a_header_value_is_a_configuration_error_never_quoting_it(peers, key):
+    """A key read from a secrets file keeps its newline: requests refused the header with
+    ``InvalidHeader: ... header value: 'review-onestop-key-Q4\\n'`` -- the key itself, in an exception
+    outside the error tree, which Airflow writes to the task log."""
+    peer = peers(lambda h, body: answer(h, 200, {"items": [], "nextCursor": "", "hasMore": False}))
+    env = {"AIRFLOW_CONN_ONESTOP_DEFAULT": json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": peer.port, "schema": "http", "password": key})}
+    with pytest.raises(ConfigurationError, match="connection 'onestop_default': the password") as info:
+        OneStopClient.from_connection(connection_from_env("onestop_default", env))
+    assert KEY not in str(info.value) and KEY[8:] not in str(info.value)
+    with pytest.raises(ConfigurationError, match="onestop: the value of the X-Api-Key header") as info:
+        OneStopClient(peer.url, Secret(key))
+    assert KEY not in str(info.value) and KEY[8:] not in str(info.value)
+    assert peer.requests == []
