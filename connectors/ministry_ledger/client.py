@@ -54,6 +54,7 @@ from connectors.transport import (
     ExchangeRecorder,
     NullRecorder,
     RetryPolicy,
+    _peer_session,
     _sanitize_url,
     headers_for_log,
     read_capped,
@@ -210,14 +211,19 @@ class LedgerTransport(zeep.Transport):
     The client names the operation, correlation keys and attempt number before each call
     (:meth:`begin`); :meth:`post` writes one :class:`~connectors.transport.Exchange` per attempt,
     whatever happens, before zeep parses the answer.
+
+    Its session is the HTTP transport's kind (:func:`~connectors.transport._peer_session`): the
+    proxy and CA bundle for ``base_url`` read from the environment once, ``trust_env`` off, so
+    ``~/.netrc`` never adds an ``Authorization`` of its own (the UsernameToken is the credential).
     """
 
     #: The check made on every answer before zeep parses it (zeep's hardened settings come second).
     refuse_unread = staticmethod(looks_unsafe)
 
     def __init__(self, *, recorder: ExchangeRecorder | None, connect_timeout: float, operation_timeout: float,
-                 max_response_bytes: int = MAX_RESPONSE_BYTES):
-        super().__init__(timeout=operation_timeout, operation_timeout=operation_timeout)
+                 max_response_bytes: int = MAX_RESPONSE_BYTES, base_url: str = ""):
+        super().__init__(timeout=operation_timeout, operation_timeout=operation_timeout,
+                         session=_peer_session(base_url))
         self.recorder = recorder or NullRecorder()
         self.max_response_bytes = max_response_bytes
         self.connect_timeout = connect_timeout
@@ -403,7 +409,8 @@ class ReceiptLedgerClient:
         self._sleep = sleep
         self._rng = random.Random(seed)
         self.transport = LedgerTransport(recorder=recorder, connect_timeout=connect_timeout,
-                                         operation_timeout=operation_timeout, max_response_bytes=max_response_bytes)
+                                         operation_timeout=operation_timeout, max_response_bytes=max_response_bytes,
+                                         base_url=self.base_url)
         self.settings = hardened_settings()
         self.zeep = zeep.Client(wsdl=str(wsdl), transport=self.transport, settings=self.settings,
                                 wsse=_PasswordTextToken(username, password))

@@ -451,3 +451,30 @@ def test_a_password_cut_short_before_its_closing_tag_is_blanked_to_the_end():
     assert ledger_module.redact_soap(cut) == b'<wsse:UsernameToken><wsse:Password Type="x">***'
     whole = b"<wsse:Nonce>n0nce</wsse:Nonce><wsse:Password>pw</wsse:Password><x>kept</x>"
     assert ledger_module.redact_soap(whole) == b"<wsse:Nonce>***</wsse:Nonce><wsse:Password>***</wsse:Password><x>kept</x>"
+
+
+# -- the session --------------------------------------------------------------------------------
+def test_the_ledger_sends_no_credentials_from_netrc(peers, tmp_path, monkeypatch):
+    """README: '~/.netrc is not [read]: each connection carries its own credentials'. The HTTP
+    transport set trust_env=False; the ledger's zeep session did not, so requests added
+    'Authorization: Basic <netrc login:password>' to every SOAP call (and the exchange log, which
+    blanks Authorization, did not show it)."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login netrc-user password netrc-secret-N1\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    peer = peers(lambda h, body: answer(h, 503, b"busy", "text/plain"))
+    with pytest.raises(PeerUnavailable):
+        client(peer.url, retry=RetryPolicy(max_attempts=1)).get_receipt("BL2026-000001")
+    sent = [headers for _m, _p, headers, _b in peer.requests]
+    assert sent and not any("Authorization" in h for h in sent), f"the ledger sent {sent}"
+
+
+def test_the_environment_proxy_is_read_once_for_the_ledger(monkeypatch):
+    """Like the HTTP transport: the proxy for the ledger's address, read when the client is made."""
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    c = client("http://ledger.example:8080")
+    assert c.transport.session.trust_env is False
+    assert c.transport.session.proxies.get("http") == "http://proxy.example:3128"
