@@ -55,6 +55,7 @@ __all__ = [
     "read_capped",
     "read_json",
     "redact_json",
+    "redirect_refused",
     "response_json",
     "transport_options",
 ]
@@ -453,6 +454,31 @@ def headers_for_log(headers: Any, secret: frozenset[str] = SECRET_HEADERS) -> di
     return {k: (REDACTED if k.lower() in secret else str(v)) for k, v in headers.items()}
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
+
+
+def redirect_refused(response: requests.Response, *, peer: str, operation: str) -> ProtocolError:
+    """The error for a 3xx answer. None of our peers redirects, and following one would send the
+    call's credentials (an API key header, a log-in body, a WS-Security password) wherever its
+    ``Location`` points: redirects are never followed. The error names only the target's host
+    (never its path or query, which may carry a ticket)."""
+    location = response.headers.get("Location", "")
+    try:
+        host = urlsplit(location).hostname if location else None
+    except ValueError:
+        host = None
+    if not location:
+        target = "without a Location"
+    elif host is None and not location.startswith("//") and "://" not in location:
+        target = "to another path of the same host"
+    elif host and _HOST_NAME.fullmatch(host):
+        target = f"to host {host}"
+    else:
+        target = "to an unreadable location"
+    return ProtocolError(f"{peer} {operation}: HTTP {response.status_code} redirect {target} refused: redirects "
+                         "are not followed", peer=peer, operation=operation, status=response.status_code)
+
+
 def _sanitize_url(url: str) -> str:
     """Drop user-info from a URL before it is logged."""
     parts = urlsplit(url)
@@ -467,6 +493,18 @@ def _sanitize_url(url: str) -> str:
 Classifier = Callable[[requests.Response], tuple[str, str | None]]
 
 
+class _NoRedirects(requests.Session):
+    """A session that sees no redirect target in any answer, so it never follows one (they would
+    take a call's credentials — an API key header, a log-in body, a WS-Security password — to
+    whatever host a ``Location`` names) and never reads a 3xx body itself: with
+    ``allow_redirects=False`` alone, requests still reads it whole, past the size cap and the
+    deadline, to prepare ``Response.next``. Calls say ``allow_redirects=False`` as well; the
+    caller turns a 3xx into an error (:func:`redirect_refused`)."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
 def _peer_session(base_url: str) -> requests.Session:
     """A session for one peer whose environment settings are read once, here.
 
@@ -474,9 +512,9 @@ def _peer_session(base_url: str) -> requests.Session:
     names its host) and the CA bundle (``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``) are what requests
     would use; requests would look them up again on every request by scanning ``os.environ``
     (a quarter of a call's CPU in profiles, issue #8). ``~/.netrc`` is not read: every connector
-    sends its peer's credentials itself.
+    sends its peer's credentials itself. Redirects are never followed (:class:`_NoRedirects`).
     """
-    session = requests.Session()
+    session = _NoRedirects()
     settings = session.merge_environment_settings(base_url, {}, None, None, None)
     session.trust_env = False
     session.proxies.update(settings["proxies"])
@@ -562,8 +600,8 @@ class HttpTransport:
     ) -> requests.Response:
         """Send one logical request, retrying retriable failures, recording every attempt.
 
-        Returns the response for any HTTP status below 500 except 429 (the connector decides
-        what a 4xx means for its peer). ``read`` (default: the transport's own) reads each 2xx
+        Returns the response for any HTTP status below 500 except 429 and 3xx (the connector
+        decides what a 4xx means for its peer). Redirects are never followed. ``read`` (default: the transport's own) reads each 2xx
         answer inside the attempt loop: one it finds unreadable is recorded as a
         ``protocol_error`` and retried like a 5xx.
 
@@ -572,7 +610,8 @@ class HttpTransport:
             UnreadableAnswer: the last attempt's answer could not be read (see ``read``), or its
                 content encoding could not be decoded.
             ProtocolError: the answer is larger than ``max_response_bytes`` (never retried: the
-                same request gets the same answer), or ``read`` found it untrustworthy.
+                same request gets the same answer), ``read`` found it untrustworthy, or it is a
+                redirect (3xx; recorded, not followed: see :func:`redirect_refused`).
             FatalConnectorError: requests refused to make the request (an invalid header value or
                 URL...); the message names only the type of its error.
         """
@@ -598,7 +637,7 @@ class HttpTransport:
             try:
                 response = self.session.request(
                     method, url, data=body or None, params=params, headers=send_headers, timeout=self.timeout,
-                    stream=True,
+                    stream=True, allow_redirects=False,
                 )
                 if read_capped(response, self.max_response_bytes):
                     error = ProtocolError(
@@ -638,6 +677,8 @@ class HttpTransport:
                     operation=operation,
                     status=response.status_code,
                 )
+            elif error is None and response is not None and 300 <= response.status_code < 400:
+                error = redirect_refused(response, peer=self.peer, operation=operation)
             elif error is None and response is not None and read is not None and 200 <= response.status_code < 300:
                 try:
                     read(response, self.peer, operation)

@@ -58,6 +58,7 @@ from connectors.transport import (
     _sanitize_url,
     headers_for_log,
     read_capped,
+    redirect_refused,
     transport_extra,
 )
 
@@ -214,7 +215,9 @@ class LedgerTransport(zeep.Transport):
 
     Its session is the HTTP transport's kind (:func:`~connectors.transport._peer_session`): the
     proxy and CA bundle for ``base_url`` read from the environment once, ``trust_env`` off, so
-    ``~/.netrc`` never adds an ``Authorization`` of its own (the UsernameToken is the credential).
+    ``~/.netrc`` never adds an ``Authorization`` of its own (the UsernameToken is the credential),
+    and redirects are never followed (a 3xx is a ``ProtocolError``: it would take the password
+    elsewhere).
     """
 
     #: The check made on every answer before zeep parses it (zeep's hardened settings come second).
@@ -250,7 +253,8 @@ class LedgerTransport(zeep.Transport):
         oversize = False
         try:
             response = self.session.post(address, data=body, headers=headers,
-                                         timeout=(self.connect_timeout, self.operation_timeout), stream=True)
+                                         timeout=(self.connect_timeout, self.operation_timeout), stream=True,
+                                         allow_redirects=False)  # a redirect would carry the password elsewhere
             oversize = read_capped(response, self.max_response_bytes)
         except requests.Timeout as exc:
             response = None
@@ -300,6 +304,9 @@ class LedgerTransport(zeep.Transport):
             elif status == 500 and media in _XML_TYPES and b"Fault" in content:
                 outcome = "peer_error"
                 peer_code = fault_code.group(1).decode("ascii") if fault_code else None
+            elif 300 <= status < 400:
+                outcome = "protocol_error"
+                error = redirect_refused(response, peer=PEER, operation=operation)
             else:
                 outcome = "http_error"
                 if status >= 500 or status == 429:

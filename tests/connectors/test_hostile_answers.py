@@ -311,11 +311,13 @@ def test_portal_4xx_error_page_is_the_refusal_of_a_misconfigured_call_not_an_unr
 
 @pytest.mark.parametrize("status", [300, 304])
 def test_onestop_unfollowed_3xx_is_not_asked_again(server, status):
+    """A 3xx is refused by the transport, whatever its body: redirects are never followed."""
     server.answers["*"] = Answer(b"", "text/html", status=status)
     recorder = MemoryRecorder()
     with pytest.raises((UnreadableAnswer, ProtocolError)) as info:
         onestop(server, recorder).changes()
-    check(info.value, "onestop", "changes", f"answer is empty, not JSON (HTTP {status})", recorder, ProtocolError)
+    check(info.value, "onestop", "changes", f"HTTP {status} redirect without a Location refused", recorder,
+          ProtocolError)
     assert server.hits == {"/api/v1/dossiers/changes": 1}
 
 

@@ -6,6 +6,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 from connectors.errors import (
     ConfigurationError,
@@ -300,3 +301,46 @@ def test_a_secret_default_header_that_is_not_a_header_value_is_refused_before_an
         transport("http://127.0.0.1:9", MemoryRecorder(), redact_headers=("X-Api-Key",),
                   default_headers={"X-Api-Key": "key-SECRET\n"})
     assert "SECRET" not in str(info.value)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_recorded_and_refused_never_followed(peers, status):
+    """requests followed redirects (its default), sending default headers (X-Api-Key) and, on a
+    307/308, the body to whatever host the Location named; Authorization alone was stripped."""
+    elsewhere = peers(lambda h, body: answer(h, 200, {"ok": True}))
+    location = f"http://localhost:{elsewhere.port}/steal?ticket=tk-SECRET"
+    peer = peers(lambda h, body: answer(h, status, b"", "text/html", headers={"Location": location}))
+    rec = MemoryRecorder()
+    t = transport(peer.url, rec, redact_headers=("X-Api-Key",), default_headers={"X-Api-Key": "key-SECRET"})
+    with pytest.raises(ProtocolError) as info:
+        t.send("POST", "/x", operation="op", json_body={"password": "pw-SECRET"})
+    assert str(info.value) == f"peer op: HTTP {status} redirect to host localhost refused: redirects are not followed"
+    assert info.value.status == status and elsewhere.requests == [] and len(peer.requests) == 1
+    assert [(e.response_status, e.outcome) for e in rec.exchanges] == [(status, "protocol_error")]
+    assert rec.exchanges[0].response_headers["Location"] == location  # the answer, logged as it came
+
+
+@pytest.mark.parametrize("location, says", [
+    ("/elsewhere", "to another path of the same host"),
+    ("", "without a Location"),
+    ("http://user:pw-SECRET@[bad/x", "to an unreadable location"),
+])
+def test_a_redirect_error_names_at_most_the_host(peers, location, says):
+    headers = {"Location": location} if location else {}
+    peer = peers(lambda h, body: answer(h, 302, b"", "text/html", headers=headers))
+    with pytest.raises(ProtocolError, match=f"HTTP 302 redirect {says} refused") as info:
+        transport(peer.url, MemoryRecorder()).send("GET", "/x", operation="op")
+    assert "SECRET" not in str(info.value)
+
+
+def test_the_session_never_follows_nor_reads_a_redirect_even_when_a_call_would(peers):
+    """With allow_redirects=False alone requests still reads a 3xx body whole (past the size cap)
+    to prepare Response.next; the peer session sees no redirect target at all."""
+    elsewhere = peers(lambda h, body: answer(h, 200, {"ok": True}))
+    peer = peers(lambda h, body: answer(h, 302, b"x" * 4096, "text/html",
+                                        headers={"Location": f"http://localhost:{elsewhere.port}/"}))
+    t = transport(peer.url, MemoryRecorder())
+    response = t.session.get(peer.url, timeout=2, stream=True)  # allow_redirects=True, requests' default
+    assert response.status_code == 302 and response.next is None and not response._content_consumed
+    response.close()
+    assert elsewhere.requests == []

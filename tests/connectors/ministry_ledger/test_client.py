@@ -478,3 +478,16 @@ def test_the_environment_proxy_is_read_once_for_the_ledger(monkeypatch):
     c = client("http://ledger.example:8080")
     assert c.transport.session.trust_env is False
     assert c.transport.session.proxies.get("http") == "http://proxy.example:3128"
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_a_redirect_never_carries_the_ws_security_password_to_another_host(peers, recorder, status):
+    """zeep's session followed redirects: a 307 re-POSTed the envelope, UsernameToken and all, to
+    whatever host the Location named."""
+    elsewhere = peers(lambda h, body: answer(h, 500, b"", "text/plain"))
+    peer = peers(lambda h, body: answer(h, status, b"", "text/html",
+                                        headers={"Location": f"http://localhost:{elsewhere.port}/"}))
+    with pytest.raises(ProtocolError, match=f"HTTP {status} redirect to host localhost refused"):
+        client(peer.url, recorder).get_receipt("BL2026-000001")
+    assert elsewhere.requests == [] and len(peer.requests) == 1
+    assert [(e.response_status, e.outcome) for e in recorder.exchanges] == [(status, "protocol_error")]

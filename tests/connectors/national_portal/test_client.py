@@ -4,7 +4,7 @@ import pytest
 import requests
 
 from connectors.connection import Secret
-from connectors.errors import AuthenticationFailed, PeerRejected
+from connectors.errors import AuthenticationFailed, PeerRejected, ProtocolError
 from connectors.national_portal.client import (
     DossierAlreadyExists,
     DossierFinalised,
@@ -196,3 +196,17 @@ def test_a_log_in_answer_cut_short_keeps_no_session_token_in_the_exchange_log(pe
     logged = b"".join(e.response_body for e in recorder.exchanges)
     assert token.encode() not in logged, f"the session token is in the exchange log: {logged!r}"
     assert recorder.exchanges[0].response_body.endswith(b'"session":"***')
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_a_redirect_never_replays_the_log_in_to_another_host(peers, status):
+    """A 307/308 keeps method and body: the log-in ({username, password}) was POSTed again,
+    password and all, to whatever host the Location named."""
+    elsewhere = peers(lambda h, body: answer(h, 200, {"error_code": 0, "message": "ok", "session": "s"}))
+    portal = peers(lambda h, body: answer(h, status, b"", "text/html",
+                                          headers={"Location": f"http://localhost:{elsewhere.port}/auth"}))
+    recorder = MemoryRecorder()
+    with pytest.raises(ProtocolError, match=f"HTTP {status} redirect to host localhost refused"):
+        NationalPortalClient(portal.url, PORTAL_USER, Secret(PORTAL_PASSWORD), UNIT, recorder=recorder).login()
+    assert elsewhere.requests == [] and len(portal.requests) == 1
+    assert PORTAL_PASSWORD.encode() not in recorder.exchanges[0].request_body

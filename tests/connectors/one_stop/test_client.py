@@ -4,7 +4,7 @@ import pytest
 import requests
 
 from connectors.connection import Secret, connection_from_env
-from connectors.errors import AuthenticationFailed, ConfigurationError
+from connectors.errors import AuthenticationFailed, ConfigurationError, ProtocolError
 from connectors.one_stop.client import OneStopClient
 from connectors.transport import MemoryRecorder
 from tests.conftest import ONESTOP_KEY
@@ -106,3 +106,16 @@ def test_an_api_key_that_is_not_a_header_value_is_a_configuration_error_never_qu
         OneStopClient(peer.url, Secret(key))
     assert KEY not in str(info.value) and KEY[8:] not in str(info.value)
     assert peer.requests == []
+
+
+def test_a_redirect_to_another_host_never_carries_the_api_key(peers):
+    """The one-stop (or a proxy in front of it) answered 302 to another host: requests followed it
+    and sent X-Api-Key there (it strips only Authorization on a host change)."""
+    elsewhere = peers(lambda h, body: answer(h, 200, {"items": [], "nextCursor": "", "hasMore": False}))
+    onestop = peers(lambda h, body: answer(
+        h, 302, b"", "text/html",
+        headers={"Location": f"http://localhost:{elsewhere.port}/api/v1/dossiers/changes"}))
+    recorder = MemoryRecorder()
+    with pytest.raises(ProtocolError, match="HTTP 302 redirect to host localhost refused"):
+        OneStopClient(onestop.url, Secret(KEY), recorder=recorder).changes()
+    assert elsewhere.requests == [] and [e.response_status for e in recorder.exchanges] == [302]
