@@ -76,7 +76,18 @@ class RetriableConnectorError(ConnectorError):
 
 
 class PeerUnavailable(RetriableConnectorError):
-    """The peer did not answer in time, dropped the connection, or answered 5xx/429."""
+    """The peer did not answer in time, dropped the connection, or answered 5xx/429.
+
+    Attributes:
+        retry_after: seconds the peer asked us to wait before asking again (its ``Retry-After``
+            on a 429 or 503), or ``None``. A wait longer than the transport's own cap ends the
+            call at once with this set, so the task's retry (Airflow's) can wait that long.
+    """
+
+    def __init__(self, message: str, *, peer: str = "", operation: str = "", status: int | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message, peer=peer, operation=operation, status=status)
+        self.retry_after = retry_after
 
 
 class SessionExpired(RetriableConnectorError):

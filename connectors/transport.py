@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -57,7 +58,10 @@ __all__ = [
     "redact_json",
     "redirect_refused",
     "response_json",
+    "retry_after_seconds",
     "transport_options",
+    "unavailable",
+    "wait_before_retry",
 ]
 
 log = logging.getLogger(__name__)
@@ -132,7 +136,10 @@ class MemoryRecorder:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Capped exponential back-off with full jitter, applied to retriable failures only."""
+    """Capped exponential back-off with full jitter, applied to retriable failures only.
+
+    ``max_delay`` is also the longest ``Retry-After`` a call waits for (:func:`wait_before_retry`).
+    """
 
     max_attempts: int = 3
     base_delay: float = 0.5
@@ -140,6 +147,37 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0, min(self.max_delay, self.base_delay * (2 ** (attempt - 1))))
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """The wait a ``Retry-After`` header asks for, in seconds (RFC 9110 §10.2.3): a number of
+    seconds or an HTTP-date (a date past is 0). ``None`` when absent or unreadable."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(int(value)) if len(value) <= 12 else 1e12
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, as HTTP-dates are
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def wait_before_retry(policy: RetryPolicy, attempt: int, rng: random.Random, error: Exception) -> float | None:
+    """Seconds to wait before the attempt after ``attempt`` failed with ``error``: the back-off,
+    or what the peer asked (``PeerUnavailable.retry_after``) when that is longer. ``None`` when
+    the peer asked for more than ``policy.max_delay``: the call gives up at once, and the error's
+    ``retry_after`` tells the task's retry how long to wait (asking earlier is refused again)."""
+    delay = policy.delay(attempt, rng)
+    asked = getattr(error, "retry_after", None)
+    if asked is None:
+        return delay
+    if asked > policy.max_delay:
+        return None
+    return max(delay, asked)
 
 
 #: What a connection's transport extras may hold: (default, smallest, largest, whole number).
@@ -457,6 +495,15 @@ def headers_for_log(headers: Any, secret: frozenset[str] = SECRET_HEADERS) -> di
 _HOST_NAME = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
 
 
+def unavailable(response: requests.Response, *, peer: str, operation: str) -> PeerUnavailable:
+    """The error for a 5xx or 429 answer, with the wait its ``Retry-After`` asks for (429, 503)."""
+    status = response.status_code
+    after = retry_after_seconds(response.headers.get("Retry-After")) if status in (429, 503) else None
+    said = f"; Retry-After {after:g}s" if after is not None else ""
+    return PeerUnavailable(f"{peer} {operation}: HTTP {status}{said}", peer=peer, operation=operation, status=status,
+                           retry_after=after)
+
+
 def redirect_refused(response: requests.Response, *, peer: str, operation: str) -> ProtocolError:
     """The error for a 3xx answer. None of our peers redirects, and following one would send the
     call's credentials (an API key header, a log-in body, a WS-Security password) wherever its
@@ -605,8 +652,13 @@ class HttpTransport:
         answer inside the attempt loop: one it finds unreadable is recorded as a
         ``protocol_error`` and retried like a 5xx.
 
+        A 429 or 503 whose ``Retry-After`` asks for a wait is asked again after that wait (or the
+        back-off, if longer) when it is at most ``retry.max_delay``; a longer one ends the call at
+        once (see :func:`wait_before_retry`).
+
         Raises:
-            PeerUnavailable: every attempt timed out, dropped, or got 5xx/429.
+            PeerUnavailable: every attempt timed out, dropped, or got 5xx/429; or the peer asked
+                for a longer wait than this call makes (its ``retry_after``, in seconds).
             UnreadableAnswer: the last attempt's answer could not be read (see ``read``), or its
                 content encoding could not be decoded.
             ProtocolError: the answer is larger than ``max_response_bytes`` (never retried: the
@@ -671,12 +723,7 @@ class HttpTransport:
                                             f"({type(exc).__name__})", peer=self.peer, operation=operation)
             duration_ms = (time.perf_counter() - t0) * 1000
             if error is None and response is not None and (response.status_code >= 500 or response.status_code == 429):
-                error = PeerUnavailable(
-                    f"{self.peer} {operation}: HTTP {response.status_code}",
-                    peer=self.peer,
-                    operation=operation,
-                    status=response.status_code,
-                )
+                error = unavailable(response, peer=self.peer, operation=operation)
             elif error is None and response is not None and 300 <= response.status_code < 400:
                 error = redirect_refused(response, peer=self.peer, operation=operation)
             elif error is None and response is not None and read is not None and 200 <= response.status_code < 300:
@@ -719,7 +766,10 @@ class HttpTransport:
                 raise error
             last_error = error
             if attempt < attempts:
-                delay = self.retry.delay(attempt, self._rng)
+                delay = wait_before_retry(self.retry, attempt, self._rng, error)
+                if delay is None:
+                    log.warning("%s; more than the %gs this call waits: giving up now", error, self.retry.max_delay)
+                    raise error
                 log.warning("%s; retrying in %.2fs (attempt %d of %d)", error, delay, attempt + 1, attempts)
                 self._sleep(delay)
         assert last_error is not None

@@ -60,6 +60,8 @@ from connectors.transport import (
     read_capped,
     redirect_refused,
     transport_extra,
+    unavailable,
+    wait_before_retry,
 )
 
 __all__ = [
@@ -310,8 +312,7 @@ class LedgerTransport(zeep.Transport):
             else:
                 outcome = "http_error"
                 if status >= 500 or status == 429:
-                    error = PeerUnavailable(f"{PEER} {operation}: HTTP {status}", peer=PEER, operation=operation,
-                                            status=status)
+                    error = unavailable(response, peer=PEER, operation=operation)
         self.recorder.record(Exchange(
             peer=PEER,
             operation=operation,
@@ -449,7 +450,8 @@ class ReceiptLedgerClient:
     # -- calls ---------------------------------------------------------------------------------
     def _call(self, operation: str, keys: Iterable[str], receipts: Sequence[dict[str, Any]] = (), **kwargs: Any
               ) -> Any:
-        """Call ``operation``, retrying PeerUnavailable and unreadable answers with back-off; faults
+        """Call ``operation``, retrying PeerUnavailable and unreadable answers with back-off (or the
+        ledger's ``Retry-After``, up to ``retry.max_delay``; a longer one gives up at once); faults
         become error classes."""
         keys = tuple(dict.fromkeys(keys))
         attempts = max(1, self.retry.max_attempts)
@@ -488,7 +490,10 @@ class ReceiptLedgerClient:
                 raise ProtocolError(f"{PEER} {operation}: the answer does not follow the WSDL "
                                     f"({type(exc).__name__})", peer=PEER, operation=operation) from None
             if attempt < attempts:
-                delay = self.retry.delay(attempt, self._rng)
+                delay = wait_before_retry(self.retry, attempt, self._rng, last)
+                if delay is None:  # the ledger asked for a longer wait (Retry-After): the task's retry waits
+                    log.warning("%s; more than the %gs this call waits: giving up now", last, self.retry.max_delay)
+                    raise last
                 log.warning("%s; retrying in %.2fs (attempt %d of %d)", last, delay, attempt + 1, attempts)
                 self._sleep(delay)
         assert last is not None

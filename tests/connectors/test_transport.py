@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -344,3 +345,72 @@ def test_the_session_never_follows_nor_reads_a_redirect_even_when_a_call_would(p
     assert response.status_code == 302 and response.next is None and not response._content_consumed
     response.close()
     assert elsewhere.requests == []
+
+
+def test_a_retry_after_longer_than_the_call_waits_ends_it_at_once(peers):
+    """A 429 'Retry-After: 30' was asked again after a jittered 0-0.5 s, three times in a row: the
+    peer said when it would take the call again, and the transport hammered it instead. Now a wait
+    longer than the policy's max_delay ends the call at once, telling Airflow's retry how long."""
+    peer = peers(lambda h, body: answer(h, 429, {"error": "rate_limited"}, headers={"Retry-After": "30"}))
+    sleeps: list[float] = []
+    rec = MemoryRecorder()
+    t = HttpTransport(peer="onestop", base_url=peer.url, recorder=rec, retry=RetryPolicy(max_attempts=3),
+                      sleep=sleeps.append, seed=1)
+    with pytest.raises(PeerUnavailable) as info:
+        t.send("GET", "/api/v1/dossiers/changes", operation="changes")
+    assert (info.value.status, info.value.retry_after) == (429, 30.0)
+    assert str(info.value) == "onestop changes: HTTP 429; Retry-After 30s"
+    assert sleeps == [] and len(peer.requests) == 1 and [e.response_status for e in rec.exchanges] == [429]
+
+
+@pytest.mark.parametrize("status, retry_after, waited", [
+    (503, "5", 5.0),  # within max_delay (8 s): waited, not the shorter back-off
+    (429, "0", None),  # nothing to wait for: the back-off
+    (503, "soon", None),  # unreadable: ignored, the back-off
+    (502, "5", None),  # only 429 and 503 carry one
+])
+def test_a_retry_after_within_the_cap_is_waited(peers, status, retry_after, waited):
+    calls = []
+
+    def handle(h, body):
+        calls.append(1)
+        if len(calls) == 1:
+            answer(h, status, {"error": "busy"}, headers={"Retry-After": retry_after})
+        else:
+            answer(h, 200, {"ok": True})
+
+    peer = peers(handle)
+    sleeps: list[float] = []
+    t = HttpTransport(peer="p", base_url=peer.url, retry=RetryPolicy(max_attempts=2), sleep=sleeps.append, seed=1)
+    assert t.send("GET", "/x", operation="op").status_code == 200
+    assert len(sleeps) == 1
+    if waited is None:
+        assert sleeps[0] < 0.5  # the first back-off: 0 to base_delay
+    else:
+        assert sleeps[0] == waited
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    from datetime import datetime
+
+    from connectors.transport import retry_after_seconds
+
+    now = datetime(2026, 11, 30, 8, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("120", now) == 120.0
+    assert retry_after_seconds(" 7 ", now) == 7.0
+    assert retry_after_seconds("Mon, 30 Nov 2026 08:02:00 GMT", now) == 120.0
+    assert retry_after_seconds("Mon, 30 Nov 2026 07:00:00 GMT", now) == 0.0  # past: now
+    assert retry_after_seconds("9" * 40, now) == 1e12  # absurd: more than any call waits
+    for unreadable in (None, "", "-5", "1.5", "soon", "Mon, 99 Nov 2026 08:02:00 GMT"):
+        assert retry_after_seconds(unreadable, now) is None, unreadable
+
+
+def test_an_http_date_retry_after_far_off_ends_the_call_at_once(peers):
+    from email.utils import format_datetime
+
+    later = format_datetime(datetime.now(UTC) + timedelta(minutes=10), usegmt=True)
+    peer = peers(lambda h, body: answer(h, 503, {"error": "maintenance"}, headers={"Retry-After": later}))
+    sleeps: list[float] = []
+    with pytest.raises(PeerUnavailable) as info:
+        HttpTransport(peer="p", base_url=peer.url, sleep=sleeps.append).send("GET", "/x", operation="op")
+    assert 590 < info.value.retry_after <= 600 and sleeps == [] and len(peer.requests) == 1

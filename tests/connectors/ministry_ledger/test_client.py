@@ -491,3 +491,33 @@ def test_a_redirect_never_carries_the_ws_security_password_to_another_host(peers
         client(peer.url, recorder).get_receipt("BL2026-000001")
     assert elsewhere.requests == [] and len(peer.requests) == 1
     assert [(e.response_status, e.outcome) for e in recorder.exchanges] == [(status, "protocol_error")]
+
+
+# -- Retry-After --------------------------------------------------------------------------------
+def test_a_retry_after_longer_than_the_call_waits_ends_it_at_once(peers, recorder):
+    """The ledger's 503 'Retry-After: 30' was asked again after the jittered back-off."""
+    peer = peers(lambda h, body: answer(h, 503, b"maintenance", "text/plain", headers={"Retry-After": "30"}))
+    sleeps: list[float] = []
+    with pytest.raises(PeerUnavailable) as info:
+        client(peer.url, recorder, retry=RetryPolicy(max_attempts=3), sleep=sleeps.append).get_receipt("BL2026-000001")
+    assert (info.value.status, info.value.retry_after) == (503, 30.0)
+    assert sleeps == [] and len(peer.requests) == 1 and len(recorder.exchanges) == 1
+
+
+def test_a_retry_after_within_the_cap_is_waited(peers, recorder):
+    """Once the wait asked is within max_delay, it is waited (not the shorter back-off) and the call goes on."""
+    calls = []
+
+    def handle(h, body):
+        calls.append(1)
+        if len(calls) == 1:
+            answer(h, 503, b"busy", "text/plain", headers={"Retry-After": "2"})
+        else:
+            answer(h, 200, envelope("BL2026-000001").encode(), "text/xml; charset=utf-8")
+
+    peer = peers(handle)
+    sleeps: list[float] = []
+    c = client(peer.url, recorder, retry=RetryPolicy(max_attempts=2), sleep=sleeps.append)
+    assert c.get_receipt("BL2026-000001")["ReceiptNumber"] == "BL2026-000001"
+    assert sleeps == [2.0] and len(calls) == 2
+    assert [e.response_status for e in recorder.exchanges] == [503, 200]
