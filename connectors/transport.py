@@ -20,7 +20,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -28,6 +28,10 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+from urllib3.exceptions import DecodeError as _DecodeError
+from urllib3.exceptions import ProtocolError as _Urllib3ProtocolError
+from urllib3.exceptions import ReadTimeoutError as _ReadTimeoutError
+from urllib3.exceptions import SSLError as _Urllib3SSLError
 
 from connectors.errors import (
     ConfigurationError,
@@ -43,6 +47,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_RESPONSE_BYTES",
     "AnswerReader",
+    "AnswerTimeout",
     "Exchange",
     "ExchangeRecorder",
     "HttpTransport",
@@ -50,6 +55,7 @@ __all__ = [
     "NullRecorder",
     "RetryPolicy",
     "SECRET_HEADERS",
+    "TOTAL_TIMEOUT_FACTOR",
     "header_value_problem",
     "headers_for_log",
     "parse_json",
@@ -59,6 +65,7 @@ __all__ = [
     "redirect_refused",
     "response_json",
     "retry_after_seconds",
+    "total_timeout_for",
     "transport_options",
     "unavailable",
     "wait_before_retry",
@@ -76,6 +83,13 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 #: What the exchange log keeps of an answer refused for its size.
 _OVERSIZE_PREFIX = 4096
+#: Without an ``extra.total_timeout``, an attempt (sending the request, waiting for the answer and
+#: reading it whole) may take this many times the read timeout: ``read_timeout`` bounds each socket
+#: read only, so a peer sending a byte now and then would hold a call for as long as it likes.
+TOTAL_TIMEOUT_FACTOR = 2
+#: Largest piece of an answer read at once (one socket read at most, so the deadline is looked at
+#: between reads of a trickling answer as well).
+_CHUNK = 64 * 1024
 #: Headers whose values never reach the exchange log, whoever the peer: credentials we send
 #: (``Authorization``, ``Proxy-Authorization``, ``Cookie``), a session a peer or its gateway sets
 #: (``Set-Cookie``: the credential the next call would present), and the challenges, which some
@@ -181,21 +195,24 @@ def wait_before_retry(policy: RetryPolicy, attempt: int, rng: random.Random, err
 
 
 #: What a connection's transport extras may hold: (default, smallest, largest, whole number).
-TRANSPORT_EXTRAS: dict[str, tuple[float, float, float, bool]] = {
+TRANSPORT_EXTRAS: dict[str, tuple[float | None, float, float, bool]] = {
     "connect_timeout": (3.05, 0.001, 600.0, False),  # seconds
-    "read_timeout": (10.0, 0.001, 3600.0, False),  # seconds (operation_timeout for SOAP)
+    "read_timeout": (10.0, 0.001, 3600.0, False),  # seconds, each socket read (operation_timeout for SOAP)
+    "total_timeout": (None, 0.001, 86400.0, False),  # seconds, a whole attempt; None: TOTAL_TIMEOUT_FACTOR × read
     "max_attempts": (3, 1, 20, True),
     "max_response_bytes": (MAX_RESPONSE_BYTES, 1024, 1024 * 1024 * 1024, True),  # answers over it are refused unread
 }
 
 
-def transport_extra(extra: dict[str, Any], name: str, *, conn_id: str = "", key: str | None = None) -> float:
+def transport_extra(extra: dict[str, Any], name: str, *, conn_id: str = "", key: str | None = None) -> Any:
     """One transport setting from a connection's extras (``key``, default ``name``), checked:
     a number (a whole one where it must be) within its bounds, else ConfigurationError naming the
-    connection, the extra and the rule."""
+    connection, the extra and the rule. ``None`` for an absent one whose default is ``None``."""
     default, low, high, whole = TRANSPORT_EXTRAS[name]
     key = key or name
     value = extra.get(key, default)
+    if value is None and default is None:
+        return None
     if isinstance(value, str):  # Airflow's connection form and URIs give text
         try:
             value = int(value) if whole else float(value)
@@ -213,14 +230,16 @@ def transport_extra(extra: dict[str, Any], name: str, *, conn_id: str = "", key:
 
 def transport_options(extra: dict[str, Any], *, conn_id: str = "") -> dict[str, Any]:
     """Timeouts, retries and the answer-size cap from a connection's extras (``connect_timeout``,
-    ``read_timeout``, ``max_attempts``, ``max_response_bytes``), checked, with the defaults every
-    HTTP client uses."""
+    ``read_timeout``, ``total_timeout``, ``max_attempts``, ``max_response_bytes``), checked, with
+    the defaults every HTTP client uses."""
     def get(name: str) -> Any:
         return transport_extra(extra, name, conn_id=conn_id)
 
+    total = get("total_timeout")
     return {
         "connect_timeout": float(get("connect_timeout")),
         "read_timeout": float(get("read_timeout")),
+        "total_timeout": None if total is None else float(total),
         "retry": RetryPolicy(max_attempts=int(get("max_attempts"))),
         "max_response_bytes": int(get("max_response_bytes")),
     }
@@ -443,24 +462,68 @@ def read_json(response: requests.Response, peer: str, operation: str) -> Any:
     return response_json(response, peer=peer, operation=operation)
 
 
-def read_capped(response: requests.Response, limit: int) -> bool:
-    """Read a streamed response's body into it, up to ``limit`` bytes (after content decoding).
+class AnswerTimeout(requests.exceptions.Timeout):
+    """An answer was not read whole before the attempt's deadline (``total_timeout``); its
+    connection is closed."""
+
+
+def total_timeout_for(read_timeout: float, total_timeout: float | None) -> float:
+    """The deadline of an attempt, in seconds: ``total_timeout``, or :data:`TOTAL_TIMEOUT_FACTOR`
+    times the read timeout."""
+    return total_timeout if total_timeout is not None else TOTAL_TIMEOUT_FACTOR * read_timeout
+
+
+def _chunks(response: requests.Response) -> Iterator[bytes]:
+    """A streamed response's body, decoded, each piece what one socket read gave (at most
+    :data:`_CHUNK` bytes): ``iter_content`` blocks until a whole chunk has come, however long a
+    trickling peer takes. urllib3's errors become requests' own, as ``iter_content`` makes them."""
+    raw = response.raw
+    read1 = getattr(raw, "read1", None)
+    if read1 is None:  # not urllib3's response (a test double): requests' own iteration
+        yield from response.iter_content(_CHUNK)
+        return
+    try:
+        while chunk := read1(_CHUNK, decode_content=True):
+            yield chunk
+    except _Urllib3ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from None
+    except _DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from None
+    except _ReadTimeoutError as exc:
+        raise requests.exceptions.ConnectionError(exc) from None
+    except _Urllib3SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from None
+
+
+def read_capped(response: requests.Response, limit: int, deadline: float | None = None) -> bool:
+    """Read a streamed response's body into it, up to ``limit`` bytes (after content decoding),
+    by ``deadline`` (a :func:`time.monotonic` time) when one is given.
 
     Returns True, with the connection closed and only a short prefix kept as the body, when the
     answer declares or turns out to be larger than ``limit``: nothing larger is ever held.
+
+    Raises:
+        AnswerTimeout: the deadline passed before the body was read whole (looked at before the
+            body and after each socket read, so it is passed by at most one read timeout); the
+            connection is closed.
     """
     declared = response.headers.get("Content-Length", "")
     chunks: list[bytes] = []
     size = 0
     oversize = declared.strip().isdigit() and int(declared) > limit
     if not oversize:
-        for chunk in response.iter_content(64 * 1024):
+        if deadline is not None and time.monotonic() > deadline:  # the headers alone took that long
+            response.close()
+            raise AnswerTimeout("answer not read whole within the attempt's deadline")
+        for chunk in _chunks(response):
             size += len(chunk)
+            chunks.append(chunk)
             if size > limit:
-                chunks.append(chunk)
                 oversize = True
                 break
-            chunks.append(chunk)
+            if deadline is not None and time.monotonic() > deadline:
+                response.close()
+                raise AnswerTimeout("answer not read whole within the attempt's deadline")
     body = b"".join(chunks)
     if oversize:
         response.close()
@@ -576,7 +639,11 @@ class HttpTransport:
         peer: the peer's name as the exchange log shows it.
         base_url: ``scheme://host:port`` of the peer.
         recorder: where each attempt is written (the bus's exchange log in production).
-        connect_timeout, read_timeout: seconds; both always set.
+        connect_timeout, read_timeout: seconds; both always set. ``read_timeout`` bounds each
+            socket read (the wait for the answer to begin, then each wait for more of it).
+        total_timeout: seconds an attempt may take, from sending the request to the last byte of
+            the answer (default: :data:`TOTAL_TIMEOUT_FACTOR` × ``read_timeout``); an answer
+            still arriving then is dropped and the attempt fails as ``PeerUnavailable``.
         retry: which attempts to make for retriable failures.
         redact_keys: JSON keys whose values never reach the log (passwords, session tokens).
         redact_headers: header names whose values never reach the log, besides
@@ -598,6 +665,7 @@ class HttpTransport:
         recorder: ExchangeRecorder | None = None,
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
+        total_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         redact_keys: Iterable[str] = (),
         redact_headers: Iterable[str] = (),
@@ -613,6 +681,7 @@ class HttpTransport:
         self.base_url = base_url.rstrip("/")
         self.recorder = recorder or NullRecorder()
         self.timeout = (connect_timeout, read_timeout)
+        self.total_timeout = total_timeout_for(read_timeout, total_timeout)
         self.retry = retry or RetryPolicy()
         self.redact_keys = frozenset(redact_keys)
         self.redact_headers = frozenset(h.lower() for h in redact_headers) | SECRET_HEADERS
@@ -657,7 +726,8 @@ class HttpTransport:
         once (see :func:`wait_before_retry`).
 
         Raises:
-            PeerUnavailable: every attempt timed out, dropped, or got 5xx/429; or the peer asked
+            PeerUnavailable: every attempt timed out (``read_timeout``, or ``total_timeout`` for
+                the whole attempt), dropped, or got 5xx/429; or the peer asked
                 for a longer wait than this call makes (its ``retry_after``, in seconds).
             UnreadableAnswer: the last attempt's answer could not be read (see ``read``), or its
                 content encoding could not be decoded.
@@ -686,17 +756,24 @@ class HttpTransport:
             t0 = time.perf_counter()
             response: requests.Response | None = None
             error: ConnectorError | None = None
+            deadline = time.monotonic() + self.total_timeout
             try:
                 response = self.session.request(
                     method, url, data=body or None, params=params, headers=send_headers, timeout=self.timeout,
                     stream=True, allow_redirects=False,
                 )
-                if read_capped(response, self.max_response_bytes):
+                if read_capped(response, self.max_response_bytes, deadline):
                     error = ProtocolError(
                         f"{self.peer} {operation}: answer larger than {self.max_response_bytes} bytes "
                         f"(HTTP {response.status_code}); refused unread",
                         peer=self.peer, operation=operation, status=response.status_code,
                     )
+            except AnswerTimeout:
+                response = None  # an answer still arriving is no answer
+                error = PeerUnavailable(
+                    f"{self.peer} {operation}: answer not complete within {self.total_timeout:g}s (total_timeout); "
+                    "connection closed", peer=self.peer, operation=operation,
+                )
             except requests.Timeout as exc:
                 response = None
                 error = PeerUnavailable(

@@ -5,7 +5,9 @@ bound to the configured address. The client owns what zeep leaves to its caller:
 
 * hardened parsing: no DTD, no entity, no external fetch, no huge tree; an answer carrying one is
   refused unread (:class:`~connectors.errors.UnsafeXml`);
-* an explicit ``operation_timeout`` (zeep's default is none) and a connect timeout;
+* an explicit ``operation_timeout`` (zeep's default is none; it bounds each socket read), a
+  connect timeout, and a deadline for a whole attempt (``total_timeout``, default twice the
+  operation timeout: a trickling answer cannot hold a call);
 * one exchange-log record per SOAP attempt, written by the transport, with the WS-Security
   ``Password`` and ``Nonce`` replaced by ``***``, and so are the values of credential headers both
   ways (:data:`~connectors.transport.SECRET_HEADERS`: ``Set-Cookie``, ``WWW-Authenticate``...);
@@ -50,6 +52,7 @@ from connectors.errors import (
 from connectors.transport import (
     MAX_RESPONSE_BYTES,
     REDACTED,
+    AnswerTimeout,
     Exchange,
     ExchangeRecorder,
     NullRecorder,
@@ -59,6 +62,7 @@ from connectors.transport import (
     headers_for_log,
     read_capped,
     redirect_refused,
+    total_timeout_for,
     transport_extra,
     unavailable,
     wait_before_retry,
@@ -226,9 +230,10 @@ class LedgerTransport(zeep.Transport):
     refuse_unread = staticmethod(looks_unsafe)
 
     def __init__(self, *, recorder: ExchangeRecorder | None, connect_timeout: float, operation_timeout: float,
-                 max_response_bytes: int = MAX_RESPONSE_BYTES, base_url: str = ""):
+                 max_response_bytes: int = MAX_RESPONSE_BYTES, base_url: str = "", total_timeout: float | None = None):
         super().__init__(timeout=operation_timeout, operation_timeout=operation_timeout,
                          session=_peer_session(base_url))
+        self.total_timeout = total_timeout_for(operation_timeout, total_timeout)
         self.recorder = recorder or NullRecorder()
         self.max_response_bytes = max_response_bytes
         self.connect_timeout = connect_timeout
@@ -253,11 +258,16 @@ class LedgerTransport(zeep.Transport):
         response: requests.Response | None = None
         error: Exception | None = None
         oversize = False
+        deadline = time.monotonic() + self.total_timeout
         try:
             response = self.session.post(address, data=body, headers=headers,
                                          timeout=(self.connect_timeout, self.operation_timeout), stream=True,
                                          allow_redirects=False)  # a redirect would carry the password elsewhere
-            oversize = read_capped(response, self.max_response_bytes)
+            oversize = read_capped(response, self.max_response_bytes, deadline)
+        except AnswerTimeout:
+            response = None  # an answer still arriving is no answer
+            error = PeerUnavailable(f"{PEER} {operation}: answer not complete within {self.total_timeout:g}s "
+                                    "(total_timeout); connection closed", peer=PEER, operation=operation)
         except requests.Timeout as exc:
             response = None
             error = PeerUnavailable(f"{PEER} {operation}: no answer within {self.operation_timeout}s "
@@ -384,7 +394,9 @@ class ReceiptLedgerClient:
         username, password: the WS-Security UsernameToken (PasswordText); the password is a :class:`Secret`.
         recorder: the exchange log (one record per SOAP attempt, password and nonce redacted).
         wsdl: the local WSDL file (its XSD import is read next to it).
-        connect_timeout, operation_timeout: seconds; both always set.
+        connect_timeout, operation_timeout: seconds; both always set (``operation_timeout`` bounds
+            each socket read).
+        total_timeout: seconds a SOAP attempt may take whole (default twice ``operation_timeout``).
         retry: attempts for transient failures (timeouts, dropped connections, HTTP 5xx pages).
         sleep: waits between attempts; injectable for tests.
         seed: seeds the back-off jitter.
@@ -400,6 +412,7 @@ class ReceiptLedgerClient:
         wsdl: str | Path = DEFAULT_WSDL,
         connect_timeout: float = 3.05,
         operation_timeout: float = 10.0,
+        total_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         sleep: Callable[[float], None] = time.sleep,
@@ -418,7 +431,7 @@ class ReceiptLedgerClient:
         self._rng = random.Random(seed)
         self.transport = LedgerTransport(recorder=recorder, connect_timeout=connect_timeout,
                                          operation_timeout=operation_timeout, max_response_bytes=max_response_bytes,
-                                         base_url=self.base_url)
+                                         base_url=self.base_url, total_timeout=total_timeout)
         self.settings = hardened_settings()
         self.zeep = zeep.Client(wsdl=str(wsdl), transport=self.transport, settings=self.settings,
                                 wsse=_PasswordTextToken(username, password))
@@ -428,9 +441,11 @@ class ReceiptLedgerClient:
     def from_connection(cls, spec: ConnectionSpec, *, recorder: ExchangeRecorder | None = None
                         ) -> ReceiptLedgerClient:
         """Build from a connection: host/port → address, login/password → UsernameToken; extras
-        ``operation_timeout``, ``connect_timeout``, ``max_attempts``, ``max_response_bytes``, ``wsdl``."""
+        ``operation_timeout``, ``connect_timeout``, ``total_timeout``, ``max_attempts``,
+        ``max_response_bytes``, ``wsdl``."""
         spec.require("host", "login", "password")
         extra = spec.extra
+        total = transport_extra(extra, "total_timeout", conn_id=spec.conn_id)
         return cls(
             spec.base_url,
             spec.login,
@@ -440,6 +455,7 @@ class ReceiptLedgerClient:
             connect_timeout=float(transport_extra(extra, "connect_timeout", conn_id=spec.conn_id)),
             operation_timeout=float(transport_extra(extra, "read_timeout", conn_id=spec.conn_id,
                                                     key="operation_timeout")),
+            total_timeout=None if total is None else float(total),
             retry=RetryPolicy(max_attempts=int(transport_extra(extra, "max_attempts", conn_id=spec.conn_id))),
             max_response_bytes=int(transport_extra(extra, "max_response_bytes", conn_id=spec.conn_id)),
         )

@@ -160,7 +160,7 @@ class NationalPortalClient:
         session_max_age: seconds after which the client logs in again before calling (the
             portal's sessions last about 10 minutes; renewing early avoids a refused call).
         recorder: the exchange log; log-in bodies reach it with password and session redacted.
-        connect_timeout, read_timeout, retry, max_response_bytes: transport settings.
+        connect_timeout, read_timeout, total_timeout, retry, max_response_bytes: transport settings.
         clock: monotonic clock, injectable for tests.
     """
 
@@ -179,6 +179,7 @@ class NationalPortalClient:
         recorder: ExchangeRecorder | None = None,
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
+        total_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         clock: Callable[[], float] = time.monotonic,
@@ -198,6 +199,7 @@ class NationalPortalClient:
             recorder=recorder,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            total_timeout=total_timeout,
             retry=retry,
             max_response_bytes=max_response_bytes,
             redact_keys=("password", "session"),

@@ -71,7 +71,7 @@ class OneStopClient:
             newline from a secrets file...) is a ``ConfigurationError`` here, never quoted.
         recorder: the exchange log.
         page_size: change-feed page size (1..500).
-        connect_timeout, read_timeout, retry, max_response_bytes: see
+        connect_timeout, read_timeout, total_timeout, retry, max_response_bytes: see
             :class:`~connectors.transport.HttpTransport`.
     """
 
@@ -84,6 +84,7 @@ class OneStopClient:
         page_size: int = 200,
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
+        total_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
@@ -96,6 +97,7 @@ class OneStopClient:
             recorder=recorder,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            total_timeout=total_timeout,
             retry=retry,
             max_response_bytes=max_response_bytes,
             default_headers={"X-Api-Key": api_key.reveal()},

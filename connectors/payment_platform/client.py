@@ -205,7 +205,7 @@ class PaymentPlatformClient:
         partner_code: our MaDoiTac.
         secret: the shared checksum secret (a :class:`Secret`; it never goes on the wire).
         recorder: the exchange log (the PDF of ``GET_BILL`` is recorded as the response body).
-        connect_timeout, read_timeout, retry, max_response_bytes: transport settings.
+        connect_timeout, read_timeout, total_timeout, retry, max_response_bytes: transport settings.
         clock: returns the aware current time (ThoiGianGD of requests); injectable for tests.
         path: the message endpoint.
         ip: the ``Ip`` field of INIT messages.
@@ -220,6 +220,7 @@ class PaymentPlatformClient:
         recorder: ExchangeRecorder | None = None,
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
+        total_timeout: float | None = None,
         retry: RetryPolicy | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         clock: Callable[[], datetime] | None = None,
@@ -241,6 +242,7 @@ class PaymentPlatformClient:
             recorder=recorder,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            total_timeout=total_timeout,
             retry=retry,
             max_response_bytes=max_response_bytes,
             read=read_json,  # every answer is JSON but GET_BILL's PDF (_read_bill)
@@ -250,7 +252,7 @@ class PaymentPlatformClient:
     def from_connection(cls, spec: ConnectionSpec, *, recorder: ExchangeRecorder | None = None
                         ) -> PaymentPlatformClient:
         """Build from a connection: login = MaDoiTac, password = the checksum secret; extras
-        ``path``, ``ip``, ``connect_timeout``, ``read_timeout``, ``max_attempts``."""
+        ``path``, ``ip``, ``connect_timeout``, ``read_timeout``, ``total_timeout``, ``max_attempts``."""
         spec.require("host", "login", "password")
         extra = spec.extra
         return cls(

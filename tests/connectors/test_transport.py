@@ -1,8 +1,10 @@
 """The transport against a real local HTTP server: timeouts, retries, redaction, recording."""
 
+import gzip
 import json
 import threading
 import time
+import zlib
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,6 +17,7 @@ from connectors.errors import (
     PeerUnavailable,
     ProtocolError,
     RetriableConnectorError,
+    UnreadableAnswer,
 )
 from connectors.transport import MAX_RESPONSE_BYTES, HttpTransport, MemoryRecorder, RetryPolicy, transport_options
 from tests.connectors.local_peer import JSON, answer
@@ -414,3 +417,121 @@ def test_an_http_date_retry_after_far_off_ends_the_call_at_once(peers):
     with pytest.raises(PeerUnavailable) as info:
         HttpTransport(peer="p", base_url=peer.url, sleep=sleeps.append).send("GET", "/x", operation="op")
     assert 590 < info.value.retry_after <= 600 and sleeps == [] and len(peer.requests) == 1
+
+
+def trickle(payload: bytes, tail: int, every: float):
+    """A handler sending ``payload`` with its last ``tail`` bytes one every ``every`` seconds."""
+    head, rest = payload[:-tail], payload[-tail:]
+
+    def handle(h, _body):
+        h.send_response(200)
+        h.send_header("Content-Type", JSON)
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(head)
+        h.wfile.flush()
+        for byte in rest:
+            time.sleep(every)
+            h.wfile.write(bytes([byte]))
+            h.wfile.flush()
+
+    return handle
+
+
+def test_a_trickling_answer_does_not_hold_the_call_past_its_deadline(peers):
+    """read_timeout bounds each socket read: a peer sending its last bytes one every 0.4 s never
+    tripped a 1-second read timeout, and the call lasted as long as the peer liked (6.4 s here;
+    an 8 MiB answer at that pace, for months). An attempt now ends at total_timeout (default twice
+    the read timeout), retriable, its connection closed."""
+    peer = peers(trickle(json.dumps({"items": [], "hasMore": False}).encode(), tail=16, every=0.4))
+    rec = MemoryRecorder()
+    t = HttpTransport(peer="p", base_url=peer.url, recorder=rec, connect_timeout=1.0, read_timeout=1.0,
+                      retry=RetryPolicy(max_attempts=1))
+    assert t.total_timeout == 2.0
+    t0 = time.monotonic()
+    with pytest.raises(PeerUnavailable) as info:
+        t.send("GET", "/x", operation="op")
+    elapsed = time.monotonic() - t0
+    assert 2.0 <= elapsed < 3.0, f"a call with read_timeout=1s lasted {elapsed:.1f}s"
+    assert str(info.value) == "p op: answer not complete within 2s (total_timeout); connection closed"
+    assert [(e.outcome, e.response_status) for e in rec.exchanges] == [("transport_error", None)]
+
+
+def test_total_timeout_is_the_connections_and_the_attempt_is_retried(peers):
+    calls = []
+    slow = trickle(json.dumps({"ok": True}).encode(), tail=8, every=0.2)
+
+    def handle(h, body):
+        calls.append(1)
+        slow(h, body) if len(calls) == 1 else answer(h, 200, {"ok": True})
+
+    peer = peers(handle)
+    options = transport_options({"read_timeout": 5, "total_timeout": "0.5"})
+    assert (options["read_timeout"], options["total_timeout"]) == (5.0, 0.5)
+    rec = MemoryRecorder()
+    t = transport(peer.url, rec, **options)
+    assert t.send("GET", "/x", operation="op").json() == {"ok": True}
+    assert [e.outcome for e in rec.exchanges] == ["transport_error", "ok"]
+
+
+def encoded_answer(payload: bytes, encoding: str, chunked: bool):
+    """A handler sending ``payload`` content-encoded (``identity``, ``gzip``, ``deflate``), with a
+    Content-Length or in HTTP/1.1 chunks."""
+    data = gzip.compress(payload) if encoding == "gzip" else zlib.compress(payload) if encoding == "deflate" \
+        else payload
+
+    def handle(h, _body):
+        h.send_response(200)
+        h.send_header("Content-Type", JSON)
+        if encoding != "identity":
+            h.send_header("Content-Encoding", encoding)
+        if chunked:
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+            for i in range(0, len(data), 50_000):
+                piece = data[i:i + 50_000]
+                h.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            h.wfile.write(b"0\r\n\r\n")
+        else:
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+
+    return handle
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+@pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate"])
+def test_a_large_answer_read_at_once_is_whole_within_the_deadline(peers, encoding, chunked):
+    """Reading a piece per socket read, and looking at the clock between pieces, changes nothing for
+    an answer that comes at once (a 6 MB catalogue page), content-encoded or not, chunked or not."""
+    items = [{"code": f"1.{i:06d}", "name": "Đăng ký khai sinh " * 8} for i in range(25_000)]
+    payload = json.dumps({"items": items}, ensure_ascii=False).encode()
+    peer = peers(encoded_answer(payload, encoding, chunked))
+    response = transport(peer.url, MemoryRecorder(), read_timeout=5).send("GET", "/x", operation="op")
+    assert response.content == payload
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_a_compressed_answer_larger_than_the_cap_once_decoded_is_refused(peers, chunked):
+    peer = peers(encoded_answer(b'{"a":"' + b"A" * (3 * 1024 * 1024) + b'"}', "gzip", chunked))
+    rec = MemoryRecorder()
+    with pytest.raises(ProtocolError, match="answer larger than 1048576 bytes"):
+        transport(peer.url, rec, max_response_bytes=1024 * 1024).send("GET", "/x", operation="op")
+    assert len(rec.exchanges[0].response_body) == 4096
+
+
+def test_a_corrupt_compressed_answer_is_unreadable(peers):
+    def handle(h, _body):
+        answer(h, 200, b"\x1f\x8b\x08\x00garbage-not-gzip" * 10, headers={"Content-Encoding": "gzip"})
+
+    peer = peers(handle)
+    with pytest.raises(UnreadableAnswer, match="content encoding cannot be decoded"):
+        transport(peer.url, MemoryRecorder(), retry=RetryPolicy(max_attempts=1)).send("GET", "/x", operation="op")
+
+
+def test_transport_extras_default_total_timeout_to_twice_the_read_timeout():
+    assert transport_options({})["total_timeout"] is None
+    assert HttpTransport(peer="p", base_url="http://127.0.0.1:9", read_timeout=7).total_timeout == 14.0
+    with pytest.raises(ConfigurationError, match="extra.total_timeout must be a number from 0.001 to 86400, not 0"):
+        transport_options({"total_timeout": 0}, conn_id="x")

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -404,3 +405,30 @@ def test_from_connection_and_configuration():
         client_ = PaymentPlatformClient("http://127.0.0.1:9", PARTNER, Secret(SECRET), clock=datetime.now)
         client_.query("x")
 
+
+
+def test_a_trickling_receipt_pdf_does_not_hold_get_bill_past_its_deadline(peers, recorder):
+    """GET_BILL's PDF is read by the transport: a platform sending it a byte now and then never
+    tripped the per-read timeout. The attempt now ends at total_timeout and is retried."""
+    pdf = b"%PDF-1.4\n" + b"0" * 2000 + b"\n%%EOF\n"
+
+    def handle(h, _body):
+        h.send_response(200)
+        h.send_header("Content-Type", "application/pdf")
+        h.send_header("Content-Length", str(len(pdf)))
+        h.end_headers()
+        h.wfile.write(pdf[:-20])
+        h.wfile.flush()
+        for byte in pdf[-20:]:
+            time.sleep(0.25)
+            h.wfile.write(bytes([byte]))
+            h.wfile.flush()
+
+    peer = peers(handle)
+    c = PaymentPlatformClient(peer.url, PARTNER, Secret(SECRET), recorder=recorder, read_timeout=1.0,
+                              total_timeout=1.0, retry=RetryPolicy(max_attempts=2, base_delay=0.0, max_delay=0.0))
+    t0 = time.monotonic()
+    with pytest.raises(PeerUnavailable, match="answer not complete within 1s"):
+        c.get_bill("dvc0001H4920261102080000")
+    assert time.monotonic() - t0 < 3.5
+    assert [(e.operation, e.outcome) for e in recorder.exchanges] == [("GET_BILL", "transport_error")] * 2
