@@ -373,7 +373,8 @@ def parse_json(body: bytes, *, peer: str, operation: str, status: int | None = N
 
     The body must be text in its declared charset (UTF-8 when none is declared; a UTF-8 byte-order
     mark is allowed) or UTF-8 whatever the label says (RFC 8259: a body labelled ISO-8859-1 that is
-    valid UTF-8 is read as UTF-8; UTF-16 and UTF-32 labels are followed), standard JSON (no ``NaN``/``Infinity``) and nest at most ``max_depth`` levels.
+    valid UTF-8 is read as UTF-8; UTF-16 and UTF-32 labels are followed), standard JSON (no
+    ``NaN``/``Infinity``) and nest at most ``max_depth`` levels.
     Invalid bytes are never replaced: a name decoded with U+FFFD would be stored corrupted.
 
     Raises:
@@ -717,9 +718,9 @@ class HttpTransport:
         """Send one logical request, retrying retriable failures, recording every attempt.
 
         Returns the response for any HTTP status below 500 except 429 and 3xx (the connector
-        decides what a 4xx means for its peer). Redirects are never followed. ``read`` (default: the transport's own) reads each 2xx
-        answer inside the attempt loop: one it finds unreadable is recorded as a
-        ``protocol_error`` and retried like a 5xx.
+        decides what a 4xx means for its peer). Redirects are never followed. ``read`` (default:
+        the transport's own) reads each 2xx answer inside the attempt loop: one it finds
+        unreadable is recorded as a ``protocol_error`` and retried like a 5xx.
 
         A 429 or 503 whose ``Retry-After`` asks for a wait is asked again after that wait (or the
         back-off, if longer) when it is at most ``retry.max_delay``; a longer one ends the call at

@@ -450,7 +450,8 @@ def test_a_password_cut_short_before_its_closing_tag_is_blanked_to_the_end():
     cut = b'<wsse:UsernameToken><wsse:Password Type="x">' + PASSWORD.replace("&", "&amp;").encode()[:12]
     assert ledger_module.redact_soap(cut) == b'<wsse:UsernameToken><wsse:Password Type="x">***'
     whole = b"<wsse:Nonce>n0nce</wsse:Nonce><wsse:Password>pw</wsse:Password><x>kept</x>"
-    assert ledger_module.redact_soap(whole) == b"<wsse:Nonce>***</wsse:Nonce><wsse:Password>***</wsse:Password><x>kept</x>"
+    assert ledger_module.redact_soap(whole) == (
+        b"<wsse:Nonce>***</wsse:Nonce><wsse:Password>***</wsse:Password><x>kept</x>")
 
 
 # -- the session --------------------------------------------------------------------------------
