@@ -57,36 +57,23 @@ def open_store(resolve: Resolver, conn_id: str = BUS_DB_CONN_ID) -> Store:
     return store
 
 
-def _report_in(exc: BaseException, report_type: type) -> Any:
-    """The step's report as it stood when ``exc`` was raised: the outermost ``report_type`` a frame
-    of the traceback holds (the flow function's own report, which the flow fills as it goes)."""
-    tb = exc.__traceback__
-    while tb is not None:
-        for value in tb.tb_frame.f_locals.values():
-            if type(value) is report_type:
-                return value
-        tb = tb.tb_next
-    return None
-
-
-def _counted(store: Store, flow: str, run_id: str, report_type: type | None, work: Callable[[], Any],
+def _counted(store: Store, flow: str, run_id: str, report: Any, work: Callable[[Any], Any],
              shape: Callable[[dict[str, Any]], dict[str, Any]] = lambda counts: counts) -> dict[str, Any]:
-    """Run ``work()`` (a step returning a ``report_type``) and add its counts, shaped by ``shape``,
-    to the run summary: when it returns, or when it raises after part of its work (what the flow's
-    report held then; a retry counts only its own work, so nothing is counted twice). With
-    ``report_type`` None, only when it returns."""
+    """Run ``work(report)`` (a step filling ``report`` as it goes and returning it) and add its
+    counts, shaped by ``shape``, to the run summary: when it returns, or when it raises after part
+    of its work (what the report held then; a retry counts only its own work, so nothing is counted
+    twice). With ``report`` None (a step counted only when it finishes), only when it returns."""
     try:
-        report = work()
-    except BaseException as exc:
-        partial = _report_in(exc, report_type) if report_type is not None else None
-        if partial is not None:
+        done = work(report)
+    except BaseException:
+        if report is not None:
             try:
-                store.add_run_counts(flow, run_id, shape(partial.counts()))
+                store.add_run_counts(flow, run_id, shape(report.counts()))
             except Exception:  # noqa: BLE001 - the step's own error is the one to raise
                 log.warning("run %s: the counts of the failed %s step were not recorded", run_id, flow,
                             exc_info=True)
         raise
-    counts = shape(report.counts())
+    counts = shape(done.counts())
     store.add_run_counts(flow, run_id, counts)
     return counts
 
@@ -110,12 +97,14 @@ def stage_dossier_changes(
         return {**{f"window_{k}": v for k, v in counts.items()}, "staged": counts["staged"]}
 
     try:
-        counts = _counted(store, dossier_status.FLOW, run_id, dossier_status.StageReport,
-                          lambda: dossier_status.stage_changes(store, onestop, run_id=run_id, feed_from=feed_from))
+        counts = _counted(store, dossier_status.FLOW, run_id, dossier_status.StageReport(),
+                          lambda report: dossier_status.stage_changes(store, onestop, run_id=run_id,
+                                                                      feed_from=feed_from, report=report))
         if window_from or window_to:
-            window = _counted(store, dossier_status.FLOW, run_id, dossier_status.StageReport,
-                              lambda: dossier_status.stage_window(store, onestop, run_id=run_id,
-                                                                  modified_from=window_from, modified_to=window_to),
+            window = _counted(store, dossier_status.FLOW, run_id, dossier_status.StageReport(),
+                              lambda report: dossier_status.stage_window(store, onestop, run_id=run_id,
+                                                                         modified_from=window_from,
+                                                                         modified_to=window_to, report=report),
                               window_counts)
             counts = {**counts, **window, "staged": counts["staged"] + window["staged"]}
     finally:
@@ -123,8 +112,8 @@ def stage_dossier_changes(
     return counts
 
 
-def _with_portal(resolve: Resolver, run_id: str, task_id: str | None, report_type: type, work) -> dict[str, Any]:
-    """Open the store and a recorded portal client, run ``work(store, portal, extra)``, record
+def _with_portal(resolve: Resolver, run_id: str, task_id: str | None, report: Any, work) -> dict[str, Any]:
+    """Open the store and a recorded portal client, run ``work(store, portal, extra, report)``, record
     its counts in the run summary (also a failed attempt's), and return them without the long
     rejection lists."""
     store = open_store(resolve)
@@ -132,7 +121,7 @@ def _with_portal(resolve: Resolver, run_id: str, task_id: str | None, report_typ
     portal = NationalPortalClient.from_connection(
         spec, recorder=BusRecorder(store, dossier_status.FLOW, run_id, task_id))
     try:
-        counts = _counted(store, dossier_status.FLOW, run_id, report_type, lambda: work(store, portal, spec.extra))
+        counts = _counted(store, dossier_status.FLOW, run_id, report, lambda r: work(store, portal, spec.extra, r))
     finally:
         portal.close()
     return {k: v for k, v in counts.items() if not isinstance(v, list)}
@@ -150,19 +139,20 @@ def deliver_dossier_statuses(
 
     ``batch_size`` defaults to the portal connection's ``extra.batch_size`` (else 50).
     """
-    return _with_portal(resolve, run_id, task_id, dossier_status.DeliveryReport,
-                        lambda store, portal, extra: dossier_status.deliver_pending(
+    return _with_portal(resolve, run_id, task_id, dossier_status.DeliveryReport(),
+                        lambda store, portal, extra, report: dossier_status.deliver_pending(
         store, portal, run_id=run_id, batch_size=int(batch_size or extra.get("batch_size", 50)),
-        resend_acknowledged=resend_acknowledged))
+        resend_acknowledged=resend_acknowledged, report=report))
 
 
 def deliver_dossier_progress(
     resolve: Resolver, *, run_id: str, task_id: str | None = None, chunk_size: int | None = None
 ) -> dict[str, Any]:
     """Send acknowledged dossiers' progress entries (``extra.progress_chunk_size``, else 10)."""
-    return _with_portal(resolve, run_id, task_id, dossier_status.ProgressReport,
-                        lambda store, portal, extra: dossier_status.deliver_progress(
-        store, portal, run_id=run_id, chunk_size=int(chunk_size or extra.get("progress_chunk_size", 10))))
+    return _with_portal(resolve, run_id, task_id, dossier_status.ProgressReport(),
+                        lambda store, portal, extra, report: dossier_status.deliver_progress(
+        store, portal, run_id=run_id, chunk_size=int(chunk_size or extra.get("progress_chunk_size", 10)),
+        report=report))
 
 
 def dossier_run_summary(resolve: Resolver, *, run_id: str) -> dict[str, Any]:
@@ -213,17 +203,17 @@ def push_procedure_catalogue(
         onestop = OneStopClient.from_connection(
             resolve(ONESTOP_CONN_ID), recorder=BusRecorder(store, catalogue.FLOW, run_id, task_id))
         try:
-            counts = _counted(store, catalogue.FLOW, run_id, catalogue.PushReport,
-                              lambda: catalogue.push_catalogue(store, run_id=run_id, onestop=onestop)[0])
+            counts = _counted(store, catalogue.FLOW, run_id, catalogue.PushReport("onestop"),
+                              lambda report: catalogue.push_onestop(store, onestop, run_id=run_id, report=report))
         finally:
             onestop.close()
     elif destination == "ministry":
         spec = resolve(MINISTRY_DB_CONN_ID)
         replica = MinistryReplica.from_connection(spec, recorder=BusRecorder(store, catalogue.FLOW, run_id, task_id))
         try:
-            counts = _counted(store, catalogue.FLOW, run_id, catalogue.PushReport,
-                              lambda: catalogue.push_catalogue(store, run_id=run_id, replica=replica,
-                                                               batch_size=int(spec.extra.get("batch_size", 200)))[0])
+            counts = _counted(store, catalogue.FLOW, run_id, catalogue.PushReport("ministry"),
+                              lambda report: catalogue.push_ministry(store, replica, run_id=run_id, report=report,
+                                                                     batch_size=int(spec.extra.get("batch_size", 200))))
         finally:
             replica.dispose()
     else:
@@ -290,16 +280,16 @@ def _close_all(clients: dict[str, Any]) -> None:
         client.close()
 
 
-def _payment_step(resolve: Resolver, run_id: str, task_id: str | None, names: tuple[str, ...], report_type: type | None,
+def _payment_step(resolve: Resolver, run_id: str, task_id: str | None, names: tuple[str, ...], report: Any,
                   work) -> dict[str, Any]:
-    """One step of the payment flow; its counts go to the run summary also when it fails after
-    part of its work (``report_type``; ``None``: only when it finishes)."""
+    """One step of the payment flow, ``work(store, clients, report)``; its counts go to the run
+    summary also when it fails after part of its work (``report``; ``None``: only when it finishes)."""
     from lienthong.flows import payment_receipts
 
     store = open_store(resolve)
     clients = _payment_clients(resolve, store, run_id, task_id, *names)
     try:
-        counts = _counted(store, payment_receipts.FLOW, run_id, report_type, lambda: work(store, clients))
+        counts = _counted(store, payment_receipts.FLOW, run_id, report, lambda r: work(store, clients, r))
     finally:
         _close_all(clients)
     return {k: v for k, v in counts.items() if not isinstance(v, list)}
@@ -311,17 +301,19 @@ def collect_payments(resolve: Resolver, *, run_id: str, task_id: str | None = No
     the newest); QUERY the unfinished ones that are due and GET_BILL the paid ones."""
     from lienthong.flows import payment_receipts
 
-    return _payment_step(resolve, run_id, task_id, ("onestop", "platform"), payment_receipts.CollectReport,
-                         lambda store, c: payment_receipts.collect_payments(store, c["onestop"], c["platform"],
-                                                                            run_id=run_id, full_listing=full_listing))
+    return _payment_step(resolve, run_id, task_id, ("onestop", "platform"), payment_receipts.CollectReport(),
+                         lambda store, c, report: payment_receipts.collect_payments(
+                             store, c["onestop"], c["platform"], run_id=run_id, full_listing=full_listing,
+                             report=report))
 
 
 def update_onestop_fees(resolve: Resolver, *, run_id: str, task_id: str | None = None) -> dict[str, Any]:
     """Record paid and failed transactions at the one-stop where the callback was lost."""
     from lienthong.flows import payment_receipts
 
-    return _payment_step(resolve, run_id, task_id, ("onestop",), payment_receipts.FeeReport, lambda store, c:
-                         payment_receipts.update_onestop_fees(store, c["onestop"], run_id=run_id))
+    return _payment_step(resolve, run_id, task_id, ("onestop",), payment_receipts.FeeReport(),
+                         lambda store, c, report: payment_receipts.update_onestop_fees(store, c["onestop"],
+                                                                                       run_id=run_id, report=report))
 
 
 def submit_payment_receipts(
@@ -332,9 +324,9 @@ def submit_payment_receipts(
     from lienthong.flows import payment_receipts
 
     size = int(batch_size or resolve(LEDGER_CONN_ID).extra.get("batch_size", 100))
-    return _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), payment_receipts.LedgerReport,
-                         lambda store, c: payment_receipts.submit_receipts(store, c["onestop"], c["ledger"],
-                                                                           run_id=run_id, batch_size=size))
+    return _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), payment_receipts.LedgerReport(),
+                         lambda store, c, report: payment_receipts.submit_receipts(
+                             store, c["onestop"], c["ledger"], run_id=run_id, batch_size=size, report=report))
 
 
 def reconcile_payments(
@@ -349,7 +341,7 @@ def reconcile_payments(
     from lienthong.flows import payment_receipts
 
     # a pass's findings, not work done: a failed pass is not counted (its retry checks everything again)
-    counts = _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), None, lambda store, c:
+    counts = _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), None, lambda store, c, _report:
                            payment_receipts.reconcile(store, c["onestop"], c["ledger"], run_id=run_id, full=full))
     store = open_store(resolve)
     store.add_run_counts(payment_receipts.FLOW, run_id, {}, finished=True)

@@ -53,7 +53,8 @@ from lienthong.store import (
     utcnow,
 )
 
-__all__ = ["FLOW", "PullReport", "PushReport", "change_report", "pull_catalogue", "push_catalogue", "replay"]
+__all__ = ["FLOW", "PullReport", "PushReport", "change_report", "pull_catalogue", "push_catalogue",
+           "push_ministry", "push_onestop", "replay"]
 
 log = logging.getLogger(__name__)
 
@@ -337,15 +338,17 @@ def push_catalogue(
     """Bring the one-stop catalogue and the ministry replica level with the snapshot."""
     reports = []
     if onestop is not None:
-        reports.append(_push_onestop(store, onestop, run_id))
+        reports.append(push_onestop(store, onestop, run_id=run_id))
     if replica is not None:
-        reports.append(_push_ministry(store, replica, run_id, batch_size))
+        reports.append(push_ministry(store, replica, run_id=run_id, batch_size=batch_size))
     return reports
 
 
-def _push_onestop(store: Store, onestop: OneStopClient, run_id: str) -> PushReport:
+def push_onestop(store: Store, onestop: OneStopClient, *, run_id: str, report: PushReport | None = None) -> PushReport:
+    """The snapshot's changes to the one-stop catalogue (``report``: the report to fill as it goes,
+    a caller counting what a failed attempt did passes its own; a new one by default)."""
     mapping = load_mapping(TO_ONESTOP)
-    report = PushReport("onestop")
+    report = report if report is not None else PushReport("onestop")
     upserts, withdrawals = _pending_for(store, ONESTOP)
     with store.engine.connect() as conn:
         waiting = _open_letters(conn, "onestop")
@@ -373,9 +376,11 @@ def _push_onestop(store: Store, onestop: OneStopClient, run_id: str) -> PushRepo
     return report
 
 
-def _push_ministry(store: Store, replica: MinistryReplica, run_id: str, batch_size: int) -> PushReport:
+def push_ministry(store: Store, replica: MinistryReplica, *, run_id: str, batch_size: int = 200,
+                  report: PushReport | None = None) -> PushReport:
+    """The snapshot's changes to the ministry replica (``report``: as for :func:`push_onestop`)."""
     mapping = load_mapping(TO_MINISTRY)
-    report = PushReport("ministry")
+    report = report if report is not None else PushReport("ministry")
     replica.migrate()
     upserts, withdrawals = _pending_for(store, MINISTRY)
     with store.engine.connect() as conn:

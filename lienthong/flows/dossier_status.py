@@ -150,7 +150,8 @@ class ProgressReport:
 
 
 # --- 1. stage ------------------------------------------------------------------------------------
-def stage_changes(store: Store, onestop: OneStopClient, *, run_id: str, feed_from: str | None = None) -> StageReport:
+def stage_changes(store: Store, onestop: OneStopClient, *, run_id: str, feed_from: str | None = None,
+                  report: StageReport | None = None) -> StageReport:
     """Stage every one-stop change from the bookmark; see the module docstring.
 
     Args:
@@ -158,10 +159,13 @@ def stage_changes(store: Store, onestop: OneStopClient, *, run_id: str, feed_fro
             whole feed, or a cursor. Re-reading is a backfill, safe like a window's: events staged
             before and finished go back in line, and delivery sends none whose payload the portal
             acknowledged unless asked to (``resend_acknowledged``, after the portal lost data).
+        report: the report to fill as the step goes (a caller counting what a failed attempt did
+            passes its own); a new one by default.
     """
     stored = store.get_cursor(FLOW)
     start = stored if feed_from is None else (None if feed_from == FEED_BEGINNING else feed_from)
-    report = StageReport(cursor_from=start, cursor_to=stored)
+    report = report if report is not None else StageReport()
+    report.cursor_from, report.cursor_to = start, stored
     page_start = start
     for page in onestop.iter_changes(start):
         report.pages += 1
@@ -177,15 +181,16 @@ def stage_changes(store: Store, onestop: OneStopClient, *, run_id: str, feed_fro
 
 
 def stage_window(
-    store: Store, onestop: OneStopClient, *, run_id: str, modified_from: str | None, modified_to: str | None
+    store: Store, onestop: OneStopClient, *, run_id: str, modified_from: str | None, modified_to: str | None,
+    report: StageReport | None = None,
 ) -> StageReport:
     """Backfill: stage the current snapshot of every dossier modified in [from, to).
 
     The bookmark is left alone. A snapshot the portal already acknowledged is not re-sent (its
     payload hash matches), so a window can be replayed safely; pass ``resend_acknowledged`` to the
-    delivery to force it.
+    delivery to force it. ``report``: as for :func:`stage_changes`.
     """
-    report = StageReport()
+    report = report if report is not None else StageReport()
     for items in onestop.iter_dossiers(modified_from=modified_from, modified_to=modified_to):
         report.pages += 1
         report.events_read += len(items)
@@ -332,6 +337,7 @@ def deliver_pending(
     batch_size: int = 50,
     resend_acknowledged: bool = False,
     leases: Leases | None = None,
+    report: DeliveryReport | None = None,
 ) -> DeliveryReport:
     """Map and deliver every pending dossier; see the module docstring.
 
@@ -340,6 +346,8 @@ def deliver_pending(
             the portal lost data); the portal's answers still keep the effect single.
         leases: this worker's dossier leases (a new set by default). Several workers may deliver at
             once: a dossier leased by another is left to it (counted as ``leased_elsewhere``).
+        report: the report to fill as the step goes (a caller counting what a failed attempt did
+            passes its own); a new one by default.
 
     Raises:
         RetriableConnectorError: the portal became unreachable; rows not yet acknowledged stay
@@ -347,7 +355,7 @@ def deliver_pending(
     """
     mapping = mapping or load_mapping(MAPPING)
     progress_mapping = progress_mapping or load_mapping(PROGRESS_MAPPING)
-    report = DeliveryReport()
+    report = report if report is not None else DeliveryReport()
     leases = leases or Leases(store, FLOW)
     try:
         _deliver_batches(store, portal, report, run_id, mapping, progress_mapping, batch_size, resend_acknowledged,
@@ -736,18 +744,20 @@ def deliver_progress(
     mapping: Mapping | None = None,
     chunk_size: int = 10,
     leases: Leases | None = None,
+    report: ProgressReport | None = None,
 ) -> ProgressReport:
     """Send staged progress entries; see the module docstring.
 
     A dossier leased by another worker is left to it: its entries stay pending, and its entries in
     flight are that worker's to reconcile (``leases``: this worker's, a new set by default).
+    ``report``: as for :func:`deliver_pending`.
 
     Raises:
         RetriableConnectorError: the portal became unreachable; the chunk in flight is
             reconciled before anything is re-sent on the next attempt.
     """
     mapping = mapping or load_mapping(PROGRESS_MAPPING)
-    report = ProgressReport()
+    report = report if report is not None else ProgressReport()
     leases = leases or Leases(store, FLOW)
     try:
         _map_progress(store, mapping, report, run_id)

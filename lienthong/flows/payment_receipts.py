@@ -459,7 +459,8 @@ def next_ask(first_asked: datetime, now: datetime, run_start: datetime) -> datet
 
 
 def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
-                     clock: Callable[[], datetime] = utcnow, full_listing: bool | None = None) -> CollectReport:
+                     clock: Callable[[], datetime] = utcnow, full_listing: bool | None = None,
+                     report: CollectReport | None = None) -> CollectReport:
     """Step 1: list payment requests, QUERY the unfinished ones that are due, GET_BILL the paid ones.
 
     An unfinished payment is asked about on a schedule (:func:`next_ask`), read through
@@ -468,9 +469,10 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
     (:func:`lienthong.exchange_log.answer_transactions`), so a transport failure (raised for the
     task to retry) loses nothing of what was already asked. ``clock`` gives the current time
     (aware UTC); ``full_listing``: list every one-stop request (true), only the newest (false), or
-    every request once a day (``None``, :func:`_register_requests`).
+    every request once a day (``None``, :func:`_register_requests`). ``report``: the report to fill
+    as the step goes (a caller counting what a failed attempt did passes its own), else a new one.
     """
-    report = CollectReport()
+    report = report if report is not None else CollectReport()
     with answer_transactions(store, platform) as begin:
         _register_requests(store, begin, onestop, run_id, report, clock, full_listing)
         run_start = clock()
@@ -665,13 +667,13 @@ def _remembered_payer(payers: dict[str, str | None], onestop: Any, dossier_code:
     return payers[dossier_code]
 
 
-def update_onestop_fees(store: Store, onestop: Any, *, run_id: str) -> FeeReport:
+def update_onestop_fees(store: Store, onestop: Any, *, run_id: str, report: FeeReport | None = None) -> FeeReport:
     """Step 2: record finished transactions at the one-stop where its callback did not.
 
     A payment whose dossier the one-stop does not hold is held, not recorded. The look-up reads the
     dossier, and a paid payment keeps its applicant's name (``payer_name``) for the ledger step,
-    which then need not read the dossier again."""
-    report = FeeReport()
+    which then need not read the dossier again. ``report``: as for :func:`collect_payments`."""
+    report = report if report is not None else FeeReport()
     with answer_transactions(store, onestop) as begin:
         payers: dict[str, str | None] = {}
 
@@ -747,13 +749,15 @@ def _source_record(row: Any, payer_name: str) -> dict[str, Any]:
             "dossier": {"code": row.dossier_code or "", "payer_name": payer_name}}
 
 
-def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, batch_size: int = 100) -> LedgerReport:
+def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, batch_size: int = 100,
+                    report: LedgerReport | None = None) -> LedgerReport:
     """Step 3: map and submit the receipts of paid transactions to the ministry ledger.
 
     The payer's name is the dossier's applicant: kept by the fee step's look-up (``payer_name``),
     else (the fee step failed or did not reach the payment) read here from the one-stop, which also
-    tells a dossier it does not hold: that receipt is held."""
-    report = LedgerReport()
+    tells a dossier it does not hold: that receipt is held. ``report``: as for
+    :func:`collect_payments`."""
+    report = report if report is not None else LedgerReport()
     mapping = load_mapping(TO_LEDGER)
     with answer_transactions(store, ledger) as begin:
         ready: list[tuple[Any, dict[str, Any]]] = []

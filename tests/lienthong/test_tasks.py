@@ -52,17 +52,17 @@ def test_a_step_is_counted_once_whether_it_returns_or_fails(store):
         def counts(self):
             return {"sent": self.sent, "rejections": [f"r{self.sent}"]}
 
-    def step(fail_after: int | None):
-        report = Report()
+    def step(fail_after: int | None, report: Report | None = None):
+        report = report if report is not None else Report()
         for _ in range(3):
             if report.sent == fail_after:
                 raise OSError("the peer went away")
             report.sent += 1
         return report
 
-    assert _counted(store, "f", "run", Report, lambda: step(None)) == {"sent": 3, "rejections": ["r3"]}
+    assert _counted(store, "f", "run", Report(), lambda r: step(None, r)) == {"sent": 3, "rejections": ["r3"]}
     with pytest.raises(OSError):
-        _counted(store, "f", "run", Report, lambda: step(2))
+        _counted(store, "f", "run", Report(), lambda r: step(2, r))
     with pytest.raises(OSError):  # a step counted only when it finishes (the catalogue pull, a reconciliation)
-        _counted(store, "f", "run", None, lambda: step(1))
+        _counted(store, "f", "run", None, lambda r: step(1, r))
     assert store.run_summary("f", "run")["counts"] == {"sent": 5, "rejections": ["r3", "r2"]}
