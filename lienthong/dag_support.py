@@ -8,7 +8,9 @@ answer that arrived unreadable) and anything unexpected are retried with exponen
 errors a retry cannot fix — a peer refusing our credentials, an answer that reads but breaks the
 peer's contract (``FatalConnectorError``), a connection that is not configured
 (``ConfigurationError``) — fail the task at once. Refused *records* never reach Airflow: the flows
-dead-letter them.
+dead-letter them. A retriable error carrying the peer's ``Retry-After`` (``retry_after``, seconds:
+a 429 or 503 that asked for longer than the transport waits itself) is retried no sooner than the
+peer asked, and no later than :data:`MAX_RETRY_AFTER`.
 """
 
 from __future__ import annotations
@@ -18,11 +20,44 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule, get_current_context
+from airflow.sdk.definitions.retry_policy import RetryDecision
 
-__all__ = ["NO_RETRY", "default_args", "run_ids"]
+__all__ = ["MAX_RETRY_AFTER", "NO_RETRY", "PeerPacedRetryPolicy", "default_args", "run_ids"]
 
 #: Exceptions (dotted paths) that fail a task at once instead of being retried.
 NO_RETRY = ("connectors.errors.FatalConnectorError", "connectors.errors.ConfigurationError")
+
+
+#: The longest a peer's Retry-After delays a task's retry (a longer ask is taken as this).
+MAX_RETRY_AFTER = timedelta(hours=1)
+
+
+class PeerPacedRetryPolicy(ExceptionRetryPolicy):
+    """The rules of :data:`NO_RETRY`, and a retry no sooner than the peer's ``Retry-After``.
+
+    Args:
+        rules: as :class:`ExceptionRetryPolicy`'s.
+        retry_delay, max_retry_delay: the task's own back-off (doubling from ``retry_delay``, at
+            most ``max_retry_delay``): a peer's shorter ask leaves it as it is.
+    """
+
+    def __init__(self, rules: list[RetryRule], *, retry_delay: timedelta, max_retry_delay: timedelta) -> None:
+        super().__init__(rules)
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+
+    def evaluate(self, exception: BaseException, try_number: int, max_tries: int,
+                 context: Any = None) -> RetryDecision:
+        decision = super().evaluate(exception, try_number, max_tries, context)
+        asked = getattr(exception, "retry_after", None)
+        if decision.action is RetryAction.FAIL or type(asked) not in (int, float) or not asked > 0:
+            return decision
+        own = min(self.max_retry_delay, self.retry_delay * 2 ** max(try_number - 1, 0))
+        wait = min(timedelta(seconds=asked), MAX_RETRY_AFTER)
+        if wait <= own:
+            return decision
+        return RetryDecision.retry(delay=wait, reason=f"the peer asked to be called again in {asked:.0f} s "
+                                                      f"(Retry-After): retried in {wait.total_seconds():.0f} s")
 
 
 def default_args(*, retries: int = 3, retry_delay: timedelta, max_retry_delay: timedelta,
@@ -36,8 +71,9 @@ def default_args(*, retries: int = 3, retry_delay: timedelta, max_retry_delay: t
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": max_retry_delay,
         "execution_timeout": execution_timeout,
-        "retry_policy": ExceptionRetryPolicy(rules=[
-            RetryRule(exception=name, action=RetryAction.FAIL) for name in (*NO_RETRY, *also_fatal)]),
+        "retry_policy": PeerPacedRetryPolicy(
+            [RetryRule(exception=name, action=RetryAction.FAIL) for name in (*NO_RETRY, *also_fatal)],
+            retry_delay=retry_delay, max_retry_delay=max_retry_delay),
     }
 
 

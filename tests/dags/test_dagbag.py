@@ -56,6 +56,35 @@ def test_every_task_retries_what_may_pass_next_time_and_fails_at_once_on_the_res
             assert [decide(exc) for exc in fatal] == [RetryAction.FAIL] * len(fatal), t.task_id
 
 
+def test_a_peers_retry_after_paces_the_retry(dagbag):
+    """A 429/503 whose Retry-After is longer than the transport waits itself raises PeerUnavailable
+    carrying it: the task is retried no sooner than the peer asked (at most an hour), and a shorter
+    ask leaves the task's own back-off."""
+    from datetime import timedelta
+
+    from airflow.sdk import RetryAction
+
+    from connectors.errors import PeerUnavailable, ProtocolError
+
+    task = dagbag.dags["sync_dossier_status"].get_task("deliver_dossier_statuses")
+    policy = task.retry_policy
+
+    def asking(seconds):
+        exc = PeerUnavailable("national_portal DongBoHoSoMC: HTTP 429")
+        exc.retry_after = seconds
+        return exc
+
+    decision = policy.evaluate(asking(600), try_number=1, max_tries=4)
+    assert decision.action is RetryAction.RETRY and decision.retry_delay == timedelta(seconds=600)
+    assert "600 s" in decision.reason
+    assert policy.evaluate(asking(86_400), try_number=1, max_tries=4).retry_delay == timedelta(hours=1)
+    assert policy.evaluate(asking(5), try_number=1, max_tries=4).action is RetryAction.DEFAULT  # own 30 s back-off
+    assert policy.evaluate(asking(None), try_number=1, max_tries=4).action is RetryAction.DEFAULT
+    fatal = ProtocolError("p")
+    fatal.retry_after = 600
+    assert policy.evaluate(fatal, try_number=1, max_tries=4).action is RetryAction.FAIL
+
+
 def test_dossier_dag_shape(dagbag):
     dag = dagbag.dags["sync_dossier_status"]
     assert [t.task_id for t in dag.topological_sort()] == [
