@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -429,6 +429,6 @@ def test_a_trickling_receipt_pdf_does_not_hold_get_bill_past_its_deadline(peers,
                               total_timeout=1.0, retry=RetryPolicy(max_attempts=2, base_delay=0.0, max_delay=0.0))
     t0 = time.monotonic()
     with pytest.raises(PeerUnavailable, match="answer not complete within 1s"):
-        c.get_bill("dvc0001H4920261102080000")
+        c.get_bill("dvc0001H4920261102080000", transaction_time=datetime(2026, 11, 2, 1, 0, tzinfo=UTC))
     assert time.monotonic() - t0 < 3.5
     assert [(e.operation, e.outcome) for e in recorder.exchanges] == [("GET_BILL", "transport_error")] * 2
