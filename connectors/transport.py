@@ -85,8 +85,10 @@ MAX_JSON_DEPTH = 64
 _OVERSIZE_PREFIX = 4096
 #: Without an ``extra.total_timeout``, an attempt (sending the request, waiting for the answer and
 #: reading it whole) may take this many times the read timeout: ``read_timeout`` bounds each socket
-#: read only, so a peer sending a byte now and then would hold a call for as long as it likes.
-TOTAL_TIMEOUT_FACTOR = 2
+#: read only, so a peer sending a byte now and then would hold a call for as long as it likes. Six:
+#: the deadline runs from sending the request, so it takes in the peer's own work (up to one read
+#: timeout before the answer begins) and a large answer read at a modest pace (8 MiB in a minute).
+TOTAL_TIMEOUT_FACTOR = 6
 #: Largest piece of an answer read at once (one socket read at most, so the deadline is looked at
 #: between reads of a trickling answer as well).
 _CHUNK = 64 * 1024

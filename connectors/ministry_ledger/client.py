@@ -6,7 +6,7 @@ bound to the configured address. The client owns what zeep leaves to its caller:
 * hardened parsing: no DTD, no entity, no external fetch, no huge tree; an answer carrying one is
   refused unread (:class:`~connectors.errors.UnsafeXml`);
 * an explicit ``operation_timeout`` (zeep's default is none; it bounds each socket read), a
-  connect timeout, and a deadline for a whole attempt (``total_timeout``, default twice the
+  connect timeout, and a deadline for a whole attempt (``total_timeout``, default six times the
   operation timeout: a trickling answer cannot hold a call);
 * one exchange-log record per SOAP attempt, written by the transport, with the WS-Security
   ``Password`` and ``Nonce`` replaced by ``***``, and so are the values of credential headers both
@@ -396,7 +396,7 @@ class ReceiptLedgerClient:
         wsdl: the local WSDL file (its XSD import is read next to it).
         connect_timeout, operation_timeout: seconds; both always set (``operation_timeout`` bounds
             each socket read).
-        total_timeout: seconds a SOAP attempt may take whole (default twice ``operation_timeout``).
+        total_timeout: seconds a SOAP attempt may take whole (default six times ``operation_timeout``).
         retry: attempts for transient failures (timeouts, dropped connections, HTTP 5xx pages).
         sleep: waits between attempts; injectable for tests.
         seed: seeds the back-off jitter.

@@ -527,8 +527,7 @@ def test_a_retry_after_within_the_cap_is_waited(peers, recorder):
 # -- a trickling answer -------------------------------------------------------------------------
 def test_a_trickling_answer_does_not_hold_a_call_past_its_deadline(peers, recorder):
     """operation_timeout bounds each socket read: a ledger sending its envelope's last bytes one
-    every 0.3 s never tripped it. An attempt now ends at total_timeout (default twice the
-    operation timeout), retriable."""
+    every 0.3 s never tripped it. An attempt now ends at total_timeout (2 s here), retriable."""
     payload = envelope("BL2026-000001").encode()
 
     def handle(h, _body):
@@ -544,7 +543,7 @@ def test_a_trickling_answer_does_not_hold_a_call_past_its_deadline(peers, record
             h.wfile.flush()
 
     peer = peers(handle)
-    c = client(peer.url, recorder, operation_timeout=1.0, retry=RetryPolicy(max_attempts=1))
+    c = client(peer.url, recorder, operation_timeout=1.0, total_timeout=2.0, retry=RetryPolicy(max_attempts=1))
     assert c.transport.total_timeout == 2.0
     t0 = time.monotonic()
     with pytest.raises(PeerUnavailable, match="answer not complete within 2s"):
@@ -556,7 +555,7 @@ def test_a_trickling_answer_does_not_hold_a_call_past_its_deadline(peers, record
 def test_total_timeout_from_the_connection():
     spec = ConnectionSpec(conn_id="ministry_ledger_default", conn_type="http", host="127.0.0.1", port=18084,
                           login=USER, password=Secret(PASSWORD), extra={"operation_timeout": 4})
-    assert ReceiptLedgerClient.from_connection(spec).transport.total_timeout == 8.0
+    assert ReceiptLedgerClient.from_connection(spec).transport.total_timeout == 24.0
     spec = ConnectionSpec(conn_id="ministry_ledger_default", conn_type="http", host="127.0.0.1", port=18084,
                           login=USER, password=Secret(PASSWORD), extra={"operation_timeout": 4, "total_timeout": 30})
     assert ReceiptLedgerClient.from_connection(spec).transport.total_timeout == 30.0
