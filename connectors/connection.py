@@ -210,11 +210,16 @@ def _from_uri(conn_id: str, raw: str) -> ConnectionSpec:
     if raw.count("://") > 2:
         raise ConfigurationError(invalid)
     conn_type, _, rest = raw.partition("://")
+    conn_type = conn_type.lower()  # a scheme is case-insensitive (RFC 3986; urlsplit and Airflow lower it)
     protocol = ""
-    if "://" in rest:  # Airflow's form for a host that carries its own scheme
+    head = rest.partition("://")[0]
+    # Airflow's form for a host that carries its own scheme ('http://https://host'); a '://' after
+    # the query begins or inside the user-info belongs to a value (an extra holding a URL)
+    if "://" in rest and not any(c in head for c in "?#"):
         protocol, _, rest = rest.partition("://")
         if "@" in protocol or ":" in protocol:
             raise ConfigurationError(invalid)
+        protocol = protocol.lower()
     try:
         parts = urlsplit(f"{conn_type}://{rest}")
         port = parts.port

@@ -171,7 +171,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     value = (value or "").strip()
     if not value:
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # ASCII only: '²' (a Latin-1 byte 0xB2) is a digit to str
         return float(int(value)) if len(value) <= 12 else 1e12
     try:
         when = parsedate_to_datetime(value)
@@ -554,8 +554,23 @@ def header_value_problem(value: str) -> str | None:
 
 def headers_for_log(headers: Any, secret: frozenset[str] = SECRET_HEADERS) -> dict[str, str]:
     """``headers`` as the exchange log keeps them: the value of each header named in ``secret``
-    (lower case) replaced by ``***``."""
-    return {k: (REDACTED if k.lower() in secret else str(v)) for k, v in headers.items()}
+    (lower case) replaced by ``***``, and a ``Location`` (a refused redirect's) cut to its scheme
+    and host: its path or query may carry a ticket."""
+    return {k: (REDACTED if k.lower() in secret else _location_for_log(str(v)) if k.lower() == "location"
+                else str(v)) for k, v in headers.items()}
+
+
+def _location_for_log(location: str) -> str:
+    try:
+        parts = urlsplit(location)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return REDACTED
+    if host and _HOST_NAME.fullmatch(host):
+        host = f"{host}:{port}" if port else host
+        origin = f"{parts.scheme}://{host}" if parts.scheme else f"//{host}"
+        return origin + ("/***" if (parts.path not in ("", "/") or parts.query or parts.fragment) else parts.path)
+    return REDACTED
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")

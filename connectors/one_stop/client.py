@@ -39,7 +39,7 @@ from connectors.transport import (
 __all__ = ["ChangeEvent", "ChangePage", "OneStopClient"]
 
 PEER = "onestop"
-LIST_PASSES = 5  # passes over a paged list that shrinks while it is read (see OneStopClient._pages)
+LIST_READS = 4  # times its pages a shrinking paged list may be read before giving up (OneStopClient._pages)
 
 
 @dataclass(frozen=True)
@@ -192,37 +192,40 @@ class OneStopClient:
 
         The one-stop pages by offset. When a filtered list shrinks while it is read (a dossier of a
         ``modifiedAt`` window changed by a clerk leaves it), the items after the one that left move
-        up a place and the first of the next page, already inside a page read, would never be seen.
-        So a pass in which a page's ``total`` is lower than the page's before is followed by another
-        pass, yielding only what no pass yielded yet (the same item, byte for byte, is yielded
-        once), until one pass sees no shrinking. A list that shrinks in every one of
-        ``LIST_PASSES`` passes is ``PeerUnavailable``: ask again later. (An item that enters while
-        the list is read moves the others down: seen twice, yielded once; the item itself was
-        changed during the read, so the change feed has it.)"""
+        up a place, and as many as left slide into pages already read: never seen. So when a
+        page's ``total`` is lower than the page's before, reading goes back as many pages as the
+        drop can have moved items across, then on again; an item is yielded once (the same item,
+        byte for byte). A list that keeps shrinking past :data:`LIST_READS` times its pages is
+        ``PeerUnavailable``: ask again later. (An item that enters while the list is read moves
+        the others down: seen twice, yielded once; it was changed during the read, so the change
+        feed has it. One entering and one leaving between the same two pages leave the total
+        as it was, unnoticed.)"""
+        size = int(params["size"])
         yielded: set[bytes] = set()
-        for _ in range(LIST_PASSES):
-            page, read, last_total, shrank = 1, 0, None, False
-            while True:
-                items, total = self._page(path, operation, {**params, "page": page})
-                shrank = shrank or (last_total is not None and total < last_total)
+        page, last_total, reads, most = 1, None, 0, 0
+        while True:
+            items, total = self._page(path, operation, {**params, "page": page})
+            reads, most = reads + 1, max(most, total)
+            fresh = []
+            for item in items:
+                digest = hashlib.blake2b(json.dumps(item, sort_keys=True, ensure_ascii=False).encode(),
+                                         digest_size=16).digest()
+                if digest not in yielded:
+                    yielded.add(digest)
+                    fresh.append(item)
+            if fresh:
+                yield fresh
+            if last_total is not None and total < last_total:
+                if reads > LIST_READS * (-(-most // size) + 1):
+                    raise PeerUnavailable(f"{PEER} {operation}: the list kept shrinking while it was read "
+                                          f"({reads} pages read); ask again later", peer=PEER, operation=operation)
+                page = max(1, page - -(-(last_total - total) // size))  # back over what slid past
                 last_total = total
-                fresh = []
-                for item in items:
-                    digest = hashlib.blake2b(json.dumps(item, sort_keys=True, ensure_ascii=False).encode(),
-                                             digest_size=16).digest()
-                    if digest not in yielded:
-                        yielded.add(digest)
-                        fresh.append(item)
-                if fresh:
-                    yield fresh
-                read += len(items)
-                if not items or read >= total:
-                    break
-                page += 1
-            if not shrank:
+                continue
+            last_total = total
+            if not items or page * size >= total:
                 return
-        raise PeerUnavailable(f"{PEER} {operation}: the list shrank while it was read, in each of {LIST_PASSES} "
-                              f"passes; ask again later", peer=PEER, operation=operation)
+            page += 1
 
     def iter_dossiers(
         self, *, modified_from: str | None = None, modified_to: str | None = None, size: int | None = None

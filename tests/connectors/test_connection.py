@@ -146,3 +146,78 @@ def test_a_bad_libpq_extra_names_the_connection_and_the_extra(extra, says):
     pg = ConnectionSpec(conn_id="ministry_db_default", conn_type="postgres", host="db", schema="m", extra=extra)
     with pytest.raises(ConfigurationError, match=f"connection '?ministry_db_default'?: {says}"):
         pg.sqlalchemy_url()
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("POSTGRES://ministry:pw@db.example:5432/ministry", "postgresql+psycopg2://ministry:pw@db.example:5432/ministry"),
+    ("Postgres://ministry:pw@db.example:5432/ministry", "postgresql+psycopg2://ministry:pw@db.example:5432/ministry"),
+    ("SQLITE:////var/lib/lienthong/ministry.db", "sqlite:////var/lib/lienthong/ministry.db"),
+])
+def test_an_upper_case_uri_scheme_is_still_a_database_connection(uri, expected):
+    """urlsplit lower-cases the scheme (RFC 3986: case-insensitive) and Airflow's Connection does
+    the same; the new parser takes the text before '://' as it is, so 'POSTGRES://...' became
+    conn_type 'POSTGRES' and sqlalchemy_url() refuses it ('not a supported database'). It worked
+    before the change."""
+    spec = connection_from_env("ministry_db_default", {"AIRFLOW_CONN_MINISTRY_DB_DEFAULT": uri})
+    assert spec.sqlalchemy_url() == expected
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("POSTGRES://ministry:pw@db.example:5432/ministry", "postgresql+psycopg2://ministry:pw@db.example:5432/ministry"),
+    ("Postgres://ministry:pw@db.example:5432/ministry", "postgresql+psycopg2://ministry:pw@db.example:5432/ministry"),
+    ("SQLITE:////var/lib/lienthong/ministry.db", "sqlite:////var/lib/lienthong/ministry.db"),
+])
+def test_an_upper_case_uri_scheme_is_still_a_database_connection(uri, expected):
+    """urlsplit lower-cases the scheme (RFC 3986: case-insensitive) and Airflow's Connection does
+    the same; the new parser takes the text before '://' as it is, so 'POSTGRES://...' became
+    conn_type 'POSTGRES' and sqlalchemy_url() refuses it ('not a supported database'). It worked
+    before the change."""
+    spec = connection_from_env("ministry_db_default", {"AIRFLOW_CONN_MINISTRY_DB_DEFAULT": uri})
+    assert spec.sqlalchemy_url() == expected
+
+
+def test_an_upper_case_https_uri_is_still_https():
+    """'HTTPS://user:pw@portal:8443' is conn_type 'HTTPS', not in ('http', 'https'), so base_url falls
+    back to http: the portal log-in (password) in clear text, the very defect commit 9145376 fixed
+    for the lower-case spelling. Airflow reads the scheme as 'https'."""
+    env = {"AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT": "HTTPS://lienthong.h49:secret@portal.example:8443?madonvi=x"}
+    assert connection_from_env("national_portal_default", env).base_url == "https://portal.example:8443"
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("POSTGRES://ministry:pw@db.example:5432/ministry", "postgresql+psycopg2://ministry:pw@db.example:5432/ministry"),
+    ("Postgres://ministry:pw@db.example:5432/ministry", "postgresql+psycopg2://ministry:pw@db.example:5432/ministry"),
+    ("SQLITE:////var/lib/lienthong/ministry.db", "sqlite:////var/lib/lienthong/ministry.db"),
+])
+def test_an_upper_case_uri_scheme_is_still_a_database_connection(uri, expected):
+    """urlsplit lower-cases the scheme (RFC 3986: case-insensitive) and Airflow's Connection does
+    the same; the new parser takes the text before '://' as it is, so 'POSTGRES://...' became
+    conn_type 'POSTGRES' and sqlalchemy_url() refuses it ('not a supported database'). It worked
+    before the change."""
+    spec = connection_from_env("ministry_db_default", {"AIRFLOW_CONN_MINISTRY_DB_DEFAULT": uri})
+    assert spec.sqlalchemy_url() == expected
+
+
+def test_an_upper_case_https_uri_is_still_https():
+    """'HTTPS://user:pw@portal:8443' is conn_type 'HTTPS', not in ('http', 'https'), so base_url falls
+    back to http: the portal log-in (password) in clear text, the very defect commit 9145376 fixed
+    for the lower-case spelling. Airflow reads the scheme as 'https'."""
+    env = {"AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT": "HTTPS://lienthong.h49:secret@portal.example:8443?madonvi=x"}
+    assert connection_from_env("national_portal_default", env).base_url == "https://portal.example:8443"
+
+
+@pytest.mark.parametrize("uri, url", [
+    ("postgres://?sqlalchemy_url=postgresql://ministry:pw@db.example:5432/ministry",
+     "postgresql://ministry:pw@db.example:5432/ministry"),
+    ("sqlite://?sqlalchemy_url=postgresql://ministry:pw@db.example/ministry",
+     "postgresql://ministry:pw@db.example/ministry"),
+])
+def test_an_extra_holding_a_url_in_a_uri_connection_is_kept(uri, url):
+    """README: ministry_db_default may be given as extra.sqlalchemy_url. In URI form, before the
+    change (urlsplit) and in Airflow (Connection(uri=...).extra) the query's sqlalchemy_url is kept.
+    The new parser sees a second '://' and takes '?sqlalchemy_url=postgresql' as the host's
+    protocol: the extra vanishes, host becomes '?sqlalchemy_url=postgresql://db.example' (or
+    '/ministry'), and the bus connects somewhere else or fails."""
+    spec = connection_from_env("ministry_db_default", {"AIRFLOW_CONN_MINISTRY_DB_DEFAULT": uri})
+    assert spec.extra.get("sqlalchemy_url") == url
+    assert spec.sqlalchemy_url() == url

@@ -321,7 +321,8 @@ def test_a_redirect_is_recorded_and_refused_never_followed(peers, status):
     assert str(info.value) == f"peer op: HTTP {status} redirect to host localhost refused: redirects are not followed"
     assert info.value.status == status and elsewhere.requests == [] and len(peer.requests) == 1
     assert [(e.response_status, e.outcome) for e in rec.exchanges] == [(status, "protocol_error")]
-    assert rec.exchanges[0].response_headers["Location"] == location  # the answer, logged as it came
+    # the answer is logged, its Location cut to scheme and host: the path or query may carry a ticket
+    assert rec.exchanges[0].response_headers["Location"] == f"http://localhost:{elsewhere.port}/***"
 
 
 @pytest.mark.parametrize("location, says", [
@@ -534,3 +535,75 @@ def test_transport_extras_default_total_timeout_to_six_times_the_read_timeout():
     assert HttpTransport(peer="p", base_url="http://127.0.0.1:9", read_timeout=7).total_timeout == 42.0
     with pytest.raises(ConfigurationError, match="extra.total_timeout must be a number from 0.001 to 86400, not 0"):
         transport_options({"total_timeout": 0}, conn_id="x")
+
+
+def test_a_retry_after_of_latin1_superscript_digits_is_ignored_not_a_raw_valueerror(peers):
+    """http.client decodes header bytes as Latin-1, so a byte 0xB2 in Retry-After is '²', for which
+    str.isdigit() is True and int() raises ValueError. retry_after_seconds() promises None for an
+    unreadable value; instead the raw ValueError escapes HttpTransport.send (outside the error tree,
+    the attempt not even recorded in the exchange log)."""
+    calls = []
+
+    def handle(h, body):
+        calls.append(1)
+        if len(calls) == 1:
+            answer(h, 503, {"error": "maintenance"}, headers={"Retry-After": "\xb2"})
+        else:
+            answer(h, 200, {"ok": True})
+
+    peer = peers(handle)
+    rec = MemoryRecorder()
+    sleeps: list[float] = []
+    t = HttpTransport(peer="onestop", base_url=peer.url, recorder=rec, retry=RetryPolicy(max_attempts=2),
+                      sleep=sleeps.append, seed=1)
+    response = t.send("GET", "/api/v1/dossiers/changes", operation="changes")  # ValueError here
+    assert response.status_code == 200
+    assert [e.response_status for e in rec.exchanges] == [503, 200]
+
+
+def test_a_steady_answer_whose_reads_never_wait_long_is_not_cut_by_the_default_deadline(peers):
+    """total_timeout defaults to 2 x read_timeout whatever the answer's size. An answer arriving
+    steadily (a piece every 0.1 s, read_timeout 1 s: no read comes near its timeout) but taking
+    longer than 2 s in all is now dropped on every attempt as PeerUnavailable, though it was read
+    before the change. At production scale: read_timeout 10 s -> 20 s, so an answer under the
+    8 MiB cap on a link slower than ~400 KiB/s (a listing page, a ledger ListReceipts, a PDF) can
+    never be read, and each retry downloads it again."""
+    piece = b"x" * 10_000
+    pieces = 30
+    payload = b'{"a":"' + piece * pieces + b'"}'
+
+    def handle(h, _body):
+        h.send_response(200)
+        h.send_header("Content-Type", JSON)
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(payload[:6])
+        h.wfile.flush()
+        for i in range(pieces):
+            time.sleep(0.1)
+            h.wfile.write(piece)
+            h.wfile.flush()
+        h.wfile.write(b'"}')
+        h.wfile.flush()
+
+    peer = peers(handle)
+    t = HttpTransport(peer="p", base_url=peer.url, read_timeout=1.0, retry=RetryPolicy(max_attempts=1))
+    response = t.send("GET", "/list", operation="list")  # PeerUnavailable: 'not complete within 2s'
+    assert response.content == payload
+
+
+def test_a_refused_redirects_location_query_never_reaches_the_exchange_log(peers):
+    """redirect_refused() names only the Location's host because 'its path or query ... may carry a
+    ticket'; but the same attempt's Exchange keeps the whole Location header in response_headers
+    (3xx answers were never recorded before: requests followed them). The ticket the error hides
+    is in the exchange log."""
+    ticket = "ST-5512-Hq8vTicketSecret"
+    peer = peers(lambda h, body: answer(h, 302, b"", "text/html",
+                                        headers={"Location": f"https://sso.example/cb?ticket={ticket}"}))
+    rec = MemoryRecorder()
+    t = HttpTransport(peer="p", base_url=peer.url, recorder=rec, retry=RetryPolicy(max_attempts=1))
+    with pytest.raises(ProtocolError) as info:
+        t.send("GET", "/x", operation="op")
+    assert ticket not in str(info.value)
+    (exchange,) = rec.exchanges
+    assert ticket not in repr(exchange.response_headers)

@@ -559,3 +559,21 @@ def test_total_timeout_from_the_connection():
     spec = ConnectionSpec(conn_id="ministry_ledger_default", conn_type="http", host="127.0.0.1", port=18084,
                           login=USER, password=Secret(PASSWORD), extra={"operation_timeout": 4, "total_timeout": 30})
     assert ReceiptLedgerClient.from_connection(spec).transport.total_timeout == 30.0
+
+
+def test_the_ledger_treats_a_garbage_retry_after_as_absent_not_as_a_fatal_protocol_error(peers):
+    """Same byte on the ledger's 503: the ValueError from retry_after_seconds() goes through zeep and
+    ReceiptLedgerClient._call maps ValueError to a *fatal* ProtocolError ('does not follow the WSDL'):
+    a maintenance page is no longer retried (nor retried by Airflow: NO_RETRY), and no exchange is
+    recorded for the attempt."""
+    peer = peers(lambda h, body: answer(h, 503, b"<html>maintenance</html>", "text/html",
+                                        headers={"Retry-After": "\xb2"}))
+    rec = MemoryRecorder()
+    ledger = ReceiptLedgerClient(peer.url, "lienthong.h49", Secret("pw"), recorder=rec, operation_timeout=2.0,
+                                 retry=RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02))
+    try:
+        with pytest.raises(PeerUnavailable):  # ProtocolError today
+            ledger.get_receipt("BL2026-000001")
+        assert [e.response_status for e in rec.exchanges] == [503, 503]
+    finally:
+        ledger.close()
