@@ -393,12 +393,29 @@ def lenient_text(value: Any) -> str | None:
 
 _VND_NONE = frozenset({"", "0", "không", "miễn phí", "không thu", "không có"})
 _VND_TEXT = re.compile(r"([0-9]{1,3}(?:\.[0-9]{3})+|[0-9]+)\s*(?:đồng|vnđ|vnd|đ)?(?:\s*/\s*\S.*)?", re.IGNORECASE)
-#: A second amount after the first: a number with a unit ("…/bản chính; 10.000 đồng/bản sao"), or
-#: one that can only be an amount, with thousands dots or of 4 digits or more ("…; 10.000/bản sao").
-#: A short number without a unit is part of the unit ("20.000 đồng/01 bản").
+#: A second amount after the first: a number with a unit ("…/bản chính; 10.000 đồng/bản sao"), one
+#: written with thousands dots ("…; 10.000/bản sao"), or of 4 digits or more ("…; 5000/bản sao")
+#: unless it is part of a legal basis or a date: after "85/" or "01/" ("Thông tư 85/2019/TT-BTC",
+#: "áp dụng từ 01/01/2025"), before "/QĐ"-like letters ("Quyết định 1234/QĐ-UBND") or after
+#: "năm". A short number is part of the unit ("20.000 đồng/01 bản").
 _VND_SECOND = re.compile(r"[0-9][0-9.]*\s*(?:đồng|vnđ|vnd|đ)(?!\w)", re.IGNORECASE)
 _VND_NUMBER = re.compile(r"[0-9][0-9.]*")
-_VND_AMOUNT_ALONE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{3})+|[0-9]{4,}")
+_VND_THOUSANDS = re.compile(r"[0-9]{1,3}(?:\.[0-9]{3})+")
+_VND_REFERENCE_BEFORE = re.compile(r"(?:[0-9][/.\-]|năm)\s*$", re.IGNORECASE)
+_VND_REFERENCE_AFTER = re.compile(r"\s*/\s*[A-ZĐ]")
+
+
+def _another_amount(text: str, start: int) -> bool:
+    """A number after ``start`` that can only be another amount (see ``_VND_SECOND``'s note)."""
+    for number in _VND_NUMBER.finditer(text, start):
+        token = number.group()
+        if _VND_THOUSANDS.fullmatch(token):
+            return True
+        if len(token) >= 4 and token.isdigit() and not (
+                _VND_REFERENCE_BEFORE.search(text, 0, number.start())
+                or _VND_REFERENCE_AFTER.match(text, number.end())):
+            return True
+    return False
 #: More digits than any fee has (10^18 đồng), and beyond what a 64-bit integer column holds.
 _VND_MAX_DIGITS = 18
 
@@ -418,8 +435,8 @@ def vnd_from_text(value: Any) -> str:
     match = _VND_TEXT.fullmatch(text)
     if match is None:
         raise TransformError("format", "is not an amount of đồng (\"50.000\", \"50.000 đồng\", \"Không\"…)")
-    if _VND_SECOND.search(text, match.end(1)) or any(  # "20.000 đồng/bản chính; 10.000 đồng/bản sao"
-            _VND_AMOUNT_ALONE.search(number.group()) for number in _VND_NUMBER.finditer(text, match.end(1))):
+    # "20.000 đồng/bản chính; 10.000 đồng/bản sao", "20.000/bản chính; 10.000/bản sao"
+    if _VND_SECOND.search(text, match.end(1)) or _another_amount(text, match.end(1)):
         raise TransformError("format", "holds more than one amount of đồng; which one is the fee is for a person "
                                        "to say")
     digits = match.group(1).replace(".", "").lstrip("0") or "0"

@@ -286,6 +286,19 @@ def test_vnd_from_text_refuses_two_amounts_with_or_without_a_unit(text):
     assert TRANSFORMS["vnd_from_text"].function("20.000/01 bản") == "20000"
 
 
+@pytest.mark.parametrize("text", [
+    "50.000 đồng/hồ sơ (theo Thông tư 85/2019/TT-BTC)",
+    "100.000 đồng/hồ sơ; áp dụng từ 01/01/2025",
+    "50.000 đồng/giấy phép (Quyết định 1234/QĐ-UBND)",
+    "50.000 đồng/hồ sơ, áp dụng từ ngày 01.01.2025",
+    "50.000 đồng/hồ sơ từ năm 2025",
+])
+def test_vnd_from_text_keeps_one_fee_whose_text_cites_its_legal_basis_or_a_date(text):
+    """Fee texts cite their legal basis or the date they apply from: those numbers are not a second
+    amount (a review found them refused, the procedure dead-lettered at normalisation)."""
+    assert TRANSFORMS["vnd_from_text"].function(text) == text.split(" ")[0].replace(".", "")
+
+
 def test_procedure_with_two_fees_in_one_text_is_refused():
     source = json.loads((REPO / "fixtures" / "samples" / "national_portal" / "procedure.full-three-channels.json")
                         .read_text(encoding="utf-8"))
