@@ -66,9 +66,11 @@ def _counted(store: Store, flow: str, run_id: str, report: Any, work: Callable[[
     try:
         done = work(report)
     except BaseException:
-        if report is not None:
+        if report is not None:  # what a retry does again (held items asked again...) it counts itself
+            redone = getattr(report, "redone_by_retry", ())
             try:
-                store.add_run_counts(flow, run_id, shape(report.counts()))
+                store.add_run_counts(flow, run_id, shape({k: v for k, v in report.counts().items()
+                                                          if k not in redone}))
             except Exception:  # noqa: BLE001 - the step's own error is the one to raise
                 log.warning("run %s: the counts of the failed %s step were not recorded", run_id, flow,
                             exc_info=True)

@@ -92,6 +92,12 @@ class PushReport:
     withdrawn: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def redone_by_retry(self) -> tuple[str, ...]:
+        """Counts a retry of a failed attempt makes again: a refused procedure is unacknowledged, so
+        pushed (and refused) again; left out of what the failed attempt adds to the run summary."""
+        return f"{self.destination}_rejected", f"{self.destination}_rejections"
+
     def counts(self) -> dict[str, Any]:
         d = self.destination
         return {f"{d}_upserted": self.upserted, f"{d}_withdrawn": self.withdrawn, f"{d}_rejected": len(self.rejected),

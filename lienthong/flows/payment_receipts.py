@@ -232,6 +232,8 @@ class CollectReport:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     invalid: list[dict[str, Any]] = field(default_factory=list)
 
+    redone_by_retry = ("requests_listing", "requests_listed")  # a retry lists the requests again
+
     def counts(self) -> dict[str, Any]:
         return {"requests_listing": self.listing, "requests_listed": self.listed, "requests_new": self.new_requests,
                 "requests_invalid": len(self.invalid), "queried": self.queried,
@@ -620,6 +622,10 @@ class FeeReport:
     held: Counter = field(default_factory=Counter)
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
+    #: counts a retry of a failed attempt makes again (held payments are asked at every run): left
+    #: out of what the failed attempt adds to the run summary (lienthong.tasks._counted)
+    redone_by_retry = ("fees_held", "fees_held_by_reason")
+
     def counts(self) -> dict[str, Any]:
         return {"fees_updated": self.updated, "fees_already_recorded": self.already,
                 "fees_held": sum(self.held.values()), "fees_held_by_reason": dict(self.held),
@@ -736,6 +742,8 @@ class LedgerReport:
     unchanged: int = 0
     held: Counter = field(default_factory=Counter)
     rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    redone_by_retry = ("receipts_held", "receipts_held_by_reason")  # as FeeReport's
 
     def counts(self) -> dict[str, Any]:
         return {"receipts_accepted": self.accepted, "receipts_unchanged": self.unchanged,

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
 import pytest
 import requests
+from sqlalchemy import select
+
+from lienthong.store import payment_txn
 
 T = 10
 
@@ -66,3 +72,120 @@ def test_a_step_is_counted_once_whether_it_returns_or_fails(store):
     with pytest.raises(OSError):  # a step counted only when it finishes (the catalogue pull, a reconciliation)
         _counted(store, "f", "run", None, lambda r: step(1, r))
     assert store.run_summary("f", "run")["counts"] == {"sent": 5, "rejections": ["r3", "r2"]}
+
+
+# --- a failed attempt counts only what its retry does not do again (review of the partial counts)
+class _FlakyOneStop:
+    """The fee step's one-stop: one dossier it does not hold (the payment is held), and a result
+    recording that fails once with a transport error (Airflow then retries the task)."""
+
+    def __init__(self) -> None:
+        self.failed_once = False
+
+    def get_dossier(self, code):
+        return None if code == "000.00.01.H49-261101-9999" else {"dossierNo": code, "applicantName": "Trần Thị Bình"}
+
+    def record_payment_result(self, reference, **_kwargs):
+        from connectors.errors import PeerUnavailable
+
+        if not self.failed_once:
+            self.failed_once = True
+            raise PeerUnavailable("onestop POST /payments/result: HTTP 503")
+        return {"applied": True, "payment": {"status": "paid"}}
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_payment_held_by_a_failed_attempt_is_not_counted_twice_in_the_run_summary(tmp_path, monkeypatch):
+    """9a0222e: 'a retry counts only its own work, so nothing is counted twice; the run summary adds
+    up to what the run did'. Held payments are asked again at every run (WAITING), so the retry
+    holds the same payment again: fees_held counts it twice, while fees_held_by_reason (a dict,
+    which add_run_counts replaces instead of adding) says once."""
+    from connectors.connection import connection_from_env
+    from connectors.errors import PeerUnavailable
+    from lienthong import tasks
+    from lienthong.flows import payment_receipts
+
+    db = tmp_path / "bus.db"
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
+    store = tasks.open_store(connection_from_env)
+    now = datetime(2026, 12, 1, 8, tzinfo=UTC)
+    with store.begin() as conn:
+        for reference, dossier in (("R1", "000.00.01.H49-261101-9999"), ("R2", "000.00.01.H49-261101-0001")):
+            conn.execute(payment_txn.insert().values(
+                reference=reference, dossier_code=dossier, request_amount=1000, onestop_status="pending",
+                platform_status="paid", platform_amount=1000, transaction_id="GD-" + reference, bank="VCB",
+                paid_at="2026-12-01T09:00:00+07:00", onestop_state="todo", ledger_state="todo", updated_at=now))
+    onestop = _FlakyOneStop()
+    monkeypatch.setattr(tasks, "_payment_clients", lambda *args, **kwargs: {"onestop": onestop})
+
+    with pytest.raises(PeerUnavailable):  # attempt 1: R1 held, then R2's recording fails
+        tasks.update_onestop_fees(connection_from_env, run_id="run-1", task_id="fees")
+    tasks.update_onestop_fees(connection_from_env, run_id="run-1", task_id="fees")  # Airflow's retry
+    counts = store.run_summary(payment_receipts.FLOW, "run-1")["counts"]
+    with store.engine.connect() as conn:
+        held = conn.execute(select(payment_txn.c.reference).where(payment_txn.c.onestop_state == "held")).scalars().all()
+    assert held == ["R1"] and counts["fees_updated"] == 1
+    assert counts["fees_held"] == sum(counts["fees_held_by_reason"].values()), counts
+    assert counts["fees_held"] == len(held), counts
+
+
+class _OneStopCatalogue:
+    """The one-stop's catalogue door: refuses procedure A (a 422, the record breaks its rule) and
+    answers 503 once for procedure B (Airflow then retries the push task)."""
+
+    def __init__(self) -> None:
+        self.failed_once = False
+
+    def upsert_procedure(self, record):
+        from connectors.errors import FieldError, PeerUnavailable, RecordRejected
+
+        if record["serviceCode"] == "A":
+            raise RecordRejected("A", [FieldError("channels[0].fees[0].amount", "validation_failed",
+                                                  "channels[0].fees[0].amount must be an integer")])
+        if record["serviceCode"] == "B" and not self.failed_once:
+            self.failed_once = True
+            raise PeerUnavailable("onestop PUT /api/v1/procedures/B: HTTP 503")
+        return record
+
+    def withdraw_procedure(self, code):
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_procedure_refused_by_a_failed_push_attempt_is_not_counted_twice(tmp_path, monkeypatch):
+    """The same class for the catalogue push: every attempt pushes again what the one-stop has
+    not acknowledged, a refused procedure included (its dead letter is not repeated), and the
+    report appends it again: one refusal, one dead letter, counted twice in the run summary."""
+    from connectors.connection import connection_from_env
+    from connectors.errors import PeerUnavailable
+    from lienthong import tasks
+    from lienthong.flows import catalogue
+    from lienthong.store import catalogue_current, content_hash, utcnow
+
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
+                       json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "bus.db")}))
+    monkeypatch.setenv("AIRFLOW_CONN_ONESTOP_DEFAULT",
+                       json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": 9, "password": "k"}))
+    store = tasks.open_store(connection_from_env)
+    with open("fixtures/samples/canonical/procedure.full-three-channels.json", encoding="utf-8") as fh:
+        sample = json.load(fh)
+    with store.begin() as conn:
+        for code in ("A", "B"):
+            record = {**sample, "procedure_code": code}
+            conn.execute(catalogue_current.insert().values(procedure_code=code, record=record,
+                                                           record_hash=content_hash(record), published=True,
+                                                           updated_run_id="pull", updated_at=utcnow()))
+    fake = _OneStopCatalogue()
+    monkeypatch.setattr(tasks.OneStopClient, "from_connection", staticmethod(lambda spec, recorder=None: fake))
+
+    with pytest.raises(PeerUnavailable):  # attempt 1: A refused, then B meets a 503
+        tasks.push_procedure_catalogue(connection_from_env, run_id="run-1", task_id="push", destination="onestop")
+    tasks.push_procedure_catalogue(connection_from_env, run_id="run-1", task_id="push", destination="onestop")
+    counts = store.run_summary(catalogue.FLOW, "run-1")["counts"]
+    letters = store.dead_letters(catalogue.FLOW)
+    assert [d["record_key"] for d in letters] == ["A"] and counts["onestop_upserted"] == 1
+    assert counts["onestop_rejected"] == len(letters), counts
