@@ -255,13 +255,23 @@ class BusRecorder:
             self._held.append(prepared)
             return
         with self.store.begin() as conn:
-            self._write(conn, *prepared)
+            self._write_all(conn, [prepared])
+
+    @classmethod
+    def _write_all(cls, conn: Connection, prepared: list[tuple[Any, ...]]) -> None:
+        """Write prepared exchanges in one transaction, holding all their stored bodies first, in
+        the order ``audit archive`` locks blobs in (by hash), so the two never deadlock on
+        PostgreSQL (an exchange's own put_blob then finds each held already)."""
+        blobs = [blob for _row, exchange_blobs, *_ in prepared for blob in exchange_blobs]
+        if len(blobs) > 1:
+            for data, ctype in sorted(blobs, key=lambda blob: hashlib.sha256(blob[0]).digest()):
+                put_blob(conn, data, ctype)
+        for one in prepared:
+            cls._write(conn, *one)
 
     @staticmethod
     def _write(conn: Connection, row: dict[str, Any], blobs: list[tuple[bytes, str | None]],
                personal: list[PersonalField], keys: list[str]) -> None:
-        if len(blobs) > 1:  # held in the order audit archive locks them in (by hash): never a deadlock
-            blobs = sorted(blobs, key=lambda blob: hashlib.sha256(blob[0]).digest())
         for data, ctype in blobs:
             put_blob(conn, data, ctype)
         # one statement object with parameters: compiled once, not built per exchange
@@ -287,8 +297,7 @@ class BusRecorder:
             held, self._held = self._held, None
             if held:
                 with self.store.begin() as conn:
-                    for prepared in held:
-                        self._write(conn, *prepared)
+                    self._write_all(conn, held)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -296,8 +305,7 @@ class BusRecorder:
         held once it commits."""
         held = list(self._held or ())
         with self.store.begin() as conn:
-            for prepared in held:
-                self._write(conn, *prepared)
+            self._write_all(conn, held)
             yield conn
         if self._held:
             del self._held[:len(held)]

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
+import time
 import zipfile
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
 
 from lienthong.audit import bundle_verify, seal_exchanges, verify_exchanges
 from lienthong.audit.archive import ArchiveError, archive_exchanges, retention_days
 from lienthong.cli import main
 from lienthong.exchange_log import BusRecorder, blob_info, put_blob, read_blob
 from lienthong.store import (
+    Store,
     exchange_archive,
     exchange_blob,
     exchange_key,
@@ -287,3 +291,105 @@ def test_an_archive_row_is_signed_and_a_forged_one_does_not_hide_deleted_records
         conn.execute(exchange_archive.update().values(records=row["records"] - 1))
     failure = verify_exchanges(store, keypair[1]).failure
     assert failure is not None and failure.kind == "archive_altered" and failure.seal_seq == 1
+
+
+def _pdf_pair() -> tuple[bytes, bytes]:
+    """Two receipt-like binary bodies (stored by hash), (lower hash, higher hash)."""
+    one, two = (b"%PDF-1.4\n" + os.urandom(2000) + b"\n%%EOF\n" for _ in range(2))
+    return tuple(sorted((one, two), key=lambda b: hashlib.sha256(b).hexdigest()))  # type: ignore[return-value]
+
+
+def _waiting_backends(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                     "AND wait_event_type = 'Lock'")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_a_transaction_writing_several_held_exchanges_does_not_deadlock_with_audit_archive(tmp_path):
+    """dc54650/8d575da: 'a record with two stored bodies holds its blobs in hash order, the order
+    audit archive locks them in, so the two never deadlock on PostgreSQL'. The order is sorted only
+    within one exchange (BusRecorder._write); answer_transactions' begin() (and holding()'s end)
+    writes every held exchange in one transaction in call order, each put_blob now holding its blob
+    (FOR SHARE) to the end. Two held exchanges whose bodies the archive is pruning (a catalogue
+    list or a receipt fetched again, identical bytes) are locked in the opposite order to the
+    archive's sorted FOR UPDATE: PostgreSQL aborts one with a deadlock."""
+    import lienthong.exchange_log as exchange_log_module
+    from lienthong.audit import seal_exchanges
+    from lienthong.audit.archive import archive_exchanges
+    from lienthong.audit.keys import generate_keypair, load_private_key, load_public_key
+    from lienthong.exchange_log import BusRecorder
+    from tests.conftest import postgres_database
+    from tests.lienthong.audit.conftest import T0, fill
+    from tests.lienthong.audit.test_blobs import _bill
+
+    private_path, public_path, _ = generate_keypair(tmp_path / "keys" / "seal.key")
+    private, public = load_private_key(private_path), load_public_key(public_path)
+    low, high = _pdf_pair()
+    with postgres_database("lienthong_review") as url:
+        store = Store(url)
+        store.create_schema()
+        try:
+            recorder = BusRecorder(store, "payment", "run-1", "fetch")
+            recorder.record(_bill(0, pdf=low))
+            recorder.record(_bill(1, pdf=high))
+            fill(store, 2, start=10)
+            seal_exchanges(store, private, batch_size=4)
+
+            first_held, go = threading.Event(), threading.Event()
+            original = exchange_log_module.put_blob
+            calls = {"n": 0}
+
+            def put_then_pause(conn, data, *args, **kwargs):
+                out = original(conn, data, *args, **kwargs)
+                calls["n"] += 1
+                if calls["n"] == 1:
+                    first_held.set()
+                    go.wait(30)
+                return out
+
+            errors: list[BaseException] = []
+
+            def keep_answers() -> None:
+                """What a step does with two answers (GET_BILL of two receipts fetched again, the
+                catalogue's lists): held, then written by the transaction acting on them."""
+                try:
+                    again = BusRecorder(store, "payment", "run-2", "collect")
+                    with again.holding():
+                        again.record(_bill(100, pdf=high))
+                        again.record(_bill(101, pdf=low))
+                        with again.begin():
+                            pass
+                except BaseException as exc:  # noqa: BLE001
+                    errors.append(exc)
+                    first_held.set()
+
+            def archive() -> None:
+                try:
+                    archive_exchanges(store, [public], key=private, older_than_days=30,
+                                      out_dir=tmp_path / "archive", now=T0 + timedelta(days=90))
+                except BaseException as exc:  # noqa: BLE001
+                    errors.append(exc)
+
+            exchange_log_module.put_blob = put_then_pause
+            try:
+                keeper = threading.Thread(target=keep_answers)
+                keeper.start()
+                assert first_held.wait(30)
+                archiver = threading.Thread(target=archive)
+                archiver.start()
+                deadline = time.monotonic() + 20
+                while _waiting_backends(url) == 0 and archiver.is_alive() and time.monotonic() < deadline:
+                    time.sleep(0.1)  # the archiver waits for the blob the keeper holds
+                go.set()
+                keeper.join(60)
+                archiver.join(60)
+            finally:
+                exchange_log_module.put_blob = original
+            assert not keeper.is_alive() and not archiver.is_alive()
+            assert not errors, [f"{type(e).__name__}: {str(e).splitlines()[0]}" for e in errors]
+        finally:
+            store.dispose()
