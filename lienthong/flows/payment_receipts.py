@@ -541,6 +541,19 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
             else:
                 values = {}
             when = transaction_time(row.reference, row.requested_at)
+            if when is None and row.requested_at is None:
+                # followed before the bus kept the request's time (migration 0008) and not listed in
+                # full since: ask the one-stop for this request rather than wait for the daily listing
+                try:
+                    request = onestop.get_payment(row.reference)
+                except (UnreadableAnswer, ProtocolError) as exc:
+                    _unreadable(report, row.reference, "payment", exc)
+                    ask_again(row)
+                    continue
+                requested = _requested_at(request.get("createdAt")) if isinstance(request, dict) else None
+                if requested:
+                    _set(begin, row.reference, run_id, requested_at=requested)
+                    when = transaction_time(row.reference, requested)
             if when is None:  # GET_BILL must name the INIT's time: asking with another is refused
                 exc = RecordRejected(row.reference, [FieldError(
                     "ThoiGianGD", "required", "the transaction's time (of its INIT) is unknown: the reference "

@@ -8,6 +8,7 @@ the way; disagreements are reported, never silently fixed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -1296,3 +1297,81 @@ def test_a_pass_between_full_ones_keeps_open_a_duplicate_receipt_it_cannot_see(p
     assert (again["mismatches_opened"], again["mismatches_resolved"]) == (0, 0)
     assert [(i["kind"], i["record_key"], i["first_seen_at"]) for i in payment_receipts.open_items(bus)] == [
         ("duplicate_receipt", old.reference, opened[0]["first_seen_at"])]
+
+
+# --- payments followed before migration 0008 (no requested_at yet) --------------------------------
+class _OpenCpsRequests:
+    """A one-stop with 30 payment requests under OpenCPS-style references (no time in them), each
+    with its createdAt, listed 25 a page."""
+
+    page_size = 25
+
+    def __init__(self) -> None:
+        self.rows = [{"reference": f"PF{n:07d}_7f3c9a2b1e", "dossierNo": "000.00.01.H49-261101-0001",
+                      "amount": 1000, "status": "pending", "createdAt": "2026-11-20T14:35:07+07:00"}
+                     for n in range(1, 31)]
+
+    def iter_payments(self, status="all"):
+        for start in range(0, len(self.rows), self.page_size):
+            yield self.rows[start:start + self.page_size]
+
+    def payments_page(self, page, size=None, status="all"):
+        size = size or self.page_size
+        return self.rows[(page - 1) * size:page * size], len(self.rows)
+
+    def get_payment(self, reference):
+        return next((dict(row) for row in self.rows if row["reference"] == reference), None)
+
+
+class _PaysOne:
+    """The platform: PF0000001 has now been paid; it hands out its receipt for its INIT's time."""
+
+    def __init__(self) -> None:
+        self.bills: dict[str, datetime] = {}
+
+    def query(self, reference, *, record_keys=()):
+        status = "paid" if reference == "PF0000001_7f3c9a2b1e" else "pending"
+        return SimpleNamespace(status=status, amount=1000, transaction_id="GD1", bank="VCB",
+                               paid_at=datetime(2026, 12, 1, 2, tzinfo=UTC), raw={"MaThamChieu": reference})
+
+    def get_bill(self, reference, *, transaction_time, record_keys=()):
+        self.bills[reference] = transaction_time
+        pdf = b"%PDF-1.4 " + reference.encode()
+        return SimpleNamespace(pdf=pdf, sha256=hashlib.sha256(pdf).hexdigest(), receipt_no="BL2026-000001",
+                               content_type="application/pdf")
+
+
+def test_a_payment_followed_before_0008_is_not_dead_lettered_before_the_listing_that_fills_its_time(tmp_path):
+    """c55e25d: requested_at is 'filled for older rows at the next full listing', yet the first
+    collect after the upgrade is a full listing only if the last one is a day old. A payment
+    listed before 0008 (requested_at NULL, as the migration leaves it) under an OpenCPS-style
+    reference, on a page the newest-only listing does not re-read, that the platform now says is
+    paid is dead-lettered naming ThoiGianGD ('required') although the one-stop holds its
+    createdAt; an operator must replay it."""
+    from lienthong.flows import payment_receipts
+    from lienthong.store import Store as BusStore
+
+    bus = BusStore(f"sqlite:///{tmp_path / 'bus.db'}")
+    bus.create_schema()
+    onestop, platform = _OpenCpsRequests(), _PaysOne()
+    now = datetime(2026, 12, 1, 8, tzinfo=UTC)
+    with bus.begin() as conn:  # what the previous version followed: all 30, listed an hour ago
+        for row in onestop.rows:
+            conn.execute(payment_txn.insert().values(
+                reference=row["reference"], dossier_code=row["dossierNo"], request_amount=1000,
+                onestop_status="pending", platform_status="pending", onestop_state="todo", ledger_state="todo",
+                first_seen_run="old", updated_run="old", updated_at=now - timedelta(days=10),
+                first_asked_at=now - timedelta(days=10), next_ask_at=now - timedelta(minutes=5)))
+        BusStore.set_cursor(conn, payment_receipts.LISTED,
+                            json.dumps({"full_at": (now - timedelta(hours=1)).isoformat(), "through": 30}), "old")
+    report = payment_receipts.collect_payments(bus, onestop, platform, run_id="first-after-upgrade",
+                                               clock=lambda: now)
+    assert report.listing == "newest"
+    letters = [(d["record_key"], [(e["field"], e["rule"]) for e in d["errors"]])
+               for d in bus.dead_letters(payment_receipts.FLOW)]
+    assert letters == [], letters
+    # asked for that request's createdAt, kept, and GET_BILL named it
+    assert platform.bills == {"PF0000001_7f3c9a2b1e": datetime.fromisoformat("2026-11-20T14:35:07+07:00")}
+    with bus.engine.connect() as conn:
+        assert conn.execute(select(payment_txn.c.requested_at).where(
+            payment_txn.c.reference == "PF0000001_7f3c9a2b1e")).scalar_one() is not None
