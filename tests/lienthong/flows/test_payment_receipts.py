@@ -480,8 +480,8 @@ class _PaidPlatform:
 def test_a_payment_whose_transaction_time_is_unknown_is_dead_lettered_not_asked_with_another(tmp_path):
     """A reference that names no time and a request without a usable createdAt: GET_BILL cannot name
     the original transaction's time, so it is not sent (it would be refused); the payment waits in
-    dead letters naming ThoiGianGD. A row listed before the bus kept createdAt gets it at the next
-    full listing."""
+    dead letters naming ThoiGianGD (after asking the one-stop for that request once more). A row
+    listed before the bus kept createdAt gets it at the next full listing."""
     bus = Store(f"sqlite:///{tmp_path / 'bus.db'}")
     bus.create_schema()
     requests_ = _ThreeRequests()
@@ -1204,6 +1204,9 @@ class _ThreeRequests:
 
     def payments_page(self, page, size=None, status="all"):
         return (self.rows if page == 1 else []), len(self.rows)
+
+    def get_payment(self, reference):
+        return next((dict(row) for row in self.rows if row["reference"] == reference), None)
 
 
 def test_a_refused_query_or_bill_is_dead_lettered_and_stops_neither_the_run_nor_the_next_ones(tmp_path):
