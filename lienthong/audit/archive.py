@@ -52,7 +52,7 @@ from lienthong.store import (
 )
 
 __all__ = ["DEFAULT_RETENTION_DAYS", "RETENTION_ENV", "ArchiveError", "ArchiveResult", "archive_exchanges",
-           "retention_days"]
+           "retention_days", "sign_archive_rows"]
 
 RETENTION_ENV = "LIENTHONG_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 30
@@ -215,3 +215,46 @@ def archive_exchanges(store: Store, public_keys: Sequence[Ed25519PublicKey], *,
         result.blobs_pruned += blobs
         result.archives.append({**info, "archived_at": info["archived_at"].isoformat()})
     return result
+
+
+def sign_archive_rows(store: Store, key: Ed25519PrivateKey | str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Sign the archive rows written before migration 0007, which carry no signature (``audit
+    verify`` accepts such a row only with its bundle at its path). Each is signed only once its
+    bundle is found at its path with the SHA-256 the row records and verifies with the key's public
+    key, holding as many records as the row says: the key holder vouches for a row its bundle still
+    proves. All or nothing.
+
+    Returns:
+        the rows signed (seal range, bundle path).
+
+    Raises:
+        ArchiveError: a bundle is not at its path, changed, or does not verify (nothing signed).
+    """
+    if not isinstance(key, Ed25519PrivateKey):
+        key = load_private_key(key)
+    fingerprint = key_fingerprint(key)
+    pem = _pem([key.public_key()])
+    signed: list[dict[str, Any]] = []
+    with store.begin() as conn:
+        rows = [dict(r) for r in conn.execute(select(exchange_archive).where(exchange_archive.c.signature.is_(None))
+                                              .order_by(exchange_archive.c.first_seq)).mappings()]
+        for row in rows:
+            where = f"seals {row['first_seq']}..{row['last_seq']}"
+            path = row["bundle_path"]
+            try:
+                with open(path, "rb") as fh:
+                    digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            except OSError:
+                raise ArchiveError(f"{where}: the bundle is not at {path}; put it back there to sign its row "
+                                   f"(nothing was signed)") from None
+            check = verify_bundle(path, pem)
+            if digest != row["bundle_sha256"] or not check.ok or check.records_checked != row["records"]:
+                raise ArchiveError(f"{where}: the bundle {path} is not the one the row records, or does not verify "
+                                   f"with this key ({check.failure or 'another file'}); nothing was signed")
+            row["key_fingerprint"] = fingerprint
+            signature = key.sign(archive_body(row)).hex()
+            conn.execute(exchange_archive.update().where(exchange_archive.c.id == row["id"])
+                         .values(key_fingerprint=fingerprint, signature=signature))
+            signed.append({"first_seq": row["first_seq"], "last_seq": row["last_seq"], "bundle_path": path})
+    return signed
+

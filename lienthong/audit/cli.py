@@ -244,9 +244,23 @@ def cmd_redact(args: argparse.Namespace) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from lienthong.audit.archive import ArchiveError, archive_exchanges
+    from lienthong.audit.archive import ArchiveError, archive_exchanges, sign_archive_rows
     from lienthong.audit.keys import load_public_key
 
+    if args.sign_unsigned:
+        try:
+            signed = sign_archive_rows(_store(), args.key)
+        except ConfigurationError as exc:
+            print(f"lienthong: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except ArchiveError as exc:
+            print(f"lienthong: {exc}", file=sys.stderr)
+            return EXIT_MISMATCH
+        for row in signed:
+            print(f"signed the archive row of seals {row['first_seq']}..{row['last_seq']} ({row['bundle_path']})")
+        if not signed:
+            print("no unsigned archive row")
+        return EXIT_OK
     try:
         keys = [load_public_key(p) for p in args.public_key] if args.public_key else [load_public_key()]
         result = archive_exchanges(_store(), keys, key=args.key, older_than_days=args.older_than, out_dir=args.out)
@@ -339,6 +353,9 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--out", help="the archive directory (default: $LIENTHONG_HOME/archive)")
     q.add_argument("--key", help="the seal private key file that signs each archive row "
                                  "(default: $LIENTHONG_SEAL_KEY)")
+    q.add_argument("--sign-unsigned", action="store_true",
+                   help="archive nothing; sign the rows written before migration 0007, each only once its "
+                        "bundle is at its path, unchanged, and verifies (exit 1, nothing signed, otherwise)")
     q.add_argument("--public-key", action="append", help="the public key(s) to put in and check the bundles with "
                                                          "(default: $LIENTHONG_SEAL_PUBLIC_KEY, else "
                                                          "$LIENTHONG_SEAL_KEY.pub)")

@@ -393,3 +393,31 @@ def test_a_transaction_writing_several_held_exchanges_does_not_deadlock_with_aud
             assert not errors, [f"{type(e).__name__}: {str(e).splitlines()[0]}" for e in errors]
         finally:
             store.dispose()
+
+
+def test_rows_archived_before_signing_are_signed_once_their_bundle_proves_them(log, tmp_path, monkeypatch, capsys):
+    """A row of revision < 0007 is unsigned: verify accepts it only with its bundle at its path.
+    `audit archive --sign-unsigned` signs it, but only while its bundle is there, unchanged and
+    verifying; then the bundle may move off-site (a warning, as for any signed row)."""
+    from lienthong.audit.archive import sign_archive_rows
+
+    store, keypair, _ = log
+    result = archive_exchanges(store, [keypair[1]], key=keypair[0], older_than_days=0, out_dir=tmp_path,
+                               now=T0 + timedelta(seconds=7))
+    bundle = Path(result.archives[0]["bundle_path"])
+    with store.begin() as conn:  # as an older version wrote it
+        conn.execute(text("UPDATE exchange_archive SET signature = NULL, key_fingerprint = NULL"))
+    bundle.rename(tmp_path / "away.zip")
+    assert verify_exchanges(store, keypair[1]).failure.kind == "archive_altered"
+    with pytest.raises(ArchiveError, match="put it back there to sign its row"):
+        sign_archive_rows(store, keypair[0])
+    (tmp_path / "away.zip").rename(bundle)
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
+                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    assert main(["audit", "archive", "--sign-unsigned", "--key", str(keypair[2])]) == 0
+    assert "signed the archive row of seals 1..1" in capsys.readouterr().out
+    bundle.rename(tmp_path / "off-site.zip")  # now moving it is only a warning
+    moved = verify_exchanges(store, keypair[1])
+    assert moved.ok and moved.archives[0]["signed"] and any("moved off-site" in w for w in moved.warnings)
+    assert sign_archive_rows(store, keypair[0]) == []  # nothing left unsigned
