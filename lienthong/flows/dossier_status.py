@@ -275,7 +275,8 @@ def _stage_rows(store: Store, rows: list[dict[str, Any]], run_id: str, report: S
                     update(outbox).where(outbox.c.flow == FLOW, outbox.c.record_key == r["record_key"],
                                          outbox.c.source_seq == r["source_seq"],
                                          outbox.c.state.in_(("delivered", "unchanged", "superseded", "stale")))
-                    .values(state="pending", source_payload=r["source_payload"], staged_run_id=run_id)
+                    # (its sends were answered since: no "sent without an answer" mark)
+                    .values(state="pending", source_payload=r["source_payload"], staged_run_id=run_id, attempts=0)
                 ).rowcount
         report.staged += new
         report.already_staged += len(rows) - new
@@ -449,7 +450,11 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
                         "would regress it")])
                     _reject(conn, report.rejected, FLOW, item.outbox_id, item.key, item.source, regress, run_id,
                             "guard")
-                elif ack is not None and ack.payload_hash == item.digest and not resend_acknowledged:
+                # Unchanged only if nothing was sent since the acknowledgement: a snapshot marked as
+                # sent without an answer (itself, or one it replaced) may have changed what the portal
+                # holds, so it is asked first, below (make reliability found the portal left behind).
+                elif ack is not None and ack.payload_hash == item.digest and not resend_acknowledged \
+                        and item.attempts == 0:
                     _finish(conn, item, "unchanged", None, run_id)
                     if item.version is not None and (ack.source_version is None or item.version > ack.source_version):
                         # what the portal holds is this newer snapshot's content: an older one that

@@ -375,6 +375,37 @@ def test_a_window_backfill_stages_every_dossier_of_the_window_while_others_chang
     assert staged["window_events_read"] == len(listed)  # each listed once, none twice
 
 
+def test_a_snapshot_back_to_the_acknowledged_content_after_a_send_without_answer_is_sent(bus_env):
+    """Found by make reliability: a dossier acknowledged as 'processing' went to 'waiting'; that
+    snapshot reached the portal but its answer was lost (sent, attempts 1, no acknowledgement);
+    then it went back to 'processing' before the next delivery. The newer snapshot replaced the
+    unsent one and inherited its mark, yet equalled the acknowledged content, so it was marked
+    'unchanged' and never sent: the portal kept 'waiting' for good."""
+    import copy
+
+    from lienthong.flows.dossier_status import StageReport, _row, _stage_rows
+
+    run("r1")
+    expected = expected_dossiers(bus_env)
+    snapshots = {d["dossierNo"]: d for d in get(bus_env, "onestop", "/_state/dossiers")["dossiers"]}
+    code = next(c for c, record in expected.items() if snapshots[c]["dossierStatus"] == "processing")
+    current = snapshots[code]
+    away = copy.deepcopy(current)
+    away.update(version=current["version"] + 1, dossierStatus="waiting")
+    back = copy.deepcopy(current)
+    back["version"] = current["version"] + 2
+    bus = store()
+    _stage_rows(bus, [_row(away, seq=10_001, run_id="r2")], "r2", StageReport())
+    post(bus_env, "portal", "/_admin/faults", {"ambiguous_rate": 1.0, "operations": ["DongBoHoSoMC"], "seed": 3})
+    with pytest.raises(RetriableConnectorError):  # applied by the portal, every answer lost
+        tasks.deliver_dossier_statuses(connection_from_env, run_id="r2", task_id="deliver")
+    post(bus_env, "portal", "/_admin/faults", {})
+    assert portal_dossiers(bus_env)[code]["TrangThaiHoSo"] != expected[code]["TrangThaiHoSo"]
+    _stage_rows(bus, [_row(back, seq=10_002, run_id="r3")], "r3", StageReport())
+    tasks.deliver_dossier_statuses(connection_from_env, run_id="r3", task_id="deliver")
+    assert portal_dossiers(bus_env)[code] == expected[code]
+
+
 def test_dead_letters_keep_attempts(bus_env):
     run("r1")
     letters = store().dead_letters(dossier_status.FLOW)
