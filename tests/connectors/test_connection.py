@@ -162,42 +162,6 @@ def test_an_upper_case_uri_scheme_is_still_a_database_connection(uri, expected):
     assert spec.sqlalchemy_url() == expected
 
 
-@pytest.mark.parametrize("uri, expected", [
-    ("POSTGRES://ministry:pw@db.example:5432/ministry", "postgresql+psycopg2://ministry:pw@db.example:5432/ministry"),
-    ("Postgres://ministry:pw@db.example:5432/ministry", "postgresql+psycopg2://ministry:pw@db.example:5432/ministry"),
-    ("SQLITE:////var/lib/lienthong/ministry.db", "sqlite:////var/lib/lienthong/ministry.db"),
-])
-def test_an_upper_case_uri_scheme_is_still_a_database_connection(uri, expected):
-    """urlsplit lower-cases the scheme (RFC 3986: case-insensitive) and Airflow's Connection does
-    the same; the new parser takes the text before '://' as it is, so 'POSTGRES://...' became
-    conn_type 'POSTGRES' and sqlalchemy_url() refuses it ('not a supported database'). It worked
-    before the change."""
-    spec = connection_from_env("ministry_db_default", {"AIRFLOW_CONN_MINISTRY_DB_DEFAULT": uri})
-    assert spec.sqlalchemy_url() == expected
-
-
-def test_an_upper_case_https_uri_is_still_https():
-    """'HTTPS://user:pw@portal:8443' is conn_type 'HTTPS', not in ('http', 'https'), so base_url falls
-    back to http: the portal log-in (password) in clear text, the very defect commit 9145376 fixed
-    for the lower-case spelling. Airflow reads the scheme as 'https'."""
-    env = {"AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT": "HTTPS://lienthong.h49:secret@portal.example:8443?madonvi=x"}
-    assert connection_from_env("national_portal_default", env).base_url == "https://portal.example:8443"
-
-
-@pytest.mark.parametrize("uri, expected", [
-    ("POSTGRES://ministry:pw@db.example:5432/ministry", "postgresql+psycopg2://ministry:pw@db.example:5432/ministry"),
-    ("Postgres://ministry:pw@db.example:5432/ministry", "postgresql+psycopg2://ministry:pw@db.example:5432/ministry"),
-    ("SQLITE:////var/lib/lienthong/ministry.db", "sqlite:////var/lib/lienthong/ministry.db"),
-])
-def test_an_upper_case_uri_scheme_is_still_a_database_connection(uri, expected):
-    """urlsplit lower-cases the scheme (RFC 3986: case-insensitive) and Airflow's Connection does
-    the same; the new parser takes the text before '://' as it is, so 'POSTGRES://...' became
-    conn_type 'POSTGRES' and sqlalchemy_url() refuses it ('not a supported database'). It worked
-    before the change."""
-    spec = connection_from_env("ministry_db_default", {"AIRFLOW_CONN_MINISTRY_DB_DEFAULT": uri})
-    assert spec.sqlalchemy_url() == expected
-
-
 def test_an_upper_case_https_uri_is_still_https():
     """'HTTPS://user:pw@portal:8443' is conn_type 'HTTPS', not in ('http', 'https'), so base_url falls
     back to http: the portal log-in (password) in clear text, the very defect commit 9145376 fixed

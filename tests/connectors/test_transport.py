@@ -556,18 +556,16 @@ def test_a_retry_after_of_latin1_superscript_digits_is_ignored_not_a_raw_valueer
     sleeps: list[float] = []
     t = HttpTransport(peer="onestop", base_url=peer.url, recorder=rec, retry=RetryPolicy(max_attempts=2),
                       sleep=sleeps.append, seed=1)
-    response = t.send("GET", "/api/v1/dossiers/changes", operation="changes")  # ValueError here
+    response = t.send("GET", "/api/v1/dossiers/changes", operation="changes")  # was a raw ValueError
     assert response.status_code == 200
     assert [e.response_status for e in rec.exchanges] == [503, 200]
 
 
 def test_a_steady_answer_whose_reads_never_wait_long_is_not_cut_by_the_default_deadline(peers):
-    """total_timeout defaults to 2 x read_timeout whatever the answer's size. An answer arriving
-    steadily (a piece every 0.1 s, read_timeout 1 s: no read comes near its timeout) but taking
-    longer than 2 s in all is now dropped on every attempt as PeerUnavailable, though it was read
-    before the change. At production scale: read_timeout 10 s -> 20 s, so an answer under the
-    8 MiB cap on a link slower than ~400 KiB/s (a listing page, a ledger ListReceipts, a PDF) can
-    never be read, and each retry downloads it again."""
+    """With total_timeout defaulting to 2 x read_timeout, an answer arriving steadily (a piece every
+    0.1 s, read_timeout 1 s: no read comes near its timeout) but taking longer than 2 s in all was
+    dropped on every attempt (at read_timeout 10 s: any answer slower than ~400 KiB/s). The default
+    is six times the read timeout (review)."""
     piece = b"x" * 10_000
     pieces = 30
     payload = b'{"a":"' + piece * pieces + b'"}'
@@ -588,7 +586,7 @@ def test_a_steady_answer_whose_reads_never_wait_long_is_not_cut_by_the_default_d
 
     peer = peers(handle)
     t = HttpTransport(peer="p", base_url=peer.url, read_timeout=1.0, retry=RetryPolicy(max_attempts=1))
-    response = t.send("GET", "/list", operation="list")  # PeerUnavailable: 'not complete within 2s'
+    response = t.send("GET", "/list", operation="list")  # was cut: 'not complete within 2s'
     assert response.content == payload
 
 

@@ -572,7 +572,7 @@ def test_the_ledger_treats_a_garbage_retry_after_as_absent_not_as_a_fatal_protoc
     ledger = ReceiptLedgerClient(peer.url, "lienthong.h49", Secret("pw"), recorder=rec, operation_timeout=2.0,
                                  retry=RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02))
     try:
-        with pytest.raises(PeerUnavailable):  # ProtocolError today
+        with pytest.raises(PeerUnavailable):  # was a fatal ProtocolError
             ledger.get_receipt("BL2026-000001")
         assert [e.response_status for e in rec.exchanges] == [503, 503]
     finally:
