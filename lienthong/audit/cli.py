@@ -247,29 +247,25 @@ def cmd_archive(args: argparse.Namespace) -> int:
     from lienthong.audit.archive import ArchiveError, archive_exchanges, sign_archive_rows
     from lienthong.audit.keys import load_public_key
 
-    if args.sign_unsigned:
-        try:
-            signed = sign_archive_rows(_store(), args.key)
-        except ConfigurationError as exc:
-            print(f"lienthong: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        except ArchiveError as exc:
-            print(f"lienthong: {exc}", file=sys.stderr)
-            return EXIT_MISMATCH
-        for row in signed:
-            print(f"signed the archive row of seals {row['first_seq']}..{row['last_seq']} ({row['bundle_path']})")
-        if not signed:
-            print("no unsigned archive row")
-        return EXIT_OK
     try:
-        keys = [load_public_key(p) for p in args.public_key] if args.public_key else [load_public_key()]
-        result = archive_exchanges(_store(), keys, key=args.key, older_than_days=args.older_than, out_dir=args.out)
+        if args.sign_unsigned:
+            signed = sign_archive_rows(_store(), args.key)
+        else:
+            keys = [load_public_key(p) for p in args.public_key] if args.public_key else [load_public_key()]
+            result = archive_exchanges(_store(), keys, key=args.key, older_than_days=args.older_than,
+                                       out_dir=args.out)
     except ConfigurationError as exc:
         print(f"lienthong: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ArchiveError as exc:
         print(f"lienthong: {exc}", file=sys.stderr)
         return EXIT_MISMATCH
+    if args.sign_unsigned:
+        for row in signed:
+            print(f"signed the archive row of seals {row['first_seq']}..{row['last_seq']} ({row['bundle_path']})")
+        if not signed:
+            print("no unsigned archive row")
+        return EXIT_OK
     if not result.archives:
         print(f"nothing to archive: no whole sealed batch older than {result.cutoff.isoformat(timespec='seconds')}")
         return EXIT_OK
