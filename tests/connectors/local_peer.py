@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["JSON", "Handler", "Peer", "answer"]
+__all__ = ["JSON", "Handler", "Peer", "answer", "trickle"]
 
 JSON = "application/json; charset=utf-8"
 
@@ -61,3 +62,23 @@ def answer(h: BaseHTTPRequestHandler, status: int, body: bytes | dict, content_t
         h.send_header(k, v)
     h.end_headers()
     h.wfile.write(data)
+
+
+def trickle(payload: bytes, tail: int, every: float, content_type: str = JSON) -> Handler:
+    """A handler answering 200 with ``payload`` whose last ``tail`` bytes come one every ``every``
+    seconds (each read quick, the whole answer slow)."""
+    head, rest = payload[:-tail], payload[-tail:]
+
+    def handle(h: BaseHTTPRequestHandler, _body: bytes) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", content_type)
+        h.send_header("Content-Length", str(len(payload)))
+        h.end_headers()
+        h.wfile.write(head)
+        h.wfile.flush()
+        for byte in rest:
+            time.sleep(every)
+            h.wfile.write(bytes([byte]))
+            h.wfile.flush()
+
+    return handle

@@ -20,7 +20,7 @@ from connectors.errors import (
     UnreadableAnswer,
 )
 from connectors.transport import MAX_RESPONSE_BYTES, HttpTransport, MemoryRecorder, RetryPolicy, transport_options
-from tests.connectors.local_peer import JSON, answer
+from tests.connectors.local_peer import JSON, answer, trickle
 
 
 class ScriptedServer:
@@ -418,25 +418,6 @@ def test_an_http_date_retry_after_far_off_ends_the_call_at_once(peers):
     with pytest.raises(PeerUnavailable) as info:
         HttpTransport(peer="p", base_url=peer.url, sleep=sleeps.append).send("GET", "/x", operation="op")
     assert 590 < info.value.retry_after <= 600 and sleeps == [] and len(peer.requests) == 1
-
-
-def trickle(payload: bytes, tail: int, every: float):
-    """A handler sending ``payload`` with its last ``tail`` bytes one every ``every`` seconds."""
-    head, rest = payload[:-tail], payload[-tail:]
-
-    def handle(h, _body):
-        h.send_response(200)
-        h.send_header("Content-Type", JSON)
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(head)
-        h.wfile.flush()
-        for byte in rest:
-            time.sleep(every)
-            h.wfile.write(bytes([byte]))
-            h.wfile.flush()
-
-    return handle
 
 
 def test_a_trickling_answer_does_not_hold_the_call_past_its_deadline(peers):

@@ -35,7 +35,7 @@ from connectors.ministry_ledger import PEER, ReceiptInvalid, ReceiptLedgerClient
 from connectors.ministry_ledger import client as ledger_module
 from connectors.transport import MemoryRecorder, RetryPolicy
 from mocks.ministry_ledger import LEDGER_NS, MinistryLedgerMock
-from tests.connectors.local_peer import answer
+from tests.connectors.local_peer import answer, trickle
 
 T = 5
 USER = "lienthong.h49"
@@ -528,21 +528,8 @@ def test_a_retry_after_within_the_cap_is_waited(peers, recorder):
 def test_a_trickling_answer_does_not_hold_a_call_past_its_deadline(peers, recorder):
     """operation_timeout bounds each socket read: a ledger sending its envelope's last bytes one
     every 0.3 s never tripped it. An attempt now ends at total_timeout (2 s here), retriable."""
-    payload = envelope("BL2026-000001").encode()
-
-    def handle(h, _body):
-        h.send_response(200)
-        h.send_header("Content-Type", "text/xml; charset=utf-8")
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload[:-20])
-        h.wfile.flush()
-        for byte in payload[-20:]:
-            time.sleep(0.3)
-            h.wfile.write(bytes([byte]))
-            h.wfile.flush()
-
-    peer = peers(handle)
+    peer = peers(trickle(envelope("BL2026-000001").encode(), tail=20, every=0.3,
+                         content_type="text/xml; charset=utf-8"))
     c = client(peer.url, recorder, operation_timeout=1.0, total_timeout=2.0, retry=RetryPolicy(max_attempts=1))
     assert c.transport.total_timeout == 2.0
     t0 = time.monotonic()

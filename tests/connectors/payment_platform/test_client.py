@@ -32,6 +32,7 @@ from connectors.payment_platform import PEER, PaymentPlatformClient
 from connectors.payment_platform.client import ANSWER_ORDERS, REQUEST_ORDERS, VN_TZ, checksum
 from connectors.transport import MemoryRecorder, RetryPolicy
 from mocks.payment_platform import PaymentPlatformMock
+from tests.connectors.local_peer import trickle
 
 T = 5
 PARTNER = "DVC_H49"
@@ -411,20 +412,7 @@ def test_a_trickling_receipt_pdf_does_not_hold_get_bill_past_its_deadline(peers,
     """GET_BILL's PDF is read by the transport: a platform sending it a byte now and then never
     tripped the per-read timeout. The attempt now ends at total_timeout and is retried."""
     pdf = b"%PDF-1.4\n" + b"0" * 2000 + b"\n%%EOF\n"
-
-    def handle(h, _body):
-        h.send_response(200)
-        h.send_header("Content-Type", "application/pdf")
-        h.send_header("Content-Length", str(len(pdf)))
-        h.end_headers()
-        h.wfile.write(pdf[:-20])
-        h.wfile.flush()
-        for byte in pdf[-20:]:
-            time.sleep(0.25)
-            h.wfile.write(bytes([byte]))
-            h.wfile.flush()
-
-    peer = peers(handle)
+    peer = peers(trickle(pdf, tail=20, every=0.25, content_type="application/pdf"))
     c = PaymentPlatformClient(peer.url, PARTNER, Secret(SECRET), recorder=recorder, read_timeout=1.0,
                               total_timeout=1.0, retry=RetryPolicy(max_attempts=2, base_delay=0.0, max_delay=0.0))
     t0 = time.monotonic()
