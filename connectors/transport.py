@@ -66,6 +66,7 @@ __all__ = [
     "response_json",
     "retry_after_seconds",
     "total_timeout_for",
+    "transport_failure",
     "transport_options",
     "unavailable",
     "wait_before_retry",
@@ -510,23 +511,24 @@ def read_capped(response: requests.Response, limit: int, deadline: float | None 
             body and after each socket read, so it is passed by at most one read timeout); the
             connection is closed.
     """
+    def keep_deadline() -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            response.close()
+            raise AnswerTimeout("answer not read whole within the attempt's deadline")
+
     declared = response.headers.get("Content-Length", "")
     chunks: list[bytes] = []
     size = 0
     oversize = declared.strip().isdigit() and int(declared) > limit
     if not oversize:
-        if deadline is not None and time.monotonic() > deadline:  # the headers alone took that long
-            response.close()
-            raise AnswerTimeout("answer not read whole within the attempt's deadline")
+        keep_deadline()  # the headers alone may have taken that long
         for chunk in _chunks(response):
             size += len(chunk)
             chunks.append(chunk)
             if size > limit:
                 oversize = True
                 break
-            if deadline is not None and time.monotonic() > deadline:
-                response.close()
-                raise AnswerTimeout("answer not read whole within the attempt's deadline")
+            keep_deadline()
     body = b"".join(chunks)
     if oversize:
         response.close()
@@ -560,20 +562,31 @@ def headers_for_log(headers: Any, secret: frozenset[str] = SECRET_HEADERS) -> di
                 else str(v)) for k, v in headers.items()}
 
 
-def _location_for_log(location: str) -> str:
+_HOST_NAME = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
+
+
+def _location_host(location: str) -> tuple[Any, str] | None:
+    """The parts of a ``Location`` and its host, when it names one that reads as a host name or
+    address (never other text a log or a message could carry); else None."""
     try:
         parts = urlsplit(location)
-        host, port = parts.hostname, parts.port
+        host = parts.hostname
     except ValueError:
+        return None
+    return (parts, host) if host and _HOST_NAME.fullmatch(host) else None
+
+
+def _location_for_log(location: str) -> str:
+    found = _location_host(location)
+    if found is None:
         return REDACTED
-    if host and _HOST_NAME.fullmatch(host):
-        host = f"{host}:{port}" if port else host
-        origin = f"{parts.scheme}://{host}" if parts.scheme else f"//{host}"
-        return origin + ("/***" if (parts.path not in ("", "/") or parts.query or parts.fragment) else parts.path)
-    return REDACTED
-
-
-_HOST_NAME = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
+    parts, host = found
+    try:
+        host = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:  # a port that is not a number
+        return REDACTED
+    origin = f"{parts.scheme}://{host}" if parts.scheme else f"//{host}"
+    return origin + ("/***" if (parts.path not in ("", "/") or parts.query or parts.fragment) else parts.path)
 
 
 def unavailable(response: requests.Response, *, peer: str, operation: str) -> PeerUnavailable:
@@ -585,22 +598,44 @@ def unavailable(response: requests.Response, *, peer: str, operation: str) -> Pe
                            retry_after=after)
 
 
+def transport_failure(exc: requests.RequestException | UnicodeError, *, peer: str, operation: str,
+                      read_timeout: float, total_timeout: float) -> ConnectorError:
+    """The error for an attempt that got no answer to use (the HTTP transport's and the ledger's):
+
+    * the deadline passed while the answer was still arriving (:class:`AnswerTimeout`), no answer
+      within the read timeout, a connection refused, dropped or a body cut short:
+      ``PeerUnavailable``;
+    * an answer whose content encoding does not decode: ``UnreadableAnswer``;
+    * anything else requests refused (a header value, a URL): ``FatalConnectorError``, naming only
+      the type of its error, whose message may quote a header's value, a secret.
+    """
+    where, kind = f"{peer} {operation}", type(exc).__name__
+    if isinstance(exc, AnswerTimeout):  # an answer still arriving is no answer
+        return PeerUnavailable(f"{where}: answer not complete within {total_timeout:g}s (total_timeout); "
+                               "connection closed", peer=peer, operation=operation)
+    if isinstance(exc, requests.Timeout):
+        return PeerUnavailable(f"{where}: no answer within {read_timeout}s ({kind})", peer=peer, operation=operation)
+    if isinstance(exc, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):  # a body cut short
+        return PeerUnavailable(f"{where}: connection failed ({kind})", peer=peer, operation=operation)
+    if isinstance(exc, requests.exceptions.ContentDecodingError):
+        return UnreadableAnswer(f"{where}: answer's content encoding cannot be decoded", peer=peer,
+                                operation=operation)
+    return FatalConnectorError(f"{where}: the request could not be sent ({kind})", peer=peer, operation=operation)
+
+
 def redirect_refused(response: requests.Response, *, peer: str, operation: str) -> ProtocolError:
     """The error for a 3xx answer. None of our peers redirects, and following one would send the
     call's credentials (an API key header, a log-in body, a WS-Security password) wherever its
     ``Location`` points: redirects are never followed. The error names only the target's host
     (never its path or query, which may carry a ticket)."""
     location = response.headers.get("Location", "")
-    try:
-        host = urlsplit(location).hostname if location else None
-    except ValueError:
-        host = None
+    found = _location_host(location) if location else None
     if not location:
         target = "without a Location"
-    elif host is None and not location.startswith("//") and "://" not in location:
+    elif found is not None:
+        target = f"to host {found[1]}"
+    elif not location.startswith("//") and "://" not in location:
         target = "to another path of the same host"
-    elif host and _HOST_NAME.fullmatch(host):
-        target = f"to host {host}"
     else:
         target = "to an unreadable location"
     return ProtocolError(f"{peer} {operation}: HTTP {response.status_code} redirect {target} refused: redirects "
@@ -786,36 +821,10 @@ class HttpTransport:
                         f"(HTTP {response.status_code}); refused unread",
                         peer=self.peer, operation=operation, status=response.status_code,
                     )
-            except AnswerTimeout:
-                response = None  # an answer still arriving is no answer
-                error = PeerUnavailable(
-                    f"{self.peer} {operation}: answer not complete within {self.total_timeout:g}s (total_timeout); "
-                    "connection closed", peer=self.peer, operation=operation,
-                )
-            except requests.Timeout as exc:
-                response = None
-                error = PeerUnavailable(
-                    f"{self.peer} {operation}: no answer within {self.timeout[1]}s ({type(exc).__name__})",
-                    peer=self.peer,
-                    operation=operation,
-                )
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                response = None  # a body cut short is no answer
-                error = PeerUnavailable(
-                    f"{self.peer} {operation}: connection failed ({type(exc).__name__})",
-                    peer=self.peer,
-                    operation=operation,
-                )
-            except requests.exceptions.ContentDecodingError:
-                response = None
-                error = UnreadableAnswer(f"{self.peer} {operation}: answer's content encoding cannot be decoded",
-                                         peer=self.peer, operation=operation)
             except (requests.RequestException, UnicodeError) as exc:
-                # the request could not be made (a header value requests refuses, an invalid URL...):
-                # requests' message may quote a header's value, a secret; only the type is kept
                 response = None
-                error = FatalConnectorError(f"{self.peer} {operation}: the request could not be sent "
-                                            f"({type(exc).__name__})", peer=self.peer, operation=operation)
+                error = transport_failure(exc, peer=self.peer, operation=operation, read_timeout=self.timeout[1],
+                                          total_timeout=self.total_timeout)
             duration_ms = (time.perf_counter() - t0) * 1000
             if error is None and response is not None and (response.status_code >= 500 or response.status_code == 429):
                 error = unavailable(response, peer=self.peer, operation=operation)

@@ -40,7 +40,6 @@ from connectors.errors import (
     AuthenticationFailed,
     ConfigurationError,
     DuplicateReceipt,
-    FatalConnectorError,
     FieldError,
     PeerRejected,
     PeerUnavailable,
@@ -52,7 +51,6 @@ from connectors.errors import (
 from connectors.transport import (
     MAX_RESPONSE_BYTES,
     REDACTED,
-    AnswerTimeout,
     Exchange,
     ExchangeRecorder,
     NullRecorder,
@@ -64,6 +62,7 @@ from connectors.transport import (
     redirect_refused,
     total_timeout_for,
     transport_extra,
+    transport_failure,
     unavailable,
     wait_before_retry,
 )
@@ -264,26 +263,10 @@ class LedgerTransport(zeep.Transport):
                                          timeout=(self.connect_timeout, self.operation_timeout), stream=True,
                                          allow_redirects=False)  # a redirect would carry the password elsewhere
             oversize = read_capped(response, self.max_response_bytes, deadline)
-        except AnswerTimeout:
-            response = None  # an answer still arriving is no answer
-            error = PeerUnavailable(f"{PEER} {operation}: answer not complete within {self.total_timeout:g}s "
-                                    "(total_timeout); connection closed", peer=PEER, operation=operation)
-        except requests.Timeout as exc:
+        except (requests.RequestException, UnicodeError) as exc:
             response = None
-            error = PeerUnavailable(f"{PEER} {operation}: no answer within {self.operation_timeout}s "
-                                    f"({type(exc).__name__})", peer=PEER, operation=operation)
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            response = None  # a body cut short is no answer
-            error = PeerUnavailable(f"{PEER} {operation}: connection failed ({type(exc).__name__})",
-                                    peer=PEER, operation=operation)
-        except requests.exceptions.ContentDecodingError:
-            response = None
-            error = UnreadableAnswer(f"{PEER} {operation}: answer's content encoding cannot be decoded",
-                                     peer=PEER, operation=operation)
-        except (requests.RequestException, UnicodeError) as exc:  # requests' message may quote a header
-            response = None
-            error = FatalConnectorError(f"{PEER} {operation}: the request could not be sent ({type(exc).__name__})",
-                                        peer=PEER, operation=operation)
+            error = transport_failure(exc, peer=PEER, operation=operation, read_timeout=self.operation_timeout,
+                                      total_timeout=self.total_timeout)
         duration_ms = (time.perf_counter() - t0) * 1000
         outcome, peer_code = "transport_error", None
         content = b""
