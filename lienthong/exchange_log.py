@@ -261,19 +261,18 @@ class BusRecorder:
     def _write_all(cls, conn: Connection, prepared: list[tuple[Any, ...]]) -> None:
         """Write prepared exchanges in one transaction, holding all their stored bodies first, in
         the order ``audit archive`` locks blobs in (by hash), so the two never deadlock on
-        PostgreSQL (an exchange's own put_blob then finds each held already)."""
+        PostgreSQL."""
         blobs = [blob for _row, exchange_blobs, *_ in prepared for blob in exchange_blobs]
         if len(blobs) > 1:
-            for data, ctype in sorted(blobs, key=lambda blob: hashlib.sha256(blob[0]).digest()):
-                put_blob(conn, data, ctype)
-        for one in prepared:
-            cls._write(conn, *one)
-
-    @staticmethod
-    def _write(conn: Connection, row: dict[str, Any], blobs: list[tuple[bytes, str | None]],
-               personal: list[PersonalField], keys: list[str]) -> None:
+            blobs.sort(key=lambda blob: hashlib.sha256(blob[0]).digest())
         for data, ctype in blobs:
             put_blob(conn, data, ctype)
+        for row, _blobs, personal, keys in prepared:
+            cls._write(conn, row, personal, keys)
+
+    @staticmethod
+    def _write(conn: Connection, row: dict[str, Any], personal: list[PersonalField], keys: list[str]) -> None:
+        """One prepared exchange's rows (its stored bodies are put by :meth:`_write_all`)."""
         # one statement object with parameters: compiled once, not built per exchange
         exchange_id = conn.execute(_INSERT_EXCHANGE, row).inserted_primary_key[0]
         insert_many(conn, exchange_key, ("exchange_id", "record_key"), [(exchange_id, k) for k in keys])
