@@ -41,7 +41,7 @@ from connectors.ministry_db.replica import MinistryReplica, ProcedureRow
 from connectors.national_portal.client import NationalPortalClient
 from connectors.one_stop.client import OneStopClient
 from lienthong.exchange_log import answer_transactions
-from lienthong.mapping import Mapping, RecordInvalid, load_mapping
+from lienthong.mapping import Mapping, load_mapping
 from lienthong.store import (
     Store,
     content_hash,
@@ -382,6 +382,28 @@ def push_onestop(store: Store, onestop: OneStopClient, *, run_id: str, report: P
     return report
 
 
+def _replica_row(mapping: Mapping, row: Any) -> ProcedureRow:
+    """The ministry replica's row of a snapshot procedure.
+
+    Raises:
+        RecordInvalid: the mapping refuses it.
+        RecordRejected: a column the replica cannot hold: a NUL character, or longer than the column
+            (on PostgreSQL one such row fails the batch's statement, and with it the batch, every run).
+    """
+    procedure = ProcedureRow(**mapping.apply(row.record), noi_dung=row.record, ma_bam_noi_dung=row.record_hash)
+    nul = procedure.nul_columns()
+    if nul:
+        raise RecordRejected(row.procedure_code, [FieldError(
+            column, "no_nul_character", "the text holds a NUL character, which the ministry database cannot store")
+            for column in nul])
+    overlong = procedure.overlong_columns()
+    if overlong:
+        raise RecordRejected(row.procedure_code, [FieldError(
+            column, "max_length", f"{length} characters; the ministry database holds at most {limit}")
+            for column, length, limit in overlong])
+    return procedure
+
+
 def push_ministry(store: Store, replica: MinistryReplica, *, run_id: str, batch_size: int = 200,
                   report: PushReport | None = None) -> PushReport:
     """The snapshot's changes to the ministry replica (``report``: as for :func:`push_onestop`)."""
@@ -396,27 +418,8 @@ def push_ministry(store: Store, replica: MinistryReplica, *, run_id: str, batch_
         rows = []
         for row in batch:
             try:
-                mapped = mapping.apply(row.record)
-            except RecordInvalid as exc:
-                _dead_letter(store.begin, run_id, row.procedure_code, row.record, exc, "ministry")
-                report.rejected.append({"record_key": row.procedure_code, "stage": "ministry",
-                                        "errors": exc.error_dicts()})
-                continue
-            procedure = ProcedureRow(**mapped, noi_dung=row.record, ma_bam_noi_dung=row.record_hash)
-            nul = procedure.nul_columns()
-            if nul:  # one such row would fail the batch's transaction on PostgreSQL, every run
-                exc = RecordRejected(row.procedure_code, [FieldError(
-                    column, "no_nul_character", "the text holds a NUL character, which the ministry database "
-                                                "cannot store") for column in nul])
-                _dead_letter(store.begin, run_id, row.procedure_code, row.record, exc, "ministry")
-                report.rejected.append({"record_key": row.procedure_code, "stage": "ministry",
-                                        "errors": exc.error_dicts()})
-                continue
-            overlong = procedure.overlong_columns()
-            if overlong:  # the same: PostgreSQL refuses the statement, and with it the batch
-                exc = RecordRejected(row.procedure_code, [FieldError(
-                    column, "max_length", f"{length} characters; the ministry database holds at most {limit}")
-                    for column, length, limit in overlong])
+                procedure = _replica_row(mapping, row)
+            except RecordRejected as exc:  # a mapping refusal (RecordInvalid) or a column the replica cannot hold
                 _dead_letter(store.begin, run_id, row.procedure_code, row.record, exc, "ministry")
                 report.rejected.append({"record_key": row.procedure_code, "stage": "ministry",
                                         "errors": exc.error_dicts()})

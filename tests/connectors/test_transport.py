@@ -158,7 +158,6 @@ def test_environment_proxy_and_ca_bundle_are_read_once_for_the_peer(monkeypatch)
     assert far.session.verify == "/etc/ssl/certs/tinh-ca.pem"
     assert far.session.trust_env is False and near.session.trust_env is False
     # what requests itself would have chosen for a call to each peer
-    import requests
     reference = requests.Session()
     assert reference.merge_environment_settings("https://dichvucong.gov.vn/x", {}, None, None, None)["proxies"][
         "https"] == far.session.proxies["https"]
