@@ -450,11 +450,13 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
                         "would regress it")])
                     _reject(conn, report.rejected, FLOW, item.outbox_id, item.key, item.source, regress, run_id,
                             "guard")
-                # Unchanged only if nothing was sent since the acknowledgement: a snapshot marked as
-                # sent without an answer (itself, or one it replaced) may have changed what the portal
-                # holds, so it is asked first, below (make reliability found the portal left behind).
+                # Unchanged only if nothing was sent since the acknowledgement, or the acknowledgement
+                # is of this snapshot or a newer one (another worker delivered it after this batch was
+                # read): a snapshot marked as sent without an answer (itself, or one it replaced) may
+                # have changed what the portal holds, so it is asked first, below (make reliability
+                # found the portal left behind).
                 elif ack is not None and ack.payload_hash == item.digest and not resend_acknowledged \
-                        and item.attempts == 0:
+                        and (item.attempts == 0 or _acked_since(item.version, ack.source_version)):
                     _finish(conn, item, "unchanged", None, run_id)
                     if item.version is not None and (ack.source_version is None or item.version > ack.source_version):
                         # what the portal holds is this newer snapshot's content: an older one that
@@ -596,6 +598,11 @@ def _send_held(
             _reject(conn, report.rejected, FLOW, item.outbox_id, item.key, item.source, refusal, run_id, "peer",
                     peer_code=getattr(refusal, "peer_code", None))
     return rerouted
+
+
+def _acked_since(version: int | None, acked: int | None) -> bool:
+    """The acknowledgement is of this snapshot's version or a newer one (both known)."""
+    return version is not None and acked is not None and acked >= version
 
 
 _ACKED_VERSION = (update(delivery_state)
