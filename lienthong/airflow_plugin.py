@@ -62,7 +62,7 @@ BUS_DB_CONN_ID = "lienthong_db"
 DEFAULT_LIMIT = 200
 MAX_LIMIT = 5000
 EXCERPT_CHARS = 220
-OUTCOMES = ("ok", "peer_error", "http_error", "transport_error")
+OUTCOMES = ("ok", "peer_error", "http_error", "transport_error", "protocol_error")  # what the transports record
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 

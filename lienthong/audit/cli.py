@@ -306,7 +306,7 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--key", help="a record key: dossier code, receipt number or procedure code")
     q.add_argument("--peer", help="the peer (national_portal, onestop...)")
     q.add_argument("--operation", help="the operation (DongBoHoSoMC...)")
-    q.add_argument("--outcome", help="ok | peer_error | http_error | transport_error")
+    q.add_argument("--outcome", help="ok | peer_error | http_error | transport_error | protocol_error")
     q.add_argument("--from", dest="since", type=_time, metavar="ISO", help="started at or after (UTC by default)")
     q.add_argument("--to", dest="until", type=_time, metavar="ISO", help="started before (UTC by default)")
     q.add_argument("--limit", type=int, help="at most this many (oldest first)")

@@ -315,6 +315,36 @@ def test_a_missing_bus_database_is_reported_not_created(tmp_path, monkeypatch):
     assert not missing.exists() and not missing.parent.exists()
 
 
+def test_every_outcome_the_transports_record_can_be_searched(tmp_path, monkeypatch):
+    """The transports record five outcomes; the page refused ``protocol_error`` (an unreadable or
+    untrusted answer) with a 400 and left it out of its outcome list (found checking the README)."""
+    from lienthong import airflow_plugin
+
+    bus_db = tmp_path / "bus.db"
+    store = Store(f"sqlite:///{bus_db}")
+    store.create_schema()
+    recorder = BusRecorder(store, "dossier_status", "manual__2026-11-29", "deliver")
+    outcomes = ("ok", "peer_error", "http_error", "transport_error", "protocol_error")
+    for n, outcome in enumerate(outcomes):
+        recorder.record(Exchange(
+            peer="national_portal", operation="DongBoHoSoMC", method="POST",
+            url="http://127.0.0.1:18082/api/DongBoHoSoMC", started_at=STARTED[0], duration_ms=5.0, attempt=n + 1,
+            outcome=outcome, record_keys=(TARGET,), request_headers={}, request_body=b"{}", response_status=200,
+            response_body=b"<html>cut", peer_code=None))
+    store.dispose()
+    url = f"sqlite:///{bus_db}"
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({"conn_type": "sqlite", "host": str(bus_db)}))
+    try:
+        for outcome in outcomes:
+            filters = {**dict.fromkeys(("key", "peer", "operation", "from", "to", "limit"), ""), "outcome": outcome}
+            assert [row["outcome"] for row in airflow_plugin._search(filters)] == [outcome]
+        assert sorted(airflow_plugin.OUTCOMES) == sorted(outcomes)  # the search form's choices
+    finally:
+        store = airflow_plugin._stores.pop(url, None)
+        if store is not None:
+            store.dispose()
+
+
 # --- verification and bundles -------------------------------------------------------------------
 def test_verification_reports_ok_and_names_the_tampered_record(server):
     page = server.get("/verify", "auditor")
