@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: help install demo test airflow mocks reset constraints bench e2e-distributed reliability
 
 help:
-	@echo "make demo         run the dossier flow once through Airflow against the stand-ins, print a summary"
+	@echo "make demo         run the three flows (dossier, catalogue, payment) once through Airflow against the stand-ins, print summaries"
 	@echo "make test         install what is needed and run the whole test suite"
 	@echo "make browser      chromium + chromium-driver for the browser tests, with apt-get (best effort: needs root)"
 	@echo "make airflow      Airflow UI (standalone, SQLite, our DAGs/connections/pools) on http://127.0.0.1:8080"

@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("exchanges", help="list exchange-log records, newest last")
     p.add_argument("--run-id", help="only this run")
     p.add_argument("--dossier", help="only exchanges that carried this dossier code")
-    p.add_argument("--peer", help="only this peer (onestop, national_portal)")
+    p.add_argument("--peer", help="only this peer (onestop, national_portal, payment_platform, ministry_ledger, "
+                                   "ministry_db)")
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     p.add_argument("--bodies", action="store_true", help="also print request and response bodies (secrets are "
                                                          "already redacted; ID numbers, phones and e-mails masked)")

@@ -27,6 +27,21 @@ def test_make_targets_named_in_the_readme_exist():
         assert target in targets, target
 
 
+def test_help_texts_name_what_the_code_does(capsys):
+    """``make help`` said the demo runs "the dossier flow" (it runs the three), and ``exchanges
+    --peer`` named two peers of the five the exchange log records (the pools are one per peer)."""
+    from lienthong.localenv import POOLS
+
+    makefile = (REPO / "Makefile").read_text()
+    (demo_line,) = re.findall(r'@echo "make demo +(.*)"', makefile)
+    assert "three flows" in demo_line and "dossier flow once" not in demo_line
+    with pytest.raises(SystemExit):
+        main(["exchanges", "--help"])
+    peer_help = " ".join(capsys.readouterr().out.split())
+    for peer in POOLS:
+        assert peer in peer_help, peer
+
+
 def test_run_then_read_the_exchange_log_and_dead_letters(bus_env, capsys):
     assert main(["run", "dossier-status", "--run-id", "cli-run-1"]) == 0
     out = json.loads(capsys.readouterr().out)
