@@ -188,6 +188,18 @@ def test_result_paid_is_applied_once_and_repeats_are_idempotent(one):
     assert state(one)["counts"]["byStatus"]["paid"] == 1
 
 
+def test_a_paid_request_refuses_another_result_as_already_paid_whatever_its_amount(one):
+    """docs/wire/onestop.md's order: a paid request is answered ``already_paid`` before the amount
+    is compared (only a repeat of its own transaction is checked for the amount)."""
+    assert post(one, f"/api/v1/payments/{FIRST_REF}/result", result(FIRST_REF)).json()["applied"] is True
+    other = post(one, f"/api/v1/payments/{FIRST_REF}/result", result(FIRST_REF, transactionId="GD-OTHER", amount=2001))
+    assert (other.status_code, other.json()["error"], other.json()["field"]) == (409, "already_paid", "transactionId")
+    undo = post(one, f"/api/v1/payments/{FIRST_REF}/result", result(FIRST_REF, result="failed", amount=2001))
+    assert (undo.status_code, undo.json()["error"], undo.json()["field"]) == (409, "already_paid", "result")
+    same = post(one, f"/api/v1/payments/{FIRST_REF}/result", result(FIRST_REF, amount=2001))
+    assert (same.status_code, same.json()["error"], same.json()["field"]) == (422, "amount_mismatch", "amount")
+
+
 def test_result_refusals_change_nothing(one):
     before = payment(one, FIRST_REF)
     mismatch = post(one, f"/api/v1/payments/{FIRST_REF}/result", result(FIRST_REF, amount=2001))
