@@ -37,7 +37,7 @@ class Settings:
     catalogue_size: int = 200  #: national catalogue at the start
     fault_rate: tuple[float, float] = (0.03, 0.12)  #: per-kind probability per request, drawn per round
     kill_share: float = 0.22  #: share of step attempts that get a SIGKILL timer
-    attempts: int = 3  #: tries of a step per round (Airflow's retries + 1)
+    attempts: int = 3  #: tries of a step per round, kills included (the sync DAGs allow 4: retries=3)
     step_timeout: float = 300.0  #: a step running longer is killed and counted as hung
     settle_passes: int = 4  #: at most this many clean passes at the end
     fault_kinds: tuple[str, ...] | None = None  #: only these kinds (see FAULT_KINDS); default all
