@@ -3,7 +3,10 @@
 Connectors hand each :class:`~connectors.transport.Exchange` to a recorder; the recorder here
 binds the correlation keys of the run (flow, Airflow run id, task id) and writes the row, with
 its record keys (dossier codes...) in a side table so an auditor can search by them. Bodies are
-already redacted of secrets by the transport; the row keeps the SHA-256 and size of those bytes.
+already redacted of secrets by the transport; the row keeps the size of those bytes and their
+digest: in leaf format 3, salted with the salts of the body's personal fields when it has any
+(:func:`lienthong.audit.personal.wire_digest`), so that erasing them leaves nothing to test
+guesses of an erased value against; the plain SHA-256 when it has none.
 
 How a body is stored (issue #6):
 
@@ -35,7 +38,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from connectors.transport import Exchange
-from lienthong.audit.personal import PersonalField, commit_body, restore_body
+from lienthong.audit.personal import PersonalField, commit_body, restore_body, wire_digest
 from lienthong.store import (
     Store,
     exchange_blob,
@@ -67,7 +70,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BLOB_THRESHOLD = 256 * 1024
 BLOB_THRESHOLD_ENV = "LIENTHONG_BLOB_THRESHOLD"
-LEAF_VERSION = 2  # lienthong.audit.records: the leaf format of the rows written here
+LEAF_VERSION = 3  # lienthong.audit.records: the leaf format of the rows written here
 _EMPTY = zlib.compress(b"")
 _TEXT_TYPES = ("json", "xml", "html", "javascript", "x-www-form-urlencoded", "multipart/form-data")
 
@@ -214,7 +217,8 @@ class BusRecorder:
                       self.flow, side, type(exc).__name__)
             stored, fields = body, []
         personal.extend(fields)
-        row[f"{side}_sha256"] = Exchange.digest(body)  # the bytes as on the wire (secrets redacted)
+        # the bytes as on the wire (secrets redacted), salted when a personal value is in them
+        row[f"{side}_sha256"] = wire_digest(body, fields, LEAF_VERSION)
         row[f"{side}_size"] = len(body)
         if binary or len(stored) > self.blob_threshold:
             row[f"{side}_body"] = _EMPTY

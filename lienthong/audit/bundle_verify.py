@@ -21,10 +21,13 @@ Bundle format ``lienthong-audit-bundle/2`` (a zip; ``/1`` bundles are read too):
 
 What is checked, stopping at the first failure: every seal (seq continuity, seal hash, Ed25519
 signature, link to the previous seal, id ranges); every record (its leaf hash recomputed exactly as
-the sealer computes it — format ``lienthong-seal/1``, leaf format 1 or 2 — its inclusion proof
+the sealer computes it — format ``lienthong-seal/1``, leaf format 1, 2 or 3 — its inclusion proof
 against its seal's signed root; each personal field's salted commitment, and its token in the
 stored body; the body as it went on the wire, rebuilt from the stored bytes or blob and the
-personal values, against its recorded SHA-256 and size); that records match the selection; and
+personal values, against its recorded digest and size: the plain SHA-256 in leaf formats 1 and 2,
+and in format 3 too for a body without personal fields; for one with, in format 3, SHA-256 of
+``"lienthong-wire/3" 0x00`` ‖ the salts of that body's fields in the order of their paths ‖ the
+bytes); that records match the selection; and
 the manifest's hashes and counts. A record whose personal fields were redacted cannot be rebuilt:
 everything else is checked and it is reported *verified with redactions*. Exit 0 verified, 1 not
 verified, 2 unreadable input.
@@ -49,7 +52,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["BundleResult", "inclusion_ok", "leaf_hash", "main", "verify_bundle"]
+__all__ = ["BundleResult", "inclusion_ok", "leaf_hash", "main", "verify_bundle", "wire_digest"]
 
 BUNDLE_FORMAT = "lienthong-audit-bundle/2"
 BUNDLE_FORMATS = ("lienthong-audit-bundle/1", BUNDLE_FORMAT)
@@ -66,6 +69,8 @@ LEAF_FIELDS_V1 = (
 LEAF_FIELDS = (*LEAF_FIELDS_V1, "leaf_version", "request_blob_sha256", "response_blob_sha256")
 PF_DOMAIN = b"lienthong-pf/1\x00"  # lienthong.audit.personal
 PF_TOKEN = b"lt-pf:"
+WIRE_DOMAIN = b"lienthong-wire/3\x00"  # lienthong.audit.personal.wire_digest
+SALTED_DIGEST_SINCE = 3
 SEAL_FIELDS = ("seq", "first_id", "last_id", "count", "root", "prev_hash", "key_fingerprint", "sealed_at")
 
 
@@ -101,6 +106,18 @@ def commitment(salt: bytes, path: str, value: bytes) -> str:
     """A personal field's salted commitment (lienthong.audit.personal.commitment)."""
     p = path.encode()
     return hashlib.sha256(PF_DOMAIN + salt + struct.pack(">I", len(p)) + p + value).hexdigest()
+
+
+def wire_digest(body: bytes, salts_by_path: list[tuple[str, bytes]], leaf_version: int | None) -> str:
+    """A body's recorded digest (lienthong.audit.personal.wire_digest): salted with the salts of
+    its personal fields from leaf format 3 on, when it has any; else the plain SHA-256."""
+    if (leaf_version or 1) < SALTED_DIGEST_SINCE or not salts_by_path:
+        return hashlib.sha256(body).hexdigest()
+    digest = hashlib.sha256(WIRE_DOMAIN)
+    for _path, salt in sorted(salts_by_path, key=lambda pair: pair[0]):
+        digest.update(salt)
+    digest.update(body)
+    return digest.hexdigest()
 
 
 def pf_token(kind: str, commitment_hex: str) -> bytes:
@@ -265,7 +282,7 @@ def _check_bodies(zf: zipfile.ZipFile, record: dict[str, Any], where: str, resul
     fields = record.get("personal") or []
     for side in ("request", "response"):
         stored = _body(zf, record, side, where, result)
-        restored, side_redacted = stored, False
+        restored, side_redacted, salts = stored, False, []
         for f in (f for f in fields if f.get("side") == side):
             tok = pf_token(str(f["kind"]), str(f["commitment"]))
             if stored.count(tok) != 1:
@@ -283,10 +300,12 @@ def _check_bodies(zf: zipfile.ZipFile, record: dict[str, Any], where: str, resul
                 raise BundleError("personal_field_altered", where, f"the salt and value of its {side} field "
                                                                    f"{f['path']} do not give its sealed commitment")
             restored = restored.replace(tok, value, 1)
+            salts.append((str(f["path"]), salt))
         if side_redacted:
             redacted = True
             continue
-        if hashlib.sha256(restored).hexdigest() != record[f"{side}_sha256"] or len(restored) != record[f"{side}_size"]:
+        if (wire_digest(restored, salts, record.get("leaf_version")) != record[f"{side}_sha256"]
+                or len(restored) != record[f"{side}_size"]):
             raise BundleError("body_corrupt", where, f"the {side} body does not match its recorded sha256 and size "
                                                      f"(altered before sealing)")
     return redacted

@@ -21,10 +21,19 @@ personal value by a token that names its commitment, and returns the fields:
 ``commitment`` = SHA-256(``"lienthong-pf/1" 0x00`` ‖ salt (16 random bytes) ‖ uint32-BE length
 of the UTF-8 path ‖ path ‖ the exact value bytes), in hex. The exchange-log row stores the
 tokenised body; ``exchange_personal_field`` stores path, kind, commitment, salt and value, and the
-record's leaf (format 2) commits to the tokenised body and to every ``(side, path, kind,
+record's leaf (format 2 or 3) commits to the tokenised body and to every ``(side, path, kind,
 commitment)``. The original bytes are the tokenised body with each token replaced by its value
-(:func:`restore_body`); their SHA-256 is the recorded ``*_sha256``. Redaction erases salt and
-value: the leaf still verifies, the original can no longer be rebuilt.
+(:func:`restore_body`); the recorded ``*_sha256`` is their :func:`wire_digest`. Redaction erases
+salt and value: the leaf still verifies, the original can no longer be rebuilt.
+
+The recorded digest of a body (:func:`wire_digest`). In leaf format 3 (rows with ``leaf_version``
+3, everything recorded since) it is SHA-256(``"lienthong-wire/3" 0x00`` ‖ the salts of that
+side's committed fields, in the order of their paths ‖ the bytes as on the wire) when the side has
+a committed field, and the plain SHA-256 of the bytes when it has none (nothing to hide; it stays
+comparable with a peer's). In formats 1 and 2 it is always the plain SHA-256 — with which anyone
+holding the log could test guesses of an erased value (a 12-digit ID number is 10^12 hashes of the
+stored body with the guess in its token's place): erasure did not erase. With the salts erased
+(128 bits each), a format-3 digest cannot be recomputed from any guess.
 
 Free text is not scanned: a phone number written inside a note (``GhiChu``) is masked in views
 but not committed, so it cannot be erased without breaking the seal.
@@ -45,11 +54,13 @@ __all__ = [
     "COMMITTED_FIELDS",
     "NAME_FIELDS",
     "PERSONAL_FIELDS",
+    "SALTED_DIGEST_SINCE",
     "PersonalField",
     "commit_body",
     "commitment",
     "restore_body",
     "token",
+    "wire_digest",
 ]
 
 # masked in views and committed (compared case-insensitively)
@@ -72,6 +83,8 @@ COMMITTED_FIELDS = PERSONAL_FIELDS | NAME_FIELDS
 SALT_BYTES = 16
 TOKEN_PREFIX = b"lt-pf:"
 _DOMAIN = b"lienthong-pf/1\x00"
+_WIRE_DOMAIN = b"lienthong-wire/3\x00"
+SALTED_DIGEST_SINCE = 3  # the first leaf format whose *_sha256 is salted (lienthong.audit.records)
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,31 @@ def commitment(salt: bytes, path: str, value: bytes) -> str:
     """SHA-256(domain ‖ salt ‖ len(path) ‖ path ‖ value), hex."""
     p = path.encode()
     return hashlib.sha256(_DOMAIN + salt + struct.pack(">I", len(p)) + p + value).hexdigest()
+
+
+def wire_digest(body: bytes, fields: Iterable[PersonalField], leaf_version: int | None = SALTED_DIGEST_SINCE) -> str:
+    """The recorded ``*_sha256`` (hex) of a body as it went on the wire, ``fields`` being that
+    side's committed personal fields: in leaf format 3 and later, when there is one, SHA-256 of
+    ``"lienthong-wire/3" 0x00`` ‖ their salts (in the order of their paths) ‖ ``body``; otherwise
+    (no field, or a row of leaf format 1 or 2: ``leaf_version`` NULL, 1 or 2) the plain SHA-256.
+
+    Raises:
+        ValueError: a field's salt is erased (redacted) or not 16 bytes: the digest cannot be
+            recomputed.
+    """
+    if (leaf_version or 1) < SALTED_DIGEST_SINCE:
+        return hashlib.sha256(body).hexdigest()
+    ordered = sorted(fields, key=lambda f: f.path)
+    if not ordered:
+        return hashlib.sha256(body).hexdigest()
+    digest = hashlib.sha256(_WIRE_DOMAIN)
+    for f in ordered:
+        if f.salt is None or len(f.salt) != SALT_BYTES:
+            raise ValueError(f"the salt of the {f.side} field {f.path} is erased or malformed: "
+                             "the body's digest cannot be recomputed")
+        digest.update(f.salt)
+    digest.update(body)
+    return digest.hexdigest()
 
 
 def token(kind: str, commitment_hex: str) -> bytes:

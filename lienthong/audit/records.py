@@ -10,7 +10,7 @@ Format ``lienthong-seal/1``:
   (so one changed byte of a stored blob changes the leaf; the recorded SHA-256 and size of the
   redacted body are fields of their own), and ``"record_keys"``: its ``exchange_key`` rows,
   sorted.
-* **leaf format 2** (rows with ``leaf_version`` = 2, everything recorded since issue #6 part 2):
+* **leaf format 2** (rows with ``leaf_version`` = 2, recorded from issue #6 part 2 until format 3):
   the same object with ``"v": 2`` and every column of ``exchange_log`` (format 1's plus
   ``leaf_version``, ``request_blob_sha256``, ``response_blob_sha256``: a body stored by content
   hash in ``exchange_blob`` leaves an empty compressed body inline and its hash here), plus
@@ -20,6 +20,13 @@ Format ``lienthong-seal/1``:
   1 are hashed in format 1 exactly as before (sealed logs of earlier versions still verify); data
   format 1 never covered (a blob reference, personal fields) is then added to the object, so it
   cannot be slipped in unnoticed.
+* **leaf format 3** (rows with ``leaf_version`` = 3, everything recorded since): hashed exactly
+  like format 2 (same object, same key order) with ``"v": 3``. What differs is the meaning of
+  ``request_sha256``/``response_sha256``: for a side with personal fields, SHA-256 of
+  ``"lienthong-wire/3" 0x00`` ‖ their salts ‖ the bytes as on the wire, not the plain SHA-256
+  of those bytes (:func:`lienthong.audit.personal.wire_digest`, which every checker uses with the
+  row's ``leaf_version``): erasing the salts leaves no digest to test guesses of an erased value
+  against. Rows of formats 1 and 2 keep their plain digests and verify as before.
 * **archive body** (format ``lienthong-archive/1``) = canonical JSON of ``{"format", "first_seq",
   "last_seq", "first_id", "last_id", "records", "bundle_sha256", "manifest_sha256",
   "archived_at", "key_fingerprint"}`` of an ``exchange_archive`` row, signed like a seal body (its
@@ -68,7 +75,8 @@ __all__ = [
 FORMAT = "lienthong-seal/1"
 ARCHIVE_FORMAT = "lienthong-archive/1"
 GENESIS = "0" * 64
-LEAF_VERSION = 2  # what BusRecorder writes now
+LEAF_VERSION = 3  # what BusRecorder writes now
+FAST_LEAF_VERSIONS = (2, 3)  # hashed alike (format 3 differs from 2 only in what *_sha256 means)
 BLOB_FIELDS = ("request_body", "response_body")
 # the columns of exchange_log that leaf format 1 covers, in table order
 LEAF_FIELDS_V1 = (
@@ -253,7 +261,7 @@ def redacted_ids(conn: Connection, first_id: int, last_id: int) -> set[int]:
 
 
 # -- the fast path of ``audit verify`` (issue #8) ---------------------------------------------------
-# A leaf in format 2 is SHA-256 of the canonical JSON of one object whose keys, sorted, are the
+# A leaf in format 2 or 3 is SHA-256 of the canonical JSON of one object whose keys, sorted, are the
 # columns before "personal", then "personal", "record_count", "record_keys", then the rest and "v".
 # SQLite writes the two lists ("personal": tens of [side, path, kind, commitment] per record;
 # "record_keys": tens of codes for a feed page) as JSON in C (json_group_array over the primary
@@ -352,9 +360,10 @@ class _Leaves:
         before = [(n, p[n]) for n in _BEFORE]
         plain_after = [(n, p[n]) for n in _AFTER if n not in (
             "request_body", "response_body", "request_headers", "response_headers", "started_at")]
-        i_time = p["started_at"]
+        i_time, i_version = p["started_at"], p["leaf_version"]
         for row in rows:
-            if row[p["leaf_version"]] != LEAF_VERSION:
+            version = row[i_version]
+            if version not in FAST_LEAF_VERSIONS:
                 raise _NotFast
             record_id = row[0]
             personal_text = _list_text(personal[record_id]) if record_id in personal else b"[]"
@@ -368,7 +377,7 @@ class _Leaves:
             after["request_headers"] = parse(row[i_rh])
             after["response_headers"] = parse(row[i_ph])
             after["started_at"] = time(row[i_time])
-            after["v"] = LEAF_VERSION
+            after["v"] = version
             count = row[i_count]
             leaf = sha256(b"\x00" + (encode({n: row[i] for n, i in before})[:-1] + ',"personal":').encode())
             leaf.update(personal_text)

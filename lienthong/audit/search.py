@@ -27,7 +27,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from lienthong.audit.personal import PERSONAL_FIELDS, PersonalField, commitment, restore_body
+from lienthong.audit.personal import (
+    PERSONAL_FIELDS,
+    SALTED_DIGEST_SINCE,
+    PersonalField,
+    commitment,
+    restore_body,
+)
 from lienthong.store import (
     Store,
     exchange_blob,
@@ -276,9 +282,11 @@ def format_exchange(record: dict[str, Any], *, reveal: bool = False) -> str:
     for side in ("request", "response"):
         lines.append(f"--- {side} headers ---")
         lines.append(headers(record[f"{side}_headers"]))
-        lines.append(f"--- {side} body ({record[f'{side}_size']} bytes, sha256 {record[f'{side}_sha256']}) ---")
-        blob = (record.get("blobs") or {}).get(side)
         fields = [f for f in record.get("personal") or [] if f.side == side]
+        # salted with the fields' salts (leaf format 3): not the SHA-256 of the bytes a peer would compute
+        salted = "salted " if fields and (record.get("leaf_version") or 1) >= SALTED_DIGEST_SINCE else ""
+        lines.append(f"--- {side} body ({record[f'{side}_size']} bytes, {salted}sha256 {record[f'{side}_sha256']}) ---")
+        blob = (record.get("blobs") or {}).get(side)
         if blob:
             state = "" if blob["present"] else "; MISSING from exchange_blob"
             lines.append(f"(stored by content hash: sha256 {blob['sha256']}, {blob['content_type'] or 'no content type'}"

@@ -60,7 +60,7 @@ def test_a_pdf_is_stored_once_by_hash_and_read_back(store):
     for row in rows:
         assert row["response_blob_sha256"] == row["response_sha256"] == sha and row["response_size"] == len(PDF)
         assert zlib.decompress(row["response_body"]) == b""  # not inlined
-        assert row["request_blob_sha256"] is None and row["leaf_version"] == 2
+        assert row["request_blob_sha256"] is None and row["leaf_version"] == 3
         assert exchange_body(store, row, "response") == PDF
     assert read_blob(store, sha) == PDF
     assert blob_info(store, sha)["content_type"] == "application/pdf" and blob_info(store, sha)["size"] == len(PDF)

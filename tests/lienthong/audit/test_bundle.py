@@ -17,7 +17,7 @@ import pytest
 
 from lienthong.audit import bundle_verify, seal_exchanges
 from lienthong.audit.bundle import bundle_record, export_bundle, inclusion_proof
-from lienthong.audit.personal import PersonalField, commitment
+from lienthong.audit.personal import PersonalField, commitment, wire_digest
 from lienthong.audit.records import LEAF_FIELDS_V1, leaf_hash, merkle_root
 from lienthong.audit.search import search_exchanges
 from lienthong.cli import main
@@ -67,13 +67,13 @@ def test_leaf_hash_of_the_standalone_verifier_agrees_with_the_sealer():
             "response_size": 0, "error": rng.choice([None, "timeout: đọc quá hạn"]),
         }
         keys = [f"000.00.01.H49-2611{rng.randrange(10, 99)}-{k:04d}" for k in range(rng.randrange(0, 4))]
-        version = rng.choice([None, 1, 2, 2])  # None/1: rows written before leaf format 2
+        version = rng.choice([None, 1, 2, 2, 3, 3])  # None/1: rows written before leaf format 2
         if version is not None or rng.random() < 0.5:
             row["leaf_version"] = version
-            row["request_blob_sha256"] = rng.choice([None, f"{n:064x}"]) if version == 2 else None
-            row["response_blob_sha256"] = rng.choice([None, "ef" * 32]) if version == 2 else None
+            row["request_blob_sha256"] = rng.choice([None, f"{n:064x}"]) if version in (2, 3) else None
+            row["response_blob_sha256"] = rng.choice([None, "ef" * 32]) if version in (2, 3) else None
         personal = []
-        if version == 2 or rng.random() < 0.1:
+        if version in (2, 3) or rng.random() < 0.1:
             for k in range(rng.randrange(0, 4)):
                 salt, value = rng.randbytes(16), f'"0{rng.randrange(10**9):09d}"'.encode()
                 path = rng.choice(["/ChuHoSo", f"/a/{k}/SoDienThoai", "/x~1y", "xml:SoCCCD[1]"]) + str(k)
@@ -86,6 +86,11 @@ def test_leaf_hash_of_the_standalone_verifier_agrees_with_the_sealer():
         for f in personal:
             if f.salt is not None:
                 assert bundle_verify.commitment(f.salt, f.path, f.value) == f.commitment
+        for side in ("request", "response"):  # the recorded digest, by the row's leaf format
+            fields = [f for f in personal if f.side == side and f.salt is not None]
+            wire = rng.randbytes(rng.randrange(0, 40))
+            assert bundle_verify.wire_digest(wire, [(f.path, f.salt) for f in fields], version) \
+                == wire_digest(wire, fields, version)
         if not version or version == 1:
             old_row = {name: row[name] for name in LEAF_FIELDS_V1}
             if not personal:  # rows of earlier versions keep their leaf hash exactly

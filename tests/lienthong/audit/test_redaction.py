@@ -19,12 +19,19 @@ from sqlalchemy import select, text
 from connectors.transport import Exchange
 from lienthong.audit import bundle_verify, seal_exchanges, verify_exchanges
 from lienthong.audit.bundle import export_bundle
-from lienthong.audit.personal import COMMITTED_FIELDS, PERSONAL_FIELDS, commit_body, commitment, restore_body
+from lienthong.audit.personal import (
+    COMMITTED_FIELDS,
+    PERSONAL_FIELDS,
+    commit_body,
+    commitment,
+    restore_body,
+    wire_digest,
+)
 from lienthong.audit.redact import RedactionError, redact_exchanges
 from lienthong.audit.search import PERSONAL_FIELDS as MASKED_FIELDS
 from lienthong.audit.search import format_exchange, get_exchange
 from lienthong.cli import main
-from lienthong.exchange_log import BusRecorder, exchange_body
+from lienthong.exchange_log import BusRecorder, exchange_body, personal_fields
 from lienthong.store import exchange_log, exchange_personal_field, exchange_redaction
 
 from .conftest import T0, fill
@@ -55,6 +62,11 @@ def _exchange(n: int, *, body=None, soap=False, keys=(DOSSIER,)) -> Exchange:
         attempt=1, outcome="ok", record_keys=tuple(keys), request_headers={"Content-Type": ctype},
         request_body=req, response_status=200, response_headers={"Content-Type": "application/json"},
         response_body=json.dumps({"error_code": 0, "email": EMAIL}).encode(), peer_code="0")
+
+
+def personal_fields_of(store, exchange_id, side):
+    with store.engine.connect() as conn:
+        return personal_fields(conn, exchange_id, side)
 
 
 def _db_bytes(store) -> bytes:
@@ -133,7 +145,10 @@ def test_recorded_bodies_hold_tokens_and_verify_recomputes_the_commitments(store
         fields = conn.execute(select(exchange_personal_field).where(exchange_personal_field.c.exchange_id == 3)).all()
     assert CCCD.encode() not in zlib.decompress(row["request_body"])
     assert exchange_body(store, row, "request") == _exchange(1).request_body
-    assert hashlib.sha256(exchange_body(store, row, "request")).hexdigest() == row["request_sha256"]
+    # leaf format 3: the digest of a body with personal fields is salted with their salts
+    request_fields = personal_fields_of(store, 3, "request")
+    assert wire_digest(exchange_body(store, row, "request"), request_fields) == row["request_sha256"]
+    assert hashlib.sha256(exchange_body(store, row, "request")).hexdigest() != row["request_sha256"]
     assert len(fields) == 6  # 5 in the request, the e-mail in the response
     seal_exchanges(store, keypair[0], batch_size=3)
     result = verify_exchanges(store, keypair[1])
