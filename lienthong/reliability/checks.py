@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from connectors.ministry_db.replica import MinistryReplica
 from connectors.national_portal.client import NationalPortalClient
 from lienthong.flows import catalogue, dossier_status, payment_receipts
 from lienthong.mapping import load_mapping
+from lienthong.mapping.transforms import TransformError, datetime_from_portal, unit_of_dossier_code
 from lienthong.store import Store, catalogue_current, dead_letter, reconciliation_item
 
 __all__ = ["FlowResult", "check_catalogue", "check_dossiers", "check_payments"]
@@ -213,11 +215,27 @@ def check_catalogue(store: Store, portal: ConnectionSpec, onestop_url: str, mini
 
 
 # --- payment receipts -------------------------------------------------------------------------
+def _unit(dossier_code: str) -> str | None:
+    try:
+        return unit_of_dossier_code(dossier_code)
+    except TransformError:
+        return None
+
+
+def _same_time(iso_text: Any, portal_text: Any) -> bool:
+    """An ISO 8601 time with offset (ledger, one-stop) is the platform's yyyyMMddHHmmss (Viet Nam time)."""
+    try:
+        return datetime.fromisoformat(str(iso_text)) == datetime.fromisoformat(datetime_from_portal(portal_text))
+    except (TransformError, ValueError):
+        return False
+
+
 def check_payments(store: Store, onestop_url: str, platform_url: str, ledger_url: str) -> FlowResult:
     """Every payment the platform settled as paid has exactly one ledger receipt with its amount,
-    receipt number and dossier, and a paid fee at the one-stop with its transaction and amount;
-    failed ones are recorded failed; a paid payment without its receipt is accounted for by an open
-    reconciliation item or dead letter; nothing is booked that the platform did not settle."""
+    receipt number, dossier, agency and payment time, and a paid fee at the one-stop with its
+    transaction, amount, payment time and bank; failed ones are recorded failed; a paid payment
+    without its receipt is accounted for by an open reconciliation item or dead letter; nothing is
+    booked, at the ledger or the one-stop, that the platform did not settle."""
     result = FlowResult("payment_receipts")
     platform = {p["MaThamChieu"]: p for p in _get(platform_url + "/_state/payments")["payments"]}
     onestop_state = _get(onestop_url + "/_state/payments")
@@ -243,6 +261,12 @@ def check_payments(store: Store, onestop_url: str, platform_url: str, ledger_url
         if ref not in platform or platform[ref]["status"] != "paid":
             result.duplicated += 1
             result.problem(f"{ref}: a receipt for a payment the platform did not settle as paid")
+    for ref, mine in sorted(onestop.items()):
+        settled = platform.get(ref, {}).get("status")
+        if mine["status"] in ("paid", "failed") and settled not in ("paid", "failed"):
+            result.duplicated += 1
+            held = f"the platform holds {settled!r}" if settled else "the platform has no such payment"
+            result.problem(f"{ref}: the one-stop holds {mine['status']!r}; {held}")
     for ref, p in sorted(platform.items()):
         if p["status"] not in ("paid", "failed"):
             continue
@@ -252,13 +276,26 @@ def check_payments(store: Store, onestop_url: str, platform_url: str, ledger_url
             receipt = receipt_of.get(ref)
             if receipt is None:
                 problems.append("no receipt in the ledger")
-            elif (int(receipt["AmountVND"]) != p["SoTien"] or receipt["ReceiptNumber"] != p["SoBienLai"]
-                  or receipt["DossierCode"] != p["MaHoSo"]):
-                problems.append("the ledger's receipt differs in amount, number or dossier")
+            else:
+                differ = [name for name, same in (
+                    ("amount", int(receipt["AmountVND"]) == p["SoTien"]),
+                    ("number", receipt["ReceiptNumber"] == p["SoBienLai"]),
+                    ("dossier", receipt["DossierCode"] == p["MaHoSo"]),
+                    ("agency", receipt["AgencyCode"] == _unit(p["MaHoSo"])),
+                    ("payment time", _same_time(receipt["PaidAt"], p["ThoiGianGD"]))) if not same]
+                if differ:
+                    problems.append(f"the ledger's receipt differs in {', '.join(differ)}")
             mine = onestop.get(ref)
-            if mine is None or mine["status"] != "paid" or mine.get("transactionId") != p["MaGiaoDich"] \
-                    or mine.get("amount") != p["SoTien"]:
+            if mine is None or mine["status"] != "paid":
                 problems.append(f"the one-stop holds {mine and mine['status']!r}, not this paid transaction")
+            else:
+                differ = [name for name, same in (
+                    ("transaction", mine.get("transactionId") == p["MaGiaoDich"]),
+                    ("amount", mine.get("amount") == p["SoTien"]),
+                    ("payment time", _same_time(mine.get("paidAt"), p["ThoiGianGD"])),
+                    ("bank", mine.get("bank") == p["MaNganHang"])) if not same]
+                if differ:
+                    problems.append(f"the one-stop's paid fee differs in {', '.join(differ)}")
         elif ref in onestop and onestop[ref]["status"] != "failed":
             problems.append(f"failed at the platform, {onestop[ref]['status']!r} at the one-stop")
         if not problems:

@@ -84,3 +84,91 @@ def test_a_progress_entry_lost_beside_one_held_twice_is_still_counted_lost(monke
     source, record, entries = _dossier_world()
     result = _check_dossiers(monkeypatch, store, [source], [record], [entries[0], entries[1], entries[1], entries[2]])
     assert (result.delivered, result.lost, result.duplicated) == (0, 1, 1), result.problems
+
+
+# --- payments ---------------------------------------------------------------------------------
+DOSSIER = "000.00.01.H49-261102-0001"
+
+
+def _payment_world() -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """One payment paid at the platform, its fee paid at the one-stop and its receipt in the ledger;
+    one still pending everywhere."""
+    platform = [
+        {"MaThamChieu": "TT-1", "MaHoSo": DOSSIER, "SoTien": 150000, "status": "paid", "TrangThaiGD": "00",
+         "origin": "seed", "MaGiaoDich": "GD-1", "ThoiGianGD": "20261102081500", "ThoiGianKhoiTao": "20261102080000",
+         "MaNganHang": "VCB", "SoBienLai": "BL2026-000001", "NguoiNop": "Trần Văn Đức"},
+        {"MaThamChieu": "TT-2", "MaHoSo": DOSSIER, "SoTien": 50000, "status": "pending", "TrangThaiGD": "",
+         "origin": "seed", "MaGiaoDich": "", "ThoiGianGD": "", "ThoiGianKhoiTao": "20261102090000",
+         "MaNganHang": "", "SoBienLai": "", "NguoiNop": "Trần Văn Đức"},
+    ]
+    onestop = [
+        {"reference": "TT-1", "dossierNo": DOSSIER, "amount": 150000, "currency": "VND", "status": "paid",
+         "createdAt": "2026-11-02T08:00:00+07:00", "paidAt": "2026-11-02T08:15:00+07:00", "transactionId": "GD-1",
+         "bank": "VCB", "receiptNo": None, "confirmedBy": "api", "updatedAt": "2026-11-02T08:15:00+07:00",
+         "callbackCount": 0},
+        {"reference": "TT-2", "dossierNo": DOSSIER, "amount": 50000, "currency": "VND", "status": "pending",
+         "createdAt": "2026-11-02T09:00:00+07:00", "paidAt": None, "transactionId": None, "bank": None,
+         "receiptNo": None, "confirmedBy": None, "updatedAt": "2026-11-02T09:00:00+07:00", "callbackCount": 0},
+    ]
+    receipts = [{"seq": 1, "batch": 1, "ReceiptNumber": "BL2026-000001", "DossierCode": DOSSIER,
+                 "PaymentReference": "TT-1", "AmountVND": 150000, "PaidAt": "2026-11-02T08:15:00+07:00",
+                 "PayerName": "Trần Văn Đức", "AgencyCode": "000.00.01.H49", "PdfSha256": "ab" * 32}]
+    return platform, onestop, receipts, []
+
+
+def _check_payments(monkeypatch, store, platform, onestop, receipts, callbacks):
+    _serve(monkeypatch, {
+        PLATFORM + "/_state/payments": {"payments": platform},
+        ONESTOP + "/_state/payments": {"payments": onestop, "callbacks": callbacks},
+        LEDGER + "/_state/receipts": {"receipts": receipts},
+    })
+    return checks.check_payments(store, ONESTOP, PLATFORM, LEDGER)
+
+
+def test_a_paid_payment_with_its_receipt_and_fee_is_delivered(monkeypatch, store):
+    result = _check_payments(monkeypatch, store, *_payment_world())
+    assert (result.records, result.delivered, result.lost, result.duplicated) == (1, 1, 0, 0), result.problems
+
+
+def test_a_receipt_with_another_amount_or_booked_twice_is_seen(monkeypatch, store):
+    platform, onestop, receipts, callbacks = _payment_world()
+    result = _check_payments(monkeypatch, store, platform, onestop, [{**receipts[0], "AmountVND": 15000}], callbacks)
+    assert (result.delivered, result.lost) == (0, 1)
+    twice = [*receipts, {**receipts[0], "seq": 2, "ReceiptNumber": "BL2026-000002"}]
+    result = _check_payments(monkeypatch, store, platform, onestop, twice, callbacks)
+    assert result.duplicated == 1 and result.problems[0] == "TT-1: 2 receipts in the ledger"
+
+
+@pytest.mark.parametrize(("field", "value"), [("PaidAt", "2026-11-02T09:15:00+07:00"), ("AgencyCode", "000.00.02.H49")])
+def test_a_receipt_with_another_payment_time_or_agency_is_a_loss(monkeypatch, store, field, value):
+    """PaidAt is the platform's ThoiGianGD and AgencyCode the unit of the dossier code (the receipt
+    mapping): a ledger receipt with another one is not this payment's receipt."""
+    platform, onestop, receipts, callbacks = _payment_world()
+    result = _check_payments(monkeypatch, store, platform, onestop, [{**receipts[0], field: value}], callbacks)
+    assert (result.delivered, result.lost) == (0, 1), result.problems
+
+
+@pytest.mark.parametrize(("field", "value"), [("paidAt", "2026-11-03T08:15:00+07:00"), ("bank", "TCB")])
+def test_a_fee_paid_at_another_time_or_bank_is_a_loss(monkeypatch, store, field, value):
+    platform, onestop, receipts, callbacks = _payment_world()
+    onestop[0][field] = value
+    result = _check_payments(monkeypatch, store, platform, onestop, receipts, callbacks)
+    assert (result.delivered, result.lost) == (0, 1), result.problems
+
+
+def test_a_paid_time_written_in_another_offset_is_the_same_time(monkeypatch, store):
+    platform, onestop, receipts, callbacks = _payment_world()
+    onestop[0]["paidAt"] = "2026-11-02T01:15:00+00:00"
+    result = _check_payments(monkeypatch, store, platform, onestop, receipts, callbacks)
+    assert (result.delivered, result.lost) == (1, 0), result.problems
+
+
+@pytest.mark.parametrize("status", ["paid", "failed"])
+def test_a_fee_marked_at_the_one_stop_that_the_platform_did_not_settle_is_seen(monkeypatch, store, status):
+    """Nothing is applied that the platform did not settle: TT-2 is still pending at the platform."""
+    platform, onestop, receipts, callbacks = _payment_world()
+    onestop[1].update(status=status, paidAt="2026-11-02T09:05:00+07:00" if status == "paid" else None,
+                      transactionId="GD-2", bank="VCB")
+    result = _check_payments(monkeypatch, store, platform, onestop, receipts, callbacks)
+    assert result.duplicated == 1, result.problems
+    assert result.problems == [f"TT-2: the one-stop holds {status!r}; the platform holds 'pending'"]
