@@ -150,9 +150,10 @@ def check_dossiers(store: Store, onestop_url: str, portal_url: str) -> FlowResul
 # --- procedure catalogue ----------------------------------------------------------------------
 def check_catalogue(store: Store, portal: ConnectionSpec, onestop_url: str, ministry: ConnectionSpec) -> FlowResult:
     """The national catalogue, normalised afresh by a clean pull into a scratch database, equals
-    the one-stop catalogue (through the one-stop mapping) and the ministry replica, procedure by
-    procedure; withdrawn ones are held by neither as published; every procedure that cannot be
-    normalised is dead-lettered."""
+    the one-stop catalogue (through the one-stop mapping) and the ministry replica (its content,
+    and its columns and fee rows through the ministry mapping), procedure by procedure; withdrawn
+    ones are held by neither as published; every procedure that cannot be normalised is
+    dead-lettered."""
     result = FlowResult("procedure_catalogue")
     with tempfile.TemporaryDirectory(prefix="lienthong-truth-") as scratch:
         truth_store = Store(f"sqlite:///{Path(scratch) / 'truth.db'}")
@@ -168,6 +169,7 @@ def check_catalogue(store: Store, portal: ConnectionSpec, onestop_url: str, mini
         truth_store.engine.dispose()
     letters = _unresolved_dead_letters(store, (catalogue.FLOW,))
     to_onestop = load_mapping(catalogue.TO_ONESTOP)
+    to_ministry = load_mapping(catalogue.TO_MINISTRY)
     listed = _get(onestop_url + "/_state/procedures")["procedures"]
     per_code = Counter(p["serviceCode"] for p in listed)
     onestop = {p["serviceCode"]: p for p in listed if p.get("status") != "withdrawn"}
@@ -193,6 +195,10 @@ def check_catalogue(store: Store, portal: ConnectionSpec, onestop_url: str, mini
             problems.append("not in the ministry replica")
         elif ministry_held[code]["noi_dung"] != record:
             problems.append("the ministry replica holds other content")
+        else:
+            differing = _replica_differences(to_ministry.apply(record), ministry_held[code])
+            if differing:
+                problems.append(f"the ministry replica holds other values in {', '.join(differing)}")
         if problems:
             result.lost += 1
             result.problem(f"{code}: {'; '.join(problems)}")
@@ -212,6 +218,17 @@ def check_catalogue(store: Store, portal: ConnectionSpec, onestop_url: str, mini
             result.problem(f"the {name} still publishes {len(stale)} withdrawn or unknown procedure(s): {stale[:5]}")
     result.details = {"published": len(truth), "cannot_normalise": len(rejected)}
     return result
+
+
+def _replica_differences(mapped: dict[str, Any], held: dict[str, Any]) -> list[str]:
+    """The replica's columns and fee rows that differ from the mapping of the procedure (the fee
+    rows in order, each compared on the mapping's columns)."""
+    differing = sorted(k for k in mapped if k != "fees" and held.get(k) != mapped[k])
+    fees = mapped.get("fees") or []
+    held_fees = held.get("fees") or []
+    if len(held_fees) != len(fees) or any({k: h.get(k) for k in f} != f for f, h in zip(fees, held_fees)):
+        differing.append(f"fees ({len(held_fees)} rows held, {len(fees)} expected, or other values)")
+    return differing
 
 
 # --- payment receipts -------------------------------------------------------------------------

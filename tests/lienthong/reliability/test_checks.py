@@ -172,3 +172,87 @@ def test_a_fee_marked_at_the_one_stop_that_the_platform_did_not_settle_is_seen(m
     result = _check_payments(monkeypatch, store, platform, onestop, receipts, callbacks)
     assert result.duplicated == 1, result.problems
     assert result.problems == [f"TT-2: the one-stop holds {status!r}; the platform holds 'pending'"]
+
+
+# --- catalogue --------------------------------------------------------------------------------
+CANONICAL = Path(__file__).resolve().parents[3] / "fixtures" / "samples" / "canonical"
+
+
+def _catalogue_world() -> tuple[dict, dict, dict]:
+    """A published procedure with three fees, as the one-stop and the ministry replica hold it."""
+    from lienthong.flows import catalogue
+
+    record = json.loads((CANONICAL / "procedure.full-three-channels.json").read_text(encoding="utf-8"))
+    code = record["procedure_code"] if "procedure_code" in record else record["code"]
+    onestop = {**load_mapping(catalogue.TO_ONESTOP).apply(record), "version": 1}
+    mapped = load_mapping(catalogue.TO_MINISTRY).apply(record)
+    ministry = {**{k: v for k, v in mapped.items() if k != "fees"}, "trang_thai": "cong_bo", "noi_dung": record,
+                "ma_bam_noi_dung": "00" * 32, "cap_nhat_luc": "2026-11-02T08:00:00+00:00",
+                "fees": [{"ma_tthc": code, "thu_tu": i, **fee} for i, fee in enumerate(mapped["fees"])]}
+    assert len(ministry["fees"]) == 3
+    return record, onestop, ministry
+
+
+def _check_catalogue(monkeypatch, store, record, onestop, ministry):
+    from lienthong.flows import catalogue
+    from lienthong.store import catalogue_current, utcnow
+
+    def pull(truth_store, client, *, run_id):
+        with truth_store.begin() as conn:
+            conn.execute(catalogue_current.insert().values(
+                procedure_code=ministry["ma_tthc"], record=record, record_hash="00" * 32, published=True,
+                updated_run_id=run_id, updated_at=utcnow()))
+
+    class Replica:
+        @classmethod
+        def from_connection(cls, spec):
+            return cls()
+
+        def procedures(self, *, published_only):
+            return {ministry["ma_tthc"]: copy.deepcopy(ministry)}
+
+        def dispose(self):
+            pass
+
+    class Client:
+        @classmethod
+        def from_connection(cls, spec):
+            return cls()
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(catalogue, "pull_catalogue", pull)
+    monkeypatch.setattr(checks, "MinistryReplica", Replica)
+    monkeypatch.setattr(checks, "NationalPortalClient", Client)
+    _serve(monkeypatch, {ONESTOP + "/_state/procedures": {"procedures": [onestop]}})
+    return checks.check_catalogue(store, None, ONESTOP, None)
+
+
+def test_a_procedure_held_alike_by_both_is_delivered(monkeypatch, store):
+    result = _check_catalogue(monkeypatch, store, *_catalogue_world())
+    assert (result.records, result.delivered, result.lost, result.duplicated) == (1, 1, 0, 0), result.problems
+
+
+def test_a_procedure_the_one_stop_holds_with_another_name_is_a_loss(monkeypatch, store):
+    record, onestop, ministry = _catalogue_world()
+    result = _check_catalogue(monkeypatch, store, record, {**onestop, "serviceName": "khác"}, ministry)
+    assert (result.delivered, result.lost) == (0, 1)
+
+
+@pytest.mark.parametrize("damage", ["fee amount", "fee lost", "fee twice", "name column"])
+def test_a_ministry_row_whose_columns_or_fees_differ_is_a_loss(monkeypatch, store, damage):
+    """The replica's columns and fee rows are what the ministry reads; the stored noi_dung alone
+    being right does not make them right."""
+    record, onestop, ministry = _catalogue_world()
+    if damage == "fee amount":
+        ministry["fees"][2]["so_tien_vnd"] = 200000
+    elif damage == "fee lost":
+        del ministry["fees"][1]
+    elif damage == "fee twice":
+        ministry["fees"].append({**ministry["fees"][2], "thu_tu": 3})
+    else:
+        ministry["ten_tthc"] = "Đăng ký kết hôn"
+    result = _check_catalogue(monkeypatch, store, record, onestop, ministry)
+    assert (result.delivered, result.lost) == (0, 1), result.problems
+    assert result.problems[0].startswith(f"{ministry['ma_tthc']}: the ministry replica holds other ")
