@@ -396,8 +396,10 @@ class Harness:
                       f"{', ministry DB down' if outage else ''} (world {world_s:.1f}s, round "
                       f"{time.monotonic() - started:.1f}s)")
 
-    def settle(self) -> int:
-        """Faults off; run every flow until a pass changes nothing at the destinations."""
+    def settle(self) -> tuple[int, bool]:
+        """Faults off; run every flow until a pass changes nothing at the destinations. Returns the
+        passes run and whether the last one changed nothing: with no fault and the world still, a
+        pass that still changes what the destinations hold re-sent or re-applied something."""
         self._clear_faults()
         self.outage.end()
         previous = None
@@ -406,9 +408,9 @@ class Harness:
             self._run_flows(f"settle{passes}", kill=False)
             fingerprint = self._destinations_fingerprint()
             if fingerprint == previous:
-                break
+                return passes, True
             previous = fingerprint
-        return passes
+        return passes, False
 
     def _destinations_fingerprint(self) -> str:
         """What the destinations hold (not their call counters): equal after two passes = settled."""
@@ -465,7 +467,7 @@ def _table(state: RunState, flows: list[checks.FlowResult], verify: Any, seconds
 
 def run_reliability(settings: Settings, out: Printer = print) -> int:
     """Run the harness; print the table; write ``<home>/result.json``; 0 if nothing was lost or
-    duplicated and the log verifies, else 1."""
+    duplicated, the destinations settled (a clean pass changed nothing) and the log verifies, else 1."""
     harness = Harness(settings, out)
     started = time.monotonic()
     out(f"reliability: seed {settings.seed}, home {harness.topo.home}; at least {settings.min_faults} faults and "
@@ -473,7 +475,7 @@ def run_reliability(settings: Settings, out: Printer = print) -> int:
     try:
         harness.setup()
         harness.run_rounds()
-        passes = harness.settle()
+        passes, settled = harness.settle()
         result = harness.check()
     finally:
         harness.outage.end()
@@ -492,7 +494,7 @@ def run_reliability(settings: Settings, out: Printer = print) -> int:
             out(f"  {n:5d}  {name}")
     enough = (sum(harness.state.faults.values()) >= settings.min_faults
               and sum(harness.state.kills.values()) >= settings.min_kills)
-    ok = all(f.ok for f in flows) and verify.ok
+    ok = all(f.ok for f in flows) and verify.ok and settled
     summary = {
         "seed": settings.seed, "rounds": harness.state.rounds, "settle_passes": passes, "seconds": round(seconds, 1),
         "faults": dict(harness.state.faults), "kills": dict(harness.state.kills),
@@ -500,7 +502,7 @@ def run_reliability(settings: Settings, out: Printer = print) -> int:
         "world": dict(harness.state.world), "flows": [f.as_dict() for f in flows],
         "log": {"verified": verify.ok, "records": verify.records_checked, "seals": verify.seals_checked,
                 "failure": str(verify.failure) if verify.failure else None},
-        "targets_met": enough, "ok": ok,
+        "settled": settled, "targets_met": enough, "ok": ok,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()},
     }
     path = harness.topo.home / "result.json"
@@ -508,6 +510,7 @@ def run_reliability(settings: Settings, out: Printer = print) -> int:
     out("")
     out(f"{'PASS' if ok else 'FAIL'}: {sum(f.lost for f in flows)} lost, {sum(f.duplicated for f in flows)} duplicated, "
         f"log {'verified' if verify.ok else 'NOT verified'}"
+        f"{'' if settled else f'; the destinations still changed in the last of {passes} clean passes'}"
         f"{'' if enough else ' (fewer faults or kills than asked: raise --max-rounds)'}; result in {path}")
     return 0 if ok else 1
 

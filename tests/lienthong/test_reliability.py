@@ -131,3 +131,40 @@ def test_a_failed_step_is_counted_under_the_error_class_it_named():
               b"(Background on this error at: https://sqlalche.me/e/21/e3q8)\n")
     assert harness._error_name("catalogue.ministry", stderr) == "OperationalError"
     assert harness._error_name("dossier.stage", b"Traceback (most recent call last):\n  boom: x: y\n") is None
+
+
+def _offline_run(monkeypatch, tmp_path, fingerprints, **settings):
+    """run_reliability with the stand-ins, the rounds and the checks replaced: every flow checks
+    clean and the log verifies; the destinations change as ``fingerprints`` say, pass by pass."""
+    from types import SimpleNamespace
+
+    from lienthong.reliability.checks import FlowResult
+
+    prints = iter(fingerprints)
+    monkeypatch.setattr(Harness, "setup", lambda self: None)
+    monkeypatch.setattr(Harness, "run_rounds", lambda self: None)
+    monkeypatch.setattr(Harness, "_clear_faults", lambda self: None)
+    monkeypatch.setattr(Harness, "_run_flows", lambda self, tag, kill: None)
+    monkeypatch.setattr(Harness, "_destinations_fingerprint", lambda self: next(prints))
+    monkeypatch.setattr(Harness, "check", lambda self: {
+        "flows": [FlowResult(f, records=1, delivered=1) for f in harness.FLOWS],
+        "verify": SimpleNamespace(ok=True, failure=None, records_checked=10, seals_checked=1)})
+    monkeypatch.setattr(harness._Peers, "stop", lambda self: None)
+    home = tmp_path / "rel"
+    home.mkdir(exist_ok=True)
+    lines: list[str] = []
+    code = run_reliability(Settings(home=home, quiet=True, **settings), out=lines.append)
+    return code, json.loads((home / "result.json").read_text()), lines
+
+
+def test_destinations_that_a_clean_pass_still_changes_fail_the_run(monkeypatch, tmp_path):
+    """With every fault off and the world still, a pass that changes what the destinations hold
+    re-sent or re-applied something (a status the portal already acknowledged, written again):
+    after the last clean pass it must not say PASS."""
+    code, result, lines = _offline_run(monkeypatch, tmp_path, ["a", "b", "c", "d"], min_faults=0, min_kills=0)
+    assert code == 1 and result["ok"] is False and result["settled"] is False
+    assert lines[-1].startswith("FAIL: 0 lost, 0 duplicated, log verified; the destinations still changed in the "
+                                "last of 4 clean passes")
+    code, result, lines = _offline_run(monkeypatch, tmp_path, ["a", "b", "b"], min_faults=0, min_kills=0)
+    assert code == 0 and result["ok"] is True and result["settled"] is True and result["settle_passes"] == 3
+    assert lines[-1].startswith("PASS: 0 lost, 0 duplicated, log verified; result in")
