@@ -228,8 +228,7 @@ class Harness:
         for attempt in range(1, self.settings.attempts + 1):
             with self._lock:
                 stats.attempts += 1
-                kill_after = (self.rng.uniform(0.5, 3.0) if kill and self.rng.random() < self.settings.kill_share
-                              else None)
+            kill_after = self._kill_after(step, run_id, attempt) if kill else None
             started = time.monotonic()
             proc = subprocess.Popen([sys.executable, "-m", "lienthong.reliability.worker", step, run_id],
                                     env=self.env, cwd=self.topo.home, stdout=subprocess.PIPE,
@@ -267,6 +266,13 @@ class Harness:
                 stats.retried += 1
                 if code != EXIT_RETRY:
                     self.state.errors[f"{step}: crashed with exit {code}"] += 1
+
+    def _kill_after(self, step: str, run_id: str, attempt: int) -> float | None:
+        """This attempt's SIGKILL timer (seconds), or None: drawn from the seed and the attempt alone,
+        not from :attr:`rng`, which the flows' threads would draw from in an order of their timing
+        and as often as their steps failed, moving every later world change and fault plan."""
+        rng = random.Random(f"{self.settings.seed}:{run_id}:{step}:{attempt}")
+        return rng.uniform(0.5, 3.0) if rng.random() < self.settings.kill_share else None
 
     def _run_flows(self, tag: str, *, kill: bool) -> None:
         def chain(flow: str, steps: tuple[str, ...]) -> None:

@@ -168,3 +168,45 @@ def test_destinations_that_a_clean_pass_still_changes_fail_the_run(monkeypatch, 
     code, result, lines = _offline_run(monkeypatch, tmp_path, ["a", "b", "b"], min_faults=0, min_kills=0)
     assert code == 0 and result["ok"] is True and result["settled"] is True and result["settle_passes"] == 3
     assert lines[-1].startswith("PASS: 0 lost, 0 duplicated, log verified; result in")
+
+
+class _FakeStep:
+    """A step process that ends at once with the given exit status; it notes the kill timer."""
+
+    def __init__(self, code: int, timers: list, step: str):
+        self.returncode, self.timers, self.step = code, timers, step
+
+    def communicate(self, timeout=None):
+        self.timers.append((self.step, timeout))
+        return b"", b"" if self.returncode == 0 else b"x: PeerUnavailable: down\n"
+
+    def poll(self):
+        return self.returncode
+
+
+def _a_round(monkeypatch, tmp_path, name, failing):
+    """Round 1's kill timers by step, and the fault plans the seed then draws for round 2, when
+    the steps in ``failing`` failed (and were retried) in round 1."""
+    h = Harness(Settings(home=tmp_path / name, seed=5, kill_share=0.5, quiet=True))
+    h.topo.log_dir.mkdir(parents=True)
+    timers: list = []
+    monkeypatch.setattr(harness.subprocess, "Popen", lambda args, **kwargs: _FakeStep(
+        worker.EXIT_RETRY if args[3] in failing else 0, timers, args[3]))
+    h._run_flows("r001", kill=True)
+    by_step: dict = {}
+    for step, timer in timers:
+        by_step.setdefault(step, []).append(timer)
+    return by_step, [h._plan(peer) for peer in ("onestop", "portal", "platform", "ledger")]
+
+
+def test_the_seed_draws_the_same_faults_and_kills_whatever_the_steps_did(monkeypatch, tmp_path):
+    """--seed promises the world's changes, the fault plans and the kill timers: they must not
+    depend on how many attempts a round's steps took (each draws its kill timer) nor on the order
+    in which the flows' threads drew."""
+    calm_kills, calm = _a_round(monkeypatch, tmp_path, "calm", failing=set())
+    again_kills, again = _a_round(monkeypatch, tmp_path, "again", failing=set())
+    rough_kills, rough = _a_round(monkeypatch, tmp_path, "rough", failing={"dossier.deliver", "payments.fees"})
+    assert calm == again == rough
+    assert calm_kills == again_kills
+    assert rough_kills["dossier.deliver"][0] == calm_kills["dossier.deliver"][0]
+    assert len(rough_kills["dossier.deliver"]) == 3
