@@ -473,7 +473,8 @@ def _table(state: RunState, flows: list[checks.FlowResult], verify: Any, seconds
 
 def run_reliability(settings: Settings, out: Printer = print) -> int:
     """Run the harness; print the table; write ``<home>/result.json``; 0 if nothing was lost or
-    duplicated, the destinations settled (a clean pass changed nothing) and the log verifies, else 1."""
+    duplicated, the destinations settled (a clean pass changed nothing), the log verifies and the
+    faults and kills asked for were reached, else 1."""
     harness = Harness(settings, out)
     started = time.monotonic()
     out(f"reliability: seed {settings.seed}, home {harness.topo.home}; at least {settings.min_faults} faults and "
@@ -498,9 +499,9 @@ def run_reliability(settings: Settings, out: Printer = print) -> int:
         out("Failed step attempts by error (retried or left to the next round):")
         for name, n in harness.state.errors.most_common(25):
             out(f"  {n:5d}  {name}")
-    enough = (sum(harness.state.faults.values()) >= settings.min_faults
-              and sum(harness.state.kills.values()) >= settings.min_kills)
-    ok = all(f.ok for f in flows) and verify.ok and settled
+    faults, kills = sum(harness.state.faults.values()), sum(harness.state.kills.values())
+    enough = faults >= settings.min_faults and kills >= settings.min_kills
+    ok = all(f.ok for f in flows) and verify.ok and settled and enough
     summary = {
         "seed": settings.seed, "rounds": harness.state.rounds, "settle_passes": passes, "seconds": round(seconds, 1),
         "faults": dict(harness.state.faults), "kills": dict(harness.state.kills),
@@ -512,12 +513,14 @@ def run_reliability(settings: Settings, out: Printer = print) -> int:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()},
     }
     path = harness.topo.home / "result.json"
+    short = "" if enough else (f" ({faults} faults and {kills} kills, fewer than the {settings.min_faults} faults "
+                               f"and {settings.min_kills} kills asked: raise --max-rounds)")
     path.write_text(json.dumps(summary, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
     out("")
     out(f"{'PASS' if ok else 'FAIL'}: {sum(f.lost for f in flows)} lost, {sum(f.duplicated for f in flows)} duplicated, "
         f"log {'verified' if verify.ok else 'NOT verified'}"
         f"{'' if settled else f'; the destinations still changed in the last of {passes} clean passes'}"
-        f"{'' if enough else ' (fewer faults or kills than asked: raise --max-rounds)'}; result in {path}")
+        f"{short}; result in {path}")
     return 0 if ok else 1
 
 

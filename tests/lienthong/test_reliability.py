@@ -210,3 +210,12 @@ def test_the_seed_draws_the_same_faults_and_kills_whatever_the_steps_did(monkeyp
     assert calm_kills == again_kills
     assert rough_kills["dossier.deliver"][0] == calm_kills["dossier.deliver"][0]
     assert len(rough_kills["dossier.deliver"]) == 3
+
+
+def test_a_run_that_injected_fewer_faults_or_kills_than_asked_does_not_pass(monkeypatch, tmp_path):
+    """The table proves the invariants under the faults and kills asked for; a run that reached
+    --max-rounds short of them (a stand-in that stopped injecting, say) proved less."""
+    code, result, lines = _offline_run(monkeypatch, tmp_path, ["a", "a"], min_faults=5, min_kills=0, max_rounds=0)
+    assert code == 1 and result["targets_met"] is False and result["ok"] is False
+    assert lines[-1].startswith("FAIL: 0 lost, 0 duplicated, log verified (0 faults and 0 kills, fewer than the 5 "
+                                "faults and 0 kills asked: raise --max-rounds)")
