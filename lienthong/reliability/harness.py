@@ -52,7 +52,7 @@ from lienthong.demo import StandIns
 from lienthong.localenv import REPO_ROOT, LocalTopology
 from lienthong.reliability import checks
 from lienthong.reliability.settings import FAULT_KINDS, Settings, build_parser
-from lienthong.reliability.worker import EXIT_FATAL, EXIT_RETRY
+from lienthong.reliability.worker import EXIT_FATAL, EXIT_RETRY, STEP_BEGAN_ENV
 
 __all__ = ["FAULT_KINDS", "FLOWS", "Settings", "build_parser", "run_reliability"]
 
@@ -229,12 +229,21 @@ class Harness:
             with self._lock:
                 stats.attempts += 1
             kill_after = self._kill_after(step, run_id, attempt) if kill else None
+            began = self.topo.home / "run" / f"{run_id}.{step}.{attempt}.began"
+            began.parent.mkdir(exist_ok=True)
+            began.unlink(missing_ok=True)
             started = time.monotonic()
             proc = subprocess.Popen([sys.executable, "-m", "lienthong.reliability.worker", step, run_id],
-                                    env=self.env, cwd=self.topo.home, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
+                                    env={**self.env, STEP_BEGAN_ENV: str(began)}, cwd=self.topo.home,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             killed = False
-            limit = self.settings.step_timeout if kill_after is None else min(kill_after, self.settings.step_timeout)
+            limit = self.settings.step_timeout
+            if kill_after is not None:
+                # the timer runs from the moment the worker begins its step: a kill while Python
+                # starts and imports (a second or more) would hit no step, yet count as a kill
+                while not began.exists() and proc.poll() is None and time.monotonic() - started < limit:
+                    time.sleep(0.02)
+                limit = max(0.0, min(kill_after, limit - (time.monotonic() - started)))
             try:
                 stdout, stderr = proc.communicate(timeout=limit)
             except subprocess.TimeoutExpired:

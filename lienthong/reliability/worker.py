@@ -21,10 +21,13 @@ from typing import Any
 from connectors.connection import connection_from_env
 from connectors.errors import ConfigurationError, FatalConnectorError
 
-__all__ = ["EXIT_FATAL", "EXIT_RETRY", "STEPS", "main", "run_step"]
+__all__ = ["EXIT_FATAL", "EXIT_RETRY", "STEPS", "STEP_BEGAN_ENV", "main", "run_step"]
 
 EXIT_RETRY = 75  # EX_TEMPFAIL
 EXIT_FATAL = 78  # EX_CONFIG
+#: A file the worker creates once its imports are done and its step begins (when the variable is
+#: set): the harness starts a kill timer from then, not while Python starts.
+STEP_BEGAN_ENV = "LIENTHONG_STEP_BEGAN"
 
 
 def _seal(run_id: str) -> dict[str, Any]:
@@ -77,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m lienthong.reliability.worker STEP RUN_ID", file=sys.stderr)
         return 2
     step, run_id = args
+    began = os.environ.get(STEP_BEGAN_ENV)
+    if began:
+        import lienthong.audit.seal  # noqa: F401 - what every step loads, before the step begins
+        import lienthong.tasks  # noqa: F401
+
+        with open(began, "w", encoding="utf-8"):
+            pass
     try:
         counts = run_step(step, run_id)
     except (FatalConnectorError, ConfigurationError) as exc:

@@ -219,3 +219,20 @@ def test_a_run_that_injected_fewer_faults_or_kills_than_asked_does_not_pass(monk
     assert code == 1 and result["targets_met"] is False and result["ok"] is False
     assert lines[-1].startswith("FAIL: 0 lost, 0 duplicated, log verified (0 faults and 0 kills, fewer than the 5 "
                                 "faults and 0 kills asked: raise --max-rounds)")
+
+
+def test_a_kill_timer_starts_when_the_step_begins_not_while_python_starts(monkeypatch, tmp_path):
+    """A step process spends its first second or more importing (longer with four starting at once
+    on two cores); a SIGKILL then hits no step, yet counted toward --min-kills. The timer runs from
+    the moment the worker begins its step: a timer of 0 s kills each attempt only once its imports
+    are done, never within the first 0.3 s of its life."""
+    import re
+
+    h = Harness(Settings(home=tmp_path / "rel", seed=5, kill_share=1.0, quiet=True))
+    h.topo.log_dir.mkdir(parents=True)
+    monkeypatch.setattr(Harness, "_kill_after", lambda self, step, run_id, attempt: 0.0)
+    h._run_step("no.such.step", "r001", kill=True)
+    stats = h.state.stats("no.such.step")
+    assert (stats.attempts, stats.killed) == (3, 3)
+    lived = [float(x) for x in re.findall(r"exit -9 ([0-9.]+)s SIGKILL", (h.topo.log_dir / "steps.log").read_text())]
+    assert len(lived) == 3 and min(lived) > 0.3, lived
