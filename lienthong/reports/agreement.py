@@ -154,10 +154,12 @@ def last_exchange(store: Store, record_key: str) -> tuple[int | None, str | None
 
 
 def _finish(store: Store, result: CheckResult) -> CheckResult:
-    """Ages and last exchanges of a check's differences."""
+    """Ages and last exchanges of a check's differences. The last exchange is the last about the
+    record compared (a fee's payment reference), not about its dossier: a later delivery of the
+    dossier's status says nothing about a missing receipt."""
     for d in result.differences:
         d.age_seconds = _age(result.as_of, d.since)
-        d.last_exchange_id, d.last_exchange = last_exchange(store, d.dossier_no or d.record_key)
+        d.last_exchange_id, d.last_exchange = last_exchange(store, d.record_key)
     result.agreeing = result.checked - result.differing
     return result
 

@@ -189,3 +189,36 @@ def test_the_kpi_dag_asks_for_whole_days():
 
     text = (Path(__file__).resolve().parents[3] / "dags" / "report_kpi.py").read_text()
     assert "whole_days=True" in text
+
+
+def _exchange(store: Store, flow: str, operation: str, keys: tuple[str, ...], at: datetime) -> int:
+    from connectors.transport import Exchange
+    from lienthong.exchange_log import BusRecorder, exchanges_for_key
+
+    BusRecorder(store, flow, f"{flow}-run").record(Exchange(
+        peer="p", operation=operation, method="POST", url="http://127.0.0.1/", started_at=at, duration_ms=1.0,
+        attempt=1, outcome="ok", record_keys=keys, response_status=200))
+    return exchanges_for_key(store, keys[0])[-1]["id"]
+
+
+def test_a_fee_differences_last_exchange_is_about_its_payment_not_its_dossier(tmp_path):
+    """A fee difference is keyed by the payment reference; its "last exchange" was looked up by
+    the dossier number, so a later delivery of the dossier's status to the portal (nothing to do
+    with the fee) was named as the last thing the bus did about the missing receipt."""
+    from types import SimpleNamespace
+
+    from lienthong.reports.agreement import FeePaymentCheck
+
+    store = _store(tmp_path)
+    paid_at = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
+    submit = _exchange(store, "payment_receipts", "SubmitReceipts", ("REF-1", "BL-1", "D-1"), paid_at)
+    _exchange(store, "dossier_status", "CapNhatTrangThai", ("D-1",), datetime(2026, 11, 25, tzinfo=UTC))
+    check = FeePaymentCheck(
+        payments=lambda: [{"reference": "REF-1", "dossier_no": "D-1", "amount": 50000, "status": "paid",
+                           "receipt_no": "BL-1", "agency_code": "AG", "changed_at": paid_at}],
+        platform=lambda ref: SimpleNamespace(status="paid", amount=50000, paid_at=paid_at),
+        ledger=lambda number: None, receipt_of=lambda ref: None)
+    result = check.run(store, as_of=AS_OF)
+    assert [(d.record_key, d.aspect, d.dossier_no) for d in result.differences] == [("REF-1", "ledger_missing", "D-1")]
+    assert result.differences[0].last_exchange_id == submit
+    assert "SubmitReceipts" in result.differences[0].last_exchange
