@@ -249,6 +249,18 @@ class DossierStatusCheck:
         return _finish(store, result)
 
 
+def _resolve_all(resolve: Any, conn_ids: tuple[str, ...]) -> dict[str, Any]:
+    """Each connection a check needs; one that is not configured makes the check unavailable
+    (recorded as not checked, with the reason), whichever resolver said so."""
+    specs = {}
+    for conn_id in conn_ids:
+        try:
+            specs[conn_id] = resolve(conn_id)
+        except Exception as exc:  # noqa: BLE001 - ConfigurationError, or Airflow's "connection not found"
+            raise CheckUnavailable(f"connection {conn_id} is not configured ({exc})") from None
+    return specs
+
+
 @register_check("dossier_status")
 def _dossier_check(resolve: Any, store: Store, *, run_id: str, task_id: str | None = None,
                    dossiers: list[str] | None = None) -> tuple[AgreementCheck, Callable[[], None]]:
@@ -257,9 +269,10 @@ def _dossier_check(resolve: Any, store: Store, *, run_id: str, task_id: str | No
     from lienthong.exchange_log import BusRecorder
     from lienthong.tasks import NATIONAL_PORTAL_CONN_ID, ONESTOP_CONN_ID
 
+    specs = _resolve_all(resolve, (ONESTOP_CONN_ID, NATIONAL_PORTAL_CONN_ID))
     recorder = BusRecorder(store, FLOW, run_id, task_id)
-    onestop = OneStopClient.from_connection(resolve(ONESTOP_CONN_ID), recorder=recorder)
-    portal = NationalPortalClient.from_connection(resolve(NATIONAL_PORTAL_CONN_ID), recorder=recorder)
+    onestop = OneStopClient.from_connection(specs[ONESTOP_CONN_ID], recorder=recorder)
+    portal = NationalPortalClient.from_connection(specs[NATIONAL_PORTAL_CONN_ID], recorder=recorder)
 
     def close() -> None:
         onestop.close()
@@ -348,12 +361,7 @@ def _fee_check(resolve: Any, store: Store, *, run_id: str, task_id: str | None =
     from lienthong.store import dossier_fact, payment_txn
     from lienthong.tasks import LEDGER_CONN_ID, ONESTOP_CONN_ID, PAYMENT_PLATFORM_CONN_ID
 
-    specs = {}
-    for conn_id in (ONESTOP_CONN_ID, PAYMENT_PLATFORM_CONN_ID, LEDGER_CONN_ID):
-        try:
-            specs[conn_id] = resolve(conn_id)
-        except Exception as exc:  # noqa: BLE001 - ConfigurationError, or Airflow's "connection not found"
-            raise CheckUnavailable(f"connection {conn_id} is not configured ({exc})") from None
+    specs = _resolve_all(resolve, (ONESTOP_CONN_ID, PAYMENT_PLATFORM_CONN_ID, LEDGER_CONN_ID))
     recorder = BusRecorder(store, FLOW, run_id, task_id)
     onestop = OneStopClient.from_connection(specs[ONESTOP_CONN_ID], recorder=recorder)
     platform = PaymentPlatformClient.from_connection(specs[PAYMENT_PLATFORM_CONN_ID], recorder=recorder)

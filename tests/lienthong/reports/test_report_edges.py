@@ -222,3 +222,27 @@ def test_a_fee_differences_last_exchange_is_about_its_payment_not_its_dossier(tm
     assert [(d.record_key, d.aspect, d.dossier_no) for d in result.differences] == [("REF-1", "ledger_missing", "D-1")]
     assert result.differences[0].last_exchange_id == submit
     assert "SubmitReceipts" in result.differences[0].last_exchange
+
+
+def test_a_dossier_check_whose_connection_airflow_lacks_is_recorded_as_not_checked(tmp_path, monkeypatch):
+    """README: "A check whose peers are not configured is recorded as not checked, with the
+    reason." The fee check was; the dossier check let Airflow's AirflowNotFoundException through,
+    so the DAG's task failed (three retries) and the run's report was never written."""
+    from airflow.exceptions import AirflowNotFoundException
+
+    from connectors.connection import connection_from_env
+    from lienthong.reports import tasks as report_tasks
+    from lienthong.reports.agreement import load_agreement
+
+    _bus_only(tmp_path, monkeypatch)
+
+    def resolve(conn_id: str):
+        if conn_id == "lienthong_db":
+            return connection_from_env(conn_id)
+        raise AirflowNotFoundException(f"The conn_id `{conn_id}` isn't defined")
+
+    summary = report_tasks.check_agreement(resolve, run_id="r-1", check="dossier_status", as_of=AS_OF)
+    assert (summary["checked"], summary["differing"]) == (0, 0)
+    assert "connection onestop_default is not configured" in summary["skipped"]
+    result = load_agreement(_store(tmp_path), "r-1").results[0]
+    assert result.check_name == "dossier_status" and result.note.startswith("not checked: connection ")
