@@ -52,7 +52,13 @@ def cmd_report_agreement(args: argparse.Namespace) -> int:
                                   out_dir=args.out, ministry=not args.no_ministry, task_id="cli")
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     print(f"HTML report: {summary['html']}")
-    return 1 if summary["differences"] and args.fail_on_difference else 0
+    if not args.fail_on_difference:
+        return 0
+    # a check that could not run says nothing about agreement: unknown fails like a difference
+    unknown = [r for r in summary["results"] if "skipped" in r]
+    for r in unknown:
+        print(f"lienthong: {r['check']} not checked: {r['skipped']}", file=sys.stderr)
+    return 1 if summary["differences"] or unknown else 0
 
 
 def add_report_commands(sub: argparse._SubParsersAction) -> None:
@@ -79,5 +85,6 @@ def add_report_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--run-id", help="run id to record (default: cli__<time>_<random>)")
     q.add_argument("--out", help="directory for the HTML and CSV files (default $LIENTHONG_HOME/reports)")
     q.add_argument("--no-ministry", action="store_true", help="do not write the ministry tables")
-    q.add_argument("--fail-on-difference", action="store_true", help="exit 1 when a difference is found")
+    q.add_argument("--fail-on-difference", action="store_true",
+                   help="exit 1 when a difference is found or a check could not run (its peers not configured)")
     q.set_defaults(func=cmd_report_agreement)

@@ -246,3 +246,18 @@ def test_a_dossier_check_whose_connection_airflow_lacks_is_recorded_as_not_check
     assert "connection onestop_default is not configured" in summary["skipped"]
     result = load_agreement(_store(tmp_path), "r-1").results[0]
     assert result.check_name == "dossier_status" and result.note.startswith("not checked: connection ")
+
+
+def test_fail_on_difference_fails_when_a_check_could_not_run(tmp_path, monkeypatch, capsys):
+    """`lienthong report agreement --fail-on-difference` with no peer configured checked nothing
+    and exited 0, as if every system agreed: an unknown is not an agreement."""
+    from lienthong.cli import main
+
+    _bus_only(tmp_path, monkeypatch)
+    code = main(["report", "agreement", "--fail-on-difference", "--no-ministry", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "dossier_status not checked: connection onestop_default is not configured" in err
+    assert "fee_payment not checked: connection onestop_default is not configured" in err
+    # without the flag, the run is still reported and succeeds
+    assert main(["report", "agreement", "--no-ministry", "--out", str(tmp_path / "out")]) == 0
