@@ -190,6 +190,12 @@ def check_agreement(
         return {"check": check, "checked": 0, "differing": 0, "skipped": str(exc)}
     try:
         result = checker.run(store, as_of=as_of or utcnow())
+    except Exception as exc:
+        # a peer that could not be read leaves the run saying so (a retry replaces it): with
+        # nothing recorded, the run held the other checks alone and the report said nothing
+        mark_skipped(store, run_id, check, checker.systems, f"not checked: {type(exc).__name__}: {exc}",
+                     as_of or started)
+        raise
     finally:
         close()
     save_result(store, run_id, result, started_at=started)

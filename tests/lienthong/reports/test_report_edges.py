@@ -261,3 +261,30 @@ def test_fail_on_difference_fails_when_a_check_could_not_run(tmp_path, monkeypat
     assert "fee_payment not checked: connection onestop_default is not configured" in err
     # without the flag, the run is still reported and succeeds
     assert main(["report", "agreement", "--no-ministry", "--out", str(tmp_path / "out")]) == 0
+
+
+def test_a_check_whose_peer_cannot_be_read_is_recorded_as_not_checked_before_the_error(tmp_path, monkeypatch):
+    """A dossier check whose one-stop did not answer raised and recorded nothing: the run held the
+    fee check alone, and the KPI report (which shows the latest run) dropped the dossier check
+    without a word, as if there were nothing to say about dossiers. The run now says it was not
+    checked, and why, until a retry replaces that with the result."""
+    from connectors.errors import PeerUnavailable
+    from lienthong.reports import tasks as report_tasks
+    from lienthong.reports.agreement import load_agreement
+    from lienthong.reports.render import render_html
+
+    _bus_only(tmp_path, monkeypatch)
+    closed = {"conn_type": "http", "host": "127.0.0.1", "port": 9, "schema": "http", "password": "k",
+              "extra": {"max_attempts": 1, "connect_timeout": 1, "read_timeout": 1}}
+    monkeypatch.setenv("AIRFLOW_CONN_ONESTOP_DEFAULT", json.dumps(closed))
+    monkeypatch.setenv("AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT", json.dumps({**closed, "login": "u", "extra": {**closed["extra"], "madonvi": "000.00.00.H49"}}))
+    from connectors.connection import connection_from_env
+
+    with pytest.raises(PeerUnavailable):
+        report_tasks.check_agreement(connection_from_env, run_id="r-1", check="dossier_status", as_of=AS_OF)
+    report = load_agreement(_store(tmp_path), "r-1")
+    assert report is not None
+    [result] = report.results
+    assert (result.check_name, result.systems, result.checked) == ("dossier_status", "onestop↔national_portal", 0)
+    assert result.note.startswith("not checked: PeerUnavailable: ")
+    assert "not checked: PeerUnavailable" in render_html(None, report)
