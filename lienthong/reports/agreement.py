@@ -153,6 +153,13 @@ def last_exchange(store: Store, record_key: str) -> tuple[int | None, str | None
                      f"{r['outcome']}{code} flow={r['flow']} run={r['run_id']}")
 
 
+def _newer_version(version: Any, seen: Any) -> bool:
+    """A second snapshot of a dossier replaces the first unless both versions are known and it is
+    not newer."""
+    known = all(isinstance(v, int) and not isinstance(v, bool) for v in (version, seen))
+    return not known or version > seen
+
+
 def _finish(store: Store, result: CheckResult) -> CheckResult:
     """Ages and last exchanges of a check's differences. The last exchange is the last about the
     record compared (a fee's payment reference), not about its dossier: a later delivery of the
@@ -239,13 +246,25 @@ class DossierStatusCheck:
         with store.engine.connect() as conn:
             delivered = dict(conn.execute(select(delivery_state.c.record_key, delivery_state.c.peer_status)
                                           .where(delivery_state.c.peer == PORTAL)).all())
+        # the one-stop's listing may yield a dossier twice (read back over pages after a change):
+        # it is one dossier, compared in its newest version
+        versions: dict[str, Any] = {}
+        found: dict[str, list[Difference]] = {}
         for snapshot in self._snapshots():
             key = snapshot.get("dossierNo")
             if not key:
                 continue
-            result.checked += 1
-            result.differences += self.compare(snapshot, self.portal.lookup_dossier(str(key)),
-                                               delivered.get(str(key)))
+            key, version = str(key), snapshot.get("version")
+            if key in versions and not _newer_version(version, versions[key]):
+                continue
+            versions[key] = version
+            differences = self.compare(snapshot, self.portal.lookup_dossier(key), delivered.get(key))
+            if differences:
+                found[key] = differences
+            else:
+                found.pop(key, None)
+        result.checked = len(versions)
+        result.differences = [d for differences in found.values() for d in differences]
         return _finish(store, result)
 
 

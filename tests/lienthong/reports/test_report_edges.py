@@ -288,3 +288,27 @@ def test_a_check_whose_peer_cannot_be_read_is_recorded_as_not_checked_before_the
     assert (result.check_name, result.systems, result.checked) == ("dossier_status", "onestop↔national_portal", 0)
     assert result.note.startswith("not checked: PeerUnavailable: ")
     assert "not checked: PeerUnavailable" in render_html(None, report)
+
+
+def test_a_dossier_the_one_stop_lists_twice_is_checked_once_in_its_newest_version(tmp_path):
+    """The one-stop client reads back over pages when the list shrinks and yields a dossier that
+    changed in between a second time (its bytes differ). The check counted it twice and kept the
+    stale version's difference: 3 dossiers checked out of 2, one reported differing though its
+    newest snapshot agrees with the portal."""
+    from types import SimpleNamespace
+
+    from lienthong.reports.agreement import DossierStatusCheck
+
+    def snap(no: str, version: int, status: str) -> dict:
+        return {"dossierNo": no, "version": version, "dossierStatus": status, "progress": [],
+                "modifiedAt": f"2026-11-02T0{version}:00:00+07:00", "submitDate": "2026-11-02T01:00:00+07:00"}
+
+    portal = {"D-1": {"MaHoSo": "D-1", "TrangThaiHoSo": "4", "NgayCapNhat": "20261102030000", "SoTienDo": "0"},
+              "D-2": {"MaHoSo": "D-2", "TrangThaiHoSo": "2", "NgayCapNhat": "20261102030000", "SoTienDo": "0"}}
+    pages = [[snap("D-1", 3, "processing"), snap("D-2", 1, "new")], [snap("D-1", 2, "new")]]
+    store = _store(tmp_path)
+    for listing in (pages, pages[::-1]):  # the stale version read last or first
+        check = DossierStatusCheck(SimpleNamespace(iter_dossiers=lambda listing=listing: iter(listing)),
+                                   SimpleNamespace(lookup_dossier=portal.get))
+        result = check.run(store, as_of=AS_OF)
+        assert (result.checked, result.agreeing, result.differences) == (2, 2, [])
