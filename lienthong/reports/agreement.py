@@ -324,8 +324,9 @@ class FeePaymentCheck:
 
     def run(self, store: Store, *, as_of: datetime) -> CheckResult:
         result = CheckResult(self.name, self.systems, as_of)
-        for p in self.payments():
-            ref = str(p["reference"])
+        # a request listed twice (it changed while the list was read) is one fee, as last read
+        listed = {str(p["reference"]): p for p in self.payments()}
+        for ref, p in listed.items():
             txn = self.platform(ref)
             onestop_paid = p.get("status") == "paid"
             platform_paid = txn is not None and getattr(txn, "status", None) == "paid"

@@ -312,3 +312,21 @@ def test_a_dossier_the_one_stop_lists_twice_is_checked_once_in_its_newest_versio
                                    SimpleNamespace(lookup_dossier=portal.get))
         result = check.run(store, as_of=AS_OF)
         assert (result.checked, result.agreeing, result.differences) == (2, 2, [])
+
+
+def test_a_payment_the_one_stop_lists_twice_is_checked_once_as_last_read(tmp_path):
+    """The same for fees: a payment request recorded paid while the list was read came twice, the
+    first time still pending. It was counted twice, one of them a status difference."""
+    from types import SimpleNamespace
+
+    from lienthong.reports.agreement import FeePaymentCheck
+
+    paid_at = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
+    request = {"reference": "REF-1", "dossier_no": "D-1", "amount": 50000, "receipt_no": "BL-1",
+               "agency_code": "AG", "changed_at": paid_at}
+    check = FeePaymentCheck(
+        payments=lambda: [{**request, "status": "pending"}, {**request, "status": "paid"}],
+        platform=lambda ref: SimpleNamespace(status="paid", amount=50000, paid_at=paid_at),
+        ledger=lambda number: {"amount": 50000}, receipt_of=lambda ref: None)
+    result = check.run(_store(tmp_path), as_of=AS_OF)
+    assert (result.checked, result.agreeing, result.differences) == (1, 1, [])
