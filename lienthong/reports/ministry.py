@@ -22,7 +22,7 @@ __all__ = ["flag_text", "kpi_columns", "write_agreement", "write_kpis"]
 
 
 def flag_text(row: KpiRow) -> str | None:
-    return ",".join(f"<{round(t * 100):g}%" for t in row.flags) or None
+    return ",".join(f"<{t * 100:g}%" for t in row.flags) or None
 
 
 def kpi_columns(report: KpiReport, row: KpiRow) -> dict[str, Any]:

@@ -330,3 +330,13 @@ def test_a_payment_the_one_stop_lists_twice_is_checked_once_as_last_read(tmp_pat
         ledger=lambda number: {"amount": 50000}, receipt_of=lambda ref: None)
     result = check.run(_store(tmp_path), as_of=AS_OF)
     assert (result.checked, result.agreeing, result.differences) == (1, 1, [])
+
+
+def test_the_ministry_tables_flag_names_the_threshold_as_given():
+    """`--threshold 0.5%` flagged an agency under half a percent, and the ministry table's
+    canh_bao said "<0%" (rounded to a whole percent; 12.5 % became "<12%"), unlike the HTML."""
+    from lienthong.reports.kpi import KpiRow
+    from lienthong.reports.ministry import flag_text
+
+    assert flag_text(KpiRow("AG", "", flags=[0.5, 0.3, 0.125, 0.07, 0.005])) == "<50%,<30%,<12.5%,<7%,<0.5%"
+    assert flag_text(KpiRow("AG", "")) is None
