@@ -85,3 +85,24 @@ def test_a_lower_id_committed_after_a_higher_one_is_not_skipped(bus_store):
         _stage(store, 2, _snapshot("FAST-1", 1, "receiving"))
         refresh_dossier_facts(store)
     assert set(_facts(store)) == {"SLOW-1", "FAST-1"}
+
+
+def test_a_snapshot_with_an_over_long_code_does_not_stop_the_facts(bus_store, caplog):
+    """The outbox keeps the one-stop's snapshots as they came (the mapping refuses bad ones only
+    when it delivers them). A code longer than its dossier_fact column (channel 16, status 32,
+    agency and procedure 64) failed the refresh on PostgreSQL at every run, the bookmark stuck
+    before it: no KPI report again. The value is left out, named in the log; the dossier counts."""
+    store = bus_store
+    _stage(store, 1, _snapshot("LONG-1", 1, "receiving", submissionChannel="trực tuyến qua Cổng DVC quốc gia",
+                               govAgencyCode="A" * 65, serviceCode="1." + "9" * 70))
+    _stage(store, 2, _snapshot("OK-1", 1, "s" * 33))
+    with caplog.at_level("WARNING", logger="lienthong.reports.facts"):
+        assert refresh_dossier_facts(store) == 2
+    facts = _facts(store)
+    long, ok = facts["LONG-1"], facts["OK-1"]
+    assert (long.channel, long.agency_code, long.procedure_code, long.status) == (None, None, None, "receiving")
+    assert (ok.channel, ok.agency_code, ok.status) == ("online", "000.00.01.H49", None)
+    assert int(store.get_cursor(FACTS_CURSOR)) == max(r.outbox_id for r in facts.values())
+    logged = caplog.text
+    assert "LONG-1: submissionChannel longer than 16 characters" in logged
+    assert "OK-1: dossierStatus longer than 32 characters" in logged
