@@ -20,6 +20,7 @@ one-stop and the ministry ledger. Results are kept in the bus database (``agreem
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -420,6 +421,15 @@ def _fee_check(resolve: Any, store: Store, *, run_id: str, task_id: str | None =
 
 
 # --- storage ----------------------------------------------------------------------------------------
+def _fit(text: str | None, limit: int) -> str | None:
+    """A peer's key or code as the column holds it: one longer than the column (a dossier the flow
+    refuses, hence a difference to report) is cut, ending in a hash of the whole so that two keys
+    cut alike stay apart; saving it whole failed on PostgreSQL and lost the check's result."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 13] + "…" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
 def save_result(store: Store, run_id: str, result: CheckResult, *, started_at: datetime | None = None) -> None:
     """Keep a check's result under the run (a rerun of the same run replaces it)."""
     now = utcnow()
@@ -435,10 +445,13 @@ def save_result(store: Store, run_id: str, result: CheckResult, *, started_at: d
         seen: set[tuple[str, str]] = set()
         rows = []
         for d in result.differences:
-            if (d.record_key, d.aspect) in seen:
+            row = {"run_id": run_id, **d.as_dict()}
+            for name in ("record_key", "dossier_no", "agency_code"):
+                row[name] = _fit(row[name], agreement_difference.c[name].type.length)
+            if (row["record_key"], d.aspect) in seen:
                 continue
-            seen.add((d.record_key, d.aspect))
-            rows.append({"run_id": run_id, **d.as_dict()})
+            seen.add((row["record_key"], d.aspect))
+            rows.append(row)
         if rows:
             conn.execute(agreement_difference.insert(), rows)
 

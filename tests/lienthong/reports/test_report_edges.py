@@ -340,3 +340,25 @@ def test_the_ministry_tables_flag_names_the_threshold_as_given():
 
     assert flag_text(KpiRow("AG", "", flags=[0.5, 0.3, 0.125, 0.07, 0.005])) == "<50%,<30%,<12.5%,<7%,<0.5%"
     assert flag_text(KpiRow("AG", "")) is None
+
+
+def test_a_difference_about_an_over_long_dossier_number_or_agency_code_is_kept(bus_store):
+    """The one-stop can hold a dossier whose number or agency code is longer than the bus's
+    columns (the dossier flow dead-letters it; the portal never gets it): exactly a difference to
+    report. Saving the run failed on PostgreSQL (VARCHAR(200), VARCHAR(64)) and lost the check."""
+    from types import SimpleNamespace
+
+    from lienthong.reports.agreement import DossierStatusCheck, load_agreement, save_result
+
+    long_no, other_long_no = "X" * 250, "X" * 249 + "Y"
+    snaps = [{"dossierNo": no, "dossierStatus": "new", "govAgencyCode": agency, "progress": []}
+             for no, agency in ((long_no, "AG"), (other_long_no, "AG"), ("D-2", "A" * 65))]
+    check = DossierStatusCheck(SimpleNamespace(iter_dossiers=lambda: iter([snaps])),
+                               SimpleNamespace(lookup_dossier=lambda key: None))
+    save_result(bus_store, "r-1", check.run(bus_store, as_of=AS_OF))
+    [result] = load_agreement(bus_store, "r-1").results
+    assert (result.checked, result.agreeing, result.differing) == (3, 0, 3)
+    kept = {d.record_key: d for d in result.differences}
+    assert len(kept) == 3 and all(len(k) <= 200 and d.aspect == "missing" for k, d in kept.items())
+    assert sorted(k[:188] for k in kept if k != "D-2") == [long_no[:187] + "…"] * 2  # told apart, not merged
+    assert kept["D-2"].agency_code == "A" * 51 + "…" + kept["D-2"].agency_code[-12:]
