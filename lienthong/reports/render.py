@@ -275,12 +275,26 @@ def render_html(kpi: KpiReport | None, agreement: AgreementReport | None, *, tit
     return "".join(parts)
 
 
+#: what a spreadsheet takes as the start of a formula in a text cell
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell; text a peer supplied that a spreadsheet would run as a formula (an agency name
+    '=HYPERLINK(...)') is kept as text behind an apostrophe. Numbers are left as numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _csv(header: list[str], rows: list[list[Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
-        writer.writerow(["" if v is None else v for v in row])
+        writer.writerow([_cell(v) for v in row])
     return buf.getvalue()
 
 

