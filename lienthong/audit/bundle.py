@@ -1,6 +1,6 @@
 """``lienthong audit export``: a self-contained evidence bundle of sealed exchanges.
 
-The bundle (a zip, format ``lienthong-audit-bundle/1``, described in
+The bundle (a zip, format ``lienthong-audit-bundle/3``, described in
 :mod:`lienthong.audit.bundle_verify`) holds the selected records as stored, their leaf hashes,
 every seal from seal 1 up to the one covering the last selected record, each record's RFC 6962
 inclusion proof in its seal, the public key(s) and the standalone verifier as ``verify.py``; the
@@ -51,7 +51,7 @@ from lienthong.store import (
 
 __all__ = ["BUNDLE_FORMAT", "ExportResult", "bundle_record", "export_bundle", "inclusion_proof"]
 
-BUNDLE_FORMAT = "lienthong-audit-bundle/2"
+BUNDLE_FORMAT = "lienthong-audit-bundle/3"  # /3: may hold leaf-format-3 records (salted digests)
 VERIFIER_SOURCE = Path(__file__).with_name("bundle_verify.py")
 
 

@@ -4,7 +4,8 @@
 Standalone on purpose: the standard library and ``cryptography`` only (no database, no project
 code, no configuration), so an auditor can run the copy inside the bundle (``verify.py``).
 
-Bundle format ``lienthong-audit-bundle/2`` (a zip; ``/1`` bundles are read too):
+Bundle format ``lienthong-audit-bundle/3`` (a zip; ``/1`` and ``/2`` bundles are read too; ``/3``
+is ``/2`` that may hold leaf-format-3 records, so a verifier that predates them refuses it):
 
 * ``manifest.json``: format, created_at, selection, counts, ``blobs`` (content type and size of
   each) and the SHA-256 of every other file;
@@ -54,8 +55,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = ["BundleResult", "inclusion_ok", "leaf_hash", "main", "verify_bundle", "wire_digest"]
 
-BUNDLE_FORMAT = "lienthong-audit-bundle/2"
-BUNDLE_FORMATS = ("lienthong-audit-bundle/1", BUNDLE_FORMAT)
+# /3 = /2 that may hold leaf-format-3 records: a verifier of /2 would check their salted digests as
+# plain SHA-256 and call the bodies altered, so it must refuse a /3 bundle instead
+BUNDLE_FORMAT = "lienthong-audit-bundle/3"
+BUNDLE_FORMATS = ("lienthong-audit-bundle/1", "lienthong-audit-bundle/2", BUNDLE_FORMAT)
 SEAL_FORMAT = "lienthong-seal/1"
 GENESIS = "0" * 64
 BLOB_FIELDS = ("request_body", "response_body")

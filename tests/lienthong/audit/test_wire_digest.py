@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import zipfile
 import zlib
 
 import pytest
@@ -203,3 +205,21 @@ def test_the_bundle_checks_each_digest_by_its_rows_leaf_format(store, keypair, t
     checked = bundle_verify.verify_bundle(str(out))
     assert not checked.ok and checked.failure_kind == "body_corrupt" and checked.failure_where.startswith("record #8")
     assert "the request body does not match its recorded sha256" in checked.failure
+
+
+def test_a_bundle_holding_format_3_rows_is_refused_by_a_verifier_that_predates_them(store, keypair, tmp_path,
+                                                                                     monkeypatch):
+    """A verifier of bundle format /2 (leaf formats 1 and 2 only) would check a format-3 row's salted
+    digest as a plain SHA-256 and call the body altered before sealing: a false accusation. The
+    bundle says /3, so such a verifier refuses it as a format it does not read; this one reads /1-/3."""
+    private, public, *_ = keypair
+    _mixed_log(store)
+    seal_exchanges(store, private, batch_size=3)
+    out = tmp_path / "b.zip"
+    export_bundle(store, out, [public], key=DOSSIER)
+    assert bundle_verify.verify_bundle(str(out)).ok
+    with zipfile.ZipFile(out) as zf:
+        assert json.loads(zf.read("manifest.json"))["format"] == "lienthong-audit-bundle/3"
+    monkeypatch.setattr(bundle_verify, "BUNDLE_FORMATS", ("lienthong-audit-bundle/1", "lienthong-audit-bundle/2"))
+    refused = bundle_verify.verify_bundle(str(out))
+    assert not refused.ok and refused.failure_kind == "manifest", refused.failure
