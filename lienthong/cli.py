@@ -155,7 +155,7 @@ def cmd_exchanges(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
     from lienthong.audit.search import altered_fields, format_body
-    from lienthong.exchange_log import personal_fields
+    from lienthong.exchange_log import personal_fields, record_key_stored
     from lienthong.store import exchange_key, exchange_log
 
     store = _store()
@@ -166,7 +166,7 @@ def cmd_exchanges(args: argparse.Namespace) -> int:
         query = query.where(exchange_log.c.peer == args.peer)
     if args.dossier:
         query = query.join(exchange_key, exchange_key.c.exchange_id == exchange_log.c.id).where(
-            exchange_key.c.record_key == args.dossier)
+            exchange_key.c.record_key == record_key_stored(args.dossier))
     with store.engine.connect() as conn:
         rows = list(reversed(conn.execute(query).mappings().all()))
     if args.bodies and args.reveal and rows:

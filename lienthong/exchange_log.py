@@ -45,6 +45,7 @@ from lienthong.store import (
     exchange_key,
     exchange_log,
     exchange_personal_field,
+    fit_key,
     insert_ignore,
     insert_many,
     utcnow,
@@ -64,6 +65,7 @@ __all__ = [
     "put_blob",
     "read_blob",
     "read_body",
+    "record_key_stored",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ DEFAULT_BLOB_THRESHOLD = 256 * 1024
 BLOB_THRESHOLD_ENV = "LIENTHONG_BLOB_THRESHOLD"
 LEAF_VERSION = 3  # lienthong.audit.records: the leaf format of the rows written here
 _EMPTY = zlib.compress(b"")
+_RECORD_KEY_LENGTH = exchange_key.c.record_key.type.length
 _TEXT_TYPES = ("json", "xml", "html", "javascript", "x-www-form-urlencoded", "multipart/form-data")
 
 
@@ -254,7 +257,7 @@ class BusRecorder:
         personal: list[PersonalField] = []
         self._side("request", exchange.request_body, exchange.request_headers, row, blobs, personal)
         self._side("response", exchange.response_body, exchange.response_headers, row, blobs, personal)
-        prepared = (row, blobs, personal, sorted(set(exchange.record_keys)))
+        prepared = (row, blobs, personal, sorted({record_key_stored(k) for k in exchange.record_keys}))
         if self._held is not None:
             self._held.append(prepared)
             return
@@ -361,12 +364,19 @@ def exchange_body(store: Store, row: Mapping[str, Any], side: str, *, restore: b
     return restore_body(stored, fields) if fields else stored
 
 
+def record_key_stored(record_key: str) -> str:
+    """``record_key`` as ``exchange_key`` holds it (:func:`lienthong.store.fit_key`): a peer's
+    dossier number or reference longer than the column failed the whole record on PostgreSQL.
+    Every lookup by key goes through it, so the whole key finds its exchanges."""
+    return fit_key(record_key, _RECORD_KEY_LENGTH)
+
+
 def exchanges_for_key(store: Store, record_key: str) -> list[dict[str, Any]]:
     """Every exchange that carried ``record_key``, oldest first (bodies left compressed)."""
     query = (
         select(exchange_log)
         .join(exchange_key, exchange_key.c.exchange_id == exchange_log.c.id)
-        .where(exchange_key.c.record_key == record_key)
+        .where(exchange_key.c.record_key == record_key_stored(record_key))
         .order_by(exchange_log.c.id)
     )
     with store.engine.connect() as conn:

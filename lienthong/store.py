@@ -45,7 +45,7 @@ from sqlalchemy.types import TypeDecorator
 
 from connectors.connection import ConnectionSpec
 
-__all__ = ["DatabaseUnavailable", "Store", "blocked_keys", "canonical_json", "content_hash", "execute_many",
+__all__ = ["DatabaseUnavailable", "Store", "blocked_keys", "canonical_json", "content_hash", "execute_many", "fit_key",
            "insert_ignore", "metadata", "sqlalchemy_url", "throwaway_database", "upsert_acknowledgements", "utcnow"]
 
 _log = logging.getLogger(__name__)
@@ -866,6 +866,17 @@ def canonical_json(value: Any) -> bytes:
 def content_hash(value: Any) -> str:
     """SHA-256 (hex) of ``value``'s canonical JSON: what acknowledgements compare payloads by."""
     return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def fit_key(text: str, limit: int) -> str:
+    """A peer's key or code as a column of ``limit`` characters holds it: unchanged when it fits;
+    one longer, or holding a NUL character (which PostgreSQL's text refuses), is cut to fit (NULs
+    shown as ``\\0``) and ends in ``…`` and a hash of the whole, so two keys cut alike stay apart
+    and the whole key finds it again through this same function."""
+    if len(text) <= limit and "\x00" not in text:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return text.replace("\x00", "\\0")[: limit - 13] + "…" + digest
 
 
 def blocked_keys(conn: Connection, flow: str, keys: Iterable[str]) -> set[str]:

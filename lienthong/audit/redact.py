@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, update
 
 from lienthong.audit.personal import token
+from lienthong.exchange_log import record_key_stored
 from lienthong.store import (
     Store,
     exchange_blob,
@@ -94,7 +95,7 @@ def redact_exchanges(store: Store, *, reason: str, key: str | None = None,
                 query = select(exchange_log.c.id).order_by(exchange_log.c.id)
                 if key:
                     query = query.where(exchange_log.c.id.in_(
-                        select(exchange_key.c.exchange_id).where(exchange_key.c.record_key == key)))
+                        select(exchange_key.c.exchange_id).where(exchange_key.c.record_key == record_key_stored(key))))
                 if exchange_ids:
                     query = query.where(exchange_log.c.id.in_(list(exchange_ids)))
                 ids = list(conn.execute(query).scalars())
@@ -106,7 +107,8 @@ def redact_exchanges(store: Store, *, reason: str, key: str | None = None,
                 values = {_inner(bytes(r["value"])) for r in live if r["value"] is not None}
                 values = {v for v in values if len(v) >= 4}
                 redaction_id = conn.execute(exchange_redaction.insert().values(
-                    at=utcnow(), actor=_actor(actor), reason=reason.strip(), record_key=key,
+                    at=utcnow(), actor=_actor(actor), reason=reason.strip(),
+                    record_key=None if key is None else record_key_stored(key),
                     exchange_ids=sorted({r["exchange_id"] for r in live}), fields=len(live))).inserted_primary_key[0]
                 for r in live:
                     conn.execute(update(t).where(t.c.exchange_id == r["exchange_id"], t.c.side == r["side"],

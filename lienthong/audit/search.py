@@ -34,6 +34,7 @@ from lienthong.audit.personal import (
     commitment,
     restore_body,
 )
+from lienthong.exchange_log import record_key_stored
 from lienthong.store import (
     Store,
     exchange_blob,
@@ -127,7 +128,7 @@ def selection_query(*, key: str | None = None, peer: str | None = None, operatio
     query = select(exchange_log.c.id).order_by(exchange_log.c.id)
     if key:
         query = query.where(exchange_log.c.id.in_(
-            select(exchange_key.c.exchange_id).where(exchange_key.c.record_key == key)))
+            select(exchange_key.c.exchange_id).where(exchange_key.c.record_key == record_key_stored(key))))
     if peer:
         query = query.where(exchange_log.c.peer == peer)
     if operation:

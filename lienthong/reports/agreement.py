@@ -20,7 +20,6 @@ one-stop and the ministry ledger. Results are kept in the bus database (``agreem
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,7 @@ from connectors.errors import IntegrationError
 from lienthong.exchange_log import exchanges_for_key
 from lienthong.mapping import load_mapping
 from lienthong.reports.facts import parse_instant
-from lienthong.store import Store, agreement_difference, agreement_run, delivery_state, utcnow
+from lienthong.store import Store, agreement_difference, agreement_run, delivery_state, fit_key, utcnow
 
 __all__ = [
     "CHECKS",
@@ -422,12 +421,10 @@ def _fee_check(resolve: Any, store: Store, *, run_id: str, task_id: str | None =
 
 # --- storage ----------------------------------------------------------------------------------------
 def _fit(text: str | None, limit: int) -> str | None:
-    """A peer's key or code as the column holds it: one longer than the column (a dossier the flow
-    refuses, hence a difference to report) is cut, ending in a hash of the whole so that two keys
-    cut alike stay apart; saving it whole failed on PostgreSQL and lost the check's result."""
-    if text is None or len(text) <= limit:
-        return text
-    return text[: limit - 13] + "…" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    """A peer's key or code as the column holds it (:func:`lienthong.store.fit_key`): one longer
+    than the column (a dossier the flow refuses, hence a difference to report) saved whole failed
+    on PostgreSQL and lost the check's result."""
+    return None if text is None else fit_key(text, limit)
 
 
 def save_result(store: Store, run_id: str, result: CheckResult, *, started_at: datetime | None = None) -> None:
