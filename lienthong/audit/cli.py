@@ -38,6 +38,30 @@ def _store():
     return _store()
 
 
+def _existing_store():
+    """The bus database of a command that only reads the log (search, show, verify, export): never
+    created here. A mistyped `lienthong_db` path would otherwise be a fresh empty log, which
+    'verifies' (0 records) and matches nothing.
+
+    Raises:
+        ConfigurationError: an SQLite connection whose file does not exist.
+    """
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from lienthong.cli import _resolver
+    from lienthong.tasks import BUS_DB_CONN_ID, open_store
+
+    spec = _resolver()(BUS_DB_CONN_ID)
+    url = make_url(spec.sqlalchemy_url())
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not Path(url.database).is_file():
+        raise ConfigurationError(f"no bus database at {url.database} (connection `{BUS_DB_CONN_ID}`): check the "
+                                 f"connection, or run a flow (`make demo`) or `lienthong db init` first")
+    return open_store(lambda _conn_id: spec)
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     from lienthong.audit.keys import generate_keypair
 
@@ -89,7 +113,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"lienthong: {exc}", file=sys.stderr)
         return EXIT_USAGE
     workers = args.workers if args.workers is not None else default_workers()
-    result = verify_exchanges(_store(), keys, expect_head=args.expect_head, deep=args.deep, workers=max(1, workers))
+    result = verify_exchanges(_existing_store(), keys, expect_head=args.expect_head, deep=args.deep, workers=max(1, workers))
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     elif result.ok:
@@ -136,7 +160,7 @@ def _time(text: str):
 def cmd_search(args: argparse.Namespace) -> int:
     from lienthong.audit.search import format_line, search_exchanges
 
-    rows = search_exchanges(_store(), key=args.key, peer=args.peer, operation=args.operation,
+    rows = search_exchanges(_existing_store(), key=args.key, peer=args.peer, operation=args.operation,
                             outcome=args.outcome, since=args.since, until=args.until, limit=args.limit)
     for row in rows:
         print(format_line(row))
@@ -148,7 +172,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from lienthong.audit.search import format_exchange, get_exchange
 
-    record = get_exchange(_store(), args.id)
+    record = get_exchange(_existing_store(), args.id)
     if record is None:
         print(f"lienthong: no exchange #{args.id}", file=sys.stderr)
         return EXIT_USAGE
@@ -178,7 +202,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"lienthong: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = export_bundle(_store(), args.out, keys, key=args.key, since=args.since, until=args.until)
+        result = export_bundle(_existing_store(), args.out, keys, key=args.key, since=args.since, until=args.until)
     except ExportError as exc:
         print(f"lienthong: {exc}", file=sys.stderr)
         return EXIT_MISMATCH

@@ -158,3 +158,22 @@ def test_cli_search_and_show(store, tmp_path, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert "001095012345" in captured.out and "REVEALED" in captured.err
     assert main(["audit", "show", "99"]) == 2
+
+
+def test_reading_commands_refuse_a_missing_bus_database(tmp_path, monkeypatch, capsys, keypair):
+    """A mistyped `lienthong_db` path: `audit verify` said 'verified: 0 records' (exit 0) and search,
+    show and export read a fresh empty database they had just created there."""
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    missing = tmp_path / "nowhere" / "bus.db"
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({"conn_type": "sqlite", "host": str(missing)}))
+    public = str(keypair[3])
+    bundle = tmp_path / "bundle.zip"
+    for argv in (["audit", "search", "--peer", "onestop"], ["audit", "show", "1"],
+                 ["audit", "verify", "--public-key", public],
+                 ["audit", "export", str(bundle), "--key", DOSSIER_A, "--public-key", public]):
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.out == "", argv
+        assert f"no bus database at {missing}" in captured.err and "lienthong_db" in captured.err, argv
+    assert not missing.parent.exists() and not bundle.exists()
+
