@@ -153,7 +153,7 @@ def _time(text: str):
 
     try:
         return parse_time(text)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved out of range to UTC
         raise argparse.ArgumentTypeError("expected an ISO 8601 date or time (UTC unless it says otherwise)") from None
 
 
@@ -172,7 +172,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from lienthong.audit.search import format_exchange, get_exchange
 
-    record = get_exchange(_existing_store(), args.id)
+    # beyond a database integer there is no such exchange (the driver would raise OverflowError)
+    record = get_exchange(_existing_store(), args.id) if 0 < args.id < 2 ** 63 else None
     if record is None:
         print(f"lienthong: no exchange #{args.id}", file=sys.stderr)
         return EXIT_USAGE

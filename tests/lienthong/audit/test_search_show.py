@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
+
 from connectors.transport import Exchange
 from lienthong.audit.search import (
     format_exchange,
@@ -177,3 +179,36 @@ def test_reading_commands_refuse_a_missing_bus_database(tmp_path, monkeypatch, c
         assert f"no bus database at {missing}" in captured.err and "lienthong_db" in captured.err, argv
     assert not missing.parent.exists() and not bundle.exists()
 
+
+def _cli_env(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
+                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+
+
+def _usage_error(argv, capsys) -> str:
+    """The argparse refusal of ``argv`` (exit 2), its stderr."""
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2, argv
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err, argv
+    return captured.err
+
+
+def test_out_of_range_ids_and_times_are_usage_errors_not_tracebacks(store, tmp_path, monkeypatch, capsys):
+    """An id beyond a database integer, a time that leaves the calendar once moved to UTC: the CLI
+    raised OverflowError (a traceback, exit 1, which means 'does not verify'); the page already
+    answered 404 and 400."""
+    _cli_env(store, tmp_path, monkeypatch)
+    _fill(store)
+    assert main(["audit", "show", "99999999999999999999"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "lienthong: no exchange #99999999999999999999\n"
+    assert main(["audit", "show", "-1"]) == 2
+    assert capsys.readouterr().err == "lienthong: no exchange #-1\n"
+    for option, value in (("--from", "0001-01-01T00:00:00+01:00"), ("--to", "9999-12-31T23:00:00-05:00")):
+        err = _usage_error(["audit", "search", option, value], capsys)
+        assert f"argument {option}: expected an ISO 8601 date or time" in err
+        err = _usage_error(["audit", "export", str(tmp_path / "b.zip"), option, value], capsys)
+        assert f"argument {option}: expected an ISO 8601 date or time" in err
