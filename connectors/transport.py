@@ -53,6 +53,7 @@ __all__ = [
     "HttpTransport",
     "MemoryRecorder",
     "NullRecorder",
+    "OUTCOMES",
     "RetryPolicy",
     "SECRET_HEADERS",
     "TOTAL_TIMEOUT_FACTOR",
@@ -100,6 +101,11 @@ _CHUNK = 64 * 1024
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "set-cookie2",
                             "www-authenticate", "proxy-authenticate"})
 
+#: Every outcome an exchange is recorded with: this transport's (``ok``, ``http_error``,
+#: ``protocol_error`` for an answer it could not read, ``transport_error``), and a connector's
+#: classification of the peer's own answer (``peer_error``); the ledger and replica clients use the same.
+OUTCOMES = ("ok", "peer_error", "http_error", "protocol_error", "transport_error")
+
 
 @dataclass
 class Exchange:
@@ -112,7 +118,7 @@ class Exchange:
     started_at: datetime
     duration_ms: float
     attempt: int
-    outcome: str  # ok | peer_error | http_error | transport_error
+    outcome: str  # one of OUTCOMES
     direction: str = "outbound"
     record_keys: tuple[str, ...] = ()
     request_headers: dict[str, str] = field(default_factory=dict)

@@ -52,6 +52,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.background import BackgroundTask
 
+from connectors.transport import OUTCOMES  # every outcome an exchange is recorded with: the search's choices
+
 __all__ = ["RESOURCE_NAME", "URL_PREFIX", "LienthongAuditPlugin", "app"]
 
 log = logging.getLogger("lienthong.auditor")
@@ -62,7 +64,6 @@ BUS_DB_CONN_ID = "lienthong_db"
 DEFAULT_LIMIT = 200
 MAX_LIMIT = 5000
 EXCERPT_CHARS = 220
-OUTCOMES = ("ok", "peer_error", "http_error", "transport_error", "protocol_error")  # what the transports record
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 

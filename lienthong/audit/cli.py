@@ -301,7 +301,19 @@ def cmd_archive(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:  # SQL's LIMIT 0 is nothing, and SQLite's LIMIT -1 is everything
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
+    from connectors.transport import OUTCOMES
+
     p = subparsers.add_parser("audit", help="seal the exchange log (signed Merkle roots) and verify it")
     audit = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
 
@@ -331,10 +343,10 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--key", help="a record key: dossier code, receipt number or procedure code")
     q.add_argument("--peer", help="the peer (national_portal, onestop...)")
     q.add_argument("--operation", help="the operation (DongBoHoSoMC...)")
-    q.add_argument("--outcome", help="ok | peer_error | http_error | transport_error | protocol_error")
+    q.add_argument("--outcome", choices=OUTCOMES, metavar="OUTCOME", help=" | ".join(OUTCOMES))
     q.add_argument("--from", dest="since", type=_time, metavar="ISO", help="started at or after (UTC by default)")
     q.add_argument("--to", dest="until", type=_time, metavar="ISO", help="started before (UTC by default)")
-    q.add_argument("--limit", type=int, help="at most this many (oldest first)")
+    q.add_argument("--limit", type=_positive, metavar="N", help="at most this many (oldest first)")
     q.set_defaults(func=cmd_search)
 
     q = audit.add_parser("show", help="one exchange: headers and bodies, personal data masked unless --reveal")

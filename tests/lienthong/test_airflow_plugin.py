@@ -466,3 +466,71 @@ def test_out_of_range_parameters_are_client_errors_not_500(server, path, status)
     404 naming the parameter, not an internal error (found in review)."""
     response = server.get(path, "auditor", headers={"Accept": "text/html"})
     assert response.status_code == status, (response.status_code, response.text[:300])
+
+
+# --- the pages in process (Airflow's log-in replaced by a signed-in viewer) ----------------------
+class _Viewer:
+    def get_name(self) -> str:
+        return "auditor"
+
+
+@dataclass
+class PageClient:
+    client: object
+    store: Store
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.client.get(f"{PREFIX}{path}", **kwargs)
+
+
+@pytest.fixture
+def pages(tmp_path, monkeypatch) -> Iterator[PageClient]:
+    """The plugin's app in process over an empty SQLite bus database; the auth dependency is the
+    one thing replaced (the real one is covered against a real api-server above)."""
+    from fastapi.testclient import TestClient
+
+    from lienthong import airflow_plugin
+
+    bus_db = tmp_path / "bus.db"
+    store = Store(f"sqlite:///{bus_db}")
+    store.create_schema()
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({"conn_type": "sqlite", "host": str(bus_db)}))
+    airflow_plugin.app.dependency_overrides[airflow_plugin.auditor] = _Viewer
+    try:
+        with TestClient(airflow_plugin.app, root_path=PREFIX) as client:
+            yield PageClient(client, store)
+    finally:
+        airflow_plugin.app.dependency_overrides.pop(airflow_plugin.auditor, None)
+        for url in [u for u in airflow_plugin._stores if str(bus_db) in u]:
+            airflow_plugin._stores.pop(url).dispose()
+        store.dispose()
+
+
+def _record(store: Store, n: int, **fields) -> None:
+    values = {"peer": "national_portal", "operation": "DongBoHoSoMC", "method": "POST",
+              "url": "http://127.0.0.1:18082/api/DongBoHoSoMC", "started_at": datetime(2026, 11, 27, 8, n % 60,
+                                                                                       tzinfo=UTC),
+              "duration_ms": 12.0, "attempt": 1, "outcome": "ok", "record_keys": (f"HS-{n:04d}",),
+              "request_headers": {"Content-Type": "application/json"},
+              "request_body": json.dumps({"MaHoSo": f"HS-{n:04d}"}).encode(), "response_status": 200,
+              "response_body": b'{"error_code":0}', "peer_code": "0"}
+    values.update(fields)
+    BusRecorder(store, "dossier_status", "run-1", "deliver").record(Exchange(**values))
+
+
+def test_every_outcome_the_connectors_record_can_be_searched_for(pages):
+    """``protocol_error`` (an answer the connector could not read: the transport and the ledger
+    client record it) was refused as a filter (400: 'one of ok, peer_error, http_error,
+    transport_error') and missing from the page's list, so those exchanges could not be picked out."""
+    _record(pages.store, 1)
+    _record(pages.store, 2, outcome="protocol_error", response_body=b"<html>maintenance</html>", peer_code=None)
+    found = pages.get("/api/search", params={"outcome": "protocol_error"})
+    assert found.status_code == 200, found.text
+    assert [e["id"] for e in found.json()["exchanges"]] == [2]
+    page = pages.get("/", params={"outcome": "protocol_error"}, headers={"Accept": "text/html"})
+    assert page.status_code == 200
+    assert "<option value='protocol_error' selected>protocol_error</option>" in page.text
+    assert f"{PREFIX}/exchanges/2'" in page.text and f"{PREFIX}/exchanges/1'" not in page.text
+    bad = pages.get("/api/search", params={"outcome": "bogus"})
+    assert bad.status_code == 400
+    assert bad.json()["detail"] == "outcome: one of ok, peer_error, http_error, protocol_error, transport_error"

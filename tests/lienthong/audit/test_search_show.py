@@ -212,3 +212,21 @@ def test_out_of_range_ids_and_times_are_usage_errors_not_tracebacks(store, tmp_p
         assert f"argument {option}: expected an ISO 8601 date or time" in err
         err = _usage_error(["audit", "export", str(tmp_path / "b.zip"), option, value], capsys)
         assert f"argument {option}: expected an ISO 8601 date or time" in err
+
+
+def test_search_refuses_an_unknown_outcome_and_a_limit_below_one(store, tmp_path, monkeypatch, capsys):
+    """`--outcome okay` matched nothing ('no exchange matches', exit 0) and `--limit -1` listed
+    everything (SQLite's LIMIT -1); `--outcome protocol_error` (an unreadable answer) is searchable."""
+    _cli_env(store, tmp_path, monkeypatch)
+    _fill(store)
+    BusRecorder(store, "dossier_status", "run-1", "deliver").record(_exchange(7, outcome="protocol_error"))
+    assert main(["audit", "search", "--outcome", "protocol_error"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["#7"]
+    err = _usage_error(["audit", "search", "--outcome", "okay"], capsys)
+    assert "argument --outcome: invalid choice: 'okay'" in err
+    assert "'ok', 'peer_error', 'http_error', 'protocol_error', 'transport_error'" in err
+    for limit in ("0", "-1", "two"):
+        err = _usage_error(["audit", "search", "--limit", limit], capsys)
+        assert f"argument --limit: expected a whole number of at least 1, got '{limit}'" in err
+    assert main(["audit", "search", "--limit", "2"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["#1", "#2"]
