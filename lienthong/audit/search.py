@@ -41,6 +41,7 @@ from lienthong.store import (
     exchange_key,
     exchange_log,
     exchange_personal_field,
+    exchange_redaction,
     exchange_seal_leaf,
 )
 
@@ -188,13 +189,18 @@ def get_exchange(store: Store, exchange_id: int) -> dict[str, Any] | None:
         record["seal_seq"] = conn.execute(select(exchange_seal_leaf.c.seal_seq).where(
             exchange_seal_leaf.c.exchange_id == exchange_id)).scalar()
         t = exchange_personal_field
+        rows = conn.execute(select(t).where(t.c.exchange_id == exchange_id).order_by(t.c.side, t.c.path)) \
+            .mappings().all()
         record["personal"] = [
             PersonalField(r["side"], r["path"], r["kind"], r["commitment"],
                           None if r["salt"] is None else bytes(r["salt"]),
                           None if r["value"] is None else bytes(r["value"]))
-            for r in conn.execute(select(t).where(t.c.exchange_id == exchange_id).order_by(t.c.side, t.c.path))
-            .mappings()]
-        record["personal_altered"] = altered_fields(record["personal"])
+            for r in rows]
+        named = {r["redaction_id"] for r in rows if r["redaction_id"] is not None}
+        recorded = set(conn.execute(select(exchange_redaction.c.id).where(exchange_redaction.c.id.in_(named)))
+                       .scalars()) if named else set()
+        record["personal_altered"] = altered_fields(record["personal"], erased_by_redaction={
+            (r["side"], r["path"]) for r in rows if r["redaction_id"] in recorded})
         record["blobs"] = {}
         for side in ("request", "response"):
             ref = record.get(f"{side}_blob_sha256")
@@ -206,11 +212,18 @@ def get_exchange(store: Store, exchange_id: int) -> dict[str, Any] | None:
     return record
 
 
-def altered_fields(fields: list[PersonalField]) -> list[PersonalField]:
-    """The fields whose stored salt and value do not give their sealed commitment (an erased
-    field, salt and value both gone, is redacted, not altered)."""
-    return [f for f in fields if not (f.salt is None and f.value is None) and (
-        f.salt is None or f.value is None or commitment(f.salt, f.path, f.value) != f.commitment)]
+def altered_fields(fields: list[PersonalField],
+                   erased_by_redaction: set[tuple[str, str]] | None = None) -> list[PersonalField]:
+    """The fields whose stored salt and value do not give their sealed commitment. An erased
+    field, salt and value both gone, is redacted, not altered; given ``erased_by_redaction`` (the
+    ``(side, path)`` of the fields whose ``redaction_id`` names a row of ``exchange_redaction``),
+    only those are, as ``audit verify --deep`` judges: any other erased one is altered."""
+    def erased(f: PersonalField) -> bool:
+        return f.salt is None and f.value is None
+
+    return [f for f in fields if (
+        (erased_by_redaction is not None and (f.side, f.path) not in erased_by_redaction) if erased(f) else
+        (f.salt is None or f.value is None or commitment(f.salt, f.path, f.value) != f.commitment))]
 
 
 def _time(value: datetime | None) -> str:
@@ -295,7 +308,7 @@ def format_exchange(record: dict[str, Any], *, reveal: bool = False) -> str:
                          f"lienthong.exchange_log.read_blob)")
         else:
             lines.append(format_body(record[f"{side}_body"], reveal, fields, [f for f in altered if f.side == side]))
-        erased = sum(1 for f in fields if f.value is None)
+        erased = sum(1 for f in fields if f.salt is None and f.value is None and f not in altered)
         if erased:
             lines.append(f"({erased} personal field(s) of this body were redacted)")
     return "\n".join(lines)

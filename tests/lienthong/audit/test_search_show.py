@@ -230,3 +230,36 @@ def test_search_refuses_an_unknown_outcome_and_a_limit_below_one(store, tmp_path
         assert f"argument --limit: expected a whole number of at least 1, got '{limit}'" in err
     assert main(["audit", "search", "--limit", "2"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["#1", "#2"]
+
+
+def test_a_value_erased_without_a_redaction_record_is_shown_as_altered_not_redacted(store, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """Salt and value set to NULL in the database, with no `audit redact` behind it, is what
+    `audit verify --deep` calls altered; `audit show` (exit 0) and the auditor page presented it as a
+    lawful redaction ('[redacted]', '1 personal field(s) of this body were redacted')."""
+    from sqlalchemy import text
+
+    _cli_env(store, tmp_path, monkeypatch)
+    _fill(store)
+    with store.begin() as conn:
+        conn.execute(text("UPDATE exchange_personal_field SET salt = NULL, value = NULL "
+                          "WHERE exchange_id = 1 AND path = '/ChuHoSo/SoGiayToChuHoSo'"))
+    record = get_exchange(store, 1)
+    assert [(f.side, f.path) for f in record["personal_altered"]] == [("request", "/ChuHoSo/SoGiayToChuHoSo")]
+    shown = format_exchange(record, reveal=True)
+    assert shown.splitlines()[1].startswith("WARNING: 1 stored personal value(s) do not match")
+    assert '"SoGiayToChuHoSo": "[altered]"' in shown
+    assert "[redacted]" not in shown and "were redacted" not in shown
+    assert main(["audit", "show", "1"]) == 1
+    assert "request /ChuHoSo/SoGiayToChuHoSo" in capsys.readouterr().err
+
+    # a later `audit redact` erases the other values (redacted), and does not make the first one lawful
+    assert main(["audit", "redact", "--key", RECEIPT, "--exchange-id", "1", "--reason", "lawful request 9/2026",
+                 "--actor", "auditor"]) == 0
+    capsys.readouterr()
+    record = get_exchange(store, 1)
+    assert [(f.side, f.path) for f in record["personal_altered"]] == [("request", "/ChuHoSo/SoGiayToChuHoSo")]
+    shown = format_exchange(record, reveal=True)
+    assert '"SoGiayToChuHoSo": "[altered]"' in shown and '"SoDienThoai": "[redacted]"' in shown
+    assert "(4 personal field(s) of this body were redacted)" in shown  # Email, HoTen, SoDienThoai, applicantIdNo
+    assert main(["audit", "show", "1"]) == 1
