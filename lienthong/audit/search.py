@@ -64,6 +64,8 @@ _EDGE_BEFORE = r"(?<![0-9A-Za-z_])"
 _EDGE_AFTER = r"(?![0-9A-Za-z_])"
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _PHONE = re.compile(_EDGE_BEFORE + r"(?:\+84\d{9,10}|0\d{9,10})" + _EDGE_AFTER)
+#: what :func:`format_body` puts in a personal field's place: said as is, never masked like a value
+_PLACEHOLDERS = frozenset({"[redacted]", "[altered]"})
 _ID = re.compile(_EDGE_BEFORE + r"(?:\d{12}|\d{9})" + _EDGE_AFTER)
 
 
@@ -111,7 +113,7 @@ def mask_json(value: Any, field: str | None = None) -> Any:
         masked = mask_text(str(value))
         return value if masked == str(value) else masked
     if isinstance(value, str):
-        if personal and value:
+        if personal and value and value not in _PLACEHOLDERS:
             return _hint_email(value) if "@" in value else _hint(value)
         return mask_text(value)
     return value

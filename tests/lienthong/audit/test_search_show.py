@@ -263,3 +263,24 @@ def test_a_value_erased_without_a_redaction_record_is_shown_as_altered_not_redac
     assert '"SoGiayToChuHoSo": "[altered]"' in shown and '"SoDienThoai": "[redacted]"' in shown
     assert "(4 personal field(s) of this body were redacted)" in shown  # Email, HoTen, SoDienThoai, applicantIdNo
     assert main(["audit", "show", "1"]) == 1
+
+
+def test_the_masked_view_says_which_values_are_redacted_or_altered(store, tmp_path, monkeypatch, capsys):
+    """Masking took the '[redacted]' and '[altered]' put in a personal field's place for a value and
+    starred it ('[********]'), so the default view of the page and of `audit show` looked as if the
+    value were there, masked, and did not say which field was erased or altered."""
+    from sqlalchemy import text
+
+    _cli_env(store, tmp_path, monkeypatch)
+    _fill(store)
+    assert main(["audit", "redact", "--key", RECEIPT, "--exchange-id", "1", "--reason", "lawful request 9/2026",
+                 "--actor", "auditor"]) == 0
+    with store.begin() as conn:  # an erased value put back
+        conn.execute(text("UPDATE exchange_personal_field SET value = :v WHERE exchange_id = 1 AND path = :p"),
+                     {"v": b'"079099000111"', "p": "/ChuHoSo/SoGiayToChuHoSo"})
+    masked = format_exchange(get_exchange(store, 1))
+    body = json.loads(masked.split("--- request body", 1)[1].split("\n", 1)[1].split("\n}\n", 1)[0] + "}")
+    assert body["ChuHoSo"] == {"HoTen": "[redacted]", "SoGiayToChuHoSo": "[altered]", "SoDienThoai": "[redacted]",
+                               "Email": "[redacted]"}
+    assert body["applicantIdNo"] == "[redacted]"
+    assert "*]" not in masked
