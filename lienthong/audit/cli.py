@@ -158,13 +158,14 @@ def _time(text: str):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from lienthong.audit.search import format_line, search_exchanges
+    from lienthong.audit.search import format_line, iter_exchanges
 
-    rows = search_exchanges(_existing_store(), key=args.key, peer=args.peer, operation=args.operation,
-                            outcome=args.outcome, since=args.since, until=args.until, limit=args.limit)
-    for row in rows:
+    found = 0
+    for row in iter_exchanges(_existing_store(), key=args.key, peer=args.peer, operation=args.operation,
+                              outcome=args.outcome, since=args.since, until=args.until, limit=args.limit):
         print(format_line(row))
-    if not rows:
+        found += 1
+    if not found:
         print("no exchange matches", file=sys.stderr)
     return EXIT_OK
 

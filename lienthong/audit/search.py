@@ -22,6 +22,7 @@ import dataclasses
 import json
 import re
 import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +53,7 @@ __all__ = [
     "format_exchange",
     "format_line",
     "get_exchange",
+    "iter_exchanges",
     "mask_json",
     "mask_text",
     "parse_time",
@@ -145,10 +147,13 @@ def selection_query(*, key: str | None = None, peer: str | None = None, operatio
     return query
 
 
+_PAGE = 500  # ids per query: below every SQLite build's bound-variable limit
+
+
 def _keys_of(conn, ids: list[int]) -> dict[int, list[str]]:
     keys: dict[int, list[str]] = {i: [] for i in ids}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
+    for start in range(0, len(ids), _PAGE):
+        chunk = ids[start:start + _PAGE]
         for exchange_id, record_key in conn.execute(
                 select(exchange_key.c.exchange_id, exchange_key.c.record_key)
                 .where(exchange_key.c.exchange_id.in_(chunk))):
@@ -161,23 +166,41 @@ _SUMMARY = [exchange_log.c[name] for name in (
     "http_status", "peer_code", "duration_ms", "error")]
 
 
+def iter_exchanges(store: Store, *, key: str | None = None, peer: str | None = None,
+                   operation: str | None = None, outcome: str | None = None, since: datetime | None = None,
+                   until: datetime | None = None, limit: int | None = None,
+                   page: int = _PAGE) -> Iterator[dict[str, Any]]:
+    """:func:`search_exchanges` one page of ``page`` ids at a time (by id, after the last one read):
+    a long log is never held whole, nor put in one ``IN (...)`` past the database's bound-variable
+    limit (999 in older SQLite builds)."""
+    after, left = 0, limit
+    with store.engine.connect() as conn:
+        while left is None or left > 0:
+            size = page if left is None else min(page, left)
+            ids = list(conn.execute(selection_query(key=key, peer=peer, operation=operation, outcome=outcome,
+                                                    since=since, until=until)
+                                    .where(exchange_log.c.id > after).limit(size)).scalars())
+            if not ids:
+                return
+            rows = {r["id"]: dict(r) for r in conn.execute(
+                select(*_SUMMARY).where(exchange_log.c.id.in_(ids))).mappings()}
+            keys = _keys_of(conn, ids)
+            for i in ids:
+                yield {**rows[i], "record_keys": keys[i]}
+            after = ids[-1]
+            if left is not None:
+                left -= len(ids)
+            if len(ids) < size:
+                return
+
+
 def search_exchanges(store: Store, *, key: str | None = None, peer: str | None = None,
                      operation: str | None = None, outcome: str | None = None, since: datetime | None = None,
                      until: datetime | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """Exchanges matching every filter given, oldest first, without bodies; each with its
     ``record_keys``."""
-    ids_query = selection_query(key=key, peer=peer, operation=operation, outcome=outcome, since=since,
-                                until=until)
-    if limit is not None:
-        ids_query = ids_query.limit(limit)
-    with store.engine.connect() as conn:
-        ids = list(conn.execute(ids_query).scalars())
-        if not ids:
-            return []
-        rows = {r["id"]: dict(r) for r in conn.execute(
-            select(*_SUMMARY).where(exchange_log.c.id.in_(ids))).mappings()}
-        keys = _keys_of(conn, ids)
-    return [{**rows[i], "record_keys": keys[i]} for i in ids]
+    return list(iter_exchanges(store, key=key, peer=peer, operation=operation, outcome=outcome, since=since,
+                               until=until, limit=limit))
 
 
 def get_exchange(store: Store, exchange_id: int) -> dict[str, Any] | None:

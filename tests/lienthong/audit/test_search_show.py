@@ -284,3 +284,25 @@ def test_the_masked_view_says_which_values_are_redacted_or_altered(store, tmp_pa
                                "Email": "[redacted]"}
     assert body["applicantIdNo"] == "[redacted]"
     assert "*]" not in masked
+
+
+def test_a_selection_larger_than_the_bound_variable_limit_is_read_in_pages(store):
+    """search_exchanges put every matching id in one `IN (...)`: past SQLite's bound-variable limit
+    (999 before SQLite 3.32, 32766 or 250000 since, by build) `audit search` of a long log failed
+    with 'too many SQL variables'. Shown here with the limit set to 999 on the connection."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    from .conftest import fill
+
+    fill(store, 1010)
+    event.listen(store.engine, "connect",
+                 lambda dbapi_connection, _record: dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
+    store.engine.dispose()  # the next connections get the limit
+    rows = search_exchanges(store, peer="national_portal")
+    assert [r["id"] for r in rows] == list(range(1, 1011, 2))  # odd numbers are the portal's
+    assert rows[-1]["record_keys"] == ["HS-1009", "HS-1010"]
+    everything = search_exchanges(store)
+    assert [r["id"] for r in everything] == list(range(1, 1011))
+    assert [r["id"] for r in search_exchanges(store, limit=1001)] == list(range(1, 1002))
