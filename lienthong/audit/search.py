@@ -251,6 +251,15 @@ def altered_fields(fields: list[PersonalField],
         (f.salt is None or f.value is None or commitment(f.salt, f.path, f.value) != f.commitment))]
 
 
+# C0 controls but tab and new line, DEL and C1 controls: in a peer's text they would drive the
+# auditor's terminal (move the cursor, erase a line, set the title); shown as \x1b, \r...
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _visible(text: str) -> str:
+    return _CONTROL.sub(lambda m: "\\r" if m.group() == "\r" else f"\\x{ord(m.group()):02x}", text)
+
+
 def _time(value: datetime | None) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds") if value else "-"
 
@@ -260,8 +269,8 @@ def format_line(row: dict[str, Any]) -> str:
     status = f"http {row['http_status']}" if row.get("http_status") is not None else "no answer"
     code = f" code {row['peer_code']}" if row.get("peer_code") not in (None, "") else ""
     keys = ",".join(row.get("record_keys") or []) or "-"
-    return (f"#{row['id']:<6} {_time(row['started_at'])}  {row['peer']}/{row['operation']}  "
-            f"{row['outcome']}  {status}{code}  attempt {row['attempt']}  keys {keys}")
+    return _visible(f"#{row['id']:<6} {_time(row['started_at'])}  {row['peer']}/{row['operation']}  "
+                    f"{row['outcome']}  {status}{code}  attempt {row['attempt']}  keys {keys}")
 
 
 def format_body(blob: bytes, reveal: bool, fields: list[PersonalField] | None = None,
@@ -294,7 +303,7 @@ def format_body(blob: bytes, reveal: bool, fields: list[PersonalField] | None = 
 
 def format_exchange(record: dict[str, Any], *, reveal: bool = False) -> str:
     """One exchange in full: fields, record keys, headers and decoded bodies; personal data masked
-    unless ``reveal``."""
+    unless ``reveal``; control characters (a peer's text) shown as ``\\x1b``, ``\\r``..."""
     text = (lambda s: s) if reveal else mask_text
 
     def headers(value: Any) -> str:
@@ -336,4 +345,4 @@ def format_exchange(record: dict[str, Any], *, reveal: bool = False) -> str:
         erased = sum(1 for f in fields if f.salt is None and f.value is None and f not in altered)
         if erased:
             lines.append(f"({erased} personal field(s) of this body were redacted)")
-    return "\n".join(lines)
+    return _visible("\n".join(lines))

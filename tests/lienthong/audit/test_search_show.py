@@ -306,3 +306,28 @@ def test_a_selection_larger_than_the_bound_variable_limit_is_read_in_pages(store
     everything = search_exchanges(store)
     assert [r["id"] for r in everything] == list(range(1, 1011))
     assert [r["id"] for r in search_exchanges(store, limit=1001)] == list(range(1, 1002))
+
+
+def test_control_characters_from_a_peer_reach_the_terminal_as_visible_escapes(store, tmp_path, monkeypatch, capsys):
+    """A peer's plain-text answer, error text and code were printed as received: escape sequences in
+    them moved the cursor, erased lines (the WARNING that a value was altered, say) or set the window
+    title of the auditor's terminal. They are shown as \\x1b, \\r... (JSON bodies and headers already
+    were, by json.dumps)."""
+    import dataclasses
+
+    _cli_env(store, tmp_path, monkeypatch)
+    hostile = "\x1b[1A\x1b[2K\r\x1b]0;owned\x07\x9b2J\x7f"
+    exchange = dataclasses.replace(
+        _exchange(1, outcome="peer_error", keys=(DOSSIER_A,)), peer_code=f"E1{hostile}",
+        error=f"peer said: {hostile}", response_headers={"Content-Type": "text/plain"},
+        response_body=f"Lỗi hệ thống{hostile}\nthử lại sau\tnhé".encode())
+    BusRecorder(store, "dossier_status", "run-1", "deliver").record(exchange)
+    assert main(["audit", "show", "1"]) == 0
+    out = capsys.readouterr().out
+    assert main(["audit", "search", "--key", DOSSIER_A]) == 0
+    line = capsys.readouterr().out
+    for text in (out, line, format_exchange(get_exchange(store, 1), reveal=True)):
+        assert not any(c in text for c in "\x1b\r\x07\x9b\x7f"), repr(text)
+        assert "E1\\x1b[1A\\x1b[2K\\r\\x1b]0;owned\\x07\\x9b2J\\x7f" in text
+    assert "Lỗi hệ thống\\x1b[1A" in out and "\nthử lại sau\tnhé" in out  # new lines and tabs stay
+    assert "error:        peer said: \\x1b[1A" in out
