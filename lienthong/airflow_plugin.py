@@ -266,8 +266,10 @@ def _limit(value: str | None) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise HTTPException(400, f"limit: expected a number, got {value!r}") from None
-    return max(1, min(n, MAX_LIMIT))
+        n = 0
+    if not 1 <= n <= MAX_LIMIT:  # never silently another number than asked
+        raise HTTPException(400, f"limit: a whole number from 1 to {MAX_LIMIT}, got {value!r}")
+    return n
 
 
 def _db_error(exc: Exception) -> HTTPException:
@@ -276,10 +278,17 @@ def _db_error(exc: Exception) -> HTTPException:
                               f"configured and the schema created?")
 
 
+SEARCH_PARAMETERS = ("key", "peer", "operation", "outcome", "from", "to", "limit")
+
+
 def _filters(request: Request) -> dict[str, str]:
+    """The search's parameters; any other is refused (a misspelt filter is not ignored)."""
     q = request.query_params
-    return {name: (q.get(name) or "").strip() for name in ("key", "peer", "operation", "outcome", "from", "to",
-                                                           "limit")}
+    unknown = sorted(set(q) - set(SEARCH_PARAMETERS))
+    if unknown:
+        raise HTTPException(400, f"unknown parameter {', '.join(map(repr, unknown))}: the search takes "
+                                 f"{', '.join(SEARCH_PARAMETERS)}")
+    return {name: (q.get(name) or "").strip() for name in SEARCH_PARAMETERS}
 
 
 def _search(filters: dict[str, str]) -> list[dict[str, Any]]:
@@ -288,6 +297,8 @@ def _search(filters: dict[str, str]) -> list[dict[str, Any]]:
     from lienthong.audit.search import search_exchanges
 
     since, until = _time_param(filters["from"], "from"), _time_param(filters["to"], "to")
+    if since is not None and until is not None and since >= until:
+        raise HTTPException(400, f"from ({since.isoformat()}) must be before to ({until.isoformat()})")
     if filters["outcome"] and filters["outcome"] not in OUTCOMES:
         raise HTTPException(400, f"outcome: one of {', '.join(OUTCOMES)}")
     try:

@@ -534,3 +534,26 @@ def test_every_outcome_the_connectors_record_can_be_searched_for(pages):
     bad = pages.get("/api/search", params={"outcome": "bogus"})
     assert bad.status_code == 400
     assert bad.json()["detail"] == "outcome: one of ok, peer_error, http_error, protocol_error, transport_error"
+
+
+@pytest.mark.parametrize(("query", "detail"), [
+    ({"dossier": "HS-0001"}, "unknown parameter 'dossier': the search takes key, peer, operation, outcome, from, to, "
+                             "limit"),
+    ({"key": "HS-0001", "flow": "payment_receipts"}, "unknown parameter 'flow': the search takes key, peer, "
+                                                     "operation, outcome, from, to, limit"),
+    ({"peer": "national_portal", "limit": "0"}, "limit: a whole number from 1 to 5000, got '0'"),
+    ({"peer": "national_portal", "limit": "-5"}, "limit: a whole number from 1 to 5000, got '-5'"),
+    ({"peer": "national_portal", "limit": "100000"}, "limit: a whole number from 1 to 5000, got '100000'"),
+    ({"from": "2026-11-28", "to": "2026-11-27"}, "from (2026-11-28T00:00:00+00:00) must be before to "
+                                                 "(2026-11-27T00:00:00+00:00)"),
+])
+def test_a_search_the_page_cannot_do_as_asked_is_refused_not_answered_otherwise(pages, query, detail):
+    """A misspelt filter (`dossier=` for `key=`, a `flow=` it does not have) was ignored, so
+    /api/search answered the first 200 exchanges of the whole log as if they matched; a limit of 0,
+    -5 or 100000 became 1 or 5000, and a reversed range matched nothing, each without a word."""
+    _record(pages.store, 1)
+    response = pages.get("/api/search", params=query)
+    assert response.status_code == 400, response.text
+    assert response.json() == {"detail": detail}
+    page = pages.get("/", params=query, headers={"Accept": "text/html"})
+    assert page.status_code == 400 and "HS-0001'" not in page.text and "/exchanges/1'" not in page.text
