@@ -8,7 +8,9 @@ page opens inside Airflow's UI in an iframe).
 Pages (server-rendered HTML; ``/api/...`` gives the same as JSON):
 
 * ``/`` — search by record key (dossier code, receipt number, procedure code), peer, operation,
-  outcome and a ``started_at`` range (:func:`lienthong.audit.search.search_exchanges`);
+  outcome and a ``started_at`` range (:func:`lienthong.audit.search.search_exchanges`), ``limit``
+  at a time, a page with more after it linking to the next (``after=`` its last id); any other
+  parameter, a limit outside 1–5000 or a reversed range is a 400;
 * ``/exchanges/{id}`` — one exchange with personal data masked
   (:func:`lienthong.audit.search.format_exchange`); ``?reveal=1`` shows it as stored and is
   logged with the user's name (logger ``lienthong.auditor``);
@@ -278,7 +280,7 @@ def _db_error(exc: Exception) -> HTTPException:
                               f"configured and the schema created?")
 
 
-SEARCH_PARAMETERS = ("key", "peer", "operation", "outcome", "from", "to", "limit")
+SEARCH_PARAMETERS = ("key", "peer", "operation", "outcome", "from", "to", "limit", "after")
 
 
 def _filters(request: Request) -> dict[str, str]:
@@ -291,7 +293,17 @@ def _filters(request: Request) -> dict[str, str]:
     return {name: (q.get(name) or "").strip() for name in SEARCH_PARAMETERS}
 
 
-def _search(filters: dict[str, str]) -> list[dict[str, Any]]:
+def _after(value: str) -> int:
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) >= 2 ** 63:
+        raise HTTPException(400, f"after: an exchange number, got {value!r}")
+    return int(value)
+
+
+def _search(filters: dict[str, str]) -> tuple[list[dict[str, Any]], int | None]:
+    """The page of exchanges asked for (``limit`` of them after exchange ``after``), and the last id
+    of it when more follow (``None`` at the end of the selection)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from lienthong.audit.search import search_exchanges
@@ -301,12 +313,14 @@ def _search(filters: dict[str, str]) -> list[dict[str, Any]]:
         raise HTTPException(400, f"from ({since.isoformat()}) must be before to ({until.isoformat()})")
     if filters["outcome"] and filters["outcome"] not in OUTCOMES:
         raise HTTPException(400, f"outcome: one of {', '.join(OUTCOMES)}")
+    limit, after = _limit(filters["limit"]), _after(filters["after"])
     try:
-        return search_exchanges(bus_store(), key=filters["key"] or None, peer=filters["peer"] or None,
+        rows = search_exchanges(bus_store(), key=filters["key"] or None, peer=filters["peer"] or None,
                                 operation=filters["operation"] or None, outcome=filters["outcome"] or None,
-                                since=since, until=until, limit=_limit(filters["limit"]))
+                                since=since, until=until, limit=limit + 1, after=after)
     except SQLAlchemyError as exc:
         raise _db_error(exc) from None
+    return rows[:limit], (rows[limit - 1]["id"] if len(rows) > limit else None)
 
 
 def _masked_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -350,8 +364,9 @@ def search_page(request: Request) -> HTMLResponse:
     from sqlalchemy.exc import SQLAlchemyError
 
     filters = _filters(request)
-    searched = any(v for k, v in filters.items() if k != "limit")
-    rows = [_masked_row(r) for r in _search(filters)] if searched else []
+    searched = any(v for k, v in filters.items() if k not in ("limit", "after"))
+    found, next_after = _search(filters) if searched else ([], None)
+    rows = [_masked_row(r) for r in found]
     base = _base(request)
     outcome_options = "".join(
         f"<option value='{o}'{' selected' if filters['outcome'] == o else ''}>{o}</option>" for o in ("", *OUTCOMES))
@@ -395,16 +410,22 @@ def search_page(request: Request) -> HTMLResponse:
     export_link = (f" · <a href='{_e(base)}/bundle?{_e(urlencode(export))}'>download the evidence bundle of this "
                    f"selection</a> (key and time range)" if export else "")
     json_link = f"{base}/api/search?{urlencode({k: v for k, v in filters.items() if v})}"
-    body = (form + f"<p>{len(rows)} exchange(s){' (limit reached)' if len(rows) >= _limit(filters['limit']) else ''}"
-            f" · <a href='{_e(json_link)}'>JSON</a>{export_link}</p>"
+    shown = f"#{rows[0]['id']}–#{rows[-1]['id']}, " if rows and filters["after"] else ""
+    following = ""
+    if next_after is not None:
+        next_query = urlencode({**{k: v for k, v in filters.items() if v}, "after": next_after})
+        following = f" · <a id='next' href='{_e(base)}/?{_e(next_query)}'>next {len(rows)} →</a>"
+    body = (form + f"<p>{len(rows)} exchange(s) ({shown}{'more follow' if next_after is not None else 'the last'})"
+            f"{following} · <a href='{_e(json_link)}'>JSON</a>{export_link}</p>"
             + (table if rows else "<p>No exchange matches.</p>"))
     return HTMLResponse(_page(request, "Exchange log: search", body))
 
 
 @app.get("/api/search")
 def search_json(request: Request) -> dict[str, Any]:
-    rows = [_masked_row(r) for r in _search(_filters(request))]
-    return {"count": len(rows), "exchanges": rows}
+    found, next_after = _search(_filters(request))
+    rows = [_masked_row(r) for r in found]
+    return {"count": len(rows), "exchanges": rows, "next_after": next_after}
 
 
 def _exchange(exchange_id: int) -> dict[str, Any]:

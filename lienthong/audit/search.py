@@ -168,12 +168,12 @@ _SUMMARY = [exchange_log.c[name] for name in (
 
 def iter_exchanges(store: Store, *, key: str | None = None, peer: str | None = None,
                    operation: str | None = None, outcome: str | None = None, since: datetime | None = None,
-                   until: datetime | None = None, limit: int | None = None,
+                   until: datetime | None = None, limit: int | None = None, after: int = 0,
                    page: int = _PAGE) -> Iterator[dict[str, Any]]:
     """:func:`search_exchanges` one page of ``page`` ids at a time (by id, after the last one read):
     a long log is never held whole, nor put in one ``IN (...)`` past the database's bound-variable
     limit (999 in older SQLite builds)."""
-    after, left = 0, limit
+    left = limit
     with store.engine.connect() as conn:
         while left is None or left > 0:
             size = page if left is None else min(page, left)
@@ -196,11 +196,12 @@ def iter_exchanges(store: Store, *, key: str | None = None, peer: str | None = N
 
 def search_exchanges(store: Store, *, key: str | None = None, peer: str | None = None,
                      operation: str | None = None, outcome: str | None = None, since: datetime | None = None,
-                     until: datetime | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+                     until: datetime | None = None, limit: int | None = None,
+                     after: int = 0) -> list[dict[str, Any]]:
     """Exchanges matching every filter given, oldest first, without bodies; each with its
-    ``record_keys``."""
+    ``record_keys``; only those after exchange ``after`` (the last of the page before)."""
     return list(iter_exchanges(store, key=key, peer=peer, operation=operation, outcome=outcome, since=since,
-                               until=until, limit=limit))
+                               until=until, limit=limit, after=after))
 
 
 def get_exchange(store: Store, exchange_id: int) -> dict[str, Any] | None:

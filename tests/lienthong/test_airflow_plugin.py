@@ -336,8 +336,10 @@ def test_every_outcome_the_transports_record_can_be_searched(tmp_path, monkeypat
     monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({"conn_type": "sqlite", "host": str(bus_db)}))
     try:
         for outcome in outcomes:
-            filters = {**dict.fromkeys(("key", "peer", "operation", "from", "to", "limit"), ""), "outcome": outcome}
-            assert [row["outcome"] for row in airflow_plugin._search(filters)] == [outcome]
+            filters = {**dict.fromkeys(("key", "peer", "operation", "from", "to", "limit", "after"), ""),
+                       "outcome": outcome}
+            rows, next_after = airflow_plugin._search(filters)
+            assert [row["outcome"] for row in rows] == [outcome] and next_after is None
         assert sorted(airflow_plugin.OUTCOMES) == sorted(outcomes)  # the search form's choices
     finally:
         store = airflow_plugin._stores.pop(url, None)
@@ -538,9 +540,9 @@ def test_every_outcome_the_connectors_record_can_be_searched_for(pages):
 
 @pytest.mark.parametrize(("query", "detail"), [
     ({"dossier": "HS-0001"}, "unknown parameter 'dossier': the search takes key, peer, operation, outcome, from, to, "
-                             "limit"),
+                             "limit, after"),
     ({"key": "HS-0001", "flow": "payment_receipts"}, "unknown parameter 'flow': the search takes key, peer, "
-                                                     "operation, outcome, from, to, limit"),
+                                                     "operation, outcome, from, to, limit, after"),
     ({"peer": "national_portal", "limit": "0"}, "limit: a whole number from 1 to 5000, got '0'"),
     ({"peer": "national_portal", "limit": "-5"}, "limit: a whole number from 1 to 5000, got '-5'"),
     ({"peer": "national_portal", "limit": "100000"}, "limit: a whole number from 1 to 5000, got '100000'"),
@@ -557,3 +559,32 @@ def test_a_search_the_page_cannot_do_as_asked_is_refused_not_answered_otherwise(
     assert response.json() == {"detail": detail}
     page = pages.get("/", params=query, headers={"Accept": "text/html"})
     assert page.status_code == 400 and "HS-0001'" not in page.text and "/exchanges/1'" not in page.text
+
+
+def test_a_selection_longer_than_the_limit_is_read_page_after_page(pages):
+    """The page listed the first `limit` (at most 5000) exchanges of a selection, oldest first, and
+    said '(limit reached)': the later ones could not be listed at all. A page with more after it
+    links to the next (`after=` the last id shown), in HTML and in JSON (`next_after`)."""
+    import re
+
+    for n in range(1, 6):
+        _record(pages.store, n, peer="onestop" if n == 3 else "national_portal")
+    seen, query = [], {"peer": "national_portal", "limit": "2"}
+    while True:
+        page = pages.get("/", params=query, headers={"Accept": "text/html"})
+        assert page.status_code == 200, page.text
+        seen.append(re.findall(r"/exchanges/(\d+)'>#", page.text))
+        following = re.search(r"<a id='next' href='([^']+)'>", page.text)
+        if not following:
+            break
+        url = following.group(1).replace("&amp;", "&")
+        assert url.startswith(f"{PREFIX}/?")
+        query = url.split("?", 1)[1]
+    assert seen == [["1", "2"], ["4", "5"]]
+
+    first = pages.get("/api/search", params={"peer": "national_portal", "limit": "2"}).json()
+    assert [e["id"] for e in first["exchanges"]] == [1, 2] and first["next_after"] == 2
+    second = pages.get("/api/search", params={"peer": "national_portal", "limit": "2", "after": "2"}).json()
+    assert [e["id"] for e in second["exchanges"]] == [4, 5] and second["next_after"] is None
+    bad = pages.get("/api/search", params={"peer": "national_portal", "after": "two"})
+    assert bad.status_code == 400 and bad.json()["detail"] == "after: an exchange number, got 'two'"
