@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from connectors.errors import ConfigurationError
@@ -46,8 +47,6 @@ def _existing_store():
     Raises:
         ConfigurationError: an SQLite connection whose file does not exist.
     """
-    from pathlib import Path
-
     from sqlalchemy.engine import make_url
 
     from lienthong.cli import _resolver
@@ -208,6 +207,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ExportError as exc:
         print(f"lienthong: {exc}", file=sys.stderr)
         return EXIT_MISMATCH
+    if not result.records:  # an empty bundle would verify, as if it were the evidence asked for
+        Path(result.path).unlink(missing_ok=True)
+        left = (f" ({result.unsealed_left_out} match but are not sealed yet: run `lienthong audit seal` first)"
+                if result.unsealed_left_out else "")
+        print(f"lienthong: no sealed exchange matches{left}; no bundle written", file=sys.stderr)
+        return EXIT_USAGE
     print(f"exported {result.records} records and {result.seals} seals to {result.path}")
     if result.unsealed_left_out:
         print(f"lienthong: {result.unsealed_left_out} matching records are not sealed yet and were left out "

@@ -288,3 +288,27 @@ def test_cli_export_and_verify_bundle(store, keypair, tmp_path, monkeypatch, cap
     _rewrite(out, bad, "records/2.json", lambda d: d.replace(b"18082", b"18083", 1))
     assert main(["audit", "verify-bundle", str(bad)]) == 1
     assert "record #2" in capsys.readouterr().out
+
+
+def test_cli_export_of_a_selection_with_no_sealed_exchange_writes_no_bundle(store, keypair, tmp_path, monkeypatch,
+                                                                           capsys):
+    """`audit export --key` of a code with no sealed exchange said 'exported 0 records and 0 seals'
+    (exit 0) and left a bundle that verifies, as if it were the evidence asked for; the auditor
+    page answers 404 'no sealed exchange matches'."""
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
+                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    monkeypatch.setenv("LIENTHONG_SEAL_KEY", str(keypair[2]))
+    _sealed(store, keypair, count=2, batch_size=10)
+    fill(store, 1, start=40)  # HS-0040 and HS-0041, not sealed
+    out = tmp_path / "e.zip"
+    assert main(["audit", "export", str(out), "--key", "HS-9999"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "lienthong: no sealed exchange matches; no bundle written\n"
+    assert not out.exists()
+    assert main(["audit", "export", str(out), "--key", "HS-0040"]) == 2
+    assert capsys.readouterr().err == ("lienthong: no sealed exchange matches (1 match but are not sealed yet: run "
+                                       "`lienthong audit seal` first); no bundle written\n")
+    assert not out.exists()
+    assert main(["audit", "export", str(out), "--key", "HS-0002"]) == 0
+    assert "exported 2 records and 1 seals" in capsys.readouterr().out and out.exists()
