@@ -112,7 +112,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"lienthong: {exc}", file=sys.stderr)
         return EXIT_USAGE
     workers = args.workers if args.workers is not None else default_workers()
-    result = verify_exchanges(_existing_store(), keys, expect_head=args.expect_head, deep=args.deep, workers=max(1, workers))
+    result = verify_exchanges(_existing_store(), keys, expect_head=args.expect_head, deep=args.deep, workers=workers)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     elif result.ok:
@@ -329,7 +329,7 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
 
     q = audit.add_parser("seal", help="seal every exchange-log record not sealed yet")
     q.add_argument("--key", help="the private key file (default: $LIENTHONG_SEAL_KEY)")
-    q.add_argument("--batch-size", type=int, default=10_000, help="at most this many records per seal (default 10000)")
+    q.add_argument("--batch-size", type=_positive, default=10_000, metavar="N", help="at most this many records per seal (default 10000)")
     q.set_defaults(func=cmd_seal)
 
     q = audit.add_parser("verify", help="recompute every seal and sealed record; exit 1 naming the first mismatch")
@@ -340,7 +340,7 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.add_argument("--deep", action="store_true", help="also check every stored personal value (salt and value) "
                                                        "against its sealed commitment (otherwise checked when read)")
-    q.add_argument("--workers", type=int, metavar="N", help="processes recomputing the leaves of seals at once "
+    q.add_argument("--workers", type=_positive, metavar="N", help="processes recomputing the leaves of seals at once "
                                                             "(SQLite files; default: one per core, at most 8)")
     q.set_defaults(func=cmd_verify)
 

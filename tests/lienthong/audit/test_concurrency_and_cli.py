@@ -163,3 +163,25 @@ def test_the_private_key_never_reaches_the_database_or_the_output(tmp_path, monk
                            for r in conn.execute(text(f"SELECT * FROM {table}"))).encode()
     for secret in secrets:
         assert secret not in output and secret not in db_bytes and secret not in dumped
+
+
+def test_counts_below_one_are_usage_errors(tmp_path, monkeypatch, capsys, store, keypair):
+    """`audit seal --batch-size 0` raised ValueError (a traceback, exit 1, which means 'does not
+    verify'); `audit verify --workers 0` or `-2` quietly ran one process."""
+    import pytest
+
+    _, _, private_path, _ = keypair
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
+                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    fill(store, 3)
+    for argv in (["audit", "seal", "--key", str(private_path), "--batch-size", "0"],
+                 ["audit", "verify", "--public-key", f"{private_path}.pub", "--workers", "0"],
+                 ["audit", "verify", "--public-key", f"{private_path}.pub", "--workers", "-2"]):
+        with pytest.raises(SystemExit) as caught:
+            main(argv)
+        assert caught.value.code == 2, argv
+        captured = capsys.readouterr()
+        assert f"argument {argv[-2]}: expected a whole number of at least 1, got '{argv[-1]}'" in captured.err
+        assert "Traceback" not in captured.err and captured.out == ""
+    assert _seals(store)[0] == []  # nothing sealed
