@@ -11,6 +11,8 @@ Pages (server-rendered HTML; ``/api/...`` gives the same as JSON):
   outcome and a ``started_at`` range (:func:`lienthong.audit.search.search_exchanges`), ``limit``
   at a time, a page with more after it linking to the next (``after=`` its last id); any other
   parameter, a limit outside 1–5000 or a reversed range is a 400;
+* ranges that ``lienthong audit archive`` pruned from the database are named with their evidence
+  bundle, under a search and for an exchange of theirs (404 naming the bundle);
 * ``/exchanges/{id}`` — one exchange with personal data masked
   (:func:`lienthong.audit.search.format_exchange`); ``?reveal=1`` shows it as stored and is
   logged with the user's name (logger ``lienthong.auditor``);
@@ -415,9 +417,13 @@ def search_page(request: Request) -> HTMLResponse:
     if next_after is not None:
         next_query = urlencode({**{k: v for k, v in filters.items() if v}, "after": next_after})
         following = f" · <a id='next' href='{_e(base)}/?{_e(next_query)}'>next {len(rows)} →</a>"
+    archived = "".join(
+        f"<p class='muted archived'>Records #{a['first_id']}..#{a['last_id']} were archived (audit archive) and "
+        f"are not searched here: they are in the evidence bundle {_e(a['bundle_path'])} "
+        f"(seals {a['first_seq']}..{a['last_seq']}).</p>" for a in _archived())
     body = (form + f"<p>{len(rows)} exchange(s) ({shown}{'more follow' if next_after is not None else 'the last'})"
             f"{following} · <a href='{_e(json_link)}'>JSON</a>{export_link}</p>"
-            + (table if rows else "<p>No exchange matches.</p>"))
+            + (table if rows else "<p>No exchange matches.</p>") + archived)
     return HTMLResponse(_page(request, "Exchange log: search", body))
 
 
@@ -425,23 +431,40 @@ def search_page(request: Request) -> HTMLResponse:
 def search_json(request: Request) -> dict[str, Any]:
     found, next_after = _search(_filters(request))
     rows = [_masked_row(r) for r in found]
-    return {"count": len(rows), "exchanges": rows, "next_after": next_after}
+    return {"count": len(rows), "exchanges": rows, "next_after": next_after, "archived": _archived()}
 
 
 def _exchange(exchange_id: int) -> dict[str, Any]:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from lienthong.audit.search import get_exchange
+    from lienthong.audit.search import archive_of, get_exchange
 
     if not 0 < exchange_id < 2 ** 63:  # a database integer; beyond it, no such exchange (not a 500)
         raise HTTPException(404, f"no exchange #{exchange_id}")
     try:
         record = get_exchange(bus_store(), exchange_id)
+        archive = archive_of(bus_store(), exchange_id) if record is None else None
     except SQLAlchemyError as exc:
         raise _db_error(exc) from None
+    if archive:  # pruned from the database by `audit archive`: its bundle holds it
+        raise HTTPException(404, f"exchange #{exchange_id} was archived (audit archive): it is in the evidence bundle "
+                                 f"{archive['bundle_path']} (seals {archive['first_seq']}..{archive['last_seq']}, "
+                                 f"records #{archive['first_id']}..#{archive['last_id']}), no longer in the database")
     if record is None:
         raise HTTPException(404, f"no exchange #{exchange_id}")
     return record
+
+
+def _archived() -> list[dict[str, Any]]:
+    """The ranges ``audit archive`` pruned from the database, which a search does not see."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from lienthong.audit.search import archived_ranges
+
+    try:
+        return archived_ranges(bus_store())
+    except SQLAlchemyError as exc:
+        raise _db_error(exc) from None
 
 
 def _reveal(request: Request, user: Any, exchange_id: int) -> bool:

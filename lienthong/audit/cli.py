@@ -157,25 +157,37 @@ def _time(text: str):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from lienthong.audit.search import format_line, iter_exchanges
+    from lienthong.audit.search import archived_ranges, format_line, iter_exchanges
 
+    store = _existing_store()
     found = 0
-    for row in iter_exchanges(_existing_store(), key=args.key, peer=args.peer, operation=args.operation,
+    for row in iter_exchanges(store, key=args.key, peer=args.peer, operation=args.operation,
                               outcome=args.outcome, since=args.since, until=args.until, limit=args.limit):
         print(format_line(row))
         found += 1
     if not found:
         print("no exchange matches", file=sys.stderr)
+    for a in archived_ranges(store):  # pruned from the database: only their bundles hold them
+        print(f"lienthong: records #{a['first_id']}..#{a['last_id']} were archived (audit archive) and are not "
+              f"searched here: they are in the evidence bundle {a['bundle_path']} "
+              f"(seals {a['first_seq']}..{a['last_seq']})", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from lienthong.audit.search import format_exchange, get_exchange
+    from lienthong.audit.search import archive_of, format_exchange, get_exchange
 
     # beyond a database integer there is no such exchange (the driver would raise OverflowError)
-    record = get_exchange(_existing_store(), args.id) if 0 < args.id < 2 ** 63 else None
+    store = _existing_store() if 0 < args.id < 2 ** 63 else None
+    record = get_exchange(store, args.id) if store else None
     if record is None:
-        print(f"lienthong: no exchange #{args.id}", file=sys.stderr)
+        archive = archive_of(store, args.id) if store else None
+        if archive:
+            print(f"lienthong: exchange #{args.id} was archived (audit archive): it is in the evidence bundle "
+                  f"{archive['bundle_path']} (seals {archive['first_seq']}..{archive['last_seq']}, records "
+                  f"#{archive['first_id']}..#{archive['last_id']}), no longer in the database", file=sys.stderr)
+        else:
+            print(f"lienthong: no exchange #{args.id}", file=sys.stderr)
         return EXIT_USAGE
     if args.reveal:
         print(f"lienthong: exchange #{args.id} shown with personal data REVEALED (--reveal)", file=sys.stderr)

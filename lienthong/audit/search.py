@@ -38,6 +38,7 @@ from lienthong.audit.personal import (
 from lienthong.exchange_log import record_key_stored
 from lienthong.store import (
     Store,
+    exchange_archive,
     exchange_blob,
     exchange_key,
     exchange_log,
@@ -49,6 +50,8 @@ from lienthong.store import (
 __all__ = [
     "PERSONAL_FIELDS",
     "altered_fields",
+    "archive_of",
+    "archived_ranges",
     "format_body",
     "format_exchange",
     "format_line",
@@ -236,6 +239,26 @@ def get_exchange(store: Store, exchange_id: int) -> dict[str, Any] | None:
                 record["blobs"][side] = {"sha256": ref, "content_type": blob[0] if blob else None,
                                          "size": blob[1] if blob else None, "present": blob is not None}
     return record
+
+
+def archived_ranges(store: Store) -> list[dict[str, Any]]:
+    """The ranges of the log that ``audit archive`` moved to evidence bundles and pruned from the
+    database (``first_id``, ``last_id``, ``first_seq``, ``last_seq``, ``bundle_path``), by id: a
+    search of the database does not see them."""
+    a = exchange_archive
+    with store.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(a.c.first_id, a.c.last_id, a.c.first_seq, a.c.last_seq,
+                                                     a.c.bundle_path).order_by(a.c.first_id)).mappings()]
+
+
+def archive_of(store: Store, exchange_id: int) -> dict[str, Any] | None:
+    """The archived range (see :func:`archived_ranges`) holding exchange ``exchange_id``, which the
+    seals' leaf index still names, or None."""
+    with store.engine.connect() as conn:
+        if conn.execute(select(exchange_seal_leaf.c.seal_seq)
+                        .where(exchange_seal_leaf.c.exchange_id == exchange_id)).first() is None:
+            return None
+    return next((a for a in archived_ranges(store) if a["first_id"] <= exchange_id <= a["last_id"]), None)
 
 
 def altered_fields(fields: list[PersonalField],

@@ -588,3 +588,39 @@ def test_a_selection_longer_than_the_limit_is_read_page_after_page(pages):
     assert [e["id"] for e in second["exchanges"]] == [4, 5] and second["next_after"] is None
     bad = pages.get("/api/search", params={"peer": "national_portal", "after": "two"})
     assert bad.status_code == 400 and bad.json()["detail"] == "after: an exchange number, got 'two'"
+
+
+def test_an_archived_exchange_is_named_with_its_bundle_on_the_page(pages, tmp_path):
+    """After `audit archive` pruned a range, /exchanges/2 answered 404 'no exchange #2' and a search
+    'No exchange matches.', as if it had never been; they now name the evidence bundle holding it."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from lienthong.audit.archive import archive_exchanges
+    from lienthong.audit.keys import load_public_key
+    from lienthong.store import exchange_archive
+
+    for n in range(1, 7):
+        _record(pages.store, n)
+    private, public, _ = generate_keypair(tmp_path / "keys" / "seal.key")
+    seal_exchanges(pages.store, load_private_key(private), batch_size=2)
+    result = archive_exchanges(pages.store, [load_public_key(public)], key=private, older_than_days=1,
+                               out_dir=tmp_path / "archive", now=STARTED[0] + timedelta(days=3))
+    assert result.records == 4  # seals 1 and 2; seal 3 holds the newest record (SQLite gives ids again)
+    with pages.store.engine.connect() as conn:
+        (bundle,) = conn.execute(select(exchange_archive.c.bundle_path)).scalars().all()
+    archived = f"the evidence bundle {bundle} (seals 1..2, records #1..#4)"
+
+    missing = pages.get("/api/exchanges/2")
+    assert missing.status_code == 404
+    assert missing.json() == {"detail": f"exchange #2 was archived (audit archive): it is in {archived}, no longer "
+                                        f"in the database"}
+    assert pages.get("/api/exchanges/9").json() == {"detail": "no exchange #9"}
+    page = pages.get("/", params={"key": "HS-0002"}, headers={"Accept": "text/html"})
+    assert page.status_code == 200 and "No exchange matches." in page.text
+    assert (f"<p class='muted archived'>Records #1..#4 were archived (audit archive) and are not searched here: "
+            f"they are in the evidence bundle {bundle} (seals 1..2).</p>") in page.text
+    found = pages.get("/api/search", params={"key": "HS-0005"}).json()
+    assert [e["id"] for e in found["exchanges"]] == [5]
+    assert found["archived"] == [{"first_id": 1, "last_id": 4, "first_seq": 1, "last_seq": 2, "bundle_path": bundle}]

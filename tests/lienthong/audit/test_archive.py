@@ -421,3 +421,35 @@ def test_rows_archived_before_signing_are_signed_once_their_bundle_proves_them(l
     moved = verify_exchanges(store, keypair[1])
     assert moved.ok and moved.archives[0]["signed"] and any("moved off-site" in w for w in moved.warnings)
     assert sign_archive_rows(store, keypair[0]) == []  # nothing left unsigned
+
+
+def test_an_archived_exchange_is_named_with_its_bundle_not_reported_missing(log, tmp_path, monkeypatch, capsys):
+    """Once `audit archive` pruned a range (after 30 days by default), `audit show 5` said 'no
+    exchange #5' and `audit search` 'no exchange matches', as if it had never been: they now name
+    the evidence bundle that holds it."""
+    store, keypair, _ = log
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
+                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    monkeypatch.setenv("LIENTHONG_SEAL_KEY", str(keypair[2]))
+    assert main(["audit", "archive", "--older-than", "30"]) == 0
+    capsys.readouterr()
+    with store.engine.connect() as conn:
+        (bundle,) = conn.execute(select(exchange_archive.c.bundle_path)).scalars().all()
+    assert main(["audit", "show", "5"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"lienthong: exchange #5 was archived (audit archive): it is in the evidence bundle "
+                            f"{bundle} (seals 1..3, records #1..#12), no longer in the database\n")
+    assert main(["audit", "show", "99"]) == 2
+    assert capsys.readouterr().err == "lienthong: no exchange #99\n"
+    assert main(["audit", "search", "--key", "HS-0005"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("no exchange matches\n"
+                            f"lienthong: records #1..#12 were archived (audit archive) and are not searched here: "
+                            f"they are in the evidence bundle {bundle} (seals 1..3)\n")
+    assert main(["audit", "search", "--key", "HS-0014"]) == 0  # record 13 is still in the database
+    captured = capsys.readouterr()
+    assert [line.split()[0] for line in captured.out.splitlines()] == ["#13", "#14"]
+    assert "records #1..#12 were archived" in captured.err
