@@ -156,9 +156,20 @@ def _time(text: str):
         raise argparse.ArgumentTypeError("expected an ISO 8601 date or time (UTC unless it says otherwise)") from None
 
 
+def _reversed_range(args: argparse.Namespace) -> bool:
+    """``--from`` at or after ``--to``, said on stderr (nothing could match)."""
+    if args.since is not None and args.until is not None and args.since >= args.until:
+        print(f"lienthong: --from ({args.since.isoformat()}) must be before --to ({args.until.isoformat()})",
+              file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from lienthong.audit.search import archived_ranges, format_line, iter_exchanges
 
+    if _reversed_range(args):
+        return EXIT_USAGE
     store = _existing_store()
     found = 0
     for row in iter_exchanges(store, key=args.key, peer=args.peer, operation=args.operation,
@@ -208,6 +219,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if not (args.key or args.since or args.until):
         print("lienthong: choose what to export: --key and/or --from/--to", file=sys.stderr)
+        return EXIT_USAGE
+    if _reversed_range(args):
         return EXIT_USAGE
     try:
         keys = [load_public_key(p) for p in args.public_key] if args.public_key else [load_public_key()]

@@ -331,3 +331,17 @@ def test_control_characters_from_a_peer_reach_the_terminal_as_visible_escapes(st
         assert "E1\\x1b[1A\\x1b[2K\\r\\x1b]0;owned\\x07\\x9b2J\\x7f" in text
     assert "Lỗi hệ thống\\x1b[1A" in out and "\nthử lại sau\tnhé" in out  # new lines and tabs stay
     assert "error:        peer said: \\x1b[1A" in out
+
+
+def test_a_reversed_time_range_is_a_usage_error(store, tmp_path, monkeypatch, capsys, keypair):
+    """`--from` at or after `--to` matched nothing ('no exchange matches', exit 0), as if the log
+    had nothing then; the auditor page answers 400."""
+    _cli_env(store, tmp_path, monkeypatch)
+    _fill(store)
+    for argv in (["audit", "search"], ["audit", "export", str(tmp_path / "b.zip"), "--public-key", str(keypair[3])]):
+        assert main([*argv, "--from", "2026-03-02", "--to", "2026-03-01T09:00:00+07:00"]) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == ("lienthong: --from (2026-03-02T00:00:00+00:00) must be before --to "
+                                "(2026-03-01T02:00:00+00:00)\n"), argv
+    assert not (tmp_path / "b.zip").exists()
