@@ -4,8 +4,8 @@
 are rows of ``exchange_key``), peer, operation, outcome and a ``started_at`` range (``since``
 inclusive, ``until`` exclusive). :func:`format_exchange` prints one exchange with its headers and
 decoded bodies; :func:`mask_text` / :func:`mask_json` hide Vietnamese ID numbers (CMND 9 digits,
-CCCD 12 digits), phone numbers (``0`` + 9–10 digits, ``+84``…) and e-mail addresses, keeping a
-short hint (``0**********9``). Digit runs are matched whole (no letter or digit either side), so
+CCCD 12 digits), phone numbers (``0`` + 9–10 digits, ``+84``…, also in groups: ``0912 345 678``)
+and e-mail addresses, keeping a short hint (``0**********9``). Digit runs are matched whole (no letter or digit either side), so
 14-digit times (``20261102081500``), dossier codes (``000.00.01.H49-261102-0001``) and procedure
 codes are left alone.
 
@@ -69,6 +69,9 @@ _EDGE_BEFORE = r"(?<![0-9A-Za-z_])"
 _EDGE_AFTER = r"(?![0-9A-Za-z_])"
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _PHONE = re.compile(_EDGE_BEFORE + r"(?:\+84\d{9,10}|0\d{9,10})" + _EDGE_AFTER)
+# as people write them: 0912 345 678, 0912.345.678, 091 234 5678, +84 912 345 678, 0236.3822.123 (one
+# separator throughout; 9 or 10 digits after the 0 or +84, checked in _hint_grouped)
+_PHONE_GROUPED = re.compile(_EDGE_BEFORE + r"(?:\+84[ .-]?|0)\d{2,4}([ .-])\d{3,4}\1\d{3,4}" + _EDGE_AFTER)
 #: what :func:`format_body` puts in a personal field's place: said as is, never masked like a value
 _PLACEHOLDERS = frozenset({"[redacted]", "[altered]"})
 _ID = re.compile(_EDGE_BEFORE + r"(?:\d{12}|\d{9})" + _EDGE_AFTER)
@@ -94,9 +97,16 @@ def _hint_bytes(value: bytes) -> bytes:
     return (_hint_email(text) if "@" in text else _hint(text)).encode()
 
 
+def _hint_grouped(match: re.Match[str]) -> str:
+    value = match.group()
+    digits = sum(c.isdigit() for c in value) - (2 if value.startswith("+84") else 1)
+    return _hint(value) if 9 <= digits <= 10 else value
+
+
 def mask_text(text: str) -> str:
     """``text`` with e-mail addresses, phone numbers and ID numbers replaced by short hints."""
     text = _EMAIL.sub(lambda m: _hint_email(m.group()), text)
+    text = _PHONE_GROUPED.sub(_hint_grouped, text)
     text = _PHONE.sub(lambda m: _hint(m.group()), text)
     return _ID.sub(lambda m: _hint(m.group()), text)
 

@@ -345,3 +345,34 @@ def test_a_reversed_time_range_is_a_usage_error(store, tmp_path, monkeypatch, ca
         assert captured.err == ("lienthong: --from (2026-03-02T00:00:00+00:00) must be before --to "
                                 "(2026-03-01T02:00:00+00:00)\n"), argv
     assert not (tmp_path / "b.zip").exists()
+
+
+def test_phone_numbers_written_in_groups_are_masked_too():
+    """Only an unbroken run of digits was taken for a phone number: a note saying 'SĐT 0912 345 678'
+    or '0912.345.678' (as people write them) showed the number whole in the masked view."""
+    assert mask_text("SĐT 0912 345 678.") == "SĐT 0**********8."
+    assert mask_text("gọi 0912.345.678 nhé") == "gọi 0**********8 nhé"
+    assert mask_text("(0912-345-678)") == "(0**********8)"
+    assert mask_text("091 234 5678") == "0**********8"
+    assert mask_text("+84 912 345 678") == "+84***********8"
+    assert mask_text("+84 91 234 5678") == "+84***********8"
+    assert mask_text("máy bàn 0236.3822.123") == "máy bàn 0***********3"
+    kept = [DOSSIER_A, PROCEDURE, "01.02.2026", "000 000 000", "0.5 - 1.5", "2026-11-02 08:15:00",
+            "12 345 678", "0912 345 67", "0912 345.678", "000.00.01.H49 261102 0001", "1.000.000 đồng",
+            "0 912 345 678 901"]
+    for text in kept:
+        assert mask_text(text) == text, text
+    masked = format_exchange({**_record_with_note("liên hệ 0987 654 321 hoặc 0987.654.321")})
+    assert "0987 654 321" not in masked and "0987.654.321" not in masked and "0**********1" in masked
+
+
+def _record_with_note(note: str) -> dict:
+    import zlib
+
+    body = json.dumps({"GhiChu": note}, ensure_ascii=False).encode()
+    return {"id": 1, "seal_seq": None, "started_at": None, "duration_ms": 1, "flow": "f", "run_id": "r",
+            "task_id": "t", "peer": "p", "operation": "o", "direction": "outbound", "method": "POST",
+            "url": "http://127.0.0.1/", "attempt": 1, "outcome": "ok", "http_status": 200, "peer_code": None,
+            "record_keys": [], "error": None, "request_headers": {}, "response_headers": {},
+            "request_body": zlib.compress(body), "response_body": zlib.compress(b""), "request_size": len(body),
+            "response_size": 0, "request_sha256": "-", "response_sha256": "-"}
