@@ -97,7 +97,8 @@ def cmd_seal(args: argparse.Namespace) -> int:
 
 def _head(text: str) -> tuple[int, str]:
     seq, sep, seal_hash = text.partition(":")
-    if not sep or not seq.isdigit() or len(seal_hash) != 64:
+    if not sep or not seq.isascii() or not seq.isdigit() or len(seal_hash) != 64 \
+            or any(c not in "0123456789abcdef" for c in seal_hash.lower()):
         raise argparse.ArgumentTypeError("expected SEQ:SEAL_HASH (as printed by `lienthong audit seal`)")
     return int(seq), seal_hash.lower()
 

@@ -185,3 +185,25 @@ def test_counts_below_one_are_usage_errors(tmp_path, monkeypatch, capsys, store,
         assert f"argument {argv[-2]}: expected a whole number of at least 1, got '{argv[-1]}'" in captured.err
         assert "Traceback" not in captured.err and captured.out == ""
     assert _seals(store)[0] == []  # nothing sealed
+
+
+def test_an_expected_head_that_is_no_seal_hash_is_a_usage_error(tmp_path, monkeypatch, capsys, store, keypair):
+    """`--expect-head 1:<64 characters that are not hex>` (a head pasted with a stray character)
+    was taken, and the log reported NOT VERIFIED (exit 1, which means it was altered)."""
+    import pytest
+
+    _, _, private_path, _ = keypair
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
+                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    fill(store, 3)
+    assert main(["audit", "seal", "--key", str(private_path)]) == 0
+    head = capsys.readouterr().out.split("head: ")[1].split()[0]
+    public = ["--public-key", f"{private_path}.pub"]
+    for bad in (head[:-1] + "g", head[:2] + " " + head[3:], "²:" + head.split(":")[1]):
+        with pytest.raises(SystemExit) as caught:
+            main(["audit", "verify", *public, "--expect-head", bad])
+        assert caught.value.code == 2, bad
+        captured = capsys.readouterr()
+        assert "expected SEQ:SEAL_HASH" in captured.err and captured.out == "", bad
+    assert main(["audit", "verify", *public, "--expect-head", head.upper()]) == 0  # hex in either case
