@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lienthong.audit import bundle_verify, seal_exchanges
+from lienthong.audit import bundle_verify, seal_exchanges, verify_exchanges
 from lienthong.audit.bundle import bundle_record, export_bundle, inclusion_proof
 from lienthong.audit.personal import PersonalField, commitment, wire_digest
 from lienthong.audit.records import LEAF_FIELDS_V1, leaf_hash, merkle_root
@@ -312,3 +312,29 @@ def test_cli_export_of_a_selection_with_no_sealed_exchange_writes_no_bundle(stor
     assert not out.exists()
     assert main(["audit", "export", str(out), "--key", "HS-0002"]) == 0
     assert "exported 2 records and 1 seals" in capsys.readouterr().out and out.exists()
+
+
+def test_a_value_erased_without_a_redaction_record_is_not_exported_as_redacted(store, keypair, tmp_path):
+    """Salt and value set to NULL in the database, with no `audit redact` behind it, is what
+    `audit verify --deep` calls altered; the export (CLI and the auditor page's /bundle) took it for
+    a redaction and wrote a bundle that verifies, marking the record redacted."""
+    from sqlalchemy import text
+
+    from lienthong.audit.bundle import ExportError
+    from lienthong.exchange_log import BusRecorder
+
+    from .test_redaction import DOSSIER, _exchange
+
+    recorder = BusRecorder(store, "dossier_status", "run-1", "deliver")
+    recorder.record(_exchange(1))
+    recorder.record(_exchange(2))
+    seal_exchanges(store, keypair[0])
+    with store.begin() as conn:
+        conn.execute(text("UPDATE exchange_personal_field SET salt = NULL, value = NULL "
+                          "WHERE exchange_id = 2 AND path = '/SoGiayToChuHoSo'"))
+    out = tmp_path / "out.zip"
+    with pytest.raises(ExportError, match=r"record #2: 1 stored personal value\(s\) do not match their sealed "
+                                          r"commitment \(request /SoGiayToChuHoSo\)"):
+        export_bundle(store, out, [keypair[1]], key=DOSSIER)
+    assert not out.exists()
+    assert not verify_exchanges(store, keypair[1], deep=True).ok  # as --deep judges it
