@@ -347,7 +347,7 @@ def _excerpts(ids: list[int]) -> dict[int, str]:
         if record is None:
             continue
         lines, inside = [], False
-        for line in format_exchange(record, reveal=False).splitlines():
+        for line in format_exchange(record, reveal=False, sides=("request",)).splitlines():  # not the answer
             if line.startswith("--- request body"):
                 inside = True
                 continue

@@ -335,9 +335,11 @@ def format_body(blob: bytes, reveal: bool, fields: list[PersonalField] | None = 
     return json.dumps(parsed if reveal else mask_json(parsed), ensure_ascii=False, indent=indent)
 
 
-def format_exchange(record: dict[str, Any], *, reveal: bool = False) -> str:
-    """One exchange in full: fields, record keys, headers and decoded bodies; personal data masked
-    unless ``reveal``; control characters (a peer's text) shown as ``\\x1b``, ``\\r``..."""
+def format_exchange(record: dict[str, Any], *, reveal: bool = False,
+                    sides: tuple[str, ...] = ("request", "response")) -> str:
+    """One exchange in full: fields, record keys, headers and decoded bodies (of ``sides`` only);
+    personal data masked unless ``reveal``; control characters (a peer's text) shown as ``\\x1b``,
+    ``\\r``..."""
     text = (lambda s: s) if reveal else mask_text
 
     def headers(value: Any) -> str:
@@ -361,7 +363,7 @@ def format_exchange(record: dict[str, Any], *, reveal: bool = False) -> str:
                         f"{', '.join(f'{f.side} {f.path}' for f in altered)}")
     if record.get("error"):
         lines.append(f"error:        {text(record['error'])}")
-    for side in ("request", "response"):
+    for side in sides:
         lines.append(f"--- {side} headers ---")
         lines.append(headers(record[f"{side}_headers"]))
         fields = [f for f in record.get("personal") or [] if f.side == side]
