@@ -154,8 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_exchanges(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from lienthong.audit.search import altered_fields, format_body
-    from lienthong.exchange_log import personal_fields, record_key_stored
+    from lienthong.audit.search import format_body, get_exchange, visible_text
+    from lienthong.exchange_log import record_key_stored
     from lienthong.store import exchange_key, exchange_log
 
     store = _store()
@@ -173,20 +173,23 @@ def cmd_exchanges(args: argparse.Namespace) -> int:
         print("lienthong: exchange bodies shown with personal data REVEALED (--reveal)", file=sys.stderr)
     for r in rows:
         code = f" code={r['peer_code']}" if r["peer_code"] is not None else ""
-        print(f"#{r['id']} {r['started_at']:%Y-%m-%d %H:%M:%S} {r['peer']:<15} {r['operation']:<14} "
-              f"try {r['attempt']} {r['outcome']:<15} HTTP {r['http_status']}{code} "
-              f"{r['duration_ms']:.0f}ms records={r['record_count']} run={r['run_id']} task={r['task_id']}")
+        # a peer's text (its code, its answer) reaches the terminal with control characters escaped
+        print(visible_text(f"#{r['id']} {r['started_at']:%Y-%m-%d %H:%M:%S} {r['peer']:<15} {r['operation']:<14} "
+                           f"try {r['attempt']} {r['outcome']:<15} HTTP {r['http_status']}{code} "
+                           f"{r['duration_ms']:.0f}ms records={r['record_count']} run={r['run_id']} "
+                           f"task={r['task_id']}"))
         if args.bodies:
-            with store.engine.connect() as conn:
-                fields = personal_fields(conn, r["id"])
-            altered = altered_fields(fields)
+            # its personal fields judged as `audit show` judges them: erased without a redaction
+            # record is altered, not redacted
+            record = get_exchange(store, r["id"]) or {"personal": [], "personal_altered": []}
+            fields, altered = record["personal"], record["personal_altered"]
             for side, arrow in (("request", "→"), ("response", "←")):
                 if r[f"{side}_blob_sha256"]:
                     print(f"  {arrow} [stored by hash: sha256 {r[f'{side}_blob_sha256']}, {r[f'{side}_size']} bytes]")
                 else:
-                    print(f"  {arrow} " + format_body(r[f"{side}_body"], args.reveal,
-                                                      [f for f in fields if f.side == side],
-                                                      [f for f in altered if f.side == side], indent=None)[:2000])
+                    print(f"  {arrow} " + visible_text(format_body(
+                        r[f"{side}_body"], args.reveal, [f for f in fields if f.side == side],
+                        [f for f in altered if f.side == side], indent=None)[:2000]))
             if altered:
                 print(f"lienthong: exchange #{r['id']}: {len(altered)} stored personal value(s) do not match their "
                       f"sealed commitment: shown as [altered]; run `lienthong audit verify --deep`", file=sys.stderr)

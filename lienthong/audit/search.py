@@ -60,6 +60,7 @@ __all__ = [
     "mask_json",
     "mask_text",
     "parse_time",
+    "visible_text",
     "search_exchanges",
 ]
 
@@ -290,7 +291,8 @@ def altered_fields(fields: list[PersonalField],
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def _visible(text: str) -> str:
+def visible_text(text: str) -> str:
+    """``text`` with a peer's control characters shown as ``\\x1b``, ``\\r``... (new lines and tabs kept)."""
     return _CONTROL.sub(lambda m: "\\r" if m.group() == "\r" else f"\\x{ord(m.group()):02x}", text)
 
 
@@ -303,7 +305,7 @@ def format_line(row: dict[str, Any]) -> str:
     status = f"http {row['http_status']}" if row.get("http_status") is not None else "no answer"
     code = f" code {row['peer_code']}" if row.get("peer_code") not in (None, "") else ""
     keys = ",".join(row.get("record_keys") or []) or "-"
-    return _visible(f"#{row['id']:<6} {_time(row['started_at'])}  {row['peer']}/{row['operation']}  "
+    return visible_text(f"#{row['id']:<6} {_time(row['started_at'])}  {row['peer']}/{row['operation']}  "
                     f"{row['outcome']}  {status}{code}  attempt {row['attempt']}  keys {keys}")
 
 
@@ -381,4 +383,4 @@ def format_exchange(record: dict[str, Any], *, reveal: bool = False,
         erased = sum(1 for f in fields if f.salt is None and f.value is None and f not in altered)
         if erased:
             lines.append(f"({erased} personal field(s) of this body were redacted)")
-    return _visible("\n".join(lines))
+    return visible_text("\n".join(lines))

@@ -376,3 +376,29 @@ def _record_with_note(note: str) -> dict:
             "record_keys": [], "error": None, "request_headers": {}, "response_headers": {},
             "request_body": zlib.compress(body), "response_body": zlib.compress(b""), "request_size": len(body),
             "response_size": 0, "request_sha256": "-", "response_sha256": "-"}
+
+
+def test_exchanges_bodies_judge_an_unrecorded_erasure_altered_and_escape_control_characters(
+        store, tmp_path, monkeypatch, capsys):
+    """`lienthong exchanges --bodies` shows the same bodies as `audit show`: it called a value erased
+    in the database without `audit redact` behind it '[redacted]', and printed a peer's escape
+    sequences (in a plain-text answer, a peer code) to the terminal as received."""
+    import dataclasses
+
+    from sqlalchemy import text
+
+    _cli_env(store, tmp_path, monkeypatch)
+    _fill(store)
+    hostile = "\x1b[1A\x1b[2K\r\x1b]0;owned\x07"
+    BusRecorder(store, "dossier_status", "run-1", "deliver").record(dataclasses.replace(
+        _exchange(7, outcome="peer_error", keys=(DOSSIER_A,)), peer_code=f"E1{hostile}",
+        response_headers={"Content-Type": "text/plain"}, response_body=f"Lỗi{hostile}".encode()))
+    with store.begin() as conn:
+        conn.execute(text("UPDATE exchange_personal_field SET salt = NULL, value = NULL "
+                          "WHERE exchange_id = 1 AND path = '/ChuHoSo/SoGiayToChuHoSo'"))
+    assert main(["exchanges", "--bodies", "--limit", "100"]) == 0
+    captured = capsys.readouterr()
+    assert '"SoGiayToChuHoSo": "[altered]"' in captured.out and "[redacted]" not in captured.out
+    assert "exchange #1: 1 stored personal value(s) do not match" in captured.err
+    assert not any(c in captured.out for c in "\x1b\x07\r")
+    assert "Lỗi\\x1b[1A\\x1b[2K\\r\\x1b]0;owned\\x07" in captured.out and "code=E1\\x1b[1A" in captured.out
