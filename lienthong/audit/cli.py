@@ -285,8 +285,13 @@ def cmd_redact(args: argparse.Namespace) -> int:
               f"exchanges of what you asked for there are in these evidence bundles, which this command does not "
               f"change: {', '.join(archived)}", file=sys.stderr)
     if result.redaction_id is None:
+        if not result.matched:  # a mistyped code must not read as "this person's data is gone"
+            ids = f" among exchanges #{', #'.join(map(str, args.exchange_id))}" if args.exchange_id else ""
+            print(f"nothing to redact: no exchange in the database carries record {args.key}{ids}")
+            return EXIT_OK
         already = f" ({result.already_redacted} already redacted)" if result.already_redacted else ""
-        print(f"nothing to redact: the matched exchanges in the database hold no personal value{already}")
+        print(f"nothing to redact: the {result.matched} matched exchange(s) in the database hold no personal "
+              f"value{already}")
         return EXIT_OK
     print(f"redaction #{result.redaction_id}: erased {result.fields} personal fields of {len(result.exchange_ids)} "
           f"exchanges (#{', #'.join(map(str, result.exchange_ids))}); the seals still verify")

@@ -52,6 +52,7 @@ class RedactionError(ValueError):
 class RedactionResult:
     redaction_id: int | None = None
     exchange_ids: list[int] = field(default_factory=list)  # the records whose fields were erased now
+    matched: int = 0  # the exchanges in the database that the key (and ids) selected
     fields: int = 0
     already_redacted: int = 0  # fields of the matched records erased by an earlier redaction
     residual_occurrences: int = 0  # erased values still found in sealed bodies outside committed fields
@@ -94,11 +95,13 @@ def redact_exchanges(store: Store, *, reason: str, key: str | None = None,
             with conn.begin():
                 query = select(exchange_log.c.id).order_by(exchange_log.c.id)
                 if key:
-                    query = query.where(exchange_log.c.id.in_(
-                        select(exchange_key.c.exchange_id).where(exchange_key.c.record_key == record_key_stored(key))))
+                    carrying = select(exchange_key.c.exchange_id).where(
+                        exchange_key.c.record_key == record_key_stored(key))
+                    query = query.where(exchange_log.c.id.in_(carrying))
                 if exchange_ids:
                     query = query.where(exchange_log.c.id.in_(list(exchange_ids)))
                 ids = list(conn.execute(query).scalars())
+                result.matched = len(ids)
                 rows = conn.execute(select(t).where(t.c.exchange_id.in_(ids))).mappings().all() if ids else []
                 live = [r for r in rows if r["salt"] is not None or r["value"] is not None]
                 result.already_redacted = len(rows) - len(live)

@@ -308,5 +308,12 @@ def test_cli_redact_then_verify_reports_redactions(store, keypair, tmp_path, mon
     assert main(["audit", "verify"]) == 0
     out = capsys.readouterr().out
     assert "verified: 2 records" in out and "verified-with-redactions: 1 records" in out and "#2" in out
+    # a code no exchange carries (mistyped, say) is told apart from exchanges without personal values
     assert main(["audit", "redact", "--key", "NOPE", "--reason", "x"]) == 0
-    assert "nothing to redact" in capsys.readouterr().out
+    assert capsys.readouterr().out == "nothing to redact: no exchange in the database carries record NOPE\n"
+    assert main(["audit", "redact", "--key", DOSSIER, "--exchange-id", "2", "--reason", "again"]) == 0
+    assert capsys.readouterr().out == ("nothing to redact: the 1 matched exchange(s) in the database hold no "
+                                       "personal value (6 already redacted)\n")
+    assert main(["audit", "redact", "--key", DOSSIER, "--exchange-id", "9", "--reason", "x"]) == 0
+    assert capsys.readouterr().out == f"nothing to redact: no exchange in the database carries record {DOSSIER} " \
+                                      "among exchanges #9\n"
