@@ -26,7 +26,8 @@ What it does, in order (every step prints a line):
    whatever is left of the recorded process trees), drops the databases and empties the Redis
    database — also on failure and on Ctrl-C. ``--keep`` keeps databases and the run directory.
 
-Exit status 0 = PASS, 1 = an invariant or a run failed, 2 = PostgreSQL or Redis not reachable.
+Exit status 0 = PASS, 1 = an invariant or a run failed or cleanup left a process, a database or the
+Redis database behind, 2 = PostgreSQL or Redis not reachable.
 
 This module's top level imports the standard library only: Celery workers import
 :func:`worker_hostname` (``[core] hostname_callable``) in every task process.
@@ -560,6 +561,7 @@ class Harness:
         self.databases_created = False
         self.redis_db_claimed = False
         self.checks: list[Check] = []
+        self.left_behind: list[str] = []  # what cleanup could not stop, drop or empty: the run fails
         self.ti_rows: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
         self.bin = Path(sys.executable).parent
@@ -941,6 +943,7 @@ class Harness:
     def _cleanup(self) -> None:
         t0 = time.monotonic()
         killed = self.processes.stop_all()
+        self.left_behind += [f"process {k}" for k in killed if k.endswith("(did not exit)")]
         names = ", ".join(f"{s.name} {s.process.pid}" for s in self.processes.started)
         self.step(f"stopped by process id: {names or 'nothing was started'}"
                   + (f" (SIGKILL needed for {', '.join(killed)})" if killed else "")
@@ -953,12 +956,14 @@ class Harness:
             try:
                 self.step(f"dropped databases {', '.join(drop_databases(self.cfg))}")
             except Exception as exc:  # noqa: BLE001
+                self.left_behind.append(f"databases {', '.join(self.cfg.databases)}")
                 self.out(f"✗ could not drop the databases {', '.join(self.cfg.databases)}: {exc}")
         if self.redis_db_claimed:
             try:
                 _redis(self.cfg, self.cfg.redis_db).flushdb()
                 self.step(f"emptied Redis database {self.cfg.redis_db}")
             except Exception as exc:  # noqa: BLE001
+                self.left_behind.append(f"Redis database {self.cfg.redis_db}")
                 self.out(f"✗ could not empty Redis database {self.cfg.redis_db}: {exc}")
 
     def run(self) -> int:
@@ -985,6 +990,9 @@ class Harness:
             self.out(f"✗ {type(exc).__name__}: {exc}")
         self.timings["total_before_cleanup"] = time.monotonic() - started
         self.cleanup()
+        if self.left_behind:  # a run that leaves things behind is no PASS, whatever its invariants
+            ok = False
+            self.out(f"✗ left behind: {'; '.join(self.left_behind)}")
         total = time.monotonic() - started
         if ok and not self.keep:
             import shutil
@@ -997,7 +1005,8 @@ class Harness:
         self.out(f"timing: {timing}; total {total:.1f}s")
         passed = sum(1 for c in self.checks if c.ok)
         if self.checks:
-            self.out(f"{'PASS' if ok else 'FAIL'}: {passed} of {len(self.checks)} invariants hold")
+            self.out(f"{'PASS' if ok else 'FAIL'}: {passed} of {len(self.checks)} invariants hold"
+                     + (", but cleanup left things behind" if self.left_behind else ""))
         else:
             self.out("FAIL: the run stopped before the invariants could be checked")
         return 0 if ok else 1
