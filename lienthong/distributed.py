@@ -3,7 +3,8 @@
 What it does, in order (every step prints a line):
 
 1. checks that PostgreSQL (127.0.0.1:5432, trust auth, user ``postgres``) and Redis
-   (127.0.0.1:6379) answer, and picks an empty Redis database as the Celery broker;
+   (127.0.0.1:6379) answer, and claims an empty Redis database as the Celery broker (and its ports,
+   so that a second run started meanwhile takes others);
 2. creates fresh PostgreSQL databases for this run — Airflow's metadata (``airflow_e2e_<pid>``),
    the bus (``lienthong_e2e_<pid>``) and the ministry replica (``ministry_e2e_<pid>``);
 3. runs the init steps docker-compose.yml's ``airflow-init`` runs (:data:`INIT_COMMANDS`):
@@ -183,17 +184,55 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def free_port(preferred: int | None = None, taken: set[int] | None = None) -> int:
-    """``preferred`` if nothing listens there (and it is not ``taken``), else any free port."""
+# A run binds its ports only once Airflow is migrated and the stand-ins start, 10 s and more after it
+# chose them; meanwhile it holds each chosen port as a socket bound to the abstract Unix name
+# "lienthong-e2e-port-<port>", so that a second run started in that time chooses others. Abstract
+# names leave no file behind, belong to the network namespace as the ports do, and the kernel drops
+# them when the process ends, however it ends. (Linux only; elsewhere nothing is held.)
+PORT_CLAIM_NAME = "lienthong-e2e-port-{}"
+
+
+class PortClaims:
+    """The ports one run has chosen and not yet given back."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[int, socket.socket] = {}
+
+    def claim(self, port: int) -> bool:
+        """True if no other run holds ``port`` (it is ours from now on)."""
+        if port in self._sockets:
+            return False
+        if not sys.platform.startswith("linux"):
+            return True
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind("\0" + PORT_CLAIM_NAME.format(port))
+        except OSError:
+            sock.close()
+            return False
+        self._sockets[port] = sock
+        return True
+
+    def release(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+
+
+def free_port(preferred: int | None = None, taken: set[int] | None = None,
+              claims: PortClaims | None = None) -> int:
+    """``preferred`` if nothing listens there (and it is neither ``taken`` nor held by another run),
+    else any free port; with ``claims``, the port is held for this run until ``claims.release()``."""
     taken = taken if taken is not None else set()
-    if preferred and preferred not in taken and _port_free(preferred):
+    claims = claims or PortClaims()
+    if preferred and preferred not in taken and _port_free(preferred) and claims.claim(preferred):
         taken.add(preferred)
         return preferred
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port not in taken:
+        if port not in taken and claims.claim(port):
             taken.add(port)
             return port
 
@@ -222,6 +261,7 @@ class HarnessConfig:
     api_secret_key: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
     fernet_key: str = field(default="", repr=False)
     admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(16), repr=False)
+    port_claims: PortClaims = field(default_factory=PortClaims, repr=False, compare=False)
 
     @property
     def airflow_db(self) -> str:
@@ -292,19 +332,21 @@ def new_config(args: argparse.Namespace | None = None, run_dir: Path | None = No
     suffix = str(os.getpid())
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix=f"lienthong-e2e-{suffix}-"))
     taken: set[int] = set()
+    claims = PortClaims()  # held until the harness's cleanup (or the end of this process)
     base = getattr(args, "standin_base_port", None) or 28081
-    standins = tuple(free_port(base + i, taken) for i in range(4))
+    standins = tuple(free_port(base + i, taken, claims) for i in range(4))
     workers = getattr(args, "workers", None) or 2
     return HarnessConfig(
         run_dir=run_dir, suffix=suffix,
-        api_port=free_port(getattr(args, "api_port", None) or 28080, taken),
+        api_port=free_port(getattr(args, "api_port", None) or 28080, taken, claims),
         standin_ports=standins,  # type: ignore[arg-type]
-        worker_log_ports=tuple(free_port(28793 + 2 * i, taken) for i in range(workers)),
-        trigger_log_port=free_port(28794, taken),
-        scheduler_health_port=free_port(28974, taken),
+        worker_log_ports=tuple(free_port(28793 + 2 * i, taken, claims) for i in range(workers)),
+        trigger_log_port=free_port(28794, taken, claims),
+        scheduler_health_port=free_port(28974, taken, claims),
         workers=workers,
         concurrency=getattr(args, "concurrency", None) or 1,
         fernet_key=Fernet.generate_key().decode(),
+        port_claims=claims,
     )
 
 
@@ -484,12 +526,19 @@ def _redis(cfg: HarnessConfig, db: int):
     return redis.Redis(host=cfg.redis_host, port=cfg.redis_port, db=db, socket_timeout=5)
 
 
+REDIS_CLAIM_KEY = "lienthong-e2e-claim"
+
+
 def pick_redis_db(cfg: HarnessConfig) -> int:
-    """An empty Redis database, starting from one derived from the process id (1–15)."""
+    """An empty Redis database, starting from one derived from the process id (1–15), claimed for
+    this run by writing :data:`REDIS_CLAIM_KEY` into it (``SET NX``): the broker stays empty until the
+    workers start, and a second run looking meanwhile must not take the same database. The cleanup's
+    ``FLUSHDB`` removes the claim with the rest."""
     start = int(cfg.suffix) % 15 + 1 if cfg.suffix.isdigit() else 1
     for i in range(15):
         db = (start - 1 + i) % 15 + 1
-        if _redis(cfg, db).dbsize() == 0:
+        client = _redis(cfg, db)
+        if client.dbsize() == 0 and client.set(REDIS_CLAIM_KEY, cfg.suffix, nx=True):
             return db
     raise RuntimeError(f"no empty Redis database among 1–15 at {cfg.redis_host}:{cfg.redis_port}")
 
@@ -948,6 +997,7 @@ class Harness:
         self.step(f"stopped by process id: {names or 'nothing was started'}"
                   + (f" (SIGKILL needed for {', '.join(killed)})" if killed else "")
                   + f" in {time.monotonic() - t0:.1f}s")
+        self.cfg.port_claims.release()  # whatever still listens has been stopped
         if self.keep:
             self.step(f"kept (--keep): databases {', '.join(self.cfg.databases)}, Redis db {self.cfg.redis_db}, "
                       f"run directory {self.cfg.run_dir}")

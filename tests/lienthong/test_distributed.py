@@ -63,3 +63,69 @@ def test_a_process_that_would_not_stop_makes_the_run_fail(tmp_path, monkeypatch)
     monkeypatch.setattr(harness.processes, "stop_all", lambda: ["worker1:4242 (did not exit)"])
     assert harness.run() == 1
     assert lines[-1].startswith("FAIL"), lines
+
+
+# --- two runs at once ------------------------------------------------------------------------------
+def _ports(cfg: distributed.HarnessConfig) -> set[int]:
+    return {cfg.api_port, *cfg.standin_ports, *cfg.worker_log_ports, cfg.trigger_log_port,
+            cfg.scheduler_health_port}
+
+
+def test_two_runs_started_together_get_ports_of_their_own(tmp_path):
+    """A run binds its ports only once Airflow is migrated and the stand-ins start (10 s and more
+    after it chose them): a second run started meanwhile must not choose the same ones."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from pathlib import Path; from lienthong import distributed as d\n"
+         f"c = d.new_config(run_dir=Path({str(tmp_path / 'first')!r}))\n"
+         "print(*sorted({c.api_port, *c.standin_ports, *c.worker_log_ports, c.trigger_log_port,"
+         " c.scheduler_health_port}), flush=True)\n"
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        first = {int(p) for p in child.stdout.readline().split()}
+        second = distributed.new_config(run_dir=tmp_path / "second")
+        assert len(first) == 9 and len(_ports(second)) == 9
+        assert not first & _ports(second), sorted(first & _ports(second))
+    finally:
+        child.communicate("", timeout=30)
+    # the first run has ended: its ports are free to take again
+    third = distributed.new_config(run_dir=tmp_path / "third")
+    assert third.api_port == 28080 or not distributed._port_free(28080)
+
+
+class FakeRedis:
+    """Redis databases 0–15 as dicts, shared by every client: what pick_redis_db calls."""
+
+    def __init__(self, databases: dict[int, dict[str, str]], db: int):
+        self.data = databases.setdefault(db, {})
+
+    def dbsize(self) -> int:
+        return len(self.data)
+
+    def set(self, key: str, value: str, nx: bool = False) -> bool | None:
+        if nx and key in self.data:
+            return None
+        self.data[key] = value
+        return True
+
+    def flushdb(self) -> None:
+        self.data.clear()
+
+
+def test_two_runs_do_not_share_a_redis_database(tmp_path, monkeypatch):
+    """Process ids 7 and 22 start looking at the same database (pid % 15): the first run's broker
+    is still empty when the second looks, so the second must see that it is taken."""
+    databases: dict[int, dict[str, str]] = {}
+    monkeypatch.setattr(distributed, "_redis", lambda cfg, db: FakeRedis(databases, db))
+    first = distributed.new_config(run_dir=tmp_path / "first")
+    second = distributed.new_config(run_dir=tmp_path / "second")
+    first.suffix, second.suffix = "7", "22"
+    a = distributed.pick_redis_db(first)
+    b = distributed.pick_redis_db(second)
+    assert (a, b) == (8, 9)
+    FakeRedis(databases, a).flushdb()  # the first run's cleanup
+    assert distributed.pick_redis_db(first) == 8
