@@ -666,7 +666,11 @@ class Harness:
         self.env = airflow_environment(cfg)
         cfg.airflow_home.mkdir(parents=True, exist_ok=True)
         cfg.home.mkdir(parents=True, exist_ok=True)
-        (cfg.airflow_home / "passwords.json").write_text(json.dumps({"admin": cfg.admin_password}))
+        # a password for every UI user, as docker-compose.yml's airflow-init writes: SimpleAuthManager
+        # generates one for a user missing here and prints it, into the api-server's log
+        users = [u.split(":")[0] for u in self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")]
+        passwords = {user: cfg.admin_password if user == "admin" else secrets.token_urlsafe(16) for user in users}
+        (cfg.airflow_home / "passwords.json").write_text(json.dumps(passwords))
         t0 = time.monotonic()
         for command in INIT_COMMANDS:
             if command[0] == "airflow":

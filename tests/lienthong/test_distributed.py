@@ -129,3 +129,35 @@ def test_two_runs_do_not_share_a_redis_database(tmp_path, monkeypatch):
     assert (a, b) == (8, 9)
     FakeRedis(databases, a).flushdb()  # the first run's cleanup
     assert distributed.pick_redis_db(first) == 8
+
+
+# --- what it writes -------------------------------------------------------------------------------
+def test_every_ui_user_has_a_password_so_airflow_prints_none(tmp_path, monkeypatch):
+    """SimpleAuthManager generates a password for a user missing from the passwords file and prints
+    it: the api-server's log, kept after a failed run, would hold it. The harness writes one for every
+    user, as docker-compose.yml's airflow-init does."""
+    import json
+    import subprocess
+    import sys
+
+    harness, _ = _harness(tmp_path)
+    monkeypatch.setattr(distributed, "probe_services", lambda *a, **k: None)
+    monkeypatch.setattr(distributed, "pick_redis_db", lambda cfg: 1)
+    monkeypatch.setattr(distributed, "create_databases", lambda cfg: None)
+    monkeypatch.setattr(harness, "airflow", lambda *args, name=None: None)
+    harness.prepare()
+    env = harness.env
+    users = [u.split(":")[0] for u in env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")]
+    path = tmp_path / "run" / "airflow" / "passwords.json"
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == str(path)
+    written = json.loads(path.read_text())
+    assert sorted(written) == sorted(users) == ["admin", "auditor"]
+    assert written["admin"] == harness.cfg.admin_password and len(set(written.values())) == 2
+
+    # what the api-server does with it on start
+    result = subprocess.run(
+        [sys.executable, "-c", "from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import "
+                               "SimpleAuthManager; SimpleAuthManager().init()"],
+        env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert "Password for user" not in result.stdout + result.stderr
+    assert json.loads(path.read_text()) == written
