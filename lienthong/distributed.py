@@ -911,37 +911,33 @@ class Harness:
                    f"{len(held)} histories checked" + (f"; repeated for {repeated[:5]}" if repeated else ""))
 
     def _check_catalogue(self) -> None:
-        from sqlalchemy import select
+        """Pushed once, and held alike: make reliability's check (a clean pull from the portal into a
+        scratch database is the truth; the one-stop and the ministry replica are compared with it
+        procedure by procedure, through the mappings; what cannot be normalised is dead-lettered)."""
+        from connectors.connection import connection_from_env
+        from lienthong.reliability import checks
+        from lienthong.store import Store
 
-        from connectors.ministry_db.replica import MinistryReplica
-        from lienthong.store import Store, catalogue_current
-
-        portal = self._state(self.standins.portal_url, "/_state/catalogue")
-        published = portal["counts"]["published"] - sum(1 for m in portal["malformed"] if m["published"])
         onestop = self._state(self.standins.onestop_url, "/_state/procedures")
         active = {p["serviceCode"] for p in onestop["procedures"] if p.get("status") != "withdrawn"}
         upserts = onestop["upserts"]
         twice = sorted(code for code, n in upserts.items() if n != 1)
+        self.check("catalogue: each procedure pushed to the one-stop once", not twice and set(upserts) == active,
+                   f"{len(upserts)} procedures upserted, {len(active)} held; upserts per code: "
+                   f"{sorted(set(upserts.values()))}" + (f"; pushed more than once: {twice[:5]}" if twice else ""))
         store = Store(self.cfg.pg_url(self.cfg.bus_db))
         try:
-            with store.engine.connect() as conn:
-                bus = {r.procedure_code for r in conn.execute(select(catalogue_current)) if r.published}
+            result = checks.check_catalogue(store, connection_from_env("national_portal_default", self.env),
+                                            self.standins.onestop_url,
+                                            connection_from_env("ministry_db_default", self.env))
         finally:
             store.dispose()
-        self.check("catalogue: the one-stop holds each published well-formed procedure, pushed once",
-                   len(active) == published and active == bus and not twice and len(upserts) == len(active),
-                   f"{len(active)} at the one-stop, {published} published well-formed at the portal, "
-                   f"{len(bus)} in the bus; upserts per code: {sorted(set(upserts.values()))}"
-                   + (f"; pushed more than once: {twice[:5]}" if twice else ""))
-        replica = MinistryReplica(self.cfg.pg_url(self.cfg.ministry_db))
-        try:
-            held = set(replica.procedures(published_only=True))
-        finally:
-            replica.dispose()
-        self.check("catalogue: the ministry replica (PostgreSQL) holds the same procedures", held == bus,
-                   f"{len(held)} published rows, {len(bus)} expected"
-                   + (f"; missing {sorted(bus - held)[:5]}" if bus - held else "")
-                   + (f"; unexpected {sorted(held - bus)[:5]}" if held - bus else ""))
+        published = result.details.get("published", 0)
+        self.check("catalogue: the one-stop and the ministry replica (PostgreSQL) hold each published procedure "
+                   "of the portal, field by field", result.ok and result.delivered == published,
+                   f"{result.delivered} of {published} published procedures held alike, "
+                   f"{result.dead_lettered} that cannot be normalised dead-lettered"
+                   + (f"; {'; '.join(result.problems[:3])}" if result.problems else ""))
 
     def _check_payments(self) -> None:
         platform = {p["MaThamChieu"]: p for p in self._state(self.standins.payment_url, "/_state/payments")["payments"]}

@@ -161,3 +161,86 @@ def test_every_ui_user_has_a_password_so_airflow_prints_none(tmp_path, monkeypat
         env=env, capture_output=True, text=True, timeout=120, check=True)
     assert "Password for user" not in result.stdout + result.stderr
     assert json.loads(path.read_text()) == written
+
+
+# --- invariants -----------------------------------------------------------------------------------
+def _catalogue_check(tmp_path, monkeypatch, *, onestop_name: str | None = None) -> list[distributed.Check]:
+    """The harness's catalogue invariant over one published procedure, the stand-ins' states crafted
+    and served in place of HTTP (the portal's, the one-stop's, the ministry replica's), the bus
+    database on SQLite."""
+    import copy
+    import types
+
+    from connectors.ministry_db import replica as replica_module
+    from lienthong.flows import catalogue
+    from lienthong.reliability import checks
+    from lienthong.store import Store, catalogue_current, utcnow
+    from tests.lienthong.reliability.test_checks import _catalogue_world
+
+    record, onestop, ministry = _catalogue_world()
+    code = ministry["ma_tthc"]
+    if onestop_name is not None:
+        onestop = {**onestop, "serviceName": onestop_name}
+    harness, _ = _harness(tmp_path)
+    harness.env = distributed.airflow_environment(harness.cfg)
+    harness.standins = types.SimpleNamespace(onestop_url="http://onestop", portal_url="http://portal")
+    monkeypatch.setattr(harness.cfg, "pg_url", lambda database, driver=None: f"sqlite:///{tmp_path / database}.db")
+    bus = Store(harness.cfg.pg_url(harness.cfg.bus_db))
+    bus.create_schema()
+    with bus.begin() as conn:
+        conn.execute(catalogue_current.insert().values(procedure_code=code, record=record, record_hash="00" * 32,
+                                                       published=True, updated_run_id="run", updated_at=utcnow()))
+    bus.dispose()
+    doors = {
+        "http://portal/_state/catalogue": {"counts": {"published": 1}, "malformed": []},
+        "http://onestop/_state/procedures": {"procedures": [onestop], "upserts": {code: 1}},
+    }
+    monkeypatch.setattr(harness, "_state", lambda base, path: copy.deepcopy(doors[base + path]))
+    monkeypatch.setattr(checks, "_get", lambda url: copy.deepcopy(doors[url]))
+
+    def pull(truth_store, client, *, run_id):  # the clean pull from the portal finds the same procedure
+        with truth_store.begin() as conn:
+            conn.execute(catalogue_current.insert().values(procedure_code=code, record=record, record_hash="00" * 32,
+                                                           published=True, updated_run_id=run_id, updated_at=utcnow()))
+
+    class Replica:
+        def __init__(self, url=None):
+            pass
+
+        @classmethod
+        def from_connection(cls, spec):
+            return cls()
+
+        def procedures(self, *, published_only):
+            return {code: copy.deepcopy(ministry)}
+
+        def dispose(self):
+            pass
+
+    class Client:
+        @classmethod
+        def from_connection(cls, spec):
+            return cls()
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(catalogue, "pull_catalogue", pull)
+    monkeypatch.setattr(replica_module, "MinistryReplica", Replica)
+    monkeypatch.setattr(checks, "MinistryReplica", Replica)
+    monkeypatch.setattr(checks, "NationalPortalClient", Client)
+    harness._check_catalogue()
+    return harness.checks
+
+
+def test_catalogue_held_alike_holds(tmp_path, monkeypatch):
+    results = _catalogue_check(tmp_path, monkeypatch)
+    assert [c.ok for c in results] == [True] * len(results) and results, results
+
+
+def test_catalogue_with_other_values_at_the_one_stop_fails(tmp_path, monkeypatch):
+    """Same codes, same count, another name: a check of codes and counts says nothing is wrong."""
+    results = _catalogue_check(tmp_path, monkeypatch, onestop_name="Đăng ký kết hôn (khác)")
+    failed = [c for c in results if not c.ok]
+    assert len(failed) == 1, results
+    assert "the one-stop holds other values in serviceName" in failed[0].detail
