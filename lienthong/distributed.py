@@ -614,6 +614,8 @@ class Harness:
         self.ti_rows: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
         self.bin = Path(sys.executable).parent
+        # what `--run-dir` held before the run: a passing run removes only what it made there
+        self.preexisting = {p.name for p in cfg.run_dir.iterdir()} if cfg.run_dir.is_dir() else set()
 
     # -- helpers --------------------------------------------------------------------------------
     def step(self, text: str) -> None:
@@ -1016,6 +1018,24 @@ class Harness:
                 self.left_behind.append(f"Redis database {self.cfg.redis_db}")
                 self.out(f"✗ could not empty Redis database {self.cfg.redis_db}: {exc}")
 
+    def _remove_run_files(self) -> None:
+        """What the run made in its directory, then the directory if nothing else is left in it."""
+        import shutil
+
+        if not self.cfg.run_dir.is_dir():
+            return
+        for entry in self.cfg.run_dir.iterdir():
+            if entry.name in self.preexisting:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        try:
+            self.cfg.run_dir.rmdir()
+        except OSError:  # it holds what was there before the run
+            pass
+
     def run(self) -> int:
         started = time.monotonic()
         ok = False
@@ -1045,9 +1065,7 @@ class Harness:
             self.out(f"✗ left behind: {'; '.join(self.left_behind)}")
         total = time.monotonic() - started
         if ok and not self.keep:
-            import shutil
-
-            shutil.rmtree(self.cfg.run_dir, ignore_errors=True)
+            self._remove_run_files()
         elif not self.keep:
             self.out(f"  logs kept for inspection in {self.cfg.log_dir} (Airflow task logs in "
                      f"{self.cfg.airflow_home / 'logs'})")
@@ -1140,7 +1158,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--api-port", type=int, default=28080, help="api-server port (default 28080, or a free one)")
     parser.add_argument("--no-activity", action="store_true",
                         help="run against the stand-ins' seeded state only (no new dossiers, no new payments)")
-    parser.add_argument("--run-dir", help="directory for AIRFLOW_HOME, state and logs (default: a new temp dir)")
+    parser.add_argument("--run-dir", help="directory for AIRFLOW_HOME, state and logs (default: a new temp dir); a passing run "
+                             "removes what it made there, and the directory if nothing else is in it")
     return parser
 
 

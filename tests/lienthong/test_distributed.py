@@ -244,3 +244,33 @@ def test_catalogue_with_other_values_at_the_one_stop_fails(tmp_path, monkeypatch
     failed = [c for c in results if not c.ok]
     assert len(failed) == 1, results
     assert "the one-stop holds other values in serviceName" in failed[0].detail
+
+
+# --- the run directory ----------------------------------------------------------------------------
+def test_a_passing_run_removes_only_what_it_made_in_a_given_run_dir(tmp_path, monkeypatch):
+    """`--run-dir DIR` may name a directory that holds other things (`--run-dir .`, a logs folder):
+    a passing run removes its own files there, never the directory's other contents."""
+    run_dir = tmp_path / "mine"
+    (run_dir / "notes").mkdir(parents=True)
+    (run_dir / "notes" / "keep.txt").write_text("mine")
+    (run_dir / "report.md").write_text("mine too")
+    cfg = distributed.new_config(run_dir=run_dir)
+    lines: list[str] = []
+    harness = distributed.Harness(cfg, out=lines.append)
+    _passing_phases(harness, monkeypatch)
+    monkeypatch.setattr(harness, "prepare", lambda: [p.mkdir(parents=True) for p in (cfg.home, cfg.airflow_home,
+                                                                                     cfg.log_dir)])
+    assert harness.run() == 0
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes", "report.md"]
+    assert (run_dir / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_a_passing_run_removes_the_run_dir_it_made(tmp_path, monkeypatch):
+    cfg = distributed.new_config(run_dir=tmp_path / "run")
+    cfg.run_dir.mkdir()
+    harness = distributed.Harness(cfg, out=lambda line: None)
+    _passing_phases(harness, monkeypatch)
+    monkeypatch.setattr(harness, "prepare", lambda: [p.mkdir(parents=True) for p in (cfg.home, cfg.airflow_home,
+                                                                                     cfg.log_dir)])
+    assert harness.run() == 0
+    assert not cfg.run_dir.exists()
