@@ -60,11 +60,13 @@ __all__ = [
     "POOLS_FILE",
     "HARNESS_ONLY_SETTINGS",
     "PER_WORKER_SETTINGS",
+    "PRIVATE_KEY_SETTINGS",
     "SHARED_SETTINGS",
     "WORKER_COMMAND",
     "Harness",
     "HarnessConfig",
     "airflow_environment",
+    "component_environment",
     "main",
     "probe_services",
     "worker_environment",
@@ -118,8 +120,12 @@ SHARED_SETTINGS = (
     "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
     "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK",
     "LIENTHONG_HOME",
-    "LIENTHONG_SEAL_KEY",
+    "LIENTHONG_SEAL_PUBLIC_KEY",
 )
+# The private seal key (it signs the seals: whoever holds it can forge them): set for the workers,
+# which seal, and the harness's own CLI steps; never for the api-server, scheduler, dag-processor
+# or triggerer, which only verify (:func:`component_environment`). docker-compose.yml mounts it alike.
+PRIVATE_KEY_SETTINGS = ("LIENTHONG_SEAL_KEY",)
 # Settings only the one-machine harness needs: several components on one host need distinct
 # ports and worker names, and its runs are the ones it triggers (no scheduled runs besides).
 HARNESS_ONLY_SETTINGS = (
@@ -381,10 +387,16 @@ def airflow_environment(cfg: HarnessConfig) -> dict[str, str]:
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(cfg.trigger_log_port),
         "LIENTHONG_HOME": str(cfg.home),
         "LIENTHONG_SEAL_KEY": str(topo.seal_key),
+        "LIENTHONG_SEAL_PUBLIC_KEY": f"{topo.seal_key}.pub",
     })
     for conn_id, conn in cfg.connections().items():
         env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
     return env
+
+
+def component_environment(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for the api-server, scheduler, dag-processor and triggerer: without the private seal key."""
+    return {k: v for k, v in env.items() if k not in PRIVATE_KEY_SETTINGS}
 
 
 def worker_environment(cfg: HarnessConfig, env: dict[str, str], index: int) -> dict[str, str]:
@@ -725,7 +737,7 @@ class Harness:
         airflow = str(self.bin / "airflow")
         self._airflow_started_at = time.monotonic()
         for name, args in AIRFLOW_COMPONENTS.items():
-            self.processes.start(name, [airflow, *args], self.env, cfg.run_dir)
+            self.processes.start(name, [airflow, *args], component_environment(self.env), cfg.run_dir)
         names = cfg.worker_names()
         for i, node in enumerate(names):
             self.processes.start(f"worker{i + 1}", [airflow, *WORKER_COMMAND, "-H", node],

@@ -115,7 +115,8 @@ def test_compose_sets_the_settings_the_harness_sets(shared, harness):
     assert set(distributed.SHARED_SETTINGS) <= set(shared)
     # nothing the harness sets is missing in compose, apart from what only one machine needs
     ours = {k for k in env if k.startswith(("AIRFLOW__", "LIENTHONG_")) and not k.startswith("LIENTHONG_MOCK_")}
-    assert ours - set(distributed.HARNESS_ONLY_SETTINGS) == set(distributed.SHARED_SETTINGS)
+    assert ours - set(distributed.HARNESS_ONLY_SETTINGS) - set(distributed.PRIVATE_KEY_SETTINGS) == \
+        set(distributed.SHARED_SETTINGS)
     theirs = {k for k in shared if k.startswith(("AIRFLOW__", "LIENTHONG_"))}
     assert theirs == set(distributed.SHARED_SETTINGS)
 
@@ -250,3 +251,38 @@ def test_harness_keeps_clear_of_the_demo_ports(harness, topo):
     ours = {*cfg.standin_ports, cfg.api_port, *cfg.worker_log_ports, cfg.trigger_log_port, cfg.scheduler_health_port}
     assert not ours & demo
     assert len(ours) == 4 + 1 + cfg.workers + 2  # all distinct
+
+
+# --- the seal key -------------------------------------------------------------------------------
+def _mounts(service: dict) -> dict[str, str]:
+    """volume name → "target[:mode]" of a service's named-volume mounts."""
+    return dict(v.split(":", 1) for v in service.get("volumes", []) if not v.startswith("."))
+
+
+def test_only_the_workers_and_init_hold_the_private_seal_key(compose, shared, harness):
+    """The private seal key signs the log's seals: whoever holds it can forge them. The api-server
+    (the UI facing users), the scheduler, the dag-processor and the triggerer only ever verify, so
+    they get the public key alone, read-only; the workers seal (`docker compose run airflow-worker
+    lienthong audit seal`) and init makes the key. The harness starts its components alike."""
+    private_dir = "/opt/lienthong/keys"
+    public = shared["LIENTHONG_SEAL_PUBLIC_KEY"]
+    assert "LIENTHONG_SEAL_KEY" not in shared
+    for name in SERVICES.values():
+        service = compose["services"][name]
+        assert "LIENTHONG_SEAL_KEY" not in service["environment"], name
+        mounts = _mounts(service)
+        assert "lienthong-keys" not in mounts and not any(t.startswith(private_dir) for t in mounts.values()), name
+        assert mounts["lienthong-seal-public"] == f"{public.rsplit('/', 1)[0]}:ro", name
+    for name in ("airflow-init", WORKER):
+        service = compose["services"][name]
+        key = service["environment"]["LIENTHONG_SEAL_KEY"]
+        assert key.startswith(private_dir + "/") and _mounts(service)["lienthong-keys"] == private_dir, name
+    init = compose["services"]["airflow-init"]
+    assert _mounts(init)["lienthong-seal-public"] == public.rsplit("/", 1)[0]  # init writes the public key there
+    assert 'cp "$$LIENTHONG_SEAL_KEY.pub" "$$LIENTHONG_SEAL_PUBLIC_KEY"' in init["command"][-1]
+
+    cfg, env = harness
+    assert env["LIENTHONG_SEAL_PUBLIC_KEY"] == env["LIENTHONG_SEAL_KEY"] + ".pub"
+    assert "LIENTHONG_SEAL_KEY" not in distributed.component_environment(env)
+    assert distributed.component_environment(env)["LIENTHONG_SEAL_PUBLIC_KEY"] == env["LIENTHONG_SEAL_PUBLIC_KEY"]
+    assert distributed.worker_environment(cfg, env, 0)["LIENTHONG_SEAL_KEY"] == env["LIENTHONG_SEAL_KEY"]
