@@ -1159,18 +1159,37 @@ def table(results: dict[str, Result]) -> str:
     return "\n".join(out)
 
 
-def _commit() -> str | None:
+def _source() -> dict[str, Any]:
+    """The code being measured: the commit, and whether the work tree differs from it (tracked
+    changes or untracked files, ignored ones aside), with the paths that do. ``None`` where git
+    cannot tell."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True,
+                              timeout=30).stdout
+
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
+        commit = git("rev-parse", "HEAD").strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        return {"commit": None, "dirty": None, "changed_files": None}
+    try:
+        status = git("status", "--porcelain", "-z", "--untracked-files=all")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": commit, "dirty": None, "changed_files": None}
+    changed, entries = [], iter(status.split("\0"))
+    for entry in entries:
+        if not entry:
+            continue
+        changed.append(entry[3:])
+        if entry[0] in "RC":  # a rename's or copy's source path follows
+            next(entries, None)
+    return {"commit": commit, "dirty": bool(changed), "changed_files": sorted(changed)}
 
 
 # --- main ------------------------------------------------------------------------------------------
 def _write(args: argparse.Namespace, argv: list[str] | None, started: datetime, results: dict[str, Result],
-           text: str, *, partial: bool) -> Path:
-    """``var/bench/<timestamp>.json`` and ``latest.json`` (rewritten after each scenario)."""
+           text: str, *, partial: bool, source: dict[str, Any]) -> Path:
+    """``var/bench/<timestamp>.json`` and ``latest.json`` (rewritten after each scenario);
+    ``source``: :func:`_source` when the run started."""
     doc = {
         "started_at": started.isoformat(),
         "finished_at": None if partial else datetime.now(UTC).isoformat(),
@@ -1179,7 +1198,7 @@ def _write(args: argparse.Namespace, argv: list[str] | None, started: datetime, 
         "quick": args.quick,
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
-        "commit": _commit(),
+        **source,
         "scenarios": {name: res.as_dict() for name, res in results.items()},
         "table": text,
     }
@@ -1258,6 +1277,8 @@ def report(paths: list[Path]) -> str:
     for doc, path in used:
         names = [n for n in SCENARIOS if n in chosen and chosen[n][1] == path]
         commit = (doc.get("commit") or "unknown commit")[:7]
+        if doc.get("dirty"):
+            commit += " with uncommitted changes"
         machine = doc.get("machine") or {}
         load = machine.get("load_average")
         flags = []
@@ -1375,6 +1396,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lienthong-bench-"))
     ws = Workspace(work)
     started = datetime.now(UTC)
+    source = _source()  # the code measured is the code as it is now
+    if source["dirty"]:
+        say(f"the work tree has uncommitted changes ({len(source['changed_files'])} files): the results say so")
     results: dict[str, Result] = {}
     runners = {"full_sync": scenario_full_sync, "incremental": scenario_incremental, "engine": scenario_engine,
                "audit": scenario_audit, "catalogue": scenario_catalogue, "receipts": scenario_receipts,
@@ -1401,13 +1425,13 @@ def main(argv: list[str] | None = None) -> int:
                 res.runs.append({"traceback": traceback.format_exc()})
                 say(f"scenario {name} failed: {res.error}")
             res.seconds = time.perf_counter() - t0
-            _write(args, argv, started, results, table(results), partial=True)  # what is done so far
+            _write(args, argv, started, results, table(results), partial=True, source=source)  # what is done so far
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     text = table(results)
     print(text)
-    path = _write(args, argv, started, results, text, partial=False)
+    path = _write(args, argv, started, results, text, partial=False, source=source)
     print(f"\nresults: {path} (and latest.json)")
     failed = any(r.error for r in results.values()) or any(
         line.passed is False for r in results.values() for line in r.lines)
