@@ -760,8 +760,20 @@ def _seed_history(ws: Workspace, size: int, name: str) -> tuple[Path, Path, Path
     return onestop_dir, portal_dir, bus_dir / "bus.db"
 
 
+def same_changes(picked: list[int], small: int, large: int, templates: int) -> list[int]:
+    """The clones of a source of ``large`` dossiers that change as ``picked`` (indices below
+    ``small``) do in the small source: each the clone of the same template (``index % templates``),
+    so the same record but for its number, in the same order, spread over the large source as
+    ``picked`` is over the small one (index ``i`` becomes the clone of its template at or just
+    below ``i × large // small``; distinct, as the mapping is strictly increasing)."""
+    k = max(1, large // small)
+    return [i * k - (i * (k - 1)) % templates for i in picked]
+
+
 def scenario_incremental(ws: Workspace, args: argparse.Namespace, result: Result) -> None:
-    from bench.seed import append_changes, sample_indices
+    """The same ``changes`` dossier changes (the same templates, in the same order) over a synced
+    source of ``incremental_large`` and one of ``incremental_small``: a different set each repeat."""
+    from bench import seed
 
     large, small = args.incremental_large, args.incremental_small
     changes = args.changes
@@ -772,11 +784,13 @@ def scenario_incremental(ws: Workspace, args: argparse.Namespace, result: Result
         worlds[size] = _seed_history(ws, size, f"incr-{size}")
         say(f"incremental: seeded a synced world of {size:,} dossiers in {time.perf_counter() - t0:.1f}s")
     for r in range(args.repeats):
+        # a different set of dossiers changes in each repeat (each a real change for the portal),
+        # the same records over both sources
+        picked_small = seed.sample_indices(small, changes * args.repeats)[r::args.repeats][:changes]
+        picked = {small: picked_small, large: same_changes(picked_small, small, large, len(ws.templates))}
         for size in (small, large):
             onestop_dir, portal_dir, bus_db = worlds[size]
-            # a different set of dossiers changes in each repeat (each a real change for the portal)
-            picked = sample_indices(size, changes * args.repeats)[r::args.repeats][:changes]
-            append_changes(onestop_dir, ws.templates, picked)
+            seed.append_changes(onestop_dir, ws.templates, picked[size])
             with standins(onestop_dir, portal_dir) as urls:
                 run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
                               run_id=f"incremental-{r}")
