@@ -825,7 +825,8 @@ def scenario_memory(ws: Workspace, args: argparse.Namespace, result: Result, ful
         rates[size] = median([size / r["times"]["total"] for r in runs])
 
     if full_sync is not None and full_sync.error is None and full_sync.sizes.get("dossiers") == small:
-        keep(small, [r for r in full_sync.runs if r["kind"] == "bus"])
+        # its loopback runs: the --portal-latency-ms rounds are other runs, of another bus
+        keep(small, [r for r in full_sync.runs if r["kind"] == "bus" and not r.get("portal_latency_ms")])
     for size in (small, large):
         if size in sync:
             continue
