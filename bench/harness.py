@@ -646,24 +646,31 @@ def scenario_receipts_memory(ws: Workspace, args: argparse.Namespace, result: Re
         if size in steps:
             continue
         base, platform, seeded = _payments_world(ws, size, f"payments-memory-{size}")
-        with bus_database(ws, args, f"bus-payments-memory-{size}") as bus_db, \
-                standins(base, platform_dir=platform, ledger_dir=ws.fresh(f"ledger-memory-{size}")) as urls:
-            run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                          flow="payments", ledger_batch_size=args.ledger_batch_size,
-                          report_dir=ws.fresh(f"reports-payments-memory-{size}"))
-        _payments_checked(run, seeded, f"payment memory run of {size:,} dossiers")
-        keep(size, [run], sum(seeded.values()))
-        result.runs.append({"source": size, "payments": sum(seeded.values()), **run})
-        say(f"receipts memory: {sum(seeded.values()):,} payments over {size:,} dossiers: peak "
-            f"{run['peak_rss_mb']:.0f} MB (steps {run['peak_after_mb']['reconcile']:.0f} MB; "
-            f"{_fmt_times(run['times'])})")
-        if not args.keep and isinstance(bus_db, Path):
-            shutil.rmtree(bus_db.parent, ignore_errors=True)
+        runs = []
+        for r in range(args.repeats):  # each a first run: a fresh one-stop copy, bus database and ledger
+            onestop = ws.path(f"onestop-payments-memory-{size}-run")
+            shutil.rmtree(onestop, ignore_errors=True)
+            shutil.copytree(base, onestop)
+            with bus_database(ws, args, f"bus-payments-memory-{size}") as bus_db, \
+                    standins(onestop, platform_dir=platform, ledger_dir=ws.fresh(f"ledger-memory-{size}")) as urls:
+                run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                              flow="payments", ledger_batch_size=args.ledger_batch_size,
+                              report_dir=ws.fresh(f"reports-payments-memory-{size}"))
+            _payments_checked(run, seeded, f"payment memory run of {size:,} dossiers")
+            runs.append(run)
+            result.runs.append({"source": size, "repeat": r, "payments": sum(seeded.values()), **run})
+            say(f"receipts memory {r + 1}/{args.repeats}: {sum(seeded.values()):,} payments over {size:,} dossiers: "
+                f"peak {run['peak_rss_mb']:.0f} MB (steps {run['peak_after_mb']['reconcile']:.0f} MB; "
+                f"{_fmt_times(run['times'])})")
+            if not args.keep and isinstance(bus_db, Path):
+                shutil.rmtree(bus_db.parent, ignore_errors=True)
+        keep(size, runs, sum(seeded.values()))
+        shutil.rmtree(ws.path(f"onestop-payments-memory-{size}-run"), ignore_errors=True)
         for name in (f"onestop-payments-memory-{size}", f"platform-payments-memory-{size}"):
             if not args.keep:
                 shutil.rmtree(ws.path(name), ignore_errors=True)
     result.sizes.update({"small": small, "large": large, "payments": payments, "steps_peak_mb": steps,
-                         "with_seal_peak_mb": whole, "bus_db": bus_db_kind(args)})
+                         "with_seal_peak_mb": whole, "bus_db": bus_db_kind(args), "repeats": args.repeats})
     on = _on_bus_db(args)
     big = f"{payments[large]:,} payments"
     for label, peaks, note in (
@@ -831,20 +838,23 @@ def scenario_memory(ws: Workspace, args: argparse.Namespace, result: Result, ful
         if size in sync:
             continue
         onestop = ws.onestop(size)
-        with bus_database(ws, args, f"bus-memory-{size}") as bus_db, \
-                standins(onestop, ws.fresh(f"portal-memory-{size}")) as urls:
-            run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size)
-        c = run["counts"]
-        _check({"delivered": c["deliver"]["delivered_new"], "progress": c["progress"]["progress_sent"]},
-               {"delivered": size, "progress": expected_progress(ws, size)}, f"memory run of {size:,}")
-        keep(size, [run])
-        result.runs.append({"source": size, **run})
-        say(f"memory: full sync of {size:,}: peak {run['peak_rss_mb']:.0f} MB (sync steps "
-            f"{run['peak_after_mb']['progress']:.0f} MB), {run['times']['total']:.0f}s")
-        if not args.keep and isinstance(bus_db, Path):
-            shutil.rmtree(bus_db.parent, ignore_errors=True)
+        runs = []
+        for r in range(args.repeats):  # each a full sync into an empty bus and portal
+            with bus_database(ws, args, f"bus-memory-{size}") as bus_db, \
+                    standins(onestop, ws.fresh(f"portal-memory-{size}")) as urls:
+                run = run_bus(urls, bus_db, ws.seal_key, batch_size=args.batch_size, chunk_size=args.chunk_size)
+            c = run["counts"]
+            _check({"delivered": c["deliver"]["delivered_new"], "progress": c["progress"]["progress_sent"]},
+                   {"delivered": size, "progress": expected_progress(ws, size)}, f"memory run of {size:,}")
+            runs.append(run)
+            result.runs.append({"source": size, "repeat": r, **run})
+            say(f"memory {r + 1}/{args.repeats}: full sync of {size:,}: peak {run['peak_rss_mb']:.0f} MB (sync steps "
+                f"{run['peak_after_mb']['progress']:.0f} MB), {run['times']['total']:.0f}s")
+            if not args.keep and isinstance(bus_db, Path):
+                shutil.rmtree(bus_db.parent, ignore_errors=True)
+        keep(size, runs)
     result.sizes.update({"small": small, "large": large, "throughput": rates, "sync_peak_mb": sync,
-                         "with_seal_peak_mb": whole, "bus_db": bus_db_kind(args)})
+                         "with_seal_peak_mb": whole, "bus_db": bus_db_kind(args), "repeats": args.repeats})
     on = _on_bus_db(args)
     for label, peaks, note in (
             ("bus peak RSS, sync steps", sync, "stage + deliver + progress (the worker's tasks)"),

@@ -55,3 +55,42 @@ def test_the_reused_full_sync_runs_are_its_loopback_ones(tmp_path: Path, fake_bu
     assert result.sizes["with_seal_peak_mb"] == {SMALL: 100.0, LARGE: 140.0}
     ratios = [line.ratio for line in result.lines if line.target == "≤ 1.5"]
     assert ratios == [pytest.approx(130 / 90), pytest.approx(140 / 100)]
+
+
+def test_each_size_is_a_median_over_the_repeats(tmp_path: Path, fake_bus: list[dict[str, Any]]) -> None:
+    """Without a full sync to reuse, both sizes run --repeats times; the figures are their medians."""
+    fake_bus += [_bus_run(peak, peak - 10, SMALL) for peak in (100.0, 180.0, 101.0)]
+    fake_bus += [_bus_run(peak, peak - 10, LARGE) for peak in (140.0, 90.0, 141.0)]
+    result = Result("memory", {})
+    scenario_memory(Workspace(tmp_path / "ws"), _args(tmp_path, repeats=3), result, None)
+    assert fake_bus == []
+    assert result.sizes["with_seal_peak_mb"] == {SMALL: 101.0, LARGE: 140.0}
+    assert result.sizes["sync_peak_mb"] == {SMALL: 91.0, LARGE: 130.0}
+    assert [r["source"] for r in result.runs] == [SMALL] * 3 + [LARGE] * 3
+    assert result.sizes["repeats"] == 3
+
+
+def test_the_payment_memory_sizes_are_medians_over_the_repeats(tmp_path: Path, fake_bus: list[dict[str, Any]],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.harness import scenario_receipts_memory
+
+    seeded = {SMALL: {"paid": 100, "failed": 10, "pending": 5}, LARGE: {"paid": 300, "failed": 30, "pending": 15}}
+    def world(ws: Workspace, size: int, name: str) -> tuple[Path, Path, dict[str, int]]:
+        (tmp_path / name).mkdir()
+        return tmp_path / name, tmp_path / f"platform-{name}", seeded[size]
+
+    monkeypatch.setattr(harness, "_payments_world", world)
+    monkeypatch.setattr(harness, "_payments_checked", lambda run, seeded, what: None)
+
+    def run(peak: float) -> dict[str, Any]:
+        return {"times": {"total": 2.0}, "peak_rss_mb": peak, "peak_after_mb": {"reconcile": peak - 10, "seal": peak}}
+
+    fake_bus += [run(p) for p in (100.0, 180.0, 101.0, 140.0, 90.0, 141.0)]
+    args = argparse.Namespace(payment_memory_small=SMALL, payment_memory_large=LARGE, repeats=3, batch_size=50,
+                              chunk_size=50, ledger_batch_size=100, postgres=None, keep=False, out=tmp_path / "out")
+    result = Result("receipts_memory", {})
+    scenario_receipts_memory(Workspace(tmp_path / "ws"), args, result, None)
+    assert fake_bus == []
+    assert result.sizes["with_seal_peak_mb"] == {SMALL: 101.0, LARGE: 140.0}
+    assert result.sizes["steps_peak_mb"] == {SMALL: 91.0, LARGE: 130.0}
+    assert result.sizes["payments"] == {SMALL: 115, LARGE: 345}
