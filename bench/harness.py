@@ -1009,13 +1009,14 @@ def scenario_audit(ws: Workspace, args: argparse.Namespace, result: Result) -> N
         say(f"audit verify ({kind}) {r + 1}: {verdict.records_checked / seconds:,.0f} records/s")
         return verdict.records_checked / seconds
 
-    rates = [timed("default", r, workers=workers) for r in range(args.audit_repeats)]
+    repeats = args.audit_repeats or args.repeats
+    rates = [timed("default", r, workers=workers) for r in range(repeats)]
     one = timed("one process", 0, workers=1) if workers > 1 else rates[0]
     deep = timed("--deep", 0, workers=workers, deep=True)
     store.dispose()
     rate = median(rates)
     result.sizes.update({"records": args.audit_records, "seal_batch": args.seal_batch,
-                         "seal_seconds": seal_seconds, "repeats": args.audit_repeats,
+                         "seal_seconds": seal_seconds, "repeats": repeats,
                          "db_mb": bus_db.stat().st_size / 2**20, "workers": workers,
                          "one_process_records_per_s": one, "deep_records_per_s": deep,
                          "records_carried": carried})
@@ -1251,7 +1252,7 @@ def _redacted_argv(argv: list[str]) -> list[str]:
 
 QUICK = {"dossiers": 150, "naive_sample": 30, "repeats": 1, "incremental_large": 3000, "incremental_small": 300,
          "changes": 30, "memory_small": 150, "memory_large": 450, "engine_records": 200, "engine_seconds": 0.2,
-         "audit_records": 1500, "audit_seed_dossiers": 60, "audit_repeats": 1, "seal_batch": 500,
+         "audit_records": 1500, "audit_seed_dossiers": 60, "seal_batch": 500,
          "catalogue_size": 40, "catalogue_changed": 5, "payment_dossiers": 150, "naive_payments": 30,
          "payment_memory_small": 150, "payment_memory_large": 450, "payment_incremental_small": 150,
          "payment_incremental_large": 600, "payment_changes": 20}
@@ -1359,7 +1360,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-seconds", type=float, default=1.0, help="engine: seconds per timing")
     p.add_argument("--audit-records", type=int, default=1_000_000)
     p.add_argument("--audit-seed-dossiers", type=int, default=2_000, help="audit: a real sync whose log is copied")
-    p.add_argument("--audit-repeats", type=int, default=1)
+    p.add_argument("--audit-repeats", type=int, default=None,
+                   help="audit: verify runs of the log, whose median is judged (default: --repeats)")
     p.add_argument("--seal-batch", type=int, default=10_000)
     p.add_argument("--catalogue-size", type=int, default=5_000)
     p.add_argument("--catalogue-changed", type=int, default=50)
@@ -1396,6 +1398,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def apply_quick(args: argparse.Namespace) -> None:
+    """``--quick``: the small sizes, for every option left at its default."""
+    if args.quick:
+        defaults = parser().parse_args([])
+        for key, value in QUICK.items():
+            if getattr(args, key) == getattr(defaults, key):
+                setattr(args, key, value)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.report:
@@ -1405,11 +1416,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m bench --report: {exc}", file=sys.stderr)
             return 2
         return 0
-    if args.quick:
-        defaults = parser().parse_args([])
-        for key, value in QUICK.items():
-            if getattr(args, key) == getattr(defaults, key):
-                setattr(args, key, value)
+    apply_quick(args)
     chosen = args.scenario or list(SCENARIOS)
     if args.postgres and not set(chosen) <= POSTGRES_SCENARIOS:
         parser().error("--postgres applies to the full_sync, memory, receipts, receipts_memory and "
