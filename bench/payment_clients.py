@@ -230,23 +230,29 @@ def run_payments_ceiling(urls: dict[str, str], plan: PaymentPlan, *, page_size: 
 
 def run_payments_naive(urls: dict[str, str], sample: int) -> dict[str, Any]:
     """The first ``sample`` payment requests, one at a time: QUERY, GET_BILL, result, dossier,
-    receipt mapped by hand and submitted alone with zeep."""
+    receipt mapped by hand and submitted alone with zeep. A refused call raises
+    :class:`ReferenceRefused` (the run is void), as in the ceiling."""
     import zeep
     from zeep.wsse.username import UsernameToken
 
     from connectors.ministry_ledger.client import BINDING, DEFAULT_WSDL
     from mocks.payment_platform import REQUEST_ORDERS, checksum
 
+    def ok(response: requests.Response, what: str) -> requests.Response:
+        if response.status_code != 200:
+            raise ReferenceRefused(f"naive {what}: HTTP {response.status_code} {response.text[:200]}")
+        return response
+
     t0 = time.perf_counter()
     http = requests.Session()
     http.headers["X-Api-Key"] = ONESTOP_KEY
     ledger = zeep.Client(wsdl=str(DEFAULT_WSDL), wsse=UsernameToken(LEDGER_USER, LEDGER_PASSWORD))
     service = ledger.create_service(BINDING, urls["ledger"] + "/")
-    done = paid = calls = 0
+    done = paid = failed = calls = 0
     page = 1
     while done < sample:
-        listed = http.get(f"{urls['onestop']}/api/v1/payments",
-                          params={"status": "all", "size": 100, "page": page}, timeout=60).json()
+        listed = ok(http.get(f"{urls['onestop']}/api/v1/payments",
+                             params={"status": "all", "size": 100, "page": page}, timeout=60), "payments page").json()
         calls += 1
         for item in listed["items"][:sample - done]:
             reference = item["reference"]
@@ -254,7 +260,10 @@ def run_payments_naive(urls: dict[str, str], sample: int) -> dict[str, Any]:
             query = {"LoaiBanTin": "QUERY", "PhienBan": "1.0.6", "MaDoiTac": PAYMENT_PARTNER,
                      "MaThamChieu": reference, "ThoiGianGD": now}
             query["MaXacThuc"] = checksum(query, REQUEST_ORDERS["QUERY"], PAYMENT_SECRET)
-            answer = requests.post(f"{urls['platform']}/api/payment", json=query, timeout=60).json()
+            answer = ok(requests.post(f"{urls['platform']}/api/payment", json=query, timeout=60),
+                        f"QUERY {reference}").json()
+            if answer.get("MaLoi") != "00":
+                raise ReferenceRefused(f"naive QUERY {reference}: MaLoi {answer.get('MaLoi')!r}")
             calls += 1
             done += 1
             status = {"1": "paid", "4": "failed"}.get(str(answer.get("TrangThaiGD")))
@@ -268,15 +277,21 @@ def run_payments_naive(urls: dict[str, str], sample: int) -> dict[str, Any]:
                 bill_request = {**query, "LoaiBanTin": "GET_BILL",
                                 "ThoiGianGD": _vn_stamp(datetime.fromisoformat(item["createdAt"]))}
                 bill_request["MaXacThuc"] = checksum(bill_request, REQUEST_ORDERS["GET_BILL"], PAYMENT_SECRET)
-                bill = requests.post(f"{urls['platform']}/api/payment", json=bill_request, timeout=60)
+                bill = ok(requests.post(f"{urls['platform']}/api/payment", json=bill_request, timeout=60),
+                          f"GET_BILL {reference}")
+                if not bill.content.startswith(b"%PDF-"):
+                    raise ReferenceRefused(f"naive GET_BILL {reference}: not a PDF")
                 calls += 1
                 receipt_no = bill.headers["Content-Disposition"].split('filename="')[1].removesuffix('.pdf"')
                 result["receiptNo"] = receipt_no
-            http.post(f"{urls['onestop']}/api/v1/payments/{reference}/result", json=result, timeout=60)
+            ok(http.post(f"{urls['onestop']}/api/v1/payments/{reference}/result", json=result, timeout=60),
+               f"result {reference}")
             calls += 1
             if status != "paid":
+                failed += 1
                 continue
-            dossier = http.get(f"{urls['onestop']}/api/v1/dossiers/{item['dossierNo']}", timeout=60).json()
+            dossier = ok(http.get(f"{urls['onestop']}/api/v1/dossiers/{item['dossierNo']}", timeout=60),
+                         f"dossier {item['dossierNo']}").json()
             calls += 1
             receipt = {"ReceiptNumber": receipt_no, "DossierCode": item["dossierNo"], "PaymentReference": reference,
                        "AmountVND": int(answer["SoTien"]), "PaidAt": datetime.fromisoformat(paid_at),
@@ -289,7 +304,8 @@ def run_payments_naive(urls: dict[str, str], sample: int) -> dict[str, Any]:
         page += 1
         if page > -(-int(listed["total"]) // 100):
             break
-    return {"total": time.perf_counter() - t0, "payments": done, "paid": paid, "calls": calls}
+    return {"total": time.perf_counter() - t0, "payments": done, "paid": paid, "failed": failed,
+            "pending": done - paid - failed, "calls": calls}
 
 
 def onestop_results(onestop_url: str) -> dict[str, int]:
