@@ -31,10 +31,11 @@ def _proc(path: str, name: str) -> int | None:
 
 
 def _peak_mb() -> float:
-    """VmHWM of this process so far (MB), read from /proc when there is one (``ru_maxrss``, the
-    fallback, includes the parent's memory at the fork before this program's ``exec``)."""
+    """VmHWM of this process so far in MB (10⁶ bytes, the unit of the 500 MB target and of
+    :func:`_written_mb`; the kernel counts KiB), read from /proc when there is one (``ru_maxrss``,
+    the fallback, includes the parent's memory at the fork before this program's ``exec``)."""
     kib = _proc("/proc/self/status", "VmHWM")
-    return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+    return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024 / 1e6
 
 
 def _written_mb() -> float:
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.profile.replace(".html", ".txt"), "w", encoding="utf-8") as out:
             out.write(profiler.output_text(unicode=False, color=False, show_all=False))
     print(json.dumps({"times": times, "counts": counts, "peak_rss_mb": _peak_mb(),
-                      "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6,
                       "peak_after_mb": peaks, "written_mb_after": written}, default=str), flush=True)
 
 
