@@ -66,16 +66,23 @@ def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
 
 def run_ceiling(portal_url: str, dossiers: Iterator[str], progress: Iterator[str], *, batch_size: int,
                 chunk_size: int) -> dict[str, float]:
-    """Post every mapped dossier in batches, then every mapped progress entry in chunks."""
+    """Post every mapped dossier in batches, then every mapped progress entry in chunks. Timed:
+    the login and each post (the client's work); not the iterators, which make the already-mapped
+    payload texts (the harness's preparation: they are made batch by batch, so that 100,000
+    dossiers' texts are never held at once)."""
     t0 = time.perf_counter()
     client = MinimalPortal(portal_url)
+    deliver = time.perf_counter() - t0
     for batch in _chunks(dossiers, batch_size):
+        t = time.perf_counter()
         client.post("DongBoHoSoMC", batch, ',"isUpdating":"False"')
-    t1 = time.perf_counter()
+        deliver += time.perf_counter() - t
+    spent = 0.0
     for chunk in _chunks(progress, chunk_size):
+        t = time.perf_counter()
         client.post("CapNhatTienDoHoSoMC", chunk)
-    t2 = time.perf_counter()
-    return {"deliver": t1 - t0, "progress": t2 - t1, "total": t2 - t0, "calls": client.calls}
+        spent += time.perf_counter() - t
+    return {"deliver": deliver, "progress": spent, "total": deliver + spent, "calls": client.calls}
 
 
 def run_naive(onestop_url: str, portal_url: str, sample: int) -> dict[str, float]:
