@@ -1,7 +1,8 @@
 """Hand-written Python doing what the YAML mappings do — the benchmark's references.
 
 :func:`map_dossier` and :func:`map_progress` fill the same portal fields, with the same checks
-(required values, patterns, lengths, code tables), as ``onestop__national_portal/dossier`` and
+(required values, patterns, lengths, code tables, and the types the chain's transforms check: a
+fee's amount a whole number of đồng, yes/no flags true or false, ids text or whole numbers), as ``onestop__national_portal/dossier`` and
 ``.../progress``, written the way a careful integrator would write them by hand: the reference
 the mapping engine is measured against (scenario 4). The harness checks that they give exactly
 the engine's output on every template before timing anything.
@@ -56,6 +57,35 @@ def _date(value: Any) -> str:
     return moment.astimezone(TZ).strftime("%Y%m%d%H%M%S")
 
 
+def _string(value: Any, name: str) -> str:
+    """An id or part number: text, or a whole number written in decimal; missing is empty."""
+    if value is None:
+        return ""
+    if value.__class__ is str:
+        return value
+    if value.__class__ is int:
+        return str(value)
+    raise Invalid(f"{name}: expected text or a whole number")
+
+
+def _flag(value: Any, name: str, default: bool | None = None) -> bool | None:
+    """A yes/no: true, false, or missing (then ``default``)."""
+    if value is None:
+        return default
+    if value is True or value is False:
+        return value
+    raise Invalid(f"{name}: expected true or false")
+
+
+def _amount(value: Any, name: str) -> str:
+    """A whole number of đồng, zero or more."""
+    if value.__class__ is not int:
+        raise Invalid(f"{name}: expected a whole number of đồng")
+    if value < 0:
+        raise Invalid(f"{name}: negative")
+    return str(value)
+
+
 def _code(table: dict[str, str], value: Any, name: str) -> str:
     try:
         return table[value]
@@ -87,36 +117,49 @@ def map_dossier(d: dict[str, Any], tables: tuple[dict[str, str], ...] | None = N
         ids.append({"LoaiDinhDanh": _code(id_t, d.get("applicantIdType"), "LoaiDinhDanh"), "SoDinhDanh": number})
     denied = [p.get("finishedAt") for p in d.get("progress") or [] if p.get("status") == "denied"]
     files = []
+    digitized = False
     for f in d.get("files") or []:
+        file_id = _required(_string(f.get("fileId"), "TepDinhKemId"), "TepDinhKemId")
         name = _required(f.get("displayName"), "TenTepDinhKem")
         if len(name) > 4000:
             raise Invalid("TenTepDinhKem: too long")
+        removed = _flag(f.get("removed"), "IsDeleted", False)
+        part = _string(f.get("partNo"), "MaThanhPhanHoSo")
         url = f.get("url")
-        if not url and f.get("removed") is not True:
+        if not url and not removed:
             raise Invalid("DuongDanTaiTepTin is required")
+        scanned = _flag(f.get("digitized"), "DuocSoHoa", False)
+        digitized = digitized or scanned
         files.append({
-            "TepDinhKemId": _required(str(f.get("fileId") or ""), "TepDinhKemId"),
+            "TepDinhKemId": file_id,
             "TenTepDinhKem": name,
-            "IsDeleted": "True" if f.get("removed") else "False",
-            "MaThanhPhanHoSo": str(f.get("partNo") or ""),
+            "IsDeleted": "True" if removed else "False",
+            "MaThanhPhanHoSo": part,
             "DuongDanTaiTepTin": _text(url),
-            "DuocSoHoa": "1" if f.get("digitized") else "0",
+            "DuocSoHoa": "1" if scanned else "0",
         })
-    fees = [{
-        "TenPhiLePhi": _required(f.get("feeName"), "TenPhiLePhi"),
-        "MaPhiLePhi": _required(str(f.get("feeCode") or ""), "MaPhiLePhi"),
-        "Gia": str(int(f["amount"])),
-        "LoaiPhiLePhi": _code(fee_t, f.get("feeKind"), "LoaiPhiLePhi"),
-    } for f in d.get("fees") or [] if f.get("paid") is True]
+    fees = []
+    paid_online = False
+    for f in d.get("fees") or []:
+        if f.get("paid") is not True:
+            continue
+        fees.append({
+            "TenPhiLePhi": _required(f.get("feeName"), "TenPhiLePhi"),
+            "MaPhiLePhi": _required(_string(f.get("feeCode"), "MaPhiLePhi"), "MaPhiLePhi"),
+            "Gia": _amount(f.get("amount"), "Gia"),
+            "LoaiPhiLePhi": _code(fee_t, f.get("feeKind"), "LoaiPhiLePhi"),
+        })
+        paid_online = _flag(f.get("paidOnline"), "DuocThanhToanTrucTuyen") is True or paid_online
     results = []
     for r in d.get("results") or []:
+        doc_id = _required(_string(r.get("docId"), "GiayToId"), "GiayToId")
         name = _required(r.get("docName"), "TenGiayTo")
         if len(name) > 2000:
             raise Invalid("TenGiayTo: too long")
         results.append({
-            "GiayToId": _required(str(r.get("docId") or ""), "GiayToId"),
+            "GiayToId": doc_id,
             "TenGiayTo": name,
-            "MaThanhPhanHoSo": str(r.get("partNo") or ""),
+            "MaThanhPhanHoSo": _string(r.get("partNo"), "MaThanhPhanHoSo"),
             "DuongDanTepTinKetQua": _required(r.get("url"), "DuongDanTepTinKetQua"),
             "MaGiayToKetQua": _text(r.get("resultCode")),
         })
@@ -144,9 +187,8 @@ def map_dossier(d: dict[str, Any], tables: tuple[dict[str, str], ...] | None = N
         "NgayTuChoi": _date(denied[-1]) if denied else "",
         "HinhThuc": _code(delivery_t, d.get("resultDelivery"), "HinhThuc"),
         "DonViXuLy": _required(d.get("handlingUnitName"), "DonViXuLy"),
-        "HoSoCoThanhPhanSoHoa": "1" if any(f.get("digitized") is True for f in d.get("files") or []) else "0",
-        "DuocThanhToanTrucTuyen": "1" if any(f.get("paidOnline") is True for f in d.get("fees") or []
-                                             if f.get("paid") is True) else "0",
+        "HoSoCoThanhPhanSoHoa": "1" if digitized else "0",
+        "DuocThanhToanTrucTuyen": "1" if paid_online else "0",
         "TaiLieuNop": files,
         "DanhSachLePhi": fees,
         "DanhSachGiayToKetQua": results,
