@@ -62,6 +62,11 @@ class Line:
     passed: bool | None = None
     note: str = ""
 
+    def __post_init__(self) -> None:
+        # no PASS without a figure: a NaN median (no run) or ratio judges nothing
+        if self.passed and any(x is not None and x != x for x in (self.value, self.ratio)):
+            self.passed = False
+
     def as_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "measure": self.measure, "value": self.value, "unit": self.unit,
                 "reference": self.reference, "reference_label": self.reference_label, "ratio": self.ratio,
@@ -1347,12 +1352,23 @@ def _latency(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    """A count of runs: a whole number, 1 or more (with none, every median would be NaN)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only these (repeatable)")
     p.add_argument("--quick", action="store_true", help="small sizes, one repeat (the smoke test)")
-    p.add_argument("--repeats", type=int, default=3, help="runs per scenario (medians are reported)")
+    p.add_argument("--repeats", type=_at_least_one, default=3, help="runs per scenario (medians are reported)")
     p.add_argument("--dossiers", type=int, default=100_000, help="full sync: dossiers in the one-stop")
     p.add_argument("--naive-sample", type=int, default=2_000, help="full sync: dossiers the naive way is timed over")
     p.add_argument("--batch-size", type=int, default=50, help="dossiers per DongBoHoSoMC call (bus and ceiling)")
@@ -1370,7 +1386,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-seconds", type=float, default=1.0, help="engine: seconds per timing")
     p.add_argument("--audit-records", type=int, default=1_000_000)
     p.add_argument("--audit-seed-dossiers", type=int, default=2_000, help="audit: a real sync whose log is copied")
-    p.add_argument("--audit-repeats", type=int, default=None,
+    p.add_argument("--audit-repeats", type=_at_least_one, default=None,
                    help="audit: verify runs of the log, whose median is judged (default: --repeats)")
     p.add_argument("--seal-batch", type=int, default=10_000)
     p.add_argument("--catalogue-size", type=int, default=5_000)
