@@ -27,7 +27,6 @@ class FakePortal:
 def test_making_the_payloads_is_not_timed(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [0.0]
     monkeypatch.setattr(clients.time, "perf_counter", lambda: now[0])
-    monkeypatch.setattr(clients, "MinimalPortal", FakePortal)
     sent: list[FakePortal] = []
     monkeypatch.setattr(clients, "MinimalPortal", lambda url: sent.append(FakePortal(url)) or sent[-1])
 
