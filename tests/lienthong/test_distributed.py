@@ -4,7 +4,6 @@ The whole run is tests/test_distributed.py."""
 
 from __future__ import annotations
 
-
 from lienthong import distributed
 
 
