@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 help:
 	@echo "make demo         run the three flows (dossier, catalogue, payment) once through Airflow against the stand-ins, print summaries"
-	@echo "make test         install what is needed and run the whole test suite"
+	@echo "make test         install what is needed and run the whole test suite (2 processes; TEST_WORKERS=N)"
 	@echo "make browser      chromium + chromium-driver for the browser tests, with apt-get (best effort: needs root)"
 	@echo "make airflow      Airflow UI (standalone, SQLite, our DAGs/connections/pools) on http://127.0.0.1:8080"
 	@echo "make mocks        run the stand-in peers in the foreground (lienthong mocks up)"
@@ -29,8 +29,11 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/lienthong demo
 
+# Two processes (pytest-xdist), a test file at a time each: the suite's files wait on stand-ins,
+# Airflow and subprocesses much of the time, so two keep two cores busy. TEST_WORKERS=0 runs it in one.
+TEST_WORKERS ?= 2
 test: install browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Headless Chromium + its driver for the browser tests (Debian packages, no downloads). Best effort:
 # apt-get needs root and Debian's mirrors; without them this warns and `make test` runs on, and the
