@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -210,11 +211,12 @@ payment_txn = Table(  # one row per payment request (MaThamChieu) the bus follow
     metadata,
     Column("reference", String(64), primary_key=True),  # MaThamChieu
     Column("dossier_code", String(64)),  # as the one-stop's payment request names it
-    Column("request_amount", Integer),  # what the one-stop asked for (whole đồng)
+    # whole đồng, 64-bit: a land fee passes 2^31 (the platform takes 12 digits, the ledger up to 10^12)
+    Column("request_amount", BigInteger),  # what the one-stop asked for (whole đồng)
     Column("onestop_status", String(16)),  # pending | paid | failed | unmatched, as last listed
     # what the platform says: pending | paid | failed | unknown (QUERY could not find it)
     Column("platform_status", String(16), nullable=False, default="pending"),
-    Column("platform_amount", Integer),
+    Column("platform_amount", BigInteger),
     Column("transaction_id", String(64)),  # MaGiaoDich
     Column("bank", String(32)),
     Column("paid_at", String(40)),  # ISO 8601 with +07:00

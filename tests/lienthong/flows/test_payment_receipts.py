@@ -1378,3 +1378,30 @@ def test_a_payment_followed_before_0008_is_not_dead_lettered_before_the_listing_
     with bus.engine.connect() as conn:
         assert conn.execute(select(payment_txn.c.requested_at).where(
             payment_txn.c.reference == "PF0000001_7f3c9a2b1e")).scalar_one() is not None
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_fee_over_two_to_the_31_dong_is_followed_booked_and_reconciled_like_any_other(peers, tmp_path, monkeypatch,
+                                                                                       database):
+    """A land-use fee of 3 tỷ đồng (more than a 32-bit integer holds; the platform takes up to 12
+    digits, the ledger up to 10^12) is collected, recorded and booked with its exact amount, on
+    the scale-out database too: a column that cannot hold it would fail every run at its page."""
+    with bus_database(database, "lienthong_pay_big", monkeypatch):
+        dossiers = requests.get(peers.onestop.url + "/_state/dossiers", timeout=T).json()["dossiers"]
+        dossier = next(d for d in dossiers if sum(int(f.get("amount") or 0) for f in d.get("fees") or []) > 0)
+        big = 3_000_000_000
+        when = datetime.fromisoformat("2026-11-20T10:00:00+07:00")
+        reference = peers.init_payment(dossier["dossierNo"], big, when)
+        peers.register(reference, dossier["dossierNo"], big, created_at=when)
+        requests.post(
+            peers.platform.url + "/_admin/payments/settle",
+            json={"n": 0, "outcome": "paid", "references": [reference]}, timeout=T).raise_for_status()
+        peers.platform.wait_callbacks(10)
+
+        counts = run("big-1", tmp_path)["counts"]
+        assert counts["found_paid"] == 13 and counts["receipts_accepted"] == 13 and counts["mismatches"] == 0
+        with store().engine.connect() as conn:
+            row = conn.execute(select(payment_txn).where(payment_txn.c.reference == reference)).one()
+        assert (row.request_amount, row.platform_amount, row.ledger_state) == (big, big, "accepted")
+        assert [int(r["AmountVND"]) for r in peers.ledger_receipts() if r["PaymentReference"] == reference] == [big]
+        assert_three_systems_agree(peers)
