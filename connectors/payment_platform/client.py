@@ -279,7 +279,9 @@ class PaymentPlatformClient:
         given = message.get("MaXacThuc")
         if not isinstance(given, str):
             return False
-        return hmac.compare_digest(given, checksum(message, order, self._secret))
+        # as bytes: compare_digest refuses text outside ASCII with TypeError, and a forged or
+        # rewritten answer's MaXacThuc may hold any character
+        return hmac.compare_digest(given.encode("utf-8"), checksum(message, order, self._secret).encode("ascii"))
 
     def verify_confirm(self, message: dict[str, Any]) -> bool:
         """True when a confirm callback's MaXacThuc matches (§4.9, §6.6); anything else is False."""

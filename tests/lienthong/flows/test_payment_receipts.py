@@ -514,7 +514,7 @@ class _TamperingProxy:
     """Sits between the bus and the payment platform and changes SoTien in QUERY answers about one
     payment — what a man in the middle would do. The answer's checksum then no longer verifies."""
 
-    def __init__(self, target: str, victim: str):
+    def __init__(self, target: str, victim: str, tamper=None):
         import http.server
         import threading
 
@@ -529,7 +529,10 @@ class _TamperingProxy:
                 if upstream.headers.get("Content-Type", "").startswith("application/json"):
                     answer = upstream.json()
                     if answer.get("LoaiBanTin") == "QUERY" and answer.get("MaThamChieu") == victim:
-                        answer["SoTien"] = int(answer.get("SoTien") or 0) + 1
+                        if tamper is None:
+                            answer["SoTien"] = int(answer.get("SoTien") or 0) + 1
+                        else:
+                            tamper(answer)
                         proxy.tampered += 1
                         content = json.dumps(answer, ensure_ascii=False).encode()
                 self.send_response(upstream.status_code)
@@ -1405,3 +1408,24 @@ def test_a_fee_over_two_to_the_31_dong_is_followed_booked_and_reconciled_like_an
         assert (row.request_amount, row.platform_amount, row.ledger_state) == (big, big, "accepted")
         assert [int(r["AmountVND"]) for r in peers.ledger_receipts() if r["PaymentReference"] == reference] == [big]
         assert_three_systems_agree(peers)
+
+
+def test_an_answer_whose_checksum_is_not_hex_is_dead_lettered_like_any_wrong_checksum(peers, tmp_path, monkeypatch):
+    """A QUERY answer whose MaXacThuc holds characters outside ASCII (a proxy's rewrite, a forged
+    answer) does not verify: it is dead-lettered as a checksum mismatch, and the run goes on with
+    the other payments (comparing it as text raised TypeError, which failed every run there)."""
+    victim = min(ref for ref, p in peers.platform_payments().items() if p["status"] == "paid")
+    proxy = _TamperingProxy(peers.platform.url, victim, tamper=lambda a: a.update(MaXacThuc="Mã xác thực"))
+    try:
+        conn = peers.connections(tmp_path)["payment_platform_default"]
+        conn["port"] = int(proxy.url.rsplit(":", 1)[1])
+        monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_PLATFORM_DEFAULT", json.dumps(conn))
+        counts = run("nonhex-1", tmp_path)["counts"]
+    finally:
+        proxy.close()
+    assert proxy.tampered == 1
+    assert counts["platform_rejected"] == 1 and counts["found_paid"] == 11 and counts["receipts_accepted"] == 11
+    letters = store().dead_letters(payment_receipts.FLOW)
+    assert [(d["record_key"], d["stage"], d["error_class"]) for d in letters] == [(victim, "platform",
+                                                                                  "ChecksumMismatch")]
+    assert all(r["PaymentReference"] != victim for r in peers.ledger_receipts())
