@@ -528,6 +528,11 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
                     ask_again(row)
                     continue
                 if status == "failed":
+                    believed = _failure_believed(platform, begin, run_id, row, keys, report)
+                    if believed is None:  # GET_BILL's answer did not read: nothing learnt, ask again
+                        ask_again(row)
+                    if not believed:
+                        continue
                     report.failed += 1
                     _set(begin, row.reference, run_id, platform_status="failed", platform_amount=txn.amount,
                          transaction_id=txn.transaction_id or None, bank=txn.bank or None, answer=txn.raw,
@@ -591,6 +596,42 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
             report.paid += row.platform_status != "paid"
             report.bills += 1
     return report
+
+
+def _failure_believed(platform: Any, begin: Begin, run_id: str, row: Row, keys: list[str],
+                      report: CollectReport) -> bool | None:
+    """Whether a QUERY's "failed" is recorded: True; False: dead-lettered; None: GET_BILL's answer
+    did not read, ask again.
+
+    TrangThaiGD is outside the answer's checksum (contract §6.6), and a failed payment is final
+    (never asked again), so "failed" is believed only when the platform has no receipt for the
+    payment: GET_BILL answers "not paid" (``BillNotAvailable``). A receipt for it is a
+    contradiction a person looks at (dead-lettered, stage ``platform``); an answer that does not
+    read leaves it to be asked again; another signed refusal (or a payment whose INIT time is
+    unknown, so GET_BILL cannot be asked) leaves the failure as the platform stated it."""
+    when = transaction_time(row.reference, row.requested_at)
+    if when is None:
+        return True
+    try:
+        bill = platform.get_bill(row.reference, record_keys=keys, transaction_time=when)
+    except BillNotAvailable:
+        return True
+    except ChecksumMismatch as exc:
+        _dead_letter(begin, run_id, row.reference, "platform", exc,
+                     [{"field": "GET_BILL", "rule": "receipt", "message": str(exc)}],
+                     {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
+        return False
+    except PeerRejected:
+        return True
+    except (UnreadableAnswer, ProtocolError) as exc:
+        _unreadable(report, row.reference, "GET_BILL", exc)
+        return None
+    exc = RecordRejected(row.reference, [FieldError(
+        "TrangThaiGD", "no_receipt_if_failed", f"QUERY answered TrangThaiGD 4 (failed; outside the answer's "
+        f"checksum) but GET_BILL returned receipt {bill.receipt_no or bill.sha256[:12]}: not recorded as failed")])
+    _dead_letter(begin, run_id, row.reference, "platform", exc, exc.error_dicts(),
+                 {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
+    return False
 
 
 def _refused_by_platform(begin: Begin, run_id: str, row: Row, exc: PeerRejected, report: CollectReport) -> None:

@@ -225,8 +225,11 @@ def test_first_run_repairs_lost_callbacks_and_books_every_receipt_once(peers, tm
         bills = conn.execute(select(exchange_log.c.response_blob_sha256, exchange_log.c.response_body).where(
             exchange_log.c.operation == "GET_BILL")).all()
     assert len(pinned) == 12
-    assert {b.response_blob_sha256 for b in bills} == pinned, "the log refers to the PDFs by hash"
-    assert all(len(b.response_body) < 64 for b in bills), "not inlined in the log"
+    assert {b.response_blob_sha256 for b in bills if b.response_blob_sha256} == pinned, \
+        "the log refers to the PDFs by hash"
+    # and the 8 failed ones were asked for their receipt too: "failed" is believed without one only
+    assert len([b for b in bills if b.response_blob_sha256 is None]) == 8
+    assert all(len(b.response_body) < 64 for b in bills if b.response_blob_sha256), "not inlined in the log"
     for receipt in peers.ledger_receipts():
         assert receipt["PdfSha256"] in pinned
         assert payment_receipts.receipt_pdf(store(), receipt["PdfSha256"]).startswith(b"%PDF-")
@@ -655,7 +658,7 @@ def test_what_an_answer_causes_commits_with_its_exchange_record_and_nothing_wait
     with bus.engine.connect() as conn:
         logged = conn.execute(select(exchange_log.c.operation)).scalars().all()
         states = dict(conn.execute(select(payment_txn.c.reference, payment_txn.c.platform_status)).all())
-    assert Counter(logged) == {"payments": 2, "QUERY": 31, "GET_BILL": 12}
+    assert Counter(logged) == {"payments": 2, "QUERY": 31, "GET_BILL": 12 + 8}  # a failed one's: no receipt
     assert Counter(states.values()) == {"paid": 12, "failed": 8, "pending": 11}
 
     # the ledger step looks up each dossier before its batch (5 here): the look-ups wait one batch at most
@@ -713,7 +716,7 @@ def test_steps_read_the_backlog_a_page_at_a_time_and_miss_nothing(peers, tmp_pat
     with store().engine.connect() as conn:
         asked = Counter(conn.execute(select(exchange_log.c.operation).where(exchange_log.c.run_id == "paged-1"))
                         .scalars())
-    assert asked["QUERY"] == 31 and asked["GET_BILL"] == 12 and asked["payment_result"] == 20
+    assert asked["QUERY"] == 31 and asked["GET_BILL"] == 12 + 8 and asked["payment_result"] == 20  # 8: failed
     assert asked["dossier"] == 20 and asked["fees"] == 0, "one look-up per dossier, as in one page"
     assert_three_systems_agree(peers)
 
@@ -1429,3 +1432,38 @@ def test_an_answer_whose_checksum_is_not_hex_is_dead_lettered_like_any_wrong_che
     assert [(d["record_key"], d["stage"], d["error_class"]) for d in letters] == [(victim, "platform",
                                                                                   "ChecksumMismatch")]
     assert all(r["PaymentReference"] != victim for r in peers.ledger_receipts())
+
+
+def test_a_paid_payment_answered_failed_outside_the_checksum_is_not_recorded_failed(peers, tmp_path, monkeypatch):
+    """TrangThaiGD is outside the QUERY answer's checksum (contract §6.6), so "failed" is no more
+    proven than "paid": a paid payment whose answer a man in the middle turned to "4" was recorded
+    failed at the one-stop and never asked again, its receipt never booked. A failed status is
+    believed only when the platform has no receipt for it (GET_BILL); a receipt for a "failed"
+    payment is dead-lettered for a person, and once replayed the payment is booked once."""
+    victim = min(ref for ref, p in peers.platform_payments().items() if p["status"] == "paid")
+    proxy = _TamperingProxy(peers.platform.url, victim, tamper=lambda a: a.update(TrangThaiGD="4"))
+    try:
+        conn = peers.connections(tmp_path)["payment_platform_default"]
+        conn["port"] = int(proxy.url.rsplit(":", 1)[1])
+        monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_PLATFORM_DEFAULT", json.dumps(conn))
+        counts = run("flip-1", tmp_path)["counts"]
+    finally:
+        proxy.close()
+    assert proxy.tampered == 1
+    assert (counts["found_paid"], counts["found_failed"], counts["platform_rejected"]) == (11, 8, 1)
+    assert counts["fees_updated"] == 19 and counts["receipts_accepted"] == 11
+    letters = store().dead_letters(payment_receipts.FLOW)
+    assert [(d["record_key"], d["stage"]) for d in letters] == [(victim, "platform")]
+    assert [(e["field"], e["rule"]) for e in letters[0]["errors"]] == [("TrangThaiGD", "no_receipt_if_failed")]
+    assert peers.onestop_payments()[victim]["status"] == "pending", "not recorded failed"
+    with store().engine.connect() as conn_:
+        assert conn_.execute(select(payment_txn.c.platform_status).where(payment_txn.c.reference == victim)
+                             ).scalar_one() == "pending"
+
+    monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_PLATFORM_DEFAULT",
+                       json.dumps(peers.connections(tmp_path)["payment_platform_default"]))
+    ids, references = payment_receipts.replay(store(), record_key=victim, by="test")
+    assert references == [victim]
+    counts = run("flip-2", tmp_path)["counts"]
+    assert counts["found_paid"] == 1 and counts["receipts_accepted"] == 1 and counts["mismatches"] == 0
+    assert_three_systems_agree(peers)
