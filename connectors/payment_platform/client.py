@@ -114,7 +114,23 @@ def _parse_time(text: Any) -> datetime | None:
     """``yyyyMMddHHmmss`` in Viet Nam time (§6.1); ``""`` means no value."""
     if not isinstance(text, str) or not text.strip():
         return None
-    return datetime.strptime(text.strip(), "%Y%m%d%H%M%S").replace(tzinfo=VN_TZ)
+    if not _WIRE_TIME.fullmatch(text):  # strptime reads "202611021030" (no seconds) as 10:03:00
+        raise ValueError(f"ThoiGianGD {text[:20]!r} is not yyyyMMddHHmmss (14 digits)")
+    return datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=VN_TZ)
+
+
+_WIRE_TIME = re.compile(r"[0-9]{14}")
+#: SoTien (§4.9): whole VND, an integer or its ASCII digits (int() would also take "150_000",
+#: " 150000" or full-width digits, which the ledger's mapping then refuses).
+_AMOUNT = re.compile(r"[0-9]{1,15}")
+
+
+def _parse_amount(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and _AMOUNT.fullmatch(value):
+        return int(value)
+    raise ValueError(f"SoTien {str(value)[:20]!r} is not a whole number of VND in digits")
 
 
 @dataclass(frozen=True)
@@ -362,7 +378,7 @@ class PaymentPlatformClient:
             raise ProtocolError(f"{PEER} QUERY {reference}: the answer is about {data.get('MaThamChieu')!r}",
                                 peer=PEER, operation="QUERY")
         try:
-            amount = int(str(data.get("SoTien")))
+            amount = _parse_amount(data.get("SoTien"))
             when = _parse_time(data.get("ThoiGianGD"))
         except ValueError as exc:
             raise ProtocolError(f"{PEER} QUERY {reference}: {exc}", peer=PEER, operation="QUERY") from None

@@ -1467,3 +1467,45 @@ def test_a_paid_payment_answered_failed_outside_the_checksum_is_not_recorded_fai
     counts = run("flip-2", tmp_path)["counts"]
     assert counts["found_paid"] == 1 and counts["receipts_accepted"] == 1 and counts["mismatches"] == 0
     assert_three_systems_agree(peers)
+
+
+def _resigned(change):
+    """A tamper that changes a QUERY answer and signs it again with the partner's secret: what the
+    platform itself would send."""
+    def tamper(answer: dict) -> None:
+        change(answer)
+        answer["MaXacThuc"] = checksum(answer, ANSWER_ORDERS["QUERY"], PAY_SECRET)
+    return tamper
+
+
+@pytest.mark.parametrize("field,value", [("ThoiGianGD", lambda t: t[:12]), ("SoTien", lambda a: f"{a:_}"),
+                                         ("SoTien", lambda a: str(a).translate({ord(d): 0xFF10 + int(d)
+                                                                                for d in "0123456789"}))])
+def test_a_signed_answer_with_a_time_or_amount_not_as_the_contract_writes_it_is_not_believed(
+        peers, tmp_path, monkeypatch, field, value):
+    """ThoiGianGD is yyyyMMddHHmmss, 14 digits (contract §6.1), SoTien whole VND in digits (§4.9).
+    A paid answer whose time lacks its seconds ("202611021030") was read as 10:03:00 and told to
+    the one-stop as the payment's time; an amount written "150_000" or in full-width digits was
+    read as a number the ledger mapping then refused. Such an answer is not the documented one:
+    nothing of it is recorded, and the payment is asked again."""
+    victim = min(ref for ref, p in peers.platform_payments().items() if p["status"] == "paid")
+    proxy = _TamperingProxy(peers.platform.url, victim, tamper=_resigned(lambda a: a.update({field: value(a[field])})))
+    try:
+        conn = peers.connections(tmp_path)["payment_platform_default"]
+        conn["port"] = int(proxy.url.rsplit(":", 1)[1])
+        monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_PLATFORM_DEFAULT", json.dumps(conn))
+        counts = run("format-1", tmp_path)["counts"]
+    finally:
+        proxy.close()
+    assert proxy.tampered == 1
+    assert (counts["found_paid"], counts["answers_unreadable"], counts["receipts_accepted"]) == (11, 1, 11)
+    assert peers.onestop_payments()[victim]["status"] == "pending"
+    with store().engine.connect() as conn_:
+        row = conn_.execute(select(payment_txn).where(payment_txn.c.reference == victim)).one()
+    assert (row.platform_status, row.paid_at, row.platform_amount) == ("pending", None, None)
+    assert store().dead_letters(payment_receipts.FLOW) == []
+    monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_PLATFORM_DEFAULT",
+                       json.dumps(peers.connections(tmp_path)["payment_platform_default"]))
+    counts = run("format-2", tmp_path)["counts"]
+    assert counts["found_paid"] == 1 and counts["receipts_accepted"] == 1 and counts["mismatches"] == 0
+    assert_three_systems_agree(peers)
