@@ -881,6 +881,13 @@ def _submit_batch(begin: Begin, ledger: Any, batch: list[tuple[Any, dict[str, An
             batch = [item for item in batch if item[0].reference != row.reference]
             continue
         except RecordRejected as exc:  # ReceiptInvalid (a ValidationFault) names the receipt and its index
+            if len(batch) > 1 and [e.field for e in exc.errors] == ["Receipt"]:
+                # about the batch (more receipts than the ledger takes: maxOccurs), not a receipt in
+                # it, though its Index names the first one too many: submitted in halves
+                half = len(batch) // 2
+                _submit_batch(begin, ledger, batch[:half], run_id, report)
+                _submit_batch(begin, ledger, batch[half:], run_id, report)
+                return
             index = getattr(exc, "index", None)
             row, record = by_number.get(exc.record_key) or batch[index if isinstance(index, int) else 0]
             _dead_letter(begin, run_id, row.reference, "ledger", exc, exc.error_dicts(),

@@ -1509,3 +1509,18 @@ def test_a_signed_answer_with_a_time_or_amount_not_as_the_contract_writes_it_is_
     counts = run("format-2", tmp_path)["counts"]
     assert counts["found_paid"] == 1 and counts["receipts_accepted"] == 1 and counts["mismatches"] == 0
     assert_three_systems_agree(peers)
+
+
+def test_a_batch_larger_than_the_ledger_takes_is_split_not_blamed_on_a_receipt(peers, tmp_path, monkeypatch):
+    """The ledger refuses a batch of more receipts than it takes with a ValidationFault about the
+    batch (Field "Receipt", rule maxOccurs, Index the first one too many). That is no fault of the
+    receipt at that index: it was dead-lettered, and each resubmission one receipt smaller
+    dead-lettered the next, until the batch fitted. The batch is split instead, and every receipt
+    booked once."""
+    import mocks.ministry_ledger.app as ledger_app
+
+    monkeypatch.setattr(ledger_app, "MAX_BATCH", 2)  # the connection's batch_size is 5
+    counts = run("split-1", tmp_path)["counts"]
+    assert counts["receipts_accepted"] == 12 and counts["receipts_rejected"] == 0 and counts["mismatches"] == 0
+    assert store().dead_letters(payment_receipts.FLOW) == []
+    assert_three_systems_agree(peers)
