@@ -296,8 +296,9 @@ class PaymentPlatformClient:
         if not isinstance(given, str):
             return False
         # as bytes: compare_digest refuses text outside ASCII with TypeError, and a forged or
-        # rewritten answer's MaXacThuc may hold any character
-        return hmac.compare_digest(given.encode("utf-8"), checksum(message, order, self._secret).encode("ascii"))
+        # rewritten answer's MaXacThuc may hold any character (a lone surrogate too, from JSON)
+        expected = checksum(message, order, self._secret).encode("ascii")
+        return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected)
 
     def verify_confirm(self, message: dict[str, Any]) -> bool:
         """True when a confirm callback's MaXacThuc matches (§4.9, §6.6); anything else is False."""

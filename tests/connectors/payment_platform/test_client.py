@@ -354,6 +354,7 @@ def test_init_then_query_then_settle_and_verify_the_callback(platform, recorder)
     # a forged callback's checksum outside ASCII is refused like any other (it raised TypeError)
     assert not c.verify_confirm({**message, "MaXacThuc": "Mã xác thực không chính xác"})
     assert not c.verify_confirm({**message, "MaXacThuc": message["MaXacThuc"][:-1] + "é"})
+    assert not c.verify_confirm({**message, "MaXacThuc": json.loads('"\\ud800"')})  # a lone surrogate
     assert c.verify_confirm(message) == (message["MaXacThuc"] == checksum(message, ANSWER_ORDERS["CONFIRM"],
                                                                           Secret(SECRET)))
     held = next(p for p in payments(platform) if p["MaThamChieu"] == ref)
