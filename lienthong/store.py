@@ -547,10 +547,19 @@ class Store:
 
     # -- runs ----------------------------------------------------------------------------------
     def add_run_counts(self, flow: str, run_id: str, counts: dict[str, Any], *, finished: bool = False) -> None:
-        """Merge ``counts`` into the run's summary (numbers add up, lists extend)."""
+        """Merge ``counts`` into the run's summary (numbers add up, lists extend).
+
+        Steps of one run may add at once (the catalogue's two pushes run in parallel): the run's row
+        is made first if missing (a conflict skipped, never an error) and read locked, so one step
+        waits for the other instead of writing its merge over it (a lost update on PostgreSQL; on
+        SQLite the insert takes the write lock before the read)."""
         with self.begin() as conn:
+            conn.execute(built_once(("run_row", conn.dialect.name),
+                                    lambda: dialect_insert(conn, sync_run).on_conflict_do_nothing()),
+                         {"flow": flow, "run_id": run_id, "started_at": utcnow(), "counts": {}})
             row = conn.execute(
                 select(sync_run.c.counts).where(sync_run.c.flow == flow, sync_run.c.run_id == run_id)
+                .with_for_update()
             ).first()
             merged: dict[str, Any] = dict(row.counts) if row else {}
             for key, value in counts.items():
@@ -563,12 +572,9 @@ class Store:
             values: dict[str, Any] = {"counts": merged}
             if finished:
                 values["finished_at"] = utcnow()
-            if row:
-                conn.execute(
-                    sync_run.update().where(sync_run.c.flow == flow, sync_run.c.run_id == run_id).values(**values)
-                )
-            else:
-                conn.execute(sync_run.insert().values(flow=flow, run_id=run_id, started_at=utcnow(), **values))
+            conn.execute(
+                sync_run.update().where(sync_run.c.flow == flow, sync_run.c.run_id == run_id).values(**values)
+            )
 
     def run_summary(self, flow: str, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
