@@ -379,10 +379,16 @@ _PROGRESS_TABLES = (progress_outbox,)
 
 # The statements of a batch, built once (building a statement and its cache key cost more than
 # running it: issue #8).
+# the slice's ids and dossiers only: its rows are read once their dossiers are leased (_LEASED_BATCH)
 _NEXT_BATCH = (
-    select(outbox.c.id, outbox.c.record_key, outbox.c.source_version, outbox.c.source_payload, outbox.c.attempts)
+    select(outbox.c.id, outbox.c.record_key)
     .where(outbox.c.flow == FLOW, outbox.c.state == "pending", outbox.c.id > bindparam("b_after"))
     .order_by(outbox.c.id).limit(bindparam("b_limit"))
+)
+_LEASED_BATCH = (
+    select(outbox.c.id, outbox.c.record_key, outbox.c.source_version, outbox.c.source_payload, outbox.c.attempts)
+    .where(outbox.c.id.in_(bindparam("b_ids", expanding=True)), outbox.c.state == "pending")
+    .order_by(outbox.c.id)
 )
 _ACKS = select(delivery_state).where(delivery_state.c.peer == PEER,
                                      delivery_state.c.record_key.in_(bindparam("b_keys", expanding=True)))
@@ -412,7 +418,11 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
             leases.release(settled - mine, conn)
             settled = set(mine)
             report.leased_elsewhere += sum(1 for r in rows if r.record_key not in mine)
-            rows = [r for r in rows if r.record_key in mine]
+            # Read again now that the leases are held: the slice was read before, and a worker that
+            # held a dossier then may have sent it, finished its row and given the lease back since
+            # (a stale row, pending and marked as sent, would be sent again as an update).
+            leased = [r.id for r in rows if r.record_key in mine]
+            rows = conn.execute(_LEASED_BATCH, {"b_ids": leased}).all() if leased else []
             if not rows:
                 continue
             keys = [r.record_key for r in rows]
