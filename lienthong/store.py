@@ -540,10 +540,15 @@ class Store:
 
     @staticmethod
     def set_cursor(conn: Connection, flow: str, cursor: str, run_id: str | None) -> None:
-        values = {"cursor": cursor, "updated_at": utcnow(), "run_id": run_id}
-        updated = conn.execute(sync_cursor.update().where(sync_cursor.c.flow == flow).values(**values)).rowcount
-        if not updated:
-            conn.execute(sync_cursor.insert().values(flow=flow, **values))
+        """Store the flow's bookmark: one upsert, so two steps writing a flow's first bookmark at
+        once (each finding no row to update) do not fail on the key; the last to commit wins."""
+        def build() -> Any:
+            stmt = dialect_insert(conn, sync_cursor)
+            return stmt.on_conflict_do_update(index_elements=[sync_cursor.c.flow], set_={
+                name: stmt.excluded[name] for name in ("cursor", "updated_at", "run_id")})
+
+        conn.execute(built_once(("set_cursor", conn.dialect.name), build),
+                     {"flow": flow, "cursor": cursor, "updated_at": utcnow(), "run_id": run_id})
 
     # -- runs ----------------------------------------------------------------------------------
     def add_run_counts(self, flow: str, run_id: str, counts: dict[str, Any], *, finished: bool = False) -> None:

@@ -48,3 +48,26 @@ def test_two_steps_adding_counts_to_one_run_at_once_both_count(bus_store, row_ex
     assert errors == []
     expected = {"onestop_pushed": 3, "ministry_pushed": 4, **({"pulled": 5} if row_exists else {})}
     assert bus_store.run_summary("catalogue", "r1")["counts"] == expected
+
+
+def test_two_steps_setting_a_new_bookmark_at_once_both_succeed_and_the_last_commit_wins(bus_store):
+    """A flow's first bookmark written by two stage steps at once (a backfill from the command line
+    while the DAG stages): the second waits for the first, and neither fails on the primary key."""
+    errors: list[BaseException] = []
+    with bus_store.begin() as first:
+        Store.set_cursor(first, "dossier_status", "page-2", "dag-run")
+
+        def second_step() -> None:
+            try:
+                with bus_store.begin() as conn:
+                    Store.set_cursor(conn, "dossier_status", "page-9", "backfill")
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        second = threading.Thread(target=second_step)
+        second.start()
+        second.join(1.5)  # it waits for the first step's commit (the row, or SQLite's write lock)
+        assert second.is_alive()
+    second.join(30)
+    assert errors == []
+    assert bus_store.get_cursor("dossier_status") == "page-9"
