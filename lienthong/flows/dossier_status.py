@@ -35,7 +35,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, or_, select, tuple_, update
+from sqlalchemy import bindparam, case, exists, func, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from connectors.errors import FieldError, RecordRejected
@@ -305,12 +305,18 @@ def _stage_rows(store: Store, rows: list[dict[str, Any]], run_id: str, report: S
             newest = max(waiting, key=lambda w: (w.source_version if w.source_version is not None else -1,
                                                  w.source_seq, w.id))
             older = [w.id for w in waiting if w.id != newest.id]
-            report.superseded += conn.execute(
-                update(outbox).where(outbox.c.id.in_(older))
+            # Only those still waiting when the update runs: a worker may have delivered one since
+            # it was read (it stays delivered), or marked it sent (its attempts, as they are now, go on).
+            replaced = conn.execute(
+                update(outbox).where(outbox.c.id.in_(older), outbox.c.state.in_(("pending", "held")))
                 .values(state="superseded", done_run_id=run_id, done_at=utcnow())
-            ).rowcount
-            conn.execute(update(outbox).where(outbox.c.id == newest.id)
-                         .values(attempts=max(w.attempts for w in waiting)))
+                .returning(outbox.c.attempts)
+            ).scalars().all()
+            report.superseded += len(replaced)
+            if replaced:
+                most = max(replaced)
+                conn.execute(update(outbox).where(outbox.c.id == newest.id).values(
+                    attempts=case((outbox.c.attempts < most, most), else_=outbox.c.attempts)))
         if bookmark is not None:
             # Inclusive bookmark: the next run starts with this page again.
             Store.set_cursor(conn, FLOW, bookmark, run_id)
