@@ -894,7 +894,12 @@ def fit_key(text: str, limit: int) -> str:
 
 def blocked_keys(conn: Connection, flow: str, keys: Iterable[str]) -> set[str]:
     """Keys of ``keys`` with an unresolved dead letter in ``flow``: a flow leaves them alone until
-    the dead letter is replayed (the per-record ordering guard)."""
+    the dead letter is replayed (the per-record ordering guard).
+
+    On PostgreSQL the dead letters found are read ``FOR SHARE``, until the caller's transaction
+    ends: a replay resolving one waits for the flow to have held the record's changes (and then
+    puts them back in line), instead of committing in between and leaving them held with no dead
+    letter to replay. A replay that resolved one first makes this read wait and not find it."""
     keys = list(keys)
     if not keys:
         return set()
@@ -903,7 +908,7 @@ def blocked_keys(conn: Connection, flow: str, keys: Iterable[str]) -> set[str]:
 
 _BLOCKED = select(dead_letter.c.record_key).where(
     dead_letter.c.flow == bindparam("b_flow"), dead_letter.c.record_key.in_(bindparam("b_keys", expanding=True)),
-    dead_letter.c.resolved_at.is_(None))
+    dead_letter.c.resolved_at.is_(None)).with_for_update(read=True)
 
 
 # -- reports (lienthong/reports) -----------------------------------------------------------------
