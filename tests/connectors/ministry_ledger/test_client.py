@@ -535,7 +535,7 @@ def test_a_trickling_answer_does_not_hold_a_call_past_its_deadline(peers, record
     t0 = time.monotonic()
     with pytest.raises(PeerUnavailable, match="answer not complete within 2s"):
         c.get_receipt("BL2026-000001")
-    assert time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 < 5.0  # the ledger would take 6 s; room for a busy machine
     assert [(e.outcome, e.response_status) for e in recorder.exchanges] == [("transport_error", None)]
 
 

@@ -422,5 +422,5 @@ def test_a_trickling_receipt_pdf_does_not_hold_get_bill_past_its_deadline(peers,
     t0 = time.monotonic()
     with pytest.raises(PeerUnavailable, match="answer not complete within 1s"):
         c.get_bill("dvc0001H4920261102080000", transaction_time=datetime(2026, 11, 2, 1, 0, tzinfo=UTC))
-    assert time.monotonic() - t0 < 3.5
+    assert time.monotonic() - t0 < 8  # two attempts cut at 1 s each, not two 5 s trickles (room for a busy machine)
     assert [(e.operation, e.outcome) for e in recorder.exchanges] == [("GET_BILL", "transport_error")] * 2
