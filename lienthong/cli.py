@@ -154,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_exchanges(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from lienthong.audit.search import format_body, get_exchange, visible_text
+    from lienthong.audit.search import format_body, judged_personal_fields, visible_text
     from lienthong.exchange_log import record_key_stored
     from lienthong.store import exchange_key, exchange_log
 
@@ -181,8 +181,8 @@ def cmd_exchanges(args: argparse.Namespace) -> int:
         if args.bodies:
             # its personal fields judged as `audit show` judges them: erased without a redaction
             # record is altered, not redacted
-            record = get_exchange(store, r["id"]) or {"personal": [], "personal_altered": []}
-            fields, altered = record["personal"], record["personal_altered"]
+            with store.engine.connect() as conn:
+                fields, altered = judged_personal_fields(conn, r["id"])
             for side, arrow in (("request", "→"), ("response", "←")):
                 if r[f"{side}_blob_sha256"]:
                     print(f"  {arrow} [stored by hash: sha256 {r[f'{side}_blob_sha256']}, {r[f'{side}_size']} bytes]")

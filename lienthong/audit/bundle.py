@@ -38,14 +38,12 @@ from lienthong.audit.records import (
     _value,
     load_records,
 )
-from lienthong.audit.search import altered_fields, selection_query
+from lienthong.audit.search import altered_fields, erased_by_redaction, selection_query
 from lienthong.store import (
     Store,
     exchange_blob,
     exchange_key,
     exchange_log,
-    exchange_personal_field,
-    exchange_redaction,
     exchange_seal,
     exchange_seal_leaf,
     utcnow,
@@ -136,19 +134,6 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="microseconds") if value else None
 
 
-def _erased_by_redaction(conn: Any, first_id: int, last_id: int) -> dict[int, set[tuple[str, str]]]:
-    """The erased fields of records ``first_id..last_id`` whose ``redaction_id`` names an ``audit
-    redact`` (any other erased one is altered, as ``audit verify --deep`` judges it)."""
-    t = exchange_personal_field
-    out: dict[int, set[tuple[str, str]]] = {}
-    for exchange_id, side, path in conn.execute(
-            select(t.c.exchange_id, t.c.side, t.c.path)
-            .join(exchange_redaction, exchange_redaction.c.id == t.c.redaction_id)
-            .where(t.c.exchange_id >= first_id, t.c.exchange_id <= last_id, t.c.salt.is_(None), t.c.value.is_(None))):
-        out.setdefault(exchange_id, set()).add((side, path))
-    return out
-
-
 def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519PublicKey], *,
                   key: str | None = None, since: datetime | None = None,
                   until: datetime | None = None, seals: tuple[int, int] | None = None) -> ExportResult:
@@ -201,7 +186,7 @@ def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519Pu
                                                         .where(exchange_key.c.exchange_id.in_(record_ids))):
                 keys[exchange_id].append(record_key)
             personal = _personal_rows(conn, min(record_ids), max(record_ids))
-            lawful = _erased_by_redaction(conn, min(record_ids), max(record_ids))
+            lawful = erased_by_redaction(conn, min(record_ids), max(record_ids))
             for record_id in record_ids:
                 altered = altered_fields(personal.get(record_id, []), erased_by_redaction=lawful.get(record_id, set()))
                 if altered:

@@ -35,7 +35,7 @@ from lienthong.audit.personal import (
     commitment,
     restore_body,
 )
-from lienthong.exchange_log import record_key_stored
+from lienthong.exchange_log import personal_fields, record_key_stored
 from lienthong.store import (
     Store,
     exchange_archive,
@@ -50,6 +50,7 @@ from lienthong.store import (
 __all__ = [
     "PERSONAL_FIELDS",
     "altered_fields",
+    "erased_by_redaction",
     "archive_of",
     "archived_ranges",
     "format_body",
@@ -57,6 +58,7 @@ __all__ = [
     "format_line",
     "get_exchange",
     "iter_exchanges",
+    "judged_personal_fields",
     "mask_json",
     "mask_text",
     "parse_time",
@@ -228,19 +230,7 @@ def get_exchange(store: Store, exchange_id: int) -> dict[str, Any] | None:
         record["record_keys"] = _keys_of(conn, [exchange_id])[exchange_id]
         record["seal_seq"] = conn.execute(select(exchange_seal_leaf.c.seal_seq).where(
             exchange_seal_leaf.c.exchange_id == exchange_id)).scalar()
-        t = exchange_personal_field
-        rows = conn.execute(select(t).where(t.c.exchange_id == exchange_id).order_by(t.c.side, t.c.path)) \
-            .mappings().all()
-        record["personal"] = [
-            PersonalField(r["side"], r["path"], r["kind"], r["commitment"],
-                          None if r["salt"] is None else bytes(r["salt"]),
-                          None if r["value"] is None else bytes(r["value"]))
-            for r in rows]
-        named = {r["redaction_id"] for r in rows if r["redaction_id"] is not None}
-        recorded = set(conn.execute(select(exchange_redaction.c.id).where(exchange_redaction.c.id.in_(named)))
-                       .scalars()) if named else set()
-        record["personal_altered"] = altered_fields(record["personal"], erased_by_redaction={
-            (r["side"], r["path"]) for r in rows if r["redaction_id"] in recorded})
+        record["personal"], record["personal_altered"] = judged_personal_fields(conn, exchange_id)
         record["blobs"] = {}
         for side in ("request", "response"):
             ref = record.get(f"{side}_blob_sha256")
@@ -270,6 +260,28 @@ def archive_of(store: Store, exchange_id: int) -> dict[str, Any] | None:
                         .where(exchange_seal_leaf.c.exchange_id == exchange_id)).first() is None:
             return None
     return next((a for a in archived_ranges(store) if a["first_id"] <= exchange_id <= a["last_id"]), None)
+
+
+def erased_by_redaction(conn: Any, first_id: int, last_id: int) -> dict[int, set[tuple[str, str]]]:
+    """The erased fields of records ``first_id..last_id`` whose ``redaction_id`` names an ``audit
+    redact`` (any other erased one is altered, as ``audit verify --deep`` judges it)."""
+    t = exchange_personal_field
+    out: dict[int, set[tuple[str, str]]] = {}
+    for exchange_id, side, path in conn.execute(
+            select(t.c.exchange_id, t.c.side, t.c.path)
+            .join(exchange_redaction, exchange_redaction.c.id == t.c.redaction_id)
+            .where(t.c.exchange_id >= first_id, t.c.exchange_id <= last_id, t.c.salt.is_(None), t.c.value.is_(None))):
+        out.setdefault(exchange_id, set()).add((side, path))
+    return out
+
+
+def judged_personal_fields(conn: Any, exchange_id: int) -> tuple[list[PersonalField], list[PersonalField]]:
+    """One exchange's personal fields (by side and path) and those of them that are altered
+    (:func:`altered_fields`, an erasure without its ``audit redact`` included): what ``audit show``,
+    the auditor page and ``lienthong exchanges --bodies`` show."""
+    fields = personal_fields(conn, exchange_id)
+    lawful = erased_by_redaction(conn, exchange_id, exchange_id).get(exchange_id, set())
+    return fields, altered_fields(fields, erased_by_redaction=lawful)
 
 
 def altered_fields(fields: list[PersonalField],
