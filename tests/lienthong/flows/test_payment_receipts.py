@@ -557,16 +557,24 @@ class _TamperingProxy:
         self.server.server_close()
 
 
-def test_an_answer_whose_checksum_fails_is_dead_lettered_then_replayed_once(peers, tmp_path, monkeypatch):
+def _run_through_tampering_proxy(peers, tmp_path, monkeypatch, run_id: str, tamper=None):
+    """A run whose payment platform connection goes through a :class:`_TamperingProxy` changing
+    the QUERY answers about the first paid payment; returns (that payment, the proxy, the counts).
+    The connection stays on the proxy until the caller sets it back."""
     victim = min(ref for ref, p in peers.platform_payments().items() if p["status"] == "paid")
-    proxy = _TamperingProxy(peers.platform.url, victim)
+    proxy = _TamperingProxy(peers.platform.url, victim, tamper=tamper)
     try:
         conn = peers.connections(tmp_path)["payment_platform_default"]
         conn["port"] = int(proxy.url.rsplit(":", 1)[1])
         monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_PLATFORM_DEFAULT", json.dumps(conn))
-        counts = run("tamper-1", tmp_path)["counts"]
+        counts = run(run_id, tmp_path)["counts"]
     finally:
         proxy.close()
+    return victim, proxy, counts
+
+
+def test_an_answer_whose_checksum_fails_is_dead_lettered_then_replayed_once(peers, tmp_path, monkeypatch):
+    victim, proxy, counts = _run_through_tampering_proxy(peers, tmp_path, monkeypatch, "tamper-1")
     assert proxy.tampered == 1
     assert counts["platform_rejected"] == 1 and counts["found_paid"] == 11 and counts["receipts_accepted"] == 11
     letters = [d for d in store().dead_letters(payment_receipts.FLOW)]
@@ -1417,15 +1425,8 @@ def test_an_answer_whose_checksum_is_not_hex_is_dead_lettered_like_any_wrong_che
     """A QUERY answer whose MaXacThuc holds characters outside ASCII (a proxy's rewrite, a forged
     answer) does not verify: it is dead-lettered as a checksum mismatch, and the run goes on with
     the other payments (comparing it as text raised TypeError, which failed every run there)."""
-    victim = min(ref for ref, p in peers.platform_payments().items() if p["status"] == "paid")
-    proxy = _TamperingProxy(peers.platform.url, victim, tamper=lambda a: a.update(MaXacThuc="Mã xác thực"))
-    try:
-        conn = peers.connections(tmp_path)["payment_platform_default"]
-        conn["port"] = int(proxy.url.rsplit(":", 1)[1])
-        monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_PLATFORM_DEFAULT", json.dumps(conn))
-        counts = run("nonhex-1", tmp_path)["counts"]
-    finally:
-        proxy.close()
+    victim, proxy, counts = _run_through_tampering_proxy(
+        peers, tmp_path, monkeypatch, "nonhex-1", tamper=lambda a: a.update(MaXacThuc="Mã xác thực"))
     assert proxy.tampered == 1
     assert counts["platform_rejected"] == 1 and counts["found_paid"] == 11 and counts["receipts_accepted"] == 11
     letters = store().dead_letters(payment_receipts.FLOW)
@@ -1440,15 +1441,8 @@ def test_a_paid_payment_answered_failed_outside_the_checksum_is_not_recorded_fai
     failed at the one-stop and never asked again, its receipt never booked. A failed status is
     believed only when the platform has no receipt for it (GET_BILL); a receipt for a "failed"
     payment is dead-lettered for a person, and once replayed the payment is booked once."""
-    victim = min(ref for ref, p in peers.platform_payments().items() if p["status"] == "paid")
-    proxy = _TamperingProxy(peers.platform.url, victim, tamper=lambda a: a.update(TrangThaiGD="4"))
-    try:
-        conn = peers.connections(tmp_path)["payment_platform_default"]
-        conn["port"] = int(proxy.url.rsplit(":", 1)[1])
-        monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_PLATFORM_DEFAULT", json.dumps(conn))
-        counts = run("flip-1", tmp_path)["counts"]
-    finally:
-        proxy.close()
+    victim, proxy, counts = _run_through_tampering_proxy(
+        peers, tmp_path, monkeypatch, "flip-1", tamper=lambda a: a.update(TrangThaiGD="4"))
     assert proxy.tampered == 1
     assert (counts["found_paid"], counts["found_failed"], counts["platform_rejected"]) == (11, 8, 1)
     assert counts["fees_updated"] == 19 and counts["receipts_accepted"] == 11
@@ -1488,15 +1482,8 @@ def test_a_signed_answer_with_a_time_or_amount_not_as_the_contract_writes_it_is_
     the one-stop as the payment's time; an amount written "150_000" or in full-width digits was
     read as a number the ledger mapping then refused. Such an answer is not the documented one:
     nothing of it is recorded, and the payment is asked again."""
-    victim = min(ref for ref, p in peers.platform_payments().items() if p["status"] == "paid")
-    proxy = _TamperingProxy(peers.platform.url, victim, tamper=_resigned(lambda a: a.update({field: value(a[field])})))
-    try:
-        conn = peers.connections(tmp_path)["payment_platform_default"]
-        conn["port"] = int(proxy.url.rsplit(":", 1)[1])
-        monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_PLATFORM_DEFAULT", json.dumps(conn))
-        counts = run("format-1", tmp_path)["counts"]
-    finally:
-        proxy.close()
+    victim, proxy, counts = _run_through_tampering_proxy(
+        peers, tmp_path, monkeypatch, "format-1", tamper=_resigned(lambda a: a.update({field: value(a[field])})))
     assert proxy.tampered == 1
     assert (counts["found_paid"], counts["answers_unreadable"], counts["receipts_accepted"]) == (11, 1, 11)
     assert peers.onestop_payments()[victim]["status"] == "pending"
