@@ -169,11 +169,9 @@ def _catalogue_check(tmp_path, monkeypatch, *, onestop_name: str | None = None) 
     import copy
     import types
 
-    from connectors.ministry_db import replica as replica_module
-    from lienthong.flows import catalogue
     from lienthong.reliability import checks
     from lienthong.store import Store, catalogue_current, utcnow
-    from tests.lienthong.reliability.test_checks import _catalogue_world
+    from tests.lienthong.reliability.test_checks import _catalogue_world, _fake_catalogue_peers
 
     record, onestop, ministry = _catalogue_world()
     code = ministry["ma_tthc"]
@@ -196,37 +194,7 @@ def _catalogue_check(tmp_path, monkeypatch, *, onestop_name: str | None = None) 
     monkeypatch.setattr(harness, "_state", lambda base, path: copy.deepcopy(doors[base + path]))
     monkeypatch.setattr(checks, "_get", lambda url: copy.deepcopy(doors[url]))
 
-    def pull(truth_store, client, *, run_id):  # the clean pull from the portal finds the same procedure
-        with truth_store.begin() as conn:
-            conn.execute(catalogue_current.insert().values(procedure_code=code, record=record, record_hash="00" * 32,
-                                                           published=True, updated_run_id=run_id, updated_at=utcnow()))
-
-    class Replica:
-        def __init__(self, url=None):
-            pass
-
-        @classmethod
-        def from_connection(cls, spec):
-            return cls()
-
-        def procedures(self, *, published_only):
-            return {code: copy.deepcopy(ministry)}
-
-        def dispose(self):
-            pass
-
-    class Client:
-        @classmethod
-        def from_connection(cls, spec):
-            return cls()
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(catalogue, "pull_catalogue", pull)
-    monkeypatch.setattr(replica_module, "MinistryReplica", Replica)
-    monkeypatch.setattr(checks, "MinistryReplica", Replica)
-    monkeypatch.setattr(checks, "NationalPortalClient", Client)
+    _fake_catalogue_peers(monkeypatch, record, ministry)  # the clean pull finds the same procedure
     harness._check_catalogue()
     return harness.checks
 

@@ -193,7 +193,11 @@ def _catalogue_world() -> tuple[dict, dict, dict]:
     return record, onestop, ministry
 
 
-def _check_catalogue(monkeypatch, store, record, onestop, ministry):
+def _fake_catalogue_peers(monkeypatch, record, ministry) -> None:
+    """The catalogue check's peers, faked: the clean pull from the portal finds ``record``, the
+    ministry replica holds ``ministry`` (for checks and for :mod:`connectors.ministry_db.replica`'s
+    other users), the portal client is never called."""
+    from connectors.ministry_db import replica as replica_module
     from lienthong.flows import catalogue
     from lienthong.store import catalogue_current, utcnow
 
@@ -204,6 +208,9 @@ def _check_catalogue(monkeypatch, store, record, onestop, ministry):
                 updated_run_id=run_id, updated_at=utcnow()))
 
     class Replica:
+        def __init__(self, url=None):
+            pass
+
         @classmethod
         def from_connection(cls, spec):
             return cls()
@@ -223,8 +230,13 @@ def _check_catalogue(monkeypatch, store, record, onestop, ministry):
             pass
 
     monkeypatch.setattr(catalogue, "pull_catalogue", pull)
+    monkeypatch.setattr(replica_module, "MinistryReplica", Replica)
     monkeypatch.setattr(checks, "MinistryReplica", Replica)
     monkeypatch.setattr(checks, "NationalPortalClient", Client)
+
+
+def _check_catalogue(monkeypatch, store, record, onestop, ministry):
+    _fake_catalogue_peers(monkeypatch, record, ministry)
     _serve(monkeypatch, {ONESTOP + "/_state/procedures": {"procedures": [onestop]}})
     return checks.check_catalogue(store, None, ONESTOP, None)
 
