@@ -19,6 +19,13 @@ from tests.lienthong.flows.test_delivery_stale_read import _bus_database
 from tests.lienthong.flows.test_dossier_scenarios import store
 
 
+def _one_waiting_snapshot(conn):
+    """The first snapshot staging left waiting, every other one superseded: one dossier in play."""
+    first = conn.execute(select(outbox).where(outbox.c.state == "pending").order_by(outbox.c.id)).first()
+    conn.execute(update(outbox).where(outbox.c.state == "pending", outbox.c.id != first.id).values(state="superseded"))
+    return first
+
+
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_a_snapshot_delivered_after_staging_read_it_is_not_marked_superseded(bus_env, monkeypatch, backend):
     with _bus_database(backend, monkeypatch):
@@ -26,9 +33,7 @@ def test_a_snapshot_delivered_after_staging_read_it_is_not_marked_superseded(bus
         staging, delivering = store(), store()
         assert staging.engine.dialect.name == backend
         with staging.begin() as conn:
-            older = conn.execute(select(outbox).where(outbox.c.state == "pending").order_by(outbox.c.id)).first()
-            conn.execute(update(outbox).where(outbox.c.state == "pending", outbox.c.id != older.id)
-                         .values(state="superseded"))
+            older = _one_waiting_snapshot(conn)
         newer = {"flow": dossier_status.FLOW, "record_key": older.record_key, "source_seq": older.source_seq + 1000,
                  "source_version": (older.source_version or 0) + 1,
                  "source_payload": {**older.source_payload, "version": (older.source_version or 0) + 1},
@@ -69,9 +74,7 @@ def test_a_snapshot_whose_dead_letter_is_replayed_while_its_batch_is_read_is_not
         delivering, operator = store(), store()
         assert delivering.engine.dialect.name == backend
         with operator.begin() as conn:
-            refused = conn.execute(select(outbox).where(outbox.c.state == "pending").order_by(outbox.c.id)).first()
-            conn.execute(update(outbox).where(outbox.c.state == "pending", outbox.c.id != refused.id)
-                         .values(state="superseded"))
+            refused = _one_waiting_snapshot(conn)
             conn.execute(update(outbox).where(outbox.c.id == refused.id).values(state="rejected"))
             Store.add_dead_letter(conn, flow=dossier_status.FLOW, record_key=refused.record_key,
                                   outbox_id=refused.id, run_id="run-1", stage="peer", error=RuntimeError("refused"),
