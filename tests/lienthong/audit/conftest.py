@@ -43,6 +43,14 @@ def fill(store: Store, count: int, start: int = 1) -> None:
         recorder.record(exchange(n))
 
 
+def cli_env(store: Store, tmp_path, monkeypatch) -> None:
+    """The CLI (`lienthong audit ...`) run in-process on ``store``: its home in ``tmp_path`` and its
+    bus database named by the connection the CLI resolves."""
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
+                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+
+
 @pytest.fixture
 def keypair(tmp_path):
     private_path, public_path, _ = generate_keypair(tmp_path / "keys" / "seal.key")

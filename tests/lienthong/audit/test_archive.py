@@ -28,7 +28,7 @@ from lienthong.store import (
     exchange_seal_leaf,
 )
 
-from .conftest import T0, fill
+from .conftest import T0, cli_env, fill
 from .test_blobs import PDF, _bill
 from .test_redaction import _exchange
 
@@ -428,9 +428,7 @@ def test_an_archived_exchange_is_named_with_its_bundle_not_reported_missing(log,
     exchange #5' and `audit search` 'no exchange matches', as if it had never been: they now name
     the evidence bundle that holds it."""
     store, keypair, _ = log
-    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
-                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    cli_env(store, tmp_path, monkeypatch)
     monkeypatch.setenv("LIENTHONG_SEAL_KEY", str(keypair[2]))
     assert main(["audit", "archive", "--older-than", "30"]) == 0
     capsys.readouterr()

@@ -22,7 +22,7 @@ from lienthong.audit.records import LEAF_FIELDS_V1, leaf_hash, merkle_root
 from lienthong.audit.search import search_exchanges
 from lienthong.cli import main
 
-from .conftest import T0, fill
+from .conftest import T0, cli_env, fill
 
 
 def _sealed(store, keypair, count=13, batch_size=4):
@@ -271,9 +271,7 @@ def test_a_bundle_for_one_dossier_holds_only_its_records_and_verifies(store, key
 
 
 def test_cli_export_and_verify_bundle(store, keypair, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
-                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    cli_env(store, tmp_path, monkeypatch)
     monkeypatch.setenv("LIENTHONG_SEAL_KEY", str(keypair[2]))
     _sealed(store, keypair, count=6, batch_size=10)
     fill(store, 1, start=40)
@@ -295,9 +293,7 @@ def test_cli_export_of_a_selection_with_no_sealed_exchange_writes_no_bundle(stor
     """`audit export --key` of a code with no sealed exchange said 'exported 0 records and 0 seals'
     (exit 0) and left a bundle that verifies, as if it were the evidence asked for; the auditor
     page answers 404 'no sealed exchange matches'."""
-    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
-                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    cli_env(store, tmp_path, monkeypatch)
     monkeypatch.setenv("LIENTHONG_SEAL_KEY", str(keypair[2]))
     _sealed(store, keypair, count=2, batch_size=10)
     fill(store, 1, start=40)  # HS-0040 and HS-0041, not sealed

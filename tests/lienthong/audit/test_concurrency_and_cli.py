@@ -16,7 +16,7 @@ from lienthong.audit import seal_exchanges, verify_exchanges
 from lienthong.cli import main
 from lienthong.store import Store
 
-from .conftest import fill
+from .conftest import cli_env, fill
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -147,9 +147,7 @@ def test_cli_keygen_seal_verify_and_a_tampered_log(tmp_path, monkeypatch, capsys
 
 def test_the_private_key_never_reaches_the_database_or_the_output(tmp_path, monkeypatch, capsys, store, keypair):
     _, _, private_path, _ = keypair
-    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
-                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    cli_env(store, tmp_path, monkeypatch)
     fill(store, 5)
     assert main(["audit", "seal", "--key", str(private_path)]) == 0
     assert main(["audit", "verify", "--public-key", f"{private_path}.pub", "--json"]) == 0
@@ -171,9 +169,7 @@ def test_counts_below_one_are_usage_errors(tmp_path, monkeypatch, capsys, store,
     import pytest
 
     _, _, private_path, _ = keypair
-    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
-                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    cli_env(store, tmp_path, monkeypatch)
     fill(store, 3)
     for argv in (["audit", "seal", "--key", str(private_path), "--batch-size", "0"],
                  ["audit", "verify", "--public-key", f"{private_path}.pub", "--workers", "0"],
@@ -193,9 +189,7 @@ def test_an_expected_head_that_is_no_seal_hash_is_a_usage_error(tmp_path, monkey
     import pytest
 
     _, _, private_path, _ = keypair
-    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
-                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    cli_env(store, tmp_path, monkeypatch)
     fill(store, 3)
     assert main(["audit", "seal", "--key", str(private_path)]) == 0
     head = capsys.readouterr().out.split("head: ")[1].split()[0]

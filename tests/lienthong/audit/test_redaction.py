@@ -34,7 +34,7 @@ from lienthong.cli import main
 from lienthong.exchange_log import BusRecorder, exchange_body, personal_fields
 from lienthong.store import exchange_log, exchange_personal_field, exchange_redaction
 
-from .conftest import T0, fill
+from .conftest import T0, cli_env, fill
 
 DOSSIER = "000.00.01.H49-261102-0042"
 CCCD, PHONE, EMAIL, NAME = "001095012345", "0912345678", "nguyen.van.a@example.vn", "Nguyễn Văn Anh"
@@ -287,9 +287,7 @@ def test_bundles_of_unredacted_records_carry_salts_and_the_verifier_checks_them(
 
 
 def test_cli_redact_then_verify_reports_redactions(store, keypair, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
-                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    cli_env(store, tmp_path, monkeypatch)
     monkeypatch.setenv("LIENTHONG_SEAL_KEY", str(keypair[2]))
     recorder = BusRecorder(store, "dossier_status", "run-1", "deliver")
     recorder.record(_exchange(1))

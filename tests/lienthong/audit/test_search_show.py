@@ -19,7 +19,7 @@ from lienthong.audit.search import (
 from lienthong.cli import main
 from lienthong.exchange_log import BusRecorder
 
-from .conftest import T0
+from .conftest import T0, cli_env
 
 DOSSIER_A = "000.00.01.H49-261102-0001"
 DOSSIER_B = "000.00.01.H49-261102-0002"
@@ -143,9 +143,7 @@ def test_show_masks_by_default_and_reveals_on_request(store):
 
 
 def test_cli_search_and_show(store, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
-                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    cli_env(store, tmp_path, monkeypatch)
     _fill(store)
     assert main(["audit", "search", "--key", DOSSIER_A, "--outcome", "ok"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -180,12 +178,6 @@ def test_reading_commands_refuse_a_missing_bus_database(tmp_path, monkeypatch, c
     assert not missing.parent.exists() and not bundle.exists()
 
 
-def _cli_env(store, tmp_path, monkeypatch):
-    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
-                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
-
-
 def _usage_error(argv, capsys) -> str:
     """The argparse refusal of ``argv`` (exit 2), its stderr."""
     with pytest.raises(SystemExit) as caught:
@@ -200,7 +192,7 @@ def test_out_of_range_ids_and_times_are_usage_errors_not_tracebacks(store, tmp_p
     """An id beyond a database integer, a time that leaves the calendar once moved to UTC: the CLI
     raised OverflowError (a traceback, exit 1, which means 'does not verify'); the page already
     answered 404 and 400."""
-    _cli_env(store, tmp_path, monkeypatch)
+    cli_env(store, tmp_path, monkeypatch)
     _fill(store)
     assert main(["audit", "show", "99999999999999999999"]) == 2
     captured = capsys.readouterr()
@@ -217,7 +209,7 @@ def test_out_of_range_ids_and_times_are_usage_errors_not_tracebacks(store, tmp_p
 def test_search_refuses_an_unknown_outcome_and_a_limit_below_one(store, tmp_path, monkeypatch, capsys):
     """`--outcome okay` matched nothing ('no exchange matches', exit 0) and `--limit -1` listed
     everything (SQLite's LIMIT -1); `--outcome protocol_error` (an unreadable answer) is searchable."""
-    _cli_env(store, tmp_path, monkeypatch)
+    cli_env(store, tmp_path, monkeypatch)
     _fill(store)
     BusRecorder(store, "dossier_status", "run-1", "deliver").record(_exchange(7, outcome="protocol_error"))
     assert main(["audit", "search", "--outcome", "protocol_error"]) == 0
@@ -239,7 +231,7 @@ def test_a_value_erased_without_a_redaction_record_is_shown_as_altered_not_redac
     lawful redaction ('[redacted]', '1 personal field(s) of this body were redacted')."""
     from sqlalchemy import text
 
-    _cli_env(store, tmp_path, monkeypatch)
+    cli_env(store, tmp_path, monkeypatch)
     _fill(store)
     with store.begin() as conn:
         conn.execute(text("UPDATE exchange_personal_field SET salt = NULL, value = NULL "
@@ -271,7 +263,7 @@ def test_the_masked_view_says_which_values_are_redacted_or_altered(store, tmp_pa
     value were there, masked, and did not say which field was erased or altered."""
     from sqlalchemy import text
 
-    _cli_env(store, tmp_path, monkeypatch)
+    cli_env(store, tmp_path, monkeypatch)
     _fill(store)
     assert main(["audit", "redact", "--key", RECEIPT, "--exchange-id", "1", "--reason", "lawful request 9/2026",
                  "--actor", "auditor"]) == 0
@@ -315,7 +307,7 @@ def test_control_characters_from_a_peer_reach_the_terminal_as_visible_escapes(st
     were, by json.dumps)."""
     import dataclasses
 
-    _cli_env(store, tmp_path, monkeypatch)
+    cli_env(store, tmp_path, monkeypatch)
     hostile = "\x1b[1A\x1b[2K\r\x1b]0;owned\x07\x9b2J\x7f"
     exchange = dataclasses.replace(
         _exchange(1, outcome="peer_error", keys=(DOSSIER_A,)), peer_code=f"E1{hostile}",
@@ -336,7 +328,7 @@ def test_control_characters_from_a_peer_reach_the_terminal_as_visible_escapes(st
 def test_a_reversed_time_range_is_a_usage_error(store, tmp_path, monkeypatch, capsys, keypair):
     """`--from` at or after `--to` matched nothing ('no exchange matches', exit 0), as if the log
     had nothing then; the auditor page answers 400."""
-    _cli_env(store, tmp_path, monkeypatch)
+    cli_env(store, tmp_path, monkeypatch)
     _fill(store)
     for argv in (["audit", "search"], ["audit", "export", str(tmp_path / "b.zip"), "--public-key", str(keypair[3])]):
         assert main([*argv, "--from", "2026-03-02", "--to", "2026-03-01T09:00:00+07:00"]) == 2, argv
@@ -387,7 +379,7 @@ def test_exchanges_bodies_judge_an_unrecorded_erasure_altered_and_escape_control
 
     from sqlalchemy import text
 
-    _cli_env(store, tmp_path, monkeypatch)
+    cli_env(store, tmp_path, monkeypatch)
     _fill(store)
     hostile = "\x1b[1A\x1b[2K\r\x1b]0;owned\x07"
     BusRecorder(store, "dossier_status", "run-1", "deliver").record(dataclasses.replace(

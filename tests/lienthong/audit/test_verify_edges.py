@@ -15,7 +15,7 @@ from lienthong.audit.redact import redact_exchanges
 from lienthong.audit.verify import PERSONAL_FIELD_ALTERED, RECORD_INSERTED
 from lienthong.exchange_log import BusRecorder
 
-from .conftest import T0, fill
+from .conftest import T0, cli_env, fill
 from .test_redaction import DOSSIER, _exchange
 
 COLUMNS = ("started_at, flow, run_id, task_id, peer, operation, direction, method, url, attempt, outcome, "
@@ -67,9 +67,7 @@ def test_redact_says_which_archived_bundles_it_cannot_change(store, keypair, tmp
     fill(store, 1, start=7)
     result = archive_exchanges(store, [public], key=private, older_than_days=1, out_dir=tmp_path / "a", now=T0 + timedelta(days=9))
     bundle = result.archives[0]["bundle_path"]
-    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
-                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    cli_env(store, tmp_path, monkeypatch)
     assert main(["audit", "redact", "--key", DOSSIER, "--reason", "erasure request"]) == 0
     out, err = capsys.readouterr()
     assert f"nothing to redact: no exchange in the database carries record {DOSSIER}" in out  # all archived

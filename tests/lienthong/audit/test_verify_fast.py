@@ -4,7 +4,6 @@ full with ``--deep``."""
 
 from __future__ import annotations
 
-import json
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 
@@ -18,7 +17,7 @@ from lienthong.audit.search import format_exchange, get_exchange
 from lienthong.cli import main
 from lienthong.exchange_log import BusRecorder
 
-from .conftest import fill
+from .conftest import cli_env, fill
 from .test_redaction import DOSSIER, REQUEST, _exchange
 
 
@@ -116,9 +115,7 @@ def test_deep_counts_the_values_and_redactions_still_verify(store, keypair):
 
 
 def test_cli_show_flags_an_altered_value_and_verify_deep_reports_it(store, keypair, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB",
-                       json.dumps({"conn_type": "sqlite", "host": store.url.removeprefix("sqlite:///")}))
+    cli_env(store, tmp_path, monkeypatch)
     monkeypatch.setenv("LIENTHONG_SEAL_KEY", str(keypair[2]))
     _log(store, keypair)
     assert main(["audit", "verify", "--deep", "--workers", "1"]) == 0
