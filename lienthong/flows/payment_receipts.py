@@ -151,6 +151,14 @@ def _dead_letter(begin: Begin, run_id: str, key: str, stage: str, exc: Exception
                 "; ".join(f"{e['field']} [{e['rule']}]: {e['message']}" for e in errors))
 
 
+def _platform_dead_letter(begin: Begin, run_id: str, row: Row, exc: Exception, errors: list[dict[str, str]],
+                          report: CollectReport, peer_code: str | None = None) -> None:
+    """One payment the platform's answers leave to a person (stage ``platform``), kept with its
+    reference and dossier."""
+    _dead_letter(begin, run_id, row.reference, "platform", exc, errors,
+                 {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected, peer_code)
+
+
 #: One payment transaction's UPDATE; the columns set are the parameters given (compiled once per set).
 _UPDATE = update(payment_txn).where(payment_txn.c.reference == bindparam("b_reference"))
 
@@ -510,9 +518,8 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
                     ask_again(row, **({"platform_status": "unknown"} if status != "unknown" else {}))
                     continue
                 except ChecksumMismatch as exc:  # a checksum that does not verify: never trust the answer
-                    _dead_letter(begin, run_id, row.reference, "platform", exc,
-                                 [{"field": "MaXacThuc", "rule": "checksum", "message": str(exc)}],
-                                 {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
+                    _platform_dead_letter(begin, run_id, row, exc,
+                                          [{"field": "MaXacThuc", "rule": "checksum", "message": str(exc)}], report)
                     continue
                 except PeerRejected as exc:  # any other refusal of this payment: a person looks at it
                     _refused_by_platform(begin, run_id, row, exc, report)
@@ -563,8 +570,7 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
                 exc = RecordRejected(row.reference, [FieldError(
                     "ThoiGianGD", "required", "the transaction's time (of its INIT) is unknown: the reference "
                     "names none and the one-stop's request has no createdAt; GET_BILL cannot name it")])
-                _dead_letter(begin, run_id, row.reference, "platform", exc, exc.error_dicts(),
-                             {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
+                _platform_dead_letter(begin, run_id, row, exc, exc.error_dicts(), report)
                 continue
             try:
                 bill = platform.get_bill(row.reference, record_keys=keys, transaction_time=when)
@@ -575,9 +581,8 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
                 ask_again(row)
                 continue
             except ChecksumMismatch as exc:
-                _dead_letter(begin, run_id, row.reference, "platform", exc,
-                             [{"field": "GET_BILL", "rule": "receipt", "message": str(exc)}],
-                             {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
+                _platform_dead_letter(begin, run_id, row, exc,
+                                      [{"field": "GET_BILL", "rule": "receipt", "message": str(exc)}], report)
                 continue
             except PeerRejected as exc:  # e.g. unknown to GET_BILL although QUERY said paid
                 _refused_by_platform(begin, run_id, row, exc, report)
@@ -617,9 +622,8 @@ def _failure_believed(platform: Any, begin: Begin, run_id: str, row: Row, keys: 
     except BillNotAvailable:
         return True
     except ChecksumMismatch as exc:
-        _dead_letter(begin, run_id, row.reference, "platform", exc,
-                     [{"field": "GET_BILL", "rule": "receipt", "message": str(exc)}],
-                     {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
+        _platform_dead_letter(begin, run_id, row, exc,
+                              [{"field": "GET_BILL", "rule": "receipt", "message": str(exc)}], report)
         return False
     except PeerRejected:
         return True
@@ -629,8 +633,7 @@ def _failure_believed(platform: Any, begin: Begin, run_id: str, row: Row, keys: 
     exc = RecordRejected(row.reference, [FieldError(
         "TrangThaiGD", "no_receipt_if_failed", f"QUERY answered TrangThaiGD 4 (failed; outside the answer's "
         f"checksum) but GET_BILL returned receipt {bill.receipt_no or bill.sha256[:12]}: not recorded as failed")])
-    _dead_letter(begin, run_id, row.reference, "platform", exc, exc.error_dicts(),
-                 {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected)
+    _platform_dead_letter(begin, run_id, row, exc, exc.error_dicts(), report)
     return False
 
 
@@ -638,9 +641,7 @@ def _refused_by_platform(begin: Begin, run_id: str, row: Row, exc: PeerRejected,
     """A signed, verified refusal of one payment's QUERY or GET_BILL that the flow has no rule for
     (the platform's MaLoi and message are kept): dead-lettered, so it blocks neither the payments
     due after it nor the next runs, and asked again once replayed."""
-    _dead_letter(begin, run_id, row.reference, "platform", exc, exc.error_dicts(),
-                 {"reference": row.reference, "dossierNo": row.dossier_code}, report.rejected,
-                 exc.peer_code or None)
+    _platform_dead_letter(begin, run_id, row, exc, exc.error_dicts(), report, peer_code=exc.peer_code or None)
 
 
 def _unreadable(report: CollectReport, reference: str, operation: str,
