@@ -169,6 +169,12 @@ class BadJson(ValueError):
     pass
 
 
+def _not_a_json_number(name: str) -> Any:
+    """``json.loads`` reads NaN, Infinity and -Infinity; RFC 8259 has none of them and the peers'
+    parsers refuse them, so a body carrying one is not JSON here either."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 @dataclass
 class Request:
     method: str
@@ -194,7 +200,7 @@ class Request:
             self._parsed = True
             try:
                 text = self.body.decode("utf-8")
-                self._json = json.loads(text) if text.strip() else None
+                self._json = json.loads(text, parse_constant=_not_a_json_number) if text.strip() else None
                 if not text.strip():
                     self._json_error = "empty body"
             except (UnicodeDecodeError, ValueError) as exc:

@@ -242,3 +242,36 @@ def test_ledger_refuses_hostile_xml_with_a_client_fault(ledger, case, body, code
     assert root.findtext(".//faultcode") == "soap:Client"
     assert root.findtext(".//l:RequestFault/l:Code", namespaces=NS) == code, response.content[:400]
     assert requests.get(ledger.url + "/_state/receipts", timeout=TIMEOUT).json() == before
+
+
+# --- JSON's non-numbers ---------------------------------------------------------------------------
+NON_JSON_NUMBERS = [b"NaN", b"Infinity", b"-Infinity"]
+
+
+@pytest.mark.parametrize("constant", NON_JSON_NUMBERS, ids=["nan", "inf", "-inf"])
+def test_nan_and_infinity_are_not_json_to_any_stand_in(portal, platform, one, constant):
+    """RFC 8259 has no NaN or Infinity; Python's json reads them, the peers' parsers do not. A body
+    carrying one is refused as not JSON, and nothing of it is stored (a stored NaN would later be
+    served back as a body no JSON client can read)."""
+    c = calls(portal, UNIT_A)
+    envelope = (b'{"session": "' + c.session.encode() + b'", "madonvi": "000.00.05.H49", "service": "TraCuuHoSo", '
+                b'"mahoso": "000.00.05.H49-261102-0001", "x": ' + constant + b"}")
+    response = requests.post(portal.url + "/integration", data=envelope, headers={"dstcode": "DVCQG"},
+                             timeout=TIMEOUT)
+    assert (response.status_code, response.json()) == (400, NOT_JSON)
+
+    response = requests.post(platform.url + "/api/payment", data=b'{"LoaiBanTin": "QUERY", "SoTien": ' + constant
+                             + b"}", timeout=TIMEOUT)
+    assert (response.status_code, response.json()) == (400, {"MaLoi": "99",
+                                                             "MoTaLoi": "Dữ liệu gửi lên không đúng định dạng JSON"})
+
+    headers = {"X-Api-Key": "demo-onestop-key", "Content-Type": "application/json"}
+    record = (b'{"serviceCode": "1.000001", "serviceName": "Th\xe1\xbb\xa7 t\xe1\xbb\xa5c", "channels": '
+              b'[{"channel": "counter", "processingDays": ' + constant + b', "fees": []}]}')
+    response = requests.put(one.url + "/api/v1/procedures/1.000001", data=record, headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 400 and response.json()["error"] == "bad_request"
+    assert requests.get(one.url + "/_state/procedures", timeout=TIMEOUT).json()["counts"]["procedures"] == 0
+    response = requests.post(one.url + "/_admin/dossiers/raw", data=b'{"dossier": {"dossierNo": "x", "fee": '
+                             + constant + b"}}", timeout=TIMEOUT)
+    assert response.status_code == 400
+    assert requests.get(one.url + "/_state/events", timeout=TIMEOUT).json()["events"][-1]["dossier"]["dossierNo"] != "x"
