@@ -356,8 +356,19 @@ class PaymentPlatformMock(MockServer):
                 "MaGiaoDich": row["ma_giao_dich"], "MaNganHang": row["bank"],
                 "ThoiGianGD": row["paid_time"] or row["txn_time"], "ThongTinGiaoDich": row["info"]}
 
+    def _reference_missing(self, kind: str, body: dict[str, Any]) -> Response | None:
+        """QUERY and GET_BILL name their transaction by MaThamChieu (§4.9): without one, as text, the
+        request is refused naming the field, as INIT's are."""
+        ref = body.get("MaThamChieu")
+        if not isinstance(ref, str) or not ref.strip():
+            return self._error(kind, body, "Thiếu trường MaThamChieu")
+        return None
+
     def _query(self, body: dict[str, Any]) -> Response:
-        row = self._row(str(body.get("MaThamChieu") or ""))
+        missing = self._reference_missing("QUERY", body)
+        if missing is not None:
+            return missing
+        row = self._row(body["MaThamChieu"])
         if row is None:
             return self._error("QUERY", body, f"Không tìm thấy giao dịch {body.get('MaThamChieu')}")
         fields = self._confirm_fields(row, "QUERY")
@@ -367,7 +378,10 @@ class PaymentPlatformMock(MockServer):
         return self._answer("QUERY", fields, "QUERY")
 
     def _bill(self, body: dict[str, Any]) -> Response:
-        row = self._row(str(body.get("MaThamChieu") or ""))
+        missing = self._reference_missing("GET_BILL", body)
+        if missing is not None:
+            return missing
+        row = self._row(body["MaThamChieu"])
         if row is None:
             return self._error("GET_BILL", body, f"Không tìm thấy giao dịch {body.get('MaThamChieu')}")
         if body.get("ThoiGianGD") != row["txn_time"]:  # §4.9: the ThoiGianGD of the original transaction (its INIT)

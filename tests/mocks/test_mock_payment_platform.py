@@ -219,6 +219,20 @@ def test_query_answers_confirm_fields_and_trangthaigd_for_paid_failed_pending(pa
     assert unknown["MaLoi"] == "99" and unknown["MoTaLoi"] == "Không tìm thấy giao dịch dvcNONE"
 
 
+@pytest.mark.parametrize("kind", ["QUERY", "GET_BILL"])
+@pytest.mark.parametrize("reference", [None, "", "   ", 123, ["dvcX"]], ids=["absent", "empty", "blank", "number", "list"])
+def test_query_and_get_bill_without_a_text_reference_say_which_field_is_missing(pay, kind, reference):
+    """§4.9: QUERY and GET_BILL carry MaThamChieu. Without one the platform answered
+    'Không tìm thấy giao dịch None' (Python's None in a Vietnamese message, and the 'unknown transaction'
+    refusal for what is a malformed request); it now names the field, as INIT does."""
+    fields: dict[str, Any] = {"ThoiGianGD": "20261110093000"}
+    if reference is not None:
+        fields["MaThamChieu"] = reference
+    answer = post(pay, signed(kind, **fields)).json()
+    assert (answer["MaLoi"], answer["MoTaLoi"]) == ("99", "Thiếu trường MaThamChieu")
+    assert answer["MaXacThuc"] == checksum(answer, ANSWER_ORDERS["ERROR"], SECRET)
+
+
 def test_get_bill_returns_a_real_pdf_holding_the_receipt_number(pay):
     paid = next(p for p in payments(pay) if p["status"] == "paid")
     response = post(pay, signed("GET_BILL", MaThamChieu=paid["MaThamChieu"], ThoiGianGD=paid["ThoiGianKhoiTao"]))
