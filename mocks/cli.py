@@ -94,7 +94,7 @@ def _up(args: argparse.Namespace, out: Any) -> int:
                               payment_partner=partner)
         portal = NationalPortalMock(args.state_dir, host=args.host, port=args.portal_port, seed=args.seed,
                                     accounts=[account], session_ttl=args.session_ttl, dstcode=args.dstcode,
-                                    **({"catalogue_size": args.catalogue_size} if args.catalogue_size else {}))
+                                    **({"catalogue_size": args.catalogue_size} if args.catalogue_size is not None else {}))
         payment = PaymentPlatformMock(
             args.state_dir, host=args.host, port=args.payment_port, seed=args.seed,
             partner_code=partner, secret=secret,

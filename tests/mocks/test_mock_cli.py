@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 from mocks.cli import main
@@ -95,3 +96,12 @@ def test_credentials_come_from_the_environment_and_are_never_printed(tmp_path):
 def test_up_refuses_a_public_host(capsys):
     assert main(["up", "--host", "0.0.0.0", "--state-dir", "unused"]) == 2
     assert "loopback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", ["0", "5", "12001"])
+def test_up_refuses_a_catalogue_size_out_of_range_with_2(tmp_path, capsys, size):
+    """README: exit 2 for bad arguments. --catalogue-size 0 was read as 'not given' and the mocks came up
+    with the default 3000 procedures instead of saying no."""
+    assert main(["up", "--catalogue-size", size, "--state-dir", str(tmp_path),
+                 "--onestop-port", "0", "--portal-port", "0", "--payment-port", "0", "--ledger-port", "0"]) == 2
+    assert "catalogue_size must be an integer between" in capsys.readouterr().err
