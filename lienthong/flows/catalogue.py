@@ -18,7 +18,8 @@
 
 Dead letters need no requeue: every pull reads every procedure again, and every push sends what
 a destination has not acknowledged. A procedure's open dead letters of the pull (stage
-``normalise``) are resolved by the pull that normalises and publishes it; those of a push (stage
+``normalise``) are resolved by the pull that normalises and publishes it, or that no longer finds it
+listed (withdrawn nationally); those of a push (stage
 ``onestop`` or ``ministry``) by that destination's acknowledgement of it. :func:`replay` resolves
 them at once (``lienthong deadletter replay``): a procedure still refused is dead-lettered again
 by the next run.
@@ -301,6 +302,11 @@ def _apply_snapshot(begin: Callable[[], AbstractContextManager[Connection]], run
         waiting = _open_letters(conn, "normalise")
         _resolve_letters(conn, [i for code in waiting.keys() & snapshot.keys() for i in waiting[code]],
                          f"normalised and published by run {run_id}")
+        # One no longer listed (withdrawn nationally) will never be normalised again: nothing is left to do
+        # (not on an empty listing, which may be one cut short).
+        if report.listed:
+            _resolve_letters(conn, [i for code in waiting.keys() - snapshot.keys() - rejected for i in waiting[code]],
+                             f"no longer listed nationally (withdrawn) in run {run_id}")
     for change in changes:
         setattr(report, change["kind"], getattr(report, change["kind"]) + 1)
 

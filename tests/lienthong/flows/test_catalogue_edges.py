@@ -221,3 +221,26 @@ def test_replay_resolves_catalogue_letters_and_a_procedure_still_refused_is_dead
     assert store.dead_letters(catalogue.FLOW) == []
     catalogue.pull_catalogue(store, portal, run_id="r2")  # not fixed: refused again, a new letter
     assert [(d["record_key"], d["run_id"]) for d in store.dead_letters(catalogue.FLOW)] == [(A, "r2")]
+
+
+def _unparsable_fee(code: str) -> dict:
+    d = detail(code)
+    d["CACHTHUCTHUCHIEN"][0]["THOIGIAN"][0]["PHILEPHI"][0]["SOTIEN"] = "liên hệ"
+    return d
+
+
+@pytest.mark.parametrize("published_before", [False, True])
+def test_the_dead_letter_of_a_procedure_withdrawn_nationally_is_resolved_by_the_pull(store, published_before):
+    """A procedure refused by the pull and then withdrawn nationally kept its dead letter open for
+    ever: only a pull that normalised and published it resolved one, and none ever would again."""
+    portal = FakePortal({A: detail(A) if published_before else _unparsable_fee(A), B: detail(B)})
+    catalogue.pull_catalogue(store, portal, run_id="r1")
+    portal.details[A] = _unparsable_fee(A)
+    catalogue.pull_catalogue(store, portal, run_id="r2")
+    assert [(d["record_key"], d["stage"]) for d in store.dead_letters(catalogue.FLOW)] == [(A, "normalise")]
+    del portal.details[A]  # withdrawn nationally: no longer listed
+    pulled = catalogue.pull_catalogue(store, portal, run_id="r3")
+    assert pulled.withdrawn == (1 if published_before else 0)
+    assert store.dead_letters(catalogue.FLOW) == []
+    (letter,) = store.dead_letters(catalogue.FLOW, unresolved_only=False)
+    assert letter["resolution"] == "no longer listed nationally (withdrawn) in run r3"
