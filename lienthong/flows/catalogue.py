@@ -6,7 +6,8 @@
    record with the mapping ``national_portal__canonical/procedure`` (fees parsed to whole đồng
    with the published text kept; "mức độ 3/4" and "một phần/toàn trình" through one code table).
    A procedure that cannot be normalised (no code, a fee that is not an amount, an agency the
-   dictionary does not know) is dead-lettered; the others go on.
+   dictionary does not know) is dead-lettered; the others go on. A listed procedure whose detail's
+   ``TRANGTHAI`` is not 1 is hidden (contract §4.5): not published.
 2. The new snapshot is compared with the one kept in the bus database: added, amended (which
    fields), withdrawn. The changes are recorded for the run's change report, and the snapshot
    replaces the old one.
@@ -19,7 +20,7 @@
 Dead letters need no requeue: every pull reads every procedure again, and every push sends what
 a destination has not acknowledged. A procedure's open dead letters of the pull (stage
 ``normalise``) are resolved by the pull that normalises and publishes it, or that no longer finds it
-listed (withdrawn nationally); those of a push (stage
+published (withdrawn nationally); those of a push (stage
 ``onestop`` or ``ministry``) by that destination's acknowledgement of it. :func:`replay` resolves
 them at once (``lienthong deadletter replay``): a procedure still refused is dead-lettered again
 by the next run.
@@ -78,11 +79,13 @@ class PullReport:
     amended: int = 0
     withdrawn: int = 0
     unchanged: int = 0
+    hidden: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
     def counts(self) -> dict[str, Any]:
         return {"listed": self.listed, "normalised": self.normalised, "added": self.added, "amended": self.amended,
-                "withdrawn": self.withdrawn, "unchanged": self.unchanged, "rejected": len(self.rejected),
+                "withdrawn": self.withdrawn, "unchanged": self.unchanged, "hidden": self.hidden,
+                "rejected": len(self.rejected),
                 "rejections": self.rejected}
 
 
@@ -161,6 +164,11 @@ def _pull(portal: NationalPortalClient, mapping: Mapping, run_id: str, report: P
             report.rejected.append({"record_key": key, "stage": "normalise", "errors": exc.error_dicts()})
             continue
         detail = portal.get_procedure(code) if code else None
+        if isinstance(detail, dict) and not _published(detail):
+            # Listed, but its detail says it is not published (hidden between the list and the
+            # detail, or listed though hidden): not in the snapshot, so withdrawn if it was published.
+            report.hidden += 1
+            continue
         source = {"procedure": detail or {}, "listed": row, "levels": levels.get(code, [])}
         try:
             if detail is None:
@@ -190,6 +198,13 @@ def _pull(portal: NationalPortalClient, mapping: Mapping, run_id: str, report: P
         snapshot[record["procedure_code"]] = record
     report.normalised = len(snapshot)
     _apply_snapshot(begin, run_id, snapshot, rejected_codes, report)
+
+
+def _published(detail: dict[str, Any]) -> bool:
+    """Contract §4.5: TRANGTHAI 1 (number or text) is published, anything else hidden; a detail
+    without one is taken as the listing has it, published."""
+    state = detail.get("TRANGTHAI")
+    return state is None or state == "" or (not isinstance(state, bool) and str(state).strip() == "1")
 
 
 def _usable_code(code: str) -> bool:
@@ -302,11 +317,11 @@ def _apply_snapshot(begin: Callable[[], AbstractContextManager[Connection]], run
         waiting = _open_letters(conn, "normalise")
         _resolve_letters(conn, [i for code in waiting.keys() & snapshot.keys() for i in waiting[code]],
                          f"normalised and published by run {run_id}")
-        # One no longer listed (withdrawn nationally) will never be normalised again: nothing is left to do
+        # One no longer listed or published (withdrawn nationally) will never be normalised again: nothing is left to do
         # (not on an empty listing, which may be one cut short).
         if report.listed:
             _resolve_letters(conn, [i for code in waiting.keys() - snapshot.keys() - rejected for i in waiting[code]],
-                             f"no longer listed nationally (withdrawn) in run {run_id}")
+                             f"no longer published nationally (withdrawn) in run {run_id}")
     for change in changes:
         setattr(report, change["kind"], getattr(report, change["kind"]) + 1)
 

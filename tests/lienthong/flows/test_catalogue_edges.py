@@ -243,4 +243,22 @@ def test_the_dead_letter_of_a_procedure_withdrawn_nationally_is_resolved_by_the_
     assert pulled.withdrawn == (1 if published_before else 0)
     assert store.dead_letters(catalogue.FLOW) == []
     (letter,) = store.dead_letters(catalogue.FLOW, unresolved_only=False)
-    assert letter["resolution"] == "no longer listed nationally (withdrawn) in run r3"
+    assert letter["resolution"] == "no longer published nationally (withdrawn) in run r3"
+
+
+def test_a_listed_procedure_whose_detail_is_not_published_is_not_published(store):
+    """Contract §4.5: clients treat TRANGTHAI 1 as published and anything else as hidden. A listed
+    procedure whose LayThuTuc detail said TRANGTHAI 0 (withdrawn between the list and the detail,
+    or listed though hidden) was added, and kept published at every destination."""
+    C = "1.000003.000.00.00.H49"
+    portal, onestop = FakePortal({A: detail(A), B: detail(B, TRANGTHAI="1"), C: detail(C, TRANGTHAI=0)}), FakeOneStop()
+    pulled = catalogue.pull_catalogue(store, portal, run_id="r1")
+    assert (pulled.listed, pulled.added, pulled.hidden, pulled.rejected) == (3, 2, 1, [])
+    catalogue.push_catalogue(store, run_id="r1", onestop=onestop)
+    assert onestop.held == {A: "active", B: "active"}
+    portal.details[A]["TRANGTHAI"] = 2  # hidden now, still listed
+    pulled = catalogue.pull_catalogue(store, portal, run_id="r2")
+    assert (pulled.added, pulled.amended, pulled.withdrawn, pulled.hidden) == (0, 0, 1, 2)
+    (report,) = catalogue.push_catalogue(store, run_id="r2", onestop=onestop)
+    assert (report.upserted, report.withdrawn) == (0, 1) and onestop.held == {A: "withdrawn", B: "active"}
+    assert store.dead_letters(catalogue.FLOW) == []
