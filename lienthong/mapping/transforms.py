@@ -323,6 +323,26 @@ def join(value: Any, separator: str) -> str | None:
     return separator.join(parts) if parts else None
 
 
+@register_transform(
+    "sort_unique",
+    "a list of texts (from a [*] path) → the same texts sorted, each once (NFC), for a list whose order means "
+    "nothing (a set of codes), then join; missing items are left out, a non-text item is a 'type' error",
+    reads_list=True,
+    keeps_list=True,
+)
+def sort_unique(value: Any) -> list[str]:
+    if value.__class__ is not list:
+        raise TransformError("type", f"is {_kind(value)}, expected a list (use a [*] path)")
+    texts = set()
+    for item in value:
+        if item is None:
+            continue
+        if item.__class__ is not str:
+            raise TransformError("type", f"holds {_kind(item)}, expected only text")
+        texts.add(item if item.isascii() else unicodedata.normalize("NFC", item))
+    return sorted(texts)
+
+
 # --- canonical records (mappings/README.md, "The canonical model") ------------------------------
 
 

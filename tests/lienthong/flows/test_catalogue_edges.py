@@ -262,3 +262,24 @@ def test_a_listed_procedure_whose_detail_is_not_published_is_not_published(store
     (report,) = catalogue.push_catalogue(store, run_id="r2", onestop=onestop)
     assert (report.upserted, report.withdrawn) == (0, 1) and onestop.held == {A: "withdrawn", B: "active"}
     assert store.dead_letters(catalogue.FLOW) == []
+
+
+def test_related_procedures_in_another_order_are_no_change_and_one_more_is(store):
+    """TTHCLIENQUAN and TTHCLIENTHONG are sets of procedure codes: the same codes in another order
+    (or one given twice) made the procedure "amended" and pushed it again to every destination."""
+    X, Y, Z = "1.000010.000.00.00.H49", "2.000020.000.00.00.H49", "1.000030.000.00.00.H49"
+    portal, onestop = FakePortal({A: detail(A, TTHCLIENQUAN=[Y, X], TTHCLIENTHONG=[Z, X]), B: detail(B)}), FakeOneStop()
+    catalogue.pull_catalogue(store, portal, run_id="r1")
+    catalogue.push_catalogue(store, run_id="r1", onestop=onestop)
+    portal.details[A].update(TTHCLIENQUAN=[X, Y, X], TTHCLIENTHONG=[X, Z])
+    pulled = catalogue.pull_catalogue(store, portal, run_id="r2")
+    (report,) = catalogue.push_catalogue(store, run_id="r2", onestop=onestop)
+    assert (pulled.amended, pulled.unchanged, report.upserted) == (0, 2, 0)
+    portal.details[A].update(TTHCLIENQUAN=[Z, Y, X])
+    pulled = catalogue.pull_catalogue(store, portal, run_id="r3")
+    (report,) = catalogue.push_catalogue(store, run_id="r3", onestop=onestop)
+    assert (pulled.amended, report.upserted) == (1, 1)
+    with store.engine.connect() as conn:
+        record = conn.execute(select(catalogue_current.c.record).where(
+            catalogue_current.c.procedure_code == A)).scalar_one()
+    assert (record["related"], record["interconnected"]) == (f"{X},{Z},{Y}", f"{X},{Z}")
