@@ -109,13 +109,17 @@ class PushReport:
 
 
 def _levels(services: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Procedure code → every MUCDO the portal publishes for its public services."""
+    """Procedure code → every MUCDO the portal publishes for its public services, in an order of
+    their own (the highest is taken, so LayDVC's order means nothing; a dead letter's source keeps
+    them, and must not differ by it)."""
     out: dict[str, list[Any]] = defaultdict(list)
     for service in services:
         code = str(service.get("MATTHC") or "")
         for applied in service.get("APDUNGDVC") or []:
             if isinstance(applied, dict) and applied.get("MUCDO") not in (None, ""):
                 out[code].append(applied["MUCDO"])
+    for levels in out.values():
+        levels.sort(key=lambda level: (type(level).__name__, str(level)))
     return out
 
 

@@ -283,3 +283,19 @@ def test_related_procedures_in_another_order_are_no_change_and_one_more_is(store
         record = conn.execute(select(catalogue_current.c.record).where(
             catalogue_current.c.procedure_code == A)).scalar_one()
     assert (record["related"], record["interconnected"]) == (f"{X},{Z},{Y}", f"{X},{Z}")
+
+
+def test_a_refused_procedure_is_dead_lettered_once_whatever_the_order_of_layDVC(store):
+    """A refused procedure's dead letter keeps its LayDVC levels; read in LayDVC's order, the same
+    refusal was dead-lettered again by every run that listed the services in another order."""
+    class Services(FakePortal):
+        services = [{"MATTHC": A, "APDUNGDVC": [{"MUCDO": 3}]}, {"MATTHC": A, "APDUNGDVC": [{"MUCDO": "Toàn trình"}]}]
+
+        def list_services(self):
+            return self.services
+
+    portal = Services({A: _unparsable_fee(A), B: detail(B)})
+    catalogue.pull_catalogue(store, portal, run_id="r1")
+    portal.services = portal.services[::-1]
+    catalogue.pull_catalogue(store, portal, run_id="r2")
+    assert [(d["record_key"], d["run_id"]) for d in store.dead_letters(catalogue.FLOW)] == [(A, "r1")]
