@@ -159,6 +159,7 @@ def stage_changes(store: Store, onestop: OneStopClient, *, run_id: str, feed_fro
             whole feed, or a cursor. Re-reading is a backfill, safe like a window's: events staged
             before and finished go back in line, and delivery sends none whose payload the portal
             acknowledged unless asked to (``resend_acknowledged``, after the portal lost data).
+            A backfill leaves the bookmark alone (a cursor past it would skip the events between).
         report: the report to fill as the step goes (a caller counting what a failed attempt did
             passes its own); a new one by default.
     """
@@ -171,7 +172,7 @@ def stage_changes(store: Store, onestop: OneStopClient, *, run_id: str, feed_fro
         report.pages += 1
         report.events_read += len(page.events)
         if page.events:
-            _stage_page(store, page, page_start, run_id, report, restage=feed_from is not None)
+            _stage_page(store, page, page_start, run_id, report, backfill=feed_from is not None)
             store.keep_statistics(_STAGE_TABLES)
         page_start = page.next_cursor
     log.info("staged %d new events (%d read, %d already staged, %d superseded) from %d pages; bookmark %s",
@@ -257,9 +258,15 @@ def _row(dossier: dict[str, Any], *, seq: int, run_id: str) -> dict[str, Any]:
 
 
 def _stage_page(store: Store, page: Any, page_start: str | None, run_id: str, report: StageReport, *,
-                restage: bool = False) -> None:
+                backfill: bool = False) -> None:
+    """Stage one page; the bookmark moves to the page's start, except in a backfill: the bookmark
+    is where the scheduled reading goes on, and a backfill's cursor (opaque, so never compared with
+    it) may be past it, which would skip the events in between, or before it (re-reading it all)."""
     rows = [_row(e.dossier, seq=e.seq, run_id=run_id) for e in page.events]
-    _stage_rows(store, rows, run_id, report, bookmark=page_start or "", restage=restage)
+    if backfill:
+        _stage_rows(store, rows, run_id, report, restage=True)
+        return
+    _stage_rows(store, rows, run_id, report, bookmark=page_start or "")
     report.cursor_to = page_start
 
 

@@ -515,3 +515,23 @@ def _map_interoperating(tmp_path, monkeypatch) -> None:
             text = text.replace("    not_mapped:\n      interoperating:", "    not_mapped:\n      interoperating_old:")
             path.write_text(text)
     monkeypatch.setenv("LIENTHONG_MAPPINGS_DIR", str(fixed))
+
+
+def test_a_backfill_from_a_cursor_past_the_bookmark_leaves_the_bookmark_alone(bus_env):
+    """A backfill re-reads the feed from a cursor; it must not move the bookmark. Given a cursor
+    past the bookmark (an operator re-reading only the newest events), it set the bookmark there,
+    and the events between the old bookmark and that cursor were never staged by any run."""
+    from mocks.one_stop.app import encode_cursor
+
+    run("r1")
+    first_last = get(bus_env, "onestop", "/_state")["lastSeq"]
+    post(bus_env, "onestop", "/_admin/advance", {"new": 4, "changes": 4})
+    last = get(bus_env, "onestop", "/_state")["lastSeq"]
+    assert last - first_last == 8
+    staged, _ = run("r2", feed_from=encode_cursor(last - 2))  # only the last two events
+    assert staged["events_read"] == 2
+    run("r3")  # the schedule goes on from its bookmark: the six events in between are staged too
+    with store().engine.connect() as conn:
+        seqs = set(conn.execute(select(outbox.c.source_seq).where(outbox.c.flow == dossier_status.FLOW)).scalars())
+    assert seqs == set(range(1, last + 1))
+    assert_portal_agrees(bus_env)
