@@ -337,7 +337,7 @@ def test_readme_lists_every_registered_transform():
 # The dossier mapping: metadata and exact output
 
 def test_dossier_mapping_metadata(dossier):
-    assert dossier.name == DOSSIER and dossier.version == 1
+    assert dossier.name == DOSSIER and dossier.version == 2
     assert dossier.source["system"] == "onestop" and dossier.target["record"] == "DongBoHoSoMC"
     assert dossier.target_fields == (
         "MaHoSo", "SoBienNhan", "MaTTHC", "TenTTHC", "MaLinhVuc", "TenLinhVuc", "KenhThucHien", "ChuHoSo",

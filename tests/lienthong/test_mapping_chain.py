@@ -95,7 +95,7 @@ def assert_equivalent(record: dict, record_type: str, *, exact: bool = True) -> 
 def test_the_flow_names_load_chains_with_the_mapping_interface(record_type):
     loaded = chain(record_type)
     assert isinstance(loaded, Chain) and isinstance(loaded, Mapping)
-    assert loaded.name == f"onestop__national_portal/{record_type}" and loaded.version == 2
+    assert loaded.name == f"onestop__national_portal/{record_type}" and loaded.version == 3
     assert [s.name for s in loaded.stages] == [f"onestop__canonical/{record_type}",
                                                f"canonical__national_portal/{record_type}"]
     assert loaded.target_fields == direct(record_type).target_fields

@@ -51,20 +51,20 @@ def load(name: str) -> dict:
 def test_check_passes_on_the_repository(capsys):
     assert run("mapping", "check") == 0
     out = capsys.readouterr().out
-    assert f"valid    {DOSSIER} v2" in out
-    assert "  chain: onestop__canonical/dossier v1 → canonical__national_portal/dossier v1\n" in out
+    assert f"valid    {DOSSIER} v3" in out
+    assert "  chain: onestop__canonical/dossier v2 → canonical__national_portal/dossier v2\n" in out
     assert "OK       dossier.defective-interoperating.json  rejected as meant" in out
     assert ("TrangThaiHoSo: [onestop__canonical/dossier: status] dossierStatus 'interoperating' is not in code "
             "table canonical_status") in out
     assert "samples: 11, all as meant" in out
-    assert f"valid    {PROGRESS} v2" in out
-    assert f"valid    {DIRECT_DOSSIER} v1" in out and f"valid    {DIRECT_PROGRESS} v1" in out
+    assert f"valid    {PROGRESS} v3" in out
+    assert f"valid    {DIRECT_DOSSIER} v2" in out and f"valid    {DIRECT_PROGRESS} v2" in out
     assert "OK       progress.defective-long-actor.json  rejected as meant (000.00.01.H49-261020-0007#2):" in out
     assert ("NguoiXuLy: [onestop__canonical/progress: actor] actor is 60 characters long; actor allows at most 50 "
             "(values are never truncated) [max_length]") in out
     assert "NguoiXuLy: actor is 60 characters long; NguoiXuLy allows at most 50 (values are never truncated) [max_length]" in out
     assert "samples: 7, all as meant" in out
-    assert "valid    canonical__national_portal/dossier v1" in out
+    assert "valid    canonical__national_portal/dossier v2" in out
     assert out.endswith(
         "valid    code tables mappings/onestop__national_portal/code_tables.yaml: trang_thai_ho_so\n"
         f"  used by: {DIRECT_DOSSIER}, {DIRECT_PROGRESS}\n")

@@ -170,6 +170,34 @@ def test_a_hostile_dossier_code_never_stops_the_feed(bus_env):
     assert again["staged"] == 0  # the feed moved past them: nothing staged twice
 
 
+def test_codes_written_with_other_unicode_digits_are_refused_by_the_mapping_naming_the_form(bus_env):
+    """A dossier or procedure code in full-width (０-９) or Arabic-Indic (٠-٩) digits is not of the
+    portal's form (§6.2, §6.4), yet the mapping's \\d took any Unicode digit: the dossier reached
+    the portal, which refused it as another province's (code 5, stage peer) or an unknown procedure."""
+    wide = str.maketrans("0123456789", "０１２３４５６７８９")
+    arabic = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+    cases = [
+        ({**template(bus_env, 40), "dossierNo": "000.00.03.H49-261120-0040".translate(wide)}, "MaHoSo"),
+        ({**template(bus_env, 41), "dossierNo": "000.00.03.H49-261120-0041".translate(arabic)}, "MaHoSo"),
+    ]
+    code = template(bus_env, 42)
+    head, number, rest = code["serviceCode"].split(".", 2)
+    cases.append(({**code, "serviceCode": f"{head}.{number.translate(wide)}.{rest}"}, "MaTTHC"))
+    for dossier, _ in cases:
+        inject(bus_env, dossier)
+
+    run("digits-1")
+
+    letters = dead_letters()
+    for dossier, field in cases:
+        letter = letters[dossier["dossierNo"]]
+        assert letter.stage == "mapping", (dossier["dossierNo"], letter.stage, letter.errors)
+        assert [(e["field"], e["rule"]) for e in letter.errors] == [(field, "format")], letter.errors
+    held = portal_dossiers(bus_env)
+    assert not {d["dossierNo"] for d, _ in cases} & set(held)
+    assert {k: held[k] for k in seeded_expectation(bus_env)} == seeded_expectation(bus_env)
+
+
 # --- the one-stop's snapshot version ------------------------------------------------------------
 def test_a_snapshot_version_that_is_not_a_whole_number_is_dead_lettered_naming_it(bus_env):
     """``version`` orders a dossier's snapshots (the stale and supersede guards): text, a fraction,
