@@ -1059,7 +1059,8 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
     For a dossier, its newest held, refused or pending snapshot goes back to pending (re-mapped
     with the current mapping file), the others held behind it are superseded; for a progress
     entry, the entry and the entries held behind it go back to pending.
-    Select by dead-letter ids, by record key, or every unresolved dead letter of a flow.
+    Select by dead-letter ids, by record key (a dossier code selects its progress steps' too), or
+    every unresolved dead letter of a flow.
     """
     result = ReplayResult()
     query = select(dead_letter).where(dead_letter.c.resolved_at.is_(None),
@@ -1067,7 +1068,11 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
     if dead_letter_ids:
         query = query.where(dead_letter.c.id.in_(dead_letter_ids))
     if record_key:
-        query = query.where(dead_letter.c.record_key == record_key)
+        # a dossier code also names its progress steps' dead letters (keyed ``<code>#<stepId>``):
+        # they are what holds the dossier's later steps back
+        query = query.where(or_(dead_letter.c.record_key == record_key,
+                                (dead_letter.c.flow == PROGRESS_FLOW)
+                                & dead_letter.c.record_key.startswith(f"{record_key}#", autoescape=True)))
     if flow:
         query = query.where(dead_letter.c.flow == flow)
     with store.begin() as conn:

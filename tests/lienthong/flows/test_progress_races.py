@@ -173,3 +173,38 @@ def test_a_refused_step_the_one_stop_corrected_is_sent_corrected_after_replay(st
     assert [e["NguoiXuLy"] for e in sent] == ["Nguyễn Văn A", "Trần Văn Bình"]
     (letter,) = store.dead_letters(dossier_status.PROGRESS_FLOW, unresolved_only=False)
     assert letter["source_payload"]["actor"] == "Nguyễn " * 20  # the dead letter keeps the refused copy
+
+
+def test_replay_by_dossier_code_releases_the_dossier_held_behind_a_refused_step(store):
+    """``deadletter replay --record <dossier code>`` (its help: "every unresolved dead letter of
+    this record key (dossier code, ...)"): a refused step's dead letter is keyed by the entry
+    (``<code>#<stepId>``), so replaying by the dossier code matched nothing and its later steps
+    stayed held. A dossier code whose text holds LIKE wildcards matches only its own entries."""
+    from connectors.national_portal.client import BatchResult
+    from lienthong.mapping import load_mapping
+
+    mapping = load_mapping(dossier_status.PROGRESS_MAPPING)
+    code, entry, stage = _two_steps(store)
+    sent: list[dict] = []
+
+    class Portal:
+        transport = None
+
+        def update_progress(self, records):
+            sent.extend(records)
+            return BatchResult(accepted=list(range(len(records))), calls=1)
+
+    stage(entry(1, "2026-11-06T08:00:00+07:00", actor="Nguyễn " * 20), entry(2, "2026-11-06T09:00:00+07:00"))
+    first = dossier_status.deliver_progress(store, Portal(), run_id="r1", mapping=mapping)
+    assert [r["record_key"] for r in first.rejected] == [f"{code}#1"] and first.held == 1 and sent == []
+    other = code.replace("-0001", "-0002")
+    with store.begin() as conn:  # another dossier's refused step, whose code differs in one character
+        Store.add_dead_letter(conn, flow=PROGRESS_FLOW, record_key=f"{other}#1", outbox_id=None, run_id="r1",
+                              stage="peer", error=ValueError("x"), errors=[], source_payload={}, attempts=1)
+    stage(entry(1, "2026-11-06T08:00:00+07:00", actor="Nguyễn Văn A"), entry(2, "2026-11-06T09:00:00+07:00"))
+    assert dossier_status.replay(store, record_key=code[:-1] + "_").dead_letters == []  # no wildcard match
+    result = dossier_status.replay(store, record_key=code)
+    assert result.requeued == [f"{code}#1"] and len(result.dead_letters) == 1
+    dossier_status.deliver_progress(store, Portal(), run_id="r2", mapping=mapping)
+    assert [e["NguoiXuLy"] for e in sent] == ["Nguyễn Văn A", "Trần Văn Bình"]
+    assert [d["record_key"] for d in store.dead_letters(PROGRESS_FLOW)] == [f"{other}#1"]  # still unresolved
