@@ -55,6 +55,8 @@ CODE_INVALID = -1
 CODE_BAD_CREDENTIALS = 1
 CODE_SESSION = 2
 CODE_DUPLICATE = 3
+#: A duplicate insert is answered 3 or -3 (contract §5.9, §7.2; the difference is unknown).
+CODE_DUPLICATE_NEGATIVE = -3
 CODE_UNKNOWN_DOSSIER = 4
 CODE_WRONG_UNIT = 5
 CODE_FINALISED = 6
@@ -77,6 +79,7 @@ class DossierFinalised(PeerRejected):
 
 _REJECTION_BY_CODE: dict[int, type[PeerRejected]] = {
     CODE_DUPLICATE: DossierAlreadyExists,
+    CODE_DUPLICATE_NEGATIVE: DossierAlreadyExists,
     CODE_UNKNOWN_DOSSIER: DossierUnknown,
     CODE_FINALISED: DossierFinalised,
 }

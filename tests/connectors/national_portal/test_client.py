@@ -210,3 +210,31 @@ def test_a_redirect_never_replays_the_log_in_to_another_host(peers, status):
         NationalPortalClient(portal.url, PORTAL_USER, Secret(PORTAL_PASSWORD), UNIT, recorder=recorder).login()
     assert elsewhere.requests == [] and len(portal.requests) == 1
     assert PORTAL_PASSWORD.encode() not in recorder.exchanges[0].request_body
+
+
+def _scripted_portal(peers, refusal):
+    """A portal that opens sessions and answers every DongBoHoSoMC with ``refusal``."""
+    import json
+
+    def handle(h, body):
+        request = json.loads(body)
+        if "service" not in request:
+            answer(h, 200, {"error_code": 0, "message": "Thành công", "session": "s-1"})
+        else:
+            answer(h, 200, refusal(request))
+
+    return peers(handle)
+
+
+@pytest.mark.parametrize("code", [3, -3, "-3"])
+def test_a_duplicate_insert_answered_3_or_minus_3_is_already_exists(peers, code):
+    """Contract §5.9/§7.2/§9.1: a duplicate insert is answered error_code 3 or -3 with "đã tồn tại".
+    -3 was a plain refusal (dead-lettered instead of sent again as an update)."""
+    key = "000.00.01.H49-261102-0001"
+    peer = _scripted_portal(peers, lambda r: {
+        "error_code": code, "message": f"Hồ sơ {key} đã tồn tại trên hệ thống",
+        "result": [{"MaHoSo": key, "error_code": code, "message": f"Hồ sơ {key} đã tồn tại trên hệ thống"}]})
+    c = NationalPortalClient(peer.url, PORTAL_USER, Secret(PORTAL_PASSWORD), UNIT)
+    result = c.sync_dossiers([dossier(key)], is_updating=False)
+    assert result.accepted == [] and isinstance(result.rejected[key], DossierAlreadyExists)
+
