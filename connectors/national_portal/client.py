@@ -360,12 +360,21 @@ class NationalPortalClient:
         return result
 
     def _refusals(self, reply: PortalReply, data: list[dict[str, Any]]) -> dict[int, PeerRejected]:
-        """Refused positions of ``data``, from the reply's per-record ``result`` rows."""
+        """Refused positions of ``data``, from the reply's per-record ``result`` rows.
+
+        A reply without rows (the portal's clients read only ``error_code`` and ``message``,
+        contract §3.3, §7.2) refuses the call's one record when its code is about a dossier
+        (exists, unknown, final); any other such reply is the call's (see ``_call_level_error``)."""
+        rows = reply.result if isinstance(reply.result, list) else []
+        if not rows and len(data) == 1 and reply.error_code in _REJECTION_BY_CODE:
+            key = str(data[0].get("MaHoSo", ""))
+            error = FieldError("MaHoSo", f"portal_code_{reply.error_code}", reply.message)
+            return {0: _REJECTION_BY_CODE[reply.error_code](key, [error], peer_code=str(reply.error_code),
+                                                            peer_message=reply.message)}
         positions: dict[str, list[int]] = {}
         for i, record in enumerate(data):
             positions.setdefault(str(record.get("MaHoSo", "")), []).append(i)
         refused: dict[int, PeerRejected] = {}
-        rows = reply.result if isinstance(reply.result, list) else []
         for row in rows:
             if not isinstance(row, dict):
                 continue

@@ -238,3 +238,15 @@ def test_a_duplicate_insert_answered_3_or_minus_3_is_already_exists(peers, code)
     result = c.sync_dossiers([dossier(key)], is_updating=False)
     assert result.accepted == [] and isinstance(result.rejected[key], DossierAlreadyExists)
 
+
+def test_a_refusal_without_per_record_rows_is_the_single_record_s(peers):
+    """The portal's clients read only error_code and message (contract §3.3, §7.2: one dossier per
+    call); a refusal with no ``result`` rows for a one-record call is that record's, not a
+    ProtocolError failing the whole step at every run."""
+    key = "000.00.01.H49-261102-0001"
+    peer = _scripted_portal(peers, lambda r: {"error_code": -3, "message": f"Hồ sơ {key} đã tồn tại"})
+    c = NationalPortalClient(peer.url, PORTAL_USER, Secret(PORTAL_PASSWORD), UNIT)
+    result = c.sync_dossiers([dossier(key)], is_updating=False)
+    assert result.accepted == [] and isinstance(result.rejected[key], DossierAlreadyExists)
+    assert result.rejected[key].peer_code == "-3"
+    assert [(e.field, e.rule) for e in result.rejected[key].errors] == [("MaHoSo", "portal_code_-3")]
