@@ -37,6 +37,7 @@ from lienthong.store import Store, agreement_difference, agreement_run, delivery
 
 __all__ = [
     "CHECKS",
+    "CHECK_SYSTEMS",
     "FLOW",
     "CheckUnavailable",
     "AgreementCheck",
@@ -118,12 +119,16 @@ class AgreementCheck(Protocol):
 #: name → factory(resolve, store, run_id, task_id) → (check, closer); see :func:`register_check`
 CheckFactory = Callable[..., tuple[AgreementCheck, Callable[[], None]]]
 CHECKS: dict[str, CheckFactory] = {}
+#: name → the systems the check compares (what a check that could not start is recorded with)
+CHECK_SYSTEMS: dict[str, str] = {}
 
 
-def register_check(name: str) -> Callable[[CheckFactory], CheckFactory]:
-    """Register a check factory ``f(resolve, store, *, run_id, task_id) -> (check, close)``."""
+def register_check(name: str, systems: str) -> Callable[[CheckFactory], CheckFactory]:
+    """Register a check factory ``f(resolve, store, *, run_id, task_id) -> (check, close)`` with the
+    systems it compares (``"onestop↔national_portal"``), known before the factory runs."""
     def wrap(factory: CheckFactory) -> CheckFactory:
         CHECKS[name] = factory
+        CHECK_SYSTEMS[name] = systems
         return factory
     return wrap
 
@@ -280,7 +285,7 @@ def _resolve_all(resolve: Any, conn_ids: tuple[str, ...]) -> dict[str, Any]:
     return specs
 
 
-@register_check("dossier_status")
+@register_check("dossier_status", DossierStatusCheck.systems)
 def _dossier_check(resolve: Any, store: Store, *, run_id: str, task_id: str | None = None,
                    dossiers: list[str] | None = None) -> tuple[AgreementCheck, Callable[[], None]]:
     from connectors.national_portal.client import NationalPortalClient
@@ -368,7 +373,7 @@ class FeePaymentCheck:
         return _finish(store, result)
 
 
-@register_check("fee_payment")
+@register_check("fee_payment", FeePaymentCheck.systems)
 def _fee_check(resolve: Any, store: Store, *, run_id: str, task_id: str | None = None
                ) -> tuple[AgreementCheck, Callable[[], None]]:
     """The fee check on the real connectors: one-stop payment requests, platform QUERY, ledger

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from connectors.connection import ConnectionSpec, connection_from_env
 from connectors.errors import ConfigurationError, IntegrationError
-from lienthong.reports.agreement import CHECKS, CheckUnavailable, load_agreement, mark_skipped, save_result
+from lienthong.reports.agreement import CHECK_SYSTEMS, CHECKS, CheckUnavailable, load_agreement, mark_skipped, save_result
 from lienthong.reports.facts import refresh_dossier_facts
 from lienthong.reports.kpi import DEFAULT_THRESHOLDS, LOCAL, KpiReport, compute_kpis, month_start, parse_period
 from lienthong.reports.render import write_files
@@ -185,7 +185,7 @@ def check_agreement(
     try:
         checker, close = CHECKS[check](resolve, store, **kwargs)
     except (CheckUnavailable, ConfigurationError) as exc:
-        mark_skipped(store, run_id, check, check, f"not checked: {exc}", as_of or started)
+        mark_skipped(store, run_id, check, CHECK_SYSTEMS[check], f"not checked: {exc}", as_of or started)
         log.warning("agreement check %s not run: %s", check, exc)
         return {"check": check, "checked": 0, "differing": 0, "skipped": str(exc)}
     try:
