@@ -11,7 +11,7 @@ to yesterday, whole days only, so the run on the 1st writes the whole previous m
 logical date, which manual runs do not have; each defaults on its own: ``date_to`` alone covers
 its month up to it, ``date_from`` alone runs up to yesterday; a period that ends before it starts
 fails the task at once) and ``thresholds`` (fractions the toàn trình share of an agency is flagged
-below).
+below; an empty list flags nobody).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ DEFAULT_ARGS = default_args(retries=2, retry_delay=timedelta(minutes=1), max_ret
         "date_from": Param(None, type=["null", "string"], description="first day, YYYY-MM-DD (default: 1st of date_to's month)"),
         "date_to": Param(None, type=["null", "string"], description="last day, included, YYYY-MM-DD (default: yesterday)"),
         "thresholds": Param([0.5, 0.3], type="array", items={"type": "number", "minimum": 0, "maximum": 1},
-                            description="flag agencies whose toàn trình share is below each of these"),
+                            description="flag agencies whose toàn trình share is below each of these ([] flags nobody)"),
         "out_dir": Param(None, type=["null", "string"], description="directory for HTML and CSV (default $LIENTHONG_HOME/reports)"),
     },
     tags=["lienthong", "report", "ministry"],

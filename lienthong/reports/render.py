@@ -248,7 +248,7 @@ def render_html(kpi: KpiReport | None, agreement: AgreementReport | None, *, tit
             f"tỷ lệ toàn trình <b>{pct(p.share_full)}</b>. Hồ sơ: {p.received} tiếp nhận, {p.received_online} "
             f"trực tuyến ({pct(p.online_share)}); {p.processed} đã xử lý, {p.on_time} đúng hạn, {p.late} trễ hạn "
             f"({pct(p.on_time_rate)} đúng hạn); {p.open_past_due} quá hạn chưa xử lý.</p>")
-        thresholds = ", ".join(f"{t * 100:g} %" for t in kpi.thresholds)
+        thresholds = ", ".join(f"{t * 100:g} %" for t in kpi.thresholds) or "không đặt ngưỡng"
         parts.append(f"<p>Ngưỡng cảnh báo tỷ lệ toàn trình: {thresholds}. Cơ quan dưới ngưỡng: "
                      f"<b>{len(flagged)}</b>"
                      + (": " + ", ".join(escape(f"{r.agency_code} ({pct(r.share_full)})") for r in flagged)

@@ -129,12 +129,14 @@ def kpi_report(
     (each bound not given defaults on its own: :func:`report_period`, with ``whole_days`` as given).
 
     The HTML also shows the latest agreement run kept in the bus database (``with_agreement``).
+    ``thresholds``: fractions an agency's toàn trình share is flagged below; ``None`` means
+    :data:`DEFAULT_THRESHOLDS`, an empty list no threshold (nobody flagged).
     """
     start, end = report_period(date_from, date_to, whole_days=whole_days)  # a bad period fails before any work
     store = open_store(resolve)
     if refresh:
         refresh_dossier_facts(store)
-    report = compute_kpis(store, parse_period(start, end), thresholds=tuple(thresholds or DEFAULT_THRESHOLDS),
+    report = compute_kpis(store, parse_period(start, end), thresholds=DEFAULT_THRESHOLDS if thresholds is None else tuple(thresholds),
                           as_of=as_of)
     summary = _kpi_summary(report)
     if ministry:

@@ -37,3 +37,43 @@ def test_a_check_that_could_not_start_names_its_systems_not_itself(tmp_path, mon
     [result] = load_agreement(store, "r-1").results
     assert (result.check_name, result.systems) == (check, systems)
     store.dispose()
+
+
+def _publish(store: Store, code: str, agency: str, level: str) -> None:
+    from lienthong.store import catalogue_current, utcnow
+
+    record = {"procedure_code": code, "online_level": level, "publishing_agency_code": agency,
+              "agencies": {"implementing": [{"code": agency, "name": "Sở Tư pháp"}]}}
+    with store.begin() as conn:
+        conn.execute(catalogue_current.insert().values(procedure_code=code, record=record, record_hash="h",
+                                                       published=True, updated_at=utcnow()))
+
+
+@pytest.mark.parametrize("given, flags", [(None, [0.5, 0.3]), ([], []), ([0.9], [0.9])])
+def test_an_explicit_empty_threshold_list_flags_nobody(tmp_path, monkeypatch, given, flags):
+    """`thresholds=[]` (the DAG's param emptied) was read as "not given" and flagged agencies
+    against the defaults 50 % and 30 %; only None means the defaults now."""
+    from connectors.connection import connection_from_env
+    from lienthong.reports import tasks as report_tasks
+    from lienthong.reports.render import render_html
+
+    store = _bus_only(tmp_path, monkeypatch)
+    _publish(store, "1.000001", "AG-A", "none")  # toàn trình share 0 %
+    captured = {}
+    real_write_files = report_tasks.write_files
+
+    def write_files(out_dir, **reports):
+        captured.update(reports)
+        return real_write_files(out_dir, **reports)
+
+    monkeypatch.setattr(report_tasks, "write_files", write_files)
+    summary = report_tasks.kpi_report(connection_from_env, date_from="2026-11-01", date_to="2026-11-30",
+                                      thresholds=given, out_dir=tmp_path / "out", ministry=False,
+                                      with_agreement=False, as_of=AS_OF)
+    kpi = captured["kpi"]
+    assert list(kpi.thresholds) == flags
+    assert [r.flags for r in kpi.agencies] == [flags]
+    assert summary["flagged"] == (1 if flags else 0)
+    if not flags:
+        assert "không đặt ngưỡng" in render_html(kpi, None)
+    store.dispose()
