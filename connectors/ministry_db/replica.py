@@ -130,7 +130,9 @@ thong_ke_dvc = Table(
     Column("hs_tre_han", Integer, nullable=False),
     Column("ty_le_dung_han", Float),
     Column("hs_qua_han_chua_xu_ly", Integer, nullable=False),
-    Column("canh_bao", String(64)),  # thresholds the toàn trình share is below, e.g. "<50%,<30%"
+    # thresholds the toàn trình share is below, e.g. "<50%,<30%": as many as the report was given
+    # (VARCHAR(64) until migration 3, which PostgreSQL enforced: a dozen thresholds lost the report)
+    Column("canh_bao", Text),
     Column("tinh_den", DateTime(timezone=True), nullable=False),  # as of
     Column("cap_nhat_luc", DateTime(timezone=True), nullable=False),
 )
@@ -174,10 +176,18 @@ def _migration_2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[thong_ke_dvc, doi_soat_tong_hop, doi_soat_chenh_lech])
 
 
+def _migration_3(conn: Connection) -> None:
+    """``tk_dvc_truc_tuyen.canh_bao`` as TEXT: the warning lists every threshold an agency is below.
+    SQLite does not enforce a VARCHAR's length, and its column already takes any text."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ALTER TABLE tk_dvc_truc_tuyen ALTER COLUMN canh_bao TYPE TEXT")
+
+
 #: (number, description, step). Append only; a number is never reused.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "tạo bảng tthc_thu_tuc và tthc_phi_le_phi", _migration_1),
     (2, "tạo bảng thống kê DVC trực tuyến và đối soát (tk_dvc_truc_tuyen, ds_doi_soat_*)", _migration_2),
+    (3, "tk_dvc_truc_tuyen.canh_bao kiểu TEXT (mọi ngưỡng cảnh báo)", _migration_3),
 ]
 
 

@@ -1,7 +1,7 @@
 """The reports as ministry tables (``tk_dvc_truc_tuyen``, ``ds_doi_soat_*``), upserted.
 
 The tables belong to the ministry database and are created by its numbered migrations
-(``connectors.ministry_db.replica.MIGRATIONS``, migration 2). A KPI row is keyed by (first day,
+(``connectors.ministry_db.replica.MIGRATIONS``, migrations 2 and 3). A KPI row is keyed by (first day,
 last day, agency), an agreement row by (run, check[, record, aspect]): writing the same report
 again replaces its rows in one transaction, so reruns are safe.
 """

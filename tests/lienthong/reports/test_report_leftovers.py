@@ -77,3 +77,52 @@ def test_an_explicit_empty_threshold_list_flags_nobody(tmp_path, monkeypatch, gi
     if not flags:
         assert "không đặt ngưỡng" in render_html(kpi, None)
     store.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ministry_url(request, tmp_path):
+    from tests.conftest import postgres_database
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ministry.db'}"
+        return
+    with postgres_database("lienthong_ministry") as url:
+        yield url
+
+
+@pytest.mark.parametrize("upgraded", [False, True], ids=["fresh", "upgraded"])
+def test_many_thresholds_fit_the_ministry_tables_warning_column(tmp_path, ministry_url, upgraded, monkeypatch):
+    """canh_bao was VARCHAR(64): an agency under a dozen thresholds made a warning text longer
+    than that, and PostgreSQL refused the whole report (SQLite kept it). Migration 3 makes it
+    TEXT, also in a database created before it."""
+    from sqlalchemy import select, text
+
+    from connectors.ministry_db import replica as replica_module
+    from connectors.ministry_db.replica import MinistryReplica, thong_ke_dvc
+    from lienthong.reports.kpi import compute_kpis, parse_period
+    from lienthong.reports.ministry import write_kpis
+
+    store = Store(f"sqlite:///{tmp_path / 'bus.db'}")
+    store.create_schema()
+    _publish(store, "1.000001", "AG-A", "none")
+    thresholds = [round(0.05 * n, 3) for n in range(1, 20)] + [0.125, 0.375, 0.625, 0.875]
+    report = compute_kpis(store, parse_period("2026-11-01", "2026-11-30"), thresholds=thresholds, as_of=AS_OF)
+    replica = MinistryReplica(ministry_url)
+    try:
+        if upgraded:  # a ministry database migrated before migration 3, its column as it was
+            with monkeypatch.context() as mp:
+                mp.setattr(replica_module, "MIGRATIONS", replica_module.MIGRATIONS[:2])
+                assert replica.migrate() == [1, 2]
+            if replica.engine.dialect.name == "postgresql":
+                with replica.engine.begin() as conn:
+                    conn.execute(text("ALTER TABLE tk_dvc_truc_tuyen ALTER COLUMN canh_bao TYPE VARCHAR(64)"))
+        assert write_kpis(replica, report) == 2
+        with replica.engine.connect() as conn:
+            warnings = dict(conn.execute(select(thong_ke_dvc.c.ma_co_quan, thong_ke_dvc.c.canh_bao)).all())
+        expected = ",".join(f"<{t * 100:g}%" for t in sorted(thresholds, reverse=True))
+        assert len(expected) > 64
+        assert warnings == {"*": expected, "AG-A": expected}
+        assert replica.schema_version() == 3
+    finally:
+        replica.dispose()
+        store.dispose()
