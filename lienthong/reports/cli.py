@@ -32,8 +32,8 @@ def cmd_report_kpi(args: argparse.Namespace) -> int:
     from lienthong.reports import tasks
 
     try:
-        tasks.report_period(args.date_from, args.date_to)
-    except ValueError as exc:  # a bound that does not parse, or --from after --to
+        tasks.kpi_period(args.date_from, args.date_to, ministry=not args.no_ministry)
+    except ValueError as exc:  # a bound that does not parse, --from after --to, or within a day for the ministry
         print(f"lienthong: {exc}", file=sys.stderr)
         return 2
     summary = tasks.kpi_report(_resolver(), date_from=args.date_from, date_to=args.date_to,

@@ -101,6 +101,12 @@ class Period:
     def last_day(self) -> date:
         return (self.end - timedelta(microseconds=1)).astimezone(LOCAL).date()
 
+    def partial_day_bounds(self) -> list[str]:
+        """Which bounds (``start``, ``end``) are not a local midnight: a period given by
+        date-times within a day, which a table keyed by days cannot tell from the whole day."""
+        return [name for name, moment in (("start", self.start), ("end", self.end))
+                if moment.astimezone(LOCAL).timetz().replace(tzinfo=None) != time(0)]
+
 
 def _bound(text: str, *, end: bool) -> datetime:
     if "T" in text or " " in text.strip():

@@ -3,7 +3,9 @@
 The tables belong to the ministry database and are created by its numbered migrations
 (``connectors.ministry_db.replica.MIGRATIONS``, migrations 2 and 3). A KPI row is keyed by (first day,
 last day, agency), an agreement row by (run, check[, record, aspect]): writing the same report
-again replaces its rows in one transaction, so reruns are safe.
+again replaces its rows in one transaction, so reruns are safe. A KPI period that does not start
+and end at local midnight is refused (:func:`check_whole_days`): its row would be the whole days'
+row, and two periods within one day would overwrite each other.
 """
 
 from __future__ import annotations
@@ -15,10 +17,25 @@ from sqlalchemy.engine import Connection
 
 from connectors.ministry_db.replica import MinistryReplica, doi_soat_chenh_lech, doi_soat_tong_hop, thong_ke_dvc
 from lienthong.reports.agreement import AgreementReport
-from lienthong.reports.kpi import KpiReport, KpiRow
+from lienthong.reports.kpi import KpiReport, KpiRow, Period
 from lienthong.store import utcnow
 
-__all__ = ["flag_text", "kpi_columns", "write_agreement", "write_kpis"]
+__all__ = ["check_whole_days", "flag_text", "kpi_columns", "write_agreement", "write_kpis"]
+
+
+def check_whole_days(period: Period) -> None:
+    """Refuse a period ``tk_dvc_truc_tuyen`` cannot key: its rows are keyed by local days.
+
+    Raises:
+        ValueError: a bound is not a local midnight (the message names it and what to do).
+    """
+    partial = period.partial_day_bounds()
+    if partial:
+        raise ValueError(
+            f"KPI period {period.label}: the ministry table {thong_ke_dvc.name} keeps whole local days "
+            f"(tu_ngay, den_ngay), and the period's {' and '.join(partial)} is not a local midnight "
+            f"(Asia/Ho_Chi_Minh); its row would replace the whole days' row. Give dates, or leave the "
+            f"ministry table out (--no-ministry)")
 
 
 def flag_text(row: KpiRow) -> str | None:
@@ -51,7 +68,12 @@ def _upsert(conn: Connection, table: Any, keys: dict[str, Any], values: dict[str
 def write_kpis(replica: MinistryReplica, report: KpiReport) -> int:
     """Replace the period's rows (province and agencies) in one transaction: an agency no longer
     in the period (its dossiers moved to another) loses its row, so the agencies' rows add up to
-    the province's. Returns how many rows were written."""
+    the province's. Returns how many rows were written.
+
+    Raises:
+        ValueError: the period is not whole local days (:func:`check_whole_days`).
+    """
+    check_whole_days(report.period)
     replica.migrate()
     now = utcnow()
     rows = []

@@ -21,7 +21,7 @@ from connectors.connection import ConnectionSpec, connection_from_env
 from connectors.errors import ConfigurationError, IntegrationError
 from lienthong.reports.agreement import CHECK_SYSTEMS, CHECKS, CheckUnavailable, load_agreement, mark_skipped, save_result
 from lienthong.reports.facts import refresh_dossier_facts
-from lienthong.reports.kpi import DEFAULT_THRESHOLDS, LOCAL, KpiReport, compute_kpis, month_start, parse_period
+from lienthong.reports.kpi import DEFAULT_THRESHOLDS, LOCAL, KpiReport, Period, compute_kpis, month_start, parse_period
 from lienthong.reports.render import write_files
 from lienthong.store import Store, dossier_fact, utcnow
 from lienthong.tasks import MINISTRY_DB_CONN_ID, open_store
@@ -31,6 +31,7 @@ __all__ = [
     "CheckUnavailable",
     "check_agreement",
     "default_period",
+    "kpi_period",
     "kpi_report",
     "refresh_facts",
     "report_dir",
@@ -90,6 +91,23 @@ def report_period(date_from: str | None = None, date_to: str | None = None, *, t
     return start, end
 
 
+def kpi_period(date_from: str | None = None, date_to: str | None = None, *, today: date | None = None,
+               whole_days: bool = False, ministry: bool = True) -> tuple[str, str, Period]:
+    """The bounds of a KPI report (:func:`report_period`) and its period; with ``ministry``, only
+    whole local days (:func:`lienthong.reports.ministry.check_whole_days`).
+
+    Raises:
+        ValueError: as :func:`report_period`, or a bound within a day while the ministry table is written.
+    """
+    start, end = report_period(date_from, date_to, today=today, whole_days=whole_days)
+    period = parse_period(start, end)
+    if ministry:
+        from lienthong.reports.ministry import check_whole_days
+
+        check_whole_days(period)
+    return start, end, period
+
+
 def refresh_facts(resolve: Resolver, *, run_id: str | None = None) -> dict[str, Any]:
     """Bring the dossier facts level with what the dossier flow staged."""
     store = open_store(resolve)
@@ -132,11 +150,11 @@ def kpi_report(
     ``thresholds``: fractions an agency's toàn trình share is flagged below; ``None`` means
     :data:`DEFAULT_THRESHOLDS`, an empty list no threshold (nobody flagged).
     """
-    start, end = report_period(date_from, date_to, whole_days=whole_days)  # a bad period fails before any work
+    start, end, period = kpi_period(date_from, date_to, whole_days=whole_days, ministry=ministry)  # fails first
     store = open_store(resolve)
     if refresh:
         refresh_dossier_facts(store)
-    report = compute_kpis(store, parse_period(start, end), thresholds=DEFAULT_THRESHOLDS if thresholds is None else tuple(thresholds),
+    report = compute_kpis(store, period, thresholds=DEFAULT_THRESHOLDS if thresholds is None else tuple(thresholds),
                           as_of=as_of)
     summary = _kpi_summary(report)
     if ministry:

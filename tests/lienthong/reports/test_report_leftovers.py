@@ -126,3 +126,44 @@ def test_many_thresholds_fit_the_ministry_tables_warning_column(tmp_path, minist
     finally:
         replica.dispose()
         store.dispose()
+
+
+def test_a_partial_day_period_is_refused_for_the_ministry_table_not_written_over_another(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """tk_dvc_truc_tuyen is keyed by (first day, last day, agency): the KPIs of 00:00-12:00 and of
+    12:00-24:00 on one day both went to the row of that day, the second overwriting the first. A
+    period that does not start and end at local midnight is now refused for the ministry table
+    (before any work, naming the bound), and still reported with --no-ministry."""
+    from connectors.connection import connection_from_env
+    from connectors.ministry_db.replica import MinistryReplica
+    from lienthong.cli import main
+    from lienthong.reports import tasks as report_tasks
+    from lienthong.reports.kpi import compute_kpis, parse_period
+    from lienthong.reports.ministry import write_kpis
+
+    store = _bus_only(tmp_path, monkeypatch)
+    monkeypatch.setenv("AIRFLOW_CONN_MINISTRY_DB_DEFAULT",
+                       json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "ministry.db")}))
+    _publish(store, "1.000001", "AG-A", "full")
+    with pytest.raises(ValueError, match=r"2026-11-01T12:00.*local midnight.*--no-ministry"):
+        report_tasks.kpi_report(connection_from_env, date_from="2026-11-01", date_to="2026-11-01T12:00",
+                                out_dir=tmp_path / "out", as_of=AS_OF)
+    assert not (tmp_path / "ministry.db").exists()  # refused before any work
+    code = main(["report", "kpi", "--from", "2026-11-01T12:00", "--to", "2026-11-02",
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "2026-11-01T12:00" in capsys.readouterr().err
+    summary = report_tasks.kpi_report(connection_from_env, date_from="2026-11-01", date_to="2026-11-01T12:00",
+                                      out_dir=tmp_path / "out", ministry=False, as_of=AS_OF)
+    assert "ministry_rows" not in summary
+    # the writer itself refuses too; whole days given as date-times are whole days
+    replica = MinistryReplica(f"sqlite:///{tmp_path / 'ministry.db'}")
+    try:
+        with pytest.raises(ValueError, match="local midnight"):
+            write_kpis(replica, compute_kpis(store, parse_period("2026-11-01T00:00", "2026-11-01T12:00"),
+                                             as_of=AS_OF))
+        assert write_kpis(replica, compute_kpis(store, parse_period("2026-11-01T00:00", "2026-11-02T00:00"),
+                                                as_of=AS_OF)) == 2
+    finally:
+        replica.dispose()
+        store.dispose()
