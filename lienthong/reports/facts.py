@@ -19,10 +19,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select
 from sqlalchemy.engine import Connection
 
-from lienthong.store import Store, dossier_fact, outbox, utcnow
+from lienthong.store import Store, dialect_insert, dossier_fact, outbox, utcnow
 
 __all__ = ["FACTS_CURSOR", "fact_of", "parse_instant", "record_dossier_facts", "refresh_dossier_facts"]
 
@@ -91,8 +91,9 @@ def _newer(version: int | None, stored: int | None) -> bool:
 
 
 def record_dossier_facts(conn: Connection, rows: Iterable[dict[str, Any]]) -> int:
-    """Upsert the facts of staged outbox rows (``record_key``, ``source_payload``, optional ``id``);
-    an older version never overwrites a newer one. Returns how many facts changed."""
+    """Upsert the facts of staged outbox rows (``record_key``, ``source_payload``, optional ``id``)
+    in one ``INSERT ... ON CONFLICT`` (safe to run twice at once); an older version never
+    overwrites a newer one. Returns how many facts changed."""
     newest: dict[str, tuple[dict[str, Any], int | None]] = {}
     for row in rows:
         payload = row.get("source_payload")
@@ -106,20 +107,20 @@ def record_dossier_facts(conn: Connection, rows: Iterable[dict[str, Any]]) -> in
             newest[key] = (fact, row.get("id"))
     if not newest:
         return 0
-    stored = dict(conn.execute(
-        select(dossier_fact.c.dossier_no, dossier_fact.c.source_version)
-        .where(dossier_fact.c.dossier_no.in_(list(newest)))).all())
-    changed = 0
+    # one upsert, never read-then-insert: two refreshes at once (the DAG's task and the CLI) both
+    # found a fact missing and the second failed on the key; the newer version wins in the
+    # database, under the row's lock, whichever commits first. Keys in order: two batches lock
+    # the same rows in the same order.
     now = utcnow()
-    for key, (fact, outbox_id) in newest.items():
-        values = {**fact, "outbox_id": outbox_id, "updated_at": now}
-        if key not in stored:
-            conn.execute(dossier_fact.insert().values(dossier_no=key, **values))
-            changed += 1
-        elif _newer(fact["source_version"], stored[key]):
-            conn.execute(update(dossier_fact).where(dossier_fact.c.dossier_no == key).values(**values))
-            changed += 1
-    return changed
+    values = [{"dossier_no": key, **fact, "outbox_id": outbox_id, "updated_at": now}
+              for key, (fact, outbox_id) in sorted(newest.items())]
+    stmt = dialect_insert(conn, dossier_fact)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[dossier_fact.c.dossier_no],
+        set_={name: stmt.excluded[name] for name in values[0] if name != "dossier_no"},
+        where=or_(dossier_fact.c.source_version.is_(None),
+                  stmt.excluded.source_version > dossier_fact.c.source_version))  # as _newer
+    return len(conn.execute(stmt.returning(dossier_fact.c.dossier_no), values).all())
 
 
 def refresh_dossier_facts(store: Store, *, batch_size: int = 2000, run_id: str | None = None) -> int:

@@ -106,3 +106,54 @@ def test_a_snapshot_with_an_over_long_code_does_not_stop_the_facts(bus_store, ca
     logged = caplog.text
     assert "LONG-1: submissionChannel longer than 16 characters" in logged
     assert "OK-1: dossierStatus longer than 32 characters" in logged
+
+
+def test_two_refreshes_at_once_keep_each_fact_once_and_both_succeed(bus_store):
+    """Two refreshes at once (the DAG's task and `lienthong report kpi`) read the same bookmark and
+    found the same facts missing; the second to insert failed on the key (IntegrityError on
+    PostgreSQL and SQLite) and its report with it. The facts are one upsert now: the refresh that
+    comes second changes nothing and succeeds."""
+    from sqlalchemy import event
+
+    for n in range(40):
+        _stage(bus_store, n + 1, _snapshot(f"C-{n:02d}", 1, "receiving"))
+    # both refreshes reach their first write of a fact before either makes it: each has read
+    # what the other had not written yet
+    barrier = threading.Barrier(2)
+    waited = threading.local()
+
+    def hold(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO DOSSIER_FACT") and not getattr(waited, "done", False):
+            waited.done = True
+            try:
+                barrier.wait(timeout=10)
+            except threading.BrokenBarrierError:
+                pass
+
+    stores = [Store(bus_store.url) for _ in range(2)]
+    changed: list[int] = []
+    errors: list[BaseException] = []
+
+    def refresh(store: Store) -> None:
+        try:
+            changed.append(refresh_dossier_facts(store))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    for s in stores:
+        event.listen(s.engine, "before_cursor_execute", hold)
+    try:
+        threads = [threading.Thread(target=refresh, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        for s in stores:
+            s.dispose()
+    assert not barrier.broken
+    assert errors == []
+    assert sorted(changed) == [0, 40]
+    facts = _facts(bus_store)
+    assert sorted(facts) == [f"C-{n:02d}" for n in range(40)]
+    assert int(bus_store.get_cursor(FACTS_CURSOR)) == 40
