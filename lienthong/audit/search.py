@@ -78,6 +78,11 @@ _PHONE_GROUPED = re.compile(_EDGE_BEFORE + r"(?:\+84[ .-]?|0)\d{2,4}([ .-])\d{3,
 #: what :func:`format_body` puts in a personal field's place: said as is, never masked like a value
 _PLACEHOLDERS = frozenset({"[redacted]", "[altered]"})
 _ID = re.compile(_EDGE_BEFORE + r"(?:\d{12}|\d{9})" + _EDGE_AFTER)
+# as people write them: CCCD 001 203 004 567, 001-203-004-567, 0012 0300 4567, CMND 123.456.789 (one
+# separator throughout; 9 or 12 digits in all, checked in _hint_grouped_id); never a part of a longer
+# grouping (0 912 345 678 901)
+_ID_GROUPED = re.compile(_EDGE_BEFORE + r"(?<!\d[ .-])\d{3,4}([ .-])\d{3,4}(?:\1\d{3,4}){1,2}"
+                         + _EDGE_AFTER + r"(?![ .-]\d)")
 
 
 def _hint(value: str) -> str:
@@ -106,10 +111,19 @@ def _hint_grouped(match: re.Match[str]) -> str:
     return _hint(value) if 9 <= digits <= 10 else value
 
 
+def _hint_grouped_id(match: re.Match[str]) -> str:
+    """An ID number written in groups: 9 (CMND) or 12 (CCCD) digits in all; all zeros is a placeholder."""
+    value = match.group()
+    digits = [c for c in value if c.isdigit()]
+    return _hint(value) if len(digits) in (9, 12) and set(digits) != {"0"} else value
+
+
 def mask_text(text: str) -> str:
-    """``text`` with e-mail addresses, phone numbers and ID numbers replaced by short hints."""
+    """``text`` with e-mail addresses, phone numbers and ID numbers (also written in groups)
+    replaced by short hints."""
     text = _EMAIL.sub(lambda m: _hint_email(m.group()), text)
     text = _PHONE_GROUPED.sub(_hint_grouped, text)
+    text = _ID_GROUPED.sub(_hint_grouped_id, text)
     text = _PHONE.sub(lambda m: _hint(m.group()), text)
     return _ID.sub(lambda m: _hint(m.group()), text)
 

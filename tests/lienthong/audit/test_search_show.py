@@ -358,6 +358,23 @@ def test_phone_numbers_written_in_groups_are_masked_too():
     assert "0987 654 321" not in masked and "0987.654.321" not in masked and "0**********1" in masked
 
 
+def test_id_numbers_written_in_groups_are_masked_too():
+    """Only an unbroken run of 9 or 12 digits was taken for an ID number: a note saying
+    'CCCD 001 203 004 567' or '001-203-004-567' showed the number whole in the masked view."""
+    assert mask_text("CCCD 001 203 004 567.") == "CCCD 0*************7."
+    assert mask_text("số 001-203-004-567") == "số 0*************7"
+    assert mask_text("(001.203.004.567)") == "(0*************7)"
+    assert mask_text("CCCD: 0012 0300 4567") == "CCCD: 0************7"
+    assert mask_text("CMND 123 456 789, cấp 2015") == "CMND 1*********9, cấp 2015"
+    kept = ["000 000 000", "0 912 345 678 901", "001 203 004 567 890", "12 345 678", "123 456", "001 203-004 567",
+            "1.000.000 đồng", "000.00.01.H49 261102 0001", "0123 4567"]
+    for text in kept:
+        assert mask_text(text) == text, text
+    masked = format_exchange({**_record_with_note("chủ hồ sơ CCCD 079 203 004 567, CMND 123-456-789")})
+    assert "079 203 004 567" not in masked and "123-456-789" not in masked
+    assert "0*************7" in masked and "1*********9" in masked
+
+
 def _record_with_note(note: str) -> dict:
     import zlib
 
