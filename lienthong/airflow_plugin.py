@@ -15,17 +15,23 @@ Pages (server-rendered HTML; ``/api/...`` gives the same as JSON):
   bundle, under a search and for an exchange of theirs (404 naming the bundle);
 * ``/exchanges/{id}`` — one exchange with personal data masked
   (:func:`lienthong.audit.search.format_exchange`); ``?reveal=1`` shows it as stored and is
-  logged with the user's name (logger ``lienthong.auditor``);
+  logged with the user's name (logger ``lienthong.auditor``), for users allowed to reveal;
 * ``/verify`` — recompute every seal now (:func:`lienthong.audit.verify.verify_exchanges`) and
-  name the first record or seal that does not match;
+  name the first record or seal that does not match, for users allowed to verify;
 * ``/bundle?key=…&from=…&to=…`` — the evidence bundle (:func:`lienthong.audit.bundle.export_bundle`),
-  checked with :func:`lienthong.audit.bundle_verify.verify_bundle` before it is sent.
+  checked with :func:`lienthong.audit.bundle_verify.verify_bundle` before it is sent; it holds the
+  personal values as stored, so only users allowed to reveal download it.
 
 Security (Airflow does not authenticate plugin apps, airflow3-notes §5): every route depends on
 Airflow's own :func:`~airflow.api_fastapi.core_api.security.get_user` (the ``_token`` cookie of a
 UI log-in or an ``Authorization: Bearer`` JWT from ``POST /auth/token``) — anonymous is 401 — and
 on the auth manager's ``is_authorized_custom_view`` for resource ``Lienthong Audit`` (any
-SimpleAuthManager role from ``viewer`` up; with FAB, ``can_read`` on that resource). The app is
+SimpleAuthManager role from ``viewer`` up; with FAB, ``can_read`` on that resource). Revealing
+personal data (``?reveal=1`` and the evidence bundle) and a full verification (``/verify``, which
+recomputes the whole log) need more: the custom view ``Lienthong Audit Reveal`` or ``Lienthong
+Audit Verify`` (with FAB, ``can_read`` on it, granted to an auditor role with ``airflow roles
+add-perms``); SimpleAuthManager grants every custom view to every viewer (airflow3-notes §6.1), so
+there they need the role ``op`` or ``admin``. Anyone else gets 403 saying what is needed. The app is
 read-only: any method but GET/HEAD is 405 before routing, and the bus database is opened with
 ``PRAGMA query_only`` (SQLite) or read-only transactions (PostgreSQL).
 
@@ -58,12 +64,17 @@ from starlette.background import BackgroundTask
 
 from connectors.transport import OUTCOMES  # every outcome an exchange is recorded with: the search's choices
 
-__all__ = ["RESOURCE_NAME", "URL_PREFIX", "LienthongAuditPlugin", "app"]
+__all__ = ["RESOURCE_NAME", "REVEAL_RESOURCE", "URL_PREFIX", "VERIFY_RESOURCE", "LienthongAuditPlugin", "app"]
 
 log = logging.getLogger("lienthong.auditor")
 
 URL_PREFIX = "/lienthong-audit"
 RESOURCE_NAME = "Lienthong Audit"  # the custom view the auth manager is asked about
+REVEAL_RESOURCE = "Lienthong Audit Reveal"  # personal data as stored: ?reveal=1, evidence bundles
+VERIFY_RESOURCE = "Lienthong Audit Verify"  # recompute every seal now
+#: SimpleAuthManager grants every custom view to every viewer: there, revealing and verifying need this
+#: role or above (its roles are ordered viewer < user < op < admin)
+SIMPLE_PRIVILEGED_ROLE = "op"
 BUS_DB_CONN_ID = "lienthong_db"
 DEFAULT_LIMIT = 200
 MAX_LIMIT = 5000
@@ -84,6 +95,42 @@ async def auditor(request: Request, bearer: HTTPAuthorizationCredentials | None 
     if not get_auth_manager().is_authorized_custom_view(method="GET", resource_name=RESOURCE_NAME, user=user):
         raise HTTPException(status_code=403, detail=f"not allowed to see {RESOURCE_NAME}")
     return user
+
+
+def _may(user: Any, resource: str) -> bool:
+    """May ``user`` use ``resource`` (:data:`REVEAL_RESOURCE`, :data:`VERIFY_RESOURCE`)? The auth
+    manager's answer for that custom view, and with SimpleAuthManager (which grants every custom view
+    to every viewer) also a role of at least :data:`SIMPLE_PRIVILEGED_ROLE`."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    manager = get_auth_manager()
+    if not manager.is_authorized_custom_view(method="GET", resource_name=resource, user=user):
+        return False
+    try:
+        from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import (
+            SimpleAuthManager,
+            SimpleAuthManagerRole,
+        )
+    except ImportError:  # pragma: no cover - Airflow without the simple auth manager
+        return True
+    if not isinstance(manager, SimpleAuthManager):
+        return True
+    role = str(getattr(user, "role", None) or "").upper()
+    return role in SimpleAuthManagerRole.__members__ and \
+        SimpleAuthManagerRole[role].order >= SimpleAuthManagerRole[SIMPLE_PRIVILEGED_ROLE.upper()].order
+
+
+def _requirement(resource: str) -> str:
+    return (f"the permission to read the custom view {resource!r} (FAB: can_read on {resource}; "
+            f"SimpleAuthManager: role {SIMPLE_PRIVILEGED_ROLE} or admin)")
+
+
+def _require(user: Any, resource: str, action: str) -> None:
+    """403 unless ``user`` may use ``resource``; the message says what ``action`` needs."""
+    if not _may(user, resource):
+        log.info("auditor page: user %s was refused: %s", _user_name(user), action)
+        raise HTTPException(status_code=403, detail=f"{action} needs {_requirement(resource)}; "
+                                                    f"user {_user_name(user)} does not have it")
 
 
 def _user_name(user: Any) -> str:
@@ -470,6 +517,7 @@ def _archived() -> list[dict[str, Any]]:
 def _reveal(request: Request, user: Any, exchange_id: int) -> bool:
     reveal = request.query_params.get("reveal", "") in ("1", "true", "yes")
     if reveal:
+        _require(user, REVEAL_RESOURCE, "revealing personal data")
         client = request.client.host if request.client else "-"
         log.warning("auditor page: user %s revealed the personal data of exchange #%d (from %s)",
                     _user_name(user), exchange_id, client)
@@ -486,10 +534,13 @@ def exchange_page(exchange_id: int, request: Request, user: Any = Depends(audito
     if reveal:
         top = (f"<p class='banner' id='revealed'>Personal data REVEALED. This view was logged with your user name "
                f"({_e(_user_name(user))}). <a href='{_e(base)}/exchanges/{exchange_id}'>Mask again</a></p>")
-    else:
+    elif _may(user, REVEAL_RESOURCE):
         top = (f"<p class='muted'>ID numbers, phone numbers and e-mail addresses are masked. "
                f"<a href='{_e(base)}/exchanges/{exchange_id}?reveal=1'>Reveal them</a> (logged with your user "
                f"name).</p>")
+    else:
+        top = (f"<p class='muted'>ID numbers, phone numbers and e-mail addresses are masked. Revealing them needs "
+               f"{_e(_requirement(REVEAL_RESOURCE))}.</p>")
     altered = record.get("personal_altered") or []
     if altered:  # read-time check of the personal values (lienthong.audit.search.get_exchange)
         top = (f"<p class='error' id='altered'>{len(altered)} stored personal value(s) of this exchange do not match "
@@ -534,6 +585,7 @@ def _verify() -> Any:
 
 @app.get("/verify", response_class=HTMLResponse)
 def verify_page(request: Request, user: Any = Depends(auditor)) -> HTMLResponse:
+    _require(user, VERIFY_RESOURCE, "verifying the seals (recomputing the whole exchange log)")
     result = _verify()
     log.info("auditor page: user %s verified the exchange log: %s", _user_name(user),
              "ok" if result.ok else result.failure)
@@ -561,6 +613,7 @@ def verify_page(request: Request, user: Any = Depends(auditor)) -> HTMLResponse:
 
 @app.get("/api/verify")
 def verify_json(user: Any = Depends(auditor)) -> dict[str, Any]:
+    _require(user, VERIFY_RESOURCE, "verifying the seals (recomputing the whole exchange log)")
     result = _verify()
     log.info("auditor page: user %s verified the exchange log: %s", _user_name(user),
              "ok" if result.ok else result.failure)
@@ -591,6 +644,7 @@ def bundle_download(request: Request, user: Any = Depends(auditor)) -> Response:
         if _wants_html(request):
             return HTMLResponse(_page(request, "Evidence bundle", body))
         raise HTTPException(400, "choose what to export: key and/or from/to")
+    _require(user, REVEAL_RESOURCE, "an evidence bundle (it holds the personal data as stored)")
     try:
         keys = public_keys()
     except ConfigurationError as exc:

@@ -9,6 +9,7 @@ The bus database is a real SQLite file written by ``BusRecorder`` and sealed wit
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -47,7 +48,7 @@ ID_NUMBERS = ["001203004561", "001203004562", "001203004563"]  # CCCD, 12 digits
 TARGET_ID = ID_NUMBERS[1]
 TARGET_MASKED = "0**********2"
 PHONE = "0912345678"
-USERS = {"admin": ("admin", "admin-Pw-5tq"), "auditor": ("viewer", "auditor-Pw-8rz")}
+USERS = {"admin": ("admin", "admin-Pw-5tq"), "auditor": ("viewer", "auditor-Pw-8rz"), "ops": ("op", "ops-Pw-2mv")}
 STARTED = [datetime(2026, 11, 27, 8, n, tzinfo=UTC) for n in (1, 2, 3)]
 
 
@@ -240,15 +241,38 @@ def test_the_record_view_masks_and_reveal_is_explicit_and_logged(server):
     assert "seal 1" in masked.text
     assert "revealed the personal data of exchange #2" not in server.log_text()
 
-    revealed = server.get("/exchanges/2?reveal=1", "auditor")
+    revealed = server.get("/exchanges/2?reveal=1", "ops")
     assert revealed.status_code == 200
     assert TARGET_ID in revealed.text and PHONE in revealed.text
     assert "REVEALED" in revealed.text
     deadline = time.monotonic() + 10
-    while "user auditor revealed the personal data of exchange #2" not in server.log_text():
+    while "user ops revealed the personal data of exchange #2" not in server.log_text():
         assert time.monotonic() < deadline, server.log_text()[-3000:]
         time.sleep(0.1)
     assert server.get("/exchanges/99", "auditor").status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/exchanges/2?reveal=1", "/api/exchanges/2?reveal=1", "/verify", "/api/verify",
+                                  f"/bundle?key={TARGET}"])
+def test_a_viewer_may_not_reveal_verify_or_export_personal_data(server, path):
+    """Any viewer could reveal personal values (logged, but allowed), download them in an evidence
+    bundle and start a full verification of the log. Those need the custom view Lienthong Audit
+    Reveal/Verify now (with SimpleAuthManager, whose custom views every viewer has: role op or
+    admin); a viewer gets 403 saying so, and nothing is revealed or logged as revealed."""
+    for accept in ("text/html", "application/json"):
+        refused = server.get(path, "auditor", headers={"Accept": accept})
+        assert refused.status_code == 403, (path, refused.status_code, refused.text[:300])
+        said = html.unescape(refused.text)
+        assert "needs the permission to read the custom view 'Lienthong Audit " in said
+        assert "role op or admin" in said and "user auditor does not have it" in said
+        assert TARGET_ID not in refused.text and PHONE not in refused.text
+    assert "user auditor revealed" not in server.log_text()
+    assert "user auditor verified" not in server.log_text()
+    assert server.get(path, "admin").status_code == 200
+    masked = server.get("/exchanges/2", "auditor")
+    assert masked.status_code == 200 and "reveal=1" not in masked.text
+    assert "Revealing them needs the permission" in masked.text
+    assert "reveal=1" in server.get("/exchanges/2", "ops").text
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
@@ -349,7 +373,7 @@ def test_every_outcome_the_transports_record_can_be_searched(tmp_path, monkeypat
 
 # --- verification and bundles -------------------------------------------------------------------
 def test_verification_reports_ok_and_names_the_tampered_record(server):
-    page = server.get("/verify", "auditor")
+    page = server.get("/verify", "ops")
     assert page.status_code == 200
     assert "VERIFIED: 3 records in 1 seals" in page.text and "NOT VERIFIED" not in page.text
 
@@ -359,11 +383,11 @@ def test_verification_reports_ok_and_names_the_tampered_record(server):
         with conn:
             conn.execute("update exchange_log set outcome = 'http_error' where id = 2")
         try:
-            page = server.get("/verify", "auditor")
+            page = server.get("/verify", "ops")
             assert page.status_code == 200
             assert "NOT VERIFIED" in page.text
             assert "record #2" in page.text and f"{PREFIX}/exchanges/2" in page.text
-            result = server.get("/api/verify", "auditor").json()
+            result = server.get("/api/verify", "ops").json()
             assert result["ok"] is False
             assert result["failure"]["record_id"] == 2 and result["failure"]["kind"] == "record_altered"
         finally:
@@ -371,11 +395,11 @@ def test_verification_reports_ok_and_names_the_tampered_record(server):
                 conn.execute("update exchange_log set outcome = ? where id = 2", (original,))
     finally:
         conn.close()
-    assert server.get("/api/verify", "auditor").json()["ok"] is True
+    assert server.get("/api/verify", "ops").json()["ok"] is True
 
 
 def test_the_evidence_bundle_downloads_and_verifies(server, tmp_path):
-    response = server.get("/bundle", "auditor", params={"key": TARGET})
+    response = server.get("/bundle", "ops", params={"key": TARGET})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/zip"
     assert "attachment" in response.headers["content-disposition"]
@@ -385,11 +409,11 @@ def test_the_evidence_bundle_downloads_and_verifies(server, tmp_path):
     assert result.ok, result.failure
     assert result.records_checked == 1 and result.selection["key"] == TARGET
 
-    by_time = server.get("/bundle", "auditor", params={"from": "2026-11-27T08:00:00Z", "to": "2026-11-27T09:00:00Z"})
+    by_time = server.get("/bundle", "ops", params={"from": "2026-11-27T08:00:00Z", "to": "2026-11-27T09:00:00Z"})
     assert by_time.status_code == 200, by_time.text
     (tmp_path / "range.zip").write_bytes(by_time.content)
     assert verify_bundle(str(tmp_path / "range.zip"), server.public_key.read_bytes()).records_checked == 3
-    assert server.get("/bundle", "auditor", params={"key": "no-such-dossier"}).status_code == 404
+    assert server.get("/bundle", "ops", params={"key": "no-such-dossier"}).status_code == 404
 
 
 # --- a real browser through Airflow's log-in page -----------------------------------------------
@@ -487,8 +511,9 @@ class PageClient:
 
 @pytest.fixture
 def pages(tmp_path, monkeypatch) -> Iterator[PageClient]:
-    """The plugin's app in process over an empty SQLite bus database; the auth dependency is the
-    one thing replaced (the real one is covered against a real api-server above)."""
+    """The plugin's app in process over an empty SQLite bus database; the auth dependency and the
+    viewer's permissions are the things replaced (the real ones are covered against a real
+    api-server above)."""
     from fastapi.testclient import TestClient
 
     from lienthong import airflow_plugin
@@ -498,6 +523,7 @@ def pages(tmp_path, monkeypatch) -> Iterator[PageClient]:
     store.create_schema()
     monkeypatch.setenv("AIRFLOW_CONN_LIENTHONG_DB", json.dumps({"conn_type": "sqlite", "host": str(bus_db)}))
     airflow_plugin.app.dependency_overrides[airflow_plugin.auditor] = _Viewer
+    monkeypatch.setattr(airflow_plugin, "_may", lambda user, resource: False)  # a viewer: no reveal, no verify
     try:
         with TestClient(airflow_plugin.app, root_path=PREFIX) as client:
             yield PageClient(client, store)
