@@ -430,8 +430,11 @@ def throwaway_database(admin_url: str, prefix: str, *, keep: bool = False, conne
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # The busy timeout first: switching to WAL needs the database's lock, and another process
+    # writing it then made the pragma fail with "database is locked" once the driver's own timeout
+    # (5 s by default) ran out, instead of waiting like every later statement.
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 

@@ -336,3 +336,40 @@ def test_no_server_is_a_clear_error_without_the_password():
     message = str(caught.value)
     assert f"cannot create a database on postgresql+psycopg2://bench:***@127.0.0.1:{port}/postgres" in message
     assert "OperationalError" in message and "pw-Hidden-4417" not in message
+
+
+_HOLD_THE_WRITE_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("CREATE TABLE IF NOT EXISTS other_tool (x)")
+conn.execute("BEGIN EXCLUSIVE")
+conn.execute("INSERT INTO other_tool VALUES (1)")
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+def test_a_database_another_process_is_writing_is_waited_for_not_locked_on_the_wal_pragma(tmp_path):
+    """Another process writes the database file (still in rollback-journal mode: made by another
+    tool, or a copy restored from a backup) when a step opens it. The step's first statement, the
+    switch to WAL, must wait for the writer like every other statement (busy timeout), not fail with
+    "database is locked" once the driver's own timeout (here half a second) runs out."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "bus.db"
+    writer = subprocess.Popen([sys.executable, "-c", _HOLD_THE_WRITE_LOCK, str(path), "1.5"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "held"
+        s = Store(f"sqlite:///{path}?timeout=0.5")
+        try:
+            s.create_schema()  # waits for the other process's commit, then switches to WAL
+            with s.engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+                assert conn.exec_driver_sql("SELECT count(*) FROM other_tool").scalar() == 1
+        finally:
+            s.dispose()
+    finally:
+        assert writer.wait(30) == 0
