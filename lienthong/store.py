@@ -47,7 +47,8 @@ from sqlalchemy.types import TypeDecorator
 from connectors.connection import ConnectionSpec
 
 __all__ = ["DatabaseUnavailable", "Store", "blocked_keys", "canonical_json", "content_hash", "execute_many", "fit_key",
-           "insert_ignore", "metadata", "sqlalchemy_url", "throwaway_database", "upsert_acknowledgements", "utcnow"]
+           "insert_ignore", "metadata", "resolve_dead_letters", "sqlalchemy_url", "throwaway_database",
+           "upsert_acknowledgements", "utcnow", "write_lock"]
 
 _log = logging.getLogger(__name__)
 metadata = MetaData()
@@ -895,23 +896,56 @@ def fit_key(text: str, limit: int) -> str:
     return text.replace("\x00", "\\0")[: limit - 13] + "…" + digest
 
 
+def write_lock(conn: Connection) -> None:
+    """On SQLite, take the database's write lock now unless this transaction writes already: the
+    driver opens a transaction only at its first write, so what is read before it is read outside
+    any transaction, and another process may commit in between. (PostgreSQL: nothing to do.)"""
+    if conn.dialect.name == "sqlite" and not conn.connection.dbapi_connection.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def blocked_keys(conn: Connection, flow: str, keys: Iterable[str]) -> set[str]:
     """Keys of ``keys`` with an unresolved dead letter in ``flow``: a flow leaves them alone until
     the dead letter is replayed (the per-record ordering guard).
 
-    On PostgreSQL the dead letters found are read ``FOR SHARE``, until the caller's transaction
-    ends: a replay resolving one waits for the flow to have held the record's changes (and then
-    puts them back in line), instead of committing in between and leaving them held with no dead
-    letter to replay. A replay that resolved one first makes this read wait and not find it."""
+    The dead letters found stay as read until the caller's transaction ends: a replay resolving
+    one waits for the flow to have held the record's changes (and then puts them back in line),
+    instead of committing in between and leaving them held with no dead letter to replay. A replay
+    that resolved one first makes this read wait and not find it. On PostgreSQL they are read
+    ``FOR SHARE``, locked in id order as :func:`resolve_dead_letters` locks them (in another order
+    a replay of several dead letters and a batch could each wait for the other: a deadlock); on
+    SQLite the read takes the database's write lock first, when the caller's transaction has not
+    written yet (a batch whose leases were all held already)."""
     keys = list(keys)
     if not keys:
         return set()
+    write_lock(conn)
     return set(conn.execute(_BLOCKED, {"b_flow": flow, "b_keys": keys}).scalars())
 
 
 _BLOCKED = select(dead_letter.c.record_key).where(
     dead_letter.c.flow == bindparam("b_flow"), dead_letter.c.record_key.in_(bindparam("b_keys", expanding=True)),
-    dead_letter.c.resolved_at.is_(None)).with_for_update(read=True)
+    dead_letter.c.resolved_at.is_(None)).order_by(dead_letter.c.id).with_for_update(read=True)
+
+
+def resolve_dead_letters(conn: Connection, query: Any, resolution: str) -> list[Any]:
+    """Resolve the unresolved dead letters ``query`` (a SELECT of ``dead_letter`` columns, its
+    ``resolved_at IS NULL`` condition included) finds, with ``resolution``, in the caller's
+    transaction; return their rows, in id order: those this call resolved, and only those.
+
+    The letters are locked before they are resolved (PostgreSQL: ``FOR UPDATE`` in id order, the
+    order :func:`blocked_keys` locks them in; SQLite: the database's write lock, before the read),
+    so two replays at once resolve each dead letter once: the second waits for the first and no
+    longer finds the ones it resolved (each requeued its records once)."""
+    write_lock(conn)
+    letters = conn.execute(query.order_by(dead_letter.c.id).with_for_update()).all()
+    if letters:
+        ids = [lt.id for lt in letters]
+        for start in range(0, len(ids), 500):
+            conn.execute(dead_letter.update().where(dead_letter.c.id.in_(ids[start:start + 500]),
+                                                    dead_letter.c.resolved_at.is_(None))
+                         .values(resolved_at=utcnow(), resolution=resolution))
+    return letters
 
 
 # -- reports (lienthong/reports) -----------------------------------------------------------------

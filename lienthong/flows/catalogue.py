@@ -51,6 +51,7 @@ from lienthong.store import (
     catalogue_current,
     dead_letter,
     delivery_state,
+    resolve_dead_letters,
     upsert_acknowledgements,
     utcnow,
 )
@@ -269,9 +270,8 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
         query = query.where(dead_letter.c.id.in_(dead_letter_ids))
     if record_key:
         query = query.where(dead_letter.c.record_key == record_key)
-    with store.begin() as conn:
-        letters = conn.execute(query.order_by(dead_letter.c.id)).all()
-        _resolve_letters(conn, [lt.id for lt in letters], f"replayed by {by}: read again by the next pull")
+    with store.begin() as conn:  # locked, then resolved: a second replay at once finds none of them
+        letters = resolve_dead_letters(conn, query, f"replayed by {by}: read again by the next pull")
     return [lt.id for lt in letters], sorted({lt.record_key for lt in letters})
 
 

@@ -61,6 +61,7 @@ from lienthong.store import (
     insert_ignore,
     outbox,
     progress_outbox,
+    resolve_dead_letters,
     upsert_acknowledgements,
     utcnow,
 )
@@ -1076,12 +1077,10 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
     if flow:
         query = query.where(dead_letter.c.flow == flow)
     with store.begin() as conn:
-        letters = conn.execute(query.order_by(dead_letter.c.id)).mappings().all()
-        for letter in letters:
-            conn.execute(update(dead_letter).where(dead_letter.c.id == letter["id"]).values(
-                resolved_at=utcnow(), resolution=f"replayed by {by}"))
-            result.dead_letters.append(letter["id"])
-        for key in sorted({lt["record_key"] for lt in letters if lt["flow"] == FLOW}):
+        # locked, then resolved: a second replay at once waits and finds none of them (requeued once)
+        letters = resolve_dead_letters(conn, query, f"replayed by {by}")
+        result.dead_letters.extend(lt.id for lt in letters)
+        for key in sorted({lt.record_key for lt in letters if lt.flow == FLOW}):
             # a newer snapshot staged meanwhile (pending) is the one to deliver: the refused one
             # put back beside it went in the same call, and the portal refused both as a dossier
             # given twice
@@ -1097,7 +1096,7 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
                                                   outbox.c.state == "held", outbox.c.id != newest)
                              .values(state="superseded"))
                 result.requeued.append(key)
-        for entry_key in sorted({lt["record_key"] for lt in letters if lt["flow"] == PROGRESS_FLOW}):
+        for entry_key in sorted({lt.record_key for lt in letters if lt.flow == PROGRESS_FLOW}):
             dossier = conn.execute(select(progress_outbox.c.record_key).where(
                 progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.entry_key == entry_key)).scalar()
             conn.execute(update(progress_outbox).where(

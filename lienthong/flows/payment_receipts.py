@@ -94,6 +94,7 @@ from lienthong.store import (
     insert_ignore,
     payment_txn,
     reconciliation_item,
+    resolve_dead_letters,
     utcnow,
 )
 
@@ -1363,14 +1364,12 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
         query = query.where(dead_letter.c.record_key == record_key)
     ids: list[int] = []
     with store.begin() as conn:
-        letters = conn.execute(query.order_by(dead_letter.c.id)).mappings().all()
-        for letter in letters:
-            conn.execute(update(dead_letter).where(dead_letter.c.id == letter["id"]).values(
-                resolved_at=utcnow(), resolution=f"replayed by {by}"))
-            ids.append(letter["id"])
-        references = sorted({lt["record_key"] for lt in letters})
+        # locked, then resolved: a second replay at once waits and finds none of them
+        letters = resolve_dead_letters(conn, query, f"replayed by {by}")
+        ids.extend(lt.id for lt in letters)
+        references = sorted({lt.record_key for lt in letters})
         for stage in ("mapping", "ledger"):
-            keys = sorted({lt["record_key"] for lt in letters if lt["stage"] == stage})
+            keys = sorted({lt.record_key for lt in letters if lt.stage == stage})
             if keys:
                 conn.execute(update(payment_txn).where(payment_txn.c.reference.in_(keys),
                                                        payment_txn.c.ledger_state == "rejected")
