@@ -17,10 +17,13 @@ two workers can never both take over an expired lease).
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -30,6 +33,8 @@ from sqlalchemy.engine import Connection
 from lienthong.store import Store, built_once, delivery_lease, dialect_insert, utcnow
 
 __all__ = ["Leases", "default_ttl", "worker_name"]
+
+_log = logging.getLogger(__name__)
 
 _IN_CHUNK = 500
 
@@ -157,6 +162,40 @@ class Leases:
             conn.execute(_RELEASE, {"b_flow": self.flow, "b_worker": self.worker,
                                     "b_keys": keys[start:start + _IN_CHUNK]})
         self.held -= set(keys)
+
+    @contextmanager
+    def kept_while(self, what: str = "a call") -> Iterator[None]:
+        """Keep every lease this worker holds while the body runs (a batch's call to a peer):
+        a thread renews them every third of their ``ttl``. A batch sent, then answered slowly
+        (a peer's latency, its retries) outlived its leases: another worker took the dossiers over
+        and sent them again, each delivery recorded twice. A worker that dies still loses its
+        leases once they expire; one whose renewals fail (the bus database unreachable) is logged."""
+        if not self.held:
+            yield
+            return
+        stop = threading.Event()
+        every = max(self.ttl.total_seconds() / 3, 0.05)
+
+        def renew() -> None:
+            while not stop.wait(every):
+                try:
+                    keys = set(self.held)
+                    lost = keys - self.acquire(keys)
+                except Exception as exc:  # noqa: BLE001 - the next renewal tries again
+                    _log.warning("leases of %d %s records not renewed during %s: %s", len(self.held), self.flow,
+                                 what, type(exc).__name__)
+                    continue
+                if lost:
+                    _log.warning("%d %s leases were taken over by another worker during %s: %s", len(lost),
+                                 self.flow, what, ", ".join(sorted(lost)[:10]))
+
+        keeper = threading.Thread(target=renew, name=f"lease-keeper-{self.flow}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            keeper.join()
 
     def __enter__(self) -> Leases:
         return self

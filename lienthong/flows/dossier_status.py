@@ -497,20 +497,25 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
                 else:
                     inserts.append(item)
             _mark_sent(conn, inserts + updates)
-        if unsure:
-            for item in unsure:
-                report.looked_up += 1
-                (updates if portal.lookup_dossier(item.key) is not None else inserts).append(item)
-            with store.begin() as conn:
-                _mark_sent(conn, unsure)
-        retry_as_update = _send(store, portal, report, progress_mapping, inserts, is_updating=False, run_id=run_id,
-                                reroute=DossierAlreadyExists)
-        retry_as_insert = _send(store, portal, report, progress_mapping, updates + retry_as_update,
-                                is_updating=True, run_id=run_id, reroute=DossierUnknown)
-        # The portal forgot these dossiers (an update met "không tồn tại"): they go in again, and
-        # so does their whole progress history.
-        _send(store, portal, report, progress_mapping, retry_as_insert, is_updating=False, run_id=run_id,
-              reroute=None, forgotten=True)
+        if not (unsure or inserts or updates):
+            continue
+        # The batch's dossiers stay leased while the portal is asked and answers, however long that
+        # takes: another worker taking an expired lease over would send them again.
+        with leases.kept_while("a batch to the portal"):
+            if unsure:
+                for item in unsure:
+                    report.looked_up += 1
+                    (updates if portal.lookup_dossier(item.key) is not None else inserts).append(item)
+                with store.begin() as conn:
+                    _mark_sent(conn, unsure)
+            retry_as_update = _send(store, portal, report, progress_mapping, inserts, is_updating=False,
+                                    run_id=run_id, reroute=DossierAlreadyExists)
+            retry_as_insert = _send(store, portal, report, progress_mapping, updates + retry_as_update,
+                                    is_updating=True, run_id=run_id, reroute=DossierUnknown)
+            # The portal forgot these dossiers (an update met "không tồn tại"): they go in again, and
+            # so does their whole progress history.
+            _send(store, portal, report, progress_mapping, retry_as_insert, is_updating=False, run_id=run_id,
+                  reroute=None, forgotten=True)
 
 
 #: One-stop dossier field → canonical procedure field that may stand in for it when it is empty.
@@ -827,7 +832,8 @@ def _send_chunks(store: Store, portal: NationalPortalClient, report: ProgressRep
                 leases.release(settled - {c.record_key for c in chunk}, conn)
             if not chunk:
                 break
-            result = portal.update_progress([c.payload for c in chunk])
+            with leases.kept_while("a chunk of progress to the portal"):  # not taken over by another worker
+                result = portal.update_progress([c.payload for c in chunk])
             report.calls += result.calls
             answered = (chunk, result)
 
@@ -924,7 +930,8 @@ def _reconcile_in_flight(store: Store, portal: NationalPortalClient, report: Pro
             .group_by(progress_outbox.c.record_key)
         ).all()) if in_flight else {}
     for key, ids in in_flight.items():
-        row = portal.lookup_dossier(key)
+        with leases.kept_while("a progress lookup"):
+            row = portal.lookup_dossier(key)
         held = row.get("SoTienDo") if row else "0"
         try:
             landed = max(0, min(len(ids), int(held) - acked.get(key, 0)))
