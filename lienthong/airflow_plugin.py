@@ -17,7 +17,8 @@ Pages (server-rendered HTML; ``/api/...`` gives the same as JSON):
   (:func:`lienthong.audit.search.format_exchange`); ``?reveal=1`` shows it as stored and is
   logged with the user's name (logger ``lienthong.auditor``), for users allowed to reveal;
 * ``/verify`` — recompute every seal now (:func:`lienthong.audit.verify.verify_exchanges`) and
-  name the first record or seal that does not match, for users allowed to verify;
+  name the first record or seal that does not match; one at a time (another asked for meanwhile is
+  429 naming who started the running one), as each reads the whole log;
 * ``/bundle?key=…&from=…&to=…`` — the evidence bundle (:func:`lienthong.audit.bundle.export_bundle`),
   checked with :func:`lienthong.audit.bundle_verify.verify_bundle` before it is sent; it holds the
   personal values as stored, so only users allowed to reveal download it.
@@ -27,11 +28,11 @@ Airflow's own :func:`~airflow.api_fastapi.core_api.security.get_user` (the ``_to
 UI log-in or an ``Authorization: Bearer`` JWT from ``POST /auth/token``) — anonymous is 401 — and
 on the auth manager's ``is_authorized_custom_view`` for resource ``Lienthong Audit`` (any
 SimpleAuthManager role from ``viewer`` up; with FAB, ``can_read`` on that resource). Revealing
-personal data (``?reveal=1`` and the evidence bundle) and a full verification (``/verify``, which
-recomputes the whole log) need more: the custom view ``Lienthong Audit Reveal`` or ``Lienthong
-Audit Verify`` (with FAB, ``can_read`` on it, granted to an auditor role with ``airflow roles
-add-perms``); SimpleAuthManager grants every custom view to every viewer (airflow3-notes §6.1), so
-there they need the role ``op`` or ``admin``. Anyone else gets 403 saying what is needed. The app is
+personal data (``?reveal=1`` and the evidence bundle) needs more: the custom view ``Lienthong Audit
+Reveal`` (with FAB, ``can_read`` on it, granted to an auditor role with ``airflow roles add-perms``);
+SimpleAuthManager grants every custom view to every viewer (airflow3-notes §6.1), so there it needs
+the role ``op`` or ``admin``. Anyone else gets 403 saying what is needed. Verifying the seals is every
+auditor's task and shows nothing personal: any user of the page may, one verification at a time. The app is
 read-only: any method but GET/HEAD is 405 before routing, and the bus database is opened with
 ``PRAGMA query_only`` (SQLite) or read-only transactions (PostgreSQL).
 
@@ -49,7 +50,7 @@ import os
 import shutil
 import tempfile
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -64,15 +65,14 @@ from starlette.background import BackgroundTask
 
 from connectors.transport import OUTCOMES  # every outcome an exchange is recorded with: the search's choices
 
-__all__ = ["RESOURCE_NAME", "REVEAL_RESOURCE", "URL_PREFIX", "VERIFY_RESOURCE", "LienthongAuditPlugin", "app"]
+__all__ = ["RESOURCE_NAME", "REVEAL_RESOURCE", "URL_PREFIX", "LienthongAuditPlugin", "app"]
 
 log = logging.getLogger("lienthong.auditor")
 
 URL_PREFIX = "/lienthong-audit"
 RESOURCE_NAME = "Lienthong Audit"  # the custom view the auth manager is asked about
 REVEAL_RESOURCE = "Lienthong Audit Reveal"  # personal data as stored: ?reveal=1, evidence bundles
-VERIFY_RESOURCE = "Lienthong Audit Verify"  # recompute every seal now
-#: SimpleAuthManager grants every custom view to every viewer: there, revealing and verifying need this
+#: SimpleAuthManager grants every custom view to every viewer: there, revealing needs this
 #: role or above (its roles are ordered viewer < user < op < admin)
 SIMPLE_PRIVILEGED_ROLE = "op"
 BUS_DB_CONN_ID = "lienthong_db"
@@ -98,7 +98,7 @@ async def auditor(request: Request, bearer: HTTPAuthorizationCredentials | None 
 
 
 def _may(user: Any, resource: str) -> bool:
-    """May ``user`` use ``resource`` (:data:`REVEAL_RESOURCE`, :data:`VERIFY_RESOURCE`)? The auth
+    """May ``user`` use ``resource`` (:data:`REVEAL_RESOURCE`)? The auth
     manager's answer for that custom view, and with SimpleAuthManager (which grants every custom view
     to every viewer) also a role of at least :data:`SIMPLE_PRIVILEGED_ROLE`."""
     from airflow.api_fastapi.app import get_auth_manager
@@ -567,7 +567,14 @@ def exchange_json(exchange_id: int, request: Request, user: Any = Depends(audito
             "text": format_exchange(record, reveal=reveal)}
 
 
-def _verify() -> Any:
+#: one full verification at a time in this api-server: each reads the whole log, so a second one asked for
+#: meanwhile is told who started the running one and when, and to ask again (429), instead of doubling the load
+_verifying = threading.Lock()
+_verifying_since: dict[str, str] = {}
+VERIFY_RETRY_AFTER = 10  # seconds, the Retry-After of that 429
+
+
+def _verify(user: Any) -> Any:
     from sqlalchemy.exc import SQLAlchemyError
 
     from connectors.errors import ConfigurationError
@@ -577,16 +584,26 @@ def _verify() -> Any:
         keys = public_keys()
     except ConfigurationError as exc:
         raise HTTPException(503, f"no seal public key: {exc}") from None
+    if not _verifying.acquire(blocking=False):
+        running = dict(_verifying_since)
+        log.info("auditor page: user %s asked for a verification while one is running", _user_name(user))
+        raise HTTPException(status_code=429, headers={"Retry-After": str(VERIFY_RETRY_AFTER)},
+                            detail=f"a verification of the whole exchange log is already running (started by "
+                                   f"{running.get('user', '?')} at {running.get('at', '?')} UTC); only one runs "
+                                   f"at a time: ask again when it has finished")
     try:
+        _verifying_since.update(user=_user_name(user), at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"))
         return verify_exchanges(bus_store(), keys)
     except SQLAlchemyError as exc:
         raise _db_error(exc) from None
+    finally:
+        _verifying_since.clear()
+        _verifying.release()
 
 
 @app.get("/verify", response_class=HTMLResponse)
 def verify_page(request: Request, user: Any = Depends(auditor)) -> HTMLResponse:
-    _require(user, VERIFY_RESOURCE, "verifying the seals (recomputing the whole exchange log)")
-    result = _verify()
+    result = _verify(user)
     log.info("auditor page: user %s verified the exchange log: %s", _user_name(user),
              "ok" if result.ok else result.failure)
     base = _base(request)
@@ -613,8 +630,7 @@ def verify_page(request: Request, user: Any = Depends(auditor)) -> HTMLResponse:
 
 @app.get("/api/verify")
 def verify_json(user: Any = Depends(auditor)) -> dict[str, Any]:
-    _require(user, VERIFY_RESOURCE, "verifying the seals (recomputing the whole exchange log)")
-    result = _verify()
+    result = _verify(user)
     log.info("auditor page: user %s verified the exchange log: %s", _user_name(user),
              "ok" if result.ok else result.failure)
     return result.to_dict()

@@ -252,22 +252,20 @@ def test_the_record_view_masks_and_reveal_is_explicit_and_logged(server):
     assert server.get("/exchanges/99", "auditor").status_code == 404
 
 
-@pytest.mark.parametrize("path", ["/exchanges/2?reveal=1", "/api/exchanges/2?reveal=1", "/verify", "/api/verify",
-                                  f"/bundle?key={TARGET}"])
-def test_a_viewer_may_not_reveal_verify_or_export_personal_data(server, path):
-    """Any viewer could reveal personal values (logged, but allowed), download them in an evidence
-    bundle and start a full verification of the log. Those need the custom view Lienthong Audit
-    Reveal/Verify now (with SimpleAuthManager, whose custom views every viewer has: role op or
-    admin); a viewer gets 403 saying so, and nothing is revealed or logged as revealed."""
+@pytest.mark.parametrize("path", ["/exchanges/2?reveal=1", "/api/exchanges/2?reveal=1", f"/bundle?key={TARGET}"])
+def test_a_viewer_may_not_reveal_or_export_personal_data(server, path):
+    """Any viewer could reveal personal values (logged, but allowed) and download them in an evidence
+    bundle. Those need the custom view Lienthong Audit Reveal now (with SimpleAuthManager, whose
+    custom views every viewer has: role op or admin); a viewer gets 403 saying so, and nothing is
+    revealed or logged as revealed."""
     for accept in ("text/html", "application/json"):
         refused = server.get(path, "auditor", headers={"Accept": accept})
         assert refused.status_code == 403, (path, refused.status_code, refused.text[:300])
         said = html.unescape(refused.text)
-        assert "needs the permission to read the custom view 'Lienthong Audit " in said
+        assert "needs the permission to read the custom view 'Lienthong Audit Reveal'" in said
         assert "role op or admin" in said and "user auditor does not have it" in said
         assert TARGET_ID not in refused.text and PHONE not in refused.text
     assert "user auditor revealed" not in server.log_text()
-    assert "user auditor verified" not in server.log_text()
     assert server.get(path, "admin").status_code == 200
     masked = server.get("/exchanges/2", "auditor")
     assert masked.status_code == 200 and "reveal=1" not in masked.text
@@ -373,7 +371,8 @@ def test_every_outcome_the_transports_record_can_be_searched(tmp_path, monkeypat
 
 # --- verification and bundles -------------------------------------------------------------------
 def test_verification_reports_ok_and_names_the_tampered_record(server):
-    page = server.get("/verify", "ops")
+    """Verifying is every auditor's task and shows nothing personal: a viewer may."""
+    page = server.get("/verify", "auditor")
     assert page.status_code == 200
     assert "VERIFIED: 3 records in 1 seals" in page.text and "NOT VERIFIED" not in page.text
 
@@ -383,11 +382,11 @@ def test_verification_reports_ok_and_names_the_tampered_record(server):
         with conn:
             conn.execute("update exchange_log set outcome = 'http_error' where id = 2")
         try:
-            page = server.get("/verify", "ops")
+            page = server.get("/verify", "auditor")
             assert page.status_code == 200
             assert "NOT VERIFIED" in page.text
             assert "record #2" in page.text and f"{PREFIX}/exchanges/2" in page.text
-            result = server.get("/api/verify", "ops").json()
+            result = server.get("/api/verify", "auditor").json()
             assert result["ok"] is False
             assert result["failure"]["record_id"] == 2 and result["failure"]["kind"] == "record_altered"
         finally:
@@ -395,7 +394,7 @@ def test_verification_reports_ok_and_names_the_tampered_record(server):
                 conn.execute("update exchange_log set outcome = ? where id = 2", (original,))
     finally:
         conn.close()
-    assert server.get("/api/verify", "ops").json()["ok"] is True
+    assert server.get("/api/verify", "auditor").json()["ok"] is True
 
 
 def test_the_evidence_bundle_downloads_and_verifies(server, tmp_path):
@@ -677,3 +676,52 @@ def test_the_search_page_formats_only_the_request_bodies_it_excerpts(pages, monk
     assert "<td class='body'>{ &quot;MaHoSo&quot;: &quot;HS-0001&quot; }</td>" in page.text
     formatted.clear()
     assert "MaTTHC" in pages.get("/exchanges/2").text and len(formatted) == 2  # the record view shows both
+
+
+def test_one_verification_runs_at_a_time_and_a_second_is_told_who_runs_it(pages, monkeypatch):
+    """Each verification recomputes the whole log: a second one asked for while one runs is 429 with
+    Retry-After, naming who started the running one, instead of doubling the load; the next one after
+    it, and one after a verification that failed, run."""
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    from lienthong import airflow_plugin
+    from lienthong.audit import verify as verify_module
+    from lienthong.audit.verify import VerifyResult
+
+    entered, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def slow_verify(store, keys):
+        calls.append("verify")
+        entered.set()
+        assert release.wait(30)
+        return VerifyResult(records_checked=7, seals_checked=1)
+
+    monkeypatch.setattr(airflow_plugin, "public_keys", lambda: ["key"])
+    monkeypatch.setattr(verify_module, "verify_exchanges", slow_verify)
+    first: list[requests.Response] = []
+    runner = threading.Thread(target=lambda: first.append(pages.get("/api/verify")))
+    runner.start()
+    try:
+        assert entered.wait(30)
+        second = pages.get("/api/verify")
+        assert second.status_code == 429, second.text
+        assert second.headers["Retry-After"] == str(airflow_plugin.VERIFY_RETRY_AFTER)
+        assert "already running (started by auditor at " in second.json()["detail"]
+        assert pages.get("/verify", headers={"Accept": "text/html"}).status_code == 429
+    finally:
+        release.set()
+        runner.join(30)
+    assert first[0].status_code == 200 and first[0].json()["records_checked"] == 7
+    assert calls == ["verify"]  # the refused ones did not run
+
+    def failing_verify(store, keys):
+        raise OperationalError("select", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(verify_module, "verify_exchanges", failing_verify)
+    assert pages.get("/api/verify").status_code >= 500
+    monkeypatch.setattr(verify_module, "verify_exchanges", lambda store, keys: VerifyResult(records_checked=3))
+    again = pages.get("/api/verify")
+    assert again.status_code == 200 and again.json()["records_checked"] == 3
