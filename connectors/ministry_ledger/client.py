@@ -503,6 +503,7 @@ class ReceiptLedgerClient:
         name, detail = _fault_detail(fault)
         code = detail.get("Code", "")
         message = detail.get("Message") or str(fault.message or "")
+        numbers = [str(r.get("ReceiptNumber") or "") for r in receipts]
         if name == "ValidationFault":
             number = detail.get("ReceiptNumber", "")
             try:
@@ -510,9 +511,14 @@ class ReceiptLedgerClient:
             except ValueError:
                 index = None
             if not number and index is not None and 0 <= index < len(receipts):
-                number = str(receipts[index].get("ReceiptNumber") or "")
+                number = numbers[index]
+            if receipts and number not in numbers:  # blaming one would dead-letter a receipt for nothing
+                return self._names_no_receipt(operation, name, code, detail.get("ReceiptNumber", ""),
+                                              detail.get("Index", ""), message)
             error = FieldError(detail.get("Field", ""), detail.get("Rule", ""), message)
             return ReceiptInvalid(number, [error], index=index, peer_code=code, peer_message=message)
+        if name == "DuplicateReceiptFault" and receipts and detail.get("ReceiptNumber", "") not in numbers:
+            return self._names_no_receipt(operation, name, code, detail.get("ReceiptNumber", ""), "", message)
         if name == "DuplicateReceiptFault":
             fields = tuple(f.strip() for f in detail.get("Fields", "").split(",") if f.strip())
             errors = [FieldError(f, "same_content", message) for f in fields] or [
@@ -531,6 +537,16 @@ class ReceiptLedgerClient:
         return ProtocolError(f"{PEER} {operation}: unexpected fault {fault.code}: {fault.message}",
                              peer=PEER, operation=operation, status=500)
 
+    @staticmethod
+    def _names_no_receipt(operation: str, fault: str, code: str, number: str, index: str, message: str
+                          ) -> ProtocolError:
+        """A refusal of a batch that names none of its receipts (the ledger's faults name the
+        receipt by ReceiptNumber and Index): no receipt of the batch can be blamed, so the batch
+        is left as it was (nothing booked, nothing dead-lettered) and the step fails."""
+        return ProtocolError(f"{PEER} {operation}: a {fault} ({code or 'no code'}) names no receipt of the batch "
+                             f"(ReceiptNumber {number[:64]!r}, Index {index[:16]!r}): {message[:200]}",
+                             peer=PEER, operation=operation, status=500)
+
     def submit_receipts(self, receipts: list[dict[str, Any]], *, record_keys: Iterable[str] = ()) -> SubmitResult:
         """``SubmitReceipts``: store a batch, all or nothing; same content again is ``unchanged``.
 
@@ -544,7 +560,8 @@ class ReceiptLedgerClient:
             ReceiptInvalid: (a ``PeerRejected``) the ledger's ValidationFault: field, rule, index.
             DuplicateReceipt: the number is held with other content; ``fields`` names the differences.
             AuthenticationFailed: wrong user or password.
-            ProtocolError: a RequestFault, or an answer that does not follow the WSDL.
+            ProtocolError: a RequestFault, a ValidationFault or DuplicateReceiptFault naming no receipt
+                of the batch, or an answer that does not follow the WSDL.
             UnsafeXml: the answer carries a DTD or entity declaration.
             PeerUnavailable: timeouts, dropped connections or 5xx pages after every attempt.
         """

@@ -796,6 +796,7 @@ def update_onestop_fees(store: Store, onestop: Any, *, run_id: str, report: FeeR
 class LedgerReport:
     accepted: int = 0
     unchanged: int = 0
+    unconfirmed: int = 0  # submitted, but the ledger's answer did not say it holds them: sent again
     held: Counter = field(default_factory=Counter)
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
@@ -803,6 +804,7 @@ class LedgerReport:
 
     def counts(self) -> dict[str, Any]:
         return {"receipts_accepted": self.accepted, "receipts_unchanged": self.unchanged,
+                "receipts_unconfirmed": self.unconfirmed,
                 "receipts_held": sum(self.held.values()), "receipts_held_by_reason": dict(self.held),
                 "receipts_rejected": len(self.rejected), "receipt_rejections": self.rejected}
 
@@ -865,6 +867,15 @@ def _ledger_value(record: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _named(by_number: dict[str, tuple[Any, dict[str, Any]]], exc: RecordRejected) -> tuple[Any, dict[str, Any]]:
+    """The receipt of the batch a ledger refusal names; a refusal naming none of them blames none
+    (a ``ProtocolError``: the batch stays to be submitted, nothing dead-lettered or booked)."""
+    if exc.record_key not in by_number:
+        raise ProtocolError(f"the ledger's {type(exc).__name__} names no receipt of the batch "
+                            f"({str(exc.record_key)[:64]!r})", peer="ministry_ledger", operation="SubmitReceipts")
+    return by_number[exc.record_key]
+
+
 def _submit_batch(begin: Begin, ledger: Any, batch: list[tuple[Any, dict[str, Any]]], run_id: str,
                   report: LedgerReport) -> None:
     """Submit one batch; the ledger applies a batch all or nothing, so a refused record is taken
@@ -875,7 +886,7 @@ def _submit_batch(begin: Begin, ledger: Any, batch: list[tuple[Any, dict[str, An
         try:
             result = ledger.submit_receipts([_ledger_value(record) for _, record in batch], record_keys=keys)
         except DuplicateReceipt as exc:
-            row, record = by_number.get(exc.record_key) or batch[0]
+            row, record = _named(by_number, exc)
             report.held["duplicate_receipt"] += 1
             _set(begin, row.reference, run_id, ledger_state="held", hold_reason="duplicate_receipt")
             log.warning("receipt %s of payment %s: the ledger holds other content under it: %s",
@@ -890,8 +901,7 @@ def _submit_batch(begin: Begin, ledger: Any, batch: list[tuple[Any, dict[str, An
                 _submit_batch(begin, ledger, batch[:half], run_id, report)
                 _submit_batch(begin, ledger, batch[half:], run_id, report)
                 return
-            index = getattr(exc, "index", None)
-            row, record = by_number.get(exc.record_key) or batch[index if isinstance(index, int) else 0]
+            row, record = _named(by_number, exc)
             _dead_letter(begin, run_id, row.reference, "ledger", exc, exc.error_dicts(),
                          _source_record(row, record.get("PayerName", "")), report.rejected,
                          getattr(exc, "peer_code", None))
@@ -900,7 +910,15 @@ def _submit_batch(begin: Begin, ledger: Any, batch: list[tuple[Any, dict[str, An
             continue
         with begin() as conn:  # the batch's answer in one transaction, with its exchange-log record
             for row, record in batch:
-                status = result.statuses.get(record["ReceiptNumber"], "accepted")
+                status = result.statuses.get(record["ReceiptNumber"])
+                if status not in ("accepted", "unchanged"):
+                    # the answer does not say it holds this one: not taken as booked, submitted again
+                    # by the next run (the ledger answers the same content "unchanged")
+                    report.unconfirmed += 1
+                    log.warning("receipt %s of payment %s: the ledger's answer to its batch %s; left to be "
+                                "submitted again", record["ReceiptNumber"], row.reference,
+                                "does not name it" if status is None else f"gives it status {status[:40]!r}")
+                    continue
                 report.accepted += status == "accepted"
                 report.unchanged += status == "unchanged"
                 _update(conn, row.reference, run_id, ledger_state=status, ledger_hash=content_hash(record),

@@ -24,7 +24,7 @@ import requests
 from sqlalchemy import func, select, text
 
 from connectors.connection import connection_from_env
-from connectors.errors import PeerUnavailable
+from connectors.errors import PeerUnavailable, ProtocolError
 from lienthong import tasks
 from lienthong.flows import payment_receipts
 from lienthong.store import (
@@ -1510,4 +1510,128 @@ def test_a_batch_larger_than_the_ledger_takes_is_split_not_blamed_on_a_receipt(p
     counts = run("split-1", tmp_path)["counts"]
     assert counts["receipts_accepted"] == 12 and counts["receipts_rejected"] == 0 and counts["mismatches"] == 0
     assert store().dead_letters(payment_receipts.FLOW) == []
+    assert_three_systems_agree(peers)
+
+
+class _LedgerProxy:
+    """Sits between the bus and the ministry ledger and rewrites the answer of its first
+    ``SubmitReceipts`` call with ``tamper(status, body) -> (status, body)``; forwards the rest."""
+
+    def __init__(self, target: str, tamper):
+        import http.server
+        import threading
+
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                forwarded = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "soapaction")}
+                upstream = requests.post(target + self.path, data=body, headers=forwarded, timeout=T)
+                status, content = upstream.status_code, upstream.content
+                if b"SubmitReceiptsRequest" in body and not proxy.tampered:
+                    status, content = tamper(status, content)
+                    proxy.tampered += 1
+                self.send_response(status)
+                self.send_header("Content-Type", upstream.headers.get("Content-Type", "text/xml; charset=utf-8"))
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, *args):
+                pass
+
+        self.tampered = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextmanager
+def _through_ledger_proxy(peers, tmp_path, monkeypatch, tamper) -> Iterator[_LedgerProxy]:
+    proxy = _LedgerProxy(peers.ledger.url, tamper)
+    conn = peers.connections(tmp_path)["ministry_ledger_default"]
+    conn["port"] = int(proxy.url.rsplit(":", 1)[1])
+    monkeypatch.setenv("AIRFLOW_CONN_MINISTRY_LEDGER_DEFAULT", json.dumps(conn))
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+        monkeypatch.setenv("AIRFLOW_CONN_MINISTRY_LEDGER_DEFAULT",
+                           json.dumps(peers.connections(tmp_path)["ministry_ledger_default"]))
+
+
+def _ledger_states() -> Counter:
+    with store().engine.connect() as conn:
+        return Counter(conn.execute(select(payment_txn.c.ledger_state).where(
+            payment_txn.c.platform_status == "paid")).scalars())
+
+
+def test_a_receipt_missing_from_the_ledgers_answer_is_not_taken_as_booked_but_sent_again(
+        peers, tmp_path, monkeypatch):
+    """The ledger answers a batch with a Result per receipt. A receipt the answer leaves out was
+    taken as accepted, so a receipt the ledger never confirmed was counted booked and never sent
+    again. It is unknown now: left to be submitted again (the ledger answers the same content
+    "unchanged", so nothing is booked twice), and counted as unconfirmed."""
+    from lxml import etree
+
+    dropped = []
+
+    def drop_first_result(status, body):
+        root = etree.fromstring(body)
+        result = next(e for e in root.iter() if isinstance(e.tag, str) and etree.QName(e).localname == "Result")
+        dropped.append(next(c.text for c in result if etree.QName(c).localname == "ReceiptNumber"))
+        result.getparent().remove(result)
+        return status, etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+    tasks.collect_payments(connection_from_env, run_id="gap-1", task_id="collect")
+    tasks.update_onestop_fees(connection_from_env, run_id="gap-1", task_id="fees")
+    with _through_ledger_proxy(peers, tmp_path, monkeypatch, drop_first_result) as proxy:
+        counts = tasks.submit_payment_receipts(connection_from_env, run_id="gap-1", task_id="receipts")
+    assert proxy.tampered == 1 and len(dropped) == 1
+    assert (counts["receipts_accepted"], counts["receipts_unchanged"], counts.get("receipts_unconfirmed")) == (11, 0, 1)
+    assert len(peers.ledger_receipts()) == 12, "the ledger did book it"
+    assert _ledger_states() == {"accepted": 11, "todo": 1}
+    with store().engine.connect() as conn:
+        assert conn.execute(select(payment_txn.c.ledger_state).where(payment_txn.c.receipt_no == dropped[0])
+                            ).scalar_one() == "todo"
+
+    counts = run("gap-2", tmp_path)["counts"]
+    assert (counts["receipts_accepted"], counts["receipts_unchanged"], counts["receipts_unconfirmed"]) == (0, 1, 0)
+    assert counts["mismatches"] == 0 and _ledger_states() == {"accepted": 11, "unchanged": 1}
+    assert len(peers.ledger_receipts()) == 12
+    assert_three_systems_agree(peers)
+
+
+def test_a_ledger_refusal_naming_no_receipt_of_the_batch_fails_the_batch_and_blames_none(
+        peers, tmp_path, monkeypatch):
+    """A ValidationFault names the receipt it refuses (ReceiptNumber, Index). One that names none
+    (or a receipt not in the batch) was blamed on the batch's first receipt, which was
+    dead-lettered for nothing it did. It is a protocol error now: the batch fails, nothing of it is
+    dead-lettered or marked booked, and the next run books every receipt once."""
+    fault = ('<?xml version="1.0" encoding="UTF-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/'
+             'envelope/" xmlns:tns="urn:vn:gov:mof:receiptledger:v1"><soap:Body><soap:Fault><faultcode>soap:Client'
+             '</faultcode><faultstring>PaidAt dateTime</faultstring><detail><tns:ValidationFault><tns:Code>'
+             'VALIDATION_FAILED</tns:Code><tns:ReceiptNumber>{number}</tns:ReceiptNumber><tns:Field>PaidAt'
+             '</tns:Field><tns:Rule>dateTime</tns:Rule><tns:Message>not a dateTime</tns:Message>'
+             '</tns:ValidationFault></detail></soap:Fault></soap:Body></soap:Envelope>')
+    tasks.collect_payments(connection_from_env, run_id="blame-1", task_id="collect")
+    tasks.update_onestop_fees(connection_from_env, run_id="blame-1", task_id="fees")
+    for number in ("", "BL1999-999999"):
+        with _through_ledger_proxy(peers, tmp_path, monkeypatch,
+                                   lambda status, body: (500, fault.format(number=number).encode())) as proxy:
+            with pytest.raises(ProtocolError, match="names no receipt"):
+                tasks.submit_payment_receipts(connection_from_env, run_id="blame-1", task_id="receipts")
+        assert proxy.tampered == 1
+        assert store().dead_letters(payment_receipts.FLOW) == []
+        assert _ledger_states() == {"todo": 12}, "nothing of the batch is taken as booked or refused"
+    held = len(peers.ledger_receipts())  # the proxy let the batch reach the ledger each time
+    assert held == 5
+    counts = run("blame-2", tmp_path)["counts"]
+    assert (counts["receipts_accepted"], counts["receipts_unchanged"], counts["receipts_rejected"]) == (7, 5, 0)
+    assert counts["mismatches"] == 0 and store().dead_letters(payment_receipts.FLOW) == []
     assert_three_systems_agree(peers)
