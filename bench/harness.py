@@ -536,7 +536,7 @@ def scenario_receipts_incremental(ws: Workspace, args: argparse.Namespace, resul
     """A run of the payment flow after a few new payments, over a backlog of a province's years
     (every earlier payment finished, or asked about for 30 days and given up), against the same
     over a small backlog: whether a run's cost follows the new payments or the backlog."""
-    from sqlalchemy import update
+    from sqlalchemy import func, select, update
 
     from lienthong.flows.payment_receipts import ASK_FOR, RECHECK_OVERLAP, UNFINISHED
     from lienthong.store import Store, payment_txn
@@ -559,12 +559,15 @@ def scenario_receipts_incremental(ws: Workspace, args: argparse.Namespace, resul
             first = bus("backlog")
             _payments_checked(first, seeded, f"the backlog's first run over {size:,} dossiers")
             # the backlog's unfinished payments were asked about for 30 days: given up, as the schedule
-            # leaves them (set in the bus database, as the incremental scenario seeds a synced world)
+            # leaves them, and its failed ones for FAILED_ASK_FOR: no longer asked (set in the bus
+            # database, as the incremental scenario seeds a synced world)
             store = Store(bus_db if isinstance(bus_db, str) else f"sqlite:///{bus_db}")
             long_ago = datetime.now(UTC) - ASK_FOR - timedelta(days=1)
             with store.begin() as conn:
                 aged = conn.execute(update(payment_txn).where(payment_txn.c.platform_status.in_(UNFINISHED))
                                     .values(first_asked_at=long_ago, next_ask_at=None)).rowcount
+                conn.execute(update(payment_txn).where(payment_txn.c.platform_status == "failed")
+                             .values(first_asked_at=long_ago, next_ask_at=None))
             store.engine.dispose()
             _check({"given up": aged}, {"given up": seeded["pending"]}, "the backlog's unfinished payments")
             # the run after a first one, untimed: nothing new (none of the given-up payments asked)
@@ -588,14 +591,21 @@ def scenario_receipts_incremental(ws: Workspace, args: argparse.Namespace, resul
                 settled = _post(urls["platform"], "/_admin/payments/settle", {"n": 0, "references": opened})["settled"]
                 paid = sum(s["status"] == "paid" for s in settled)
                 _check({"settled": len(settled)}, {"settled": changes}, "new payments settled at the platform")
+                # the previous run's failed payments are asked again too (for FAILED_ASK_FOR), QUERY only
+                store = Store(bus_db if isinstance(bus_db, str) else f"sqlite:///{bus_db}")
+                with store.engine.connect() as conn:
+                    refailed = conn.execute(select(func.count()).select_from(payment_txn).where(
+                        payment_txn.c.platform_status == "failed", payment_txn.c.next_ask_at.is_not(None))
+                    ).scalar_one()
+                store.engine.dispose()
                 run = bus(f"changes-{r}", f"reports-incremental-{size}-{r}")
                 c = run["counts"]
                 _check({"queried": c["collect"]["queried"], "paid": c["collect"]["found_paid"],
                         "fees": c["fees"]["fees_updated"], "receipts": c["ledger"]["receipts_accepted"],
                         "mismatches": c["reconcile"]["counts"]["mismatches"],
                         "scope": c["reconcile"]["counts"]["reconciled_scope"]},
-                       {"queried": changes, "paid": paid, "fees": changes, "receipts": paid, "mismatches": 0,
-                        "scope": "changed"}, f"a run after {changes:,} new payments over {size:,}")
+                       {"queried": changes + refailed, "paid": paid, "fees": changes, "receipts": paid,
+                        "mismatches": 0, "scope": "changed"}, f"a run after {changes:,} new payments over {size:,}")
                 times[size].append(run["times"]["total"])
                 steps[size].append(run["times"])
                 result.runs.append({"source": size, "backlog_payments": backlog[size], "repeat": r, **run})

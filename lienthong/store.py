@@ -235,7 +235,8 @@ payment_txn = Table(  # one row per payment request (MaThamChieu) the bus follow
     Column("updated_at", AwareDateTime, nullable=False),
     # when the platform was first asked (QUERY) about it; an unfinished payment is asked again at
     # next_ask_at (sooner while it is young, at most daily), and no longer once it has been asked
-    # about for ASK_FOR (next_ask_at NULL while unfinished: given up; NULL once finished)
+    # about for ASK_FOR (next_ask_at NULL while unfinished: given up; NULL once paid, and once
+    # failed for FAILED_ASK_FOR, first_asked_at then being when the failure was recorded)
     Column("first_asked_at", AwareDateTime),
     Column("next_ask_at", AwareDateTime),
     # the dossier's applicant, read by the fee step's look-up of a paid payment's dossier, so the

@@ -6,7 +6,8 @@ systems agree, in four steps that each survive a crash and a rerun:
 
 1. :func:`collect_payments` lists the one-stop's payment requests, asks the platform (``QUERY``)
    about each one the bus has not yet seen finish when it is due (at every run while it is young,
-   then less often, at least daily, and no longer after 30 days: :func:`next_ask`), and fetches
+   then less often, at least daily, and no longer after 30 days: :func:`next_ask`; a failed one
+   for :data:`FAILED_ASK_FOR` after its failure, as the platform may still complete it), and fetches
    the receipt of each paid one
    (``GET_BILL``): the PDF is kept once by its SHA-256 in the content-addressed store the exchange
    log uses (``exchange_blob``, pinned so archiving never drops it) and referred to by hash. Every answer's checksum is verified by the
@@ -349,7 +350,7 @@ def _register_page(store: Store, begin: Begin, listed: list[dict[str, Any]], run
             # no change of the one-stop's view, so not a reason to ask again
             known = {"requested_at": requested} if mine.requested_at is None and requested else {}
             if (mine.onestop_status, mine.request_amount, mine.dossier_code) != view:
-                again = {"first_asked_at": None, "next_ask_at": now} if mine.platform_status in UNFINISHED else {}
+                again = {"first_asked_at": None, "next_ask_at": now} if mine.platform_status in ASKED else {}
                 conn.execute(update(payment_txn).where(payment_txn.c.reference == p["reference"]).values(
                     onestop_status=view[0], request_amount=view[1], dossier_code=view[2], updated_at=now,
                     **again, **known))
@@ -448,6 +449,8 @@ def _register_requests(store: Store, begin: Begin, onestop: Any, run_id: str, re
 
 #: The platform's statuses of a payment it has not finished: asked about again on a schedule.
 UNFINISHED = ("pending", "unknown")
+#: The statuses collect QUERYs when due: the unfinished, and a failed one for FAILED_ASK_FOR.
+ASKED = (*UNFINISHED, "failed")
 #: When an unfinished payment is asked about again: after a tenth of the time since it was first
 #: asked (so at every run while it is young: a citizen pays within minutes or not at all), at most
 #: :data:`ASK_AT_MOST_EVERY` apart, and no longer once it has been asked about for :data:`ASK_FOR`
@@ -457,14 +460,21 @@ UNFINISHED = ("pending", "unknown")
 ASK_BACKOFF = 0.1
 ASK_AT_MOST_EVERY = timedelta(days=1)
 ASK_FOR = timedelta(days=30)
+#: A payment the platform reported failed is asked again on the same schedule, counted from when
+#: the failure was recorded, for this long: the platform may complete it later (a bank's late
+#: confirmation), and its QUERY is what backs up the lost callback (contract §7.11); the one-stop
+#: takes a paid result for a failed request. Only QUERY: while it still says failed, no GET_BILL.
+FAILED_ASK_FOR = timedelta(days=7)
 
 
-def next_ask(first_asked: datetime, now: datetime, run_start: datetime) -> datetime | None:
+def next_ask(first_asked: datetime, now: datetime, run_start: datetime,
+             ask_for: timedelta | None = None) -> datetime | None:
     """When a payment first asked about at ``first_asked`` and asked again at ``now`` (by the run
     that began at ``run_start``) is due next; ``None``: no more, it has been asked about for
-    :data:`ASK_FOR`. Always after ``run_start``, so one run asks about a payment once."""
+    ``ask_for`` (:data:`ASK_FOR` by default). Always after ``run_start``, so one run asks about a
+    payment once."""
     age = now - first_asked
-    if age >= ASK_FOR:
+    if age >= (ASK_FOR if ask_for is None else ask_for):
         return None
     return max(now + min(age * ASK_BACKOFF, ASK_AT_MOST_EVERY), run_start + timedelta(microseconds=1))
 
@@ -493,11 +503,16 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
             payment_txn.c.next_ask_at <= run_start)
 
         def ask_again(row: Row, **values: Any) -> None:
-            """Not finished: due again by the schedule (``values``: what this answer did teach)."""
+            """Not finished, or failed and still young: due again by the schedule (``values``: what
+            this answer did teach)."""
             now = clock()
             first = row.first_asked_at or now
-            due = next_ask(first, now, run_start)
-            if due is None:
+            failed = row.platform_status == "failed"
+            due = next_ask(first, now, run_start, FAILED_ASK_FOR if failed else None)
+            if due is None and failed:
+                log.info("payment %s: still failed %s after its failure was recorded; no longer asked",
+                         row.reference, now - first)
+            elif due is None:
                 report.given_up += 1
                 log.warning("payment %s: the platform has not finished it after %s of asking; no longer asked "
                             "(counted as given up by the reconciliation report)", row.reference, now - first)
@@ -510,13 +525,13 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
         for row in _unblocked(store, todo, BY_ASK):
             keys = [row.reference] + ([row.dossier_code] if row.dossier_code else [])
             status = row.platform_status
-            if status in UNFINISHED:
+            if status in ASKED:
                 report.queried += 1
                 try:
                     txn = platform.query(row.reference, record_keys=keys)
                 except TransactionUnknown:
                     report.unknown += 1
-                    ask_again(row, **({"platform_status": "unknown"} if status != "unknown" else {}))
+                    ask_again(row, **({"platform_status": "unknown"} if status == "pending" else {}))
                     continue
                 except ChecksumMismatch as exc:  # a checksum that does not verify: never trust the answer
                     _platform_dead_letter(begin, run_id, row, exc,
@@ -531,8 +546,10 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
                     ask_again(row)
                     continue
                 status = txn.status
-                if status == "pending":
-                    report.pending += 1
+                if status == "pending" or (status == "failed" and row.platform_status == "failed"):
+                    # a failed one asked again and still failed (or pending): nothing new, and no
+                    # GET_BILL (its failure was believed when recorded)
+                    report.pending += row.platform_status != "failed"
                     ask_again(row)
                     continue
                 if status == "failed":
@@ -542,15 +559,18 @@ def collect_payments(store: Store, onestop: Any, platform: Any, *, run_id: str,
                     if not believed:
                         continue
                     report.failed += 1
+                    now = clock()  # asked again for FAILED_ASK_FOR from now: it may still be paid
                     _set(begin, row.reference, run_id, platform_status="failed", platform_amount=txn.amount,
                          transaction_id=txn.transaction_id or None, bank=txn.bank or None, answer=txn.raw,
-                         next_ask_at=None)
+                         first_asked_at=now, next_ask_at=next_ask(now, now, run_start, FAILED_ASK_FOR))
                     continue
                 # TrangThaiGD is outside the answer's checksum (contract §6.6): "paid" is believed only
                 # with its receipt, which the platform issues for paid transactions alone.
                 values = {"platform_amount": txn.amount, "transaction_id": txn.transaction_id or None,
                           "bank": txn.bank or None, "paid_at": txn.paid_at.isoformat() if txn.paid_at else None,
                           "answer": txn.raw}
+                if row.platform_status == "failed":  # paid after all: the one-stop is told again
+                    values.update(onestop_state="todo", hold_reason=None)
             else:
                 values = {}
             when = transaction_time(row.reference, row.requested_at)
@@ -609,9 +629,10 @@ def _failure_believed(platform: Any, begin: Begin, run_id: str, row: Row, keys: 
     """Whether a QUERY's "failed" is recorded: True; False: dead-lettered; None: GET_BILL's answer
     did not read, ask again.
 
-    TrangThaiGD is outside the answer's checksum (contract §6.6), and a failed payment is final
-    (never asked again), so "failed" is believed only when the platform has no receipt for the
-    payment: GET_BILL answers "not paid" (``BillNotAvailable``). A receipt for it is a
+    TrangThaiGD is outside the answer's checksum (contract §6.6), and a failed payment is told to
+    the one-stop and asked again only by QUERY (for :data:`FAILED_ASK_FOR`), so "failed" is
+    believed only when the platform has no receipt for the payment: GET_BILL answers "not paid"
+    (``BillNotAvailable``); asked once, when the failure is first recorded. A receipt for it is a
     contradiction a person looks at (dead-lettered, stage ``platform``); an answer that does not
     read leaves it to be asked again; another signed refusal (or a payment whose INIT time is
     unknown, so GET_BILL cannot be asked) leaves the failure as the platform stated it."""

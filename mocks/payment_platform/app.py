@@ -427,11 +427,13 @@ class PaymentPlatformMock(MockServer):
 
     # -- completion and callbacks -----------------------------------------------------------
     def _complete(self, db: StateDB, ref: str, status: str, *, notify: bool = True) -> dict[str, Any]:
-        """Finish one pending payment (inside a transaction)."""
+        """Finish one pending payment, or turn a failed one paid late (inside a transaction)."""
         conn = db.conn
         row = conn.execute("SELECT * FROM payments WHERE ref = ?", (ref,)).fetchone()
-        rng = seeded_rng(self.seed, "complete", ref)
-        paid_at = datetime.strptime(row["txn_time"], "%Y%m%d%H%M%S").replace(tzinfo=VN_TZ) + timedelta(
+        late = row["status"] == "failed"  # completed after its failure was reported: timed after it
+        rng = seeded_rng(self.seed, "complete-late" if late else "complete", ref)
+        since = row["paid_time"] if late and row["paid_time"] else row["txn_time"]
+        paid_at = datetime.strptime(since, "%Y%m%d%H%M%S").replace(tzinfo=VN_TZ) + timedelta(
             minutes=rng.randint(1, 15), seconds=rng.randint(0, 59))
         bank = rng.choice(BANKS)
         txn = f"GD{paid_at:%y%m%d}{rng.randint(0, 99999999):08d}"
@@ -515,19 +517,26 @@ class PaymentPlatformMock(MockServer):
             thread.join(timeout)
         return not any(t.is_alive() for t in threads)
 
-    def settle(self, n: int, outcome: str | None = None, references: list[str] | None = None) -> list[dict[str, Any]]:
+    def settle(self, n: int, outcome: str | None = None, references: list[str] | None = None, *,
+               late: bool = False) -> list[dict[str, Any]]:
         """Complete the ``n`` oldest pending payments, or the pending ones among ``references``
         (MaThamChieu; others are left as they are); the result is seeded per MaThamChieu (80 % paid)
-        unless ``outcome`` ("paid"/"failed") forces it."""
+        unless ``outcome`` ("paid"/"failed") forces it. ``late`` (with ``outcome`` "paid"): a failed
+        payment among ``references`` turns paid too, with a new MaGiaoDich, time and receipt, and
+        its confirm callback (the platform reported it failed and completed it later; §7.11's
+        QUERY then answers TrangThaiGD 1) **(I)**."""
+        if late and outcome != "paid":
+            raise ValueError("late settles turn failed payments paid: outcome must be \"paid\"")
         db = self.require_db()
         done = []
+        settleable = "('pending', 'failed')" if late else "('pending')"
         with db.tx() as conn:
             if references is None:
-                rows = conn.execute("SELECT ref FROM payments WHERE status = 'pending' ORDER BY seq LIMIT ?",
+                rows = conn.execute(f"SELECT ref FROM payments WHERE status IN {settleable} ORDER BY seq LIMIT ?",
                                     (n,)).fetchall()
             else:
                 rows = [r for ref in dict.fromkeys(references) for r in conn.execute(
-                    "SELECT ref FROM payments WHERE status = 'pending' AND ref = ?", (ref,)).fetchall()]
+                    f"SELECT ref FROM payments WHERE status IN {settleable} AND ref = ?", (ref,)).fetchall()]
             for row in rows:
                 status = outcome or ("paid" if seeded_rng(self.seed, "settle", row["ref"]).random() < 0.8 else "failed")
                 done.append(self._complete(db, row["ref"], status))
@@ -541,6 +550,10 @@ class PaymentPlatformMock(MockServer):
         except BadJson as exc:
             return json_response(400, {"error": "bad_request", "message": str(exc)})
         n, outcome, references = body.get("n", 1), body.get("outcome"), body.get("references")
+        late = body.get("late", False)
+        if not isinstance(late, bool) or (late and (outcome != "paid" or references is None)):
+            return json_response(400, {"error": "bad_request", "message": "late must be true or false; a late "
+                                       "settle names its references and has outcome \"paid\""})
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 10_000:
             return json_response(400, {"error": "bad_request", "message": "n must be an integer 0..10000"})
         if outcome not in (None, "paid", "failed"):
@@ -549,7 +562,7 @@ class PaymentPlatformMock(MockServer):
                 isinstance(r, str) and 0 < len(r) <= 64 for r in references)):
             return json_response(400, {"error": "bad_request", "message": "references must be a list of at most "
                                                                           "10000 MaThamChieu (text, 1..64)"})
-        return json_response(200, {"settled": self.settle(n, outcome, references)})
+        return json_response(200, {"settled": self.settle(n, outcome, references, late=late)})
 
     def _admin_callbacks(self, request: Request) -> Response:
         try:

@@ -328,6 +328,31 @@ def test_settle_by_reference_completes_exactly_the_pending_ones_named(pay):
         assert response.status_code == 400 and "references must be" in response.json()["message"]
 
 
+def test_a_late_settle_turns_a_failed_payment_paid_with_a_new_transaction_and_its_bill(pay, receiver):
+    """The bus re-asks failed payments because the platform may complete one later; the stand-in
+    can do that: ``late`` turns a named failed payment paid (a pending one too), later than its
+    failure, with a receipt, a signed callback, and QUERY/GET_BILL as for any paid payment."""
+    requests.post(pay.url + "/_admin/callbacks", json={"url": receiver.url, "lost_share": 0}, timeout=TIMEOUT)
+    before = {p["MaThamChieu"]: p for p in payments(pay)}
+    failed = sorted(ref for ref, p in before.items() if p["status"] == "failed")[0]
+    paid = next(ref for ref, p in before.items() if p["status"] == "paid")
+    assert _settle(pay, 0, outcome="paid", references=[failed]) == [], "not without late"
+    [done] = _settle(pay, 0, outcome="paid", references=[failed, paid], late=True)
+    after = {p["MaThamChieu"]: p for p in payments(pay)}[failed]
+    assert done["MaThamChieu"] == failed and after["status"] == "paid" and after["SoBienLai"].startswith("BL")
+    assert after["ThoiGianGD"] > before[failed]["ThoiGianGD"] and after["MaGiaoDich"] != before[failed]["MaGiaoDich"]
+    assert [(m["MaThamChieu"], m["MaLoi"], m["MaGiaoDich"]) for m in receiver.received] == [
+        (failed, "00", after["MaGiaoDich"])]
+    q = post(pay, signed("QUERY", MaThamChieu=failed, ThoiGianGD=after["ThoiGianKhoiTao"])).json()
+    assert (q["TrangThaiGD"], q["MaGiaoDich"]) == ("1", after["MaGiaoDich"])
+    bill = post(pay, signed("GET_BILL", MaThamChieu=failed, ThoiGianGD=after["ThoiGianKhoiTao"]))
+    assert bill.headers["Content-Type"] == "application/pdf" and after["SoBienLai"].encode() in bill.content
+    for bad in ({"references": [failed], "late": True}, {"references": [failed], "outcome": "paid", "late": 1},
+                {"n": 1, "outcome": "paid", "late": True}, {"references": [failed], "outcome": "failed", "late": True}):
+        response = requests.post(pay.url + "/_admin/payments/settle", json=bad, timeout=TIMEOUT)
+        assert response.status_code == 400 and "late" in response.json()["message"], bad
+
+
 def test_an_unreachable_one_stop_is_logged_as_error(pay):
     free = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     url = f"http://127.0.0.1:{free.server_address[1]}/cb"

@@ -241,7 +241,9 @@ def test_first_run_repairs_lost_callbacks_and_books_every_receipt_once(peers, tm
     before = peers.ledger_receipts()
     again = run("pay-2", tmp_path)["counts"]
     assert again["receipts_accepted"] == 0 and again["receipts_unchanged"] == 0 and again["fees_updated"] == 0
-    assert again["queried"] == 11  # only the pending ones are asked again
+    # the pending ones are asked again, and the failed ones (for FAILED_ASK_FOR: the platform may
+    # still complete them), with no GET_BILL while QUERY says failed
+    assert again["queried"] == 11 + 8 and again["found_failed"] == 0 and _get_bills("pay-2") == []
     assert peers.ledger_receipts() == before
     assert_three_systems_agree(peers)
 
@@ -584,7 +586,7 @@ def test_an_answer_whose_checksum_fails_is_dead_lettered_then_replayed_once(peer
     # the next run leaves it alone (it waits in dead letters), ...
     monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_PLATFORM_DEFAULT",
                        json.dumps(peers.connections(tmp_path)["payment_platform_default"]))
-    assert run("tamper-2", tmp_path)["counts"]["queried"] == 11
+    assert run("tamper-2", tmp_path)["counts"]["queried"] == 11 + 8  # the pending and the failed ones
     # ... until an operator replays it: then it is delivered once, and everything agrees
     ids, references = payment_receipts.replay(store(), record_key=victim, by="test")
     assert references == [victim] and len(ids) == 1
@@ -891,7 +893,7 @@ def _reconcile_by_windows(peers: Peers, tmp_path: Path, monkeypatch: pytest.Monk
 def test_the_ask_schedule_asks_young_payments_every_run_then_less_often_and_stops_after_30_days():
     """:func:`next_ask`: a tenth of the time since the first ask, at most a day, none from 30 days
     on, and always after the run's start (one run asks about a payment once)."""
-    from lienthong.flows.payment_receipts import ASK_FOR, next_ask
+    from lienthong.flows.payment_receipts import ASK_FOR, FAILED_ASK_FOR, next_ask
 
     t0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
     µs = timedelta(microseconds=1)
@@ -902,6 +904,8 @@ def test_the_ask_schedule_asks_young_payments_every_run_then_less_often_and_stop
         assert next_ask(t0, t0 + age, t0 + age) == t0 + age + wait, age
     assert next_ask(t0, t0 + ASK_FOR, t0 + ASK_FOR) is None
     assert next_ask(t0, t0 + ASK_FOR + timedelta(days=400), t0) is None
+    assert next_ask(t0, t0 + FAILED_ASK_FOR, t0 + FAILED_ASK_FOR, FAILED_ASK_FOR) is None  # a failed one: 7 days
+    assert next_ask(t0, t0 + timedelta(days=6), t0 + timedelta(days=6), FAILED_ASK_FOR) == t0 + timedelta(days=6.6)
     late = t0 + timedelta(hours=1)  # a run that began before the payment was last asked: still after its start
     assert next_ask(t0, t0 + timedelta(seconds=1), late) == late + µs
 
@@ -945,9 +949,12 @@ def _ask_on_schedule(peers: Peers, tmp_path: Path) -> None:
     with bus.engine.connect() as conn:
         pending = sorted(conn.execute(select(payment_txn.c.reference).where(
             payment_txn.c.platform_status == "pending")).scalars())
-        finished = conn.execute(select(func.count()).select_from(payment_txn).where(
-            payment_txn.c.platform_status != "pending", payment_txn.c.next_ask_at.is_not(None))).scalar_one()
-    assert len(pending) == 11 and finished == 0, "a finished payment is never due"
+        failed = sorted(conn.execute(select(payment_txn.c.reference).where(
+            payment_txn.c.platform_status == "failed", payment_txn.c.next_ask_at.is_not(None))).scalars())
+        paid = conn.execute(select(func.count()).select_from(payment_txn).where(
+            payment_txn.c.platform_status == "paid", payment_txn.c.next_ask_at.is_not(None))).scalar_one()
+    assert len(pending) == 11 and paid == 0, "a paid payment is never due"
+    assert len(failed) == 8, "a failed one is asked again for FAILED_ASK_FOR (7 days), on the same schedule"
     timeline = [  # (run, time since the first ask, asked?, every request listed?) — due a tenth of its
         # age after each ask; every request listed a day after the last full listing, else the newest
         ("ask-1", timedelta(0), False, False),  # the same instant: not due before the next run
@@ -963,7 +970,9 @@ def _ask_on_schedule(peers: Peers, tmp_path: Path) -> None:
     ]
     for run_id, at, due, full in timeline:
         got = collect(run_id, at)
-        assert got["asked"] == (pending if due else []), run_id
+        young = at <= timedelta(days=10)  # the failed ones: asked a last time at 10 days (due since 1 h 12 min)
+        assert got["asked"] == (sorted(pending + failed) if due and young else pending if due else []), run_id
+        assert got["found_failed"] == 0, run_id
         assert got["still_pending"] == (11 if due else 0), run_id
         # the newest: the last page of 25 (6 requests), nothing new on it, so no page before it
         assert (got["requests_listing"], got["requests_listed"]) == (("full", 31) if full else ("newest", 6)), run_id
@@ -1634,4 +1643,62 @@ def test_a_ledger_refusal_naming_no_receipt_of_the_batch_fails_the_batch_and_bla
     counts = run("blame-2", tmp_path)["counts"]
     assert (counts["receipts_accepted"], counts["receipts_unchanged"], counts["receipts_rejected"]) == (7, 5, 0)
     assert counts["mismatches"] == 0 and store().dead_letters(payment_receipts.FLOW) == []
+    assert_three_systems_agree(peers)
+
+
+def _late_settle(peers: Peers, reference: str) -> dict:
+    [done] = requests.post(peers.platform.url + "/_admin/payments/settle", json={
+        "references": [reference], "outcome": "paid", "late": True}, timeout=T).json()["settled"]
+    peers.platform.wait_callbacks(10)
+    return done
+
+
+def _get_bills(run_id: str) -> list[str]:
+    with store().engine.connect() as conn:
+        return sorted(k for k in conn.execute(select(exchange_key.c.record_key).join(
+            exchange_log, exchange_log.c.id == exchange_key.c.exchange_id).where(
+            exchange_log.c.run_id == run_id, exchange_log.c.operation == "GET_BILL")).scalars()
+            if k.startswith("dvc"))
+
+
+@pytest.mark.parametrize("callback", ["lost", "delivered"])
+def test_a_failed_payment_the_platform_later_reports_paid_is_booked_once(peers, tmp_path, callback):
+    """The QUERY backs up lost callbacks (contract §7.11), and the one-stop takes a paid result for
+    a failed request (docs/wire/onestop.md). A payment the bus once recorded failed was never asked
+    again, so when the platform completed it later (its callback lost) it was never booked: the
+    one-stop kept "failed", the ledger had no receipt, and the reconciliation said
+    failed_not_recorded for ever. A failed payment is asked again for FAILED_ASK_FOR (without
+    a GET_BILL while QUERY still says failed); once paid, its receipt is fetched, the one-stop
+    told and the ledger booked, each once."""
+    if callback == "lost":
+        assert requests.post(peers.platform.url + "/_admin/callbacks", json={"lost_share": 1.0}, timeout=T).ok
+    first = run("late-1", tmp_path)["counts"]
+    assert (first["found_paid"], first["found_failed"], first["receipts_accepted"]) == (12, 8, 12)
+    failed = sorted(ref for ref, p in peers.platform_payments().items() if p["status"] == "failed")
+    assert len(failed) == 8 and all(peers.onestop_payments()[ref]["status"] == "failed" for ref in failed)
+    victim = failed[0]
+
+    done = _late_settle(peers, victim)
+    assert (done["status"], done["callback"]) == ("paid", "lost" if callback == "lost" else "queued")
+    assert peers.onestop_payments()[victim]["status"] == ("failed" if callback == "lost" else "paid")
+
+    counts = run("late-2", tmp_path)["counts"]
+    assert counts["queried"] == 11 + 8, "the pending and the failed ones are asked"
+    assert (counts["found_paid"], counts["found_failed"], counts["bills_fetched"]) == (1, 0, 1)
+    assert _get_bills("late-2") == [victim], "no GET_BILL for the payments still failed"
+    assert (counts["fees_updated"], counts["fees_already_recorded"]) == ((1, 0) if callback == "lost" else (0, 1))
+    assert (counts["receipts_accepted"], counts["receipts_unchanged"]) == (1, 0)
+    assert counts["mismatches"] == 0
+    onestop = peers.onestop_payments()[victim]
+    platform = peers.platform_payments()[victim]
+    assert (onestop["status"], onestop["transactionId"], onestop["amount"]) == (
+        "paid", platform["MaGiaoDich"], platform["SoTien"])
+    assert [r["ReceiptNumber"] for r in peers.ledger_receipts() if r["PaymentReference"] == victim] == [
+        platform["SoBienLai"]]
+    assert_three_systems_agree(peers)
+
+    again = run("late-3", tmp_path)["counts"]
+    assert again["queried"] == 11 + 7 and again["found_paid"] == 0 and again["bills_fetched"] == 0
+    assert (again["fees_updated"], again["receipts_accepted"], again["mismatches"]) == (0, 0, 0)
+    assert Counter(r["PaymentReference"] for r in peers.ledger_receipts())[victim] == 1
     assert_three_systems_agree(peers)
