@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from urllib3.exceptions import DecodeError as _DecodeError
 from urllib3.exceptions import ProtocolError as _Urllib3ProtocolError
 from urllib3.exceptions import ReadTimeoutError as _ReadTimeoutError
 from urllib3.exceptions import SSLError as _Urllib3SSLError
+from urllib3.util.ssl_match_hostname import CertificateError as _CertificateError
 
 from connectors.errors import (
     ConfigurationError,
@@ -604,6 +606,26 @@ def unavailable(response: requests.Response, *, peer: str, operation: str) -> Pe
                            retry_after=after)
 
 
+def _certificate_refusal(exc: BaseException) -> str | None:
+    """Why TLS verification refused the peer's certificate (``self-signed certificate``, a
+    host-name mismatch...), when that is what ``exc`` (requests' ``SSLError``) comes from, else
+    ``None``: a handshake cut short is a dropped connection, a certificate refused is refused again.
+    The reason is OpenSSL's and names no secret."""
+    seen: set[int] = set()
+    pending: list[Any] = [exc]
+    while pending:
+        error = pending.pop()
+        if not isinstance(error, BaseException) or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return str(error.verify_message or error.reason or "certificate verify failed")[:200]
+        if isinstance(error, _CertificateError):  # urllib3's own host-name check
+            return f"host-name mismatch: {str(error)[:200]}"
+        pending.extend([*error.args, getattr(error, "reason", None), error.__cause__, error.__context__])
+    return None
+
+
 def transport_failure(exc: requests.RequestException | UnicodeError, *, peer: str, operation: str,
                       read_timeout: float, total_timeout: float) -> ConnectorError:
     """The error for an attempt that got no answer to use (the HTTP transport's and the ledger's):
@@ -611,11 +633,18 @@ def transport_failure(exc: requests.RequestException | UnicodeError, *, peer: st
     * the deadline passed while the answer was still arriving (:class:`AnswerTimeout`), no answer
       within the read timeout, a connection refused, dropped or a body cut short:
       ``PeerUnavailable``;
+    * a peer certificate TLS verification refuses (untrusted, expired, for another host):
+      ``FatalConnectorError`` (no retry makes it verify);
     * an answer whose content encoding does not decode: ``UnreadableAnswer``;
     * anything else requests refused (a header value, a URL): ``FatalConnectorError``, naming only
       the type of its error, whose message may quote a header's value, a secret.
     """
     where, kind = f"{peer} {operation}", type(exc).__name__
+    refusal = _certificate_refusal(exc) if isinstance(exc, requests.exceptions.SSLError) else None
+    if refusal is not None:
+        return FatalConnectorError(f"{where}: the peer's TLS certificate was refused ({refusal}); not retried: the "
+                                   "CA bundle (REQUESTS_CA_BUNDLE) or the peer's certificate must change",
+                                   peer=peer, operation=operation)
     if isinstance(exc, AnswerTimeout):  # an answer still arriving is no answer
         return PeerUnavailable(f"{where}: answer not complete within {total_timeout:g}s (total_timeout); "
                                "connection closed", peer=peer, operation=operation)
@@ -794,7 +823,8 @@ class HttpTransport:
                 same request gets the same answer), ``read`` found it untrustworthy, or it is a
                 redirect (3xx; recorded, not followed: see :func:`redirect_refused`).
             FatalConnectorError: requests refused to make the request (an invalid header value or
-                URL...); the message names only the type of its error.
+                URL...); the message names only the type of its error. Or the peer's TLS certificate
+                does not verify (never retried; the message names OpenSSL's reason).
         """
         url = f"{self.base_url}{path}"
         keys = tuple(record_keys)
