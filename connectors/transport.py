@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import re
 import ssl
@@ -711,12 +712,19 @@ def _peer_session(base_url: str) -> requests.Session:
     would use; requests would look them up again on every request by scanning ``os.environ``
     (a quarter of a call's CPU in profiles, issue #8). ``~/.netrc`` is not read: every connector
     sends its peer's credentials itself. Redirects are never followed (:class:`_NoRedirects`).
+    A CA bundle named for an ``https`` peer that does not exist is a ``ConfigurationError`` here.
     """
     session = _NoRedirects()
     settings = session.merge_environment_settings(base_url, {}, None, None, None)
     session.trust_env = False
     session.proxies.update(settings["proxies"])
     session.verify = settings["verify"]
+    bundle = session.verify
+    if isinstance(bundle, str) and urlsplit(base_url).scheme.lower() == "https" and not os.path.exists(bundle):
+        # requests would raise a bare OSError on every call, outside the error tree
+        name = "REQUESTS_CA_BUNDLE" if os.environ.get("REQUESTS_CA_BUNDLE") == bundle else "CURL_CA_BUNDLE"
+        raise ConfigurationError(f"{urlsplit(base_url).hostname}: {name} names {bundle}, which does not exist; "
+                                 "the peer's TLS certificate cannot be verified without its CA bundle")
     return session
 
 

@@ -230,6 +230,7 @@ class LedgerTransport(zeep.Transport):
 
     def __init__(self, *, recorder: ExchangeRecorder | None, connect_timeout: float, operation_timeout: float,
                  max_response_bytes: int = MAX_RESPONSE_BYTES, base_url: str = "", total_timeout: float | None = None):
+        self._close_session = False  # zeep's __del__ reads it, also when the session cannot be made
         super().__init__(timeout=operation_timeout, operation_timeout=operation_timeout,
                          session=_peer_session(base_url))
         self.total_timeout = total_timeout_for(operation_timeout, total_timeout)

@@ -145,17 +145,19 @@ def test_secrets_are_redacted_in_bodies_and_headers(server_factory):
     assert e.request_headers["X-Api-Key"] == "***"
 
 
-def test_environment_proxy_and_ca_bundle_are_read_once_for_the_peer(monkeypatch):
+def test_environment_proxy_and_ca_bundle_are_read_once_for_the_peer(monkeypatch, tmp_path):
     """The proxy and CA bundle requests would take from the environment are taken once, when the
     transport is made (requests would rescan os.environ on every call); NO_PROXY still applies."""
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.tinh.gov.vn:3128")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/tinh-ca.pem")
+    bundle = tmp_path / "tinh-ca.pem"
+    bundle.write_text("")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
     far = HttpTransport(peer="portal", base_url="https://dichvucong.gov.vn")
     near = HttpTransport(peer="onestop", base_url="http://127.0.0.1:8081")
     assert far.session.proxies["https"] == "http://proxy.tinh.gov.vn:3128"
     assert "https" not in near.session.proxies and "http" not in near.session.proxies
-    assert far.session.verify == "/etc/ssl/certs/tinh-ca.pem"
+    assert far.session.verify == str(bundle)
     assert far.session.trust_env is False and near.session.trust_env is False
     # what requests itself would have chosen for a call to each peer
     reference = requests.Session()

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from connectors.connection import Secret
-from connectors.errors import FatalConnectorError, RetriableConnectorError
+from connectors.errors import ConfigurationError, FatalConnectorError, RetriableConnectorError
 from connectors.ministry_ledger.client import ReceiptLedgerClient
 from connectors.transport import HttpTransport, MemoryRecorder, RetryPolicy
 
@@ -136,3 +136,15 @@ def test_the_ledger_refuses_an_unverified_certificate_once(https_peer):
         client.get_receipt("BL2026-000001")
     assert len(recorder.exchanges) == 1 and slept == []
 
+
+def test_a_ca_bundle_that_is_not_there_is_a_configuration_error_before_any_call(monkeypatch, tmp_path):
+    """requests raised a bare OSError on every call (outside the error tree); the transport
+    now refuses to be made, naming the variable and the path."""
+    missing = tmp_path / "tinh-ca.pem"
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(missing))
+    with pytest.raises(ConfigurationError, match=rf"REQUESTS_CA_BUNDLE names {missing}, which does not exist"):
+        HttpTransport(peer="portal", base_url="https://dichvucong.gov.vn")
+    with pytest.raises(ConfigurationError, match="REQUESTS_CA_BUNDLE"):
+        ReceiptLedgerClient("https://ledger.mof.gov.vn", "u", Secret("pw"))
+    HttpTransport(peer="onestop", base_url="http://127.0.0.1:8081")  # plain HTTP uses no CA bundle
