@@ -15,12 +15,16 @@ reads each answer inside its attempt loop, so an unreadable one is recorded and 
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import os
 import random
 import re
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import requests.adapters
 from urllib3.exceptions import DecodeError as _DecodeError
 from urllib3.exceptions import ProtocolError as _Urllib3ProtocolError
 from urllib3.exceptions import ReadTimeoutError as _ReadTimeoutError
@@ -67,6 +72,7 @@ __all__ = [
     "read_json",
     "redact_json",
     "redirect_refused",
+    "request_by",
     "response_json",
     "retry_after_seconds",
     "total_timeout_for",
@@ -480,6 +486,133 @@ class AnswerTimeout(requests.exceptions.Timeout):
     connection is closed."""
 
 
+class _Watch:
+    """One request waiting for its answer's status line and headers, and the connection it uses."""
+
+    __slots__ = ("conn", "deadline", "done", "fired")
+
+    def __init__(self, deadline: float):
+        self.deadline, self.conn, self.done, self.fired = deadline, None, False, False
+
+
+class _Watchdog:
+    """Closes the connection of a request whose deadline passes while it waits for the answer's
+    status line and headers: ``read_timeout`` bounds each socket read, and http.client reads the
+    headers line by line, so a peer sending one every few seconds would hold a call for as long
+    as it likes (the body is read by :func:`read_capped`, which looks at the deadline itself).
+    One daemon thread for the whole process, woken by the earliest deadline."""
+
+    _RECHECK = 0.05  # seconds: a connection still being opened (bounded by the connect timeout)
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._seq = itertools.count()
+        self._live = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self, deadline: float) -> _Watch:
+        watch = _Watch(deadline)
+        with self._cv:
+            heapq.heappush(self._heap, (deadline, next(self._seq), watch))
+            self._live += 1
+            if self._thread is None or not self._thread.is_alive():  # the first call, or a forked worker
+                self._thread = threading.Thread(target=self._run, name="lienthong-answer-deadline", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return watch
+
+    def stop(self, watch: _Watch) -> bool:
+        """The request is answered (or failed): stop watching it. True when its connection was
+        closed for the deadline (whatever the request then got is not to be used)."""
+        with self._cv:
+            if not watch.done:
+                watch.done = True
+                self._live -= 1
+                if len(self._heap) > 64 and len(self._heap) > 4 * self._live:  # drop the finished ones
+                    self._heap = [entry for entry in self._heap if not entry[2].done]
+                    heapq.heapify(self._heap)
+            return watch.fired
+
+    def _run(self) -> None:
+        with self._cv:
+            while True:
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cv.wait()
+                    continue
+                deadline, _, watch = self._heap[0]
+                now = time.monotonic()
+                if deadline > now:
+                    self._cv.wait(deadline - now)
+                    continue
+                heapq.heappop(self._heap)
+                sock = getattr(watch.conn, "sock", None)
+                if sock is None:  # not connected yet: look again shortly
+                    heapq.heappush(self._heap, (now + self._RECHECK, next(self._seq), watch))
+                    continue
+                watch.fired = True
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+                except OSError:
+                    pass
+
+
+    def _after_fork(self) -> None:
+        """In a forked child (a Celery worker): no thread, no requests of the parent's, and a lock
+        the parent's thread may have held at the fork."""
+        self._cv = threading.Condition()
+        self._heap, self._live, self._thread = [], 0, None
+
+
+_WATCHDOG = _Watchdog()
+_WATCHED = threading.local()
+os.register_at_fork(after_in_child=_WATCHDOG._after_fork)  # noqa: SLF001
+
+
+def request_by(session: requests.Session, deadline: float, method: str, url: str, **kwargs: Any
+               ) -> requests.Response:
+    """``session.request`` (with ``stream=True``: up to the answer's headers) whose connection is
+    closed if its status line and headers are not in by ``deadline`` (a :func:`time.monotonic`
+    time): :class:`AnswerTimeout` then. The session must be a :func:`_peer_session`'s."""
+    watch = _WATCHDOG.start(deadline)
+    _WATCHED.watch = watch
+    try:
+        response = session.request(method, url, **kwargs)
+    except requests.RequestException:
+        if _WATCHDOG.stop(watch):
+            raise AnswerTimeout("answer's headers not read whole within the attempt's deadline") from None
+        raise
+    finally:
+        _WATCHED.watch = None
+        fired = _WATCHDOG.stop(watch)
+    if fired:
+        response.close()
+        raise AnswerTimeout("answer's headers not read whole within the attempt's deadline")
+    return response
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """Tells the watchdog which connection the request being sent on this thread uses."""
+
+    def get_connection_with_tls_context(self, *args: Any, **kwargs: Any) -> Any:
+        pool = super().get_connection_with_tls_context(*args, **kwargs)
+        if not getattr(pool, "_lienthong_watched", False):
+            get_conn = pool._get_conn  # noqa: SLF001
+
+            def watched_get_conn(*a: Any, **kw: Any) -> Any:
+                conn = get_conn(*a, **kw)
+                watch = getattr(_WATCHED, "watch", None)
+                if watch is not None:
+                    watch.conn = conn
+                return conn
+
+            pool._get_conn = watched_get_conn  # noqa: SLF001
+            pool._lienthong_watched = True  # noqa: SLF001
+        return pool
+
+
 def total_timeout_for(read_timeout: float, total_timeout: float | None) -> float:
     """The deadline of an attempt, in seconds: ``total_timeout``, or :data:`TOTAL_TIMEOUT_FACTOR`
     times the read timeout."""
@@ -715,6 +848,8 @@ def _peer_session(base_url: str) -> requests.Session:
     A CA bundle named for an ``https`` peer that does not exist is a ``ConfigurationError`` here.
     """
     session = _NoRedirects()
+    for prefix in ("https://", "http://"):
+        session.mount(prefix, _WatchedAdapter())
     settings = session.merge_environment_settings(base_url, {}, None, None, None)
     session.trust_env = False
     session.proxies.update(settings["proxies"])
@@ -739,7 +874,8 @@ class HttpTransport:
             socket read (the wait for the answer to begin, then each wait for more of it).
         total_timeout: seconds an attempt may take, from sending the request to the last byte of
             the answer (default: :data:`TOTAL_TIMEOUT_FACTOR` × ``read_timeout``); an answer
-            still arriving then is dropped and the attempt fails as ``PeerUnavailable``.
+            still arriving then is dropped and the attempt fails as ``PeerUnavailable`` (its
+            headers are held to it by :func:`request_by`, its body by :func:`read_capped`).
         retry: which attempts to make for retriable failures.
         redact_keys: JSON keys whose values never reach the log (passwords, session tokens).
         redact_headers: header names whose values never reach the log, besides
@@ -855,9 +991,9 @@ class HttpTransport:
             error: ConnectorError | None = None
             deadline = time.monotonic() + self.total_timeout
             try:
-                response = self.session.request(
-                    method, url, data=body or None, params=params, headers=send_headers, timeout=self.timeout,
-                    stream=True, allow_redirects=False,
+                response = request_by(
+                    self.session, deadline, method, url, data=body or None, params=params, headers=send_headers,
+                    timeout=self.timeout, stream=True, allow_redirects=False,
                 )
                 if read_capped(response, self.max_response_bytes, deadline):
                     error = ProtocolError(

@@ -60,6 +60,7 @@ from connectors.transport import (
     headers_for_log,
     read_capped,
     redirect_refused,
+    request_by,
     total_timeout_for,
     transport_extra,
     transport_failure,
@@ -260,9 +261,9 @@ class LedgerTransport(zeep.Transport):
         oversize = False
         deadline = time.monotonic() + self.total_timeout
         try:
-            response = self.session.post(address, data=body, headers=headers,
-                                         timeout=(self.connect_timeout, self.operation_timeout), stream=True,
-                                         allow_redirects=False)  # a redirect would carry the password elsewhere
+            response = request_by(self.session, deadline, "POST", address, data=body, headers=headers,
+                                  timeout=(self.connect_timeout, self.operation_timeout), stream=True,
+                                  allow_redirects=False)  # a redirect would carry the password elsewhere
             oversize = read_capped(response, self.max_response_bytes, deadline)
         except (requests.RequestException, UnicodeError) as exc:
             response = None

@@ -439,6 +439,45 @@ def test_a_trickling_answer_does_not_hold_the_call_past_its_deadline(peers):
     assert [(e.outcome, e.response_status) for e in rec.exchanges] == [("transport_error", None)]
 
 
+def trickled_headers(lines: int, every: float):
+    """A handler answering 200 whose header lines come one every ``every`` seconds (each read
+    quick, the headers as a whole slow)."""
+    def handle(h, _body):
+        h.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        h.wfile.flush()
+        for i in range(lines):
+            time.sleep(every)
+            h.wfile.write(b"X-Slow-%d: 1\r\n" % i)
+            h.wfile.flush()
+        h.wfile.write(b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+        h.wfile.flush()
+
+    return handle
+
+
+def test_trickling_headers_do_not_hold_the_call_past_its_deadline(peers):
+    """The deadline was looked at only once the headers were in: a peer sending a header line
+    every 0.3 s held a call with total_timeout=1s for as long as it liked (24 s here, then
+    "connection failed" when http.client counted 100 headers). The connection is now closed at
+    the deadline, while it waits for the status line and headers too."""
+    peer = peers(trickled_headers(80, 0.3))
+    rec = MemoryRecorder()
+    t = HttpTransport(peer="p", base_url=peer.url, recorder=rec, connect_timeout=1.0, read_timeout=1.0,
+                      total_timeout=1.0, retry=RetryPolicy(max_attempts=1))
+    t0 = time.monotonic()
+    with pytest.raises(PeerUnavailable) as info:
+        t.send("GET", "/x", operation="op")
+    elapsed = time.monotonic() - t0
+    assert 1.0 <= elapsed < 5.0, f"a call with total_timeout=1s lasted {elapsed:.1f}s"
+    assert str(info.value) == "p op: answer not complete within 1s (total_timeout); connection closed"
+    assert [(e.outcome, e.response_status) for e in rec.exchanges] == [("transport_error", None)]
+    # the next call is answered on a fresh connection, the closed one is not reused
+    quick = peers(lambda h, _b: answer(h, 200, {"ok": True}))
+    t2 = HttpTransport(peer="p", base_url=quick.url, total_timeout=1.0, read_timeout=1.0)
+    for _ in range(3):
+        assert t2.send("GET", "/x", operation="op").json() == {"ok": True}
+
+
 def test_total_timeout_is_the_connections_and_the_attempt_is_retried(peers):
     calls = []
     # the first answer takes 6 s, past the 2 s total; the second is at once (2 s leaves room for a busy machine)

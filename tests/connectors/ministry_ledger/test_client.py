@@ -539,6 +539,20 @@ def test_a_trickling_answer_does_not_hold_a_call_past_its_deadline(peers, record
     assert [(e.outcome, e.response_status) for e in recorder.exchanges] == [("transport_error", None)]
 
 
+def test_trickling_headers_do_not_hold_a_call_past_its_deadline(peers, recorder):
+    """The ledger sending its header lines one every 0.3 s held a call with total_timeout=1s
+    until http.client counted 100 of them (24 s here); the connection is closed at the deadline."""
+    from tests.connectors.test_transport import trickled_headers
+
+    peer = peers(trickled_headers(80, 0.3))
+    c = client(peer.url, recorder, operation_timeout=1.0, total_timeout=1.0, retry=RetryPolicy(max_attempts=1))
+    t0 = time.monotonic()
+    with pytest.raises(PeerUnavailable, match="answer not complete within 1s"):
+        c.get_receipt("BL2026-000001")
+    assert time.monotonic() - t0 < 5.0
+    assert [(e.outcome, e.response_status) for e in recorder.exchanges] == [("transport_error", None)]
+
+
 def test_total_timeout_from_the_connection():
     spec = ConnectionSpec(conn_id="ministry_ledger_default", conn_type="http", host="127.0.0.1", port=18084,
                           login=USER, password=Secret(PASSWORD), extra={"operation_timeout": 4})
