@@ -187,12 +187,19 @@ def _from_json(conn_id: str, raw: str) -> ConnectionSpec:
             extra = json.loads(extra)
         except json.JSONDecodeError:
             raise ConfigurationError(f"{env_var_name(conn_id)}: 'extra' is not valid JSON") from None
+    if not isinstance(extra, dict):
+        raise ConfigurationError(f"{env_var_name(conn_id)}: 'extra' must be a JSON object")
     port = data.get("port")
+    if port not in (None, ""):
+        text = str(port).strip() if isinstance(port, (int, str)) and not isinstance(port, bool) else ""
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+            raise ConfigurationError(f"{env_var_name(conn_id)}: 'port' must be a whole number from 1 to 65535")
+        port = int(text)
     return ConnectionSpec(
         conn_id=conn_id,
         conn_type=str(data.get("conn_type") or ""),
         host=str(data.get("host") or ""),
-        port=int(port) if port not in (None, "") else None,
+        port=port if port not in (None, "") else None,
         schema=str(data.get("schema") or ""),
         login=str(data.get("login") or ""),
         password=Secret(data.get("password")),

@@ -185,3 +185,19 @@ def test_an_extra_holding_a_url_in_a_uri_connection_is_kept(uri, url):
     spec = connection_from_env("ministry_db_default", {"AIRFLOW_CONN_MINISTRY_DB_DEFAULT": uri})
     assert spec.extra.get("sqlalchemy_url") == url
     assert spec.sqlalchemy_url() == url
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"port": "80a"}, "'port' must be a whole number from 1 to 65535"),
+    ({"port": 0}, "'port' must be a whole number from 1 to 65535"),
+    ({"port": True}, "'port' must be a whole number from 1 to 65535"),
+    ({"extra": [1]}, "'extra' must be a JSON object"),
+    ({"extra": "[1]"}, "'extra' must be a JSON object"),
+])
+def test_a_json_connection_with_a_bad_port_or_extra_is_a_configuration_error(fields, says):
+    """A port that is not a number was a bare ValueError, an extra that is not an object a
+    TypeError, from int() and dict() (outside the error tree, naming nothing)."""
+    raw = json.dumps({"conn_type": "http", "host": "h", "password": "pw", **fields})
+    with pytest.raises(ConfigurationError) as caught:
+        connection_from_env("x", {"AIRFLOW_CONN_X": raw})
+    assert str(caught.value) == f"AIRFLOW_CONN_X: {says}"
