@@ -122,7 +122,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
               f"{result.unsealed_records} records not sealed yet{head}")
         if result.deep:
             print(f"deep: {result.personal_values_checked} stored personal values checked against their sealed "
-                  f"commitments")
+                  f"commitments; {result.bodies_checked} bodies rebuilt as sent and checked against their "
+                  f"recorded sha256 and size")
         else:
             print("personal values: checked where they are read (audit show, export, the auditor page); "
                   "--deep checks them all now")
@@ -370,7 +371,9 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="a head printed earlier by `audit seal`, which must still be there")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.add_argument("--deep", action="store_true", help="also check every stored personal value (salt and value) "
-                                                       "against its sealed commitment (otherwise checked when read)")
+                                                       "against its sealed commitment (otherwise checked when read) "
+                                                       "and every body, rebuilt as sent, against its recorded "
+                                                       "sha256 and size")
     q.add_argument("--workers", type=_positive, metavar="N", help="processes recomputing the leaves of seals at once "
                                                             "(SQLite files; default: one per core, at most 8)")
     q.set_defaults(func=cmd_verify)

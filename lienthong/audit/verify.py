@@ -22,7 +22,13 @@ covered: they are what a commitment opens to, and a forged one simply fails to o
 checked where they are read, so no altered value is ever shown or exported as genuine:
 ``get_exchange`` (``audit show``, the auditor page) marks it ``[altered]`` with a warning,
 ``audit export`` refuses the bundle, the offline bundle verifier rejects it; and all of them at
-once with ``deep=True`` (``audit verify --deep``, reported as ``deep``). Re-opening every
+once with ``deep=True`` (``audit verify --deep``, reported as ``deep``). ``deep`` also rebuilds
+every body as it went on the wire (its stored bytes or blob, its personal values put back) and
+checks it against its recorded ``*_sha256`` and ``*_size`` (:func:`~lienthong.audit.personal.
+wire_digest` by the row's leaf format: plain SHA-256 in formats 1 and 2, salted in 3 when the side
+has personal fields), as the offline bundle verifier does: a body altered *before* it was sealed
+is covered by its seal and only this finds it (``body_altered``, the first such record named); a
+side with an erased field cannot be rebuilt and is skipped. Re-opening every
 commitment (about 76 per record in the benchmark's log) on every verify would cost about three
 times the leaves themselves (15,700 against 4,900 records/s there).
 
@@ -56,7 +62,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from lienthong.audit.keys import key_fingerprint, load_public_key
-from lienthong.audit.personal import commitment
+from lienthong.audit.personal import PersonalField, commitment, restore_body, wire_digest
 from lienthong.audit.records import (
     GENESIS,
     Batch,
@@ -94,6 +100,9 @@ HEAD_MISMATCH = "head_mismatch"  # the expected head seal is not there (truncate
 PERSONAL_FIELD_ALTERED = "personal_field_altered"  # a stored salt/value does not give its sealed commitment
 BLOB_MISSING = "blob_missing"  # a body stored by content hash is not in exchange_blob
 BLOB_ALTERED = "blob_altered"  # the stored blob does not hash to its (sealed) reference
+# --deep: a body rebuilt from its stored bytes and personal values does not give its recorded
+# sha256 and size (altered before sealing: the seal then covers the altered bytes)
+BODY_ALTERED = "body_altered"
 # an archived seal's leaf index does not give its root, its bundle changed, or its archive row is
 # forged (signature) or unsigned with no bundle at its path to check the absent records against
 ARCHIVE_ALTERED = "archive_altered"
@@ -131,6 +140,7 @@ class VerifyResult:
     blobs_checked: int = 0
     deep: bool = False  # every stored salt and value was checked against its commitment (--deep)
     personal_values_checked: int = 0
+    bodies_checked: int = 0  # bodies rebuilt as on the wire against their recorded sha256 and size (--deep)
     archived_records: int = 0  # sealed records moved to bundles (audit archive), checked via leaf index
     archives: list[dict[str, Any]] = field(default_factory=list)
 
@@ -205,37 +215,141 @@ def _check_seal(seal: dict[str, Any], previous: dict[str, Any] | None, keys: dic
     return None
 
 
+def _personal_rows(cursor: Any) -> Iterator[tuple[int, list[tuple[Any, ...]]]]:
+    """The rows of ``exchange_personal_field`` from ``cursor`` (ordered by record), by record."""
+    record_id, group = None, []
+    while rows := cursor.fetchmany(5000):
+        for row in rows:
+            if row[0] != record_id and group:
+                yield record_id, group
+                group = []
+            record_id = row[0]
+            group.append(row)
+    if group:
+        yield record_id, group
+
+
+def _blob_bytes(conn: Connection, sha: str, cache: dict[str, bytes | None]) -> bytes | None:
+    """A body stored by content hash, as stored (None when missing, not zlib or not hashing to its
+    name: :func:`_check_extras` names it)."""
+    if sha not in cache:
+        if len(cache) > 64:
+            cache.clear()
+        data = conn.execute(select(exchange_blob.c.data).where(exchange_blob.c.sha256 == sha)).scalar()
+        try:
+            stored = None if data is None else zlib.decompress(bytes(data))
+            cache[sha] = stored if stored is not None and hashlib.sha256(stored).hexdigest() == sha else None
+        except zlib.error:
+            cache[sha] = None
+    return cache[sha]
+
+
+def _check_wire(conn: Connection, row: tuple[Any, ...], fields: dict[str, list[PersonalField]],
+                blobs: dict[str, bytes | None]) -> tuple[Failure | None, int]:
+    """``--deep``: each side of one record rebuilt as it went on the wire (stored bytes or blob, its
+    personal values put back) against its recorded digest (:func:`wire_digest` by the row's leaf
+    format: plain SHA-256 in 1 and 2) and size, as the offline bundle verifier does. A side with an
+    erased field cannot be rebuilt and is skipped. Returns the failure and the sides checked."""
+    record_id, leaf_version = row[0], row[1]
+    checked = 0
+    for n, side in enumerate(("request", "response")):
+        body, sha, size, ref = row[2 + 4 * n:6 + 4 * n]
+        side_fields = fields.get(side, [])
+        if any(f.salt is None or f.value is None for f in side_fields):
+            continue  # redacted: checked by its redaction record
+        if ref is not None:
+            stored = _blob_bytes(conn, ref, blobs)
+            if stored is None:
+                continue  # missing or corrupt blob: _check_extras names it
+        else:
+            try:
+                stored = zlib.decompress(bytes(body))
+            except zlib.error:
+                return Failure(BODY_ALTERED, f"record #{record_id}: its stored {side} body does not decompress",
+                               None, record_id), checked
+        wire = restore_body(stored, side_fields) if side_fields else stored
+        checked += 1
+        try:
+            digest = wire_digest(wire, side_fields, leaf_version)
+        except ValueError:
+            digest = None
+        if digest != sha or len(wire) != size:
+            return Failure(BODY_ALTERED, f"record #{record_id}: the {side} body rebuilt from its stored bytes and "
+                                         f"personal values does not match its recorded sha256 and size (altered "
+                                         f"before sealing)", None, record_id), checked
+    return None, checked
+
+
 def _check_personal(conn: Connection, first_id: int, last_id: int, result: VerifyResult,
                     redacted: set[int], redactions: set[int]) -> Failure | None:
     """``--deep``: every stored salt and value of the records in ``first_id..last_id`` must give
     its sealed commitment, and every erased one must name its ``audit redact`` (``redactions``:
-    the ids of ``exchange_redaction``; erased ones go to ``redacted``); the first that does not,
-    by record."""
+    the ids of ``exchange_redaction``; erased ones go to ``redacted``); then each record's bodies,
+    rebuilt with those values, must give their recorded digests (:func:`_check_wire`); the first
+    record that does not."""
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    cursor = conn.connection.dbapi_connection.cursor()  # millions of rows: plain tuples, a page at a time
+    dbapi = conn.connection.dbapi_connection
+    cursor = dbapi.cursor()  # millions of rows: plain tuples, a page at a time
+    bodies = dbapi.cursor()
+    blobs: dict[str, bytes | None] = {}
     try:
-        cursor.execute(f"SELECT exchange_id, side, path, commitment, salt, value, redaction_id "
+        cursor.execute(f"SELECT exchange_id, side, path, commitment, salt, value, redaction_id, kind "
                        f"FROM {exchange_personal_field.name} "
                        f"WHERE exchange_id >= {mark} AND exchange_id <= {mark} ORDER BY exchange_id",
                        (first_id, last_id))
+        bodies.execute(f"SELECT id, leaf_version, request_body, request_sha256, request_size, request_blob_sha256, "
+                       f"response_body, response_sha256, response_size, response_blob_sha256 "
+                       f"FROM {exchange_log.name} WHERE id >= {mark} AND id <= {mark} ORDER BY id",
+                       (first_id, last_id))
+        groups = _personal_rows(cursor)
+        group = next(groups, None)
         checked = 0
-        while rows := cursor.fetchmany(5000):
-            for record_id, side, path, sealed, salt, value, redaction_id in rows:
+
+        def check_fields(rows: list[tuple[Any, ...]]) -> tuple[Failure | None, dict[str, list[PersonalField]]]:
+            nonlocal checked
+            by_side: dict[str, list[PersonalField]] = {}
+            for record_id, side, path, sealed, salt, value, redaction_id, kind in rows:
+                by_side.setdefault(side, []).append(PersonalField(
+                    side, path, kind, sealed, None if salt is None else bytes(salt),
+                    None if value is None else bytes(value)))
                 if salt is None and value is None:
                     if redaction_id not in redactions:  # erased, but no `audit redact` says who or why
                         return Failure(PERSONAL_FIELD_ALTERED, f"record #{record_id}: the salt and value of its "
                                                                f"{side} field {path} were erased without a "
-                                                               "redaction record (audit redact)", None, record_id)
+                                                               "redaction record (audit redact)", None,
+                                       record_id), by_side
                     redacted.add(record_id)
                     continue
                 checked += 1
                 if salt is None or value is None or commitment(bytes(salt), path, bytes(value)) != sealed:
                     return Failure(PERSONAL_FIELD_ALTERED, f"record #{record_id}: the stored salt and value of its "
                                                            f"{side} field {path} do not give the sealed commitment",
-                                   None, record_id)
+                                   None, record_id), by_side
+            return None, by_side
+
+        while rows := bodies.fetchmany(500):
+            for row in rows:
+                fields: dict[str, list[PersonalField]] = {}
+                while group is not None and group[0] <= row[0]:  # a field of a record not here is checked too
+                    failure, by_side = check_fields(group[1])
+                    if failure:
+                        return failure
+                    if group[0] == row[0]:
+                        fields = by_side
+                    group = next(groups, None)
+                failure, sides = _check_wire(conn, row, fields, blobs)
+                result.bodies_checked += sides
+                if failure:
+                    return failure
+        while group is not None:
+            failure, _ = check_fields(group[1])
+            if failure:
+                return failure
+            group = next(groups, None)
     finally:
         cursor.close()
-    result.personal_values_checked += checked
+        bodies.close()
+        result.personal_values_checked += checked
     return None
 
 

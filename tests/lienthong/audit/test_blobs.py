@@ -116,8 +116,12 @@ def test_seal_and_verify_check_the_blobs_and_name_a_deleted_or_edited_one(store,
     sha, sha2 = _sealed_with_bills(store, keypair)
     result = verify_exchanges(store, keypair[1])
     assert result.ok and result.blobs_checked == 2 and result.records_checked == 7, result.failure
+    deep = verify_exchanges(store, keypair[1], deep=True)  # the PDFs rebuilt against their recorded digests
+    assert deep.ok and deep.bodies_checked == 14, deep.failure
 
     sql(store, "UPDATE exchange_blob SET data = :d WHERE sha256 = :s", d=zlib.compress(PDF[:-1] + b"X"), s=sha2)
+    deep = verify_exchanges(store, keypair[1], deep=True)  # the blob itself is named, not its body's digest
+    assert not deep.ok and (deep.failure.kind, deep.failure.record_id) == ("blob_altered", 5), deep.failure
     result = verify_exchanges(store, keypair[1])
     assert not result.ok and (result.failure.kind, result.failure.record_id, result.failure.seal_seq) == (
         "blob_altered", 5, 2), result.failure

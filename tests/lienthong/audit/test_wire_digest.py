@@ -199,7 +199,10 @@ def test_the_bundle_checks_each_digest_by_its_rows_leaf_format(store, keypair, t
         stored = zlib.decompress(row["request_body"]).replace(b'"2"', b'"3"')
         sql(store, "UPDATE exchange_log SET request_body = :b WHERE id = 8", b=zlib.compress(stored))
     seal_exchanges(store, private, batch_size=3)
-    assert verify_exchanges(store, public, deep=True).ok  # sealed as it is
+    assert verify_exchanges(store, public).ok  # sealed as it is: the leaves hold
+    deep = verify_exchanges(store, public, deep=True)  # --deep rebuilds the body as the bundle does
+    assert not deep.ok and (deep.failure.kind, deep.failure.record_id, deep.failure.seal_seq) == ("body_altered", 8, 3)
+    assert "the request body" in deep.failure.explanation and "recorded sha256" in deep.failure.explanation
     out = tmp_path / "b.zip"
     export_bundle(store, out, [public], key=DOSSIER)
     checked = bundle_verify.verify_bundle(str(out))
@@ -223,3 +226,41 @@ def test_a_bundle_holding_format_3_rows_is_refused_by_a_verifier_that_predates_t
     monkeypatch.setattr(bundle_verify, "BUNDLE_FORMATS", ("lienthong-audit-bundle/1", "lienthong-audit-bundle/2"))
     refused = bundle_verify.verify_bundle(str(out))
     assert not refused.ok and refused.failure_kind == "manifest", refused.failure
+
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("record_id, side, alter", [
+    (4, "request", "UPDATE exchange_log SET request_size = request_size + 1 WHERE id = 4"),  # SOAP, personal
+    (7, "response", None),  # its stored response body changed by one byte
+    (1, "request", "UPDATE exchange_log SET request_sha256 = :d WHERE id = 1"),  # nothing personal
+])
+def test_deep_rebuilds_the_bodies_of_plain_digest_rows_too(store, keypair, version, record_id, side, alter):
+    """Formats 1 and 2 record the plain SHA-256: a body, digest or size changed before sealing is
+    named by --deep (the first such record), the default verify holds (the seal covers it)."""
+    private, public, *_ = keypair
+    _mixed_log(store)
+    sql(store, "UPDATE exchange_log SET leaf_version = :v WHERE id IN (1, 3, 4, 7)", v=version)
+    if alter is None:
+        row, _ = _row_and_fields(store, record_id)
+        stored = zlib.decompress(row[f"{side}_body"])
+        sql(store, f"UPDATE exchange_log SET {side}_body = :b WHERE id = :i", b=zlib.compress(stored[:-1] + b" "),
+            i=record_id)
+    else:
+        sql(store, alter, d="00" * 32)
+    seal_exchanges(store, private, batch_size=3)
+    assert verify_exchanges(store, public).ok
+    deep = verify_exchanges(store, public, deep=True)
+    assert not deep.ok and (deep.failure.kind, deep.failure.record_id) == ("body_altered", record_id), deep.failure
+    assert f"the {side} body" in deep.failure.explanation
+
+
+def test_deep_checks_the_bodies_of_an_untouched_log(bus_store, keypair):
+    private, public, *_ = keypair
+    _mixed_log(bus_store)
+    seal_exchanges(bus_store, private, batch_size=3)
+    result = verify_exchanges(bus_store, public, deep=True)
+    assert result.ok and result.bodies_checked == 16 and result.records_checked == 8, result.failure
+    sql(bus_store, "UPDATE exchange_personal_field SET value = :v WHERE exchange_id = 8", v=b'"079099000111"')
+    deep = verify_exchanges(bus_store, public, deep=True)  # the value, named before the body it rebuilds
+    assert not deep.ok and (deep.failure.kind, deep.failure.record_id) == ("personal_field_altered", 8)
