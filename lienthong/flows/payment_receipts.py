@@ -842,7 +842,9 @@ def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, bat
 
     The payer's name is the dossier's applicant: kept by the fee step's look-up (``payer_name``),
     else (the fee step failed or did not reach the payment) read here from the one-stop, which also
-    tells a dossier it does not hold: that receipt is held. ``report``: as for
+    tells a dossier it does not hold: that receipt is held. The kept name is erased whatever
+    becomes of the receipt here (booked, held, rejected): a held receipt is asked again, and a
+    replayed one mapped again, with the name read afresh. ``report``: as for
     :func:`collect_payments`."""
     report = report if report is not None else LedgerReport()
     mapping = load_mapping(TO_LEDGER)
@@ -864,14 +866,14 @@ def submit_receipts(store: Store, onestop: Any, ledger: Any, *, run_id: str, bat
                 hold = "unknown_dossier" if payer is None else None
             if hold:
                 report.held[hold] += 1
-                _set(begin, row.reference, run_id, ledger_state="held", hold_reason=hold)
+                _set(begin, row.reference, run_id, ledger_state="held", hold_reason=hold, payer_name=None)
                 continue
             source = _source_record(row, payer or "")
             try:
                 record = mapping.apply(source)
             except RecordInvalid as exc:
                 _dead_letter(begin, run_id, row.reference, "mapping", exc, exc.error_dicts(), source, report.rejected)
-                _set(begin, row.reference, run_id, ledger_state="rejected")
+                _set(begin, row.reference, run_id, ledger_state="rejected", payer_name=None)  # replay: read again
                 continue
             ready.append((row, record))
             if len(ready) == batch_size:  # submitted as it fills: held look-ups stay one batch long
@@ -909,7 +911,7 @@ def _submit_batch(begin: Begin, ledger: Any, batch: list[tuple[Any, dict[str, An
         except DuplicateReceipt as exc:
             row, record = _named(by_number, exc)
             report.held["duplicate_receipt"] += 1
-            _set(begin, row.reference, run_id, ledger_state="held", hold_reason="duplicate_receipt")
+            _set(begin, row.reference, run_id, ledger_state="held", hold_reason="duplicate_receipt", payer_name=None)
             log.warning("receipt %s of payment %s: the ledger holds other content under it: %s",
                         record["ReceiptNumber"], row.reference, exc)
             batch = [item for item in batch if item[0].reference != row.reference]
@@ -926,7 +928,7 @@ def _submit_batch(begin: Begin, ledger: Any, batch: list[tuple[Any, dict[str, An
             _dead_letter(begin, run_id, row.reference, "ledger", exc, exc.error_dicts(),
                          _source_record(row, record.get("PayerName", "")), report.rejected,
                          getattr(exc, "peer_code", None))
-            _set(begin, row.reference, run_id, ledger_state="rejected")
+            _set(begin, row.reference, run_id, ledger_state="rejected", payer_name=None)
             batch = [item for item in batch if item[0].reference != row.reference]
             continue
         with begin() as conn:  # the batch's answer in one transaction, with its exchange-log record

@@ -786,6 +786,54 @@ def test_one_read_of_a_paid_payments_dossier_serves_both_steps_and_the_name_is_e
     assert left == [], "booked: the bus keeps the payer's name no longer"
 
 
+def test_a_held_or_rejected_receipt_keeps_no_payer_name_and_a_replay_reads_it_again(peers, tmp_path, monkeypatch):
+    """The applicant's name is kept only for the ledger step of the same run: a receipt it holds
+    (the ledger has other content under its number) or rejects (dead-lettered) keeps it no longer
+    (it stayed in payment_txn for good); a held one is asked with the name read again, a replayed
+    one is booked with the name read again from the one-stop."""
+    from connectors.connection import Secret
+    from connectors.ministry_ledger.client import ReceiptLedgerClient
+
+    paid = sorted((p for p in peers.platform_payments().values() if p["status"] == "paid"),
+                  key=lambda p: p["MaThamChieu"])
+    held, refused = paid[0], paid[1]
+    client = ReceiptLedgerClient(peers.ledger.url, LEDGER_USER, Secret(LEDGER_PASSWORD))
+    try:
+        client.submit_receipts([{
+            "ReceiptNumber": held["SoBienLai"], "DossierCode": held["MaHoSo"],
+            "PaymentReference": "someone-else", "AmountVND": 1000,
+            "PaidAt": datetime.fromisoformat("2026-11-02T08:00:00+07:00"), "PayerName": "Người khác",
+            "AgencyCode": held["MaHoSo"].split("-")[0], "PdfSha256": "0" * 64}])
+    finally:
+        client.close()
+    read = payment_receipts._payer  # noqa: SLF001 - the one-stop look-up both steps make
+    monkeypatch.setattr(payment_receipts, "_payer", lambda onestop, code: "X" * 300 if code == refused["MaHoSo"]
+                        else read(onestop, code))  # over the ledger's 200 characters: the mapping refuses it
+    counts = run("names-1", tmp_path)["counts"]
+    assert (counts["receipts_accepted"], counts["receipts_held"], counts["receipts_rejected"]) == (10, 1, 1)
+
+    def names() -> dict[str, tuple[str, str | None]]:
+        with store().engine.connect() as conn:
+            return {r.reference: (r.ledger_state, r.payer_name) for r in conn.execute(
+                select(payment_txn.c.reference, payment_txn.c.ledger_state, payment_txn.c.payer_name)
+                .where(payment_txn.c.platform_status == "paid"))}
+
+    after = names()
+    assert after[held["MaThamChieu"]] == ("held", None) and after[refused["MaThamChieu"]] == ("rejected", None)
+    assert [ref for ref, (_, name) in after.items() if name is not None] == []
+
+    monkeypatch.setattr(payment_receipts, "_payer", read)
+    assert payment_receipts.replay(store(), record_key=refused["MaThamChieu"], by="test")[1] == [refused["MaThamChieu"]]
+    counts = run("names-2", tmp_path)["counts"]
+    assert (counts["receipts_accepted"], counts["receipts_held"], counts["receipts_rejected"]) == (1, 1, 0)
+    applicants = {d["dossierNo"]: d["applicantName"]
+                  for d in requests.get(peers.onestop.url + "/_state/dossiers", timeout=T).json()["dossiers"]}
+    booked = [r for r in peers.ledger_receipts() if r["PaymentReference"] == refused["MaThamChieu"]]
+    assert [r["PayerName"] for r in booked] == [applicants[refused["MaHoSo"]]]
+    after = names()
+    assert after[held["MaThamChieu"]] == ("held", None) and after[refused["MaThamChieu"]] == ("accepted", None)
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_reconciliation_reads_a_window_and_a_page_at_a_time_and_finds_the_same(peers, tmp_path, monkeypatch,
                                                                                 database):
