@@ -25,7 +25,9 @@ What it does, in order (every step prints a line):
    ``lienthong audit seal`` + ``verify`` pass on the PostgreSQL bus database;
 8. stops everything it started by process id (SIGTERM to each process group, then SIGKILL to
    whatever is left of the recorded process trees), drops the databases and empties the Redis
-   database — also on failure and on Ctrl-C. ``--keep`` keeps databases and the run directory.
+   database — also on failure and on Ctrl-C. A passing run removes its run directory; a failed
+   one keeps it (the logs) without the secrets it generated there (:meth:`Harness.secret_files`).
+   ``--keep`` keeps databases and the run directory as they are.
 
 Exit status 0 = PASS, 1 = an invariant or a run failed or cleanup left a process, a database or the
 Redis database behind, 2 = PostgreSQL or Redis not reachable.
@@ -684,7 +686,10 @@ class Harness:
         # generates one for a user missing here and prints it, into the api-server's log
         users = [u.split(":")[0] for u in self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")]
         passwords = {user: cfg.admin_password if user == "admin" else secrets.token_urlsafe(16) for user in users}
-        (cfg.airflow_home / "passwords.json").write_text(json.dumps(passwords))
+        fd = os.open(cfg.airflow_home / "passwords.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:  # the owner's only, whatever the umask
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(json.dumps(passwords))
         t0 = time.monotonic()
         for command in INIT_COMMANDS:
             if command[0] == "airflow":
@@ -1030,6 +1035,29 @@ class Harness:
                 self.left_behind.append(f"Redis database {self.cfg.redis_db}")
                 self.out(f"✗ could not empty Redis database {self.cfg.redis_db}: {exc}")
 
+    def secret_files(self) -> list[Path]:
+        """The throw-away secrets this run wrote in its directory: the UI users' passwords, the private
+        seal key and the ``airflow.cfg`` Airflow writes on first start (with a JWT secret and an API
+        secret key of its own). The rest (logs, the public key, the stand-ins' state) is no secret."""
+        cfg = self.cfg
+        return [cfg.airflow_home / "passwords.json", cfg.airflow_home / "airflow.cfg",
+                Path(self.env.get("LIENTHONG_SEAL_KEY") or cfg.topology().seal_key)]
+
+    def _remove_secrets(self) -> None:
+        """A failed run keeps its directory for diagnosis, without the secrets it generated."""
+        removed = []
+        for path in self.secret_files():
+            try:
+                path.unlink()
+                removed.append(path.name)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self.left_behind.append(f"secret file {path}")
+                self.out(f"✗ could not remove {path}: {exc}")
+        if removed:
+            self.step(f"removed the run's secrets from its directory: {', '.join(removed)}")
+
     def _remove_run_files(self) -> None:
         """What the run made in its directory, then the directory if nothing else is left in it."""
         import shutil
@@ -1064,6 +1092,8 @@ class Harness:
         except ServiceUnavailable as exc:
             self.out(f"✗ {exc}")
             self.cleanup()
+            if not self.keep:
+                self._remove_secrets()
             self.out("FAIL")
             return 2
         except KeyboardInterrupt:
@@ -1079,6 +1109,7 @@ class Harness:
         if ok and not self.keep:
             self._remove_run_files()
         elif not self.keep:
+            self._remove_secrets()
             self.out(f"  logs kept for inspection in {self.cfg.log_dir} (Airflow task logs in "
                      f"{self.cfg.airflow_home / 'logs'})")
         timing = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items() if k != "total_before_cleanup")

@@ -240,3 +240,49 @@ def test_a_passing_run_removes_the_run_dir_it_made(tmp_path, monkeypatch):
                                                                                      cfg.log_dir)])
     assert harness.run() == 0
     assert not cfg.run_dir.exists()
+
+
+def test_a_failed_run_keeps_its_logs_but_not_its_throwaway_secrets(tmp_path, monkeypatch):
+    """A failed run keeps its run directory for diagnosis; the secrets it generated there (the UI
+    users' passwords, the private seal key, the airflow.cfg Airflow writes with a generated JWT
+    secret and API secret key) must not stay beside the logs. Its passwords file is the owner's only."""
+    import stat
+
+    harness, lines = _harness(tmp_path)
+    cfg = harness.cfg
+    monkeypatch.setattr(distributed, "probe_services", lambda *a, **k: None)
+    monkeypatch.setattr(distributed, "pick_redis_db", lambda cfg: 1)
+    monkeypatch.setattr(distributed, "create_databases", lambda cfg: None)
+    monkeypatch.setattr(distributed, "drop_databases", lambda cfg: list(cfg.databases))
+    monkeypatch.setattr(distributed, "_redis", lambda cfg, db: type("R", (), {"flushdb": lambda self: None})())
+
+    def airflow(*args, name=None):  # what `airflow db migrate` leaves in AIRFLOW_HOME
+        (cfg.airflow_home / "airflow.cfg").write_text("[api_auth]\njwt_secret = generated\n")
+
+    monkeypatch.setattr(harness, "airflow", airflow)
+    prepare = harness.prepare
+
+    def prepared():
+        prepare()
+        assert stat.S_IMODE((cfg.airflow_home / "passwords.json").stat().st_mode) == 0o600
+        cfg.log_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.log_dir / "api-server.log").write_text("started\n")
+        key = distributed.Path(harness.env["LIENTHONG_SEAL_KEY"])
+        key.parent.mkdir(parents=True)
+        key.write_text("PRIVATE")
+        key.with_name(key.name + ".pub").write_text("PUBLIC")
+
+    monkeypatch.setattr(harness, "prepare", prepared)
+
+    def fails():
+        raise RuntimeError("the api-server did not start")
+
+    monkeypatch.setattr(harness, "start_airflow", fails)
+    assert harness.run() == 1
+    key = distributed.Path(harness.env["LIENTHONG_SEAL_KEY"])
+    assert (cfg.log_dir / "api-server.log").read_text() == "started\n", "the logs are kept"
+    assert key.with_name(key.name + ".pub").read_text() == "PUBLIC"
+    assert not key.exists() and not (cfg.airflow_home / "passwords.json").exists()
+    assert not (cfg.airflow_home / "airflow.cfg").exists()
+    assert harness.cfg.admin_password not in "\n".join(lines)
+    assert any("removed the run's secrets" in line for line in lines), lines
