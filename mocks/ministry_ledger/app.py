@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import unicodedata
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -302,7 +303,8 @@ class MinistryLedgerMock(MockServer):
         for name in FIELDS:
             if values[name] is None or not values[name].strip():
                 raise _validation(index, number, name, "required", "is required and must not be blank")
-            values[name] = values[name].strip()
+            # Vietnamese text is compared, counted and held in NFC (a decomposed name is the same name)
+            values[name] = unicodedata.normalize("NFC", values[name].strip())
         for name, (limit, pattern) in _TEXT_RULES.items():
             if len(values[name]) > limit:
                 raise _validation(index, number, name, f"maxLength:{limit}", f"must be at most {limit} characters")

@@ -31,6 +31,17 @@ def test_chain_gives_the_ledger_record_with_integer_amount_and_offset_time():
         "PdfSha256": SAMPLE["bill"]["pdf_sha256"]}
 
 
+def test_a_decomposed_payer_name_goes_to_the_ledger_in_nfc():
+    """The one-stop may hold an applicant's name decomposed (NFD): the ledger gets it in NFC, so a
+    resend of the same receipt is the same content there whatever form the one-stop held."""
+    import unicodedata
+
+    record = json.loads(json.dumps(SAMPLE))
+    record["dossier"]["payer_name"] = unicodedata.normalize("NFD", "Nguyễn Văn An")
+    sent = load_mapping("payment_platform__ministry_ledger/receipt").apply(record)
+    assert sent["PayerName"] == "Nguyễn Văn An" == unicodedata.normalize("NFC", sent["PayerName"])
+
+
 @pytest.mark.parametrize("path, value, field, rule", [
     (("transaction", "SoTien"), 0, "AmountVND", "format"),
     (("transaction", "SoTien"), "12.5", "AmountVND", "format"),

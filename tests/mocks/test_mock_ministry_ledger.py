@@ -121,6 +121,31 @@ def test_same_number_with_different_content_is_a_duplicate_fault_and_nothing_is_
     assert [r["ReceiptNumber"] for r in held(ledger)] == ["BL2026-000001"]  # all or nothing
 
 
+def test_the_same_name_in_decomposed_unicode_is_the_same_receipt(ledger):
+    """Vietnamese text is compared after NFC: the same receipt resent with its PayerName decomposed
+    (NFD: a base letter and combining marks, as some keyboards and OS file dialogs write it) is an
+    idempotent repeat, not a DUPLICATE_RECEIPT; PayerName's 200 characters are counted after NFC."""
+    import unicodedata
+
+    c = client(ledger)
+    name = "Nguyễn Thị Thu Hương"
+    decomposed = unicodedata.normalize("NFD", name)
+    assert decomposed != name and len(decomposed) > len(name)
+    assert (c.service.SubmitReceipts(Receipt=[receipt()]).Accepted) == 1
+    again = c.service.SubmitReceipts(Receipt=[receipt(PayerName=decomposed)])
+    assert (again.Accepted, again.Unchanged) == (0, 1)
+    long_name = "Nguyễn " * 28 + "Hương"
+    composed = unicodedata.normalize("NFC", long_name)[:200]
+    assert len(composed) == 200 and len(unicodedata.normalize("NFD", composed)) > 200
+    first = c.service.SubmitReceipts(Receipt=[receipt("BL2026-000002", PayerName=unicodedata.normalize("NFD",
+                                                                                                      composed))])
+    assert (first.Accepted, first.Unchanged) == (1, 0)
+    assert [r["PayerName"] for r in held(ledger)] == [name, composed]  # held as NFC
+    with pytest.raises(zeep.exceptions.Fault) as info:  # another name is still another content
+        c.service.SubmitReceipts(Receipt=[receipt(PayerName=unicodedata.normalize("NFD", "Lê Văn Tám"))])
+    assert detail(info.value)[1]["Fields"] == "PayerName"
+
+
 @pytest.mark.parametrize(("override", "field", "rule"), [
     ({"AmountVND": 0}, "AmountVND", "range:1..1000000000000"),
     ({"PdfSha256": "XYZ"}, "PdfSha256", r"pattern:[0-9a-f]{64}"),
