@@ -731,6 +731,23 @@ def _location_for_log(location: str) -> str:
     return origin + ("/***" if (parts.path not in ("", "/") or parts.query or parts.fragment) else parts.path)
 
 
+#: 5xx answers that say the peer does not do this request at all (501 Not Implemented, 505 HTTP Version
+#: Not Supported): asking again cannot change them, so they end the call like a 4xx
+NOT_RETRIED_5XX = frozenset({501, 505})
+
+
+def server_error(response: requests.Response, *, peer: str, operation: str) -> ConnectorError:
+    """The error for a 5xx or 429 answer: :func:`unavailable` (retried), or for a 5xx in
+    :data:`NOT_RETRIED_5XX` a :class:`FatalConnectorError` (given up at once)."""
+    status = response.status_code
+    if status in NOT_RETRIED_5XX:
+        reason = (response.reason or "").strip()[:80]
+        return FatalConnectorError(f"{peer} {operation}: HTTP {status}{f' {reason}' if reason else ''}: the peer "
+                                   "does not do this request; not retried", peer=peer, operation=operation,
+                                   status=status)
+    return unavailable(response, peer=peer, operation=operation)
+
+
 def unavailable(response: requests.Response, *, peer: str, operation: str) -> PeerUnavailable:
     """The error for a 5xx or 429 answer, with the wait its ``Retry-After`` asks for (429, 503)."""
     status = response.status_code
@@ -1007,7 +1024,7 @@ class HttpTransport:
                                           total_timeout=self.total_timeout)
             duration_ms = (time.perf_counter() - t0) * 1000
             if error is None and response is not None and (response.status_code >= 500 or response.status_code == 429):
-                error = unavailable(response, peer=self.peer, operation=operation)
+                error = server_error(response, peer=self.peer, operation=operation)
             elif error is None and response is not None and 300 <= response.status_code < 400:
                 error = redirect_refused(response, peer=self.peer, operation=operation)
             elif error is None and response is not None and read is not None and 200 <= response.status_code < 300:

@@ -61,10 +61,10 @@ from connectors.transport import (
     read_capped,
     redirect_refused,
     request_by,
+    server_error,
     total_timeout_for,
     transport_extra,
     transport_failure,
-    unavailable,
     wait_before_retry,
 )
 
@@ -307,7 +307,12 @@ class LedgerTransport(zeep.Transport):
             else:
                 outcome = "http_error"
                 if status >= 500 or status == 429:
-                    error = unavailable(response, peer=PEER, operation=operation)
+                    error = server_error(response, peer=PEER, operation=operation)
+                elif status in (401, 403):  # refused before any SOAP: an HTTP gateway's own log-in check
+                    error = AuthenticationFailed(f"{PEER} {operation}: HTTP {status} without a SOAP fault: the "
+                                                 "ledger (or a gateway before it) refused our credentials; check the "
+                                                 "connection's user and password", peer=PEER, operation=operation,
+                                                 status=status)
         self.recorder.record(Exchange(
             peer=PEER,
             operation=operation,

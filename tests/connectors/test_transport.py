@@ -627,3 +627,17 @@ def test_a_refused_redirects_location_query_never_reaches_the_exchange_log(peers
     assert ticket not in str(info.value)
     (exchange,) = rec.exchanges
     assert ticket not in repr(exchange.response_headers)
+
+
+@pytest.mark.parametrize("status", [501, 505])
+def test_a_5xx_saying_the_request_is_not_done_at_all_is_not_retried(server_factory, status):
+    """501 Not Implemented and 505 HTTP Version Not Supported were retried like a 503 and ended as
+    PeerUnavailable, which the task retries again: nothing a retry can change. They end the call at
+    once, a FatalConnectorError naming the status, recorded as the http_error it is."""
+    server = server_factory([(status, {"e": 1}, 0)] * 3)
+    rec = MemoryRecorder()
+    with pytest.raises(FatalConnectorError, match=f"peer op: HTTP {status}.*not retried") as info:
+        transport(server.url, rec, retry=RetryPolicy(max_attempts=3)).send("GET", "/x", operation="op")
+    assert not isinstance(info.value, PeerUnavailable) and info.value.status == status
+    assert len(server.requests) == 1
+    assert [(e.attempt, e.response_status, e.outcome) for e in rec.exchanges] == [(1, status, "http_error")]

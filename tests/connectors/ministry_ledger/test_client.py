@@ -24,6 +24,7 @@ from connectors.errors import (
     AuthenticationFailed,
     ConfigurationError,
     DuplicateReceipt,
+    FatalConnectorError,
     PeerRejected,
     PeerUnavailable,
     ProtocolError,
@@ -578,3 +579,30 @@ def test_the_ledger_treats_a_garbage_retry_after_as_absent_not_as_a_fatal_protoc
         assert [e.response_status for e in rec.exchanges] == [503, 503]
     finally:
         ledger.close()
+
+
+# -- answers retrying cannot change ---------------------------------------------------------------
+@pytest.mark.parametrize("status", [401, 403])
+def test_an_http_refusal_of_our_credentials_without_a_fault_is_authentication_failed(peers, recorder, status):
+    """A gateway before the ledger refusing the log-in with a bare 401/403 (no SOAP fault) became a
+    ProtocolError ('unreadable answer'), which sends whoever reads it to the ledger's WSDL instead of
+    the connection's user and password."""
+    peer = peers(lambda h, body: answer(h, status, b"<html>Unauthorized</html>", "text/html"))
+    with pytest.raises(AuthenticationFailed, match=f"HTTP {status} without a SOAP fault") as info:
+        client(peer.url, recorder, retry=RetryPolicy(max_attempts=3)).get_receipt("BL2026-000001")
+    assert info.value.status == status
+    assert len(peer.requests) == 1
+    assert [(e.response_status, e.outcome) for e in recorder.exchanges] == [(status, "http_error")]
+    assert PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize("status", [501, 505])
+def test_a_5xx_saying_the_request_is_not_done_at_all_is_not_retried(peers, recorder, status):
+    """501 Not Implemented / 505 HTTP Version Not Supported were retried like a 503 (three calls, then
+    PeerUnavailable and the task's own retries): asking again cannot change them."""
+    peer = peers(lambda h, body: answer(h, status, b"not here", "text/plain"))
+    with pytest.raises(FatalConnectorError, match=f"HTTP {status}.*not retried") as info:
+        client(peer.url, recorder, retry=RetryPolicy(max_attempts=3)).get_receipt("BL2026-000001")
+    assert not isinstance(info.value, PeerUnavailable) and info.value.status == status
+    assert len(peer.requests) == 1
+    assert [(e.response_status, e.outcome) for e in recorder.exchanges] == [(status, "http_error")]
