@@ -802,6 +802,11 @@ def _load_chain(document: dict, path: Path) -> tuple[Chain, list[_Read]]:
                 add(f"chain[{n}]", "chain", "a chain cannot contain itself")
                 continue
             try:
+                # A stage that is a chain is refused before it is loaded: loading it would load its
+                # own stages, and two chains naming each other would never end (RecursionError).
+                if "chain" in _read_yaml(_resolve(step).resolve()):
+                    add(f"chain[{n}]", "chain", f"{step} is a chain itself; list its mappings instead")
+                    continue
                 stage = load_mapping(step)
             except MappingFileError as problem:
                 add(f"chain[{n}]", "chain", f"{step} is not a valid mapping: {problem.problems[0]}")

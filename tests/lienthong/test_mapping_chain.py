@@ -275,3 +275,26 @@ def test_a_later_stage_error_names_the_canonical_and_the_source_field():
     assert [(e.field, e.rule) for e in errors] == [("DinhDanhCHS[0].SoDinhDanh", "format")]
     assert errors[0].message.startswith(
         "[canonical__national_portal/dossier] applicant.id_no (onestop applicantIdNo) does not have the required form")
+
+
+def test_chains_naming_each_other_are_refused_not_a_recursion(tmp_path, monkeypatch):
+    """Two chain files listing each other: loading one loaded the other, which loaded the first
+    again, until RecursionError; a stage that is a chain is refused before it is loaded."""
+    root = tmp_path / "mappings"
+    shutil.copytree(REPO / "mappings" / "canonical__national_portal", root / "canonical__national_portal")
+    (root / "onestop__national_portal").mkdir()
+    (root / "onestop__canonical").mkdir()
+    (root / "onestop__national_portal" / "dossier.yaml").write_text(
+        "name: onestop__national_portal/dossier\nversion: 1\ndescription: test\n"
+        "chain: [onestop__canonical/dossier, canonical__national_portal/dossier]\n", encoding="utf-8")
+    (root / "onestop__canonical" / "dossier.yaml").write_text(
+        "name: onestop__canonical/dossier\nversion: 1\ndescription: test\n"
+        "chain: [onestop__national_portal/dossier, canonical__national_portal/dossier]\n", encoding="utf-8")
+    monkeypatch.setenv("LIENTHONG_MAPPINGS_DIR", str(root))
+    for name, stage in (("onestop__national_portal/dossier", "onestop__canonical/dossier"),
+                        ("onestop__canonical/dossier", "onestop__national_portal/dossier")):
+        with pytest.raises(MappingFileError) as caught:
+            load_mapping(name)
+        assert [(p.path, p.rule) for p in caught.value.problems] == [("chain[0]", "chain")]
+        assert f"{stage} is a chain itself; list its mappings instead" in str(caught.value)
+        assert str(caught.value.file).endswith(f"{name}.yaml")
