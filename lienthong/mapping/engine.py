@@ -44,6 +44,11 @@ _SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\*|-?\d+)\])?")
 _VALUE_SHOWN = 60  # longest value quoted in a message, in characters
 #: Joins the parts of a composite record key (``record_key: [dossierNo, stepId]``).
 KEY_SEPARATOR = "#"
+#: Whether fields compiled from now on get the fast paths of their common shapes (and the
+#: generated builder writes them out). ``False`` compiles every field to its general step only:
+#: the reference the fast paths must agree with, value for value and error for error (the tests
+#: compare the two on generated records). Read when a file is compiled, not per record.
+FAST_PATHS = True
 
 
 class RecordInvalid(RecordRejected):
@@ -678,6 +683,8 @@ def _value_step(field: _Spec) -> Step:
     # A missing value of an optional field without a fallback is simply the default ("" unless
     # the file says otherwise): the fast paths answer it without the general path.
     plain_optional = not required and required_if is None and fallback_get is None
+    if not FAST_PATHS:
+        key = None
 
     if key is not None and when is None and not transforms and table_values is None:
 
@@ -756,7 +763,7 @@ def _value_step(field: _Spec) -> Step:
     # ``outer.inner`` (the canonical records' ``applicant.name``): read both levels inline; an
     # outer value that is not an object goes the general way, which reports it.
     pair = None
-    if key is None and not several and not absolute and where is None and when is None:
+    if FAST_PATHS and key is None and not several and not absolute and where is None and when is None:
         _root, segments = parse_path(source)
         if len(segments) == 2 and segments[0][1] is None and segments[1][1] is None:
             pair = (segments[0][0], segments[1][0])
@@ -818,7 +825,7 @@ def compile_builder(steps: list[tuple[str, Step]]) -> Callable[[Any, Any, list, 
         env[f"S{n}"] = step
         out, call = f"o{n}", f"S{n}(item, root, errors, at)"
         outputs.append(f"{name!r}: {out}")
-        spec = getattr(step, "inline", None)
+        spec = getattr(step, "inline", None) if FAST_PATHS else None
         if spec is None:
             lines.append(f"    {out} = {call}")
             continue

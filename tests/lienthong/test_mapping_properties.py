@@ -531,3 +531,201 @@ def test_mapping_is_deterministic(name: str, data: st.DataObject) -> None:
     assert first == second
     if first[0] == "ok":
         assert content_hash(first[1]) == content_hash(second[1])
+
+
+# --- the fast paths against the general step ----------------------------------------------------
+# The engine compiles the common field shapes (a plain text value, a code-table value, transforms,
+# read from ``key`` or ``outer.inner``) into fast steps and writes their happy path out in a
+# generated builder; ``engine.FAST_PATHS = False`` compiles every field to its general step only.
+# Both must give the same output and the same errors (field, rule and message) for every record.
+
+EDGE_VALUES = [
+    None, "", " ", "\t\n", "١٢", "٢٠٢٦-١١-٠٢", "５０", "true", "false", "True", "1", "0", "yes",
+    1e3, 10.0, 1.5, -0.0, 0, 1, -1, 2**63, -(2**63) - 1, 10**30, True, False,
+    "2024-02-29T00:00:00+07:00", "2023-02-29T00:00:00+07:00", "2024-02-29", "2026-11-02T08:15:00-05:00",
+    "2026-11-02T08:15:00Z", "2026-11-02T08:15:00", "2026-11-02T08:15:00+07", "0001-01-01T00:00:00+07:00",
+    "9999-12-31T23:59:59-07:00", "20261102081500", "Nguyễn Văn A", unicodedata.normalize("NFD", "Nguyễn"),
+    " x ", "x" * 1001, "50.000 đồng", "Không", [], {}, ["a"], [None], [{"a": 1}], {"a": "b"},
+]
+edge_values = st.one_of(st.sampled_from(EDGE_VALUES), json_scalars)
+
+
+def _leaves(node: Any, place: tuple = ()) -> list[tuple]:
+    found = [place] if place else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _leaves(value, place + (key,))
+    elif isinstance(node, list):
+        for n, value in enumerate(node):
+            found += _leaves(value, place + (n,))
+    return found
+
+
+@st.composite
+def edged(draw: Any, system: str, record: str) -> Any:
+    """A sample with 1 to 4 of its values (leaves, lists, objects) replaced by an edge value."""
+    out = copy.deepcopy(draw(st.sampled_from(samples(system, record))))
+    for _ in range(draw(st.integers(1, 4))):
+        places = _leaves(out)
+        if not places:
+            break
+        place = draw(st.sampled_from(places))
+        holder = out
+        for part in place[:-1]:
+            holder = holder[part]
+        holder[place[-1]] = copy.deepcopy(draw(edge_values))
+    return out
+
+
+def _compiled_both(path: Path) -> tuple[Any, Any]:
+    """The mapping file compiled with its fast paths and with the general steps only."""
+    from lienthong.mapping import engine, loader
+
+    fast = loader._load_file(path)[0]
+    engine.FAST_PATHS = False
+    try:
+        general = loader._load_file(path)[0]
+    finally:
+        engine.FAST_PATHS = True
+    return fast, general
+
+
+@cache
+def _both(name: str) -> tuple[Any, Any]:
+    from lienthong.mapping import loader
+
+    return _compiled_both(loader._resolve(name).resolve())
+
+
+def _same_outcome(fast: Any, general: Any, record: Any) -> None:
+    """Both give the same output and errors (mapping never changes its input: one record serves both)."""
+    output, errors = fast.translate(record)
+    expected, expected_errors = general.translate(record)
+    assert [(e.field, e.rule, e.message) for e in errors] == [(e.field, e.rule, e.message) for e in expected_errors]
+    assert json.dumps(output, sort_keys=True) == json.dumps(expected, sort_keys=True), (output, expected)
+
+
+FIELD_MAPPINGS = [name for name in MAPPINGS if not hasattr(load_mapping(name), "stages")]  # chains: their stages
+
+
+@pytest.mark.parametrize("name", FIELD_MAPPINGS)
+@PROPERTY
+@given(data=st.data())
+def test_fast_paths_give_what_the_general_steps_give(name: str, data: st.DataObject) -> None:
+    system, record = _source(name)
+    source = data.draw(st.one_of(edged(system, record), structured_records(system, record),
+                                 garbage_records(system, record)), label="record")
+    _same_outcome(*_both(name), source)
+
+
+# Every fast shape, plain and under outer.inner, required, optional, with a default, in a list.
+SHAPES = """\
+name: onestop__national_portal/shapes
+version: 1
+description: every field shape the engine has a fast path for
+source: {system: onestop, record: dossier}
+target: {system: national_portal, record: DongBoHoSoMC}
+record_key: k
+code_tables:
+  t: {values: {a: "1", "Nguyễn": "2", "١٢": "3", "true": "4"}, not_mapped: {b: on purpose}}
+fields:
+  P: {from: a}
+  PR: {from: a, required: true}
+  PD: {from: a, default: d}
+  PL: {from: a, max_length: 5}
+  PP: {from: a, pattern: '\\d+|[a-z]+'}
+  PN: {from: a, type: integer, nullable: true}
+  PB: {from: a, type: boolean}
+  T: {from: a, code_table: t}
+  TR: {from: a, code_table: t, required: true}
+  TD: {from: a, code_table: t, default: a}
+  X: {from: a, transform: string}
+  XR: {from: a, transform: [string, strip], required: true}
+  XD: {from: a, transform: portal_datetime, default: "2026-11-02T08:15:00+07:00"}
+  XS: {from: a, transform: [string, strip], max_length: 3}
+  XT: {from: a, transform: strip, code_table: t}
+  XB: {from: a, transform: [word_bool, bool_flag]}
+  XV: {from: a, transform: vnd_amount}
+  XI: {from: a, transform: iso_datetime, required: true}
+  XP: {from: a, transform: portal_date}
+  OP: {from: o.a}
+  OR: {from: o.a, required: true, pattern: '[a-z]+'}
+  OT: {from: o.a, code_table: t}
+  OX: {from: o.a, transform: portal_datetime}
+  OY: {from: o.a, transform: [string, strip], default: "0"}
+  L:
+    each:
+      from: items
+      fields:
+        P: {from: a}
+        R: {from: a, required: true, max_length: 4}
+        T: {from: a, code_table: t, default: a}
+        X: {from: a, transform: [string, strip]}
+        O: {from: o.a, transform: bool_text}
+        K: {from: $.k}
+"""
+
+
+@cache
+def _shapes() -> tuple[Any, Any]:
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp()) / "onestop__national_portal"
+    folder.mkdir()
+    path = folder / "shapes.yaml"
+    path.write_text(SHAPES, encoding="utf-8")
+    return _compiled_both(path)
+
+
+# the code table's keys and near misses, short and long text, digits
+shape_values = st.one_of(edge_values, st.sampled_from(
+    ["a", " a", "a ", "A", "b", unicodedata.normalize("NFD", "Nguyễn"), "Nguyễn", "abc", "abcdef", "12", "007"]))
+
+
+def _shape_item(value: Any, inner: Any) -> dict:
+    return {"a": value, "o": inner}
+
+
+@PROPERTY
+@given(a=shape_values, inner=st.one_of(shape_values, st.builds(lambda v: {"a": v}, shape_values)),
+       items=st.lists(st.one_of(shape_values, st.builds(_shape_item, shape_values, shape_values),
+                                st.builds(lambda v, w: {"a": v, "o": {"a": w}}, shape_values, shape_values)),
+                      max_size=3))
+@example(a="", inner={"a": " "}, items=[{"a": None}])
+@example(a="١٢", inner={"a": "١٢"}, items=[{"a": "١٢", "o": {"a": True}}])
+@example(a="2024-02-29T23:30:00-01:00", inner={"a": "2024-02-29T23:30:00-01:00"}, items=[])
+def test_every_fast_shape_gives_what_the_general_step_gives(a: Any, inner: Any, items: list) -> None:
+    record = {"k": "key", "a": a, "o": inner, "items": items}
+    _same_outcome(*_shapes(), record)
+
+
+EXHAUSTIVE_VALUES = [*EDGE_VALUES, "a", " a", "a ", "A", "b", unicodedata.normalize("NFD", "Nguyễn"), "Nguyễn",
+                     "abc", "abcdef", "12", "007"]
+
+
+def test_every_fast_shape_on_every_edge_value() -> None:
+    """Every edge value in every place of the shapes mapping at once, and alone: no draw can miss one."""
+    fast, general = _shapes()
+    for value in EXHAUSTIVE_VALUES:
+        item = {"a": value, "o": {"a": value}}
+        for record in ({"k": "key", **copy.deepcopy(item), "items": [copy.deepcopy(item), value]},
+                       {"k": "key", "a": value, "o": value, "items": value},
+                       {"k": "key", "o": {"a": value}}):
+            _same_outcome(fast, general, record)
+
+
+@pytest.mark.parametrize("name", FIELD_MAPPINGS)
+def test_every_sample_value_replaced_by_every_edge_value(name: str) -> None:
+    """Values of a sample (the first of the mapping's source; at most 40 places, spread over it), one at a
+    time, made each edge value."""
+    fast, general = _both(name)
+    sample = samples(*_source(name))[0]
+    places = _leaves(sample)
+    for place in places[:: max(1, len(places) // 40)]:
+        record = copy.deepcopy(sample)
+        holder = record
+        for part in place[:-1]:
+            holder = holder[part]
+        for value in EXHAUSTIVE_VALUES:
+            holder[place[-1]] = value
+            _same_outcome(fast, general, record)
