@@ -486,8 +486,21 @@ def _schema_problems(document: dict, validator: jsonschema.protocols.Validator) 
 
 
 def _table_conflicts(tables: dict, at: str = "code_tables") -> list[MappingProblem]:
-    """Keys listed both as mapped (values) and as deliberately not mapped."""
-    return [
+    """Keys listed both as mapped (values) and as deliberately not mapped; blank keys.
+
+    A blank key (``""``, white space) could never be looked up: blank text is no value, so the field
+    is missing (``required``, its ``default``) before any code table is read.
+    """
+    problems = [
+        MappingProblem(f"{at}.{table_name}.{part}", "code_table_key",
+                       f"key {key!r} is blank, and blank text is no value: it never reaches a code table "
+                       "(the field is missing; give the field a default, or make it required)")
+        for table_name, table in tables.items()
+        for part in ("values", "not_mapped")
+        for key in table.get(part, {})
+        if not key.strip()
+    ]
+    return problems + [
         MappingProblem(f"{at}.{table_name}.not_mapped.{key}", "conflict",
                        f"{key!r} is both mapped (values) and listed as not mapped")
         for table_name, table in tables.items()

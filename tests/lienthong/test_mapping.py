@@ -136,6 +136,14 @@ INVALID_FILES = [
     ("no-source", "A: {required: true}\n", None, "fields.A", "oneOf"),
     ("bad-path", "A: {from: 'a..b'}\n", None, "fields.A.from", "pattern"),
     ("unquoted-code", "A: {from: a}\n", HEADER.replace('new: "2"', "new: 2"), "code_tables.status.values.new", "type"),
+    # blank text is no value and never reaches a code table: the fast paths looked such a key up (and
+    # sent its code past required), the general step did not
+    ("blank-code-table-key", "A: {from: a, code_table: status, required: true}\n",
+     HEADER.replace('new: "2"', 'new: "2", "": "0"'), "code_tables.status.values", "code_table_key"),
+    ("white-space-code-table-key", "A: {from: a, code_table: status}\n",
+     HEADER.replace('new: "2"', 'new: "2", "  ": "0"'), "code_tables.status.values", "code_table_key"),
+    ("blank-not-mapped-key", "A: {from: a, code_table: status}\n",
+     HEADER.replace("interoperating: handed", "'': handed"), "code_tables.status.not_mapped", "code_table_key"),
     ("const-not-text", "A: {const: 1}\n", None, "fields.A.const", "type"),
     ("bare-yes-key", "yes: {from: a}\n", None, "fields.True", "key_type"),
     ("wildcard-without-transform", "A: {from: 'f[*].x'}\n", None, "fields.A.transform", "wildcard"),

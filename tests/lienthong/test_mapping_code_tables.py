@@ -213,6 +213,7 @@ TABLE_FILE_PROBLEMS = [
     ("table-twice", STATUS_TABLE + '  status: {values: {x: "1"}}\n', ("code_tables.status", "duplicate_key")),
     ("key-in-two-unicode-forms", STATUS_TABLE.replace("done:", '"Ngày": "1", "Nga\u0300y":'),
      ("code_tables.status.values.Ngày", "duplicate_key")),
+    ("blank-key", STATUS_TABLE.replace('new: "2"', 'new: "2", " ": "0"'), ("code_tables.status.values", "code_table_key")),
     ("not-yaml", "code_tables: {status: [\n", ("", "yaml")),
     ("not-a-mapping", "- status\n", ("", "type")),
 ]
