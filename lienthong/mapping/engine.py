@@ -69,6 +69,46 @@ class PathSyntaxError(ValueError):
     """A source path in a mapping file is not ``name(.name)*`` with optional ``[n]`` / ``[*]``."""
 
 
+def compile_pattern(text: str) -> re.Pattern:
+    """A field's ``pattern``, compiled with ``\\d`` meaning 0-9 only.
+
+    Python's ``\\d`` is a digit of any script: '٠٤٩١٩٠٠٠١٢٣٤' (Arabic-Indic) would meet ``\\d{12}``
+    and be sent as an ID number. ``\\d`` is written as ``[0-9]`` (``0-9`` inside ``[...]``); the
+    rest keeps Python's meaning (``\\w`` matches Vietnamese letters).
+
+    Raises:
+        re.error: the text is not a regular expression.
+    """
+    out: list[str] = []
+    in_class = False
+    n = 0
+    while n < len(text):
+        char = text[n]
+        if char == "\\" and n + 1 < len(text):
+            escaped = text[n + 1]
+            out.append(("0-9" if in_class else "[0-9]") if escaped == "d" else char + escaped)
+            n += 2
+            continue
+        if in_class:
+            if char == "]":
+                in_class = False
+        elif char == "[":
+            in_class = True
+            out.append(char)
+            n += 1
+            # a "]" right after "[" or "[^" is a literal, not the end of the class
+            if text.startswith("^", n):
+                out.append("^")
+                n += 1
+            if text.startswith("]", n):
+                out.append("]")
+                n += 1
+            continue
+        out.append(char)
+        n += 1
+    return re.compile("".join(out))
+
+
 class _Mismatch(Exception):
     """A path met a value of the wrong kind on its way (a string where an object was expected)."""
 
@@ -383,7 +423,7 @@ class _Spec:
         self.transforms = tuple(TRANSFORMS[name].bind(argument) for name, argument in steps)
         self.table = tables[spec["code_table"]] if "code_table" in spec else None
         self.max_length = spec.get("max_length")
-        self.pattern = re.compile(spec["pattern"]) if "pattern" in spec else None
+        self.pattern = compile_pattern(spec["pattern"]) if "pattern" in spec else None
         self.pattern_text = spec.get("pattern")
 
 
@@ -407,10 +447,10 @@ def compile_fields(fields: dict[str, dict], tables: dict[str, CodeTable]) -> lis
     return steps
 
 
-_INTEGER = re.compile(r"-?\d+")
+_INTEGER = re.compile(r"-?[0-9]+")
 #: A typed number must fit what peers hold: SQL BIGINT, xsd:long, a finite JSON number.
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _BOOLEANS = {"true": True, "false": False}
 #: ``type`` of a field → what the engine sends: text (the default), or a JSON integer, number or boolean.
 OUTPUT_TYPES = ("text", "integer", "number", "boolean")
@@ -565,6 +605,7 @@ def _value_step(field: _Spec) -> Step:
     table_values = table.values if table is not None else None
     max_length = field.max_length
     pattern = field.pattern
+    pattern_text = field.pattern_text  # as written in the file (compile_pattern rewrites \d)
     personal = field.personal
 
     def source_prefix(at: Any) -> str:
@@ -622,7 +663,7 @@ def _value_step(field: _Spec) -> Step:
         if pattern is not None and pattern.fullmatch(value) is None:
             v = value
             fail(errors, at, "format",
-                 lambda s: f"{s}{shown(v)} does not have the required form {pattern.pattern}", src)
+                 lambda s: f"{s}{shown(v)} does not have the required form {pattern_text}", src)
         return value
 
     default_output = ""

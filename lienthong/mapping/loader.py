@@ -34,6 +34,7 @@ from lienthong.mapping.engine import (
     PathSyntaxError,
     compile_fields,
     compile_paths,
+    compile_pattern,
     parse_path,
     transform_steps,
 )
@@ -615,7 +616,7 @@ def _field_problems(fields: dict, at: str, tables: dict, add: Any) -> None:
                 _default_problem(target, spec, f"{here}.default", tables, add)
         if "pattern" in spec and ("from" in spec or "const" in spec):
             try:
-                re.compile(spec["pattern"])
+                compile_pattern(spec["pattern"])
             except re.error as problem:
                 add(f"{here}.pattern", "pattern", f"not a regular expression: {problem}")
         if "when" in spec:
@@ -668,7 +669,7 @@ def _const_problems(target: str, spec: dict, here: str, add: Any) -> None:
                                                 f"most {spec['max_length']} (values are never truncated)")
     if "pattern" in spec:
         try:
-            if re.fullmatch(spec["pattern"], value) is None:
+            if compile_pattern(spec["pattern"]).fullmatch(value) is None:
                 add(f"{here}.pattern", "format", f"the const {value!r} does not have the required form {spec['pattern']}")
         except re.error:
             return  # reported as a bad regular expression (pattern)

@@ -502,7 +502,7 @@ def max_level(value: Any) -> Any:
 
 # --- payment receipts ----------------------------------------------------------------------------
 
-_DOSSIER_UNIT = re.compile(r"(\d{3}\.\d{2}\.\d{2}\.H\d{2})-\d{6}-\d{4,5}")
+_DOSSIER_UNIT = re.compile(r"(\d{3}\.\d{2}\.\d{2}\.H\d{2})-\d{6}-\d{4,5}", re.ASCII)
 
 
 @register_transform(

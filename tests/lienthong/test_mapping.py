@@ -770,3 +770,31 @@ def test_chained_transforms_give_what_each_field_gives_alone(tmp_path, flag):
     else:
         assert {e.field for e in errors} == {"F", "R", "D", "P", "L[0].IsDeleted"}, errors
         assert {e.rule for e in errors} == {"type"}, errors
+
+
+# \d of Python's re is any script's digit: '٠٤٩١٩٠٠٠١٢٣٤' (Arabic-Indic) met '\d{9}|\d{12}' and was sent
+# to the portal as an ID number, a dossier code of such digits met the dossier code's pattern, and
+# a typed integer field made 12 of '١٢'. Digits in patterns and typed numbers are 0-9 only.
+ARABIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+
+
+def test_other_scripts_digits_do_not_meet_digit_patterns(tmp_path):
+    mapping = load_mapping(write_mapping(tmp_path, "A: {from: a, pattern: '\\d{3}'}\nI: {from: i, type: integer}\n"
+                                                   "N: {from: n, type: number}\n"
+                                                   "U: {from: u, transform: unit_of_dossier_code}\n"))
+    assert mapping.apply({"a": "123", "i": "12", "n": "1.5", "u": "000.00.01.H49-261102-0001"}) == {
+        "A": "123", "I": 12, "N": 1.5, "U": "000.00.01.H49"}
+    with pytest.raises(RecordInvalid) as caught:
+        mapping.apply({"a": "١٢٣", "i": "١٢", "n": "١.٥", "u": "000.00.01.H49-261102-0001".translate(ARABIC)})
+    assert fields_and_rules(caught.value) == [("A", "format"), ("I", "type"), ("N", "type"), ("U", "format")]
+
+
+def test_a_dossier_in_other_scripts_digits_is_refused_naming_the_fields():
+    record = sample("new-at-counter")
+    for changed in ("dossierNo", "applicantIdNo"):
+        broken = {**record, changed: record[changed].translate(ARABIC)}
+        field = {"dossierNo": "MaHoSo", "applicantIdNo": "DinhDanhCHS[0].SoDinhDanh"}[changed]
+        for name in (DOSSIER, "onestop__national_portal/dossier"):
+            with pytest.raises(RecordInvalid) as caught:
+                load_mapping(name).apply(broken)
+            assert fields_and_rules(caught.value) == [(field, "format")]
