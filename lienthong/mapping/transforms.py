@@ -346,6 +346,12 @@ def sort_unique(value: Any) -> list[str]:
 # --- canonical records (mappings/README.md, "The canonical model") ------------------------------
 
 
+#: The date-time form of the canonical records (fixtures/schemas/canonical/*.schema.json): Python
+#: reads more as ISO 8601 ("+07", "20261102T081500+0700", "08:15:00,5"), which the schema refuses.
+_CANONICAL_DATETIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?"
+                                 r"(?:Z|[+-][0-9]{2}:?[0-9]{2})")
+
+
 @register_transform(
     "iso_datetime",
     "ISO 8601 date-time with offset → the same text, checked (canonical records); "
@@ -353,6 +359,9 @@ def sort_unique(value: Any) -> list[str]:
 )
 def iso_datetime(value: Any) -> str:
     moment = _parse_aware(value)
+    if _CANONICAL_DATETIME.fullmatch(value) is None:
+        raise TransformError("format", "is not in the canonical records' form yyyy-MM-ddTHH:mm[:ss[.f]] with Z or "
+                                       "an offset ±HH:mm (e.g. 2026-11-02T08:15:00+07:00)")
     if not 1 < moment.year < 9999:  # near the ends of datetime's range an offset can push it out
         try:
             moment.astimezone(timezone.utc)

@@ -298,3 +298,19 @@ def test_chains_naming_each_other_are_refused_not_a_recursion(tmp_path, monkeypa
         assert [(p.path, p.rule) for p in caught.value.problems] == [("chain[0]", "chain")]
         assert f"{stage} is a chain itself; list its mappings instead" in str(caught.value)
         assert str(caught.value.file).endswith(f"{name}.yaml")
+
+
+@pytest.mark.parametrize("moment", ["2026-11-02T08:15:00+07", "20261102T081500+0700", "2026-11-02T08+07:00",
+                                    "2026-11-02T08:15:00,5+07:00", "2026-11-02T08:15:00+07:00:30"])
+def test_iso_datetime_refuses_what_the_canonical_schema_refuses(moment):
+    """Python reads these as aware date-times, and iso_datetime passed them on as canonical text,
+    which the canonical JSON Schema (and an xsd:dateTime reader) refuses."""
+    record = dict(dict(samples("onestop", "dossier"))["dossier.new-at-counter.json"], submitDate=moment)
+    translated, errors = load_mapping("onestop__canonical/dossier").translate(record)
+    assert [(e.field, e.rule) for e in errors] == [("submitted_at", "format")], errors
+    assert "submitDate" in errors[0].message
+    fine = dict(record, submitDate="2026-11-02T08:15:00.5+07:00")
+    translated, errors = load_mapping("onestop__canonical/dossier").translate(fine)
+    assert errors == [] and translated["submitted_at"] == "2026-11-02T08:15:00.5+07:00"
+    schema = json.loads((SCHEMAS / "dossier.schema.json").read_text(encoding="utf-8"))
+    jsonschema.validate(translated, schema)
