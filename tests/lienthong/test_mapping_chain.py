@@ -162,6 +162,23 @@ def test_canonical_records_of_the_samples_match_their_json_schema(record_type):
     assert checked >= 4
 
 
+@pytest.mark.parametrize("record_type", ["dossier", "progress", "procedure", "receipt"])
+def test_the_canonical_schemas_take_ascii_digits_only(record_type):
+    """The mappings' patterns read \\d as 0-9, but the schemas' \\d went to Python's re through
+    jsonschema, any script's digit: a canonical record with a dossier code in Arabic-Indic digits
+    passed the schema check the mappings refuse. The schemas write [0-9]; a valid sample with its
+    digits turned Arabic-Indic no longer validates."""
+    text = (SCHEMAS / f"{record_type}.schema.json").read_text(encoding="utf-8")
+    assert "\\\\d" not in text
+    if record_type not in ("dossier", "progress"):
+        return
+    validator = jsonschema.Draft202012Validator(json.loads(text))
+    name, record = next((n, r) for n, r in samples("canonical", record_type))
+    assert list(validator.iter_errors(record)) == [], name
+    foreign = dict(record, dossier_code=record["dossier_code"].translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")))
+    assert [e.path[0] for e in validator.iter_errors(foreign)] == ["dossier_code"]
+
+
 def test_the_canonical_dossier_vocabulary():
     canonical = load_mapping("onestop__canonical/dossier").apply(
         json.loads((SAMPLES / "onestop" / "dossier.processing-paid-online.json").read_text(encoding="utf-8")))
