@@ -201,6 +201,9 @@ def portal_datetime(value: Any) -> str:
     return _local_digits(_parse_aware(value))
 
 
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 @register_transform(
     "portal_date",
     "ISO 8601 date (2026-11-02) or date-time with offset → yyyyMMdd, the local day in Asia/Ho_Chi_Minh; "
@@ -208,7 +211,9 @@ def portal_datetime(value: Any) -> str:
 )
 def portal_date(value: Any) -> str:
     if value.__class__ is str and len(value) == 10:
-        try:
+        try:  # strptime alone reads "2026-11- 2" and other scripts' digits as a day
+            if _ISO_DAY.fullmatch(value) is None:
+                raise ValueError(value)
             day = datetime.strptime(value, "%Y-%m-%d")
         except ValueError:
             raise TransformError("format", "is not an ISO 8601 date (e.g. 2026-11-02)") from None

@@ -798,3 +798,13 @@ def test_a_dossier_in_other_scripts_digits_is_refused_naming_the_fields():
             with pytest.raises(RecordInvalid) as caught:
                 load_mapping(name).apply(broken)
             assert fields_and_rules(caught.value) == [(field, "format")]
+
+
+@pytest.mark.parametrize("given", ["2026-11- 2", "2026- 1-02", "２０２６-11-02", "٢٠٢٦-11-02", "2026-11-0２"])
+def test_portal_date_takes_only_ascii_digits_in_their_places(given):
+    """strptime's %m/%d read a space for a leading zero and other scripts' digits as digits, so
+    '2026-11- 2' became 20261102: a day written some other way is a format error, not a guess."""
+    with pytest.raises(TransformError) as caught:
+        TRANSFORMS["portal_date"].function(given)
+    assert caught.value.rule == "format"
+    assert TRANSFORMS["portal_date"].function("2026-11-02") == "20261102"
