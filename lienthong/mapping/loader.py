@@ -815,13 +815,16 @@ def _load_chain(document: dict, path: Path) -> tuple[Chain, list[_Read]]:
             if step == expected:
                 add(f"chain[{n}]", "chain", "a chain cannot contain itself")
                 continue
+            # a stage given as a file is found beside the chain file, wherever the bus runs from
+            ref: str | Path = path.parent / step if step.endswith((".yaml", ".yml")) and \
+                not Path(step).is_absolute() else step
             try:
                 # A stage that is a chain is refused before it is loaded: loading it would load its
                 # own stages, and two chains naming each other would never end (RecursionError).
-                if "chain" in _read_yaml(_resolve(step).resolve()):
+                if "chain" in _read_yaml(_resolve(ref).resolve()):
                     add(f"chain[{n}]", "chain", f"{step} is a chain itself; list its mappings instead")
                     continue
-                stage = load_mapping(step)
+                stage = load_mapping(ref)
             except MappingFileError as problem:
                 add(f"chain[{n}]", "chain", f"{step} is not a valid mapping: {problem.problems[0]}")
                 continue

@@ -141,6 +141,29 @@ def test_invalid_chain_files_are_refused_with_place_and_rule(tmp_path, monkeypat
     assert (caught.value.problems[0].path, caught.value.problems[0].rule) == (where, rule)
 
 
+def test_a_stage_given_as_a_file_is_found_beside_the_chain_file(tmp_path, monkeypatch):
+    """A chain listing its stages as files ('../onestop__canonical/dossier.yaml') looked them up from
+    the directory the bus ran in: the same chain loaded from another directory named stages that
+    were not there. They are found beside the chain file."""
+    root = tmp_path / "mappings"
+    for folder in ("onestop__canonical", "canonical__national_portal"):
+        shutil.copytree(REPO / "mappings" / folder, root / folder)
+    (root / "onestop__national_portal").mkdir()
+    (root / "onestop__national_portal" / "dossier.yaml").write_text(
+        "name: onestop__national_portal/dossier\nversion: 1\ndescription: test\n"
+        "chain: [../onestop__canonical/dossier.yaml, ../canonical__national_portal/dossier.yaml]\n",
+        encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    name, record = next((n, r) for n, r in samples("onestop", "dossier") if ".defective-" not in n)
+    expected = chain("dossier").apply(record)
+    monkeypatch.setenv("LIENTHONG_MAPPINGS_DIR", str(root))
+    loaded = load_mapping("onestop__national_portal/dossier")
+    assert isinstance(loaded, Chain)
+    assert loaded.apply(record) == expected, name
+
+
 # ---------------------------------------------------------------------------------------------
 # The canonical records
 
