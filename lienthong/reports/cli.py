@@ -21,11 +21,17 @@ def _resolver():
 def _percent(text: str) -> float:
     """A threshold as a fraction: "50" or "50%" or "0.5" is one half; "1%" is one hundredth (a
     percent sign always means percent), "1" is one whole."""
+    raw = text
     text = text.strip()
-    if text.endswith("%"):
-        return float(text[:-1]) / 100
-    value = float(text)
-    return value / 100 if value > 1 else value
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a share (50, 50% or 0.5)") from None
+    if not text.endswith("%") and value > 1:
+        value /= 100
+    if not 0 <= value <= 1:  # NaN fails this too; 150 would flag every agency, -5 none
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a share between 0 and 100% (50, 50% or 0.5)")
+    return value
 
 
 def cmd_report_kpi(args: argparse.Namespace) -> int:

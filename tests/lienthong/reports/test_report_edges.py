@@ -184,6 +184,20 @@ def test_a_threshold_with_a_percent_sign_is_a_percent():
     assert [_percent(t) for t in ("1%", "0.5%", "50%", "50", "0.3", "1")] == [0.01, 0.005, 0.5, 0.5, 0.3, 1.0]
 
 
+@pytest.mark.parametrize("given", ["150", "150%", "-5", "nan", "inf", "half"])
+def test_a_threshold_that_is_not_a_share_is_refused_naming_it(given, capsys):
+    """`--threshold 150` became 1.5 and flagged every agency (NaN and negatives flagged none): the
+    command line refuses what is not a share from 0 to 100 %, exit 2 naming the value, as the DAG's
+    parameter does."""
+    from lienthong.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["report", "kpi", "--from", "2026-11-01", "--to", "2026-11-30", "--threshold", given])
+    assert stopped.value.code == 2
+    said = capsys.readouterr().err
+    assert f"--threshold: {given!r} is not a share" in said
+
+
 def test_the_kpi_dag_asks_for_whole_days():
     from pathlib import Path
 
