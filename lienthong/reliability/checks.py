@@ -266,11 +266,16 @@ def check_payments(store: Store, onestop_url: str, platform_url: str, ledger_url
         for row in conn.execute(select(reconciliation_item).where(reconciliation_item.c.resolved_at.is_(None))
                                 ).mappings():
             open_items.setdefault(row["record_key"], []).append(row["kind"])
-    applied = Counter(c["reference"] for c in onestop_state["callbacks"] if c["outcome"] in ("paid", "failed"))
-    for ref, n in sorted(applied.items()):
-        if n > 1:
+    # a payment's results as the one-stop applied them, in order: each outcome once, and a failed one
+    # may turn paid later (the platform completing it: the bus books that), never paid then failed
+    applied: dict[str, list[str]] = {}
+    for c in onestop_state["callbacks"]:
+        if c["outcome"] in ("paid", "failed"):
+            applied.setdefault(c["reference"], []).append(c["outcome"])
+    for ref, outcomes in sorted(applied.items()):
+        if len(outcomes) > 1 and outcomes != ["failed", "paid"]:
             result.duplicated += 1
-            result.problem(f"{ref}: the one-stop applied {n} payment results")
+            result.problem(f"{ref}: the one-stop applied {len(outcomes)} payment results ({', '.join(outcomes)})")
     for ref, n in sorted(per_reference.items()):
         if n > 1:
             result.duplicated += 1

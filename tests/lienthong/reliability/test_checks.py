@@ -139,6 +139,23 @@ def test_a_receipt_with_another_amount_or_booked_twice_is_seen(monkeypatch, stor
     assert result.duplicated == 1 and result.problems[0] == "TT-1: 2 receipts in the ledger"
 
 
+@pytest.mark.parametrize(("outcomes", "duplicated"), [
+    (["paid"], 0), (["failed", "paid"], 0), (["paid", "paid"], 1), (["failed", "failed", "paid"], 1),
+    (["paid", "failed"], 1)])
+def test_a_failed_payment_completed_later_is_not_a_duplicate(monkeypatch, store, outcomes, duplicated):
+    """The bus now books a payment the platform completes after reporting it failed (the one-stop
+    applies failed, then paid): the check counted any second applied result as a duplicate. The
+    same result twice, or paid then failed, still is."""
+    platform, onestop, receipts, _ = _payment_world()
+    callbacks = [{"reference": "TT-1", "outcome": outcome} for outcome in outcomes]
+    result = _check_payments(monkeypatch, store, platform, onestop, receipts, callbacks)
+    assert result.duplicated == duplicated, result.problems
+    if duplicated:
+        assert result.problems[0] == f"TT-1: the one-stop applied {len(outcomes)} payment results ({', '.join(outcomes)})"
+    else:
+        assert (result.delivered, result.lost) == (1, 0), result.problems
+
+
 @pytest.mark.parametrize(("field", "value"), [("PaidAt", "2026-11-02T09:15:00+07:00"), ("AgencyCode", "000.00.02.H49")])
 def test_a_receipt_with_another_payment_time_or_agency_is_a_loss(monkeypatch, store, field, value):
     """PaidAt is the platform's ThoiGianGD and AgencyCode the unit of the dossier code (the receipt
