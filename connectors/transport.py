@@ -219,6 +219,9 @@ TRANSPORT_EXTRAS: dict[str, tuple[float | None, float, float, bool]] = {
     "total_timeout": (None, 0.001, 86400.0, False),  # seconds, a whole attempt; None: TOTAL_TIMEOUT_FACTOR × read
     "max_attempts": (3, 1, 20, True),
     "max_response_bytes": (MAX_RESPONSE_BYTES, 1024, 1024 * 1024 * 1024, True),  # answers over it are refused unread
+    # seconds one SQL statement may run or wait for a lock (the ministry database: PostgreSQL's
+    # statement_timeout, SQLite's busy timeout)
+    "statement_timeout": (30.0, 0.001, 86400.0, False),
 }
 
 

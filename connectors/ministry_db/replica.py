@@ -255,17 +255,45 @@ def _overlong(table: Table, value_of: Callable[[str], Any], prefix: str) -> list
             and len(value) > column.type.length]
 
 
-def _connect_args(url: str, connect_timeout: float) -> dict[str, Any]:
-    """The driver arguments of ``url``'s engine: libpq's ``connect_timeout`` (whole seconds) for
-    PostgreSQL through psycopg2 or psycopg, unless the URL's query already sets one."""
+def _connect_args(url: str, connect_timeout: float, statement_timeout: float) -> tuple[dict[str, Any], str]:
+    """The driver arguments of ``url``'s engine, and the statement timeout its sessions run with
+    as an error message names it (``""`` when none is known).
+
+    PostgreSQL through psycopg2 or psycopg: libpq's ``connect_timeout`` (whole seconds) and
+    ``-c statement_timeout=<ms>`` added to its ``options``, each unless the URL's query already sets
+    it. SQLite: the driver's busy timeout (how long a statement waits for another connection's
+    lock), unless the URL's query sets ``timeout``."""
     try:
         parsed = make_url(url)
     except Exception:  # noqa: BLE001 - create_engine reports the URL itself
-        return {}
-    if (parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() not in ("psycopg2", "psycopg")
-            or "connect_timeout" in parsed.query):
-        return {}
-    return {"connect_timeout": max(1, math.ceil(connect_timeout))}
+        return {}, ""
+    ours = f"{statement_timeout:g} s, extra.statement_timeout"
+    if parsed.get_backend_name() == "sqlite":
+        if "timeout" in parsed.query:
+            return {}, "the busy timeout the database URL sets"
+        return {"timeout": float(statement_timeout)}, ours
+    if parsed.get_backend_name() != "postgresql" or parsed.get_driver_name() not in ("psycopg2", "psycopg"):
+        return {}, ""
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in parsed.query:
+        args["connect_timeout"] = max(1, math.ceil(connect_timeout))
+    options = parsed.query.get("options", "")
+    options = " ".join(options) if isinstance(options, tuple) else str(options)
+    if "statement_timeout" in options:  # the connection's own libpq options win
+        return args, "the one the connection's options set"
+    args["options"] = f"{options} -c statement_timeout={max(1, math.ceil(statement_timeout * 1000))}".strip()
+    return args, ours
+
+
+def _timed_out(exc: SQLAlchemyError) -> bool:
+    """Whether ``exc`` is a statement the statement timeout cancelled (PostgreSQL's
+    query_canceled for it) or one that waited out SQLite's busy timeout."""
+    orig = getattr(exc, "orig", None)
+    message = str(orig or "").lower()
+    if getattr(orig, "pgcode", None) == "57014":
+        return "statement timeout" in message
+    return isinstance(exc, OperationalError) and ("database is locked" in message
+                                                  or "database table is locked" in message)
 
 
 class MinistryReplica:
@@ -278,23 +306,47 @@ class MinistryReplica:
         connect_timeout: seconds a PostgreSQL connection may take to open (libpq's
             ``connect_timeout``, rounded up to whole seconds), unless the URL sets its own; without
             one an unreachable host holds a task for the kernel's TCP timeout (minutes).
+        statement_timeout: seconds one statement may run, waiting for locks included
+            (PostgreSQL's ``statement_timeout``, unless the URL's ``options`` set one; SQLite's
+            busy timeout, unless the URL sets ``timeout``); without one a lock held by someone else
+            in the ministry database held a task for ever. A statement it ends is a retriable
+            :class:`PeerUnavailable` naming it.
     """
 
     def __init__(self, url: str, recorder: ExchangeRecorder | None = None, *,
-                 connect_timeout: float = TRANSPORT_EXTRAS["connect_timeout"][0]):
+                 connect_timeout: float = TRANSPORT_EXTRAS["connect_timeout"][0],
+                 statement_timeout: float = TRANSPORT_EXTRAS["statement_timeout"][0]):
         self.url = url
         self.recorder: ExchangeRecorder = recorder or NullRecorder()
         self.log_url = sanitize_db_url(url)
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url, connect_timeout))
+        connect_args, self._statement_timeout = _connect_args(url, connect_timeout, statement_timeout)
+        self.engine: Engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
     @classmethod
     def from_connection(cls, spec: ConnectionSpec, recorder: ExchangeRecorder | None = None) -> MinistryReplica:
         """``extra.sqlalchemy_url``, an ``sqlite`` connection (host = file) or a ``postgres`` one;
-        ``extra.connect_timeout`` (default 3.05 s, as for every peer) bounds opening a connection."""
+        ``extra.connect_timeout`` (default 3.05 s, as for every peer) bounds opening a connection,
+        ``extra.statement_timeout`` (default 30 s) each statement."""
         return cls(spec.sqlalchemy_url(), recorder=recorder,
-                   connect_timeout=float(transport_extra(spec.extra, "connect_timeout", conn_id=spec.conn_id)))
+                   connect_timeout=float(transport_extra(spec.extra, "connect_timeout", conn_id=spec.conn_id)),
+                   statement_timeout=float(transport_extra(spec.extra, "statement_timeout", conn_id=spec.conn_id)))
+
+    def _failure(self, exc: SQLAlchemyError, operation: str, consequence: str = "") -> Exception:
+        """The connector error to raise for a failed statement of ``operation``: a statement the
+        statement timeout ended (someone else held a lock) is a retriable PeerUnavailable naming
+        the timeout; ``consequence`` says what was (not) kept."""
+        orig = getattr(exc, "orig", None) or exc
+        tail = f"; {consequence}" if consequence else ""
+        if _timed_out(exc):
+            return PeerUnavailable(f"{PEER}: {operation} cancelled: a statement ran or waited for a lock longer "
+                                   f"than the statement timeout ({self._statement_timeout or 'set by the database'})"
+                                   f"{tail}", peer=PEER, operation=operation)
+        if operation == "read" or isinstance(exc, OperationalError):
+            return PeerUnavailable(f"{PEER}: {operation} failed ({type(orig).__name__}){tail}", peer=PEER,
+                                   operation=operation)
+        return exc
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -311,11 +363,14 @@ class MinistryReplica:
             yield conn
 
     @contextmanager
-    def _recorded(self, operation: str, record_keys: Sequence[str],
-                  request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _recorded(self, operation: str, record_keys: Sequence[str], request: dict[str, Any], *,
+                  failed_as: tuple[str, str] = ("", "nothing of the transaction was kept")
+                  ) -> Iterator[dict[str, Any]]:
         """Run one write transaction and record it once its fate is known: after the commit (ok)
         or after the rollback (the error), never before. The body yields a dict to fill with what
-        the statements affected; it becomes the response body."""
+        the statements affected; it becomes the response body. A failed statement is raised as
+        :meth:`_failure` makes it, for ``failed_as`` = (the error's operation, default
+        ``operation``; what was kept)."""
         started = datetime.now(UTC)
         t0 = time.perf_counter()
         result: dict[str, Any] = {}
@@ -334,6 +389,8 @@ class MinistryReplica:
             password = self.engine.url.password
             if password:
                 error = error.replace(str(password), "***")
+            if isinstance(exc, SQLAlchemyError):
+                raise self._failure(exc, failed_as[0] or operation, failed_as[1]) from None
             raise
         finally:
             # a transaction that wrote nothing (no migration due) is no exchange
@@ -367,7 +424,8 @@ class MinistryReplica:
         """Apply the migrations not applied yet, in order; return their numbers."""
         applied: list[int] = []
         request: dict[str, Any] = {"operation": "migrate", "statements": []}
-        with self._recorded("migrate_schema", (), request) as result, self._begin() as conn:
+        with self._recorded("migrate_schema", (), request, failed_as=("migrate", "no migration was applied")
+                            ) as result, self._begin() as conn:
             metadata.create_all(conn, tables=[schema_version])
             done = set(conn.execute(select(schema_version.c.phien_ban)).scalars())
             for number, description, step in MIGRATIONS:
@@ -384,9 +442,12 @@ class MinistryReplica:
         return applied
 
     def schema_version(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(schema_version.c.phien_ban).order_by(
-                schema_version.c.phien_ban.desc()).limit(1)).scalar() or 0)
+        try:
+            with self.engine.connect() as conn:
+                return int(conn.execute(select(schema_version.c.phien_ban).order_by(
+                    schema_version.c.phien_ban.desc()).limit(1)).scalar() or 0)
+        except SQLAlchemyError as exc:
+            raise self._failure(exc, "read") from None
 
     # -- writes --------------------------------------------------------------------------------
     def upsert(self, rows: Iterable[ProcedureRow]) -> int:
@@ -411,28 +472,25 @@ class MinistryReplica:
             {"table": phi_le_phi.name, "action": "replace", "key": {"ma_tthc": code}, "rows": fees}
             for code, _, fees in writes]}
         codes = [code for code, _, _ in writes]
-        try:
-            with self._recorded("upsert_procedures", codes, request) as result:
-                updated = inserted = fees_deleted = fees_inserted = 0
-                with self._begin() as conn:
-                    for code, values, fees in writes:
-                        changed = conn.execute(update(thu_tuc).where(thu_tuc.c.ma_tthc == code)
-                                               .values(**values)).rowcount
-                        if changed:
-                            updated += changed
-                        else:
-                            inserted += conn.execute(thu_tuc.insert().values(ma_tthc=code, **values)).rowcount
-                        fees_deleted += conn.execute(delete(phi_le_phi).where(phi_le_phi.c.ma_tthc == code)).rowcount
-                        if fees:
-                            conn.execute(phi_le_phi.insert(), fees)
-                            fees_inserted += len(fees)
-                result["rows_affected"] = {
-                    thu_tuc.name: {"inserted": inserted, "updated": updated},
-                    phi_le_phi.name: {"deleted": fees_deleted, "inserted": fees_inserted},
-                }
-        except OperationalError as exc:
-            raise PeerUnavailable(f"{PEER}: write failed ({type(exc.orig).__name__}); nothing of the batch "
-                                  "was kept", peer=PEER, operation="upsert") from None
+        with self._recorded("upsert_procedures", codes, request,
+                            failed_as=("upsert", "nothing of the batch was kept")) as result:
+            updated = inserted = fees_deleted = fees_inserted = 0
+            with self._begin() as conn:
+                for code, values, fees in writes:
+                    changed = conn.execute(update(thu_tuc).where(thu_tuc.c.ma_tthc == code)
+                                           .values(**values)).rowcount
+                    if changed:
+                        updated += changed
+                    else:
+                        inserted += conn.execute(thu_tuc.insert().values(ma_tthc=code, **values)).rowcount
+                    fees_deleted += conn.execute(delete(phi_le_phi).where(phi_le_phi.c.ma_tthc == code)).rowcount
+                    if fees:
+                        conn.execute(phi_le_phi.insert(), fees)
+                        fees_inserted += len(fees)
+            result["rows_affected"] = {
+                thu_tuc.name: {"inserted": inserted, "updated": updated},
+                phi_le_phi.name: {"deleted": fees_deleted, "inserted": fees_inserted},
+            }
         return len(writes)
 
     def withdraw(self, codes: Iterable[str]) -> int:
@@ -444,15 +502,12 @@ class MinistryReplica:
         request = {"operation": "withdraw", "statements": [
             {"table": thu_tuc.name, "action": "update", "key": {"ma_tthc": sorted(codes)},
              "values": {"trang_thai": "bai_bo", "cap_nhat_luc": now}}]}
-        try:
-            with self._recorded("withdraw_procedures", codes, request) as result:
-                with self._begin() as conn:
-                    changed = conn.execute(update(thu_tuc).where(thu_tuc.c.ma_tthc.in_(codes))
-                                           .values(trang_thai="bai_bo", cap_nhat_luc=now)).rowcount
-                result["rows_affected"] = {thu_tuc.name: {"updated": changed}}
-        except OperationalError as exc:
-            raise PeerUnavailable(f"{PEER}: write failed ({type(exc.orig).__name__}); no procedure of the "
-                                  "batch was withdrawn", peer=PEER, operation="withdraw") from None
+        with self._recorded("withdraw_procedures", codes, request,
+                            failed_as=("withdraw", "no procedure of the batch was withdrawn")) as result:
+            with self._begin() as conn:
+                changed = conn.execute(update(thu_tuc).where(thu_tuc.c.ma_tthc.in_(codes))
+                                       .values(trang_thai="bai_bo", cap_nhat_luc=now)).rowcount
+            result["rows_affected"] = {thu_tuc.name: {"updated": changed}}
         return changed
 
     # -- reads ---------------------------------------------------------------------------------
@@ -469,6 +524,5 @@ class MinistryReplica:
                     if fee["ma_tthc"] in rows:
                         rows[fee["ma_tthc"]].setdefault("fees", []).append(dict(fee))
         except SQLAlchemyError as exc:
-            raise PeerUnavailable(f"{PEER}: read failed ({type(exc).__name__})", peer=PEER,
-                                  operation="read") from None
+            raise self._failure(exc, "read") from None
         return rows
