@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -47,10 +48,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from connectors.connection import ConnectionSpec
-from connectors.errors import PeerUnavailable
+from connectors.errors import FatalConnectorError, PeerUnavailable
 from connectors.transport import TRANSPORT_EXTRAS, Exchange, ExchangeRecorder, NullRecorder, transport_extra
 
 __all__ = ["MIGRATIONS", "MinistryReplica", "ProcedureRow", "metadata", "sanitize_db_url"]
@@ -285,6 +286,37 @@ def _connect_args(url: str, connect_timeout: float, statement_timeout: float) ->
     return args, ours
 
 
+#: What a statement the database refused for good says about the refusal, by its class.
+_REFUSALS: tuple[tuple[type[DBAPIError], str], ...] = (
+    (ProgrammingError, "the ministry schema is not what the replica expects"),
+    (IntegrityError, "a row breaks a constraint of the table"),
+    (DataError, "a value does not fit its column"),
+)
+#: SQLite's words for a schema it does not hold (its driver calls them OperationalError).
+_SQLITE_SCHEMA_MISMATCH = ("no such table", "no such column", "has no column named")
+
+
+def _refusal(exc: SQLAlchemyError) -> str | None:
+    """What no retry fixes about a failed statement, or ``None`` when retrying may help: a missing
+    table or column (``ProgrammingError``; SQLite's "no such table/column"), a constraint
+    (``IntegrityError``), a value the column does not take (``DataError``)."""
+    for kind, what in _REFUSALS:
+        if isinstance(exc, kind):
+            return what
+    if isinstance(exc, OperationalError) and any(m in str(exc.orig) for m in _SQLITE_SCHEMA_MISMATCH):
+        return _REFUSALS[0][1]
+    return None
+
+
+def _tables_of(exc: SQLAlchemyError) -> list[str]:
+    """The replica's tables the failed statement names (its SQL text, never its parameters), else
+    the table the driver reports."""
+    statement = str(getattr(exc, "statement", None) or "")
+    named = [name for name in metadata.tables if re.search(rf"\b{name}\b", statement)]
+    table = getattr(getattr(getattr(exc, "orig", None), "diag", None), "table_name", None)
+    return named or ([table] if table else [])
+
+
 def _timed_out(exc: SQLAlchemyError) -> bool:
     """Whether ``exc`` is a statement the statement timeout cancelled (PostgreSQL's
     query_canceled for it) or one that waited out SQLite's busy timeout."""
@@ -334,19 +366,32 @@ class MinistryReplica:
                    statement_timeout=float(transport_extra(spec.extra, "statement_timeout", conn_id=spec.conn_id)))
 
     def _failure(self, exc: SQLAlchemyError, operation: str, consequence: str = "") -> Exception:
-        """The connector error to raise for a failed statement of ``operation``: a statement the
-        statement timeout ended (someone else held a lock) is a retriable PeerUnavailable naming
-        the timeout; ``consequence`` says what was (not) kept."""
+        """The connector error to raise for a failed statement of ``operation``: what no retry fixes
+        (a missing table or column, a constraint, a value the column does not take) is a
+        FatalConnectorError naming the table and the database's words for it, without the password;
+        a statement the statement timeout ended (someone else held a lock) is a retriable
+        PeerUnavailable naming the timeout, and so is anything else (the database unreachable, a
+        connection dropped). ``consequence`` says what was (not) kept."""
         orig = getattr(exc, "orig", None) or exc
         tail = f"; {consequence}" if consequence else ""
         if _timed_out(exc):
             return PeerUnavailable(f"{PEER}: {operation} cancelled: a statement ran or waited for a lock longer "
                                    f"than the statement timeout ({self._statement_timeout or 'set by the database'})"
                                    f"{tail}", peer=PEER, operation=operation)
-        if operation == "read" or isinstance(exc, OperationalError):
-            return PeerUnavailable(f"{PEER}: {operation} failed ({type(orig).__name__}){tail}", peer=PEER,
-                                   operation=operation)
-        return exc
+        refusal = _refusal(exc)
+        if refusal:
+            detail = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+            password = self.engine.url.password
+            if password:
+                detail = detail.replace(str(password), "***")
+            tables = ", ".join(_tables_of(exc)) or "?"
+            kind = type(exc).__name__ if type(exc).__name__ == type(orig).__name__ \
+                else f"{type(exc).__name__}: {type(orig).__name__}"
+            return FatalConnectorError(
+                f"{PEER}: {operation} refused on table {tables}: {refusal} ({kind}: {detail[:300]}){tail}; retrying will not help until the ministry "
+                "database or the data is corrected", peer=PEER, operation=operation)
+        return PeerUnavailable(f"{PEER}: {operation} failed ({type(orig).__name__}){tail}", peer=PEER,
+                               operation=operation)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -378,8 +423,8 @@ class MinistryReplica:
         try:
             yield result
         except BaseException as exc:
-            outcome = "peer_error" if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError) \
-                else "transport_error"
+            outcome = "peer_error" if isinstance(exc, DBAPIError) and (
+                not isinstance(exc, OperationalError) or _refusal(exc)) else "transport_error"
             if isinstance(exc, DBAPIError):
                 peer_code = getattr(exc.orig, "pgcode", None) or type(exc.orig).__name__
                 detail = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""

@@ -3,6 +3,7 @@ timeout as a retriable error; a schema or a row the database refuses is not retr
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 
@@ -10,8 +11,8 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 
 from connectors.connection import ConnectionSpec, Secret
-from connectors.errors import ConfigurationError, PeerUnavailable
-from connectors.ministry_db.replica import MinistryReplica
+from connectors.errors import ConfigurationError, FatalConnectorError, PeerUnavailable
+from connectors.ministry_db.replica import MinistryReplica, ProcedureRow
 from connectors.transport import MemoryRecorder
 
 from .test_replica import pg_url, row  # noqa: F401 - pg_url is a fixture
@@ -111,3 +112,66 @@ def test_a_statement_held_by_a_lock_ends_at_the_busy_timeout_sqlite(tmp_path):
         holder.close()
     assert replica.procedures()["1.000894.000.00.00.H49"]["trang_thai"] == "cong_bo"
     replica.dispose()
+
+
+# -- 2. what no retry fixes ----------------------------------------------------------------------
+PASSWORD = "S3cr@t-Pw_9"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_replica(request, tmp_path):
+    if request.param == "sqlite":
+        r = MinistryReplica(f"sqlite:///{tmp_path / 'ministry.db'}", recorder=MemoryRecorder())
+        yield r
+        r.dispose()
+        return
+    url = make_url(request.getfixturevalue("pg_url")).set(password=PASSWORD)  # trust auth: never asked for
+    r = MinistryReplica(url.render_as_string(hide_password=False), recorder=MemoryRecorder())
+    yield r
+    with r.engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {TABLES}"))
+    r.dispose()
+
+
+def _fatal(call, *patterns: str) -> FatalConnectorError:
+    with pytest.raises(FatalConnectorError) as caught:
+        call()
+    error = caught.value
+    assert not isinstance(error, PeerUnavailable)
+    for pattern in patterns:
+        assert re.search(pattern, str(error)), (pattern, str(error))
+    assert PASSWORD not in str(error) and "S3cr" not in str(error)
+    return error
+
+
+def test_a_schema_the_replica_does_not_expect_is_not_retried(any_replica):
+    """A missing table or column (the ministry's schema is not what we expect) was a retriable
+    PeerUnavailable, retried for nothing; it is a FatalConnectorError naming the table."""
+    replica = any_replica
+    replica.migrate()
+    replica.upsert([row()])
+    with replica.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE tthc_thu_tuc DROP COLUMN muc_do_dvc"))
+    error = _fatal(lambda: replica.upsert([row()]), "tthc_thu_tuc", "(?i)muc_do_dvc", "nothing of the batch was kept")
+    assert error.operation == "upsert"
+    assert replica.recorder.exchanges[-1].outcome == "peer_error"
+    assert _fatal(lambda: replica.procedures(), "tthc_thu_tuc", "muc_do_dvc").operation == "read"
+    with replica.engine.begin() as conn:
+        conn.execute(text("DROP TABLE tthc_phi_le_phi"))
+        conn.execute(text("DROP TABLE tthc_thu_tuc"))
+    _fatal(lambda: replica.withdraw(["1.000894.000.00.00.H49"]), "tthc_thu_tuc", "(?i)does not exist|no such table")
+    _fatal(lambda: replica.procedures(), "tthc_thu_tuc", "(?i)does not exist|no such table")
+
+
+def test_a_row_the_database_refuses_is_not_retried(any_replica):
+    replica = any_replica
+    replica.migrate()
+    bad = ProcedureRow(ma_tthc="3.000181.000.00.00.H49", ten_tthc=None, ma_linh_vuc=None,  # type: ignore[arg-type]
+                       ten_linh_vuc=None, ma_co_quan_cong_bo=None, cap_thuc_hien=None, muc_do_dvc=None,
+                       noi_dung={}, ma_bam_noi_dung="x")
+    error = _fatal(lambda: replica.upsert([row(), bad]), "tthc_thu_tuc", "(?i)null", "IntegrityError")
+    assert (error.peer, error.operation) == ("ministry_db", "upsert")
+    assert replica.procedures() == {}
+    if replica.engine.dialect.name == "postgresql":  # SQLite stores an overlong text
+        long = ProcedureRow(**{**row().__dict__, "ma_linh_vuc": "G" * 65})
+        _fatal(lambda: replica.upsert([long]), "tthc_thu_tuc", "DataError", "(?i)too long")
