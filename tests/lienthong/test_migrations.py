@@ -237,3 +237,55 @@ def test_payments_unfinished_at_0003_are_due_at_once_after_0004_and_finished_one
     columns = {c["name"] for c in inspect(store.engine).get_columns("payment_txn")}
     assert not columns & {"first_asked_at", "next_ask_at"}
     assert not {"ix_payment_txn_ask", "ix_payment_txn_updated"} & {i["name"] for i in inspect(store.engine).get_indexes("payment_txn")}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_payments_failed_in_the_last_7_days_before_0010_are_asked_again(backend, tmp_path, request):
+    """Collect asks a failed payment again for FAILED_ASK_FOR after its failure (QUERY backs up a
+    lost callback), with first_asked_at/next_ask_at set when the failure is recorded; one recorded
+    failed by the code before left next_ask_at NULL and was never asked again. 0010 makes those
+    failed within the last 7 days due at once, their window counted from their last update."""
+    from datetime import timedelta
+
+    from lienthong.flows.payment_receipts import FAILED_ASK_FOR
+    from lienthong.store import payment_txn
+
+    url = f"sqlite:///{tmp_path / 'bus.db'}" if backend == "sqlite" else request.getfixturevalue("pg_database")
+    engine = create_engine(url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    recent, old, asked = now - timedelta(days=2), now - FAILED_ASK_FOR - timedelta(hours=1), now - timedelta(days=20)
+    rows = {  # reference: (platform_status, updated_at, first_asked_at, next_ask_at)
+        "P-failed-recent": ("failed", recent, asked, None),  # the one to ask again
+        "P-failed-recent-never-asked": ("failed", recent, None, None),
+        "P-failed-old": ("failed", old, asked, None),  # its 7 days are over: stays as it is
+        "P-failed-scheduled": ("failed", recent, recent, now + timedelta(hours=3)),  # the new code's: untouched
+        "P-paid": ("paid", recent, asked, None),
+        "P-pending-given-up": ("pending", recent, asked, None),  # given up after 30 days: stays so
+    }
+    try:
+        with engine.begin() as conn:
+            command.upgrade(migrations._config(conn), "0009")
+            conn.execute(payment_txn.insert(), [
+                {"reference": ref, "platform_status": status, "updated_at": updated, "first_asked_at": first,
+                 "next_ask_at": due, "onestop_state": "todo", "ledger_state": "todo"}
+                for ref, (status, updated, first, due) in rows.items()])
+        with engine.begin() as conn:
+            command.upgrade(migrations._config(conn), "head")
+        after = datetime.now(UTC)
+        with engine.connect() as conn:
+            held = {r.reference: r for r in conn.execute(select(payment_txn))}
+        assert len(held) == len(rows)
+        for ref in ("P-failed-recent", "P-failed-recent-never-asked"):
+            assert held[ref].first_asked_at == recent, ref
+            assert now - timedelta(minutes=5) <= held[ref].next_ask_at <= after, ref
+        for ref in ("P-failed-old", "P-failed-scheduled", "P-paid", "P-pending-given-up"):
+            assert (held[ref].platform_status, held[ref].updated_at, held[ref].first_asked_at,
+                    held[ref].next_ask_at) == rows[ref], ref
+        assert _diffs(engine) == []
+        with engine.begin() as conn:  # the data stays as it was made: downgrading changes nothing
+            command.downgrade(migrations._config(conn), "0009")
+        with engine.connect() as conn:
+            assert conn.execute(select(payment_txn.c.next_ask_at).where(
+                payment_txn.c.reference == "P-failed-recent")).scalar_one() is not None
+    finally:
+        engine.dispose()
