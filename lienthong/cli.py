@@ -452,6 +452,16 @@ def main(argv: list[str] | None = None) -> int:
     except IntegrationError as exc:
         print(f"lienthong: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`lienthong exchanges | head`): stop quietly, as a command ended by
+        # SIGPIPE would, and point stdout at /dev/null so that the interpreter's last flush of
+        # what is still buffered does not fail again on the way out.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (replaced in-process)
+            pass
+        return 141
 
 
 if __name__ == "__main__":

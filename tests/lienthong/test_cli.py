@@ -202,3 +202,19 @@ def test_exchanges_bodies_mask_personal_data_unless_revealed(bus_env, capsys):
     captured = capsys.readouterr()
     assert any(v in captured.out for v in id_numbers) and any(v in captured.out for v in phones)
     assert "personal data REVEALED (--reveal)" in captured.err
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
+    """`lienthong exchanges | head`, `lienthong mapping check | head`: the reader closing the pipe
+    made every command end in a BrokenPipeError traceback on stderr. It now stops writing and exits
+    141 (what a shell reports for a command ended by SIGPIPE), with nothing on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "lienthong", "mapping", "check"], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the first line: every write fails
+    _, err = process.communicate(timeout=60)
+    assert err.decode() == "" and process.returncode == 141, (process.returncode, err.decode())
