@@ -102,7 +102,10 @@ def cmd_airflow(args: argparse.Namespace) -> int:
     topo.log_dir.mkdir(parents=True, exist_ok=True)
     if args.airflow_args[:1] == ["standalone"]:
         prepare_airflow(topo, env, topo.log_dir / "airflow-cli.log")
-    airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+    # standalone starts its components as `airflow ...` from PATH: the wrapper keeps the
+    # scheduler's and triggerer's log servers, which bind every interface, from starting
+    airflow = str(topo.write_airflow_wrapper())
+    env["PATH"] = str(topo.airflow_bin) + os.pathsep + env["PATH"]
     os.execve(airflow, [airflow, *args.airflow_args], env)
     return 0  # not reached
 

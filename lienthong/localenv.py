@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,35 @@ class LocalTopology:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             path.write_text(json.dumps({"admin": "admin", "auditor": "auditor"}))
+        return path
+
+    @property
+    def airflow_bin(self) -> Path:
+        """Put first on ``PATH`` by ``lienthong airflow ...``: its ``airflow`` is :meth:`write_airflow_wrapper`'s."""
+        return self.airflow_home / "bin"
+
+    def write_airflow_wrapper(self, airflow: str | Path | None = None) -> Path:
+        """Write ``airflow_bin/airflow``: the venv's ``airflow`` (or ``airflow``), except that
+        ``scheduler`` and ``triggerer`` get ``--skip-serve-logs``.
+
+        Their log servers (``[logging] worker_log_server_port`` 8793, ``trigger_log_server_port``
+        8794) bind every interface and Airflow has no setting for their host; ``airflow
+        standalone`` starts them through ``airflow`` on ``PATH``, which this script is. On one
+        machine the api-server reads task logs from the log folder under ``AIRFLOW_HOME``, so
+        nothing needs them, and nothing of ``make airflow`` listens beyond 127.0.0.1.
+        """
+        target = shlex.quote(str(airflow or Path(sys.executable).parent / "airflow"))
+        path = self.airflow_bin / "airflow"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            "#!/bin/sh\n"
+            "# written by `lienthong airflow` (lienthong/localenv.py): the scheduler's and the triggerer's log\n"
+            "# servers would listen on every interface; the api-server reads the log folder instead.\n"
+            'case "$1" in\n'
+            f'  scheduler|triggerer) exec {target} "$@" --skip-serve-logs ;;\n'
+            "esac\n"
+            f'exec {target} "$@"\n')
+        path.chmod(0o755)
         return path
 
     def mocks_command(self) -> list[str]:
