@@ -148,7 +148,8 @@ def _print_summary(out: Printer, summary: dict[str, Any], seconds: float) -> Non
         ("rejected (dead-lettered with reasons)", counts.get("rejected", 0)),
         ("progress entries sent (CapNhatTienDoHoSoMC)", counts.get("progress_sent", 0)),
         ("progress entries rejected", counts.get("progress_rejected", 0)),
-        ("national portal calls", counts.get("portal_calls", 0) + counts.get("progress_calls", 0)),
+        ("national portal calls (log-ins not counted)",
+         counts.get("portal_calls", 0) + counts.get("progress_calls", 0)),
         ("exchange-log records written", summary.get("exchanges", 0)),
     ]
     width = max(len(label) for label, _ in rows)
@@ -196,7 +197,7 @@ def _print_payment_summary(out: Printer, summary: dict[str, Any], seconds: float
         ("asked at the payment platform (QUERY): paid / failed / still pending",
          f"{counts.get('found_paid', 0)} / {counts.get('found_failed', 0)} / {counts.get('still_pending', 0)}"),
         ("receipts fetched (GET_BILL, PDF kept by hash)", counts.get("bills_fetched", 0)),
-        ("one-stop fees recorded where the callback was lost", counts.get("fees_updated", 0)),
+        ("one-stop fee results (paid or failed) recorded where the callback was lost", counts.get("fees_updated", 0)),
         ("one-stop fees the callback had already recorded", counts.get("fees_already_recorded", 0)),
         ("receipts delivered to the ministry ledger (SOAP)", counts.get("receipts_accepted", 0)),
         ("receipts the ledger already held (not booked again)", counts.get("receipts_unchanged", 0)),
