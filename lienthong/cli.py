@@ -19,7 +19,7 @@ import uuid
 from datetime import UTC, datetime
 
 from connectors.connection import ConnectionSpec, connection_from_env, env_var_name
-from connectors.errors import ConfigurationError, IntegrationError
+from connectors.errors import ConfigurationError, IntegrationError, PeerUnavailable
 from lienthong import localenv
 
 __all__ = ["build_parser", "main"]
@@ -176,11 +176,13 @@ def cmd_exchanges(args: argparse.Namespace) -> int:
         print("lienthong: exchange bodies shown with personal data REVEALED (--reveal)", file=sys.stderr)
     for r in rows:
         code = f" code={r['peer_code']}" if r["peer_code"] is not None else ""
+        # no HTTP status: a call that got no answer, or the ministry database's SQL
+        http = f"HTTP {r['http_status']}" if r["http_status"] is not None else "no HTTP status"
         # a peer's text (its code, its answer) reaches the terminal with control characters escaped
         print(visible_text(f"#{r['id']} {r['started_at']:%Y-%m-%d %H:%M:%S} {r['peer']:<15} {r['operation']:<14} "
-                           f"try {r['attempt']} {r['outcome']:<15} HTTP {r['http_status']}{code} "
+                           f"try {r['attempt']} {r['outcome']:<15} {http}{code} "
                            f"{r['duration_ms']:.0f}ms records={r['record_count']} run={r['run_id']} "
-                           f"task={r['task_id']}"))
+                           f"task={r['task_id'] or '-'}"))
         if args.bodies:
             # its personal fields judged as `audit show` judges them: erased without a redaction
             # record is altered, not redacted
@@ -454,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except IntegrationError as exc:
         print(f"lienthong: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if isinstance(exc, PeerUnavailable) and exc.peer:
+            print(f"lienthong: is {exc.peer} running and reachable? `lienthong env` shows the connections "
+                  "(AIRFLOW_CONN_*) the bus uses; locally, `make mocks` runs the stand-ins", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (`lienthong exchanges | head`): stop quietly, as a command ended by

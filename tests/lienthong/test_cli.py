@@ -218,3 +218,46 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
     process.stdout.close()  # the reader is gone before the first line: every write fails
     _, err = process.communicate(timeout=60)
     assert err.decode() == "" and process.returncode == 141, (process.returncode, err.decode())
+
+
+def test_exchanges_list_a_call_without_http_status_or_task_plainly(bus_only, capsys):
+    """The ministry database's SQL records (and a call that got no answer) carry no HTTP status and,
+    outside Airflow, no task: the list printed 'HTTP None ... task=None'."""
+    from datetime import UTC, datetime
+
+    from connectors.connection import connection_from_env
+    from connectors.transport import Exchange
+    from lienthong.exchange_log import BusRecorder
+    from lienthong.tasks import open_store
+
+    store = open_store(connection_from_env)
+    BusRecorder(store, "procedure_catalogue", "sql-1", None).record(Exchange(
+        peer="ministry_db", operation="upsert_procedures", method="SQL", url="sqlite:///ministry.db",
+        started_at=datetime(2026, 11, 27, 8, 0, tzinfo=UTC), duration_ms=3.0, attempt=1, outcome="ok",
+        record_keys=("1.000001",), request_headers={}, request_body=b"{}", response_status=None,
+        response_body=b"{}"))
+    assert main(["exchanges", "--run-id", "sql-1"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "ministry_db" in line and "no HTTP status" in line and line.endswith("task=-"), line
+    assert "None" not in line
+
+
+def test_a_peer_that_does_not_answer_is_named_with_what_to_check(monkeypatch, capsys):
+    """`lienthong report agreement` with the stand-ins down ended on 'PeerUnavailable: onestop
+    dossiers: connection failed', naming neither where the bus looks for it nor how to start it."""
+    import argparse
+
+    from connectors.errors import PeerUnavailable
+    from lienthong import cli
+
+    def down(args: argparse.Namespace) -> int:
+        raise PeerUnavailable("onestop dossiers: connection failed", peer="onestop", operation="dossiers")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: argparse.Namespace(command="report", func=down))
+    assert main(["report", "agreement"]) == 2
+    err = capsys.readouterr().err
+    assert "PeerUnavailable: onestop dossiers: connection failed" in err
+    assert "is onestop running and reachable? `lienthong env` shows the connections" in err
+    assert "make mocks" in err
