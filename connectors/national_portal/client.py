@@ -106,6 +106,10 @@ class BatchResult:
     accepted: list[int] = field(default_factory=list)
     rejected: dict[int, PeerRejected] = field(default_factory=dict)
     calls: int = 0
+    #: Positions of a call of several records that the portal refused with a code about one record
+    #: (exists, unknown, final) but no ``result`` rows saying whose: nothing of it was applied, and
+    #: only a call per record tells which (see :meth:`NationalPortalClient.sync_dossiers`).
+    unattributed: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -115,6 +119,9 @@ class DossierBatchResult:
     accepted: list[str] = field(default_factory=list)
     rejected: dict[str, PeerRejected] = field(default_factory=dict)
     calls: int = 0
+    #: Dossiers neither accepted nor refused: the portal refused their call with a code about one
+    #: dossier (exists, unknown, final) but named none (no ``result`` rows). Send them one per call.
+    unattributed: list[str] = field(default_factory=list)
 
 
 def _parse_code(value: Any) -> int:
@@ -314,6 +321,12 @@ class NationalPortalClient:
         refused. A refusal is returned per dossier as a :class:`PeerRejected` subclass
         (:class:`DossierAlreadyExists`, :class:`DossierUnknown`, :class:`DossierFinalised`, or
         plain ``PeerRejected`` for validation), never raised.
+
+        A call of several dossiers refused with a code about one dossier (exists 3/-3, unknown 4,
+        final 6) but without per-record ``result`` rows (the portal's own clients send one dossier
+        per call and read only ``error_code`` and ``message``, contract §3.3, §7.5) names no culprit:
+        nothing of it was applied, and its dossiers are returned as ``unattributed``, for the caller
+        to send one per call (each then gets its own answer).
         """
         batch = self._all_or_nothing("DongBoHoSoMC", records, isUpdating="True" if is_updating else "False")
         keys = [str(r.get("MaHoSo", "")) for r in records]
@@ -321,6 +334,7 @@ class NationalPortalClient:
             accepted=[keys[i] for i in batch.accepted],
             rejected={keys[i]: exc for i, exc in batch.rejected.items()},
             calls=batch.calls,
+            unattributed=[keys[i] for i in batch.unattributed],
         )
 
     def update_progress(self, records: Sequence[dict[str, Any]]) -> BatchResult:
@@ -331,7 +345,8 @@ class NationalPortalClient:
         **not** re-sent here: they are neither accepted nor refused, so the caller can hold back
         the later entries of a dossier whose earlier entry was refused.
         """
-        return self._all_or_nothing("CapNhatTienDoHoSoMC", records, resend_rest=False, idempotent=False)
+        return self._all_or_nothing("CapNhatTienDoHoSoMC", records, resend_rest=False, idempotent=False,
+                                    split=False)
 
     def _all_or_nothing(
         self,
@@ -340,6 +355,7 @@ class NationalPortalClient:
         *,
         resend_rest: bool = True,
         idempotent: bool = True,
+        split: bool = True,
         **fields: Any,
     ) -> BatchResult:
         result = BatchResult()
@@ -353,6 +369,11 @@ class NationalPortalClient:
                 result.accepted.extend(pending)
                 return result
             refused = self._refusals(reply, data)
+            if not refused and split and len(data) > 1 and reply.error_code in _REJECTION_BY_CODE \
+                    and not (isinstance(reply.result, list) and reply.result):
+                # about one record, naming none: nothing applied; the caller sends them one per call
+                result.unattributed.extend(pending)
+                return result
             if not refused:
                 raise self._call_level_error(reply, service)
             result.rejected.update({pending[i]: exc for i, exc in refused.items()})

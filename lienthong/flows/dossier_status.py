@@ -626,6 +626,17 @@ def _send_held(
                 continue
             _reject(conn, report.rejected, FLOW, item.outbox_id, item.key, item.source, refusal, run_id, "peer",
                     peer_code=getattr(refusal, "peer_code", None))
+    if result.unattributed:
+        # The portal refused the call with a code about one dossier without saying whose (its own
+        # clients send one dossier per call): nothing of it was applied, so each goes again alone
+        # and gets its own answer, stored (with its exchange-log row) before the next is sent.
+        unattributed = set(result.unattributed)
+        alone = [item for item in items if item.key in unattributed]
+        log.info("the portal refused a call of %d dossiers naming none of them (error_code of one dossier): "
+                 "sending its %d unanswered dossiers one per call", len(items), len(alone))
+        for item in alone:
+            rerouted += _send_held(portal, report, progress_mapping, [item], begin, is_updating=is_updating,
+                                   run_id=run_id, reroute=reroute, forgotten=forgotten)
     return rerouted
 
 

@@ -250,3 +250,23 @@ def test_a_refusal_without_per_record_rows_is_the_single_record_s(peers):
     assert result.accepted == [] and isinstance(result.rejected[key], DossierAlreadyExists)
     assert result.rejected[key].peer_code == "-3"
     assert [(e.field, e.rule) for e in result.rejected[key].errors] == [("MaHoSo", "portal_code_-3")]
+
+
+@pytest.mark.parametrize("code", [3, -3, 4, 6])
+def test_a_refusal_of_several_records_without_rows_names_them_unattributed(peers, code):
+    """A call of several dossiers refused with a dossier's code but no ``result`` rows names no
+    culprit: it was a ProtocolError failing the step on every run; its dossiers now come back as
+    unattributed (neither accepted nor refused), after the one call, for the caller to send alone."""
+    keys = ["000.00.01.H49-261102-0001", "000.00.01.H49-261102-0002"]
+    peer = _scripted_portal(peers, lambda r: {"error_code": code, "message": "Hồ sơ đã tồn tại"})
+    c = NationalPortalClient(peer.url, PORTAL_USER, Secret(PORTAL_PASSWORD), UNIT)
+    result = c.sync_dossiers([dossier(k) for k in keys], is_updating=False)
+    assert (result.accepted, result.rejected, result.unattributed, result.calls) == ([], {}, keys, 1)
+    # another code, or rows naming none of the call's dossiers, is still the whole call's
+    other = _scripted_portal(peers, lambda r: {"error_code": 4, "message": "?", "result": [{"MaHoSo": "x"}]})
+    with pytest.raises(ProtocolError):
+        NationalPortalClient(other.url, PORTAL_USER, Secret(PORTAL_PASSWORD), UNIT).sync_dossiers(
+            [dossier(k) for k in keys], is_updating=False)
+    # progress entries are never split by the client (appends are not repeated): still the call's
+    with pytest.raises(ProtocolError):
+        c.update_progress([{"MaHoSo": k} for k in keys])

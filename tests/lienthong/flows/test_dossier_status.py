@@ -290,3 +290,147 @@ def test_a_worker_holds_one_batchs_leases_not_every_dossiers(bus_env):
         assert conn.execute(select(func.count()).select_from(delivery_lease)).scalar_one() == 0
     portal.close()
     assert portal_dossiers(bus_env) == expected_portal_state(bus_env)
+
+
+class _RowlessPortal:
+    """A proxy in front of the portal stand-in that answers a refused DongBoHoSoMC call of several
+    dossiers as the portal's own clients read it (contract §3.3, §7.5): ``error_code`` and
+    ``message`` only, no per-record ``result`` rows. ``fail_after``: once that many one-dossier
+    calls have been answered, every DongBoHoSoMC call is answered 503 (not passed on)."""
+
+    def __init__(self, target: str, fail_after: int | None = None):
+        import http.server
+        import threading
+
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                request = json.loads(body)
+                data = request.get("data") if request.get("service") == "DongBoHoSoMC" else None
+                if data is not None and proxy.fail_after is not None and proxy.singles >= proxy.fail_after:
+                    self._answer(503, b"")
+                    return
+                upstream = requests.post(target + self.path, data=body, timeout=T,
+                                         headers={k: v for k, v in self.headers.items()
+                                                  if k.lower() in ("content-type", "dstcode")})
+                content = upstream.content
+                if data is not None:
+                    answer = upstream.json()
+                    proxy.calls.append((len(data), str(answer.get("error_code"))))
+                    proxy.keys.append(data[0]["MaHoSo"] if len(data) == 1 else None)
+                    if len(data) == 1:
+                        proxy.singles += 1
+                    elif str(answer.get("error_code")) != "0" and "result" in answer:
+                        del answer["result"]
+                        proxy.stripped += 1
+                        content = json.dumps(answer, ensure_ascii=False).encode()
+                self._answer(upstream.status_code, content)
+
+            def _answer(self, status, content):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, *args):
+                pass
+
+        self.fail_after = fail_after
+        self.calls: list[tuple[int, str]] = []  # (dossiers, error_code) of each call passed on
+        self.keys: list[str | None] = []  # each call's dossier when it carried one
+        self.singles = 0
+        self.stripped = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def rowless_portal(bus_env, monkeypatch):
+    proxy = _RowlessPortal(bus_env.portal.url)
+    conn = json.loads(os.environ["AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT"])
+    monkeypatch.setenv("AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT", json.dumps({**conn, "port": proxy.port}))
+    yield proxy
+    proxy.close()
+
+
+def _created_beforehand(bus_env, count: int) -> list[str]:
+    """``count`` mappable dossiers created on the portal by someone else (directly, not via the proxy)."""
+    from connectors.connection import Secret
+    from connectors.national_portal.client import NationalPortalClient
+
+    conn = json.loads(os.environ["AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT"])
+    portal = NationalPortalClient(bus_env.portal.url, conn["login"], Secret(conn["password"]),
+                                  conn["extra"]["madonvi"])
+    mapping = load_mapping(dossier_status.MAPPING)
+    bad = defective_codes(bus_env)
+    codes = sorted(c for c in onestop_dossiers(bus_env) if c not in bad)[3:3 + count]
+    for code in codes:
+        assert portal.sync_dossiers([mapping.apply(onestop_dossiers(bus_env)[code])],
+                                    is_updating=False).accepted == [code]
+    return codes
+
+
+def _portal_calls(run_id: str) -> list[str]:
+    with store().engine.connect() as conn:
+        return [r.outcome for r in conn.execute(
+            select(exchange_log.c.outcome).where(exchange_log.c.run_id == run_id,
+                                                 exchange_log.c.operation == "DongBoHoSoMC")
+            .order_by(exchange_log.c.id))]
+
+
+def test_a_batch_refused_without_naming_a_dossier_is_sent_one_dossier_per_call(bus_env, rowless_portal):
+    """A call of several dossiers refused "đã tồn tại" with no ``result`` rows was a ProtocolError
+    for the whole call: the delivery step failed there on every run. Its dossiers now go again one
+    per call; the one the portal holds is sent as an update, each of the others inserted once."""
+    held = _created_beforehand(bus_env, 2)
+    expected = expected_portal_state(bus_env)
+    _, delivered = run("run-1", batch_size=50)
+    assert rowless_portal.stripped == 1
+    # the batch (refused, naming none), each of its dossiers alone, then the two held ones as one update
+    alone = rowless_portal.keys[1:-1]
+    assert sorted(alone) == sorted(expected)  # each once
+    assert rowless_portal.calls == [(len(expected), "3")] + [(1, "3" if c in held else "0") for c in alone] \
+        + [(2, "0")]
+    assert delivered["portal_calls"] == len(expected) + 2
+    assert delivered["delivered_new"] == len(expected) - 2 and delivered["delivered_update"] == 2
+    assert delivered["rejected"] == len(defective_codes(bus_env))
+    assert portal_dossiers(bus_env) == expected
+    for code in expected:
+        assert [h["isUpdating"] for h in portal_history(bus_env, code)] == (
+            ["False", "True"] if code in held else ["False"]), code
+    # the exchange log tells it as it went: every call, the refused ones as refused
+    assert _portal_calls("run-1") == ["peer_error"] + ["peer_error" if c in held else "ok" for c in alone] \
+        + ["ok"]
+    assert run("run-2")[1]["portal_calls"] == 0
+
+
+def test_a_dossier_accepted_in_a_split_batch_is_not_sent_again_after_an_outage(bus_env, rowless_portal):
+    """The portal goes away in the middle of the one-per-call resend: the dossiers it accepted by
+    then are acknowledged (not sent again), the rest go on the next run, each inserted once."""
+    held = _created_beforehand(bus_env, 1)
+    expected = expected_portal_state(bus_env)
+    rowless_portal.fail_after = 5
+    tasks.stage_dossier_changes(connection_from_env, run_id="run-1", task_id="stage")
+    with pytest.raises(PeerUnavailable):
+        tasks.deliver_dossier_statuses(connection_from_env, run_id="run-1", task_id="deliver", batch_size=50)
+    first = rowless_portal.keys[1:6]
+    assert len(first) == 5 and rowless_portal.calls[0] == (len(expected), "3")
+    assert [c for c in first if c not in held] == [c for c in portal_dossiers(bus_env) if c not in held]
+    with store().engine.connect() as conn:
+        delivered = set(conn.execute(select(outbox.c.record_key).where(outbox.c.state == "delivered")).scalars())
+    assert delivered == {c for c in first if c not in held}
+    rowless_portal.fail_after = None
+    _, report = run("run-2", batch_size=50)
+    assert portal_dossiers(bus_env) == expected
+    for code in expected:
+        assert [h["isUpdating"] for h in portal_history(bus_env, code)] == (
+            ["False", "True"] if code in held else ["False"]), code
+    assert report["delivered_new"] + report["delivered_update"] == len(expected) - len(delivered)
