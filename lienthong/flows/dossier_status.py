@@ -404,6 +404,12 @@ _LEASED_BATCH = (
     .where(outbox.c.id.in_(bindparam("b_ids", expanding=True)), outbox.c.state == "pending")
     .order_by(outbox.c.id)
 )
+# Held only if still pending and its dossier still has an unresolved dead letter when it runs.
+_HOLD_DOSSIER = (update(outbox)
+                 .where(outbox.c.id == bindparam("b_id"), outbox.c.state == "pending",
+                        exists().where(dead_letter.c.flow == FLOW, dead_letter.c.record_key == outbox.c.record_key,
+                                       dead_letter.c.resolved_at.is_(None)))
+                 .values(state="held"))
 _ACKS = select(delivery_state).where(delivery_state.c.peer == PEER,
                                      delivery_state.c.record_key.in_(bindparam("b_keys", expanding=True)))
 
@@ -446,8 +452,10 @@ def _deliver_batches(store: Store, portal: NationalPortalClient, report: Deliver
             report.considered += len(rows)
             for row in rows:
                 if row.record_key in blocked:
-                    conn.execute(update(outbox).where(outbox.c.id == row.id).values(state="held"))
-                    report.held += 1
+                    # conditional, like the progress path's _HOLD: held only if still pending and
+                    # still behind an unresolved dead letter (blocked_keys' locks make that so; this
+                    # is the second line), never a row another worker finished or a replay freed
+                    report.held += conn.execute(_HOLD_DOSSIER, {"b_id": row.id}).rowcount
                     continue
                 problem = _version_problem(row.source_payload)
                 if problem is not None:

@@ -111,3 +111,47 @@ def _race(bus_env, backend: str) -> None:
                                                          outbox.c.state != "superseded")).scalars().all() \
             == ["delivered"]
     bus.dispose()
+
+
+def test_a_batch_holds_only_rows_still_pending_and_still_behind_a_dead_letter(bus_env, monkeypatch):
+    """A batch's "held" update had no condition: it relied on blocked_keys' locks alone. Should what
+    blocked_keys read be out of date when the update runs (a replay resolved the dead letter, another
+    worker finished the row), a row was held with no dead letter left to release it, or a finished
+    row put back in line. It is now held only if still pending and still behind an unresolved one."""
+    from connectors.errors import RecordRejected
+    from lienthong.store import Store, dead_letter, utcnow
+
+    tasks.stage_dossier_changes(connection_from_env, run_id="run-1", task_id="stage")
+    bus = store()
+    with bus.begin() as conn:
+        rows = conn.execute(select(outbox.c.id, outbox.c.record_key).where(outbox.c.state == "pending")
+                            .order_by(outbox.c.id).limit(3)).all()
+        for row in rows[:2]:  # freed by a replay meanwhile / really blocked
+            Store.add_dead_letter(conn, flow=dossier_status.FLOW, record_key=row.record_key, outbox_id=None,
+                                  run_id="run-0", stage="peer", error=RecordRejected(row.record_key, []),
+                                  errors=[], source_payload={})
+    freed, blocked, finished = (r.record_key for r in rows)
+    real = dossier_status.blocked_keys
+
+    def read_then_changed(conn, flow, keys):
+        keys = list(keys)
+        found = real(conn, flow, keys)
+        if freed not in keys:  # a later batch
+            return found
+        assert {freed, blocked} <= found
+        # what happens between the read and the hold when the locks do not hold it off
+        conn.execute(dead_letter.update().where(dead_letter.c.record_key == freed)
+                     .values(resolved_at=utcnow(), resolution="replayed by test"))
+        conn.execute(update(outbox).where(outbox.c.record_key == finished).values(state="delivered"))
+        return found | {finished}
+
+    monkeypatch.setattr(dossier_status, "blocked_keys", read_then_changed)
+    portal = NationalPortalClient.from_connection(connection_from_env(tasks.NATIONAL_PORTAL_CONN_ID))
+    report = dossier_status.deliver_pending(bus, portal, run_id="run-1", batch_size=3)
+    portal.close()
+    assert report.held == 1
+    with bus.engine.connect() as conn:
+        states = dict(conn.execute(select(outbox.c.record_key, outbox.c.state)
+                                   .where(outbox.c.id.in_([r.id for r in rows]))).all())
+    bus.dispose()
+    assert states == {freed: "pending", blocked: "held", finished: "delivered"}
