@@ -224,6 +224,14 @@ def cmd_deadletter_show(args: argparse.Namespace) -> int:
         print(f"lienthong: no dead letter #{args.id}", file=sys.stderr)
         return 1
     shown = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in letter.items()}
+    if args.reveal:
+        print("lienthong: the dead letter's original record shown with personal data REVEALED (--reveal)",
+              file=sys.stderr)
+    else:  # masked as `exchanges --bodies` and `audit show` mask them
+        from lienthong.audit.search import mask_json
+
+        shown["source_payload"] = mask_json(shown["source_payload"])
+        shown["errors"] = mask_json(shown["errors"])
     print(json.dumps(shown, ensure_ascii=False, indent=2))
     return 0
 
@@ -392,8 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
                                   "payment_receipts)")
     q.add_argument("--all", action="store_true", help="include resolved ones")
     q.set_defaults(func=cmd_deadletter_list)
-    q = dl.add_parser("show", help="one dead letter in full: errors, peer code, original payload")
+    q = dl.add_parser("show", help="one dead letter in full: errors, peer code, original payload (ID numbers, "
+                                   "phones and e-mails masked unless --reveal)")
     q.add_argument("id", type=int, help="dead letter number (from list)")
+    q.add_argument("--reveal", action="store_true", help="show the original record's personal data as stored "
+                                                         "(said on stderr)")
     q.set_defaults(func=cmd_deadletter_show)
     replay_help = ("resolve dead letters and deliver their records again, once (after a mapping or portal fix); "
                    "catalogue ones are read and pushed again by the next catalogue run; exit 1 naming any id (or "

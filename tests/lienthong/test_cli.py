@@ -79,6 +79,14 @@ def test_deadletter_show_and_replay(bus_env, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["record_key"] == first["record_key"]
     assert shown["source_payload"]["dossierNo"] == first["record_key"]  # the original record is kept
+    # personal data masked as `exchanges --bodies` masks it, unless --reveal (said on stderr)
+    stored = first["source_payload"]
+    secrets = [stored[k] for k in ("applicantIdNo", "contactTelNo", "contactEmail") if stored.get(k)]
+    assert secrets and not any(value in json.dumps(shown, ensure_ascii=False) for value in secrets)
+    assert main(["deadletter", "show", str(first["id"]), "--reveal"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["source_payload"] == stored
+    assert "REVEALED (--reveal)" in captured.err
     assert main(["deadletter", "show", "999999"]) == 1
     assert main(["deadletter", "replay"]) == 2  # says what to replay
     capsys.readouterr()
