@@ -324,6 +324,10 @@ def _check_record(zf: zipfile.ZipFile, name: str, leaves: dict[str, str], seals:
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError("record_altered", name, f"the record is not complete or well formed ({exc!r})") from None
     where = f"record #{record_id}"
+    if name != f"records/{record_id}.json":  # else one record copied over another hides the other's absence
+        raise BundleError("record_altered", name, f"the file holds record #{record_id}, not the record its name "
+                                                  f"says (records/<id>.json): a record held twice or in another's "
+                                                  f"place")
     unexpected = set(record) - {*LEAF_FIELDS, "record_keys", "personal"}
     if unexpected:
         raise BundleError("record_altered", f"{where} ({name})", f"fields no seal covers were added: "

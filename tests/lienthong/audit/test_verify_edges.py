@@ -159,3 +159,57 @@ def test_show_hints_the_personal_values_of_a_soap_body_as_it_does_a_json_ones(st
         assert "C******7" in shown and "8***********3" in shown
     revealed = format_exchange(get_exchange(store, 2), reveal=True)
     assert f"<ns:SoGiayTo>{passport}</ns:SoGiayTo>" in revealed and tax in revealed
+
+
+def _archived_bundle(store, keypair, tmp_path):
+    private, public, _, public_path = keypair
+    fill(store, 8)
+    seal_exchanges(store, private, batch_size=4)
+    fill(store, 1, start=20)  # newer, so that both seals are archived (SQLite keeps the newest record's batch)
+    result = archive_exchanges(store, [public], key=private, older_than_days=1, out_dir=tmp_path / "a",
+                               now=T0 + timedelta(days=9))
+    return result.archives[0]["bundle_path"]
+
+
+def _rebuild(src, dst, edit) -> None:
+    """Copy the bundle with ``edit(files)`` applied to its members, the manifest's hashes made
+    consistent again (an unsigned manifest is no anchor)."""
+    import hashlib
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin:
+        files = {name: zin.read(name) for name in zin.namelist()}
+    manifest = json.loads(files.pop("manifest.json"))
+    edit(files, manifest)
+    manifest["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    with zipfile.ZipFile(dst, "w") as zout:
+        zout.writestr("manifest.json", json.dumps(manifest))
+        for name, data in files.items():
+            zout.writestr(name, data)
+
+
+def test_the_offline_verifier_refuses_a_record_file_holding_another_record(store, keypair, tmp_path):
+    """records/6.json replaced by a copy of record 5 (and proofs/6.json by its proof): each record
+    checked on its own verified, and the whole-seal count held, so record 6 was gone unnoticed."""
+    from lienthong.audit import bundle_verify
+
+    path = _archived_bundle(store, keypair, tmp_path)
+    pem = keypair[3].read_bytes()
+
+    def duplicate(files, manifest):
+        files["records/6.json"] = files["records/5.json"]
+        files["proofs/6.json"] = files["proofs/5.json"]
+
+    bad = tmp_path / "dup.zip"
+    _rebuild(path, bad, duplicate)
+    check = bundle_verify.verify_bundle(str(bad), pem)
+    assert not check.ok and check.failure_kind == "record_altered", check.failure
+    assert "records/6.json" in check.failure and "record #5" in check.failure
+
+    def renamed(files, manifest):  # the same record under a second name: held twice
+        files["records/05.json"] = files["records/5.json"]
+        manifest["counts"]["records"] += 1
+
+    _rebuild(path, bad, renamed)
+    check = bundle_verify.verify_bundle(str(bad), pem)
+    assert not check.ok and check.failure_kind == "record_altered" and "records/05.json" in check.failure
