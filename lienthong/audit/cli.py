@@ -120,6 +120,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         head = f"; head {result.head_seq}:{result.head_hash}" if result.head_seq else ""
         print(f"verified: {result.records_checked} records in {result.seals_checked} seals; "
               f"{result.unsealed_records} records not sealed yet{head}")
+        for run in result.keys:
+            print(f"seals {run['first_seq']}..{run['last_seq']} signed by key {run['fingerprint']}")
         if result.deep:
             print(f"deep: {result.personal_values_checked} stored personal values checked against their sealed "
                   f"commitments; {result.bodies_checked} bodies rebuilt as sent and checked against their "

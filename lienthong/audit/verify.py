@@ -143,6 +143,9 @@ class VerifyResult:
     bodies_checked: int = 0  # bodies rebuilt as on the wire against their recorded sha256 and size (--deep)
     archived_records: int = 0  # sealed records moved to bundles (audit archive), checked via leaf index
     archives: list[dict[str, Any]] = field(default_factory=list)
+    # which key signed which seals: ``{fingerprint, first_seq, last_seq, seals}`` per run of seals
+    # (a rotated key starts a new run), so the fingerprint to publish or compare is named
+    keys: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -487,6 +490,19 @@ def _check_leaves(conn: Connection, seal: dict[str, Any], after_id: int, batch: 
     return None
 
 
+def _signers(seals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Which key signed which seals, as runs of consecutive seals."""
+    runs: list[dict[str, Any]] = []
+    for seal in seals:
+        if runs and runs[-1]["fingerprint"] == seal["key_fingerprint"]:
+            runs[-1]["last_seq"] = seal["seq"]
+            runs[-1]["seals"] += 1
+        else:
+            runs.append({"fingerprint": seal["key_fingerprint"], "first_seq": seal["seq"], "last_seq": seal["seq"],
+                         "seals": 1})
+    return runs
+
+
 _WORKER: dict[str, Store] = {}
 POOL_MIN_RECORDS = 20_000  # below this, starting worker processes (about a second each) costs more than it saves
 
@@ -618,6 +634,7 @@ def verify_exchanges(store: Store, public_keys: Any = None, *,
             result.seals_checked += 1
             result.head_seq, result.head_hash = seal["seq"], seal["seal_hash"]
             previous = seal
+        result.keys = _signers(seals)
         last_id = previous["last_id"] if previous else 0
         orphan = conn.execute(select(func.min(exchange_seal_leaf.c.seal_seq), func.min(exchange_seal_leaf.c.exchange_id))
                               .where(exchange_seal_leaf.c.seal_seq > (previous["seq"] if previous else 0))).first()

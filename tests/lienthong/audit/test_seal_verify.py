@@ -199,3 +199,31 @@ def test_the_seal_body_is_what_is_signed(store, keypair):
     seal = seal_exchanges(store, private).head
     public.verify(bytes.fromhex(seal["signature"]), seal_body(seal))
     assert b'"format":"lienthong-seal/1"' in seal_body(seal)
+
+
+def test_after_key_rotation_old_seals_verify_with_the_old_key_and_verify_names_each_key(
+        store, keypair, tmp_path, monkeypatch, capsys):
+    from lienthong.cli import main
+
+    from .conftest import cli_env
+
+    private, public, private_path, public_path = keypair
+    old = key_fingerprint(public)
+    fill(store, 4)
+    seal_exchanges(store, private, batch_size=2)
+    new_private_path, new_public_path, new = generate_keypair(tmp_path / "keys" / "seal-2026.key")
+    fill(store, 3, start=10)
+    seal_exchanges(store, new_private_path, batch_size=2)  # seals 3 and 4
+    result = verify_exchanges(store, [public, load_public_key(new_public_path)])
+    assert result.ok and result.records_checked == 7
+    assert result.keys == [{"fingerprint": old, "first_seq": 1, "last_seq": 2, "seals": 2},
+                           {"fingerprint": new, "first_seq": 3, "last_seq": 4, "seals": 2}]
+    only_new = verify_exchanges(store, load_public_key(new_public_path))
+    assert not only_new.ok and (only_new.failure.kind, only_new.failure.seal_seq) == ("seal_unknown_key", 1)
+    assert old[:16] in str(only_new.failure)
+
+    cli_env(store, tmp_path, monkeypatch)
+    assert main(["audit", "verify", "--workers", "1", "--public-key", str(public_path),
+                 "--public-key", str(new_public_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"seals 1..2 signed by key {old}" in out and f"seals 3..4 signed by key {new}" in out
