@@ -229,7 +229,8 @@ def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519Pu
         "blobs": blobs_out,
         "head": {"seq": seals[-1]["seq"], "seal_hash": seals[-1]["seal_hash"]} if seals else None,
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
-        "verify": "python verify.py THIS.zip --public-key <the seal public key you trust>",
+        "verify": "python verify.py THIS.zip --fingerprint <the published seal key fingerprint> "
+                  "(or --public-key <the seal public key you trust>)",
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")

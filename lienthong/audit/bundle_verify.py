@@ -1,5 +1,13 @@
 #!/usr/bin/env python3
-"""Check a lienthong audit evidence bundle offline: ``python verify.py BUNDLE.zip [--public-key PEM]``.
+"""Check a lienthong audit evidence bundle offline:
+``python verify.py BUNDLE.zip [--fingerprint HEX]... [--public-key PEM]``.
+
+Anchor: the bundle carries its own ``public_key.pem``, which only shows the bundle is consistent
+(whoever rewrote it could have re-signed every seal with a key of their own). The verifier prints
+the fingerprint of the key that signed each run of seals; compare it with the seal key fingerprint
+the operator published (``lienthong audit keygen`` printed it, ``lienthong audit verify`` prints
+it), or pass it as ``--fingerprint`` (or the public key you hold as ``--public-key``): seals signed
+by any other key then fail (``seal_unknown_key``).
 
 Standalone on purpose: the standard library and ``cryptography`` only (no database, no project
 code, no configuration), so an auditor can run the copy inside the bundle (``verify.py``).
@@ -53,7 +61,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["BundleResult", "inclusion_ok", "leaf_hash", "main", "verify_bundle", "wire_digest"]
+__all__ = ["BundleResult", "inclusion_ok", "leaf_hash", "main", "normalise_fingerprint", "verify_bundle",
+           "wire_digest"]
 
 # /3 = /2 that may hold leaf-format-3 records: a verifier of /2 would check their salted digests as
 # plain SHA-256 and call the bodies altered, so it must refuse a /3 bundle instead
@@ -99,6 +108,10 @@ class BundleResult:
     failure: str | None = None
     failure_kind: str | None = None
     failure_where: str | None = None
+    # which key signed which seals: ``{fingerprint, first_seq, last_seq, seals}`` per run of seals
+    keys: list[dict[str, Any]] = field(default_factory=list)
+    # checked against a key or fingerprint the caller holds, not only the bundle's own public_key.pem
+    anchored: bool = False
 
 
 def canonical_json(value: Any) -> bytes:
@@ -414,10 +427,38 @@ def _check_manifest(zf: zipfile.ZipFile, manifest: dict[str, Any], records: int,
                                                        f"({records} records, {seals} seals)")
 
 
-def verify_bundle(path: str, public_key_pem: bytes | None = None) -> BundleResult:
+def _signers(seals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Which key signed which seals, as runs of consecutive seals (a rotated key starts a new run)."""
+    runs: list[dict[str, Any]] = []
+    for seal in seals:
+        if runs and runs[-1]["fingerprint"] == seal["key_fingerprint"]:
+            runs[-1]["last_seq"] = seal["seq"]
+            runs[-1]["seals"] += 1
+        else:
+            runs.append({"fingerprint": seal["key_fingerprint"], "first_seq": seal["seq"], "last_seq": seal["seq"],
+                         "seals": 1})
+    return runs
+
+
+def normalise_fingerprint(text: str) -> str:
+    """A key fingerprint as ``lienthong audit keygen`` prints it (64 hex digits; case and colons
+    ignored); ValueError otherwise."""
+    hex_digits = text.replace(":", "").strip().lower()
+    if len(hex_digits) != 64 or any(c not in "0123456789abcdef" for c in hex_digits):
+        raise ValueError(f"not a seal key fingerprint (64 hex digits): {text!r}")
+    return hex_digits
+
+
+def verify_bundle(path: str, public_key_pem: bytes | None = None,
+                  fingerprints: list[str] | None = None) -> BundleResult:
     """Verify the bundle at ``path`` with the public key(s) in ``public_key_pem`` (default: the
-    bundle's own ``public_key.pem``, which only proves consistency — pass the key you hold)."""
+    bundle's own ``public_key.pem``, which only proves consistency: whoever rewrote the bundle could
+    have re-signed it with a key of their own). Anchor it with the key you hold, or with
+    ``fingerprints``: only keys with one of these fingerprints are accepted. ``result.keys`` says
+    which key signed which seals; ``result.anchored`` whether a key or fingerprint was given."""
     result = BundleResult()
+    trusted = {normalise_fingerprint(f) for f in fingerprints or ()}
+    result.anchored = public_key_pem is not None or bool(trusted)
     try:
         with zipfile.ZipFile(path) as zf:
             for name in zf.namelist():  # every member must decompress and pass its CRC check
@@ -439,10 +480,17 @@ def verify_bundle(path: str, public_key_pem: bytes | None = None) -> BundleResul
                 keys = load_public_keys(pem)
             except ValueError as exc:
                 raise BundleError("public_key", "public_key.pem", str(exc)) from None
+            if trusted:
+                keys = {f: k for f, k in keys.items() if f in trusted}
+                if not keys:
+                    raise BundleError("seal_unknown_key", "public_key.pem" if public_key_pem is None else "--public-key",
+                                      f"no public key there has the fingerprint(s) you trust "
+                                      f"({', '.join(f[:16] for f in sorted(trusted))}…)")
             seals = _json(zf, "seals.json")
             if not isinstance(seals, list):
                 raise BundleError("file_corrupt", "seals.json", "not a list of seals")
             _check_seals(seals, keys)
+            result.keys = _signers(seals)
             result.seals_checked = len(seals)
             if seals:
                 result.head_seq, result.head_hash = seals[-1]["seq"], seals[-1]["seal_hash"]
@@ -473,8 +521,16 @@ def main(argv: list[str] | None = None) -> int:
                                                                     "offline.")
     parser.add_argument("bundle", help="the bundle (.zip)")
     parser.add_argument("--public-key", help="the seal public key PEM you trust (default: the bundle's own)")
+    parser.add_argument("--fingerprint", action="append", metavar="HEX",
+                        help="the fingerprint of a seal key you trust (as `lienthong audit keygen` and `lienthong "
+                             "audit verify` print it); repeat for rotated keys; seals signed by any other key fail")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
+    try:
+        fingerprints = [normalise_fingerprint(f) for f in args.fingerprint or ()]
+    except ValueError as exc:
+        print(f"verify: {exc}", file=sys.stderr)
+        return 2
     pem = None
     if args.public_key:
         try:
@@ -483,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"verify: cannot read {args.public_key}: {exc}", file=sys.stderr)
             return 2
-    result = verify_bundle(args.bundle, pem)
+    result = verify_bundle(args.bundle, pem, fingerprints)
     if args.json:
         print(json.dumps(result.__dict__, ensure_ascii=False, indent=2))
     elif result.ok:
@@ -491,9 +547,13 @@ def main(argv: list[str] | None = None) -> int:
                       if result.records_with_redactions else "")
         print(f"bundle verified: {result.records_checked} records, {result.seals_checked} seals "
               f"(head {result.head_seq}:{result.head_hash}){redactions}")
-        if not args.public_key:
-            print("note: checked with the bundle's own public key; pass --public-key with the key you trust",
-                  file=sys.stderr)
+        for run in result.keys:
+            print(f"seals {run['first_seq']}..{run['last_seq']} signed by key {run['fingerprint']}")
+        if not result.anchored:
+            print(f"note: checked with the bundle's own public key, which whoever rewrote the bundle could have "
+                  f"replaced: compare {', '.join(r['fingerprint'] for r in result.keys) or 'its fingerprint'} with "
+                  f"the seal key fingerprint the operator published (`lienthong audit keygen` printed it), or pass "
+                  f"--fingerprint HEX or --public-key PEM", file=sys.stderr)
     else:
         print(f"BUNDLE NOT VERIFIED: {result.failure}")
     return 0 if result.ok else 1

@@ -257,6 +257,8 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
     from lienthong.audit import bundle_verify
 
     argv = [args.bundle] + (["--public-key", args.public_key] if args.public_key else [])
+    for fingerprint in args.fingerprint or ():
+        argv += ["--fingerprint", fingerprint]
     return bundle_verify.main(argv + (["--json"] if args.json else []))
 
 
@@ -408,6 +410,8 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
     q = audit.add_parser("verify-bundle", help="check an evidence bundle offline (the same as its verify.py)")
     q.add_argument("bundle", help="the bundle (.zip)")
     q.add_argument("--public-key", help="the seal public key PEM you trust (default: the bundle's own)")
+    q.add_argument("--fingerprint", action="append", metavar="HEX",
+                   help="the fingerprint of a seal key you trust (as keygen and verify print it); repeatable")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.set_defaults(func=cmd_verify_bundle)
 

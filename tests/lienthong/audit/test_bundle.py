@@ -334,3 +334,43 @@ def test_a_value_erased_without_a_redaction_record_is_not_exported_as_redacted(s
         export_bundle(store, out, [keypair[1]], key=DOSSIER)
     assert not out.exists()
     assert not verify_exchanges(store, keypair[1], deep=True).ok  # as --deep judges it
+
+
+def test_a_bundle_resealed_with_a_substituted_key_is_told_apart_by_its_fingerprint(store, keypair, tmp_path, capsys):
+    """Whoever rewrites a bundle can re-sign every seal with a key of their own and put its public
+    key in public_key.pem: the bundle is then consistent, so `python verify.py B.zip` alone cannot
+    refuse it. It must say which key signed the seals, so the auditor can compare that fingerprint
+    with the published one, and take that fingerprint (--fingerprint) as the anchor."""
+    from lienthong.audit.keys import generate_keypair, key_fingerprint, load_private_key, load_public_key
+    from lienthong.store import Store
+
+    genuine = key_fingerprint(keypair[1])
+    _sealed(store, keypair, count=6, batch_size=3)
+    good = tmp_path / "good.zip"
+    export_bundle(store, good, [keypair[1]], since=T0)
+    forged_store = Store(f"sqlite:///{tmp_path / 'forged.db'}")
+    forged_store.create_schema()
+    fill(forged_store, 6)
+    private_path, public_path, forged = generate_keypair(tmp_path / "attacker.key")
+    seal_exchanges(forged_store, load_private_key(private_path), batch_size=3)
+    bad = tmp_path / "bad.zip"
+    export_bundle(forged_store, bad, [load_public_key(public_path)], since=T0)
+    forged_store.dispose()
+
+    result = bundle_verify.verify_bundle(str(bad))
+    assert result.ok and not result.anchored
+    assert result.keys == [{"fingerprint": forged, "first_seq": 1, "last_seq": 2, "seals": 2}]
+    assert bundle_verify.main([str(bad)]) == 0
+    captured = capsys.readouterr()
+    assert f"seals 1..2 signed by key {forged}" in captured.out
+    assert forged in captured.err and "compare" in captured.err
+
+    # the published fingerprint is an anchor: the forged bundle is refused, the genuine one passes
+    assert bundle_verify.main([str(bad), "--fingerprint", genuine]) == 1
+    assert "seal_unknown_key" in capsys.readouterr().out
+    assert bundle_verify.main([str(good), "--fingerprint", genuine.upper()]) == 0
+    captured = capsys.readouterr()
+    assert f"seals 1..2 signed by key {genuine}" in captured.out and "compare" not in captured.err
+    check = bundle_verify.verify_bundle(str(good), fingerprints=[genuine])
+    assert check.ok and check.anchored
+    assert bundle_verify.main([str(good), "--fingerprint", "not-hex"]) == 2
