@@ -112,6 +112,10 @@ class BundleResult:
     keys: list[dict[str, Any]] = field(default_factory=list)
     # checked against a key or fingerprint the caller holds, not only the bundle's own public_key.pem
     anchored: bool = False
+    # the seals whose every record is in the bundle, and those it holds only part of ({seq, held,
+    # count}), from the records and the signed seals: the manifest's selection is not signed
+    whole_seals: list[int] = field(default_factory=list)
+    partial_seals: list[dict[str, int]] = field(default_factory=list)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -502,6 +506,9 @@ def verify_bundle(path: str, public_key_pem: bytes | None = None,
                 held[_check_record(zf, name, leaves, seals, result.selection, result)] += 1
                 result.records_checked += 1
             _check_whole_seals(result.selection, seals, held)
+            result.whole_seals = [s["seq"] for s in seals if held[s["seq"]] == s["count"]]
+            result.partial_seals = [{"seq": s["seq"], "held": held[s["seq"]], "count": s["count"]}
+                                    for s in seals if 0 < held[s["seq"]] < s["count"]]
             extra = set(leaves) - {n.removeprefix("records/").removesuffix(".json") for n in names}
             if extra:
                 raise BundleError("record_missing", "leaves.json", f"records listed without their file: "
@@ -514,6 +521,18 @@ def verify_bundle(path: str, public_key_pem: bytes | None = None,
         result.ok, result.failure = False, f"file_corrupt (bundle): {exc}"
         result.failure_kind, result.failure_where = "file_corrupt", str(path)
     return result
+
+
+def _seal_list(seqs: list[int]) -> str:
+    """``seal 3`` or ``seals 1..4, 7``."""
+    runs: list[list[int]] = []
+    for seq in seqs:
+        if runs and runs[-1][1] == seq - 1:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+    text = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in runs)
+    return f"seal {text}" if len(seqs) == 1 else f"seals {text}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -549,6 +568,11 @@ def main(argv: list[str] | None = None) -> int:
               f"(head {result.head_seq}:{result.head_hash}){redactions}")
         for run in result.keys:
             print(f"seals {run['first_seq']}..{run['last_seq']} signed by key {run['fingerprint']}")
+        if result.whole_seals:
+            print(f"whole: {_seal_list(result.whole_seals)} (every record of them is in the bundle)")
+        for part in result.partial_seals:
+            print(f"in part: seal {part['seq']}: {part['held']} of its {part['count']} records (a selection by key "
+                  f"or time; an archive bundle holds its seals whole)")
         if not result.anchored:
             print(f"note: checked with the bundle's own public key, which whoever rewrote the bundle could have "
                   f"replaced: compare {', '.join(r['fingerprint'] for r in result.keys) or 'its fingerprint'} with "

@@ -213,3 +213,35 @@ def test_the_offline_verifier_refuses_a_record_file_holding_another_record(store
     _rebuild(path, bad, renamed)
     check = bundle_verify.verify_bundle(str(bad), pem)
     assert not check.ok and check.failure_kind == "record_altered" and "records/05.json" in check.failure
+
+
+def test_an_archive_bundle_relabelled_as_a_time_selection_says_its_seal_is_held_in_part(store, keypair, tmp_path,
+                                                                                        capsys):
+    """The manifest is not signed: an archive bundle with record 6 taken out and its selection
+    rewritten from `seals: [1, 2]` to a time range no longer has its whole seals checked, and
+    verified as if complete. The verifier now says, from the records and the signed seals, which
+    seals it holds whole and which in part."""
+    from lienthong.audit import bundle_verify
+
+    path = _archived_bundle(store, keypair, tmp_path)
+    pem = keypair[3].read_bytes()
+    good = bundle_verify.verify_bundle(path, pem)
+    assert good.ok and good.partial_seals == [] and good.whole_seals == [1, 2]
+
+    def relabel(files, manifest):
+        for name in ("records/6.json", "proofs/6.json"):
+            del files[name]
+        leaves = json.loads(files["leaves.json"])
+        del leaves["6"]
+        files["leaves.json"] = json.dumps(leaves).encode()
+        manifest["counts"]["records"] -= 1
+        manifest["selection"] = {"key": None, "from": "1970-01-01T00:00:00+00:00", "to": None}
+
+    bad = tmp_path / "relabelled.zip"
+    _rebuild(path, bad, relabel)
+    check = bundle_verify.verify_bundle(str(bad), pem)
+    assert check.ok  # a time selection may hold part of a seal...
+    assert check.whole_seals == [1] and check.partial_seals == [{"seq": 2, "held": 3, "count": 4}]  # ...said
+    assert bundle_verify.main([str(bad), "--public-key", str(keypair[3])]) == 0
+    out = capsys.readouterr().out
+    assert "seal 2: 3 of its 4 records" in out and "whole: seal 1" in out
