@@ -229,10 +229,17 @@ def _json(zf: zipfile.ZipFile, name: str) -> Any:
 def _check_seals(seals: list[dict[str, Any]], keys: dict[str, Ed25519PublicKey]) -> None:
     previous: dict[str, Any] | None = None
     for position, seal in enumerate(seals):
+        if not isinstance(seal, dict):
+            raise BundleError("seal_altered", f"seals.json, entry {position + 1}", "not a seal (a JSON object)")
         where = f"seals.json, seal {seal.get('seq', '?')}"
         missing = [f for f in (*SEAL_FIELDS, "seal_hash", "signature") if f not in seal]
         if missing:
             raise BundleError("seal_altered", where, f"fields missing: {', '.join(missing)}")
+        mistyped = [f for f in SEAL_FIELDS + ("seal_hash", "signature")
+                    if not isinstance(seal[f], int if f in ("seq", "first_id", "last_id", "count") else str)
+                    or isinstance(seal[f], bool)]
+        if mistyped:
+            raise BundleError("seal_altered", where, f"fields of the wrong type: {', '.join(mistyped)}")
         seq = seal["seq"]
         if seq != position + 1:
             raise BundleError("seal_missing", where, f"seal {position + 1} expected here (the chain starts at "

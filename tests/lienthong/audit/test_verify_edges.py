@@ -245,3 +245,16 @@ def test_an_archive_bundle_relabelled_as_a_time_selection_says_its_seal_is_held_
     assert bundle_verify.main([str(bad), "--public-key", str(keypair[3])]) == 0
     out = capsys.readouterr().out
     assert "seal 2: 3 of its 4 records" in out and "whole: seal 1" in out
+
+
+def test_a_malformed_seal_list_is_reported_not_a_traceback(store, keypair, tmp_path):
+    from lienthong.audit import bundle_verify
+
+    path = _archived_bundle(store, keypair, tmp_path)
+    bad = tmp_path / "malformed.zip"
+    for seals in ([1, 2], [{"seq": 1, **{f: 1 for f in ("first_id", "last_id", "count", "root", "prev_hash",
+                                                           "key_fingerprint", "sealed_at", "seal_hash",
+                                                           "signature")}}]):
+        _rebuild(path, bad, lambda files, manifest, seals=seals: files.update({"seals.json": json.dumps(seals).encode()}))
+        check = bundle_verify.verify_bundle(str(bad), keypair[3].read_bytes())
+        assert not check.ok and check.failure_kind == "seal_altered" and "seals.json" in check.failure, check.failure
