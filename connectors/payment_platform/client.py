@@ -126,11 +126,20 @@ _AMOUNT = re.compile(r"[0-9]{1,15}")
 
 
 def _parse_amount(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10 ** 15:  # as many digits as text
         return value
     if isinstance(value, str) and _AMOUNT.fullmatch(value):
         return int(value)
     raise ValueError(f"SoTien {str(value)[:20]!r} is not a whole number of VND in digits")
+
+
+def _text(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} is a {type(value).__name__}, not text")
+    return value
 
 
 @dataclass(frozen=True)
@@ -369,8 +378,7 @@ class PaymentPlatformClient:
         data = self._checked(self._answer(response, "QUERY"), "QUERY", reference)
         return self._transaction(data, reference)
 
-    @staticmethod
-    def _transaction(data: dict[str, Any], reference: str) -> Transaction:
+    def _transaction(self, data: dict[str, Any], reference: str) -> Transaction:
         status = _STATUS.get(str(data.get("TrangThaiGD")))
         if status is None:
             raise ProtocolError(f"{PEER} QUERY {reference}: unknown TrangThaiGD {data.get('TrangThaiGD')!r}",
@@ -378,18 +386,26 @@ class PaymentPlatformClient:
         if data.get("MaThamChieu") != reference:
             raise ProtocolError(f"{PEER} QUERY {reference}: the answer is about {data.get('MaThamChieu')!r}",
                                 peer=PEER, operation="QUERY")
+        if data.get("MaDoiTac") != self.partner_code:
+            raise ProtocolError(f"{PEER} QUERY {reference}: MaDoiTac {str(data.get('MaDoiTac'))[:40]!r} is not our "
+                                f"partner code {self.partner_code!r}", peer=PEER, operation="QUERY")
+        # §4.9: amounts are whole VND; an amount in another currency is never taken for VND
+        if data.get("MaTienTe") != "VND":
+            raise ProtocolError(f"{PEER} QUERY {reference}: MaTienTe {str(data.get('MaTienTe'))[:20]!r} is not VND "
+                                "(SoTien is read as whole VND)", peer=PEER, operation="QUERY")
         try:
             amount = _parse_amount(data.get("SoTien"))
             when = _parse_time(data.get("ThoiGianGD"))
+            # text fields: absent or null is "", a number, list or object is not quietly made text
+            transaction_id, bank, info = (_text(data, name)
+                                          for name in ("MaGiaoDich", "MaNganHang", "ThongTinGiaoDich"))
         except ValueError as exc:
             raise ProtocolError(f"{PEER} QUERY {reference}: {exc}", peer=PEER, operation="QUERY") from None
-        transaction_id, bank = str(data.get("MaGiaoDich") or ""), str(data.get("MaNganHang") or "")
         if status == "paid" and not (transaction_id and bank and when):
             # TrangThaiGD is outside the answer's checksum order (I): a paid status must at least agree
             # with the signed fields that only a completed transaction has.
             raise ProtocolError(f"{PEER} QUERY {reference}: a paid status inconsistent with the signed fields "
                                 "(no MaGiaoDich, MaNganHang or ThoiGianGD)", peer=PEER, operation="QUERY")
-        info = str(data.get("ThongTinGiaoDich") or "")
         dossier = _DOSSIER.search(info)
         return Transaction(
             reference=reference,

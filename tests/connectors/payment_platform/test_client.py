@@ -211,6 +211,40 @@ def test_trangthaigd_is_not_signed_so_a_paid_status_must_be_consistent(platform)
         proxy.close()
 
 
+def _resigned(change):
+    """A rewrite that the platform itself could have sent: changed, then signed with the secret."""
+    def rewrite(d):
+        d = change(d)
+        d["MaXacThuc"] = checksum(d, ANSWER_ORDERS["QUERY"], Secret(SECRET))
+        return d
+    return rewrite
+
+
+@pytest.mark.parametrize(("change", "field", "rule"), [
+    pytest.param(lambda d: {**d, "MaTienTe": "USD"}, "MaTienTe", "not VND", id="currency-usd"),
+    pytest.param(lambda d: {**d, "MaTienTe": None}, "MaTienTe", "not VND", id="currency-missing"),
+    pytest.param(lambda d: {**d, "MaGiaoDich": 2611030001}, "MaGiaoDich", "not text", id="txn-id-number"),
+    pytest.param(lambda d: {**d, "MaNganHang": ["VCB"]}, "MaNganHang", "not text", id="bank-list"),
+    pytest.param(lambda d: {**d, "ThongTinGiaoDich": {"HO SO": 1}}, "ThongTinGiaoDich", "not text", id="info-object"),
+    pytest.param(lambda d: {**d, "SoTien": 10 ** 20}, "SoTien", "whole number of VND", id="amount-huge-integer"),
+    pytest.param(lambda d: {**d, "MaDoiTac": "DVC_H01"}, "MaDoiTac", "not our partner code", id="other-partner"),
+])
+def test_a_signed_answer_with_a_field_out_of_contract_is_refused_naming_it(platform, recorder, change, field, rule):
+    """Fields of a verified QUERY answer are checked too: the amount is VND only when MaTienTe says
+    so, and a number, list or object where the contract has text is not turned into text."""
+    proxy = _Tamper(platform.url, _resigned(change))
+    try:
+        c = PaymentPlatformClient(proxy.url, PARTNER, Secret(SECRET), recorder=recorder, retry=FAST)
+        ref = first(platform, "paid")["MaThamChieu"]
+        with pytest.raises(ProtocolError) as info:
+            c.query(ref)
+        assert not isinstance(info.value, ChecksumMismatch)
+        assert ref in str(info.value) and field in str(info.value) and rule in str(info.value)
+        assert SECRET not in str(info.value)
+    finally:
+        proxy.close()
+
+
 def test_an_honest_proxy_passes(platform):
     proxy = _Tamper(platform.url, lambda d: d)
     try:
