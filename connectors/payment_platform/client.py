@@ -25,6 +25,7 @@ from connectors.errors import (
     AuthenticationFailed,
     BillNotAvailable,
     ChecksumMismatch,
+    FatalConnectorError,
     FieldError,
     PeerRejected,
     ProtocolError,
@@ -91,6 +92,8 @@ _UNKNOWN = re.compile(r"^Không tìm thấy giao dịch")
 _NOT_PAID = re.compile(r"chưa thanh toán")
 _MISSING = re.compile(r"^Thiếu trường (\w+)")
 _EXISTS = re.compile(r"^Mã tham chiếu .* đã tồn tại")
+#: A refused protocol version or message type refuses every message alike (our setting, not the record).
+_UNSUPPORTED = re.compile(r"^(Phiên bản|Loại bản tin) .* không được hỗ trợ")
 _DOSSIER = re.compile(r"HO SO (\S+)")
 _RECEIPT_NO = re.compile(rb"BL\d{4}-\d{6}")
 
@@ -345,6 +348,11 @@ class PaymentPlatformClient:
                                    peer=PEER, operation=kind)
         if code == OK:
             return data
+        if _UNSUPPORTED.match(message):
+            field_name, sent = ("PhienBan", PROTOCOL) if message.startswith("Phiên bản") else ("LoaiBanTin", kind)
+            raise FatalConnectorError(f"{PEER} {kind} refused our {field_name} {sent}: {message}; every message "
+                                      "would be refused alike (a setting of the bus, not this payment)",
+                                      peer=PEER, operation=kind)
         if _UNKNOWN.match(message):
             raise TransactionUnknown(reference, [FieldError("MaThamChieu", "known_transaction", message)],
                                      peer_code=code, peer_message=message)
@@ -368,6 +376,7 @@ class PaymentPlatformClient:
             TransactionUnknown: the platform holds no such reference.
             ChecksumMismatch: the answer's MaXacThuc is wrong (nothing in it is used).
             AuthenticationFailed: the platform refused our partner code or signature.
+            FatalConnectorError: the platform refused our protocol version (PhienBan) or message type.
             PeerRejected: any other refusal, with the platform's message.
             ProtocolError: the answer reads but is not the documented JSON.
             UnreadableAnswer: every attempt's answer was unreadable (empty, not JSON).

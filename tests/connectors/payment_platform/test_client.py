@@ -145,6 +145,25 @@ def test_wrong_secret_or_partner_is_authentication_failed(platform, recorder):
         client(platform, partner="DVC_H99").query(first(platform, "paid")["MaThamChieu"])
 
 
+def test_a_refused_protocol_version_fails_the_call_not_the_payment(platform, recorder, monkeypatch):
+    """The platform refusing our PhienBan refuses every message alike: it is the bus's setting, not
+    this payment, so it is a FatalConnectorError (the run stops), never a per-payment PeerRejected
+    that would dead-letter each payment in turn."""
+    import connectors.payment_platform.client as module
+
+    monkeypatch.setattr(module, "PROTOCOL", "1.0.7")
+    paid = first(platform, "paid")
+    c = client(platform, recorder)
+    for call in (lambda: c.query(paid["MaThamChieu"]),
+                 lambda: c.get_bill(paid["MaThamChieu"], transaction_time=vn(paid["ThoiGianKhoiTao"]))):
+        with pytest.raises(FatalConnectorError) as info:
+            call()
+        assert not isinstance(info.value, (RecordRejected, ProtocolError))
+        assert "PhienBan" in str(info.value) and "1.0.7" in str(info.value)
+        assert "Phiên bản 1.0.7 không được hỗ trợ" in str(info.value)
+    assert [e.outcome for e in recorder.exchanges] == ["peer_error", "peer_error"]
+
+
 # -- answer checksums ------------------------------------------------------------------------------
 class _Tamper:
     """A local man in the middle: forwards to the platform and rewrites the answer."""
