@@ -164,10 +164,23 @@ class OneStopClient:
         return ChangePage(events, data["nextCursor"], data["hasMore"])
 
     def iter_changes(self, after: str | None = None) -> Iterator[ChangePage]:
-        """Every page from ``after`` to the end of the feed, refusing a feed that loops."""
+        """Every page from ``after`` to the end of the feed, refusing a feed that loops.
+
+        Items come in ``seq`` order and a cursor continues after its page (docs/wire/onestop.md):
+        an item whose ``seq`` is not past every one read before (a ``nextCursor`` leading back to a
+        page already read, a page out of order) is a ``ProtocolError``, raised before its page is
+        yielded, so the feed is never read round in a loop."""
         cursor = after
+        last_seq: int | None = None
         while True:
             page = self.changes(cursor)
+            for event in page.events:
+                if last_seq is not None and event.seq <= last_seq:
+                    raise ProtocolError(
+                        f"{PEER} changes: item seq {event.seq} after seq {last_seq} (page after cursor {cursor!r}): "
+                        "the feed went back or is out of order", peer=PEER, operation="changes",
+                    )
+                last_seq = event.seq
             yield page
             if not page.has_more:
                 return

@@ -144,3 +144,38 @@ def test_a_list_read_whole_under_steady_churn_is_not_refused(monkeypatch):
                                       modified_to="2026-11-02T00:00:00+07:00"):
         seen.extend(d["dossierNo"] for d in items)
     assert {d["dossierNo"] for d in world} <= set(seen)
+
+
+def test_a_change_feed_whose_cursor_goes_back_is_refused_not_read_for_ever(monkeypatch):
+    """Items are in seq order and a cursor continues after the page it ends (docs/wire/onestop.md).
+    A feed whose nextCursor leads back to a page already read (A -> B -> A ...) was read in a loop
+    for ever, staging the same events again and again; an item whose seq is not past every seq
+    read before is now a ProtocolError naming the seqs, before its page is handed on."""
+    from connectors.one_stop.client import ChangeEvent, ChangePage
+
+    def events(*seqs):
+        return [ChangeEvent(s, "2026-11-02T08:00:00+07:00", {"dossierNo": f"D-{s}"}) for s in seqs]
+
+    feed = {None: ChangePage(events(1, 2), "A", True), "A": ChangePage(events(3, 4), "B", True),
+            "B": ChangePage(events(1, 2), "A", True)}
+    calls: list[str | None] = []
+
+    def changes(self, after=None):
+        calls.append(after)
+        if len(calls) > 10:
+            raise AssertionError("the feed was read in a loop")
+        return feed[after]
+
+    monkeypatch.setattr(OneStopClient, "changes", changes)
+    client = OneStopClient("http://127.0.0.1:9", Secret(KEY))
+    seen = []
+    with pytest.raises(ProtocolError) as info:
+        for page in client.iter_changes(None):
+            seen.extend(e.seq for e in page.events)
+    assert seen == [1, 2, 3, 4] and calls == [None, "A", "B"]
+    assert "seq 1" in str(info.value) and "seq 4" in str(info.value) and "'B'" in str(info.value)
+
+    feed = {None: ChangePage(events(5, 3), "A", False)}  # out of order within one page
+    calls.clear()
+    with pytest.raises(ProtocolError, match="seq 3 after seq 5"):
+        list(client.iter_changes(None))
