@@ -198,7 +198,20 @@ class OneStopClient:
         if problem:
             raise ProtocolError(f"{PEER} {operation}: unexpected answer shape ({problem})", peer=PEER,
                                 operation=operation)
-        return data["items"], data["total"]
+        items, total, size = data["items"], data["total"], int(params["size"])
+        number, echoed = int(params.get("page", 1)), data.get("size")
+        other_size = _is_int(echoed) and echoed != size
+        short = len(items) < size and number * size < total
+        if len(items) > size or other_size or short:
+            # offset paging by another size than asked reads past items unseen (or some twice)
+            message = (f"{PEER} {operation}: page {number} holds {len(items)} items for size {size}"
+                       f"{f', answered as size {echoed}' if other_size else ''}, total {total}")
+            if short and not other_size:  # or a list that changed between its count and its page
+                raise PeerUnavailable(message + ": fewer than the total says, paged by another size or changed "
+                                      "while counted; ask again later", peer=PEER, operation=operation)
+            raise ProtocolError(message + ": the one-stop pages by another size than asked; reading on would "
+                                "miss or repeat items", peer=PEER, operation=operation)
+        return items, total
 
     def _pages(self, path: str, operation: str, params: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
         """Every item of a paged list answer ``{items, page, size, total}``, page by page, each once.
@@ -305,8 +318,10 @@ class OneStopClient:
                 ``None``/``"all"`` for every request.
             size: page size (1..500; default the client's ``page_size``).
 
-        Pages are read by offset, so a filtered list that shrinks while it is read (results recorded
-        between pages) can skip requests: collect every page first, then record results.
+        Pages are read by offset: a filtered list that shrinks while it is read (results recorded
+        between pages) is read again over what slid back (:meth:`_pages`), but one request entering
+        and one leaving between the same two pages go unnoticed: collect every page first, then
+        record results.
         """
         params: dict[str, Any] = {"size": size or self.page_size}
         if status:

@@ -179,3 +179,32 @@ def test_a_change_feed_whose_cursor_goes_back_is_refused_not_read_for_ever(monke
     calls.clear()
     with pytest.raises(ProtocolError, match="seq 3 after seq 5"):
         list(client.iter_changes(None))
+
+
+def test_a_list_paged_by_another_size_than_asked_is_refused_not_read_with_gaps(peers):
+    """A server that caps the page size (asked 5, answers 2 a page: offset (page-1)*2) made the
+    client read pages 1 and 2 of its size as if they held items 0..9, and stop: items 4..6 of 7
+    were never seen (a payment listing missing requests, an agreement report missing dossiers).
+    A page that is short while its total says more follow is now a ProtocolError naming it."""
+    from urllib.parse import parse_qs, urlsplit
+
+    world = [{"reference": f"R-{i}", "amount": 1000} for i in range(7)]
+
+    def capped(h, _body):
+        query = parse_qs(urlsplit(h.path).query)
+        page, size = int(query["page"][0]), min(int(query["size"][0]), 2)
+        answer(h, 200, {"items": world[(page - 1) * size:page * size], "page": page, "size": size,
+                        "total": len(world)})
+
+    peer = peers(capped)
+    client = OneStopClient(peer.url, Secret(ONESTOP_KEY))
+    read = []
+    with pytest.raises(ProtocolError) as info:
+        for page in client.iter_payments(status=None, size=5):
+            read.extend(p["reference"] for p in page)
+    assert read == []  # nothing handed on from a page that does not fit the paging
+    assert "payments: page 1 holds 2 items" in str(info.value) and "size 5" in str(info.value)
+    assert "total 7" in str(info.value)
+    # the same server read with a size it honours gives every item once
+    assert [p["reference"] for page in client.iter_payments(status=None, size=2) for p in page] == \
+        [f"R-{i}" for i in range(7)]
