@@ -8,11 +8,14 @@ client's ``from_connection``; everything else lives in the clients.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
 
-from connectors.connection import ConnectionSpec, Secret
+from connectors.connection import ConnectionSpec, Secret, env_var_name
+from connectors.errors import ConfigurationError
 from connectors.ministry_ledger.client import ReceiptLedgerClient
 from connectors.national_portal.client import NationalPortalClient
 from connectors.one_stop.client import OneStopClient
@@ -30,9 +33,29 @@ __all__ = [
 
 
 def airflow_connection_spec(conn_id: str) -> ConnectionSpec:
-    """Resolve ``conn_id`` through Airflow and convert it; secrets stay wrapped."""
-    conn = BaseHook.get_connection(conn_id)
-    extra: dict[str, Any] = conn.extra_dejson or {}
+    """Resolve ``conn_id`` through Airflow and convert it; secrets stay wrapped.
+
+    Raises:
+        ConfigurationError: Airflow does not define the connection, or its extra is not a JSON
+            object (Airflow itself would log the error and read no extras at all); the message
+            names the connection, never the extra's text.
+    """
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        raise ConfigurationError(
+            f"connection '{conn_id}' is not defined: add it in Airflow (UI, `airflow connections add` or a "
+            f"secrets backend) or set {env_var_name(conn_id)} (JSON or URI form)") from None
+    if conn.extra:
+        try:
+            parsed = json.loads(conn.extra)
+        except ValueError as exc:
+            raise ConfigurationError(f"connection '{conn_id}': extra is not valid JSON "
+                                     f"({getattr(exc, 'msg', 'unreadable')} at {getattr(exc, 'pos', '?')})") from None
+        if not isinstance(parsed, dict):
+            raise ConfigurationError(f"connection '{conn_id}': extra must be a JSON object, "
+                                     f"not a {type(parsed).__name__}")
+    extra: dict[str, Any] = conn.extra_dejson or {}  # parsed again by Airflow, which masks its secrets
     return ConnectionSpec(
         conn_id=conn_id,
         conn_type=conn.conn_type or "",

@@ -62,3 +62,34 @@ def test_payment_and_ledger_hooks_build_clients_from_the_local_topology(monkeypa
     local = topo.connections()
     for conn_id in ("payment_platform_default", "ministry_ledger_default"):
         assert json.loads(compose["x-lienthong-env"][f"AIRFLOW_CONN_{conn_id.upper()}"]) == local[conn_id]
+
+
+def test_a_connection_airflow_does_not_have_or_cannot_read_is_a_configuration_error(monkeypatch):
+    """A connection id Airflow does not define was AirflowNotFoundException, and an extra that is not
+    a JSON object a TypeError (a list) or silently no extras at all (not JSON: every default used,
+    the portal's unit code and endpoints lost): the first two retried by the DAGs' retry rule like a
+    transport error, the last not noticed. Each is now a ConfigurationError naming the connection
+    (failed at once, dag_support.NO_RETRY), never the extra's text, which may hold a secret."""
+    import pytest
+
+    from connectors.errors import ConfigurationError
+    from connectors.hooks import airflow_connection_spec
+
+    with pytest.raises(ConfigurationError, match="'lienthong_missing_conn' is not defined") as missing:
+        airflow_connection_spec("lienthong_missing_conn")
+    assert "AIRFLOW_CONN_LIENTHONG_MISSING_CONN" in str(missing.value)
+
+    monkeypatch.setenv("AIRFLOW_CONN_BROKEN_EXTRA", json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "extra": '{"madonvi": "000.00.01.H49", "token": "tk-SECRET"'}))
+    with pytest.raises(ConfigurationError, match="'broken_extra': extra is not valid JSON") as broken:
+        airflow_connection_spec("broken_extra")
+    assert "SECRET" not in str(broken.value)
+
+    monkeypatch.setenv("AIRFLOW_CONN_LIST_EXTRA", json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "extra": '["madonvi"]'}))
+    with pytest.raises(ConfigurationError, match="'list_extra': extra must be a JSON object, not a list"):
+        airflow_connection_spec("list_extra")
+
+    monkeypatch.setenv("AIRFLOW_CONN_GOOD", json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "extra": '{"madonvi": "000.00.01.H49"}'}))
+    assert airflow_connection_spec("good").extra == {"madonvi": "000.00.01.H49"}
