@@ -8,7 +8,8 @@ answer that arrived unreadable) and anything unexpected are retried with exponen
 errors a retry cannot fix — a peer refusing our credentials, an answer that reads but breaks the
 peer's contract (``FatalConnectorError``), a connection that is not configured
 (``ConfigurationError``) — fail the task at once. Refused *records* never reach Airflow: the flows
-dead-letter them. A retriable error carrying the peer's ``Retry-After`` (``retry_after``, seconds:
+dead-letter them; one that does (``RecordRejected``, a bug) fails the task at once too, as the same
+record would be refused again. A retriable error carrying the peer's ``Retry-After`` (``retry_after``, seconds:
 a 429 or 503 that asked for longer than the transport waits itself) is retried no sooner than the
 peer asked, and no later than :data:`MAX_RETRY_AFTER`.
 """
@@ -25,7 +26,8 @@ from airflow.sdk.definitions.retry_policy import RetryDecision
 __all__ = ["MAX_RETRY_AFTER", "NO_RETRY", "PeerPacedRetryPolicy", "default_args", "run_ids"]
 
 #: Exceptions (dotted paths) that fail a task at once instead of being retried.
-NO_RETRY = ("connectors.errors.FatalConnectorError", "connectors.errors.ConfigurationError")
+NO_RETRY = ("connectors.errors.FatalConnectorError", "connectors.errors.ConfigurationError",
+            "connectors.errors.RecordRejected")
 
 
 #: The longest a peer's Retry-After delays a task's retry (a longer ask is taken as this).

@@ -31,7 +31,9 @@ def test_tasks_have_retries_timeouts_and_known_pools(dagbag):
 
 def test_every_task_retries_what_may_pass_next_time_and_fails_at_once_on_the_rest(dagbag):
     """Design §5: transport errors (an unreadable answer among them: a gateway's error page, a body
-    cut short) are retried with back-off; errors a retry cannot fix fail the task at once."""
+    cut short) are retried with back-off; errors a retry cannot fix fail the task at once: a record
+    refused (RecordRejected: the same record is refused again; the flows dead-letter it, so one that
+    reaches Airflow is a bug to read, not to retry three times) among them."""
     from airflow.sdk import RetryAction
 
     from connectors.errors import (
@@ -39,7 +41,9 @@ def test_every_task_retries_what_may_pass_next_time_and_fails_at_once_on_the_res
         ChecksumMismatch,
         ConfigurationError,
         PeerUnavailable,
+        PeerRejected,
         ProtocolError,
+        RecordRejected,
         SessionExpired,
         UnreadableAnswer,
         UnsafeXml,
@@ -47,7 +51,7 @@ def test_every_task_retries_what_may_pass_next_time_and_fails_at_once_on_the_res
 
     retried = [PeerUnavailable("p"), SessionExpired("s"), UnreadableAnswer("u"), RuntimeError("unexpected")]
     fatal = [AuthenticationFailed("a"), ProtocolError("p"), ChecksumMismatch("c"), UnsafeXml("x"),
-             ConfigurationError("c")]
+             ConfigurationError("c"), RecordRejected("HS-1", ()), PeerRejected("HS-2", ())]
     for dag in dagbag.dags.values():
         for t in dag.tasks:
             def decide(exc: BaseException, t=t) -> RetryAction:
