@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from connectors.connection import ConnectionSpec
+from connectors.errors import ConfigurationError
 from connectors.national_portal.client import NationalPortalClient
 from connectors.one_stop.client import OneStopClient
 from lienthong.exchange_log import BusRecorder
@@ -80,6 +83,31 @@ def _counted(store: Store, flow: str, run_id: str, report: Any, work: Callable[[
     return counts
 
 
+#: What the one-stop takes as a window bound: an ISO 8601 date-time with offset (fraction optional).
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+
+
+def _window_bound(name: str, value: str | None) -> str | None:
+    """A backfill window bound as given, checked (``None`` or empty: not given).
+
+    Raises:
+        ConfigurationError: naming the param, when it is not an ISO 8601 date-time with offset.
+    """
+    if value is None or value == "":
+        return None
+    ok = isinstance(value, str) and _INSTANT.fullmatch(value) is not None
+    if ok:
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            ok = False
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else f"a {type(value).__name__}"
+        raise ConfigurationError(f"{name}: {shown} is not an ISO 8601 date-time with offset, "
+                                 f"e.g. 2026-11-02T08:00:00+07:00")
+    return value
+
+
 def stage_dossier_changes(
     resolve: Resolver,
     *,
@@ -90,7 +118,15 @@ def stage_dossier_changes(
     window_to: str | None = None,
 ) -> dict[str, Any]:
     """Read the one-stop change feed into the outbox (``feed_from``: see ``stage_changes``), and
-    when a backfill window is given, the snapshots of dossiers modified in [from, to) too."""
+    when a backfill window is given, the snapshots of dossiers modified in [from, to) too.
+
+    Raises:
+        ConfigurationError: a window bound that is not an ISO 8601 date-time with offset, or a
+            window that ends before it starts, before anything is opened.
+    """
+    window_from, window_to = _window_bound("window_from", window_from), _window_bound("window_to", window_to)
+    if window_from and window_to and datetime.fromisoformat(window_from) > datetime.fromisoformat(window_to):
+        raise ConfigurationError(f"window_from {window_from} is later than window_to {window_to}")
     store = open_store(resolve)
     recorder = BusRecorder(store, dossier_status.FLOW, run_id, task_id)
     onestop = OneStopClient.from_connection(resolve(ONESTOP_CONN_ID), recorder=recorder)

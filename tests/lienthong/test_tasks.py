@@ -189,3 +189,34 @@ def test_a_procedure_refused_by_a_failed_push_attempt_is_not_counted_twice(tmp_p
     letters = store.dead_letters(catalogue.FLOW)
     assert [d["record_key"] for d in letters] == ["A"] and counts["onestop_upserted"] == 1
     assert counts["onestop_rejected"] == len(letters), counts
+
+
+@pytest.mark.parametrize(("window_from", "window_to", "message"), [
+    ("yesterday", None, r"window_from: 'yesterday' is not an ISO 8601 date-time with offset"),
+    ("2026-11-02T08:00:00", None, r"window_from: '2026-11-02T08:00:00' is not an ISO 8601 date-time with offset"),
+    (None, "2026-11-02", r"window_to: '2026-11-02' is not an ISO 8601 date-time with offset"),
+    ("2026-02-30T00:00:00+07:00", None, r"window_from: '2026-02-30T00:00:00\+07:00' is not an ISO 8601"),
+    ("2026-11-05T00:00:00+07:00", "2026-11-04T00:00:00Z", r"window_from .* is later than window_to"),
+])
+def test_a_bad_backfill_window_fails_before_anything_is_read_naming_the_param(window_from, window_to, message):
+    """The DAG's window_from/window_to (and the CLI's --window-from/--window-to) went to the one-stop
+    as given, after the whole change feed was staged: a bad one ended in the one-stop's 400 about
+    'modifiedFrom' (or, for a date that does not exist, whatever the peer made of it). They are
+    checked first: a ConfigurationError naming the param and the rule, before any connection is
+    opened (failed at once by the DAGs' retry rule)."""
+    from connectors.errors import ConfigurationError
+    from lienthong import tasks
+
+    def resolve(conn_id):
+        raise AssertionError(f"{conn_id} opened before the window was checked")
+
+    with pytest.raises(ConfigurationError, match=message):
+        tasks.stage_dossier_changes(resolve, run_id="r", window_from=window_from, window_to=window_to)
+
+
+def test_a_good_backfill_window_is_taken_as_given():
+    from lienthong.tasks import _window_bound
+
+    assert _window_bound("window_from", "2026-11-02T08:00:00+07:00") == "2026-11-02T08:00:00+07:00"
+    assert _window_bound("window_to", "2026-11-02T01:00:00.5Z") == "2026-11-02T01:00:00.5Z"
+    assert _window_bound("window_to", None) is None
