@@ -150,16 +150,45 @@ def stage_dossier_changes(
     return counts
 
 
-def _with_portal(resolve: Resolver, run_id: str, task_id: str | None, report: Any, work) -> dict[str, Any]:
-    """Open the store and a recorded portal client, run ``work(store, portal, extra, report)``, record
+#: The largest batch a connection's ``extra.batch_size`` (or ``progress_chunk_size``) may ask for.
+MAX_BATCH_SIZE = 10_000
+
+
+def _batch_size(extra: dict[str, Any], key: str, default: int, *, conn_id: str, given: int | None = None) -> int:
+    """Records per call: ``given`` (the DAG's param, the CLI's option) when set, else the
+    connection's ``extra.<key>``, else ``default``; checked, as the transport's extras are.
+
+    Raises:
+        ConfigurationError: naming the connection and the extra, when it is not a whole number
+            from 1 to :data:`MAX_BATCH_SIZE` (text from Airflow's form that reads as one is taken).
+    """
+    if given:
+        value: Any = given
+        where = key
+    else:
+        value = extra.get(key, default)
+        where = f"connection {conn_id}: extra.{key}"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if type(value) is not int or not 1 <= value <= MAX_BATCH_SIZE:
+        shown = repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
+        raise ConfigurationError(f"{where} must be a whole number from 1 to {MAX_BATCH_SIZE:,}, not {shown}")
+    return value
+
+
+def _with_portal(resolve: Resolver, run_id: str, task_id: str | None, report: Any,
+                 size: Callable[[ConnectionSpec], int], work) -> dict[str, Any]:
+    """Open the store and a recorded portal client, run ``work(store, portal, size, report)`` (``size``:
+    the batch size read from the portal's connection, checked before anything is opened), record
     its counts in the run summary (also a failed attempt's), and return them without the long
     rejection lists."""
-    store = open_store(resolve)
     spec = resolve(NATIONAL_PORTAL_CONN_ID)
+    per_call = size(spec)
+    store = open_store(resolve)
     portal = NationalPortalClient.from_connection(
         spec, recorder=BusRecorder(store, dossier_status.FLOW, run_id, task_id))
     try:
-        counts = _counted(store, dossier_status.FLOW, run_id, report, lambda r: work(store, portal, spec.extra, r))
+        counts = _counted(store, dossier_status.FLOW, run_id, report, lambda r: work(store, portal, per_call, r))
     finally:
         portal.close()
     return {k: v for k, v in counts.items() if not isinstance(v, list)}
@@ -178,9 +207,10 @@ def deliver_dossier_statuses(
     ``batch_size`` defaults to the portal connection's ``extra.batch_size`` (else 50).
     """
     return _with_portal(resolve, run_id, task_id, dossier_status.DeliveryReport(),
-                        lambda store, portal, extra, report: dossier_status.deliver_pending(
-        store, portal, run_id=run_id, batch_size=int(batch_size or extra.get("batch_size", 50)),
-        resend_acknowledged=resend_acknowledged, report=report))
+                        lambda spec: _batch_size(spec.extra, "batch_size", 50, conn_id=spec.conn_id,
+                                                 given=batch_size),
+                        lambda store, portal, size, report: dossier_status.deliver_pending(
+        store, portal, run_id=run_id, batch_size=size, resend_acknowledged=resend_acknowledged, report=report))
 
 
 def deliver_dossier_progress(
@@ -188,9 +218,10 @@ def deliver_dossier_progress(
 ) -> dict[str, Any]:
     """Send acknowledged dossiers' progress entries (``extra.progress_chunk_size``, else 10)."""
     return _with_portal(resolve, run_id, task_id, dossier_status.ProgressReport(),
-                        lambda store, portal, extra, report: dossier_status.deliver_progress(
-        store, portal, run_id=run_id, chunk_size=int(chunk_size or extra.get("progress_chunk_size", 10)),
-        report=report))
+                        lambda spec: _batch_size(spec.extra, "progress_chunk_size", 10, conn_id=spec.conn_id,
+                                                 given=chunk_size),
+                        lambda store, portal, size, report: dossier_status.deliver_progress(
+        store, portal, run_id=run_id, chunk_size=size, report=report))
 
 
 def dossier_run_summary(resolve: Resolver, *, run_id: str) -> dict[str, Any]:
@@ -247,11 +278,12 @@ def push_procedure_catalogue(
             onestop.close()
     elif destination == "ministry":
         spec = resolve(MINISTRY_DB_CONN_ID)
+        size = _batch_size(spec.extra, "batch_size", 200, conn_id=spec.conn_id)
         replica = MinistryReplica.from_connection(spec, recorder=BusRecorder(store, catalogue.FLOW, run_id, task_id))
         try:
             counts = _counted(store, catalogue.FLOW, run_id, catalogue.PushReport("ministry"),
                               lambda report: catalogue.push_ministry(store, replica, run_id=run_id, report=report,
-                                                                     batch_size=int(spec.extra.get("batch_size", 200))))
+                                                                     batch_size=size))
         finally:
             replica.dispose()
     else:
@@ -361,7 +393,8 @@ def submit_payment_receipts(
     connection, else 100, per SOAP call)."""
     from lienthong.flows import payment_receipts
 
-    size = int(batch_size or resolve(LEDGER_CONN_ID).extra.get("batch_size", 100))
+    ledger = resolve(LEDGER_CONN_ID)
+    size = _batch_size(ledger.extra, "batch_size", 100, conn_id=ledger.conn_id, given=batch_size)
     return _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), payment_receipts.LedgerReport(),
                          lambda store, c, report: payment_receipts.submit_receipts(
                              store, c["onestop"], c["ledger"], run_id=run_id, batch_size=size, report=report))

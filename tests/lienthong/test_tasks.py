@@ -220,3 +220,44 @@ def test_a_good_backfill_window_is_taken_as_given():
     assert _window_bound("window_from", "2026-11-02T08:00:00+07:00") == "2026-11-02T08:00:00+07:00"
     assert _window_bound("window_to", "2026-11-02T01:00:00.5Z") == "2026-11-02T01:00:00.5Z"
     assert _window_bound("window_to", None) is None
+
+
+@pytest.mark.parametrize(("step", "conn_id", "extra", "message"), [
+    ("deliver", "national_portal_default", {"batch_size": 0},
+     r"connection national_portal_default: extra.batch_size must be a whole number from 1 to 10,000, not 0"),
+    ("deliver", "national_portal_default", {"batch_size": -1}, r"extra.batch_size .* not -1"),
+    ("deliver", "national_portal_default", {"batch_size": "fifty"}, r"extra.batch_size .* not 'fifty'"),
+    ("progress", "national_portal_default", {"progress_chunk_size": 0}, r"extra.progress_chunk_size .* not 0"),
+    ("progress", "national_portal_default", {"progress_chunk_size": 2.5}, r"extra.progress_chunk_size .* not 2.5"),
+    ("ledger", "ministry_ledger_default", {"batch_size": True}, r"ministry_ledger_default: extra.batch_size .* not True"),
+])
+def test_a_batch_size_out_of_range_in_a_connection_fails_naming_the_connection(tmp_path, step, conn_id, extra, message):
+    """extra.batch_size 0 made every delivery run read a batch of none and end 'successfully' having
+    sent nothing, run after run; a negative one was SQLite's LIMIT -1 (the whole outbox in one
+    DongBoHoSoMC call) and PostgreSQL's error; text was a ValueError the DAGs retried three times.
+    Each is now a ConfigurationError naming the connection, the extra and the range, as the
+    transport's own extras are, before any peer is called."""
+    import dataclasses
+
+    from connectors.connection import connection_from_env
+    from connectors.errors import ConfigurationError
+    from lienthong import localenv, tasks
+
+    env = localenv.topology(tmp_path).environment()  # no stand-in runs: nothing may be called
+
+    def resolve(cid):
+        spec = connection_from_env(cid, env)
+        return dataclasses.replace(spec, extra={**spec.extra, **extra}) if cid == conn_id else spec
+
+    call = {"deliver": tasks.deliver_dossier_statuses, "progress": tasks.deliver_dossier_progress,
+            "ledger": tasks.submit_payment_receipts}[step]
+    with pytest.raises(ConfigurationError, match=message):
+        call(resolve, run_id="r", task_id="t")
+
+
+def test_a_batch_size_given_as_text_by_airflows_form_is_taken():
+    from lienthong.tasks import _batch_size
+
+    assert _batch_size({"batch_size": "20"}, "batch_size", 50, conn_id="c") == 20
+    assert _batch_size({}, "batch_size", 50, conn_id="c") == 50
+    assert _batch_size({"batch_size": 0}, "batch_size", 50, conn_id="c", given=7) == 7
