@@ -84,7 +84,7 @@ def sync_dossier_status():
         from lienthong import tasks
 
         run_id, _ = run_ids()
-        return tasks.dossier_run_summary(airflow_connection_spec, run_id=run_id)
+        return tasks.for_xcom(tasks.dossier_run_summary(airflow_connection_spec, run_id=run_id))
 
     summarize_run(deliver_progress_entries(deliver_dossier_statuses(stage_dossier_changes())))
 

@@ -87,8 +87,9 @@ def sync_payment_receipts():
 
         run_id, task_id = run_ids()
         full = bool(get_current_context()["params"].get("full_reconciliation")) or None  # None: daily by itself
-        return tasks.reconcile_payments(airflow_connection_spec, run_id=run_id, task_id=task_id,
-                                        report_dir=str(localenv.topology().home / "reports"), full=full)
+        return tasks.for_xcom(tasks.reconcile_payments(airflow_connection_spec, run_id=run_id, task_id=task_id,
+                                                       report_dir=str(localenv.topology().home / "reports"),
+                                                       full=full))
 
     fees = update_onestop_fees(collect_payments())
     receipts = submit_receipts()

@@ -64,8 +64,8 @@ def sync_procedure_catalogue():
         from lienthong import localenv, tasks
 
         run_id, _ = run_ids()
-        return tasks.catalogue_run_summary(airflow_connection_spec, run_id=run_id,
-                                           report_dir=str(localenv.topology().home / "reports"))
+        return tasks.for_xcom(tasks.catalogue_run_summary(airflow_connection_spec, run_id=run_id,
+                                                          report_dir=str(localenv.topology().home / "reports")))
 
     pulled = pull_catalogue()
     summarize_catalogue_run(push_to_onestop(pulled), push_to_ministry(pulled))

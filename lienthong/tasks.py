@@ -3,7 +3,8 @@
 A DAG task calls one function here with a connection resolver (Airflow's, through
 ``connectors.hooks.airflow_connection_spec``); the CLI and tests pass
 ``connectors.connection.connection_from_env``. Each function opens what it needs, does one step
-of a flow, adds its counts to the run summary, and returns those counts (small, for XCom).
+of a flow, adds its counts to the run summary, and returns those counts (small, for XCom; a run
+summary, which carries its rejections, goes through :func:`for_xcom` first).
 
 A step that fails after part of its work (batches delivered, then a 503; Airflow retries it)
 adds the counts of what it did all the same, once (:func:`_counted`): the retry counts only what
@@ -37,6 +38,7 @@ __all__ = [
     "deliver_dossier_progress",
     "deliver_dossier_statuses",
     "dossier_run_summary",
+    "for_xcom",
     "open_store",
     "reconcile_payments",
     "stage_dossier_changes",
@@ -58,6 +60,14 @@ def open_store(resolve: Resolver, conn_id: str = BUS_DB_CONN_ID) -> Store:
     store = Store.from_connection(resolve(conn_id))
     store.create_schema()
     return store
+
+
+def for_xcom(summary: dict[str, Any]) -> dict[str, Any]:
+    """A run summary as a DAG task returns it (XCom: kept small): each list, at any depth (the
+    rejections, the open mismatches), as its length. The records themselves are in the bus
+    database, the task log and the report."""
+    return {k: len(v) if isinstance(v, list) else for_xcom(v) if isinstance(v, dict) else v
+            for k, v in summary.items()}
 
 
 def _counted(store: Store, flow: str, run_id: str, report: Any, work: Callable[[Any], Any],

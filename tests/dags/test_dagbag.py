@@ -128,3 +128,34 @@ def test_report_dags_are_in_the_bag(dagbag):
                                                                               "check_fee_payment"}
     assert agreement.get_task("check_dossier_status").pool == "national_portal"
     assert kpi.catchup is False and agreement.catchup is False
+
+
+def test_summary_tasks_return_small_xcoms_however_many_records_were_refused(dagbag, monkeypatch):
+    """The summary tasks returned the whole run summary to XCom: every rejection with its errors, and
+    the reconciliation every open mismatch, so a run refusing thousands of records pushed megabytes
+    through the Execution API into Airflow's database. They return each list as its length now; the
+    records themselves are in the bus database, the task log and the report."""
+    import inspect
+
+    from lienthong import tasks
+
+    rejection = {"record_key": "HS-1", "stage": "map", "errors": [{"field": "MaHoSo", "rule": "required",
+                                                                   "message": "MaHoSo is required"}]}
+    big = {"run_id": "r", "exchanges": 7, "report_path": "/tmp/r.md",
+           "counts": {"staged": 3, "rejections": [rejection] * 5000, "progress_rejections": [rejection] * 10},
+           "open_mismatches": [{"kind": "unpaid", "record_key": "T-1", "dossier_code": "HS-1",
+                                "receipt_no": None}] * 5000}
+    for name in ("dossier_run_summary", "catalogue_run_summary", "reconcile_payments"):
+        monkeypatch.setattr(tasks, name, lambda *args, **kwargs: big)
+    for dag_id, task_id in (("sync_dossier_status", "summarize_run"),
+                            ("sync_procedure_catalogue", "summarize_catalogue_run"),
+                            ("sync_payment_receipts", "reconcile_payments")):
+        callable_ = dagbag.dags[dag_id].get_task(task_id).python_callable
+        monkeypatch.setitem(callable_.__globals__, "run_ids", lambda: ("r", task_id))
+        monkeypatch.setitem(callable_.__globals__, "get_current_context",
+                            lambda: {"params": {"full_reconciliation": False}})
+        returned = callable_(*[{}] * len(inspect.signature(callable_).parameters))
+        assert len(json.dumps(returned)) < 500, task_id
+        assert returned["counts"] == {"staged": 3, "rejections": 5000, "progress_rejections": 10}, task_id
+        assert returned["exchanges"] == 7 and returned["report_path"] == "/tmp/r.md", task_id
+        assert returned["open_mismatches"] == 5000, task_id
