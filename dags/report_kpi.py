@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from lienthong.dag_support import default_args
+from lienthong.dag_support import default_args, run_ids
 
 DEFAULT_ARGS = default_args(retries=2, retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15),
                             execution_timeout=timedelta(minutes=30),
@@ -58,10 +58,11 @@ def report_kpi():
         from connectors.hooks import airflow_connection_spec
         from lienthong.reports import tasks
 
+        run_id, task_id = run_ids()
         params = get_current_context()["params"]
         return tasks.kpi_report(airflow_connection_spec, date_from=params["date_from"], date_to=params["date_to"],
                                 thresholds=params["thresholds"], out_dir=params["out_dir"], refresh=False,
-                                whole_days=True)
+                                whole_days=True, run_id=run_id, task_id=task_id)
 
     write_kpi_report(refresh_dossier_facts())
 

@@ -142,13 +142,17 @@ def kpi_report(
     as_of: datetime | None = None,
     refresh: bool = True,
     whole_days: bool = False,
+    run_id: str | None = None,
+    task_id: str | None = None,
 ) -> dict[str, Any]:
     """Compute the period's KPIs once, upsert them into the ministry tables, write HTML + CSV
     (each bound not given defaults on its own: :func:`report_period`, with ``whole_days`` as given).
 
     The HTML also shows the latest agreement run kept in the bus database (``with_agreement``).
     ``thresholds``: fractions an agency's toàn trình share is flagged below; ``None`` means
-    :data:`DEFAULT_THRESHOLDS`, an empty list no threshold (nobody flagged).
+    :data:`DEFAULT_THRESHOLDS`, an empty list no threshold (nobody flagged). ``run_id``/``task_id``:
+    what the ministry writes are recorded under in the exchange log (the DAG's run; else
+    ``kpi__<from>__<to>``).
     """
     start, end, period = kpi_period(date_from, date_to, whole_days=whole_days, ministry=ministry)  # fails first
     store = open_store(resolve)
@@ -158,7 +162,7 @@ def kpi_report(
                           as_of=as_of)
     summary = _kpi_summary(report)
     if ministry:
-        replica = _replica(resolve, store, run_id=f"kpi__{start}__{end}")
+        replica = _replica(resolve, store, run_id=run_id or f"kpi__{start}__{end}", task_id=task_id)
         if replica is not None:
             from lienthong.reports.ministry import write_kpis
 

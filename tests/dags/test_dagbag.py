@@ -159,3 +159,20 @@ def test_summary_tasks_return_small_xcoms_however_many_records_were_refused(dagb
         assert returned["counts"] == {"staged": 3, "rejections": 5000, "progress_rejections": 10}, task_id
         assert returned["exchanges"] == 7 and returned["report_path"] == "/tmp/r.md", task_id
         assert returned["open_mismatches"] == 5000, task_id
+
+
+def test_the_kpi_dags_ministry_writes_are_logged_under_its_run(dagbag, monkeypatch):
+    """report_kpi's ministry upserts were recorded in the exchange log under 'kpi__<from>__<to>' with
+    no task id, while its refresh step used the Airflow run id: `lienthong exchanges --run-id <run>`
+    of a KPI run missed its writes. The write task passes its run and task ids on."""
+    from lienthong.reports import tasks
+
+    seen = {}
+    monkeypatch.setattr(tasks, "kpi_report", lambda resolve, **kwargs: seen.update(kwargs) or {"flagged": 0})
+    callable_ = dagbag.dags["report_kpi"].get_task("write_kpi_report").python_callable
+    monkeypatch.setitem(callable_.__globals__, "run_ids", lambda: ("scheduled__2026-11-30", "write_kpi_report"))
+    monkeypatch.setitem(callable_.__globals__, "get_current_context", lambda: {
+        "run_id": "scheduled__2026-11-30", "params": {"date_from": None, "date_to": None, "thresholds": [0.5],
+                                                      "out_dir": None}})
+    callable_({})
+    assert (seen["run_id"], seen["task_id"]) == ("scheduled__2026-11-30", "write_kpi_report")
