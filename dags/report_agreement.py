@@ -56,8 +56,8 @@ def report_agreement():
         from connectors.hooks import airflow_connection_spec
         from lienthong.reports import tasks
 
-        run_id, _ = run_ids()
-        return tasks.write_agreement_report(airflow_connection_spec, run_id=run_id,
+        run_id, task_id = run_ids()
+        return tasks.write_agreement_report(airflow_connection_spec, run_id=run_id, task_id=task_id,
                                             out_dir=get_current_context()["params"]["out_dir"])
 
     write_agreement_report(check_dossier_status(), check_fee_payment())

@@ -232,9 +232,11 @@ def check_agreement(
 
 
 def write_agreement_report(
-    resolve: Resolver, *, run_id: str, out_dir: str | Path | None = None, ministry: bool = True
+    resolve: Resolver, *, run_id: str, out_dir: str | Path | None = None, ministry: bool = True,
+    task_id: str | None = None,
 ) -> dict[str, Any]:
-    """The run's agreement results into the ministry tables and as HTML + CSV."""
+    """The run's agreement results into the ministry tables and as HTML + CSV (the ministry writes
+    recorded in the exchange log under ``run_id`` and ``task_id``)."""
     store = open_store(resolve)
     report = load_agreement(store, run_id)
     if report is None:
@@ -242,7 +244,7 @@ def write_agreement_report(
     summary: dict[str, Any] = {"run_id": run_id, "differences": len(report.differences()),
                                "checks": {r.check_name: r.differing for r in report.results}}
     if ministry:
-        replica = _replica(resolve, store, run_id=run_id)
+        replica = _replica(resolve, store, run_id=run_id, task_id=task_id)
         if replica is not None:
             from lienthong.reports.ministry import write_agreement
 
@@ -260,7 +262,7 @@ def run_agreement(resolve: Resolver, *, run_id: str, checks: tuple[str, ...] = A
                   task_id: str | None = None) -> dict[str, Any]:
     """Every check, then the report (what ``lienthong report agreement`` does)."""
     results = [check_agreement(resolve, run_id=run_id, check=c, task_id=task_id, as_of=as_of) for c in checks]
-    summary = write_agreement_report(resolve, run_id=run_id, out_dir=out_dir, ministry=ministry)
+    summary = write_agreement_report(resolve, run_id=run_id, out_dir=out_dir, ministry=ministry, task_id=task_id)
     summary["results"] = results
     return summary
 
@@ -294,7 +296,7 @@ def write_demo_report(topo: Any, *, check_agreement_now: bool = True, out: Calla
         try:
             for check in AGREEMENT_CHECKS:
                 check_agreement(resolve, run_id=run_id, check=check, task_id="demo")
-            write_agreement_report(resolve, run_id=run_id, out_dir=out_dir)
+            write_agreement_report(resolve, run_id=run_id, out_dir=out_dir, task_id="demo")
         except IntegrationError as exc:  # the stand-ins are down: the KPIs are still worth writing
             if out:
                 out(f"  agreement not checked: {exc}")

@@ -176,3 +176,17 @@ def test_the_kpi_dags_ministry_writes_are_logged_under_its_run(dagbag, monkeypat
                                                       "out_dir": None}})
     callable_({})
     assert (seen["run_id"], seen["task_id"]) == ("scheduled__2026-11-30", "write_kpi_report")
+
+
+def test_the_agreement_dags_ministry_writes_carry_its_task(dagbag, monkeypatch):
+    """report_agreement's ministry writes were recorded under the run with no task id (the write task
+    dropped the one run_ids gave it)."""
+    from lienthong.reports import tasks
+
+    seen = {}
+    monkeypatch.setattr(tasks, "write_agreement_report", lambda resolve, **kwargs: seen.update(kwargs) or {})
+    callable_ = dagbag.dags["report_agreement"].get_task("write_agreement_report").python_callable
+    monkeypatch.setitem(callable_.__globals__, "run_ids", lambda: ("manual__2026-11-30", "write_agreement_report"))
+    monkeypatch.setitem(callable_.__globals__, "get_current_context", lambda: {"params": {"out_dir": None}})
+    callable_({}, {})
+    assert (seen["run_id"], seen["task_id"]) == ("manual__2026-11-30", "write_agreement_report")
