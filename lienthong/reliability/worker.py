@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from connectors.connection import connection_from_env
-from connectors.errors import ConfigurationError, FatalConnectorError
+from connectors.errors import ConfigurationError, FatalConnectorError, RecordRejected
 
 __all__ = ["EXIT_FATAL", "EXIT_RETRY", "STEPS", "STEP_BEGAN_ENV", "main", "run_step"]
 
@@ -29,6 +29,10 @@ EXIT_FATAL = 78  # EX_CONFIG
 #: set): the harness starts a kill timer from then, not while Python starts.
 STEP_BEGAN_ENV = "LIENTHONG_STEP_BEGAN"
 
+
+#: What the DAGs fail at once instead of retrying (lienthong.dag_support.NO_RETRY, which imports
+#: Airflow): the harness treats a step ending on one of these as fatal, anything else as retried
+NOT_RETRIED = (FatalConnectorError, ConfigurationError, RecordRejected)
 
 def _seal(run_id: str) -> dict[str, Any]:
     from lienthong import tasks
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
     try:
         counts = run_step(step, run_id)
-    except (FatalConnectorError, ConfigurationError) as exc:
+    except NOT_RETRIED as exc:
         print(f"{step}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FATAL
     except Exception as exc:  # noqa: BLE001 - the DAGs retry anything else; so does the harness

@@ -236,3 +236,12 @@ def test_a_kill_timer_starts_when_the_step_begins_not_while_python_starts(monkey
     assert (stats.attempts, stats.killed) == (3, 3)
     lived = [float(x) for x in re.findall(r"exit -9 ([0-9.]+)s SIGKILL", (h.topo.log_dir / "steps.log").read_text())]
     assert len(lived) == 3 and min(lived) > 0.3, lived
+
+
+def test_the_harness_takes_as_fatal_what_the_dags_do_not_retry():
+    """The DAGs fail a task at once on NO_RETRY (RecordRejected joined it); the harness's worker kept
+    its own copy without it, so a rejected record escaping a step was retried as the DAGs no longer do."""
+    from lienthong import dag_support
+    from lienthong.reliability import worker
+
+    assert sorted(f"{c.__module__}.{c.__name__}" for c in worker.NOT_RETRIED) == sorted(dag_support.NO_RETRY)
