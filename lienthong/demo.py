@@ -4,7 +4,8 @@ Steps: prepare Airflow's metadata DB (SQLite), start the stand-ins (state kept i
 ``var/mocks`` between runs), advance the one-stop world by a few events, let citizens pay a few
 fees (some callbacks are lost on the way), run the ``sync_dossier_status``,
 ``sync_procedure_catalogue`` and ``sync_payment_receipts`` DAGs with ``airflow dags test`` (real
-DagRuns in Airflow's DB, visible later in ``make airflow``), print what each run did from the bus
+DagRuns in Airflow's DB, visible later in ``make airflow``, each task's log in ``var/airflow/logs``
+through :mod:`lienthong.airflow_dag_test`), print what each run did from the bus
 database, stop the stand-ins, seal and verify the exchange log.
 """
 
@@ -115,13 +116,21 @@ class StandIns:
             self._log = None
 
 
-def _airflow(args: list[str], env: dict[str, str], log_file: Path, timeout: float = 600) -> int:
-    airflow = str(Path(sys.executable).parent / "airflow")
+def _airflow(args: list[str], env: dict[str, str], log_file: Path, timeout: float = 600,
+             command: list[str] | None = None) -> int:
+    """``airflow ARGS`` (or ``command ARGS``), its output appended to ``log_file``."""
+    command = command or [str(Path(sys.executable).parent / "airflow")]
     with log_file.open("ab") as log:
-        log.write(f"\n$ airflow {' '.join(args)}\n".encode())
+        log.write(f"\n$ {' '.join([Path(command[0]).name, *command[1:], *args])}\n".encode())
         log.flush()
-        return subprocess.run([airflow, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.run([*command, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
                               timeout=timeout, check=False).returncode
+
+
+#: ``airflow dags test`` that also writes each task's log where the UI reads it (under
+#: ``AIRFLOW_HOME/logs``): plain ``dags test`` writes none, and ``make airflow`` then showed the
+#: demo's task instances with "Could not read served logs".
+DAG_TEST = [sys.executable, "-m", "lienthong.airflow_dag_test"]
 
 
 def prepare_airflow(topo: LocalTopology, env: dict[str, str], log_file: Path) -> None:
@@ -239,7 +248,7 @@ def _run_dag(dag_id: str, flow: str, store: Store, env: dict[str, str], log_file
     before = store.latest_run(flow)
     out(f"· running DAG {dag_id} through Airflow (airflow dags test) …")
     t0 = time.monotonic()
-    code = _airflow(["dags", "test", dag_id], env, log_file)
+    code = _airflow([dag_id], env, log_file, command=DAG_TEST)
     seconds = time.monotonic() - t0
     after = store.latest_run(flow)
     if code != 0 or after is None or (before and after["run_id"] == before["run_id"]):
