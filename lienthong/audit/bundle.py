@@ -3,7 +3,8 @@
 The bundle (a zip, format ``lienthong-audit-bundle/3``, described in
 :mod:`lienthong.audit.bundle_verify`) holds the selected records as stored, their leaf hashes,
 every seal from seal 1 up to the one covering the last selected record, each record's RFC 6962
-inclusion proof in its seal, the public key(s) and the standalone verifier as ``verify.py``; the
+inclusion proof in its seal, the public key of every key that signed one of those seals (all must
+be given: :class:`ExportKeyMissing` otherwise) and the standalone verifier as ``verify.py``; the
 bodies stored by content hash as ``blobs/<sha256>``; and each record's personal fields (with salt
 and value, so the verifier rebuilds the body, or without them once redacted).
 Only sealed records can be proven, so records of the selection that are not sealed yet are left
@@ -17,6 +18,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -29,6 +32,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 
+from lienthong.audit.bundle_verify import _seal_list, verify_bundle
+from lienthong.audit.keys import key_fingerprint
 from lienthong.audit.personal import PersonalField
 from lienthong.audit.records import (
     BLOB_FIELDS,
@@ -49,7 +54,8 @@ from lienthong.store import (
     utcnow,
 )
 
-__all__ = ["BUNDLE_FORMAT", "ExportResult", "bundle_record", "export_bundle", "inclusion_proof"]
+__all__ = ["BUNDLE_FORMAT", "ExportError", "ExportKeyMissing", "ExportResult", "bundle_record", "export_bundle",
+           "inclusion_proof"]
 
 BUNDLE_FORMAT = "lienthong-audit-bundle/3"  # /3: may hold leaf-format-3 records (salted digests)
 VERIFIER_SOURCE = Path(__file__).with_name("bundle_verify.py")
@@ -59,6 +65,11 @@ class ExportError(Exception):
     """The bundle cannot be made (e.g. the sealed log does not give its seal's root: run `audit verify`)."""
 
 
+class ExportKeyMissing(ExportError):
+    """A seal of the bundle was signed by a key whose public key was not given (a key rotated
+    since): give it too (``--public-key``, repeatable). Nothing was written."""
+
+
 @dataclass
 class ExportResult:
     path: Path
@@ -66,6 +77,8 @@ class ExportResult:
     seals: int = 0
     unsealed_left_out: int = 0
     record_ids: list[int] = field(default_factory=list)
+    # the fingerprints of the public keys put in the bundle: those that signed one of its seals
+    key_fingerprints: list[str] = field(default_factory=list)
 
 
 def bundle_record(row: dict[str, Any], record_keys: Sequence[str],
@@ -138,7 +151,17 @@ def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519Pu
                   key: str | None = None, since: datetime | None = None,
                   until: datetime | None = None, seals: tuple[int, int] | None = None) -> ExportResult:
     """Write the evidence bundle of the sealed records carrying ``key`` and/or started in
-    ``[since, until)`` and/or sealed by seals ``seals[0]..seals[1]`` to ``out``."""
+    ``[since, until)`` and/or sealed by seals ``seals[0]..seals[1]`` to ``out``.
+
+    The bundle holds the public keys of ``public_keys`` that signed one of its seals (after a key
+    rotation, give the old ones too). It is written next to ``out``, checked with those keys, and
+    only then renamed to ``out``; nothing is written when no sealed record matches.
+
+    Raises:
+        ExportKeyMissing: a seal was signed by a key not in ``public_keys`` (nothing written).
+        ExportError: the log does not give a seal's root, a personal value or blob is altered or
+            missing, or the bundle does not verify (nothing written at ``out``).
+    """
     out = Path(out)
     result = ExportResult(out)
     seal_range = seals
@@ -160,6 +183,7 @@ def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519Pu
         seals = [dict(r) for r in conn.execute(select(exchange_seal).where(exchange_seal.c.seq <= last_seq)
                                                .order_by(exchange_seal.c.seq)).mappings()]
         by_seq = {s["seq"]: s for s in seals}
+        bundle_keys = _signing_keys(seals, public_keys)
         files: dict[str, bytes] = {}
         leaves_out: dict[str, str] = {}
         blobs_out: dict[str, dict[str, Any]] = {}
@@ -215,7 +239,8 @@ def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519Pu
     result.records, result.seals, result.record_ids = len(chosen), len(seals), chosen
     files["leaves.json"] = _dump(leaves_out)
     files["seals.json"] = _dump([_seal_out(s) for s in seals])
-    files["public_key.pem"] = _pem(public_keys)
+    files["public_key.pem"] = _pem(bundle_keys)
+    result.key_fingerprints = [key_fingerprint(k) for k in bundle_keys]
     files["verify.py"] = VERIFIER_SOURCE.read_bytes()
     manifest = {
         "format": BUNDLE_FORMAT,
@@ -232,14 +257,47 @@ def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519Pu
         "verify": "python verify.py THIS.zip --fingerprint <the published seal key fingerprint> "
                   "(or --public-key <the seal public key you trust>)",
     }
+    if not chosen:  # an empty bundle would verify, as if it were the evidence asked for: none is written
+        return result
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("manifest.json", _dump(manifest))
-        for name, data in sorted(files.items()):
-            zf.writestr(name, data)
-    tmp.replace(out)
+    # a file of its own next to OUT (two exports at once never share it), checked as the auditor
+    # will check it, and only then renamed to OUT: a bundle that fails its own check is never there
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("manifest.json", _dump(manifest))
+            for name, data in sorted(files.items()):
+                zf.writestr(name, data)
+        check = verify_bundle(str(tmp), files["public_key.pem"] if bundle_keys else None)
+        if not check.ok or check.records_checked != len(chosen):
+            failure = check.failure or f"{check.records_checked} of {len(chosen)} records checked"
+            raise ExportError(f"the bundle does not verify: {failure}; nothing was written at {out}")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return result
+
+
+def _signing_keys(seals: Sequence[dict[str, Any]], public_keys: Sequence[Ed25519PublicKey]) -> list[Ed25519PublicKey]:
+    """The public keys (of ``public_keys``) that signed ``seals``, in the order they first did.
+
+    Raises:
+        ExportKeyMissing: naming the seals signed by a key not given, and its fingerprint.
+    """
+    given = {key_fingerprint(k): k for k in public_keys}
+    signed: dict[str, list[int]] = {}
+    for seal in seals:
+        signed.setdefault(seal["key_fingerprint"], []).append(seal["seq"])
+    missing = {fp: seqs for fp, seqs in signed.items() if fp not in given}
+    if missing:
+        raise ExportKeyMissing("; ".join(
+            f"{_seal_list(seqs)} {'was' if len(seqs) == 1 else 'were'} signed by key {fp}, whose public key was not "
+            f"given" for fp, seqs in missing.items())
+            + ": give every seal key's public key, the keys rotated since included (--public-key PEM, repeatable); "
+              "no bundle written")
+    return [given[fp] for fp in signed]
+
 
 
 def _dump(value: Any) -> bytes:

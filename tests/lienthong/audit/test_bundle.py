@@ -374,3 +374,64 @@ def test_a_bundle_resealed_with_a_substituted_key_is_told_apart_by_its_fingerpri
     check = bundle_verify.verify_bundle(str(good), fingerprints=[genuine])
     assert check.ok and check.anchored
     assert bundle_verify.main([str(good), "--fingerprint", "not-hex"]) == 2
+
+
+def test_cli_export_after_a_key_rotation_bundles_every_signing_key_or_refuses_naming_the_missing_one(
+        store, keypair, tmp_path, monkeypatch, capsys):
+    """After a rotation `audit export` put only the current public key in the bundle: its own check
+    then failed on the older seals (seal_unknown_key), it exited 1 and left that bundle at OUT."""
+    from lienthong.audit.keys import generate_keypair, key_fingerprint, load_private_key
+
+    cli_env(store, tmp_path, monkeypatch)
+    old_fp = key_fingerprint(keypair[1])
+    _sealed(store, keypair, count=4, batch_size=4)  # seal 1: the old key
+    new_private, new_public, new_fp = generate_keypair(tmp_path / "keys" / "seal2.key")
+    fill(store, 4, start=5)
+    seal_exchanges(store, load_private_key(new_private), batch_size=2)  # seals 2..3: the new key
+    monkeypatch.setenv("LIENTHONG_SEAL_KEY", str(new_private))
+    out = tmp_path / "e.zip"
+    assert main(["audit", "export", str(out), "--from", "2026-03-01"]) == 2
+    captured = capsys.readouterr()
+    assert f"seal 1 was signed by key {old_fp}, whose public key was not given" in captured.err, captured.err
+    assert "--public-key" in captured.err and "no bundle written" in captured.err
+    assert not any(p.startswith("e.zip") for p in os.listdir(tmp_path))  # nor a part of it
+
+    assert main(["audit", "export", str(out), "--from", "2026-03-01", "--public-key", str(keypair[3]),
+                 "--public-key", str(new_public)]) == 0
+    assert "exported 8 records and 3 seals" in capsys.readouterr().out
+    with zipfile.ZipFile(out) as zf:
+        assert set(bundle_verify.load_public_keys(zf.read("public_key.pem"))) == {old_fp, new_fp}
+    check = bundle_verify.verify_bundle(str(out), fingerprints=[old_fp, new_fp])
+    assert check.ok and check.records_checked == 8, check.failure
+    assert [(k["fingerprint"], k["first_seq"], k["last_seq"]) for k in check.keys] == [(old_fp, 1, 1), (new_fp, 2, 3)]
+
+    # only the keys that signed a seal of the bundle: the old seal alone needs only the old key
+    only_old = tmp_path / "old.zip"
+    assert main(["audit", "export", str(only_old), "--key", "HS-0002", "--public-key", str(keypair[3]),
+                 "--public-key", str(new_public)]) == 0
+    with zipfile.ZipFile(only_old) as zf:
+        assert set(bundle_verify.load_public_keys(zf.read("public_key.pem"))) == {old_fp}
+
+
+def test_a_bundle_failing_its_own_check_is_never_left_at_the_output_path(store, keypair, tmp_path, monkeypatch,
+                                                                        capsys):
+    from lienthong.audit import bundle as bundle_module
+    from lienthong.audit.bundle import ExportError
+
+    cli_env(store, tmp_path, monkeypatch)
+    monkeypatch.setenv("LIENTHONG_SEAL_KEY", str(keypair[2]))
+    _sealed(store, keypair, count=4, batch_size=4)
+    out = tmp_path / "out" / "e.zip"
+    out.parent.mkdir()
+    out.write_bytes(b"an earlier bundle")
+
+    def failing(path, *args, **kwargs):
+        return bundle_verify.BundleResult(ok=False, failure="record_altered (record #2): injected")
+
+    monkeypatch.setattr(bundle_module, "verify_bundle", failing)
+    with pytest.raises(ExportError, match=r"does not verify: record_altered \(record #2\): injected"):
+        export_bundle(store, out, [keypair[1]], since=T0)
+    assert out.read_bytes() == b"an earlier bundle" and os.listdir(out.parent) == ["e.zip"]
+    assert main(["audit", "export", str(out), "--from", "2026-03-01"]) == 1
+    assert "injected" in capsys.readouterr().err
+    assert out.read_bytes() == b"an earlier bundle" and os.listdir(out.parent) == ["e.zip"]

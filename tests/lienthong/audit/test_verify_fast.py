@@ -102,7 +102,7 @@ def test_an_altered_personal_value_is_caught_by_deep_and_when_read(store, keypai
     assert "[altered]" not in format_exchange(get_exchange(store, 4), reveal=True)
 
     with pytest.raises(ExportError, match=r"record #3: 1 stored personal value\(s\) do not match"):
-        export_bundle(store, tmp_path / "out.zip", keypair[1], key=DOSSIER)
+        export_bundle(store, tmp_path / "out.zip", [keypair[1]], key=DOSSIER)
     assert not (tmp_path / "out.zip").exists()
 
 
