@@ -18,21 +18,30 @@ archived seals through them, so the seal chain still verifies across the archive
 reports each archive with its bundle hash (and fails if the bundle, still at its path, changed).
 
 Redact before archiving: a bundle keeps the personal values its records held when written.
+
+One run at a time per database: a run holds the archive lock from choosing its seals to its last
+prune (PostgreSQL: a session advisory lock; SQLite: an exclusive ``flock`` on
+``<database>-archive.lock`` next to the file, which neither recorders nor sealing take), so a
+second run started meanwhile waits, then finds those seals archived and archives nothing twice.
+Each prune also re-checks, under the database's write lock, that its seals follow the last
+archived one (else it removes its bundle and stops: :class:`ArchiveError`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, text
 
 from connectors.errors import ConfigurationError
 from lienthong.audit.bundle import _pem, export_bundle
@@ -49,6 +58,7 @@ from lienthong.store import (
     exchange_seal,
     exchange_seal_leaf,
     utcnow,
+    write_lock,
 )
 
 __all__ = ["DEFAULT_RETENTION_DAYS", "RETENTION_ENV", "ArchiveError", "ArchiveResult", "archive_exchanges",
@@ -57,10 +67,15 @@ __all__ = ["DEFAULT_RETENTION_DAYS", "RETENTION_ENV", "ArchiveError", "ArchiveRe
 RETENTION_ENV = "LIENTHONG_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 30
 DEFAULT_MAX_RECORDS = 100_000  # per bundle (whole seals: a bundle may exceed it by one seal)
+_ADVISORY_LOCK = 0x6C74_6172  # "ltar": one `audit archive` at a time (PostgreSQL)
 
 
 class ArchiveError(Exception):
     """An archive bundle could not be written or does not verify: nothing was pruned."""
+
+
+class _Overtaken(ArchiveError):
+    """Another run archived these seals between this run's choice and its prune."""
 
 
 @dataclass
@@ -115,6 +130,31 @@ def _eligible(conn, cutoff: datetime) -> list[dict[str, Any]]:
     return out
 
 
+@contextmanager
+def _archive_lock(store: Store) -> Iterator[None]:
+    """Hold the database's archive lock (see the module doc) until the block ends; wait for it."""
+    if store.engine.dialect.name == "postgresql":
+        with store.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _ADVISORY_LOCK})
+            conn.commit()  # a session lock: it outlives the transaction, not idle in one meanwhile
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _ADVISORY_LOCK})
+                conn.commit()
+        return
+    database = store.engine.url.database
+    if store.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield  # an in-memory database has one process: the prune's re-check under the write lock suffices
+        return
+    with open(f"{database}-archive.lock", "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _chunks(seals: list[dict[str, Any]], max_records: int) -> list[list[dict[str, Any]]]:
     chunks: list[list[dict[str, Any]]] = []
     for seal in seals:
@@ -131,6 +171,11 @@ def _prune(store: Store, chunk: list[dict[str, Any]], info: dict[str, Any]) -> t
     sealed = select(exchange_seal_leaf.c.exchange_id).where(exchange_seal_leaf.c.seal_seq >= first,
                                                             exchange_seal_leaf.c.seal_seq <= last)
     with store.begin() as conn:
+        write_lock(conn)  # SQLite: the write lock before the re-check (PostgreSQL: the archive lock)
+        done = conn.execute(select(func.max(exchange_archive.c.last_seq))).scalar() or 0
+        if done != first - 1:
+            raise _Overtaken(f"seals {first}..{last}: another `audit archive` archived up to seal {done} meanwhile; "
+                             f"nothing was pruned by this run from seal {first} on")
         conn.execute(exchange_archive.insert().values(**info))
         refs = set()
         for req, resp in conn.execute(select(exchange_log.c.request_blob_sha256, exchange_log.c.response_blob_sha256)
@@ -184,6 +229,15 @@ def archive_exchanges(store: Store, public_keys: Sequence[Ed25519PublicKey], *,
         out_dir = topology().home / "archive"
     out_dir = Path(out_dir).resolve()
     result = ArchiveResult(cutoff=(now or utcnow()) - timedelta(days=days))
+    with _archive_lock(store):
+        _archive(store, result, public_keys, key, fingerprint, out_dir, now, max_records)
+    return result
+
+
+def _archive(store: Store, result: ArchiveResult, public_keys: Sequence[Ed25519PublicKey], key: Ed25519PrivateKey,
+             fingerprint: str, out_dir: Path, now: datetime | None, max_records: int) -> None:
+    """Archive the eligible seals (the caller holds the archive lock)."""
+    assert result.cutoff is not None
     with store.engine.connect() as conn:
         seals = _eligible(conn, result.cutoff)
     stamp = (now or utcnow()).strftime("%Y%m%dT%H%M%SZ")
@@ -208,11 +262,17 @@ def archive_exchanges(store: Store, public_keys: Sequence[Ed25519PublicKey], *,
                 "bundle_sha256": bundle_sha, "manifest_sha256": manifest_sha, "archived_at": utcnow(),
                 "key_fingerprint": fingerprint}
         info["signature"] = key.sign(archive_body(info)).hex()
-        records, blobs = _prune(store, chunk, info)
+        try:
+            records, blobs = _prune(store, chunk, info)
+        except _Overtaken:
+            with store.engine.connect() as conn:  # its bundle, unless the other run's has its name
+                if conn.execute(select(exchange_archive.c.id).where(exchange_archive.c.bundle_path == str(path))
+                                ).first() is None:
+                    path.unlink(missing_ok=True)
+            raise
         result.records += records
         result.blobs_pruned += blobs
         result.archives.append({**info, "archived_at": info["archived_at"].isoformat()})
-    return result
 
 
 def sign_archive_rows(store: Store, key: Ed25519PrivateKey | str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:

@@ -451,3 +451,80 @@ def test_an_archived_exchange_is_named_with_its_bundle_not_reported_missing(log,
     captured = capsys.readouterr()
     assert [line.split()[0] for line in captured.out.splitlines()] == ["#13", "#14"]
     assert "records #1..#12 were archived" in captured.err
+
+
+def test_two_archive_runs_at_once_archive_each_seal_once(bus_store, keypair, tmp_path, monkeypatch):
+    """Two `audit archive` runs at once both chose the same seals (_eligible) before either pruned
+    them: each wrote its bundle (the second over the first's path, same name) and an archive row,
+    so seals 1..2 had two rows and one row's bundle hash no longer matched. Now a run holds the
+    archive lock (PostgreSQL: an advisory lock; SQLite: a lock file next to the database, and the
+    prune re-checks under the write lock): the second waits and finds nothing left to archive."""
+    from lienthong.audit import archive as archive_module
+
+    store = bus_store
+    private, public, *_ = keypair
+    fill(store, 8)
+    seal_exchanges(store, private, batch_size=4)
+    fill(store, 1, start=20)  # newer, so SQLite lets both seals go
+    original = archive_module._eligible
+
+    def eligible_together(conn, cutoff):
+        out = original(conn, cutoff)
+        time.sleep(0.5)  # long enough for the other run to choose too, if nothing stops it
+        return out
+
+    monkeypatch.setattr(archive_module, "_eligible", eligible_together)
+    results, errors = [], []
+
+    def run() -> None:
+        try:
+            results.append(archive_exchanges(store, [public], key=private, older_than_days=30,
+                                             out_dir=tmp_path / "archive", now=T0 + timedelta(days=90)))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(r.records for r in results) == [0, 8]
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(exchange_archive.c.first_seq, exchange_archive.c.last_seq,
+                                   exchange_archive.c.bundle_path)).all()
+    assert [(r.first_seq, r.last_seq) for r in rows] == [(1, 2)]
+    assert sorted(os.listdir(tmp_path / "archive")) == [Path(rows[0].bundle_path).name]
+    verified = verify_exchanges(store, public)
+    assert verified.ok and verified.archived_records == 8, verified.failure
+
+
+def test_a_prune_overtaken_by_another_run_prunes_nothing_and_says_so(store, keypair, tmp_path, monkeypatch):
+    """The prune's own guard, without the run lock (two runs that both chose seals 1..2)."""
+    import contextlib
+
+    from lienthong.audit import archive as archive_module
+
+    private, public, *_ = keypair
+    fill(store, 8)
+    seal_exchanges(store, private, batch_size=4)
+    fill(store, 1, start=20)
+    with store.engine.connect() as conn:
+        chosen = archive_module._eligible(conn, T0 + timedelta(days=60))
+    assert [s["seq"] for s in chosen] == [1, 2]
+    archive_exchanges(store, [public], key=private, older_than_days=30, out_dir=tmp_path / "a",
+                      now=T0 + timedelta(days=90))
+    monkeypatch.setattr(archive_module, "_archive_lock", lambda _store: contextlib.nullcontext())
+    monkeypatch.setattr(archive_module, "_eligible", lambda conn, cutoff: [dict(s) for s in chosen])
+
+    def fake_export(_store, path, *args, **kwargs):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(path, "w") as zf:  # what the records, pruned by the other run, gave
+            zf.writestr("manifest.json", "{}")
+        return type("Exported", (), {"records": 8})
+
+    monkeypatch.setattr(archive_module, "export_bundle", fake_export)
+    with pytest.raises(ArchiveError, match=r"seals 1\.\.2: another `audit archive` archived up to seal 2 meanwhile"):
+        archive_exchanges(store, [public], key=private, older_than_days=30, out_dir=tmp_path / "b",
+                          now=T0 + timedelta(days=90))
+    assert _count(store, exchange_archive) == 1 and os.listdir(tmp_path / "b") == []
