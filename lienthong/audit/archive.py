@@ -3,7 +3,8 @@
 Retention (issue #6; X-Road keeps records 30 days, then archives and cleans them): whole seal
 batches whose every record started more than ``older_than_days`` ago (default
 ``$LIENTHONG_RETENTION_DAYS``, else 30) are written, oldest first and contiguously, as evidence
-bundles (the ``audit export`` format, selection ``seals: [first, last]``) into the archive
+bundles (the ``audit export`` format, selection ``seals: [first, last]``, signed with the seal key so
+the offline verifier holds the bundle to every record of those seals) into the archive
 directory (default ``$LIENTHONG_HOME/archive``). Each bundle is verified as written, with the
 public key(s) given; only then, in one transaction, an ``exchange_archive`` row is recorded (seal
 range, id range, bundle path, bundle and manifest SHA-256, signed with the seal key: the row is
@@ -246,7 +247,7 @@ def _archive(store: Store, result: ArchiveResult, public_keys: Sequence[Ed25519P
         path = out_dir / f"exchanges-seals-{first:08d}-{last:08d}-{stamp}.zip"
         expected = sum(s["count"] for s in chunk)
         try:  # checked as written, before it is at its path (export_bundle): a bundle there verifies
-            export = export_bundle(store, path, public_keys, seals=(first, last))
+            export = export_bundle(store, path, public_keys, seals=(first, last), signing_key=key)
         except Exception as exc:  # noqa: BLE001 (ExportError, OSError...: reported, nothing pruned)
             raise ArchiveError(f"seals {first}..{last}: the bundle could not be written: {exc}") from None
         if export.records != expected:

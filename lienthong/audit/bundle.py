@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import select
 
-from lienthong.audit.bundle_verify import _seal_list, verify_bundle
+from lienthong.audit.bundle_verify import SELECTION_FORMAT, _seal_list, selection_body, verify_bundle
 from lienthong.audit.keys import key_fingerprint
 from lienthong.audit.personal import PersonalField
 from lienthong.audit.records import (
@@ -79,6 +79,7 @@ class ExportResult:
     record_ids: list[int] = field(default_factory=list)
     # the fingerprints of the public keys put in the bundle: those that signed one of its seals
     key_fingerprints: list[str] = field(default_factory=list)
+    selection_signed: bool = False
 
 
 def bundle_record(row: dict[str, Any], record_keys: Sequence[str],
@@ -149,12 +150,16 @@ def _iso(value: datetime | None) -> str | None:
 
 def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519PublicKey], *,
                   key: str | None = None, since: datetime | None = None,
-                  until: datetime | None = None, seals: tuple[int, int] | None = None) -> ExportResult:
+                  until: datetime | None = None, seals: tuple[int, int] | None = None,
+                  signing_key: Ed25519PrivateKey | None = None) -> ExportResult:
     """Write the evidence bundle of the sealed records carrying ``key`` and/or started in
     ``[since, until)`` and/or sealed by seals ``seals[0]..seals[1]`` to ``out``.
 
     The bundle holds the public keys of ``public_keys`` that signed one of its seals (after a key
-    rotation, give the old ones too). It is written next to ``out``, checked with those keys, and
+    rotation, give the old ones too). With ``signing_key`` (the seal private key) the manifest's
+    selection is signed (``selection_signature``, see :mod:`lienthong.audit.bundle_verify`), with
+    the head and the leaves held, so the verifier holds the bundle to it; its public key is put in
+    the bundle too. It is written next to ``out``, checked with those keys, and
     only then renamed to ``out``; nothing is written when no sealed record matches.
 
     Raises:
@@ -239,6 +244,8 @@ def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519Pu
     result.records, result.seals, result.record_ids = len(chosen), len(seals), chosen
     files["leaves.json"] = _dump(leaves_out)
     files["seals.json"] = _dump([_seal_out(s) for s in seals])
+    if signing_key is not None and key_fingerprint(signing_key) not in {key_fingerprint(k) for k in bundle_keys}:
+        bundle_keys.append(signing_key.public_key())
     files["public_key.pem"] = _pem(bundle_keys)
     result.key_fingerprints = [key_fingerprint(k) for k in bundle_keys]
     files["verify.py"] = VERIFIER_SOURCE.read_bytes()
@@ -257,6 +264,11 @@ def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519Pu
         "verify": "python verify.py THIS.zip --fingerprint <the published seal key fingerprint> "
                   "(or --public-key <the seal public key you trust>)",
     }
+    if signing_key is not None:
+        manifest["selection_signature"] = {
+            "format": SELECTION_FORMAT, "key_fingerprint": key_fingerprint(signing_key),
+            "signature": signing_key.sign(selection_body(manifest)).hex()}
+    result.selection_signed = signing_key is not None
     if not chosen:  # an empty bundle would verify, as if it were the evidence asked for: none is written
         return result
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +282,7 @@ def export_bundle(store: Store, out: str | Path, public_keys: Sequence[Ed25519Pu
             for name, data in sorted(files.items()):
                 zf.writestr(name, data)
         check = verify_bundle(str(tmp), files["public_key.pem"] if bundle_keys else None)
-        if not check.ok or check.records_checked != len(chosen):
+        if not check.ok or check.records_checked != len(chosen) or check.selection_signed != result.selection_signed:
             failure = check.failure or f"{check.records_checked} of {len(chosen)} records checked"
             raise ExportError(f"the bundle does not verify: {failure}; nothing was written at {out}")
         tmp.replace(out)

@@ -28,6 +28,16 @@ is ``/2`` that may hold leaf-format-3 records, so a verifier that predates them 
 * ``seals.json``: every seal from seal 1 to the one covering the last record, so the chain checks;
 * ``public_key.pem``: the seal public key(s); ``verify.py``: this program.
 
+``manifest.json`` may carry ``selection_signature`` (``format`` ``lienthong-bundle-selection/1``,
+``key_fingerprint``, ``signature``): Ed25519, by the seal key, over the canonical JSON of
+``{"format", "bundle_format", "selection", "head", "records", "leaves_sha256"}`` — the selection,
+the last seal, the number of records and the SHA-256 of ``leaves.json`` (so which records the
+bundle holds). ``audit archive`` always signs it, ``audit export`` when the seal private key is
+available. A bundle without it (older, or exported without the private key) is checked as before,
+with a warning: its selection is only a label. An older verifier ignores the field (it reads a
+signed bundle as an unsigned one; stripping the signature does the same to this one), so the
+format stays ``/3``.
+
 What is checked, stopping at the first failure: every seal (seq continuity, seal hash, Ed25519
 signature, link to the previous seal, id ranges); every record (its leaf hash recomputed exactly as
 the sealer computes it — format ``lienthong-seal/1``, leaf format 1, 2 or 3 — its inclusion proof
@@ -61,8 +71,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["BundleResult", "inclusion_ok", "leaf_hash", "main", "normalise_fingerprint", "verify_bundle",
-           "wire_digest"]
+__all__ = ["BundleResult", "inclusion_ok", "leaf_hash", "main", "normalise_fingerprint", "selection_body",
+           "verify_bundle", "wire_digest"]
 
 # /3 = /2 that may hold leaf-format-3 records: a verifier of /2 would check their salted digests as
 # plain SHA-256 and call the bodies altered, so it must refuse a /3 bundle instead
@@ -84,6 +94,10 @@ PF_TOKEN = b"lt-pf:"
 WIRE_DOMAIN = b"lienthong-wire/3\x00"  # lienthong.audit.personal.wire_digest
 SALTED_DIGEST_SINCE = 3
 SEAL_FIELDS = ("seq", "first_id", "last_id", "count", "root", "prev_hash", "key_fingerprint", "sealed_at")
+SELECTION_FORMAT = "lienthong-bundle-selection/1"
+UNSIGNED_SELECTION = ("the bundle's selection is not signed (manifest.json: a bundle written before selections were "
+                      "signed, or exported without the seal private key): what it says it holds is only a label; "
+                      "see which seals it holds whole and which in part")
 
 
 class BundleError(Exception):
@@ -116,6 +130,11 @@ class BundleResult:
     # count}), from the records and the signed seals: the manifest's selection is not signed
     whole_seals: list[int] = field(default_factory=list)
     partial_seals: list[dict[str, int]] = field(default_factory=list)
+    # the selection (and the leaves held) signed by the seal key ``selection_key`` (audit archive,
+    # audit export with the private key); unsigned: ``warnings`` says so
+    selection_signed: bool = False
+    selection_key: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -402,6 +421,38 @@ def _check_record(zf: zipfile.ZipFile, name: str, leaves: dict[str, str], seals:
     return int(seal["seq"])
 
 
+def selection_body(manifest: dict[str, Any]) -> bytes:
+    """What ``selection_signature`` signs (lienthong.audit.bundle writes it the same way)."""
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    return canonical_json({"format": SELECTION_FORMAT, "bundle_format": manifest.get("format"),
+                           "selection": manifest.get("selection"), "head": manifest.get("head"),
+                           "records": counts.get("records"), "leaves_sha256": files.get("leaves.json")})
+
+
+def _check_selection_signature(manifest: dict[str, Any], keys: dict[str, Ed25519PublicKey]) -> str | None:
+    """The fingerprint of the key that signed the manifest's selection, None when it is unsigned."""
+    signed = manifest.get("selection_signature")
+    if signed is None:
+        return None
+    where = "manifest.json, selection_signature"
+    if not isinstance(signed, dict) or signed.get("format") != SELECTION_FORMAT \
+            or not all(isinstance(signed.get(f), str) for f in ("key_fingerprint", "signature")):
+        raise BundleError("selection_signature", where, f"not a {SELECTION_FORMAT} signature")
+    fingerprint = signed["key_fingerprint"]
+    key = keys.get(fingerprint)
+    if key is None:
+        raise BundleError("selection_signature", where, f"the selection was signed by key {fingerprint[:16]}…, not "
+                                                        f"by the public key(s) given ({', '.join(f[:16] for f in keys)}…)")
+    try:
+        key.verify(bytes.fromhex(signed["signature"]), selection_body(manifest))
+    except (InvalidSignature, ValueError):
+        raise BundleError("selection_signature", where, "the signature does not verify: the selection, the head, the "
+                                                        "record count or the leaves held (leaves.json) changed "
+                                                        "since the bundle was signed") from None
+    return fingerprint
+
+
 def _check_whole_seals(selection: dict[str, Any], seals: list[dict[str, Any]], held: Counter) -> None:
     """A bundle of whole seals (``selection: {seals: [first, last]}`` and nothing narrower, as
     ``audit archive`` writes them: after pruning, the only copy of those records) must hold every
@@ -481,6 +532,8 @@ def verify_bundle(path: str, public_key_pem: bytes | None = None,
             if not isinstance(manifest, dict) or manifest.get("format") not in BUNDLE_FORMATS:
                 raise BundleError("manifest", "manifest.json", f"not a {BUNDLE_FORMAT} manifest")
             result.selection = manifest.get("selection") or {}
+            if not isinstance(result.selection, dict):
+                raise BundleError("manifest", "manifest.json", "its selection is not a JSON object")
             pem = public_key_pem
             if pem is None:
                 try:
@@ -497,6 +550,10 @@ def verify_bundle(path: str, public_key_pem: bytes | None = None,
                     raise BundleError("seal_unknown_key", "public_key.pem" if public_key_pem is None else "--public-key",
                                       f"no public key there has the fingerprint(s) you trust "
                                       f"({', '.join(f[:16] for f in sorted(trusted))}…)")
+            result.selection_key = _check_selection_signature(manifest, keys)
+            result.selection_signed = result.selection_key is not None
+            if not result.selection_signed:
+                result.warnings.append(UNSIGNED_SELECTION)
             seals = _json(zf, "seals.json")
             if not isinstance(seals, list):
                 raise BundleError("file_corrupt", "seals.json", "not a list of seals")
@@ -542,6 +599,20 @@ def _seal_list(seqs: list[int]) -> str:
     return f"seal {text}" if len(seqs) == 1 else f"seals {text}"
 
 
+def _describe(selection: dict[str, Any]) -> str:
+    """``seals 1..2`` / ``key HS-1, from …``: a manifest's selection in words."""
+    parts = []
+    if selection.get("seals"):
+        parts.append(f"seals {selection['seals'][0]}..{selection['seals'][1]}")
+    if selection.get("key"):
+        parts.append(f"key {selection['key']}")
+    if selection.get("from"):
+        parts.append(f"from {selection['from']}")
+    if selection.get("to"):
+        parts.append(f"to {selection['to']}")
+    return ", ".join(parts) or "everything"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="verify.py", description="Verify a lienthong audit evidence bundle "
                                                                     "offline.")
@@ -575,11 +646,16 @@ def main(argv: list[str] | None = None) -> int:
               f"(head {result.head_seq}:{result.head_hash}){redactions}")
         for run in result.keys:
             print(f"seals {run['first_seq']}..{run['last_seq']} signed by key {run['fingerprint']}")
+        if result.selection_signed:
+            print(f"selection ({_describe(result.selection)}) signed by key {result.selection_key}: the bundle holds "
+                  f"exactly the records it was written with")
         if result.whole_seals:
             print(f"whole: {_seal_list(result.whole_seals)} (every record of them is in the bundle)")
         for part in result.partial_seals:
             print(f"in part: seal {part['seq']}: {part['held']} of its {part['count']} records (a selection by key "
                   f"or time; an archive bundle holds its seals whole)")
+        for warning in result.warnings:
+            print(f"note: {warning}", file=sys.stderr)
         if not result.anchored:
             print(f"note: checked with the bundle's own public key, which whoever rewrote the bundle could have "
                   f"replaced: compare {', '.join(r['fingerprint'] for r in result.keys) or 'its fingerprint'} with "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -218,7 +219,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from lienthong.audit.bundle import ExportError, ExportKeyMissing, export_bundle
-    from lienthong.audit.keys import load_public_key
+    from lienthong.audit.keys import PRIVATE_KEY_ENV, load_private_key, load_public_key
 
     if not (args.key or args.since or args.until):
         print("lienthong: choose what to export: --key and/or --from/--to", file=sys.stderr)
@@ -230,8 +231,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"lienthong: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    signing = None
+    if args.seal_key or os.environ.get(PRIVATE_KEY_ENV):  # the seal private key signs the selection
+        try:
+            signing = load_private_key(args.seal_key)
+        except ConfigurationError as exc:
+            if args.seal_key:
+                print(f"lienthong: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            print(f"lienthong: {exc}", file=sys.stderr)  # $LIENTHONG_SEAL_KEY not readable here: unsigned
     try:
-        result = export_bundle(_existing_store(), args.out, keys, key=args.key, since=args.since, until=args.until)
+        result = export_bundle(_existing_store(), args.out, keys, key=args.key, since=args.since, until=args.until,
+                               signing_key=signing)
     except ExportKeyMissing as exc:
         print(f"lienthong: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -244,6 +255,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"lienthong: no sealed exchange matches{left}; no bundle written", file=sys.stderr)
         return EXIT_USAGE
     print(f"exported {result.records} records and {result.seals} seals to {result.path}")
+    if result.selection_signed:
+        print("selection signed with the seal key: the verifier holds the bundle to it")
+    else:
+        print("lienthong: the bundle's selection is not signed (no seal private key: --seal-key or "
+              "$LIENTHONG_SEAL_KEY); verify.py will say so", file=sys.stderr)
     if result.unsealed_left_out:
         print(f"lienthong: {result.unsealed_left_out} matching records are not sealed yet and were left out "
               f"(run `lienthong audit seal` first)", file=sys.stderr)
@@ -403,6 +419,9 @@ def add_audit_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--public-key", action="append", help="a seal public key; repeat for rotated keys: the bundle "
                                                          "holds those that signed its seals (default: "
                                                          "$LIENTHONG_SEAL_PUBLIC_KEY, else $LIENTHONG_SEAL_KEY.pub)")
+    q.add_argument("--seal-key", metavar="PEM", help="the seal private key, to sign the bundle's selection (default: "
+                                                     "$LIENTHONG_SEAL_KEY when set; without one the selection is "
+                                                     "not signed)")
     q.set_defaults(func=cmd_export)
 
     q = audit.add_parser("verify-bundle", help="check an evidence bundle offline (the same as its verify.py)")

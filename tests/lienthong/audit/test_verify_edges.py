@@ -131,11 +131,15 @@ def test_the_offline_verifier_refuses_an_archive_bundle_missing_a_record(store, 
         for name in ("records/6.json", "proofs/6.json"):
             del manifest["files"][name]
         manifest["counts"]["records"] -= 1
+        signed = manifest.pop("selection_signature")  # as an older bundle, unsigned (signed: below)
         zout.writestr("manifest.json", json.dumps(manifest))
     assert manifest["selection"]["seals"] == [1, 2]
     check = bundle_verify.verify_bundle(str(bad), public_path.read_bytes())
     assert not check.ok and check.failure_kind == "record_missing"
     assert "seal 2 holds 4 records, the bundle 3 of them" in check.failure
+    _rebuild(bad, bad.with_name("signed.zip"), lambda files, m: m.update(selection_signature=signed))
+    check = bundle_verify.verify_bundle(str(bad.with_name("signed.zip")), public_path.read_bytes())
+    assert not check.ok and check.failure_kind == "selection_signature"
 
 
 def test_show_hints_the_personal_values_of_a_soap_body_as_it_does_a_json_ones(store):
@@ -171,15 +175,18 @@ def _archived_bundle(store, keypair, tmp_path):
     return result.archives[0]["bundle_path"]
 
 
-def _rebuild(src, dst, edit) -> None:
+def _rebuild(src, dst, edit, *, unsigned: bool = False) -> None:
     """Copy the bundle with ``edit(files)`` applied to its members, the manifest's hashes made
-    consistent again (an unsigned manifest is no anchor)."""
+    consistent again (only its signed selection, when there is one, is an anchor; ``unsigned``
+    takes that signature out, as in a bundle written before selections were signed)."""
     import hashlib
     import zipfile
 
     with zipfile.ZipFile(src) as zin:
         files = {name: zin.read(name) for name in zin.namelist()}
     manifest = json.loads(files.pop("manifest.json"))
+    if unsigned:
+        manifest.pop("selection_signature", None)
     edit(files, manifest)
     manifest["files"] = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
     with zipfile.ZipFile(dst, "w") as zout:
@@ -212,6 +219,9 @@ def test_the_offline_verifier_refuses_a_record_file_holding_another_record(store
 
     _rebuild(path, bad, renamed)
     check = bundle_verify.verify_bundle(str(bad), pem)
+    assert not check.ok and check.failure_kind == "selection_signature"  # the count is signed
+    _rebuild(path, bad, renamed, unsigned=True)  # as an older bundle
+    check = bundle_verify.verify_bundle(str(bad), pem)
     assert not check.ok and check.failure_kind == "record_altered" and "records/05.json" in check.failure
 
 
@@ -240,11 +250,20 @@ def test_an_archive_bundle_relabelled_as_a_time_selection_says_its_seal_is_held_
     bad = tmp_path / "relabelled.zip"
     _rebuild(path, bad, relabel)
     check = bundle_verify.verify_bundle(str(bad), pem)
-    assert check.ok  # a time selection may hold part of a seal...
+    assert not check.ok and check.failure_kind == "selection_signature", check.failure  # now signed
+
+    def relabel_unsigned(files, manifest):  # the signature taken out too: read as an older, unsigned bundle
+        relabel(files, manifest)
+        del manifest["selection_signature"]
+
+    _rebuild(path, bad, relabel_unsigned)
+    check = bundle_verify.verify_bundle(str(bad), pem)
+    assert check.ok and not check.selection_signed  # a time selection may hold part of a seal...
     assert check.whole_seals == [1] and check.partial_seals == [{"seq": 2, "held": 3, "count": 4}]  # ...said
     assert bundle_verify.main([str(bad), "--public-key", str(keypair[3])]) == 0
-    out = capsys.readouterr().out
-    assert "seal 2: 3 of its 4 records" in out and "whole: seal 1" in out
+    captured = capsys.readouterr()
+    assert "seal 2: 3 of its 4 records" in captured.out and "whole: seal 1" in captured.out
+    assert "selection is not signed" in captured.err
 
 
 def test_a_malformed_seal_list_is_reported_not_a_traceback(store, keypair, tmp_path):
@@ -258,3 +277,72 @@ def test_a_malformed_seal_list_is_reported_not_a_traceback(store, keypair, tmp_p
         _rebuild(path, bad, lambda files, manifest, seals=seals: files.update({"seals.json": json.dumps(seals).encode()}))
         check = bundle_verify.verify_bundle(str(bad), keypair[3].read_bytes())
         assert not check.ok and check.failure_kind == "seal_altered" and "seals.json" in check.failure, check.failure
+
+
+def test_the_selection_of_an_archive_bundle_is_signed_and_a_record_taken_out_is_refused(store, keypair, tmp_path,
+                                                                                       capsys):
+    """The manifest's selection (seals 1..2) was a label anyone could edit: the whole-seal check
+    rested on it. `audit archive` now signs it (with the head and the leaves it holds), and the
+    verifier checks that signature: record 6 taken out, or the selection rewritten, is refused."""
+    from lienthong.audit import bundle_verify
+    from lienthong.audit.keys import key_fingerprint
+
+    fp = key_fingerprint(keypair[1])
+    path = _archived_bundle(store, keypair, tmp_path)
+    pem = keypair[3].read_bytes()
+    good = bundle_verify.verify_bundle(path, pem)
+    assert good.ok and good.selection_signed and good.selection_key == fp, good.failure
+    assert bundle_verify.main([path, "--fingerprint", fp]) == 0
+    captured = capsys.readouterr()
+    assert f"selection (seals 1..2) signed by key {fp}" in captured.out and "not signed" not in captured.err
+
+    def take_out_6(files, manifest):  # the selection left as it is: the whole-seal check must catch it
+        for name in ("records/6.json", "proofs/6.json"):
+            del files[name]
+        leaves = json.loads(files["leaves.json"])
+        del leaves["6"]
+        files["leaves.json"] = json.dumps(leaves).encode()
+        manifest["counts"]["records"] -= 1
+
+    def narrow(files, manifest):
+        take_out_6(files, manifest)
+        manifest["selection"]["seals"] = [1, 1]
+
+    def other_key(files, manifest):
+        manifest["selection_signature"]["key_fingerprint"] = "ab" * 32
+
+    bad = tmp_path / "bad.zip"
+    for edit, where in ((take_out_6, "leaves"), (narrow, "selection"), (other_key, "ab" * 8)):
+        _rebuild(path, bad, edit)
+        check = bundle_verify.verify_bundle(str(bad), pem)
+        assert not check.ok and check.failure_kind == "selection_signature", check.failure
+        assert "manifest.json" in check.failure and where in check.failure, check.failure
+    # the manifest re-encoded, nothing changed: the signature is over its fields, not its bytes
+    _rebuild(path, bad, lambda files, manifest: None)
+    assert bundle_verify.verify_bundle(str(bad), pem, fingerprints=[fp]).ok
+
+
+def test_cli_export_signs_the_selection_when_the_seal_private_key_is_available(store, keypair, tmp_path,
+                                                                               monkeypatch, capsys):
+    import zipfile
+
+    from lienthong.audit import bundle_verify
+    from lienthong.cli import main
+
+    cli_env(store, tmp_path, monkeypatch)
+    fill(store, 4)
+    seal_exchanges(store, keypair[0])
+    monkeypatch.setenv("LIENTHONG_SEAL_PUBLIC_KEY", str(keypair[3]))
+    out = tmp_path / "e.zip"
+    assert main(["audit", "export", str(out), "--key", "HS-0002"]) == 0  # no private key: unsigned, said
+    assert "selection is not signed" in capsys.readouterr().err
+    check = bundle_verify.verify_bundle(str(out), keypair[3].read_bytes())
+    assert check.ok and not check.selection_signed
+    monkeypatch.setenv("LIENTHONG_SEAL_KEY", str(keypair[2]))
+    assert main(["audit", "export", str(out), "--key", "HS-0002"]) == 0
+    assert "not signed" not in capsys.readouterr().err
+    check = bundle_verify.verify_bundle(str(out), keypair[3].read_bytes())
+    assert check.ok and check.selection_signed and check.selection == {"key": "HS-0002", "from": None, "to": None}
+    with zipfile.ZipFile(out) as zf:
+        assert json.loads(zf.read("manifest.json"))["format"] == "lienthong-audit-bundle/3"
+    assert main(["audit", "export", str(out), "--key", "HS-0002", "--seal-key", str(tmp_path / "nope.key")]) == 2
