@@ -30,7 +30,7 @@ EXIT_FATAL = 78  # EX_CONFIG
 STEP_BEGAN_ENV = "LIENTHONG_STEP_BEGAN"
 
 
-#: What the DAGs fail at once instead of retrying (lienthong.dag_support.NO_RETRY, which imports
+#: What the DAGs fail at once instead of retrying (NO_RETRY of the DAGs' dag_support module, which imports
 #: Airflow): the harness treats a step ending on one of these as fatal, anything else as retried
 NOT_RETRIED = (FatalConnectorError, ConfigurationError, RecordRejected)
 
