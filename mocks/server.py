@@ -175,6 +175,21 @@ def _not_a_json_number(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+#: A ``\\uD800``–``\\uDFFF`` escape in the text: the only way a lone UTF-16 surrogate gets into a string.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """True when a string in ``value`` (keys included) holds half a UTF-16 pair, which is no
+    Unicode text: ``json.loads`` reads ``"\\ud800"`` into one, and it then fails every UTF-8
+    encoding (the state file, the answer). A proper pair is read as one character and passes."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 @dataclass
 class Request:
     method: str
@@ -203,6 +218,8 @@ class Request:
                 self._json = json.loads(text, parse_constant=_not_a_json_number) if text.strip() else None
                 if not text.strip():
                     self._json_error = "empty body"
+                elif _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(self._json):
+                    self._json, self._json_error = None, "a string holds a lone UTF-16 surrogate"
             except (UnicodeDecodeError, ValueError) as exc:
                 self._json_error = str(exc)
             except RecursionError:  # nested deeper than the parser follows: refused like any non-JSON body

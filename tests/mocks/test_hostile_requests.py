@@ -9,6 +9,7 @@ Already covered elsewhere and not repeated here: the portal's answer to a body t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,45 @@ def test_nan_and_infinity_are_not_json_to_any_stand_in(portal, platform, one, co
                              + constant + b"}}", timeout=TIMEOUT)
     assert response.status_code == 400
     assert requests.get(one.url + "/_state/events", timeout=TIMEOUT).json()["events"][-1]["dossier"]["dossierNo"] != "x"
+
+
+# --- lone UTF-16 surrogates -----------------------------------------------------------------------
+@pytest.mark.parametrize("escape", [b"\\ud800", b"\\uDFFF", b"x\\udc00y"], ids=["high", "low", "inside"])
+def test_a_lone_surrogate_escape_is_not_json_to_any_stand_in(portal, platform, one, escape):
+    """``"\\ud800"`` is a JSON escape of half a UTF-16 pair: no Unicode text, so no UTF-8 store can
+    hold it. Python's json reads it; the stand-ins used to answer 500 (a failure a client retries
+    for ever) or fail when storing it. A body carrying one is refused as not JSON, nothing is
+    stored, and a proper pair (an emoji) is still read."""
+    c = calls(portal, UNIT_A)
+    session = c.session.encode()
+    lookup = (b'{"session": "' + session + b'", "madonvi": "000.00.05.H49", "service": "TraCuuHoSo", '
+              b'"mahoso": "000.00.05.H49-261102-0001' + escape + b'"}')
+    response = requests.post(portal.url + "/integration", data=lookup, headers={"dstcode": "DVCQG"}, timeout=TIMEOUT)
+    assert (response.status_code, response.json()) == (400, NOT_JSON)
+    sync = (b'{"session": "' + session + b'", "madonvi": "000.00.05.H49", "service": "DongBoHoSoMC", '
+            b'"isUpdating": "False", "data": [' + json_dumps_record("000.00.05.H49-261102-0002", escape) + b"]}")
+    response = requests.post(portal.url + "/integration", data=sync, headers={"dstcode": "DVCQG"}, timeout=TIMEOUT)
+    assert (response.status_code, response.json()) == (400, NOT_JSON)
+    assert c.held() == []
+    assert c.calls()["<integration>"] == {"http_400": 2}
+    pair = lookup.replace(escape, b"\\ud83d\\ude00")
+    response = requests.post(portal.url + "/integration", data=pair, headers={"dstcode": "DVCQG"}, timeout=TIMEOUT)
+    assert response.json() == {"error_code": 0, "message": "Thành công", "result": []}
+
+    response = requests.post(platform.url + "/api/payment", data=b'{"LoaiBanTin": "QUERY", "MaThamChieu": "a'
+                             + escape + b'"}', timeout=TIMEOUT)
+    assert (response.status_code, response.json()) == (400, {"MaLoi": "99",
+                                                             "MoTaLoi": "Dữ liệu gửi lên không đúng định dạng JSON"})
+
+    headers = {"X-Api-Key": "demo-onestop-key", "Content-Type": "application/json"}
+    record = (b'{"serviceCode": "1.000001", "serviceName": "Th\xe1\xbb\xa7 t\xe1\xbb\xa5c' + escape
+              + b'", "channels": [{"channel": "counter", "processingDays": 5, "fees": []}]}')
+    response = requests.put(one.url + "/api/v1/procedures/1.000001", data=record, headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 400 and response.json()["error"] == "bad_request"
+    assert requests.get(one.url + "/_state/procedures", timeout=TIMEOUT).json()["counts"]["procedures"] == 0
+
+
+def json_dumps_record(ma_ho_so: str, escape: bytes) -> bytes:
+    """A valid DongBoHoSoMC record as JSON bytes whose ChuHoSo ends with ``escape`` (kept as written)."""
+    text = json.dumps(make_record(ma_ho_so, ChuHoSo="Nguyễn Văn A@@"), ensure_ascii=False).encode("utf-8")
+    return text.replace(b"@@", escape)
