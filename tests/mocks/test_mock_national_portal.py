@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from mocks.national_portal import NationalPortalMock, PortalAccount
-from tests.mocks.conftest import make_record
+from tests.mocks.conftest import make_entry, make_record
 
 TIMEOUT = 5
 MA = "000.00.01.H49-261102-0001"
@@ -365,8 +365,29 @@ def test_length_counts_characters_after_nfc(pc, record):
 
 
 def test_ma_ho_so_length_limit(pc, record):
-    long_code = "000.00.01.H49-261102-" + "1" * 30  # 51 characters
+    long_code = "0" * 35 + ".H49-261102-0001"  # 51 characters, of the form
     _refused(pc, record(long_code), "MaHoSo", "dài 51 ký tự", "tối đa 50 ký tự")
+
+
+@pytest.mark.parametrize("code", [
+    f" {MA}", f"{MA} ", f"{MA}\n", "000.00.01.H49 -261102-0001", "000.00.01.H49", "H49", "000.00.01.H49-2611-0001",
+    "000.00.01.H49-261102-001", "000.00.01.H49-261102-000001", "000.00.01.H49-261102-0001-01",
+    "000.00.01.H49-２６１１０２-0001", "000.00.01.H49-261102-٠٠٠١",
+])
+def test_ma_ho_so_must_have_the_dossier_code_form(pc, record, code):
+    """MaHoSo is {MaDinhDanh}-{yyMMdd}-{NNNN} (§6.2; NNNNN from the 2025 client): a code padded with a
+    space or written in other digits used to be stored as a second dossier beside the real one."""
+    _refused(pc, record(code), "MaHoSo", "không đúng định dạng MaDinhDanh-yyMMdd-NNNN")
+
+
+def test_a_padded_code_is_not_a_second_dossier(pc, record):
+    assert pc.sync([record()])["error_code"] == 0
+    answer = pc.sync([record(f"{MA} ")])
+    assert answer["error_code"] == -1 and answer["result"][0]["field"] == "MaHoSo"
+    answer = pc.call("CapNhatTienDoHoSoMC", data=[make_entry(f" {MA}")])
+    assert answer["error_code"] == -1 and answer["result"][0]["field"] == "MaHoSo"
+    assert [d["MaHoSo"] for d in pc.held()] == [MA] and pc.state()["counts"]["progress"] == 0
+    assert pc.sync([record("000.00.01.H49-261102-12345")])["error_code"] == 0  # the 2025 client's random suffix
 
 
 def test_file_and_result_names_have_limits(pc, record):
