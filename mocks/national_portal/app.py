@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -117,6 +118,16 @@ CREATE TABLE IF NOT EXISTS calls (
 """
 
 
+_PROVINCE = re.compile(r"H[0-9]{2}")
+
+
+def province_of(unit: str) -> str:
+    """The province code ``H{pp}`` of a unit code: ``H49`` from ``000.00.01.H49`` and from the short
+    agency form ``H49.14`` (contract §6.3); the last dotted segment when none is of that form."""
+    parts = unit.split(".")
+    return next((part for part in parts if _PROVINCE.fullmatch(part)), parts[-1])
+
+
 @dataclass(frozen=True)
 class PortalAccount:
     """An adapter account: user name, password and the unit (madonvi) it acts for."""
@@ -127,8 +138,8 @@ class PortalAccount:
 
     @property
     def province(self) -> str:
-        """``H49`` from ``000.00.01.H49``."""
-        return self.unit.rsplit(".", 1)[-1]
+        """``H49`` from ``000.00.01.H49`` or ``H49.14`` (:func:`province_of`)."""
+        return province_of(self.unit)
 
 
 DEFAULT_ACCOUNT = PortalAccount("lienthong.h49", "demo-portal-secret", "000.00.01.H49")
@@ -470,7 +481,7 @@ class NationalPortalMock(CatalogueMixin, MockServer):
                                            f"cùng một lần gửi (phần tử thứ {seen[ma]} và thứ {position})")
         seen[ma] = position
         unit_part = ma.split("-", 1)[0]
-        if unit_part.rsplit(".", 1)[-1] != session.province:
+        if province_of(unit_part) != session.province:
             return fail(WRONG_UNIT, "MaHoSo", f"Hồ sơ {ma}: mã đơn vị {unit_part} trong MaHoSo không thuộc "
                                               f"tỉnh/thành phố {session.province} của tài khoản đăng nhập")
         stored = conn.execute("SELECT trang_thai FROM dossiers WHERE ma_ho_so = ?", (ma,)).fetchone()
@@ -541,7 +552,7 @@ class NationalPortalMock(CatalogueMixin, MockServer):
         if error:
             return fail(INVALID, error.field, error.message)
         unit_part = ma.split("-", 1)[0]
-        if unit_part.rsplit(".", 1)[-1] != session.province:
+        if province_of(unit_part) != session.province:
             return fail(WRONG_UNIT, "MaHoSo", f"{label}: mã đơn vị {unit_part} trong MaHoSo không thuộc "
                                               f"tỉnh/thành phố {session.province} của tài khoản đăng nhập")
         stored = conn.execute("SELECT trang_thai FROM dossiers WHERE ma_ho_so = ?", (ma,)).fetchone()

@@ -148,6 +148,23 @@ def test_accounts_are_configurable(portal_factory, portal_calls, record):
     assert portal_calls(mapping, username="a", password="pw", unit="000.00.01.H22").login()["error_code"] == 0
 
 
+def test_a_short_agency_code_belongs_to_its_province(portal_factory, portal_calls, record):
+    """Agency codes such as H56.14 occur beside the dotted 000.00.01.H56 (§6.3). The province is the
+    H{pp} segment, not the last one: an account of unit H56.14 was taken for province "14", so every
+    dossier of its own province was refused with code 5, and a MaHoSo headed H56.14 counted as "14"."""
+    portal = portal_factory(accounts=[PortalAccount("thanhhoa", "s3cret", "H56.14")])
+    assert portal.accounts["thanhhoa"].province == "H56"
+    calls = portal_calls(portal, username="thanhhoa", password="s3cret", unit="H56.14")
+    assert calls.login()["error_code"] == 0
+    for code in ("000.00.01.H56-261102-0001", "H56.14-261102-0001", "H56-261102-0001"):
+        assert calls.sync([record(code)]) == {"error_code": 0, "message": "Đồng bộ thành công 1 hồ sơ"}, code
+    for code in ("000.00.01.H49-261102-0001", "H49.56-261102-0001", "000.00.01.H561-261102-0001"):
+        answer = calls.sync([record(code)])
+        assert answer["error_code"] == 5, code
+        assert "không thuộc tỉnh/thành phố H56 của tài khoản đăng nhập" in answer["result"][0]["message"]
+    assert calls.call("CapNhatTienDoHoSoMC", data=[make_entry("H56.14-261102-0001")])["error_code"] == 0
+
+
 @pytest.mark.parametrize("service,endpoint", [
     ("KhongCo", "integration"), ("DongBoHoSoMC", "share"), ("LayDanhSachTTHCDonVi", "share"), ("LayThuTuc", "share"), ("", "integration")])
 def test_unknown_service_is_code_minus_1(pc, service, endpoint):
