@@ -22,7 +22,7 @@ from typing import Any
 
 from mocks.national_portal.catalogue import DEFAULT_SIZE as DEFAULT_CATALOGUE_SIZE
 from mocks.national_portal.catalogue_service import CATALOGUE_SCHEMA, CatalogueMixin
-from mocks.national_portal.rules import RecordRules, progress_label, record_label
+from mocks.national_portal.rules import RecordRules, lookup_parameter, progress_label, record_label
 from mocks.server import (
     BadJson,
     MockServer,
@@ -594,9 +594,9 @@ class NationalPortalMock(CatalogueMixin, MockServer):
 
     def _tra_cuu_ho_so(self, env: Envelope, session: _Session) -> dict[str, Any]:
         """TraCuuHoSo: does the portal hold ``mahoso``? A non-empty ``result`` means yes (§4.4)."""
-        ma = env.get("mahoso")
-        if not isinstance(ma, str) or not ma.strip():
-            return {"error_code": INVALID, "message": "Thiếu tham số mahoso"}
+        ma, refused = lookup_parameter(env, "mahoso", required=True)
+        if refused:
+            return refused
         db = self.require_db()
         with db.lock:
             row = db.conn.execute("SELECT ma_ho_so, trang_thai, ngay_cap_nhat FROM dossiers WHERE ma_ho_so = ?",

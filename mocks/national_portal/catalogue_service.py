@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from mocks.national_portal import catalogue as cat
+from mocks.national_portal.rules import lookup_parameter
 from mocks.server import BadJson, Request, Response, StateDB, dumps, json_response, seeded_rng
 
 CATALOGUE_SCHEMA = """
@@ -93,15 +94,17 @@ class CatalogueMixin:
                 "result": [{"MATTHC": r["code"], "TENTTHC": r["name"]} for r in rows]}
 
     def _lay_thu_tuc(self, env: dict[str, Any], session: Any) -> dict[str, Any]:
-        code = env.get("maTTHC")
-        if not isinstance(code, str) or not code.strip():
-            return {"error_code": -1, "message": "Thiếu tham số maTTHC"}
+        code, refused = lookup_parameter(env, "maTTHC", required=True)
+        if refused:
+            return refused
         rows = self._rows_where("WHERE code = ?", (code,))
         return {"error_code": 0, "message": "Thành công", "result": [json.loads(r["record"]) for r in rows]}
 
     def _lay_dvc(self, env: dict[str, Any], session: Any) -> dict[str, Any]:
-        code = env.get("maTTHC")
-        if isinstance(code, str) and code:
+        code, refused = lookup_parameter(env, "maTTHC", required=False)
+        if refused:
+            return refused
+        if code:
             rows = self._rows_where("WHERE trang_thai = ? AND code = ?", (cat.PUBLISHED, code))
         else:
             rows = self._rows_where("WHERE trang_thai = ?", (cat.PUBLISHED,))

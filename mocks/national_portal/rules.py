@@ -20,7 +20,7 @@ from typing import Any
 
 from mocks.server import FIXTURES_DIR
 
-__all__ = ["RecordRules", "RuleError", "json_type_name", "progress_label", "record_label"]
+__all__ = ["RecordRules", "RuleError", "json_type_name", "lookup_parameter", "progress_label", "record_label"]
 
 RULES_DIR = FIXTURES_DIR / "schemas" / "national_portal"
 
@@ -49,6 +49,25 @@ def json_type_name(value: Any) -> str:
     else:
         kind = "object"
     return _TYPE_NAMES[kind]
+
+
+def lookup_parameter(env: Mapping[str, Any], name: str, *, required: bool) -> tuple[str, dict[str, Any] | None]:
+    """The string look-up key ``name`` of an envelope (``mahoso``, ``maTTHC``), or the refusal to answer.
+
+    Missing, or blank when ``required``: ``Thiếu tham số <name>``. Present but not a string:
+    ``Tham số <name> phải là chuỗi (string), không phải <type>``, never read as "no filter".
+    Returns ``(value, None)`` (``""`` for an absent optional key) or ``("", refusal)``.
+    """
+    if name not in env:
+        value: Any = ""
+    else:
+        value = env[name]
+        if not isinstance(value, str):
+            return "", {"error_code": -1,
+                        "message": f"Tham số {name} phải là chuỗi (string), không phải {json_type_name(value)}"}
+    if required and not value.strip():
+        return "", {"error_code": -1, "message": f"Thiếu tham số {name}"}
+    return value, None
 
 
 def record_label(record: Any, position: int) -> str:

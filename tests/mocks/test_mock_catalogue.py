@@ -277,3 +277,18 @@ def test_one_stop_procedures_need_the_key_and_get_faults(os_calls):
     assert _put(os_calls, PROC).status_code == 503
     assert os_calls.get("/api/v1/procedures").status_code == 200
     assert os_calls.get("/_state/procedures", key=False).json()["upserts"] == {}
+
+
+@pytest.mark.parametrize("service,name", [("LayThuTuc", "maTTHC"), ("LayDVC", "maTTHC"), ("TraCuuHoSo", "mahoso")])
+@pytest.mark.parametrize("value,kind", [(2000488, "số (number)"), (["2.000488.000.00.00.H49"], "mảng (array)"),
+                                        (None, "null"), (True, "giá trị logic (boolean)")])
+def test_a_lookup_parameter_of_the_wrong_type_is_named_not_ignored(world, service, name, value, kind):
+    """A look-up key that is not a string is refused naming the key and its type. LayDVC used to
+    drop such a filter and answer the whole catalogue as if asked for everything, and LayThuTuc and
+    TraCuuHoSo said the key was missing when it was there."""
+    assert world.call(service, **{name: value}) == {
+        "error_code": -1, "message": f"Tham số {name} phải là chuỗi (string), không phải {kind}"}
+    if service == "LayDVC":  # no filter at all, or an empty one, is still "every procedure"
+        assert len(world.call("LayDVC", maTTHC="")["result"]["data"]) == len(world.call("LayDVC")["result"]["data"])
+    else:
+        assert world.call(service) == {"error_code": -1, "message": f"Thiếu tham số {name}"}
