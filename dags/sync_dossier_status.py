@@ -10,6 +10,10 @@ Backfill: trigger with ``feed_from="beginning"`` (or a cursor) to re-read the on
 feed — events staged before go back in line and payloads the portal acknowledged are not re-sent —
 and ``resend_acknowledged=true`` to send everything again after the portal lost data;
 ``window_from``/``window_to`` stage the current snapshot of every dossier modified in that window.
+
+``summarize_run`` closes the run's summary in the bus database whatever happened before it (a
+step that failed after its retries included), recording the outcome and which steps failed
+(``outcome``, ``failed_tasks``); ``fail_if_a_step_failed`` then keeps such a run failed.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from lienthong.dag_support import default_args, run_ids
+from lienthong.dag_support import default_args, fail_if_a_step_failed, failed_steps, run_ids
 
 DEFAULT_ARGS = default_args(retries=3, retry_delay=timedelta(seconds=30), max_retry_delay=timedelta(minutes=10),
                             execution_timeout=timedelta(minutes=30))
@@ -78,15 +82,20 @@ def sync_dossier_status():
         run_id, task_id = run_ids()
         return tasks.deliver_dossier_progress(airflow_connection_spec, run_id=run_id, task_id=task_id)
 
-    @task(retries=1)
-    def summarize_run(progress: dict) -> dict:
+    @task(retries=1, trigger_rule="all_done")
+    def summarize_run(progress: dict | None) -> dict:  # None: the progress step did not succeed
         from connectors.hooks import airflow_connection_spec
         from lienthong import tasks
 
         run_id, _ = run_ids()
-        return tasks.for_xcom(tasks.dossier_run_summary(airflow_connection_spec, run_id=run_id))
+        return tasks.for_xcom(tasks.dossier_run_summary(airflow_connection_spec, run_id=run_id,
+                                                        failed_tasks=failed_steps()))
 
-    summarize_run(deliver_progress_entries(deliver_dossier_statuses(stage_dossier_changes())))
+    staged = stage_dossier_changes()
+    delivered = deliver_dossier_statuses(staged)
+    progress = deliver_progress_entries(delivered)
+    summarize_run(progress)
+    [staged, delivered, progress] >> fail_if_a_step_failed()
 
 
 sync_dossier_status()

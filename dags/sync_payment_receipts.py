@@ -19,7 +19,11 @@ Thin by design: each task calls one function of ``lienthong.tasks``.
    and writes the reconciliation report (task log and ``$LIENTHONG_HOME/reports/payments-<run>.md``):
    every transaction in a full pass (the first run of each day, or a run triggered with
    ``full_reconciliation``), otherwise those changed since the last pass and those with open
-   mismatches, so an hourly run's cost follows its new payments.
+   mismatches, so an hourly run's cost follows its new payments. It closes the run whatever
+   happened before it (``all_done``), recording the outcome and which steps failed (``outcome``,
+   ``failed_tasks``); after a failed step there is no pass (the next run's covers this run's
+   changes) and the report says the run failed. ``fail_if_a_step_failed`` then keeps such a run
+   failed.
 
 Transport errors are retried by Airflow; data errors are dead-lettered (``lienthong deadletter
 list --flow payment_receipts``) and never fail the run.
@@ -31,7 +35,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from lienthong.dag_support import default_args, run_ids
+from lienthong.dag_support import default_args, fail_if_a_step_failed, failed_steps, run_ids
 
 DEFAULT_ARGS = default_args(retries=3, retry_delay=timedelta(minutes=2), max_retry_delay=timedelta(minutes=20),
                             execution_timeout=timedelta(minutes=50))
@@ -80,8 +84,8 @@ def sync_payment_receipts():
         run_id, task_id = run_ids()
         return tasks.submit_payment_receipts(airflow_connection_spec, run_id=run_id, task_id=task_id)
 
-    @task(pool="ministry_ledger", retries=1)
-    def reconcile_payments(fees: dict, receipts: dict) -> dict:
+    @task(pool="ministry_ledger", retries=1, trigger_rule="all_done")
+    def reconcile_payments(fees: dict | None, receipts: dict | None) -> dict:  # None: that step failed
         from connectors.hooks import airflow_connection_spec
         from lienthong import localenv, tasks
 
@@ -89,12 +93,14 @@ def sync_payment_receipts():
         full = bool(get_current_context()["params"].get("full_reconciliation")) or None  # None: daily by itself
         return tasks.for_xcom(tasks.reconcile_payments(airflow_connection_spec, run_id=run_id, task_id=task_id,
                                                        report_dir=str(localenv.topology().home / "reports"),
-                                                       full=full))
+                                                       full=full, failed_tasks=failed_steps()))
 
-    fees = update_onestop_fees(collect_payments())
+    collected = collect_payments()
+    fees = update_onestop_fees(collected)
     receipts = submit_receipts()
     fees >> receipts
     reconcile_payments(fees, receipts)
+    [collected, fees, receipts] >> fail_if_a_step_failed()
 
 
 sync_payment_receipts()

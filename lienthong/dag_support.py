@@ -12,6 +12,12 @@ dead-letter them; one that does (``RecordRejected``, a bug) fails the task at on
 record would be refused again. A retriable error carrying the peer's ``Retry-After`` (``retry_after``, seconds:
 a 429 or 503 that asked for longer than the transport waits itself) is retried no sooner than the
 peer asked, and no later than :data:`MAX_RETRY_AFTER`.
+
+A run's closing task (the one that closes its summary in the bus database) runs whatever happened
+to the steps before it (``trigger_rule="all_done"``) and records which failed
+(:func:`failed_steps`); since its success would then make the run's last task green, every DAG also
+ends with :func:`fail_if_a_step_failed`, which fails the run (Airflow marks a run failed when one of
+its last tasks failed) naming the steps that failed, and is skipped when none did.
 """
 
 from __future__ import annotations
@@ -20,10 +26,18 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule, get_current_context
+from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule, get_current_context, task
 from airflow.sdk.definitions.retry_policy import RetryDecision
+from airflow.sdk.exceptions import AirflowFailException
 
-__all__ = ["MAX_RETRY_AFTER", "NO_RETRY", "PeerPacedRetryPolicy", "default_args", "run_ids"]
+__all__ = ["MAX_RETRY_AFTER", "NO_RETRY", "PeerPacedRetryPolicy", "WATCHER_TASK_ID", "default_args",
+           "fail_if_a_step_failed", "failed_steps", "run_ids"]
+
+#: The task that fails a run one of whose steps failed (:func:`fail_if_a_step_failed`).
+WATCHER_TASK_ID = "fail_if_a_step_failed"
+
+#: Task states that mean a step did not do its work: it failed, or did not run because one before it failed.
+FAILED_STATES = ("failed", "upstream_failed")
 
 #: Exceptions (dotted paths) that fail a task at once instead of being retried.
 NO_RETRY = ("connectors.errors.FatalConnectorError", "connectors.errors.ConfigurationError",
@@ -83,3 +97,25 @@ def run_ids() -> tuple[str, str]:
     """(run id, task id) of the task instance running now: what the exchange log records."""
     ctx = get_current_context()
     return ctx["run_id"], ctx["ti"].task_id
+
+
+def failed_steps() -> dict[str, str]:
+    """The tasks of the running DAG run that failed or did not run because one before them failed,
+    as ``{task_id: state}`` (the running task and :data:`WATCHER_TASK_ID` left out), read from
+    Airflow through the Task SDK (the task's context, not the metadata DB)."""
+    ctx = get_current_context()
+    ti = ctx["ti"]
+    states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ctx["run_id"]]).get(ctx["run_id"], {})
+    return {task_id: str(state) for task_id, state in sorted(states.items())
+            if task_id not in (ti.task_id, WATCHER_TASK_ID) and str(state) in FAILED_STATES}
+
+
+@task(task_id=WATCHER_TASK_ID, trigger_rule="one_failed")
+def fail_if_a_step_failed() -> None:
+    """Fail the run when a step failed (Airflow runs this only then; otherwise it is skipped): the
+    closing task, which runs whatever happened before it, would otherwise be the run's last task
+    and turn a failed run green. Fails at once, never retried (the steps' own retries are over)."""
+    failed = failed_steps()
+    raise AirflowFailException("this run failed: " + (", ".join(
+        f"{task_id} {'failed' if state == 'failed' else 'did not run (a step before it failed)'}"
+        for task_id, state in failed.items()) or "a step failed") + "; its run summary records which")

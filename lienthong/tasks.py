@@ -234,13 +234,38 @@ def deliver_dossier_progress(
         store, portal, run_id=run_id, chunk_size=size, report=report))
 
 
-def dossier_run_summary(resolve: Resolver, *, run_id: str) -> dict[str, Any]:
-    """Close the run's summary and return it (what the demo prints)."""
+def _close_run(store: Store, flow: str, run_id: str, failed_tasks: dict[str, str] | None) -> None:
+    """Close the run's summary (``finished_at``) with its outcome: ``outcome`` ``failed`` and
+    ``failed_tasks`` (``{task_id: "failed" | "upstream_failed"}``, the latter: did not run because
+    a step before it failed) when a step failed, else ``succeeded`` and ``{}``. Set, not added: a
+    closing task's retry writes the same."""
+    failed = dict(failed_tasks or {})
+    store.add_run_counts(flow, run_id, {"outcome": "failed" if failed else "succeeded", "failed_tasks": failed},
+                         finished=True)
+
+
+def failed_tasks_text(failed_tasks: dict[str, str]) -> str:
+    """``failed_tasks`` for people: which step failed, which did not run because of it."""
+    return ", ".join(f"{task_id} {'failed' if state == 'failed' else 'did not run (a step before it failed)'}"
+                     for task_id, state in failed_tasks.items())
+
+
+def _log_outcome(what: str, run_id: str, failed_tasks: dict[str, str] | None) -> None:
+    if failed_tasks:
+        log.error("%s %s FAILED: %s; the counts below are what it did before", what, run_id,
+                  failed_tasks_text(failed_tasks))
+
+
+def dossier_run_summary(resolve: Resolver, *, run_id: str,
+                        failed_tasks: dict[str, str] | None = None) -> dict[str, Any]:
+    """Close the run's summary and return it (what the demo prints). ``failed_tasks``: the run's
+    steps that failed (``{task_id: state}``), recorded with the outcome (see :func:`_close_run`)."""
     store = open_store(resolve)
-    store.add_run_counts(dossier_status.FLOW, run_id, {}, finished=True)
+    _close_run(store, dossier_status.FLOW, run_id, failed_tasks)
     summary = store.run_summary(dossier_status.FLOW, run_id) or {}
     counts = summary.get("counts", {})
     # What an engineer reads in the task log of the Airflow UI.
+    _log_outcome("run", run_id, failed_tasks)
     log.info("run %s: %s new events staged; dossiers %s new, %s updated, %s unchanged, %s held, %s rejected; "
              "progress %s sent, %s rejected; %s exchange-log records",
              run_id, counts.get("staged", 0), counts.get("delivered_new", 0), counts.get("delivered_update", 0),
@@ -301,15 +326,23 @@ def push_procedure_catalogue(
     return {k: v for k, v in counts.items() if not isinstance(v, list)}
 
 
-def catalogue_run_summary(resolve: Resolver, *, run_id: str, report_dir: str | None = None) -> dict[str, Any]:
-    """Close the run, write its change report (Markdown) and return the summary."""
+def catalogue_run_summary(resolve: Resolver, *, run_id: str, report_dir: str | None = None,
+                          failed_tasks: dict[str, str] | None = None) -> dict[str, Any]:
+    """Close the run, write its change report (Markdown) and return the summary. ``failed_tasks``:
+    the run's steps that failed, recorded with the outcome and said at the top of the report."""
     from pathlib import Path
 
     from lienthong.flows import catalogue
 
     store = open_store(resolve)
-    store.add_run_counts(catalogue.FLOW, run_id, {}, finished=True)
+    _close_run(store, catalogue.FLOW, run_id, failed_tasks)
     text = catalogue.change_report(store, run_id)
+    if failed_tasks:
+        head, _, rest = text.partition("\n\n")
+        text = (f"{head}\n\n**This run failed**: {failed_tasks_text(failed_tasks)}. The changes below are "
+                f"those the pull found; a destination whose push failed or did not run gets them from the "
+                f"next run.\n\n{rest}")
+    _log_outcome("catalogue run", run_id, failed_tasks)
     summary = store.run_summary(catalogue.FLOW, run_id) or {}
     if report_dir:
         path = Path(report_dir) / f"catalogue-{''.join(c if c.isalnum() else '_' for c in run_id)}.md"
@@ -412,23 +445,33 @@ def submit_payment_receipts(
 
 def reconcile_payments(
     resolve: Resolver, *, run_id: str, task_id: str | None = None, report_dir: str | None = None,
-    full: bool | None = None,
+    full: bool | None = None, failed_tasks: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Reconcile the three systems, close the run, write the report (Markdown and JSON) and return
     the summary. ``full``: every transaction (true), only those changed since the last pass and
-    those with open mismatches (false), or a full pass when the last is a day old (``None``)."""
+    those with open mismatches (false), or a full pass when the last is a day old (``None``).
+
+    ``failed_tasks``: the run's steps that failed (``{task_id: state}``). Then there is no pass (it
+    would judge what the failed step left half done; the next run's pass covers this run's changes,
+    as the pass's bookmark does not move): the run is closed with its outcome and the report says
+    it failed, with the mismatches earlier passes left open."""
     from pathlib import Path
 
     from lienthong.flows import payment_receipts
 
-    # a pass's findings, not work done: a failed pass is not counted (its retry checks everything again)
-    counts = _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), None, lambda store, c, _report:
-                           payment_receipts.reconcile(store, c["onestop"], c["ledger"], run_id=run_id, full=full))
+    counts: dict[str, Any] = {}
+    if not failed_tasks:
+        # a pass's findings, not work done: a failed pass is not counted (its retry checks everything again)
+        counts = _payment_step(resolve, run_id, task_id, ("onestop", "ledger"), None, lambda store, c, _report:
+                               payment_receipts.reconcile(store, c["onestop"], c["ledger"], run_id=run_id,
+                                                          full=full))
     store = open_store(resolve)
-    store.add_run_counts(payment_receipts.FLOW, run_id, {}, finished=True)
+    _close_run(store, payment_receipts.FLOW, run_id, failed_tasks)
     summary = store.run_summary(payment_receipts.FLOW, run_id) or {}
     run_counts = summary.get("counts", {})
-    text = payment_receipts.reconciliation_markdown(store, run_id, run_counts)
+    text = payment_receipts.reconciliation_markdown(
+        store, run_id, run_counts, failed=failed_tasks_text(failed_tasks) if failed_tasks else None)
+    _log_outcome("payment run", run_id, failed_tasks)
     items = payment_receipts.open_items(store)
     if report_dir:
         stem = Path(report_dir) / f"payments-{''.join(ch if ch.isalnum() else '_' for ch in run_id)}"
@@ -441,13 +484,15 @@ def reconcile_payments(
     summary["open_mismatches"] = [{k: item[k] for k in ("kind", "record_key", "dossier_code", "receipt_no")}
                                   for item in items]
     log.info("payment run %s: %s requests listed, %s paid and %s failed found; one-stop fees updated %s "
-             "(already %s, held %s); receipts accepted %s, unchanged %s, held %s, rejected %s; reconciliation: "
-             "%s paid checked, %s agree, %s mismatches", run_id, run_counts.get("requests_listed", 0),
+             "(already %s, held %s); receipts accepted %s, unchanged %s, held %s, rejected %s; reconciliation: %s",
+             run_id, run_counts.get("requests_listed", 0),
              run_counts.get("found_paid", 0), run_counts.get("found_failed", 0), run_counts.get("fees_updated", 0),
              run_counts.get("fees_already_recorded", 0), run_counts.get("fees_held", 0),
              run_counts.get("receipts_accepted", 0), run_counts.get("receipts_unchanged", 0),
-             run_counts.get("receipts_held", 0), run_counts.get("receipts_rejected", 0), counts.get("reconciled_paid"),
-             counts.get("reconciled_agreed"), counts.get("mismatches"))
+             run_counts.get("receipts_held", 0), run_counts.get("receipts_rejected", 0),
+             "not run (the run failed)" if failed_tasks else
+             f"{counts.get('reconciled_paid')} paid checked, {counts.get('reconciled_agreed')} agree, "
+             f"{counts.get('mismatches')} mismatches")
     for line in text.splitlines():
         log.info("%s", line)
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in summary.items()}

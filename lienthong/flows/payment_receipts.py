@@ -1355,19 +1355,25 @@ def payment_counts(store: Store) -> dict[str, Any]:
     return dict(sorted(total.items()))
 
 
-def reconciliation_markdown(store: Store, run_id: str, counts: dict[str, Any]) -> str:
-    """The run's reconciliation report for people: totals, then every open mismatch with its age."""
+def reconciliation_markdown(store: Store, run_id: str, counts: dict[str, Any], *,
+                            failed: str | None = None) -> str:
+    """The run's reconciliation report for people: totals, then every open mismatch with its age.
+    ``failed``: the run's failed steps, said in words: the run failed and its pass did not run."""
     items = open_items(store)
     now = utcnow()
-    scope = ("Scope: every transaction (a full pass; one runs at least daily)."
+    scope = (f"**This run failed**: {failed}. The three systems were not reconciled: the next run's pass "
+             "checks what changed since the last pass, this run's changes included; the mismatches below are "
+             "those earlier passes left open." if failed else
+             "Scope: every transaction (a full pass; one runs at least daily)."
              if counts.get("reconciled_scope", "full") == "full" else
              f"Scope: the transactions that changed since {counts.get('reconciled_since')} UTC and those with open "
              "mismatches (a pass between the daily full ones: an older receipt changed at the ledger, or a request "
              "at the one-stop, is found by the next full pass).")
     lines = [f"# Payment reconciliation — run {run_id}", "", scope, "",
-             (f"Paid transactions checked: {counts.get('reconciled_paid', 0)}; "
-              f"all three systems agree on {counts.get('reconciled_agreed', 0)}. "
-              f"Failed transactions: {counts.get('reconciled_failed', 0)}."),
+             *(() if failed else [
+                 (f"Paid transactions checked: {counts.get('reconciled_paid', 0)}; "
+                  f"all three systems agree on {counts.get('reconciled_agreed', 0)}. "
+                  f"Failed transactions: {counts.get('reconciled_failed', 0)}.")]),
              (f"Payments no longer asked about (the platform still said pending, or did not know them, after 30 "
               f"days of asking; asked again if the one-stop's view of them changes): "
               f"{counts.get('payments_given_up', 0)}."),

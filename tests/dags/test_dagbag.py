@@ -92,7 +92,8 @@ def test_a_peers_retry_after_paces_the_retry(dagbag):
 def test_dossier_dag_shape(dagbag):
     dag = dagbag.dags["sync_dossier_status"]
     assert [t.task_id for t in dag.topological_sort()] == [
-        "stage_dossier_changes", "deliver_dossier_statuses", "deliver_progress_entries", "summarize_run"]
+        "stage_dossier_changes", "deliver_dossier_statuses", "deliver_progress_entries", "summarize_run",
+        "fail_if_a_step_failed"]
     assert dag.max_active_runs == 1
     assert dag.catchup is False
     assert dag.get_task("stage_dossier_changes").pool == "onestop"
@@ -108,7 +109,8 @@ def test_dossier_dag_shape(dagbag):
 def test_payment_dag_shape(dagbag):
     dag = dagbag.dags["sync_payment_receipts"]
     order = [t.task_id for t in dag.topological_sort()]
-    assert order == ["collect_payments", "update_onestop_fees", "submit_receipts", "reconcile_payments"]
+    assert order == ["collect_payments", "update_onestop_fees", "submit_receipts", "reconcile_payments",
+                     "fail_if_a_step_failed"]
     # the ledger step takes the payers the fee step read, and runs whatever the fee step's outcome
     assert dag.get_task("submit_receipts").upstream_task_ids == {"update_onestop_fees"}
     assert dag.get_task("submit_receipts").trigger_rule == "all_done"
@@ -118,6 +120,25 @@ def test_payment_dag_shape(dagbag):
     assert dag.get_task("submit_receipts").pool == "ministry_ledger"
     assert dag.get_task("reconcile_payments").upstream_task_ids == {"update_onestop_fees", "submit_receipts"}
     assert dag.schedule == "@hourly"
+
+
+@pytest.mark.parametrize("dag_id, closer, steps", [
+    ("sync_dossier_status", "summarize_run",
+     {"stage_dossier_changes", "deliver_dossier_statuses", "deliver_progress_entries"}),
+    ("sync_procedure_catalogue", "summarize_catalogue_run", {"pull_catalogue", "push_to_onestop", "push_to_ministry"}),
+    ("sync_payment_receipts", "reconcile_payments", {"collect_payments", "update_onestop_fees", "submit_receipts"}),
+])
+def test_a_run_is_closed_whatever_its_steps_did_and_a_failed_step_fails_the_run(dagbag, dag_id, closer, steps):
+    """The closing task only ran when every step before it succeeded, so a run whose step failed
+    after its retries kept its summary open (no finished_at, nothing saying it failed). It runs
+    whatever happened (all_done); the run's other last task, fail_if_a_step_failed, watches every
+    step (one_failed) and fails the run when one failed, since the closer's success would make it green."""
+    dag = dagbag.dags[dag_id]
+    assert dag.get_task(closer).trigger_rule == "all_done"
+    watcher = dag.get_task("fail_if_a_step_failed")
+    assert watcher.trigger_rule == "one_failed" and watcher.upstream_task_ids == steps
+    assert {t.task_id for t in dag.tasks if not t.downstream_task_ids} == {closer, "fail_if_a_step_failed"}
+    assert set(dag.task_dict) == steps | {closer, "fail_if_a_step_failed"}
 
 
 def test_report_dags_are_in_the_bag(dagbag):
@@ -152,6 +173,7 @@ def test_summary_tasks_return_small_xcoms_however_many_records_were_refused(dagb
                             ("sync_payment_receipts", "reconcile_payments")):
         callable_ = dagbag.dags[dag_id].get_task(task_id).python_callable
         monkeypatch.setitem(callable_.__globals__, "run_ids", lambda: ("r", task_id))
+        monkeypatch.setitem(callable_.__globals__, "failed_steps", lambda: {})
         monkeypatch.setitem(callable_.__globals__, "get_current_context",
                             lambda: {"params": {"full_reconciliation": False}})
         returned = callable_(*[{}] * len(inspect.signature(callable_).parameters))

@@ -3,6 +3,8 @@ stand-ins as real servers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import requests
 from sqlalchemy import select
@@ -36,7 +38,7 @@ def test_two_runs_through_airflow_deliver_everything_once(airflow_db, dag, bus_e
     assert first.state == "success"
     assert {ti.task_id: ti.state for ti in first.get_task_instances()} == {
         "stage_dossier_changes": "success", "deliver_dossier_statuses": "success",
-        "deliver_progress_entries": "success", "summarize_run": "success"}
+        "deliver_progress_entries": "success", "summarize_run": "success", "fail_if_a_step_failed": "skipped"}
 
     onestop = {d["dossierNo"]: d for d in requests.get(bus_env.onestop.url + "/_state/dossiers",
                                                        timeout=T).json()["dossiers"]}
@@ -51,6 +53,7 @@ def test_two_runs_through_airflow_deliver_everything_once(airflow_db, dag, bus_e
     assert summary["counts"]["delivered_new"] == len(expected)
     assert summary["counts"]["rejected"] == len(defective)
     assert summary["finished_at"] is not None
+    assert (summary["counts"]["outcome"], summary["counts"]["failed_tasks"]) == ("succeeded", {})
     with store.engine.connect() as conn:
         rows = conn.execute(select(exchange_log.c.task_id, exchange_log.c.operation, exchange_log.c.peer)
                             .where(exchange_log.c.run_id == first.run_id)).all()
@@ -79,6 +82,63 @@ def test_two_runs_through_airflow_deliver_everything_once(airflow_db, dag, bus_e
         assert held[code] == mapping.apply(onestop_current(bus_env, code)), code
 
 
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def failing_fast(dag_id: str):
+    """The DAG with every retry taken away: a step that fails, fails the run at once."""
+    from pathlib import Path
+
+    from airflow.models import DagBag
+
+    dag = DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags")).dags[dag_id]
+    for t in dag.tasks:
+        t.retries = 0
+    return dag
+
+
+def test_a_run_whose_delivery_fails_is_closed_with_its_failed_steps_and_stays_failed(airflow_db, bus_env,
+                                                                                     monkeypatch):
+    """The portal does not answer (a closed port) and the delivery step fails after its retries: the
+    run summary is closed all the same, with what the run did (the events it staged, the failed
+    attempt in the exchange log) and which steps failed, and the DAG run stays failed."""
+    import json
+
+    portal = bus_env.connections(Path("unused"))["national_portal_default"]
+    portal["port"] = closed_port()
+    portal["extra"] = {**portal["extra"], "max_attempts": 1}
+    monkeypatch.setenv("AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT", json.dumps(portal))
+
+    run = failing_fast("sync_dossier_status").test()
+    assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {
+        "stage_dossier_changes": "success", "deliver_dossier_statuses": "failed",
+        "deliver_progress_entries": "upstream_failed", "summarize_run": "success",
+        "fail_if_a_step_failed": "failed"}
+    assert run.state == "failed"
+
+    store = tasks.open_store(connection_from_env)
+    summary = store.run_summary(dossier_status.FLOW, run.run_id)
+    assert summary["finished_at"] is not None
+    assert summary["counts"]["outcome"] == "failed"
+    assert summary["counts"]["failed_tasks"] == {"deliver_dossier_statuses": "failed",
+                                                 "deliver_progress_entries": "upstream_failed"}
+    # what it did before: the feed staged (the seeded world's 40 dossiers), the two defective ones
+    # rejected by the mapping before the portal was called, nothing delivered
+    counts = summary["counts"]
+    assert (counts["staged"], counts["considered"], counts["rejected"], counts["delivered_new"]) == (84, 40, 2, 0)
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(exchange_log.c.task_id, exchange_log.c.peer, exchange_log.c.outcome)
+                            .where(exchange_log.c.run_id == run.run_id)).all()
+    portal_rows = [r for r in rows if r.peer == "national_portal"]
+    assert len(portal_rows) == 1 and portal_rows[0].task_id == "deliver_dossier_statuses"
+    assert summary["exchanges"] == len(rows)
+
+
 def onestop_current(standins, code):
     items = requests.get(standins.onestop.url + "/_state/dossiers", timeout=T).json()["dossiers"]
     return next(d for d in items if d["dossierNo"] == code)
@@ -99,7 +159,7 @@ def test_catalogue_dag_through_airflow(airflow_db, bus_env, tmp_path, monkeypatc
     assert run.state == "success"
     assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {
         "pull_catalogue": "success", "push_to_onestop": "success", "push_to_ministry": "success",
-        "summarize_catalogue_run": "success"}
+        "summarize_catalogue_run": "success", "fail_if_a_step_failed": "skipped"}
     state = requests.get(bus_env.portal.url + "/_state/catalogue", timeout=T).json()
     published = state["counts"]["published"] - sum(1 for m in state["malformed"] if m["published"])
     counts = tasks.open_store(connection_from_env).run_summary(catalogue.FLOW, run.run_id)["counts"]
@@ -109,3 +169,32 @@ def test_catalogue_dag_through_airflow(airflow_db, bus_env, tmp_path, monkeypatc
     replica.dispose()
     reports = list((tmp_path / "home" / "reports").glob("catalogue-*.md"))
     assert len(reports) == 1 and f"{published} added" in reports[0].read_text()
+
+
+@pytest.mark.catalogue_size(200)
+def test_a_catalogue_run_whose_pull_fails_is_closed_and_reported_failed(airflow_db, bus_env, tmp_path, monkeypatch):
+    """The national portal does not answer: the pull fails, neither push runs, and the run is
+    closed all the same, its change report saying it failed and why; the DAG run stays failed."""
+    import json
+
+    from lienthong.flows import catalogue
+
+    monkeypatch.setenv("LIENTHONG_HOME", str(tmp_path / "home"))
+    portal = bus_env.connections(Path("unused"))["national_portal_default"]
+    portal["port"] = closed_port()
+    portal["extra"] = {**portal["extra"], "max_attempts": 1}
+    monkeypatch.setenv("AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT", json.dumps(portal))
+
+    run = failing_fast("sync_procedure_catalogue").test()
+    assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {
+        "pull_catalogue": "failed", "push_to_onestop": "upstream_failed", "push_to_ministry": "upstream_failed",
+        "summarize_catalogue_run": "success", "fail_if_a_step_failed": "failed"}
+    assert run.state == "failed"
+    summary = tasks.open_store(connection_from_env).run_summary(catalogue.FLOW, run.run_id)
+    assert summary["finished_at"] is not None
+    assert summary["counts"] == {"outcome": "failed", "failed_tasks": {
+        "pull_catalogue": "failed", "push_to_ministry": "upstream_failed", "push_to_onestop": "upstream_failed"}}
+    assert summary["exchanges"] == 1  # the log-in the portal never answered
+    (report,) = (tmp_path / "home" / "reports").glob("catalogue-*.md")
+    assert ("**This run failed**: pull_catalogue failed, push_to_ministry did not run (a step before it failed), "
+            "push_to_onestop did not run (a step before it failed).") in report.read_text()

@@ -69,3 +69,47 @@ def test_the_payment_dag_reconciles_fully_first_then_what_changed_then_fully_whe
     third = counts(dag.test(run_conf={"full_reconciliation": True}))
     assert (third["reconciled_scope"], third["reconciled_paid"], third["mismatches"]) == ("full", 15, 0)
     assert_three_systems_agree(peers)
+
+
+def test_a_payment_run_whose_ledger_step_fails_is_closed_unreconciled_and_the_next_run_reconciles(
+        airflow_db, peers, tmp_path, monkeypatch):
+    """The ministry ledger does not answer (a closed port): the ledger step fails, and the closing
+    task, which would have failed on the ledger too, closes the run all the same with what it did
+    and which step failed, without a pass (its report says the run failed); the DAG run stays
+    failed. The next run, the ledger back, books the receipts and reconciles in full: nothing lost."""
+    import socket
+
+    from tests.dags.test_sync_dossier_status import failing_fast
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    ledger = peers.connections(tmp_path)["ministry_ledger_default"]
+    monkeypatch.setenv("AIRFLOW_CONN_MINISTRY_LEDGER_DEFAULT",
+                       json.dumps({**ledger, "port": closed, "extra": {**ledger["extra"], "max_attempts": 1}}))
+
+    dag = failing_fast("sync_payment_receipts")
+    run = dag.test()
+    assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {
+        "collect_payments": "success", "update_onestop_fees": "success", "submit_receipts": "failed",
+        "reconcile_payments": "success", "fail_if_a_step_failed": "failed"}
+    assert run.state == "failed"
+    store = tasks.open_store(connection_from_env)
+    summary = store.run_summary(payment_receipts.FLOW, run.run_id)
+    counts = summary["counts"]
+    assert summary["finished_at"] is not None
+    assert (counts["outcome"], counts["failed_tasks"]) == ("failed", {"submit_receipts": "failed"})
+    assert counts["fees_updated"] == 20 and counts.get("receipts_accepted", 0) == 0
+    assert "reconciled_scope" not in counts  # no pass
+    (report,) = (tmp_path / "home" / "reports").glob("payments-*.md")
+    text = report.read_text()
+    assert "**This run failed**: submit_receipts failed. The three systems were not reconciled" in text
+    assert "Paid transactions checked" not in text
+
+    monkeypatch.setenv("AIRFLOW_CONN_MINISTRY_LEDGER_DEFAULT", json.dumps(ledger))
+    again = dag.test()
+    assert again.state == "success", {ti.task_id: ti.state for ti in again.get_task_instances()}
+    counts = store.run_summary(payment_receipts.FLOW, again.run_id)["counts"]
+    assert (counts["outcome"], counts["failed_tasks"]) == ("succeeded", {})
+    assert (counts["reconciled_scope"], counts["reconciled_paid"], counts["mismatches"]) == ("full", 12, 0)
+    assert_three_systems_agree(peers)
