@@ -108,7 +108,8 @@ class BatchResult:
     calls: int = 0
     #: Positions of a call of several records that the portal refused with a code about one record
     #: (exists, unknown, final) but no ``result`` rows saying whose: nothing of it was applied, and
-    #: only a call per record tells which (see :meth:`NationalPortalClient.sync_dossiers`).
+    #: only a call per record tells which (see :meth:`NationalPortalClient.sync_dossiers` and
+    #: :meth:`NationalPortalClient.update_progress`).
     unattributed: list[int] = field(default_factory=list)
 
 
@@ -344,9 +345,15 @@ class NationalPortalClient:
         When the portal refuses some entries, nothing of the call was applied and the others are
         **not** re-sent here: they are neither accepted nor refused, so the caller can hold back
         the later entries of a dossier whose earlier entry was refused.
+
+        A call of several entries refused with a code about one dossier (unknown 4, finished 6)
+        but without per-record ``result`` rows names no culprit: nothing of it was applied (the
+        portal takes a call all-or-nothing, mocks/README.md), and its entries are returned as
+        ``unattributed`` after that one call, for the caller to send again in smaller calls (one
+        dossier, then one entry, per call), each answer stored before the next. The client never
+        repeats a progress call itself (appends are not idempotent).
         """
-        return self._all_or_nothing("CapNhatTienDoHoSoMC", records, resend_rest=False, idempotent=False,
-                                    split=False)
+        return self._all_or_nothing("CapNhatTienDoHoSoMC", records, resend_rest=False, idempotent=False)
 
     def _all_or_nothing(
         self,
@@ -355,7 +362,6 @@ class NationalPortalClient:
         *,
         resend_rest: bool = True,
         idempotent: bool = True,
-        split: bool = True,
         **fields: Any,
     ) -> BatchResult:
         result = BatchResult()
@@ -369,7 +375,7 @@ class NationalPortalClient:
                 result.accepted.extend(pending)
                 return result
             refused = self._refusals(reply, data)
-            if not refused and split and len(data) > 1 and reply.error_code in _REJECTION_BY_CODE \
+            if not refused and len(data) > 1 and reply.error_code in _REJECTION_BY_CODE \
                     and not (isinstance(reply.result, list) and reply.result):
                 # about one record, naming none: nothing applied; the caller sends them one per call
                 result.unattributed.extend(pending)

@@ -18,7 +18,8 @@ Each step is safe to rerun after a crash at any point (design §4):
    :func:`deliver_progress` sends them after the dossier, each dossier's in time order, in chunks,
    each once: a chunk is marked in flight
    before it is sent, and a chunk whose answer was lost is reconciled with the number of entries
-   the portal holds (``TraCuuHoSo``) before anything is re-sent.
+   the portal holds (``TraCuuHoSo``) before anything is re-sent. A chunk refused with a dossier's
+   code but naming no entry (nothing of it applied) goes again one dossier, then one entry, per call.
 
 Records that cannot be mapped or that the portal refuses are dead-lettered with their original
 payload and every broken rule; the others go on. So is a snapshot whose ``version`` is unusable
@@ -836,6 +837,9 @@ def _send_chunks(store: Store, portal: NationalPortalClient, report: ProgressRep
     are written in the transaction that picks and marks the next one (one commit per chunk instead
     of three): nothing is sent before everything sent earlier is logged and its answer stored."""
     answered: tuple[list[_Entry], BatchResult] | None = None
+    # Entries still in flight whose call the portal refused naming none of them (nothing of it
+    # applied): sent again in smaller calls, before any new chunk is taken.
+    again: list[list[_Entry]] = []
     with answer_transactions(store, portal) as begin:
         for calls in itertools.count():
             if calls % STATISTICS_EVERY == 0:
@@ -843,12 +847,14 @@ def _send_chunks(store: Store, portal: NationalPortalClient, report: ProgressRep
             with begin() as conn:  # also commits the last call's exchange-log rows
                 settled: set[str] = set()
                 if answered is not None:
-                    _settle_chunk(conn, *answered, report, run_id)
+                    again = _settle_chunk(conn, *answered, report, run_id, again)
                     settled = {c.record_key for c in answered[0]}
                     answered = None
-                chunk = _next_chunk(conn, chunk_size, report, leases)  # marked in flight before it is sent
-                # the settled chunk's dossiers not in the next one: their leases go back
-                leases.release(settled - {c.record_key for c in chunk}, conn)
+                # marked in flight before it is sent
+                chunk = again.pop(0) if again else _next_chunk(conn, chunk_size, report, leases)
+                # the settled chunk's dossiers not in the next one nor waiting to go again: their leases go back
+                leases.release(settled - {c.record_key for c in chunk}
+                               - {c.record_key for part in again for c in part}, conn)
             if not chunk:
                 break
             with leases.kept_while("a chunk of progress to the portal"):  # not taken over by another worker
@@ -858,9 +864,27 @@ def _send_chunks(store: Store, portal: NationalPortalClient, report: ProgressRep
 
 
 def _settle_chunk(conn: Connection, chunk: list[_Entry], result: BatchResult, report: ProgressReport,
-                  run_id: str) -> None:
+                  run_id: str, again: list[list[_Entry]] | None = None) -> list[list[_Entry]]:
     """Store the portal's answer to a chunk: accepted entries acknowledged, refused ones dead-lettered,
-    the others (not applied: the portal refused another entry of the call) pending again."""
+    the others (not applied: the portal refused another entry of the call) pending again.
+
+    Returns the calls still to make before a new chunk is taken (``again``, the ones waiting, with
+    this chunk's unattributed entries first): a call the portal refused with a code about one
+    dossier but naming no entry (no ``result`` rows) applied nothing, so its entries stay in flight
+    and go again one dossier per call, or one entry per call when the call held one dossier (each
+    then gets its own answer, and a refused entry holds back the rest of its dossier). A dossier
+    of this chunk with an entry not accepted sends none of its entries still waiting: they go back
+    to pending (held behind a refused one by the next chunk)."""
+    again = list(again or [])
+    unattributed = [chunk[i] for i in result.unattributed]
+    if unattributed:
+        by_dossier: dict[str, list[_Entry]] = {}
+        for c in unattributed:
+            by_dossier.setdefault(c.record_key, []).append(c)
+        parts = list(by_dossier.values()) if len(by_dossier) > 1 else [[c] for c in unattributed]
+        log.info("the portal refused a call of %d progress entries naming none of them (error_code of one "
+                 "dossier): sending them again in %d calls", len(chunk), len(parts))
+        again = parts + again
     accepted = [chunk[i].id for i in result.accepted]
     if accepted:
         conn.execute(_ACKED, {"b_ids": accepted, "b_run": run_id, "b_at": utcnow()})
@@ -871,9 +895,16 @@ def _settle_chunk(conn: Connection, chunk: list[_Entry], result: BatchResult, re
                               .where(progress_outbox.c.id == c.id)).scalar_one()
         _reject(conn, report.rejected, PROGRESS_FLOW, c.id, c.entry_key, source, refusal, run_id,
                 "peer", peer_code=getattr(refusal, "peer_code", None))
-    leftover = [c.id for i, c in enumerate(chunk) if i not in result.rejected and i not in result.accepted]
+    done = set(result.accepted) | set(result.rejected) | set(result.unattributed)
+    leftover = [c.id for i, c in enumerate(chunk) if i not in done]
+    stopped = {chunk[i].record_key for i in range(len(chunk)) if i not in result.accepted
+               and i not in result.unattributed}
+    if stopped:
+        leftover += [c.id for part in again for c in part if c.record_key in stopped]
+        again = [kept for part in again if (kept := [c for c in part if c.record_key not in stopped])]
     if leftover:
         conn.execute(_PENDING_AGAIN, {"b_ids": leftover})
+    return again
 
 
 _MAP_CHUNK = 2000

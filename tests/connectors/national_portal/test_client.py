@@ -267,6 +267,22 @@ def test_a_refusal_of_several_records_without_rows_names_them_unattributed(peers
     with pytest.raises(ProtocolError):
         NationalPortalClient(other.url, PORTAL_USER, Secret(PORTAL_PASSWORD), UNIT).sync_dossiers(
             [dossier(k) for k in keys], is_updating=False)
-    # progress entries are never split by the client (appends are not repeated): still the call's
-    with pytest.raises(ProtocolError):
-        c.update_progress([{"MaHoSo": k} for k in keys])
+
+
+@pytest.mark.parametrize("code", [4, 6])
+def test_a_progress_call_of_several_entries_refused_without_rows_names_them_unattributed(peers, code):
+    """A CapNhatTienDoHoSoMC call of several entries refused "unknown" (4) or "finished" (6) with
+    no ``result`` rows was a ProtocolError for the whole call, so progress delivery failed there on
+    every run; nothing of it was applied (all-or-nothing), so its entries come back unattributed
+    (neither accepted nor refused) after that one call, never repeated by the client."""
+    keys = ["000.00.01.H49-261102-0001", "000.00.01.H49-261102-0001", "000.00.01.H49-261102-0002"]
+    calls = []
+    peer = _scripted_portal(peers, lambda r: calls.append(r["data"]) or {"error_code": code, "message": "?"})
+    c = NationalPortalClient(peer.url, PORTAL_USER, Secret(PORTAL_PASSWORD), UNIT)
+    result = c.update_progress([progress(k, f"2026110209000{i}") for i, k in enumerate(keys)])
+    assert (result.accepted, result.rejected, result.unattributed, result.calls) == ([], {}, [0, 1, 2], 1)
+    assert [len(d) for d in calls] == [3]
+    # one entry alone is that entry's refusal
+    alone = c.update_progress([progress(keys[0], "20261102090000")])
+    assert alone.unattributed == [] and [(e.field, e.rule) for e in alone.rejected[0].errors] == [
+        ("MaHoSo", f"portal_code_{code}")]

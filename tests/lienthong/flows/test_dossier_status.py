@@ -293,12 +293,12 @@ def test_a_worker_holds_one_batchs_leases_not_every_dossiers(bus_env):
 
 
 class _RowlessPortal:
-    """A proxy in front of the portal stand-in that answers a refused DongBoHoSoMC call of several
-    dossiers as the portal's own clients read it (contract §3.3, §7.5): ``error_code`` and
-    ``message`` only, no per-record ``result`` rows. ``fail_after``: once that many one-dossier
-    calls have been answered, every DongBoHoSoMC call is answered 503 (not passed on)."""
+    """A proxy in front of the portal stand-in that answers a refused ``service`` call (DongBoHoSoMC,
+    or CapNhatTienDoHoSoMC) of several records as the portal's own clients read it (contract §3.3,
+    §7.5): ``error_code`` and ``message`` only, no per-record ``result`` rows. ``fail_after``: once
+    that many one-record calls have been answered, every such call is answered 503 (not passed on)."""
 
-    def __init__(self, target: str, fail_after: int | None = None):
+    def __init__(self, target: str, fail_after: int | None = None, service: str = "DongBoHoSoMC"):
         import http.server
         import threading
 
@@ -308,8 +308,10 @@ class _RowlessPortal:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 request = json.loads(body)
-                data = request.get("data") if request.get("service") == "DongBoHoSoMC" else None
-                if data is not None and proxy.fail_after is not None and proxy.singles >= proxy.fail_after:
+                data = request.get("data") if request.get("service") == proxy.service else None
+                if data is not None and (proxy.fail_after is not None and proxy.singles >= proxy.fail_after
+                                         or proxy.fail_after_calls is not None
+                                         and len(proxy.calls) >= proxy.fail_after_calls):
                     self._answer(503, b"")
                     return
                 upstream = requests.post(target + self.path, data=body, timeout=T,
@@ -320,6 +322,7 @@ class _RowlessPortal:
                     answer = upstream.json()
                     proxy.calls.append((len(data), str(answer.get("error_code"))))
                     proxy.keys.append(data[0]["MaHoSo"] if len(data) == 1 else None)
+                    proxy.sent.append([d["MaHoSo"] for d in data])
                     if len(data) == 1:
                         proxy.singles += 1
                     elif str(answer.get("error_code")) != "0" and "result" in answer:
@@ -339,6 +342,9 @@ class _RowlessPortal:
                 pass
 
         self.fail_after = fail_after
+        self.service = service
+        self.fail_after_calls: int | None = None  # as fail_after, counting every call passed on
+        self.sent: list[list[str]] = []  # each call's records' MaHoSo
         self.calls: list[tuple[int, str]] = []  # (dossiers, error_code) of each call passed on
         self.keys: list[str | None] = []  # each call's dossier when it carried one
         self.singles = 0
@@ -434,3 +440,130 @@ def test_a_dossier_accepted_in_a_split_batch_is_not_sent_again_after_an_outage(b
         assert [h["isUpdating"] for h in portal_history(bus_env, code)] == (
             ["False", "True"] if code in held else ["False"]), code
     assert report["delivered_new"] + report["delivered_update"] == len(expected) - len(delivered)
+
+
+@pytest.fixture
+def rowless_progress(bus_env, monkeypatch):
+    proxy = _RowlessPortal(bus_env.portal.url, service="CapNhatTienDoHoSoMC")
+    conn = json.loads(os.environ["AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT"])
+    monkeypatch.setenv("AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT", json.dumps({**conn, "port": proxy.port}))
+    yield proxy
+    proxy.close()
+
+
+def _expected_progress(standins) -> dict[str, list[dict]]:
+    mapping = load_mapping(dossier_status.PROGRESS_MAPPING)
+    bad = defective_codes(standins)
+    return {code: sorted((mapping.apply({**e, "dossierNo": code}) for e in d["progress"] if e["finishedAt"]),
+                         key=lambda r: r["ThoiDiemXuLy"])
+            for code, d in onestop_dossiers(standins).items() if code not in bad}
+
+
+def _portal_progress(standins) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    items = requests.get(standins.portal.url + "/_state/progress", timeout=T).json()["progress"]
+    for p in sorted(items, key=lambda p: p["seq"]):
+        out.setdefault(p["MaHoSo"], []).append(p["record"])
+    return out
+
+
+def _refused_progress_setup(bus_env, *, finished: bool = True) -> tuple[str | None, str]:
+    """Dossiers delivered, their progress staged, not sent; then the portal will refuse two dossiers'
+    entries: ``F`` (final; another system already appended its final step: code 6) and ``U`` (its
+    entries staged for a dossier the portal does not hold: code 4). Returns (F, U)."""
+    from connectors.connection import Secret
+    from connectors.national_portal.client import NationalPortalClient
+
+    tasks.stage_dossier_changes(connection_from_env, run_id="run-1", task_id="stage")
+    tasks.deliver_dossier_statuses(connection_from_env, run_id="run-1", task_id="deliver", batch_size=50)
+    expected = _expected_progress(bus_env)
+    final = None
+    if finished:
+        final = next(c for c, d in sorted(portal_dossiers(bus_env).items())
+                     if d["TrangThaiHoSo"] in ("3", "7", "10") and len(expected[c]) >= 2)
+        conn = json.loads(os.environ["AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT"])
+        direct = NationalPortalClient(bus_env.portal.url, conn["login"], Secret(conn["password"]),
+                                      conn["extra"]["madonvi"])
+        foreign = {**expected[final][-1], "ThoiDiemXuLy": "20200101000000",
+                   "TrangThai": portal_dossiers(bus_env)[final]["TrangThaiHoSo"]}
+        assert direct.update_progress([foreign]).accepted == [0]
+    base = next(d for c, d in sorted(onestop_dossiers(bus_env).items())
+                if c in expected and len(expected[c]) >= 3 and c != final)
+    unknown = base["dossierNo"].rsplit("-", 1)[0] + "-9902"
+    item = dossier_status._Item(outbox_id=0, key=unknown, version=1, source={**base, "dossierNo": unknown},
+                                record={}, digest="", attempts=0)
+    with store().begin() as conn:
+        dossier_status._stage_progress(conn, load_mapping(dossier_status.PROGRESS_MAPPING), [item], "run-1")
+    return final, unknown
+
+
+def _progress_states(key: str) -> list[str]:
+    from lienthong.store import progress_outbox
+
+    with store().engine.connect() as conn:
+        return list(conn.execute(select(progress_outbox.c.state).where(progress_outbox.c.record_key == key)
+                                 .order_by(progress_outbox.c.occurred_at, progress_outbox.c.step_id)).scalars())
+
+
+def test_a_progress_chunk_refused_without_naming_an_entry_is_sent_one_dossier_then_one_entry_per_call(
+        bus_env, rowless_progress):
+    """A CapNhatTienDoHoSoMC chunk of several dossiers refused "finished" (6) or "unknown" (4) with
+    no ``result`` rows was a ProtocolError: the progress step failed at that chunk on every run and
+    no entry behind it was ever sent. Nothing of such a call was applied, so its entries now go
+    again one dossier per call (one entry per call for a dossier refused so): every other dossier's
+    entries land once each, the refused dossier's first entry is dead-lettered with its code and
+    the rest of it held."""
+    final, unknown = _refused_progress_setup(bus_env)
+    expected = _expected_progress(bus_env)
+    foreign = _portal_progress(bus_env)[final]
+    report = tasks.deliver_dossier_progress(connection_from_env, run_id="p-1", task_id="progress", chunk_size=10)
+    held = _portal_progress(bus_env)
+    for code, entries in expected.items():  # each entry exactly once, in order
+        assert held.get(code, []) == (foreign if code == final else entries), code
+    assert unknown not in held
+    letters = {d["record_key"]: d for d in store().dead_letters(dossier_status.PROGRESS_FLOW)}
+    assert {k.split("#")[0]: [(e["field"], e["rule"]) for e in d["errors"]] for k, d in letters.items()} == {
+        final: [("MaHoSo", "portal_code_6")], unknown: [("MaHoSo", "portal_code_4")]}
+    n_final, n_unknown = len(expected[final]), len(_progress_states(unknown))
+    assert _progress_states(final) == ["rejected"] + ["held"] * (n_final - 1)
+    assert _progress_states(unknown) == ["rejected"] + ["held"] * (n_unknown - 1)
+    good = sum(len(e) for c, e in expected.items() if c != final)
+    assert report["progress_sent"] == good and report["progress_rejected"] == 2
+    assert report["progress_held"] == n_final - 1 + n_unknown - 1
+    # the refused calls: each stripped, then its entries again, a dossier per call; nothing accepted twice
+    # the refused calls: the chunk, then the refused dossier's entries alone, then its first entry
+    assert [code for _, code in rowless_progress.calls if code != "0"] == ["4", "4", "4", "6", "6", "6"]
+    assert rowless_progress.stripped == 4 and report["progress_calls"] == len(rowless_progress.calls)
+    for i, (n, code) in enumerate(rowless_progress.calls):
+        dossiers = list(dict.fromkeys(rowless_progress.sent[i]))
+        if code != "0" and len(dossiers) > 1:  # followed by its entries again, a dossier per call, in order
+            assert rowless_progress.sent[i + 1:i + 1 + len(dossiers)] == [
+                [k for k in rowless_progress.sent[i] if k == d] for d in dossiers]
+    accepted = [k for (n, code), keys in zip(rowless_progress.calls, rowless_progress.sent) if code == "0"
+                for k in keys]
+    assert len(accepted) == good  # nothing accepted twice
+    assert tasks.deliver_dossier_progress(connection_from_env, run_id="p-2", task_id="progress")[
+        "progress_calls"] == 0
+
+
+def test_progress_accepted_while_a_refused_chunk_is_sent_again_is_not_sent_again_after_an_outage(
+        bus_env, rowless_progress):
+    """The portal goes away while a chunk refused naming none of its entries is sent again dossier
+    by dossier: the dossier accepted by then is acknowledged, the others (in flight) are reconciled
+    by the portal's count on the next run and sent then, each entry held once."""
+    _, unknown = _refused_progress_setup(bus_env, finished=False)
+    expected = _expected_progress(bus_env)
+    rowless_progress.fail_after_calls = 2  # the refused chunk, then its first dossier alone
+    with pytest.raises(PeerUnavailable):
+        tasks.deliver_dossier_progress(connection_from_env, run_id="p-1", task_id="progress", chunk_size=10)
+    assert rowless_progress.calls == [(10, "4"), (len(rowless_progress.sent[1]), "0")]
+    first = rowless_progress.sent[1][0]
+    assert _portal_progress(bus_env) == {first: expected[first]}
+    assert set(_progress_states(first)) == {"acked"}
+    rowless_progress.fail_after_calls = None
+    report = tasks.deliver_dossier_progress(connection_from_env, run_id="p-2", task_id="progress", chunk_size=10)
+    held = _portal_progress(bus_env)
+    for code, entries in expected.items():
+        assert held.get(code, []) == entries, code
+    assert unknown not in held and report["progress_rejected"] == 1
+    assert report["progress_sent"] == sum(len(e) for e in expected.values()) - len(expected[first])
