@@ -432,7 +432,8 @@ class NationalPortalClient:
         """``TraCuuHoSo``: the portal's row for a dossier, or ``None`` when it does not hold it.
 
         The row carries ``TrangThaiHoSo`` and, on the stand-in (inferred from what a client needs),
-        ``SoTienDo``: how many progress entries the portal holds for the dossier.
+        ``SoTienDo``: how many progress entries the portal holds for the dossier, and
+        ``ThoiDiemXuLyCuoi``: the ``ThoiDiemXuLy`` of the last one (empty when none).
         """
         reply = self.call("TraCuuHoSo", record_keys=(ma_ho_so,), mahoso=ma_ho_so)
         if not reply.ok:

@@ -18,7 +18,7 @@ Each step is safe to rerun after a crash at any point (design §4):
    :func:`deliver_progress` sends them after the dossier, each dossier's in time order, in chunks,
    each once: a chunk is marked in flight
    before it is sent, and a chunk whose answer was lost is reconciled with the number of entries
-   the portal holds (``TraCuuHoSo``) before anything is re-sent. A chunk refused with a dossier's
+   the portal holds and the time of its last one (``TraCuuHoSo``) before anything is re-sent. A chunk refused with a dossier's
    code but naming no entry (nothing of it applied) goes again one dossier, then one entry, per call.
 
 Records that cannot be mapped or that the portal refuses are dead-lettered with their original
@@ -951,11 +951,13 @@ def _map_progress(store: Store, mapping: Mapping, report: ProgressReport, run_id
 
 
 def _reconcile_in_flight(store: Store, portal: NationalPortalClient, report: ProgressReport, leases: Leases) -> None:
-    """Entries sent without an answer: count what the portal holds before re-sending anything.
+    """Entries sent without an answer: ask the portal what it holds before re-sending anything.
 
     Only dossiers this worker can lease: entries in flight under another live worker's lease are
     being sent right now, not lost. The entries are read again once the lease is held (the worker
-    that had them may have settled them and given the lease back in between)."""
+    that had them may have settled them and given the lease back in between). What landed is
+    decided by :func:`_landed` from ``TraCuuHoSo``'s count and last entry time; the rest go back
+    to pending and are sent again."""
     with store.engine.connect() as conn:
         keys = set(conn.execute(
             select(progress_outbox.c.record_key)
@@ -965,30 +967,25 @@ def _reconcile_in_flight(store: Store, portal: NationalPortalClient, report: Pro
     if not mine:
         return
     with store.engine.connect() as conn:
-        in_flight: dict[str, list[int]] = defaultdict(list)
+        in_flight: dict[str, list[tuple[int, str]]] = defaultdict(list)
         for r in conn.execute(
-            select(progress_outbox.c.id, progress_outbox.c.record_key)
+            select(progress_outbox.c.id, progress_outbox.c.record_key, progress_outbox.c.occurred_at)
             .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "in_flight",
                    progress_outbox.c.record_key.in_(sorted(mine)))
-            .order_by(progress_outbox.c.record_key, progress_outbox.c.occurred_at, progress_outbox.c.step_id)
+            .order_by(*_ORDER)
         ):
-            in_flight[r.record_key].append(r.id)
+            in_flight[r.record_key].append((r.id, r.occurred_at))
         acked = dict(conn.execute(
             select(progress_outbox.c.record_key, func.count())
             .where(progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.state == "acked",
                    progress_outbox.c.record_key.in_(list(in_flight)))
             .group_by(progress_outbox.c.record_key)
         ).all()) if in_flight else {}
-    for key, ids in in_flight.items():
+    for key, entries in in_flight.items():
         with leases.kept_while("a progress lookup"):
             row = portal.lookup_dossier(key)
-        held = row.get("SoTienDo") if row else "0"
-        try:
-            landed = max(0, min(len(ids), int(held) - acked.get(key, 0)))
-        except (TypeError, ValueError):
-            log.warning("TraCuuHoSo gave no progress count for %s: re-sending its %d unanswered entries",
-                        key, len(ids))
-            landed = 0
+        landed = _landed(key, [at for _, at in entries], acked.get(key, 0), row)
+        ids = [i for i, _ in entries]
         with store.begin() as conn:
             if landed:
                 conn.execute(update(progress_outbox).where(progress_outbox.c.id.in_(ids[:landed]),
@@ -999,6 +996,46 @@ def _reconcile_in_flight(store: Store, portal: NationalPortalClient, report: Pro
                                                            progress_outbox.c.state == "in_flight")
                              .values(state="pending"))
         report.reconciled += landed
+
+
+def _landed(key: str, times: list[str], acked: int, row: dict[str, Any] | None) -> int:
+    """How many of a dossier's entries in flight (``times``: their ``ThoiDiemXuLy``, in send order)
+    the portal's ``TraCuuHoSo`` row proves landed; the others are sent again.
+
+    The portal appends, in time order, and other systems may append to the same dossier too
+    (contract §7.4): ``SoTienDo`` minus our acknowledged entries (``new``) counts ours that landed
+    (a first run of ours, since calls are made in order) plus the other systems'. Taken alone it
+    marked an entry that never landed as acknowledged as soon as another system had added a step:
+    it was never sent. So ``n`` entries are taken as landed only when the count allows them (n ≤
+    new) and the portal's last entry (``ThoiDiemXuLyCuoi``) is at the time of the n-th one, the
+    last the portal could hold (the latest of ours not later than that time, within the count).
+    Otherwise none is: every one is sent again, and none can be applied twice, since ours at the
+    portal's last time are then proven not landed and an earlier one is refused by the portal as
+    out of order (dead-lettered with that rule, for an operator to check) rather than stored again.
+    A row without a count or a last time proves nothing either.
+    """
+    if not row:
+        return 0
+    try:
+        new = int(row.get("SoTienDo")) - acked
+    except (TypeError, ValueError):
+        log.warning("TraCuuHoSo gave no progress count for %s: re-sending its %d unanswered entries", key, len(times))
+        return 0
+    last = row.get("ThoiDiemXuLyCuoi")
+    if new <= 0:
+        return 0
+    if not (isinstance(last, str) and len(last) == 14 and last.isascii() and last.isdigit()):
+        log.warning("TraCuuHoSo gave no time of the last progress entry for %s (ThoiDiemXuLyCuoi %r): cannot "
+                    "tell which of its %d unanswered entries landed, re-sending them", key, last, len(times))
+        return 0
+    n = min(new, sum(1 for at in times if at <= last))
+    if n and times[n - 1] == last:
+        return n
+    if n:
+        log.warning("TraCuuHoSo for %s: %d more progress entries than acknowledged, the last at %s, not one of "
+                    "its %d unanswered entries (another system added steps): re-sending them", key, new, last,
+                    len(times))
+    return 0
 
 
 @dataclass

@@ -72,7 +72,7 @@ def test_entries_still_in_flight_after_the_lease_are_reconciled_by_count(store):
 
     class Portal:
         def lookup_dossier(self, key):
-            return {"SoTienDo": "2"}
+            return {"SoTienDo": "2", "ThoiDiemXuLyCuoi": "20261106080200"}  # the time of entry 2
 
     report = ProgressReport()
     _reconcile_in_flight(store, Portal(), report, Leases(store, dossier_status.FLOW, "w"))
