@@ -66,6 +66,7 @@ __all__ = [
     "read_blob",
     "read_body",
     "record_key_stored",
+    "storable",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ LEAF_VERSION = 3  # lienthong.audit.records: the leaf format of the rows written
 _EMPTY = zlib.compress(b"")
 _RECORD_KEY_LENGTH = exchange_key.c.record_key.type.length
 _TEXT_TYPES = ("json", "xml", "html", "javascript", "x-www-form-urlencoded", "multipart/form-data")
+#: Text columns of a row with a length: a longer value (a peer's MaLoi or error_code) is cut to fit.
+_FITTED = {c.name: c.type.length for c in exchange_log.columns if getattr(c.type, "length", None)}
 
 
 class BlobNotFoundError(LookupError):
@@ -105,6 +108,36 @@ def is_binary(body: bytes, ctype: str | None) -> bool:
     except UnicodeDecodeError:
         return True
     return False
+
+
+def storable(text: str) -> str:
+    """``text`` as any bus database holds it: a NUL (PostgreSQL's text refuses it) shown as ``\\0``
+    and a lone surrogate (a JSON ``\\ud800`` escape in a peer's answer; no database encodes it)
+    as its ``\\udXXX`` escape. Anything else unchanged."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\0")
+    return text if text.isascii() else _without_surrogates(text)
+
+
+def _without_surrogates(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _storable_row(row: dict[str, Any]) -> None:
+    """Make every text value of an exchange-log row storable (:func:`storable`), and one longer
+    than its column fit it (:func:`lienthong.store.fit_key`: cut, ended by a hash of the whole):
+    the exchange happened at the peer, so what the peer put in it never stops its record."""
+    for name, value in row.items():
+        if isinstance(value, str):
+            value = storable(value)
+            limit = _FITTED.get(name)
+            row[name] = fit_key(value, limit) if limit and len(value) > limit else value
+        elif isinstance(value, dict):
+            row[name] = {storable(str(k)): storable(v) if isinstance(v, str) else v for k, v in value.items()}
 
 
 def _threshold() -> int:
@@ -257,6 +290,7 @@ class BusRecorder:
         personal: list[PersonalField] = []
         self._side("request", exchange.request_body, exchange.request_headers, row, blobs, personal)
         self._side("response", exchange.response_body, exchange.response_headers, row, blobs, personal)
+        _storable_row(row)
         prepared = (row, blobs, personal, sorted({record_key_stored(k) for k in exchange.record_keys}))
         if self._held is not None:
             self._held.append(prepared)
@@ -367,8 +401,9 @@ def exchange_body(store: Store, row: Mapping[str, Any], side: str, *, restore: b
 def record_key_stored(record_key: str) -> str:
     """``record_key`` as ``exchange_key`` holds it (:func:`lienthong.store.fit_key`): a peer's
     dossier number or reference longer than the column failed the whole record on PostgreSQL.
-    Every lookup by key goes through it, so the whole key finds its exchanges."""
-    return fit_key(record_key, _RECORD_KEY_LENGTH)
+    Every lookup by key goes through it, so the whole key finds its exchanges. A lone surrogate
+    (from a JSON escape) is kept as its ``\\udXXX`` escape: no database encodes it."""
+    return fit_key(record_key if record_key.isascii() else _without_surrogates(record_key), _RECORD_KEY_LENGTH)
 
 
 def exchanges_for_key(store: Store, record_key: str) -> list[dict[str, Any]]:
