@@ -31,6 +31,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectorError",
     "DuplicateReceipt",
+    "ExchangeNotRecorded",
     "FatalConnectorError",
     "FieldError",
     "IntegrationError",
@@ -92,6 +93,15 @@ class PeerUnavailable(RetriableConnectorError):
 
 class SessionExpired(RetriableConnectorError):
     """The peer refused our session token; logging in again and repeating the call is safe."""
+
+
+class ExchangeNotRecorded(RetriableConnectorError):
+    """A call was made, but its exchange could not be written to the exchange log (the bus database
+    locked, full or unreachable). What the call did at the peer may have taken effect; its answer
+    is not used, since nothing is trusted before it is recorded (design §4.4), so the caller holds
+    the call as one whose outcome is unknown, as after a timeout (what it delivered stays pending
+    or in flight and is reconciled or sent again by the next try). Never retried within the call;
+    the task's retry comes later. The exchange it could not write is named in the log (ERROR)."""
 
 
 class UnreadableAnswer(RetriableConnectorError):

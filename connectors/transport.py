@@ -44,6 +44,7 @@ from urllib3.util.ssl_match_hostname import CertificateError as _CertificateErro
 from connectors.errors import (
     ConfigurationError,
     ConnectorError,
+    ExchangeNotRecorded,
     FatalConnectorError,
     PeerUnavailable,
     ProtocolError,
@@ -70,6 +71,7 @@ __all__ = [
     "parse_json",
     "read_capped",
     "read_json",
+    "record_exchange",
     "redact_json",
     "redirect_refused",
     "request_by",
@@ -147,6 +149,37 @@ class ExchangeRecorder(Protocol):
     """Where the transport writes each exchange (the bus implements it over its database)."""
 
     def record(self, exchange: Exchange) -> None: ...
+
+
+def _cause(exc: BaseException) -> str:
+    """What a failure to record was, without the values it was writing: a database error's own
+    (the driver's, e.g. ``OperationalError: database is locked``), never SQLAlchemy's text, which
+    quotes the statement's parameters (bodies, personal values)."""
+    orig = getattr(exc, "orig", None)
+    shown = orig if isinstance(orig, BaseException) else exc
+    text = str(shown).strip().splitlines()[0][:200] if str(shown).strip() else ""
+    return f"{type(shown).__name__}: {text}" if text else type(shown).__name__
+
+
+def record_exchange(recorder: ExchangeRecorder, exchange: Exchange) -> None:
+    """Write ``exchange`` with ``recorder``; a recorder that fails is an :class:`ExchangeNotRecorded`
+    (the call's answer is then not used) and the exchange it could not write is logged (ERROR:
+    peer, operation, attempt, answer, outcome and record keys; never a body)."""
+    try:
+        recorder.record(exchange)
+    except Exception as exc:  # noqa: BLE001 - whatever the recorder's failure, the exchange is named
+        cause = _cause(exc)
+        status = f"HTTP {exchange.response_status}" if exchange.response_status is not None else "no answer"
+        keys = ", ".join(exchange.record_keys[:20]) + (f" (+{len(exchange.record_keys) - 20})"
+                                                      if len(exchange.record_keys) > 20 else "")
+        log.error("exchange log: %s %s attempt %d started %s (%s, outcome %s, keys: %s) NOT RECORDED: %s",
+                  exchange.peer, exchange.operation, exchange.attempt, exchange.started_at.isoformat(), status,
+                  exchange.outcome, keys or "none", cause)
+        raise ExchangeNotRecorded(
+            f"{exchange.peer} {exchange.operation}: the exchange (attempt {exchange.attempt}, {status}, outcome "
+            f"{exchange.outcome}) could not be written to the exchange log ({cause}); its answer is not used: "
+            "what it did at the peer is unknown until the call is made again",
+            peer=exchange.peer, operation=exchange.operation, status=exchange.response_status) from None
 
 
 class NullRecorder:
@@ -1044,7 +1077,8 @@ class HttpTransport:
                 outcome = "http_error"
             elif classify is not None:
                 outcome, peer_code = classify(response)
-            self.recorder.record(
+            record_exchange(
+                self.recorder,
                 Exchange(
                     peer=self.peer,
                     operation=operation,

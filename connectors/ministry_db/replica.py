@@ -52,7 +52,14 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 
 from connectors.connection import ConnectionSpec
 from connectors.errors import FatalConnectorError, PeerUnavailable
-from connectors.transport import TRANSPORT_EXTRAS, Exchange, ExchangeRecorder, NullRecorder, transport_extra
+from connectors.transport import (
+    TRANSPORT_EXTRAS,
+    Exchange,
+    ExchangeRecorder,
+    NullRecorder,
+    record_exchange,
+    transport_extra,
+)
 
 __all__ = ["MIGRATIONS", "MinistryReplica", "ProcedureRow", "metadata", "sanitize_db_url"]
 
@@ -456,7 +463,7 @@ class MinistryReplica:
                 started: datetime, t0: float, outcome: str, error: str | None, peer_code: str | None) -> None:
         response = {"committed": True, **result} if outcome == "ok" else \
             {"committed": False, "rolled_back": True, "error": error}
-        self.recorder.record(Exchange(
+        record_exchange(self.recorder, Exchange(
             peer=PEER, operation=operation, method=METHOD, url=self.log_url, started_at=started,
             duration_ms=round((time.perf_counter() - t0) * 1000, 3), attempt=1, outcome=outcome,
             record_keys=tuple(record_keys),

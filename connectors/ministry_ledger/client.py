@@ -59,6 +59,7 @@ from connectors.transport import (
     _sanitize_url,
     headers_for_log,
     read_capped,
+    record_exchange,
     redirect_refused,
     request_by,
     server_error,
@@ -313,7 +314,7 @@ class LedgerTransport(zeep.Transport):
                                                  "ledger (or a gateway before it) refused our credentials; check the "
                                                  "connection's user and password", peer=PEER, operation=operation,
                                                  status=status)
-        self.recorder.record(Exchange(
+        record_exchange(self.recorder, Exchange(
             peer=PEER,
             operation=operation,
             method="POST",

@@ -606,3 +606,26 @@ def test_a_5xx_saying_the_request_is_not_done_at_all_is_not_retried(peers, recor
     assert not isinstance(info.value, PeerUnavailable) and info.value.status == status
     assert len(peer.requests) == 1
     assert [(e.response_status, e.outcome) for e in recorder.exchanges] == [(status, "http_error")]
+
+
+def test_a_submission_the_exchange_log_cannot_write_is_exchange_not_recorded_and_sent_once(ledger):
+    """A recorder failing with a ValueError (a driver refusing a value: psycopg's NUL refusal) was
+    caught as an answer that "does not follow the WSDL": a fatal ProtocolError blaming the ledger
+    for the bus's own database. It is the retriable ExchangeNotRecorded, and the batch, which the
+    ledger has stored, is not sent again within the call."""
+    from connectors.errors import ExchangeNotRecorded
+
+    class Refusing:
+        attempts = 0
+
+        def record(self, exchange):
+            Refusing.attempts += 1
+            raise ValueError("A string literal cannot contain NUL (0x00) characters.")
+
+    c = client(ledger.url, Refusing())
+    with pytest.raises(ExchangeNotRecorded) as failed:
+        c.submit_receipts(THREE, record_keys=["batch-1"])
+    assert (failed.value.peer, failed.value.operation, failed.value.status) == (PEER, "SubmitReceipts", 200)
+    assert "ValueError: A string literal cannot contain NUL" in str(failed.value)
+    assert [r["ReceiptNumber"] for r in held(ledger)] == ["BL2026-000001", "BL2026-000002", "BL2026-000003"]
+    assert Refusing.attempts == 1  # one attempt: not asked again within the call
