@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
-from connectors.transport import Exchange
+from connectors.transport import Exchange, _cause
 from lienthong.audit.personal import PersonalField, commit_body, restore_body, wire_digest
 from lienthong.store import (
     Store,
@@ -336,8 +336,16 @@ class BusRecorder:
         finally:
             held, self._held = self._held, None
             if held:
-                with self.store.begin() as conn:
-                    self._write_all(conn, held)
+                try:
+                    with self.store.begin() as conn:
+                        self._write_all(conn, held)
+                except Exception as exc:
+                    for row, _blobs, _personal, keys in held:  # never lost without a word
+                        log.error("exchange log: %s %s attempt %d started %s (HTTP %s, outcome %s, keys: %s) "
+                                  "NOT RECORDED: %s", row["peer"], row["operation"], row["attempt"],
+                                  row["started_at"].isoformat(), row["http_status"], row["outcome"],
+                                  ", ".join(keys[:20]) or "none", _cause(exc))
+                    raise
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:

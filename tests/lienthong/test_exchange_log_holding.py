@@ -64,3 +64,26 @@ def test_nested_holding_shares_the_outer_block(store):
         with recorder.begin():
             pass
         assert _count(store) == 2
+
+
+def test_held_rows_the_database_refuses_at_the_end_of_the_block_are_named_in_the_log(store, caplog, monkeypatch):
+    """Held exchanges whose answer was never acted on, and that cannot be written when the block
+    ends either (the bus database still refusing), are named in the task's log, not dropped unsaid."""
+    import logging
+
+    from sqlalchemy.exc import OperationalError
+
+    recorder = BusRecorder(store, "dossier_status", "run-1")
+
+    def refuse(*_a, **_k):
+        raise OperationalError("INSERT ...", {"body": "0912345678"}, Exception("database is locked"))
+
+    with caplog.at_level(logging.ERROR), pytest.raises(OperationalError), recorder.holding():
+        recorder.record(_exchange(1))
+        recorder.record(_exchange(2))
+        monkeypatch.setattr(BusRecorder, "_write_all", classmethod(lambda cls, conn, prepared: refuse()))
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(logged) == 2 and all("NOT RECORDED: Exception: database is locked" in m for m in logged), logged
+    assert "national_portal CapNhatTienDoHoSoMC attempt 1" in logged[0] and "keys: D-1" in logged[0]
+    assert "keys: D-2" in logged[1] and not any("0912345678" in m for m in logged)
+    assert _count(store) == 0
