@@ -84,6 +84,11 @@ _REJECTION_BY_CODE: dict[int, type[PeerRejected]] = {
     CODE_FINALISED: DossierFinalised,
 }
 
+#: Codes with which the portal refuses a call because of its records (mocks/README.md: all or
+#: nothing per call, so none of the call was applied): those about one dossier, and -1, a record's
+#: validation (a field's rule) as well as a malformed call's.
+_RECORD_CODES = frozenset(_REJECTION_BY_CODE) | {CODE_INVALID}
+
 
 @dataclass(frozen=True)
 class PortalReply:
@@ -107,7 +112,7 @@ class BatchResult:
     rejected: dict[int, PeerRejected] = field(default_factory=dict)
     calls: int = 0
     #: Positions of a call of several records that the portal refused with a code about one record
-    #: (exists, unknown, final) but no ``result`` rows saying whose: nothing of it was applied, and
+    #: (exists, unknown, final, invalid -1) but no ``result`` rows saying whose: nothing of it was applied, and
     #: only a call per record tells which (see :meth:`NationalPortalClient.sync_dossiers` and
     #: :meth:`NationalPortalClient.update_progress`).
     unattributed: list[int] = field(default_factory=list)
@@ -121,7 +126,7 @@ class DossierBatchResult:
     rejected: dict[str, PeerRejected] = field(default_factory=dict)
     calls: int = 0
     #: Dossiers neither accepted nor refused: the portal refused their call with a code about one
-    #: dossier (exists, unknown, final) but named none (no ``result`` rows). Send them one per call.
+    #: dossier (exists, unknown, final, invalid -1) but named none (no ``result`` rows). Send them one per call.
     unattributed: list[str] = field(default_factory=list)
 
 
@@ -324,10 +329,12 @@ class NationalPortalClient:
         plain ``PeerRejected`` for validation), never raised.
 
         A call of several dossiers refused with a code about one dossier (exists 3/-3, unknown 4,
-        final 6) but without per-record ``result`` rows (the portal's own clients send one dossier
-        per call and read only ``error_code`` and ``message``, contract §3.3, §7.5) names no culprit:
-        nothing of it was applied, and its dossiers are returned as ``unattributed``, for the caller
-        to send one per call (each then gets its own answer).
+        final 6, invalid -1) but without per-record ``result`` rows (the portal's own clients send
+        one dossier per call and read only ``error_code`` and ``message``, contract §3.3, §7.5)
+        names no culprit: nothing of it was applied, and its dossiers are returned as
+        ``unattributed``, for the caller to send one per call (each then gets its own answer; a
+        one-dossier -1 is that dossier's refusal when its message names the dossier, else the
+        call's :class:`FatalConnectorError`).
         """
         batch = self._all_or_nothing("DongBoHoSoMC", records, isUpdating="True" if is_updating else "False")
         keys = [str(r.get("MaHoSo", "")) for r in records]
@@ -346,8 +353,8 @@ class NationalPortalClient:
         **not** re-sent here: they are neither accepted nor refused, so the caller can hold back
         the later entries of a dossier whose earlier entry was refused.
 
-        A call of several entries refused with a code about one dossier (unknown 4, finished 6)
-        but without per-record ``result`` rows names no culprit: nothing of it was applied (the
+        A call of several entries refused with a code about one dossier (unknown 4, finished 6,
+        invalid -1) but without per-record ``result`` rows names no culprit: nothing of it was applied (the
         portal takes a call all-or-nothing, mocks/README.md), and its entries are returned as
         ``unattributed`` after that one call, for the caller to send again in smaller calls (one
         dossier, then one entry, per call), each answer stored before the next. The client never
@@ -375,7 +382,7 @@ class NationalPortalClient:
                 result.accepted.extend(pending)
                 return result
             refused = self._refusals(reply, data)
-            if not refused and len(data) > 1 and reply.error_code in _REJECTION_BY_CODE \
+            if not refused and len(data) > 1 and reply.error_code in _RECORD_CODES \
                     and not (isinstance(reply.result, list) and reply.result):
                 # about one record, naming none: nothing applied; the caller sends them one per call
                 result.unattributed.extend(pending)
@@ -391,13 +398,17 @@ class NationalPortalClient:
 
         A reply without rows (the portal's clients read only ``error_code`` and ``message``,
         contract §3.3, §7.2) refuses the call's one record when its code is about a dossier
-        (exists, unknown, final); any other such reply is the call's (see ``_call_level_error``)."""
+        (exists, unknown, final), or when it is -1 (invalid) and its message names the record's
+        MaHoSo: -1 is also the code of a malformed call (unknown service, bad ``isUpdating`` or
+        ``data``), which names no record and is the call's, not the record's to dead-letter. Any
+        other such reply is the call's (see ``_call_level_error``)."""
         rows = reply.result if isinstance(reply.result, list) else []
-        if not rows and len(data) == 1 and reply.error_code in _REJECTION_BY_CODE:
-            key = str(data[0].get("MaHoSo", ""))
+        key = str(data[0].get("MaHoSo", "")) if len(data) == 1 else ""
+        if not rows and len(data) == 1 and (reply.error_code in _REJECTION_BY_CODE or (
+                reply.error_code == CODE_INVALID and key and key in reply.message)):
             error = FieldError("MaHoSo", f"portal_code_{reply.error_code}", reply.message)
-            return {0: _REJECTION_BY_CODE[reply.error_code](key, [error], peer_code=str(reply.error_code),
-                                                            peer_message=reply.message)}
+            cls = _REJECTION_BY_CODE.get(reply.error_code, PeerRejected)
+            return {0: cls(key, [error], peer_code=str(reply.error_code), peer_message=reply.message)}
         positions: dict[str, list[int]] = {}
         for i, record in enumerate(data):
             positions.setdefault(str(record.get("MaHoSo", "")), []).append(i)

@@ -4,7 +4,7 @@ import pytest
 import requests
 
 from connectors.connection import Secret
-from connectors.errors import AuthenticationFailed, PeerRejected, ProtocolError
+from connectors.errors import AuthenticationFailed, FatalConnectorError, PeerRejected, ProtocolError
 from connectors.national_portal.client import (
     DossierAlreadyExists,
     DossierFinalised,
@@ -286,3 +286,35 @@ def test_a_progress_call_of_several_entries_refused_without_rows_names_them_unat
     alone = c.update_progress([progress(keys[0], "20261102090000")])
     assert alone.unattributed == [] and [(e.field, e.rule) for e in alone.rejected[0].errors] == [
         ("MaHoSo", f"portal_code_{code}")]
+
+
+def test_a_validation_refusal_without_rows_is_unattributed_then_the_named_record_s(peers):
+    """A call of several records refused -1 (a field's rule; the portal applies a call all or
+    nothing) with no ``result`` rows was a FatalConnectorError for the whole call, failing the step
+    at once on every run: its records now come back unattributed after that one call, and a
+    one-record -1 whose message names the record is that record's refusal (rule portal_code_-1),
+    while a -1 naming no record (a malformed call: unknown service, bad isUpdating) stays the call's."""
+    keys = ["000.00.01.H49-261102-0001", "000.00.01.H49-261102-0002"]
+    said = f"Đồng bộ thất bại: 1/1 hồ sơ bị từ chối. Hồ sơ {keys[1]}: trường NgayTiepNhan không đúng định dạng"
+    calls = []
+    peer = _scripted_portal(peers, lambda r: calls.append(r["data"]) or {"error_code": -1, "message": said})
+    c = NationalPortalClient(peer.url, PORTAL_USER, Secret(PORTAL_PASSWORD), UNIT)
+    result = c.sync_dossiers([dossier(k) for k in keys], is_updating=False)
+    assert (result.accepted, result.rejected, result.unattributed, result.calls) == ([], {}, keys, 1)
+    entries = c.update_progress([progress(k, f"2026110209000{i}") for i, k in enumerate(keys)])
+    assert (entries.accepted, entries.rejected, entries.unattributed, entries.calls) == ([], {}, [0, 1], 1)
+    assert [len(d) for d in calls] == [2, 2]
+    alone = c.sync_dossiers([dossier(keys[1])], is_updating=False)
+    assert alone.unattributed == [] and list(alone.rejected) == [keys[1]]
+    refusal = alone.rejected[keys[1]]
+    assert type(refusal) is PeerRejected and refusal.peer_code == "-1" and refusal.peer_message == said
+    assert [(e.field, e.rule, e.message) for e in refusal.errors] == [("MaHoSo", "portal_code_-1", said)]
+    entry = c.update_progress([progress(keys[1], "20261102090000")])
+    assert [(e.field, e.rule) for e in entry.rejected[0].errors] == [("MaHoSo", "portal_code_-1")]
+    # a -1 naming another record, or none, is the call's: the step fails at once, nothing dead-lettered
+    with pytest.raises(FatalConnectorError, match="error_code -1"):
+        c.sync_dossiers([dossier(keys[0])], is_updating=False)
+    bad_call = _scripted_portal(peers, lambda r: {"error_code": -1, "message": "Tham số isUpdating phải là chuỗi"})
+    with pytest.raises(FatalConnectorError, match="isUpdating"):
+        NationalPortalClient(bad_call.url, PORTAL_USER, Secret(PORTAL_PASSWORD), UNIT).update_progress(
+            [progress(keys[0], "20261102090000")])

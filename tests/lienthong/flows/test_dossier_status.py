@@ -295,7 +295,8 @@ def test_a_worker_holds_one_batchs_leases_not_every_dossiers(bus_env):
 class _RowlessPortal:
     """A proxy in front of the portal stand-in that answers a refused ``service`` call (DongBoHoSoMC,
     or CapNhatTienDoHoSoMC) of several records as the portal's own clients read it (contract §3.3,
-    §7.5): ``error_code`` and ``message`` only, no per-record ``result`` rows. ``fail_after``: once
+    §7.5): ``error_code`` and ``message`` only, no per-record ``result`` rows (a one-record call's
+    too when ``strip_singles``). ``fail_after``: once
     that many one-record calls have been answered, every such call is answered 503 (not passed on)."""
 
     def __init__(self, target: str, fail_after: int | None = None, service: str = "DongBoHoSoMC"):
@@ -325,7 +326,8 @@ class _RowlessPortal:
                     proxy.sent.append([d["MaHoSo"] for d in data])
                     if len(data) == 1:
                         proxy.singles += 1
-                    elif str(answer.get("error_code")) != "0" and "result" in answer:
+                    if (len(data) > 1 or proxy.strip_singles) and str(answer.get("error_code")) != "0" \
+                            and "result" in answer:
                         del answer["result"]
                         proxy.stripped += 1
                         content = json.dumps(answer, ensure_ascii=False).encode()
@@ -343,6 +345,7 @@ class _RowlessPortal:
 
         self.fail_after = fail_after
         self.service = service
+        self.strip_singles = False  # True: a refused one-record call loses its rows too
         self.fail_after_calls: int | None = None  # as fail_after, counting every call passed on
         self.sent: list[list[str]] = []  # each call's records' MaHoSo
         self.calls: list[tuple[int, str]] = []  # (dossiers, error_code) of each call passed on
@@ -440,6 +443,40 @@ def test_a_dossier_accepted_in_a_split_batch_is_not_sent_again_after_an_outage(b
         assert [h["isUpdating"] for h in portal_history(bus_env, code)] == (
             ["False", "True"] if code in held else ["False"]), code
     assert report["delivered_new"] + report["delivered_update"] == len(expected) - len(delivered)
+
+
+def test_a_batch_refused_invalid_without_naming_a_dossier_dead_letters_only_the_invalid_one(
+        bus_env, rowless_portal):
+    """A call of several dossiers refused -1 (a field's rule: here a procedure the national
+    catalogue lacks) with no ``result`` rows was a FatalConnectorError: the delivery step failed at
+    once at that batch on every run and no dossier of it or behind it was delivered. Nothing of
+    such a call is applied, so its dossiers go again one per call: the others are inserted once
+    each, and the invalid one, refused -1 without rows too, is dead-lettered with the portal's
+    message (MaHoSo, portal_code_-1)."""
+    rowless_portal.strip_singles = True
+    expected = expected_portal_state(bus_env)
+    tasks.stage_dossier_changes(connection_from_env, run_id="run-1", task_id="stage")
+    invalid = sorted(expected)[2]
+    with store().begin() as conn:
+        row = conn.execute(select(outbox.c.id, outbox.c.source_payload).where(
+            outbox.c.record_key == invalid, outbox.c.state == "pending")).one()
+        conn.execute(outbox.update().where(outbox.c.id == row.id).values(
+            source_payload={**row.source_payload, "serviceCode": "1.999999.000.00.00.H49"}))
+    delivered = tasks.deliver_dossier_statuses(connection_from_env, run_id="run-1", task_id="deliver",
+                                               batch_size=50)
+    alone = rowless_portal.keys[1:]
+    assert sorted(alone) == sorted(expected)  # each once
+    assert rowless_portal.calls == [(len(expected), "-1")] + [(1, "-1" if c == invalid else "0") for c in alone]
+    assert rowless_portal.stripped == 2 and delivered["portal_calls"] == len(expected) + 1
+    assert delivered["delivered_new"] == len(expected) - 1
+    assert delivered["rejected"] == len(defective_codes(bus_env)) + 1
+    del expected[invalid]
+    assert portal_dossiers(bus_env) == expected
+    letter = next(d for d in store().dead_letters(dossier_status.FLOW) if d["record_key"] == invalid)
+    assert [(e["field"], e["rule"]) for e in letter["errors"]] == [("MaHoSo", "portal_code_-1")]
+    assert "1.999999.000.00.00.H49" in letter["errors"][0]["message"] and letter["peer_code"] == "-1"
+    assert _portal_calls("run-1") == ["peer_error"] + ["peer_error" if c == invalid else "ok" for c in alone]
+    assert run("run-2")[1]["portal_calls"] == 0
 
 
 @pytest.fixture
