@@ -16,7 +16,9 @@ import os
 import shlex
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from connectors.connection import ConnectionSpec, connection_from_env, env_var_name
 from connectors.errors import ConfigurationError, IntegrationError, PeerUnavailable
@@ -123,33 +125,67 @@ def cmd_db_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steps(steps: list[tuple[str, Callable[[], Any]]], close: Callable[[dict[str, str]], Any]) -> dict[str, Any]:
+    """Run a flow's steps in order, each named as the DAG's task is, and return their results.
+
+    When one raises, the run's summary is closed as the DAG's closing task closes it (``close``,
+    given ``failed_tasks``: the step ``failed``, each after it ``upstream_failed``, as it did not
+    run), and the step's error goes on (the command then exits non-zero as before). A summary that
+    cannot be closed is said on stderr, never hiding the step's error."""
+    results: dict[str, Any] = {}
+    for i, (name, step) in enumerate(steps):
+        try:
+            results[name] = step()
+        except (Exception, KeyboardInterrupt):
+            failed = {name: "failed", **{later: "upstream_failed" for later, _ in steps[i + 1:]}}
+            try:
+                close(failed)
+            except Exception as exc:  # noqa: BLE001 - the step's error is the one to report
+                print(f"lienthong: the run summary could not be closed as failed: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
+            raise
+    return results
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run a flow once without a scheduler (same task functions as the DAG)."""
+    """Run a flow once without a scheduler (same task functions as the DAG). A step that fails
+    closes the run's summary as failed, naming it (outcome, failed_tasks), as the DAGs do."""
     from lienthong import tasks
 
     resolve = _resolver()
     run_id = args.run_id or f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:6]}"
     if args.flow == "payment-receipts":
-        collected = tasks.collect_payments(resolve, run_id=run_id, task_id="cli",
-                                           full_listing=True if args.full_reconciliation else None)
-        fees = tasks.update_onestop_fees(resolve, run_id=run_id, task_id="cli")
-        receipts = tasks.submit_payment_receipts(resolve, run_id=run_id, task_id="cli")
-        summary = tasks.reconcile_payments(resolve, run_id=run_id, task_id="cli",
-                                           report_dir=str(localenv.topology().home / "reports"),
-                                           full=True if args.full_reconciliation else None)
-        print(json.dumps({"run_id": run_id, "collected": collected, "fees": fees, "receipts": receipts,
+        report_dir = str(localenv.topology().home / "reports")
+        full = True if args.full_reconciliation else None
+        done = _steps([
+            ("collect_payments", lambda: tasks.collect_payments(resolve, run_id=run_id, task_id="cli",
+                                                                full_listing=full)),
+            ("update_onestop_fees", lambda: tasks.update_onestop_fees(resolve, run_id=run_id, task_id="cli")),
+            ("submit_receipts", lambda: tasks.submit_payment_receipts(resolve, run_id=run_id, task_id="cli")),
+            ("reconcile_payments", lambda: tasks.reconcile_payments(resolve, run_id=run_id, task_id="cli",
+                                                                    report_dir=report_dir, full=full)),
+        ], lambda failed: tasks.reconcile_payments(resolve, run_id=run_id, task_id="cli", report_dir=report_dir,
+                                                   failed_tasks=failed))
+        summary = done["reconcile_payments"]
+        print(json.dumps({"run_id": run_id, "collected": done["collect_payments"],
+                          "fees": done["update_onestop_fees"], "receipts": done["submit_receipts"],
                           "reconciliation": {k: v for k, v in summary.get("counts", {}).items()
                                              if k.startswith(("reconciled", "mismatches"))},
                           "open_mismatches": summary.get("open_mismatches"), "report": summary.get("report_path"),
                           "exchanges": summary.get("exchanges")}, ensure_ascii=False, indent=2))
         return 0
-    staged = tasks.stage_dossier_changes(resolve, run_id=run_id, task_id="cli", feed_from=args.feed_from,
-                                         window_from=args.window_from, window_to=args.window_to)
-    delivered = tasks.deliver_dossier_statuses(resolve, run_id=run_id, task_id="cli", batch_size=args.batch_size,
-                                               resend_acknowledged=args.resend_acknowledged)
-    progress = tasks.deliver_dossier_progress(resolve, run_id=run_id, task_id="cli")
+    done = _steps([
+        ("stage_dossier_changes", lambda: tasks.stage_dossier_changes(
+            resolve, run_id=run_id, task_id="cli", feed_from=args.feed_from, window_from=args.window_from,
+            window_to=args.window_to)),
+        ("deliver_dossier_statuses", lambda: tasks.deliver_dossier_statuses(
+            resolve, run_id=run_id, task_id="cli", batch_size=args.batch_size,
+            resend_acknowledged=args.resend_acknowledged)),
+        ("deliver_progress_entries", lambda: tasks.deliver_dossier_progress(resolve, run_id=run_id, task_id="cli")),
+    ], lambda failed: tasks.dossier_run_summary(resolve, run_id=run_id, failed_tasks=failed))
     summary = tasks.dossier_run_summary(resolve, run_id=run_id)
-    print(json.dumps({"run_id": run_id, "staged": staged, "delivered": delivered, "progress": progress,
+    print(json.dumps({"run_id": run_id, "staged": done["stage_dossier_changes"],
+                      "delivered": done["deliver_dossier_statuses"], "progress": done["deliver_progress_entries"],
                       "exchanges": summary.get("exchanges")}, ensure_ascii=False, indent=2))
     return 0
 

@@ -1,6 +1,7 @@
 """The CLI, run in-process against the stand-ins; its help must stay true."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -269,3 +270,38 @@ def test_a_peer_that_does_not_answer_is_named_with_what_to_check(monkeypatch, ca
     assert "PeerUnavailable: onestop dossiers: connection failed" in err
     assert "is onestop running and reachable? `lienthong env` shows the connections" in err
     assert "make mocks" in err
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_run_whose_step_fails_closes_its_summary_failed_naming_the_step(bus_env, monkeypatch, capsys):
+    """`lienthong run dossier-status` with the portal not answering: the delivery step raised and
+    the run summary stayed open (finished_at empty, nothing saying the run failed), while the DAG
+    closes it with outcome and failed_tasks. The CLI now closes it the same way, with what the run
+    did before (the feed staged), and still exits non-zero naming the error."""
+    from connectors.connection import connection_from_env
+    from lienthong.flows import dossier_status
+    from lienthong.tasks import open_store
+
+    portal = json.loads(os.environ["AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT"])
+    monkeypatch.setenv("AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT", json.dumps(
+        {**portal, "port": _closed_port(), "extra": {**portal["extra"], "max_attempts": 1}}))
+    assert main(["run", "dossier-status", "--run-id", "cli-failed-1"]) == 2
+    assert "PeerUnavailable" in capsys.readouterr().err
+    summary = open_store(connection_from_env).run_summary(dossier_status.FLOW, "cli-failed-1")
+    counts = summary["counts"]
+    assert summary["finished_at"] is not None
+    assert (counts["outcome"], counts["failed_tasks"]) == (
+        "failed", {"deliver_dossier_statuses": "failed", "deliver_progress_entries": "upstream_failed"})
+    assert (counts["staged"], counts["rejected"], counts["delivered_new"]) == (84, 2, 0)
+    # the portal back: the next run delivers and closes as succeeded
+    monkeypatch.setenv("AIRFLOW_CONN_NATIONAL_PORTAL_DEFAULT", json.dumps(portal))
+    assert main(["run", "dossier-status", "--run-id", "cli-ok-2"]) == 0
+    counts = open_store(connection_from_env).run_summary(dossier_status.FLOW, "cli-ok-2")["counts"]
+    assert (counts["outcome"], counts["failed_tasks"], counts["delivered_new"]) == ("succeeded", {}, 38)
