@@ -23,7 +23,9 @@ Thin by design: each task calls one function of ``lienthong.tasks``.
    happened before it (``all_done``), recording the outcome and which steps failed (``outcome``,
    ``failed_tasks``); after a failed step there is no pass (the next run's covers this run's
    changes) and the report says the run failed. ``fail_if_a_step_failed`` then keeps such a run
-   failed.
+   failed. When its own pass fails for good (after its retry, or at once on an error not
+   retried), its failure callback closes the run the same way, ``failed_tasks`` naming it (once:
+   an attempt Airflow retries leaves the run to the retry).
 
 Transport errors are retried by Airflow; data errors are dead-lettered (``lienthong deadletter
 list --flow payment_receipts``) and never fail the run.
@@ -39,6 +41,20 @@ from lienthong.dag_support import default_args, fail_if_a_step_failed, failed_st
 
 DEFAULT_ARGS = default_args(retries=3, retry_delay=timedelta(minutes=2), max_retry_delay=timedelta(minutes=20),
                             execution_timeout=timedelta(minutes=50))
+
+
+def close_failed_run(context) -> None:
+    """``reconcile_payments`` failed for good (Airflow calls this only then, never for an attempt
+    it retries): close the run as its success would have, with ``outcome`` failed and
+    ``failed_tasks`` naming it (and any step that failed before it), and write the report saying
+    the run failed, so its summary is not left open."""
+    from connectors.hooks import airflow_connection_spec
+    from lienthong import localenv, tasks
+
+    ti = context["ti"]
+    tasks.reconcile_payments(airflow_connection_spec, run_id=context["run_id"], task_id=ti.task_id,
+                             report_dir=str(localenv.topology().home / "reports"),
+                             failed_tasks={**failed_steps(context), ti.task_id: "failed"})
 
 
 @dag(
@@ -84,7 +100,7 @@ def sync_payment_receipts():
         run_id, task_id = run_ids()
         return tasks.submit_payment_receipts(airflow_connection_spec, run_id=run_id, task_id=task_id)
 
-    @task(pool="ministry_ledger", retries=1, trigger_rule="all_done")
+    @task(pool="ministry_ledger", retries=1, trigger_rule="all_done", on_failure_callback=close_failed_run)
     def reconcile_payments(fees: dict | None, receipts: dict | None) -> dict:  # None: that step failed
         from connectors.hooks import airflow_connection_spec
         from lienthong import localenv, tasks

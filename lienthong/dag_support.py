@@ -99,11 +99,12 @@ def run_ids() -> tuple[str, str]:
     return ctx["run_id"], ctx["ti"].task_id
 
 
-def failed_steps() -> dict[str, str]:
+def failed_steps(context: Any = None) -> dict[str, str]:
     """The tasks of the running DAG run that failed or did not run because one before them failed,
     as ``{task_id: state}`` (the running task and :data:`WATCHER_TASK_ID` left out), read from
-    Airflow through the Task SDK (the task's context, not the metadata DB)."""
-    ctx = get_current_context()
+    Airflow through the Task SDK (the task's context, not the metadata DB). ``context``: a
+    callback's (``on_failure_callback``), else the running task's."""
+    ctx = context if context is not None else get_current_context()
     ti = ctx["ti"]
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ctx["run_id"]]).get(ctx["run_id"], {})
     return {task_id: str(state) for task_id, state in sorted(states.items())

@@ -113,3 +113,57 @@ def test_a_payment_run_whose_ledger_step_fails_is_closed_unreconciled_and_the_ne
     assert (counts["outcome"], counts["failed_tasks"]) == ("succeeded", {})
     assert (counts["reconciled_scope"], counts["reconciled_paid"], counts["mismatches"]) == ("full", 12, 0)
     assert_three_systems_agree(peers)
+
+
+def test_a_payment_run_whose_own_reconciliation_fails_is_closed_failed_once(airflow_db, peers, tmp_path,
+                                                                             monkeypatch):
+    """Every step succeeds but the closing task's own pass fails (the ledger goes away just then):
+    the run failed, yet its summary stayed open (finished_at empty, no outcome) and no report was
+    written. Its failure callback now closes it, failed_tasks naming reconcile_payments, and writes
+    the report saying so, once; an attempt Airflow retries closes nothing (the retry closes the run,
+    as succeeded, once)."""
+    from connectors.errors import PeerUnavailable
+    from tests.dags.test_sync_dossier_status import failing_fast
+
+    real = payment_receipts.reconcile
+    closes: list[tuple[str, dict]] = []
+    close = tasks._close_run
+    monkeypatch.setattr(tasks, "_close_run", lambda store, flow, run_id, failed: (
+        closes.append((run_id, dict(failed or {}))), close(store, flow, run_id, failed))[-1])
+    fail = {"times": 1}
+
+    def reconcile(*args, **kwargs):
+        if fail["times"]:
+            fail["times"] -= 1
+            raise PeerUnavailable("ministry_ledger lookup: connection failed", peer="ministry_ledger",
+                                  operation="lookup")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(payment_receipts, "reconcile", reconcile)
+    run = failing_fast("sync_payment_receipts").test()
+    assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {
+        "collect_payments": "success", "update_onestop_fees": "success", "submit_receipts": "success",
+        "reconcile_payments": "failed", "fail_if_a_step_failed": "skipped"}
+    assert run.state == "failed"
+    store = tasks.open_store(connection_from_env)
+    summary = store.run_summary(payment_receipts.FLOW, run.run_id)
+    counts = summary["counts"]
+    assert summary["finished_at"] is not None
+    assert (counts["outcome"], counts["failed_tasks"]) == ("failed", {"reconcile_payments": "failed"})
+    assert counts["fees_updated"] == 20 and "reconciled_scope" not in counts
+    assert closes == [(run.run_id, {"reconcile_payments": "failed"})]
+    (report,) = (tmp_path / "home" / "reports").glob("payments-*.md")
+    assert "**This run failed**: reconcile_payments failed. The three systems were not reconciled" in \
+        report.read_text()
+
+    # with its retry: the first attempt fails, nothing is closed then; the retry's pass closes it once
+    closes.clear()
+    fail["times"] = 1
+    dag = failing_fast("sync_payment_receipts")
+    dag.get_task("reconcile_payments").retries = 1
+    dag.get_task("reconcile_payments").retry_delay = timedelta(0)
+    again = dag.test()
+    assert again.state == "success", {ti.task_id: ti.state for ti in again.get_task_instances()}
+    counts = store.run_summary(payment_receipts.FLOW, again.run_id)["counts"]
+    assert (counts["outcome"], counts["failed_tasks"], counts["reconciled_scope"]) == ("succeeded", {}, "full")
+    assert closes == [(again.run_id, {})]
