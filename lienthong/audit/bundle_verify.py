@@ -72,7 +72,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = ["BundleResult", "inclusion_ok", "leaf_hash", "main", "normalise_fingerprint", "selection_body",
-           "verify_bundle", "wire_digest"]
+           "signer_runs", "verify_bundle", "wire_digest"]
 
 # /3 = /2 that may hold leaf-format-3 records: a verifier of /2 would check their salted digests as
 # plain SHA-256 and call the bodies altered, so it must refuse a /3 bundle instead
@@ -489,8 +489,9 @@ def _check_manifest(zf: zipfile.ZipFile, manifest: dict[str, Any], records: int,
                                                        f"({records} records, {seals} seals)")
 
 
-def _signers(seals: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Which key signed which seals, as runs of consecutive seals (a rotated key starts a new run)."""
+def signer_runs(seals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Which key signed which seals, as runs of consecutive seals (a rotated key starts a new run);
+    ``audit verify`` reports the same (this module stands alone, so it is the one copy)."""
     runs: list[dict[str, Any]] = []
     for seal in seals:
         if runs and runs[-1]["fingerprint"] == seal["key_fingerprint"]:
@@ -558,7 +559,7 @@ def verify_bundle(path: str, public_key_pem: bytes | None = None,
             if not isinstance(seals, list):
                 raise BundleError("file_corrupt", "seals.json", "not a list of seals")
             _check_seals(seals, keys)
-            result.keys = _signers(seals)
+            result.keys = signer_runs(seals)
             result.seals_checked = len(seals)
             if seals:
                 result.head_seq, result.head_hash = seals[-1]["seq"], seals[-1]["seal_hash"]

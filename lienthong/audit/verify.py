@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from lienthong.audit.bundle_verify import signer_runs
 from lienthong.audit.keys import key_fingerprint, load_public_key
 from lienthong.audit.personal import PersonalField, commitment, restore_body, wire_digest
 from lienthong.audit.records import (
@@ -490,19 +491,6 @@ def _check_leaves(conn: Connection, seal: dict[str, Any], after_id: int, batch: 
     return None
 
 
-def _signers(seals: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Which key signed which seals, as runs of consecutive seals."""
-    runs: list[dict[str, Any]] = []
-    for seal in seals:
-        if runs and runs[-1]["fingerprint"] == seal["key_fingerprint"]:
-            runs[-1]["last_seq"] = seal["seq"]
-            runs[-1]["seals"] += 1
-        else:
-            runs.append({"fingerprint": seal["key_fingerprint"], "first_seq": seal["seq"], "last_seq": seal["seq"],
-                         "seals": 1})
-    return runs
-
-
 _WORKER: dict[str, Store] = {}
 POOL_MIN_RECORDS = 20_000  # below this, starting worker processes (about a second each) costs more than it saves
 
@@ -634,7 +622,7 @@ def verify_exchanges(store: Store, public_keys: Any = None, *,
             result.seals_checked += 1
             result.head_seq, result.head_hash = seal["seq"], seal["seal_hash"]
             previous = seal
-        result.keys = _signers(seals)
+        result.keys = signer_runs(seals)
         last_id = previous["last_id"] if previous else 0
         orphan = conn.execute(select(func.min(exchange_seal_leaf.c.seal_seq), func.min(exchange_seal_leaf.c.exchange_id))
                               .where(exchange_seal_leaf.c.seal_seq > (previous["seq"] if previous else 0))).first()
