@@ -272,14 +272,17 @@ def cmd_deadletter_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unreplayable(store, ids: list[int]) -> dict[int, str]:
-    """The ids among ``ids`` that replay cannot act on, each with the reason."""
+def _unreplayable(store, ids: list[int], *, flows: tuple[str, ...] | None = None,
+                  action: str = "replay") -> dict[int, str]:
+    """The ids among ``ids`` that ``action`` (replay, or discard of ``flows``) cannot act on, each
+    with the reason."""
     from sqlalchemy import select
 
     from lienthong.flows import catalogue, dossier_status, payment_receipts
     from lienthong.store import dead_letter
 
-    flows = {dossier_status.FLOW, dossier_status.PROGRESS_FLOW, payment_receipts.FLOW, catalogue.FLOW}
+    if flows is None:
+        flows = (dossier_status.FLOW, dossier_status.PROGRESS_FLOW, payment_receipts.FLOW, catalogue.FLOW)
     with store.engine.connect() as conn:
         found = {r.id: r for r in conn.execute(select(dead_letter.c.id, dead_letter.c.flow, dead_letter.c.resolved_at,
                                                       dead_letter.c.resolution).where(dead_letter.c.id.in_(ids)))}
@@ -291,7 +294,7 @@ def _unreplayable(store, ids: list[int]) -> dict[int, str]:
         elif letter.resolved_at is not None:
             reasons[letter_id] = f"already resolved {letter.resolved_at:%Y-%m-%d %H:%M}: {letter.resolution}"
         elif letter.flow not in flows:
-            reasons[letter_id] = f"flow {letter.flow}, which replay does not handle"
+            reasons[letter_id] = f"flow {letter.flow}, which {action} does not handle"
     return reasons
 
 
@@ -340,6 +343,52 @@ def cmd_deadletter_replay(args: argparse.Namespace) -> int:
     tasks.dossier_run_summary(resolve, run_id=run_id)
     print(json.dumps({"run_id": run_id, "delivered": delivered, "progress": progress}, ensure_ascii=False, indent=2))
     return code
+
+
+def cmd_deadletter_discard(args: argparse.Namespace) -> int:
+    """Resolve dossier and progress dead letters without sending their records again, releasing
+    what they held back. Exit 1 naming an id, or the --record, that matches no unresolved dead
+    letter discard handles (each with the reason)."""
+    from lienthong.flows import dossier_status
+
+    if not (args.ids or args.record):
+        print("lienthong: say which dead letters to discard: ids or --record KEY", file=sys.stderr)
+        return 2
+    reason = " ".join(args.reason.split())
+    if not reason:
+        print("lienthong: --reason must say why the records are discarded", file=sys.stderr)
+        return 2
+    actor = " ".join((args.actor or _os_user()).split()) or "operator"
+    store = _store()
+    flows = (dossier_status.FLOW, dossier_status.PROGRESS_FLOW)
+    skipped = _unreplayable(store, sorted(set(args.ids)), flows=flows, action="discard") if args.ids else {}
+    ids = [i for i in args.ids if i not in skipped] if args.ids else None
+    done: list[int] = []
+    if ids != []:  # ids all refused: discard nothing (None would mean every one of the record)
+        result = dossier_status.discard(store, dead_letter_ids=ids, record_key=args.record, by=actor, reason=reason)
+        done = result.dead_letters
+        skipped.update({i: "resolved meanwhile (by a run, a replay or another discard)"
+                        for i in ids or () if i not in done})
+        if done:
+            print(f"discarded {len(done)} dead letters ({', '.join(f'#{i}' for i in done)}): not sent again; "
+                  f"released for the next dossier-status run: {', '.join(result.requeued) or 'nothing held'}")
+    for letter_id, reason_skipped in skipped.items():
+        print(f"lienthong: dead letter #{letter_id} not discarded: {reason_skipped}", file=sys.stderr)
+    code = 1 if skipped else 0
+    if args.record and not done:
+        print(f"lienthong: no unresolved dossier_status or dossier_progress dead letter of record {args.record!r} "
+              f"to discard", file=sys.stderr)
+        code = 1
+    return code
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return "operator"
 
 
 def cmd_payments_mismatches(args: argparse.Namespace) -> int:
@@ -429,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "unmasked (said on stderr, as `audit show --reveal`)")
     p.set_defaults(func=cmd_exchanges)
 
-    p = sub.add_parser("deadletter", help="records that could not be delivered: list, show, replay")
+    p = sub.add_parser("deadletter", help="records that could not be delivered: list, show, replay, discard")
     dl = p.add_subparsers(dest="deadletter_command", required=True, metavar="ACTION")
     q = dl.add_parser("list", help="dead letters with their field errors (unresolved ones by default)")
     q.add_argument("--flow", help="only this flow (dossier_status, dossier_progress, procedure_catalogue, "
@@ -452,6 +501,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--all", action="store_true", help="every unresolved dead letter")
     q.add_argument("--no-deliver", action="store_true", help="only requeue; the next run delivers")
     q.set_defaults(func=cmd_deadletter_replay)
+    discard_help = ("resolve dossier_status and dossier_progress dead letters WITHOUT sending their records again "
+                    "(the record reached the portal anyway, or was delivered by other means) and release what they "
+                    "held back for the next run; the refused snapshot or progress entry is never sent (a dossier's "
+                    "next change goes normally); payment and catalogue dead letters are not handled (replay them); "
+                    "`list --all` shows 'discarded by <actor>: <reason>'; exit 1 naming any id (or --record) that "
+                    "matches no unresolved dead letter it handles")
+    q = dl.add_parser("discard", help=discard_help, description=discard_help)
+    q.add_argument("ids", nargs="*", type=int, help="dead letter numbers")
+    q.add_argument("--record", help="every unresolved dead letter of this dossier code (its progress steps' too) "
+                                    "or progress entry key")
+    q.add_argument("--reason", required=True, help="why they are discarded (kept in the resolution)")
+    q.add_argument("--actor", help="who discards them (default: the OS user)")
+    q.set_defaults(func=cmd_deadletter_discard)
 
     p = sub.add_parser("payments", help="payment receipts: where every payment stands, open mismatches")
     pay = p.add_subparsers(dest="payments_command", required=True, metavar="ACTION")

@@ -94,7 +94,8 @@ outbox = Table(
     Column("source_version", Integer),
     Column("source_payload", JSON, nullable=False),
     # pending → delivered | unchanged | rejected | superseded | stale; held while an earlier change
-    # of the same record waits in dead letters (the per-record ordering guard)
+    # of the same record waits in dead letters (the per-record ordering guard); rejected → discarded
+    # when an operator closes its dead letter without resending it (`lienthong deadletter discard`)
     Column("state", String(16), nullable=False, default="pending"),
     Column("operation", String(16)),  # insert | update, once delivered
     Column("payload_hash", String(64)),  # sha256 of what the peer received
@@ -157,7 +158,8 @@ progress_outbox = Table(
     Column("source_payload", JSON, nullable=False),
     Column("payload", JSON(none_as_null=True)),  # the mapped record, once mapped (payload_hash set)
     Column("payload_hash", String(64)),
-    # pending → in_flight → acked; rejected (dead-lettered); held behind a rejected earlier entry
+    # pending → in_flight → acked; rejected (dead-lettered); held behind a rejected earlier entry;
+    # rejected → discarded (its dead letter closed without resending it: never sent)
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("staged_run_id", String(250)),

@@ -79,6 +79,7 @@ __all__ = [
     "StageReport",
     "deliver_pending",
     "deliver_progress",
+    "discard",
     "enrich_from_catalogue",
     "replay",
     "stage_changes",
@@ -1158,18 +1159,7 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
     every unresolved dead letter of a flow.
     """
     result = ReplayResult()
-    query = select(dead_letter).where(dead_letter.c.resolved_at.is_(None),
-                                      dead_letter.c.flow.in_((FLOW, PROGRESS_FLOW)))
-    if dead_letter_ids:
-        query = query.where(dead_letter.c.id.in_(dead_letter_ids))
-    if record_key:
-        # a dossier code also names its progress steps' dead letters (keyed ``<code>#<stepId>``):
-        # they are what holds the dossier's later steps back
-        query = query.where(or_(dead_letter.c.record_key == record_key,
-                                (dead_letter.c.flow == PROGRESS_FLOW)
-                                & dead_letter.c.record_key.startswith(f"{record_key}#", autoescape=True)))
-    if flow:
-        query = query.where(dead_letter.c.flow == flow)
+    query = _letters(dead_letter_ids, record_key, flow)
     with store.begin() as conn:
         # locked, then resolved: a second replay at once waits and finds none of them (requeued once)
         letters = resolve_dead_letters(conn, query, f"replayed by {by}")
@@ -1201,4 +1191,80 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
                     progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.record_key == dossier,
                     progress_outbox.c.state == "held").values(state="pending"))
             result.requeued.append(entry_key)
+    return result
+
+
+def _letters(dead_letter_ids: list[int] | None, record_key: str | None, flow: str | None) -> Any:
+    """The unresolved dossier and progress dead letters selected by ids, by record key (a dossier
+    code selects its progress steps' too), or of a flow."""
+    query = select(dead_letter).where(dead_letter.c.resolved_at.is_(None),
+                                      dead_letter.c.flow.in_((FLOW, PROGRESS_FLOW)))
+    if dead_letter_ids:
+        query = query.where(dead_letter.c.id.in_(dead_letter_ids))
+    if record_key:
+        # a dossier code also names its progress steps' dead letters (keyed ``<code>#<stepId>``):
+        # they are what holds the dossier's later steps back
+        query = query.where(or_(dead_letter.c.record_key == record_key,
+                                (dead_letter.c.flow == PROGRESS_FLOW)
+                                & dead_letter.c.record_key.startswith(f"{record_key}#", autoescape=True)))
+    if flow:
+        query = query.where(dead_letter.c.flow == flow)
+    return query
+
+
+def discard(store: Store, *, reason: str, by: str, dead_letter_ids: list[int] | None = None,
+            record_key: str | None = None) -> ReplayResult:
+    """Resolve dead letters WITHOUT sending their records again ("discarded by <by>: <reason>"),
+    and release what they held back as :func:`replay` does.
+
+    For when the record reached the portal anyway (a progress entry refused as out of time order
+    that had in fact landed) or was delivered by other means. The refused record is marked
+    ``discarded`` and never sent: a progress entry is not staged again either; a dossier snapshot
+    is not resent, its newest held or pending later snapshot goes back to pending (the others held
+    behind it superseded) and the dossier's next change goes normally. A progress entry's later
+    entries held behind it go back to pending (held again if another of the dossier's entries is
+    still refused). Select by dead-letter ids or by record key (a dossier code selects its
+    progress steps' too). ``requeued`` names the dossiers and dossiers' entries released."""
+    if not reason.strip():
+        raise ValueError("a discard needs a reason")
+    if not (dead_letter_ids or record_key):
+        raise ValueError("say which dead letters to discard: ids or a record key")
+    result = ReplayResult()
+    with store.begin() as conn:
+        # locked, then resolved: a replay or discard at once waits and finds none of them
+        letters = resolve_dead_letters(conn, _letters(dead_letter_ids, record_key, None),
+                                       f"discarded by {by}: {reason.strip()}")
+        result.dead_letters.extend(lt.id for lt in letters)
+        now = utcnow()
+        for lt in letters:
+            if lt.outbox_id is None:
+                continue
+            table = outbox if lt.flow == FLOW else progress_outbox
+            conn.execute(update(table).where(table.c.id == lt.outbox_id, table.c.state == "rejected")
+                         .values(state="discarded", done_at=now))
+        for key in sorted({lt.record_key for lt in letters if lt.flow == FLOW}):
+            # what it held back, as replay releases it: the newest waiting snapshot goes
+            newest = conn.execute(
+                select(outbox.c.id).where(outbox.c.flow == FLOW, outbox.c.record_key == key,
+                                          outbox.c.state.in_(("held", "pending")))
+                .order_by(outbox.c.source_version.desc().nulls_last(), outbox.c.source_seq.desc(),
+                          outbox.c.id.desc()).limit(1)
+            ).scalar()
+            if newest is not None:
+                conn.execute(update(outbox).where(outbox.c.id == newest).values(state="pending"))
+                conn.execute(update(outbox).where(outbox.c.flow == FLOW, outbox.c.record_key == key,
+                                                  outbox.c.state == "held", outbox.c.id != newest)
+                             .values(state="superseded"))
+                result.requeued.append(key)
+        dossiers = set()
+        for lt in letters:
+            if lt.flow == PROGRESS_FLOW and lt.outbox_id is not None:
+                dossiers.update(conn.execute(select(progress_outbox.c.record_key).where(
+                    progress_outbox.c.id == lt.outbox_id)).scalars())
+        for dossier in sorted(dossiers):
+            released = conn.execute(update(progress_outbox).where(
+                progress_outbox.c.flow == PROGRESS_FLOW, progress_outbox.c.record_key == dossier,
+                progress_outbox.c.state == "held").values(state="pending")).rowcount
+            if released:
+                result.requeued.append(dossier)
     return result

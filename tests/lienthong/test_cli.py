@@ -161,6 +161,78 @@ def test_deadletter_replay_names_the_ids_and_the_record_it_did_not_replay(bus_on
     assert main(["deadletter", "replay", "--all", "--no-deliver"]) == 0  # nothing left: nothing to say no to
 
 
+def _refused_dossier_with_a_held_change(store) -> tuple[int, int, int]:
+    """A dossier snapshot refused (its dead letter) and a later change held behind it: (letter, refused
+    outbox row, held outbox row)."""
+    from sqlalchemy import select
+
+    from connectors.errors import FieldError, RecordRejected
+    from lienthong.store import Store, dead_letter, outbox, utcnow
+
+    code = "000.00.01.H49-261120-0001"
+    rows = [{"flow": "dossier_status", "record_key": code, "source_seq": seq, "source_version": seq,
+             "source_payload": {"dossierNo": code, "version": seq}, "state": state, "attempts": 0,
+             "staged_at": utcnow()} for seq, state in ((1, "rejected"), (2, "held"))]
+    exc = RecordRejected(code, [FieldError("receiveDate", "required", "missing")])
+    with store.begin() as conn:
+        refused, held = (conn.execute(outbox.insert().values(**r).returning(outbox.c.id)).scalar() for r in rows)
+        Store.add_dead_letter(conn, flow="dossier_status", record_key=code, outbox_id=refused, run_id="r1",
+                              stage="mapping", error=exc, errors=exc.error_dicts(),
+                              source_payload=rows[0]["source_payload"])
+        letter = conn.execute(select(dead_letter.c.id).order_by(dead_letter.c.id.desc())).scalar()
+    return letter, refused, held
+
+
+def test_deadletter_discard_resolves_without_resending_and_releases_what_it_held(bus_only, capsys, monkeypatch):
+    """Operators could only replay a dead letter (resending its record): one whose record had
+    reached the portal anyway held its dossier's later changes back for ever. ``discard`` resolves
+    it naming who and why, marks the refused record discarded (never sent), and releases the held
+    change for the next run; it names what it could not discard, exit 1."""
+    from sqlalchemy import select
+
+    from connectors.connection import connection_from_env
+    from lienthong.store import outbox
+    from lienthong.tasks import open_store
+
+    store = open_store(connection_from_env)
+    letter, refused, held = _refused_dossier_with_a_held_change(store)
+    catalogue_letter = _catalogue_letter(store)
+    with pytest.raises(SystemExit):  # the reason is required
+        main(["deadletter", "discard", str(letter)])
+    capsys.readouterr()
+    assert main(["deadletter", "discard", "--reason", "x"]) == 2  # says which
+    assert "ids or --record" in capsys.readouterr().err
+    assert main(["deadletter", "discard", str(letter), "--reason", "  "]) == 2
+    assert "--reason" in capsys.readouterr().err
+    # a catalogue letter and an unknown id: named, nothing discarded
+    assert main(["deadletter", "discard", str(catalogue_letter), "424242", "--reason", "x"]) == 1
+    err = capsys.readouterr().err
+    assert f"dead letter #{catalogue_letter} not discarded: flow procedure_catalogue, which discard does not " \
+           f"handle" in err and "dead letter #424242 not discarded: no such dead letter" in err
+    assert {d["id"] for d in store.dead_letters()} == {letter, catalogue_letter}
+    assert main(["deadletter", "discard", "--record", "1.000001", "--reason", "x"]) == 1
+    assert "no unresolved dossier_status or dossier_progress dead letter of record '1.000001'" in \
+        capsys.readouterr().err
+
+    monkeypatch.setattr("getpass.getuser", lambda: "nguyen.van.a")
+    assert main(["deadletter", "discard", str(letter), "--reason", "nộp bản giấy,\n đã cập nhật tay"]) == 0
+    out = capsys.readouterr().out
+    assert f"discarded 1 dead letters (#{letter})" in out and "000.00.01.H49-261120-0001" in out
+    with store.engine.connect() as conn:
+        states = dict(conn.execute(select(outbox.c.id, outbox.c.state)).all())
+    assert states == {refused: "discarded", held: "pending"}
+    (done,) = [d for d in store.dead_letters(unresolved_only=False) if d["id"] == letter]
+    assert done["resolved_at"] is not None
+    assert done["resolution"] == "discarded by nguyen.van.a: nộp bản giấy, đã cập nhật tay"
+    assert main(["deadletter", "list", "--all"]) == 0
+    assert "resolved: discarded by nguyen.van.a: nộp bản giấy" in capsys.readouterr().out
+    # discarded already: named, exit 1; nothing changes
+    assert main(["deadletter", "discard", str(letter), "--reason", "again", "--actor", "qa"]) == 1
+    assert f"dead letter #{letter} not discarded: already resolved" in capsys.readouterr().err
+    (done,) = [d for d in store.dead_letters(unresolved_only=False) if d["id"] == letter]
+    assert done["resolution"].startswith("discarded by nguyen.van.a")
+
+
 def test_cli_does_not_silently_use_a_local_bus_database_when_lienthong_db_is_not_in_the_environment(
         tmp_path, monkeypatch, capsys):
     """A deployment whose peers are in AIRFLOW_CONN_* variables and whose lienthong_db is not (an
