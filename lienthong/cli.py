@@ -308,7 +308,7 @@ def cmd_deadletter_replay(args: argparse.Namespace) -> int:
         print("lienthong: say which dead letters to replay: ids, --record KEY, or --all", file=sys.stderr)
         return 2
     store = _store()
-    by = os.environ.get("USER", "operator")
+    by = _os_user()
     skipped = _unreplayable(store, sorted(set(args.ids))) if args.ids else {}
     ids = [i for i in args.ids if i not in skipped] if args.ids else None
     replayed, requeued = 0, []
