@@ -346,10 +346,10 @@ def cmd_deadletter_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_deadletter_discard(args: argparse.Namespace) -> int:
-    """Resolve dossier and progress dead letters without sending their records again, releasing
-    what they held back. Exit 1 naming an id, or the --record, that matches no unresolved dead
-    letter discard handles (each with the reason)."""
-    from lienthong.flows import dossier_status
+    """Resolve dossier, progress and payment dead letters without sending their records again,
+    releasing what they held back. Exit 1 naming an id, or the --record, that matches no unresolved
+    dead letter discard handles (each with the reason)."""
+    from lienthong.flows import dossier_status, payment_receipts
 
     if not (args.ids or args.record):
         print("lienthong: say which dead letters to discard: ids or --record KEY", file=sys.stderr)
@@ -360,24 +360,32 @@ def cmd_deadletter_discard(args: argparse.Namespace) -> int:
         return 2
     actor = " ".join((args.actor or _os_user()).split()) or "operator"
     store = _store()
-    flows = (dossier_status.FLOW, dossier_status.PROGRESS_FLOW)
+    flows = (dossier_status.FLOW, dossier_status.PROGRESS_FLOW, payment_receipts.FLOW)
     skipped = _unreplayable(store, sorted(set(args.ids)), flows=flows, action="discard") if args.ids else {}
     ids = [i for i in args.ids if i not in skipped] if args.ids else None
     done: list[int] = []
     if ids != []:  # ids all refused: discard nothing (None would mean every one of the record)
         result = dossier_status.discard(store, dead_letter_ids=ids, record_key=args.record, by=actor, reason=reason)
-        done = result.dead_letters
+        payments = payment_receipts.discard(store, dead_letter_ids=ids, record_key=args.record, by=actor,
+                                            reason=reason)
+        done = [*result.dead_letters, *payments.dead_letters]
+        skipped.update(payments.refused)
         skipped.update({i: "resolved meanwhile (by a run, a replay or another discard)"
-                        for i in ids or () if i not in done})
-        if done:
-            print(f"discarded {len(done)} dead letters ({', '.join(f'#{i}' for i in done)}): not sent again; "
-                  f"released for the next dossier-status run: {', '.join(result.requeued) or 'nothing held'}")
+                        for i in ids or () if i not in done and i not in skipped})
+        if result.dead_letters:
+            print(f"discarded {len(result.dead_letters)} dead letters "
+                  f"({', '.join(f'#{i}' for i in result.dead_letters)}): not sent again; released for the next "
+                  f"dossier-status run: {', '.join(result.requeued) or 'nothing held'}")
+        if payments.dead_letters:
+            print(f"discarded {len(payments.dead_letters)} payment dead letters "
+                  f"({', '.join(f'#{i}' for i in payments.dead_letters)}): their step is not done again, and the "
+                  f"reconciliation report lists them as discarded: {', '.join(payments.references)}")
     for letter_id, reason_skipped in skipped.items():
         print(f"lienthong: dead letter #{letter_id} not discarded: {reason_skipped}", file=sys.stderr)
     code = 1 if skipped else 0
     if args.record and not done:
-        print(f"lienthong: no unresolved dossier_status or dossier_progress dead letter of record {args.record!r} "
-              f"to discard", file=sys.stderr)
+        print(f"lienthong: no unresolved dossier_status, dossier_progress or payment_receipts dead letter of record "
+              f"{args.record!r} that discard handles", file=sys.stderr)
         code = 1
     return code
 
@@ -501,16 +509,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--all", action="store_true", help="every unresolved dead letter")
     q.add_argument("--no-deliver", action="store_true", help="only requeue; the next run delivers")
     q.set_defaults(func=cmd_deadletter_replay)
-    discard_help = ("resolve dossier_status and dossier_progress dead letters WITHOUT sending their records again "
-                    "(the record reached the portal anyway, or was delivered by other means) and release what they "
-                    "held back for the next run; the refused snapshot or progress entry is never sent (a dossier's "
-                    "next change goes normally); payment and catalogue dead letters are not handled (replay them); "
+    discard_help = ("resolve dossier_status, dossier_progress and payment_receipts dead letters WITHOUT sending "
+                    "their records again (the record reached its peer anyway, or was delivered by other means) and "
+                    "release what they held back for the next run; the refused snapshot or progress entry is never "
+                    "sent (a dossier's next change goes normally); a payment's refused step (platform: asking the "
+                    "platform; onestop: recording the fee; mapping, ledger: booking the receipt) is not done again, "
+                    "its other steps go on, and the reconciliation report lists it as discarded, not as a mismatch; "
+                    "payment source and catalogue dead letters are not handled (replay them); "
                     "`list --all` shows 'discarded by <actor>: <reason>'; exit 1 naming any id (or --record) that "
                     "matches no unresolved dead letter it handles")
     q = dl.add_parser("discard", help=discard_help, description=discard_help)
     q.add_argument("ids", nargs="*", type=int, help="dead letter numbers")
-    q.add_argument("--record", help="every unresolved dead letter of this dossier code (its progress steps' too) "
-                                    "or progress entry key")
+    q.add_argument("--record", help="every unresolved dead letter of this dossier code (its progress steps' too), "
+                                    "progress entry key or payment reference")
     q.add_argument("--reason", required=True, help="why they are discarded (kept in the resolution)")
     q.add_argument("--actor", help="who discards them (default: the OS user)")
     q.set_defaults(func=cmd_deadletter_discard)

@@ -217,7 +217,8 @@ payment_txn = Table(  # one row per payment request (MaThamChieu) the bus follow
     # whole đồng, 64-bit: a land fee passes 2^31 (the platform takes 12 digits, the ledger up to 10^12)
     Column("request_amount", BigInteger),  # what the one-stop asked for (whole đồng)
     Column("onestop_status", String(16)),  # pending | paid | failed | unmatched, as last listed
-    # what the platform says: pending | paid | failed | unknown (QUERY could not find it)
+    # what the platform says: pending | paid | failed | unknown (QUERY could not find it); discarded:
+    # an operator closed its platform dead letter (`lienthong deadletter discard`), never asked again
     Column("platform_status", String(16), nullable=False, default="pending"),
     Column("platform_amount", BigInteger),
     Column("transaction_id", String(64)),  # MaGiaoDich
@@ -226,9 +227,11 @@ payment_txn = Table(  # one row per payment request (MaThamChieu) the bus follow
     Column("answer", JSON(none_as_null=True)),  # the verified QUERY answer (checksum checked)
     Column("receipt_no", String(40)),  # SoBienLai, read from the GET_BILL PDF
     Column("receipt_sha256", String(64)),  # the PDF, in exchange_blob (pinned)
-    # one-stop fee status: todo → updated | already (callback got there) | held (mismatch/unknown/conflict)
+    # one-stop fee status: todo → updated | already (callback got there) | held (mismatch/unknown/conflict);
+    # discarded: its onestop dead letter closed by an operator, the result never sent
     Column("onestop_state", String(16), nullable=False, default="todo"),
-    # ledger: todo → accepted | unchanged (it already held it) | held | rejected (dead-lettered)
+    # ledger: todo → accepted | unchanged (it already held it) | held | rejected (dead-lettered) → discarded
+    # (its dead letter closed by an operator: never submitted again)
     Column("ledger_state", String(16), nullable=False, default="todo"),
     Column("ledger_hash", String(64)),  # sha256 of the ledger record acknowledged
     Column("hold_reason", String(40)),  # amount_differs | unknown_dossier | paid_twice | ...

@@ -107,6 +107,7 @@ __all__ = [
     "LedgerReport",
     "ReconciliationReport",
     "collect_payments",
+    "discard",
     "reconcile",
     "reconciliation_markdown",
     "submit_receipts",
@@ -963,13 +964,14 @@ class ReconciliationReport:
     since: str | None = None  # a changed pass: the time (ISO 8601, UTC) its changes are taken from
     scope_size: int = 0  # a changed pass: the transactions it checks
     given_up: int = 0  # payments no longer asked about (unfinished after ASK_FOR of asking)
+    discarded: int = 0  # payments checked with a step an operator discarded (:func:`discard`)
     checked: set[str] = field(default_factory=set)  # a changed pass: the payments it checked
 
     def counts(self) -> dict[str, Any]:
         kinds = Counter(i["kind"] for i in self.items)
         return {"reconciled_scope": self.scope, "reconciled_since": self.since,
                 "reconciled_paid": self.paid, "reconciled_failed": self.failed, "reconciled_agreed": self.agreed,
-                "payments_given_up": self.given_up,
+                "payments_given_up": self.given_up, "reconciled_discarded": self.discarded,
                 "mismatches": len(self.items), "mismatches_by_kind": dict(sorted(kinds.items())),
                 "mismatches_opened": self.opened, "mismatches_resolved": self.resolved}
 
@@ -982,7 +984,7 @@ def _amount(value: Any) -> int | None:
 
 
 _RECONCILED = ("reference", "dossier_code", "platform_status", "request_amount", "platform_amount", "transaction_id",
-               "paid_at", "receipt_no", "hold_reason", "ledger_state")
+               "paid_at", "receipt_no", "hold_reason", "onestop_state", "ledger_state")
 #: Paid transactions per ``ListReceipts`` window: the ledger answers a window in one SOAP body, so a
 #: province's years of receipts are asked for a bounded slice of time at a time.
 RECEIPT_WINDOW = 2_000
@@ -1250,11 +1252,15 @@ def _reconcile(conn: Connection, onestop: Any, ledger: Any, report: Reconciliati
         for txn in txns:
             before = len(report.items)
             mine = views.get(txn.reference) or {}
+            # a step an operator discarded (its dead letter closed without resending): what that
+            # step would have made agree is not a mismatch; the report lists the payment as discarded
+            discarded = DISCARDED in (txn.platform_status, txn.onestop_state, txn.ledger_state)
+            report.discarded += discarded
             if txn.platform_status == "unknown":
                 found(txn, "unknown_transaction", onestop_status=mine.get("status"))
             if txn.platform_status == "failed":
                 report.failed += 1
-                if mine.get("status") != "failed":
+                if mine.get("status") != "failed" and txn.onestop_state != DISCARDED:
                     found(txn, "failed_not_recorded", onestop_status=mine.get("status"))
             if txn.platform_status != "paid":
                 continue
@@ -1264,7 +1270,7 @@ def _reconcile(conn: Connection, onestop: Any, ledger: Any, report: Reconciliati
                 found(txn, txn.hold_reason, dossier_code=txn.dossier_code, onestop_status=mine.get("status"))
             if txn.request_amount is not None and txn.platform_amount != txn.request_amount:
                 found(txn, "amount_differs", platform_amount=txn.platform_amount, onestop_amount=txn.request_amount)
-            elif not unmatched:
+            elif not unmatched and txn.onestop_state != DISCARDED:
                 if mine.get("status") != "paid":
                     found(txn, "fee_not_paid", onestop_status=mine.get("status"))
                 elif mine.get("transactionId") != txn.transaction_id:
@@ -1276,7 +1282,7 @@ def _reconcile(conn: Connection, onestop: Any, ledger: Any, report: Reconciliati
             held = by_number.get(txn.receipt_no or "", [])
             for_payment = by_reference.get(txn.reference, [])
             if not txn.receipt_no or not held:
-                if not unmatched or for_payment:
+                if (not unmatched or for_payment) and txn.ledger_state != DISCARDED:
                     found(txn, "missing_receipt", ledger_state=txn.ledger_state)
             elif len(held) > 1 or len(for_payment) > 1 or txn.hold_reason == "duplicate_receipt":
                 found(txn, "duplicate_receipt", receipts=sorted(str(r.get("ReceiptNumber")) for r in for_payment),
@@ -1284,7 +1290,7 @@ def _reconcile(conn: Connection, onestop: Any, ledger: Any, report: Reconciliati
             elif _amount(held[0].get("AmountVND")) != txn.platform_amount:
                 found(txn, "ledger_amount_differs", ledger_amount=_amount(held[0].get("AmountVND")),
                       platform_amount=txn.platform_amount)
-            report.agreed += len(report.items) == before
+            report.agreed += len(report.items) == before and not discarded
     # receipts for payments the bus does not know, in reference order, each as the ledger gave it
     unexpected = select(_ledger_view.c.reference, _ledger_view.c.receipt).where(
         ~exists().where(payment_txn.c.reference == _ledger_view.c.reference)).order_by(
@@ -1373,7 +1379,8 @@ def reconciliation_markdown(store: Store, run_id: str, counts: dict[str, Any], *
              *(() if failed else [
                  (f"Paid transactions checked: {counts.get('reconciled_paid', 0)}; "
                   f"all three systems agree on {counts.get('reconciled_agreed', 0)}. "
-                  f"Failed transactions: {counts.get('reconciled_failed', 0)}.")]),
+                  f"Failed transactions: {counts.get('reconciled_failed', 0)}. "
+                  f"Checked with a step discarded by an operator: {counts.get('reconciled_discarded', 0)}.")]),
              (f"Payments no longer asked about (the platform still said pending, or did not know them, after 30 "
               f"days of asking; asked again if the one-stop's view of them changes): "
               f"{counts.get('payments_given_up', 0)}."),
@@ -1396,7 +1403,108 @@ def reconciliation_markdown(store: Store, run_id: str, counts: dict[str, Any], *
         lines += ["", "What each kind means:", ""]
         for kind in sorted({i["kind"] for i in items}):
             lines.append(f"- **{kind}**: {KINDS.get(kind, kind)}.")
+    discarded = discarded_payments(store)
+    if discarded:
+        lines += ["", f"## Discarded by an operator ({len(discarded)})", "",
+                  ("A dead letter closed with `lienthong deadletter discard`: the step it names is not done by the "
+                   "bus, and what only that step would have made agree is not reported as a mismatch."), "",
+                  "| payment reference | dossier | not done by the bus | resolution |", "|---|---|---|---|"]
+        for d in discarded:
+            lines.append(f"| {d['reference']} | {d['dossier_code'] or ''} | {'; '.join(d['not_done'])} | "
+                         f"{(d['resolution'] or '').replace('|', '/')} |")
     return "\n".join(lines) + "\n"
+
+
+#: A step's state of a payment (``platform_status``, ``onestop_state``, ``ledger_state``) whose dead
+#: letter an operator discarded (:func:`discard`): the step leaves it alone for good.
+DISCARDED = "discarded"
+#: What the bus no longer does for a payment, by the state column discarded.
+_NOT_DONE = {"platform_status": "ask the payment platform (QUERY, GET_BILL)",
+             "onestop_state": "record the fee's result at the one-stop",
+             "ledger_state": "book the receipt in the ministry ledger"}
+#: The stages a payment dead letter is discarded at, and the column each one's step owns; a
+#: ``source`` dead letter (a one-stop request that breaks the wire format) is not: it is listed,
+#: and dead-lettered, again at every full listing while the one-stop keeps it.
+DISCARDABLE = {"platform": "platform_status", "onestop": "onestop_state", "mapping": "ledger_state",
+               "ledger": "ledger_state"}
+
+
+def discarded_payments(store: Store) -> list[dict[str, Any]]:
+    """The payments with a step discarded by an operator, by reference: what the bus no longer
+    does for each, and the resolution of its newest discarded dead letter (who, why)."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(payment_txn.c.reference, payment_txn.c.dossier_code, payment_txn.c.platform_status,
+                                   payment_txn.c.onestop_state, payment_txn.c.ledger_state).where(
+            (payment_txn.c.platform_status == DISCARDED) | (payment_txn.c.onestop_state == DISCARDED)
+            | (payment_txn.c.ledger_state == DISCARDED)).order_by(payment_txn.c.reference)).all()
+        resolutions: dict[str, str] = {}
+        for start in range(0, len(rows), 500):
+            references = [r.reference for r in rows[start:start + 500]]
+            for key, resolution in conn.execute(select(dead_letter.c.record_key, dead_letter.c.resolution).where(
+                    dead_letter.c.flow == FLOW, dead_letter.c.record_key.in_(references),
+                    dead_letter.c.stage.in_(list(DISCARDABLE)), dead_letter.c.resolved_at.is_not(None))
+                    .order_by(dead_letter.c.id)):
+                if (resolution or "").startswith("discarded by "):
+                    resolutions[key] = resolution
+    return [{"reference": r.reference, "dossier_code": r.dossier_code, "resolution": resolutions.get(r.reference),
+             "not_done": [text for column, text in _NOT_DONE.items() if getattr(r, column) == DISCARDED]}
+            for r in rows]
+
+
+@dataclass
+class DiscardResult:
+    dead_letters: list[int] = field(default_factory=list)  # the dead letters discarded (resolved)
+    references: list[str] = field(default_factory=list)  # their payments
+    refused: dict[int, str] = field(default_factory=dict)  # dead letters left unresolved, each with why
+
+
+def discard(store: Store, *, reason: str, by: str, dead_letter_ids: list[int] | None = None,
+            record_key: str | None = None) -> DiscardResult:
+    """Resolve payment dead letters WITHOUT doing their step again ("discarded by <by>: <reason>"),
+    for when an operator has settled the payment otherwise (the fee recorded at the one-stop by
+    hand, the receipt booked at the ministry by other means, a payment the platform will never
+    answer for).
+
+    The state the refused step owns becomes ``discarded``, and that step leaves the payment alone
+    for good: ``platform`` — not asked again (QUERY, GET_BILL), not even when the one-stop's view of
+    it changes, and its fee and receipt steps do not run (the platform never said paid with a
+    receipt); ``onestop`` — its result is not recorded at the one-stop (a failed payment the
+    platform later reports paid is recorded then: another result); ``mapping``, ``ledger`` — its
+    receipt is not mapped or submitted again. The other steps go on as before (the letter no
+    longer blocks them). The reconciliation does not report as a mismatch what only the discarded
+    step would have made agree, and its report lists the payment as discarded
+    (:func:`discarded_payments`). A ``source`` dead letter is refused (``refused``, with why).
+    Select by ids or by the payment reference."""
+    if not reason.strip():
+        raise ValueError("a discard needs a reason")
+    if not (dead_letter_ids or record_key):
+        raise ValueError("say which dead letters to discard: ids or a record key")
+    query = select(dead_letter).where(dead_letter.c.resolved_at.is_(None), dead_letter.c.flow == FLOW)
+    if dead_letter_ids:
+        query = query.where(dead_letter.c.id.in_(dead_letter_ids))
+    if record_key:
+        query = query.where(dead_letter.c.record_key == record_key)
+    result = DiscardResult()
+    with store.begin() as conn:
+        # locked, then resolved: a replay or discard at once waits and finds none of them
+        letters = resolve_dead_letters(conn, query.where(dead_letter.c.stage.in_(list(DISCARDABLE))),
+                                       f"discarded by {by}: {' '.join(reason.split())}")
+        result.dead_letters.extend(lt.id for lt in letters)
+        result.references.extend(sorted({lt.record_key for lt in letters}))
+        now = utcnow()
+        for lt in letters:
+            column = payment_txn.c[DISCARDABLE[lt.stage]]
+            waiting = {"platform": ASKED, "onestop": WAITING}.get(lt.stage, ("rejected",))
+            values: dict[str, Any] = {column.name: DISCARDED, "updated_at": now}
+            if lt.stage == "platform":
+                values["next_ask_at"] = None
+            conn.execute(update(payment_txn).where(payment_txn.c.reference == lt.record_key, column.in_(waiting))
+                         .values(**values))
+        for lt in conn.execute(query.where(dead_letter.c.stage.not_in(list(DISCARDABLE))).order_by(dead_letter.c.id)):
+            result.refused[lt.id] = (f"stage {lt.stage} (a one-stop payment request that breaks the wire format, "
+                                     "listed and dead-lettered again while the one-stop keeps it), which discard "
+                                     "does not handle: correct the request at the one-stop, then replay it")
+    return result
 
 
 def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key: str | None = None,

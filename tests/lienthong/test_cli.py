@@ -211,8 +211,8 @@ def test_deadletter_discard_resolves_without_resending_and_releases_what_it_held
            f"handle" in err and "dead letter #424242 not discarded: no such dead letter" in err
     assert {d["id"] for d in store.dead_letters()} == {letter, catalogue_letter}
     assert main(["deadletter", "discard", "--record", "1.000001", "--reason", "x"]) == 1
-    assert "no unresolved dossier_status or dossier_progress dead letter of record '1.000001'" in \
-        capsys.readouterr().err
+    assert "no unresolved dossier_status, dossier_progress or payment_receipts dead letter of record '1.000001' " \
+           "that discard handles" in capsys.readouterr().err
 
     monkeypatch.setattr("getpass.getuser", lambda: "nguyen.van.a")
     assert main(["deadletter", "discard", str(letter), "--reason", "nộp bản giấy,\n đã cập nhật tay"]) == 0
@@ -231,6 +231,42 @@ def test_deadletter_discard_resolves_without_resending_and_releases_what_it_held
     assert f"dead letter #{letter} not discarded: already resolved" in capsys.readouterr().err
     (done,) = [d for d in store.dead_letters(unresolved_only=False) if d["id"] == letter]
     assert done["resolution"].startswith("discarded by nguyen.van.a")
+
+
+def test_deadletter_discard_closes_a_payment_letter_and_refuses_a_source_one_by_name(bus_only, capsys):
+    """A payment's ledger dead letter is discarded (its receipt never submitted again: ledger_state
+    discarded) with the dossier ones' wording; a malformed one-stop request's (stage source) is
+    named and left, exit 1."""
+    from sqlalchemy import select
+
+    from connectors.connection import connection_from_env
+    from connectors.errors import FieldError, RecordRejected
+    from lienthong.store import Store, dead_letter, payment_txn, utcnow
+    from lienthong.tasks import open_store
+
+    store = open_store(connection_from_env)
+    exc = RecordRejected("REF-1", [FieldError("PayerName", "max_length", "too long")])
+    with store.begin() as conn:
+        conn.execute(payment_txn.insert().values(reference="REF-1", dossier_code="000.00.01.H49-261120-0001",
+                                                 platform_status="paid", onestop_state="updated",
+                                                 ledger_state="rejected", updated_at=utcnow()))
+        for key, stage in (("REF-1", "mapping"), ("REF-2", "source")):
+            Store.add_dead_letter(conn, flow="payment_receipts", record_key=key, outbox_id=None, run_id="r1",
+                                  stage=stage, error=exc, errors=exc.error_dicts(), source_payload={"reference": key})
+        ledger_letter, source_letter = conn.execute(select(dead_letter.c.id).order_by(dead_letter.c.id)).scalars()
+    assert main(["deadletter", "discard", str(ledger_letter), str(source_letter), "--reason", "ghi tay",
+                 "--actor", "qa"]) == 1
+    captured = capsys.readouterr()
+    assert f"discarded 1 payment dead letters (#{ledger_letter})" in captured.out and "REF-1" in captured.out
+    assert f"dead letter #{source_letter} not discarded: stage source" in captured.err
+    assert [d["id"] for d in store.dead_letters()] == [source_letter]
+    (done,) = [d for d in store.dead_letters(unresolved_only=False) if d["id"] == ledger_letter]
+    assert done["resolution"] == "discarded by qa: ghi tay"
+    with store.engine.connect() as conn:
+        assert conn.execute(select(payment_txn.c.ledger_state)).scalar() == "discarded"
+    assert main(["deadletter", "discard", "--record", "REF-2", "--reason", "x"]) == 1
+    err = capsys.readouterr().err
+    assert f"dead letter #{source_letter} not discarded: stage source" in err and "'REF-2'" in err
 
 
 def test_cli_does_not_silently_use_a_local_bus_database_when_lienthong_db_is_not_in_the_environment(

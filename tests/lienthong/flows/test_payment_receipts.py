@@ -1750,3 +1750,137 @@ def test_a_failed_payment_the_platform_later_reports_paid_is_booked_once(peers, 
     assert (again["fees_updated"], again["receipts_accepted"], again["mismatches"]) == (0, 0, 0)
     assert Counter(r["PaymentReference"] for r in peers.ledger_receipts())[victim] == 1
     assert_three_systems_agree(peers)
+
+
+def _operations_for(run_id: str, reference: str) -> list[str]:
+    """The operations the steps of ``run_id`` that act on a payment (not the reconciliation, which
+    only reads) made naming the payment ``reference``, by the exchange log."""
+    with store().engine.connect() as conn:
+        return sorted(conn.execute(select(exchange_log.c.operation).join(
+            exchange_key, exchange_log.c.id == exchange_key.c.exchange_id).where(
+            exchange_log.c.run_id == run_id, exchange_log.c.task_id != "reconcile",
+            exchange_key.c.record_key == reference)).scalars())
+
+
+def _states(reference: str) -> tuple:
+    with store().engine.connect() as conn:
+        return tuple(conn.execute(select(payment_txn.c.platform_status, payment_txn.c.onestop_state,
+                                         payment_txn.c.ledger_state).where(payment_txn.c.reference == reference)).one())
+
+
+def test_a_discarded_ledger_dead_letter_is_never_submitted_again_and_reported_discarded_not_missing(
+        peers, tmp_path, monkeypatch):
+    """A receipt the mapping refused, booked at the ministry by other means: discarding its dead
+    letter resolves it ("discarded by <who>: <why>"), the receipt is never mapped or submitted
+    again, and the reconciliation lists the payment as discarded instead of a missing receipt for
+    ever (found in review: discard handled dossier letters only, so the letter could only be
+    replayed, or left to block the payment and be reported missing at every run)."""
+    victim = min((p for p in peers.platform_payments().values() if p["status"] == "paid"),
+                 key=lambda p: p["MaThamChieu"])
+    ref = victim["MaThamChieu"]
+    read = payment_receipts._payer  # noqa: SLF001 - over the ledger's 200 characters: the mapping refuses it
+    monkeypatch.setattr(payment_receipts, "_payer", lambda onestop, code: "X" * 300 if code == victim["MaHoSo"]
+                        else read(onestop, code))
+    counts = run("disc-1", tmp_path)["counts"]
+    assert (counts["receipts_accepted"], counts["receipts_rejected"]) == (11, 1)
+    assert counts["mismatches_by_kind"] == {"missing_receipt": 1}
+    monkeypatch.setattr(payment_receipts, "_payer", read)
+    [letter] = store().dead_letters(payment_receipts.FLOW)
+    assert (letter["record_key"], letter["stage"]) == (ref, "mapping")
+
+    result = payment_receipts.discard(store(), record_key=ref, by="nguyen.van.a", reason="ghi sổ tay tại Bộ")
+    assert (result.dead_letters, result.references, result.refused) == ([letter["id"]], [ref], {})
+    [done] = store().dead_letters(payment_receipts.FLOW, unresolved_only=False)
+    assert done["resolution"] == "discarded by nguyen.van.a: ghi sổ tay tại Bộ"
+    assert _states(ref) == ("paid", "updated", "discarded")
+
+    for run_id in ("disc-2", "disc-3"):
+        summary = run(run_id, tmp_path)
+        counts = summary["counts"]
+        assert _operations_for(run_id, ref) == [], "nothing is sent for the discarded payment"
+        assert (counts["receipts_accepted"], counts["receipts_unchanged"], counts["receipts_rejected"]) == (0, 0, 0)
+        assert (counts["reconciled_paid"], counts["reconciled_agreed"], counts["reconciled_discarded"]) == (12, 11, 1)
+        assert counts["mismatches"] == 0 and summary["open_mismatches"] == []
+        report = Path(summary["report_path"]).read_text(encoding="utf-8")
+        assert "## Discarded by an operator (1)" in report
+        assert (f"| {ref} | {victim['MaHoSo']} | book the receipt in the ministry ledger | "
+                f"discarded by nguyen.van.a: ghi sổ tay tại Bộ |") in report
+    assert [r for r in peers.ledger_receipts() if r["PaymentReference"] == ref] == []
+    assert store().dead_letters(payment_receipts.FLOW) == []
+    assert _states(ref) == ("paid", "updated", "discarded")
+
+
+def test_a_discarded_onestop_dead_letter_is_not_recorded_again_while_its_receipt_is_booked(peers, tmp_path):
+    """The one-stop refused a paid payment's result (no bank named: 422): discarded (the fee was
+    recorded by hand), the result is never sent again, the receipt the letter held back is booked
+    once, and the one-stop's disagreement is the discard's, not a mismatch."""
+    victim = min((p for p in peers.platform_payments().values() if p["status"] == "paid"),
+                 key=lambda p: p["MaThamChieu"])
+    ref = victim["MaThamChieu"]
+    tasks.collect_payments(connection_from_env, run_id="od-1", task_id="collect")
+    with store().begin() as conn:
+        conn.execute(payment_txn.update().where(payment_txn.c.reference == ref).values(bank=None))
+    tasks.update_onestop_fees(connection_from_env, run_id="od-1", task_id="fees")
+    tasks.submit_payment_receipts(connection_from_env, run_id="od-1", task_id="receipts")
+    counts = tasks.reconcile_payments(connection_from_env, run_id="od-1", task_id="reconcile",
+                                      report_dir=str(tmp_path / "reports"))["counts"]
+    assert counts["mismatches_by_kind"] == {"fee_not_paid": 1, "missing_receipt": 1}
+    [letter] = store().dead_letters(payment_receipts.FLOW)
+    assert (letter["record_key"], letter["stage"], [e["field"] for e in letter["errors"]]) == (ref, "onestop", ["bank"])
+
+    assert payment_receipts.discard(store(), dead_letter_ids=[letter["id"]], by="qa", reason="ghi tay").references \
+        == [ref]
+    summary = run("od-2", tmp_path)
+    counts = summary["counts"]
+    assert _operations_for("od-2", ref) == ["SubmitReceipts"], "its receipt only: no payment_result"
+    assert (counts["fees_updated"], counts["fees_already_recorded"], counts["receipts_accepted"]) == (0, 0, 1)
+    assert (counts["reconciled_agreed"], counts["reconciled_discarded"], counts["mismatches"]) == (11, 1, 0)
+    assert peers.onestop_payments()[ref]["status"] == "pending"
+    assert [r["ReceiptNumber"] for r in peers.ledger_receipts() if r["PaymentReference"] == ref] == [victim["SoBienLai"]]
+    assert "| record the fee's result at the one-stop | discarded by qa: ghi tay |" in \
+        Path(summary["report_path"]).read_text(encoding="utf-8")
+    run("od-3", tmp_path)
+    assert _operations_for("od-3", ref) == []
+
+
+class _NoReceipts:
+    def list_receipts(self, start, end):
+        return []
+
+    def get_receipt(self, number):
+        return None
+
+
+def test_a_discarded_platform_dead_letter_is_never_asked_again_and_a_source_one_is_refused(tmp_path):
+    """A payment the platform refused to answer for, discarded: never asked again (not even when
+    the one-stop's view of it changes), no fee or receipt step, listed as discarded by the
+    reconciliation; a malformed one-stop request (stage ``source``) is refused by name."""
+    bus = Store(f"sqlite:///{tmp_path / 'bus.db'}")
+    bus.create_schema()
+    t0 = datetime(2026, 12, 1, 8, tzinfo=UTC)
+    onestop = _ThreeRequests()
+    onestop.rows.append({"reference": "R4", "dossierNo": "000.00.01.H49-261101-0001", "amount": -5})
+    payment_receipts.collect_payments(bus, onestop, _RefusingPlatform(), run_id="r0", clock=lambda: t0)
+    letters = {d["record_key"]: d for d in bus.dead_letters(payment_receipts.FLOW)}
+    assert {k: d["stage"] for k, d in letters.items()} == {"R1": "platform", "R2": "platform", "R4": "source"}
+
+    result = payment_receipts.discard(bus, dead_letter_ids=[letters["R1"]["id"], letters["R4"]["id"]], by="qa",
+                                      reason="nền tảng không trả lời")
+    assert (result.dead_letters, result.references) == ([letters["R1"]["id"]], ["R1"])
+    assert list(result.refused) == [letters["R4"]["id"]] and "stage source" in result.refused[letters["R4"]["id"]]
+    assert sorted(d["record_key"] for d in bus.dead_letters(payment_receipts.FLOW)) == ["R2", "R4"]
+
+    onestop.rows[0]["status"] = "paid"  # the one-stop's view changes: a discarded one is not asked again
+    platform = _RefusingPlatform()
+    payment_receipts.collect_payments(bus, onestop, platform, run_id="r1", clock=lambda: t0 + timedelta(hours=1),
+                                      full_listing=True)
+    assert platform.asked == [("QUERY", "R3")]
+    with bus.engine.connect() as conn:
+        assert conn.execute(select(payment_txn.c.platform_status, payment_txn.c.next_ask_at).where(
+            payment_txn.c.reference == "R1")).one() == ("discarded", None)
+    report = payment_receipts.reconcile(bus, onestop, _NoReceipts(), run_id="r1")
+    assert (report.discarded, report.paid, report.agreed, report.items) == (1, 0, 0, [])
+    assert payment_receipts.discarded_payments(bus) == [{
+        "reference": "R1", "dossier_code": "000.00.01.H49-261101-0001",
+        "resolution": "discarded by qa: nền tảng không trả lời",
+        "not_done": ["ask the payment platform (QUERY, GET_BILL)"]}]
