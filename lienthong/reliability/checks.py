@@ -10,6 +10,7 @@ than once). It never trusts the bus database's idea of what it delivered.
 from __future__ import annotations
 
 import tempfile
+import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -247,9 +248,17 @@ def _same_time(iso_text: Any, portal_text: Any) -> bool:
         return False
 
 
+def _same_name(held: Any, applicant: Any) -> bool:
+    """The ledger's PayerName is the dossier's applicant as the receipt mapping writes it (NFC)."""
+    return (isinstance(held, str) and isinstance(applicant, str)
+            and unicodedata.normalize("NFC", held) == unicodedata.normalize("NFC", applicant))
+
+
 def check_payments(store: Store, onestop_url: str, platform_url: str, ledger_url: str) -> FlowResult:
     """Every payment the platform settled as paid has exactly one ledger receipt with its amount,
-    receipt number, dossier, agency and payment time, and a paid fee at the one-stop with its
+    receipt number, dossier, agency, payment time, payer (the applicant of the one-stop's dossier,
+    where the receipt mapping takes it from) and the SHA-256 of the PDF the platform's GET_BILL
+    serves for it, and a paid fee at the one-stop with its
     transaction, amount, payment time and bank; failed ones are recorded failed; a paid payment
     without its receipt is accounted for by an open reconciliation item or dead letter; nothing is
     booked, at the ledger or the one-stop, that the platform did not settle."""
@@ -258,6 +267,7 @@ def check_payments(store: Store, onestop_url: str, platform_url: str, ledger_url
     onestop_state = _get(onestop_url + "/_state/payments")
     onestop = {p["reference"]: p for p in onestop_state["payments"]}
     receipts = _get(ledger_url + "/_state/receipts")["receipts"]
+    applicants = {d["dossierNo"]: d.get("applicantName") for d in _get(onestop_url + "/_state/dossiers")["dossiers"]}
     per_reference = Counter(r["PaymentReference"] for r in receipts)
     receipt_of = {r["PaymentReference"]: r for r in receipts}
     letters = _unresolved_dead_letters(store, (payment_receipts.FLOW,))
@@ -304,7 +314,10 @@ def check_payments(store: Store, onestop_url: str, platform_url: str, ledger_url
                     ("number", receipt["ReceiptNumber"] == p["SoBienLai"]),
                     ("dossier", receipt["DossierCode"] == p["MaHoSo"]),
                     ("agency", receipt["AgencyCode"] == _unit(p["MaHoSo"])),
-                    ("payment time", _same_time(receipt["PaidAt"], p["ThoiGianGD"]))) if not same]
+                    ("payment time", _same_time(receipt["PaidAt"], p["ThoiGianGD"])),
+                    ("payer name", _same_name(receipt.get("PayerName"), applicants.get(p["MaHoSo"]))),
+                    ("receipt PDF", bool(p.get("PdfSha256")) and receipt.get("PdfSha256") == p["PdfSha256"]),
+                    ) if not same]
                 if differ:
                     problems.append(f"the ledger's receipt differs in {', '.join(differ)}")
             mine = onestop.get(ref)

@@ -388,14 +388,17 @@ class PaymentPlatformMock(MockServer):
             return self._error("GET_BILL", body, "ThoiGianGD không khớp với giao dịch")
         if row["status"] != "paid":
             return self._error("GET_BILL", body, "Giao dịch chưa thanh toán thành công, không có biên lai")
-        pdf = receipt_pdf("BIEN LAI THU PHI, LE PHI DIEN TU", [
+        return Response(200, self._bill_pdf(row), content_type="application/pdf",
+                        headers={"Content-Disposition": f'inline; filename="{row["receipt_no"]}.pdf"'}, outcome="00")
+
+    def _bill_pdf(self, row: Any) -> bytes:
+        """The receipt PDF GET_BILL serves for a paid payment (the same bytes every time)."""
+        return receipt_pdf("BIEN LAI THU PHI, LE PHI DIEN TU", [
             ("So bien lai", row["receipt_no"]), ("Ma tham chieu", row["ref"]), ("Ma giao dich", row["ma_giao_dich"]),
             ("Ma ho so", row["dossier_no"]), ("Nguoi nop", row["payer"]), ("So tien", f"{row['amount']} VND"),
             ("Thoi gian thanh toan", row["paid_time"]), ("Ngan hang", row["bank"]), ("Noi dung", row["info"]),
             ("Don vi thu", self.partner_code),
         ])
-        return Response(200, pdf, content_type="application/pdf",
-                        headers={"Content-Disposition": f'inline; filename="{row["receipt_no"]}.pdf"'}, outcome="00")
 
     def _page(self, request: Request) -> Response:
         row = self._row(request.params["ref"])
@@ -593,7 +596,9 @@ class PaymentPlatformMock(MockServer):
         return [{"MaThamChieu": r["ref"], "MaHoSo": r["dossier_no"], "SoTien": r["amount"], "status": r["status"],
                  "TrangThaiGD": TRANG_THAI[r["status"]], "origin": r["origin"], "MaGiaoDich": r["ma_giao_dich"],
                  "ThoiGianGD": r["paid_time"], "ThoiGianKhoiTao": r["txn_time"], "MaNganHang": r["bank"],
-                 "SoBienLai": r["receipt_no"], "NguoiNop": r["payer"]} for r in rows]
+                 "SoBienLai": r["receipt_no"], "NguoiNop": r["payer"],
+                 "PdfSha256": hashlib.sha256(self._bill_pdf(r)).hexdigest() if r["status"] == "paid" else None}
+                for r in rows]
 
     def callbacks(self) -> list[dict[str, Any]]:
         db = self.require_db()

@@ -243,7 +243,10 @@ def test_get_bill_returns_a_real_pdf_holding_the_receipt_number(pay):
     assert paid["MaThamChieu"].encode() in pdf and f"{paid['SoTien']} VND".encode() in pdf
     startxref = int(pdf.rsplit(b"startxref", 1)[1].split()[0])
     assert pdf[startxref:startxref + 4] == b"xref"
+    # the test door names the PDF GET_BILL serves by its SHA-256 (what the ledger's PdfSha256 must be)
+    assert paid["PdfSha256"] == hashlib.sha256(pdf).hexdigest()
     failed = next(p for p in payments(pay) if p["status"] == "failed")
+    assert failed["PdfSha256"] is None
     refused = post(pay, signed("GET_BILL", MaThamChieu=failed["MaThamChieu"], ThoiGianGD=failed["ThoiGianKhoiTao"]))
     assert refused.headers["Content-Type"].startswith("application/json")
     assert refused.json()["MoTaLoi"] == "Giao dịch chưa thanh toán thành công, không có biên lai"
@@ -347,6 +350,7 @@ def test_a_late_settle_turns_a_failed_payment_paid_with_a_new_transaction_and_it
     assert (q["TrangThaiGD"], q["MaGiaoDich"]) == ("1", after["MaGiaoDich"])
     bill = post(pay, signed("GET_BILL", MaThamChieu=failed, ThoiGianGD=after["ThoiGianKhoiTao"]))
     assert bill.headers["Content-Type"] == "application/pdf" and after["SoBienLai"].encode() in bill.content
+    assert before[failed]["PdfSha256"] is None and after["PdfSha256"] == hashlib.sha256(bill.content).hexdigest()
     for bad in ({"references": [failed], "late": True}, {"references": [failed], "outcome": "paid", "late": 1},
                 {"n": 1, "outcome": "paid", "late": True}, {"references": [failed], "outcome": "failed", "late": True}):
         response = requests.post(pay.url + "/_admin/payments/settle", json=bad, timeout=TIMEOUT)

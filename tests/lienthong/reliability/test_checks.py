@@ -88,6 +88,7 @@ def test_a_progress_entry_lost_beside_one_held_twice_is_still_counted_lost(monke
 
 # --- payments ---------------------------------------------------------------------------------
 DOSSIER = "000.00.01.H49-261102-0001"
+BILL = "ab" * 32  # the SHA-256 of the receipt PDF the platform's GET_BILL serves for TT-1
 
 
 def _payment_world() -> tuple[list[dict], list[dict], list[dict], list[dict]]:
@@ -96,10 +97,10 @@ def _payment_world() -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     platform = [
         {"MaThamChieu": "TT-1", "MaHoSo": DOSSIER, "SoTien": 150000, "status": "paid", "TrangThaiGD": "00",
          "origin": "seed", "MaGiaoDich": "GD-1", "ThoiGianGD": "20261102081500", "ThoiGianKhoiTao": "20261102080000",
-         "MaNganHang": "VCB", "SoBienLai": "BL2026-000001", "NguoiNop": "Trần Văn Đức"},
+         "MaNganHang": "VCB", "SoBienLai": "BL2026-000001", "NguoiNop": "Trần Văn Đức", "PdfSha256": BILL},
         {"MaThamChieu": "TT-2", "MaHoSo": DOSSIER, "SoTien": 50000, "status": "pending", "TrangThaiGD": "",
          "origin": "seed", "MaGiaoDich": "", "ThoiGianGD": "", "ThoiGianKhoiTao": "20261102090000",
-         "MaNganHang": "", "SoBienLai": "", "NguoiNop": "Trần Văn Đức"},
+         "MaNganHang": "", "SoBienLai": "", "NguoiNop": "Trần Văn Đức", "PdfSha256": None},
     ]
     onestop = [
         {"reference": "TT-1", "dossierNo": DOSSIER, "amount": 150000, "currency": "VND", "status": "paid",
@@ -112,15 +113,17 @@ def _payment_world() -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     ]
     receipts = [{"seq": 1, "batch": 1, "ReceiptNumber": "BL2026-000001", "DossierCode": DOSSIER,
                  "PaymentReference": "TT-1", "AmountVND": 150000, "PaidAt": "2026-11-02T08:15:00+07:00",
-                 "PayerName": "Trần Văn Đức", "AgencyCode": "000.00.01.H49", "PdfSha256": "ab" * 32}]
+                 "PayerName": "Trần Văn Đức", "AgencyCode": "000.00.01.H49", "PdfSha256": BILL}]
     return platform, onestop, receipts, []
 
 
-def _check_payments(monkeypatch, store, platform, onestop, receipts, callbacks):
+def _check_payments(monkeypatch, store, platform, onestop, receipts, callbacks, dossiers=None):
     _serve(monkeypatch, {
         PLATFORM + "/_state/payments": {"payments": platform},
         ONESTOP + "/_state/payments": {"payments": onestop, "callbacks": callbacks},
         LEDGER + "/_state/receipts": {"receipts": receipts},
+        ONESTOP + "/_state/dossiers": {"dossiers": dossiers if dossiers is not None else [
+            {"dossierNo": DOSSIER, "applicantName": "Trần Văn Đức"}]},
     })
     return checks.check_payments(store, ONESTOP, PLATFORM, LEDGER)
 
@@ -163,6 +166,33 @@ def test_a_receipt_with_another_payment_time_or_agency_is_a_loss(monkeypatch, st
     platform, onestop, receipts, callbacks = _payment_world()
     result = _check_payments(monkeypatch, store, platform, onestop, [{**receipts[0], field: value}], callbacks)
     assert (result.delivered, result.lost) == (0, 1), result.problems
+
+
+@pytest.mark.parametrize(("field", "value", "name"), [
+    ("PayerName", "Trần Văn Đông", "payer name"), ("PayerName", "", "payer name"),
+    ("PdfSha256", "cd" * 32, "receipt PDF"), ("PdfSha256", "AB" * 32, "receipt PDF")])
+def test_a_receipt_with_another_payer_or_pdf_is_a_loss_naming_the_field(monkeypatch, store, field, value, name):
+    """PayerName is the applicant of the one-stop's dossier and PdfSha256 the hash of the PDF the
+    platform's GET_BILL serves (the receipt mapping): the check compared neither, so a receipt
+    naming another payer or another PDF counted delivered."""
+    platform, onestop, receipts, callbacks = _payment_world()
+    result = _check_payments(monkeypatch, store, platform, onestop, [{**receipts[0], field: value}], callbacks)
+    assert (result.records, result.delivered, result.lost, result.duplicated) == (1, 0, 1, 0), result.problems
+    assert result.problems == [f"TT-1: the ledger's receipt differs in {name}"]
+
+
+def test_the_payer_name_is_the_dossier_applicant_compared_in_nfc(monkeypatch, store):
+    """The mapping normalises the name to NFC: a one-stop name in NFD is the same payer; the
+    platform's NguoiNop is not the source, so another one there changes nothing."""
+    import unicodedata
+    platform, onestop, receipts, callbacks = _payment_world()
+    platform[0]["NguoiNop"] = "Someone Else"
+    result = _check_payments(monkeypatch, store, platform, onestop, receipts, callbacks, dossiers=[
+        {"dossierNo": DOSSIER, "applicantName": unicodedata.normalize("NFD", "Trần Văn Đức")}])
+    assert (result.records, result.delivered, result.lost) == (1, 1, 0), result.problems
+    result = _check_payments(monkeypatch, store, platform, onestop, receipts, callbacks, dossiers=[])
+    assert (result.delivered, result.lost) == (0, 1)
+    assert result.problems == ["TT-1: the ledger's receipt differs in payer name"]
 
 
 @pytest.mark.parametrize(("field", "value"), [("paidAt", "2026-11-03T08:15:00+07:00"), ("bank", "TCB")])
