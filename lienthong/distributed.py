@@ -982,6 +982,21 @@ class Harness:
                           or onestop[ref]["transactionId"] != p["MaGiaoDich"])
         self.check("payments: the one-stop records every paid fee with its transaction", not not_paid,
                    f"{len(paid) - len(not_paid)} of {len(paid)}" + (f"; not recorded {not_paid[:5]}" if not_paid else ""))
+        # field by field: make reliability's check (each receipt's amount, number, dossier, agency, time,
+        # payer and PDF hash, each fee's time and bank, failed ones recorded failed, nothing booked twice)
+        from lienthong.reliability import checks
+        from lienthong.store import Store
+
+        store = Store(self.cfg.pg_url(self.cfg.bus_db))
+        try:
+            result = checks.check_payments(store, self.standins.onestop_url, self.standins.payment_url,
+                                           self.standins.ledger_url)
+        finally:
+            store.dispose()
+        self.check("payments: each settled payment's receipt and fee hold the platform's values, field by field",
+                   result.ok, f"{result.delivered} of {result.records} settled payments held alike, "
+                   f"{result.dead_lettered} accounted for by a dead letter or an open mismatch"
+                   + (f"; {'; '.join(result.problems[:3])}" if result.problems else ""))
 
     def _check_exchange_log(self) -> None:
         try:

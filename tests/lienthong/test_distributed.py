@@ -4,6 +4,8 @@ The whole run is tests/test_distributed.py."""
 
 from __future__ import annotations
 
+import pytest
+
 from lienthong import distributed
 
 
@@ -286,3 +288,54 @@ def test_a_failed_run_keeps_its_logs_but_not_its_throwaway_secrets(tmp_path, mon
     assert not (cfg.airflow_home / "airflow.cfg").exists()
     assert harness.cfg.admin_password not in "\n".join(lines)
     assert any("removed the run's secrets" in line for line in lines), lines
+
+
+def _payment_check(tmp_path, monkeypatch, **receipt_changes) -> list[distributed.Check]:
+    """The harness's payment invariants over one paid and one pending payment, the stand-ins' states
+    served in place of HTTP, the bus database on SQLite."""
+    import copy
+    import types
+
+    from lienthong.reliability import checks
+    from lienthong.store import Store
+    from tests.lienthong.reliability.test_checks import DOSSIER, _payment_world
+
+    platform, onestop, receipts, callbacks = _payment_world()
+    receipts = [{**receipts[0], **receipt_changes}]
+    harness, _ = _harness(tmp_path)
+    harness.standins = types.SimpleNamespace(onestop_url="http://onestop", payment_url="http://payments",
+                                             ledger_url="http://ledger")
+    monkeypatch.setattr(harness.cfg, "pg_url", lambda database, driver=None: f"sqlite:///{tmp_path / database}.db")
+    Store(harness.cfg.pg_url(harness.cfg.bus_db)).create_schema()
+    doors = {
+        "http://payments/_state/payments": {"payments": platform},
+        "http://onestop/_state/payments": {"payments": onestop, "callbacks": callbacks},
+        "http://ledger/_state/receipts": {"receipts": receipts},
+        "http://onestop/_state/dossiers": {"dossiers": [{"dossierNo": DOSSIER, "applicantName": "Trần Văn Đức"}]},
+    }
+    monkeypatch.setattr(harness, "_state", lambda base, path: copy.deepcopy(doors[base + path]))
+    monkeypatch.setattr(checks, "_get", lambda url: copy.deepcopy(doors[url]))
+    harness._check_payments()
+    return harness.checks
+
+
+def test_payments_held_alike_hold(tmp_path, monkeypatch):
+    results = _payment_check(tmp_path, monkeypatch)
+    assert [c.ok for c in results] == [True, True, True], results
+    assert "1 of 1 settled payments held alike" in results[2].detail
+
+
+@pytest.mark.parametrize(("field", "value", "named"), [
+    ("PayerName", "Nguyễn Văn Khác", "payer name"), ("PdfSha256", "cd" * 32, "receipt PDF"),
+    ("PaidAt", "2026-11-02T09:15:00+07:00", None)])
+def test_a_receipt_with_another_payer_pdf_or_time_fails_the_payment_invariant(tmp_path, monkeypatch, field, value,
+                                                                              named):
+    """The harness compared a receipt's amount and number only: one booked with another payer, PDF
+    hash or payment time passed. It runs make reliability's field-by-field check too."""
+    results = _payment_check(tmp_path, monkeypatch, **{field: value})
+    failed = [c for c in results if not c.ok]
+    assert [c.name for c in failed] == [
+        "payments: each settled payment's receipt and fee hold the platform's values, field by field"], results
+    assert "0 of 1 settled payments held alike" in failed[0].detail
+    if named:
+        assert f"differs in {named}" in failed[0].detail
