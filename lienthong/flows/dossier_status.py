@@ -1168,17 +1168,7 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
             # a newer snapshot staged meanwhile (pending) is the one to deliver: the refused one
             # put back beside it went in the same call, and the portal refused both as a dossier
             # given twice
-            newest = conn.execute(
-                select(outbox.c.id).where(outbox.c.flow == FLOW, outbox.c.record_key == key,
-                                          outbox.c.state.in_(("held", "rejected", "pending")))
-                .order_by(outbox.c.source_version.desc().nulls_last(), outbox.c.source_seq.desc(),
-                          outbox.c.id.desc()).limit(1)
-            ).scalar()
-            if newest is not None:
-                conn.execute(update(outbox).where(outbox.c.id == newest).values(state="pending"))
-                conn.execute(update(outbox).where(outbox.c.flow == FLOW, outbox.c.record_key == key,
-                                                  outbox.c.state == "held", outbox.c.id != newest)
-                             .values(state="superseded"))
+            if _release_newest_snapshot(conn, key, ("held", "rejected", "pending")):
                 result.requeued.append(key)
         for entry_key in sorted({lt.record_key for lt in letters if lt.flow == PROGRESS_FLOW}):
             dossier = conn.execute(select(progress_outbox.c.record_key).where(
@@ -1192,6 +1182,22 @@ def replay(store: Store, *, dead_letter_ids: list[int] | None = None, record_key
                     progress_outbox.c.state == "held").values(state="pending"))
             result.requeued.append(entry_key)
     return result
+
+
+def _release_newest_snapshot(conn: Any, key: str, states: tuple[str, ...]) -> bool:
+    """Put dossier ``key``'s newest snapshot in ``states`` back to pending and supersede the others
+    held behind it (what :func:`replay` and :func:`discard` release); False when there is none."""
+    newest = conn.execute(
+        select(outbox.c.id).where(outbox.c.flow == FLOW, outbox.c.record_key == key, outbox.c.state.in_(states))
+        .order_by(outbox.c.source_version.desc().nulls_last(), outbox.c.source_seq.desc(), outbox.c.id.desc())
+        .limit(1)
+    ).scalar()
+    if newest is None:
+        return False
+    conn.execute(update(outbox).where(outbox.c.id == newest).values(state="pending"))
+    conn.execute(update(outbox).where(outbox.c.flow == FLOW, outbox.c.record_key == key, outbox.c.state == "held",
+                                      outbox.c.id != newest).values(state="superseded"))
+    return True
 
 
 def _letters(dead_letter_ids: list[int] | None, record_key: str | None, flow: str | None) -> Any:
@@ -1243,18 +1249,8 @@ def discard(store: Store, *, reason: str, by: str, dead_letter_ids: list[int] | 
             conn.execute(update(table).where(table.c.id == lt.outbox_id, table.c.state == "rejected")
                          .values(state="discarded", done_at=now))
         for key in sorted({lt.record_key for lt in letters if lt.flow == FLOW}):
-            # what it held back, as replay releases it: the newest waiting snapshot goes
-            newest = conn.execute(
-                select(outbox.c.id).where(outbox.c.flow == FLOW, outbox.c.record_key == key,
-                                          outbox.c.state.in_(("held", "pending")))
-                .order_by(outbox.c.source_version.desc().nulls_last(), outbox.c.source_seq.desc(),
-                          outbox.c.id.desc()).limit(1)
-            ).scalar()
-            if newest is not None:
-                conn.execute(update(outbox).where(outbox.c.id == newest).values(state="pending"))
-                conn.execute(update(outbox).where(outbox.c.flow == FLOW, outbox.c.record_key == key,
-                                                  outbox.c.state == "held", outbox.c.id != newest)
-                             .values(state="superseded"))
+            # what it held back, as replay releases it (the refused snapshot itself is discarded)
+            if _release_newest_snapshot(conn, key, ("held", "pending")):
                 result.requeued.append(key)
         dossiers = set()
         for lt in letters:
