@@ -21,6 +21,7 @@ from lienthong.exchange_log import read_body
 from lienthong.flows import dossier_status
 from lienthong.mapping import load_mapping
 from lienthong.store import exchange_log, outbox
+from tests.lienthong.flows.proxy import ForwardingProxy
 
 T = 10  # seconds, for every test-door call
 
@@ -292,57 +293,16 @@ def test_a_worker_holds_one_batchs_leases_not_every_dossiers(bus_env):
     assert portal_dossiers(bus_env) == expected_portal_state(bus_env)
 
 
-class _RowlessPortal:
+class _RowlessPortal(ForwardingProxy):
     """A proxy in front of the portal stand-in that answers a refused ``service`` call (DongBoHoSoMC,
     or CapNhatTienDoHoSoMC) of several records as the portal's own clients read it (contract §3.3,
     §7.5): ``error_code`` and ``message`` only, no per-record ``result`` rows (a one-record call's
     too when ``strip_singles``). ``fail_after``: once
     that many one-record calls have been answered, every such call is answered 503 (not passed on)."""
 
+    forwarded = ("content-type", "dstcode")
+
     def __init__(self, target: str, fail_after: int | None = None, service: str = "DongBoHoSoMC"):
-        import http.server
-        import threading
-
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                request = json.loads(body)
-                data = request.get("data") if request.get("service") == proxy.service else None
-                if data is not None and (proxy.fail_after is not None and proxy.singles >= proxy.fail_after
-                                         or proxy.fail_after_calls is not None
-                                         and len(proxy.calls) >= proxy.fail_after_calls):
-                    self._answer(503, b"")
-                    return
-                upstream = requests.post(target + self.path, data=body, timeout=T,
-                                         headers={k: v for k, v in self.headers.items()
-                                                  if k.lower() in ("content-type", "dstcode")})
-                content = upstream.content
-                if data is not None:
-                    answer = upstream.json()
-                    proxy.calls.append((len(data), str(answer.get("error_code"))))
-                    proxy.keys.append(data[0]["MaHoSo"] if len(data) == 1 else None)
-                    proxy.sent.append([d["MaHoSo"] for d in data])
-                    if len(data) == 1:
-                        proxy.singles += 1
-                    if (len(data) > 1 or proxy.strip_singles) and str(answer.get("error_code")) != "0" \
-                            and "result" in answer:
-                        del answer["result"]
-                        proxy.stripped += 1
-                        content = json.dumps(answer, ensure_ascii=False).encode()
-                self._answer(upstream.status_code, content)
-
-            def _answer(self, status, content):
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
-
-            def log_message(self, *args):
-                pass
-
         self.fail_after = fail_after
         self.service = service
         self.strip_singles = False  # True: a refused one-record call loses its rows too
@@ -352,13 +312,29 @@ class _RowlessPortal:
         self.keys: list[str | None] = []  # each call's dossier when it carried one
         self.singles = 0
         self.stripped = 0
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(target, T)
 
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, body, forward):
+        kind = "application/json; charset=utf-8"
+        request = json.loads(body)
+        data = request.get("data") if request.get("service") == self.service else None
+        if data is not None and (self.fail_after is not None and self.singles >= self.fail_after
+                                 or self.fail_after_calls is not None and len(self.calls) >= self.fail_after_calls):
+            return 503, b"", kind
+        upstream = forward()
+        content = upstream.content
+        if data is not None:
+            answer = upstream.json()
+            self.calls.append((len(data), str(answer.get("error_code"))))
+            self.keys.append(data[0]["MaHoSo"] if len(data) == 1 else None)
+            self.sent.append([d["MaHoSo"] for d in data])
+            if len(data) == 1:
+                self.singles += 1
+            if (len(data) > 1 or self.strip_singles) and str(answer.get("error_code")) != "0" and "result" in answer:
+                del answer["result"]
+                self.stripped += 1
+                content = json.dumps(answer, ensure_ascii=False).encode()
+        return upstream.status_code, content, kind
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ from mocks.payment_platform import (
     checksum,
     reference_for,
 )
+from tests.lienthong.flows.proxy import ForwardingProxy
 
 T = 20
 ONESTOP_KEY = "test-onestop-key"
@@ -515,48 +516,27 @@ def test_a_payment_whose_transaction_time_is_unknown_is_dead_lettered_not_asked_
                             ).scalar_one() == "2026-12-01T01:15:00+00:00"
 
 
-class _TamperingProxy:
+class _TamperingProxy(ForwardingProxy):
     """Sits between the bus and the payment platform and changes SoTien in QUERY answers about one
     payment — what a man in the middle would do. The answer's checksum then no longer verifies."""
 
     def __init__(self, target: str, victim: str, tamper=None):
-        import http.server
-        import threading
+        self.victim, self.tamper, self.tampered = victim, tamper, 0
+        super().__init__(target, T)
 
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                upstream = requests.post(target + self.path, data=body, timeout=T,
-                                         headers={"Content-Type": self.headers.get("Content-Type", "")})
-                content = upstream.content
-                if upstream.headers.get("Content-Type", "").startswith("application/json"):
-                    answer = upstream.json()
-                    if answer.get("LoaiBanTin") == "QUERY" and answer.get("MaThamChieu") == victim:
-                        if tamper is None:
-                            answer["SoTien"] = int(answer.get("SoTien") or 0) + 1
-                        else:
-                            tamper(answer)
-                        proxy.tampered += 1
-                        content = json.dumps(answer, ensure_ascii=False).encode()
-                self.send_response(upstream.status_code)
-                self.send_header("Content-Type", upstream.headers.get("Content-Type", "application/json"))
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
-
-            def log_message(self, *args):
-                pass
-
-        self.tampered = 0
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, body, forward):
+        upstream = forward()
+        content = upstream.content
+        if upstream.headers.get("Content-Type", "").startswith("application/json"):
+            answer = upstream.json()
+            if answer.get("LoaiBanTin") == "QUERY" and answer.get("MaThamChieu") == self.victim:
+                if self.tamper is None:
+                    answer["SoTien"] = int(answer.get("SoTien") or 0) + 1
+                else:
+                    self.tamper(answer)
+                self.tampered += 1
+                content = json.dumps(answer, ensure_ascii=False).encode()
+        return upstream.status_code, content, upstream.headers.get("Content-Type", "application/json")
 
 
 def _run_through_tampering_proxy(peers, tmp_path, monkeypatch, run_id: str, tamper=None):
@@ -1570,42 +1550,23 @@ def test_a_batch_larger_than_the_ledger_takes_is_split_not_blamed_on_a_receipt(p
     assert_three_systems_agree(peers)
 
 
-class _LedgerProxy:
+class _LedgerProxy(ForwardingProxy):
     """Sits between the bus and the ministry ledger and rewrites the answer of its first
     ``SubmitReceipts`` call with ``tamper(status, body) -> (status, body)``; forwards the rest."""
 
+    forwarded = ("content-type", "soapaction")
+
     def __init__(self, target: str, tamper):
-        import http.server
-        import threading
+        self.tamper, self.tampered = tamper, 0
+        super().__init__(target, T)
 
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                forwarded = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "soapaction")}
-                upstream = requests.post(target + self.path, data=body, headers=forwarded, timeout=T)
-                status, content = upstream.status_code, upstream.content
-                if b"SubmitReceiptsRequest" in body and not proxy.tampered:
-                    status, content = tamper(status, content)
-                    proxy.tampered += 1
-                self.send_response(status)
-                self.send_header("Content-Type", upstream.headers.get("Content-Type", "text/xml; charset=utf-8"))
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                self.wfile.write(content)
-
-            def log_message(self, *args):
-                pass
-
-        self.tampered = 0
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, body, forward):
+        upstream = forward()
+        status, content = upstream.status_code, upstream.content
+        if b"SubmitReceiptsRequest" in body and not self.tampered:
+            status, content = self.tamper(status, content)
+            self.tampered += 1
+        return status, content, upstream.headers.get("Content-Type", "text/xml; charset=utf-8")
 
 
 @contextmanager
