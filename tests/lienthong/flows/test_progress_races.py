@@ -79,6 +79,20 @@ def test_entries_still_in_flight_after_the_lease_are_reconciled_by_count(store):
     assert _states(store) == ["acked", "acked", "pending"] and report.reconciled == 2
 
 
+def _accepting_portal(sent: list[dict]) -> type:
+    """A portal that accepts every progress entry, each appended to ``sent``."""
+    from connectors.national_portal.client import BatchResult
+
+    class Portal:
+        transport = None
+
+        def update_progress(self, records):
+            sent.extend(records)
+            return BatchResult(accepted=list(range(len(records))), calls=1)
+
+    return Portal
+
+
 def _two_steps(store):
     from lienthong.flows.dossier_status import _Item, _stage_progress
     from lienthong.mapping import load_mapping
@@ -150,19 +164,12 @@ def test_a_refused_step_the_one_stop_corrected_is_sent_corrected_after_replay(st
     """Step 1's actor is too long and the portal never gets it; the one-stop corrects it in its next
     snapshot; replay must send the corrected step (it re-mapped the refused copy, refused it again,
     and the dossier's later steps stayed held for good: found in review)."""
-    from connectors.national_portal.client import BatchResult
     from lienthong.mapping import load_mapping
 
     mapping = load_mapping(dossier_status.PROGRESS_MAPPING)
     code, entry, stage = _two_steps(store)
     sent: list[dict] = []
-
-    class Portal:
-        transport = None
-
-        def update_progress(self, records):
-            sent.extend(records)
-            return BatchResult(accepted=list(range(len(records))), calls=1)
+    Portal = _accepting_portal(sent)  # noqa: N806 - a class
 
     stage(entry(1, "2026-11-06T08:00:00+07:00", actor="Nguyễn " * 20))  # over the 50 characters
     first = dossier_status.deliver_progress(store, Portal(), run_id="r1", mapping=mapping)
@@ -180,19 +187,12 @@ def test_replay_by_dossier_code_releases_the_dossier_held_behind_a_refused_step(
     this record key (dossier code, ...)"): a refused step's dead letter is keyed by the entry
     (``<code>#<stepId>``), so replaying by the dossier code matched nothing and its later steps
     stayed held. A dossier code whose text holds LIKE wildcards matches only its own entries."""
-    from connectors.national_portal.client import BatchResult
     from lienthong.mapping import load_mapping
 
     mapping = load_mapping(dossier_status.PROGRESS_MAPPING)
     code, entry, stage = _two_steps(store)
     sent: list[dict] = []
-
-    class Portal:
-        transport = None
-
-        def update_progress(self, records):
-            sent.extend(records)
-            return BatchResult(accepted=list(range(len(records))), calls=1)
+    Portal = _accepting_portal(sent)  # noqa: N806 - a class
 
     stage(entry(1, "2026-11-06T08:00:00+07:00", actor="Nguyễn " * 20), entry(2, "2026-11-06T09:00:00+07:00"))
     first = dossier_status.deliver_progress(store, Portal(), run_id="r1", mapping=mapping)
