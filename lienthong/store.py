@@ -7,6 +7,7 @@ where the last one stopped (design §4).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -900,6 +901,24 @@ def fit_key(text: str, limit: int) -> str:
         return text
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     return text.replace("\x00", "\\0")[: limit - 13] + "…" + digest
+
+
+@contextmanager
+def sqlite_file_lock(engine: Engine, suffix: str) -> Iterator[None]:
+    """An exclusive lock on the file ``<database><suffix>`` beside an SQLite database, waited for
+    and held until the block ends: it serialises, across processes, work SQLite's own locks do not
+    (DDL under the Python driver, a job of several transactions). Nothing to hold on another
+    dialect or an in-memory database (one process)."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}{suffix}", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_lock(conn: Connection) -> None:

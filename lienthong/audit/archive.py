@@ -30,7 +30,6 @@ archived one (else it removes its bundle and stops: :class:`ArchiveError`).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import zipfile
@@ -58,6 +57,7 @@ from lienthong.store import (
     exchange_personal_field,
     exchange_seal,
     exchange_seal_leaf,
+    sqlite_file_lock,
     utcnow,
     write_lock,
 )
@@ -144,16 +144,9 @@ def _archive_lock(store: Store) -> Iterator[None]:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _ADVISORY_LOCK})
                 conn.commit()
         return
-    database = store.engine.url.database
-    if store.engine.dialect.name != "sqlite" or not database or database == ":memory:":
-        yield  # an in-memory database has one process: the prune's re-check under the write lock suffices
-        return
-    with open(f"{database}-archive.lock", "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    # (an in-memory database has one process: the prune's re-check under the write lock suffices)
+    with sqlite_file_lock(store.engine, "-archive.lock"):
+        yield
 
 
 def _chunks(seals: list[dict[str, Any]], max_records: int) -> list[list[dict[str, Any]]]:

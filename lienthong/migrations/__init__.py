@@ -18,11 +18,8 @@ harness does that) leaves the database as it was, never half made.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -96,8 +93,12 @@ def upgrade(engine: Engine) -> str:
             _done.add(key)
             return declared
         head = head_revision()
+        from lienthong.store import sqlite_file_lock
+
         try:
-            with _sqlite_file_lock(engine), engine.begin() as conn:
+            # SQLite's DDL is not transactional under the Python driver: processes creating one
+            # file's schema at once take turns on a lock file beside it (PostgreSQL: the advisory lock)
+            with sqlite_file_lock(engine, ".migrate.lock"), engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK})
                 elif conn.dialect.name == "sqlite":
@@ -117,23 +118,6 @@ def upgrade(engine: Engine) -> str:
                     raise
         _done.add(key)
         return head
-
-
-@contextmanager
-def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
-    """SQLite's DDL is not transactional under the Python driver, so processes creating one file's
-    schema at once are serialised by an exclusive lock on a file beside it (PostgreSQL uses an
-    advisory lock instead)."""
-    database = engine.url.database if engine.dialect.name == "sqlite" else None
-    if not database or database == ":memory:":
-        yield
-        return
-    with open(f"{database}.migrate.lock", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _migrate(conn: Connection, revision: str | None, head: str) -> None:
