@@ -35,6 +35,7 @@ __all__ = [
     "FatalConnectorError",
     "FieldError",
     "IntegrationError",
+    "NOT_RETRIED",
     "PaymentConflict",
     "PeerRejected",
     "PeerUnavailable",
@@ -220,3 +221,8 @@ class PaymentConflict(PeerRejected):
 class AmountMismatch(PeerRejected):
     """The amount of a payment result differs from the fee the payment request was opened for;
     nothing was applied. Its ``FieldError`` names ``amount`` with rule ``amount_equals_fee``."""
+
+
+#: What no retry can fix: a task (Airflow's, or a step of the reliability harness) that ends on one
+#: of these fails at once instead of being tried again.
+NOT_RETRIED: tuple[type[IntegrationError], ...] = (FatalConnectorError, ConfigurationError, RecordRejected)

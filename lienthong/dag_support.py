@@ -30,6 +30,8 @@ from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule, get_curren
 from airflow.sdk.definitions.retry_policy import RetryDecision
 from airflow.sdk.exceptions import AirflowFailException
 
+from connectors.errors import NOT_RETRIED
+
 __all__ = ["MAX_RETRY_AFTER", "NO_RETRY", "PeerPacedRetryPolicy", "WATCHER_TASK_ID", "default_args",
            "fail_if_a_step_failed", "failed_steps", "run_ids"]
 
@@ -39,9 +41,8 @@ WATCHER_TASK_ID = "fail_if_a_step_failed"
 #: Task states that mean a step did not do its work: it failed, or did not run because one before it failed.
 FAILED_STATES = ("failed", "upstream_failed")
 
-#: Exceptions (dotted paths) that fail a task at once instead of being retried.
-NO_RETRY = ("connectors.errors.FatalConnectorError", "connectors.errors.ConfigurationError",
-            "connectors.errors.RecordRejected")
+#: Exceptions (dotted paths) that fail a task at once instead of being retried: connectors.errors.NOT_RETRIED.
+NO_RETRY = tuple(f"{error.__module__}.{error.__qualname__}" for error in NOT_RETRIED)
 
 
 #: The longest a peer's Retry-After delays a task's retry (a longer ask is taken as this).

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from connectors.connection import connection_from_env
-from connectors.errors import ConfigurationError, FatalConnectorError, RecordRejected
+from connectors.errors import NOT_RETRIED, ConfigurationError
 
 __all__ = ["EXIT_FATAL", "EXIT_RETRY", "STEPS", "STEP_BEGAN_ENV", "main", "run_step"]
 
@@ -29,10 +29,6 @@ EXIT_FATAL = 78  # EX_CONFIG
 #: set): the harness starts a kill timer from then, not while Python starts.
 STEP_BEGAN_ENV = "LIENTHONG_STEP_BEGAN"
 
-
-#: What the DAGs fail at once instead of retrying (NO_RETRY of the DAGs' dag_support module, which imports
-#: Airflow): the harness treats a step ending on one of these as fatal, anything else as retried
-NOT_RETRIED = (FatalConnectorError, ConfigurationError, RecordRejected)
 
 def _seal(run_id: str) -> dict[str, Any]:
     from lienthong import tasks
